@@ -1,0 +1,38 @@
+// Small crypto primitives over OpenSSL 3: randomness, SHA-256, HMAC-SHA-256, TLS-free
+// constant-time comparison, hex. OpenSSL types never appear here. Thread-safe.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "testudo/status.h"
+
+namespace testudo::crypto {
+
+using Digest = std::array<std::byte, 32>;
+
+// Fills `out` from OpenSSL's CSPRNG (RAND_bytes). Fails only if the RNG is not seeded.
+Status fill_random(std::span<std::byte> out);
+// A fresh 256-bit secret (capabilities, nonces).
+StatusOr<Digest> random_secret();
+
+Digest sha256(std::span<const std::byte> data);
+Digest hmac_sha256(std::span<const std::byte> key, std::span<const std::byte> data);
+
+// Compares in time independent of where the inputs differ (CRYPTO_memcmp). Different
+// lengths compare unequal (the length itself is not secret).
+bool constant_time_equal(std::span<const std::byte> a, std::span<const std::byte> b);
+
+std::string to_hex(std::span<const std::byte> bytes);  // lowercase
+// Accepts upper or lower case; rejects odd length and non-hex characters.
+StatusOr<std::vector<std::byte>> from_hex(std::string_view hex);
+
+inline std::span<const std::byte> as_bytes(std::string_view s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+
+}  // namespace testudo::crypto

@@ -1,0 +1,84 @@
+// PythonRuntime: one embedded CPython interpreter and the engine's user namespace.
+// It runs requests that have already been authenticated and routed to this engine.
+//
+// Threading: NOT thread-safe. create(), every call and destruction must happen on the same
+// thread, the engine's main thread (so SIGINT can later interrupt user code). Only one
+// PythonRuntime may exist per process (CPython has one main interpreter).
+//
+// Python.h and pybind11 stay in the .cc: this header has no Python types.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "base/shared_bytes.h"
+#include "testudo/status.h"
+
+namespace testudo::engine {
+
+struct PythonRuntimeOptions {
+  // Reported as sys.executable inside the engine so that subprocess/multiprocessing in user
+  // code starts the same interpreter. Default: the interpreter the build was configured with.
+  std::string executable;
+  // Value of the variable `__testudo_engine_id__` in the user namespace (-1: unknown yet).
+  int engine_id = -1;
+};
+
+// What one request produced. On error, `ok` is false and ename/evalue/traceback describe the
+// Python exception as the user would see it (traceback as formatted text). stdout/stderr are
+// what the request wrote to sys.stdout/sys.stderr while it ran, captured per request.
+struct TaskOutcome {
+  bool ok = true;
+  std::string ename;
+  std::string evalue;
+  std::string traceback;
+  std::string stdout_text;
+  std::string stderr_text;
+  // The result value: for pickled results [pickle (protocol 5), out-of-band buffer...];
+  // for repr results one UTF-8 text per requested name.
+  std::vector<SharedBytes> value_segments;
+};
+
+class PythonRuntime {
+ public:
+  static StatusOr<std::unique_ptr<PythonRuntime>> create(const PythonRuntimeOptions& options);
+  ~PythonRuntime();
+  PythonRuntime(const PythonRuntime&) = delete;
+  PythonRuntime& operator=(const PythonRuntime&) = delete;
+
+  // exec(code) in the user namespace (compiled with filename "<testudo-execute>").
+  // A trailing expression's value is not displayed (ipyparallel's execute is silent).
+  TaskOutcome execute(std::string_view code);
+
+  // segments[0]: pickle of a dict {name: value}; segments[1..]: its out-of-band buffers
+  // (pickle protocol 5). The dict is merged into the namespace.
+  TaskOutcome push_pickled(std::span<const SharedBytes> segments);
+
+  // Each pair is (name, Python literal text), evaluated with ast.literal_eval (never eval);
+  // a bad name (not an identifier) or bad literal is a Python error in the outcome.
+  TaskOutcome push_literals(const std::vector<std::pair<std::string, std::string>>& values);
+
+  // Reply value: [pickle of the value when names.size() == 1, else of the list of values;
+  // out-of-band buffers...]. A missing name is NameError.
+  TaskOutcome pull_pickled(const std::vector<std::string>& names);
+
+  // Reply value: one segment per name holding repr(value). A missing name is NameError.
+  TaskOutcome pull_repr(const std::vector<std::string>& names);
+
+  // segments[0]: pickle (cloudpickle-compatible) of a tuple (f, args, kwargs); segments[1..]:
+  // out-of-band buffers. Reply value: [pickle of f(*args, **kwargs), buffers...].
+  TaskOutcome apply(std::span<const SharedBytes> segments);
+
+  void set_engine_id(int engine_id);
+
+ private:
+  PythonRuntime();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace testudo::engine
