@@ -1,0 +1,51 @@
+// SharedBytes: an immutable-size, reference-counted byte buffer.
+// Message bodies travel as SharedBytes so the controller can fan one request out to
+// many engines without copying, and so a received segment can be handed to Python
+// (as a buffer object) without a copy. Thread-safe to copy; the bytes themselves are
+// not synchronized: only the owner that filled a buffer writes to it, before sharing it.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace testudo {
+
+class SharedBytes {
+ public:
+  SharedBytes() = default;
+
+  // Uninitialized storage of `size` bytes (no memset: a 1 GB segment is written once, by the reader).
+  static SharedBytes allocate(std::size_t size) {
+    SharedBytes b;
+    if (size > 0) b.data_ = std::make_shared_for_overwrite<std::byte[]>(size);
+    b.size_ = size;
+    return b;
+  }
+  static SharedBytes copy_of(std::span<const std::byte> bytes) {
+    SharedBytes b = allocate(bytes.size());
+    if (!bytes.empty()) std::memcpy(b.data_.get(), bytes.data(), bytes.size());
+    return b;
+  }
+  static SharedBytes copy_of(std::string_view text) {
+    return copy_of(std::as_bytes(std::span(text.data(), text.size())));
+  }
+
+  std::byte* data() { return data_.get(); }
+  const std::byte* data() const { return data_.get(); }
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  std::span<const std::byte> span() const { return {data_.get(), size_}; }
+  std::span<std::byte> mutable_span() { return {data_.get(), size_}; }
+  std::string_view view() const { return {reinterpret_cast<const char*>(data_.get()), size_}; }
+  std::string to_string() const { return std::string(view()); }
+
+ private:
+  std::shared_ptr<std::byte[]> data_;
+  std::size_t size_ = 0;
+};
+
+}  // namespace testudo

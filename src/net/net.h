@@ -1,0 +1,128 @@
+// The transport: TLS 1.3 connections carrying wire::Message values, an event loop, timers,
+// a listener and a dialer. asio and OpenSSL stay inside net/*.cc: users of this header see
+// only testudo types, which keeps the heavy headers out of the controller, engine and
+// client translation units (see DESIGN.md's pitfalls) and lets tests hand in fakes.
+//
+// Threading: an EventLoop runs on exactly one thread (the one that calls run()). Every
+// Connection, Listener and Timer belongs to one loop and must be used only from that
+// loop's thread; other threads hand work over with EventLoop::post().
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "testudo/status.h"
+#include "tls/tls.h"
+#include "wire/message.h"
+
+namespace testudo::net {
+
+class Timer {
+ public:
+  virtual ~Timer() = default;  // destroying a timer cancels it
+  virtual void cancel() = 0;
+};
+
+class EventLoop {
+ public:
+  EventLoop();
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Runs handlers until stop() is called. Call from one thread only.
+  void run();
+  // Thread-safe. run() returns after the handler now running, if any.
+  void stop();
+  bool stopped() const;
+  // Thread-safe: runs `fn` on the loop's thread.
+  void post(std::function<void()> fn);
+
+  // Calls `fn` once after `delay` / every `period`, on the loop's thread, until the returned
+  // timer is cancelled or destroyed.
+  std::unique_ptr<Timer> after(std::chrono::milliseconds delay, std::function<void()> fn);
+  std::unique_ptr<Timer> every(std::chrono::milliseconds period, std::function<void()> fn);
+  // Calls `fn(signal)` on the loop's thread when one of `signals` arrives (SIGINT, SIGTERM...).
+  void on_signals(std::vector<int> signals, std::function<void(int)> fn);
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// One authenticated-or-not TLS session with a peer. Handlers are called on the loop's
+// thread. After on_close has run once, no handler is called again and the connection drops
+// its handlers (so they may safely capture their owner).
+class Connection {
+ public:
+  struct Handlers {
+    std::function<void(wire::Message&&)> on_message;
+    std::function<void(const Status& reason)> on_close;
+  };
+
+  virtual ~Connection() = default;
+  // Starts reading. Messages are decoded under the current limits (see set_limits).
+  virtual void start(Handlers handlers) = 0;
+  // Queues `message` for sending; messages go out in order, one write in flight. Sending on
+  // a closed connection is a no-op.
+  virtual void send(wire::Message message) = 0;
+  // Closes now (queued messages are dropped) and calls on_close(reason) once.
+  virtual void close(const Status& reason) = 0;
+  // Closes after every queued message has been written (or after `grace`).
+  virtual void close_after_flush(const Status& reason, std::chrono::milliseconds grace) = 0;
+  virtual bool is_open() const = 0;
+
+  virtual void set_limits(const wire::Limits& limits) = 0;
+  virtual const std::string& peer_address() const = 0;  // "127.0.0.1:40112"
+  // Exporter value of this TLS session (see tls::export_keying_material).
+  virtual StatusOr<std::array<std::byte, 32>> export_keying_material(std::string_view label,
+                                                                     std::string_view context) = 0;
+  virtual StatusOr<std::string> peer_fingerprint() = 0;
+  // Bytes received / sent on this connection so far (application data).
+  virtual std::uint64_t bytes_received() const = 0;
+};
+
+struct ListenOptions {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;  // 0: the kernel picks
+  tls::ServerOptions tls;
+  // A TCP connection must finish its TLS handshake within this time.
+  std::chrono::milliseconds handshake_timeout{10'000};
+  // Connections still in their TLS handshake at once; more are closed at accept (T12).
+  std::size_t max_pending_handshakes = 256;
+};
+
+// Accepts TCP connections, runs the server side of the TLS handshake and hands each
+// established connection (limits: wire::Limits::pre_auth(), not yet started) to on_accept.
+class Listener {
+ public:
+  using AcceptHandler = std::function<void(std::shared_ptr<Connection>)>;
+  static StatusOr<std::unique_ptr<Listener>> create(EventLoop& loop, const ListenOptions& options,
+                                                    AcceptHandler on_accept);
+  virtual ~Listener() = default;
+  virtual std::uint16_t port() const = 0;
+  virtual std::string address() const = 0;
+  virtual void close() = 0;
+};
+
+struct DialOptions {
+  std::string host;
+  std::uint16_t port = 0;
+  tls::ClientOptions tls;  // carries the pinned controller fingerprint
+  std::chrono::milliseconds timeout{10'000};  // TCP connect + TLS handshake
+};
+
+// Connects and runs the client side of the TLS handshake, verifying the server by its pinned
+// fingerprint before anything is written. Calls `done` once on the loop's thread with a
+// connection (limits: wire::Limits{}, not yet started) or the reason it failed.
+void dial(EventLoop& loop, const DialOptions& options,
+          std::function<void(StatusOr<std::shared_ptr<Connection>>)> done);
+
+}  // namespace testudo::net

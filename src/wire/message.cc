@@ -1,0 +1,196 @@
+#include "wire/message.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "wire/byte_io.h"
+
+namespace testudo::wire {
+namespace {
+
+constexpr std::uint32_t kMaxTargets = 1u << 16;
+
+bool is_known_kind(std::uint16_t k) {
+  switch (static_cast<MessageKind>(k)) {
+    case MessageKind::kHello:
+    case MessageKind::kWelcome:
+    case MessageKind::kRejected:
+    case MessageKind::kHeartbeat:
+    case MessageKind::kHeartbeatAck:
+    case MessageKind::kExecute:
+    case MessageKind::kPush:
+    case MessageKind::kPull:
+    case MessageKind::kApply:
+    case MessageKind::kEngineList:
+    case MessageKind::kClusterStatus:
+    case MessageKind::kClusterShutdown:
+    case MessageKind::kTaskReply:
+    case MessageKind::kEngineListReply:
+    case MessageKind::kClusterStatusReply:
+    case MessageKind::kClusterShutdownReply:
+    case MessageKind::kEngineShutdown:
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::array<std::byte, kFrameHeaderBytes> encode_frame_header(const FrameHeader& header) {
+  std::array<std::byte, kFrameHeaderBytes> out{};
+  std::memcpy(out.data(), kMagic.data(), 4);
+  out[4] = std::byte{kProtocolVersion};
+  out[5] = std::byte{static_cast<std::uint8_t>(header.type)};
+  // out[6..7]: flags, zero
+  for (int i = 0; i < 4; ++i) out[8 + i] = static_cast<std::byte>(header.length >> (8 * i));
+  return out;
+}
+
+StatusOr<FrameHeader> decode_frame_header(std::span<const std::byte, kFrameHeaderBytes> bytes, const Limits& limits) {
+  if (std::memcmp(bytes.data(), kMagic.data(), 4) != 0) return data_loss("bad frame magic (not a testudo peer?)");
+  ByteReader r(bytes.subspan(4));
+  std::uint8_t version = r.u8();
+  std::uint8_t type = r.u8();
+  std::uint16_t flags = r.u16();
+  std::uint32_t length = r.u32();
+  if (version != kProtocolVersion) {
+    return data_loss("unsupported protocol version " + std::to_string(version) + " (this build speaks " +
+                     std::to_string(kProtocolVersion) + ")");
+  }
+  if (type != static_cast<std::uint8_t>(FrameType::kHead) && type != static_cast<std::uint8_t>(FrameType::kData)) {
+    return data_loss("unknown frame type " + std::to_string(type));
+  }
+  if (flags != 0) return data_loss("reserved frame flags set");
+  FrameHeader h{static_cast<FrameType>(type), length};
+  std::uint32_t max = h.type == FrameType::kHead ? std::min(limits.max_head_bytes, limits.max_frame_bytes)
+                                                 : limits.max_frame_bytes;
+  if (length > max) {
+    return resource_exhausted("frame of " + std::to_string(length) + " bytes exceeds the limit of " +
+                              std::to_string(max));
+  }
+  if (h.type == FrameType::kData && length == 0) return data_loss("empty data frame");
+  return h;
+}
+
+std::string_view role_name(Role role) {
+  switch (role) {
+    case Role::kClient: return "client";
+    case Role::kEngine: return "engine";
+    case Role::kController: return "controller";
+  }
+  return "unknown";
+}
+
+std::string_view kind_name(MessageKind kind) {
+  switch (kind) {
+    case MessageKind::kHello: return "hello";
+    case MessageKind::kWelcome: return "welcome";
+    case MessageKind::kRejected: return "rejected";
+    case MessageKind::kHeartbeat: return "heartbeat";
+    case MessageKind::kHeartbeatAck: return "heartbeat-ack";
+    case MessageKind::kExecute: return "execute";
+    case MessageKind::kPush: return "push";
+    case MessageKind::kPull: return "pull";
+    case MessageKind::kApply: return "apply";
+    case MessageKind::kEngineList: return "engine-list";
+    case MessageKind::kClusterStatus: return "cluster-status";
+    case MessageKind::kClusterShutdown: return "cluster-shutdown";
+    case MessageKind::kTaskReply: return "task-reply";
+    case MessageKind::kEngineListReply: return "engine-list-reply";
+    case MessageKind::kClusterStatusReply: return "cluster-status-reply";
+    case MessageKind::kClusterShutdownReply: return "cluster-shutdown-reply";
+    case MessageKind::kEngineShutdown: return "engine-shutdown";
+  }
+  return "unknown";
+}
+
+std::vector<std::byte> encode_head(const Envelope& e, std::span<const SharedBytes> segments) {
+  ByteWriter w;
+  w.buffer().reserve(48 + e.text.size() + 4 * e.targets.size() + 8 * segments.size());
+  w.u16(static_cast<std::uint16_t>(e.kind));
+  w.u16(e.flags);
+  w.u16(e.status);
+  w.u64(e.request_id);
+  w.u64(e.task_id);
+  w.u32(e.client_id);
+  w.u32(e.engine_id);
+  w.u32(static_cast<std::uint32_t>(e.targets.size()));
+  for (std::uint32_t t : e.targets) w.u32(t);
+  w.str(e.text);
+  w.u32(static_cast<std::uint32_t>(segments.size()));
+  for (const SharedBytes& s : segments) w.u64(s.size());
+  return w.take();
+}
+
+StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits) {
+  if (payload.size() > limits.max_head_bytes) return resource_exhausted("message head too large");
+  ByteReader r(payload);
+  Head h;
+  Envelope& e = h.envelope;
+  std::uint16_t kind = r.u16();
+  e.flags = r.u16();
+  e.status = r.u16();
+  e.request_id = r.u64();
+  e.task_id = r.u64();
+  e.client_id = r.u32();
+  e.engine_id = r.u32();
+  if (!r.ok()) return data_loss("truncated message head");
+  if (!is_known_kind(kind)) return data_loss("unknown message kind " + std::to_string(kind));
+  e.kind = static_cast<MessageKind>(kind);
+  std::uint32_t ntargets = r.u32();
+  // Each target takes 4 bytes: checking against what is left bounds the allocation.
+  if (!r.ok() || ntargets > kMaxTargets || std::uint64_t(ntargets) * 4 > r.remaining()) {
+    return data_loss("bad target count in message head");
+  }
+  e.targets.resize(ntargets);
+  for (auto& t : e.targets) t = r.u32();
+  e.text = r.str(limits.max_head_bytes);
+  std::uint32_t nseg = r.u32();
+  if (!r.ok()) return data_loss("truncated message head");
+  if (nseg > limits.max_segments || std::uint64_t(nseg) * 8 > r.remaining()) {
+    return resource_exhausted("message has " + std::to_string(nseg) + " segments; the limit is " +
+                              std::to_string(limits.max_segments));
+  }
+  h.segment_sizes.resize(nseg);
+  std::uint64_t total = 0;
+  for (auto& s : h.segment_sizes) {
+    s = r.u64();
+    // Sum cannot overflow: each term is checked against max_message_bytes first.
+    if (s > limits.max_message_bytes || total + s > limits.max_message_bytes) {
+      return resource_exhausted("message body exceeds the limit of " + std::to_string(limits.max_message_bytes) +
+                                " bytes");
+    }
+    total += s;
+  }
+  if (!r.ok()) return data_loss("truncated message head");
+  if (!r.at_end()) return data_loss("trailing bytes after message head");
+  return h;
+}
+
+bool is_allowed_after_auth(Role sender, MessageKind kind) {
+  using K = MessageKind;
+  switch (sender) {
+    case Role::kClient:
+      switch (kind) {
+        case K::kHeartbeat: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:
+        case K::kEngineList: case K::kClusterStatus: case K::kClusterShutdown:
+          return true;
+        default:
+          return false;
+      }
+    case Role::kEngine:
+      return kind == K::kHeartbeat || kind == K::kTaskReply;
+    case Role::kController:
+      switch (kind) {
+        case K::kHeartbeatAck: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:
+        case K::kTaskReply: case K::kEngineListReply: case K::kClusterStatusReply:
+        case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
+          return true;
+        default:
+          return false;
+      }
+  }
+  return false;
+}
+
+}  // namespace testudo::wire

@@ -1,0 +1,141 @@
+// testudo's wire protocol, version 1.
+//
+// A connection (one TLS session per peer) carries messages. A message is
+//   Envelope   — the routing header: kind, ids, targets, controller status. Read by the
+//                controller to route and account; small and bounded.
+//   segments   — the body: opaque byte strings (code, pickles, out-of-band buffers). The
+//                controller never decodes a body (THREATS.md T17); an end-to-end layer can
+//                later seal the body without touching routing.
+//
+// On the wire a message is a sequence of frames, each with a fixed 12-byte header:
+//   magic "TSTU" (4) | version u8 | frame type u8 | flags u16 (0) | payload length u32
+// The first frame (type kHead) carries the encoded Envelope plus the segment sizes; the
+// segment bytes follow in kData frames of at most Limits::max_frame_bytes each, segment by
+// segment, so no single read is larger than a frame and values of any size (up to
+// max_message_bytes) are chunked. Every length is checked against the limits before any
+// allocation; the receiver allocates a segment only after its head passed those checks.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/shared_bytes.h"
+#include "testudo/status.h"
+
+namespace testudo::wire {
+
+inline constexpr std::array<std::byte, 4> kMagic{std::byte{'T'}, std::byte{'S'}, std::byte{'T'}, std::byte{'U'}};
+inline constexpr std::uint8_t kProtocolVersion = 1;
+inline constexpr std::size_t kFrameHeaderBytes = 12;
+
+enum class FrameType : std::uint8_t { kHead = 1, kData = 2 };
+
+struct FrameHeader {
+  FrameType type = FrameType::kHead;
+  std::uint32_t length = 0;  // payload bytes that follow the header
+};
+
+// Size bounds one connection enforces on what it receives. A peer that has not yet
+// authenticated gets kPreAuth: one small head, no body.
+struct Limits {
+  std::uint32_t max_frame_bytes = 1u << 20;          // 1 MiB per frame (and per read)
+  std::uint32_t max_head_bytes = 64u << 10;           // envelope + segment table
+  std::uint32_t max_segments = 4096;
+  std::uint64_t max_message_bytes = 4ull << 30;       // sum of a message's segments (4 GiB)
+
+  static Limits pre_auth() { return Limits{1u << 12, 1u << 12, 0, 0}; }
+};
+
+std::array<std::byte, kFrameHeaderBytes> encode_frame_header(const FrameHeader& header);
+// Checks magic, version, type, flags (must be 0) and length <= limits.max_frame_bytes
+// (and <= max_head_bytes for a head) — before the caller reads or allocates the payload.
+StatusOr<FrameHeader> decode_frame_header(std::span<const std::byte, kFrameHeaderBytes> bytes, const Limits& limits);
+
+// Who sent a message. Each role has its own allowlist of kinds (see is_allowed).
+enum class Role : std::uint8_t { kClient = 1, kEngine = 2, kController = 3 };
+std::string_view role_name(Role role);
+
+enum class MessageKind : std::uint16_t {
+  // Handshake. A peer's first and only message before authentication is kHello.
+  kHello = 1,     // client/engine -> controller: role and capability proof (auth/)
+  kWelcome = 2,   // controller -> peer: accepted; envelope.engine_id / client_id assigned
+  kRejected = 3,  // controller -> peer: envelope.text says why; the connection closes
+
+  kHeartbeat = 10,     // client/engine -> controller
+  kHeartbeatAck = 11,  // controller -> client/engine
+
+  // Task requests: client -> controller (with targets) and controller -> engine (one target).
+  kExecute = 20,  // segments: [code]
+  kPush = 21,     // segments: pickle format: [pickle of dict, buffers...]; literal: [literal pairs]
+  kPull = 22,     // segments: [names]
+  kApply = 23,    // segments: [pickle of (f, args, kwargs), buffers...]
+
+  // Control: client -> controller.
+  kEngineList = 30,
+  kClusterStatus = 31,
+  kClusterShutdown = 32,
+
+  // Replies.
+  kTaskReply = 40,         // engine -> controller -> client; see ReplyMeta in body.h
+  kEngineListReply = 41,   // controller -> client; segments: [JSON]
+  kClusterStatusReply = 42,
+  kClusterShutdownReply = 43,
+
+  kEngineShutdown = 50,  // controller -> engine: finish and exit
+};
+std::string_view kind_name(MessageKind kind);
+
+// Value encodings for push/pull, in Envelope::flags.
+enum class ValueFormat : std::uint16_t { kPickle = 0, kLiteral = 1 };
+
+// Controller-level outcome of a request, in Envelope::status of a kTaskReply. kOk means the
+// engine ran the request and the body is the engine's reply; anything else comes from the
+// controller, with the reason in Envelope::text and no body.
+enum class RouteStatus : std::uint16_t {
+  kOk = 0,
+  kNoSuchEngine = 1,
+  kEngineDied = 2,
+  kNotAllowed = 3,
+  kShuttingDown = 4,
+};
+
+struct Envelope {
+  MessageKind kind = MessageKind::kHeartbeat;
+  std::uint16_t flags = 0;        // per kind; for kPush/kPull a ValueFormat
+  std::uint16_t status = 0;       // RouteStatus on replies
+  std::uint64_t request_id = 0;   // chosen by the client, echoed in replies
+  std::uint64_t task_id = 0;      // chosen by the controller for the controller<->engine hop
+  std::uint32_t client_id = 0;    // set by the controller; what a client sends is ignored
+  std::uint32_t engine_id = 0;    // target (controller -> engine) or source (replies)
+  std::vector<std::uint32_t> targets;  // client -> controller: engines to run on
+  std::string text;               // short text: reasons, hello payload; bounded by the head size
+
+  bool operator==(const Envelope&) const = default;
+};
+
+struct Message {
+  Envelope envelope;
+  std::vector<SharedBytes> segments;
+};
+
+// The head payload: Envelope plus segment sizes.
+struct Head {
+  Envelope envelope;
+  std::vector<std::uint64_t> segment_sizes;
+};
+
+std::vector<std::byte> encode_head(const Envelope& envelope, std::span<const SharedBytes> segments);
+// Checks every field and that the segment table respects `limits`, and that nothing trails.
+StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits);
+
+// The explicit allowlist (THREATS.md T17): may a peer of `sender` role send `kind` to its
+// counterpart once authenticated? Before authentication only kHello (to the controller) and
+// kWelcome/kRejected (from it) exist.
+bool is_allowed_after_auth(Role sender, MessageKind kind);
+
+}  // namespace testudo::wire

@@ -1,0 +1,119 @@
+#include "wire/message.h"
+
+#include <gtest/gtest.h>
+
+#include "wire/byte_io.h"
+
+namespace testudo::wire {
+namespace {
+
+std::array<std::byte, kFrameHeaderBytes> header_bytes(FrameType type, std::uint32_t length) {
+  return encode_frame_header({type, length});
+}
+
+TEST(FrameHeaderTest, RoundTrips) {
+  auto bytes = header_bytes(FrameType::kData, 4096);
+  auto h = decode_frame_header(bytes, Limits{});
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_EQ(h->type, FrameType::kData);
+  EXPECT_EQ(h->length, 4096u);
+}
+
+TEST(FrameHeaderTest, RejectsBadMagicVersionTypeFlags) {
+  auto bytes = header_bytes(FrameType::kHead, 10);
+  auto bad = bytes;
+  bad[0] = std::byte{'X'};
+  EXPECT_EQ(decode_frame_header(bad, Limits{}).status().code(), StatusCode::kDataLoss);
+  bad = bytes;
+  bad[4] = std::byte{2};
+  EXPECT_NE(decode_frame_header(bad, Limits{}).status().message().find("version"), std::string::npos);
+  bad = bytes;
+  bad[5] = std::byte{9};
+  EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
+  bad = bytes;
+  bad[6] = std::byte{1};
+  EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
+}
+
+TEST(FrameHeaderTest, HugeLengthRejectedBeforeAllocation) {
+  auto bytes = header_bytes(FrameType::kHead, 0xFFFFFFFFu);
+  EXPECT_EQ(decode_frame_header(bytes, Limits{}).status().code(), StatusCode::kResourceExhausted);
+  // Before authentication even a modest head is too large.
+  bytes = header_bytes(FrameType::kHead, 5000);
+  EXPECT_EQ(decode_frame_header(bytes, Limits::pre_auth()).status().code(), StatusCode::kResourceExhausted);
+}
+
+TEST(HeadTest, RoundTripsEveryField) {
+  Envelope e;
+  e.kind = MessageKind::kPush;
+  e.flags = static_cast<std::uint16_t>(ValueFormat::kLiteral);
+  e.status = 3;
+  e.request_id = 0x1122334455667788ull;
+  e.task_id = 42;
+  e.client_id = 7;
+  e.engine_id = 9;
+  e.targets = {0, 2, 4};
+  e.text = "hello";
+  std::vector<SharedBytes> segs{SharedBytes::copy_of("abc"), SharedBytes::allocate(0)};
+  auto payload = encode_head(e, segs);
+  auto h = decode_head(payload, Limits{});
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_EQ(h->envelope, e);
+  EXPECT_EQ(h->segment_sizes, (std::vector<std::uint64_t>{3, 0}));
+}
+
+TEST(HeadTest, EveryTruncationIsAnError) {
+  Envelope e;
+  e.kind = MessageKind::kExecute;
+  e.targets = {1, 2};
+  e.text = "xyz";
+  std::vector<SharedBytes> segs{SharedBytes::copy_of("code")};
+  auto payload = encode_head(e, segs);
+  for (std::size_t n = 0; n < payload.size(); ++n) {
+    EXPECT_FALSE(decode_head(std::span(payload).first(n), Limits{}).ok()) << "prefix " << n;
+  }
+  payload.push_back(std::byte{0});
+  EXPECT_FALSE(decode_head(payload, Limits{}).ok());
+}
+
+TEST(HeadTest, RejectsUnknownKindAndOversizedBody) {
+  Envelope e;
+  e.kind = MessageKind::kApply;
+  auto payload = encode_head(e, {});
+  payload[0] = std::byte{0xEE};
+  EXPECT_FALSE(decode_head(payload, Limits{}).ok());
+
+  std::vector<SharedBytes> segs{SharedBytes::allocate(10)};
+  payload = encode_head(e, segs);
+  Limits small;
+  small.max_message_bytes = 9;
+  EXPECT_EQ(decode_head(payload, small).status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(decode_head(payload, Limits::pre_auth()).status().code(), StatusCode::kResourceExhausted);
+}
+
+TEST(HeadTest, HugeCountsDoNotAllocate) {
+  ByteWriter w;
+  w.u16(static_cast<std::uint16_t>(MessageKind::kExecute));
+  w.u16(0);
+  w.u16(0);
+  w.u64(1);
+  w.u64(0);
+  w.u32(0);
+  w.u32(0);
+  w.u32(0xFFFFFFFFu);  // claims four billion targets in a 40-byte head
+  auto st = decode_head(w.buffer(), Limits{});
+  EXPECT_EQ(st.status().code(), StatusCode::kDataLoss);
+}
+
+TEST(AllowlistTest, RolesAreKeptApart) {
+  EXPECT_TRUE(is_allowed_after_auth(Role::kClient, MessageKind::kExecute));
+  EXPECT_FALSE(is_allowed_after_auth(Role::kClient, MessageKind::kTaskReply));
+  EXPECT_FALSE(is_allowed_after_auth(Role::kClient, MessageKind::kHello));
+  EXPECT_FALSE(is_allowed_after_auth(Role::kEngine, MessageKind::kExecute));
+  EXPECT_FALSE(is_allowed_after_auth(Role::kEngine, MessageKind::kClusterShutdown));
+  EXPECT_TRUE(is_allowed_after_auth(Role::kEngine, MessageKind::kTaskReply));
+  EXPECT_FALSE(is_allowed_after_auth(Role::kController, MessageKind::kHello));
+}
+
+}  // namespace
+}  // namespace testudo::wire
