@@ -1,0 +1,120 @@
+#include "crypto/crypto.h"
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+
+#include "base/log.h"
+
+namespace testudo::crypto {
+namespace {
+
+// The digest functions return a plain Digest: OpenSSL fails them only when it cannot
+// allocate or its providers are missing. Returning a zero "digest" would be worse than
+// stopping, so that case terminates.
+[[noreturn]] void die(std::string_view what) {
+  LOG_ERROR("crypto") << what << " failed inside OpenSSL; stopping";
+  std::abort();
+}
+
+// OpenSSL dislikes null pointers even with zero lengths; a static byte stands in.
+const unsigned char* ptr_or_empty(std::span<const std::byte> s) {
+  static const unsigned char kEmpty = 0;
+  return s.empty() ? &kEmpty : reinterpret_cast<const unsigned char*>(s.data());
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+Status fill_random(std::span<std::byte> out) {
+  while (!out.empty()) {
+    const std::size_t chunk = std::min<std::size_t>(out.size(), INT_MAX);
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(chunk)) != 1) {
+      // The queue holds nothing secret, only the reason the RNG refused.
+      ERR_clear_error();
+      return internal_error("RAND_bytes failed: the OpenSSL random generator is not seeded");
+    }
+    out = out.subspan(chunk);
+  }
+  return ok_status();
+}
+
+StatusOr<Digest> random_secret() {
+  Digest d;
+  TESTUDO_RETURN_IF_ERROR(fill_random(d));
+  return d;
+}
+
+Digest sha256(std::span<const std::byte> data) {
+  Digest d;
+  unsigned int len = 0;
+  if (EVP_Digest(ptr_or_empty(data), data.size(), reinterpret_cast<unsigned char*>(d.data()), &len,
+                 EVP_sha256(), nullptr) != 1 ||
+      len != d.size()) {
+    die("SHA-256");
+  }
+  return d;
+}
+
+Digest hmac_sha256(std::span<const std::byte> key, std::span<const std::byte> data) {
+  Digest d;
+  unsigned int len = 0;
+  if (key.size() > INT_MAX ||
+      HMAC(EVP_sha256(), ptr_or_empty(key), static_cast<int>(key.size()), ptr_or_empty(data),
+           data.size(), reinterpret_cast<unsigned char*>(d.data()), &len) == nullptr ||
+      len != d.size()) {
+    die("HMAC-SHA-256");
+  }
+  return d;
+}
+
+bool constant_time_equal(std::span<const std::byte> a, std::span<const std::byte> b) {
+  if (a.size() != b.size()) return false;
+  if (a.empty()) return true;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string to_hex(std::span<const std::byte> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (std::byte b : bytes) {
+    const auto v = std::to_integer<unsigned>(b);
+    out.push_back(kDigits[v >> 4]);
+    out.push_back(kDigits[v & 0xf]);
+  }
+  return out;
+}
+
+StatusOr<std::vector<std::byte>> from_hex(std::string_view hex) {
+  if (hex.size() % 2 != 0) {
+    return invalid_argument("hex string has odd length " + std::to_string(hex.size()));
+  }
+  std::vector<std::byte> out;
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = hex_value(hex[i]);
+    const int lo = hex_value(hex[i + 1]);
+    if (hi < 0 || lo < 0) {
+      // The position, not the character: the string may be a secret.
+      return invalid_argument("hex string has a non-hex character at offset " +
+                              std::to_string(hi < 0 ? i : i + 1));
+    }
+    out.push_back(static_cast<std::byte>((hi << 4) | lo));
+  }
+  return out;
+}
+
+}  // namespace testudo::crypto

@@ -1,0 +1,86 @@
+#include "crypto/crypto.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+namespace testudo::crypto {
+namespace {
+
+TEST(CryptoTest, Sha256OfAbc) {
+  EXPECT_EQ(to_hex(sha256(as_bytes("abc"))),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(CryptoTest, Sha256OfEmpty) {
+  EXPECT_EQ(to_hex(sha256({})),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+TEST(CryptoTest, HmacSha256Rfc4231Case2) {
+  EXPECT_EQ(to_hex(hmac_sha256(as_bytes("Jefe"), as_bytes("what do ya want for nothing?"))),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+TEST(CryptoTest, HmacSha256EmptyKeyAndData) {
+  // Well-known value of HMAC-SHA-256("", "").
+  EXPECT_EQ(to_hex(hmac_sha256({}, {})),
+            "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+}
+
+TEST(CryptoTest, HexRoundTrip) {
+  std::vector<std::byte> all;
+  for (int i = 0; i < 256; ++i) all.push_back(static_cast<std::byte>(i));
+  const std::string hex = to_hex(all);
+  EXPECT_EQ(hex.size(), 512u);
+  EXPECT_EQ(hex.substr(0, 8), "00010203");
+  EXPECT_EQ(hex.substr(hex.size() - 4), "feff");
+  auto back = from_hex(hex);
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(*back, all);
+
+  auto upper = from_hex("DEADbeef");
+  ASSERT_TRUE(upper.ok());
+  EXPECT_EQ(to_hex(*upper), "deadbeef");
+
+  auto empty = from_hex("");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->empty());
+}
+
+TEST(CryptoTest, BadHexRejected) {
+  for (std::string_view bad : {"abc", "0g", "g0", " 00", "00 ", "0x00", "zz", "-1"}) {
+    auto r = from_hex(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(CryptoTest, ConstantTimeEqual) {
+  EXPECT_TRUE(constant_time_equal(as_bytes("secret"), as_bytes("secret")));
+  EXPECT_FALSE(constant_time_equal(as_bytes("secret"), as_bytes("secreT")));
+  EXPECT_FALSE(constant_time_equal(as_bytes("Secret"), as_bytes("secret")));
+  EXPECT_FALSE(constant_time_equal(as_bytes("secret"), as_bytes("secrets")));
+  EXPECT_FALSE(constant_time_equal(as_bytes(""), as_bytes("x")));
+  EXPECT_TRUE(constant_time_equal(as_bytes(""), as_bytes("")));
+}
+
+TEST(CryptoTest, RandomSecretsDiffer) {
+  auto a = random_secret();
+  auto b = random_secret();
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  EXPECT_NE(*a, *b);
+  EXPECT_NE(*a, Digest{});
+}
+
+TEST(CryptoTest, FillRandomFillsLargeBuffers) {
+  std::vector<std::byte> buf(1 << 16);
+  ASSERT_TRUE(fill_random(buf).ok());
+  // 64 KiB of zeros from a CSPRNG would be astonishing.
+  EXPECT_TRUE(std::any_of(buf.begin(), buf.end(), [](std::byte b) { return b != std::byte{0}; }));
+  EXPECT_TRUE(fill_random({}).ok());
+}
+
+}  // namespace
+}  // namespace testudo::crypto

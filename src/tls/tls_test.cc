@@ -1,0 +1,328 @@
+#include "tls/tls.h"
+
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/pem.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+
+#include <cctype>
+#include <utility>
+
+namespace testudo::tls {
+namespace {
+
+struct SslDeleter {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+
+constexpr std::string_view kLabel = "EXPORTER-testudo-test";
+
+KeyAndCertificate must_generate(std::string_view cn) {
+  auto kc = generate_self_signed(cn);
+  EXPECT_TRUE(kc.ok()) << kc.status().to_string();
+  return kc.ok() ? std::move(kc).value() : KeyAndCertificate{};
+}
+
+std::string must_fingerprint(const KeyAndCertificate& kc) {
+  auto fp = fingerprint_of_pem(kc.cert_pem);
+  EXPECT_TRUE(fp.ok()) << fp.status().to_string();
+  return fp.ok() ? *fp : std::string();
+}
+
+// Identities made once: key generation is the slow part.
+struct Identities {
+  KeyAndCertificate server = must_generate("testudo-controller");
+  KeyAndCertificate client = must_generate("testudo-client");
+  KeyAndCertificate other = must_generate("someone-else");
+};
+const Identities& ids() {
+  static const Identities* const kIds = new Identities();
+  return *kIds;
+}
+
+SslCtxPtr must_server_ctx() {
+  auto ctx = make_server_context(ServerOptions{ids().server});
+  EXPECT_TRUE(ctx.ok()) << ctx.status().to_string();
+  return ctx.ok() ? std::move(ctx).value() : nullptr;
+}
+
+SslCtxPtr must_client_ctx(std::string pin) {
+  auto ctx = make_client_context(ClientOptions{ids().client, std::move(pin)});
+  EXPECT_TRUE(ctx.ok()) << ctx.status().to_string();
+  return ctx.ok() ? std::move(ctx).value() : nullptr;
+}
+
+// A server and a client SSL joined by an in-memory BIO pair, handshaking in lockstep.
+struct Session {
+  SslPtr server;
+  SslPtr client;
+  bool server_done = false, client_done = false;
+  bool server_failed = false, client_failed = false;
+  std::string server_error, client_error;
+
+  Session(SSL_CTX* server_ctx, SSL_CTX* client_ctx)
+      : server(SSL_new(server_ctx)), client(SSL_new(client_ctx)) {
+    BIO* server_bio = nullptr;
+    BIO* client_bio = nullptr;
+    EXPECT_EQ(BIO_new_bio_pair(&server_bio, 0, &client_bio, 0), 1);
+    SSL_set_bio(server.get(), server_bio, server_bio);  // one reference each, owned by the SSL
+    SSL_set_bio(client.get(), client_bio, client_bio);
+    SSL_set_accept_state(server.get());
+    SSL_set_connect_state(client.get());
+  }
+
+  static void step(SSL* ssl, bool& done, bool& failed, std::string& error) {
+    if (done || failed) return;
+    const int rc = SSL_do_handshake(ssl);
+    if (rc == 1) {
+      done = true;
+      return;
+    }
+    const int err = SSL_get_error(ssl, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+    failed = true;
+    error = openssl_error("handshake").message();
+  }
+
+  void handshake() {
+    for (int i = 0; i < 100; ++i) {
+      step(client.get(), client_done, client_failed, client_error);
+      step(server.get(), server_done, server_failed, server_error);
+      if ((client_done || client_failed) && (server_done || server_failed)) break;
+    }
+    ERR_clear_error();
+  }
+};
+
+TEST(TlsTest, GenerateSelfSignedAndFingerprintFormat) {
+  const auto& kc = ids().server;
+  EXPECT_NE(kc.key_pem.find("-----BEGIN PRIVATE KEY-----"), std::string::npos);  // PKCS#8
+  EXPECT_NE(kc.cert_pem.find("-----BEGIN CERTIFICATE-----"), std::string::npos);
+  EXPECT_TRUE(check_key_matches_certificate(kc).ok());
+  const std::string fp = must_fingerprint(kc);
+  ASSERT_EQ(fp.size(), 7u + 64u);
+  EXPECT_EQ(fp.substr(0, 7), "sha256:");
+  for (char c : fp.substr(7)) {
+    EXPECT_TRUE((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) << fp;
+  }
+  EXPECT_EQ(must_fingerprint(kc), fp);  // deterministic
+}
+
+TEST(TlsTest, GeneratedCertificateHasExpectedFields) {
+  const auto& kc = ids().server;
+  BIO* bio = BIO_new_mem_buf(kc.cert_pem.data(), static_cast<int>(kc.cert_pem.size()));
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ASSERT_NE(cert, nullptr);
+  EXPECT_EQ(X509_get_version(cert), X509_VERSION_3);
+  char cn[128] = {};
+  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
+  EXPECT_STREQ(cn, "testudo-controller");
+  EXPECT_EQ(X509_check_ca(cert), 0);
+  EXPECT_EQ(X509_cmp_current_time(X509_get0_notBefore(cert)), -1);
+  EXPECT_EQ(X509_cmp_current_time(X509_get0_notAfter(cert)), 1);
+  EXPECT_EQ(X509_get_signature_nid(cert), NID_ecdsa_with_SHA256);
+  const ASN1_INTEGER* serial = X509_get0_serialNumber(cert);
+  EXPECT_GE(serial->length, 15);  // 128 random bits with the top bit cleared
+  X509_free(cert);
+}
+
+TEST(TlsTest, FingerprintsDifferBetweenCertificates) {
+  EXPECT_NE(must_fingerprint(ids().server), must_fingerprint(ids().client));
+}
+
+TEST(TlsTest, FingerprintOfGarbageFails) {
+  EXPECT_EQ(fingerprint_of_pem("not a certificate").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(fingerprint_of_pem("").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(TlsTest, MismatchedKeyAndCertificateRejected) {
+  KeyAndCertificate mixed{ids().server.key_pem, ids().client.cert_pem};
+  Status st = check_key_matches_certificate(mixed);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(make_server_context(ServerOptions{mixed}).ok());
+  EXPECT_FALSE(make_client_context(ClientOptions{mixed, must_fingerprint(ids().server)}).ok());
+  EXPECT_FALSE(check_key_matches_certificate({"garbage", ids().client.cert_pem}).ok());
+}
+
+TEST(TlsTest, GenerateRejectsBadArguments) {
+  EXPECT_FALSE(generate_self_signed("").ok());
+  EXPECT_FALSE(generate_self_signed(std::string(65, 'x')).ok());
+  EXPECT_FALSE(generate_self_signed("ok", 0).ok());
+}
+
+TEST(TlsTest, ClientContextRejectsBadFingerprints) {
+  const std::string good = must_fingerprint(ids().server);
+  const std::string hex = good.substr(7);
+  std::string upper = good;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  upper.replace(0, 7, "sha256:");
+  const std::string bads[] = {
+      "",
+      hex,                       // no prefix
+      "sha1:" + hex,             // wrong algorithm
+      "SHA256:" + hex,           // prefix is case-sensitive
+      upper,                     // hex must be lowercase
+      good.substr(0, good.size() - 1),
+      good + "0",
+      "sha256:" + std::string(64, 'g'),
+      "sha256:" + hex.substr(0, 62) + " 0",
+  };
+  for (const auto& bad : bads) {
+    auto ctx = make_client_context(ClientOptions{ids().client, bad});
+    EXPECT_FALSE(ctx.ok()) << bad;
+    EXPECT_EQ(ctx.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_TRUE(make_client_context(ClientOptions{ids().client, good}).ok());
+}
+
+TEST(TlsTest, ContextsRequireAnIdentity) {
+  EXPECT_EQ(make_server_context(ServerOptions{}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(make_client_context(ClientOptions{{}, must_fingerprint(ids().server)}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(TlsTest, ContextSettings) {
+  SslCtxPtr contexts[] = {must_server_ctx(), must_client_ctx(must_fingerprint(ids().server))};
+  for (const SslCtxPtr& ctx : contexts) {
+    ASSERT_NE(ctx, nullptr);
+    EXPECT_EQ(SSL_CTX_get_min_proto_version(ctx.get()), TLS1_3_VERSION);
+    EXPECT_EQ(SSL_CTX_get_max_proto_version(ctx.get()), TLS1_3_VERSION);
+    const uint64_t opts = SSL_CTX_get_options(ctx.get());
+    EXPECT_TRUE(opts & SSL_OP_NO_COMPRESSION);
+    EXPECT_TRUE(opts & SSL_OP_NO_TICKET);
+    EXPECT_TRUE(opts & SSL_OP_NO_RENEGOTIATION);
+    EXPECT_EQ(SSL_CTX_get_num_tickets(ctx.get()), 0u);
+    EXPECT_EQ(SSL_CTX_get_verify_mode(ctx.get()),
+              SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
+  }
+}
+
+TEST(TlsTest, HandshakeWithCorrectPinSucceeds) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  SslCtxPtr client_ctx = must_client_ctx(must_fingerprint(ids().server));
+  ASSERT_TRUE(server_ctx && client_ctx);
+
+  Session s(server_ctx.get(), client_ctx.get());
+  s.handshake();
+  ASSERT_TRUE(s.client_done) << s.client_error;
+  ASSERT_TRUE(s.server_done) << s.server_error;
+  EXPECT_EQ(SSL_version(s.client.get()), TLS1_3_VERSION);
+  EXPECT_EQ(SSL_version(s.server.get()), TLS1_3_VERSION);
+  EXPECT_EQ(SSL_get_current_compression(s.client.get()), nullptr);
+
+  auto server_ekm = export_keying_material(s.server.get(), kLabel, "ctx");
+  auto client_ekm = export_keying_material(s.client.get(), kLabel, "ctx");
+  ASSERT_TRUE(server_ekm.ok()) << server_ekm.status().to_string();
+  ASSERT_TRUE(client_ekm.ok()) << client_ekm.status().to_string();
+  EXPECT_EQ(*server_ekm, *client_ekm);
+  // Label and context both bind the value.
+  EXPECT_NE(*export_keying_material(s.client.get(), kLabel, "other"), *client_ekm);
+  EXPECT_NE(*export_keying_material(s.client.get(), "EXPORTER-other", "ctx"), *client_ekm);
+
+  auto server_sees = peer_fingerprint(s.server.get());
+  ASSERT_TRUE(server_sees.ok()) << server_sees.status().to_string();
+  EXPECT_EQ(*server_sees, must_fingerprint(ids().client));
+  auto client_sees = peer_fingerprint(s.client.get());
+  ASSERT_TRUE(client_sees.ok()) << client_sees.status().to_string();
+  EXPECT_EQ(*client_sees, must_fingerprint(ids().server));
+
+  // Application data flows both ways.
+  ASSERT_EQ(SSL_write(s.client.get(), "ping", 4), 4);
+  char buf[8] = {};
+  ASSERT_EQ(SSL_read(s.server.get(), buf, sizeof buf), 4);
+  EXPECT_EQ(std::string_view(buf, 4), "ping");
+
+  // A second, independent session over the same contexts exports another value.
+  Session s2(server_ctx.get(), client_ctx.get());
+  s2.handshake();
+  ASSERT_TRUE(s2.client_done && s2.server_done) << s2.client_error << s2.server_error;
+  EXPECT_EQ(SSL_session_reused(s2.client.get()), 0);
+  auto ekm2 = export_keying_material(s2.client.get(), kLabel, "ctx");
+  ASSERT_TRUE(ekm2.ok());
+  EXPECT_NE(*ekm2, *client_ekm);
+}
+
+TEST(TlsTest, HandshakeWithWrongPinFailsBeforeAnyData) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  SslCtxPtr client_ctx = must_client_ctx(must_fingerprint(ids().other));
+  ASSERT_TRUE(server_ctx && client_ctx);
+
+  Session s(server_ctx.get(), client_ctx.get());
+  s.handshake();
+  EXPECT_TRUE(s.client_failed);
+  EXPECT_FALSE(s.client_done);
+  EXPECT_FALSE(s.server_done);
+  EXPECT_EQ(SSL_get_verify_result(s.client.get()), X509_V_ERR_CERT_REJECTED);
+  EXPECT_NE(s.client_error.find("certificate verify failed"), std::string::npos) << s.client_error;
+
+  // The client cannot write application data, and the server receives none.
+  EXPECT_LE(SSL_write(s.client.get(), "secret", 6), 0);
+  char buf[8];
+  EXPECT_LE(SSL_read(s.server.get(), buf, sizeof buf), 0);
+  EXPECT_FALSE(export_keying_material(s.client.get(), kLabel, "").ok());
+  ERR_clear_error();
+}
+
+TEST(TlsTest, ServerRefusesClientWithoutCertificate) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  ASSERT_TRUE(server_ctx);
+  // A bare TLS 1.3 client with no certificate (and, for this test, no verification).
+  SslCtxPtr bare(SSL_CTX_new(TLS_client_method()));
+  ASSERT_TRUE(bare);
+  ASSERT_EQ(SSL_CTX_set_min_proto_version(bare.get(), TLS1_3_VERSION), 1);
+
+  Session s(server_ctx.get(), bare.get());
+  s.handshake();
+  EXPECT_TRUE(s.server_failed);
+  EXPECT_FALSE(s.server_done);
+  EXPECT_NE(s.server_error.find("peer did not return a certificate"), std::string::npos)
+      << s.server_error;
+  EXPECT_FALSE(peer_fingerprint(s.server.get()).ok());
+  // In TLS 1.3 the client may believe it finished; its first read sees the refusal.
+  if (s.client_done) {
+    char buf[8];
+    EXPECT_LE(SSL_read(s.client.get(), buf, sizeof buf), 0);
+  }
+  ERR_clear_error();
+}
+
+TEST(TlsTest, ServerRefusesTls12Client) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  ASSERT_TRUE(server_ctx);
+  SslCtxPtr old(SSL_CTX_new(TLS_client_method()));
+  ASSERT_TRUE(old);
+  ASSERT_EQ(SSL_CTX_set_max_proto_version(old.get(), TLS1_2_VERSION), 1);
+  Session s(server_ctx.get(), old.get());
+  s.handshake();
+  EXPECT_TRUE(s.server_failed);
+  EXPECT_TRUE(s.client_failed);
+}
+
+TEST(TlsTest, ExportAndPeerFingerprintNeedASession) {
+  EXPECT_FALSE(export_keying_material(nullptr, kLabel, "").ok());
+  EXPECT_FALSE(peer_fingerprint(nullptr).ok());
+  SslCtxPtr server_ctx = must_server_ctx();
+  SslPtr fresh(SSL_new(server_ctx.get()));
+  EXPECT_EQ(export_keying_material(fresh.get(), kLabel, "").status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST(TlsTest, OpensslErrorDrainsTheQueue) {
+  ERR_clear_error();
+  EXPECT_FALSE(fingerprint_of_pem("garbage").ok());
+  EXPECT_EQ(ERR_peek_error(), 0ul);
+  ERR_raise(ERR_LIB_SSL, SSL_R_BAD_LENGTH);
+  Status st = openssl_error("context here");
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(st.message().rfind("context here: ", 0), 0u) << st.message();
+  EXPECT_EQ(ERR_peek_error(), 0ul);
+  EXPECT_NE(openssl_error("empty").message().find("unknown"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace testudo::tls
