@@ -1,0 +1,280 @@
+// PythonRuntime: CPython embedded with pybind11. The request logic lives in Python
+// (engine_support.py.inc, compiled once at startup as module _testudo_engine); this file
+// starts and stops the interpreter, turns SharedBytes into Python buffers and back, and
+// turns the helper's result tuples into TaskOutcome values.
+//
+// GIL: create() releases the GIL once the interpreter is ready, and each call takes it
+// back for its duration, so threads started by user code run while the engine waits on
+// the network.
+#include "engine/python_runtime.h"
+
+#include <Python.h>
+#include <pybind11/embed.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "base/log.h"
+
+#ifndef TESTUDO_PYTHON_EXECUTABLE
+#error "TESTUDO_PYTHON_EXECUTABLE must be defined by the build (see src/engine/CMakeLists.txt)"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+// A received segment lent to Python through the buffer protocol: numpy arrays unpickled
+// from it keep this object, hence the SharedBytes storage, alive by reference. No copy.
+struct Segment {
+  testudo::SharedBytes bytes;
+};
+
+// Stands in for the data pointer of an empty segment (the buffer protocol wants non-null).
+unsigned char g_empty_segment_byte = 0;
+
+constexpr const char kEngineSupportSource[] =
+#include "engine/engine_support.py.inc"
+    ;
+
+}  // namespace
+
+PYBIND11_EMBEDDED_MODULE(_testudo_native, m) {
+  m.doc() = "testudo engine internals: zero-copy views of received message segments";
+  py::class_<Segment>(m, "Segment", py::buffer_protocol())
+      .def_buffer([](Segment& s) -> py::buffer_info {
+        void* data = s.bytes.empty() ? static_cast<void*>(&g_empty_segment_byte)
+                                     : static_cast<void*>(s.bytes.data());
+        return py::buffer_info(data, 1, py::format_descriptor<unsigned char>::format(), 1,
+                               {static_cast<py::ssize_t>(s.bytes.size())}, {py::ssize_t{1}},
+                               /*readonly=*/false);
+      })
+      .def("__len__", [](const Segment& s) { return s.bytes.size(); });
+}
+
+namespace testudo::engine {
+
+namespace {
+
+bool g_runtime_created = false;
+
+TaskOutcome internal_failure(std::string ename, std::string evalue) {
+  TaskOutcome outcome;
+  outcome.ok = false;
+  outcome.ename = std::move(ename);
+  outcome.evalue = std::move(evalue);
+  outcome.traceback = outcome.ename + ": " + outcome.evalue + "\n";
+  return outcome;
+}
+
+// One memcpy of a Python bytes-like object into a fresh SharedBytes.
+// This is the place to make outgoing buffers zero-copy later (a SharedBytes that owns a
+// Py_buffer, released under the GIL).
+SharedBytes copy_buffer(py::handle object) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(object.ptr(), &view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+  SharedBytes bytes = SharedBytes::allocate(static_cast<std::size_t>(view.len));
+  if (view.len > 0) std::memcpy(bytes.data(), view.buf, static_cast<std::size_t>(view.len));
+  PyBuffer_Release(&view);
+  return bytes;
+}
+
+std::string bytes_to_string(py::handle object) {
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(object.ptr(), &data, &size) != 0) throw py::error_already_set();
+  return std::string(data, static_cast<std::size_t>(size));
+}
+
+// (ok, ename, evalue, traceback, stdout, stderr, segments) -> TaskOutcome.
+TaskOutcome to_outcome(const py::object& result) {
+  py::tuple t = result.cast<py::tuple>();
+  if (t.size() != 7) return internal_failure("InternalError", "engine helper returned a bad tuple");
+  TaskOutcome outcome;
+  outcome.ok = PyObject_IsTrue(t[0].ptr()) == 1;
+  outcome.ename = bytes_to_string(t[1]);
+  outcome.evalue = bytes_to_string(t[2]);
+  outcome.traceback = bytes_to_string(t[3]);
+  outcome.stdout_text = bytes_to_string(t[4]);
+  outcome.stderr_text = bytes_to_string(t[5]);
+  for (py::handle segment : t[6]) outcome.value_segments.push_back(copy_buffer(segment));
+  return outcome;
+}
+
+py::list to_segment_list(std::span<const SharedBytes> segments) {
+  py::list list;
+  for (const SharedBytes& bytes : segments) list.append(py::cast(Segment{bytes}));
+  return list;
+}
+
+py::bytes to_bytes(std::string_view text) { return py::bytes(text.data(), text.size()); }
+
+}  // namespace
+
+struct PythonRuntime::Impl {
+  // Owned references (raw, so this struct carries no hidden-visibility pybind11 types).
+  PyObject* helper = nullptr;     // module _testudo_engine
+  PyObject* namespace_ = nullptr;  // __main__.__dict__
+  PyThreadState* saved_thread = nullptr;  // non-null while the GIL is released
+
+  // Holds the GIL for one call; every Python object of the call must die inside it.
+  class Gil {
+   public:
+    explicit Gil(Impl& impl) : impl_(impl) {
+      PyEval_RestoreThread(impl_.saved_thread);
+      impl_.saved_thread = nullptr;
+    }
+    ~Gil() { impl_.saved_thread = PyEval_SaveThread(); }
+    Gil(const Gil&) = delete;
+    Gil& operator=(const Gil&) = delete;
+
+   private:
+    Impl& impl_;
+  };
+
+  // Calls helper.<function>(argument()) and converts its result. Never throws.
+  template <typename MakeArgument>
+  TaskOutcome call(const char* function, MakeArgument&& argument) {
+    Gil gil(*this);
+    try {
+      py::object fn = py::reinterpret_borrow<py::object>(helper).attr(function);
+      py::object result = fn(argument());
+      return to_outcome(result);
+    } catch (py::error_already_set& e) {
+      std::string ename = "InternalError";
+      try {
+        ename = py::str(e.type().attr("__name__")).cast<std::string>();
+      } catch (const std::exception&) {
+      }
+      return internal_failure(std::move(ename), e.what());
+    } catch (const std::exception& e) {
+      return internal_failure("InternalError", e.what());
+    }
+  }
+};
+
+PythonRuntime::PythonRuntime() : impl_(std::make_unique<Impl>()) {}
+
+StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRuntimeOptions& options) {
+  // CPython (and numpy) cannot be reliably initialized a second time in one process, so a
+  // runtime is created at most once, even after the first one is destroyed.
+  if (g_runtime_created || Py_IsInitialized() != 0) {
+    return failed_precondition("a Python runtime was already created in this process");
+  }
+  g_runtime_created = true;
+
+  const std::string executable =
+      options.executable.empty() ? std::string(TESTUDO_PYTHON_EXECUTABLE) : options.executable;
+
+  PyConfig config;
+  PyConfig_InitPythonConfig(&config);
+  config.install_signal_handlers = 0;  // the engine's C++ side owns signals
+  config.parse_argv = 0;
+  PyStatus st = PyConfig_SetBytesString(&config, &config.program_name, executable.c_str());
+  if (!PyStatus_Exception(st)) {
+    st = PyConfig_SetBytesString(&config, &config.executable, executable.c_str());
+  }
+  if (PyStatus_Exception(st)) {
+    std::string message = st.err_msg != nullptr ? st.err_msg : "cannot configure Python";
+    PyConfig_Clear(&config);
+    return internal_error("Python configuration: " + message);
+  }
+  try {
+    // Clears `config` whether it succeeds or not.
+    py::initialize_interpreter(&config, 0, nullptr, /*add_program_dir_to_path=*/false);
+  } catch (const std::exception& e) {
+    return internal_error(std::string("cannot start Python: ") + e.what());
+  }
+
+  std::unique_ptr<PythonRuntime> runtime(new PythonRuntime());
+  Impl& impl = *runtime->impl_;
+  std::string failure;
+  try {
+    py::module_::import("_testudo_native");  // registers Segment
+    py::object module_type = py::module_::import("types").attr("ModuleType");
+    py::module_ helper = module_type("_testudo_engine").cast<py::module_>();
+    py::object builtins = py::module_::import("builtins");
+    py::object code =
+        builtins.attr("compile")(py::str(kEngineSupportSource), "<testudo-engine>", "exec");
+    builtins.attr("exec")(code, helper.attr("__dict__"));
+    py::module_::import("sys").attr("modules")["_testudo_engine"] = helper;
+
+    py::object ns = py::module_::import("__main__").attr("__dict__");
+    helper.attr("_init")(ns, options.engine_id);
+    impl.helper = helper.release().ptr();
+    impl.namespace_ = ns.release().ptr();
+  } catch (const std::exception& e) {
+    failure = std::string("error: ") + e.what();
+  }
+  if (!failure.empty()) {
+    // Leave the interpreter up: it cannot be started again in this process anyway.
+    Py_CLEAR(impl.helper);
+    Py_CLEAR(impl.namespace_);
+    PyEval_SaveThread();
+    return internal_error("cannot load the engine helper: " + failure);
+  }
+  impl.saved_thread = PyEval_SaveThread();
+  LOG_INFO("engine") << "Python runtime started (" << executable << ")";
+  return runtime;
+}
+
+PythonRuntime::~PythonRuntime() {
+  if (!impl_ || impl_->helper == nullptr) return;  // failed create(): nothing to tear down
+  PyEval_RestoreThread(impl_->saved_thread);
+  impl_->saved_thread = nullptr;
+  Py_CLEAR(impl_->helper);
+  Py_CLEAR(impl_->namespace_);
+  py::finalize_interpreter();
+}
+
+TaskOutcome PythonRuntime::execute(std::string_view code) {
+  return impl_->call("execute", [&] { return to_bytes(code); });
+}
+
+TaskOutcome PythonRuntime::push_pickled(std::span<const SharedBytes> segments) {
+  return impl_->call("push_pickled", [&] { return to_segment_list(segments); });
+}
+
+TaskOutcome PythonRuntime::push_literals(
+    const std::vector<std::pair<std::string, std::string>>& values) {
+  return impl_->call("push_literals", [&] {
+    py::list pairs;
+    for (const auto& [name, literal] : values) pairs.append(py::make_tuple(to_bytes(name), to_bytes(literal)));
+    return pairs;
+  });
+}
+
+TaskOutcome PythonRuntime::pull_pickled(const std::vector<std::string>& names) {
+  return impl_->call("pull_pickled", [&] {
+    py::list list;
+    for (const std::string& name : names) list.append(to_bytes(name));
+    return list;
+  });
+}
+
+TaskOutcome PythonRuntime::pull_repr(const std::vector<std::string>& names) {
+  return impl_->call("pull_repr", [&] {
+    py::list list;
+    for (const std::string& name : names) list.append(to_bytes(name));
+    return list;
+  });
+}
+
+TaskOutcome PythonRuntime::apply(std::span<const SharedBytes> segments) {
+  return impl_->call("apply", [&] { return to_segment_list(segments); });
+}
+
+void PythonRuntime::set_engine_id(int engine_id) {
+  Impl::Gil gil(*impl_);
+  try {
+    py::dict ns = py::reinterpret_borrow<py::dict>(impl_->namespace_);
+    ns["__testudo_engine_id__"] = engine_id;
+  } catch (const std::exception& e) {
+    LOG_ERROR("engine") << "cannot set __testudo_engine_id__: " << e.what();
+  }
+}
+
+}  // namespace testudo::engine
