@@ -91,6 +91,10 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     asio::co_spawn(stream_.get_executor(), read_loop(shared_from_this()), asio::detached);
   }
 
+  void set_handlers(Handlers handlers) override {
+    if (open_) handlers_ = std::move(handlers);
+  }
+
   void send(wire::Message message) override {
     if (!open_ || closing_) return;
     queue_.push_back(std::move(message));
@@ -105,9 +109,11 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     stream_.next_layer().close(ignored);
     grace_timer_.cancel();
     queue_.clear();
-    Handlers h = std::move(handlers_);
-    handlers_ = {};
-    if (h.on_close) h.on_close(reason);
+    // close() may run inside on_message: keep that handler alive until it returns and drop
+    // the handlers (and whatever they captured) afterwards.
+    auto on_close = handlers_.on_close;
+    asio::post(stream_.get_executor(), [self = shared_from_this()] { self->handlers_ = {}; });
+    if (on_close) on_close(reason);
   }
 
   void close_after_flush(const Status& reason, std::chrono::milliseconds grace) override {

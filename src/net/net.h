@@ -70,6 +70,8 @@ class Connection {
   virtual ~Connection() = default;
   // Starts reading. Messages are decoded under the current limits (see set_limits).
   virtual void start(Handlers handlers) = 0;
+  // Replaces the handlers of a started connection (e.g. after its handshake phase).
+  virtual void set_handlers(Handlers handlers) = 0;
   // Queues `message` for sending; messages go out in order, one write in flight. Sending on
   // a closed connection is a no-op.
   virtual void send(wire::Message message) = 0;

@@ -1,0 +1,117 @@
+// The testudo C++ client: connect to a controller with a connection file, list engines, and
+// run execute / push / pull / apply on chosen engines, asynchronously.
+//
+//   auto client = testudo::Client::connect({.profile = "default"});
+//   auto ids = (*client)->engine_ids();
+//   auto r = (*client)->execute(*ids, "c = a + b");
+//   auto replies = r.get(std::chrono::seconds(10));   // one EngineReply per target
+//
+// Thread-safety: a Client may be used from several threads at once; AsyncResult too.
+// The client runs its own network thread; results are delivered to AsyncResult objects.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "testudo/shared_bytes.h"
+#include "testudo/status.h"
+
+namespace testudo {
+
+using EngineId = std::uint32_t;
+
+struct ClientOptions {
+  // The controller-client.json to use; default: the one of `profile`.
+  std::string connection_file;
+  std::string profile = "default";
+  // Connecting (TCP + TLS + authentication) must finish within this time.
+  std::chrono::milliseconds connect_timeout{10'000};
+  // Control requests (engine list, status, shutdown) must be answered within this time.
+  std::chrono::milliseconds request_timeout{10'000};
+};
+
+// A Python exception raised by user code on an engine.
+struct RemoteError {
+  std::string ename;      // "ZeroDivisionError"
+  std::string evalue;     // "division by zero"
+  std::string traceback;  // formatted, as Python prints it
+};
+
+// What one engine did with one request.
+struct EngineReply {
+  EngineId engine_id = 0;
+  // OK: the engine ran the request and it succeeded. kAborted: user code raised (see
+  // remote_error). kUnavailable: the engine died or the connection was lost. kNotFound: no
+  // such engine. Other codes: the request could not be delivered or decoded.
+  Status status;
+  std::optional<RemoteError> remote_error;
+  std::string stdout_text;
+  std::string stderr_text;
+  // The value: for pickled pulls/applies [pickle, out-of-band buffers...]; for repr pulls one
+  // repr text per name.
+  std::vector<SharedBytes> value;
+  std::uint64_t started_us = 0;    // engine clock, µs since the epoch; 0 if it never ran
+  std::uint64_t completed_us = 0;
+};
+
+// The pending outcome of one request sent to one or more engines.
+class AsyncResult {
+ public:
+  struct State;
+  AsyncResult() = default;
+  explicit AsyncResult(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+  std::uint64_t request_id() const;
+  const std::vector<EngineId>& targets() const;
+  bool ready() const;
+  // True once every target has replied (or failed); false if `timeout` passed first.
+  bool wait(std::chrono::milliseconds timeout) const;
+  // The replies in target order, or kDeadlineExceeded if they did not all arrive in time.
+  StatusOr<std::vector<EngineReply>> get(std::chrono::milliseconds timeout) const;
+  // Calls `fn` once, on the client's network thread, when the result is ready (at once if it is).
+  void on_ready(std::function<void()> fn) const;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+class Client {
+ public:
+  static StatusOr<std::unique_ptr<Client>> connect(const ClientOptions& options);
+  ~Client();  // closes the connection; pending results fail with kUnavailable
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  std::uint32_t client_id() const;
+  bool connected() const;
+
+  StatusOr<std::vector<EngineId>> engine_ids();
+  // The controller's status report (JSON text: engines, clients, tasks...).
+  StatusOr<std::string> cluster_status();
+  // Asks the controller to stop every engine and itself.
+  Status shutdown_cluster();
+
+  AsyncResult execute(const std::vector<EngineId>& targets, std::string_view code);
+  // name -> Python literal text (evaluated on the engine with ast.literal_eval).
+  AsyncResult push_literals(const std::vector<EngineId>& targets,
+                            const std::vector<std::pair<std::string, std::string>>& values);
+  // [pickle of a dict, out-of-band buffers...] (pickle protocol 5).
+  AsyncResult push_pickled(const std::vector<EngineId>& targets, std::vector<SharedBytes> pickle_and_buffers);
+  AsyncResult pull_repr(const std::vector<EngineId>& targets, const std::vector<std::string>& names);
+  AsyncResult pull_pickled(const std::vector<EngineId>& targets, const std::vector<std::string>& names);
+  // [pickle of (f, args, kwargs), out-of-band buffers...].
+  AsyncResult apply(const std::vector<EngineId>& targets, std::vector<SharedBytes> pickle_and_buffers);
+
+ private:
+  Client();
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace testudo

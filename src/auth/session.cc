@@ -1,0 +1,65 @@
+#include "auth/session.h"
+
+#include "tls/tls.h"
+
+namespace testudo::auth {
+
+void open_session(net::EventLoop& loop, const SessionOptions& options, std::function<void(StatusOr<Session>)> done) {
+  // Until identities exist (a later layer), each process presents a fresh self-signed
+  // certificate: TLS stays mutual, and the capability proof decides admission.
+  auto identity = tls::generate_self_signed(std::string("testudo-") + std::string(wire::role_name(options.controller.role)));
+  if (!identity.ok()) {
+    loop.post([done, st = identity.status()] { done(st); });
+    return;
+  }
+  net::DialOptions dial;
+  dial.host = options.controller.host;
+  dial.port = options.controller.port;
+  dial.tls.identity = std::move(identity).value();
+  dial.tls.pinned_fingerprint = options.controller.fingerprint;
+  dial.timeout = options.timeout;
+  auto shared_done = std::make_shared<std::function<void(StatusOr<Session>)>>(std::move(done));
+  net::dial(loop, dial, [&loop, options, shared_done](StatusOr<std::shared_ptr<net::Connection>> dialed) {
+    if (!dialed.ok()) return (*shared_done)(dialed.status());
+    std::shared_ptr<net::Connection> conn = std::move(dialed).value();
+    const wire::Role role = options.controller.role;
+    auto exporter = conn->export_keying_material(kExporterLabel, wire::role_name(role));
+    if (!exporter.ok()) {
+      conn->close(exporter.status());
+      return (*shared_done)(exporter.status());
+    }
+    Hello hello{role, options.instance, capability_proof(options.controller.capability, role, *exporter)};
+    // `finish` runs exactly once: on welcome, rejection, close or timeout.
+    auto finished = std::make_shared<bool>(false);
+    auto finish = [shared_done, finished, conn](StatusOr<Session> result) {
+      if (*finished) return;
+      *finished = true;
+      if (!result.ok()) conn->close(result.status());
+      (*shared_done)(std::move(result));
+    };
+    auto deadline = std::shared_ptr<net::Timer>(loop.after(options.timeout, [finish] {
+      finish(deadline_exceeded("the controller did not answer the hello in time"));
+    }));
+    conn->start({
+        [finish, conn, deadline, role](wire::Message&& m) {
+          deadline->cancel();
+          if (m.envelope.kind == wire::MessageKind::kWelcome) {
+            return finish(Session{conn, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id});
+          }
+          if (m.envelope.kind == wire::MessageKind::kRejected) {
+            return finish(permission_denied("the controller refused this connection: " + m.envelope.text));
+          }
+          finish(data_loss("unexpected first message from the controller: " + std::string(wire::kind_name(m.envelope.kind))));
+        },
+        [finish](const Status& reason) {
+          finish(Status(reason.code(), "connection closed during authentication: " + reason.message()));
+        },
+    });
+    wire::Message m;
+    m.envelope.kind = wire::MessageKind::kHello;
+    m.envelope.text = encode_hello(hello);
+    conn->send(std::move(m));
+  });
+}
+
+}  // namespace testudo::auth

@@ -1,0 +1,32 @@
+// The client side of joining a controller, shared by clients and engines:
+//   dial (TLS 1.3, controller pinned by fingerprint) -> send hello with the capability proof
+//   -> wait for welcome (or rejected).
+// The explicit welcome matters: with TLS 1.3 a refused peer's handshake still "succeeds"
+// on its side (DESIGN.md pitfalls), so only the welcome says we are in.
+// Threading: call from any thread; `done` runs on the loop's thread.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "auth/connection_file.h"
+#include "net/net.h"
+
+namespace testudo::auth {
+
+struct Session {
+  std::shared_ptr<net::Connection> connection;  // started; set its handlers with set_handlers()
+  std::uint32_t assigned_id = 0;                // engine id or client id
+};
+
+struct SessionOptions {
+  ConnectionInfo controller;
+  std::string instance;  // see Hello::instance
+  std::chrono::milliseconds timeout{10'000};  // dial + handshake + welcome
+};
+
+void open_session(net::EventLoop& loop, const SessionOptions& options, std::function<void(StatusOr<Session>)> done);
+
+}  // namespace testudo::auth

@@ -1,0 +1,353 @@
+#include "testudo/client.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "auth/session.h"
+#include "base/log.h"
+#include "base/profile.h"
+#include "crypto/crypto.h"
+#include "net/net.h"
+#include "wire/body.h"
+
+namespace testudo {
+
+// ---------------- AsyncResult ----------------
+
+struct AsyncResult::State {
+  std::uint64_t request_id = 0;
+  std::vector<EngineId> targets;
+
+  mutable std::mutex mutex;
+  mutable std::condition_variable done;
+  std::vector<std::optional<EngineReply>> replies;  // by target index; guarded by mutex
+  std::size_t remaining = 0;                        // guarded by mutex
+  std::vector<std::function<void()>> callbacks;     // guarded by mutex
+
+  // Fills the first empty slot of `reply.engine_id`. Returns true when the last one arrived.
+  bool deliver(EngineReply reply) {
+    std::vector<std::function<void()>> run;
+    {
+      std::lock_guard lock(mutex);
+      std::size_t i = 0;
+      for (; i < targets.size(); ++i) {
+        if (targets[i] == reply.engine_id && !replies[i]) break;
+      }
+      if (i == targets.size()) return remaining == 0;  // duplicate or unknown: ignore
+      replies[i] = std::move(reply);
+      if (--remaining > 0) return false;
+      run.swap(callbacks);
+    }
+    done.notify_all();
+    for (auto& fn : run) fn();
+    return true;
+  }
+
+  void fail_all(const Status& why) {
+    std::vector<EngineId> missing;
+    {
+      std::lock_guard lock(mutex);
+      for (std::size_t i = 0; i < targets.size(); ++i) {
+        if (!replies[i]) missing.push_back(targets[i]);
+      }
+    }
+    for (EngineId id : missing) {
+      EngineReply r;
+      r.engine_id = id;
+      r.status = why;
+      deliver(std::move(r));
+    }
+  }
+};
+
+std::uint64_t AsyncResult::request_id() const { return state_ ? state_->request_id : 0; }
+const std::vector<EngineId>& AsyncResult::targets() const {
+  static const std::vector<EngineId> kNone;
+  return state_ ? state_->targets : kNone;
+}
+bool AsyncResult::ready() const {
+  if (!state_) return true;
+  std::lock_guard lock(state_->mutex);
+  return state_->remaining == 0;
+}
+bool AsyncResult::wait(std::chrono::milliseconds timeout) const {
+  if (!state_) return true;
+  std::unique_lock lock(state_->mutex);
+  return state_->done.wait_for(lock, timeout, [this] { return state_->remaining == 0; });
+}
+StatusOr<std::vector<EngineReply>> AsyncResult::get(std::chrono::milliseconds timeout) const {
+  if (!state_) return std::vector<EngineReply>{};
+  if (!wait(timeout)) {
+    return deadline_exceeded("request " + std::to_string(state_->request_id) + " not finished after " +
+                             std::to_string(timeout.count()) + " ms");
+  }
+  std::lock_guard lock(state_->mutex);
+  std::vector<EngineReply> out;
+  out.reserve(state_->replies.size());
+  for (auto& r : state_->replies) out.push_back(*r);
+  return out;
+}
+void AsyncResult::on_ready(std::function<void()> fn) const {
+  if (!state_) return fn();
+  {
+    std::lock_guard lock(state_->mutex);
+    if (state_->remaining > 0) {
+      state_->callbacks.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
+
+// ---------------- Client ----------------
+
+namespace {
+
+EngineReply reply_from_message(wire::Message&& m) {
+  EngineReply r;
+  r.engine_id = m.envelope.engine_id;
+  switch (static_cast<wire::RouteStatus>(m.envelope.status)) {
+    case wire::RouteStatus::kOk:
+      break;
+    case wire::RouteStatus::kNoSuchEngine:
+      r.status = not_found(m.envelope.text);
+      return r;
+    case wire::RouteStatus::kNotAllowed:
+      r.status = permission_denied(m.envelope.text);
+      return r;
+    case wire::RouteStatus::kEngineDied:
+    case wire::RouteStatus::kShuttingDown:
+    default:
+      r.status = unavailable(m.envelope.text.empty() ? "request not completed" : m.envelope.text);
+      return r;
+  }
+  if (m.segments.size() < wire::kReplyFixedSegments) {
+    r.status = data_loss("malformed reply from engine " + std::to_string(r.engine_id));
+    return r;
+  }
+  auto meta = wire::decode_reply_meta(m.segments[0]);
+  if (!meta.ok()) {
+    r.status = meta.status().with_context("reply from engine " + std::to_string(r.engine_id));
+    return r;
+  }
+  r.stdout_text = m.segments[1].to_string();
+  r.stderr_text = m.segments[2].to_string();
+  r.started_us = meta->started_us;
+  r.completed_us = meta->completed_us;
+  r.value.assign(std::make_move_iterator(m.segments.begin() + wire::kReplyFixedSegments),
+                 std::make_move_iterator(m.segments.end()));
+  if (!meta->ok) {
+    r.status = Status(StatusCode::kAborted, meta->ename + ": " + meta->evalue);
+    r.remote_error = RemoteError{meta->ename, meta->evalue, meta->traceback};
+  }
+  return r;
+}
+
+}  // namespace
+
+struct Client::Impl {
+  ClientOptions options;
+  net::EventLoop loop;
+  std::thread network;
+  std::atomic<std::uint64_t> next_request{1};
+  std::atomic<bool> connected{false};
+  std::uint32_t client_id = 0;
+
+  // Loop-thread state.
+  std::shared_ptr<net::Connection> connection;
+  std::unordered_map<std::uint64_t, std::shared_ptr<AsyncResult::State>> pending;
+  std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
+  Status lost_reason = unavailable("not connected");
+
+  ~Impl() {
+    loop.post([this] {
+      if (connection) connection->close(unavailable("client closed"));
+      loop.stop();
+    });
+    if (network.joinable()) network.join();
+  }
+
+  void on_message(wire::Message&& m) {
+    if (!wire::is_allowed_after_auth(wire::Role::kController, m.envelope.kind)) {
+      connection->close(data_loss("controller sent '" + std::string(wire::kind_name(m.envelope.kind)) + "'"));
+      return;
+    }
+    switch (m.envelope.kind) {
+      case wire::MessageKind::kTaskReply: {
+        auto it = pending.find(m.envelope.request_id);
+        if (it == pending.end()) return;
+        auto state = it->second;
+        if (state->deliver(reply_from_message(std::move(m)))) pending.erase(m.envelope.request_id);
+        return;
+      }
+      case wire::MessageKind::kEngineListReply:
+      case wire::MessageKind::kClusterStatusReply:
+      case wire::MessageKind::kClusterShutdownReply: {
+        auto it = pending_control.find(m.envelope.request_id);
+        if (it == pending_control.end()) return;
+        it->second->set_value(m.segments.empty() ? std::string() : m.segments[0].to_string());
+        pending_control.erase(it);
+        return;
+      }
+      case wire::MessageKind::kRejected:
+        LOG_WARN("client") << "the controller refused a request: " << m.envelope.text;
+        return;
+      default:
+        return;
+    }
+  }
+
+  void on_close(const Status& why) {
+    connected = false;
+    connection.reset();
+    lost_reason = unavailable("connection to the controller lost: " + why.message());
+    auto requests = std::move(pending);
+    pending.clear();
+    for (auto& [id, state] : requests) state->fail_all(lost_reason);
+    auto controls = std::move(pending_control);
+    pending_control.clear();
+    for (auto& [id, promise] : controls) promise->set_value(lost_reason);
+  }
+
+  AsyncResult send_request(wire::MessageKind kind, std::uint16_t flags, const std::vector<EngineId>& targets,
+                           std::vector<SharedBytes> segments) {
+    auto state = std::make_shared<AsyncResult::State>();
+    state->request_id = next_request++;
+    state->targets = targets;
+    state->replies.resize(targets.size());
+    state->remaining = targets.size();
+    if (targets.empty()) return AsyncResult(state);
+    loop.post([this, state, kind, flags, segments = std::move(segments)]() mutable {
+      if (!connection) return state->fail_all(lost_reason);
+      pending[state->request_id] = state;
+      wire::Message m;
+      m.envelope.kind = kind;
+      m.envelope.flags = flags;
+      m.envelope.request_id = state->request_id;
+      m.envelope.targets = state->targets;
+      m.segments = std::move(segments);
+      connection->send(std::move(m));
+    });
+    return AsyncResult(state);
+  }
+
+  StatusOr<std::string> control(wire::MessageKind kind) {
+    auto promise = std::make_shared<std::promise<StatusOr<std::string>>>();
+    auto future = promise->get_future();
+    std::uint64_t id = next_request++;
+    loop.post([this, promise, kind, id] {
+      if (!connection) return promise->set_value(lost_reason);
+      pending_control[id] = promise;
+      wire::Message m;
+      m.envelope.kind = kind;
+      m.envelope.request_id = id;
+      connection->send(std::move(m));
+    });
+    if (future.wait_for(options.request_timeout) != std::future_status::ready) {
+      loop.post([this, id] { pending_control.erase(id); });
+      return deadline_exceeded(std::string("no answer to ") + std::string(wire::kind_name(kind)) + " within " +
+                               std::to_string(options.request_timeout.count()) + " ms");
+    }
+    return future.get();
+  }
+};
+
+Client::Client() : impl_(std::make_shared<Impl>()) {}
+Client::~Client() = default;
+
+StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
+  std::string file =
+      options.connection_file.empty() ? profile_paths(options.profile).client_connection_file : options.connection_file;
+  TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, auth::load_connection_file(file, wire::Role::kClient));
+  std::unique_ptr<Client> client(new Client());
+  Impl& impl = *client->impl_;
+  impl.options = options;
+  impl.network = std::thread([&impl] { impl.loop.run(); });
+
+  auto promise = std::make_shared<std::promise<StatusOr<auth::Session>>>();
+  auto future = promise->get_future();
+  TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
+  auth::SessionOptions so{info, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
+  impl.loop.post([&impl, so, promise] {
+    auth::open_session(impl.loop, so, [&impl, promise](StatusOr<auth::Session> s) {
+      if (s.ok()) {
+        impl.connection = s->connection;
+        impl.client_id = s->assigned_id;
+        impl.connected = true;
+        impl.connection->set_handlers({
+            [&impl](wire::Message&& m) { impl.on_message(std::move(m)); },
+            [&impl](const Status& why) { impl.on_close(why); },
+        });
+      }
+      promise->set_value(std::move(s));
+    });
+  });
+  // open_session enforces the timeout itself; the extra second only guards against a bug.
+  if (future.wait_for(options.connect_timeout + std::chrono::seconds(1)) != std::future_status::ready) {
+    return deadline_exceeded("connecting to " + info.host + ":" + std::to_string(info.port) + " timed out");
+  }
+  auto session = future.get();
+  if (!session.ok()) return session.status();
+  return client;
+}
+
+std::uint32_t Client::client_id() const { return impl_->client_id; }
+bool Client::connected() const { return impl_->connected; }
+
+StatusOr<std::vector<EngineId>> Client::engine_ids() {
+  TESTUDO_ASSIGN_OR_RETURN(std::string text, impl_->control(wire::MessageKind::kEngineList));
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("engines") || !j["engines"].is_array()) {
+    return data_loss("malformed engine list from the controller");
+  }
+  std::vector<EngineId> ids;
+  for (const auto& id : j["engines"]) {
+    if (!id.is_number_unsigned() || id.get<std::uint64_t>() > 0xFFFFFFFFu) return data_loss("malformed engine id");
+    ids.push_back(static_cast<EngineId>(id.get<std::uint64_t>()));
+  }
+  return ids;
+}
+
+StatusOr<std::string> Client::cluster_status() { return impl_->control(wire::MessageKind::kClusterStatus); }
+
+Status Client::shutdown_cluster() {
+  auto r = impl_->control(wire::MessageKind::kClusterShutdown);
+  return r.ok() ? ok_status() : r.status();
+}
+
+AsyncResult Client::execute(const std::vector<EngineId>& targets, std::string_view code) {
+  return impl_->send_request(wire::MessageKind::kExecute, 0, targets, {SharedBytes::copy_of(code)});
+}
+
+AsyncResult Client::push_literals(const std::vector<EngineId>& targets,
+                                  const std::vector<std::pair<std::string, std::string>>& values) {
+  return impl_->send_request(wire::MessageKind::kPush, static_cast<std::uint16_t>(wire::ValueFormat::kLiteral), targets,
+                             {wire::encode_literal_pairs(values)});
+}
+
+AsyncResult Client::push_pickled(const std::vector<EngineId>& targets, std::vector<SharedBytes> segments) {
+  return impl_->send_request(wire::MessageKind::kPush, static_cast<std::uint16_t>(wire::ValueFormat::kPickle), targets,
+                             std::move(segments));
+}
+
+AsyncResult Client::pull_repr(const std::vector<EngineId>& targets, const std::vector<std::string>& names) {
+  return impl_->send_request(wire::MessageKind::kPull, static_cast<std::uint16_t>(wire::ValueFormat::kLiteral), targets,
+                             {wire::encode_names(names)});
+}
+
+AsyncResult Client::pull_pickled(const std::vector<EngineId>& targets, const std::vector<std::string>& names) {
+  return impl_->send_request(wire::MessageKind::kPull, static_cast<std::uint16_t>(wire::ValueFormat::kPickle), targets,
+                             {wire::encode_names(names)});
+}
+
+AsyncResult Client::apply(const std::vector<EngineId>& targets, std::vector<SharedBytes> segments) {
+  return impl_->send_request(wire::MessageKind::kApply, 0, targets, std::move(segments));
+}
+
+}  // namespace testudo

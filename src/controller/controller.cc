@@ -1,0 +1,163 @@
+#include "controller/controller.h"
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+
+#include "auth/connection_file.h"
+#include "base/log.h"
+#include "base/profile.h"
+#include "controller/hub.h"
+#include "crypto/private_file.h"
+#include "net/net.h"
+#include "tls/tls.h"
+
+namespace testudo::controller {
+namespace {
+
+// What a controller keeps between runs with --reuse (security/controller-state.json, 0600).
+struct PersistentState {
+  tls::KeyAndCertificate identity;
+  auth::Capability client_capability{};
+  auth::Capability engine_capability{};
+  std::uint16_t port = 0;
+};
+
+StatusOr<PersistentState> fresh_state() {
+  PersistentState s;
+  TESTUDO_ASSIGN_OR_RETURN(s.identity, tls::generate_self_signed("testudo-controller"));
+  TESTUDO_ASSIGN_OR_RETURN(s.client_capability, crypto::random_secret());
+  TESTUDO_ASSIGN_OR_RETURN(s.engine_capability, crypto::random_secret());
+  return s;
+}
+
+StatusOr<auth::Capability> capability_from_hex(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return invalid_argument(std::string("missing ") + key);
+  auto bytes = crypto::from_hex(it->get<std::string>());
+  auth::Capability c{};
+  if (!bytes.ok() || bytes->size() != c.size()) return invalid_argument(std::string("bad ") + key);
+  std::copy(bytes->begin(), bytes->end(), c.begin());
+  return c;
+}
+
+StatusOr<PersistentState> load_state(const std::string& path) {
+  TESTUDO_ASSIGN_OR_RETURN(std::string text, crypto::read_private_file(path, "controller state file"));
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("key_pem") || !j["key_pem"].is_string() ||
+      !j.contains("cert_pem") || !j["cert_pem"].is_string() || !j.contains("port") || !j["port"].is_number_unsigned()) {
+    return invalid_argument("controller state file " + path + " is malformed; start without --reuse to replace it");
+  }
+  PersistentState s;
+  s.identity.key_pem = j["key_pem"].get<std::string>();
+  s.identity.cert_pem = j["cert_pem"].get<std::string>();
+  s.port = static_cast<std::uint16_t>(j["port"].get<std::uint64_t>());
+  TESTUDO_ASSIGN_OR_RETURN(s.client_capability, capability_from_hex(j, "client_capability"));
+  TESTUDO_ASSIGN_OR_RETURN(s.engine_capability, capability_from_hex(j, "engine_capability"));
+  TESTUDO_RETURN_IF_ERROR(tls::check_key_matches_certificate(s.identity));
+  return s;
+}
+
+Status save_state(const std::string& path, const PersistentState& s) {
+  nlohmann::json j = {{"key_pem", s.identity.key_pem},
+                      {"cert_pem", s.identity.cert_pem},
+                      {"client_capability", crypto::to_hex(s.client_capability)},
+                      {"engine_capability", crypto::to_hex(s.engine_capability)},
+                      {"port", s.port}};
+  return crypto::write_private_file(path, j.dump(2) + "\n");
+}
+
+}  // namespace
+
+struct Controller::Impl {
+  ControllerOptions options;
+  net::EventLoop loop;
+  std::unique_ptr<Hub> hub;
+  std::unique_ptr<net::Listener> listener;
+};
+
+Controller::Controller() : impl_(std::make_unique<Impl>()) {}
+Controller::~Controller() = default;
+
+StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions& options) {
+  std::unique_ptr<Controller> c(new Controller());
+  Impl& impl = *c->impl_;
+  impl.options = options;
+  ProfilePaths paths = profile_paths(options.profile);
+  TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.security_dir));
+
+  PersistentState state;
+  if (options.reuse) {
+    auto loaded = load_state(paths.controller_state_file);
+    if (loaded.ok()) {
+      state = std::move(loaded).value();
+      LOG_INFO("controller") << "reusing key, certificate and capabilities from " << paths.controller_state_file;
+    } else if (loaded.status().code() == StatusCode::kNotFound) {
+      TESTUDO_ASSIGN_OR_RETURN(state, fresh_state());
+    } else {
+      return loaded.status();
+    }
+  } else {
+    TESTUDO_ASSIGN_OR_RETURN(state, fresh_state());
+  }
+
+  HubOptions hub_options;
+  hub_options.client_capability = state.client_capability;
+  hub_options.engine_capability = state.engine_capability;
+  hub_options.heartbeat_timeout = options.heartbeat_timeout;
+  hub_options.hello_timeout = options.hello_timeout;
+  hub_options.limits.max_message_bytes = options.max_message_bytes;
+  impl.hub = std::make_unique<Hub>(impl.loop, hub_options, [&impl] { impl.loop.stop(); });
+
+  net::ListenOptions listen;
+  listen.host = options.ip;
+  listen.port = options.port != 0 ? options.port : (options.reuse ? state.port : 0);
+  listen.tls.identity = state.identity;
+  listen.handshake_timeout = options.hello_timeout;
+  Hub* hub = impl.hub.get();
+  TESTUDO_ASSIGN_OR_RETURN(impl.listener, net::Listener::create(impl.loop, listen, [hub](auto conn) {
+                             hub->accept(std::move(conn));
+                           }));
+  state.port = impl.listener->port();
+  TESTUDO_RETURN_IF_ERROR(save_state(paths.controller_state_file, state));
+
+  TESTUDO_ASSIGN_OR_RETURN(std::string fingerprint, tls::fingerprint_of_pem(state.identity.cert_pem));
+  auth::ConnectionInfo info;
+  info.host = options.location.empty() ? options.ip : options.location;
+  if (info.host == "0.0.0.0") info.host = "127.0.0.1";
+  info.port = state.port;
+  info.fingerprint = fingerprint;
+  info.role = wire::Role::kClient;
+  info.capability = state.client_capability;
+  TESTUDO_RETURN_IF_ERROR(auth::save_connection_file(paths.client_connection_file, info));
+  info.role = wire::Role::kEngine;
+  info.capability = state.engine_capability;
+  TESTUDO_RETURN_IF_ERROR(auth::save_connection_file(paths.engine_connection_file, info));
+  LOG_INFO("controller") << "listening on " << options.ip << ":" << state.port << " (TLS 1.3, certificate "
+                         << fingerprint << "); connection files in " << paths.security_dir;
+  return c;
+}
+
+Status Controller::run() {
+  Impl& impl = *impl_;
+  impl.loop.on_signals({SIGINT, SIGTERM}, [&impl](int sig) {
+    impl.listener->close();
+    impl.hub->shutdown(sig == SIGINT ? "SIGINT" : "SIGTERM");
+  });
+  impl.loop.run();
+  impl.listener->close();
+  LOG_INFO("controller") << "stopped";
+  return ok_status();
+}
+
+void Controller::request_stop() {
+  Impl* impl = impl_.get();
+  impl->loop.post([impl] {
+    impl->listener->close();
+    impl->hub->shutdown("stop requested");
+  });
+}
+
+std::uint16_t Controller::port() const { return impl_->listener->port(); }
+
+}  // namespace testudo::controller

@@ -1,0 +1,309 @@
+#include "controller/hub.h"
+
+#include <nlohmann/json.hpp>
+
+#include "base/log.h"
+
+namespace testudo::controller {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using wire::MessageKind;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+}  // namespace
+
+Hub::Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stopped)
+    : loop_(loop), options_(std::move(options)), on_stopped_(std::move(on_stopped)) {
+  auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
+  heartbeat_sweep_ = loop_.every(period, [this] { sweep_heartbeats(); });
+}
+
+Hub::~Hub() {
+  for (auto& [serial, peer] : peers_) peer->connection->close(unavailable("controller exiting"));
+}
+
+void Hub::accept(std::shared_ptr<net::Connection> connection) {
+  if (stopping_) {
+    connection->close(unavailable("controller is shutting down"));
+    return;
+  }
+  auto peer = std::make_unique<Peer>();
+  std::uint64_t serial = next_serial_++;
+  peer->serial = serial;
+  peer->connection = std::move(connection);
+  peer->connected_at = peer->last_seen = Clock::now();
+  // A peer that completes TLS but never proves a capability is cut off (slow-loris, T12).
+  peer->hello_deadline = loop_.after(options_.hello_timeout, [this, serial] {
+    auto it = peers_.find(serial);
+    if (it != peers_.end() && !it->second->authenticated) reject(*it->second, "no valid hello in time");
+  });
+  Peer& p = *peer;
+  peers_.emplace(serial, std::move(peer));
+  p.connection->start({
+      [this, serial](wire::Message&& m) { on_message(serial, std::move(m)); },
+      [this, serial](const Status& reason) { on_close(serial, reason); },
+  });
+}
+
+void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
+  auto it = peers_.find(serial);
+  if (it == peers_.end() || !it->second->connection->is_open()) return;
+  Peer& peer = *it->second;
+  if (!peer.authenticated) return on_hello(peer, m);
+  const MessageKind kind = m.envelope.kind;
+  if (!wire::is_allowed_after_auth(peer.role, kind)) {
+    // T16/T17: e.g. an engine connection sending client requests. Nothing of it is acted on.
+    return reject(peer, std::string("a ") + std::string(wire::role_name(peer.role)) + " may not send '" +
+                            std::string(wire::kind_name(kind)) + "'");
+  }
+  peer.last_seen = Clock::now();
+  switch (kind) {
+    case MessageKind::kHeartbeat: {
+      wire::Message ack;
+      ack.envelope.kind = MessageKind::kHeartbeatAck;
+      peer.connection->send(std::move(ack));
+      return;
+    }
+    case MessageKind::kExecute:
+    case MessageKind::kPush:
+    case MessageKind::kPull:
+    case MessageKind::kApply:
+      return route_request(peer, std::move(m));
+    case MessageKind::kTaskReply:
+      return route_reply(peer, std::move(m));
+    case MessageKind::kEngineList: {
+      nlohmann::json ids = nlohmann::json::array();
+      for (const auto& [id, engine] : engines_) ids.push_back(id);
+      return send_control_reply(peer, MessageKind::kEngineListReply, m.envelope, nlohmann::json{{"engines", ids}}.dump());
+    }
+    case MessageKind::kClusterStatus:
+      return send_control_reply(peer, MessageKind::kClusterStatusReply, m.envelope, status_json());
+    case MessageKind::kClusterShutdown:
+      LOG_INFO("hub") << "shutdown requested by client " << peer.id << " (" << peer.connection->peer_address() << ")";
+      send_control_reply(peer, MessageKind::kClusterShutdownReply, m.envelope, "{}");
+      return shutdown("requested by client " + std::to_string(peer.id));
+    default:
+      return reject(peer, "unexpected message '" + std::string(wire::kind_name(kind)) + "'");
+  }
+}
+
+void Hub::on_hello(Peer& peer, const wire::Message& m) {
+  if (m.envelope.kind != MessageKind::kHello) return reject(peer, "expected hello, got something else");
+  auto hello = auth::decode_hello(m.envelope.text);
+  if (!hello.ok()) return reject(peer, hello.status().message());
+  auto exporter = peer.connection->export_keying_material(auth::kExporterLabel, wire::role_name(hello->role));
+  if (!exporter.ok()) return reject(peer, exporter.status().message());
+  const auth::Capability& capability =
+      hello->role == wire::Role::kEngine ? options_.engine_capability : options_.client_capability;
+  crypto::Digest expected = auth::capability_proof(capability, hello->role, *exporter);
+  if (!crypto::constant_time_equal(expected, hello->proof)) {
+    // T1/T2: no capability, the wrong one, or another role's. The reason names no secret.
+    return reject(peer, "capability proof failed for role " + std::string(wire::role_name(hello->role)));
+  }
+  admit(peer, hello->role, hello->instance);
+}
+
+void Hub::admit(Peer& peer, wire::Role role, const std::string& instance) {
+  if (stopping_) return reject(peer, "controller is shutting down");
+  wire::Message welcome;
+  welcome.envelope.kind = MessageKind::kWelcome;
+  if (role == wire::Role::kEngine) {
+    std::uint32_t id;
+    auto known = engine_id_by_instance_.find(instance);
+    if (known != engine_id_by_instance_.end()) {
+      if (engines_.count(known->second)) return reject(peer, "an engine with this instance id is already connected");
+      id = known->second;
+    } else {
+      id = next_engine_id_++;
+      if (!instance.empty()) engine_id_by_instance_[instance] = id;
+    }
+    engines_[id] = &peer;
+    welcome.envelope.engine_id = id;
+    peer.id = id;
+  } else {
+    peer.id = next_client_id_++;
+    clients_[peer.id] = &peer;
+    welcome.envelope.client_id = peer.id;
+  }
+  peer.authenticated = true;
+  peer.role = role;
+  peer.instance = instance;
+  peer.hello_deadline.reset();
+  peer.connection->set_limits(options_.limits);
+  peer.connection->send(std::move(welcome));
+  LOG_INFO("hub") << wire::role_name(role) << " " << peer.id << " registered from " << peer.connection->peer_address();
+}
+
+void Hub::reject(Peer& peer, const std::string& reason) {
+  ++rejected_;
+  LOG_WARN("audit") << "rejected " << peer.connection->peer_address() << " ("
+                    << (peer.authenticated ? std::string(wire::role_name(peer.role)) + " " + std::to_string(peer.id)
+                                           : std::string("unauthenticated"))
+                    << "): " << reason;
+  wire::Message rejected;
+  rejected.envelope.kind = MessageKind::kRejected;
+  rejected.envelope.text = reason;
+  peer.connection->send(std::move(rejected));
+  peer.connection->close_after_flush(permission_denied(reason), std::chrono::milliseconds(500));
+}
+
+void Hub::route_request(Peer& client, wire::Message&& m) {
+  const wire::Envelope& req = m.envelope;
+  if (stopping_) {
+    for (std::uint32_t target : req.targets) {
+      reply_error(client.id, req.request_id, target, wire::RouteStatus::kShuttingDown, "controller is shutting down");
+    }
+    return;
+  }
+  for (std::uint32_t target : req.targets) {
+    auto engine = engines_.find(target);
+    if (engine == engines_.end()) {
+      reply_error(client.id, req.request_id, target, wire::RouteStatus::kNoSuchEngine,
+                  "no engine with id " + std::to_string(target));
+      continue;
+    }
+    std::uint64_t task_id = next_task_id_++;
+    tasks_.emplace(task_id, Task{client.id, req.request_id, target});
+    engine->second->in_flight.insert(task_id);
+    wire::Message forward;
+    forward.envelope.kind = req.kind;
+    forward.envelope.flags = req.flags;
+    forward.envelope.task_id = task_id;
+    forward.envelope.client_id = client.id;
+    forward.envelope.engine_id = target;
+    forward.segments = m.segments;  // shared, not copied
+    engine->second->connection->send(std::move(forward));
+  }
+}
+
+void Hub::route_reply(Peer& engine, wire::Message&& m) {
+  auto it = tasks_.find(m.envelope.task_id);
+  // T8: an engine may only answer tasks routed to it.
+  if (it == tasks_.end() || it->second.engine_id != engine.id) {
+    LOG_WARN("hub") << "engine " << engine.id << " replied to task " << m.envelope.task_id
+                    << " it does not hold; ignored";
+    return;
+  }
+  Task task = it->second;
+  tasks_.erase(it);
+  engine.in_flight.erase(m.envelope.task_id);
+  ++engine.tasks_done;
+  ++tasks_completed_;
+  auto client = clients_.find(task.client_id);
+  if (client == clients_.end()) return;  // the client left; keeping results is the task store's job
+  wire::Message reply;
+  reply.envelope.kind = MessageKind::kTaskReply;
+  reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kOk);
+  reply.envelope.request_id = task.request_id;
+  reply.envelope.engine_id = engine.id;
+  reply.envelope.client_id = task.client_id;
+  reply.segments = std::move(m.segments);
+  client->second->connection->send(std::move(reply));
+}
+
+void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
+                      wire::RouteStatus status, const std::string& text) {
+  auto client = clients_.find(client_id);
+  if (client == clients_.end()) return;
+  wire::Message reply;
+  reply.envelope.kind = MessageKind::kTaskReply;
+  reply.envelope.status = static_cast<std::uint16_t>(status);
+  reply.envelope.request_id = request_id;
+  reply.envelope.engine_id = engine_id;
+  reply.envelope.client_id = client_id;
+  reply.envelope.text = text;
+  client->second->connection->send(std::move(reply));
+}
+
+void Hub::send_control_reply(Peer& client, MessageKind kind, const wire::Envelope& request, std::string json) {
+  wire::Message reply;
+  reply.envelope.kind = kind;
+  reply.envelope.request_id = request.request_id;
+  reply.envelope.client_id = client.id;
+  reply.segments.push_back(SharedBytes::copy_of(json));
+  client.connection->send(std::move(reply));
+}
+
+std::string Hub::status_json() const {
+  nlohmann::json engines = nlohmann::json::array();
+  for (const auto& [id, p] : engines_) {
+    engines.push_back({{"id", id},
+                       {"address", p->connection->peer_address()},
+                       {"in_flight", p->in_flight.size()},
+                       {"tasks_done", p->tasks_done},
+                       {"connected_s", seconds_since(p->connected_at)},
+                       {"last_heartbeat_s", seconds_since(p->last_seen)}});
+  }
+  return nlohmann::json{{"engines", engines},
+                        {"clients", clients_.size()},
+                        {"tasks_in_flight", tasks_.size()},
+                        {"tasks_completed", tasks_completed_},
+                        {"connections_rejected", rejected_},
+                        {"uptime_s", seconds_since(started_at_)}}
+      .dump();
+}
+
+void Hub::on_close(std::uint64_t serial, const Status& reason) {
+  auto it = peers_.find(serial);
+  if (it == peers_.end()) return;
+  Peer& peer = *it->second;
+  if (peer.authenticated && peer.role == wire::Role::kEngine) {
+    engines_.erase(peer.id);
+    LOG_WARN("hub") << "engine " << peer.id << " disconnected (" << reason.message() << "); failing "
+                    << peer.in_flight.size() << " task(s)";
+    for (std::uint64_t task_id : peer.in_flight) {
+      auto t = tasks_.find(task_id);
+      if (t == tasks_.end()) continue;
+      reply_error(t->second.client_id, t->second.request_id, peer.id, wire::RouteStatus::kEngineDied,
+                  "engine " + std::to_string(peer.id) + " died or disconnected while running this task (" +
+                      reason.message() + ")");
+      tasks_.erase(t);
+    }
+  } else if (peer.authenticated) {
+    clients_.erase(peer.id);
+    LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
+  }
+  // Erase later: this may run inside one of the peer's own handlers.
+  loop_.post([this, serial] {
+    peers_.erase(serial);
+    maybe_finish_shutdown();
+  });
+}
+
+void Hub::sweep_heartbeats() {
+  auto now = Clock::now();
+  std::vector<Peer*> silent;
+  for (const auto& [id, p] : engines_) {
+    if (now - p->last_seen > options_.heartbeat_timeout) silent.push_back(p);
+  }
+  for (Peer* p : silent) {
+    p->connection->close(unavailable("no heartbeat for " +
+                                     std::to_string(options_.heartbeat_timeout.count() / 1000.0).substr(0, 4) + " s"));
+  }
+}
+
+void Hub::shutdown(const std::string& why) {
+  if (stopping_) return;
+  stopping_ = true;
+  LOG_INFO("hub") << "shutting down: " << why;
+  for (auto& [serial, p] : peers_) {
+    if (p->authenticated && p->role == wire::Role::kEngine) {
+      wire::Message bye;
+      bye.envelope.kind = MessageKind::kEngineShutdown;
+      p->connection->send(std::move(bye));
+    }
+    p->connection->close_after_flush(unavailable("controller shut down"), std::chrono::milliseconds(1000));
+  }
+  stop_deadline_ = loop_.after(std::chrono::milliseconds(3000), [this] {
+    if (on_stopped_) std::exchange(on_stopped_, nullptr)();
+  });
+  maybe_finish_shutdown();
+}
+
+void Hub::maybe_finish_shutdown() {
+  if (stopping_ && peers_.empty() && on_stopped_) std::exchange(on_stopped_, nullptr)();
+}
+
+}  // namespace testudo::controller

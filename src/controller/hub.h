@@ -1,0 +1,104 @@
+// The hub: authenticates peers, keeps the registry of engines and clients, routes requests
+// to engines and replies back to the client that asked, and watches heartbeats.
+// It reads only Envelopes; bodies pass through untouched (THREATS.md T17).
+//
+// Threading: runs entirely on its EventLoop's thread; not thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "auth/capability.h"
+#include "net/net.h"
+
+namespace testudo::controller {
+
+struct HubOptions {
+  auth::Capability client_capability{};
+  auth::Capability engine_capability{};
+  // An engine silent for this long is dropped and its tasks fail with "engine died".
+  std::chrono::milliseconds heartbeat_timeout{10'000};
+  // A connection must authenticate (send a valid hello) within this time after TLS.
+  std::chrono::milliseconds hello_timeout{10'000};
+  // Limits for authenticated peers.
+  wire::Limits limits;
+};
+
+class Hub {
+ public:
+  // `on_stopped` runs once, on the loop's thread, when shutdown has finished.
+  Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stopped);
+  ~Hub();
+
+  // Takes a freshly accepted TLS connection (not started).
+  void accept(std::shared_ptr<net::Connection> connection);
+  // Asks every engine to exit, closes every client, then calls on_stopped.
+  void shutdown(const std::string& why);
+
+  std::size_t engine_count() const { return engines_.size(); }
+
+ private:
+  struct Peer {
+    std::uint64_t serial = 0;
+    std::shared_ptr<net::Connection> connection;
+    bool authenticated = false;
+    wire::Role role = wire::Role::kClient;
+    std::uint32_t id = 0;  // engine id or client id once authenticated
+    std::string instance;
+    std::chrono::steady_clock::time_point connected_at;
+    std::chrono::steady_clock::time_point last_seen;
+    std::unique_ptr<net::Timer> hello_deadline;
+    std::unordered_set<std::uint64_t> in_flight;  // engines: task ids routed to it
+    std::uint64_t tasks_done = 0;
+  };
+  struct Task {
+    std::uint32_t client_id;
+    std::uint64_t request_id;
+    std::uint32_t engine_id;
+  };
+
+  void on_message(std::uint64_t serial, wire::Message&& message);
+  void on_close(std::uint64_t serial, const Status& reason);
+  void on_hello(Peer& peer, const wire::Message& message);
+  void admit(Peer& peer, wire::Role role, const std::string& instance);
+  void reject(Peer& peer, const std::string& reason);
+
+  void route_request(Peer& client, wire::Message&& message);
+  void route_reply(Peer& engine, wire::Message&& message);
+  void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
+                   wire::RouteStatus status, const std::string& text);
+  void send_control_reply(Peer& client, wire::MessageKind kind, const wire::Envelope& request, std::string json);
+  std::string status_json() const;
+  void sweep_heartbeats();
+  void maybe_finish_shutdown();
+
+  net::EventLoop& loop_;
+  HubOptions options_;
+  std::function<void()> on_stopped_;
+  std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
+
+  std::uint64_t next_serial_ = 1;
+  std::uint32_t next_engine_id_ = 0;
+  std::uint32_t next_client_id_ = 1;
+  std::uint64_t next_task_id_ = 1;
+  std::uint64_t tasks_completed_ = 0;
+  std::uint64_t rejected_ = 0;
+
+  std::unordered_map<std::uint64_t, std::unique_ptr<Peer>> peers_;  // every connection, by serial
+  std::map<std::uint32_t, Peer*> engines_;                           // registered, by engine id
+  std::unordered_map<std::uint32_t, Peer*> clients_;                 // by client id
+  std::unordered_map<std::string, std::uint32_t> engine_id_by_instance_;
+  std::unordered_map<std::uint64_t, Task> tasks_;                    // in flight, by task id
+
+  std::unique_ptr<net::Timer> heartbeat_sweep_;
+  bool stopping_ = false;
+  std::unique_ptr<net::Timer> stop_deadline_;
+};
+
+}  // namespace testudo::controller

@@ -1,0 +1,288 @@
+#include "engine/engine.h"
+
+#include <unistd.h>
+
+#include <condition_variable>
+#include <csignal>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <variant>
+
+#include "auth/session.h"
+#include "base/log.h"
+#include "crypto/crypto.h"
+#include "engine/python_runtime.h"
+#include "net/net.h"
+#include "wire/body.h"
+
+namespace testudo::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using wire::MessageKind;
+
+std::uint64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+TaskOutcome protocol_error(std::string what) {
+  TaskOutcome out;
+  out.ok = false;
+  out.ename = "ProtocolError";
+  out.evalue = std::move(what);
+  return out;
+}
+
+// Runs one routed request. Malformed bodies become an error reply, never a crash.
+TaskOutcome run_request(PythonRuntime& rt, const wire::Message& m) {
+  const auto& segs = m.segments;
+  const bool literal = m.envelope.flags == static_cast<std::uint16_t>(wire::ValueFormat::kLiteral);
+  switch (m.envelope.kind) {
+    case MessageKind::kExecute:
+      if (segs.size() != 1) return protocol_error("execute needs exactly one segment (the code)");
+      return rt.execute(segs[0].view());
+    case MessageKind::kPush: {
+      if (segs.empty()) return protocol_error("push without a body");
+      if (!literal) return rt.push_pickled(segs);
+      auto pairs = wire::decode_literal_pairs(segs[0]);
+      if (!pairs.ok()) return protocol_error(pairs.status().message());
+      return rt.push_literals(*pairs);
+    }
+    case MessageKind::kPull: {
+      if (segs.size() != 1) return protocol_error("pull needs exactly one segment (the names)");
+      auto names = wire::decode_names(segs[0]);
+      if (!names.ok()) return protocol_error(names.status().message());
+      return literal ? rt.pull_repr(*names) : rt.pull_pickled(*names);
+    }
+    case MessageKind::kApply:
+      if (segs.empty()) return protocol_error("apply without a body");
+      return rt.apply(segs);
+    default:
+      return protocol_error("not a task: " + std::string(wire::kind_name(m.envelope.kind)));
+  }
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  EngineOptions options;
+  auth::ConnectionInfo controller;
+  std::string instance;
+  std::unique_ptr<PythonRuntime> runtime;
+
+  // --- network thread state (touched only on the loop's thread) ---
+  net::EventLoop loop;
+  std::shared_ptr<net::Connection> connection;
+  std::int64_t engine_id = -1;
+  Clock::time_point last_ack;
+  Clock::time_point disconnected_since = Clock::now();
+  std::chrono::milliseconds backoff{100};
+  std::unique_ptr<net::Timer> heartbeat;
+  std::unique_ptr<net::Timer> retry;
+  std::unique_ptr<net::Timer> exit_watchdog;
+  bool stopping = false;
+
+  // --- the work queue between the two threads ---
+  struct SetId { std::int64_t id; };
+  struct Stop { Status why; };
+  using Work = std::variant<wire::Message, SetId, Stop>;
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::deque<Work> work;  // guarded by mutex
+
+  void push_work(Work w) {
+    {
+      std::lock_guard lock(mutex);
+      work.push_back(std::move(w));
+    }
+    ready.notify_one();
+  }
+
+  // ---------- network thread ----------
+
+  void connect() {
+    if (stopping) return;
+    auth::SessionOptions so{controller, instance, options.controller_timeout};
+    auth::open_session(loop, so, [this](StatusOr<auth::Session> s) { on_session(std::move(s)); });
+  }
+
+  void on_session(StatusOr<auth::Session> s) {
+    if (stopping) {
+      if (s.ok()) s->connection->close(unavailable("engine stopping"));
+      return;
+    }
+    if (!s.ok()) {
+      if (s.status().code() == StatusCode::kPermissionDenied) {
+        // A wrong capability or a wrong controller does not get better by retrying.
+        LOG_ERROR("engine") << s.status().message();
+        return stop(s.status());
+      }
+      return schedule_reconnect(s.status());
+    }
+    connection = s->connection;
+    backoff = std::chrono::milliseconds(100);
+    last_ack = Clock::now();
+    if (engine_id != s->assigned_id) {
+      engine_id = s->assigned_id;
+      push_work(SetId{engine_id});
+    }
+    LOG_INFO("engine") << "registered as engine " << engine_id << " with " << controller.host << ":" << controller.port;
+    connection->set_handlers({
+        [this](wire::Message&& m) { on_message(std::move(m)); },
+        [this](const Status& why) { on_disconnect(why); },
+    });
+  }
+
+  void on_message(wire::Message&& m) {
+    if (!wire::is_allowed_after_auth(wire::Role::kController, m.envelope.kind)) {
+      connection->close(data_loss("controller sent '" + std::string(wire::kind_name(m.envelope.kind)) + "'"));
+      return;
+    }
+    switch (m.envelope.kind) {
+      case MessageKind::kHeartbeatAck:
+        last_ack = Clock::now();
+        return;
+      case MessageKind::kEngineShutdown:
+        LOG_INFO("engine") << "controller asked this engine to shut down";
+        return stop(ok_status());
+      case MessageKind::kExecute:
+      case MessageKind::kPush:
+      case MessageKind::kPull:
+      case MessageKind::kApply:
+        last_ack = Clock::now();
+        return push_work(std::move(m));
+      default:
+        LOG_WARN("engine") << "ignoring '" << wire::kind_name(m.envelope.kind) << "' from the controller";
+    }
+  }
+
+  void on_disconnect(const Status& why) {
+    connection.reset();
+    disconnected_since = Clock::now();
+    if (stopping) return loop.stop();
+    LOG_WARN("engine") << "lost the controller: " << why.message();
+    schedule_reconnect(why);
+  }
+
+  void schedule_reconnect(const Status& why) {
+    if (Clock::now() - disconnected_since > options.reconnect_give_up) {
+      return stop(unavailable("no controller for " + std::to_string(options.reconnect_give_up.count() / 1000) +
+                              " s; last error: " + why.message()));
+    }
+    // Exponential backoff with jitter, capped, so a restarted controller is not stampeded.
+    static thread_local std::minstd_rand rng(static_cast<unsigned>(::getpid()));
+    auto delay = backoff + std::chrono::milliseconds(rng() % (backoff.count() / 2 + 1));
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5'000));
+    LOG_INFO("engine") << "reconnecting in " << delay.count() << " ms (" << why.message() << ")";
+    retry = loop.after(delay, [this] { connect(); });
+  }
+
+  void beat() {
+    if (!connection) return;
+    if (Clock::now() - last_ack > options.controller_timeout) {
+      connection->close(unavailable("the controller stopped answering heartbeats"));
+      return;
+    }
+    wire::Message hb;
+    hb.envelope.kind = MessageKind::kHeartbeat;
+    connection->send(std::move(hb));
+  }
+
+  void send_reply(wire::Message reply) {
+    if (connection) connection->send(std::move(reply));
+  }
+
+  void stop(const Status& why) {
+    if (stopping) return;
+    stopping = true;
+    heartbeat.reset();
+    retry.reset();
+    push_work(Stop{why});
+    if (connection) connection->close_after_flush(unavailable("engine shutting down"), std::chrono::milliseconds(1000));
+    // User code stuck in a loop cannot be unwound politely: give it a moment, then go.
+    exit_watchdog = loop.after(std::chrono::milliseconds(5'000), [] {
+      LOG_WARN("engine") << "user code did not finish; exiting anyway";
+      std::_Exit(0);
+    });
+  }
+
+  // ---------- Python thread ----------
+
+  Status serve() {
+    for (;;) {
+      Work w;
+      {
+        std::unique_lock lock(mutex);
+        ready.wait(lock, [this] { return !work.empty(); });
+        w = std::move(work.front());
+        work.pop_front();
+      }
+      if (auto* stop_item = std::get_if<Stop>(&w)) return stop_item->why;
+      if (auto* set = std::get_if<SetId>(&w)) {
+        runtime->set_engine_id(static_cast<int>(set->id));
+        continue;
+      }
+      auto& m = std::get<wire::Message>(w);
+      wire::ReplyMeta meta;
+      meta.started_us = now_us();
+      TaskOutcome out = run_request(*runtime, m);
+      meta.completed_us = now_us();
+      meta.ok = out.ok;
+      meta.ename = std::move(out.ename);
+      meta.evalue = std::move(out.evalue);
+      meta.traceback = std::move(out.traceback);
+      wire::Message reply;
+      reply.envelope.kind = MessageKind::kTaskReply;
+      reply.envelope.task_id = m.envelope.task_id;
+      reply.envelope.engine_id = m.envelope.engine_id;
+      reply.segments.reserve(wire::kReplyFixedSegments + out.value_segments.size());
+      reply.segments.push_back(wire::encode_reply_meta(meta));
+      reply.segments.push_back(SharedBytes::copy_of(out.stdout_text));
+      reply.segments.push_back(SharedBytes::copy_of(out.stderr_text));
+      for (auto& v : out.value_segments) reply.segments.push_back(std::move(v));
+      loop.post([this, reply = std::move(reply)]() mutable { send_reply(std::move(reply)); });
+    }
+  }
+};
+
+Engine::Engine() : impl_(std::make_unique<Impl>()) {}
+Engine::~Engine() = default;
+
+StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
+  std::unique_ptr<Engine> e(new Engine());
+  Impl& impl = *e->impl_;
+  impl.options = options;
+  TESTUDO_ASSIGN_OR_RETURN(impl.controller, auth::load_connection_file(options.connection_file, wire::Role::kEngine));
+  TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
+  impl.instance = crypto::to_hex(std::span(nonce).first(16));
+  TESTUDO_ASSIGN_OR_RETURN(impl.runtime, PythonRuntime::create({}));
+  return e;
+}
+
+Status Engine::run() {
+  Impl& impl = *impl_;
+  impl.loop.on_signals({SIGINT, SIGTERM}, [&impl](int sig) {
+    LOG_INFO("engine") << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ": shutting down";
+    impl.stop(ok_status());
+  });
+  impl.loop.post([&impl] {
+    impl.heartbeat = impl.loop.every(impl.options.heartbeat_interval, [&impl] { impl.beat(); });
+    impl.connect();
+  });
+  std::thread network([&impl] { impl.loop.run(); });
+  Status result = impl.serve();
+  // Let the goodbye and last replies flush, then stop the network thread.
+  impl.loop.post([&impl] {
+    impl.stopping = true;
+    if (!impl.connection) return impl.loop.stop();
+    impl.connection->close_after_flush(unavailable("engine exiting"), std::chrono::milliseconds(1000));
+    impl.exit_watchdog = impl.loop.after(std::chrono::milliseconds(1200), [&impl] { impl.loop.stop(); });
+  });
+  network.join();
+  return result;
+}
+
+}  // namespace testudo::engine

@@ -1,0 +1,41 @@
+// An engine process: dials the controller (never listens), proves the engine capability,
+// receives an engine id, heartbeats, reconnects with backoff, and runs each request in its
+// embedded Python namespace (PythonRuntime).
+//
+// Threads: the calling thread (run()) is the Python thread — CPython and user code live there
+// so SIGINT can later interrupt it; a second thread runs the network EventLoop, so a long
+// request never delays heartbeats. They meet at a locked work queue and EventLoop::post().
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "testudo/status.h"
+
+namespace testudo::engine {
+
+struct EngineOptions {
+  std::string connection_file;                            // controller-engine.json
+  std::chrono::milliseconds heartbeat_interval{1'000};
+  // No heartbeat answer from the controller for this long: drop the connection, reconnect.
+  std::chrono::milliseconds controller_timeout{10'000};
+  // Without a controller for this long (in total since the last connection), exit.
+  std::chrono::milliseconds reconnect_give_up{120'000};
+};
+
+class Engine {
+ public:
+  static StatusOr<std::unique_ptr<Engine>> create(const EngineOptions& options);
+  ~Engine();
+  // Serves until the controller says shut down, a signal arrives, or the controller stays
+  // unreachable past reconnect_give_up (an error).
+  Status run();
+
+ private:
+  Engine();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace testudo::engine
