@@ -1,0 +1,332 @@
+// The `testudo` command: a thin shell over the controller, engine, client and launch
+// libraries. Every subcommand has --help. Secrets never appear in argv: everything secret is
+// read from the profile's owner-only files.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "base/log.h"
+#include "base/profile.h"
+#include "cli/targets.h"
+#include "controller/controller.h"
+#include "engine/engine.h"
+#include "launch/launcher.h"
+#include "testudo/client.h"
+
+namespace testudo::cli {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;       // the operation failed (remote error, no cluster...)
+constexpr int kExitUsage = 2;       // bad arguments
+
+int fail(const Status& st) {
+  std::cerr << "testudo: " << st.message() << "\n";
+  return st.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitError;
+}
+
+std::chrono::milliseconds seconds(double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); }
+
+struct ClientArgs {
+  std::string file;
+  std::string targets = "all";
+  double timeout = 0;  // seconds to wait for results; 0: no limit
+
+  void add_to(CLI::App* app, bool with_targets) {
+    app->add_option("--file", file, "Client connection file (default: the profile's controller-client.json)");
+    if (with_targets) {
+      app->add_option("-t,--targets", targets, "Engines: all, an id list like 0,2, or a slice like ::2 or 1::2")
+          ->capture_default_str();
+    }
+    app->add_option("--timeout", timeout, "Seconds to wait for results (0: no limit)")->capture_default_str();
+  }
+  std::chrono::milliseconds wait() const { return timeout > 0 ? seconds(timeout) : std::chrono::hours(24 * 365); }
+};
+
+StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, const ClientArgs& args) {
+  ClientOptions o;
+  o.profile = profile;
+  o.connection_file = args.file;
+  auto c = Client::connect(o);
+  if (!c.ok() && c.status().code() == StatusCode::kNotFound) {
+    return not_found(c.status().message() + "\n  is a cluster running? start one with: testudo cluster start -n 4" +
+                     (profile == "default" ? std::string() : " --profile " + profile));
+  }
+  return c;
+}
+
+StatusOr<std::vector<EngineId>> resolve_targets(Client& client, const std::string& spec) {
+  TESTUDO_ASSIGN_OR_RETURN(auto ids, client.engine_ids());
+  TESTUDO_ASSIGN_OR_RETURN(auto targets, select_targets(spec, ids));
+  if (targets.empty()) return failed_precondition("no engines selected (the cluster has " + std::to_string(ids.size()) + ")");
+  return targets;
+}
+
+// Prints output and errors as ipyparallel's %px does; returns false if any engine failed.
+bool print_replies(const std::vector<EngineReply>& replies, const char* what) {
+  bool all_ok = true;
+  for (const auto& r : replies) {
+    if (!r.stdout_text.empty()) {
+      std::cout << "[stdout:" << r.engine_id << "] " << r.stdout_text;
+      if (r.stdout_text.back() != '\n') std::cout << "\n";
+    }
+    if (!r.stderr_text.empty()) {
+      std::cerr << "[stderr:" << r.engine_id << "] " << r.stderr_text;
+      if (r.stderr_text.back() != '\n') std::cerr << "\n";
+    }
+    if (!r.status.ok()) {
+      all_ok = false;
+      std::cerr << "[" << r.engine_id << ":" << what << "] ";
+      if (r.remote_error) {
+        std::cerr << r.remote_error->traceback;
+        if (!r.remote_error->traceback.empty() && r.remote_error->traceback.back() != '\n') std::cerr << "\n";
+        if (r.remote_error->traceback.empty()) std::cerr << r.remote_error->ename << ": " << r.remote_error->evalue << "\n";
+      } else {
+        std::cerr << r.status.message() << "\n";
+      }
+    }
+  }
+  std::cout.flush();
+  return all_ok;
+}
+
+int run_controller(const std::string& profile, controller::ControllerOptions o, const std::string& log_file) {
+  o.profile = profile;
+  if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
+  auto c = controller::Controller::create(o);
+  if (!c.ok()) return fail(c.status());
+  Status st = (*c)->run();
+  return st.ok() ? kExitOk : fail(st);
+}
+
+int run_engine(const std::string& profile, engine::EngineOptions o, const std::string& log_file) {
+  if (o.connection_file.empty()) o.connection_file = profile_paths(profile).engine_connection_file;
+  if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
+  auto e = engine::Engine::create(o);
+  if (!e.ok()) return fail(e.status());
+  Status st = (*e)->run();
+  return st.ok() ? kExitOk : fail(st);
+}
+
+void say(const std::string& line) { std::cerr << "testudo: " << line << "\n"; }
+
+int cluster_start(const std::string& profile, launch::ClusterOptions o, bool daemonize, double heartbeat_timeout) {
+  o.profile = profile;
+  if (heartbeat_timeout > 0) o.controller_args = {"--heartbeat-timeout", std::to_string(heartbeat_timeout)};
+  // Block SIGINT/SIGTERM now so a Ctrl-C during start-up is seen by sigwait below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  if (!daemonize) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  auto started = launch::start_cluster(o, say);
+  if (!started.ok()) return fail(started.status());
+  std::string where = profile_paths(profile).client_connection_file;
+  if (daemonize) {
+    say("cluster running in the background: controller pid " + std::to_string(started->controller) + ", " +
+        std::to_string(started->engines.size()) + " engines; client connection file " + where);
+    say("stop it with: testudo cluster stop" + (profile == "default" ? std::string() : " --profile " + profile));
+    return kExitOk;
+  }
+  say("cluster running: " + std::to_string(started->engines.size()) + " engines; client connection file " + where);
+  say("press Ctrl-C to stop it");
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  say("stopping the cluster");
+  Status st = launch::stop_cluster(profile, std::chrono::seconds(5), say);
+  return st.ok() ? kExitOk : fail(st);
+}
+
+int cmd_exec(const std::string& profile, const ClientArgs& args, std::string code) {
+  if (code == "-") code.assign(std::istreambuf_iterator<char>(std::cin), {});
+  auto client = connect_client(profile, args);
+  if (!client.ok()) return fail(client.status());
+  auto targets = resolve_targets(**client, args.targets);
+  if (!targets.ok()) return fail(targets.status());
+  auto replies = (*client)->execute(*targets, code).get(args.wait());
+  if (!replies.ok()) return fail(replies.status());
+  return print_replies(*replies, "execute") ? kExitOk : kExitError;
+}
+
+int cmd_push(const std::string& profile, const ClientArgs& args, const std::vector<std::string>& assignments) {
+  std::vector<std::pair<std::string, std::string>> values;
+  for (const auto& a : assignments) {
+    auto eq = a.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return fail(invalid_argument("push takes NAME=VALUE pairs with Python literals, e.g. a=5 'b=[1, 2]'; got '" + a + "'"));
+    }
+    values.emplace_back(a.substr(0, eq), a.substr(eq + 1));
+  }
+  auto client = connect_client(profile, args);
+  if (!client.ok()) return fail(client.status());
+  auto targets = resolve_targets(**client, args.targets);
+  if (!targets.ok()) return fail(targets.status());
+  auto replies = (*client)->push_literals(*targets, values).get(args.wait());
+  if (!replies.ok()) return fail(replies.status());
+  return print_replies(*replies, "push") ? kExitOk : kExitError;
+}
+
+int cmd_pull(const std::string& profile, const ClientArgs& args, const std::vector<std::string>& names, bool by_engine) {
+  auto client = connect_client(profile, args);
+  if (!client.ok()) return fail(client.status());
+  auto targets = resolve_targets(**client, args.targets);
+  if (!targets.ok()) return fail(targets.status());
+  auto replies = (*client)->pull_repr(*targets, names).get(args.wait());
+  if (!replies.ok()) return fail(replies.status());
+  if (!print_replies(*replies, "pull")) return kExitError;
+  auto value_of = [&](const EngineReply& r) {
+    std::string out;
+    if (names.size() > 1) out += "[";
+    for (std::size_t i = 0; i < r.value.size(); ++i) out += (i ? ", " : "") + r.value[i].to_string();
+    if (names.size() > 1) out += "]";
+    return out;
+  };
+  if (by_engine) {
+    for (const auto& r : *replies) std::cout << "[" << r.engine_id << "] " << value_of(r) << "\n";
+  } else {
+    // As ipyparallel's rc[:]['c']: one list, in target order.
+    std::cout << "[";
+    for (std::size_t i = 0; i < replies->size(); ++i) std::cout << (i ? ", " : "") << value_of((*replies)[i]);
+    std::cout << "]\n";
+  }
+  return kExitOk;
+}
+
+int cmd_status(const std::string& profile, const ClientArgs& args, bool as_json) {
+  auto client = connect_client(profile, args);
+  if (!client.ok()) return fail(client.status());
+  auto text = (*client)->cluster_status();
+  if (!text.ok()) return fail(text.status());
+  if (as_json) {
+    std::cout << *text << "\n";
+    return kExitOk;
+  }
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded()) return fail(data_loss("malformed status from the controller"));
+  std::printf("controller up %.0f s; %zu engine(s), %d client(s), %llu task(s) done, %llu in flight\n",
+              j.value("uptime_s", 0.0), j["engines"].size(), j.value("clients", 0),
+              static_cast<unsigned long long>(j.value("tasks_completed", 0ull)),
+              static_cast<unsigned long long>(j.value("tasks_in_flight", 0ull)));
+  if (!j["engines"].empty()) std::printf("%-6s %-22s %9s %10s %12s\n", "engine", "address", "in flight", "tasks done", "heartbeat");
+  for (const auto& e : j["engines"]) {
+    std::printf("%-6u %-22s %9llu %10llu %10.1f s\n", e.value("id", 0u), e.value("address", std::string()).c_str(),
+                static_cast<unsigned long long>(e.value("in_flight", 0ull)),
+                static_cast<unsigned long long>(e.value("tasks_done", 0ull)), e.value("last_heartbeat_s", 0.0));
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"testudo: a parallel-computing cluster with security on by default.\n"
+               "Start a cluster with `testudo cluster start -n 4`, then run code on it with\n"
+               "`testudo exec`, `testudo push`, `testudo pull`, or from Python with `import testudo`."};
+  app.require_subcommand(1);
+  app.fallthrough();  // --profile and --log-level may follow the subcommand
+  std::string profile = "default";
+  std::string log_level = "info";
+  app.add_option("--profile", profile, "Profile name: files live in $TESTUDO_HOME/profile_<name>")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "debug, info, warning or error")->capture_default_str();
+
+  // controller
+  controller::ControllerOptions copts;
+  std::string controller_log;
+  double heartbeat_timeout_s = 10;
+  auto* c = app.add_subcommand("controller", "Run a controller (hub and scheduler) in the foreground");
+  c->add_option("--ip", copts.ip, "Address to listen on (loopback unless told otherwise)")->capture_default_str();
+  c->add_option("--port", copts.port, "Port to listen on (0: random, or the last one with --reuse)")->capture_default_str();
+  c->add_option("--location", copts.location, "Address written into connection files (default: --ip)");
+  c->add_flag("--reuse", copts.reuse, "Reuse key, certificate, capabilities and port so connection files stay valid");
+  c->add_option("--heartbeat-timeout", heartbeat_timeout_s, "Seconds of engine silence before it is declared dead")
+      ->capture_default_str();
+  c->add_option("--log-file", controller_log, "Write the log here instead of stderr");
+
+  // engine
+  engine::EngineOptions eopts;
+  std::string engine_log;
+  auto* e = app.add_subcommand("engine", "Run an engine: connect to a controller and execute Python code for it");
+  e->add_option("--file", eopts.connection_file, "Engine connection file (default: the profile's controller-engine.json)");
+  e->add_option("--log-file", engine_log, "Write the log here instead of stderr");
+
+  // cluster
+  auto* cluster = app.add_subcommand("cluster", "Start or stop a local cluster (controller + engines)");
+  cluster->require_subcommand(1);
+  cluster->fallthrough();
+  launch::ClusterOptions lopts;
+  lopts.engines = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  bool daemonize = false;
+  double start_timeout = 60;
+  double cluster_heartbeat = 0;
+  auto* start = cluster->add_subcommand("start", "Start a controller and N engines on this machine");
+  start->add_option("-n,--n", lopts.engines, "Number of engines (default: number of cores)")->capture_default_str();
+  start->add_option("--ip", lopts.ip, "Address the controller listens on")->capture_default_str();
+  start->add_flag("--reuse", lopts.reuse, "Reuse the controller's key, capabilities and port");
+  start->add_flag("--daemonize", daemonize, "Return once the cluster is ready and leave it running");
+  start->add_option("--timeout", start_timeout, "Seconds to wait for every engine to register")->capture_default_str();
+  start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead");
+  auto* stop = cluster->add_subcommand("stop", "Stop the cluster of this profile");
+  double stop_grace = 10;
+  stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")->capture_default_str();
+
+  // client commands
+  ClientArgs exec_args, push_args, pull_args, status_args;
+  std::string code;
+  auto* ex = app.add_subcommand("exec", "Execute Python code on engines (like view.execute)");
+  exec_args.add_to(ex, true);
+  ex->add_option("code", code, "Python code; - reads it from stdin")->required();
+  std::vector<std::string> assignments;
+  auto* push = app.add_subcommand("push", "Set variables on engines from Python literals (like view.push)");
+  push_args.add_to(push, true);
+  push->add_option("assignments", assignments, "NAME=VALUE pairs, VALUE a Python literal")->required();
+  std::vector<std::string> names;
+  bool by_engine = false;
+  auto* pull = app.add_subcommand("pull", "Print the repr of variables on engines (like view.pull)");
+  pull_args.add_to(pull, true);
+  pull->add_option("names", names, "Variable names")->required();
+  pull->add_flag("--by-engine", by_engine, "One line per engine instead of one list");
+  bool as_json = false;
+  auto* status = app.add_subcommand("status", "Show the controller's engines, clients and tasks");
+  status_args.add_to(status, false);
+  status->add_flag("--json", as_json, "Print the raw JSON report");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (log_level == "debug") log::set_min_level(log::Level::kDebug);
+  else if (log_level == "warning") log::set_min_level(log::Level::kWarning);
+  else if (log_level == "error") log::set_min_level(log::Level::kError);
+  else if (log_level != "info") return fail(invalid_argument("--log-level must be debug, info, warning or error"));
+
+  // A closed pipe (testudo pull | head) must not kill us mid-write; writes report EPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
+
+  if (*c) {
+    copts.heartbeat_timeout = seconds(heartbeat_timeout_s);
+    return run_controller(profile, copts, controller_log);
+  }
+  if (*e) return run_engine(profile, eopts, engine_log);
+  if (*start) {
+    lopts.timeout = seconds(start_timeout);
+    return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
+  }
+  if (*stop) {
+    Status st = launch::stop_cluster(profile, seconds(stop_grace), say);
+    return st.ok() ? kExitOk : fail(st);
+  }
+  if (*ex) return cmd_exec(profile, exec_args, code);
+  if (*push) return cmd_push(profile, push_args, assignments);
+  if (*pull) return cmd_pull(profile, pull_args, names, by_engine);
+  if (*status) return cmd_status(profile, status_args, as_json);
+  return kExitUsage;
+}
+
+}  // namespace testudo::cli
+
+int main(int argc, char** argv) { return testudo::cli::main(argc, argv); }

@@ -1,0 +1,58 @@
+// Starting and stopping a local cluster: one controller and N engines as separate processes
+// of the `testudo` binary, each in its own session (so a terminal's Ctrl-C reaches only the
+// foreground `testudo cluster start`), logging into the profile's log/ directory.
+// Pid files: run/cluster.json (0600). Secrets never travel in argv: processes read them from
+// the profile's owner-only connection files.
+// Thread-safety: functions are safe to call from one thread at a time.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "testudo/status.h"
+
+namespace testudo::launch {
+
+// Starts `argv` (argv[0] is the program) detached in a new session, stdin from /dev/null and
+// stdout/stderr appended to `log_file` (0600). Returns its pid.
+StatusOr<pid_t> spawn_detached(const std::vector<std::string>& argv, const std::string& log_file,
+                               const std::vector<std::string>& extra_env = {});
+// True while `pid` runs (reaps it first if it is our exited child).
+bool process_alive(pid_t pid);
+// SIGTERM, wait up to `grace`, then SIGKILL. Returns once the process is gone.
+void terminate(pid_t pid, std::chrono::milliseconds grace);
+
+struct ClusterOptions {
+  std::string program;          // the testudo binary; default: this executable
+  std::string profile = "default";
+  int engines = 2;
+  std::string ip = "127.0.0.1";
+  bool reuse = false;
+  std::chrono::milliseconds timeout{60'000};  // until every engine has registered
+  // Extra arguments for the controller (e.g. --heartbeat-timeout 3).
+  std::vector<std::string> controller_args;
+};
+
+struct ClusterProcesses {
+  pid_t controller = 0;
+  std::vector<pid_t> engines;
+};
+
+// Starts the controller, waits for its connection files, starts the engines and waits until
+// they have all registered, reporting progress through `progress` ("engines 2/4 ready").
+// On failure stops whatever it started and says why (with the log file to read).
+StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
+                                         const std::function<void(const std::string&)>& progress);
+
+// Asks the controller to shut everything down, waits for the recorded processes to exit
+// (escalating to SIGTERM/SIGKILL after `grace`), and removes the pid file.
+Status stop_cluster(const std::string& profile, std::chrono::milliseconds grace,
+                    const std::function<void(const std::string&)>& progress);
+
+StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile);
+
+}  // namespace testudo::launch
