@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -85,7 +86,13 @@ bool process_alive(pid_t pid) {
   int status = 0;
   pid_t r = ::waitpid(pid, &status, WNOHANG);
   if (r == pid) return false;  // our child, now reaped
-  return ::kill(pid, 0) == 0 || errno == EPERM;
+  if (::kill(pid, 0) != 0 && errno != EPERM) return false;
+  // Someone else's exited child stays a zombie until its parent (often init) reaps it.
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  auto close_paren = line.rfind(')');
+  return close_paren == std::string::npos || close_paren + 2 >= line.size() || line[close_paren + 2] != 'Z';
 }
 
 void terminate(pid_t pid, std::chrono::milliseconds grace) {
