@@ -1,0 +1,106 @@
+// Writes the seed corpus of every fuzz target with the real encoders, so the seeds follow
+// the format when it changes:  make_seeds <out dir>  ->  <out dir>/<target>/<seed name>.
+// Run by the build (fuzz/CMakeLists.txt); the connection-file seeds are committed JSON.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "auth/capability.h"
+#include "wire/body.h"
+#include "wire/message.h"
+
+using namespace testudo;
+namespace fs = std::filesystem;
+
+namespace {
+
+void write(const fs::path& dir, const std::string& name, std::span<const std::byte> bytes) {
+  fs::create_directories(dir);
+  std::ofstream out(dir / name, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!out) {
+    std::fprintf(stderr, "make_seeds: cannot write %s\n", (dir / name).c_str());
+    std::exit(1);
+  }
+}
+
+void write(const fs::path& dir, const std::string& name, std::string_view text) {
+  write(dir, name, std::as_bytes(std::span(text.data(), text.size())));
+}
+
+// body_fuzz: selector byte, then the segment.
+void write_body(const fs::path& dir, const std::string& name, std::uint8_t selector, const SharedBytes& segment) {
+  std::vector<std::byte> in{std::byte{selector}};
+  in.insert(in.end(), segment.span().begin(), segment.span().end());
+  write(dir, name, in);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: make_seeds <out dir>\n");
+    return 2;
+  }
+  const fs::path out = argv[1];
+
+  // frame_header_fuzz
+  const fs::path frames = out / "frame_header_fuzz";
+  write(frames, "head_small", wire::encode_frame_header({wire::FrameType::kHead, 60}));
+  write(frames, "head_preauth_max", wire::encode_frame_header({wire::FrameType::kHead, 4096}));
+  write(frames, "data_1mib", wire::encode_frame_header({wire::FrameType::kData, 1u << 20}));
+  write(frames, "data_too_big", wire::encode_frame_header({wire::FrameType::kData, (1u << 20) + 1}));
+
+  // message_head_fuzz
+  const fs::path heads = out / "message_head_fuzz";
+  {
+    wire::Envelope hello;
+    hello.kind = wire::MessageKind::kHello;
+    hello.text = auth::encode_hello({wire::Role::kClient, "c-0123456789abcdef", {}});
+    write(heads, "hello", wire::encode_head(hello, {}));
+
+    wire::Envelope execute;
+    execute.kind = wire::MessageKind::kExecute;
+    execute.request_id = 7;
+    execute.targets = {0, 2, 4};
+    std::vector<SharedBytes> code{SharedBytes::copy_of(std::string_view("c = a + b"))};
+    write(heads, "execute", wire::encode_head(execute, code));
+
+    wire::Envelope reply;
+    reply.kind = wire::MessageKind::kTaskReply;
+    reply.request_id = 7;
+    reply.task_id = 99;
+    reply.engine_id = 2;
+    std::vector<SharedBytes> parts{SharedBytes::allocate(40), SharedBytes::allocate(0), SharedBytes::allocate(12),
+                                   SharedBytes::allocate(300)};
+    write(heads, "task_reply", wire::encode_head(reply, parts));
+
+    wire::Envelope rejected;
+    rejected.kind = wire::MessageKind::kRejected;
+    rejected.status = static_cast<std::uint16_t>(wire::RouteStatus::kNotAllowed);
+    rejected.text = "capability proof does not match";
+    write(heads, "rejected", wire::encode_head(rejected, {}));
+  }
+
+  // body_fuzz: 0 names, 1 literal pairs, 2 reply meta.
+  const fs::path bodies = out / "body_fuzz";
+  write_body(bodies, "names", 0, wire::encode_names({"a", "b", "result_1"}));
+  write_body(bodies, "names_empty", 0, wire::encode_names({}));
+  write_body(bodies, "literals", 1, wire::encode_literal_pairs({{"a", "1"}, {"b", "[1, 2.5, 'x']"}, {"d", "{}"}}));
+  write_body(bodies, "reply_ok", 2, wire::encode_reply_meta({true, "", "", "", 1700000000000000, 1700000000000123}));
+  write_body(bodies, "reply_error", 2,
+             wire::encode_reply_meta({false, "ZeroDivisionError", "division by zero",
+                                      "Traceback (most recent call last):\n  File \"<cell>\", line 1\n", 1, 2}));
+
+  // hello_fuzz
+  const fs::path hellos = out / "hello_fuzz";
+  auth::Hello client{wire::Role::kClient, "c-0123456789abcdef", {}};
+  for (std::size_t i = 0; i < client.proof.size(); ++i) client.proof[i] = std::byte(i * 7);
+  write(hellos, "client", auth::encode_hello(client));
+  write(hellos, "engine_no_instance", auth::encode_hello({wire::Role::kEngine, "", {}}));
+  write(hellos, "engine_max_instance", auth::encode_hello({wire::Role::kEngine, std::string(auth::kMaxInstanceBytes, 'e'), {}}));
+  return 0;
+}
