@@ -29,8 +29,11 @@ void Hub::accept(std::shared_ptr<net::Connection> connection) {
     connection->close(unavailable("controller is shutting down"));
     return;
   }
+  drop_oldest_unauthenticated_if_full();
   auto peer = std::make_unique<Peer>();
   std::uint64_t serial = next_serial_++;
+  unauthenticated_.push_back(serial);
+  ++unauthenticated_count_;
   peer->serial = serial;
   peer->connection = std::move(connection);
   peer->connected_at = peer->last_seen = Clock::now();
@@ -45,6 +48,23 @@ void Hub::accept(std::shared_ptr<net::Connection> connection) {
       [this, serial](wire::Message&& m) { on_message(serial, std::move(m)); },
       [this, serial](const Status& reason) { on_close(serial, reason); },
   });
+}
+
+void Hub::drop_oldest_unauthenticated_if_full() {
+  while (unauthenticated_count_ >= options_.max_unauthenticated && !unauthenticated_.empty()) {
+    std::uint64_t oldest = unauthenticated_.front();
+    unauthenticated_.pop_front();
+    auto it = peers_.find(oldest);
+    if (it == peers_.end() || it->second->authenticated || !it->second->connection->is_open()) continue;
+    // on_close() lowers unauthenticated_count_.
+    it->second->connection->close(resource_exhausted("too many unauthenticated connections; dropped the oldest"));
+  }
+  // Forget serials that authenticated or left, so the queue stays as short as the waiting set.
+  while (!unauthenticated_.empty()) {
+    auto it = peers_.find(unauthenticated_.front());
+    if (it != peers_.end() && !it->second->authenticated) break;
+    unauthenticated_.pop_front();
+  }
 }
 
 void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
@@ -128,6 +148,7 @@ void Hub::admit(Peer& peer, wire::Role role, const std::string& instance) {
     welcome.envelope.client_id = peer.id;
   }
   peer.authenticated = true;
+  --unauthenticated_count_;
   peer.role = role;
   peer.instance = instance;
   peer.hello_deadline.reset();
@@ -264,6 +285,8 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
   } else if (peer.authenticated) {
     clients_.erase(peer.id);
     LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
+  } else {
+    --unauthenticated_count_;
   }
   // Erase later: this may run inside one of the peer's own handlers.
   loop_.post([this, serial] {

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -26,6 +27,8 @@ struct HubOptions {
   std::chrono::milliseconds heartbeat_timeout{10'000};
   // A connection must authenticate (send a valid hello) within this time after TLS.
   std::chrono::milliseconds hello_timeout{10'000};
+  // Connections past TLS but not yet authenticated; beyond this the oldest is dropped (T12).
+  std::size_t max_unauthenticated = 256;
   // Limits for authenticated peers.
   wire::Limits limits;
 };
@@ -63,6 +66,7 @@ class Hub {
     std::uint32_t engine_id;
   };
 
+  void drop_oldest_unauthenticated_if_full();
   void on_message(std::uint64_t serial, wire::Message&& message);
   void on_close(std::uint64_t serial, const Status& reason);
   void on_hello(Peer& peer, const wire::Message& message);
@@ -95,6 +99,8 @@ class Hub {
   std::unordered_map<std::uint32_t, Peer*> clients_;                 // by client id
   std::unordered_map<std::string, std::uint32_t> engine_id_by_instance_;
   std::unordered_map<std::uint64_t, Task> tasks_;                    // in flight, by task id
+  std::deque<std::uint64_t> unauthenticated_;  // serials in arrival order (may hold stale ones)
+  std::size_t unauthenticated_count_ = 0;      // peers not yet authenticated and not closed
 
   std::unique_ptr<net::Timer> heartbeat_sweep_;
   bool stopping_ = false;

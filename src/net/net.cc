@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 
 #include <deque>
+#include <list>
 
 #include "base/log.h"
 
@@ -338,8 +339,13 @@ class TlsListener final : public Listener {
  public:
   struct State {
     AcceptHandler on_accept;
-    std::size_t pending = 0;
+    // Handshakes in progress, oldest first. When a new connection would exceed max_pending,
+    // the oldest is aborted: a flood of idle connections then only ever delays real peers
+    // by its own churn, it cannot lock them out (T12). A real handshake takes milliseconds.
+    std::list<std::shared_ptr<Stream>> pending;
     std::size_t max_pending = 0;
+    std::chrono::steady_clock::time_point last_eviction_warning{};
+    std::size_t evictions_since_warning = 0;
     std::chrono::milliseconds handshake_timeout{};
     bool closed = false;
   };
@@ -381,10 +387,20 @@ class TlsListener final : public Listener {
         co_await pause.async_wait(kAsTuple);
         continue;
       }
-      if (state->pending >= state->max_pending) {
-        LOG_WARN("net") << "refusing " << endpoint_text(socket) << ": " << state->pending
-                        << " TLS handshakes already pending";
-        continue;  // the socket closes as it goes out of scope
+      if (state->pending.size() >= state->max_pending) {
+        auto& oldest = state->pending.front();
+        ++state->evictions_since_warning;
+        auto now = std::chrono::steady_clock::now();
+        if (now - state->last_eviction_warning > std::chrono::seconds(1)) {  // one line a second in a flood
+          LOG_WARN("net") << state->pending.size() << " TLS handshakes pending: aborted the oldest "
+                          << state->evictions_since_warning << " (latest from " << endpoint_text(oldest->next_layer())
+                          << ")";
+          state->last_eviction_warning = now;
+          state->evictions_since_warning = 0;
+        }
+        asio::error_code ignored;
+        oldest->next_layer().close(ignored);
+        state->pending.pop_front();
       }
       asio::error_code ignored;
       socket.set_option(tcp::no_delay(true), ignored);
@@ -394,16 +410,16 @@ class TlsListener final : public Listener {
 
   static asio::awaitable<void> handshake(tcp::socket socket, std::shared_ptr<asio::ssl::context> ctx,
                                          std::shared_ptr<State> state) {
-    ++state->pending;
     std::string peer = endpoint_text(socket);
     auto stream = std::make_shared<Stream>(std::move(socket), *ctx);
+    state->pending.push_back(stream);
     auto finished = std::make_shared<bool>(false);
     asio::steady_timer deadline(stream->get_executor());
     arm_deadline(deadline, state->handshake_timeout, stream, finished);
     auto [ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, kAsTuple);
     *finished = true;
     deadline.cancel();
-    --state->pending;
+    state->pending.remove(stream);
     if (ec) {
       LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << describe(ec);
       co_return;
@@ -485,12 +501,15 @@ asio::awaitable<void> dial_coro(asio::io_context& io, std::shared_ptr<asio::ssl:
   *finished = true;
   deadline.cancel();
   if (hec) {
-    long verify = SSL_get_verify_result(stream->native_handle());
-    std::string why = verify == X509_V_ERR_CERT_REJECTED
-                          ? "the controller's certificate does not match the pinned fingerprint in the connection "
-                            "file (wrong or hostile controller?)"
-                          : describe(hec);
-    done(permission_denied("TLS handshake with " + where + " failed: " + why));
+    // Only a failed pin is a verdict on the server (kPermissionDenied: retrying cannot help);
+    // anything else (reset, timeout, a busy server) is kUnavailable and worth retrying.
+    if (SSL_get_verify_result(stream->native_handle()) == X509_V_ERR_CERT_REJECTED) {
+      done(permission_denied("TLS handshake with " + where +
+                             " failed: the controller's certificate does not match the pinned fingerprint in the "
+                             "connection file (wrong or hostile controller?)"));
+    } else {
+      done(unavailable("TLS handshake with " + where + " failed: " + describe(hec)));
+    }
     co_return;
   }
   done(std::shared_ptr<Connection>(std::make_shared<TlsConnection>(ctx, std::move(*stream), wire::Limits{})));
