@@ -97,7 +97,9 @@ class Client {
   // Asks the controller to stop every engine and itself.
   Status shutdown_cluster();
 
-  AsyncResult execute(const std::vector<EngineId>& targets, std::string_view code);
+  // With display_result, the repr of a trailing expression's value (if not None) comes back
+  // as the reply's one value segment, as IPython's Out[...] shows it.
+  AsyncResult execute(const std::vector<EngineId>& targets, std::string_view code, bool display_result = false);
   // name -> Python literal text (evaluated on the engine with ast.literal_eval).
   AsyncResult push_literals(const std::vector<EngineId>& targets,
                             const std::vector<std::pair<std::string, std::string>>& values);

@@ -34,6 +34,18 @@ class SharedBytes {
     return copy_of(std::as_bytes(std::span(text.data(), text.size())));
   }
 
+  // Refers to `size` bytes owned by someone else, without copying. The owner must keep them
+  // valid and unchanged until every SharedBytes referring to them is gone (for a request:
+  // until its result is ready). Used to send Python buffers (numpy arrays) without a copy.
+  static SharedBytes borrow(const void* data, std::size_t size) {
+    SharedBytes b;
+    // Aliasing constructor with an empty owner: a non-owning pointer.
+    b.data_ = std::shared_ptr<std::byte[]>(std::shared_ptr<std::byte[]>(),
+                                           static_cast<std::byte*>(const_cast<void*>(data)));
+    b.size_ = size;
+    return b;
+  }
+
   std::byte* data() { return data_.get(); }
   const std::byte* data() const { return data_.get(); }
   std::size_t size() const { return size_; }

@@ -53,8 +53,9 @@ StatusOr<ConnectionInfo> parse_connection_info(std::string_view text) {
   }
   info.port = static_cast<std::uint16_t>(port->get<std::uint64_t>());
   TESTUDO_ASSIGN_OR_RETURN(info.fingerprint, get_string(j, "fingerprint"));
-  if (info.fingerprint.rfind("sha256:", 0) != 0 || info.fingerprint.size() != 7 + 64) {
-    return invalid_argument("\"fingerprint\" must be sha256:<64 hex digits>");
+  if (info.fingerprint.rfind("sha256:", 0) != 0 || info.fingerprint.size() != 7 + 64 ||
+      info.fingerprint.find_first_not_of("0123456789abcdef", 7) != std::string::npos) {
+    return invalid_argument("\"fingerprint\" must be sha256:<64 lowercase hex digits>");
   }
   TESTUDO_ASSIGN_OR_RETURN(std::string cap_hex, get_string(j, "capability"));
   auto cap = crypto::from_hex(cap_hex);

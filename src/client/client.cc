@@ -321,8 +321,9 @@ Status Client::shutdown_cluster() {
   return r.ok() ? ok_status() : r.status();
 }
 
-AsyncResult Client::execute(const std::vector<EngineId>& targets, std::string_view code) {
-  return impl_->send_request(wire::MessageKind::kExecute, 0, targets, {SharedBytes::copy_of(code)});
+AsyncResult Client::execute(const std::vector<EngineId>& targets, std::string_view code, bool display_result) {
+  return impl_->send_request(wire::MessageKind::kExecute, display_result ? wire::kExecuteDisplayResult : 0, targets,
+                             {SharedBytes::copy_of(code)});
 }
 
 AsyncResult Client::push_literals(const std::vector<EngineId>& targets,

@@ -43,7 +43,7 @@ TaskOutcome run_request(PythonRuntime& rt, const wire::Message& m) {
   switch (m.envelope.kind) {
     case MessageKind::kExecute:
       if (segs.size() != 1) return protocol_error("execute needs exactly one segment (the code)");
-      return rt.execute(segs[0].view());
+      return rt.execute(segs[0].view(), (m.envelope.flags & wire::kExecuteDisplayResult) != 0);
     case MessageKind::kPush: {
       if (segs.empty()) return protocol_error("push without a body");
       if (!literal) return rt.push_pickled(segs);

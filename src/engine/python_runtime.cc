@@ -7,6 +7,7 @@
 // back for its duration, so threads started by user code run while the engine waits on
 // the network.
 #include "engine/python_runtime.h"
+#include "pyglue/segment.h"
 
 #include <Python.h>
 #include <pybind11/embed.h>
@@ -29,13 +30,6 @@ namespace {
 
 // A received segment lent to Python through the buffer protocol: numpy arrays unpickled
 // from it keep this object, hence the SharedBytes storage, alive by reference. No copy.
-struct Segment {
-  testudo::SharedBytes bytes;
-};
-
-// Stands in for the data pointer of an empty segment (the buffer protocol wants non-null).
-unsigned char g_empty_segment_byte = 0;
-
 constexpr const char kEngineSupportSource[] =
 #include "engine/engine_support.py.inc"
     ;
@@ -44,15 +38,7 @@ constexpr const char kEngineSupportSource[] =
 
 PYBIND11_EMBEDDED_MODULE(_testudo_native, m) {
   m.doc() = "testudo engine internals: zero-copy views of received message segments";
-  py::class_<Segment>(m, "Segment", py::buffer_protocol())
-      .def_buffer([](Segment& s) -> py::buffer_info {
-        void* data = s.bytes.empty() ? static_cast<void*>(&g_empty_segment_byte)
-                                     : static_cast<void*>(s.bytes.data());
-        return py::buffer_info(data, 1, py::format_descriptor<unsigned char>::format(), 1,
-                               {static_cast<py::ssize_t>(s.bytes.size())}, {py::ssize_t{1}},
-                               /*readonly=*/false);
-      })
-      .def("__len__", [](const Segment& s) { return s.bytes.size(); });
+  testudo::pyglue::define_segment(m);
 }
 
 namespace testudo::engine {
@@ -106,7 +92,7 @@ TaskOutcome to_outcome(const py::object& result) {
 
 py::list to_segment_list(std::span<const SharedBytes> segments) {
   py::list list;
-  for (const SharedBytes& bytes : segments) list.append(py::cast(Segment{bytes}));
+  for (const SharedBytes& bytes : segments) list.append(py::cast(testudo::pyglue::Segment{bytes}));
   return list;
 }
 
@@ -230,8 +216,8 @@ PythonRuntime::~PythonRuntime() {
   py::finalize_interpreter();
 }
 
-TaskOutcome PythonRuntime::execute(std::string_view code) {
-  return impl_->call("execute", [&] { return to_bytes(code); });
+TaskOutcome PythonRuntime::execute(std::string_view code, bool display_result) {
+  return impl_->call(display_result ? "execute_display" : "execute", [&] { return to_bytes(code); });
 }
 
 TaskOutcome PythonRuntime::push_pickled(std::span<const SharedBytes> segments) {

@@ -51,8 +51,9 @@ class PythonRuntime {
   PythonRuntime& operator=(const PythonRuntime&) = delete;
 
   // exec(code) in the user namespace (compiled with filename "<testudo-execute>").
-  // A trailing expression's value is not displayed (ipyparallel's execute is silent).
-  TaskOutcome execute(std::string_view code);
+  // With display_result, a trailing expression's value, unless None, comes back as one
+  // value segment holding its repr (IPython's Out[...]); otherwise nothing comes back.
+  TaskOutcome execute(std::string_view code, bool display_result = false);
 
   // segments[0]: pickle of a dict {name: value}; segments[1..]: its out-of-band buffers
   // (pickle protocol 5). The dict is merged into the namespace.

@@ -90,6 +90,9 @@ enum class MessageKind : std::uint16_t {
 };
 std::string_view kind_name(MessageKind kind);
 
+// kExecute flag: send back the repr of a trailing expression's value.
+inline constexpr std::uint16_t kExecuteDisplayResult = 1;
+
 // Value encodings for push/pull, in Envelope::flags.
 enum class ValueFormat : std::uint16_t { kPickle = 0, kLiteral = 1 };
 

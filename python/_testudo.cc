@@ -1,0 +1,317 @@
+// testudo._testudo: the Python binding of the C++ client (include/testudo/client.h).
+// Deliberately thin: the protocol, TLS and authentication live in C++ only; the Python
+// package (python/testudo/) adds ipyparallel's API on top.
+//
+// GIL rules that keep this deadlock-free: every call that can block (connect, control
+// requests, waits, close) releases the GIL; the client's network thread never takes it.
+// Completions reach Python through a queue that a Python thread drains (next_completed).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+
+#include "pyglue/segment.h"
+#include "testudo/client.h"
+
+namespace py = pybind11;
+
+namespace testudo::python {
+namespace {
+
+std::chrono::milliseconds to_ms(double seconds) {
+  if (seconds < 0) seconds = 0;
+  if (seconds > 1e9) seconds = 1e9;
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+}
+
+// Raises the Python exception that matches `st`.
+[[noreturn]] void raise_python(PyObject* type, const std::string& message) {
+  PyErr_SetString(type, message.c_str());
+  throw py::error_already_set();
+}
+
+[[noreturn]] void raise_status(const Status& st) {
+  switch (st.code()) {
+    case StatusCode::kPermissionDenied: raise_python(PyExc_PermissionError, st.message());
+    case StatusCode::kNotFound: raise_python(PyExc_FileNotFoundError, st.message());
+    case StatusCode::kDeadlineExceeded: raise_python(PyExc_TimeoutError, st.message());
+    case StatusCode::kUnavailable: raise_python(PyExc_ConnectionError, st.message());
+    case StatusCode::kInvalidArgument: raise_python(PyExc_ValueError, st.message());
+    default: raise_python(PyExc_RuntimeError, st.to_string());
+  }
+}
+
+// Finished request ids, for the Python thread that completes futures.
+class CompletionQueue {
+ public:
+  void push(std::uint64_t id) {
+    {
+      std::lock_guard lock(mutex_);
+      ids_.push_back(id);
+    }
+    ready_.notify_one();
+  }
+  void close() {
+    {
+      std::lock_guard lock(mutex_);
+      closed_ = true;
+    }
+    ready_.notify_all();
+  }
+  // Waits up to `timeout` for at least one id; returns all that are there.
+  std::vector<std::uint64_t> take(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    ready_.wait_for(lock, timeout, [this] { return !ids_.empty() || closed_; });
+    std::vector<std::uint64_t> out(ids_.begin(), ids_.end());
+    ids_.clear();
+    return out;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::uint64_t> ids_;  // guarded by mutex_
+  bool closed_ = false;            // guarded by mutex_
+};
+
+struct PyReply {
+  EngineReply reply;
+};
+
+const char* code_name(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return "ok";
+    case StatusCode::kAborted: return "remote_error";
+    case StatusCode::kUnavailable: return "unavailable";
+    case StatusCode::kNotFound: return "no_such_engine";
+    case StatusCode::kPermissionDenied: return "denied";
+    case StatusCode::kDeadlineExceeded: return "timeout";
+    default: return "error";
+  }
+}
+
+class PyResult {
+ public:
+  PyResult(AsyncResult result, std::shared_ptr<CompletionQueue> queue)
+      : result_(std::move(result)), queue_(std::move(queue)) {}
+
+  std::uint64_t request_id() const { return result_.request_id(); }
+  std::vector<EngineId> targets() const { return result_.targets(); }
+  bool ready() const { return result_.ready(); }
+  bool wait(double timeout) const {
+    py::gil_scoped_release release;
+    return result_.wait(to_ms(timeout));
+  }
+  // Reports this request's id to the client's completion queue once it is ready.
+  void watch() {
+    if (watched_) return;
+    watched_ = true;
+    auto queue = queue_;
+    std::uint64_t id = result_.request_id();
+    result_.on_ready([queue, id] { queue->push(id); });
+  }
+  std::vector<PyReply> replies() const {
+    if (!result_.ready()) throw py::value_error("result not ready");
+    auto replies = result_.get(std::chrono::milliseconds(0));
+    if (!replies.ok()) raise_status(replies.status());
+    std::vector<PyReply> out;
+    out.reserve(replies->size());
+    for (auto& r : *replies) out.push_back(PyReply{std::move(r)});
+    return out;
+  }
+  const AsyncResult& native() const { return result_; }
+
+ private:
+  AsyncResult result_;
+  std::shared_ptr<CompletionQueue> queue_;
+  bool watched_ = false;
+};
+
+class PyClient {
+ public:
+  PyClient(const std::string& connection_file, const std::string& profile, double timeout)
+      : queue_(std::make_shared<CompletionQueue>()) {
+    ClientOptions o;
+    o.connection_file = connection_file;
+    o.profile = profile;
+    o.connect_timeout = to_ms(timeout);
+    o.request_timeout = to_ms(std::max(timeout, 1.0));
+    StatusOr<std::unique_ptr<Client>> c = not_found("");
+    {
+      py::gil_scoped_release release;
+      c = Client::connect(o);
+    }
+    if (!c.ok()) raise_status(c.status());
+    client_ = std::move(c).value();
+  }
+  ~PyClient() { close(); }
+
+  void close() {
+    if (!client_) return;
+    std::unique_ptr<Client> closing = std::move(client_);
+    {
+      // Joins the network thread, which never takes the GIL: safe to wait without it.
+      py::gil_scoped_release release;
+      closing.reset();
+    }
+    queue_->close();
+    borrowed_.clear();  // every pending request has failed by now: nothing reads these buffers
+  }
+
+  Client& client() {
+    if (!client_) raise_python(PyExc_ConnectionError, "client is closed");
+    return *client_;
+  }
+
+  bool connected() const { return client_ && client_->connected(); }
+  std::uint32_t client_id() { return client().client_id(); }
+
+  std::vector<EngineId> engine_ids() {
+    StatusOr<std::vector<EngineId>> ids = not_found("");
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      ids = c.engine_ids();
+    }
+    if (!ids.ok()) raise_status(ids.status());
+    return *ids;
+  }
+
+  std::string cluster_status() {
+    StatusOr<std::string> s = not_found("");
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      s = c.cluster_status();
+    }
+    if (!s.ok()) raise_status(s.status());
+    return *s;
+  }
+
+  void shutdown_cluster() {
+    Status st;
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      st = c.shutdown_cluster();
+    }
+    if (!st.ok()) raise_status(st);
+  }
+
+  PyResult execute(const std::vector<EngineId>& targets, const std::string& code, bool display_result) {
+    return wrap(client().execute(targets, code, display_result));
+  }
+  PyResult push(const std::vector<EngineId>& targets, const py::list& segments) {
+    py::list keep;
+    auto bytes = borrow(segments, keep);
+    return wrap(client().push_pickled(targets, std::move(bytes)), keep);
+  }
+  PyResult pull(const std::vector<EngineId>& targets, const std::vector<std::string>& names) {
+    return wrap(client().pull_pickled(targets, names));
+  }
+  PyResult apply(const std::vector<EngineId>& targets, const py::list& segments) {
+    py::list keep;
+    auto bytes = borrow(segments, keep);
+    return wrap(client().apply(targets, std::move(bytes)), keep);
+  }
+
+  std::vector<std::uint64_t> next_completed(double timeout) {
+    py::gil_scoped_release release;
+    return queue_->take(to_ms(timeout));
+  }
+
+ private:
+  // Views each object's memory without a copy (pickle protocol 5 buffers, bytes, numpy
+  // arrays...). The memoryviews in `keep` hold the exporters until the request is done.
+  std::vector<SharedBytes> borrow(const py::list& segments, py::list& keep) {
+    std::vector<SharedBytes> out;
+    out.reserve(segments.size());
+    for (py::handle obj : segments) {
+      py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromObject(obj.ptr()));
+      if (!view) throw py::error_already_set();
+      Py_buffer* buf = PyMemoryView_GET_BUFFER(view.ptr());
+      if (!PyBuffer_IsContiguous(buf, 'A')) {
+        // Rare (pickle makes contiguous buffers): fall back to one copy.
+        view = py::reinterpret_steal<py::object>(PyMemoryView_FromObject(
+            py::bytes(py::reinterpret_borrow<py::object>(obj).attr("tobytes")()).ptr()));
+        buf = PyMemoryView_GET_BUFFER(view.ptr());
+      }
+      out.push_back(SharedBytes::borrow(buf->buf, static_cast<std::size_t>(buf->len)));
+      keep.append(view);
+    }
+    return out;
+  }
+
+  PyResult wrap(AsyncResult result, py::list keep = py::list()) {
+    sweep_borrowed();
+    if (!keep.empty()) borrowed_.emplace(result.request_id(), std::make_pair(result, std::move(keep)));
+    return PyResult(std::move(result), queue_);
+  }
+
+  // Lets go of the buffers of finished requests (their bytes were sent long before).
+  void sweep_borrowed() {
+    for (auto it = borrowed_.begin(); it != borrowed_.end();) {
+      it = it->second.first.ready() ? borrowed_.erase(it) : std::next(it);
+    }
+  }
+
+  std::unique_ptr<Client> client_;
+  std::shared_ptr<CompletionQueue> queue_;
+  std::map<std::uint64_t, std::pair<AsyncResult, py::list>> borrowed_;
+};
+
+}  // namespace
+}  // namespace testudo::python
+
+PYBIND11_MODULE(_testudo, m) {
+  using namespace testudo;
+  using namespace testudo::python;
+  m.doc() = "Native core of the testudo client (TLS 1.3, capability proofs, wire protocol).";
+  pyglue::define_segment(m);
+
+  py::class_<PyReply>(m, "Reply", "One engine's answer to one request.")
+      .def_property_readonly("engine_id", [](const PyReply& r) { return r.reply.engine_id; })
+      .def_property_readonly("ok", [](const PyReply& r) { return r.reply.status.ok(); })
+      .def_property_readonly("code", [](const PyReply& r) { return code_name(r.reply.status.code()); })
+      .def_property_readonly("message", [](const PyReply& r) { return r.reply.status.message(); })
+      .def_property_readonly("ename", [](const PyReply& r) { return r.reply.remote_error ? r.reply.remote_error->ename : ""; })
+      .def_property_readonly("evalue", [](const PyReply& r) { return r.reply.remote_error ? r.reply.remote_error->evalue : ""; })
+      .def_property_readonly("traceback",
+                             [](const PyReply& r) { return r.reply.remote_error ? r.reply.remote_error->traceback : ""; })
+      .def_property_readonly("stdout", [](const PyReply& r) { return r.reply.stdout_text; })
+      .def_property_readonly("stderr", [](const PyReply& r) { return r.reply.stderr_text; })
+      .def_property_readonly("started", [](const PyReply& r) { return r.reply.started_us / 1e6; })
+      .def_property_readonly("completed", [](const PyReply& r) { return r.reply.completed_us / 1e6; })
+      .def_property_readonly("value", [](const PyReply& r) {
+        py::list out;
+        for (const auto& s : r.reply.value) out.append(py::cast(pyglue::Segment{s}));
+        return out;
+      });
+
+  py::class_<PyResult>(m, "Result", "A request in flight to one or more engines.")
+      .def_property_readonly("request_id", &PyResult::request_id)
+      .def_property_readonly("targets", &PyResult::targets)
+      .def("ready", &PyResult::ready)
+      .def("wait", &PyResult::wait, py::arg("timeout"), "Waits up to timeout seconds; True once every engine answered.")
+      .def("watch", &PyResult::watch, "Report this request to Client.next_completed when done.")
+      .def("replies", &PyResult::replies, "The replies in target order (the result must be ready).");
+
+  py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
+      .def(py::init<const std::string&, const std::string&, double>(), py::arg("connection_file") = "",
+           py::arg("profile") = "default", py::arg("timeout") = 10.0)
+      .def("close", &PyClient::close)
+      .def_property_readonly("connected", &PyClient::connected)
+      .def_property_readonly("client_id", &PyClient::client_id)
+      .def("engine_ids", &PyClient::engine_ids)
+      .def("cluster_status", &PyClient::cluster_status)
+      .def("shutdown_cluster", &PyClient::shutdown_cluster)
+      .def("execute", &PyClient::execute, py::arg("targets"), py::arg("code"), py::arg("display_result") = false)
+      .def("push", &PyClient::push, py::arg("targets"), py::arg("segments"))
+      .def("pull", &PyClient::pull, py::arg("targets"), py::arg("names"))
+      .def("apply", &PyClient::apply, py::arg("targets"), py::arg("segments"))
+      .def("next_completed", &PyClient::next_completed, py::arg("timeout"),
+           "Request ids of watched results finished since the last call (waits up to timeout seconds).");
+}

@@ -1,0 +1,39 @@
+"""testudo: a parallel-computing cluster with security on by default.
+
+The Python client, with ipyparallel's API:
+
+    import testudo
+    rc = testudo.Client()               # TLS 1.3, pinned controller, capability proof
+    rc[:].push(dict(a=5, b=10))
+    rc[::2].execute('c = a + b')
+    rc[1::2].execute('c = a - b')
+    rc[:]['c']                          # [15, -5, 15, -5]
+
+Start a cluster first: `testudo cluster start -n 4` (add --daemonize to return at once).
+"""
+
+from . import error
+from ._asyncresult import AsyncMapResult, AsyncResult
+from ._client import Client
+from ._view import DirectView
+from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
+
+__all__ = [
+    "Client", "DirectView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
+    "EngineError", "NoEnginesRegistered", "TimeoutError", "error", "interactive",
+]
+
+__version__ = "0.1.0"
+
+
+def interactive(f):
+    """Make `f` run with the engine's namespace as its globals, like a function typed in
+    __main__ (ipyparallel's @interactive)."""
+    f.__module__ = "__main__"
+    return f
+
+
+def load_ipython_extension(ipython):
+    """`%load_ext testudo`: connect to the default cluster and register %px and friends."""
+    from ._magics import load_ipython_extension as load
+    load(ipython)

@@ -1,0 +1,232 @@
+"""testudo.Client: a connection to a controller, with ipyparallel's Client API."""
+
+import atexit
+import json
+import threading
+import time
+import weakref
+
+from . import _testudo, error
+from ._asyncresult import _seconds
+from ._view import DirectView
+
+_live_clients = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all():
+    # Join network threads before the interpreter goes away.
+    for client in list(_live_clients):
+        client.close()
+
+
+class Client:
+    """Connect to a testudo controller.
+
+        rc = testudo.Client()                 # the 'default' profile's connection file
+        rc = testudo.Client(profile='demo')
+        rc = testudo.Client('/path/to/controller-client.json')
+
+    The connection is TLS 1.3, the controller is pinned by the fingerprint in the file, and
+    the client capability is proven without being sent. Raises PermissionError (refused,
+    or an unsafe file mode), FileNotFoundError (no connection file: is a cluster running?),
+    TimeoutError or ConnectionError.
+    """
+
+    # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
+    # always fresh.
+    ids_max_age = 1.0
+
+    def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, **kwargs):
+        self.profile = profile or "default"
+        file = url_file or connection_file or ""
+        self._native = _testudo.Client(str(file), self.profile, float(timeout))
+        self._closed = False
+        self._lock = threading.Lock()
+        self._pending = {}  # request id -> AsyncResult, until finished
+        self._ids = []
+        self._ids_time = 0.0
+        self._dispatcher = threading.Thread(target=self._dispatch, name="testudo-results", daemon=True)
+        self._dispatcher.start()
+        _live_clients.add(self)
+
+    # ----- engines -----
+
+    @property
+    def ids(self):
+        """Sorted ids of the engines registered now."""
+        ids = sorted(self._native.engine_ids())
+        self._ids, self._ids_time = ids, time.monotonic()
+        return list(ids)
+
+    def _cached_ids(self, refresh=False):
+        if refresh or time.monotonic() - self._ids_time > self.ids_max_age:
+            return self.ids
+        return self._ids
+
+    def _build_targets(self, targets):
+        """Engine ids for 'all', None, an int, a slice, a range or a list of ints."""
+        if targets is None or (isinstance(targets, str) and targets == "all"):
+            ids = self._cached_ids()
+            if not ids:
+                ids = self._cached_ids(refresh=True)
+            if not ids:
+                raise error.NoEnginesRegistered()
+            return list(ids)
+        if isinstance(targets, int):
+            targets = [targets]
+        elif isinstance(targets, slice):
+            return self._cached_ids(refresh=True)[targets]
+        elif isinstance(targets, range):
+            targets = list(targets)
+        if not isinstance(targets, (list, tuple)):
+            raise TypeError(f"targets must be 'all', an int, a slice or a list of ints, not {type(targets).__name__}")
+        for t in targets:
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise TypeError(f"engine ids are ints, not {t!r}")
+        known = set(self._cached_ids())
+        if not known.issuperset(targets):
+            known = set(self._cached_ids(refresh=True))
+            missing = [t for t in targets if t not in known]
+            if missing:
+                raise IndexError(f"engine id(s) {missing} not registered (registered: {sorted(known)})")
+        return list(targets)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, key):
+        """rc[0], rc[::2], rc[[0, 3]] -> a DirectView on those engines."""
+        if isinstance(key, int):
+            ids = self.ids
+            if key not in ids:
+                raise IndexError(f"engine {key} is not registered (registered: {ids})")
+            return DirectView(self, key)
+        if isinstance(key, (slice, list, tuple, range)):
+            return DirectView(self, self._build_targets(key if not isinstance(key, tuple) else list(key)))
+        raise TypeError(f"key by int, slice or list of ints, not {type(key).__name__}")
+
+    def __iter__(self):
+        for engine in self.ids:
+            yield DirectView(self, engine)
+
+    def direct_view(self, targets="all", **kwargs):
+        """A DirectView; targets='all' is re-evaluated at each call, as engines come and go."""
+        if targets != "all":
+            single = isinstance(targets, int)
+            targets = self._build_targets(targets)
+            if single:
+                targets = targets[0]
+        view = DirectView(self, targets)
+        view.set_flags(**kwargs)
+        return view
+
+    def load_balanced_view(self, targets=None, **kwargs):
+        raise NotImplementedError("load-balanced views arrive with the task scheduler; use rc[:].map for now")
+
+    def wait_for_engines(self, n=None, *, timeout=-1, block=True, interactive=None, widget=None):
+        """Wait until at least `n` engines are registered (default: any one engine)."""
+        n = 1 if n is None else n
+        deadline = time.monotonic() + _seconds(timeout)
+        while True:
+            count = len(self.ids)
+            if count >= n:
+                return None
+            if time.monotonic() >= deadline:
+                raise error.TimeoutError(f"{n} engine(s) not ready in {timeout} seconds; {count} registered")
+            time.sleep(0.05)
+
+    # ----- results -----
+
+    def wait(self, jobs=None, timeout=-1):
+        """Wait for `jobs` (an AsyncResult or a list of them; default: every outstanding one).
+        Returns True if all finished within `timeout` seconds."""
+        if jobs is None:
+            with self._lock:
+                jobs = list({id(a): a for a in self._pending.values()}.values())
+        elif not isinstance(jobs, (list, tuple, set)):
+            jobs = [jobs]
+        deadline = time.monotonic() + _seconds(timeout)
+        return all(ar.wait(max(0.0, deadline - time.monotonic())) for ar in jobs)
+
+    @property
+    def outstanding(self):
+        """Ids of requests still waiting for replies."""
+        with self._lock:
+            return set(self._pending)
+
+    def _track(self, request_id, ar):
+        with self._lock:
+            self._pending[request_id] = ar
+
+    def _untrack(self, request_id):
+        with self._lock:
+            self._pending.pop(request_id, None)
+
+    def _dispatch(self):
+        # Completes futures in the background, so callbacks and asyncio.wrap_future fire
+        # without anyone calling get().
+        native = self._native
+        while not self._closed:
+            for request_id in native.next_completed(0.5):
+                with self._lock:
+                    ar = self._pending.get(request_id)
+                if ar is not None:
+                    ar.ready()
+
+    def _native_connected(self):
+        return not self._closed and self._native.connected
+
+    # ----- cluster -----
+
+    def cluster_status(self):
+        """The controller's report: engines, clients, tasks."""
+        return json.loads(self._native.cluster_status())
+
+    def shutdown(self, targets="all", restart=False, hub=False, block=None):
+        """Stop the cluster. Only hub=True (the controller and every engine) is supported."""
+        if restart:
+            raise NotImplementedError("restarting engines is not supported")
+        if not hub:
+            raise NotImplementedError("stopping engines without the controller is not supported yet; "
+                                      "use shutdown(hub=True) to stop the whole cluster")
+        self._native.shutdown_cluster()
+
+    def activate(self, targets="all", suffix=""):
+        """Register the %px, %%px, %autopx and %pxresult magics for `targets`."""
+        view = self.direct_view(targets)
+        view.block = True
+        view.activate(suffix)
+        return view
+
+    # ----- lifetime -----
+
+    def close(self, linger=None):
+        """Close the connection; pending results fail with ConnectionError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._native.close()
+        if self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(timeout=5)
+        # Requests that were pending are failed by the native layer; finish their futures.
+        with self._lock:
+            pending = list(self._pending.values())
+        for ar in pending:
+            ar.ready()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        state = "closed" if self._closed else f"client {self._native.client_id}"
+        return f"<testudo.Client profile={self.profile!r} {state}>"

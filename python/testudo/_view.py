@@ -1,0 +1,298 @@
+"""DirectView: run code on explicit engines, with ipyparallel's DirectView API."""
+
+import contextlib
+import builtins
+import pickle
+import sys
+import time
+
+import cloudpickle
+
+from . import _helpers, error
+from ._asyncresult import AsyncMapResult, AsyncResult
+
+# Our helpers travel by value, so engines need not have testudo installed.
+cloudpickle.register_pickle_by_value(_helpers)
+
+
+def _dumps(obj):
+    """Pickle protocol 5 with out-of-band buffers: [pickle, buffer, ...] without copying arrays."""
+    buffers = []
+    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return [data, *buffers]
+
+
+def _partition(seq, index, parts):
+    """ipyparallel's block distribution: contiguous, sizes differ by at most one."""
+    n = len(seq)
+    base, extra = divmod(n, parts)
+    low = index * base + min(index, extra)
+    high = low + base + (1 if index < extra else 0)
+    return seq[low:high]
+
+
+class DirectView:
+    """Engines chosen explicitly: `rc[:]`, `rc[::2]`, `rc[3]`, `rc[[0, 2]]`.
+
+    `block` (default False) makes methods wait and return results instead of AsyncResults.
+    A view whose targets is an int returns single values instead of lists.
+    """
+
+    def __init__(self, client, targets="all", block=False):
+        self.client = client
+        self._targets = targets
+        self.block = block
+        self.track = False
+
+    # ----- targets and flags -----
+
+    @property
+    def targets(self):
+        return self._targets
+
+    @targets.setter
+    def targets(self, value):
+        self._targets = value
+
+    def _resolve(self, targets=None):
+        """(list of engine ids, single?) for `targets` or this view's targets."""
+        targets = self._targets if targets is None else targets
+        return self.client._build_targets(targets), isinstance(targets, int)
+
+    def __repr__(self):
+        t = self._targets if isinstance(self._targets, (int, str)) else list(self._targets)
+        return f"<DirectView {t}>"
+
+    def __len__(self):
+        ids, single = self._resolve()
+        return 1 if single else len(ids)
+
+    def set_flags(self, **kwargs):
+        """Set view flags: block, track."""
+        for key, value in kwargs.items():
+            if key not in ("block", "track"):
+                raise KeyError(f"invalid flag {key!r}; valid flags: block, track")
+            setattr(self, key, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **kwargs):
+        """Flags set only inside a `with` block."""
+        saved = {k: getattr(self, k) for k in kwargs}
+        self.set_flags(**kwargs)
+        try:
+            yield
+        finally:
+            self.set_flags(**saved)
+
+    def _finish(self, ar, block):
+        block = self.block if block is None else block
+        return ar.get() if block else ar
+
+    # ----- execute / run -----
+
+    def execute(self, code, silent=True, targets=None, block=None):
+        """Run `code` in each engine's namespace. Returns the AsyncResult (waited for if blocking).
+
+        With silent=False the value of a trailing expression comes back as its repr, as
+        IPython's Out[...] would show it.
+        """
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        ids, single = self._resolve(targets)
+        child = self.client._native.execute(ids, code, not silent)
+        ar = AsyncResult(self.client, [child], "execute", "none" if silent else "execute", single=single)
+        if self.block if block is None else block:
+            ar.wait()
+        return ar
+
+    def run(self, filename, targets=None, block=None):
+        """Execute the contents of a local file on the engines."""
+        with open(filename) as f:
+            return self.execute(f.read() + "\n", targets=targets, block=block)
+
+    # ----- apply -----
+
+    def _apply(self, f, args, kwargs, targets=None):
+        if not callable(f):
+            raise TypeError(f"{f!r} is not callable")
+        ids, single = self._resolve(targets)
+        child = self.client._native.apply(ids, _dumps((f, tuple(args), dict(kwargs))))
+        return AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=single)
+
+    def apply(self, __testudo_f, *args, **kwargs):
+        """f(*args, **kwargs) on every target; blocks according to `view.block`."""
+        return self._finish(self._apply(__testudo_f, args, kwargs), None)
+
+    def apply_async(self, __testudo_f, *args, **kwargs):
+        return self._apply(__testudo_f, args, kwargs)
+
+    def apply_sync(self, __testudo_f, *args, **kwargs):
+        return self._apply(__testudo_f, args, kwargs).get()
+
+    # ----- map -----
+
+    def map(self, f, *sequences, block=None):
+        """Parallel map: the sequences are split in contiguous blocks, one per engine."""
+        return self._finish(self._map(f, sequences), block)
+
+    def map_async(self, f, *sequences):
+        return self._map(f, sequences)
+
+    def map_sync(self, f, *sequences):
+        return self._map(f, sequences).get()
+
+    def _map(self, f, sequences, call=_helpers.map_chunk, fname=None):
+        if not sequences:
+            raise ValueError("map needs at least one sequence")
+        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        n = min(len(s) for s in seqs)
+        ids, _ = self._resolve()
+        if not ids:
+            raise error.NoEnginesRegistered()
+        parts = min(len(ids), n) or 1
+        children = []
+        for i in range(parts):
+            chunks = [_partition(s[:n] if len(s) != n else s, i, parts) for s in seqs]
+            children.append(self.client._native.apply([ids[i]], _dumps((call, (f, *chunks), {}))))
+        return AsyncMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle")
+
+    # ----- namespace: push / pull / scatter / gather -----
+
+    def push(self, ns, targets=None, block=None, track=None):
+        """Update the engines' namespaces with the dict `ns` (values pickled, arrays out-of-band)."""
+        if not isinstance(ns, dict):
+            raise TypeError(f"Must be a dict, not {type(ns).__name__}")
+        for key in ns:
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+        ids, single = self._resolve(targets)
+        child = self.client._native.push(ids, _dumps(ns))
+        return self._finish(AsyncResult(self.client, [child], "push", "none", single=single), block)
+
+    def update(self, ns):
+        """Same as push(ns)."""
+        return self.push(ns)
+
+    def pull(self, names, targets=None, block=None):
+        """Values of `names` (a str, or a list of str) from each engine."""
+        if isinstance(names, str):
+            name_list, transform = [names], None
+        elif isinstance(names, (list, tuple, set)):
+            name_list = list(names)
+            for key in name_list:
+                if not isinstance(key, str):
+                    raise TypeError(f"keys must be str, not type {type(key).__name__!r}")
+            # The engine returns a bare value for one name; a list was asked for.
+            transform = (lambda v: [v]) if len(name_list) == 1 else None
+        else:
+            raise TypeError(f"names must be strs, not {names!r}")
+        ids, single = self._resolve(targets)
+        child = self.client._native.pull(ids, name_list)
+        ar = AsyncResult(self.client, [child], "pull", "pickle", single=single, transform=transform)
+        return self._finish(ar, block)
+
+    def get(self, key_s):
+        """Blocking pull."""
+        return self.pull(key_s, block=True)
+
+    def __getitem__(self, key):
+        return self.get(key)
+
+    def __setitem__(self, key, value):
+        self.update({key: value})
+
+    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):
+        """Split `seq` in contiguous blocks and push one block to each engine as `key`."""
+        if dist != "b":
+            raise ValueError("only the block distribution ('b') is supported")
+        ids, _ = self._resolve(targets)
+        if not ids:
+            raise error.NoEnginesRegistered()
+        children = []
+        for i, engine in enumerate(ids):
+            part = _partition(seq, i, len(ids))
+            value = part[0] if flatten and len(part) == 1 else part
+            children.append(self.client._native.push([engine], _dumps({key: value})))
+        ar = AsyncResult(self.client, children, "scatter", "none")
+        if self.block if block is None else block:
+            ar.get()
+            return None
+        return ar
+
+    def gather(self, key, dist="b", targets=None, block=None):
+        """Concatenate `key` from each engine, in engine order (the inverse of scatter)."""
+        if dist != "b":
+            raise ValueError("only the block distribution ('b') is supported")
+        ids, _ = self._resolve(targets)
+        children = [self.client._native.pull([engine], [key]) for engine in ids]
+        ar = AsyncMapResult(self.client, children, "gather", "pickle",
+                            transform=lambda v: v if isinstance(v, list) else list(v) if hasattr(v, "__len__") else [v])
+        return self._finish(ar, block)
+
+    def clear(self, targets=None, block=None):
+        """Remove every user variable from the engines' namespaces."""
+        code = ("for __testudo_name in [n for n in list(globals()) if not n.startswith('__')]:\n"
+                "    del globals()[__testudo_name]\n")
+        ar = self.execute(code, targets=targets, block=False)
+        return self._finish(ar, block)
+
+    # ----- imports, decorators, waiting -----
+
+    @contextlib.contextmanager
+    def sync_imports(self, local=True, quiet=False):
+        """Imports inside this `with` block also happen on the engines.
+
+            with view.sync_imports():
+                import numpy
+        """
+        local_import = builtins.__import__
+        pending = []
+
+        def view_import(name, globals=None, locals=None, fromlist=(), level=0):
+            if level == 0 and (globals or {}).get("__name__", "__main__") == "__main__" and not pending_inner:
+                statement = (f"from {name} import {', '.join(fromlist)}" if fromlist else f"import {name}")
+                if not quiet:
+                    print(f"importing {', '.join(fromlist) + ' from ' if fromlist else ''}{name} on engine(s)")
+                pending.append(self.execute(statement, block=False))
+            if local:
+                pending_inner.append(1)
+                try:
+                    return local_import(name, globals, locals, fromlist, level)
+                finally:
+                    pending_inner.pop()
+            return None
+
+        pending_inner = []
+        builtins.__import__ = view_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = local_import
+        for ar in pending:
+            ar.get()
+
+    def remote(self, block=None, **flags):
+        """Decorator: calling the function runs it on this view's engines (apply)."""
+        from ._remotefunction import RemoteFunction
+        return lambda f: RemoteFunction(self, f, block=block)
+
+    def parallel(self, dist="b", block=None, **flags):
+        """Decorator: calling the function on a sequence splits it across engines;
+        `f.map(seq)` maps element-wise."""
+        from ._remotefunction import ParallelFunction
+        return lambda f: ParallelFunction(self, f, dist=dist, block=block)
+
+    def wait(self, jobs=None, timeout=-1):
+        """Wait for `jobs` (AsyncResults) or every outstanding request of the client."""
+        return self.client.wait(jobs, timeout)
+
+    def activate(self, suffix=""):
+        """Register the %px magics (with `suffix`) for this view in IPython."""
+        from ._magics import activate
+        activate(self, suffix)
+
+    def use_cloudpickle(self):
+        """Functions always travel with cloudpickle here; kept for ipyparallel compatibility."""
+        return None
+
+    use_pickle = use_cloudpickle
