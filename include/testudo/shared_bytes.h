@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -42,6 +43,16 @@ class SharedBytes {
     // Aliasing constructor with an empty owner: a non-owning pointer.
     b.data_ = std::shared_ptr<std::byte[]>(std::shared_ptr<std::byte[]>(),
                                            static_cast<std::byte*>(const_cast<void*>(data)));
+    b.size_ = size;
+    return b;
+  }
+
+  // Takes `size` bytes at `data` that someone else allocated; `release` runs (on whichever
+  // thread drops the last reference) when no SharedBytes refers to them any more.
+  static SharedBytes adopt(void* data, std::size_t size, std::function<void()> release) {
+    SharedBytes b;
+    b.data_ = std::shared_ptr<std::byte[]>(static_cast<std::byte*>(data),
+                                           [release = std::move(release)](std::byte*) { release(); });
     b.size_ = size;
     return b;
   }

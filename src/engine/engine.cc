@@ -88,7 +88,8 @@ struct Engine::Impl {
   // --- the work queue between the two threads ---
   struct SetId { std::int64_t id; };
   struct Stop { Status why; };
-  using Work = std::variant<wire::Message, SetId, Stop>;
+  struct ReleaseBuffers {};  // sent result buffers wait for the GIL to be released
+  using Work = std::variant<wire::Message, SetId, Stop, ReleaseBuffers>;
   std::mutex mutex;
   std::condition_variable ready;
   std::deque<Work> work;  // guarded by mutex
@@ -225,6 +226,10 @@ struct Engine::Impl {
         runtime->set_engine_id(static_cast<int>(set->id));
         continue;
       }
+      if (std::holds_alternative<ReleaseBuffers>(w)) {
+        runtime->release_sent_buffers();
+        continue;
+      }
       auto& m = std::get<wire::Message>(w);
       wire::ReplyMeta meta;
       meta.started_us = now_us();
@@ -258,7 +263,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   TESTUDO_ASSIGN_OR_RETURN(impl.controller, auth::load_connection_file(options.connection_file, wire::Role::kEngine));
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
   impl.instance = crypto::to_hex(std::span(nonce).first(16));
-  TESTUDO_ASSIGN_OR_RETURN(impl.runtime, PythonRuntime::create({}));
+  PythonRuntimeOptions runtime_options;
+  // Called on the network thread when a sent result's Python buffers can go.
+  runtime_options.on_buffers_to_release = [&impl] { impl.push_work(Impl::ReleaseBuffers{}); };
+  TESTUDO_ASSIGN_OR_RETURN(impl.runtime, PythonRuntime::create(runtime_options));
   return e;
 }
 

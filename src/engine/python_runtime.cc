@@ -14,6 +14,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstring>
+#include <mutex>
+#include <vector>
 #include <exception>
 #include <string>
 #include <utility>
@@ -56,16 +58,56 @@ TaskOutcome internal_failure(std::string ename, std::string evalue) {
   return outcome;
 }
 
-// One memcpy of a Python bytes-like object into a fresh SharedBytes.
-// This is the place to make outgoing buffers zero-copy later (a SharedBytes that owns a
-// Py_buffer, released under the GIL).
-SharedBytes copy_buffer(py::handle object) {
-  Py_buffer view;
-  if (PyObject_GetBuffer(object.ptr(), &view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
-  SharedBytes bytes = SharedBytes::allocate(static_cast<std::size_t>(view.len));
-  if (view.len > 0) std::memcpy(bytes.data(), view.buf, static_cast<std::size_t>(view.len));
-  PyBuffer_Release(&view);
-  return bytes;
+// Buffers at least this big leave without a copy; smaller ones are copied (cheaper than
+// the bookkeeping).
+constexpr Py_ssize_t kZeroCopyBytes = 64 * 1024;
+
+// Exported Python buffers whose SharedBytes are gone, waiting for the GIL to be released.
+// Thread-safe.
+struct DeferredReleases {
+  std::mutex mutex;
+  std::vector<Py_buffer*> views;  // guarded by mutex
+  std::function<void()> notify;
+
+  void push(Py_buffer* view) {
+    {
+      std::lock_guard lock(mutex);
+      views.push_back(view);
+    }
+    if (notify) notify();
+  }
+  ~DeferredReleases() {
+    // Only at exit, after the interpreter is gone: the exports cannot be released any more.
+    for (Py_buffer* view : views) delete view;
+  }
+
+  // With the GIL held.
+  void drain() {
+    std::vector<Py_buffer*> done;
+    {
+      std::lock_guard lock(mutex);
+      done.swap(views);
+    }
+    for (Py_buffer* view : done) {
+      PyBuffer_Release(view);
+      delete view;
+    }
+  }
+};
+
+// A SharedBytes over a Python bytes-like object: a view into it when large (the object stays
+// alive until the bytes are sent), one memcpy when small.
+SharedBytes share_buffer(py::handle object, const std::shared_ptr<DeferredReleases>& releases) {
+  auto view = std::make_unique<Py_buffer>();
+  if (PyObject_GetBuffer(object.ptr(), view.get(), PyBUF_SIMPLE) != 0) throw py::error_already_set();
+  if (view->len < kZeroCopyBytes) {
+    SharedBytes bytes = SharedBytes::allocate(static_cast<std::size_t>(view->len));
+    if (view->len > 0) std::memcpy(bytes.data(), view->buf, static_cast<std::size_t>(view->len));
+    PyBuffer_Release(view.get());
+    return bytes;
+  }
+  Py_buffer* raw = view.release();
+  return SharedBytes::adopt(raw->buf, static_cast<std::size_t>(raw->len), [releases, raw] { releases->push(raw); });
 }
 
 std::string bytes_to_string(py::handle object) {
@@ -76,7 +118,7 @@ std::string bytes_to_string(py::handle object) {
 }
 
 // (ok, ename, evalue, traceback, stdout, stderr, segments) -> TaskOutcome.
-TaskOutcome to_outcome(const py::object& result) {
+TaskOutcome to_outcome(const py::object& result, const std::shared_ptr<DeferredReleases>& releases) {
   py::tuple t = result.cast<py::tuple>();
   if (t.size() != 7) return internal_failure("InternalError", "engine helper returned a bad tuple");
   TaskOutcome outcome;
@@ -86,7 +128,7 @@ TaskOutcome to_outcome(const py::object& result) {
   outcome.traceback = bytes_to_string(t[3]);
   outcome.stdout_text = bytes_to_string(t[4]);
   outcome.stderr_text = bytes_to_string(t[5]);
-  for (py::handle segment : t[6]) outcome.value_segments.push_back(copy_buffer(segment));
+  for (py::handle segment : t[6]) outcome.value_segments.push_back(share_buffer(segment, releases));
   return outcome;
 }
 
@@ -105,6 +147,7 @@ struct PythonRuntime::Impl {
   PyObject* helper = nullptr;     // module _testudo_engine
   PyObject* namespace_ = nullptr;  // __main__.__dict__
   PyThreadState* saved_thread = nullptr;  // non-null while the GIL is released
+  std::shared_ptr<DeferredReleases> releases = std::make_shared<DeferredReleases>();
 
   // Holds the GIL for one call; every Python object of the call must die inside it.
   class Gil {
@@ -126,9 +169,10 @@ struct PythonRuntime::Impl {
   TaskOutcome call(const char* function, MakeArgument&& argument) {
     Gil gil(*this);
     try {
+      releases->drain();
       py::object fn = py::reinterpret_borrow<py::object>(helper).attr(function);
       py::object result = fn(argument());
-      return to_outcome(result);
+      return to_outcome(result, releases);
     } catch (py::error_already_set& e) {
       std::string ename = "InternalError";
       try {
@@ -202,6 +246,7 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
     PyEval_SaveThread();
     return internal_error("cannot load the engine helper: " + failure);
   }
+  impl.releases->notify = options.on_buffers_to_release;
   impl.saved_thread = PyEval_SaveThread();
   LOG_INFO("engine") << "Python runtime started (" << executable << ")";
   return runtime;
@@ -211,6 +256,7 @@ PythonRuntime::~PythonRuntime() {
   if (!impl_ || impl_->helper == nullptr) return;  // failed create(): nothing to tear down
   PyEval_RestoreThread(impl_->saved_thread);
   impl_->saved_thread = nullptr;
+  impl_->releases->drain();
   Py_CLEAR(impl_->helper);
   Py_CLEAR(impl_->namespace_);
   py::finalize_interpreter();
@@ -251,6 +297,11 @@ TaskOutcome PythonRuntime::pull_repr(const std::vector<std::string>& names) {
 
 TaskOutcome PythonRuntime::apply(std::span<const SharedBytes> segments) {
   return impl_->call("apply", [&] { return to_segment_list(segments); });
+}
+
+void PythonRuntime::release_sent_buffers() {
+  Impl::Gil gil(*impl_);
+  impl_->releases->drain();
 }
 
 void PythonRuntime::set_engine_id(int engine_id) {

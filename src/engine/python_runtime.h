@@ -8,6 +8,7 @@
 // Python.h and pybind11 stay in the .cc: this header has no Python types.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -26,6 +27,11 @@ struct PythonRuntimeOptions {
   std::string executable;
   // Value of the variable `__testudo_engine_id__` in the user namespace (-1: unknown yet).
   int engine_id = -1;
+  // Large result buffers leave without a copy: their SharedBytes point into Python objects.
+  // When the last reference goes (on the network thread, after sending), the Python object
+  // cannot be released there (no GIL); it is queued, and this is called, from that thread,
+  // so the owner can make the Python thread call release_sent_buffers() soon.
+  std::function<void()> on_buffers_to_release;
 };
 
 // What one request produced. On error, `ok` is false and ename/evalue/traceback describe the
@@ -75,6 +81,10 @@ class PythonRuntime {
   TaskOutcome apply(std::span<const SharedBytes> segments);
 
   void set_engine_id(int engine_id);
+
+  // Releases the Python buffers of sent results (see on_buffers_to_release). Also done at
+  // the start of every call.
+  void release_sent_buffers();
 
  private:
   PythonRuntime();

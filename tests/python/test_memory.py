@@ -1,0 +1,71 @@
+"""A 1 GB numpy array travels out-of-band without extra copies: memory stays near one copy
+per side (client, controller, engine)."""
+
+import os
+import resource
+
+import numpy as np
+import pytest
+
+GB = 1 << 30
+
+
+def peak_rss(pid=None):
+    """Peak resident memory in bytes (VmHWM) of a process."""
+    with open(f"/proc/{pid or os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def reset_peak(pid=None):
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    with open(f"/proc/{pid or os.getpid()}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def current_rss(pid=None):
+    with open(f"/proc/{pid or os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.mark.skipif(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 12 * GB,
+                    reason="needs about 6 GB of free memory")
+def test_one_gigabyte_array_costs_about_one_copy_per_side(own_cluster):
+    cluster = own_cluster(1)
+    rc = cluster.client()
+    engine_pid = cluster.engine_pids[0]
+    view = rc[0]
+    view.block = True
+
+    x = np.arange(GB // 8, dtype=np.float64)  # 1 GiB, touched
+    client_base = current_rss()
+    engine_base = current_rss(engine_pid)
+    controller_base = current_rss(cluster.controller_pid)
+    for pid in (None, engine_pid, cluster.controller_pid):
+        reset_peak(pid)
+
+    view.push({"x": x})
+    view.execute("last = float(x[-1])")
+    assert view.pull("last") == float(GB // 8 - 1)
+    # The client sent from the array itself; the engine holds one received copy, used in place.
+    assert peak_rss() - client_base < 0.25 * GB
+    assert peak_rss(engine_pid) - engine_base < 1.25 * GB
+    assert peak_rss(cluster.controller_pid) - controller_base < 1.25 * GB
+
+    reset_peak()
+    reset_peak(engine_pid)
+    engine_base = current_rss(engine_pid)
+    client_base = current_rss()
+    y = view.pull("x")
+    assert y.dtype == np.float64 and y.shape == x.shape
+    assert y[0] == 0.0 and y[-1] == float(GB // 8 - 1)
+    assert y.flags.writeable
+    # The engine sent from its array without copying it; the client's only new memory is y.
+    assert peak_rss(engine_pid) - engine_base < 0.25 * GB
+    assert peak_rss() - client_base < 1.25 * GB
+    rc.close()
