@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -292,8 +293,9 @@ class TlsPeer {
     return send_bytes(frame(envelope, segments));
   }
 
-  // A hello for `role` whose proof uses `capability` over this session's exporter.
-  Status hello(Role role, const auth::Capability& capability) {
+  // The framed bytes of a hello for `role` whose proof uses `capability` over this
+  // session's exporter.
+  StatusOr<std::string> hello_bytes(Role role, const auth::Capability& capability) {
     auto exporter = tls::export_keying_material(ssl_, auth::kExporterLabel, wire::role_name(role));
     if (!exporter.ok()) return exporter.status();
     const auth::Capability nonce = random_capability();
@@ -301,7 +303,13 @@ class TlsPeer {
     wire::Envelope e;
     e.kind = MessageKind::kHello;
     e.text = auth::encode_hello(h);
-    return send(e);
+    return frame(e);
+  }
+
+  Status hello(Role role, const auth::Capability& capability) {
+    auto bytes = hello_bytes(role, capability);
+    if (!bytes.ok()) return bytes.status();
+    return send_bytes(*bytes);
   }
 
   // The next message from the controller. kUnavailable once the connection is closed,
@@ -414,6 +422,75 @@ std::uint32_t expect_welcome(TlsPeer& peer, Role role, const auth::Capability& c
 }
 
 SharedBytes text_segment(std::string_view text) { return SharedBytes::copy_of(text); }
+
+// ---------------- T5: replayed login ----------------
+
+// A hello recorded from a successful login (its plaintext, which is more than an eavesdropper
+// gets) is worthless on any other TLS session: the proof is bound to the session's exporter.
+TEST(SecurityTest, T5_ReplayedHelloIsRejected) {
+  auto cluster = TestCluster::start(1);
+  ASSERT_TRUE(cluster);
+  auto info = load_info(cluster->paths().client_connection_file, Role::kClient);
+  auto victim = tls_peer(*cluster);
+  ASSERT_TRUE(victim);
+  auto recorded = victim->hello_bytes(Role::kClient, info.capability);
+  ASSERT_TRUE(recorded.ok());
+  ASSERT_TRUE(victim->send_bytes(*recorded).ok());
+  auto welcome = victim->read_message(5s);
+  ASSERT_TRUE(welcome.ok()) << welcome.status().to_string();
+  ASSERT_EQ(welcome->envelope.kind, MessageKind::kWelcome);
+
+  auto attacker = tls_peer(*cluster);
+  ASSERT_TRUE(attacker);
+  ASSERT_TRUE(attacker->send_bytes(*recorded).ok());
+  expect_rejected_and_closed(*attacker, "capability proof failed for role client");
+  EXPECT_TRUE(audit_logged(*cluster, {"rejected " + attacker->local_address(), "capability proof failed"}));
+  expect_cluster_serves(*cluster, {0});
+}
+
+// ---------------- T13: secrets in argv, environment, logs ----------------
+
+// After real work and a rejected attempt, neither capability (hex or raw) appears in any log,
+// nor in the command line or environment of any cluster process.
+TEST(SecurityTest, T13_CapabilitiesNeverInLogsArgvOrEnvironment) {
+  auto cluster = TestCluster::start(2);
+  ASSERT_TRUE(cluster);
+  auto client_info = load_info(cluster->paths().client_connection_file, Role::kClient);
+  auto engine_info = load_info(cluster->paths().engine_connection_file, Role::kEngine);
+  expect_cluster_serves(*cluster, {0, 1});
+  auto rogue = tls_peer(*cluster);
+  ASSERT_TRUE(rogue);
+  ASSERT_TRUE(rogue->hello(Role::kClient, engine_info.capability).ok());
+  expect_rejected_and_closed(*rogue, "capability proof failed");
+  auto [rc, out] = run_command(testudo_binary() + " --profile test status");
+  ASSERT_EQ(rc, 0) << out;
+
+  std::vector<std::string> secrets;
+  for (const auto& cap : {client_info.capability, engine_info.capability}) {
+    secrets.push_back(crypto::to_hex(cap));
+    std::string upper = crypto::to_hex(cap);
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    secrets.push_back(upper);
+    secrets.emplace_back(reinterpret_cast<const char*>(cap.data()), cap.size());
+  }
+  std::vector<std::string> places;
+  for (const auto& entry : std::filesystem::directory_iterator(cluster->paths().log_dir)) {
+    places.push_back(entry.path().string());
+  }
+  std::vector<pid_t> pids = cluster->processes().engines;
+  pids.push_back(cluster->processes().controller);
+  for (pid_t pid : pids) {
+    places.push_back("/proc/" + std::to_string(pid) + "/cmdline");
+    places.push_back("/proc/" + std::to_string(pid) + "/environ");
+  }
+  ASSERT_GE(places.size(), 3u + 2 * pids.size());
+  for (const auto& place : places) {
+    std::string text = read_file(place);
+    EXPECT_FALSE(text.empty()) << place;
+    for (const auto& secret : secrets) EXPECT_FALSE(contains(text, secret)) << "a capability appears in " << place;
+  }
+  EXPECT_TRUE(contains(out, "2 engine(s)"));
+}
 
 // ---------------- T1: clients without the client capability ----------------
 
