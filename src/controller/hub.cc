@@ -287,6 +287,9 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
     LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
   } else {
     --unauthenticated_count_;
+    // Decoding errors, timeouts and refusals of peers that never authenticated.
+    LOG_INFO("hub") << "unauthenticated connection from " << peer.connection->peer_address()
+                    << " closed: " << reason.message();
   }
   // Erase later: this may run inside one of the peer's own handlers.
   loop_.post([this, serial] {
