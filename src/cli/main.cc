@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <functional>
 #include <cstdio>
 #include <iostream>
 #include <thread>
@@ -143,13 +144,18 @@ int cluster_start(const std::string& profile, launch::ClusterOptions o, bool dae
   return st.ok() ? kExitOk : fail(st);
 }
 
+// Connects, resolves --targets, sends one request with `send` and waits for the replies.
+StatusOr<std::vector<EngineReply>> run_on_targets(
+    const std::string& profile, const ClientArgs& args,
+    const std::function<AsyncResult(Client&, const std::vector<EngineId>&)>& send) {
+  TESTUDO_ASSIGN_OR_RETURN(auto client, connect_client(profile, args));
+  TESTUDO_ASSIGN_OR_RETURN(auto targets, resolve_targets(*client, args.targets));
+  return send(*client, targets).get(args.wait());
+}
+
 int cmd_exec(const std::string& profile, const ClientArgs& args, std::string code) {
   if (code == "-") code.assign(std::istreambuf_iterator<char>(std::cin), {});
-  auto client = connect_client(profile, args);
-  if (!client.ok()) return fail(client.status());
-  auto targets = resolve_targets(**client, args.targets);
-  if (!targets.ok()) return fail(targets.status());
-  auto replies = (*client)->execute(*targets, code).get(args.wait());
+  auto replies = run_on_targets(profile, args, [&](Client& c, const auto& targets) { return c.execute(targets, code); });
   if (!replies.ok()) return fail(replies.status());
   return print_replies(*replies, "execute") ? kExitOk : kExitError;
 }
@@ -163,21 +169,14 @@ int cmd_push(const std::string& profile, const ClientArgs& args, const std::vect
     }
     values.emplace_back(a.substr(0, eq), a.substr(eq + 1));
   }
-  auto client = connect_client(profile, args);
-  if (!client.ok()) return fail(client.status());
-  auto targets = resolve_targets(**client, args.targets);
-  if (!targets.ok()) return fail(targets.status());
-  auto replies = (*client)->push_literals(*targets, values).get(args.wait());
+  auto replies =
+      run_on_targets(profile, args, [&](Client& c, const auto& targets) { return c.push_literals(targets, values); });
   if (!replies.ok()) return fail(replies.status());
   return print_replies(*replies, "push") ? kExitOk : kExitError;
 }
 
 int cmd_pull(const std::string& profile, const ClientArgs& args, const std::vector<std::string>& names, bool by_engine) {
-  auto client = connect_client(profile, args);
-  if (!client.ok()) return fail(client.status());
-  auto targets = resolve_targets(**client, args.targets);
-  if (!targets.ok()) return fail(targets.status());
-  auto replies = (*client)->pull_repr(*targets, names).get(args.wait());
+  auto replies = run_on_targets(profile, args, [&](Client& c, const auto& targets) { return c.pull_repr(targets, names); });
   if (!replies.ok()) return fail(replies.status());
   if (!print_replies(*replies, "pull")) return kExitError;
   auto value_of = [&](const EngineReply& r) {

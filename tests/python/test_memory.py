@@ -2,7 +2,6 @@
 per side (client, controller, engine)."""
 
 import os
-import resource
 
 import numpy as np
 import pytest
@@ -10,27 +9,27 @@ import pytest
 GB = 1 << 30
 
 
-def peak_rss(pid=None):
-    """Peak resident memory in bytes (VmHWM) of a process."""
+def _status_bytes(pid, field):
+    """A memory field of /proc/<pid>/status (VmHWM: peak resident, VmRSS: resident), in bytes."""
     with open(f"/proc/{pid or os.getpid()}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
+
+
+def peak_rss(pid=None):
+    return _status_bytes(pid, "VmHWM")
+
+
+def current_rss(pid=None):
+    return _status_bytes(pid, "VmRSS")
 
 
 def reset_peak(pid=None):
     # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
     with open(f"/proc/{pid or os.getpid()}/clear_refs", "w") as f:
         f.write("5")
-
-
-def current_rss(pid=None):
-    with open(f"/proc/{pid or os.getpid()}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 @pytest.mark.skipif(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 12 * GB,
