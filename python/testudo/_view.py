@@ -102,7 +102,7 @@ class DirectView:
         child = self.client._native.execute(ids, code, not silent)
         ar = AsyncResult(self.client, [child], "execute", "none" if silent else "execute", single=single)
         if self.block if block is None else block:
-            ar.wait()
+            ar.get()  # as ipyparallel: a blocking execute raises the engines' errors
         return ar
 
     def run(self, filename, targets=None, block=None):
@@ -247,12 +247,17 @@ class DirectView:
         """
         local_import = builtins.__import__
         pending = []
+        done = set()
 
         def view_import(name, globals=None, locals=None, fromlist=(), level=0):
-            if level == 0 and (globals or {}).get("__name__", "__main__") == "__main__" and not pending_inner:
+            # Every absolute import written inside the block, in any module (not only
+            # __main__, as ipyparallel); imports those imports make are skipped.
+            key = (name, tuple(fromlist or ()))
+            if level <= 0 and not pending_inner and key not in done:
+                done.add(key)
                 statement = (f"from {name} import {', '.join(fromlist)}" if fromlist else f"import {name}")
                 if not quiet:
-                    print(f"importing {', '.join(fromlist) + ' from ' if fromlist else ''}{name} on engine(s)")
+                    print(f"importing {','.join(fromlist) + ' from ' if fromlist else ''}{name} on engine(s)")
                 pending.append(self.execute(statement, block=False))
             if local:
                 pending_inner.append(1)
