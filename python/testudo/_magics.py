@@ -8,7 +8,6 @@
 
 import ast
 import shlex
-import sys
 
 from IPython.core.magic import Magics, magics_class
 
@@ -80,11 +79,12 @@ class ParallelMagics(Magics):
             return ar
         try:
             ar.get()
-        except error.RemoteError as exc:
+        except error.RemoteError:
+            # As ipyparallel: the remote error is raised, so IPython shows it (through
+            # _render_traceback_) and marks the cell failed; outputs so far come first.
             ar.display_outputs()
             self._show_outputs(ar)
-            print("\n".join(exc.render_traceback()), file=sys.stderr)
-            return None
+            raise
         ar.display_outputs()
         self._show_outputs(ar)
         return None
