@@ -244,7 +244,10 @@ class AsyncResult(concurrent.futures.Future):
         if reply.code == "remote_error":
             return error.RemoteError(reply.ename, reply.evalue, reply.traceback, info)
         if reply.code == "unavailable":
-            if not self._client._native_connected():
+            # The controller's own report that this engine died is final, even if the
+            # connection was lost later, before the other engines' replies came in.
+            engine_died = reply.message.startswith(f"engine {reply.engine_id} died")
+            if not engine_died and not self._client._native_connected():
                 return error.RemoteError("ConnectionError", reply.message, "", info)
             return error.RemoteError("EngineError", reply.message, "", info)
         if reply.code == "no_such_engine":
