@@ -40,7 +40,12 @@ class Client:
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, **kwargs):
         self.profile = profile or "default"
         file = url_file or connection_file or ""
-        self._native = _testudo.Client(str(file), self.profile, float(timeout))
+        try:
+            self._native = _testudo.Client(str(file), self.profile, float(timeout))
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"{exc}; is a cluster running? Start one with "
+                f"`testudo --profile {self.profile} cluster start -n 4`") from None
         self._closed = False
         self._lock = threading.Lock()
         self._pending = {}  # request id -> AsyncResult, until finished
