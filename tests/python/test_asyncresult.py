@@ -1,0 +1,278 @@
+"""AsyncResult against a real, secure local cluster: waiting, timeouts, metadata, output,
+progress, and concurrent.futures/asyncio compatibility. The shape follows ipyparallel's
+test_asyncresult.py; the tests are our own."""
+
+import asyncio
+import concurrent.futures
+import re
+import threading
+import time
+
+import pytest
+
+import testudo
+from testudo import AsyncMapResult, AsyncResult
+from conftest import wait_until
+
+
+@testudo.interactive  # travels by value: engines cannot import this test module
+def sleep_then(seconds, value):
+    import time
+    time.sleep(seconds)
+    return value
+
+
+def test_is_a_future(rc):
+    ar = rc[:].apply_async(lambda: 1)
+    assert isinstance(ar, concurrent.futures.Future)
+    assert isinstance(ar, AsyncResult)
+    assert ar.result(timeout=10) == [1, 1, 1, 1]
+    assert ar.done()
+    assert ar.exception() is None
+
+
+def test_ready_wait_successful(rc):
+    ar = rc[:].apply_async(sleep_then, 0.5, "done")
+    assert ar.ready() is False
+    assert ar.done() is False
+    with pytest.raises(AssertionError):
+        ar.successful()
+    t0 = time.monotonic()
+    assert ar.wait(0.05) is False
+    assert time.monotonic() - t0 < 0.4
+    assert ar.wait() is True
+    assert ar.ready() is True
+    assert ar.successful() is True
+    assert ar.get() == ["done"] * 4
+    assert ar.wait(0) is True
+
+
+def test_unsuccessful(rc):
+    ar = rc[:].apply_async(lambda: 1 / 0)
+    assert ar.wait(10) is True
+    assert ar.successful() is False
+    exc = ar.exception()
+    assert isinstance(exc, testudo.CompositeError)
+    assert len(exc.elist) == 4
+
+
+def test_get_timeout_then_success(rc):
+    ar = rc[0].execute("import time; time.sleep(5); late = 'value'")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        ar.get(timeout=0.1)
+    assert time.monotonic() - t0 < 2
+    assert isinstance(info.value, testudo.TimeoutError)
+    assert str(info.value) == "Result not ready."
+    assert not ar.ready()
+    assert ar.get(timeout=10) is None
+    assert rc[0].pull("late", block=True) == "value"
+    rc[:].clear(block=True)
+
+
+def test_result_timeout_is_futures_timeout(rc):
+    ar = rc[1].apply_async(sleep_then, 0.5, 1)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        ar.result(timeout=0.05)
+    assert ar.result(timeout=10) == 1
+
+
+def test_single_engine_get_is_bare(rc):
+    ar = rc[3].apply_async(lambda: "three")
+    assert ar.get(timeout=10) == "three"
+    assert ar.get_dict() == {3: "three"}
+    assert list(ar) == ["three"]
+    assert len(ar) == 1
+
+
+def test_get_dict(rc):
+    ar = rc[[0, 2]].apply_async(lambda: "x")
+    assert ar.get_dict(timeout=10) == {0: "x", 2: "x"}
+    assert ar.result_dict == {0: "x", 2: "x"}
+
+
+def test_msg_ids_and_targets(rc):
+    ar = rc[:].apply_async(lambda: 1)
+    ar.get(timeout=10)
+    assert len(ar.msg_ids) == 4
+    assert len(set(ar.msg_ids)) == 4
+    assert all(isinstance(m, str) for m in ar.msg_ids)
+    assert ar.targets == [0, 1, 2, 3]
+    mar = rc[:].map_async(lambda x: x, range(8))
+    mar.get(timeout=10)
+    assert len(mar.msg_ids) == 4 and len(set(mar.msg_ids) | set(ar.msg_ids)) == 8
+
+
+def test_metadata(rc):
+    before = time.time()
+    ar = rc[:].execute("import sys, time; time.sleep(0.1); print('hello'); print('oops', file=sys.stderr)")
+    pending = ar.metadata
+    assert [m["status"] for m in pending] == ["pending"] * 4
+    ar.get(timeout=10)
+    after = time.time()
+    md = ar.metadata
+    assert len(md) == 4
+    assert [m["engine_id"] for m in md] == [0, 1, 2, 3]
+    for m in md:
+        for key in ("submitted", "started", "completed", "received"):
+            assert isinstance(m[key], float), key
+        assert before <= m["submitted"] <= m["started"] + 0.05  # clocks of one machine
+        assert m["started"] <= m["completed"] <= after + 0.05
+        assert m["completed"] - m["started"] >= 0.09
+        assert m["submitted"] <= m["received"] <= after
+        assert m["stdout"] == "hello\n"
+        assert m["stderr"] == "oops\n"
+        assert m["status"] == "ok"
+        assert m.engine_id == m["engine_id"]  # attribute access too
+    single = rc[2].execute("x = 1")
+    single.get(timeout=10)
+    assert single.metadata["engine_id"] == 2
+    assert single.metadata.status == "ok"
+
+
+def test_metadata_of_failure(rc):
+    ar = rc[[1]].apply_async(lambda: 1 / 0)
+    assert ar.wait(10)
+    m = ar.metadata[0]
+    assert m["status"] == "error"
+    assert m["error"].ename == "ZeroDivisionError"
+
+
+def test_elapsed_and_wall_time(rc):
+    ar = rc[:].apply_async(sleep_then, 0.3, None)
+    with pytest.raises(TimeoutError):
+        ar.wall_time
+    assert 0 <= ar.elapsed < 0.3
+    ar.get(timeout=10)
+    assert 0.3 <= ar.wall_time < 3
+    assert ar.wall_time <= ar.elapsed < 3
+    frozen = ar.elapsed
+    time.sleep(0.05)
+    assert ar.elapsed == frozen
+    assert 4 * 0.3 <= ar.serial_time < 4 * 3
+
+
+def test_stdout_stderr_properties(rc):
+    ar = rc[:].execute("print(7 * 6)")
+    ar.get(timeout=10)
+    assert ar.stdout == ["42\n"] * 4
+    assert ar.stderr == [""] * 4
+    one = rc[1].execute("print('only one')")
+    one.get(timeout=10)
+    assert one.stdout == "only one\n"
+
+
+def test_display_outputs(rc, capsys):
+    ar = rc[:].execute("import sys\nprint('out', 1)\nprint('err', file=sys.stderr)")
+    ar.get(timeout=10)
+    capsys.readouterr()
+    ar.display_outputs()
+    captured = capsys.readouterr()
+    assert captured.out == "".join(f"[stdout:{i}] out 1\n" for i in range(4))
+    assert captured.err == "".join(f"[stderr:{i}] err\n" for i in range(4))
+    pending = rc[0].execute("import time; time.sleep(0.5)")
+    with pytest.raises(TimeoutError):
+        pending.display_outputs()
+    pending.get(timeout=10)
+
+
+def test_wait_interactive(rc, capsys):
+    ar = rc[:].apply_async(sleep_then, 0.3, None)
+    ar.wait_interactive(interval=0.05)
+    out = capsys.readouterr().out
+    assert ar.ready()
+    assert re.fullmatch(r"\r   4/4 tasks finished after    [01] s\ndone\n", out[out.rindex("\r"):])
+    assert "0/4 tasks finished" in out  # the live line was shown while waiting
+    assert out.count("\r") >= 3
+
+
+def test_wait_interactive_timeout(rc, capsys):
+    ar = rc[0].apply_async(sleep_then, 1, None)
+    t0 = time.monotonic()
+    ar.wait_interactive(interval=0.05, timeout=0.2)
+    assert time.monotonic() - t0 < 0.9
+    assert not ar.ready()
+    assert "0/1 tasks finished" in capsys.readouterr().out
+    ar.get(timeout=10)
+
+
+def test_add_done_callback_fires_without_get(rc):
+    seen = []
+    ar = rc[:].apply_async(sleep_then, 0.2, "cb")
+    ar.add_done_callback(lambda f: seen.append((threading.current_thread().name, f.result())))
+    assert seen == []
+    assert wait_until(lambda: len(seen) == 1, timeout=10)
+    assert seen[0][1] == ["cb"] * 4
+    # Added after completion: called at once.
+    ar.add_done_callback(lambda f: seen.append(("late", f.result())))
+    assert seen[1] == ("late", ["cb"] * 4)
+
+
+def test_done_callback_sees_errors(rc):
+    seen = []
+    ar = rc[0].apply_async(lambda: {}["missing"])
+    ar.add_done_callback(lambda f: seen.append(f.exception()))
+    assert wait_until(lambda: seen, timeout=10)
+    assert isinstance(seen[0], testudo.RemoteError)
+    assert seen[0].ename == "KeyError"
+
+
+def test_asyncio_wrap_future(rc):
+    async def main():
+        ar = rc[:].apply_async(sleep_then, 0.1, "async")
+        one = rc[2].apply_async(sleep_then, 0.1, 2)
+        both = await asyncio.gather(asyncio.wrap_future(ar), asyncio.wrap_future(one))
+        return both
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == [["async"] * 4, 2]
+
+
+def test_asyncio_wrap_future_error(rc):
+    async def main():
+        return await asyncio.wrap_future(rc[1].apply_async(lambda: int("x")))
+
+    with pytest.raises(testudo.RemoteError) as info:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    assert info.value.ename == "ValueError"
+    assert info.value.engine_info["engine_id"] == 1
+
+
+def test_concurrent_futures_wait(rc):
+    fast = rc[0].apply_async(sleep_then, 0, "fast")
+    slow = rc[1].apply_async(sleep_then, 0.8, "slow")
+    mapped = rc[2:].map_async(lambda x: x + 1, [1, 2])
+    done, not_done = concurrent.futures.wait([fast, slow, mapped], timeout=0.4)
+    assert done == {fast, mapped}
+    assert not_done == {slow}
+    assert mapped.result() == [2, 3]
+    done, not_done = concurrent.futures.wait([fast, slow], return_when=concurrent.futures.ALL_COMPLETED, timeout=10)
+    assert done == {fast, slow} and not not_done
+    assert [f.result() for f in concurrent.futures.as_completed([slow, fast], timeout=10)] in (
+        ["fast", "slow"], ["slow", "fast"])
+
+
+def test_async_map_result(rc):
+    ar = rc[:].map_async(lambda x: x * 3, range(10))
+    assert isinstance(ar, AsyncMapResult)
+    assert list(ar) == [x * 3 for x in range(10)]
+    assert len(ar) == 4
+    assert ar.progress == 4
+    assert repr(ar) == "<AsyncMapResult(<lambda>): finished>"
+
+
+def test_progress_and_repr(rc):
+    ar = rc[:].apply_async(sleep_then, 0.3, None)
+    assert ar.progress == 0
+    assert repr(ar) == "<AsyncResult(sleep_then): pending>"
+    ar.get(timeout=10)
+    assert ar.progress == 4
+    assert repr(ar) == "<AsyncResult(sleep_then): finished>"
+
+
+def test_get_return_exceptions(rc):
+    ar = rc[:].map_async(lambda x: 1 / x, [1, 0, 2, 4])
+    results = ar.get(timeout=10, return_exceptions=True)
+    assert results[0] == 1.0 and results[2:] == [0.5, 0.25]
+    assert isinstance(results[1], testudo.RemoteError)
+    assert results[1].ename == "ZeroDivisionError"
+    assert results[1].engine_info["engine_id"] == 1

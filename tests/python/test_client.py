@@ -1,0 +1,294 @@
+"""testudo.Client against a real, secure local cluster: connecting, engines, views by
+indexing, closing, shutting down, and what the user sees when the connection or an engine
+goes away. The shape follows ipyparallel's test_client.py; the tests are our own."""
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+import testudo
+from conftest import kill_processes, pid_gone, wait_until
+
+
+# ----- connecting -----
+
+
+def test_ids_and_len(rc, cluster):
+    assert rc.ids == [0, 1, 2, 3]
+    assert len(rc) == 4
+    assert isinstance(rc.ids[0], int)
+
+
+def test_connect_by_url_file_and_timeout(cluster):
+    with testudo.Client(url_file=cluster.client_file, timeout=5) as client:
+        client.wait_for_engines(4, timeout=10)
+        assert client.ids == [0, 1, 2, 3]
+        assert client[0].apply_sync(lambda: 6 * 7) == 42
+
+
+def test_wait_for_engines_returns_when_enough(rc):
+    t0 = time.monotonic()
+    assert rc.wait_for_engines(4, timeout=5) is None
+    assert rc.wait_for_engines(timeout=5) is None  # default: any one engine
+    assert time.monotonic() - t0 < 1
+
+
+def test_wait_for_engines_times_out(rc):
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        rc.wait_for_engines(5, timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 3
+    assert "5 engine(s) not ready in 0.3 seconds; 4 registered" in str(info.value)
+
+
+def test_missing_profile_raises_helpful_file_not_found(cluster):
+    with pytest.raises(FileNotFoundError) as info:
+        testudo.Client(profile="no_such_profile")
+    message = str(info.value)
+    assert os.path.join(cluster.home, "profile_no_such_profile", "security", "controller-client.json") in message
+    assert "is a cluster running?" in message
+    assert "testudo --profile no_such_profile cluster start" in message
+
+
+def test_connection_file_readable_by_others_is_refused(cluster, tmp_path):
+    good = tmp_path / "good.json"
+    shutil.copy(cluster.client_file, good)
+    os.chmod(good, 0o600)
+    with testudo.Client(url_file=str(good)) as client:  # positive control: same file, safe mode
+        assert client.ids == [0, 1, 2, 3]
+
+    bad = tmp_path / "bad.json"
+    shutil.copy(cluster.client_file, bad)
+    os.chmod(bad, 0o644)
+    with pytest.raises(PermissionError) as info:
+        testudo.Client(url_file=str(bad))
+    message = str(info.value)
+    assert "0644" in message
+    assert f"chmod 600 {bad}" in message
+
+
+# ----- views by indexing -----
+
+
+def test_views_by_indexing(rc):
+    every = rc[:]
+    assert isinstance(every, testudo.DirectView)
+    assert every.targets == [0, 1, 2, 3]
+    assert every.block is False
+    assert rc[::2].targets == [0, 2]
+    assert rc[1::2].targets == [1, 3]
+    assert rc[-1:].targets == [3]
+    one = rc[1]
+    assert one.targets == 1 and isinstance(one.targets, int)
+    assert rc[[0, 3]].targets == [0, 3]
+    assert len(rc[[0, 3]]) == 2 and len(one) == 1
+    assert [v.targets for v in rc] == [0, 1, 2, 3]
+
+
+def test_views_run_on_their_targets(rc):
+    getpid = os.getpid
+    pids = rc[:].apply_sync(getpid)
+    assert len(set(pids)) == 4 and os.getpid() not in pids
+    assert rc[[0, 3]].apply_sync(getpid) == [pids[0], pids[3]]
+    assert rc[::2].apply_sync(getpid) == [pids[0], pids[2]]
+    assert rc[1].apply_sync(getpid) == pids[1]
+
+
+def test_single_engine_view_returns_bare_values(rc):
+    view = rc[2]
+    view.block = True
+    view["x"] = 7
+    assert view["x"] == 7
+    assert view.apply(lambda a: a * 2, 21) == 42
+    assert view.pull(["x"]) == [7]
+    assert view.execute("y = x + 1").get() is None
+    assert view.pull("y") == 8
+    assert rc[[2]].pull("y", block=True) == [8]
+
+
+def test_unregistered_engine_raises_index_error(rc):
+    with pytest.raises(IndexError) as info:
+        rc[7]
+    assert "engine 7 is not registered (registered: [0, 1, 2, 3])" in str(info.value)
+    with pytest.raises(IndexError) as info:
+        rc[[0, 9]]
+    assert "[9]" in str(info.value)
+    with pytest.raises(TypeError):
+        rc["zero"]
+
+
+def test_direct_view_all_tracks_engines(rc):
+    view = rc.direct_view()
+    assert view.targets == "all"
+    assert view.apply_sync(lambda: 1) == [1, 1, 1, 1]
+    single = rc.direct_view(3, block=True)
+    assert single.targets == 3 and single.block is True
+    assert single.apply(lambda: "three") == "three"
+
+
+# ----- the reference example, written the ipyparallel way -----
+
+
+def test_reference_example(rc):
+    dview = rc[:]
+    dview.block = True
+    dview.push(dict(a=5, b=10))
+    rc[::2].execute("c=a+b")
+    rc[1::2].execute("c=a-b")
+    assert rc[:]["c"] == [15, -5, 15, -5]
+    assert dview.pull(["a", "b", "c"]) == [[5, 10, 15], [5, 10, -5], [5, 10, 15], [5, 10, -5]]
+    dview.clear()
+
+
+# ----- waiting on the client -----
+
+
+def test_client_wait_and_outstanding(rc):
+    ar = rc[:].execute("import time; time.sleep(0.5)")
+    assert ar.msg_ids and rc.outstanding
+    assert rc.wait(ar, timeout=0.05) is False
+    assert rc.wait(timeout=10) is True
+    assert ar.ready()
+    assert rc.outstanding == set()
+
+
+def test_cluster_status(rc):
+    status = rc.cluster_status()
+    assert sorted(e["id"] for e in status["engines"]) == [0, 1, 2, 3]
+    assert status["clients"] >= 1
+
+
+# ----- closing -----
+
+
+def test_context_manager_closes(cluster):
+    with cluster.client() as client:
+        assert client.ids == [0, 1, 2, 3]
+        view = client[:]
+    assert "closed" in repr(client)
+    with pytest.raises(ConnectionError, match="client is closed"):
+        client.ids
+    with pytest.raises(ConnectionError, match="client is closed"):
+        view.apply_sync(lambda: 1)
+
+
+def test_closed_client_raises_connection_error(cluster):
+    client = cluster.client()
+    view = client[:]
+    client.close()
+    client.close()  # twice is fine
+    with pytest.raises(ConnectionError, match="client is closed"):
+        len(client)
+    with pytest.raises(ConnectionError, match="client is closed"):
+        client[:]
+    with pytest.raises(ConnectionError, match="client is closed"):
+        view.execute("a = 1")
+    with pytest.raises(ConnectionError, match="client is closed"):
+        view.push({"a": 1})
+
+
+def test_close_fails_pending_results(cluster):
+    client = cluster.client()
+    ar = client[0].execute("import time; time.sleep(3)")
+    t0 = time.monotonic()
+    client.close()
+    assert ar.ready()
+    with pytest.raises(testudo.RemoteError) as info:
+        ar.get(timeout=5)
+    assert time.monotonic() - t0 < 3
+    assert info.value.ename == "ConnectionError"
+    assert info.value.engine_info["engine_id"] == 0
+
+
+# ----- damage: own clusters -----
+
+
+def test_connection_loss_mid_get(own_cluster):
+    c = own_cluster(2)
+    try:
+        with c.client() as client:
+            client.wait_for_engines(2, timeout=30)
+            ar = client[:].execute("import time; time.sleep(30)")
+            single = client[1].execute("import time; time.sleep(30)")
+            time.sleep(0.3)
+            assert not ar.ready()
+            os.kill(c.controller_pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(testudo.CompositeError) as info:
+                ar.get(timeout=20)
+            assert time.monotonic() - t0 < 10
+            assert [e[0] for e in info.value.elist] == ["ConnectionError", "ConnectionError"]
+            assert [e[3]["engine_id"] for e in info.value.elist] == [0, 1]
+            assert "connection to the controller lost" in info.value.elist[0][1]
+            with pytest.raises(testudo.RemoteError) as one:
+                single.get(timeout=20)
+            assert time.monotonic() - t0 < 10
+            assert one.value.ename == "ConnectionError"
+            assert one.value.engine_info["engine_id"] == 1
+            # Later calls fail at once with a clear error; nothing hangs.
+            with pytest.raises(ConnectionError, match="connection to the controller lost"):
+                client.ids
+    finally:
+        kill_processes(c)
+
+
+def test_engine_killed_mid_task(own_cluster):
+    c = own_cluster(2)
+    try:
+        with c.client() as client:
+            client.wait_for_engines(2, timeout=30)
+            pids = client[:].apply_sync(os.getpid)
+            ar = client[0].execute("import time; time.sleep(30)")
+            time.sleep(0.3)
+            os.kill(pids[0], signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(testudo.RemoteError) as info:
+                ar.get(timeout=20)
+            assert time.monotonic() - t0 < 10
+            err = info.value
+            assert err.ename == "EngineError"
+            assert "engine 0 died or disconnected" in err.evalue
+            assert err.engine_info["engine_id"] == 0
+            assert wait_until(lambda: client.ids == [1])
+            assert client[1].apply_sync(lambda: "still here") == "still here"
+    finally:
+        kill_processes(c)
+
+
+def test_engine_death_stays_engine_error_after_connection_loss(own_cluster):
+    # Engine 0 dies (the controller reports it), then the controller goes too before
+    # engine 1 answers: each engine's error keeps its own cause.
+    c = own_cluster(2)
+    try:
+        with c.client() as client:
+            client.wait_for_engines(2, timeout=30)
+            pids = client[:].apply_sync(os.getpid)
+            ar = client[:].execute("import time; time.sleep(30)")
+            time.sleep(0.3)
+            os.kill(pids[0], signal.SIGKILL)
+            assert wait_until(lambda: client.ids == [1])
+            os.kill(c.controller_pid, signal.SIGKILL)
+            with pytest.raises(testudo.CompositeError) as info:
+                ar.get(timeout=20)
+            assert [(e[0], e[3]["engine_id"]) for e in info.value.elist] == [
+                ("EngineError", 0), ("ConnectionError", 1)]
+    finally:
+        kill_processes(c)
+
+
+def test_shutdown_hub_stops_every_process(own_cluster):
+    c = own_cluster(2)
+    client = c.client()
+    client.wait_for_engines(2, timeout=30)
+    pids = [c.controller_pid, *c.engine_pids]
+    assert not any(pid_gone(p) for p in pids)
+    with pytest.raises(NotImplementedError):
+        client.shutdown()  # engines only: not supported
+    client.shutdown(hub=True)
+    assert wait_until(lambda: all(pid_gone(p) for p in pids), timeout=10)
+    with pytest.raises(ConnectionError):
+        client.ids
+    client.close()

@@ -1,0 +1,168 @@
+"""%px, %%px, %autopx, %pxresult and %pxconfig through a real IPython InteractiveShell, on a
+real, secure local cluster. The shape follows ipyparallel's test_magics.py; the tests are
+our own."""
+
+import pytest
+from IPython.testing.globalipapp import start_ipython
+
+import testudo
+from testudo import AsyncResult
+
+EVERY = range(4)
+
+
+@pytest.fixture(scope="module")
+def ip():
+    return start_ipython()
+
+
+@pytest.fixture
+def view(ip, rc):
+    """Magics bound to rc[:] (blocking), as `rc.activate()` does in a notebook."""
+    before = list(ip.input_transformers_post)
+    v = rc.activate()
+    yield v
+    ip.input_transformers_post[:] = before  # a failed %autopx test must not leak
+    rc[:].clear(block=True)
+
+
+def stdout_lines(text, engines=EVERY):
+    return "".join(f"[stdout:{i}] {text}\n" for i in engines)
+
+
+def test_activate_returns_blocking_view(view, rc):
+    assert isinstance(view, testudo.DirectView)
+    assert view.block is True
+    assert view.targets == "all"
+
+
+def test_px_line(ip, view, capsys):
+    assert ip.run_line_magic("px", "a = 3") is None
+    assert capsys.readouterr().out == ""
+    assert view["a"] == [3, 3, 3, 3]
+    ip.run_line_magic("px", "print(a * 2)")
+    assert capsys.readouterr().out == stdout_lines("6")
+
+
+def test_px_expression_shows_out(ip, view, capsys):
+    ip.run_line_magic("px", "b = 40")
+    ip.run_line_magic("px", "b + 2")
+    assert capsys.readouterr().out == "".join(f"Out[{i}]: 42\n" for i in EVERY)
+
+
+def test_px_through_run_cell(ip, view, capsys):
+    result = ip.run_cell("%px import os; print('pid', os.getpid() > 0)")
+    assert result.success
+    assert capsys.readouterr().out == stdout_lines("pid True")
+
+
+def test_cell_px_targets(ip, view, capsys):
+    ip.run_cell_magic("px", "--targets ::2", "c = 'even'\nprint(c)")
+    assert capsys.readouterr().out == stdout_lines("even", [0, 2])
+    assert view.targets == "all"  # --targets does not change the default
+    ip.run_cell_magic("px", "--targets [1,3]", "print('odd')")
+    assert capsys.readouterr().out == stdout_lines("odd", [1, 3])
+    ip.run_cell_magic("px", "--targets 2", "print('two')")
+    assert capsys.readouterr().out == stdout_lines("two", [2])
+    assert view.pull("c", targets=[0, 2]) == ["even", "even"]
+
+
+def test_cell_px_noblock_and_pxresult(ip, view, capsys):
+    ar = ip.run_cell_magic("px", "--noblock", "import time; time.sleep(0.2)\nprint('later')\n5")
+    assert isinstance(ar, AsyncResult)
+    assert not ar.ready()
+    assert capsys.readouterr().out == ""
+    assert view.block is True  # --noblock does not change the default
+    ip.run_line_magic("pxresult", "")
+    assert ar.ready()
+    assert capsys.readouterr().out == stdout_lines("later") + "".join(f"Out[{i}]: 5\n" for i in EVERY)
+
+
+def test_cell_px_block_on_nonblocking_view(ip, view, capsys):
+    view.block = False
+    ar = ip.run_line_magic("px", "print('async')")
+    assert isinstance(ar, AsyncResult)
+    ar.get(timeout=10)
+    assert capsys.readouterr().out == ""
+    assert ip.run_cell_magic("px", "--block", "print('sync')") is None
+    assert capsys.readouterr().out == stdout_lines("sync")
+    assert view.block is False
+
+
+def test_px_remote_error_raises(ip, view, capsys):
+    with pytest.raises(testudo.CompositeError) as info:
+        ip.run_line_magic("px", "print('before'); 1/0")
+    assert [e[0] for e in info.value.elist] == ["ZeroDivisionError"] * 4
+    assert capsys.readouterr().out == stdout_lines("before")  # outputs so far, then the error
+
+
+def test_px_remote_error_in_a_cell(ip, view, capsys):
+    result = ip.run_cell("%%px --targets 1\nx = 1\nraise RuntimeError('boom on the engine')")
+    assert not result.success
+    err = result.error_in_exec
+    assert type(err) is testudo.RemoteError  # one engine: not a CompositeError
+    assert (err.ename, err.engine_info["engine_id"]) == ("RuntimeError", 1)
+    out = capsys.readouterr().out
+    assert "raise RuntimeError('boom on the engine')" in out  # the remote traceback, not ours
+    assert "RuntimeError: boom on the engine" in out
+
+
+def test_autopx(ip, view, capsys):
+    assert "z" not in ip.user_ns
+    ip.run_cell("%autopx")
+    assert capsys.readouterr().out == "%autopx enabled\n"
+    result = ip.run_cell("z = 11\nprint('auto', z)")
+    assert result.success
+    assert capsys.readouterr().out == stdout_lines("auto 11")
+    assert "z" not in ip.user_ns  # ran on the engines, not here
+    ip.run_cell("%autopx")
+    assert capsys.readouterr().out == "%autopx disabled\n"
+    assert view["z"] == [11] * 4
+    ip.run_cell("local_only = 1")
+    assert ip.user_ns.pop("local_only") == 1
+    with pytest.raises(testudo.CompositeError):
+        view["local_only"]
+
+
+def test_autopx_remote_error_keeps_going(ip, view, capsys):
+    ip.run_cell("%autopx")
+    result = ip.run_cell("1/0")
+    assert isinstance(result.error_in_exec, testudo.CompositeError)
+    assert ip.run_cell("print('still on engines')").success
+    ip.run_cell("%autopx")
+    out = capsys.readouterr().out
+    assert "[0:execute]" in out and "ZeroDivisionError" in out
+    assert stdout_lines("still on engines") in out
+    assert out.endswith("%autopx disabled\n")
+
+
+def test_pxconfig(ip, view, capsys):
+    ip.run_line_magic("pxconfig", "--targets [0,1] --noblock")
+    assert view.targets == [0, 1] and view.block is False
+    ar = ip.run_line_magic("px", "print('configured')")
+    assert isinstance(ar, AsyncResult)
+    assert ar.targets == [0, 1]
+    ar.get(timeout=10)
+    ip.run_line_magic("pxconfig", "--block")
+    ip.run_line_magic("px", "print('blocking again')")
+    assert capsys.readouterr().out == stdout_lines("blocking again", [0, 1])
+
+
+def test_pxresult_before_any_px(ip, rc):
+    rc.activate(suffix="_fresh")
+    with pytest.raises(testudo.error.TestudoError, match="no %px result yet"):
+        ip.run_line_magic("pxresult_fresh", "")
+
+
+def test_unknown_option(ip, view):
+    with pytest.raises(testudo.error.TestudoError, match="unknown %px option --bogus"):
+        ip.run_cell_magic("px", "--bogus", "x = 1")
+
+
+def test_activate_with_suffix(ip, view, rc, capsys):
+    odd = rc.activate(targets=[1, 3], suffix="odd")
+    assert odd.targets == [1, 3]
+    ip.run_line_magic("pxodd", "print('odd engines')")
+    assert capsys.readouterr().out == stdout_lines("odd engines", [1, 3])
+    ip.run_line_magic("px", "print('all engines')")  # the unsuffixed magics still target all
+    assert capsys.readouterr().out == stdout_lines("all engines")

@@ -1,0 +1,97 @@
+"""A notebook that uses testudo the ipyparallel way (rc.activate(), %px, %%px --targets),
+executed by `jupyter nbconvert --execute` in a real python3 kernel against a real, secure
+local cluster."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (Debian: python3-nbformat)")
+
+KERNEL = "testudo-python3"
+PYTHON = "/usr/bin/python3"
+
+
+def _jupyter_env(tmp_path, cluster):
+    """An environment with a private Jupyter setup whose only extra kernel runs /usr/bin/python3."""
+    data = tmp_path / "jupyter-data"
+    kernel_dir = data / "kernels" / KERNEL
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "kernel.json").write_text(json.dumps({
+        "argv": [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (testudo tests)",
+        "language": "python",
+    }))
+    package_dir = str(pathlib.Path(sys.modules["testudo"].__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env.update({
+        "JUPYTER_PATH": str(data),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "TESTUDO_HOME": cluster.home,
+        "PYTHONPATH": os.pathsep.join(p for p in [package_dir, env.get("PYTHONPATH", "")] if p),
+    })
+    return env
+
+
+def _check_tools(env):
+    if shutil.which("jupyter-nbconvert") is None:
+        pytest.skip("`jupyter nbconvert` is not installed (Debian: jupyter-nbconvert)")
+    probe = subprocess.run(
+        [PYTHON, "-c", "import ipykernel; from jupyter_client.kernelspec import KernelSpecManager; "
+                       f"print(KernelSpecManager().get_kernel_spec({KERNEL!r}).argv[0])"],
+        env=env, capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"the python3 kernel is unavailable (Debian: python3-ipykernel): {probe.stderr.strip()[-300:]}")
+    assert probe.stdout.strip() == PYTHON  # the kernel nbconvert will start runs /usr/bin/python3
+
+
+def _stdout_of(cell):
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def test_notebook_with_px_magics(cluster, rc, tmp_path):
+    env = _jupyter_env(tmp_path, cluster)
+    _check_tools(env)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3 (testudo tests)", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import sys, testudo\n"
+            "print('kernel', sys.executable)\n"
+            f"rc = testudo.Client(profile={cluster.profile!r})\n"
+            "rc.wait_for_engines(4, timeout=30)\n"
+            "print('engines', rc.ids)"),
+        nbformat.v4.new_code_cell("view = rc.activate()"),
+        nbformat.v4.new_code_cell("%px print('engine says', 6 * 7)"),
+        nbformat.v4.new_code_cell("%%px --targets ::2\nnote = 'even'\nprint('even engine', note)"),
+        nbformat.v4.new_code_cell("print(rc[:].pull('note', targets=[0, 2], block=True))\nrc.close()"),
+    ]
+    path = tmp_path / "px.ipynb"
+    nbformat.write(nb, str(path))
+    run = subprocess.run(
+        ["jupyter-nbconvert", "--to", "notebook", "--execute", f"--ExecutePreprocessor.kernel_name={KERNEL}",
+         "--ExecutePreprocessor.timeout=60", "--output", "px-executed.ipynb", str(path)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    executed = nbformat.read(str(tmp_path / "px-executed.ipynb"), as_version=4)
+    cells = executed.cells
+    assert executed.metadata.kernelspec.name == KERNEL
+    assert not [o for c in cells for o in c.outputs if o.output_type == "error"]
+    assert _stdout_of(cells[0]) == f"kernel {PYTHON}\nengines [0, 1, 2, 3]\n"
+    assert cells[1].outputs == []
+    assert _stdout_of(cells[2]) == "".join(f"[stdout:{i}] engine says 42\n" for i in range(4))
+    assert _stdout_of(cells[3]) == "[stdout:0] even engine even\n[stdout:2] even engine even\n"
+    assert _stdout_of(cells[4]) == "['even', 'even']\n"
+    # The engines really ran it: the variable is there on the even engines only.
+    assert rc[::2].pull("note", block=True) == ["even", "even"]
+    with pytest.raises(Exception) as info:
+        rc[1].pull("note", block=True)
+    assert info.value.ename == "NameError"
+    rc[:].clear(block=True)
