@@ -2,9 +2,6 @@
 
 import contextlib
 import builtins
-import pickle
-import sys
-import time
 
 import cloudpickle
 
