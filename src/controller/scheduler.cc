@@ -1,0 +1,383 @@
+#include "controller/scheduler.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace testudo::controller {
+
+std::optional<SchedulingScheme> parse_scheme(std::string_view name) {
+  if (name == "leastload") return SchedulingScheme::kLeastLoad;
+  if (name == "lru") return SchedulingScheme::kLru;
+  if (name == "twobin") return SchedulingScheme::kTwoBin;
+  if (name == "weighted") return SchedulingScheme::kWeighted;
+  if (name == "random") return SchedulingScheme::kRandom;
+  return std::nullopt;
+}
+
+std::string_view scheme_name(SchedulingScheme scheme) {
+  switch (scheme) {
+    case SchedulingScheme::kLeastLoad: return "leastload";
+    case SchedulingScheme::kLru: return "lru";
+    case SchedulingScheme::kTwoBin: return "twobin";
+    case SchedulingScheme::kWeighted: return "weighted";
+    case SchedulingScheme::kRandom: return "random";
+  }
+  return "unknown";
+}
+
+Scheduler::Scheduler(SchedulerOptions options, SchedulerSink& sink, std::uint64_t random_seed)
+    : options_(options), sink_(sink), random_(random_seed) {}
+
+void Scheduler::add_engine(EngineId engine) {
+  engines_.try_emplace(engine);
+  pump();
+}
+
+std::size_t Scheduler::remove_engine(EngineId engine, const std::string& why) {
+  auto it = engines_.find(engine);
+  if (it == engines_.end()) return 0;
+  Engine e = std::move(it->second);
+  engines_.erase(it);
+  std::size_t affected = 0;
+  for (TaskId id : e.direct) {
+    ++affected;
+    fail_task(id, TaskFailure::kEngineDied, why);
+  }
+  for (TaskId id : e.running) {
+    ++affected;
+    auto t = tasks_.find(id);
+    if (t == tasks_.end()) continue;
+    Task& task = t->second;
+    if (!task.spec.engine && task.spec.retries > 0) {
+      // Load-balanced with retries left: run it again, elsewhere.
+      --task.spec.retries;
+      task.excluded.insert(engine);
+      task.assigned.reset();
+      task.state = State::kQueued;
+      if (!placeable_somewhere(task)) {
+        fail_task(id, TaskFailure::kEngineDied, why + "; no other engine may run it");
+        continue;
+      }
+      restricted_.push_back(id);
+    } else {
+      fail_task(id, TaskFailure::kEngineDied, why);
+    }
+  }
+  // Tasks that could only ever run there fail now rather than wait forever.
+  for (auto q = restricted_.begin(); q != restricted_.end();) {
+    auto t = tasks_.find(*q);
+    if (t != tasks_.end() && !placeable_somewhere(t->second) && !engines_.empty()) {
+      TaskId id = *q;
+      q = restricted_.erase(q);
+      fail_task(id, TaskFailure::kUnreachable, "no registered engine may run this task");
+    } else {
+      ++q;
+    }
+  }
+  pump();
+  return affected;
+}
+
+TaskId Scheduler::submit(TaskSpec spec, Clock::time_point now) {
+  TaskId id = next_id_++;
+  Task& task = tasks_[id];
+  task.spec = std::move(spec);
+  if (task.spec.timeout) task.deadline = now + *task.spec.timeout;
+  if (task.spec.engine && !engines_.count(*task.spec.engine)) {
+    fail_task(id, TaskFailure::kNoSuchEngine, "no engine with id " + std::to_string(*task.spec.engine));
+    return id;
+  }
+  // Dependencies: finished ones are checked now, the others make the task wait.
+  for (const auto* deps : {&task.spec.after, &task.spec.follow}) {
+    for (TaskId dep : *deps) {
+      if (auto r = records_.find(dep); r != records_.end()) {
+        if (!r->second.success) {
+          fail_task(id, TaskFailure::kDependencyFailed, "dependency " + std::to_string(dep) + " failed");
+          return id;
+        }
+      } else if (tasks_.count(dep) && dep != id) {
+        ++task.unmet;
+        dependents_[dep].push_back(id);
+      } else {
+        fail_task(id, TaskFailure::kDependencyFailed, "unknown dependency " + std::to_string(dep));
+        return id;
+      }
+    }
+  }
+  if (task.unmet > 0) {
+    waiting_.insert(id);
+    return id;
+  }
+  make_ready(id, task);
+  pump();
+  return id;
+}
+
+void Scheduler::make_ready(TaskId id, Task& task) {
+  // follow: only where every followed task ran.
+  if (!task.spec.follow.empty()) {
+    std::set<EngineId> where;
+    for (TaskId dep : task.spec.follow) {
+      auto r = records_.find(dep);
+      if (r != records_.end()) where.insert(r->second.engine);
+    }
+    if (where.size() != 1) {
+      return fail_task(id, TaskFailure::kDependencyFailed, "followed tasks ran on different engines");
+    }
+    EngineId only = *where.begin();
+    if (!task.spec.allowed.empty() &&
+        std::find(task.spec.allowed.begin(), task.spec.allowed.end(), only) == task.spec.allowed.end()) {
+      return fail_task(id, TaskFailure::kUnreachable, "followed tasks ran outside the allowed engines");
+    }
+    task.spec.allowed = {only};
+  }
+  enqueue(id, task);
+}
+
+void Scheduler::enqueue(TaskId id, Task& task) {
+  task.state = State::kQueued;
+  if (task.spec.engine) {
+    auto e = engines_.find(*task.spec.engine);
+    if (e == engines_.end()) {
+      return fail_task(id, TaskFailure::kEngineDied, "engine " + std::to_string(*task.spec.engine) + " is gone");
+    }
+    e->second.direct.push_back(id);
+    return;
+  }
+  if (!engines_.empty() && !placeable_somewhere(task)) {
+    return fail_task(id, TaskFailure::kUnreachable, "no registered engine may run this task");
+  }
+  (task.spec.allowed.empty() && task.excluded.empty() ? unassigned_ : restricted_).push_back(id);
+}
+
+bool Scheduler::balanced_room(const Engine& e) const {
+  return options_.hwm == 0 || e.running_balanced < options_.hwm;
+}
+
+bool Scheduler::eligible(EngineId engine, const Task& task) const {
+  if (task.excluded.count(engine)) return false;
+  return task.spec.allowed.empty() ||
+         std::find(task.spec.allowed.begin(), task.spec.allowed.end(), engine) != task.spec.allowed.end();
+}
+
+bool Scheduler::placeable_somewhere(const Task& task) const {
+  for (const auto& [id, e] : engines_) {
+    if (eligible(id, task)) return true;
+  }
+  return false;
+}
+
+std::optional<EngineId> Scheduler::place(const Task& task) {
+  std::vector<EngineId> candidates;
+  for (const auto& [id, e] : engines_) {
+    if (balanced_room(e) && eligible(id, task)) candidates.push_back(id);
+  }
+  if (candidates.empty()) return std::nullopt;
+  auto load = [this](EngineId id) { return engines_.at(id).running.size() + engines_.at(id).direct.size(); };
+  auto lru_pick = [this](const std::vector<EngineId>& c) {
+    return *std::min_element(c.begin(), c.end(), [this](EngineId a, EngineId b) {
+      return engines_.at(a).last_assigned < engines_.at(b).last_assigned;
+    });
+  };
+  switch (options_.scheme) {
+    case SchedulingScheme::kLeastLoad:
+      // Fewest outstanding; among equals the least recently used, so work spreads evenly.
+      return *std::min_element(candidates.begin(), candidates.end(), [&](EngineId a, EngineId b) {
+        auto la = load(a), lb = load(b);
+        return la != lb ? la < lb : engines_.at(a).last_assigned < engines_.at(b).last_assigned;
+      });
+    case SchedulingScheme::kLru:
+      return lru_pick(candidates);
+    case SchedulingScheme::kTwoBin: {
+      // Two engines at random, the less recently used of them (ipyparallel's twobin).
+      std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
+      EngineId a = candidates[pick(random_)], b = candidates[pick(random_)];
+      return lru_pick({a, b});
+    }
+    case SchedulingScheme::kWeighted: {
+      // Random, weighted towards idle engines: weight 1 / (1 + load).
+      std::vector<double> weights;
+      for (EngineId id : candidates) weights.push_back(1.0 / (1.0 + static_cast<double>(load(id))));
+      std::discrete_distribution<std::size_t> pick(weights.begin(), weights.end());
+      return candidates[pick(random_)];
+    }
+    case SchedulingScheme::kRandom: {
+      std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
+      return candidates[pick(random_)];
+    }
+  }
+  return std::nullopt;
+}
+
+void Scheduler::send(EngineId engine, Engine& e, TaskId id, Task& task) {
+  task.state = State::kRunning;
+  task.assigned = engine;
+  e.running.insert(id);
+  if (!task.spec.engine) ++e.running_balanced;
+  e.last_assigned = ++lru_clock_;
+  sink_.dispatch(engine, id, task.spec);
+}
+
+void Scheduler::pump_engine(EngineId engine, Engine& e) {
+  while (!e.direct.empty() && e.running.size() - e.running_balanced < options_.direct_window) {
+    TaskId id = e.direct.front();
+    e.direct.pop_front();
+    auto t = tasks_.find(id);
+    if (t != tasks_.end()) send(engine, e, id, t->second);
+  }
+}
+
+void Scheduler::pump() {
+  for (auto& [engine, e] : engines_) pump_engine(engine, e);
+  // Unrestricted tasks: FIFO while some engine has room; when none has, no later one fits
+  // either, so this never scans the whole queue.
+  while (!unassigned_.empty()) {
+    TaskId id = unassigned_.front();
+    auto t = tasks_.find(id);
+    if (t == tasks_.end()) {
+      unassigned_.pop_front();
+      continue;
+    }
+    auto engine = place(t->second);
+    if (!engine) break;
+    unassigned_.pop_front();
+    send(*engine, engines_.at(*engine), id, t->second);
+  }
+  // Restricted tasks: each may fit elsewhere, so look at each (this list is short).
+  for (auto q = restricted_.begin(); q != restricted_.end();) {
+    auto t = tasks_.find(*q);
+    if (t == tasks_.end()) {
+      q = restricted_.erase(q);
+      continue;
+    }
+    auto engine = place(t->second);
+    if (!engine) {
+      ++q;
+      continue;
+    }
+    TaskId id = *q;
+    q = restricted_.erase(q);
+    send(*engine, engines_.at(*engine), id, t->second);
+  }
+}
+
+bool Scheduler::finished(TaskId id, EngineId engine, bool success) {
+  auto t = tasks_.find(id);
+  if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return false;
+  auto e = engines_.find(engine);
+  if (e != engines_.end()) {
+    e->second.running.erase(id);
+    if (!t->second.spec.engine) --e->second.running_balanced;
+    ++e->second.completed;
+  }
+  complete(id, success, engine);
+  pump();
+  return true;
+}
+
+void Scheduler::complete(TaskId id, bool success, std::optional<EngineId> engine) {
+  tasks_.erase(id);
+  waiting_.erase(id);
+  remember(id, Record{success, engine.value_or(std::numeric_limits<EngineId>::max())});
+  resolve_dependents(id);
+}
+
+void Scheduler::resolve_dependents(TaskId id) {
+  auto d = dependents_.find(id);
+  if (d == dependents_.end()) return;
+  std::vector<TaskId> waiting_on_it = std::move(d->second);
+  dependents_.erase(d);
+  const bool ok = records_.count(id) && records_.at(id).success;
+  for (TaskId dependent : waiting_on_it) {
+    auto t = tasks_.find(dependent);
+    if (t == tasks_.end()) continue;
+    if (!ok) {
+      fail_task(dependent, TaskFailure::kDependencyFailed, "dependency " + std::to_string(id) + " failed");
+      continue;
+    }
+    if (--t->second.unmet == 0) {
+      waiting_.erase(dependent);
+      make_ready(dependent, t->second);
+    }
+  }
+}
+
+void Scheduler::fail_task(TaskId id, TaskFailure why, const std::string& text) {
+  auto t = tasks_.find(id);
+  if (t == tasks_.end()) return;
+  TaskSpec spec = std::move(t->second.spec);
+  std::optional<EngineId> engine = t->second.assigned;
+  if (engine && t->second.state == State::kRunning) {
+    if (auto e = engines_.find(*engine); e != engines_.end()) {
+      e->second.running.erase(id);
+      if (!spec.engine) --e->second.running_balanced;
+    }
+  }
+  sink_.fail(id, spec, why, text);
+  complete(id, false, engine);
+}
+
+std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>& ids) {
+  std::size_t aborted = 0;
+  for (TaskId id : ids) {
+    auto t = tasks_.find(id);
+    if (t == tasks_.end() || t->second.spec.client_id != client_id || t->second.state == State::kRunning) continue;
+    if (t->second.spec.engine) {
+      auto e = engines_.find(*t->second.spec.engine);
+      if (e != engines_.end()) {
+        auto& q = e->second.direct;
+        q.erase(std::remove(q.begin(), q.end(), id), q.end());
+      }
+    }
+    // Stale ids in unassigned_/restricted_ are skipped by pump().
+    fail_task(id, TaskFailure::kAborted, "aborted while queued");
+    ++aborted;
+  }
+  return aborted;
+}
+
+void Scheduler::expire(Clock::time_point now) {
+  std::vector<TaskId> late;
+  for (TaskId id : waiting_) {
+    if (tasks_.at(id).deadline <= now) late.push_back(id);
+  }
+  for (TaskId id : late) fail_task(id, TaskFailure::kDependencyTimeout, "dependencies not met within the timeout");
+  if (!late.empty()) pump();
+}
+
+void Scheduler::fail_all(const std::string& why) {
+  std::vector<TaskId> ids;
+  for (const auto& [id, t] : tasks_) ids.push_back(id);
+  for (TaskId id : ids) fail_task(id, TaskFailure::kShuttingDown, why);
+  unassigned_.clear();
+  restricted_.clear();
+  for (auto& [engine, e] : engines_) e.direct.clear();
+}
+
+bool Scheduler::is_running_on(TaskId id, EngineId engine) const {
+  auto t = tasks_.find(id);
+  return t != tasks_.end() && t->second.state == State::kRunning && t->second.assigned == engine;
+}
+
+std::optional<EngineId> Scheduler::running_engine(TaskId id) const {
+  auto t = tasks_.find(id);
+  if (t == tasks_.end() || t->second.state != State::kRunning) return std::nullopt;
+  return t->second.assigned;
+}
+
+std::map<EngineId, Scheduler::EngineLoad> Scheduler::queue_status() const {
+  std::map<EngineId, EngineLoad> out;
+  for (const auto& [id, e] : engines_) out[id] = EngineLoad{e.direct.size(), e.running.size(), e.completed};
+  return out;
+}
+
+void Scheduler::remember(TaskId id, Record record) {
+  records_[id] = record;
+  record_order_.push_back(id);
+  while (record_order_.size() > options_.finished_records) {
+    records_.erase(record_order_.front());
+    record_order_.pop_front();
+  }
+}
+
+}  // namespace testudo::controller

@@ -1,0 +1,175 @@
+// Scheduler: the controller's task table and its placement decisions. Pure logic — no
+// sockets, no clock of its own, no randomness of its own — so every rule below is unit-tested
+// with a fake sink (scheduler_test.cc).
+//
+// A task is one request for one engine: a direct request to N engines makes N tasks bound to
+// those engines; a load-balanced request makes one task that the policy places.
+//   waiting  -> its `after`/`follow` dependencies are not done yet (fails after `timeout`)
+//   queued   -> ready; direct tasks wait in their engine's queue, load-balanced ones in the
+//               unassigned queue, until an engine has room (outstanding < window / hwm)
+//   running  -> sent to an engine; ends with the engine's reply, or with the engine's death
+//               (load-balanced tasks with retries left are queued again, elsewhere)
+//   done     -> a small record (success, engine) kept for later dependencies
+//
+// Threading: not thread-safe; the hub calls it on its loop thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "testudo/shared_bytes.h"
+#include "wire/message.h"
+
+namespace testudo::controller {
+
+using Clock = std::chrono::steady_clock;
+using TaskId = std::uint64_t;
+using EngineId = std::uint32_t;
+
+enum class SchedulingScheme { kLeastLoad, kLru, kTwoBin, kWeighted, kRandom };
+// "leastload", "lru", "twobin", "weighted", "random" (ipyparallel's names).
+std::optional<SchedulingScheme> parse_scheme(std::string_view name);
+std::string_view scheme_name(SchedulingScheme scheme);
+
+struct SchedulerOptions {
+  SchedulingScheme scheme = SchedulingScheme::kLeastLoad;
+  // Load-balanced tasks an engine may hold at once (running + sent); 0 = no limit.
+  std::uint32_t hwm = 2;
+  // Direct tasks sent ahead to an engine; more wait in the controller, where abort reaches them.
+  std::uint32_t direct_window = 64;
+  // Records of finished tasks kept for dependencies (oldest forgotten first).
+  std::size_t finished_records = 1'000'000;
+};
+
+// How a task failed without an engine's reply.
+enum class TaskFailure {
+  kEngineDied,             // its engine died or disconnected
+  kNoSuchEngine,           // a direct target that is not registered
+  kAborted,                // aborted while queued
+  kDependencyFailed,       // an `after`/`follow` task failed (ImpossibleDependency)
+  kDependencyTimeout,      // dependencies not met within `timeout`
+  kUnreachable,            // no engine can ever satisfy the placement constraints
+  kShuttingDown,
+};
+
+struct TaskSpec {
+  std::uint32_t client_id = 0;
+  std::uint64_t request_id = 0;
+  wire::MessageKind kind = wire::MessageKind::kApply;
+  std::uint16_t flags = 0;
+  std::vector<SharedBytes> body;
+  std::optional<EngineId> engine;      // direct: this engine; load-balanced: unset
+  std::vector<EngineId> allowed;       // load-balanced: only these engines (empty: any)
+  std::uint32_t retries = 0;           // load-balanced: resubmissions after an engine death
+  std::vector<TaskId> after;           // run only after these succeeded
+  std::vector<TaskId> follow;          // run where these ran, after they succeeded
+  std::optional<std::chrono::milliseconds> timeout;  // for dependencies to be met
+};
+
+// Where the scheduler's decisions go.
+class SchedulerSink {
+ public:
+  virtual ~SchedulerSink() = default;
+  virtual void dispatch(EngineId engine, TaskId id, const TaskSpec& task) = 0;
+  virtual void fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerOptions options, SchedulerSink& sink, std::uint64_t random_seed);
+
+  void add_engine(EngineId engine);
+  // Fails or requeues what the engine held. Returns how many tasks were affected.
+  std::size_t remove_engine(EngineId engine, const std::string& why);
+
+  // Accepts a task; dispatches, queues or fails it at once. Returns its id.
+  TaskId submit(TaskSpec task, Clock::time_point now);
+  // The engine's reply for `id` arrived. False if the task is not running on that engine
+  // (a late or forged reply), which the caller must ignore.
+  bool finished(TaskId id, EngineId engine, bool success);
+  // Aborts the queued or waiting tasks of `client_id` among `ids`; running ones are left
+  // alone. Returns the number aborted.
+  std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids);
+  // Fails waiting tasks whose dependency timeout passed.
+  void expire(Clock::time_point now);
+  // Fails everything still queued or waiting (controller shutdown).
+  void fail_all(const std::string& why);
+
+  bool is_running_on(TaskId id, EngineId engine) const;
+  std::optional<EngineId> running_engine(TaskId id) const;
+
+  struct EngineLoad {
+    std::size_t queued = 0;   // direct tasks waiting in the controller
+    std::size_t running = 0;  // sent to the engine, not answered
+    std::uint64_t completed = 0;
+  };
+  std::map<EngineId, EngineLoad> queue_status() const;
+  std::size_t unassigned() const { return unassigned_.size() + restricted_.size(); }
+  std::size_t waiting() const { return waiting_.size(); }
+  std::size_t tasks() const { return tasks_.size(); }
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  enum class State { kWaiting, kQueued, kRunning };
+  struct Task {
+    TaskSpec spec;
+    State state = State::kWaiting;
+    std::optional<EngineId> assigned;
+    std::set<EngineId> excluded;   // engines that died running it
+    Clock::time_point deadline = Clock::time_point::max();
+    std::size_t unmet = 0;          // dependencies not yet finished
+  };
+  struct Engine {
+    std::deque<TaskId> direct;      // direct tasks waiting in the controller
+    std::unordered_set<TaskId> running;
+    std::size_t running_balanced = 0;
+    std::uint64_t completed = 0;
+    std::uint64_t last_assigned = 0;  // LRU clock value
+  };
+  struct Record {
+    bool success;
+    EngineId engine;
+  };
+
+  void make_ready(TaskId id, Task& task);
+  void enqueue(TaskId id, Task& task);
+  void pump();                       // sends whatever can be sent now
+  void pump_engine(EngineId engine, Engine& e);
+  bool balanced_room(const Engine& e) const;
+  std::optional<EngineId> place(const Task& task);
+  bool placeable_somewhere(const Task& task) const;
+  bool eligible(EngineId engine, const Task& task) const;
+  void send(EngineId engine, Engine& e, TaskId id, Task& task);
+  void complete(TaskId id, bool success, std::optional<EngineId> engine);
+  void fail_task(TaskId id, TaskFailure why, const std::string& text);
+  void remember(TaskId id, Record record);
+  void resolve_dependents(TaskId id);
+
+  SchedulerOptions options_;
+  SchedulerSink& sink_;
+  std::mt19937_64 random_;
+  TaskId next_id_ = 1;
+  std::uint64_t lru_clock_ = 0;
+
+  std::unordered_map<TaskId, Task> tasks_;  // not finished
+  std::map<EngineId, Engine> engines_;
+  std::deque<TaskId> unassigned_;           // load-balanced, any engine
+  std::deque<TaskId> restricted_;           // load-balanced with allowed/follow/excluded constraints
+  std::unordered_set<TaskId> waiting_;      // dependencies pending
+  std::unordered_map<TaskId, std::vector<TaskId>> dependents_;
+  std::unordered_map<TaskId, Record> records_;
+  std::deque<TaskId> record_order_;
+};
+
+}  // namespace testudo::controller
