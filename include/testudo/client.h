@@ -26,6 +26,19 @@ namespace testudo {
 
 using EngineId = std::uint32_t;
 
+// The target slot of a load-balanced request: the scheduler picks the engine, and the reply
+// names it.
+inline constexpr EngineId kAnyEngine = 0xFFFFFFFFu;
+
+// How the controller schedules a load-balanced request (ipyparallel's task flags).
+struct TaskOptions {
+  std::uint32_t retries = 0;  // run again elsewhere if its engine dies, this many times
+  // How long the dependencies may take to be met; unset: no limit.
+  std::optional<std::chrono::milliseconds> timeout;
+  std::vector<std::uint64_t> after;   // request ids (of this client) that must succeed first
+  std::vector<std::uint64_t> follow;  // ... and where it must run
+};
+
 struct ClientOptions {
   // The controller-client.json to use; default: the one of `profile`.
   std::string connection_file;
@@ -109,6 +122,21 @@ class Client {
   AsyncResult pull_pickled(const std::vector<EngineId>& targets, const std::vector<std::string>& names);
   // [pickle of (f, args, kwargs), out-of-band buffers...].
   AsyncResult apply(const std::vector<EngineId>& targets, std::vector<SharedBytes> pickle_and_buffers);
+
+  // One task the controller's scheduler places on one of `allowed` (empty: any engine).
+  // The result has one reply, whose engine_id says where it ran.
+  AsyncResult apply_balanced(const std::vector<EngineId>& allowed, std::vector<SharedBytes> pickle_and_buffers,
+                             const TaskOptions& options = {});
+  AsyncResult execute_balanced(const std::vector<EngineId>& allowed, std::string_view code,
+                               const TaskOptions& options = {});
+
+  // Aborts this client's requests that are still queued or waiting (running ones go on);
+  // their replies fail with kCancelled. Returns how many tasks were aborted.
+  StatusOr<std::size_t> abort(const std::vector<std::uint64_t>& request_ids);
+  // Raises KeyboardInterrupt in whatever runs on `targets` now. Returns engines reached.
+  StatusOr<std::size_t> interrupt(const std::vector<EngineId>& targets);
+  // Per engine: queued, running and completed tasks; plus unassigned and waiting (JSON).
+  StatusOr<std::string> queue_status();
 
  private:
   Client();

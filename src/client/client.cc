@@ -15,6 +15,7 @@
 #include "crypto/crypto.h"
 #include "net/net.h"
 #include "wire/body.h"
+#include "wire/control.h"
 
 namespace testudo {
 
@@ -37,7 +38,7 @@ struct AsyncResult::State {
       std::lock_guard lock(mutex);
       std::size_t i = 0;
       for (; i < targets.size(); ++i) {
-        if (targets[i] == reply.engine_id && !replies[i]) break;
+        if ((targets[i] == reply.engine_id || targets[i] == kAnyEngine) && !replies[i]) break;
       }
       if (i == targets.size()) return remaining == 0;  // duplicate or unknown: ignore
       replies[i] = std::move(reply);
@@ -121,6 +122,16 @@ EngineReply reply_from_message(wire::Message&& m) {
     case wire::RouteStatus::kNotAllowed:
       r.status = permission_denied(m.envelope.text);
       return r;
+    case wire::RouteStatus::kAborted:
+      r.status = Status(StatusCode::kCancelled, m.envelope.text);
+      return r;
+    case wire::RouteStatus::kDependencyFailed:
+    case wire::RouteStatus::kUnreachable:
+      r.status = failed_precondition(m.envelope.text);
+      return r;
+    case wire::RouteStatus::kDependencyTimeout:
+      r.status = deadline_exceeded(m.envelope.text);
+      return r;
     case wire::RouteStatus::kEngineDied:
     case wire::RouteStatus::kShuttingDown:
     default:
@@ -188,7 +199,10 @@ struct Client::Impl {
       }
       case wire::MessageKind::kEngineListReply:
       case wire::MessageKind::kClusterStatusReply:
-      case wire::MessageKind::kClusterShutdownReply: {
+      case wire::MessageKind::kClusterShutdownReply:
+      case wire::MessageKind::kAbortReply:
+      case wire::MessageKind::kInterruptReply:
+      case wire::MessageKind::kQueueStatusReply: {
         auto it = pending_control.find(m.envelope.request_id);
         if (it == pending_control.end()) return;
         it->second->set_value(m.segments.empty() ? std::string() : m.segments[0].to_string());
@@ -216,37 +230,46 @@ struct Client::Impl {
   }
 
   AsyncResult send_request(wire::MessageKind kind, std::uint16_t flags, const std::vector<EngineId>& targets,
-                           std::vector<SharedBytes> segments) {
+                           std::vector<SharedBytes> segments, std::optional<wire::TaskOptions> balanced = {}) {
     auto state = std::make_shared<AsyncResult::State>();
     state->request_id = next_request++;
-    state->targets = targets;
+    // A load-balanced request has one reply slot, for whichever engine runs it.
+    state->targets = balanced ? std::vector<EngineId>{kAnyEngine} : targets;
+    std::vector<EngineId> allowed = balanced ? targets : std::vector<EngineId>{};
+    std::string text = balanced ? wire::encode_task_options(*balanced) : std::string();
+    if (balanced) flags |= wire::kLoadBalanced;
     state->replies.resize(targets.size());
     state->remaining = targets.size();
     if (targets.empty()) return AsyncResult(state);
-    loop.post([this, state, kind, flags, segments = std::move(segments)]() mutable {
+    loop.post([this, state, kind, flags, segments = std::move(segments), balanced = balanced.has_value(),
+               allowed = std::move(allowed), text = std::move(text)]() mutable {
       if (!connection) return state->fail_all(lost_reason);
       pending[state->request_id] = state;
       wire::Message m;
       m.envelope.kind = kind;
       m.envelope.flags = flags;
       m.envelope.request_id = state->request_id;
-      m.envelope.targets = state->targets;
+      m.envelope.targets = balanced ? std::move(allowed) : state->targets;
+      m.envelope.text = std::move(text);
       m.segments = std::move(segments);
       connection->send(std::move(m));
     });
     return AsyncResult(state);
   }
 
-  StatusOr<std::string> control(wire::MessageKind kind) {
+  StatusOr<std::string> control(wire::MessageKind kind, std::vector<EngineId> targets = {},
+                                std::vector<SharedBytes> segments = {}) {
     auto promise = std::make_shared<std::promise<StatusOr<std::string>>>();
     auto future = promise->get_future();
     std::uint64_t id = next_request++;
-    loop.post([this, promise, kind, id] {
+    loop.post([this, promise, kind, id, targets = std::move(targets), segments = std::move(segments)]() mutable {
       if (!connection) return promise->set_value(lost_reason);
       pending_control[id] = promise;
       wire::Message m;
       m.envelope.kind = kind;
       m.envelope.request_id = id;
+      m.envelope.targets = std::move(targets);
+      m.segments = std::move(segments);
       connection->send(std::move(m));
     });
     if (future.wait_for(options.request_timeout) != std::future_status::ready) {
@@ -350,5 +373,45 @@ AsyncResult Client::pull_pickled(const std::vector<EngineId>& targets, const std
 AsyncResult Client::apply(const std::vector<EngineId>& targets, std::vector<SharedBytes> segments) {
   return impl_->send_request(wire::MessageKind::kApply, 0, targets, std::move(segments));
 }
+
+namespace {
+
+wire::TaskOptions to_wire(const TaskOptions& o) {
+  wire::TaskOptions w;
+  w.retries = o.retries;
+  if (o.timeout) w.timeout_ms = static_cast<std::uint32_t>(std::max<long long>(1, o.timeout->count()));
+  w.after = o.after;
+  w.follow = o.follow;
+  return w;
+}
+
+StatusOr<std::size_t> count_from(const StatusOr<std::string>& reply, const char* key) {
+  if (!reply.ok()) return reply.status();
+  auto j = nlohmann::json::parse(*reply, nullptr, false);
+  if (j.is_discarded() || !j.contains(key) || !j[key].is_number_unsigned()) return data_loss("malformed reply");
+  return j[key].get<std::size_t>();
+}
+
+}  // namespace
+
+AsyncResult Client::apply_balanced(const std::vector<EngineId>& allowed, std::vector<SharedBytes> segments,
+                                   const TaskOptions& options) {
+  return impl_->send_request(wire::MessageKind::kApply, 0, allowed, std::move(segments), to_wire(options));
+}
+
+AsyncResult Client::execute_balanced(const std::vector<EngineId>& allowed, std::string_view code,
+                                     const TaskOptions& options) {
+  return impl_->send_request(wire::MessageKind::kExecute, 0, allowed, {SharedBytes::copy_of(code)}, to_wire(options));
+}
+
+StatusOr<std::size_t> Client::abort(const std::vector<std::uint64_t>& request_ids) {
+  return count_from(impl_->control(wire::MessageKind::kAbort, {}, {wire::encode_ids(request_ids)}), "aborted");
+}
+
+StatusOr<std::size_t> Client::interrupt(const std::vector<EngineId>& targets) {
+  return count_from(impl_->control(wire::MessageKind::kInterrupt, targets), "interrupted");
+}
+
+StatusOr<std::string> Client::queue_status() { return impl_->control(wire::MessageKind::kQueueStatus); }
 
 }  // namespace testudo

@@ -3,21 +3,38 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
+#include "wire/control.h"
 
 namespace testudo::controller {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using wire::MessageKind;
+
+wire::RouteStatus route_status(TaskFailure why) {
+  switch (why) {
+    case TaskFailure::kEngineDied: return wire::RouteStatus::kEngineDied;
+    case TaskFailure::kNoSuchEngine: return wire::RouteStatus::kNoSuchEngine;
+    case TaskFailure::kAborted: return wire::RouteStatus::kAborted;
+    case TaskFailure::kDependencyFailed: return wire::RouteStatus::kDependencyFailed;
+    case TaskFailure::kDependencyTimeout: return wire::RouteStatus::kDependencyTimeout;
+    case TaskFailure::kUnreachable: return wire::RouteStatus::kUnreachable;
+    case TaskFailure::kShuttingDown: return wire::RouteStatus::kShuttingDown;
+  }
+  return wire::RouteStatus::kEngineDied;
+}
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 }  // namespace
 
 Hub::Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stopped)
-    : loop_(loop), options_(std::move(options)), on_stopped_(std::move(on_stopped)) {
+    : loop_(loop),
+      options_(std::move(options)),
+      on_stopped_(std::move(on_stopped)),
+      scheduler_(options_.scheduler, *this, std::random_device{}()) {
   auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
   heartbeat_sweep_ = loop_.every(period, [this] { sweep_heartbeats(); });
+  expiry_ = loop_.every(std::chrono::milliseconds(100), [this] { scheduler_.expire(Clock::now()); });
 }
 
 Hub::~Hub() {
@@ -100,6 +117,12 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
     }
     case MessageKind::kClusterStatus:
       return send_control_reply(peer, MessageKind::kClusterStatusReply, m.envelope, status_json());
+    case MessageKind::kQueueStatus:
+      return send_control_reply(peer, MessageKind::kQueueStatusReply, m.envelope, queue_status_json());
+    case MessageKind::kAbort:
+      return abort_requests(peer, m);
+    case MessageKind::kInterrupt:
+      return interrupt_engines(peer, m);
     case MessageKind::kClusterShutdown:
       LOG_INFO("hub") << "shutdown requested by client " << peer.id << " (" << peer.connection->peer_address() << ")";
       send_control_reply(peer, MessageKind::kClusterShutdownReply, m.envelope, "{}");
@@ -142,6 +165,7 @@ void Hub::admit(Peer& peer, wire::Role role, const std::string& instance) {
     engines_[id] = &peer;
     welcome.envelope.engine_id = id;
     peer.id = id;
+    scheduler_.add_engine(id);
   } else {
     peer.id = next_client_id_++;
     clients_[peer.id] = &peer;
@@ -172,56 +196,134 @@ void Hub::reject(Peer& peer, const std::string& reason) {
 
 void Hub::route_request(Peer& client, wire::Message&& m) {
   const wire::Envelope& req = m.envelope;
+  const bool balanced = (req.flags & wire::kLoadBalanced) != 0;
   if (stopping_) {
-    for (std::uint32_t target : req.targets) {
+    for (std::uint32_t target : balanced ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
       reply_error(client.id, req.request_id, target, wire::RouteStatus::kShuttingDown, "controller is shutting down");
     }
     return;
   }
-  for (std::uint32_t target : req.targets) {
-    auto engine = engines_.find(target);
-    if (engine == engines_.end()) {
-      reply_error(client.id, req.request_id, target, wire::RouteStatus::kNoSuchEngine,
-                  "no engine with id " + std::to_string(target));
+  TaskSpec spec;
+  spec.client_id = client.id;
+  spec.request_id = req.request_id;
+  spec.kind = req.kind;
+  spec.flags = static_cast<std::uint16_t>(req.flags & ~wire::kLoadBalanced);
+  spec.body = std::move(m.segments);  // shared by every task of this request, not copied
+  std::vector<TaskId>& ids = requests_[{client.id, req.request_id}];
+  const auto now = Clock::now();
+  if (!balanced) {
+    for (std::uint32_t target : req.targets) {
+      TaskSpec one = spec;
+      one.engine = target;
+      ids.push_back(scheduler_.submit(std::move(one), now));
+    }
+    return;
+  }
+  auto options = wire::decode_task_options(req.text);
+  if (!options.ok()) return reject(client, options.status().message());
+  spec.allowed = req.targets;
+  spec.retries = options->retries;
+  if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
+  spec.after = tasks_of(client.id, options->after);
+  spec.follow = tasks_of(client.id, options->follow);
+  ids.push_back(scheduler_.submit(std::move(spec), now));
+}
+
+std::vector<TaskId> Hub::tasks_of(std::uint32_t client_id, const std::vector<std::uint64_t>& request_ids) const {
+  std::vector<TaskId> out;
+  for (std::uint64_t r : request_ids) {
+    auto it = requests_.find({client_id, r});
+    // An unknown request id becomes a task id that cannot exist: the dependency fails clearly.
+    if (it == requests_.end()) {
+      out.push_back(0);
       continue;
     }
-    std::uint64_t task_id = next_task_id_++;
-    tasks_.emplace(task_id, Task{client.id, req.request_id, target});
-    engine->second->in_flight.insert(task_id);
-    wire::Message forward;
-    forward.envelope.kind = req.kind;
-    forward.envelope.flags = req.flags;
-    forward.envelope.task_id = task_id;
-    forward.envelope.client_id = client.id;
-    forward.envelope.engine_id = target;
-    forward.segments = m.segments;  // shared, not copied
-    engine->second->connection->send(std::move(forward));
+    out.insert(out.end(), it->second.begin(), it->second.end());
   }
+  return out;
+}
+
+void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
+  auto e = engines_.find(engine);
+  if (e == engines_.end()) return;  // cannot happen: the scheduler only knows live engines
+  wire::Message forward;
+  forward.envelope.kind = task.kind;
+  forward.envelope.flags = task.flags;
+  forward.envelope.task_id = id;
+  forward.envelope.client_id = task.client_id;
+  forward.envelope.engine_id = engine;
+  forward.segments = task.body;  // shared, not copied
+  e->second->connection->send(std::move(forward));
+}
+
+void Hub::fail(TaskId, const TaskSpec& task, TaskFailure why, const std::string& text) {
+  std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
+  reply_error(task.client_id, task.request_id, engine, route_status(why), text);
 }
 
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
-  auto it = tasks_.find(m.envelope.task_id);
-  // T8: an engine may only answer tasks routed to it.
-  if (it == tasks_.end() || it->second.engine_id != engine.id) {
+  const bool success = (m.envelope.flags & wire::kTaskFailed) == 0;
+  // T8: an engine may only answer tasks running on it; anything else is ignored.
+  auto task = scheduler_.finished(m.envelope.task_id, engine.id, success);
+  if (!task) {
     LOG_WARN("hub") << "engine " << engine.id << " replied to task " << m.envelope.task_id
                     << " it does not hold; ignored";
     return;
   }
-  Task task = it->second;
-  tasks_.erase(it);
-  engine.in_flight.erase(m.envelope.task_id);
   ++engine.tasks_done;
   ++tasks_completed_;
-  auto client = clients_.find(task.client_id);
+  auto client = clients_.find(task->client_id);
   if (client == clients_.end()) return;  // the client left; keeping results is the task store's job
   wire::Message reply;
   reply.envelope.kind = MessageKind::kTaskReply;
   reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kOk);
-  reply.envelope.request_id = task.request_id;
+  reply.envelope.request_id = task->request_id;
+  reply.envelope.task_id = m.envelope.task_id;
   reply.envelope.engine_id = engine.id;
-  reply.envelope.client_id = task.client_id;
+  reply.envelope.client_id = task->client_id;
   reply.segments = std::move(m.segments);
   client->second->connection->send(std::move(reply));
+}
+
+void Hub::abort_requests(Peer& client, const wire::Message& m) {
+  auto request_ids = m.segments.empty() ? StatusOr<std::vector<std::uint64_t>>(std::vector<std::uint64_t>{})
+                                        : wire::decode_ids(m.segments[0]);
+  if (!request_ids.ok()) return reject(client, request_ids.status().message());
+  std::vector<TaskId> ids;
+  for (TaskId id : tasks_of(client.id, *request_ids)) {
+    if (id != 0) ids.push_back(id);
+  }
+  std::size_t aborted = scheduler_.abort(client.id, ids);
+  send_control_reply(client, MessageKind::kAbortReply, m.envelope,
+                     nlohmann::json{{"aborted", aborted}}.dump());
+}
+
+void Hub::interrupt_engines(Peer& client, const wire::Message& m) {
+  std::size_t sent = 0;
+  for (std::uint32_t target : m.envelope.targets) {
+    auto e = engines_.find(target);
+    if (e == engines_.end()) continue;
+    wire::Message interrupt;
+    interrupt.envelope.kind = MessageKind::kEngineInterrupt;
+    interrupt.envelope.engine_id = target;
+    e->second->connection->send(std::move(interrupt));
+    ++sent;
+  }
+  LOG_INFO("hub") << "client " << client.id << " interrupted " << sent << " engine(s)";
+  send_control_reply(client, MessageKind::kInterruptReply, m.envelope, nlohmann::json{{"interrupted", sent}}.dump());
+}
+
+std::string Hub::queue_status_json() const {
+  nlohmann::json engines = nlohmann::json::object();
+  for (const auto& [id, load] : scheduler_.queue_status()) {
+    engines[std::to_string(id)] = {{"queue", load.queued}, {"tasks", load.running}, {"completed", load.completed}};
+  }
+  return nlohmann::json{{"engines", engines},
+                        {"unassigned", scheduler_.unassigned()},
+                        {"waiting", scheduler_.waiting()},
+                        {"scheme", std::string(scheme_name(scheduler_.options().scheme))},
+                        {"hwm", scheduler_.options().hwm}}
+      .dump();
 }
 
 void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
@@ -252,14 +354,14 @@ std::string Hub::status_json() const {
   for (const auto& [id, p] : engines_) {
     engines.push_back({{"id", id},
                        {"address", p->connection->peer_address()},
-                       {"in_flight", p->in_flight.size()},
+                       {"in_flight", scheduler_.queue_status()[id].running},
                        {"tasks_done", p->tasks_done},
                        {"connected_s", seconds_since(p->connected_at)},
                        {"last_heartbeat_s", seconds_since(p->last_seen)}});
   }
   return nlohmann::json{{"engines", engines},
                         {"clients", clients_.size()},
-                        {"tasks_in_flight", tasks_.size()},
+                        {"tasks_in_flight", scheduler_.tasks()},
                         {"tasks_completed", tasks_completed_},
                         {"connections_rejected", rejected_},
                         {"uptime_s", seconds_since(started_at_)}}
@@ -272,18 +374,16 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
   Peer& peer = *it->second;
   if (peer.authenticated && peer.role == wire::Role::kEngine) {
     engines_.erase(peer.id);
-    LOG_WARN("hub") << "engine " << peer.id << " disconnected (" << reason.message() << "); failing "
-                    << peer.in_flight.size() << " task(s)";
-    for (std::uint64_t task_id : peer.in_flight) {
-      auto t = tasks_.find(task_id);
-      if (t == tasks_.end()) continue;
-      reply_error(t->second.client_id, t->second.request_id, peer.id, wire::RouteStatus::kEngineDied,
-                  "engine " + std::to_string(peer.id) + " died or disconnected while running this task (" +
-                      reason.message() + ")");
-      tasks_.erase(t);
-    }
+    std::size_t affected = scheduler_.remove_engine(
+        peer.id, "engine " + std::to_string(peer.id) + " died or disconnected while running this task (" +
+                     reason.message() + ")");
+    LOG_WARN("hub") << "engine " << peer.id << " disconnected (" << reason.message() << "); " << affected
+                    << " task(s) failed or resubmitted";
   } else if (peer.authenticated) {
     clients_.erase(peer.id);
+    for (auto r = requests_.lower_bound({peer.id, 0}); r != requests_.end() && r->first.first == peer.id;) {
+      r = requests_.erase(r);
+    }
     LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
   } else {
     --unauthenticated_count_;
@@ -314,6 +414,7 @@ void Hub::shutdown(const std::string& why) {
   if (stopping_) return;
   stopping_ = true;
   LOG_INFO("hub") << "shutting down: " << why;
+  scheduler_.fail_all("controller shutting down: " + why);
   for (auto& [serial, p] : peers_) {
     if (p->authenticated && p->role == wire::Role::kEngine) {
       wire::Message bye;

@@ -16,6 +16,7 @@
 #include <unordered_set>
 
 #include "auth/capability.h"
+#include "controller/scheduler.h"
 #include "net/net.h"
 
 namespace testudo::controller {
@@ -31,9 +32,10 @@ struct HubOptions {
   std::size_t max_unauthenticated = 256;
   // Limits for authenticated peers.
   wire::Limits limits;
+  SchedulerOptions scheduler;
 };
 
-class Hub {
+class Hub : private SchedulerSink {
  public:
   // `on_stopped` runs once, on the loop's thread, when shutdown has finished.
   Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stopped);
@@ -57,13 +59,7 @@ class Hub {
     std::chrono::steady_clock::time_point connected_at;
     std::chrono::steady_clock::time_point last_seen;
     std::unique_ptr<net::Timer> hello_deadline;
-    std::unordered_set<std::uint64_t> in_flight;  // engines: task ids routed to it
     std::uint64_t tasks_done = 0;
-  };
-  struct Task {
-    std::uint32_t client_id;
-    std::uint64_t request_id;
-    std::uint32_t engine_id;
   };
 
   void drop_oldest_unauthenticated_if_full();
@@ -75,8 +71,17 @@ class Hub {
 
   void route_request(Peer& client, wire::Message&& message);
   void route_reply(Peer& engine, wire::Message&& message);
+  void abort_requests(Peer& client, const wire::Message& message);
+  void interrupt_engines(Peer& client, const wire::Message& message);
+  std::string queue_status_json() const;
+  // Task ids of `client_id`'s earlier requests (for dependencies and abort).
+  std::vector<TaskId> tasks_of(std::uint32_t client_id, const std::vector<std::uint64_t>& request_ids) const;
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
                    wire::RouteStatus status, const std::string& text);
+
+  // SchedulerSink
+  void dispatch(EngineId engine, TaskId id, const TaskSpec& task) override;
+  void fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) override;
   void send_control_reply(Peer& client, wire::MessageKind kind, const wire::Envelope& request, std::string json);
   std::string status_json() const;
   void sweep_heartbeats();
@@ -90,7 +95,6 @@ class Hub {
   std::uint64_t next_serial_ = 1;
   std::uint32_t next_engine_id_ = 0;
   std::uint32_t next_client_id_ = 1;
-  std::uint64_t next_task_id_ = 1;
   std::uint64_t tasks_completed_ = 0;
   std::uint64_t rejected_ = 0;
 
@@ -98,7 +102,10 @@ class Hub {
   std::map<std::uint32_t, Peer*> engines_;                           // registered, by engine id
   std::unordered_map<std::uint32_t, Peer*> clients_;                 // by client id
   std::unordered_map<std::string, std::uint32_t> engine_id_by_instance_;
-  std::unordered_map<std::uint64_t, Task> tasks_;                    // in flight, by task id
+  Scheduler scheduler_;
+  // (client id, request id) -> its tasks, for dependencies and abort; dropped with the client.
+  std::map<std::pair<std::uint32_t, std::uint64_t>, std::vector<TaskId>> requests_;
+  std::unique_ptr<net::Timer> expiry_;
   std::deque<std::uint64_t> unauthenticated_;  // serials in arrival order (may hold stale ones)
   std::size_t unauthenticated_count_ = 0;      // peers not yet authenticated and not closed
 

@@ -261,18 +261,19 @@ void Scheduler::pump() {
   }
 }
 
-bool Scheduler::finished(TaskId id, EngineId engine, bool success) {
+std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool success) {
   auto t = tasks_.find(id);
-  if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return false;
+  if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return std::nullopt;
   auto e = engines_.find(engine);
   if (e != engines_.end()) {
     e->second.running.erase(id);
     if (!t->second.spec.engine) --e->second.running_balanced;
     ++e->second.completed;
   }
+  TaskSpec spec = std::move(t->second.spec);
   complete(id, success, engine);
   pump();
-  return true;
+  return spec;
 }
 
 void Scheduler::complete(TaskId id, bool success, std::optional<EngineId> engine) {

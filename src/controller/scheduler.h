@@ -95,9 +95,9 @@ class Scheduler {
 
   // Accepts a task; dispatches, queues or fails it at once. Returns its id.
   TaskId submit(TaskSpec task, Clock::time_point now);
-  // The engine's reply for `id` arrived. False if the task is not running on that engine
-  // (a late or forged reply), which the caller must ignore.
-  bool finished(TaskId id, EngineId engine, bool success);
+  // The engine's reply for `id` arrived. Returns the task (for routing its reply), or nothing
+  // if it is not running on that engine (a late or forged reply, to be ignored).
+  std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success);
   // Aborts the queued or waiting tasks of `client_id` among `ids`; running ones are left
   // alone. Returns the number aborted.
   std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids);

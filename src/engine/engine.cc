@@ -94,6 +94,12 @@ struct Engine::Impl {
   std::condition_variable ready;
   std::deque<Work> work;  // guarded by mutex
 
+  // The task the Python thread runs now (0: none). The network thread interrupts only while
+  // it is set, under the lock, so an interrupt never lands on a later task (and one that
+  // arrives as a task ends is cleared by the runtime before the next one starts).
+  std::mutex running_mutex;
+  std::uint64_t running_task = 0;  // guarded by running_mutex
+
   void push_work(Work w) {
     {
       std::lock_guard lock(mutex);
@@ -149,6 +155,14 @@ struct Engine::Impl {
       case MessageKind::kEngineShutdown:
         LOG_INFO("engine") << "controller asked this engine to shut down";
         return stop(ok_status());
+      case MessageKind::kEngineInterrupt: {
+        std::lock_guard lock(running_mutex);
+        if (running_task != 0) {
+          LOG_INFO("engine") << "interrupting task " << running_task;
+          runtime->interrupt();
+        }
+        return;
+      }
       case MessageKind::kExecute:
       case MessageKind::kPush:
       case MessageKind::kPull:
@@ -233,7 +247,15 @@ struct Engine::Impl {
       auto& m = std::get<wire::Message>(w);
       wire::ReplyMeta meta;
       meta.started_us = now_us();
+      {
+        std::lock_guard lock(running_mutex);
+        running_task = m.envelope.task_id;
+      }
       TaskOutcome out = run_request(*runtime, m);
+      {
+        std::lock_guard lock(running_mutex);
+        running_task = 0;
+      }
       meta.completed_us = now_us();
       meta.ok = out.ok;
       meta.ename = std::move(out.ename);
@@ -243,6 +265,7 @@ struct Engine::Impl {
       reply.envelope.kind = MessageKind::kTaskReply;
       reply.envelope.task_id = m.envelope.task_id;
       reply.envelope.engine_id = m.envelope.engine_id;
+      if (!meta.ok) reply.envelope.flags = wire::kTaskFailed;
       reply.segments.reserve(wire::kReplyFixedSegments + out.value_segments.size());
       reply.segments.push_back(wire::encode_reply_meta(meta));
       reply.segments.push_back(SharedBytes::copy_of(out.stdout_text));

@@ -13,6 +13,7 @@
 #include <pybind11/embed.h>
 #include <pybind11/pybind11.h>
 
+#include <csignal>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -170,6 +171,8 @@ struct PythonRuntime::Impl {
     Gil gil(*this);
     try {
       releases->drain();
+      // An interrupt meant for an earlier task must not hit this one.
+      if (PyErr_CheckSignals() < 0) PyErr_Clear();
       py::object fn = py::reinterpret_borrow<py::object>(helper).attr(function);
       py::object result = fn(argument());
       return to_outcome(result, releases);
@@ -232,6 +235,10 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
     builtins.attr("exec")(code, helper.attr("__dict__"));
     py::module_::import("sys").attr("modules")["_testudo_engine"] = helper;
 
+    // Interrupts (PyErr_SetInterruptEx) become KeyboardInterrupt in user code. Set here, on the
+    // main thread; the engine's own signal handling is asio's (SIGTERM, SIGINT to the process).
+    py::module_ signal = py::module_::import("signal");
+    signal.attr("signal")(signal.attr("SIGINT"), signal.attr("default_int_handler"));
     py::object ns = py::module_::import("__main__").attr("__dict__");
     helper.attr("_init")(ns, options.engine_id);
     impl.helper = helper.release().ptr();
@@ -298,6 +305,8 @@ TaskOutcome PythonRuntime::pull_repr(const std::vector<std::string>& names) {
 TaskOutcome PythonRuntime::apply(std::span<const SharedBytes> segments) {
   return impl_->call("apply", [&] { return to_segment_list(segments); });
 }
+
+void PythonRuntime::interrupt() { PyErr_SetInterruptEx(SIGINT); }
 
 void PythonRuntime::release_sent_buffers() {
   Impl::Gil gil(*impl_);

@@ -82,6 +82,10 @@ class PythonRuntime {
 
   void set_engine_id(int engine_id);
 
+  // Raises KeyboardInterrupt in the user code running now, as SIGINT would. Thread-safe and
+  // callable without the GIL. If nothing runs, the next call clears it before user code.
+  void interrupt();
+
   // Releases the Python buffers of sent results (see on_buffers_to_release). Also done at
   // the start of every call.
   void release_sent_buffers();

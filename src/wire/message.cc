@@ -29,6 +29,13 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kClusterStatusReply:
     case MessageKind::kClusterShutdownReply:
     case MessageKind::kEngineShutdown:
+    case MessageKind::kAbort:
+    case MessageKind::kInterrupt:
+    case MessageKind::kQueueStatus:
+    case MessageKind::kAbortReply:
+    case MessageKind::kInterruptReply:
+    case MessageKind::kQueueStatusReply:
+    case MessageKind::kEngineInterrupt:
       return true;
   }
   return false;
@@ -100,6 +107,13 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kClusterStatusReply: return "cluster-status-reply";
     case MessageKind::kClusterShutdownReply: return "cluster-shutdown-reply";
     case MessageKind::kEngineShutdown: return "engine-shutdown";
+    case MessageKind::kAbort: return "abort";
+    case MessageKind::kInterrupt: return "interrupt";
+    case MessageKind::kQueueStatus: return "queue-status";
+    case MessageKind::kAbortReply: return "abort-reply";
+    case MessageKind::kInterruptReply: return "interrupt-reply";
+    case MessageKind::kQueueStatusReply: return "queue-status-reply";
+    case MessageKind::kEngineInterrupt: return "engine-interrupt";
   }
   return "unknown";
 }
@@ -174,6 +188,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
       switch (kind) {
         case K::kHeartbeat: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:
         case K::kEngineList: case K::kClusterStatus: case K::kClusterShutdown:
+        case K::kAbort: case K::kInterrupt: case K::kQueueStatus:
           return true;
         default:
           return false;
@@ -185,6 +200,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kHeartbeatAck: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:
         case K::kTaskReply: case K::kEngineListReply: case K::kClusterStatusReply:
         case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
+        case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
           return true;
         default:
           return false;

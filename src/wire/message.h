@@ -87,11 +87,30 @@ enum class MessageKind : std::uint16_t {
   kClusterShutdownReply = 43,
 
   kEngineShutdown = 50,  // controller -> engine: finish and exit
+
+  // Task lifecycle: client -> controller.
+  kAbort = 60,        // segments: [request ids to abort, u64 each]; reply kAbortReply
+  kInterrupt = 61,    // targets: engines whose running task to interrupt (SIGINT into Python)
+  kQueueStatus = 62,  // reply kQueueStatusReply: [JSON]
+  kAbortReply = 63,
+  kInterruptReply = 64,
+  kQueueStatusReply = 65,
+  // controller -> engine: raise KeyboardInterrupt in the task `task_id` if it is running.
+  kEngineInterrupt = 66,
 };
 std::string_view kind_name(MessageKind kind);
 
 // kExecute flag: send back the repr of a trailing expression's value.
 inline constexpr std::uint16_t kExecuteDisplayResult = 1;
+// Request flag (client -> controller, any task kind): one task that the scheduler places on
+// one of `targets` (empty: any engine); Envelope::text carries the TaskOptions. The
+// controller clears it before forwarding.
+inline constexpr std::uint16_t kLoadBalanced = 0x8000;
+// kTaskReply flag (engine -> controller): the user code raised. Lets the scheduler resolve
+// dependencies without reading the body.
+inline constexpr std::uint16_t kTaskFailed = 0x8000;
+// The engine id of a load-balanced request's reply slot before an engine is known.
+inline constexpr std::uint32_t kAnyEngine = 0xFFFFFFFFu;
 
 // Value encodings for push/pull, in Envelope::flags.
 enum class ValueFormat : std::uint16_t { kPickle = 0, kLiteral = 1 };
@@ -105,6 +124,10 @@ enum class RouteStatus : std::uint16_t {
   kEngineDied = 2,
   kNotAllowed = 3,
   kShuttingDown = 4,
+  kAborted = 5,
+  kDependencyFailed = 6,   // ipyparallel's ImpossibleDependency
+  kDependencyTimeout = 7,
+  kUnreachable = 8,        // no engine may run it (allowed set, follow)
 };
 
 struct Envelope {

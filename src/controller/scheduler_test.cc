@@ -1,0 +1,292 @@
+#include "controller/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+namespace testudo::controller {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Event {
+  bool dispatched;
+  TaskId id;
+  EngineId engine;      // dispatch target
+  TaskFailure failure;  // when !dispatched
+  std::string text;
+};
+
+class RecordingSink : public SchedulerSink {
+ public:
+  void dispatch(EngineId engine, TaskId id, const TaskSpec&) override { events.push_back({true, id, engine, {}, ""}); }
+  void fail(TaskId id, const TaskSpec&, TaskFailure why, const std::string& text) override {
+    events.push_back({false, id, 0, why, text});
+  }
+  std::vector<Event> take() { return std::exchange(events, {}); }
+  std::map<EngineId, int> per_engine(const std::vector<Event>& ev) {
+    std::map<EngineId, int> out;
+    for (const auto& e : ev) {
+      if (e.dispatched) ++out[e.engine];
+    }
+    return out;
+  }
+  std::vector<Event> events;
+};
+
+TaskSpec balanced() { return TaskSpec{}; }
+TaskSpec direct(EngineId engine) {
+  TaskSpec t;
+  t.engine = engine;
+  return t;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  Scheduler make(SchedulerOptions o = {}) { return Scheduler(o, sink, 42); }
+  RecordingSink sink;
+  Clock::time_point now = Clock::now();
+};
+
+TEST_F(SchedulerTest, LeastLoadSpreadsWorkAndRespectsTheHighWaterMark) {
+  SchedulerOptions o;
+  o.hwm = 2;
+  auto s = make(o);
+  for (EngineId e : {0u, 1u, 2u}) s.add_engine(e);
+  std::vector<TaskId> ids;
+  for (int i = 0; i < 9; ++i) ids.push_back(s.submit(balanced(), now));
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 6u);  // 3 engines x hwm 2; 3 wait in the controller
+  EXPECT_EQ(sink.per_engine(ev), (std::map<EngineId, int>{{0, 2}, {1, 2}, {2, 2}}));
+  EXPECT_EQ(s.unassigned(), 3u);
+  // A reply makes room on that engine, and the next queued task (FIFO) goes there.
+  ASSERT_TRUE(s.finished(ev[0].id, ev[0].engine, true));
+  auto next = sink.take();
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].engine, ev[0].engine);
+  EXPECT_EQ(next[0].id, ids[6]);
+}
+
+TEST_F(SchedulerTest, EverySchemePlacesOnlyWhereAllowedAndWithRoom) {
+  for (const char* name : {"leastload", "lru", "twobin", "weighted", "random"}) {
+    SchedulerOptions o;
+    o.scheme = *parse_scheme(name);
+    o.hwm = 1;
+    auto s = make(o);
+    for (EngineId e : {0u, 1u, 2u, 3u}) s.add_engine(e);
+    TaskSpec t = balanced();
+    t.allowed = {1, 3};
+    s.submit(t, now);
+    s.submit(t, now);
+    s.submit(t, now);  // both allowed engines are full: waits
+    auto ev = sink.take();
+    ASSERT_EQ(ev.size(), 2u) << name;
+    EXPECT_EQ(sink.per_engine(ev), (std::map<EngineId, int>{{1, 1}, {3, 1}})) << name;
+    EXPECT_EQ(s.unassigned(), 1u) << name;
+  }
+  EXPECT_FALSE(parse_scheme("fastest").has_value());
+}
+
+TEST_F(SchedulerTest, LruRotatesThroughEngines) {
+  SchedulerOptions o;
+  o.scheme = SchedulingScheme::kLru;
+  o.hwm = 0;
+  auto s = make(o);
+  for (EngineId e : {0u, 1u, 2u}) s.add_engine(e);
+  for (int i = 0; i < 6; ++i) s.submit(balanced(), now);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 6u);
+  std::vector<EngineId> order;
+  for (auto& e : ev) order.push_back(e.engine);
+  EXPECT_EQ(order, (std::vector<EngineId>{0, 1, 2, 0, 1, 2}));
+}
+
+TEST_F(SchedulerTest, DirectTasksGoToTheirEngineWithinTheWindow) {
+  SchedulerOptions o;
+  o.direct_window = 2;
+  auto s = make(o);
+  s.add_engine(5);
+  TaskId a = s.submit(direct(5), now);
+  s.submit(direct(5), now);
+  TaskId c = s.submit(direct(5), now);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(s.queue_status().at(5).queued, 1u);
+  ASSERT_TRUE(s.finished(a, 5, true));
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, c);
+  // An unknown engine fails at once.
+  TaskId d = s.submit(direct(9), now);
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, d);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kNoSuchEngine);
+}
+
+TEST_F(SchedulerTest, RepliesFromTheWrongEngineAreRefused) {
+  auto s = make();
+  s.add_engine(0);
+  s.add_engine(1);
+  TaskId id = s.submit(direct(0), now);
+  sink.take();
+  EXPECT_FALSE(s.finished(id, 1, true));   // T8: engine 1 cannot answer engine 0's task
+  EXPECT_TRUE(s.finished(id, 0, true));
+  EXPECT_FALSE(s.finished(id, 0, true));   // nor can a reply arrive twice
+}
+
+TEST_F(SchedulerTest, EngineDeathRetriesBalancedTasksElsewhereAndFailsTheRest) {
+  SchedulerOptions o;
+  o.hwm = 1;
+  auto s = make(o);
+  s.add_engine(0);
+  TaskSpec retried = balanced();
+  retried.retries = 1;
+  TaskId r = s.submit(retried, now);
+  TaskId d = s.submit(direct(0), now);
+  TaskId plain = s.submit(balanced(), now);  // waits: hwm 1
+  sink.take();
+  s.add_engine(1);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, plain);
+  EXPECT_EQ(ev[0].engine, 1u);
+
+  EXPECT_EQ(s.remove_engine(0, "engine 0 died"), 2u);
+  ev = sink.take();
+  // The direct task fails; the retried one waits for room on engine 1 (busy with `plain`).
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, d);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kEngineDied);
+  ASSERT_TRUE(s.finished(plain, 1, true));
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, r);
+  EXPECT_EQ(ev[0].engine, 1u);
+  // No retries left: the next death fails it.
+  s.remove_engine(1, "engine 1 died");
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kEngineDied);
+}
+
+TEST_F(SchedulerTest, AfterWaitsForSuccessAndFailsOnFailure) {
+  auto s = make();
+  s.add_engine(0);
+  TaskId first = s.submit(balanced(), now);
+  sink.take();
+  TaskSpec later = balanced();
+  later.after = {first};
+  TaskId second = s.submit(later, now);
+  EXPECT_TRUE(sink.take().empty());
+  EXPECT_EQ(s.waiting(), 1u);
+  ASSERT_TRUE(s.finished(first, 0, true));
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, second);
+
+  TaskId failing = s.submit(balanced(), now);
+  sink.take();
+  TaskSpec dependent = balanced();
+  dependent.after = {failing};
+  TaskId doomed = s.submit(dependent, now);
+  ASSERT_TRUE(s.finished(failing, 0, false));
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, doomed);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kDependencyFailed);
+  // Depending on an already failed task fails at submission.
+  TaskId immediate = s.submit(dependent, now);
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, immediate);
+}
+
+TEST_F(SchedulerTest, FollowRunsWhereTheFollowedTaskRan) {
+  SchedulerOptions o;
+  o.hwm = 0;
+  auto s = make(o);
+  for (EngineId e : {0u, 1u, 2u}) s.add_engine(e);
+  s.submit(balanced(), now);
+  TaskId leader = s.submit(balanced(), now);
+  auto ev = sink.take();
+  EngineId where = ev[1].engine;
+  TaskSpec follower = balanced();
+  follower.follow = {leader};
+  s.submit(follower, now);
+  s.submit(follower, now);
+  EXPECT_TRUE(sink.take().empty());
+  ASSERT_TRUE(s.finished(leader, where, true));
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].engine, where);
+  EXPECT_EQ(ev[1].engine, where);
+}
+
+TEST_F(SchedulerTest, DependencyTimeoutFailsTheWaitingTask) {
+  auto s = make();
+  s.add_engine(0);
+  TaskId slow = s.submit(balanced(), now);
+  sink.take();
+  TaskSpec t = balanced();
+  t.after = {slow};
+  t.timeout = 500ms;
+  TaskId waiting = s.submit(t, now);
+  s.expire(now + 100ms);
+  EXPECT_TRUE(sink.take().empty());
+  s.expire(now + 600ms);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, waiting);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kDependencyTimeout);
+}
+
+TEST_F(SchedulerTest, AbortReachesQueuedTasksOfThatClientOnly) {
+  SchedulerOptions o;
+  o.hwm = 1;
+  auto s = make(o);
+  s.add_engine(0);
+  TaskSpec mine = balanced();
+  mine.client_id = 7;
+  TaskSpec theirs = balanced();
+  theirs.client_id = 8;
+  TaskId running = s.submit(mine, now);
+  TaskId queued = s.submit(mine, now);
+  TaskId other = s.submit(theirs, now);
+  sink.take();
+  EXPECT_EQ(s.abort(7, {running, queued, other}), 1u);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, queued);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kAborted);
+  ASSERT_TRUE(s.finished(running, 0, true));
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, other);  // the aborted one is skipped
+}
+
+TEST_F(SchedulerTest, TasksNoEngineMayRunFail) {
+  auto s = make();
+  s.add_engine(0);
+  TaskSpec t = balanced();
+  t.allowed = {4};
+  TaskId id = s.submit(t, now);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, id);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kUnreachable);
+}
+
+TEST_F(SchedulerTest, BalancedTasksWaitForTheFirstEngine) {
+  auto s = make();
+  TaskId id = s.submit(balanced(), now);
+  EXPECT_TRUE(sink.take().empty());
+  s.add_engine(3);
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].id, id);
+  EXPECT_EQ(ev[0].engine, 3u);
+}
+
+}  // namespace
+}  // namespace testudo::controller
