@@ -88,7 +88,9 @@ const char* code_name(StatusCode code) {
     case StatusCode::kUnavailable: return "unavailable";
     case StatusCode::kNotFound: return "no_such_engine";
     case StatusCode::kPermissionDenied: return "denied";
-    case StatusCode::kDeadlineExceeded: return "timeout";
+    case StatusCode::kDeadlineExceeded: return "dependency_timeout";
+    case StatusCode::kCancelled: return "aborted";
+    case StatusCode::kFailedPrecondition: return "dependency_failed";
     default: return "error";
   }
 }
@@ -218,12 +220,54 @@ class PyClient {
     return wrap(client().apply(targets, std::move(bytes)), keep);
   }
 
+  PyResult apply_balanced(const std::vector<EngineId>& allowed, const py::list& segments, std::uint32_t retries,
+                          double timeout, const std::vector<std::uint64_t>& after,
+                          const std::vector<std::uint64_t>& follow) {
+    py::list keep;
+    auto bytes = borrow(segments, keep);
+    TaskOptions options;
+    options.retries = retries;
+    if (timeout > 0) options.timeout = to_ms(timeout);
+    options.after = after;
+    options.follow = follow;
+    return wrap(client().apply_balanced(allowed, std::move(bytes), options), keep);
+  }
+
+  std::size_t abort(const std::vector<std::uint64_t>& request_ids) {
+    return wait_control([&](Client& c) { return c.abort(request_ids); });
+  }
+  std::size_t interrupt(const std::vector<EngineId>& targets) {
+    return wait_control([&](Client& c) { return c.interrupt(targets); });
+  }
+  std::string queue_status() {
+    StatusOr<std::string> s = not_found("");
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      s = c.queue_status();
+    }
+    if (!s.ok()) raise_status(s.status());
+    return *s;
+  }
+
   std::vector<std::uint64_t> next_completed(double timeout) {
     py::gil_scoped_release release;
     return queue_->take(to_ms(timeout));
   }
 
  private:
+  template <typename Call>
+  std::size_t wait_control(Call call) {
+    StatusOr<std::size_t> n = not_found("");
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      n = call(c);
+    }
+    if (!n.ok()) raise_status(n.status());
+    return *n;
+  }
+
   // Views each object's memory without a copy (pickle protocol 5 buffers, bytes, numpy
   // arrays...). The memoryviews in `keep` hold the exporters until the request is done.
   std::vector<SharedBytes> borrow(const py::list& segments, py::list& keep) {
@@ -270,6 +314,7 @@ PYBIND11_MODULE(_testudo, m) {
   using namespace testudo;
   using namespace testudo::python;
   m.doc() = "Native core of the testudo client (TLS 1.3, capability proofs, wire protocol).";
+  m.attr("ANY_ENGINE") = kAnyEngine;
   pyglue::define_segment(m);
 
   py::class_<PyReply>(m, "Reply", "One engine's answer to one request.")
@@ -312,6 +357,12 @@ PYBIND11_MODULE(_testudo, m) {
       .def("push", &PyClient::push, py::arg("targets"), py::arg("segments"))
       .def("pull", &PyClient::pull, py::arg("targets"), py::arg("names"))
       .def("apply", &PyClient::apply, py::arg("targets"), py::arg("segments"))
+      .def("apply_balanced", &PyClient::apply_balanced, py::arg("allowed"), py::arg("segments"),
+           py::arg("retries") = 0, py::arg("timeout") = 0.0, py::arg("after") = std::vector<std::uint64_t>{},
+           py::arg("follow") = std::vector<std::uint64_t>{})
+      .def("abort", &PyClient::abort, py::arg("request_ids"))
+      .def("interrupt", &PyClient::interrupt, py::arg("targets"))
+      .def("queue_status", &PyClient::queue_status)
       .def("next_completed", &PyClient::next_completed, py::arg("timeout"),
            "Request ids of watched results finished since the last call (waits up to timeout seconds).");
 }

@@ -15,11 +15,12 @@ Start a cluster first: `testudo cluster start -n 4` (add --daemonize to return a
 from . import error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
+from ._lbview import LoadBalancedView
 from ._view import DirectView
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
-    "Client", "DirectView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
+    "Client", "DirectView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "error", "interactive",
 ]
 

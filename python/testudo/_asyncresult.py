@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 
-from . import error
+from . import _testudo, error
+
+_ANY_ENGINE = _testudo.ANY_ENGINE
 
 _FOREVER = 365 * 24 * 3600.0
 
@@ -63,12 +65,16 @@ class AsyncResult(concurrent.futures.Future):
 
     @property
     def msg_ids(self):
-        """One id per (request, engine): 'request_id:engine_id'."""
-        return [f"{c.request_id}:{t}" for c in self._children for t in c.targets]
+        """One id per (request, engine): 'request_id:engine_id' ('request_id:*' while a
+        load-balanced task has no engine yet)."""
+        return [f"{c.request_id}:{'*' if t == _ANY_ENGINE else t}" for c in self._children for t in c.targets]
 
     @property
     def targets(self):
-        return [t for c in self._children for t in c.targets]
+        """Engine ids, in result order (None for a load-balanced task not placed yet)."""
+        if self._finished:
+            return [m["engine_id"] for m in self._metadata]
+        return [None if t == _ANY_ENGINE else t for c in self._children for t in c.targets]
 
     def __repr__(self):
         state = "finished" if self.ready() else "pending"
@@ -200,7 +206,8 @@ class AsyncResult(concurrent.futures.Future):
         sys.stdout.flush()
 
     def abort(self):
-        raise NotImplementedError("aborting queued tasks arrives with the task scheduler")
+        """Abort this request's tasks that have not started yet."""
+        return self._client.abort([self])
 
     def __iter__(self):
         results = self.get()
@@ -252,6 +259,12 @@ class AsyncResult(concurrent.futures.Future):
             return error.RemoteError("EngineError", reply.message, "", info)
         if reply.code == "no_such_engine":
             return error.RemoteError("IndexError", reply.message, "", info)
+        if reply.code == "aborted":
+            return error.RemoteError("TaskAborted", reply.message, "", info)
+        if reply.code == "dependency_failed":
+            return error.RemoteError("ImpossibleDependency", reply.message, "", info)
+        if reply.code == "dependency_timeout":
+            return error.RemoteError("DependencyTimeout", reply.message, "", info)
         return error.RemoteError("TestudoError", f"{reply.code}: {reply.message}", "", info)
 
     def _finish(self):

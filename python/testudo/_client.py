@@ -127,7 +127,10 @@ class Client:
         return view
 
     def load_balanced_view(self, targets=None, **kwargs):
-        raise NotImplementedError("load-balanced views arrive with the task scheduler; use rc[:].map for now")
+        """A LoadBalancedView: the controller's scheduler places each task (`targets`: the
+        engines it may use, default all)."""
+        from ._lbview import LoadBalancedView
+        return LoadBalancedView(self, targets, **kwargs)
 
     def wait_for_engines(self, n=None, *, timeout=-1, block=True, interactive=None, widget=None):
         """Wait until at least `n` engines are registered (default: any one engine)."""
@@ -181,6 +184,41 @@ class Client:
 
     def _native_connected(self):
         return not self._closed and self._native.connected
+
+    # ----- task control -----
+
+    def abort(self, jobs=None, targets=None, block=None):
+        """Abort queued tasks: `jobs` are AsyncResults or msg_ids (default: all outstanding).
+        Running tasks go on (see interrupt). Returns how many tasks were aborted."""
+        from ._lbview import _request_ids
+        if jobs is None:
+            with self._lock:
+                jobs = list({id(a): a for a in self._pending.values()}.values())
+        return self._native.abort(_request_ids(jobs))
+
+    def interrupt(self, targets="all"):
+        """Raise KeyboardInterrupt in whatever runs on `targets` now (like Ctrl-C)."""
+        return self._native.interrupt(self._build_targets(targets))
+
+    def send_signal(self, sig, targets=None, block=None):
+        """Only SIGINT is supported: the same as interrupt(targets)."""
+        import signal
+        if sig not in (signal.SIGINT, "SIGINT"):
+            raise ValueError("only SIGINT can be sent to engines")
+        return self.interrupt("all" if targets is None else targets)
+
+    def queue_status(self, targets="all", verbose=False):
+        """{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n, 'waiting': n}."""
+        report = json.loads(self._native.queue_status())
+        out = {int(k): v for k, v in report["engines"].items()}
+        if isinstance(targets, int):
+            return out[targets]
+        if targets != "all":
+            wanted = set(self._build_targets(targets))
+            out = {k: v for k, v in out.items() if k in wanted}
+        out["unassigned"] = report["unassigned"]
+        out["waiting"] = report["waiting"]
+        return out
 
     # ----- cluster -----
 

@@ -238,9 +238,9 @@ struct Client::Impl {
     std::vector<EngineId> allowed = balanced ? targets : std::vector<EngineId>{};
     std::string text = balanced ? wire::encode_task_options(*balanced) : std::string();
     if (balanced) flags |= wire::kLoadBalanced;
-    state->replies.resize(targets.size());
-    state->remaining = targets.size();
-    if (targets.empty()) return AsyncResult(state);
+    state->replies.resize(state->targets.size());
+    state->remaining = state->targets.size();
+    if (state->targets.empty()) return AsyncResult(state);
     loop.post([this, state, kind, flags, segments = std::move(segments), balanced = balanced.has_value(),
                allowed = std::move(allowed), text = std::move(text)]() mutable {
       if (!connection) return state->fail_all(lost_reason);

@@ -46,8 +46,9 @@ struct SchedulerOptions {
   SchedulingScheme scheme = SchedulingScheme::kLeastLoad;
   // Load-balanced tasks an engine may hold at once (running + sent); 0 = no limit.
   std::uint32_t hwm = 2;
-  // Direct tasks sent ahead to an engine; more wait in the controller, where abort reaches them.
-  std::uint32_t direct_window = 64;
+  // Direct tasks sent ahead to an engine (one running, one ready behind it); the others wait
+  // in the controller, where abort reaches them.
+  std::uint32_t direct_window = 2;
   // Records of finished tasks kept for dependencies (oldest forgotten first).
   std::size_t finished_records = 1'000'000;
 };

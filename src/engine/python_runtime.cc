@@ -15,7 +15,9 @@
 
 #include <csignal>
 #include <cstring>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <vector>
 #include <exception>
 #include <string>
@@ -141,6 +143,58 @@ py::list to_segment_list(std::span<const SharedBytes> segments) {
 
 py::bytes to_bytes(std::string_view text) { return py::bytes(text.data(), text.size()); }
 
+// Raises KeyboardInterrupt in the Python thread on request, from a thread of its own.
+// PyErr_SetInterruptEx alone is not enough when called off the main thread: CPython 3.11
+// only flags the eval loop for signals from the main thread, so code spinning in Python
+// would never look. Taking the GIL for a moment makes the running code yield, and on the
+// way it sees the pending interrupt. Doing that here keeps the network thread from ever
+// waiting for the GIL. Thread-safe.
+class Interrupter {
+ public:
+  ~Interrupter() { stop(); }
+
+  void request() {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopped_) return;
+      requested_ = true;
+      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+    }
+    wake_.notify_one();
+  }
+
+  // Call while the caller does not hold the GIL (the thread may be waiting for it).
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopped_ = true;
+    }
+    wake_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return requested_ || stopped_; });
+      if (stopped_) return;
+      requested_ = false;
+      lock.unlock();
+      PyErr_SetInterruptEx(SIGINT);
+      PyGILState_STATE gil = PyGILState_Ensure();
+      PyGILState_Release(gil);
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool requested_ = false;  // guarded by mutex_
+  bool stopped_ = false;    // guarded by mutex_
+  std::thread thread_;
+};
+
 }  // namespace
 
 struct PythonRuntime::Impl {
@@ -149,6 +203,7 @@ struct PythonRuntime::Impl {
   PyObject* namespace_ = nullptr;  // __main__.__dict__
   PyThreadState* saved_thread = nullptr;  // non-null while the GIL is released
   std::shared_ptr<DeferredReleases> releases = std::make_shared<DeferredReleases>();
+  Interrupter interrupter;
 
   // Holds the GIL for one call; every Python object of the call must die inside it.
   class Gil {
@@ -261,6 +316,7 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
 
 PythonRuntime::~PythonRuntime() {
   if (!impl_ || impl_->helper == nullptr) return;  // failed create(): nothing to tear down
+  impl_->interrupter.stop();  // before taking the GIL: it may be waiting for it
   PyEval_RestoreThread(impl_->saved_thread);
   impl_->saved_thread = nullptr;
   impl_->releases->drain();
@@ -306,7 +362,7 @@ TaskOutcome PythonRuntime::apply(std::span<const SharedBytes> segments) {
   return impl_->call("apply", [&] { return to_segment_list(segments); });
 }
 
-void PythonRuntime::interrupt() { PyErr_SetInterruptEx(SIGINT); }
+void PythonRuntime::interrupt() { impl_->interrupter.request(); }
 
 void PythonRuntime::release_sent_buffers() {
   Impl::Gil gil(*impl_);

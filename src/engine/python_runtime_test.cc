@@ -396,3 +396,25 @@ TEST(PythonRuntimeTest, OnlyOneRuntimePerProcess) {
 
 }  // namespace
 }  // namespace testudo::engine
+
+namespace testudo::engine {
+namespace {
+
+// interrupt() from another thread stops user code stuck in a loop with KeyboardInterrupt;
+// the runtime goes on, and a stale interrupt does not hit the next request.
+TEST(PythonRuntimeInterruptTest, InterruptStopsALoopAndStaysInItsRequest) {
+  std::thread interrupter([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    rt().interrupt();
+  });
+  TaskOutcome o = rt().execute("spins = 0\nwhile True:\n    spins += 1\n");
+  interrupter.join();
+  EXPECT_FALSE(o.ok);
+  EXPECT_EQ(o.ename, "KeyboardInterrupt");
+  rt().interrupt();  // nothing runs: must not leak into the next request
+  TaskOutcome next = rt().execute("after = spins > 0");
+  EXPECT_TRUE(next.ok) << next.ename << ": " << next.evalue;
+}
+
+}  // namespace
+}  // namespace testudo::engine
