@@ -239,6 +239,20 @@ class PyClient {
   std::size_t interrupt(const std::vector<EngineId>& targets) {
     return wait_control([&](Client& c) { return c.interrupt(targets); });
   }
+  std::size_t shutdown_engines(const std::vector<EngineId>& targets) {
+    return wait_control([&](Client& c) { return c.shutdown_engines(targets); });
+  }
+  std::string engines_json() {
+    StatusOr<std::string> s = not_found("");
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      s = c.engines_json();
+    }
+    if (!s.ok()) raise_status(s.status());
+    return *s;
+  }
+
   std::string queue_status() {
     StatusOr<std::string> s = not_found("");
     Client& c = client();
@@ -363,6 +377,8 @@ PYBIND11_MODULE(_testudo, m) {
       .def("abort", &PyClient::abort, py::arg("request_ids"))
       .def("interrupt", &PyClient::interrupt, py::arg("targets"))
       .def("queue_status", &PyClient::queue_status)
+      .def("shutdown_engines", &PyClient::shutdown_engines, py::arg("targets"))
+      .def("engines_json", &PyClient::engines_json)
       .def("next_completed", &PyClient::next_completed, py::arg("timeout"),
            "Request ids of watched results finished since the last call (waits up to timeout seconds).");
 }

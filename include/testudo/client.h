@@ -109,6 +109,10 @@ class Client {
   StatusOr<std::string> cluster_status();
   // Asks the controller to stop every engine and itself.
   Status shutdown_cluster();
+  // Asks only these engines to exit; the controller stays. Returns how many were asked.
+  StatusOr<std::size_t> shutdown_engines(const std::vector<EngineId>& targets);
+  // {"engines": [ids], "tags": {"<id>": {"hostname": ..., "cores": ..., user tags...}}}
+  StatusOr<std::string> engines_json();
 
   // With display_result, the repr of a trailing expression's value (if not None) comes back
   // as the reply's one value segment, as IPython's Out[...] shows it.

@@ -16,11 +16,11 @@ from . import error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
 from ._lbview import LoadBalancedView
-from ._view import DirectView
+from ._view import BroadcastView, DirectView
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
-    "Client", "DirectView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
+    "Client", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "error", "interactive",
 ]
 

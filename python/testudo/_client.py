@@ -115,6 +115,33 @@ class Client:
         for engine in self.ids:
             yield DirectView(self, engine)
 
+    def engine_tags(self):
+        """{engine_id: tags}: host facts (hostname, cores, memory, pid) and `--tag k=v` labels."""
+        report = json.loads(self._native.engines_json())
+        return {int(k): v for k, v in report.get("tags", {}).items()}
+
+    def select_ids(self, **criteria):
+        """Sorted ids of the engines whose tags equal every `criteria` value."""
+        return sorted(i for i, tags in self.engine_tags().items()
+                      if all(k in tags and tags[k] == v for k, v in criteria.items()))
+
+    def select(self, **criteria):
+        """A DirectView on the engines whose tags match: rc.select(gpu=True)."""
+        ids = self.select_ids(**criteria)
+        if not ids:
+            raise error.NoEnginesRegistered()
+        return DirectView(self, ids)
+
+    def broadcast_view(self, targets="all", is_coalescing=False, **kwargs):
+        """A view whose requests the controller fans out: one message from the client, one
+        reply per engine (every multi-engine DirectView request works this way here)."""
+        from ._view import BroadcastView
+        if targets != "all":
+            targets = self._build_targets(targets)
+        view = BroadcastView(self, targets)
+        view.set_flags(**kwargs)
+        return view
+
     def direct_view(self, targets="all", **kwargs):
         """A DirectView; targets='all' is re-evaluated at each call, as engines come and go."""
         if targets != "all":
@@ -227,13 +254,19 @@ class Client:
         return json.loads(self._native.cluster_status())
 
     def shutdown(self, targets="all", restart=False, hub=False, block=None):
-        """Stop the cluster. Only hub=True (the controller and every engine) is supported."""
+        """Stop engines (`targets`), or with hub=True the controller and every engine."""
         if restart:
             raise NotImplementedError("restarting engines is not supported")
-        if not hub:
-            raise NotImplementedError("stopping engines without the controller is not supported yet; "
-                                      "use shutdown(hub=True) to stop the whole cluster")
-        self._native.shutdown_cluster()
+        if hub:
+            self._native.shutdown_cluster()
+            return None
+        ids = self._build_targets(targets)
+        self._native.shutdown_engines(ids)
+        if block:
+            deadline = time.monotonic() + 30
+            while set(ids) & set(self.ids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return None
 
     def activate(self, targets="all", suffix=""):
         """Register the %px, %%px, %autopx and %pxresult magics for `targets`."""

@@ -298,3 +298,12 @@ class DirectView:
         return None
 
     use_pickle = use_cloudpickle
+
+
+class BroadcastView(DirectView):
+    """ipyparallel's BroadcastView: one request fanned out by the controller to every target,
+    one reply per engine. Every multi-engine request of a DirectView already travels this way
+    here, so it behaves as a DirectView."""
+
+    def __repr__(self):
+        return super().__repr__().replace("DirectView", "BroadcastView", 1)

@@ -254,6 +254,8 @@ int main(int argc, char** argv) {
   auto* e = app.add_subcommand("engine", "Run an engine: connect to a controller and execute Python code for it");
   e->add_option("--file", eopts.connection_file, "Engine connection file (default: the profile's controller-engine.json)");
   e->add_option("--log-file", engine_log, "Write the log here instead of stderr");
+  std::vector<std::string> engine_tags;
+  e->add_option("--tag", engine_tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
 
   // cluster
   auto* cluster = app.add_subcommand("cluster", "Start or stop a local cluster (controller + engines)");
@@ -271,6 +273,8 @@ int main(int argc, char** argv) {
   start->add_flag("--daemonize", daemonize, "Return once the cluster is ready and leave it running");
   start->add_option("--timeout", start_timeout, "Seconds to wait for every engine to register")->capture_default_str();
   start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead");
+  std::vector<std::string> cluster_tags;
+  start->add_option("--tag", cluster_tags, "A label k=v given to every engine (repeatable)");
   auto* stop = cluster->add_subcommand("stop", "Stop the cluster of this profile");
   double stop_grace = 10;
   stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")->capture_default_str();
@@ -310,9 +314,20 @@ int main(int argc, char** argv) {
     copts.heartbeat_timeout = seconds(heartbeat_timeout_s);
     return run_controller(profile, copts, controller_log);
   }
-  if (*e) return run_engine(profile, eopts, engine_log);
+  if (*e) {
+    for (const auto& tag : engine_tags) {
+      auto eq = tag.find('=');
+      if (eq == std::string::npos || eq == 0) return fail(invalid_argument("--tag takes k=v, got '" + tag + "'"));
+      eopts.tags.emplace_back(tag.substr(0, eq), tag.substr(eq + 1));
+    }
+    return run_engine(profile, eopts, engine_log);
+  }
   if (*start) {
     lopts.timeout = seconds(start_timeout);
+    for (const auto& tag : cluster_tags) {
+      lopts.engine_args.push_back("--tag");
+      lopts.engine_args.push_back(tag);
+    }
     return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
   }
   if (*stop) {

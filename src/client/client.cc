@@ -337,6 +337,25 @@ StatusOr<std::vector<EngineId>> Client::engine_ids() {
   return ids;
 }
 
+namespace {
+
+// {"<key>": n} from a control reply.
+StatusOr<std::size_t> count_from(const StatusOr<std::string>& reply, const char* key) {
+  if (!reply.ok()) return reply.status();
+  auto j = nlohmann::json::parse(*reply, nullptr, false);
+  if (j.is_discarded() || !j.contains(key) || !j[key].is_number_unsigned()) return data_loss("malformed reply");
+  return j[key].get<std::size_t>();
+}
+
+}  // namespace
+
+StatusOr<std::size_t> Client::shutdown_engines(const std::vector<EngineId>& targets) {
+  if (targets.empty()) return std::size_t{0};
+  return count_from(impl_->control(wire::MessageKind::kClusterShutdown, targets), "stopped");
+}
+
+StatusOr<std::string> Client::engines_json() { return impl_->control(wire::MessageKind::kEngineList); }
+
 StatusOr<std::string> Client::cluster_status() { return impl_->control(wire::MessageKind::kClusterStatus); }
 
 Status Client::shutdown_cluster() {
@@ -385,12 +404,6 @@ wire::TaskOptions to_wire(const TaskOptions& o) {
   return w;
 }
 
-StatusOr<std::size_t> count_from(const StatusOr<std::string>& reply, const char* key) {
-  if (!reply.ok()) return reply.status();
-  auto j = nlohmann::json::parse(*reply, nullptr, false);
-  if (j.is_discarded() || !j.contains(key) || !j[key].is_number_unsigned()) return data_loss("malformed reply");
-  return j[key].get<std::size_t>();
-}
 
 }  // namespace
 

@@ -110,11 +110,10 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       return route_request(peer, std::move(m));
     case MessageKind::kTaskReply:
       return route_reply(peer, std::move(m));
-    case MessageKind::kEngineList: {
-      nlohmann::json ids = nlohmann::json::array();
-      for (const auto& [id, engine] : engines_) ids.push_back(id);
-      return send_control_reply(peer, MessageKind::kEngineListReply, m.envelope, nlohmann::json{{"engines", ids}}.dump());
-    }
+    case MessageKind::kEngineList:
+      return send_control_reply(peer, MessageKind::kEngineListReply, m.envelope, engine_list_json());
+    case MessageKind::kEngineInfo:
+      return record_engine_info(peer, m);
     case MessageKind::kClusterStatus:
       return send_control_reply(peer, MessageKind::kClusterStatusReply, m.envelope, status_json());
     case MessageKind::kQueueStatus:
@@ -124,6 +123,7 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
     case MessageKind::kInterrupt:
       return interrupt_engines(peer, m);
     case MessageKind::kClusterShutdown:
+      if (!m.envelope.targets.empty()) return shutdown_engines(peer, m);
       LOG_INFO("hub") << "shutdown requested by client " << peer.id << " (" << peer.connection->peer_address() << ")";
       send_control_reply(peer, MessageKind::kClusterShutdownReply, m.envelope, "{}");
       return shutdown("requested by client " + std::to_string(peer.id));
@@ -283,6 +283,42 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   reply.envelope.client_id = task->client_id;
   reply.segments = std::move(m.segments);
   client->second->connection->send(std::move(reply));
+}
+
+std::string Hub::engine_list_json() const {
+  nlohmann::json ids = nlohmann::json::array();
+  nlohmann::json tags = nlohmann::json::object();
+  for (const auto& [id, engine] : engines_) {
+    ids.push_back(id);
+    tags[std::to_string(id)] = nlohmann::json::parse(engine->tags_json, nullptr, false);
+  }
+  return nlohmann::json{{"engines", ids}, {"tags", tags}}.dump();
+}
+
+void Hub::record_engine_info(Peer& engine, const wire::Message& m) {
+  // Bounded by the head limit; only a flat object of scalars is kept.
+  auto info = nlohmann::json::parse(m.envelope.text, nullptr, /*allow_exceptions=*/false);
+  if (info.is_discarded() || !info.is_object() || info.size() > 256) {
+    return reject(engine, "engine info must be a JSON object of at most 256 tags");
+  }
+  for (const auto& [key, value] : info.items()) {
+    if (key.size() > 64 || value.is_structured()) return reject(engine, "engine tags are flat: name -> scalar");
+  }
+  engine.tags_json = info.dump();
+}
+
+void Hub::shutdown_engines(Peer& client, const wire::Message& m) {
+  std::size_t stopped = 0;
+  for (std::uint32_t target : m.envelope.targets) {
+    auto e = engines_.find(target);
+    if (e == engines_.end()) continue;
+    wire::Message bye;
+    bye.envelope.kind = MessageKind::kEngineShutdown;
+    e->second->connection->send(std::move(bye));
+    ++stopped;
+  }
+  LOG_INFO("hub") << "client " << client.id << " shut down " << stopped << " engine(s)";
+  send_control_reply(client, MessageKind::kClusterShutdownReply, m.envelope, nlohmann::json{{"stopped", stopped}}.dump());
 }
 
 void Hub::abort_requests(Peer& client, const wire::Message& m) {

@@ -60,6 +60,7 @@ class Hub : private SchedulerSink {
     std::chrono::steady_clock::time_point last_seen;
     std::unique_ptr<net::Timer> hello_deadline;
     std::uint64_t tasks_done = 0;
+    std::string tags_json = "{}";  // engines: validated kEngineInfo (tags, host facts)
   };
 
   void drop_oldest_unauthenticated_if_full();
@@ -72,6 +73,9 @@ class Hub : private SchedulerSink {
   void route_request(Peer& client, wire::Message&& message);
   void route_reply(Peer& engine, wire::Message&& message);
   void abort_requests(Peer& client, const wire::Message& message);
+  void record_engine_info(Peer& engine, const wire::Message& message);
+  void shutdown_engines(Peer& client, const wire::Message& message);
+  std::string engine_list_json() const;
   void interrupt_engines(Peer& client, const wire::Message& message);
   std::string queue_status_json() const;
   // Task ids of `client_id`'s earlier requests (for dependencies and abort).

@@ -17,6 +17,8 @@
 #include "net/net.h"
 #include "wire/body.h"
 
+#include <nlohmann/json.hpp>
+
 namespace testudo::engine {
 namespace {
 
@@ -65,12 +67,30 @@ TaskOutcome run_request(PythonRuntime& rt, const wire::Message& m) {
   }
 }
 
+// Tags as JSON: user labels (values parsed as JSON literals where they are one) and host facts.
+StatusOr<std::string> engine_info(const std::vector<std::pair<std::string, std::string>>& tags) {
+  nlohmann::json info = nlohmann::json::object();
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  info["hostname"] = host;
+  info["cores"] = std::thread::hardware_concurrency();
+  info["memory"] = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE));
+  info["pid"] = ::getpid();
+  for (const auto& [key, value] : tags) {
+    if (key.empty() || key.size() > 64) return invalid_argument("tag names are 1 to 64 characters: '" + key + "'");
+    auto parsed = nlohmann::json::parse(value, nullptr, /*allow_exceptions=*/false);
+    info[key] = parsed.is_discarded() || parsed.is_structured() ? nlohmann::json(value) : parsed;
+  }
+  return info.dump();
+}
+
 }  // namespace
 
 struct Engine::Impl {
   EngineOptions options;
   auth::ConnectionInfo controller;
   std::string instance;
+  std::string engine_info_json;  // tags and host facts, sent after every welcome
   std::unique_ptr<PythonRuntime> runtime;
 
   // --- network thread state (touched only on the loop's thread) ---
@@ -137,6 +157,10 @@ struct Engine::Impl {
       push_work(SetId{engine_id});
     }
     LOG_INFO("engine") << "registered as engine " << engine_id << " with " << controller.host << ":" << controller.port;
+    wire::Message info;
+    info.envelope.kind = MessageKind::kEngineInfo;
+    info.envelope.text = engine_info_json;
+    connection->send(std::move(info));
     connection->set_handlers({
         [this](wire::Message&& m) { on_message(std::move(m)); },
         [this](const Status& why) { on_disconnect(why); },
@@ -286,6 +310,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   TESTUDO_ASSIGN_OR_RETURN(impl.controller, auth::load_connection_file(options.connection_file, wire::Role::kEngine));
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
   impl.instance = crypto::to_hex(std::span(nonce).first(16));
+  TESTUDO_ASSIGN_OR_RETURN(impl.engine_info_json, engine_info(options.tags));
   PythonRuntimeOptions runtime_options;
   // Called on the network thread when a sent result's Python buffers can go.
   runtime_options.on_buffers_to_release = [&impl] { impl.push_work(Impl::ReleaseBuffers{}); };

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "testudo/status.h"
 
@@ -22,6 +24,9 @@ struct EngineOptions {
   std::chrono::milliseconds controller_timeout{10'000};
   // Without a controller for this long (in total since the last connection), exit.
   std::chrono::milliseconds reconnect_give_up{120'000};
+  // User labels ("--tag gpu=true"): values are JSON literals when they parse as one (true,
+  // 4, "x"), strings otherwise. Host facts (hostname, cores, memory, pid) are added.
+  std::vector<std::pair<std::string, std::string>> tags;
 };
 
 class Engine {

@@ -164,6 +164,7 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
 
   for (int i = 0; i < options.engines; ++i) {
     std::vector<std::string> argv{program, "engine", "--profile", options.profile};
+    argv.insert(argv.end(), options.engine_args.begin(), options.engine_args.end());
     auto pid = spawn_detached(argv, paths.log_dir + "/engine-" + std::to_string(i) + ".log");
     if (!pid.ok()) return fail(pid.status());
     procs.engines.push_back(*pid);

@@ -33,8 +33,9 @@ struct ClusterOptions {
   std::string ip = "127.0.0.1";
   bool reuse = false;
   std::chrono::milliseconds timeout{60'000};  // until every engine has registered
-  // Extra arguments for the controller (e.g. --heartbeat-timeout 3).
+  // Extra arguments for the controller (e.g. --heartbeat-timeout 3) and for every engine.
   std::vector<std::string> controller_args;
+  std::vector<std::string> engine_args;
 };
 
 struct ClusterProcesses {

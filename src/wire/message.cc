@@ -17,6 +17,7 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kRejected:
     case MessageKind::kHeartbeat:
     case MessageKind::kHeartbeatAck:
+    case MessageKind::kEngineInfo:
     case MessageKind::kExecute:
     case MessageKind::kPush:
     case MessageKind::kPull:
@@ -95,6 +96,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kRejected: return "rejected";
     case MessageKind::kHeartbeat: return "heartbeat";
     case MessageKind::kHeartbeatAck: return "heartbeat-ack";
+    case MessageKind::kEngineInfo: return "engine-info";
     case MessageKind::kExecute: return "execute";
     case MessageKind::kPush: return "push";
     case MessageKind::kPull: return "pull";
@@ -194,7 +196,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
           return false;
       }
     case Role::kEngine:
-      return kind == K::kHeartbeat || kind == K::kTaskReply;
+      return kind == K::kHeartbeat || kind == K::kTaskReply || kind == K::kEngineInfo;
     case Role::kController:
       switch (kind) {
         case K::kHeartbeatAck: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:

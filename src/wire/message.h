@@ -68,6 +68,8 @@ enum class MessageKind : std::uint16_t {
 
   kHeartbeat = 10,     // client/engine -> controller
   kHeartbeatAck = 11,  // controller -> client/engine
+  // engine -> controller after welcome: tags and host facts, a JSON object in Envelope::text.
+  kEngineInfo = 12,
 
   // Task requests: client -> controller (with targets) and controller -> engine (one target).
   kExecute = 20,  // segments: [code]
