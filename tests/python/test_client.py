@@ -285,8 +285,12 @@ def test_shutdown_hub_stops_every_process(own_cluster):
     client.wait_for_engines(2, timeout=30)
     pids = [c.controller_pid, *c.engine_pids]
     assert not any(pid_gone(p) for p in pids)
-    with pytest.raises(NotImplementedError):
-        client.shutdown()  # engines only: not supported
+    # Engines only: the chosen engine goes, the controller and the other engine stay.
+    victim = client[0].apply_sync(__import__("os").getpid)
+    client.shutdown(targets=[0], block=True)
+    assert client.ids == [1]
+    assert wait_until(lambda: pid_gone(victim), timeout=10)
+    assert not pid_gone(c.controller_pid)
     client.shutdown(hub=True)
     assert wait_until(lambda: all(pid_gone(p) for p in pids), timeout=10)
     with pytest.raises(ConnectionError):
