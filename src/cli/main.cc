@@ -254,6 +254,10 @@ int main(int argc, char** argv) {
   auto* e = app.add_subcommand("engine", "Run an engine: connect to a controller and execute Python code for it");
   e->add_option("--file", eopts.connection_file, "Engine connection file (default: the profile's controller-engine.json)");
   e->add_option("--log-file", engine_log, "Write the log here instead of stderr");
+  e->add_option("--max-output-bytes", eopts.max_output_chars, "stdout/stderr kept per request; the rest is dropped")
+      ->capture_default_str();
+  e->add_option("--max-result-bytes", eopts.max_result_bytes, "Largest result one request may return")
+      ->capture_default_str();
   std::vector<std::string> engine_tags;
   e->add_option("--tag", engine_tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
 

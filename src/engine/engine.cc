@@ -312,6 +312,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   impl.instance = crypto::to_hex(std::span(nonce).first(16));
   TESTUDO_ASSIGN_OR_RETURN(impl.engine_info_json, engine_info(options.tags));
   PythonRuntimeOptions runtime_options;
+  runtime_options.max_output_chars = options.max_output_chars;
+  runtime_options.max_result_bytes = options.max_result_bytes;
   // Called on the network thread when a sent result's Python buffers can go.
   runtime_options.on_buffers_to_release = [&impl] { impl.push_work(Impl::ReleaseBuffers{}); };
   TESTUDO_ASSIGN_OR_RETURN(impl.runtime, PythonRuntime::create(runtime_options));

@@ -27,6 +27,9 @@ struct EngineOptions {
   // User labels ("--tag gpu=true"): values are JSON literals when they parse as one (true,
   // 4, "x"), strings otherwise. Host facts (hostname, cores, memory, pid) are added.
   std::vector<std::pair<std::string, std::string>> tags;
+  // Per request: stdout/stderr characters kept, and the largest pickled result (bytes).
+  std::uint64_t max_output_chars = 64ull << 20;
+  std::uint64_t max_result_bytes = 2ull << 30;
 };
 
 class Engine {

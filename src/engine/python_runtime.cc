@@ -295,7 +295,7 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
     py::module_ signal = py::module_::import("signal");
     signal.attr("signal")(signal.attr("SIGINT"), signal.attr("default_int_handler"));
     py::object ns = py::module_::import("__main__").attr("__dict__");
-    helper.attr("_init")(ns, options.engine_id);
+    helper.attr("_init")(ns, options.engine_id, options.max_output_chars, options.max_result_bytes);
     impl.helper = helper.release().ptr();
     impl.namespace_ = ns.release().ptr();
   } catch (const std::exception& e) {

@@ -32,6 +32,10 @@ struct PythonRuntimeOptions {
   // cannot be released there (no GIL); it is queued, and this is called, from that thread,
   // so the owner can make the Python thread call release_sent_buffers() soon.
   std::function<void()> on_buffers_to_release;
+  // stdout and stderr kept per request (characters); the rest is dropped with a note.
+  std::uint64_t max_output_chars = 64ull << 20;
+  // A pickled result larger than this is an error (MemoryError) instead of a reply.
+  std::uint64_t max_result_bytes = 2ull << 30;
 };
 
 // What one request produced. On error, `ok` is false and ename/evalue/traceback describe the
