@@ -44,7 +44,14 @@ std::chrono::milliseconds to_ms(double seconds) {
   }
 }
 
-// Finished request ids, for the Python thread that completes futures.
+struct OutputChunk {
+  std::uint64_t request_id;
+  EngineId engine;
+  int stream;
+  std::string text;
+};
+
+// Finished request ids and live output, for the Python thread that completes futures.
 class CompletionQueue {
  public:
   void push(std::uint64_t id) {
@@ -53,6 +60,23 @@ class CompletionQueue {
       ids_.push_back(id);
     }
     ready_.notify_one();
+  }
+  void push_output(OutputChunk chunk) {
+    {
+      std::lock_guard lock(mutex_);
+      // Bounded: a client that never looks keeps at most this much live output.
+      if (output_bytes_ + chunk.text.size() > (64u << 20)) return;
+      output_bytes_ += chunk.text.size();
+      outputs_.push_back(std::move(chunk));
+    }
+    ready_.notify_one();
+  }
+  std::vector<OutputChunk> take_output() {
+    std::lock_guard lock(mutex_);
+    std::vector<OutputChunk> out(std::make_move_iterator(outputs_.begin()), std::make_move_iterator(outputs_.end()));
+    outputs_.clear();
+    output_bytes_ = 0;
+    return out;
   }
   void close() {
     {
@@ -64,7 +88,7 @@ class CompletionQueue {
   // Waits up to `timeout` for at least one id; returns all that are there.
   std::vector<std::uint64_t> take(std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex_);
-    ready_.wait_for(lock, timeout, [this] { return !ids_.empty() || closed_; });
+    ready_.wait_for(lock, timeout, [this] { return !ids_.empty() || !outputs_.empty() || closed_; });
     std::vector<std::uint64_t> out(ids_.begin(), ids_.end());
     ids_.clear();
     return out;
@@ -74,6 +98,8 @@ class CompletionQueue {
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<std::uint64_t> ids_;  // guarded by mutex_
+  std::deque<OutputChunk> outputs_;  // guarded by mutex_
+  std::size_t output_bytes_ = 0;     // guarded by mutex_
   bool closed_ = false;            // guarded by mutex_
 };
 
@@ -148,6 +174,10 @@ class PyClient {
     }
     if (!c.ok()) raise_status(c.status());
     client_ = std::move(c).value();
+    auto queue = queue_;
+    client_->set_output_handler([queue](std::uint64_t request_id, EngineId engine, int stream, std::string_view text) {
+      queue->push_output(OutputChunk{request_id, engine, stream, std::string(text)});
+    });
   }
   ~PyClient() { close(); }
 
@@ -269,6 +299,16 @@ class PyClient {
     return queue_->take(to_ms(timeout));
   }
 
+  // [(request_id, engine_id, 'stdout'|'stderr', text), ...] received since the last call.
+  py::list take_output() {
+    py::list out;
+    for (auto& c : queue_->take_output()) {
+      out.append(py::make_tuple(c.request_id, c.engine, c.stream == 2 ? "stderr" : "stdout",
+                                py::bytes(c.text).attr("decode")("utf-8", "replace")));
+    }
+    return out;
+  }
+
  private:
   template <typename Call>
   std::size_t wait_control(Call call) {
@@ -379,6 +419,7 @@ PYBIND11_MODULE(_testudo, m) {
       .def("queue_status", &PyClient::queue_status)
       .def("shutdown_engines", &PyClient::shutdown_engines, py::arg("targets"))
       .def("engines_json", &PyClient::engines_json)
+      .def("take_output", &PyClient::take_output, "Live output chunks received since the last call.")
       .def("next_completed", &PyClient::next_completed, py::arg("timeout"),
            "Request ids of watched results finished since the last call (waits up to timeout seconds).");
 }

@@ -104,6 +104,12 @@ class Client {
   std::uint32_t client_id() const;
   bool connected() const;
 
+  // Live output of running tasks, as it is written: (request id, engine id, stream 1 for
+  // stdout or 2 for stderr, text). Runs on the client's network thread: keep it short. The
+  // final EngineReply still carries the whole output.
+  using OutputHandler = std::function<void(std::uint64_t request_id, EngineId engine, int stream, std::string_view text)>;
+  void set_output_handler(OutputHandler handler);
+
   StatusOr<std::vector<EngineId>> engine_ids();
   // The controller's status report (JSON text: engines, clients, tasks...).
   StatusOr<std::string> cluster_status();

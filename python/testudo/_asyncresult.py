@@ -56,6 +56,8 @@ class AsyncResult(concurrent.futures.Future):
         self._raw = None  # per target: value or RemoteError, once finished
         self._metadata = None
         self._received = None
+        self._live = []  # (engine, stream, text) chunks received while running, not yet shown
+        self._live_lock = threading.Lock()
         self.owner = True
         for child in self._children:
             child.watch()
@@ -181,13 +183,31 @@ class AsyncResult(concurrent.futures.Future):
             raise error.TimeoutError("Result not ready.")
         return sum(m["completed"] - m["started"] for m in self._metadata_list() if m["started"])
 
+    def _live_output(self, engine, stream, text):
+        with self._live_lock:
+            self._live.append((engine, stream, text))
+
+    def take_live_output(self):
+        """Output chunks (engine_id, 'stdout'|'stderr', text) that arrived while the request
+        ran, since the last call. The whole output is in `stdout`/`stderr` once done."""
+        with self._live_lock:
+            chunks, self._live = self._live, []
+        return chunks
+
     def wait_interactive(self, interval=0.1, timeout=-1, file=None):
-        """Waits, showing a live progress line ('3/4 tasks finished after 2 s')."""
+        """Waits, showing the engines' output as it is written and a live progress line
+        ('3/4 tasks finished after 2 s')."""
         out = file or sys.stdout
         deadline = time.monotonic() + _seconds(timeout)
         n = len(self)
         while not self.ready() and time.monotonic() < deadline:
             self.wait(interval)
+            chunks = self.take_live_output()
+            if chunks:
+                out.write("\r" + " " * 60 + "\r")
+                for engine, stream, text in chunks:
+                    for line in text.splitlines():
+                        out.write(f"[{stream}:{engine}] {line}\n")
             out.write(f"\r{self.progress:4d}/{n} tasks finished after {int(self.elapsed):4d} s")
             out.flush()
         out.write(f"\r{self.progress:4d}/{n} tasks finished after {int(self.elapsed):4d} s\ndone\n")

@@ -203,7 +203,13 @@ class Client:
         # without anyone calling get().
         native = self._native
         while not self._closed:
-            for request_id in native.next_completed(0.5):
+            done = native.next_completed(0.5)
+            for request_id, engine, stream, text in native.take_output():
+                with self._lock:
+                    ar = self._pending.get(request_id)
+                if ar is not None:
+                    ar._live_output(engine, stream, text)
+            for request_id in done:
                 with self._lock:
                     ar = self._pending.get(request_id)
                 if ar is not None:

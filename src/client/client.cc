@@ -175,6 +175,7 @@ struct Client::Impl {
   std::unordered_map<std::uint64_t, std::shared_ptr<AsyncResult::State>> pending;
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
   Status lost_reason = unavailable("not connected");
+  Client::OutputHandler output_handler;
 
   ~Impl() {
     loop.post([this] {
@@ -211,6 +212,11 @@ struct Client::Impl {
       }
       case wire::MessageKind::kRejected:
         LOG_WARN("client") << "the controller refused a request: " << m.envelope.text;
+        return;
+      case wire::MessageKind::kTaskOutput:
+        if (output_handler && m.segments.size() == 1) {
+          output_handler(m.envelope.request_id, m.envelope.engine_id, m.envelope.flags, m.segments[0].view());
+        }
         return;
       default:
         return;
@@ -321,6 +327,17 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
 }
 
 std::uint32_t Client::client_id() const { return impl_->client_id; }
+
+void Client::set_output_handler(OutputHandler handler) {
+  auto* impl = impl_.get();
+  std::promise<void> done;
+  auto set = done.get_future();
+  impl->loop.post([impl, &done, handler = std::move(handler)]() mutable {
+    impl->output_handler = std::move(handler);
+    done.set_value();
+  });
+  set.wait();  // from now on, output goes to the new handler
+}
 bool Client::connected() const { return impl_->connected; }
 
 StatusOr<std::vector<EngineId>> Client::engine_ids() {

@@ -110,6 +110,20 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       return route_request(peer, std::move(m));
     case MessageKind::kTaskReply:
       return route_reply(peer, std::move(m));
+    case MessageKind::kTaskOutput: {
+      // Live output of a task running on this engine goes to its client; anything else is dropped.
+      const TaskSpec* task = scheduler_.running_spec(m.envelope.task_id, peer.id);
+      auto client = task ? clients_.find(task->client_id) : clients_.end();
+      if (client == clients_.end() || (m.envelope.flags != 1 && m.envelope.flags != 2)) return;
+      wire::Message chunk;
+      chunk.envelope.kind = MessageKind::kTaskOutput;
+      chunk.envelope.flags = m.envelope.flags;
+      chunk.envelope.request_id = task->request_id;
+      chunk.envelope.engine_id = peer.id;
+      chunk.segments = std::move(m.segments);
+      client->second->connection->send(std::move(chunk));
+      return;
+    }
     case MessageKind::kEngineList:
       return send_control_reply(peer, MessageKind::kEngineListReply, m.envelope, engine_list_json());
     case MessageKind::kEngineInfo:

@@ -360,6 +360,12 @@ bool Scheduler::is_running_on(TaskId id, EngineId engine) const {
   return t != tasks_.end() && t->second.state == State::kRunning && t->second.assigned == engine;
 }
 
+const TaskSpec* Scheduler::running_spec(TaskId id, EngineId engine) const {
+  auto t = tasks_.find(id);
+  if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return nullptr;
+  return &t->second.spec;
+}
+
 std::optional<EngineId> Scheduler::running_engine(TaskId id) const {
   auto t = tasks_.find(id);
   if (t == tasks_.end() || t->second.state != State::kRunning) return std::nullopt;

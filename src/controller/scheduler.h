@@ -109,6 +109,8 @@ class Scheduler {
 
   bool is_running_on(TaskId id, EngineId engine) const;
   std::optional<EngineId> running_engine(TaskId id) const;
+  // The task running on `engine` as `id`, or null.
+  const TaskSpec* running_spec(TaskId id, EngineId engine) const;
 
   struct EngineLoad {
     std::size_t queued = 0;   // direct tasks waiting in the controller

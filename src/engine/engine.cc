@@ -313,6 +313,21 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   TESTUDO_ASSIGN_OR_RETURN(impl.engine_info_json, engine_info(options.tags));
   PythonRuntimeOptions runtime_options;
   runtime_options.max_output_chars = options.max_output_chars;
+  // Live output: on the Python thread, for the task it runs; sent by the network thread.
+  runtime_options.on_output = [&impl](int stream, std::string text) {
+    std::uint64_t task;
+    {
+      std::lock_guard lock(impl.running_mutex);
+      task = impl.running_task;
+    }
+    if (task == 0 || text.empty()) return;
+    wire::Message chunk;
+    chunk.envelope.kind = MessageKind::kTaskOutput;
+    chunk.envelope.flags = static_cast<std::uint16_t>(stream);
+    chunk.envelope.task_id = task;
+    chunk.segments.push_back(SharedBytes::copy_of(text));
+    impl.loop.post([&impl, chunk = std::move(chunk)]() mutable { impl.send_reply(std::move(chunk)); });
+  };
   runtime_options.max_result_bytes = options.max_result_bytes;
   // Called on the network thread when a sent result's Python buffers can go.
   runtime_options.on_buffers_to_release = [&impl] { impl.push_work(Impl::ReleaseBuffers{}); };

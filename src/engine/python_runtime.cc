@@ -41,9 +41,18 @@ constexpr const char kEngineSupportSource[] =
 
 }  // namespace
 
+namespace {
+// Where live output goes (PythonRuntimeOptions::on_output); set once by create(), used on
+// the Python thread only.
+std::function<void(int, std::string)> g_output_sink;
+}  // namespace
+
 PYBIND11_EMBEDDED_MODULE(_testudo_native, m) {
-  m.doc() = "testudo engine internals: zero-copy views of received message segments";
+  m.doc() = "testudo engine internals: zero-copy views of received message segments, live output";
   testudo::pyglue::define_segment(m);
+  m.def("emit", [](int stream, py::bytes text) {
+    if (g_output_sink) g_output_sink(stream, std::string(text));
+  });
 }
 
 namespace testudo::engine {
@@ -309,6 +318,7 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
     return internal_error("cannot load the engine helper: " + failure);
   }
   impl.releases->notify = options.on_buffers_to_release;
+  g_output_sink = options.on_output;
   impl.saved_thread = PyEval_SaveThread();
   LOG_INFO("engine") << "Python runtime started (" << executable << ")";
   return runtime;

@@ -32,6 +32,9 @@ struct PythonRuntimeOptions {
   // cannot be released there (no GIL); it is queued, and this is called, from that thread,
   // so the owner can make the Python thread call release_sent_buffers() soon.
   std::function<void()> on_buffers_to_release;
+  // Called on the Python thread, while a request runs, with chunks of its output
+  // (stream 1: stdout, 2: stderr) as they are written; may be empty (no live output).
+  std::function<void(int stream, std::string text)> on_output;
   // stdout and stderr kept per request (characters); the rest is dropped with a note.
   std::uint64_t max_output_chars = 64ull << 20;
   // A pickled result larger than this is an error (MemoryError) instead of a reply.

@@ -29,6 +29,7 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kEngineListReply:
     case MessageKind::kClusterStatusReply:
     case MessageKind::kClusterShutdownReply:
+    case MessageKind::kTaskOutput:
     case MessageKind::kEngineShutdown:
     case MessageKind::kAbort:
     case MessageKind::kInterrupt:
@@ -108,6 +109,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kEngineListReply: return "engine-list-reply";
     case MessageKind::kClusterStatusReply: return "cluster-status-reply";
     case MessageKind::kClusterShutdownReply: return "cluster-shutdown-reply";
+    case MessageKind::kTaskOutput: return "task-output";
     case MessageKind::kEngineShutdown: return "engine-shutdown";
     case MessageKind::kAbort: return "abort";
     case MessageKind::kInterrupt: return "interrupt";
@@ -196,13 +198,14 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
           return false;
       }
     case Role::kEngine:
-      return kind == K::kHeartbeat || kind == K::kTaskReply || kind == K::kEngineInfo;
+      return kind == K::kHeartbeat || kind == K::kTaskReply || kind == K::kEngineInfo || kind == K::kTaskOutput;
     case Role::kController:
       switch (kind) {
         case K::kHeartbeatAck: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:
         case K::kTaskReply: case K::kEngineListReply: case K::kClusterStatusReply:
         case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
         case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
+        case K::kTaskOutput:
           return true;
         default:
           return false;

@@ -87,6 +87,9 @@ enum class MessageKind : std::uint16_t {
   kEngineListReply = 41,   // controller -> client; segments: [JSON]
   kClusterStatusReply = 42,
   kClusterShutdownReply = 43,
+  // engine -> controller -> client while a task runs: a chunk of its output, Envelope::flags
+  // = 1 (stdout) or 2 (stderr), segments [UTF-8 text]. The final reply still has all of it.
+  kTaskOutput = 44,
 
   kEngineShutdown = 50,  // controller -> engine: finish and exit
 
