@@ -87,6 +87,10 @@ class AsyncResult {
   bool wait(std::chrono::milliseconds timeout) const;
   // The replies in target order, or kDeadlineExceeded if they did not all arrive in time.
   StatusOr<std::vector<EngineReply>> get(std::chrono::milliseconds timeout) const;
+  // The controller's task ids for this request, one per target, in target order: the handles
+  // under which results can be fetched later (Client::get_result), also from another process
+  // of the same user. Waits for the controller's acknowledgement.
+  StatusOr<std::vector<std::uint64_t>> task_ids(std::chrono::milliseconds timeout) const;
   // Calls `fn` once, on the client's network thread, when the result is ready (at once if it is).
   void on_ready(std::function<void()> fn) const;
 

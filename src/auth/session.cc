@@ -1,5 +1,6 @@
 #include "auth/session.h"
 
+#include "crypto/private_file.h"
 #include "tls/tls.h"
 
 namespace testudo::auth {
@@ -7,7 +8,9 @@ namespace testudo::auth {
 void open_session(net::EventLoop& loop, const SessionOptions& options, std::function<void(StatusOr<Session>)> done) {
   // Until identities exist (a later layer), each process presents a fresh self-signed
   // certificate: TLS stays mutual, and the capability proof decides admission.
-  auto identity = tls::generate_self_signed(std::string("testudo-") + std::string(wire::role_name(options.controller.role)));
+  auto identity = options.identity
+                      ? StatusOr<tls::KeyAndCertificate>(*options.identity)
+                      : tls::generate_self_signed(std::string("testudo-") + std::string(wire::role_name(options.controller.role)));
   if (!identity.ok()) {
     loop.post([done, st = identity.status()] { done(st); });
     return;
@@ -60,6 +63,25 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
     m.envelope.text = encode_hello(hello);
     conn->send(std::move(m));
   });
+}
+
+StatusOr<tls::KeyAndCertificate> load_or_create_identity(const std::string& dir, const std::string& name) {
+  const std::string key_path = dir + "/" + name + "-key.pem";
+  const std::string cert_path = dir + "/" + name + "-cert.pem";
+  auto key = crypto::read_private_file(key_path, "private key");
+  if (key.ok()) {
+    auto cert = crypto::read_private_file(cert_path, "certificate");
+    if (!cert.ok()) return cert.status();
+    tls::KeyAndCertificate kc{std::move(key).value(), std::move(cert).value()};
+    TESTUDO_RETURN_IF_ERROR(tls::check_key_matches_certificate(kc).with_context(key_path));
+    return kc;
+  }
+  if (key.status().code() != StatusCode::kNotFound) return key.status();
+  TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(dir));
+  TESTUDO_ASSIGN_OR_RETURN(tls::KeyAndCertificate kc, tls::generate_self_signed("testudo-" + name));
+  TESTUDO_RETURN_IF_ERROR(crypto::write_private_file(cert_path, kc.cert_pem));
+  TESTUDO_RETURN_IF_ERROR(crypto::write_private_file(key_path, kc.key_pem));
+  return kc;
 }
 
 }  // namespace testudo::auth

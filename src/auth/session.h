@@ -9,10 +9,12 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "auth/connection_file.h"
 #include "net/net.h"
+#include "tls/tls.h"
 
 namespace testudo::auth {
 
@@ -23,10 +25,17 @@ struct Session {
 
 struct SessionOptions {
   ConnectionInfo controller;
+  // The TLS identity to present; unset: a fresh self-signed one for this session.
+  std::optional<tls::KeyAndCertificate> identity;
   std::string instance;  // see Hello::instance
   std::chrono::milliseconds timeout{10'000};  // dial + handshake + welcome
 };
 
 void open_session(net::EventLoop& loop, const SessionOptions& options, std::function<void(StatusOr<Session>)> done);
+
+// The persistent identity `name` in `dir` (<name>-key.pem 0600 and <name>-cert.pem), made on
+// first use. The controller knows a client by its certificate's fingerprint: results belong
+// to it across reconnects and restarts (until issue 5's trust modes, any such key is accepted).
+StatusOr<tls::KeyAndCertificate> load_or_create_identity(const std::string& dir, const std::string& name);
 
 }  // namespace testudo::auth

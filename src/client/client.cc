@@ -30,6 +30,17 @@ struct AsyncResult::State {
   std::vector<std::optional<EngineReply>> replies;  // by target index; guarded by mutex
   std::size_t remaining = 0;                        // guarded by mutex
   std::vector<std::function<void()>> callbacks;     // guarded by mutex
+  std::vector<std::uint64_t> task_ids;              // from kSubmitted; guarded by mutex
+  bool submitted = false;                           // guarded by mutex
+
+  void acknowledge(std::vector<std::uint64_t> ids) {
+    {
+      std::lock_guard lock(mutex);
+      task_ids = std::move(ids);
+      submitted = true;
+    }
+    done.notify_all();
+  }
 
   // Fills the first empty slot of `reply.engine_id`. Returns true when the last one arrived.
   bool deliver(EngineReply reply) {
@@ -94,6 +105,17 @@ StatusOr<std::vector<EngineReply>> AsyncResult::get(std::chrono::milliseconds ti
   for (auto& r : state_->replies) out.push_back(*r);
   return out;
 }
+StatusOr<std::vector<std::uint64_t>> AsyncResult::task_ids(std::chrono::milliseconds timeout) const {
+  if (!state_) return std::vector<std::uint64_t>{};
+  std::unique_lock lock(state_->mutex);
+  // A request that failed before the controller saw it (lost connection) has no ids.
+  if (!state_->done.wait_for(lock, timeout, [this] { return state_->submitted || state_->remaining == 0; }) ||
+      !state_->submitted) {
+    return unavailable("the controller has not acknowledged request " + std::to_string(state_->request_id));
+  }
+  return state_->task_ids;
+}
+
 void AsyncResult::on_ready(std::function<void()> fn) const {
   if (!state_) return fn();
   {
@@ -213,6 +235,13 @@ struct Client::Impl {
       case wire::MessageKind::kRejected:
         LOG_WARN("client") << "the controller refused a request: " << m.envelope.text;
         return;
+      case wire::MessageKind::kSubmitted: {
+        auto it = pending.find(m.envelope.request_id);
+        if (it == pending.end() || m.segments.size() != 1) return;
+        auto ids = wire::decode_ids(m.segments[0]);
+        if (ids.ok()) it->second->acknowledge(std::move(ids).value());
+        return;
+      }
       case wire::MessageKind::kTaskOutput:
         if (output_handler && m.segments.size() == 1) {
           output_handler(m.envelope.request_id, m.envelope.engine_id, m.envelope.flags, m.segments[0].view());
@@ -302,7 +331,9 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
   auto promise = std::make_shared<std::promise<StatusOr<auth::Session>>>();
   auto future = promise->get_future();
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
-  auth::SessionOptions so{info, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
+  // Results belong to this identity: the same user fetches them from another process later.
+  TESTUDO_ASSIGN_OR_RETURN(auto identity, auth::load_or_create_identity(testudo_home() + "/identity", "client"));
+  auth::SessionOptions so{info, identity, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
   impl.loop.post([&impl, so, promise] {
     auth::open_session(impl.loop, so, [&impl, promise](StatusOr<auth::Session> s) {
       if (s.ok()) {

@@ -183,6 +183,10 @@ void Hub::admit(Peer& peer, wire::Role role, const std::string& instance) {
   } else {
     peer.id = next_client_id_++;
     clients_[peer.id] = &peer;
+    // The client's identity: its certificate (TLS proved it holds the key). Results are its.
+    auto owner = peer.connection->peer_fingerprint();
+    if (!owner.ok()) return reject(peer, owner.status().message());
+    peer.owner = *owner;
     welcome.envelope.client_id = peer.id;
   }
   peer.authenticated = true;
@@ -226,6 +230,11 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   std::vector<TaskId>& ids = requests_[{client.id, req.request_id}];
   const auto now = Clock::now();
   if (!balanced) {
+    // The ids go out before the tasks are submitted: submit() may already answer a task
+    // (unknown engine), and the client should know its ids first. submit() numbers in order.
+    std::vector<TaskId> planned;
+    for (std::size_t i = 0; i < req.targets.size(); ++i) planned.push_back(scheduler_.next_id() + i);
+    acknowledge(client, req.request_id, planned);
     for (std::uint32_t target : req.targets) {
       TaskSpec one = spec;
       one.engine = target;
@@ -240,7 +249,17 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
   spec.after = tasks_of(client.id, options->after);
   spec.follow = tasks_of(client.id, options->follow);
+  acknowledge(client, req.request_id, {scheduler_.next_id()});
   ids.push_back(scheduler_.submit(std::move(spec), now));
+}
+
+void Hub::acknowledge(Peer& client, std::uint64_t request_id, const std::vector<TaskId>& ids) {
+  wire::Message ack;
+  ack.envelope.kind = MessageKind::kSubmitted;
+  ack.envelope.request_id = request_id;
+  ack.envelope.client_id = client.id;
+  ack.segments.push_back(wire::encode_ids(ids));
+  client.connection->send(std::move(ack));
 }
 
 std::vector<TaskId> Hub::tasks_of(std::uint32_t client_id, const std::vector<std::uint64_t>& request_ids) const {

@@ -61,6 +61,7 @@ class Hub : private SchedulerSink {
     std::unique_ptr<net::Timer> hello_deadline;
     std::uint64_t tasks_done = 0;
     std::string tags_json = "{}";  // engines: validated kEngineInfo (tags, host facts)
+    std::string owner;             // clients: "sha256:..." of their TLS certificate
   };
 
   void drop_oldest_unauthenticated_if_full();
@@ -71,6 +72,7 @@ class Hub : private SchedulerSink {
   void reject(Peer& peer, const std::string& reason);
 
   void route_request(Peer& client, wire::Message&& message);
+  void acknowledge(Peer& client, std::uint64_t request_id, const std::vector<TaskId>& ids);
   void route_reply(Peer& engine, wire::Message&& message);
   void abort_requests(Peer& client, const wire::Message& message);
   void record_engine_info(Peer& engine, const wire::Message& message);

@@ -94,6 +94,10 @@ class Scheduler {
   // Fails or requeues what the engine held. Returns how many tasks were affected.
   std::size_t remove_engine(EngineId engine, const std::string& why);
 
+  // The id the next submit() will give.
+  TaskId next_id() const { return next_id_; }
+  // Ids continue after `first` (a restarted controller continues the stored numbering).
+  void set_next_id(TaskId first) { next_id_ = std::max(next_id_, first); }
   // Accepts a task; dispatches, queues or fails it at once. Returns its id.
   TaskId submit(TaskSpec task, Clock::time_point now);
   // The engine's reply for `id` arrived. Returns the task (for routing its reply), or nothing

@@ -132,7 +132,7 @@ struct Engine::Impl {
 
   void connect() {
     if (stopping) return;
-    auth::SessionOptions so{controller, instance, options.controller_timeout};
+    auth::SessionOptions so{controller, std::nullopt, instance, options.controller_timeout};
     auth::open_session(loop, so, [this](StatusOr<auth::Session> s) { on_session(std::move(s)); });
   }
 

@@ -30,6 +30,7 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kClusterStatusReply:
     case MessageKind::kClusterShutdownReply:
     case MessageKind::kTaskOutput:
+    case MessageKind::kSubmitted:
     case MessageKind::kEngineShutdown:
     case MessageKind::kAbort:
     case MessageKind::kInterrupt:
@@ -110,6 +111,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kClusterStatusReply: return "cluster-status-reply";
     case MessageKind::kClusterShutdownReply: return "cluster-shutdown-reply";
     case MessageKind::kTaskOutput: return "task-output";
+    case MessageKind::kSubmitted: return "submitted";
     case MessageKind::kEngineShutdown: return "engine-shutdown";
     case MessageKind::kAbort: return "abort";
     case MessageKind::kInterrupt: return "interrupt";
@@ -205,7 +207,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kTaskReply: case K::kEngineListReply: case K::kClusterStatusReply:
         case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
         case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
-        case K::kTaskOutput:
+        case K::kTaskOutput: case K::kSubmitted:
           return true;
         default:
           return false;

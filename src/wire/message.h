@@ -90,6 +90,9 @@ enum class MessageKind : std::uint16_t {
   // engine -> controller -> client while a task runs: a chunk of its output, Envelope::flags
   // = 1 (stdout) or 2 (stderr), segments [UTF-8 text]. The final reply still has all of it.
   kTaskOutput = 44,
+  // controller -> client, right after a request is accepted: its task ids (segments [ids]),
+  // under which the results can be fetched later, also from another connection.
+  kSubmitted = 45,
 
   kEngineShutdown = 50,  // controller -> engine: finish and exit
 
