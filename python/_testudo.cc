@@ -150,6 +150,15 @@ class PyResult {
     for (auto& r : *replies) out.push_back(PyReply{std::move(r)});
     return out;
   }
+  std::vector<std::uint64_t> task_ids(double timeout) const {
+    StatusOr<std::vector<std::uint64_t>> ids = not_found("");
+    {
+      py::gil_scoped_release release;
+      ids = result_.task_ids(to_ms(timeout));
+    }
+    if (!ids.ok()) raise_status(ids.status());
+    return *ids;
+  }
   const AsyncResult& native() const { return result_; }
 
  private:
@@ -263,8 +272,8 @@ class PyClient {
     return wrap(client().apply_balanced(allowed, std::move(bytes), options), keep);
   }
 
-  std::size_t abort(const std::vector<std::uint64_t>& request_ids) {
-    return wait_control([&](Client& c) { return c.abort(request_ids); });
+  std::size_t abort(const std::vector<std::uint64_t>& task_ids) {
+    return wait_control([&](Client& c) { return c.abort(task_ids); });
   }
   std::size_t interrupt(const std::vector<EngineId>& targets) {
     return wait_control([&](Client& c) { return c.interrupt(targets); });
@@ -396,6 +405,8 @@ PYBIND11_MODULE(_testudo, m) {
       .def("ready", &PyResult::ready)
       .def("wait", &PyResult::wait, py::arg("timeout"), "Waits up to timeout seconds; True once every engine answered.")
       .def("watch", &PyResult::watch, "Report this request to Client.next_completed when done.")
+      .def("task_ids", &PyResult::task_ids, py::arg("timeout") = 10.0,
+           "The controller's task ids for this request (waits for its acknowledgement).")
       .def("replies", &PyResult::replies, "The replies in target order (the result must be ready).");
 
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
@@ -414,7 +425,7 @@ PYBIND11_MODULE(_testudo, m) {
       .def("apply_balanced", &PyClient::apply_balanced, py::arg("allowed"), py::arg("segments"),
            py::arg("retries") = 0, py::arg("timeout") = 0.0, py::arg("after") = std::vector<std::uint64_t>{},
            py::arg("follow") = std::vector<std::uint64_t>{})
-      .def("abort", &PyClient::abort, py::arg("request_ids"))
+      .def("abort", &PyClient::abort, py::arg("task_ids"))
       .def("interrupt", &PyClient::interrupt, py::arg("targets"))
       .def("queue_status", &PyClient::queue_status)
       .def("shutdown_engines", &PyClient::shutdown_engines, py::arg("targets"))

@@ -35,7 +35,7 @@ struct TaskOptions {
   std::uint32_t retries = 0;  // run again elsewhere if its engine dies, this many times
   // How long the dependencies may take to be met; unset: no limit.
   std::optional<std::chrono::milliseconds> timeout;
-  std::vector<std::uint64_t> after;   // request ids (of this client) that must succeed first
+  std::vector<std::uint64_t> after;   // task ids (AsyncResult::task_ids) that must succeed first
   std::vector<std::uint64_t> follow;  // ... and where it must run
 };
 
@@ -144,9 +144,9 @@ class Client {
   AsyncResult execute_balanced(const std::vector<EngineId>& allowed, std::string_view code,
                                const TaskOptions& options = {});
 
-  // Aborts this client's requests that are still queued or waiting (running ones go on);
+  // Aborts this connection's tasks that are still queued or waiting (running ones go on);
   // their replies fail with kCancelled. Returns how many tasks were aborted.
-  StatusOr<std::size_t> abort(const std::vector<std::uint64_t>& request_ids);
+  StatusOr<std::size_t> abort(const std::vector<std::uint64_t>& task_ids);
   // Raises KeyboardInterrupt in whatever runs on `targets` now. Returns engines reached.
   StatusOr<std::size_t> interrupt(const std::vector<EngineId>& targets);
   // Per engine: queued, running and completed tasks; plus unassigned and waiting (JSON).

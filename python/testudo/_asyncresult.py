@@ -56,6 +56,7 @@ class AsyncResult(concurrent.futures.Future):
         self._raw = None  # per target: value or RemoteError, once finished
         self._metadata = None
         self._received = None
+        self._task_id_cache = None
         self._live = []  # (engine, stream, text) chunks received while running, not yet shown
         self._live_lock = threading.Lock()
         self.owner = True
@@ -67,9 +68,15 @@ class AsyncResult(concurrent.futures.Future):
 
     @property
     def msg_ids(self):
-        """One id per (request, engine): 'request_id:engine_id' ('request_id:*' while a
-        load-balanced task has no engine yet)."""
-        return [f"{c.request_id}:{'*' if t == _ANY_ENGINE else t}" for c in self._children for t in c.targets]
+        """The controller's task ids (as strings), one per engine in target order: handles for
+        rc.get_result(), rc.result_status(), dependencies (after/follow) and abort — also from
+        another process of the same user (same ~/.testudo/identity)."""
+        return [str(i) for i in self._task_ids()]
+
+    def _task_ids(self):
+        if self._task_id_cache is None:
+            self._task_id_cache = [i for c in self._children for i in c.task_ids(30.0)]
+        return self._task_id_cache
 
     @property
     def targets(self):

@@ -223,11 +223,11 @@ class Client:
     def abort(self, jobs=None, targets=None, block=None):
         """Abort queued tasks: `jobs` are AsyncResults or msg_ids (default: all outstanding).
         Running tasks go on (see interrupt). Returns how many tasks were aborted."""
-        from ._lbview import _request_ids
+        from ._lbview import _task_ids
         if jobs is None:
             with self._lock:
                 jobs = list({id(a): a for a in self._pending.values()}.values())
-        return self._native.abort(_request_ids(jobs))
+        return self._native.abort(_task_ids(jobs))
 
     def interrupt(self, targets="all"):
         """Raise KeyboardInterrupt in whatever runs on `targets` now (like Ctrl-C)."""

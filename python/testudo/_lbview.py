@@ -10,8 +10,8 @@ from ._view import _dumps
 _FLAGS = ("block", "retries", "timeout", "after", "follow", "targets")
 
 
-def _request_ids(deps):
-    """Request ids from AsyncResults, msg_ids ('request:engine') or lists of them."""
+def _task_ids(deps):
+    """Task ids from AsyncResults, msg_ids (str or int) or lists of them."""
     if deps is None:
         return []
     if isinstance(deps, (AsyncResult, str, int)):
@@ -19,13 +19,16 @@ def _request_ids(deps):
     ids = []
     for d in deps:
         if isinstance(d, AsyncResult):
-            ids.extend(c.request_id for c in d._children)
+            ids.extend(d._task_ids())
         elif isinstance(d, str):
-            ids.append(int(d.split(":", 1)[0]))
-        elif isinstance(d, int):
+            try:
+                ids.append(int(d))
+            except ValueError:
+                raise ValueError(f"not a testudo msg_id: {d!r}") from None
+        elif isinstance(d, int) and not isinstance(d, bool):
             ids.append(d)
         elif isinstance(d, (list, tuple, set)):
-            ids.extend(_request_ids(list(d)))
+            ids.extend(_task_ids(list(d)))
         else:
             raise TypeError(f"dependencies are AsyncResults or msg_ids, not {type(d).__name__}")
     return list(dict.fromkeys(ids))
@@ -84,7 +87,7 @@ class LoadBalancedView:
         opts = {k: flags.get(k, getattr(self, k)) for k in _FLAGS}
         child = self.client._native.apply_balanced(
             self._allowed(opts["targets"]), _dumps((f, tuple(args), dict(kwargs))), int(opts["retries"] or 0),
-            float(opts["timeout"] or 0), _request_ids(opts["after"]), _request_ids(opts["follow"]))
+            float(opts["timeout"] or 0), _task_ids(opts["after"]), _task_ids(opts["follow"]))
         return child, opts
 
     def _apply(self, f, args, kwargs, **flags):

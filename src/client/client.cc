@@ -465,8 +465,8 @@ AsyncResult Client::execute_balanced(const std::vector<EngineId>& allowed, std::
   return impl_->send_request(wire::MessageKind::kExecute, 0, allowed, {SharedBytes::copy_of(code)}, to_wire(options));
 }
 
-StatusOr<std::size_t> Client::abort(const std::vector<std::uint64_t>& request_ids) {
-  return count_from(impl_->control(wire::MessageKind::kAbort, {}, {wire::encode_ids(request_ids)}), "aborted");
+StatusOr<std::size_t> Client::abort(const std::vector<std::uint64_t>& task_ids) {
+  return count_from(impl_->control(wire::MessageKind::kAbort, {}, {wire::encode_ids(task_ids)}), "aborted");
 }
 
 StatusOr<std::size_t> Client::interrupt(const std::vector<EngineId>& targets) {

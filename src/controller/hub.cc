@@ -227,7 +227,6 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   spec.kind = req.kind;
   spec.flags = static_cast<std::uint16_t>(req.flags & ~wire::kLoadBalanced);
   spec.body = std::move(m.segments);  // shared by every task of this request, not copied
-  std::vector<TaskId>& ids = requests_[{client.id, req.request_id}];
   const auto now = Clock::now();
   if (!balanced) {
     // The ids go out before the tasks are submitted: submit() may already answer a task
@@ -238,7 +237,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
     for (std::uint32_t target : req.targets) {
       TaskSpec one = spec;
       one.engine = target;
-      ids.push_back(scheduler_.submit(std::move(one), now));
+      scheduler_.submit(std::move(one), now);
     }
     return;
   }
@@ -247,10 +246,10 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   spec.allowed = req.targets;
   spec.retries = options->retries;
   if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
-  spec.after = tasks_of(client.id, options->after);
-  spec.follow = tasks_of(client.id, options->follow);
+  spec.after = std::move(options->after);
+  spec.follow = std::move(options->follow);
   acknowledge(client, req.request_id, {scheduler_.next_id()});
-  ids.push_back(scheduler_.submit(std::move(spec), now));
+  scheduler_.submit(std::move(spec), now);
 }
 
 void Hub::acknowledge(Peer& client, std::uint64_t request_id, const std::vector<TaskId>& ids) {
@@ -260,20 +259,6 @@ void Hub::acknowledge(Peer& client, std::uint64_t request_id, const std::vector<
   ack.envelope.client_id = client.id;
   ack.segments.push_back(wire::encode_ids(ids));
   client.connection->send(std::move(ack));
-}
-
-std::vector<TaskId> Hub::tasks_of(std::uint32_t client_id, const std::vector<std::uint64_t>& request_ids) const {
-  std::vector<TaskId> out;
-  for (std::uint64_t r : request_ids) {
-    auto it = requests_.find({client_id, r});
-    // An unknown request id becomes a task id that cannot exist: the dependency fails clearly.
-    if (it == requests_.end()) {
-      out.push_back(0);
-      continue;
-    }
-    out.insert(out.end(), it->second.begin(), it->second.end());
-  }
-  return out;
 }
 
 void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
@@ -355,14 +340,10 @@ void Hub::shutdown_engines(Peer& client, const wire::Message& m) {
 }
 
 void Hub::abort_requests(Peer& client, const wire::Message& m) {
-  auto request_ids = m.segments.empty() ? StatusOr<std::vector<std::uint64_t>>(std::vector<std::uint64_t>{})
-                                        : wire::decode_ids(m.segments[0]);
-  if (!request_ids.ok()) return reject(client, request_ids.status().message());
-  std::vector<TaskId> ids;
-  for (TaskId id : tasks_of(client.id, *request_ids)) {
-    if (id != 0) ids.push_back(id);
-  }
-  std::size_t aborted = scheduler_.abort(client.id, ids);
+  auto ids = m.segments.empty() ? StatusOr<std::vector<std::uint64_t>>(std::vector<std::uint64_t>{})
+                                : wire::decode_ids(m.segments[0]);
+  if (!ids.ok()) return reject(client, ids.status().message());
+  std::size_t aborted = scheduler_.abort(client.id, *ids);
   send_control_reply(client, MessageKind::kAbortReply, m.envelope,
                      nlohmann::json{{"aborted", aborted}}.dump());
 }
@@ -450,9 +431,6 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
                     << " task(s) failed or resubmitted";
   } else if (peer.authenticated) {
     clients_.erase(peer.id);
-    for (auto r = requests_.lower_bound({peer.id, 0}); r != requests_.end() && r->first.first == peer.id;) {
-      r = requests_.erase(r);
-    }
     LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
   } else {
     --unauthenticated_count_;

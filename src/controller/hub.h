@@ -80,8 +80,6 @@ class Hub : private SchedulerSink {
   std::string engine_list_json() const;
   void interrupt_engines(Peer& client, const wire::Message& message);
   std::string queue_status_json() const;
-  // Task ids of `client_id`'s earlier requests (for dependencies and abort).
-  std::vector<TaskId> tasks_of(std::uint32_t client_id, const std::vector<std::uint64_t>& request_ids) const;
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
                    wire::RouteStatus status, const std::string& text);
 
@@ -109,8 +107,6 @@ class Hub : private SchedulerSink {
   std::unordered_map<std::uint32_t, Peer*> clients_;                 // by client id
   std::unordered_map<std::string, std::uint32_t> engine_id_by_instance_;
   Scheduler scheduler_;
-  // (client id, request id) -> its tasks, for dependencies and abort; dropped with the client.
-  std::map<std::pair<std::uint32_t, std::uint64_t>, std::vector<TaskId>> requests_;
   std::unique_ptr<net::Timer> expiry_;
   std::deque<std::uint64_t> unauthenticated_;  // serials in arrival order (may hold stale ones)
   std::size_t unauthenticated_count_ = 0;      // peers not yet authenticated and not closed

@@ -13,7 +13,7 @@
 namespace testudo::wire {
 
 // Envelope::text of a load-balanced request: how the controller schedules it. Dependencies
-// name earlier requests of the same client by request id.
+// are task ids (from kSubmitted).
 struct TaskOptions {
   std::uint32_t retries = 0;      // resubmissions after an engine dies under it
   std::uint32_t timeout_ms = 0;   // for dependencies to be met; 0: no limit
@@ -25,7 +25,7 @@ struct TaskOptions {
 std::string encode_task_options(const TaskOptions& options);
 StatusOr<TaskOptions> decode_task_options(std::string_view text);
 
-// kAbort body: request ids.
+// kAbort and kSubmitted bodies: task ids.
 SharedBytes encode_ids(const std::vector<std::uint64_t>& ids);
 StatusOr<std::vector<std::uint64_t>> decode_ids(const SharedBytes& segment);
 

@@ -97,7 +97,7 @@ enum class MessageKind : std::uint16_t {
   kEngineShutdown = 50,  // controller -> engine: finish and exit
 
   // Task lifecycle: client -> controller.
-  kAbort = 60,        // segments: [request ids to abort, u64 each]; reply kAbortReply
+  kAbort = 60,        // segments: [task ids to abort]; reply kAbortReply
   kInterrupt = 61,    // targets: engines whose running task to interrupt (SIGINT into Python)
   kQueueStatus = 62,  // reply kQueueStatusReply: [JSON]
   kAbortReply = 63,
