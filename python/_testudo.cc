@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 
+#include "base/log.h"
 #include "pyglue/segment.h"
 #include "testudo/client.h"
 
@@ -378,6 +379,8 @@ PYBIND11_MODULE(_testudo, m) {
   using namespace testudo::python;
   m.doc() = "Native core of the testudo client (TLS 1.3, capability proofs, wire protocol).";
   m.attr("ANY_ENGINE") = kAnyEngine;
+  // The client library logs to stderr; in a Python session only warnings and errors belong there.
+  log::set_min_level(log::Level::kWarning);
   pyglue::define_segment(m);
 
   py::class_<PyReply>(m, "Reply", "One engine's answer to one request.")

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -198,13 +199,53 @@ struct Client::Impl {
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
   Status lost_reason = unavailable("not connected");
   Client::OutputHandler output_handler;
+  // Reconnecting after a loss (F2): the same session options, backoff with jitter.
+  auth::SessionOptions session;
+  bool closing = false;
+  std::chrono::milliseconds backoff{100};
+  std::unique_ptr<net::Timer> retry;  // declared after `loop`: destroyed before it
 
   ~Impl() {
     loop.post([this] {
+      closing = true;
+      retry.reset();
       if (connection) connection->close(unavailable("client closed"));
       loop.stop();
     });
     if (network.joinable()) network.join();
+  }
+
+  // Makes `s` this client's connection (loop thread).
+  void adopt(auth::Session s) {
+    connection = s.connection;
+    client_id = s.assigned_id;
+    connected = true;
+    backoff = std::chrono::milliseconds(100);
+    connection->set_handlers({
+        [this](wire::Message&& m) { on_message(std::move(m)); },
+        [this](const Status& why) { on_close(why); },
+    });
+  }
+
+  void schedule_reconnect() {
+    if (closing) return;
+    static thread_local std::minstd_rand rng(std::random_device{}());
+    auto delay = backoff + std::chrono::milliseconds(rng() % (backoff.count() / 2 + 1));
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5'000));
+    retry = loop.after(delay, [this] {
+      auth::open_session(loop, session, [this](StatusOr<auth::Session> s) {
+        if (closing) {
+          if (s.ok()) s->connection->close(unavailable("client closed"));
+          return;
+        }
+        if (!s.ok()) {
+          LOG_DEBUG("client") << "reconnecting: " << s.status().message();
+          return schedule_reconnect();
+        }
+        LOG_INFO("client") << "reconnected to the controller as client " << s->assigned_id;
+        adopt(std::move(s).value());
+      });
+    });
   }
 
   void on_message(wire::Message&& m) {
@@ -262,6 +303,9 @@ struct Client::Impl {
     auto controls = std::move(pending_control);
     pending_control.clear();
     for (auto& [id, promise] : controls) promise->set_value(lost_reason);
+    // Results of requests that were in flight stay with the controller (get_result by task
+    // id); new requests work again once a new connection is up.
+    schedule_reconnect();
   }
 
   AsyncResult send_request(wire::MessageKind kind, std::uint16_t flags, const std::vector<EngineId>& targets,
@@ -334,17 +378,10 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
   // Results belong to this identity: the same user fetches them from another process later.
   TESTUDO_ASSIGN_OR_RETURN(auto identity, auth::load_or_create_identity(testudo_home() + "/identity", "client"));
   auth::SessionOptions so{info, identity, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
+  impl.session = so;
   impl.loop.post([&impl, so, promise] {
     auth::open_session(impl.loop, so, [&impl, promise](StatusOr<auth::Session> s) {
-      if (s.ok()) {
-        impl.connection = s->connection;
-        impl.client_id = s->assigned_id;
-        impl.connected = true;
-        impl.connection->set_handlers({
-            [&impl](wire::Message&& m) { impl.on_message(std::move(m)); },
-            [&impl](const Status& why) { impl.on_close(why); },
-        });
-      }
+      if (s.ok()) impl.adopt(*s);
       promise->set_value(std::move(s));
     });
   });

@@ -1,0 +1,164 @@
+// TaskStore: the controller's persistent record of every task (THREATS.md F2, F3, F6, F7).
+//
+// One SQLite database in the profile's state directory (WAL, synchronous=NORMAL, exclusive
+// locking: a second controller on the same profile is refused instead of stealing its tasks).
+// It keeps, per task: id, submitting identity (owner), request id, kind, targets, state,
+// engine, timestamps, error text and the reply segments (result). Results up to
+// `inline_limit` bytes live in the database; bigger ones in files next to it. Records are
+// kept until purged or until enforce_limits() drops them (age, total result size).
+//
+// Never stored: sealed request payloads. A result is the reply as the engine sealed it.
+//
+// Writes are cheap: record_*() only queue in memory; flush() commits the queue in one
+// transaction (the hub calls it from a ~20 ms timer and at shutdown), so 20,000 tasks/s cost
+// ~50 small transactions a second. Memory holds the pending queue only, never all tasks.
+//
+// Crash semantics (F2): after SIGKILL, every flushed write is there and the database is
+// intact; writes queued since the last flush are gone. On the next open(), tasks still
+// queued or running are marked kLost ("controller stopped before the task finished"), so a
+// client asking about them is told, never left waiting.
+//
+// Owners (F3): get()/result()/query() do not check who asks. The hub must compare
+// TaskRecord::owner with the requester's identity before returning a record or a result,
+// and pass the requester as Query::owner / purge()'s owner.
+//
+// Threading: not thread-safe; the hub's loop thread only. flush() writes big results to
+// files synchronously (one write() per segment): a 1 GB result costs ~0.5 s of that thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "testudo/shared_bytes.h"
+#include "testudo/status.h"
+
+namespace testudo::controller {
+
+// Stored as integers: never renumber.
+enum class TaskState : std::uint8_t {
+  kQueued = 0,
+  kRunning = 1,
+  kSucceeded = 2,
+  kFailed = 3,
+  kAborted = 4,
+  kLost = 5,  // the controller stopped (crash, kill) before the task finished
+};
+// "queued", "running", "succeeded", "failed", "aborted", "lost".
+std::string_view task_state_name(TaskState state);
+inline bool is_finished(TaskState state) { return state >= TaskState::kSucceeded; }
+
+struct TaskRecord {
+  std::uint64_t task_id = 0;
+  std::string owner;                    // submitting identity (opaque text, e.g. key fingerprint)
+  std::uint64_t request_id = 0;         // the client's id for the request
+  std::string kind;                     // "execute", "apply", ... (opaque text)
+  std::vector<std::uint32_t> targets;   // engines asked for (empty: load-balanced, any)
+  std::optional<std::uint32_t> engine;  // where it ran (set by record_started)
+  TaskState state = TaskState::kQueued;
+  std::int64_t submitted_us = 0;        // microseconds since the Unix epoch
+  std::int64_t started_us = 0;          // 0: not started
+  std::int64_t completed_us = 0;        // 0: not finished
+  std::uint64_t result_bytes = 0;       // sum of the result's segment sizes
+  std::string error;                    // short text for failures (never a payload)
+
+  bool operator==(const TaskRecord&) const = default;
+};
+
+// Every default in one place (STYLE habit 11).
+struct TaskStoreOptions {
+  // The database file, e.g. <profile>/state/tasks.sqlite. Missing directories are created
+  // 0700; a directory writable by group or others is refused. Big results go to
+  // "<path>.results/" (0700, files 0600).
+  std::string path;
+  // Finished records older than this (by completion time) are purged by enforce_limits().
+  std::chrono::seconds max_age{7 * 24 * 3600};
+  // Total result bytes kept; enforce_limits() purges the oldest finished records beyond it.
+  std::uint64_t max_result_bytes = 4ull << 30;
+  // Results bigger than this go to a file instead of the database (at most 256 MiB).
+  std::uint64_t inline_limit = 16u << 20;
+  // Bounds on the pending queue while flush() fails (disk full): beyond either, new writes
+  // are dropped and counted (dropped_writes()), with an ERROR line.
+  std::size_t max_pending_writes = 1u << 20;
+  std::uint64_t max_pending_result_bytes = 1ull << 30;
+};
+
+// The interface the hub holds (a fake can stand in for it in hub tests); open() makes the
+// SQLite implementation.
+class TaskStore {
+ public:
+  virtual ~TaskStore() = default;  // does NOT flush: call flush() first (pending writes are
+                                   // dropped with a WARN line, as a crash would).
+
+  // Opens or creates the store at options.path, then marks tasks of a previous run that were
+  // still queued or running as kLost (completed_us = now_us; see lost_at_open()).
+  // Errors: kFailedPrecondition (read-only or locked by another controller, newer schema),
+  // kPermissionDenied (unsafe directory), kDataLoss (not a task store / corrupt),
+  // kResourceExhausted (disk full), kInvalidArgument (options).
+  static StatusOr<std::unique_ptr<TaskStore>> open(const TaskStoreOptions& options,
+                                                   std::int64_t now_us);
+
+  // The first id the hub may give a new task (Scheduler::set_next_id). Ids below
+  // id_reserved_until() are never handed out again after a crash: the store persists a
+  // reservation ~1M ids ahead and extends it on flush. Only if flush() keeps failing can the
+  // hub run past it; it should refuse new submissions while flush() fails.
+  virtual std::uint64_t next_task_id() const = 0;
+  virtual std::uint64_t id_reserved_until() const = 0;
+  // Tasks marked kLost by open().
+  virtual std::uint64_t lost_at_open() const = 0;
+
+  // Queue writes for the next flush(). Order matters: a task's started/finished must come
+  // after its submitted. started/finished of a task that is not queued/running are ignored
+  // (a second finish does not overwrite the first). `result` is kept by reference (no copy)
+  // until flushed. `state` of record_finished must be a finished state.
+  virtual void record_submitted(TaskRecord record) = 0;
+  virtual void record_started(std::uint64_t id, std::uint32_t engine, std::int64_t at_us) = 0;
+  virtual void record_finished(std::uint64_t id, TaskState state, std::int64_t at_us,
+                               std::vector<SharedBytes> result, std::string error) = 0;
+
+  // Commits every pending write in one transaction. On an I/O error (disk full, read-only,
+  // I/O failure) the transaction is rolled back, the store stays as it was before the call,
+  // the pending writes are KEPT for the next flush (a transient full disk loses nothing), and
+  // the error says what happened (kResourceExhausted for a full disk). A write that can never
+  // succeed (duplicate task id) is dropped alone, logged and counted in dropped_writes().
+  virtual Status flush() = 0;
+  virtual std::size_t pending_writes() const = 0;
+  virtual std::uint64_t dropped_writes() const = 0;
+
+  // Reads see every write recorded before them: they flush first (if that fails they log it
+  // and read what is committed). A result or record of another owner is returned too:
+  // the caller checks TaskRecord::owner.
+  virtual StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) = 0;
+  // The segments as recorded (zero-length ones included). kNotFound: no such task (or
+  // purged); kFailedPrecondition: not finished yet; kDataLoss: the stored bytes are damaged
+  // (e.g. a result file lost in a power failure).
+  virtual StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) = 0;
+
+  struct Query {
+    std::optional<std::string> owner;           // only this owner's tasks
+    std::vector<TaskState> states;              // any of these (empty: all)
+    std::optional<std::int64_t> submitted_after_us;
+    std::uint64_t after_task_id = 0;            // paging: ids > this
+    std::size_t limit = 1000;
+  };
+  // Records in increasing task id order, at most `limit`.
+  virtual StatusOr<std::vector<TaskRecord>> query(const Query& query) = 0;
+
+  // Deletes finished records (and their results) among `ids`, or all finished records when
+  // `ids` is empty; only those of `owner` when given (nullopt: any owner, an admin purge).
+  // Queued and running tasks are never touched. Returns how many were deleted.
+  virtual StatusOr<std::size_t> purge(const std::optional<std::string>& owner,
+                                      const std::vector<std::uint64_t>& ids) = 0;
+  // Deletes finished records completed before now_us - max_age, then the oldest finished
+  // records (by completion time) until the kept result bytes fit max_result_bytes.
+  // Returns how many were deleted. The hub calls it every minute or so; deletion is chunked.
+  virtual StatusOr<std::size_t> enforce_limits(std::int64_t now_us) = 0;
+  // Sum of result_bytes over the stored records.
+  virtual std::uint64_t stored_result_bytes() const = 0;
+};
+
+}  // namespace testudo::controller
