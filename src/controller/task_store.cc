@@ -1,0 +1,1086 @@
+// The SQLite task store. See task_store.h for the contract; here, the storage layout:
+//
+//   <path>               SQLite database, 0600 (its -wal file inherits the mode)
+//   <path>.results/      0700: results bigger than inline_limit, "<task id>.res", 0600,
+//                        written as "<id>.res.tmp" then renamed (a crash leaves a .tmp that
+//                        the next open() deletes, never a half file under the final name)
+//
+// Result framing (the same inline in the database and in a file), little-endian:
+//   "TSR1" | u32 segment count | u64 length of each segment | the segments' bytes
+// The decoder checks the count and every length against the size it was given before it
+// allocates anything, so damaged bytes are a kDataLoss, never an over-read.
+//
+// Durability: synchronous=NORMAL and no fsync of result files. A SIGKILL loses nothing
+// flushed (the OS has it); a power failure may lose the last commits (the database stays
+// intact) or leave a result file short, which result() reports as kDataLoss.
+#include "controller/task_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <variant>
+
+#include "base/log.h"
+
+namespace testudo::controller {
+
+std::string_view task_state_name(TaskState state) {
+  switch (state) {
+    case TaskState::kQueued: return "queued";
+    case TaskState::kRunning: return "running";
+    case TaskState::kSucceeded: return "succeeded";
+    case TaskState::kFailed: return "failed";
+    case TaskState::kAborted: return "aborted";
+    case TaskState::kLost: return "lost";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr std::string_view kLog = "store";
+constexpr int kSchemaVersion = 1;
+// Ids reserved ahead of the highest id recorded (see TaskStore::id_reserved_until()).
+constexpr std::uint64_t kIdBlock = 1ull << 20;
+// Rows deleted per transaction by enforce_limits(), so the WAL stays small.
+constexpr int kDeleteChunk = 10'000;
+constexpr std::uint64_t kMaxInlineLimit = 256ull << 20;
+constexpr char kMagic[4] = {'T', 'S', 'R', '1'};
+constexpr std::string_view kLostError = "controller stopped before the task finished";
+
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
+};
+using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
+using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+// Closes a file descriptor on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+// Resets a cached statement on scope exit, so none keeps a read open or a binding alive.
+class ResetOnExit {
+ public:
+  explicit ResetOnExit(sqlite3_stmt* stmt) : stmt_(stmt) {}
+  ~ResetOnExit() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  ResetOnExit(const ResetOnExit&) = delete;
+  ResetOnExit& operator=(const ResetOnExit&) = delete;
+
+ private:
+  sqlite3_stmt* stmt_;
+};
+
+std::int64_t to_sql(std::uint64_t v) { return static_cast<std::int64_t>(v); }
+std::uint64_t from_sql(std::int64_t v) { return static_cast<std::uint64_t>(v); }
+
+Status errno_status(int err, const std::string& path, std::string_view what) {
+  std::string m = "task store: " + std::string(what) + " " + path + ": ";
+  switch (err) {
+    case ENOSPC:
+    case EDQUOT:
+      return resource_exhausted(m + "disk full (" + std::strerror(err) + ")");
+    case EROFS:
+    case EACCES:
+    case EPERM:
+      return failed_precondition(m + "read-only or not permitted (" + std::strerror(err) + ")");
+    default:
+      return unavailable(m + std::strerror(err));
+  }
+}
+
+// Converts an SQLite result code once, where it enters (STYLE habit 1).
+Status sqlite_status(sqlite3* db, int rc, const std::string& path, std::string_view what) {
+  std::string detail = sqlite3_errstr(rc);
+  if (db != nullptr) {
+    const char* msg = sqlite3_errmsg(db);
+    if (msg != nullptr && detail != msg) detail += std::string(" (") + msg + ")";
+  }
+  std::string m = "task store " + path + ": " + std::string(what) + ": ";
+  switch (rc & 0xff) {
+    case SQLITE_FULL: return resource_exhausted(m + "disk full: " + detail);
+    case SQLITE_NOMEM: return resource_exhausted(m + "out of memory: " + detail);
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+    case SQLITE_CANTOPEN:
+      return failed_precondition(m + "read-only or not accessible: " + detail);
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return failed_precondition(m + "in use by another process (another controller on this profile?): " +
+                                 detail);
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return data_loss(m + "not a task store or damaged: " + detail);
+    case SQLITE_IOERR: return unavailable(m + "I/O error: " + detail);
+    default: return internal_error(m + detail);
+  }
+}
+
+// A write that can never succeed however often it is retried (vs. an I/O failure).
+bool is_bad_write(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void put_u32(std::string& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void put_u64(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+std::uint64_t get_le(const std::byte* p, int n) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v |= std::uint64_t(std::to_integer<std::uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+
+std::uint64_t framed_size(std::uint64_t segments, std::uint64_t bytes) { return 8 + 8 * segments + bytes; }
+
+// The framing header (magic, count, lengths); the segments' bytes follow it.
+std::string frame_header(const std::vector<SharedBytes>& segments) {
+  std::string out(kMagic, sizeof kMagic);
+  put_u32(out, static_cast<std::uint32_t>(segments.size()));
+  for (const SharedBytes& s : segments) put_u64(out, s.size());
+  return out;
+}
+
+// Splits a framed buffer into segments that share `whole` (no copy). Checks before use.
+StatusOr<std::vector<SharedBytes>> unframe(const SharedBytes& whole, std::uint64_t want_segments,
+                                           std::uint64_t want_bytes) {
+  const std::byte* p = whole.data();
+  const std::uint64_t size = whole.size();
+  if (size < 8 || std::memcmp(p, kMagic, sizeof kMagic) != 0) return data_loss("result framing: bad magic");
+  const std::uint64_t count = get_le(p + 4, 4);
+  if (count != want_segments || count > (size - 8) / 8) return data_loss("result framing: bad segment count");
+  std::uint64_t offset = 8 + 8 * count;
+  std::uint64_t total = 0;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::uint64_t len = get_le(p + 8 + 8 * i, 8);
+    if (len > size - offset - total) return data_loss("result framing: segment longer than the data");
+    total += len;
+  }
+  if (offset + total != size || total != want_bytes) return data_loss("result framing: size mismatch");
+  std::vector<SharedBytes> segments;
+  segments.reserve(count);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::uint64_t len = get_le(p + 8 + 8 * i, 8);
+    if (len == 0) {
+      segments.emplace_back();
+    } else {
+      segments.push_back(SharedBytes::adopt(const_cast<std::byte*>(p + offset), len, [whole] {}));
+    }
+    offset += len;
+  }
+  return segments;
+}
+
+// mkdir -p with mode 0700 for the directories it creates.
+Status make_dirs(const std::string& dir) {
+  if (dir.empty()) return ok_status();
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0) {
+    return S_ISDIR(st.st_mode) ? ok_status() : failed_precondition("task store: " + dir + " is not a directory");
+  }
+  const auto slash = dir.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) TESTUDO_RETURN_IF_ERROR(make_dirs(dir.substr(0, slash)));
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return errno_status(errno, dir, "cannot create directory");
+  return ok_status();
+}
+
+struct Submitted {
+  TaskRecord record;
+};
+struct Started {
+  std::uint64_t id;
+  std::uint32_t engine;
+  std::int64_t at_us;
+};
+struct Finished {
+  std::uint64_t id;
+  TaskState state;
+  std::int64_t at_us;
+  std::vector<SharedBytes> result;
+  std::uint64_t result_bytes;
+  std::string error;
+};
+using PendingWrite = std::variant<Submitted, Started, Finished>;
+
+constexpr const char* kRecordColumns =
+    "task_id, owner, request_id, kind, targets, engine, state, submitted_us, started_us, completed_us, "
+    "result_bytes, error";
+
+class SqliteTaskStore final : public TaskStore {
+ public:
+  static StatusOr<std::unique_ptr<TaskStore>> open(const TaskStoreOptions& options, std::int64_t now_us);
+
+  ~SqliteTaskStore() override {
+    if (!pending_.empty()) {
+      LOG_WARN(kLog) << "closing " << options_.path << " with " << pending_.size()
+                     << " unflushed writes; they are dropped";
+    }
+  }
+
+  std::uint64_t next_task_id() const override { return std::max(first_id_, max_recorded_id_ + 1); }
+  std::uint64_t id_reserved_until() const override { return reserved_until_; }
+  std::uint64_t lost_at_open() const override { return lost_at_open_; }
+  std::size_t pending_writes() const override { return pending_.size(); }
+  std::uint64_t dropped_writes() const override { return dropped_; }
+  std::uint64_t stored_result_bytes() const override { return stored_result_bytes_; }
+
+  void record_submitted(TaskRecord record) override {
+    if (!admit(0)) return;
+    max_recorded_id_ = std::max(max_recorded_id_, record.task_id);
+    pending_.emplace_back(Submitted{std::move(record)});
+  }
+  void record_started(std::uint64_t id, std::uint32_t engine, std::int64_t at_us) override {
+    if (!admit(0)) return;
+    pending_.emplace_back(Started{id, engine, at_us});
+  }
+  void record_finished(std::uint64_t id, TaskState state, std::int64_t at_us, std::vector<SharedBytes> result,
+                       std::string error) override {
+    if (!is_finished(state)) {
+      LOG_ERROR(kLog) << "task " << id << ": record_finished with unfinished state " << task_state_name(state)
+                      << " ignored";
+      ++dropped_;
+      return;
+    }
+    std::uint64_t bytes = 0;
+    for (const SharedBytes& s : result) bytes += s.size();
+    if (!admit(bytes)) return;
+    pending_result_bytes_ += bytes;
+    pending_.emplace_back(Finished{id, state, at_us, std::move(result), bytes, std::move(error)});
+  }
+
+  Status flush() override;
+  StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) override;
+  StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) override;
+  StatusOr<std::vector<TaskRecord>> query(const Query& query) override;
+  StatusOr<std::size_t> purge(const std::optional<std::string>& owner,
+                              const std::vector<std::uint64_t>& ids) override;
+  StatusOr<std::size_t> enforce_limits(std::int64_t now_us) override;
+
+ private:
+  explicit SqliteTaskStore(TaskStoreOptions options) : options_(std::move(options)) {
+    results_dir_ = options_.path + ".results";
+  }
+
+  Status init(std::int64_t now_us);
+  Status exec(const char* sql, std::string_view what);
+  Status prepare(StmtPtr& stmt, const char* sql);
+  Status error(int rc, std::string_view what) const { return sqlite_status(db_.get(), rc, options_.path, what); }
+  // Runs `body` in one transaction; rolls back if it or the commit fails.
+  template <typename Body>
+  Status transaction(Body&& body);
+  void rollback();
+
+  bool admit(std::uint64_t result_bytes);
+  // One pending write inside flush()'s transaction. A bad write is counted in *bad and
+  // skipped; an I/O failure is returned.
+  Status apply(const PendingWrite& write, std::int64_t& bytes_delta, std::vector<std::uint64_t>& files,
+               std::uint64_t& bad);
+  Status apply_finished(const Finished& f, std::int64_t& bytes_delta, std::vector<std::uint64_t>& files,
+                        std::uint64_t& bad);
+  Status write_result_file(std::uint64_t id, const std::vector<SharedBytes>& segments);
+  StatusOr<SharedBytes> read_result_file(std::uint64_t id, std::uint64_t expected_size);
+  std::string result_file(std::uint64_t id) const { return results_dir_ + "/" + std::to_string(id) + ".res"; }
+  void remove_files(const std::vector<std::uint64_t>& ids);
+  void flush_for_read();
+  StatusOr<TaskRecord> read_record(sqlite3_stmt* stmt);
+  // Steps a "DELETE ... RETURNING task_id, result_file, result_bytes" statement to its end.
+  Status step_deletes(sqlite3_stmt* stmt, std::size_t& deleted, std::vector<std::uint64_t>& files,
+                      std::uint64_t& bytes);
+  Status sweep_results_dir();
+
+  TaskStoreOptions options_;
+  std::string results_dir_;
+  DbPtr db_;  // declared before the statements: they are finalized first
+  struct Statements {
+    StmtPtr begin, commit, rollback, set_meta, get_meta;
+    StmtPtr insert, start, state_of, finish;
+    StmtPtr get, get_result, query_owner, query_all;
+    StmtPtr purge_one, purge_owner, purge_all, purge_aged, oldest_results;
+  } stmt_;
+
+  std::vector<PendingWrite> pending_;
+  std::uint64_t pending_result_bytes_ = 0;
+  bool overflow_logged_ = false;
+  std::uint64_t dropped_ = 0;
+  std::uint64_t first_id_ = 1;
+  std::uint64_t max_recorded_id_ = 0;
+  std::uint64_t reserved_until_ = 0;
+  std::uint64_t lost_at_open_ = 0;
+  std::uint64_t stored_result_bytes_ = 0;
+};
+
+StatusOr<std::unique_ptr<TaskStore>> SqliteTaskStore::open(const TaskStoreOptions& options, std::int64_t now_us) {
+  if (options.path.empty()) return invalid_argument("task store: empty path");
+  if (options.inline_limit > kMaxInlineLimit) return invalid_argument("task store: inline_limit above 256 MiB");
+  std::unique_ptr<SqliteTaskStore> store(new SqliteTaskStore(options));
+  TESTUDO_RETURN_IF_ERROR(store->init(now_us));
+  return std::unique_ptr<TaskStore>(std::move(store));
+}
+
+Status SqliteTaskStore::init(std::int64_t now_us) {
+  const std::string& path = options_.path;
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  TESTUDO_RETURN_IF_ERROR(make_dirs(dir));
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return errno_status(errno, dir, "cannot stat");
+  if ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0) {
+    return permission_denied("task store: directory " + dir + " is writable by group or others");
+  }
+  if (::mkdir(results_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
+    return errno_status(errno, results_dir_, "cannot create directory");
+  }
+  if (::lstat(results_dir_.c_str(), &st) != 0) return errno_status(errno, results_dir_, "cannot stat");
+  if (!S_ISDIR(st.st_mode)) return failed_precondition("task store: " + results_dir_ + " is not a directory");
+  if ((st.st_mode & 077) != 0 && ::chmod(results_dir_.c_str(), 0700) != 0) {
+    return errno_status(errno, results_dir_, "cannot chmod");
+  }
+
+  // Create the file ourselves so it is 0600 from the start (SQLite's -wal file copies its mode).
+  {
+    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (fd.get() < 0) return errno_status(errno, path, "cannot open");
+    if (::fstat(fd.get(), &st) != 0) return errno_status(errno, path, "cannot stat");
+    if (!S_ISREG(st.st_mode)) return failed_precondition("task store: " + path + " is not a regular file");
+    if ((st.st_mode & 077) != 0 && ::fchmod(fd.get(), 0600) != 0) return errno_status(errno, path, "cannot chmod");
+  }
+
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+  db_.reset(raw);
+  if (rc != SQLITE_OK) return error(rc, "open");
+  sqlite3_extended_result_codes(db_.get(), 1);
+  sqlite3_busy_timeout(db_.get(), 500);
+  if (sqlite3_db_readonly(db_.get(), "main") == 1) {
+    return failed_precondition("task store " + path + ": opened read-only (read-only file or directory)");
+  }
+
+  // Exclusive locking before the first access: no shared-memory file, and a second
+  // controller on the same profile is refused while this one lives.
+  TESTUDO_RETURN_IF_ERROR(exec("PRAGMA locking_mode=EXCLUSIVE", "set locking mode"));
+  {
+    sqlite3_stmt* s = nullptr;
+    rc = sqlite3_prepare_v2(db_.get(), "PRAGMA journal_mode=WAL", -1, &s, nullptr);
+    StmtPtr mode(s);
+    if (rc != SQLITE_OK) return error(rc, "set WAL mode");
+    rc = sqlite3_step(mode.get());
+    if (rc != SQLITE_ROW) return error(rc, "set WAL mode");
+    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(mode.get(), 0));
+    if (text == nullptr || std::string_view(text) != "wal") {
+      return failed_precondition("task store " + path + ": cannot enable WAL mode");
+    }
+  }
+  TESTUDO_RETURN_IF_ERROR(exec("PRAGMA synchronous=NORMAL", "set synchronous mode"));
+
+  {
+    sqlite3_stmt* s = nullptr;
+    rc = sqlite3_prepare_v2(db_.get(), "PRAGMA user_version", -1, &s, nullptr);
+    StmtPtr version(s);
+    if (rc != SQLITE_OK) return error(rc, "read schema version");
+    rc = sqlite3_step(version.get());
+    if (rc != SQLITE_ROW) return error(rc, "read schema version");
+    if (sqlite3_column_int(version.get(), 0) > kSchemaVersion) {
+      return failed_precondition("task store " + path + ": made by a newer testudo (schema version " +
+                                 std::to_string(sqlite3_column_int(version.get(), 0)) + ")");
+    }
+  }
+  // Indexes: by owner for queries (F3); unfinished tasks (small) for marking them lost;
+  // finished tasks by completion time, covering result_bytes, for the age and size limits.
+  TESTUDO_RETURN_IF_ERROR(exec(
+      "BEGIN;"
+      "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+      "CREATE TABLE IF NOT EXISTS tasks("
+      "  task_id INTEGER PRIMARY KEY,"
+      "  owner TEXT NOT NULL,"
+      "  request_id INTEGER NOT NULL,"
+      "  kind TEXT NOT NULL,"
+      "  targets BLOB NOT NULL,"          // little-endian u32 engine ids
+      "  engine INTEGER,"                 // NULL: not started
+      "  state INTEGER NOT NULL,"         // TaskState
+      "  submitted_us INTEGER NOT NULL,"
+      "  started_us INTEGER NOT NULL DEFAULT 0,"
+      "  completed_us INTEGER NOT NULL DEFAULT 0,"
+      "  result_bytes INTEGER NOT NULL DEFAULT 0,"
+      "  result_segments INTEGER NOT NULL DEFAULT 0,"
+      "  result_inline BLOB,"             // framed segments; NULL when none or in a file
+      "  result_file INTEGER NOT NULL DEFAULT 0,"  // 1: <path>.results/<task_id>.res
+      "  error TEXT NOT NULL DEFAULT '');"
+      "CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, task_id);"
+      "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(task_id) WHERE state IN (0, 1);"
+      "CREATE INDEX IF NOT EXISTS tasks_done ON tasks(completed_us, result_bytes) WHERE state >= 2;"
+      "PRAGMA user_version=1;"
+      "COMMIT;",
+      "create schema"));
+
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.begin, "BEGIN IMMEDIATE"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.commit, "COMMIT"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.rollback, "ROLLBACK"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.set_meta,
+                                  "INSERT INTO meta(key, value) VALUES(?1, ?2) "
+                                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.get_meta, "SELECT value FROM meta WHERE key = ?1"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.insert,
+                                  "INSERT INTO tasks(task_id, owner, request_id, kind, targets, engine, state, "
+                                  "submitted_us, started_us, completed_us, result_bytes, error) "
+                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.start,
+                                  "UPDATE tasks SET state = 1, engine = ?2, started_us = ?3 "
+                                  "WHERE task_id = ?1 AND state IN (0, 1)"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.state_of, "SELECT state FROM tasks WHERE task_id = ?1"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.finish,
+                                  "UPDATE tasks SET state = ?2, completed_us = ?3, result_bytes = ?4, "
+                                  "result_segments = ?5, result_inline = ?6, result_file = ?7, error = ?8 "
+                                  "WHERE task_id = ?1 AND state IN (0, 1)"));
+  const std::string columns = kRecordColumns;
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.get, ("SELECT " + columns + " FROM tasks WHERE task_id = ?1").c_str()));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.get_result,
+                                  "SELECT state, result_bytes, result_segments, result_inline, result_file "
+                                  "FROM tasks WHERE task_id = ?1"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.query_owner,
+                                  ("SELECT " + columns +
+                                   " FROM tasks WHERE owner = ?1 AND ((?2 >> state) & 1) AND submitted_us > ?3 "
+                                   "AND task_id > ?4 ORDER BY task_id LIMIT ?5")
+                                      .c_str()));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.query_all,
+                                  ("SELECT " + columns +
+                                   " FROM tasks WHERE ((?2 >> state) & 1) AND submitted_us > ?3 "
+                                   "AND task_id > ?4 ORDER BY task_id LIMIT ?5")
+                                      .c_str()));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.purge_one,
+                                  "DELETE FROM tasks WHERE task_id = ?1 AND state >= 2 "
+                                  "AND (?2 IS NULL OR owner = ?2) RETURNING task_id, result_file, result_bytes"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.purge_owner,
+                                  "DELETE FROM tasks WHERE owner = ?1 AND state >= 2 "
+                                  "RETURNING task_id, result_file, result_bytes"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.purge_all,
+                                  "DELETE FROM tasks WHERE state >= 2 RETURNING task_id, result_file, result_bytes"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.purge_aged,
+                                  "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks WHERE state >= 2 "
+                                  "AND completed_us < ?1 ORDER BY completed_us LIMIT ?2) "
+                                  "RETURNING task_id, result_file, result_bytes"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.oldest_results,
+                                  "SELECT task_id, result_bytes FROM tasks WHERE state >= 2 AND result_bytes > 0 "
+                                  "ORDER BY completed_us, task_id LIMIT ?1"));
+
+  // Where ids continue, and how many result bytes are kept.
+  std::uint64_t reserved = 0;
+  {
+    sqlite3_stmt* s = stmt_.get_meta.get();
+    ResetOnExit reset(s);
+    sqlite3_bind_text(s, 1, "id_reserved_until", -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      reserved = from_sql(sqlite3_column_int64(s, 0));
+    } else if (rc != SQLITE_DONE) {
+      return error(rc, "read id reservation");
+    }
+  }
+  const auto scalar = [&](const char* sql) -> StatusOr<std::int64_t> {
+    sqlite3_stmt* s = nullptr;
+    int rc2 = sqlite3_prepare_v2(db_.get(), sql, -1, &s, nullptr);
+    StmtPtr once(s);
+    if (rc2 != SQLITE_OK) return error(rc2, "read totals");
+    rc2 = sqlite3_step(once.get());
+    if (rc2 != SQLITE_ROW) return error(rc2, "read totals");
+    return sqlite3_column_int64(once.get(), 0);
+  };
+  TESTUDO_ASSIGN_OR_RETURN(const std::int64_t max_id, scalar("SELECT MAX(task_id) FROM tasks"));
+  TESTUDO_ASSIGN_OR_RETURN(const std::int64_t kept, scalar("SELECT SUM(result_bytes) FROM tasks WHERE state >= 2"));
+  first_id_ = std::max<std::uint64_t>({1, reserved, from_sql(max_id) + 1});
+  stored_result_bytes_ = from_sql(kept);
+
+  // The previous run's unfinished tasks are lost (F2), and a new id block is reserved.
+  const std::uint64_t new_reserved = first_id_ + kIdBlock;
+  std::size_t lost = 0;
+  TESTUDO_RETURN_IF_ERROR(transaction([&]() -> Status {
+    sqlite3_stmt* s = nullptr;
+    int rc2 = sqlite3_prepare_v2(db_.get(),
+                                 "UPDATE tasks SET state = 5, completed_us = ?1, error = ?2 WHERE state IN (0, 1)",
+                                 -1, &s, nullptr);
+    StmtPtr mark(s);
+    if (rc2 != SQLITE_OK) return error(rc2, "mark lost tasks");
+    sqlite3_bind_int64(mark.get(), 1, now_us);
+    sqlite3_bind_text(mark.get(), 2, kLostError.data(), static_cast<int>(kLostError.size()), SQLITE_STATIC);
+    rc2 = sqlite3_step(mark.get());
+    if (rc2 != SQLITE_DONE) return error(rc2, "mark lost tasks");
+    lost = static_cast<std::size_t>(sqlite3_changes64(db_.get()));
+    sqlite3_stmt* m = stmt_.set_meta.get();
+    ResetOnExit reset(m);
+    sqlite3_bind_text(m, 1, "id_reserved_until", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(m, 2, to_sql(new_reserved));
+    rc2 = sqlite3_step(m);
+    if (rc2 != SQLITE_DONE) return error(rc2, "reserve task ids");
+    return ok_status();
+  }));
+  reserved_until_ = new_reserved;
+  lost_at_open_ = lost;
+  TESTUDO_RETURN_IF_ERROR(sweep_results_dir());
+  if (lost > 0) {
+    LOG_WARN(kLog) << path << ": " << lost << " tasks of the previous run had not finished; marked lost";
+  }
+  LOG_INFO(kLog) << "opened " << path << ": next task id " << first_id_ << ", " << stored_result_bytes_
+                 << " result bytes kept";
+  return ok_status();
+}
+
+Status SqliteTaskStore::exec(const char* sql, std::string_view what) {
+  char* msg = nullptr;
+  const int rc = sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg);
+  sqlite3_free(msg);  // sqlite3_errmsg() still has it
+  if (rc != SQLITE_OK) {
+    Status st = error(rc, what);
+    rollback();
+    return st;
+  }
+  return ok_status();
+}
+
+Status SqliteTaskStore::prepare(StmtPtr& stmt, const char* sql) {
+  sqlite3_stmt* s = nullptr;
+  const int rc = sqlite3_prepare_v3(db_.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr);
+  stmt.reset(s);
+  if (rc != SQLITE_OK) return error(rc, "prepare statement");
+  return ok_status();
+}
+
+void SqliteTaskStore::rollback() {
+  // SQLite may already have rolled back by itself (e.g. after SQLITE_FULL in a commit).
+  if (db_ == nullptr || sqlite3_get_autocommit(db_.get())) return;
+  if (stmt_.rollback != nullptr) {
+    ResetOnExit reset(stmt_.rollback.get());
+    sqlite3_step(stmt_.rollback.get());
+  } else {
+    sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+}
+
+template <typename Body>
+Status SqliteTaskStore::transaction(Body&& body) {
+  {
+    ResetOnExit reset(stmt_.begin.get());
+    const int rc = sqlite3_step(stmt_.begin.get());
+    if (rc != SQLITE_DONE) return error(rc, "begin transaction");
+  }
+  Status st = body();
+  if (!st.ok()) {
+    rollback();
+    return st;
+  }
+  ResetOnExit reset(stmt_.commit.get());
+  const int rc = sqlite3_step(stmt_.commit.get());
+  if (rc != SQLITE_DONE) {
+    st = error(rc, "commit");
+    rollback();
+    return st;
+  }
+  return ok_status();
+}
+
+bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
+  const bool full = pending_.size() >= options_.max_pending_writes ||
+                    (pending_result_bytes_ > 0 &&
+                     pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
+  if (!full) return true;
+  ++dropped_;
+  if (!overflow_logged_) {
+    LOG_ERROR(kLog) << options_.path << ": " << pending_.size() << " writes wait for a flush that keeps failing; "
+                    << "new writes are dropped (tasks not stored; unfinished ones will read as lost after a restart)";
+    overflow_logged_ = true;
+  }
+  return false;
+}
+
+Status SqliteTaskStore::flush() {
+  if (pending_.empty()) return ok_status();
+  std::int64_t bytes_delta = 0;
+  std::vector<std::uint64_t> files;  // written in this flush
+  std::uint64_t bad = 0;
+  std::uint64_t reserve = reserved_until_;
+  if (max_recorded_id_ + kIdBlock / 2 >= reserved_until_) reserve = max_recorded_id_ + 1 + kIdBlock;
+  Status st = transaction([&]() -> Status {
+    for (const PendingWrite& write : pending_) TESTUDO_RETURN_IF_ERROR(apply(write, bytes_delta, files, bad));
+    if (reserve != reserved_until_) {
+      sqlite3_stmt* m = stmt_.set_meta.get();
+      ResetOnExit reset(m);
+      sqlite3_bind_text(m, 1, "id_reserved_until", -1, SQLITE_STATIC);
+      sqlite3_bind_int64(m, 2, to_sql(reserve));
+      const int rc = sqlite3_step(m);
+      if (rc != SQLITE_DONE) return error(rc, "reserve task ids");
+    }
+    return ok_status();
+  });
+  if (!st.ok()) {
+    remove_files(files);  // no committed row refers to them; the retry writes them again
+    LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: " << st.to_string();
+    return st;
+  }
+  if (bad > 0) {
+    dropped_ += bad;
+    LOG_ERROR(kLog) << options_.path << ": " << bad << " writes could not be stored (duplicate task id?); dropped";
+  }
+  stored_result_bytes_ = static_cast<std::uint64_t>(static_cast<std::int64_t>(stored_result_bytes_) + bytes_delta);
+  reserved_until_ = reserve;
+  pending_.clear();
+  if (pending_.capacity() > 65536) pending_.shrink_to_fit();
+  pending_result_bytes_ = 0;
+  overflow_logged_ = false;
+  return ok_status();
+}
+
+Status SqliteTaskStore::apply(const PendingWrite& write, std::int64_t& bytes_delta,
+                              std::vector<std::uint64_t>& files, std::uint64_t& bad) {
+  if (const auto* f = std::get_if<Finished>(&write)) return apply_finished(*f, bytes_delta, files, bad);
+  int rc;
+  if (const auto* s = std::get_if<Submitted>(&write)) {
+    const TaskRecord& r = s->record;
+    std::string targets;
+    targets.reserve(4 * r.targets.size());
+    for (std::uint32_t t : r.targets) put_u32(targets, t);
+    sqlite3_stmt* st = stmt_.insert.get();
+    ResetOnExit reset(st);
+    sqlite3_bind_int64(st, 1, to_sql(r.task_id));
+    sqlite3_bind_text(st, 2, r.owner.data(), static_cast<int>(r.owner.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, to_sql(r.request_id));
+    sqlite3_bind_text(st, 4, r.kind.data(), static_cast<int>(r.kind.size()), SQLITE_STATIC);
+    sqlite3_bind_blob(st, 5, targets.data(), static_cast<int>(targets.size()), SQLITE_STATIC);
+    if (r.engine) {
+      sqlite3_bind_int64(st, 6, *r.engine);
+    } else {
+      sqlite3_bind_null(st, 6);
+    }
+    sqlite3_bind_int(st, 7, static_cast<int>(r.state));
+    sqlite3_bind_int64(st, 8, r.submitted_us);
+    sqlite3_bind_int64(st, 9, r.started_us);
+    sqlite3_bind_int64(st, 10, r.completed_us);
+    sqlite3_bind_int64(st, 11, 0);  // results come with record_finished
+    sqlite3_bind_text(st, 12, r.error.data(), static_cast<int>(r.error.size()), SQLITE_STATIC);
+    rc = sqlite3_step(st);
+  } else {
+    const auto& s2 = std::get<Started>(write);
+    sqlite3_stmt* st = stmt_.start.get();
+    ResetOnExit reset(st);
+    sqlite3_bind_int64(st, 1, to_sql(s2.id));
+    sqlite3_bind_int64(st, 2, s2.engine);
+    sqlite3_bind_int64(st, 3, s2.at_us);
+    rc = sqlite3_step(st);
+  }
+  if (rc == SQLITE_DONE) return ok_status();
+  if (is_bad_write(rc)) {
+    ++bad;
+    return ok_status();
+  }
+  return error(rc, "write task");
+}
+
+Status SqliteTaskStore::apply_finished(const Finished& f, std::int64_t& bytes_delta,
+                                       std::vector<std::uint64_t>& files, std::uint64_t& bad) {
+  const bool to_file = framed_size(f.result.size(), f.result_bytes) > options_.inline_limit;
+  if (to_file) {
+    // Only an unfinished task gets a file: never overwrite the result of a finished one.
+    sqlite3_stmt* q = stmt_.state_of.get();
+    ResetOnExit reset(q);
+    sqlite3_bind_int64(q, 1, to_sql(f.id));
+    const int rc = sqlite3_step(q);
+    if (rc == SQLITE_DONE) return ok_status();  // unknown task: ignored like the UPDATE would
+    if (rc != SQLITE_ROW) return error(rc, "read task state");
+    if (sqlite3_column_int(q, 0) > 1) return ok_status();
+    TESTUDO_RETURN_IF_ERROR(write_result_file(f.id, f.result));
+    files.push_back(f.id);
+  }
+  std::string framed;
+  if (!to_file && !f.result.empty()) {
+    framed = frame_header(f.result);
+    framed.reserve(framed.size() + f.result_bytes);
+    for (const SharedBytes& s : f.result) framed.append(s.view());
+  }
+  sqlite3_stmt* st = stmt_.finish.get();
+  ResetOnExit reset(st);
+  sqlite3_bind_int64(st, 1, to_sql(f.id));
+  sqlite3_bind_int(st, 2, static_cast<int>(f.state));
+  sqlite3_bind_int64(st, 3, f.at_us);
+  sqlite3_bind_int64(st, 4, to_sql(f.result_bytes));
+  sqlite3_bind_int64(st, 5, static_cast<std::int64_t>(f.result.size()));
+  if (to_file || f.result.empty()) {
+    sqlite3_bind_null(st, 6);
+  } else {
+    sqlite3_bind_blob64(st, 6, framed.data(), framed.size(), SQLITE_STATIC);
+  }
+  sqlite3_bind_int(st, 7, to_file ? 1 : 0);
+  sqlite3_bind_text(st, 8, f.error.data(), static_cast<int>(f.error.size()), SQLITE_STATIC);
+  const int rc = sqlite3_step(st);
+  if (rc != SQLITE_DONE) {
+    if (is_bad_write(rc)) {
+      ++bad;
+      return ok_status();
+    }
+    return error(rc, "write task result");
+  }
+  if (sqlite3_changes64(db_.get()) > 0) bytes_delta += static_cast<std::int64_t>(f.result_bytes);
+  return ok_status();
+}
+
+Status SqliteTaskStore::write_result_file(std::uint64_t id, const std::vector<SharedBytes>& segments) {
+  const std::string final_path = result_file(id);
+  const std::string tmp = final_path + ".tmp";
+  ::unlink(tmp.c_str());
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (fd.get() < 0) return errno_status(errno, tmp, "cannot create result file");
+  auto write_all = [&](const void* data, std::size_t size) -> Status {
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+      const ssize_t n = ::write(fd.get(), p, size);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        return errno_status(err, tmp, "cannot write result file");
+      }
+      p += n;
+      size -= static_cast<std::size_t>(n);
+    }
+    return ok_status();
+  };
+  const std::string header = frame_header(segments);
+  TESTUDO_RETURN_IF_ERROR(write_all(header.data(), header.size()));
+  for (const SharedBytes& s : segments) TESTUDO_RETURN_IF_ERROR(write_all(s.data(), s.size()));
+  if (::close(fd.release()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return errno_status(err, tmp, "cannot write result file");
+  }
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return errno_status(err, final_path, "cannot rename result file");
+  }
+  return ok_status();
+}
+
+StatusOr<SharedBytes> SqliteTaskStore::read_result_file(std::uint64_t id, std::uint64_t expected_size) {
+  const std::string path = result_file(id);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return data_loss("task store: result file " + path + " is missing");
+    return errno_status(errno, path, "cannot open result file");
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return errno_status(errno, path, "cannot stat result file");
+  if (!S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != expected_size) {
+    return data_loss("task store: result file " + path + " has the wrong size");
+  }
+  SharedBytes whole = SharedBytes::allocate(expected_size);
+  std::uint64_t done = 0;
+  while (done < expected_size) {
+    const ssize_t n = ::read(fd.get(), whole.data() + done, expected_size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno_status(errno, path, "cannot read result file");
+    if (n == 0) return data_loss("task store: result file " + path + " is short");
+    done += static_cast<std::uint64_t>(n);
+  }
+  return whole;
+}
+
+void SqliteTaskStore::remove_files(const std::vector<std::uint64_t>& ids) {
+  for (std::uint64_t id : ids) {
+    const std::string path = result_file(id);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      // Left behind; the next open() removes files no record refers to.
+      LOG_WARN(kLog) << "cannot delete " << path << ": " << std::strerror(errno);
+    }
+  }
+}
+
+Status SqliteTaskStore::sweep_results_dir() {
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(results_dir_.c_str()), &::closedir);
+  if (dir == nullptr) return errno_status(errno, results_dir_, "cannot list");
+  std::vector<std::string> doomed;
+  while (const dirent* e = ::readdir(dir.get())) {
+    const std::string_view name = e->d_name;
+    if (name == "." || name == "..") continue;
+    if (name.ends_with(".res.tmp")) {
+      doomed.emplace_back(name);
+      continue;
+    }
+    if (!name.ends_with(".res")) continue;
+    const std::string_view digits = name.substr(0, name.size() - 4);
+    if (digits.empty() || digits.size() > 20 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      continue;
+    }
+    const std::uint64_t id = std::stoull(std::string(digits));
+    sqlite3_stmt* s = stmt_.get_result.get();
+    ResetOnExit reset(s);
+    sqlite3_bind_int64(s, 1, to_sql(id));
+    const int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW && sqlite3_column_int(s, 4) == 1) continue;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return error(rc, "check result files");
+    doomed.emplace_back(name);
+  }
+  for (const std::string& name : doomed) {
+    const std::string path = results_dir_ + "/" + name;
+    if (::unlink(path.c_str()) != 0) {
+      LOG_WARN(kLog) << "cannot delete " << path << ": " << std::strerror(errno);
+    }
+  }
+  if (!doomed.empty()) {
+    LOG_INFO(kLog) << "removed " << doomed.size() << " stale result files";
+  }
+  return ok_status();
+}
+
+void SqliteTaskStore::flush_for_read() {
+  if (pending_.empty()) return;
+  Status st = flush();
+  if (!st.ok()) {
+    LOG_WARN(kLog) << "reading committed records only: " << st.to_string();
+  }
+}
+
+StatusOr<TaskRecord> SqliteTaskStore::read_record(sqlite3_stmt* s) {
+  TaskRecord r;
+  r.task_id = from_sql(sqlite3_column_int64(s, 0));
+  const auto text = [&](int col) {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, col));
+    return p == nullptr ? std::string() : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s, col)));
+  };
+  r.owner = text(1);
+  r.request_id = from_sql(sqlite3_column_int64(s, 2));
+  r.kind = text(3);
+  const auto* targets = static_cast<const std::byte*>(sqlite3_column_blob(s, 4));
+  const int targets_size = sqlite3_column_bytes(s, 4);
+  if (targets_size % 4 != 0) return data_loss("task store: task " + std::to_string(r.task_id) + ": bad targets");
+  r.targets.reserve(static_cast<std::size_t>(targets_size / 4));
+  for (int i = 0; i < targets_size; i += 4) r.targets.push_back(static_cast<std::uint32_t>(get_le(targets + i, 4)));
+  if (sqlite3_column_type(s, 5) != SQLITE_NULL) r.engine = static_cast<std::uint32_t>(sqlite3_column_int64(s, 5));
+  const int state = sqlite3_column_int(s, 6);
+  if (state < 0 || state > static_cast<int>(TaskState::kLost)) {
+    return data_loss("task store: task " + std::to_string(r.task_id) + ": bad state");
+  }
+  r.state = static_cast<TaskState>(state);
+  r.submitted_us = sqlite3_column_int64(s, 7);
+  r.started_us = sqlite3_column_int64(s, 8);
+  r.completed_us = sqlite3_column_int64(s, 9);
+  r.result_bytes = from_sql(sqlite3_column_int64(s, 10));
+  r.error = text(11);
+  return r;
+}
+
+StatusOr<std::optional<TaskRecord>> SqliteTaskStore::get(std::uint64_t id) {
+  flush_for_read();
+  sqlite3_stmt* s = stmt_.get.get();
+  ResetOnExit reset(s);
+  sqlite3_bind_int64(s, 1, to_sql(id));
+  const int rc = sqlite3_step(s);
+  if (rc == SQLITE_DONE) return std::optional<TaskRecord>();
+  if (rc != SQLITE_ROW) return error(rc, "read task");
+  TESTUDO_ASSIGN_OR_RETURN(TaskRecord r, read_record(s));
+  return std::optional<TaskRecord>(std::move(r));
+}
+
+StatusOr<std::vector<SharedBytes>> SqliteTaskStore::result(std::uint64_t id) {
+  flush_for_read();
+  sqlite3_stmt* s = stmt_.get_result.get();
+  ResetOnExit reset(s);
+  sqlite3_bind_int64(s, 1, to_sql(id));
+  const int rc = sqlite3_step(s);
+  if (rc == SQLITE_DONE) return not_found("task " + std::to_string(id) + " is not in the task store");
+  if (rc != SQLITE_ROW) return error(rc, "read result");
+  if (sqlite3_column_int(s, 0) < static_cast<int>(TaskState::kSucceeded)) {
+    return failed_precondition("task " + std::to_string(id) + " has not finished");
+  }
+  const std::uint64_t bytes = from_sql(sqlite3_column_int64(s, 1));
+  const std::uint64_t segments = from_sql(sqlite3_column_int64(s, 2));
+  const std::uint64_t size = framed_size(segments, bytes);
+  SharedBytes whole;
+  if (sqlite3_column_int(s, 4) == 1) {
+    TESTUDO_ASSIGN_OR_RETURN(whole, read_result_file(id, size));
+  } else if (sqlite3_column_type(s, 3) == SQLITE_NULL) {
+    if (segments != 0) return data_loss("task store: task " + std::to_string(id) + ": result missing");
+    return std::vector<SharedBytes>();
+  } else {
+    const auto* blob = static_cast<const std::byte*>(sqlite3_column_blob(s, 3));
+    const auto blob_size = static_cast<std::uint64_t>(sqlite3_column_bytes(s, 3));
+    if (blob_size != size) return data_loss("task store: task " + std::to_string(id) + ": result has the wrong size");
+    whole = SharedBytes::copy_of(std::span<const std::byte>(blob, blob_size));
+  }
+  auto out = unframe(whole, segments, bytes);
+  if (!out.ok()) return out.status().with_context("task store: task " + std::to_string(id));
+  return out;
+}
+
+StatusOr<std::vector<TaskRecord>> SqliteTaskStore::query(const Query& q) {
+  flush_for_read();
+  std::int64_t mask = 0;
+  for (TaskState state : q.states) mask |= std::int64_t{1} << static_cast<int>(state);
+  if (q.states.empty()) mask = 0x3f;
+  sqlite3_stmt* s = q.owner ? stmt_.query_owner.get() : stmt_.query_all.get();
+  ResetOnExit reset(s);
+  if (q.owner) sqlite3_bind_text(s, 1, q.owner->data(), static_cast<int>(q.owner->size()), SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, mask);
+  sqlite3_bind_int64(s, 3, q.submitted_after_us.value_or(std::numeric_limits<std::int64_t>::min()));
+  sqlite3_bind_int64(s, 4, to_sql(q.after_task_id));
+  sqlite3_bind_int64(s, 5, static_cast<std::int64_t>(std::min<std::size_t>(q.limit, INT64_MAX)));
+  std::vector<TaskRecord> out;
+  for (;;) {
+    const int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return error(rc, "query tasks");
+    TESTUDO_ASSIGN_OR_RETURN(TaskRecord r, read_record(s));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Status SqliteTaskStore::step_deletes(sqlite3_stmt* s, std::size_t& deleted, std::vector<std::uint64_t>& files,
+                                     std::uint64_t& bytes) {
+  for (;;) {
+    const int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) return ok_status();
+    if (rc != SQLITE_ROW) return error(rc, "delete tasks");
+    ++deleted;
+    if (sqlite3_column_int(s, 1) == 1) files.push_back(from_sql(sqlite3_column_int64(s, 0)));
+    bytes += from_sql(sqlite3_column_int64(s, 2));
+  }
+}
+
+StatusOr<std::size_t> SqliteTaskStore::purge(const std::optional<std::string>& owner,
+                                             const std::vector<std::uint64_t>& ids) {
+  TESTUDO_RETURN_IF_ERROR(flush());
+  std::size_t deleted = 0;
+  std::vector<std::uint64_t> files;
+  std::uint64_t bytes = 0;
+  Status st = transaction([&]() -> Status {
+    if (ids.empty()) {
+      sqlite3_stmt* s = owner ? stmt_.purge_owner.get() : stmt_.purge_all.get();
+      ResetOnExit reset(s);
+      if (owner) sqlite3_bind_text(s, 1, owner->data(), static_cast<int>(owner->size()), SQLITE_STATIC);
+      return step_deletes(s, deleted, files, bytes);
+    }
+    for (std::uint64_t id : ids) {
+      sqlite3_stmt* s = stmt_.purge_one.get();
+      ResetOnExit reset(s);
+      sqlite3_bind_int64(s, 1, to_sql(id));
+      if (owner) sqlite3_bind_text(s, 2, owner->data(), static_cast<int>(owner->size()), SQLITE_STATIC);
+      TESTUDO_RETURN_IF_ERROR(step_deletes(s, deleted, files, bytes));
+    }
+    return ok_status();
+  });
+  if (!st.ok()) return st;
+  stored_result_bytes_ -= std::min(bytes, stored_result_bytes_);
+  remove_files(files);
+  return deleted;
+}
+
+StatusOr<std::size_t> SqliteTaskStore::enforce_limits(std::int64_t now_us) {
+  TESTUDO_RETURN_IF_ERROR(flush());
+  std::size_t deleted = 0;
+  // Age: chunks of the oldest finished records.
+  const std::int64_t max_age_us =
+      std::min<std::int64_t>(options_.max_age.count(), std::numeric_limits<std::int64_t>::max() / 2'000'000) *
+      1'000'000;
+  const std::int64_t cutoff = now_us - max_age_us;
+  for (;;) {
+    std::size_t chunk = 0;
+    std::vector<std::uint64_t> files;
+    std::uint64_t bytes = 0;
+    TESTUDO_RETURN_IF_ERROR(transaction([&]() -> Status {
+      sqlite3_stmt* s = stmt_.purge_aged.get();
+      ResetOnExit reset(s);
+      sqlite3_bind_int64(s, 1, cutoff);
+      sqlite3_bind_int(s, 2, kDeleteChunk);
+      return step_deletes(s, chunk, files, bytes);
+    }));
+    stored_result_bytes_ -= std::min(bytes, stored_result_bytes_);
+    remove_files(files);
+    deleted += chunk;
+    if (chunk < static_cast<std::size_t>(kDeleteChunk)) break;
+  }
+  // Size: the oldest finished records with results until the rest fits.
+  while (stored_result_bytes_ > options_.max_result_bytes) {
+    std::vector<std::uint64_t> victims;
+    {
+      std::uint64_t excess = stored_result_bytes_ - options_.max_result_bytes;
+      sqlite3_stmt* s = stmt_.oldest_results.get();
+      ResetOnExit reset(s);
+      sqlite3_bind_int(s, 1, kDeleteChunk);
+      for (;;) {
+        const int rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) break;
+        if (rc != SQLITE_ROW) return error(rc, "find oldest results");
+        victims.push_back(from_sql(sqlite3_column_int64(s, 0)));
+        const std::uint64_t b = from_sql(sqlite3_column_int64(s, 1));
+        if (b >= excess) break;
+        excess -= b;
+      }
+    }
+    if (victims.empty()) {
+      LOG_WARN(kLog) << options_.path << ": result byte count " << stored_result_bytes_
+                     << " has no stored results behind it; reset";
+      stored_result_bytes_ = 0;
+      break;
+    }
+    std::size_t chunk = 0;
+    std::vector<std::uint64_t> files;
+    std::uint64_t bytes = 0;
+    TESTUDO_RETURN_IF_ERROR(transaction([&]() -> Status {
+      for (std::uint64_t id : victims) {
+        sqlite3_stmt* s = stmt_.purge_one.get();
+        ResetOnExit reset(s);
+        sqlite3_bind_int64(s, 1, to_sql(id));
+        TESTUDO_RETURN_IF_ERROR(step_deletes(s, chunk, files, bytes));
+      }
+      return ok_status();
+    }));
+    stored_result_bytes_ -= std::min(bytes, stored_result_bytes_);
+    remove_files(files);
+    deleted += chunk;
+  }
+  if (deleted > 0) {
+    LOG_INFO(kLog) << options_.path << ": purged " << deleted << " old task records";
+  }
+  return deleted;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<TaskStore>> TaskStore::open(const TaskStoreOptions& options, std::int64_t now_us) {
+  return SqliteTaskStore::open(options, now_us);
+}
+
+}  // namespace testudo::controller
