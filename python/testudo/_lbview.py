@@ -2,6 +2,7 @@
 
 import contextlib
 import time
+from collections.abc import Mapping
 
 from . import _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
@@ -60,18 +61,24 @@ class LoadBalancedView:
     def __repr__(self):
         return f"<LoadBalancedView {self.targets if self.targets is not None else 'None'}>"
 
-    def set_flags(self, **kwargs):
+    @staticmethod
+    def _check_flags(kwargs):
         for key, value in kwargs.items():
             if key not in _FLAGS:
                 raise KeyError(f"invalid flag {key!r}; valid flags: {', '.join(_FLAGS)}")
-            if key == "retries" and (not isinstance(value, int) or value < 0):
+            if key == "retries" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError("retries must be a non-negative int")
             if key == "timeout" and value is not None and value < 0:
                 raise ValueError("timeout must be None or >= 0")
+
+    def set_flags(self, **kwargs):
+        self._check_flags(kwargs)  # all or nothing: a bad flag changes none
+        for key, value in kwargs.items():
             setattr(self, key, value)
 
     @contextlib.contextmanager
     def temp_flags(self, **kwargs):
+        self._check_flags(kwargs)  # an unknown flag is a KeyError, not an AttributeError
         saved = {k: getattr(self, k) for k in kwargs}
         self.set_flags(**kwargs)
         try:
@@ -114,7 +121,14 @@ class LoadBalancedView:
             raise ValueError("map needs at least one sequence")
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be a positive int")
-        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        unknown = [k for k in flags if k not in _FLAGS]
+        if unknown:
+            raise TypeError(f"map() got an unexpected keyword argument {unknown[0]!r}")
+        self._check_flags(flags)
+        # Sliceable sequences are chunked in place; anything else (generators, sets, and
+        # mappings, whose __getitem__ is by key) is iterated as Python's map() would.
+        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, Mapping)
+                else list(s) for s in sequences]
         n = min(len(s) for s in seqs)
         children = []
         for start in range(0, n, chunksize):
