@@ -113,7 +113,8 @@ const char* code_name(StatusCode code) {
     case StatusCode::kOk: return "ok";
     case StatusCode::kAborted: return "remote_error";
     case StatusCode::kUnavailable: return "unavailable";
-    case StatusCode::kNotFound: return "no_such_engine";
+    case StatusCode::kNotFound: return "not_found";
+    case StatusCode::kDataLoss: return "lost";
     case StatusCode::kPermissionDenied: return "denied";
     case StatusCode::kDeadlineExceeded: return "dependency_timeout";
     case StatusCode::kCancelled: return "aborted";
@@ -293,6 +294,17 @@ class PyClient {
     return *s;
   }
 
+  PyResult get_result(const std::vector<std::uint64_t>& task_ids) { return wrap(client().get_result(task_ids)); }
+  std::string result_status(const std::vector<std::uint64_t>& task_ids) {
+    return wait_text([&](Client& c) { return c.result_status(task_ids); });
+  }
+  std::string db_query(const std::string& filter) {
+    return wait_text([&](Client& c) { return c.db_query(filter); });
+  }
+  std::size_t purge_results(const std::vector<std::uint64_t>& task_ids) {
+    return wait_control([&](Client& c) { return c.purge_results(task_ids); });
+  }
+
   std::string queue_status() {
     StatusOr<std::string> s = not_found("");
     Client& c = client();
@@ -320,6 +332,18 @@ class PyClient {
   }
 
  private:
+  template <typename Call>
+  std::string wait_text(Call call) {
+    StatusOr<std::string> s = not_found("");
+    Client& c = client();
+    {
+      py::gil_scoped_release release;
+      s = call(c);
+    }
+    if (!s.ok()) raise_status(s.status());
+    return *s;
+  }
+
   template <typename Call>
   std::size_t wait_control(Call call) {
     StatusOr<std::size_t> n = not_found("");
@@ -385,6 +409,7 @@ PYBIND11_MODULE(_testudo, m) {
 
   py::class_<PyReply>(m, "Reply", "One engine's answer to one request.")
       .def_property_readonly("engine_id", [](const PyReply& r) { return r.reply.engine_id; })
+      .def_property_readonly("task_id", [](const PyReply& r) { return r.reply.task_id; })
       .def_property_readonly("ok", [](const PyReply& r) { return r.reply.status.ok(); })
       .def_property_readonly("code", [](const PyReply& r) { return code_name(r.reply.status.code()); })
       .def_property_readonly("message", [](const PyReply& r) { return r.reply.status.message(); })
@@ -431,6 +456,10 @@ PYBIND11_MODULE(_testudo, m) {
       .def("abort", &PyClient::abort, py::arg("task_ids"))
       .def("interrupt", &PyClient::interrupt, py::arg("targets"))
       .def("queue_status", &PyClient::queue_status)
+      .def("get_result", &PyClient::get_result, py::arg("task_ids"))
+      .def("result_status", &PyClient::result_status, py::arg("task_ids"))
+      .def("db_query", &PyClient::db_query, py::arg("filter"))
+      .def("purge_results", &PyClient::purge_results, py::arg("task_ids"))
       .def("shutdown_engines", &PyClient::shutdown_engines, py::arg("targets"))
       .def("engines_json", &PyClient::engines_json)
       .def("take_output", &PyClient::take_output, "Live output chunks received since the last call.")

@@ -59,6 +59,7 @@ struct RemoteError {
 // What one engine did with one request.
 struct EngineReply {
   EngineId engine_id = 0;
+  std::uint64_t task_id = 0;  // the controller's id for this (request, engine)
   // OK: the engine ran the request and it succeeded. kAborted: user code raised (see
   // remote_error). kUnavailable: the engine died or the connection was lost. kNotFound: no
   // such engine. Other codes: the request could not be delivered or decoded.
@@ -151,6 +152,20 @@ class Client {
   StatusOr<std::size_t> interrupt(const std::vector<EngineId>& targets);
   // Per engine: queued, running and completed tasks; plus unassigned and waiting (JSON).
   StatusOr<std::string> queue_status();
+
+  // Results the controller keeps for this user's tasks (same identity, any connection or
+  // process): one reply per task id, in order; a task still running answers when it ends.
+  // kNotFound: no such task of this user (or purged); kDataLoss: lost when the controller
+  // stopped before it finished; otherwise as the original reply.
+  AsyncResult get_result(const std::vector<std::uint64_t>& task_ids);
+  // {"records": [{task_id, state, kind, engine, submitted, started, completed, result_bytes,
+  // error}...]} for these ids ("state": "unknown" for ids that are not this user's).
+  StatusOr<std::string> result_status(const std::vector<std::uint64_t>& task_ids);
+  // Records of this user's tasks matching `filter_json` ({"states": [...], "after_task_id":
+  // n, "submitted_after": seconds, "limit": n}), as result_status.
+  StatusOr<std::string> db_query(const std::string& filter_json);
+  // Deletes this user's finished results among `task_ids` (empty: all of them).
+  StatusOr<std::size_t> purge_results(const std::vector<std::uint64_t>& task_ids);
 
  private:
   Client();

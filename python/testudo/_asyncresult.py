@@ -284,8 +284,10 @@ class AsyncResult(concurrent.futures.Future):
             if not engine_died and not self._client._native_connected():
                 return error.RemoteError("ConnectionError", reply.message, "", info)
             return error.RemoteError("EngineError", reply.message, "", info)
-        if reply.code == "no_such_engine":
-            return error.RemoteError("IndexError", reply.message, "", info)
+        if reply.code == "not_found":
+            return error.RemoteError("IndexError" if "engine" in reply.message else "KeyError", reply.message, "", info)
+        if reply.code == "lost":
+            return error.RemoteError("TaskLost", reply.message, "", info)
         if reply.code == "aborted":
             return error.RemoteError("TaskAborted", reply.message, "", info)
         if reply.code == "dependency_failed":
@@ -334,6 +336,25 @@ class AsyncResult(concurrent.futures.Future):
 
     def _reconstruct(self, raw):
         return raw[0] if self._single else raw
+
+
+class AsyncHubResult(AsyncResult):
+    """Results fetched from the controller's task store by task id (rc.get_result); each is
+    decoded as its original request's kind."""
+
+    def __init__(self, client, child, kinds, single=False):
+        self._kinds = kinds  # task id -> "apply", "pull", "execute", ...
+        super().__init__(client, [child], "get_result", "pickle", single=single)
+        self._task_id_cache = list(kinds)
+
+    def _value(self, reply):
+        kind = self._kinds.get(reply.task_id, "")
+        if kind in ("apply", "pull"):
+            segments = reply.value
+            return pickle.loads(segments[0], buffers=segments[1:]) if segments else None
+        if kind == "execute" and reply.value:
+            return reply.value[0].tobytes().decode("utf-8", "replace")
+        return None
 
 
 class AsyncMapResult(AsyncResult):

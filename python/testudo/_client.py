@@ -253,6 +253,84 @@ class Client:
         out["waiting"] = report["waiting"]
         return out
 
+    # ----- stored results (this user's tasks, from any connection or process) -----
+
+    def get_result(self, indices_or_msg_ids=None, block=None, owner=True):
+        """Results of earlier tasks by msg_id (str or int), e.g. after reconnecting or from
+        another process: an AsyncResult (block=True: the values). Tasks still running answer
+        when they finish; unknown ids raise KeyError(…) as RemoteError, lost ones TaskLost."""
+        from ._asyncresult import AsyncHubResult
+        from ._lbview import _task_ids
+        single = isinstance(indices_or_msg_ids, (str, int))
+        ids = _task_ids(indices_or_msg_ids)
+        if not ids:
+            raise ValueError("get_result needs msg_ids")
+        kinds = {int(r["task_id"]): r.get("kind", "") for r in self._records(ids)}
+        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single)
+        return ar.get() if block else ar
+
+    def result_status(self, msg_ids, status_only=True):
+        """{'pending': [...], 'completed': [...]} for msg_ids (with status_only=False, also
+        msg_id: result for the completed ones). Unknown ids raise KeyError."""
+        from ._lbview import _task_ids
+        ids = _task_ids(msg_ids)
+        out = {"pending": [], "completed": []}
+        for r in self._records(ids):
+            if r["state"] == "unknown":
+                raise KeyError(f"no task {r['task_id']} of yours")
+            key = "pending" if r["state"] in ("queued", "running") else "completed"
+            out[key].append(str(r["task_id"]))
+        if not status_only and out["completed"]:
+            values = self.get_result(out["completed"]).get(return_exceptions=True)
+            out.update(dict(zip(out["completed"], values)))
+        return out
+
+    def db_query(self, query=None, keys=None):
+        """Records of your tasks. `query`: {'msg_id': {'$in': [...]}}, {'state': 'failed'} or
+        {'state': {'$in': [...]}}, {'completed': {'$ne': None}}, {'submitted': {'$gt': t}};
+        `keys` picks fields (msg_id, state, kind, engine_id, submitted, started, completed,
+        result_bytes, error)."""
+        query = query or {}
+        if "msg_id" in query:
+            cond = query["msg_id"]
+            records = self._records(list(cond["$in"]) if isinstance(cond, dict) else [cond])
+            records = [r for r in records if r["state"] != "unknown"]
+        else:
+            flt = {}
+            state = query.get("state", query.get("status"))
+            if isinstance(state, dict) and "$in" in state:
+                flt["states"] = list(state["$in"])
+            elif isinstance(state, str):
+                flt["states"] = [state]
+            if query.get("completed") == {"$ne": None}:
+                flt["states"] = ["succeeded", "failed", "aborted", "lost"]
+            submitted = query.get("submitted")
+            if isinstance(submitted, dict) and "$gt" in submitted:
+                flt["submitted_after"] = float(submitted["$gt"])
+            report = json.loads(self._native.db_query(json.dumps(flt)))
+            if "error" in report:
+                raise error.TestudoError(report["error"])
+            records = report["records"]
+        out = []
+        for r in records:
+            rec = {"msg_id": str(r["task_id"]), "state": r["state"], "kind": r.get("kind"),
+                   "engine_id": r.get("engine"), "submitted": r.get("submitted"), "started": r.get("started"),
+                   "completed": r.get("completed"), "result_bytes": r.get("result_bytes"), "error": r.get("error")}
+            out.append({k: rec[k] for k in keys} if keys else rec)
+        return out
+
+    def purge_results(self, jobs=(), targets=()):
+        """Delete stored results: `jobs` msg_ids/AsyncResults, or 'all' for every finished one
+        of yours. Returns how many were deleted."""
+        from ._lbview import _task_ids
+        ids = [] if jobs == "all" else _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
+        if not ids and jobs != "all":
+            return 0
+        return self._native.purge_results(ids)
+
+    def _records(self, ids):
+        return json.loads(self._native.result_status([int(i) for i in ids]))["records"]
+
     # ----- cluster -----
 
     def cluster_status(self):

@@ -20,6 +20,7 @@ ProfilePaths profile_paths(const std::string& profile) {
   p.security_dir = p.root + "/security";
   p.log_dir = p.root + "/log";
   p.run_dir = p.root + "/run";
+  p.state_dir = p.root + "/state";
   p.client_connection_file = p.security_dir + "/controller-client.json";
   p.engine_connection_file = p.security_dir + "/controller-engine.json";
   p.controller_state_file = p.security_dir + "/controller-state.json";

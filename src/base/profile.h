@@ -3,6 +3,7 @@
 //       security/  0700  controller-client.json, controller-engine.json, controller state
 //       log/       0700  controller.log, engine-<pid>.log
 //       run/       0700  pid files of a launched cluster
+//       state/     0700  tasks.sqlite (+ tasks.sqlite.results/): every task and result
 // Thread-safe (pure functions of the environment).
 #pragma once
 
@@ -15,6 +16,7 @@ struct ProfilePaths {
   std::string security_dir;
   std::string log_dir;
   std::string run_dir;
+  std::string state_dir;               // state/ (0700): the task store
   std::string client_connection_file;  // security/controller-client.json
   std::string engine_connection_file;  // security/controller-engine.json
   std::string controller_state_file;   // security/controller-state.json (key, certificate, capabilities)

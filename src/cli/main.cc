@@ -247,6 +247,11 @@ int main(int argc, char** argv) {
   c->add_option("--heartbeat-timeout", heartbeat_timeout_s, "Seconds of engine silence before it is declared dead")
       ->capture_default_str();
   c->add_option("--log-file", controller_log, "Write the log here instead of stderr");
+  c->add_option("--scheme", copts.scheme, "Load balancing: leastload, lru, twobin, weighted or random")
+      ->capture_default_str();
+  c->add_option("--hwm", copts.hwm, "Load-balanced tasks one engine holds at once (0: no limit)")->capture_default_str();
+  c->add_option("--result-max-bytes", copts.result_max_bytes, "Results kept in the task store, in bytes")
+      ->capture_default_str();
 
   // engine
   engine::EngineOptions eopts;

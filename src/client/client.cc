@@ -33,6 +33,8 @@ struct AsyncResult::State {
   std::vector<std::function<void()>> callbacks;     // guarded by mutex
   std::vector<std::uint64_t> task_ids;              // from kSubmitted; guarded by mutex
   bool submitted = false;                           // guarded by mutex
+  // get_result: slot i is for task slot_tasks[i] (replies are matched by task id).
+  std::vector<std::uint64_t> slot_tasks;
 
   void acknowledge(std::vector<std::uint64_t> ids) {
     {
@@ -50,7 +52,11 @@ struct AsyncResult::State {
       std::lock_guard lock(mutex);
       std::size_t i = 0;
       for (; i < targets.size(); ++i) {
-        if ((targets[i] == reply.engine_id || targets[i] == kAnyEngine) && !replies[i]) break;
+        if (replies[i]) continue;
+        if (!slot_tasks.empty() ? slot_tasks[i] == reply.task_id
+                                : targets[i] == reply.engine_id || targets[i] == kAnyEngine) {
+          break;
+        }
       }
       if (i == targets.size()) return remaining == 0;  // duplicate or unknown: ignore
       replies[i] = std::move(reply);
@@ -136,6 +142,7 @@ namespace {
 EngineReply reply_from_message(wire::Message&& m) {
   EngineReply r;
   r.engine_id = m.envelope.engine_id;
+  r.task_id = m.envelope.task_id;
   switch (static_cast<wire::RouteStatus>(m.envelope.status)) {
     case wire::RouteStatus::kOk:
       break;
@@ -154,6 +161,12 @@ EngineReply reply_from_message(wire::Message&& m) {
       return r;
     case wire::RouteStatus::kDependencyTimeout:
       r.status = deadline_exceeded(m.envelope.text);
+      return r;
+    case wire::RouteStatus::kNoSuchTask:
+      r.status = not_found(m.envelope.text);
+      return r;
+    case wire::RouteStatus::kLost:
+      r.status = data_loss(m.envelope.text);
       return r;
     case wire::RouteStatus::kEngineDied:
     case wire::RouteStatus::kShuttingDown:
@@ -266,7 +279,10 @@ struct Client::Impl {
       case wire::MessageKind::kClusterShutdownReply:
       case wire::MessageKind::kAbortReply:
       case wire::MessageKind::kInterruptReply:
-      case wire::MessageKind::kQueueStatusReply: {
+      case wire::MessageKind::kQueueStatusReply:
+      case wire::MessageKind::kResultStatusReply:
+      case wire::MessageKind::kDbQueryReply:
+      case wire::MessageKind::kPurgeResultsReply: {
         auto it = pending_control.find(m.envelope.request_id);
         if (it == pending_control.end()) return;
         it->second->set_value(m.segments.empty() ? std::string() : m.segments[0].to_string());
@@ -309,7 +325,8 @@ struct Client::Impl {
   }
 
   AsyncResult send_request(wire::MessageKind kind, std::uint16_t flags, const std::vector<EngineId>& targets,
-                           std::vector<SharedBytes> segments, std::optional<wire::TaskOptions> balanced = {}) {
+                           std::vector<SharedBytes> segments, std::optional<wire::TaskOptions> balanced = {},
+                           std::vector<std::uint64_t> slot_tasks = {}) {
     auto state = std::make_shared<AsyncResult::State>();
     state->request_id = next_request++;
     // A load-balanced request has one reply slot, for whichever engine runs it.
@@ -317,6 +334,7 @@ struct Client::Impl {
     std::vector<EngineId> allowed = balanced ? targets : std::vector<EngineId>{};
     std::string text = balanced ? wire::encode_task_options(*balanced) : std::string();
     if (balanced) flags |= wire::kLoadBalanced;
+    state->slot_tasks = std::move(slot_tasks);
     state->replies.resize(state->targets.size());
     state->remaining = state->targets.size();
     if (state->targets.empty()) return AsyncResult(state);
@@ -328,7 +346,9 @@ struct Client::Impl {
       m.envelope.kind = kind;
       m.envelope.flags = flags;
       m.envelope.request_id = state->request_id;
-      m.envelope.targets = balanced ? std::move(allowed) : state->targets;
+      // get_result carries ids, not engines: no targets for the controller to route.
+      m.envelope.targets = balanced ? std::move(allowed)
+                                    : kind == wire::MessageKind::kGetResult ? std::vector<EngineId>{} : state->targets;
       m.envelope.text = std::move(text);
       m.segments = std::move(segments);
       connection->send(std::move(m));
@@ -337,17 +357,19 @@ struct Client::Impl {
   }
 
   StatusOr<std::string> control(wire::MessageKind kind, std::vector<EngineId> targets = {},
-                                std::vector<SharedBytes> segments = {}) {
+                                std::vector<SharedBytes> segments = {}, std::string text = {}) {
     auto promise = std::make_shared<std::promise<StatusOr<std::string>>>();
     auto future = promise->get_future();
     std::uint64_t id = next_request++;
-    loop.post([this, promise, kind, id, targets = std::move(targets), segments = std::move(segments)]() mutable {
+    loop.post([this, promise, kind, id, targets = std::move(targets), segments = std::move(segments),
+               text = std::move(text)]() mutable {
       if (!connection) return promise->set_value(lost_reason);
       pending_control[id] = promise;
       wire::Message m;
       m.envelope.kind = kind;
       m.envelope.request_id = id;
       m.envelope.targets = std::move(targets);
+      m.envelope.text = std::move(text);
       m.segments = std::move(segments);
       connection->send(std::move(m));
     });
@@ -511,5 +533,22 @@ StatusOr<std::size_t> Client::interrupt(const std::vector<EngineId>& targets) {
 }
 
 StatusOr<std::string> Client::queue_status() { return impl_->control(wire::MessageKind::kQueueStatus); }
+
+AsyncResult Client::get_result(const std::vector<std::uint64_t>& task_ids) {
+  return impl_->send_request(wire::MessageKind::kGetResult, 0, std::vector<EngineId>(task_ids.size(), kAnyEngine),
+                             {wire::encode_ids(task_ids)}, std::nullopt, task_ids);
+}
+
+StatusOr<std::string> Client::result_status(const std::vector<std::uint64_t>& task_ids) {
+  return impl_->control(wire::MessageKind::kResultStatus, {}, {wire::encode_ids(task_ids)});
+}
+
+StatusOr<std::string> Client::db_query(const std::string& filter_json) {
+  return impl_->control(wire::MessageKind::kDbQuery, {}, {}, filter_json);
+}
+
+StatusOr<std::size_t> Client::purge_results(const std::vector<std::uint64_t>& task_ids) {
+  return count_from(impl_->control(wire::MessageKind::kPurgeResults, {}, {wire::encode_ids(task_ids)}), "purged");
+}
 
 }  // namespace testudo

@@ -71,6 +71,7 @@ Status save_state(const std::string& path, const PersistentState& s) {
 
 struct Controller::Impl {
   ControllerOptions options;
+  std::unique_ptr<TaskStore> store;  // outlives the hub
   net::EventLoop loop;
   std::unique_ptr<Hub> hub;
   std::unique_ptr<net::Listener> listener;
@@ -101,7 +102,25 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
     TESTUDO_ASSIGN_OR_RETURN(state, fresh_state());
   }
 
+  TaskStoreOptions store_options;
+  store_options.path = paths.state_dir + "/tasks.sqlite";
+  store_options.max_age = options.result_max_age;
+  store_options.max_result_bytes = options.result_max_bytes;
+  TESTUDO_ASSIGN_OR_RETURN(impl.store,
+                           TaskStore::open(store_options, std::chrono::duration_cast<std::chrono::microseconds>(
+                                                              std::chrono::system_clock::now().time_since_epoch())
+                                                              .count()));
+  if (impl.store->lost_at_open() > 0) {
+    LOG_WARN("controller") << impl.store->lost_at_open()
+                           << " task(s) of the previous run did not finish; they are recorded as lost";
+  }
+
   HubOptions hub_options;
+  hub_options.store = impl.store.get();
+  auto scheme = parse_scheme(options.scheme);
+  if (!scheme) return invalid_argument("unknown scheme '" + options.scheme + "': leastload, lru, twobin, weighted or random");
+  hub_options.scheduler.scheme = *scheme;
+  hub_options.scheduler.hwm = options.hwm;
   hub_options.client_capability = state.client_capability;
   hub_options.engine_capability = state.engine_capability;
   hub_options.heartbeat_timeout = options.heartbeat_timeout;

@@ -22,6 +22,11 @@ struct ControllerOptions {
   std::chrono::milliseconds heartbeat_timeout{10'000};
   std::chrono::milliseconds hello_timeout{10'000};
   std::uint64_t max_message_bytes = 4ull << 30;
+  // The task store (state/tasks.sqlite): results kept this long and up to this many bytes.
+  std::chrono::seconds result_max_age{7 * 24 * 3600};
+  std::uint64_t result_max_bytes = 4ull << 30;
+  std::string scheme = "leastload";    // load-balancing scheme
+  std::uint32_t hwm = 2;               // load-balanced tasks per engine at once (0: no limit)
 };
 
 class Controller {

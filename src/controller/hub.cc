@@ -10,6 +10,26 @@ namespace {
 
 using wire::MessageKind;
 
+std::int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+TaskState stored_state(TaskFailure why) { return why == TaskFailure::kAborted ? TaskState::kAborted : TaskState::kFailed; }
+
+nlohmann::json record_json(const TaskRecord& r) {
+  return {{"task_id", r.task_id},
+          {"state", std::string(task_state_name(r.state))},
+          {"kind", r.kind},
+          {"targets", r.targets},
+          {"engine", r.engine ? nlohmann::json(*r.engine) : nlohmann::json(nullptr)},
+          {"submitted", r.submitted_us / 1e6},
+          {"started", r.started_us ? nlohmann::json(r.started_us / 1e6) : nlohmann::json(nullptr)},
+          {"completed", r.completed_us ? nlohmann::json(r.completed_us / 1e6) : nlohmann::json(nullptr)},
+          {"result_bytes", r.result_bytes},
+          {"error", r.error}};
+}
+
 wire::RouteStatus route_status(TaskFailure why) {
   switch (why) {
     case TaskFailure::kEngineDied: return wire::RouteStatus::kEngineDied;
@@ -35,9 +55,30 @@ Hub::Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stop
   auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
   heartbeat_sweep_ = loop_.every(period, [this] { sweep_heartbeats(); });
   expiry_ = loop_.every(std::chrono::milliseconds(100), [this] { scheduler_.expire(Clock::now()); });
+  if (options_.store) {
+    scheduler_.set_next_id(options_.store->next_task_id());
+    // Writes are batched: one transaction every 20 ms whatever the task rate.
+    store_flush_ = loop_.every(std::chrono::milliseconds(20), [this] { flush_store(); });
+    store_limits_ = loop_.every(std::chrono::seconds(60), [this] {
+      auto purged = options_.store->enforce_limits(now_us());
+      if (!purged.ok()) LOG_WARN("store") << "enforcing result limits: " << purged.status().message();
+    });
+  }
+}
+
+void Hub::flush_store() {
+  if (!options_.store || options_.store->pending_writes() == 0) return;
+  Status st = options_.store->flush();
+  // A full disk fails every flush: say so once a minute, not fifty times a second.
+  if (!st.ok() && Clock::now() - last_store_error_ > std::chrono::seconds(60)) {
+    last_store_error_ = Clock::now();
+    LOG_ERROR("store") << "cannot record tasks (" << options_.store->pending_writes()
+                       << " writes waiting): " << st.message();
+  }
 }
 
 Hub::~Hub() {
+  flush_store();
   for (auto& [serial, peer] : peers_) peer->connection->close(unavailable("controller exiting"));
 }
 
@@ -134,6 +175,14 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       return send_control_reply(peer, MessageKind::kQueueStatusReply, m.envelope, queue_status_json());
     case MessageKind::kAbort:
       return abort_requests(peer, m);
+    case MessageKind::kGetResult:
+      return get_results(peer, m);
+    case MessageKind::kResultStatus:
+      return result_status(peer, m);
+    case MessageKind::kDbQuery:
+      return db_query(peer, m);
+    case MessageKind::kPurgeResults:
+      return purge_results(peer, m);
     case MessageKind::kInterrupt:
       return interrupt_engines(peer, m);
     case MessageKind::kClusterShutdown:
@@ -234,6 +283,18 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
     std::vector<TaskId> planned;
     for (std::size_t i = 0; i < req.targets.size(); ++i) planned.push_back(scheduler_.next_id() + i);
     acknowledge(client, req.request_id, planned);
+    if (options_.store) {
+      for (std::size_t i = 0; i < planned.size(); ++i) {
+        TaskRecord r;
+        r.task_id = planned[i];
+        r.owner = client.owner;
+        r.request_id = req.request_id;
+        r.kind = std::string(wire::kind_name(req.kind));
+        r.targets = {req.targets[i]};
+        r.submitted_us = now_us();
+        options_.store->record_submitted(std::move(r));
+      }
+    }
     for (std::uint32_t target : req.targets) {
       TaskSpec one = spec;
       one.engine = target;
@@ -249,6 +310,16 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   spec.after = std::move(options->after);
   spec.follow = std::move(options->follow);
   acknowledge(client, req.request_id, {scheduler_.next_id()});
+  if (options_.store) {
+    TaskRecord r;
+    r.task_id = scheduler_.next_id();
+    r.owner = client.owner;
+    r.request_id = req.request_id;
+    r.kind = std::string(wire::kind_name(req.kind));
+    r.targets = spec.allowed;
+    r.submitted_us = now_us();
+    options_.store->record_submitted(std::move(r));
+  }
   scheduler_.submit(std::move(spec), now);
 }
 
@@ -272,11 +343,36 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   forward.envelope.engine_id = engine;
   forward.segments = task.body;  // shared, not copied
   e->second->connection->send(std::move(forward));
+  if (options_.store) options_.store->record_started(id, engine, now_us());
 }
 
-void Hub::fail(TaskId, const TaskSpec& task, TaskFailure why, const std::string& text) {
+void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) {
   std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
   reply_error(task.client_id, task.request_id, engine, route_status(why), text);
+  if (options_.store) options_.store->record_finished(id, stored_state(why), now_us(), {}, text);
+  if (waiters_.count(id)) {
+    wire::Message reply;
+    reply.envelope.kind = MessageKind::kTaskReply;
+    reply.envelope.status = static_cast<std::uint16_t>(route_status(why));
+    reply.envelope.task_id = id;
+    reply.envelope.engine_id = engine;
+    reply.envelope.text = text;
+    deliver_to_waiters(id, reply);
+  }
+}
+
+void Hub::deliver_to_waiters(TaskId id, const wire::Message& reply) {
+  auto w = waiters_.find(id);
+  if (w == waiters_.end()) return;
+  for (const auto& [client_id, request_id] : w->second) {
+    auto client = clients_.find(client_id);
+    if (client == clients_.end()) continue;
+    wire::Message copy = reply;  // segments are shared
+    copy.envelope.request_id = request_id;
+    copy.envelope.client_id = client_id;
+    client->second->connection->send(std::move(copy));
+  }
+  waiters_.erase(w);
 }
 
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
@@ -290,17 +386,127 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   }
   ++engine.tasks_done;
   ++tasks_completed_;
-  auto client = clients_.find(task->client_id);
-  if (client == clients_.end()) return;  // the client left; keeping results is the task store's job
+  const TaskId id = m.envelope.task_id;
+  if (options_.store) {
+    options_.store->record_finished(id, success ? TaskState::kSucceeded : TaskState::kFailed, now_us(), m.segments,
+                                    success ? "" : "the task raised");
+  }
   wire::Message reply;
   reply.envelope.kind = MessageKind::kTaskReply;
   reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kOk);
   reply.envelope.request_id = task->request_id;
-  reply.envelope.task_id = m.envelope.task_id;
+  reply.envelope.task_id = id;
   reply.envelope.engine_id = engine.id;
   reply.envelope.client_id = task->client_id;
   reply.segments = std::move(m.segments);
+  deliver_to_waiters(id, reply);
+  auto client = clients_.find(task->client_id);
+  if (client == clients_.end()) return;  // the client left: the store keeps the result (F3)
   client->second->connection->send(std::move(reply));
+}
+
+void Hub::get_results(Peer& client, const wire::Message& m) {
+  auto ids = m.segments.size() == 1 ? wire::decode_ids(m.segments[0]) : StatusOr<std::vector<std::uint64_t>>(data_loss("no ids"));
+  if (!ids.ok()) return reject(client, ids.status().message());
+  const std::uint64_t request_id = m.envelope.request_id;
+  auto answer = [&](TaskId id, wire::RouteStatus status, std::uint32_t engine, std::string text,
+                    std::vector<SharedBytes> segments) {
+    wire::Message reply;
+    reply.envelope.kind = MessageKind::kTaskReply;
+    reply.envelope.status = static_cast<std::uint16_t>(status);
+    reply.envelope.request_id = request_id;
+    reply.envelope.task_id = id;
+    reply.envelope.engine_id = engine;
+    reply.envelope.client_id = client.id;
+    reply.envelope.text = std::move(text);
+    reply.segments = std::move(segments);
+    client.connection->send(std::move(reply));
+  };
+  for (TaskId id : *ids) {
+    auto record = options_.store ? options_.store->get(id) : StatusOr<std::optional<TaskRecord>>(std::nullopt);
+    // T10: another client's task is answered exactly like one that does not exist.
+    if (!record.ok() || !*record || (*record)->owner != client.owner) {
+      answer(id, wire::RouteStatus::kNoSuchTask, wire::kAnyEngine, "no task " + std::to_string(id) + " of yours", {});
+      continue;
+    }
+    const TaskRecord& r = **record;
+    const std::uint32_t engine = r.engine.value_or(wire::kAnyEngine);
+    if (!is_finished(r.state)) {
+      waiters_[id].emplace_back(client.id, request_id);
+      continue;
+    }
+    if (r.state == TaskState::kLost) {
+      answer(id, wire::RouteStatus::kLost, engine, "lost: the controller stopped before task " + std::to_string(id) +
+             " finished; it may or may not have run", {});
+      continue;
+    }
+    auto result = options_.store->result(id);
+    if (result.ok() && !result->empty()) {
+      answer(id, wire::RouteStatus::kOk, engine, r.kind, std::move(result).value());
+    } else if (r.state == TaskState::kAborted) {
+      answer(id, wire::RouteStatus::kAborted, engine, r.error, {});
+    } else {
+      answer(id, wire::RouteStatus::kEngineDied, engine,
+             r.error.empty() ? (result.ok() ? "no result" : result.status().message()) : r.error, {});
+    }
+  }
+}
+
+void Hub::result_status(Peer& client, const wire::Message& m) {
+  auto ids = m.segments.size() == 1 ? wire::decode_ids(m.segments[0]) : StatusOr<std::vector<std::uint64_t>>(data_loss("no ids"));
+  if (!ids.ok()) return reject(client, ids.status().message());
+  nlohmann::json records = nlohmann::json::array();
+  for (TaskId id : *ids) {
+    auto record = options_.store ? options_.store->get(id) : StatusOr<std::optional<TaskRecord>>(std::nullopt);
+    if (record.ok() && *record && (*record)->owner == client.owner) {
+      records.push_back(record_json(**record));
+    } else {
+      records.push_back({{"task_id", id}, {"state", "unknown"}});
+    }
+  }
+  send_control_reply(client, MessageKind::kResultStatusReply, m.envelope, nlohmann::json{{"records", records}}.dump());
+}
+
+void Hub::db_query(Peer& client, const wire::Message& m) {
+  auto filter = nlohmann::json::parse(m.envelope.text.empty() ? "{}" : m.envelope.text, nullptr, false);
+  if (filter.is_discarded() || !filter.is_object()) return reject(client, "db query filter must be a JSON object");
+  TaskStore::Query q;
+  q.owner = client.owner;  // T10: only one's own tasks
+  q.limit = std::min<std::size_t>(filter.value("limit", 1000), 100'000);
+  q.after_task_id = filter.value("after_task_id", std::uint64_t{0});
+  if (filter.contains("submitted_after") && filter["submitted_after"].is_number()) {
+    q.submitted_after_us = static_cast<std::int64_t>(filter["submitted_after"].get<double>() * 1e6);
+  }
+  if (filter.contains("states") && filter["states"].is_array()) {
+    for (const auto& st : filter["states"]) {
+      for (TaskState candidate : {TaskState::kQueued, TaskState::kRunning, TaskState::kSucceeded, TaskState::kFailed,
+                                  TaskState::kAborted, TaskState::kLost}) {
+        if (st.is_string() && st.get<std::string>() == task_state_name(candidate)) q.states.push_back(candidate);
+      }
+    }
+  }
+  nlohmann::json records = nlohmann::json::array();
+  if (options_.store) {
+    auto found = options_.store->query(q);
+    if (!found.ok()) return send_control_reply(client, MessageKind::kDbQueryReply, m.envelope,
+                                               nlohmann::json{{"error", found.status().message()}}.dump());
+    for (const auto& r : *found) records.push_back(record_json(r));
+  }
+  send_control_reply(client, MessageKind::kDbQueryReply, m.envelope, nlohmann::json{{"records", records}}.dump());
+}
+
+void Hub::purge_results(Peer& client, const wire::Message& m) {
+  auto ids = m.segments.empty() ? StatusOr<std::vector<std::uint64_t>>(std::vector<std::uint64_t>{})
+                                : wire::decode_ids(m.segments[0]);
+  if (!ids.ok()) return reject(client, ids.status().message());
+  std::size_t purged = 0;
+  if (options_.store) {
+    auto n = options_.store->purge(client.owner, *ids);
+    if (!n.ok()) return send_control_reply(client, MessageKind::kPurgeResultsReply, m.envelope,
+                                           nlohmann::json{{"error", n.status().message()}}.dump());
+    purged = *n;
+  }
+  send_control_reply(client, MessageKind::kPurgeResultsReply, m.envelope, nlohmann::json{{"purged", purged}}.dump());
 }
 
 std::string Hub::engine_list_json() const {
@@ -462,6 +668,7 @@ void Hub::shutdown(const std::string& why) {
   stopping_ = true;
   LOG_INFO("hub") << "shutting down: " << why;
   scheduler_.fail_all("controller shutting down: " + why);
+  flush_store();
   for (auto& [serial, p] : peers_) {
     if (p->authenticated && p->role == wire::Role::kEngine) {
       wire::Message bye;

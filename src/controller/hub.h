@@ -17,6 +17,7 @@
 
 #include "auth/capability.h"
 #include "controller/scheduler.h"
+#include "controller/task_store.h"
 #include "net/net.h"
 
 namespace testudo::controller {
@@ -33,6 +34,8 @@ struct HubOptions {
   // Limits for authenticated peers.
   wire::Limits limits;
   SchedulerOptions scheduler;
+  // Where every task and result is recorded; owned by the caller, outlives the hub. Null: none.
+  TaskStore* store = nullptr;
 };
 
 class Hub : private SchedulerSink {
@@ -73,6 +76,13 @@ class Hub : private SchedulerSink {
 
   void route_request(Peer& client, wire::Message&& message);
   void acknowledge(Peer& client, std::uint64_t request_id, const std::vector<TaskId>& ids);
+  // Stored results and records, for the requesting client's own tasks.
+  void get_results(Peer& client, const wire::Message& message);
+  void result_status(Peer& client, const wire::Message& message);
+  void db_query(Peer& client, const wire::Message& message);
+  void purge_results(Peer& client, const wire::Message& message);
+  void flush_store();
+  void deliver_to_waiters(TaskId id, const wire::Message& reply);
   void route_reply(Peer& engine, wire::Message&& message);
   void abort_requests(Peer& client, const wire::Message& message);
   void record_engine_info(Peer& engine, const wire::Message& message);
@@ -107,6 +117,11 @@ class Hub : private SchedulerSink {
   std::unordered_map<std::uint32_t, Peer*> clients_;                 // by client id
   std::unordered_map<std::string, std::uint32_t> engine_id_by_instance_;
   Scheduler scheduler_;
+  // Clients that asked (get_result) for a task still running: (client id, request id).
+  std::unordered_map<TaskId, std::vector<std::pair<std::uint32_t, std::uint64_t>>> waiters_;
+  std::unique_ptr<net::Timer> store_flush_;
+  std::unique_ptr<net::Timer> store_limits_;
+  Clock::time_point last_store_error_{};
   std::unique_ptr<net::Timer> expiry_;
   std::deque<std::uint64_t> unauthenticated_;  // serials in arrival order (may hold stale ones)
   std::size_t unauthenticated_count_ = 0;      // peers not yet authenticated and not closed

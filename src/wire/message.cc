@@ -39,6 +39,13 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kInterruptReply:
     case MessageKind::kQueueStatusReply:
     case MessageKind::kEngineInterrupt:
+    case MessageKind::kGetResult:
+    case MessageKind::kResultStatus:
+    case MessageKind::kDbQuery:
+    case MessageKind::kPurgeResults:
+    case MessageKind::kResultStatusReply:
+    case MessageKind::kDbQueryReply:
+    case MessageKind::kPurgeResultsReply:
       return true;
   }
   return false;
@@ -120,6 +127,13 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kInterruptReply: return "interrupt-reply";
     case MessageKind::kQueueStatusReply: return "queue-status-reply";
     case MessageKind::kEngineInterrupt: return "engine-interrupt";
+    case MessageKind::kGetResult: return "get-result";
+    case MessageKind::kResultStatus: return "result-status";
+    case MessageKind::kDbQuery: return "db-query";
+    case MessageKind::kPurgeResults: return "purge-results";
+    case MessageKind::kResultStatusReply: return "result-status-reply";
+    case MessageKind::kDbQueryReply: return "db-query-reply";
+    case MessageKind::kPurgeResultsReply: return "purge-results-reply";
   }
   return "unknown";
 }
@@ -195,6 +209,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kHeartbeat: case K::kExecute: case K::kPush: case K::kPull: case K::kApply:
         case K::kEngineList: case K::kClusterStatus: case K::kClusterShutdown:
         case K::kAbort: case K::kInterrupt: case K::kQueueStatus:
+        case K::kGetResult: case K::kResultStatus: case K::kDbQuery: case K::kPurgeResults:
           return true;
         default:
           return false;
@@ -208,6 +223,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
         case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
         case K::kTaskOutput: case K::kSubmitted:
+        case K::kResultStatusReply: case K::kDbQueryReply: case K::kPurgeResultsReply:
           return true;
         default:
           return false;

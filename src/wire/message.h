@@ -103,6 +103,14 @@ enum class MessageKind : std::uint16_t {
   kAbortReply = 63,
   kInterruptReply = 64,
   kQueueStatusReply = 65,
+  // Results that outlive connections (THREATS F2, F3), for the requester's own tasks only:
+  kGetResult = 67,       // segments [task ids]; answered by one kTaskReply per id (task_id set)
+  kResultStatus = 68,    // segments [task ids]; reply kResultStatusReply [JSON records]
+  kDbQuery = 69,         // text: JSON filter {states, after_task_id, limit}; reply [JSON records]
+  kPurgeResults = 70,    // segments [task ids] (none: every finished one); reply {"purged": n}
+  kResultStatusReply = 71,
+  kDbQueryReply = 72,
+  kPurgeResultsReply = 73,
   // controller -> engine: raise KeyboardInterrupt in the task `task_id` if it is running.
   kEngineInterrupt = 66,
 };
@@ -136,6 +144,8 @@ enum class RouteStatus : std::uint16_t {
   kDependencyFailed = 6,   // ipyparallel's ImpossibleDependency
   kDependencyTimeout = 7,
   kUnreachable = 8,        // no engine may run it (allowed set, follow)
+  kNoSuchTask = 9,         // get_result: unknown, purged, or another client's
+  kLost = 10,              // the controller stopped before the task finished
 };
 
 struct Envelope {
