@@ -202,6 +202,15 @@ struct Engine::Impl {
     connection.reset();
     disconnected_since = Clock::now();
     if (stopping) return loop.stop();
+    {
+      // The controller has failed (or, after a restart, lost) the running task: its result
+      // has nowhere to go, and the engine should be free for new work when it is back.
+      std::lock_guard lock(running_mutex);
+      if (running_task != 0) {
+        LOG_WARN("engine") << "interrupting task " << running_task << ": its controller connection is gone";
+        runtime->interrupt();
+      }
+    }
     LOG_WARN("engine") << "lost the controller: " << why.message();
     schedule_reconnect(why);
   }
@@ -337,15 +346,23 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
 
 Status Engine::run() {
   Impl& impl = *impl_;
-  impl.loop.on_signals({SIGINT, SIGTERM}, [&impl](int sig) {
-    LOG_INFO("engine") << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ": shutting down";
+  // SIGTERM stops the engine. SIGINT, as for ipyparallel's engines, interrupts the running
+  // task: it must reach the Python thread, so the network thread blocks it.
+  impl.loop.on_signals({SIGTERM}, [&impl](int) {
+    LOG_INFO("engine") << "SIGTERM: shutting down";
     impl.stop(ok_status());
   });
   impl.loop.post([&impl] {
     impl.heartbeat = impl.loop.every(impl.options.heartbeat_interval, [&impl] { impl.beat(); });
     impl.connect();
   });
-  std::thread network([&impl] { impl.loop.run(); });
+  std::thread network([&impl] {
+    sigset_t interrupt;
+    sigemptyset(&interrupt);
+    sigaddset(&interrupt, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &interrupt, nullptr);
+    impl.loop.run();
+  });
   Status result = impl.serve();
   // Let the goodbye and last replies flush, then stop the network thread.
   impl.loop.post([&impl] {

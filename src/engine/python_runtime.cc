@@ -15,9 +15,9 @@
 
 #include <csignal>
 #include <cstring>
-#include <condition_variable>
+#include <pthread.h>
+
 #include <mutex>
-#include <thread>
 #include <vector>
 #include <exception>
 #include <string>
@@ -152,58 +152,6 @@ py::list to_segment_list(std::span<const SharedBytes> segments) {
 
 py::bytes to_bytes(std::string_view text) { return py::bytes(text.data(), text.size()); }
 
-// Raises KeyboardInterrupt in the Python thread on request, from a thread of its own.
-// PyErr_SetInterruptEx alone is not enough when called off the main thread: CPython 3.11
-// only flags the eval loop for signals from the main thread, so code spinning in Python
-// would never look. Taking the GIL for a moment makes the running code yield, and on the
-// way it sees the pending interrupt. Doing that here keeps the network thread from ever
-// waiting for the GIL. Thread-safe.
-class Interrupter {
- public:
-  ~Interrupter() { stop(); }
-
-  void request() {
-    {
-      std::lock_guard lock(mutex_);
-      if (stopped_) return;
-      requested_ = true;
-      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
-    }
-    wake_.notify_one();
-  }
-
-  // Call while the caller does not hold the GIL (the thread may be waiting for it).
-  void stop() {
-    {
-      std::lock_guard lock(mutex_);
-      stopped_ = true;
-    }
-    wake_.notify_one();
-    if (thread_.joinable()) thread_.join();
-  }
-
- private:
-  void run() {
-    std::unique_lock lock(mutex_);
-    for (;;) {
-      wake_.wait(lock, [this] { return requested_ || stopped_; });
-      if (stopped_) return;
-      requested_ = false;
-      lock.unlock();
-      PyErr_SetInterruptEx(SIGINT);
-      PyGILState_STATE gil = PyGILState_Ensure();
-      PyGILState_Release(gil);
-      lock.lock();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool requested_ = false;  // guarded by mutex_
-  bool stopped_ = false;    // guarded by mutex_
-  std::thread thread_;
-};
-
 }  // namespace
 
 struct PythonRuntime::Impl {
@@ -212,7 +160,8 @@ struct PythonRuntime::Impl {
   PyObject* namespace_ = nullptr;  // __main__.__dict__
   PyThreadState* saved_thread = nullptr;  // non-null while the GIL is released
   std::shared_ptr<DeferredReleases> releases = std::make_shared<DeferredReleases>();
-  Interrupter interrupter;
+  // The thread that runs Python (create()'s caller): interrupts are SIGINT sent to it.
+  pthread_t python_thread{};
 
   // Holds the GIL for one call; every Python object of the call must die inside it.
   class Gil {
@@ -318,6 +267,7 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
     return internal_error("cannot load the engine helper: " + failure);
   }
   impl.releases->notify = options.on_buffers_to_release;
+  impl.python_thread = pthread_self();
   g_output_sink = options.on_output;
   impl.saved_thread = PyEval_SaveThread();
   LOG_INFO("engine") << "Python runtime started (" << executable << ")";
@@ -326,7 +276,6 @@ StatusOr<std::unique_ptr<PythonRuntime>> PythonRuntime::create(const PythonRunti
 
 PythonRuntime::~PythonRuntime() {
   if (!impl_ || impl_->helper == nullptr) return;  // failed create(): nothing to tear down
-  impl_->interrupter.stop();  // before taking the GIL: it may be waiting for it
   PyEval_RestoreThread(impl_->saved_thread);
   impl_->saved_thread = nullptr;
   impl_->releases->drain();
@@ -372,7 +321,13 @@ TaskOutcome PythonRuntime::apply(std::span<const SharedBytes> segments) {
   return impl_->call("apply", [&] { return to_segment_list(segments); });
 }
 
-void PythonRuntime::interrupt() { impl_->interrupter.request(); }
+void PythonRuntime::interrupt() {
+  // A real SIGINT on the Python thread, as Ctrl-C would be: Python's handler raises
+  // KeyboardInterrupt in running code and also cuts blocking calls short (time.sleep, I/O)
+  // with EINTR. Setting the flag from another thread (PyErr_SetInterruptEx) does neither in
+  // CPython 3.11 until that code happens to look.
+  pthread_kill(impl_->python_thread, SIGINT);
+}
 
 void PythonRuntime::release_sent_buffers() {
   Impl::Gil gil(*impl_);

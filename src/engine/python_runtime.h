@@ -89,8 +89,9 @@ class PythonRuntime {
 
   void set_engine_id(int engine_id);
 
-  // Raises KeyboardInterrupt in the user code running now, as SIGINT would. Thread-safe and
-  // callable without the GIL. If nothing runs, the next call clears it before user code.
+  // Raises KeyboardInterrupt in the user code running now: sends SIGINT to the Python thread
+  // (other threads of the process must block SIGINT). Thread-safe, no GIL needed. If nothing
+  // runs, the next call clears it before user code.
   void interrupt();
 
   // Releases the Python buffers of sent results (see on_buffers_to_release). Also done at

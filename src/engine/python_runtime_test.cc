@@ -418,3 +418,23 @@ TEST(PythonRuntimeInterruptTest, InterruptStopsALoopAndStaysInItsRequest) {
 
 }  // namespace
 }  // namespace testudo::engine
+
+namespace testudo::engine {
+namespace {
+
+// Blocking calls are cut short too (the interrupt is a real SIGINT on the Python thread).
+TEST(PythonRuntimeInterruptTest, InterruptCutsASleepShort) {
+  std::thread interrupter([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    rt().interrupt();
+  });
+  auto start = std::chrono::steady_clock::now();
+  TaskOutcome o = rt().execute("import time\ntime.sleep(30)\n");
+  interrupter.join();
+  EXPECT_FALSE(o.ok);
+  EXPECT_EQ(o.ename, "KeyboardInterrupt");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+}  // namespace
+}  // namespace testudo::engine

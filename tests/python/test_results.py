@@ -1,0 +1,134 @@
+"""Results that survive (THREATS F2, F3, T10): the controller's task store, fetched by msg_id
+from any connection or process of the same user, and only by that user."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import testudo
+from conftest import TESTUDO_BIN, kill_processes, pid_gone, wait_until
+
+
+def test_client_disconnects_with_1000_tasks_in_flight_and_fetches_them_later(own_cluster):
+    c = own_cluster(4)
+    rc = c.client()
+    rc.wait_for_engines(4, timeout=30)
+    rc[:].execute("import time", block=True)
+    lview = rc.load_balanced_view()
+    ars = [lview.apply_async(lambda i: time.sleep(0.002) or i * i, i) for i in range(1000)]
+    msg_ids = [ar.msg_ids[0] for ar in ars]
+    rc.close()  # most tasks are still queued or running
+
+    later = c.client()  # a new connection: same user, same identity
+    values = later.get_result(msg_ids).get(timeout=120)
+    assert values == [i * i for i in range(1000)]
+    status = later.result_status(msg_ids)
+    assert status["pending"] == [] and sorted(status["completed"], key=int) == sorted(msg_ids, key=int)
+    later.close()
+
+
+def test_results_of_a_killed_controller_survive_its_restart(own_cluster):
+    c = own_cluster(2, extra=("--reuse",))
+    rc = c.client()
+    rc.wait_for_engines(2, timeout=30)
+    finished = rc[:].apply_async(lambda: "done before the crash")
+    assert finished.get(timeout=30) == ["done before the crash"] * 2
+    running = rc[0].execute("import time; time.sleep(60)", block=False)
+    ids = finished.msg_ids + running.msg_ids
+    time.sleep(0.3)
+    os.kill(c.controller_pid, signal.SIGKILL)
+    with pytest.raises(testudo.RemoteError) as lost_now:
+        running.get(timeout=10)
+    assert lost_now.value.ename == "ConnectionError"
+
+    log = open(c.path("log", "controller-restarted.log"), "w")
+    restarted = subprocess.Popen([TESTUDO_BIN, "--profile", c.profile, "controller", "--reuse"], env=c.env,
+                                 stdout=log, stderr=log, start_new_session=True)
+    try:
+        # The client and both engines come back by themselves.
+        def back():
+            try:
+                return len(rc.ids) == 2
+            except ConnectionError:
+                return False
+        assert wait_until(back, timeout=30)
+        values = rc.get_result(ids).get(timeout=30, return_exceptions=True)
+        assert values[:2] == ["done before the crash"] * 2
+        assert isinstance(values[2], testudo.RemoteError) and values[2].ename == "TaskLost"
+        assert "may or may not have run" in values[2].evalue
+        assert rc.result_status(ids)["completed"] == ids
+        assert rc[:].apply_sync(lambda: "new work") == ["new work"] * 2
+        rc.close()
+    finally:
+        restarted.kill()
+        restarted.wait()
+        kill_processes(c)
+
+
+def test_another_user_cannot_read_or_purge_my_results(cluster, rc):
+    ar = rc[0].apply_async(lambda: "secret result")
+    assert ar.get(timeout=30) == "secret result"
+    mine = ar.msg_ids
+    other_home = tempfile.mkdtemp(prefix="testudo-other-user-")
+    saved = os.environ["TESTUDO_HOME"]
+    try:
+        # Another user: same cluster (a copy of the client connection file), another identity.
+        os.environ["TESTUDO_HOME"] = other_home
+        other = testudo.Client(url_file=cluster.client_file)
+        with pytest.raises(testudo.RemoteError) as denied:
+            other.get_result(mine[0]).get(timeout=10)
+        assert denied.value.ename == "KeyError" and "of yours" in denied.value.evalue
+        with pytest.raises(KeyError):
+            other.result_status(mine)
+        assert other.db_query({"msg_id": {"$in": mine}}) == []
+        assert other.purge_results(mine) == 0
+        other.close()
+    finally:
+        os.environ["TESTUDO_HOME"] = saved
+        shutil.rmtree(other_home, ignore_errors=True)
+    # Still there for its owner.
+    assert rc.get_result(mine[0], block=True) == "secret result"
+
+
+def test_db_query_and_purge(rc):
+    ok = rc.load_balanced_view().apply_async(lambda: 7)
+    bad = rc.load_balanced_view().apply_async(lambda: 1 / 0)
+    assert ok.get(timeout=30) == 7
+    with pytest.raises(testudo.RemoteError):
+        bad.get(timeout=30)
+    ids = ok.msg_ids + bad.msg_ids
+    records = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}})}
+    assert records[ok.msg_ids[0]]["state"] == "succeeded"
+    assert records[bad.msg_ids[0]]["state"] == "failed"
+    assert records[ok.msg_ids[0]]["kind"] == "apply"
+    assert records[ok.msg_ids[0]]["engine_id"] in rc.ids
+    assert records[ok.msg_ids[0]]["started"] <= records[ok.msg_ids[0]]["completed"]
+    failed = [r["msg_id"] for r in rc.db_query({"state": "failed"}, keys=["msg_id"])]
+    assert bad.msg_ids[0] in failed and ok.msg_ids[0] not in failed
+    # A failed task's stored result is its remote error, as the first time.
+    with pytest.raises(testudo.RemoteError) as again:
+        rc.get_result(bad.msg_ids[0], block=True)
+    assert again.value.ename == "ZeroDivisionError"
+
+    assert rc.purge_results(ok.msg_ids) == 1
+    with pytest.raises(KeyError):
+        rc.result_status(ok.msg_ids)
+    assert rc.purge_results("all") >= 1
+    assert rc.db_query({"completed": {"$ne": None}}) == []
+
+
+def test_get_result_of_a_running_task_answers_when_it_ends(cluster, rc):
+    rc[:].execute("import time", block=True)
+    ar = rc[1].apply_async(lambda: time.sleep(1) or "late")
+    ids = ar.msg_ids
+    second = cluster.client()
+    fetched = second.get_result(ids)
+    assert not fetched.ready()
+    assert fetched.get(timeout=30) == ["late"]
+    second.close()
