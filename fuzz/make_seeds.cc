@@ -10,6 +10,7 @@
 
 #include "auth/capability.h"
 #include "wire/body.h"
+#include "wire/control.h"
 #include "wire/message.h"
 
 using namespace testudo;
@@ -102,5 +103,11 @@ int main(int argc, char** argv) {
   write(hellos, "client", auth::encode_hello(client));
   write(hellos, "engine_no_instance", auth::encode_hello({wire::Role::kEngine, "", {}}));
   write(hellos, "engine_max_instance", auth::encode_hello({wire::Role::kEngine, std::string(auth::kMaxInstanceBytes, 'e'), {}}));
+
+  // control_fuzz: selector byte (even: task options, odd: id list), then the payload.
+  const fs::path controls = out / "control_fuzz";
+  write(controls, "options", std::string(1, '\0') + wire::encode_task_options({2, 500, {1, 2}, {3}}));
+  write(controls, "options_empty", std::string(1, '\0') + wire::encode_task_options({}));
+  write(controls, "ids", std::string(1, '\1') + wire::encode_ids({7, 8, 9}).to_string());
   return 0;
 }
