@@ -12,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "base/log.h"
 #include "pyglue/segment.h"
@@ -171,6 +172,20 @@ class PyResult {
 
 class PyClient {
  public:
+  // Runs `call(client)` without the GIL (it waits on the network) and returns its value, or
+  // raises its error as the matching Python exception.
+  template <typename Call>
+  auto blocking(Call call) {
+    Client& c = client();
+    std::optional<decltype(call(c))> result;
+    {
+      py::gil_scoped_release release;
+      result.emplace(call(c));
+    }
+    if (!result->ok()) raise_status(result->status());
+    return std::move(*result).value();
+  }
+
   PyClient(const std::string& connection_file, const std::string& profile, double timeout)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
@@ -213,25 +228,11 @@ class PyClient {
   std::uint32_t client_id() { return client().client_id(); }
 
   std::vector<EngineId> engine_ids() {
-    StatusOr<std::vector<EngineId>> ids = not_found("");
-    Client& c = client();
-    {
-      py::gil_scoped_release release;
-      ids = c.engine_ids();
-    }
-    if (!ids.ok()) raise_status(ids.status());
-    return *ids;
+    return blocking([](Client& c) { return c.engine_ids(); });
   }
 
   std::string cluster_status() {
-    StatusOr<std::string> s = not_found("");
-    Client& c = client();
-    {
-      py::gil_scoped_release release;
-      s = c.cluster_status();
-    }
-    if (!s.ok()) raise_status(s.status());
-    return *s;
+    return blocking([](Client& c) { return c.cluster_status(); });
   }
 
   void shutdown_cluster() {
@@ -275,45 +276,31 @@ class PyClient {
   }
 
   std::size_t abort(const std::vector<std::uint64_t>& task_ids) {
-    return wait_control([&](Client& c) { return c.abort(task_ids); });
+    return blocking([&](Client& c) { return c.abort(task_ids); });
   }
   std::size_t interrupt(const std::vector<EngineId>& targets) {
-    return wait_control([&](Client& c) { return c.interrupt(targets); });
+    return blocking([&](Client& c) { return c.interrupt(targets); });
   }
   std::size_t shutdown_engines(const std::vector<EngineId>& targets) {
-    return wait_control([&](Client& c) { return c.shutdown_engines(targets); });
+    return blocking([&](Client& c) { return c.shutdown_engines(targets); });
   }
   std::string engines_json() {
-    StatusOr<std::string> s = not_found("");
-    Client& c = client();
-    {
-      py::gil_scoped_release release;
-      s = c.engines_json();
-    }
-    if (!s.ok()) raise_status(s.status());
-    return *s;
+    return blocking([](Client& c) { return c.engines_json(); });
   }
 
   PyResult get_result(const std::vector<std::uint64_t>& task_ids) { return wrap(client().get_result(task_ids)); }
   std::string result_status(const std::vector<std::uint64_t>& task_ids) {
-    return wait_text([&](Client& c) { return c.result_status(task_ids); });
+    return blocking([&](Client& c) { return c.result_status(task_ids); });
   }
   std::string db_query(const std::string& filter) {
-    return wait_text([&](Client& c) { return c.db_query(filter); });
+    return blocking([&](Client& c) { return c.db_query(filter); });
   }
   std::size_t purge_results(const std::vector<std::uint64_t>& task_ids) {
-    return wait_control([&](Client& c) { return c.purge_results(task_ids); });
+    return blocking([&](Client& c) { return c.purge_results(task_ids); });
   }
 
   std::string queue_status() {
-    StatusOr<std::string> s = not_found("");
-    Client& c = client();
-    {
-      py::gil_scoped_release release;
-      s = c.queue_status();
-    }
-    if (!s.ok()) raise_status(s.status());
-    return *s;
+    return blocking([](Client& c) { return c.queue_status(); });
   }
 
   std::vector<std::uint64_t> next_completed(double timeout) {
@@ -332,30 +319,6 @@ class PyClient {
   }
 
  private:
-  template <typename Call>
-  std::string wait_text(Call call) {
-    StatusOr<std::string> s = not_found("");
-    Client& c = client();
-    {
-      py::gil_scoped_release release;
-      s = call(c);
-    }
-    if (!s.ok()) raise_status(s.status());
-    return *s;
-  }
-
-  template <typename Call>
-  std::size_t wait_control(Call call) {
-    StatusOr<std::size_t> n = not_found("");
-    Client& c = client();
-    {
-      py::gil_scoped_release release;
-      n = call(c);
-    }
-    if (!n.ok()) raise_status(n.status());
-    return *n;
-  }
-
   // Views each object's memory without a copy (pickle protocol 5 buffers, bytes, numpy
   // arrays...). The memoryviews in `keep` hold the exporters until the request is done.
   std::vector<SharedBytes> borrow(const py::list& segments, py::list& keep) {

@@ -136,19 +136,6 @@ TEST(ClusterTest, LargePickledValuesRoundTrip) {
   EXPECT_EQ(repr_values(*total), (std::vector<std::string>{"8999997000000.0"}));
 }
 
-// Runs Debian's python3 here with `script`, feeding `input` on stdin; returns its stdout.
-std::string local_python(const std::string& script, const std::string& input = "") {
-  std::string in_path = "/tmp/testudo-py-in-" + std::to_string(::getpid());
-  {
-    std::ofstream f(in_path, std::ios::binary);
-    f << input;
-  }
-  auto [rc, out] = run_command("/usr/bin/python3 -c \"" + script + "\" < " + in_path);
-  std::remove(in_path.c_str());
-  EXPECT_EQ(rc, 0) << out;
-  return out;
-}
-
 // apply with a cloudpickled function, exactly as the Python client sends it. A function from
 // the client's __main__ runs with the engine's namespace as its globals (as in ipyparallel),
 // so it sees the engine's __testudo_engine_id__.

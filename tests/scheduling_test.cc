@@ -18,20 +18,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Runs Debian's python3 here with `script`, feeding `input` on stdin; returns its stdout.
-// (Copied from cluster_test.cc.)
-std::string local_python(const std::string& script, const std::string& input = "") {
-  std::string in_path = "/tmp/testudo-sched-py-in-" + std::to_string(::getpid());
-  {
-    std::ofstream f(in_path, std::ios::binary);
-    f << input;
-  }
-  auto [rc, out] = run_command("/usr/bin/python3 -c \"" + script + "\" < " + in_path);
-  std::remove(in_path.c_str());
-  EXPECT_EQ(rc, 0) << out;
-  return out;
-}
-
 // The one reply of a load-balanced request.
 EngineReply one_reply(const AsyncResult& r, std::chrono::milliseconds timeout = 30s) {
   auto replies = r.get(timeout);

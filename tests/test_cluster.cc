@@ -1,6 +1,7 @@
 #include "test_cluster.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -93,6 +94,18 @@ std::pair<int, std::string> run_command(const std::string& command) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string local_python(const std::string& script, const std::string& input) {
+  std::string in_path = "/tmp/testudo-py-in-" + std::to_string(::getpid());
+  {
+    std::ofstream f(in_path, std::ios::binary);
+    f << input;
+  }
+  auto [rc, out] = run_command("/usr/bin/python3 -c \"" + script + "\" < " + in_path);
+  std::remove(in_path.c_str());
+  EXPECT_EQ(rc, 0) << out;
+  return out;
 }
 
 }  // namespace testudo::testing

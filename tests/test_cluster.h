@@ -49,5 +49,8 @@ class TestCluster {
 std::string read_file(const std::string& path);
 // Runs a shell command, returns (exit code, stdout+stderr).
 std::pair<int, std::string> run_command(const std::string& command);
+// Runs Debian's python3 here with `script`, feeding `input` on stdin; returns its stdout
+// (fails the test if it exits non-zero). Used to make and read cloudpickled payloads.
+std::string local_python(const std::string& script, const std::string& input = "");
 
 }  // namespace testudo::testing

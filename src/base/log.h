@@ -38,8 +38,11 @@ class Line {
 
 }  // namespace testudo::log
 
-#define TESTUDO_LOG(level, subsystem) \
-  if (!::testudo::log::enabled(level)) {} else ::testudo::log::Line(level, subsystem)
+// A loop that runs at most once: safe inside an unbraced if/else, and the line's arguments
+// are not evaluated when the level is off.
+#define TESTUDO_LOG(level, subsystem)                                                        \
+  for (bool testudo_log_once_ = ::testudo::log::enabled(level); testudo_log_once_; testudo_log_once_ = false) \
+  ::testudo::log::Line(level, subsystem)
 #define LOG_DEBUG(subsystem) TESTUDO_LOG(::testudo::log::Level::kDebug, subsystem)
 #define LOG_INFO(subsystem) TESTUDO_LOG(::testudo::log::Level::kInfo, subsystem)
 #define LOG_WARN(subsystem) TESTUDO_LOG(::testudo::log::Level::kWarning, subsystem)

@@ -607,10 +607,11 @@ void Hub::send_control_reply(Peer& client, MessageKind kind, const wire::Envelop
 
 std::string Hub::status_json() const {
   nlohmann::json engines = nlohmann::json::array();
+  auto loads = scheduler_.queue_status();
   for (const auto& [id, p] : engines_) {
     engines.push_back({{"id", id},
                        {"address", p->connection->peer_address()},
-                       {"in_flight", scheduler_.queue_status()[id].running},
+                       {"in_flight", loads[id].running},
                        {"tasks_done", p->tasks_done},
                        {"connected_s", seconds_since(p->connected_at)},
                        {"last_heartbeat_s", seconds_since(p->last_seen)}});

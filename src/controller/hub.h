@@ -49,8 +49,6 @@ class Hub : private SchedulerSink {
   // Asks every engine to exit, closes every client, then calls on_stopped.
   void shutdown(const std::string& why);
 
-  std::size_t engine_count() const { return engines_.size(); }
-
  private:
   struct Peer {
     std::uint64_t serial = 0;

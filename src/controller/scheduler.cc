@@ -355,21 +355,10 @@ void Scheduler::fail_all(const std::string& why) {
   for (auto& [engine, e] : engines_) e.direct.clear();
 }
 
-bool Scheduler::is_running_on(TaskId id, EngineId engine) const {
-  auto t = tasks_.find(id);
-  return t != tasks_.end() && t->second.state == State::kRunning && t->second.assigned == engine;
-}
-
 const TaskSpec* Scheduler::running_spec(TaskId id, EngineId engine) const {
   auto t = tasks_.find(id);
   if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return nullptr;
   return &t->second.spec;
-}
-
-std::optional<EngineId> Scheduler::running_engine(TaskId id) const {
-  auto t = tasks_.find(id);
-  if (t == tasks_.end() || t->second.state != State::kRunning) return std::nullopt;
-  return t->second.assigned;
 }
 
 std::map<EngineId, Scheduler::EngineLoad> Scheduler::queue_status() const {

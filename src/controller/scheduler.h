@@ -111,8 +111,6 @@ class Scheduler {
   // Fails everything still queued or waiting (controller shutdown).
   void fail_all(const std::string& why);
 
-  bool is_running_on(TaskId id, EngineId engine) const;
-  std::optional<EngineId> running_engine(TaskId id) const;
   // The task running on `engine` as `id`, or null.
   const TaskSpec* running_spec(TaskId id, EngineId engine) const;
 
