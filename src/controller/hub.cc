@@ -558,10 +558,13 @@ void Hub::interrupt_engines(Peer& client, const wire::Message& m) {
   std::size_t sent = 0;
   for (std::uint32_t target : m.envelope.targets) {
     auto e = engines_.find(target);
-    if (e == engines_.end()) continue;
+    auto task = scheduler_.oldest_running(target);
+    if (e == engines_.end() || !task) continue;  // nothing runs there
     wire::Message interrupt;
     interrupt.envelope.kind = MessageKind::kEngineInterrupt;
     interrupt.envelope.engine_id = target;
+    // Names the task, so one that was sent but has not started yet is interrupted too.
+    interrupt.envelope.task_id = *task;
     e->second->connection->send(std::move(interrupt));
     ++sent;
   }

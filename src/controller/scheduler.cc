@@ -355,6 +355,13 @@ void Scheduler::fail_all(const std::string& why) {
   for (auto& [engine, e] : engines_) e.direct.clear();
 }
 
+std::optional<TaskId> Scheduler::oldest_running(EngineId engine) const {
+  auto e = engines_.find(engine);
+  if (e == engines_.end() || e->second.running.empty()) return std::nullopt;
+  // Ids grow with submission, and an engine runs its tasks in the order they were sent.
+  return *std::min_element(e->second.running.begin(), e->second.running.end());
+}
+
 const TaskSpec* Scheduler::running_spec(TaskId id, EngineId engine) const {
   auto t = tasks_.find(id);
   if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return nullptr;

@@ -111,6 +111,8 @@ class Scheduler {
   // Fails everything still queued or waiting (controller shutdown).
   void fail_all(const std::string& why);
 
+  // The earliest task sent to `engine` and not answered: the one it runs, or is about to.
+  std::optional<TaskId> oldest_running(EngineId engine) const;
   // The task running on `engine` as `id`, or null.
   const TaskSpec* running_spec(TaskId id, EngineId engine) const;
 

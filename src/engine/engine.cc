@@ -119,6 +119,7 @@ struct Engine::Impl {
   // arrives as a task ends is cleared by the runtime before the next one starts).
   std::mutex running_mutex;
   std::uint64_t running_task = 0;  // guarded by running_mutex
+  std::uint64_t interrupt_before_start = 0;  // guarded by running_mutex
 
   void push_work(Work w) {
     {
@@ -181,9 +182,12 @@ struct Engine::Impl {
         return stop(ok_status());
       case MessageKind::kEngineInterrupt: {
         std::lock_guard lock(running_mutex);
-        if (running_task != 0) {
+        if (running_task != 0 && running_task == m.envelope.task_id) {
           LOG_INFO("engine") << "interrupting task " << running_task;
           runtime->interrupt();
+        } else if (m.envelope.task_id > running_task) {
+          // Sent but not started yet: it is interrupted the moment it would start.
+          interrupt_before_start = m.envelope.task_id;
         }
         return;
       }
@@ -280,11 +284,21 @@ struct Engine::Impl {
       auto& m = std::get<wire::Message>(w);
       wire::ReplyMeta meta;
       meta.started_us = now_us();
+      bool interrupted_early = false;
       {
         std::lock_guard lock(running_mutex);
         running_task = m.envelope.task_id;
+        interrupted_early = interrupt_before_start == running_task;
       }
-      TaskOutcome out = run_request(*runtime, m);
+      TaskOutcome out;
+      if (interrupted_early) {
+        out.ok = false;
+        out.ename = "KeyboardInterrupt";
+        out.evalue = "interrupted before it started";
+        out.traceback = "KeyboardInterrupt: interrupted before it started\n";
+      } else {
+        out = run_request(*runtime, m);
+      }
       {
         std::lock_guard lock(running_mutex);
         running_task = 0;
