@@ -119,7 +119,9 @@ void say(const std::string& line) { std::cerr << "testudo: " << line << "\n"; }
 
 int cluster_start(const std::string& profile, launch::ClusterOptions o, bool daemonize, double heartbeat_timeout) {
   o.profile = profile;
-  if (heartbeat_timeout > 0) o.controller_args = {"--heartbeat-timeout", std::to_string(heartbeat_timeout)};
+  if (heartbeat_timeout > 0) {
+    o.controller_args.insert(o.controller_args.end(), {"--heartbeat-timeout", std::to_string(heartbeat_timeout)});
+  }
   // Block SIGINT/SIGTERM now so a Ctrl-C during start-up is seen by sigwait below.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -284,6 +286,10 @@ int main(int argc, char** argv) {
   start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead");
   std::vector<std::string> cluster_tags;
   start->add_option("--tag", cluster_tags, "A label k=v given to every engine (repeatable)");
+  std::string cluster_scheme;
+  start->add_option("--scheme", cluster_scheme, "Load balancing: leastload (default), lru, twobin, weighted, random");
+  std::string cluster_hwm;
+  start->add_option("--hwm", cluster_hwm, "Load-balanced tasks one engine holds at once (default 2; 0: no limit)");
   auto* stop = cluster->add_subcommand("stop", "Stop the cluster of this profile");
   double stop_grace = 10;
   stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")->capture_default_str();
@@ -337,6 +343,8 @@ int main(int argc, char** argv) {
       lopts.engine_args.push_back("--tag");
       lopts.engine_args.push_back(tag);
     }
+    if (!cluster_scheme.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {"--scheme", cluster_scheme});
+    if (!cluster_hwm.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {"--hwm", cluster_hwm});
     return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
   }
   if (*stop) {
