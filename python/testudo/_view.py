@@ -12,6 +12,23 @@ from ._asyncresult import AsyncMapResult, AsyncResult
 cloudpickle.register_pickle_by_value(_helpers)
 
 
+class _GatherResult(AsyncMapResult):
+    """gather: numpy blocks are joined into one array (as ipyparallel does), anything else
+    into one list."""
+
+    def _reconstruct(self, raw):
+        if raw and all(type(part).__name__ == "ndarray" for part in raw):
+            import numpy
+            return numpy.concatenate(raw)
+        out = []
+        for part in raw:
+            if isinstance(part, Exception) or not hasattr(part, "__len__"):
+                out.append(part)
+            else:
+                out.extend(part)
+        return out
+
+
 def _dumps(obj):
     """Pickle protocol 5 with out-of-band buffers: [pickle, buffer, ...] without copying arrays."""
     buffers = []
@@ -222,8 +239,7 @@ class DirectView:
             raise ValueError("only the block distribution ('b') is supported")
         ids, _ = self._resolve(targets)
         children = [self.client._native.pull([engine], [key]) for engine in ids]
-        ar = AsyncMapResult(self.client, children, "gather", "pickle",
-                            transform=lambda v: v if isinstance(v, list) else list(v) if hasattr(v, "__len__") else [v])
+        ar = _GatherResult(self.client, children, "gather", "pickle")
         return self._finish(ar, block)
 
     def clear(self, targets=None, block=None):

@@ -345,7 +345,8 @@ def test_scatter_gather_numpy(dview):
     dview.scatter("a", local)
     assert dview.apply(interactive(lambda: (type(a).__name__, len(a)))) == \
         [("ndarray", 3), ("ndarray", 3), ("ndarray", 2), ("ndarray", 2)]
-    assert dview.gather("a") == local.tolist()
+    gathered = dview.gather("a")
+    assert isinstance(gathered, np.ndarray) and np.array_equal(gathered, local)  # as ipyparallel
 
 
 def test_scatter_on_subset(rc):
