@@ -57,8 +57,47 @@ class Peer:
         return None
 
 
+class _IpyparallelApi:
+    """Workload operations for peers with ipyparallel's client API (testudo shares it by
+    design). Needs self.rc, self.views (one DirectView per engine), self.dview, self.lview,
+    self.n, and _forget_results() to drop cached or stored results."""
+
+    def apply_rt(self):
+        return self.views[0].apply_sync(NOOP)
+
+    def execute_rt(self):
+        self.views[0].execute("pass", block=True)
+        return True
+
+    def submit_lb(self, f):
+        return self.lview.apply_async(f)
+
+    def submit_direct(self, f, i):
+        return self.views[i % self.n].apply_async(f)
+
+    def wait_all(self, futures):
+        for ar in futures:
+            ar.get()
+
+    def push(self, arr):
+        self.views[0].push({"a": arr}, block=True)
+
+    def pull(self):
+        return self.views[0].pull("a", block=True)
+
+    def clear(self):
+        self.dview.execute("a = None; b = None", block=True)
+        self._forget_results()
+
+    def scatter(self, arr):
+        self.dview.scatter("b", arr, block=True)
+
+    def gather(self):
+        return self.dview.gather("b", block=True)
+
+
 # --------------------------------------------------------------------------------------
-class Testudo(Peer):
+class Testudo(_IpyparallelApi, Peer):
     """build/testudo cluster start -n N --daemonize, in a private TESTUDO_HOME."""
 
     name = "testudo"
@@ -124,38 +163,8 @@ class Testudo(Peer):
     def cleanup(self):
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def apply_rt(self):
-        return self.views[0].apply_sync(NOOP)
-
-    def execute_rt(self):
-        self.views[0].execute("pass", block=True)
-        return True
-
-    def submit_lb(self, f):
-        return self.lview.apply_async(f)
-
-    def submit_direct(self, f, i):
-        return self.views[i % self.n].apply_async(f)
-
-    def wait_all(self, futures):
-        for ar in futures:
-            ar.get()
-
-    def push(self, arr):
-        self.views[0].push({"a": arr}, block=True)
-
-    def pull(self):
-        return self.views[0].pull("a", block=True)
-
-    def clear(self):
-        self.dview.execute("a = None; b = None", block=True)
+    def _forget_results(self):
         self.rc.purge_results("all")  # the controller records every result; drop the big ones
-
-    def scatter(self, arr):
-        self.dview.scatter("b", arr, block=True)
-
-    def gather(self):
-        return self.dview.gather("b", block=True)
 
     def controller_pids(self):
         return [self.procs["controller"]]
@@ -168,7 +177,7 @@ class Testudo(Peer):
 
 
 # --------------------------------------------------------------------------------------
-class Ipyparallel(Peer):
+class Ipyparallel(_IpyparallelApi, Peer):
     """ipyparallel.Cluster(n=N) in a private IPython profile directory (HMAC-signed messages)."""
 
     name = "ipyparallel"
@@ -222,41 +231,11 @@ class Ipyparallel(Peer):
     def cleanup(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def apply_rt(self):
-        return self.views[0].apply_sync(NOOP)
-
-    def execute_rt(self):
-        self.views[0].execute("pass", block=True)
-        return True
-
-    def submit_lb(self, f):
-        return self.lview.apply_async(f)
-
-    def submit_direct(self, f, i):
-        return self.views[i % self.n].apply_async(f)
-
-    def wait_all(self, futures):
-        for ar in futures:
-            ar.get()
-
-    def push(self, arr):
-        self.views[0].push({"a": arr}, block=True)
-
-    def pull(self):
-        return self.views[0].pull("a", block=True)
-
-    def clear(self):
-        self.dview.execute("a = None; b = None", block=True)
+    def _forget_results(self):
         try:
             self.rc.purge_everything()  # the hub and the client cache results; drop the big ones
         except Exception:
             pass
-
-    def scatter(self, arr):
-        self.dview.scatter("b", arr, block=True)
-
-    def gather(self):
-        return self.dview.gather("b", block=True)
 
     def controller_pids(self):
         try:
