@@ -28,6 +28,8 @@ constexpr std::size_t kMinPrefix = 8;
 constexpr std::size_t kMaxNameBytes = 256;
 constexpr std::size_t kMaxFileBytes = 64 * 1024;  // a certificate chain is a few KiB
 constexpr std::size_t kMaxCandidatesShown = 10;
+// A pending identity seen again has its JSON record rewritten at most this often (seconds).
+constexpr std::int64_t kPendingWriteInterval = 60;
 constexpr const char* kRoles[] = {"client", "engine"};
 
 bool valid_role(std::string_view role) { return role == "client" || role == "engine"; }
@@ -435,6 +437,7 @@ StatusOr<TrustStore::KeyMap> TrustStore::scan(std::vector<std::string>& warnings
       }
       KeyRecord& rec = keys[hex];
       if (rec.pem.empty()) rec.pem = pem->block;
+      rec.pending_written[role] = e.last_seen;
       rec.pending.emplace(role, std::move(e));
     }
   }
@@ -534,7 +537,11 @@ Status TrustStore::add_pending(std::string_view role, std::string_view fingerpri
       updated.peer = sanitize(peer);
       updated.last_seen = now_unix;
       ++updated.attempts;
-      TESTUDO_RETURN_IF_ERROR(write_pending_json(updated));
+      std::int64_t& written = rec.pending_written[std::string(role)];
+      if (now_unix < written || now_unix - written >= kPendingWriteInterval) {
+        TESTUDO_RETURN_IF_ERROR(write_pending_json(updated));
+        written = now_unix;
+      }
       p->second = std::move(updated);
       return ok_status();
     }
@@ -558,6 +565,7 @@ Status TrustStore::add_pending(std::string_view role, std::string_view fingerpri
   TESTUDO_RETURN_IF_ERROR(write_pending_json(e));
   KeyRecord& rec = keys_[*hex];
   if (rec.pem.empty()) rec.pem = *block;
+  rec.pending_written[e.role] = now_unix;
   rec.pending.emplace(e.role, std::move(e));
   ++pending_count_;
   return ok_status();

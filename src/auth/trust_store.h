@@ -86,7 +86,9 @@ class TrustStore {
   TrustState state(std::string_view role, std::string_view fingerprint) const;
 
   // Learn mode: records an unknown identity as pending, writing its PEM and a JSON record.
-  // Idempotent: an identity already pending has last_seen, peer and attempts updated. Checks
+  // Idempotent: an identity already pending has last_seen, peer and attempts updated (in
+  // memory at once; its JSON record is rewritten at most once a minute, so a peer
+  // reconnecting in a loop does not turn into a stream of disk writes). Checks
   // that `cert_pem` has `fingerprint`. An identity already accepted in `role` is left alone
   // (OK); a revoked one is kPermissionDenied; a new one beyond max_pending is
   // kResourceExhausted. `name` and `peer` are untrusted.
@@ -125,6 +127,7 @@ class TrustStore {
     std::map<std::string, TrustEntry, std::less<>> accepted;  // by role
     std::map<std::string, std::vector<std::string>, std::less<>> accepted_files;  // every file
     std::map<std::string, TrustEntry, std::less<>> pending;   // by role
+    std::map<std::string, std::int64_t, std::less<>> pending_written;  // by role: last_seen on disk
     std::unique_ptr<TrustEntry> revoked;
     std::string pem;  // one PEM block holding the key (for revoke)
     bool empty() const { return accepted.empty() && pending.empty() && !revoked; }

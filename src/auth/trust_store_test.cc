@@ -116,6 +116,15 @@ TEST_F(TrustStoreTest, PendingAcceptRevokeAndRejectTransitions) {
   EXPECT_EQ(j["attempts"], 2);
   EXPECT_EQ(j["last_seen"], 1060);
   ASSERT_EQ(store->list().size(), 1u);
+  // Seen again within a minute: updated in memory, the record on disk waits (no write storm).
+  ASSERT_TRUE(store->add_pending("client", fp, alice_, "alice@laptop", "10.0.0.6", 1070).ok());
+  EXPECT_EQ(store->show(hex)->attempts, 3);
+  j = nlohmann::json::parse(*crypto::read_private_file(pending_json, "pending record"));
+  EXPECT_EQ(j["attempts"], 2);
+  ASSERT_TRUE(store->add_pending("client", fp, alice_, "alice@laptop", "10.0.0.6", 1120).ok());
+  j = nlohmann::json::parse(*crypto::read_private_file(pending_json, "pending record"));
+  EXPECT_EQ(j["attempts"], 4);
+  EXPECT_EQ(j["last_seen"], 1120);
 
   // pending -> accepted: client/<hex>.pem, the pending files are gone.
   auto accepted = store->accept("sha256:" + hex.substr(0, 10));
