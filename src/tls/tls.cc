@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <ctime>
 
@@ -282,6 +283,50 @@ SSL* ssl_of(X509_STORE_CTX* store) {
   return static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
 }
 
+// Client side, min_version "1.2": OpenSSL 3 has no switch to require the extended master
+// secret and SSL_get_extms_support answers only after the handshake, so the client reads the
+// ServerHello itself (message callback, before the ServerHello is processed) and notes in
+// the SSL's ex_data whether the server agreed; verify_pinned_server then refuses a TLS 1.2
+// server that did not. The ex_data value is a tag, not an allocation.
+int ems_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+void* const kServerAgreedToEms = reinterpret_cast<void*>(static_cast<std::uintptr_t>(1));
+
+// True if a ServerHello handshake message (header included) carries extension `type`.
+bool server_hello_has_extension(const unsigned char* p, std::size_t len, unsigned type) {
+  // type(1) length(3) version(2) random(32) session_id(1+n) cipher(2) compression(1) exts(2+m)
+  if (len < 4 || p[0] != SSL3_MT_SERVER_HELLO) return false;
+  const std::size_t body = (std::size_t{p[1]} << 16) | (std::size_t{p[2]} << 8) | p[3];
+  if (body != len - 4) return false;
+  std::size_t i = 4 + 2 + 32;
+  if (i >= len) return false;
+  i += 1 + p[i];           // session id
+  i += 2 + 1;              // cipher suite, compression method
+  if (i + 2 > len) return false;
+  const std::size_t ext_len = (std::size_t{p[i]} << 8) | p[i + 1];
+  i += 2;
+  if (i + ext_len != len) return false;
+  while (i + 4 <= len) {
+    const unsigned ext_type = (unsigned{p[i]} << 8) | p[i + 1];
+    const std::size_t n = (std::size_t{p[i + 2]} << 8) | p[i + 3];
+    i += 4;
+    if (i + n > len) return false;
+    if (ext_type == type) return true;
+    i += n;
+  }
+  return false;
+}
+
+void note_server_ems(int write_p, int, int content_type, const void* buf, std::size_t len, SSL* ssl, void*) {
+  if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || buf == nullptr || len == 0) return;
+  const auto* p = static_cast<const unsigned char*>(buf);
+  if (p[0] != SSL3_MT_SERVER_HELLO) return;
+  const bool agreed = server_hello_has_extension(p, len, TLSEXT_TYPE_extended_master_secret);
+  SSL_set_ex_data(ssl, ems_index(), agreed ? kServerAgreedToEms : nullptr);
+}
+
 // Client side: replaces chain verification by comparing the server's leaf certificate with
 // the pinned SHA-256 fingerprint. A mismatch fails the handshake inside OpenSSL, before the
 // client sends its Finished or any application data (THREATS.md T3). Under TLS 1.2 (only
@@ -298,7 +343,8 @@ int verify_pinned_server(X509_STORE_CTX* store, void* arg) {
     return 0;
   }
   SSL* ssl = ssl_of(store);
-  if (ssl != nullptr && SSL_version(ssl) < TLS1_3_VERSION && SSL_get_extms_support(ssl) != 1) {
+  if (ssl != nullptr && SSL_version(ssl) < TLS1_3_VERSION &&
+      SSL_get_ex_data(ssl, ems_index()) != kServerAgreedToEms) {
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
   }
@@ -787,6 +833,10 @@ StatusOr<SslCtxPtr> make_client_context(const ClientOptions& options) {
   }
   crypto::Digest* stored = owned.release();  // now freed by free_pin in SSL_CTX_free
   SSL_CTX_set_cert_verify_callback(ctx.get(), verify_pinned_server, stored);
+  if (SSL_CTX_get_min_proto_version(ctx.get()) < TLS1_3_VERSION) {
+    if (ems_index() < 0) return openssl_error_as(StatusCode::kInternal, "SSL_get_ex_new_index");
+    SSL_CTX_set_msg_callback(ctx.get(), note_server_ems);
+  }
   return ctx;
 }
 
