@@ -138,6 +138,14 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     return tls::export_keying_material(stream_.native_handle(), label, context);
   }
   StatusOr<std::string> peer_fingerprint() override { return tls::peer_fingerprint(stream_.native_handle()); }
+  // Read off the session on each call: the peer's certificate cannot change after the
+  // handshake (no renegotiation), and callers ask once, at admission.
+  StatusOr<tls::CertificateFacts> peer_certificate() override {
+    return tls::peer_certificate_facts(stream_.native_handle());
+  }
+  StatusOr<std::vector<std::string>> peer_certificate_chain() override {
+    return tls::peer_certificate_chain_pem(stream_.native_handle());
+  }
 
  private:
   asio::awaitable<Status> read_exact(void* data, std::size_t size) {

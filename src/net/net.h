@@ -87,6 +87,11 @@ class Connection {
   virtual StatusOr<std::array<std::byte, 32>> export_keying_material(std::string_view label,
                                                                      std::string_view context) = 0;
   virtual StatusOr<std::string> peer_fingerprint() = 0;
+  // Facts of the peer's leaf certificate (key fingerprint, CN, serial, validity...), see
+  // tls::peer_certificate_facts; kFailedPrecondition if the peer presented none.
+  virtual StatusOr<tls::CertificateFacts> peer_certificate() = 0;
+  // PEM of the certificates the peer sent, leaf first (for tls::ChainVerifier in CA mode).
+  virtual StatusOr<std::vector<std::string>> peer_certificate_chain() = 0;
   // Bytes received / sent on this connection so far (application data).
   virtual std::uint64_t bytes_received() const = 0;
 };

@@ -1,5 +1,7 @@
 #include "tls/tls.h"
 
+#include "tls/test_pki.h"
+
 #include <gtest/gtest.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -8,6 +10,7 @@
 #include <openssl/x509v3.h>
 
 #include <cctype>
+#include <ctime>
 #include <utility>
 
 namespace testudo::tls {
@@ -322,6 +325,352 @@ TEST(TlsTest, OpensslErrorDrainsTheQueue) {
   EXPECT_EQ(st.message().rfind("context here: ", 0), 0u) << st.message();
   EXPECT_EQ(ERR_peek_error(), 0ul);
   EXPECT_NE(openssl_error("empty").message().find("unknown"), std::string::npos);
+}
+
+
+// ---- Certificate facts ----
+
+constexpr std::int64_t k2020 = 1577836800;  // 2020-01-01T00:00:00Z
+constexpr std::int64_t k2021 = 1609459200;  // 2021-01-01T00:00:00Z
+
+std::int64_t now_unix() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+TEST(TlsTest, CertificateFactsOfGeneratedCertificate) {
+  const auto& kc = ids().client;
+  auto facts = certificate_facts_of_pem(kc.cert_pem);
+  ASSERT_TRUE(facts.ok()) << facts.status().to_string();
+  EXPECT_EQ(facts->subject_cn, "testudo-client");
+  EXPECT_EQ(facts->issuer_cn, "testudo-client");
+  EXPECT_EQ(facts->cert_fingerprint, must_fingerprint(kc));
+  EXPECT_NE(facts->key_fingerprint, facts->cert_fingerprint);
+  EXPECT_EQ(facts->key_fingerprint.rfind("sha256:", 0), 0u);
+  EXPECT_EQ(facts->key_fingerprint.size(), 7u + 64u);
+  EXPECT_EQ(facts->cert_pem, kc.cert_pem);
+  EXPECT_NEAR(static_cast<double>(facts->not_before), static_cast<double>(now_unix() - 3600), 120.0);
+  EXPECT_NEAR(static_cast<double>(facts->not_after - facts->not_before), 3650.0 * 86400 + 3600, 120.0);
+  ASSERT_FALSE(facts->serial_hex.empty());
+  for (char c : facts->serial_hex) EXPECT_TRUE(std::isxdigit(c) && !std::isupper(c)) << facts->serial_hex;
+  EXPECT_NE(facts->serial_hex[0], '0');
+
+  // The key fingerprint is SHA-256 over the DER SubjectPublicKeyInfo, computed independently.
+  BIO* bio = BIO_new_mem_buf(kc.cert_pem.data(), static_cast<int>(kc.cert_pem.size()));
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ASSERT_NE(cert, nullptr);
+  unsigned char* der = nullptr;
+  const int len = i2d_PUBKEY(X509_get0_pubkey(cert), &der);
+  ASSERT_GT(len, 0);
+  unsigned char md[32];
+  unsigned int md_len = 0;
+  ASSERT_EQ(EVP_Digest(der, static_cast<std::size_t>(len), md, &md_len, EVP_sha256(), nullptr), 1);
+  OPENSSL_free(der);
+  X509_free(cert);
+  std::string hex;
+  for (unsigned i = 0; i < md_len; ++i) {
+    static const char* const kDigits = "0123456789abcdef";
+    hex += kDigits[md[i] >> 4];
+    hex += kDigits[md[i] & 15];
+  }
+  EXPECT_EQ(facts->key_fingerprint, "sha256:" + hex);
+
+  // Either PEM form gives the same key fingerprint.
+  auto pub = public_key_pem_of_certificate(kc.cert_pem);
+  ASSERT_TRUE(pub.ok()) << pub.status().to_string();
+  EXPECT_NE(pub->find("-----BEGIN PUBLIC KEY-----"), std::string::npos);
+  EXPECT_EQ(*key_fingerprint_of_pem(*pub), facts->key_fingerprint);
+  EXPECT_EQ(*key_fingerprint_of_pem(kc.cert_pem), facts->key_fingerprint);
+  EXPECT_NE(*key_fingerprint_of_pem(ids().server.cert_pem), facts->key_fingerprint);
+}
+
+TEST(TlsTest, CertificateFactsOfGarbageFail) {
+  EXPECT_EQ(certificate_facts_of_pem("garbage").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(key_fingerprint_of_pem("garbage").status().code(), StatusCode::kInvalidArgument);
+  // A private key is neither a certificate nor a public key.
+  auto st = key_fingerprint_of_pem(ids().client.key_pem).status();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message().find("BEGIN"), std::string::npos);
+  EXPECT_FALSE(key_fingerprint_of_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").ok());
+  EXPECT_FALSE(public_key_pem_of_certificate("garbage").ok());
+}
+
+TEST(TlsTest, ValidityPeriodChecks) {
+  auto kc = generate_self_signed_for_period("old", k2020, k2021);
+  ASSERT_TRUE(kc.ok()) << kc.status().to_string();
+  auto facts = certificate_facts_of_pem(kc->cert_pem);
+  ASSERT_TRUE(facts.ok());
+  EXPECT_EQ(facts->not_before, k2020);
+  EXPECT_EQ(facts->not_after, k2021);
+  EXPECT_TRUE(check_validity_period(*facts, k2020 + 10).ok());
+  Status early = check_validity_period(*facts, k2020 - 1);
+  EXPECT_EQ(early.code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(early.message(), "certificate not valid until 2020-01-01T00:00:00Z");
+  Status late = check_validity_period(*facts, k2021 + 1);
+  EXPECT_EQ(late.code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(late.message(), "certificate expired at 2021-01-01T00:00:00Z");
+}
+
+TEST(TlsTest, GenerateForPeriodRejectsBadWindows) {
+  EXPECT_FALSE(generate_self_signed_for_period("x", k2021, k2020).ok());
+  EXPECT_FALSE(generate_self_signed_for_period("x", k2020, k2020).ok());
+  EXPECT_FALSE(generate_self_signed_for_period("x", -4000000000LL, k2020).ok());
+  EXPECT_FALSE(generate_self_signed_for_period("x", k2020, 300000000000LL).ok());
+  EXPECT_FALSE(generate_self_signed_for_period("", k2020, k2021).ok());
+  // A certificate valid past 2050 is written as GeneralizedTime and read back exactly.
+  auto far = generate_self_signed_for_period("far", k2020, 4102444800LL);  // 2100-01-01
+  ASSERT_TRUE(far.ok());
+  EXPECT_EQ(certificate_facts_of_pem(far->cert_pem)->not_after, 4102444800LL);
+}
+
+// ---- Handshake-time checks of the client certificate ----
+
+TEST(TlsTest, ExpiredOrNotYetValidClientCertificateFailsHandshake) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  ASSERT_TRUE(server_ctx);
+  const std::int64_t now = now_unix();
+  const std::pair<std::int64_t, std::int64_t> windows[] = {{k2020, k2021}, {now + 86400, now + 2 * 86400}};
+  for (const auto& [from, to] : windows) {
+    auto kc = generate_self_signed_for_period("testudo-client", from, to);
+    ASSERT_TRUE(kc.ok());
+    auto client_ctx = make_client_context(ClientOptions{*kc, must_fingerprint(ids().server)});
+    ASSERT_TRUE(client_ctx.ok()) << client_ctx.status().to_string();
+    Session s(server_ctx.get(), client_ctx->get());
+    s.handshake();
+    EXPECT_TRUE(s.server_failed) << from;
+    EXPECT_FALSE(s.server_done);
+    EXPECT_NE(s.server_error.find("certificate verify failed"), std::string::npos) << s.server_error;
+    EXPECT_EQ(SSL_get_verify_result(s.server.get()),
+              from == k2020 ? X509_V_ERR_CERT_HAS_EXPIRED : X509_V_ERR_CERT_NOT_YET_VALID);
+    if (s.client_done) {
+      char buf[8];
+      EXPECT_LE(SSL_read(s.client.get(), buf, sizeof buf), 0);
+    }
+    ERR_clear_error();
+  }
+}
+
+TEST(TlsTest, PeerCertificateFactsAndChainAfterHandshake) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  SslCtxPtr client_ctx = must_client_ctx(must_fingerprint(ids().server));
+  ASSERT_TRUE(server_ctx && client_ctx);
+  Session s(server_ctx.get(), client_ctx.get());
+  s.handshake();
+  ASSERT_TRUE(s.client_done && s.server_done) << s.client_error << s.server_error;
+
+  auto server_sees = peer_certificate_facts(s.server.get());
+  ASSERT_TRUE(server_sees.ok()) << server_sees.status().to_string();
+  EXPECT_EQ(server_sees->subject_cn, "testudo-client");
+  EXPECT_EQ(server_sees->cert_fingerprint, must_fingerprint(ids().client));
+  EXPECT_EQ(server_sees->key_fingerprint, *key_fingerprint_of_pem(ids().client.cert_pem));
+  auto client_sees = peer_certificate_facts(s.client.get());
+  ASSERT_TRUE(client_sees.ok());
+  EXPECT_EQ(client_sees->subject_cn, "testudo-controller");
+
+  // Both sides: the leaf once, first (OpenSSL's client-side chain includes it, the server's not).
+  for (SSL* ssl : {s.server.get(), s.client.get()}) {
+    auto chain = peer_certificate_chain_pem(ssl);
+    ASSERT_TRUE(chain.ok()) << chain.status().to_string();
+    ASSERT_EQ(chain->size(), 1u);
+  }
+  EXPECT_EQ(peer_certificate_chain_pem(s.server.get())->front(), ids().client.cert_pem);
+  EXPECT_EQ(peer_certificate_chain_pem(s.client.get())->front(), ids().server.cert_pem);
+
+  EXPECT_FALSE(peer_certificate_facts(nullptr).ok());
+  EXPECT_FALSE(peer_certificate_chain_pem(nullptr).ok());
+  SslPtr fresh(SSL_new(server_ctx.get()));
+  EXPECT_EQ(peer_certificate_facts(fresh.get()).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(peer_certificate_chain_pem(fresh.get()).status().code(), StatusCode::kFailedPrecondition);
+}
+
+TEST(TlsTest, ClientChainFromCaReachesServerLeafFirst) {
+  auto ca = testing::make_ca("Test Root");
+  ASSERT_TRUE(ca.ok()) << ca.status().to_string();
+  const std::int64_t now = now_unix();
+  auto leaf = testing::issue(*ca, "engine-7", now - 60, now + 86400, 42);
+  ASSERT_TRUE(leaf.ok()) << leaf.status().to_string();
+  SslCtxPtr server_ctx = must_server_ctx();
+  auto client_ctx = make_client_context(ClientOptions{*leaf, must_fingerprint(ids().server)});
+  ASSERT_TRUE(server_ctx && client_ctx.ok());
+  // The client sends its CA certificate after the leaf, as a real deployment may.
+  BIO* bio = BIO_new_mem_buf(ca->root.cert_pem.data(), static_cast<int>(ca->root.cert_pem.size()));
+  X509* ca_cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ASSERT_NE(ca_cert, nullptr);
+  ASSERT_EQ(SSL_CTX_add0_chain_cert(client_ctx->get(), ca_cert), 1);  // owned by the context now
+
+  Session s(server_ctx.get(), client_ctx->get());
+  s.handshake();
+  ASSERT_TRUE(s.client_done && s.server_done) << s.client_error << s.server_error;
+  auto chain = peer_certificate_chain_pem(s.server.get());
+  ASSERT_TRUE(chain.ok()) << chain.status().to_string();
+  ASSERT_EQ(chain->size(), 2u);
+  EXPECT_EQ((*chain)[0], leaf->cert_pem);
+  EXPECT_EQ((*chain)[1], ca->root.cert_pem);
+  auto facts = peer_certificate_facts(s.server.get());
+  ASSERT_TRUE(facts.ok());
+  EXPECT_EQ(facts->issuer_cn, "Test Root");
+  EXPECT_EQ(facts->serial_hex, "2a");
+}
+
+// ---- min_version and ciphersuites ----
+
+std::string cipher_name(SSL* ssl) {
+  const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
+  return c == nullptr ? std::string() : SSL_CIPHER_get_name(c);
+}
+
+StatusOr<SslCtxPtr> server_ctx_with(std::string min_version, std::string suites) {
+  ServerOptions o{ids().server};
+  o.min_version = std::move(min_version);
+  o.ciphersuites = std::move(suites);
+  return make_server_context(o);
+}
+
+StatusOr<SslCtxPtr> client_ctx_with(std::string min_version, std::string suites) {
+  ClientOptions o{ids().client, must_fingerprint(ids().server)};
+  o.min_version = std::move(min_version);
+  o.ciphersuites = std::move(suites);
+  return make_client_context(o);
+}
+
+TEST(TlsTest, MinVersionMustBeKnown) {
+  for (const char* bad : {"1.1", "1.0", "", "1.4", "TLSv1.3", "1.2 "}) {
+    for (const auto& ctx : {server_ctx_with(bad, ""), client_ctx_with(bad, "")}) {
+      ASSERT_FALSE(ctx.ok()) << bad;
+      EXPECT_EQ(ctx.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(ctx.status().message().find("\"1.3\" or \"1.2\""), std::string::npos) << ctx.status().message();
+    }
+  }
+  EXPECT_TRUE(server_ctx_with("1.2", "").ok());
+  auto ctx12 = client_ctx_with("1.2", "");
+  ASSERT_TRUE(ctx12.ok());
+  EXPECT_EQ(SSL_CTX_get_min_proto_version(ctx12->get()), TLS1_2_VERSION);
+  EXPECT_EQ(SSL_CTX_get_max_proto_version(ctx12->get()), TLS1_3_VERSION);
+  EXPECT_FALSE(SSL_CTX_get_options(ctx12->get()) & SSL_OP_NO_EXTENDED_MASTER_SECRET);
+  EXPECT_TRUE(SSL_CTX_get_options(ctx12->get()) & SSL_OP_NO_RENEGOTIATION);
+}
+
+TEST(TlsTest, CiphersuitesAreChecked) {
+  const char* bads[] = {"TLS_AES_128_CCM_8_SHA256", "bogus", "TLS_AES_128_GCM_SHA256:", ":",
+                        "TLS_AES_128_GCM_SHA256::TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256",
+                        "TLS_SHA256_SHA256", "tls_aes_128_gcm_sha256"};
+  for (const char* bad : bads) {
+    for (const auto& ctx : {server_ctx_with("1.3", bad), client_ctx_with("1.3", bad)}) {
+      ASSERT_FALSE(ctx.ok()) << bad;
+      EXPECT_EQ(ctx.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(ctx.status().message().find(std::string("\"") + bad + "\""), std::string::npos)
+          << ctx.status().message();
+    }
+  }
+  EXPECT_TRUE(server_ctx_with("1.3", "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256").ok());
+  EXPECT_TRUE(client_ctx_with("1.2", "TLS_AES_128_CCM_SHA256").ok());
+}
+
+TEST(TlsTest, CiphersuiteMismatchFailsHandshake) {
+  auto server_ctx = server_ctx_with("1.3", "TLS_CHACHA20_POLY1305_SHA256");
+  auto client_ctx = client_ctx_with("1.3", "TLS_AES_128_GCM_SHA256");
+  ASSERT_TRUE(server_ctx.ok() && client_ctx.ok());
+  Session s(server_ctx->get(), client_ctx->get());
+  s.handshake();
+  EXPECT_TRUE(s.server_failed);
+  EXPECT_TRUE(s.client_failed);
+  EXPECT_NE(s.server_error.find("no shared cipher"), std::string::npos) << s.server_error;
+}
+
+TEST(TlsTest, CiphersuiteRestrictionIsNegotiated) {
+  auto server_ctx = server_ctx_with("1.3", "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384");
+  auto client_ctx = client_ctx_with("1.3", "TLS_CHACHA20_POLY1305_SHA256");
+  ASSERT_TRUE(server_ctx.ok() && client_ctx.ok());
+  Session s(server_ctx->get(), client_ctx->get());
+  s.handshake();
+  ASSERT_TRUE(s.client_done && s.server_done) << s.client_error << s.server_error;
+  EXPECT_EQ(cipher_name(s.client.get()), "TLS_CHACHA20_POLY1305_SHA256");
+}
+
+TEST(TlsTest, Tls12ClientAdmittedWithMinVersion12) {
+  auto server_ctx = server_ctx_with("1.2", "");
+  auto client_ctx = client_ctx_with("1.2", "");
+  ASSERT_TRUE(server_ctx.ok() && client_ctx.ok());
+  ASSERT_EQ(SSL_CTX_set_max_proto_version(client_ctx->get(), TLS1_2_VERSION), 1);  // a TLS 1.2 peer
+  Session s(server_ctx->get(), client_ctx->get());
+  s.handshake();
+  ASSERT_TRUE(s.client_done && s.server_done) << s.client_error << s.server_error;
+  EXPECT_EQ(SSL_version(s.server.get()), TLS1_2_VERSION);
+  const std::string cipher = cipher_name(s.server.get());
+  EXPECT_EQ(cipher.rfind("ECDHE-ECDSA-", 0), 0u) << cipher;
+  EXPECT_TRUE(cipher.find("GCM") != std::string::npos || cipher.find("CHACHA20") != std::string::npos) << cipher;
+  EXPECT_EQ(SSL_get_extms_support(s.server.get()), 1);
+  EXPECT_EQ(SSL_get_extms_support(s.client.get()), 1);
+  auto a = export_keying_material(s.server.get(), kLabel, "ctx");
+  auto b = export_keying_material(s.client.get(), kLabel, "ctx");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_EQ(*peer_fingerprint(s.server.get()), must_fingerprint(ids().client));
+
+  // The same server still speaks TLS 1.3 to a 1.3 client.
+  auto modern = client_ctx_with("1.3", "");
+  ASSERT_TRUE(modern.ok());
+  Session s13(server_ctx->get(), modern->get());
+  s13.handshake();
+  ASSERT_TRUE(s13.client_done && s13.server_done);
+  EXPECT_EQ(SSL_version(s13.server.get()), TLS1_3_VERSION);
+}
+
+TEST(TlsTest, Tls12WithoutExtendedMasterSecretRefused) {
+  // A TLS 1.2 client that does not offer the extended master secret: the server refuses it.
+  {
+    auto server_ctx = server_ctx_with("1.2", "");
+    auto client_ctx = client_ctx_with("1.2", "");
+    ASSERT_TRUE(server_ctx.ok() && client_ctx.ok());
+    ASSERT_EQ(SSL_CTX_set_max_proto_version(client_ctx->get(), TLS1_2_VERSION), 1);
+    SSL_CTX_set_options(client_ctx->get(), SSL_OP_NO_EXTENDED_MASTER_SECRET);
+    Session s(server_ctx->get(), client_ctx->get());
+    s.handshake();
+    EXPECT_TRUE(s.server_failed);
+    EXPECT_FALSE(s.server_done);
+    EXPECT_FALSE(s.client_done);
+  }
+  // A TLS 1.2 server that does not agree to it: the client refuses it.
+  {
+    auto server_ctx = server_ctx_with("1.2", "");
+    auto client_ctx = client_ctx_with("1.2", "");
+    ASSERT_TRUE(server_ctx.ok() && client_ctx.ok());
+    ASSERT_EQ(SSL_CTX_set_max_proto_version(server_ctx->get(), TLS1_2_VERSION), 1);
+    SSL_CTX_set_options(server_ctx->get(), SSL_OP_NO_EXTENDED_MASTER_SECRET);
+    Session s(server_ctx->get(), client_ctx->get());
+    s.handshake();
+    EXPECT_TRUE(s.client_failed);
+    EXPECT_FALSE(s.client_done);
+    EXPECT_NE(s.client_error.find("certificate verify failed"), std::string::npos) << s.client_error;
+  }
+  ERR_clear_error();
+}
+
+TEST(TlsTest, Tls12CbcOrStaticSuitesRefused) {
+  auto server_ctx = server_ctx_with("1.2", "");
+  ASSERT_TRUE(server_ctx.ok());
+  for (const char* list : {"ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA", "AES128-GCM-SHA256"}) {
+    auto client_ctx = client_ctx_with("1.2", "");
+    ASSERT_TRUE(client_ctx.ok());
+    ASSERT_EQ(SSL_CTX_set_max_proto_version(client_ctx->get(), TLS1_2_VERSION), 1);
+    ASSERT_EQ(SSL_CTX_set_cipher_list(client_ctx->get(), list), 1) << list;
+    Session s(server_ctx->get(), client_ctx->get());
+    s.handshake();
+    EXPECT_TRUE(s.server_failed) << list;
+    EXPECT_FALSE(s.client_done) << list;
+  }
+  ERR_clear_error();
+}
+
+TEST(TlsTest, Server13RefusesTls12ClientEvenWithCertificate) {
+  SslCtxPtr server_ctx = must_server_ctx();
+  auto client_ctx = client_ctx_with("1.2", "");
+  ASSERT_TRUE(server_ctx && client_ctx.ok());
+  ASSERT_EQ(SSL_CTX_set_max_proto_version(client_ctx->get(), TLS1_2_VERSION), 1);
+  Session s(server_ctx.get(), client_ctx->get());
+  s.handshake();
+  EXPECT_TRUE(s.server_failed);
+  EXPECT_TRUE(s.client_failed);
+  ERR_clear_error();
 }
 
 }  // namespace
