@@ -444,7 +444,12 @@ std::string Policy::explain_denial(const Subject& who, Operation op, const Engin
   if (subject.empty()) subject = "(no key)";
   // Names come from certificates: bounded here (consumers escape them).
   if (!who.name.empty()) subject += "(" + who.name.substr(0, 64) + ")";
-  std::string out = "no rule allows '" + std::string(operation_name(op)) + "' for " + subject;
+  const std::string what = "'" + std::string(operation_name(op)) + "' for " + subject;
+  // Asked about something allowed (a caller's mistake): say so rather than mislead.
+  if (engine != nullptr ? allows(who, op, *engine) : allows(who, op)) {
+    return "the policy allows " + what + (engine != nullptr ? " on engine " + std::to_string(engine->id) : "");
+  }
+  std::string out = "no rule allows " + what;
   if (engine != nullptr) {
     out += " on engine " + std::to_string(engine->id);
     // A hint worth giving: the subject may do this, only not on this engine.

@@ -127,7 +127,7 @@ class Policy {
   // Explains a denial for error messages and the audit log, e.g.
   //   no rule allows 'push' for sha256:ab12cd34ef56…(alice) on engine 3
   // `engine` may be null for operations without an engine. Policies hold no secrets, and
-  // the message carries no engine tag values.
+  // the message carries no engine tag values. (Asked about an allowed request, it says so.)
   std::string explain_denial(const Subject& who, Operation op, const EngineFacts* engine) const;
 
   std::size_t rule_count() const { return rules_.size(); }

@@ -184,6 +184,8 @@ TEST(Policy, ExplainDenialNamesOperationSubjectAndEngine) {
   const std::string why2 = p.explain_denial({kMallory, ""}, Operation::kShutdown, nullptr);
   EXPECT_NE(why2.find("'shutdown'"), std::string::npos) << why2;
   EXPECT_EQ(why2.find("engine"), std::string::npos) << why2;
+  const EngineFacts engine1{1, {}};
+  EXPECT_EQ(p.explain_denial(alice, Operation::kPush, &engine1).find("no rule"), std::string::npos);
 }
 
 TEST(PolicyParse, MalformedInputsNameTheirPath) {
