@@ -186,11 +186,14 @@ class PyClient {
     return std::move(*result).value();
   }
 
-  PyClient(const std::string& connection_file, const std::string& profile, double timeout)
+  PyClient(const std::string& connection_file, const std::string& profile, double timeout,
+           const std::string& identity_dir, const std::string& key_passphrase_from)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
     o.connection_file = connection_file;
     o.profile = profile;
+    o.identity_dir = identity_dir;
+    o.key_passphrase_from = key_passphrase_from;
     o.connect_timeout = to_ms(timeout);
     o.request_timeout = to_ms(std::max(timeout, 1.0));
     StatusOr<std::unique_ptr<Client>> c = not_found("");
@@ -401,8 +404,9 @@ PYBIND11_MODULE(_testudo, m) {
       .def("replies", &PyResult::replies, "The replies in target order (the result must be ready).");
 
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
-      .def(py::init<const std::string&, const std::string&, double>(), py::arg("connection_file") = "",
-           py::arg("profile") = "default", py::arg("timeout") = 10.0)
+      .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&>(),
+           py::arg("connection_file") = "", py::arg("profile") = "default", py::arg("timeout") = 10.0,
+           py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "")
       .def("close", &PyClient::close)
       .def_property_readonly("connected", &PyClient::connected)
       .def_property_readonly("client_id", &PyClient::client_id)

@@ -31,6 +31,7 @@
 
 #include "auth/capability.h"
 #include "auth/connection_file.h"
+#include "auth/identity.h"
 #include "crypto/crypto.h"
 #include "net/net.h"
 #include "test_cluster.h"
@@ -223,10 +224,11 @@ class IdleConnections {
 class TlsPeer {
  public:
   // Connects to 127.0.0.1:port and completes a TLS 1.3 handshake, pinning `fingerprint`,
-  // presenting a fresh self-signed certificate (as every real peer does today).
-  static StatusOr<std::unique_ptr<TlsPeer>> connect(std::uint16_t port, const std::string& fingerprint) {
+  // presenting `identity` (default: a fresh self-signed certificate nobody trusts).
+  static StatusOr<std::unique_ptr<TlsPeer>> connect(std::uint16_t port, const std::string& fingerprint,
+                                                    std::optional<tls::KeyAndCertificate> given = std::nullopt) {
     auto peer = std::unique_ptr<TlsPeer>(new TlsPeer());
-    auto identity = tls::generate_self_signed("testudo-attacker");
+    auto identity = given ? StatusOr<tls::KeyAndCertificate>(*given) : tls::generate_self_signed("testudo-attacker");
     if (!identity.ok()) return identity.status();
     auto ctx = tls::make_client_context({*identity, fingerprint});
     if (!ctx.ok()) return ctx.status();
@@ -390,9 +392,16 @@ class TlsPeer {
   std::vector<wire::Message> received_;
 };
 
-std::unique_ptr<TlsPeer> tls_peer(const TestCluster& cluster) {
+// A raw TLS peer presenting an identity the controller trusts for `role` (the owner's client
+// key or the shared engine key), so that attacks get past the trust check and reach the
+// layer they aim at. (identity_test.cc attacks the trust check itself.)
+std::unique_ptr<TlsPeer> tls_peer(const TestCluster& cluster, Role role = Role::kClient) {
   auto info = load_info(cluster.paths().client_connection_file, Role::kClient);
-  auto peer = TlsPeer::connect(info.port, info.fingerprint);
+  auto identity = role == Role::kEngine ? auth::load_identity(cluster.paths().security_dir, "engine")
+                                        : auth::load_identity(cluster.home() + "/identity", "client");
+  EXPECT_TRUE(identity.ok()) << identity.status().to_string();
+  if (!identity.ok()) return nullptr;
+  auto peer = TlsPeer::connect(info.port, info.fingerprint, *identity);
   EXPECT_TRUE(peer.ok()) << peer.status().to_string();
   return peer.ok() ? std::move(peer).value() : nullptr;
 }
@@ -991,7 +1000,7 @@ TEST(SecurityTest, T16_EngineSendingClientRequestIsRejected) {
   ASSERT_EQ(ids.size(), 2u);
   const auto engine_cap = load_info(cluster->paths().engine_connection_file, Role::kEngine).capability;
 
-  auto rogue = tls_peer(*cluster);
+  auto rogue = tls_peer(*cluster, Role::kEngine);
   ASSERT_TRUE(rogue);
   const std::string where = rogue->local_address();
   const std::uint32_t rogue_id = expect_welcome(*rogue, Role::kEngine, engine_cap);

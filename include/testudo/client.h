@@ -47,6 +47,13 @@ struct ClientOptions {
   std::chrono::milliseconds connect_timeout{10'000};
   // Control requests (engine list, status, shutdown) must be answered within this time.
   std::chrono::milliseconds request_timeout{10'000};
+  // This user's identity: <identity_dir>/<identity_name>-{key,cert}.pem, made on first use
+  // (default dir: $TESTUDO_HOME/identity). Its key fingerprint owns the tasks submitted.
+  std::string identity_dir;
+  std::string identity_name = "client";
+  // Where an encrypted key's passphrase comes from: "prompt", "file:PATH", "env:NAME" or
+  // "command:CMD" (default: $TESTUDO_KEY_PASSPHRASE_FROM, else prompt).
+  std::string key_passphrase_from;
 };
 
 // A Python exception raised by user code on an engine.
@@ -166,6 +173,11 @@ class Client {
   StatusOr<std::string> db_query(const std::string& filter_json);
   // Deletes this user's finished results among `task_ids` (empty: all of them).
   StatusOr<std::size_t> purge_results(const std::vector<std::uint64_t>& task_ids);
+
+  // Key administration on the controller (the policy's "keys" operation): `action` is list,
+  // show, accept, reject or revoke; `who` a fingerprint or unique prefix. Returns the JSON
+  // reply ({"mode", "entries": [...]} for list, {"entry": {...}} otherwise).
+  StatusOr<std::string> key_admin(const std::string& action, const std::string& who = "");
 
  private:
   Client();

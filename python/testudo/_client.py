@@ -31,17 +31,24 @@ class Client:
     the client capability is proven without being sent. Raises PermissionError (refused,
     or an unsafe file mode), FileNotFoundError (no connection file: is a cluster running?),
     TimeoutError or ConnectionError.
+
+    Your identity is the key in ``identity_dir`` (default ``$TESTUDO_HOME/identity``), made on
+    first use; the controller must trust it (``testudo keys``). An encrypted key's passphrase
+    comes from ``key_passphrase_from``: ``'prompt'``, ``'file:PATH'``, ``'env:NAME'`` or
+    ``'command:CMD'`` (default: ``$TESTUDO_KEY_PASSPHRASE_FROM``, else the terminal).
     """
 
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
     # always fresh.
     ids_max_age = 1.0
 
-    def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, **kwargs):
+    def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
+                 key_passphrase_from=None, **kwargs):
         self.profile = profile or "default"
         file = url_file or connection_file or ""
         try:
-            self._native = _testudo.Client(str(file), self.profile, float(timeout))
+            self._native = _testudo.Client(str(file), self.profile, float(timeout), str(identity_dir or ""),
+                                           str(key_passphrase_from or ""))
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 f"{exc}; is a cluster running? Start one with "

@@ -51,6 +51,11 @@ std::optional<std::chrono::seconds> LoginLimiter::locked_out(std::string_view ad
   return out;
 }
 
+std::optional<std::chrono::seconds> LoginLimiter::identity_locked_out(std::string_view identity, Clock::time_point now) {
+  if (identity.empty()) return std::nullopt;
+  return remaining(key_of('i', identity), now);
+}
+
 void LoginLimiter::fail(const std::string& key, int max_failures, Clock::time_point now) {
   auto it = entries_.find(key);
   if (it == entries_.end()) {

@@ -44,6 +44,10 @@ class LoginLimiter {
   // An empty `identity` (a peer without a certificate) checks only the address.
   std::optional<std::chrono::seconds> locked_out(std::string_view address, std::string_view identity,
                                                  Clock::time_point now);
+  // The identity's own lockout only. For identities the controller already trusts: failures
+  // of others from the same address (users of one shared host, or an attacker among them)
+  // must not shut them out.
+  std::optional<std::chrono::seconds> identity_locked_out(std::string_view identity, Clock::time_point now);
   // Counts one failed login against the address and (if not empty) the identity. Reaching a
   // maximum locks that key out until `now + lockout`; its count starts again from zero then,
   // so after the lockout it has a fresh allowance. A failure while locked out extends the lock.

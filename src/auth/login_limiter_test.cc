@@ -50,6 +50,19 @@ TEST(LoginLimiterTest, AddressLockedOutAfterTwentyFailuresAcrossIdentities) {
   EXPECT_FALSE(limiter.locked_out("192.0.2.8", "sha256:fresh", t0));  // other addresses are fine
 }
 
+// A trusted identity is judged by its own failures only: others failing from its (shared)
+// address cannot lock it out, but its own failures still do.
+TEST(LoginLimiterTest, IdentityLockoutIgnoresTheAddress) {
+  LoginLimiter limiter;
+  const Clock::time_point t0{};
+  for (int i = 0; i < 25; ++i) limiter.record_failure("192.0.2.7", "sha256:guess" + std::to_string(i), t0);
+  EXPECT_TRUE(limiter.locked_out("192.0.2.7", "sha256:owner", t0));
+  EXPECT_FALSE(limiter.identity_locked_out("sha256:owner", t0));
+  for (int i = 0; i < 5; ++i) limiter.record_failure("192.0.2.9", "sha256:owner", t0);
+  EXPECT_TRUE(limiter.identity_locked_out("sha256:owner", t0));
+  EXPECT_FALSE(limiter.identity_locked_out("", t0));
+}
+
 TEST(LoginLimiterTest, LockoutExpiresWithAFreshAllowance) {
   LoginLimiter limiter;
   const Clock::time_point t0{};

@@ -437,6 +437,11 @@ bool Policy::allows(const Subject& who, Operation op, const EngineFacts& engine)
   });
 }
 
+bool Policy::allows_on_every_engine(const Subject& who, Operation op) const {
+  const std::uint32_t b = bit(op);
+  return any_matching_rule(who, [&](std::uint32_t r) { return (rules_[r].operations & b) != 0 && rules_[r].every_engine; });
+}
+
 std::string Policy::explain_denial(const Subject& who, Operation op, const EngineFacts* engine) const {
   std::string subject = who.key_fingerprint;
   constexpr std::size_t kShown = 7 + 12;  // "sha256:" and 12 hex digits

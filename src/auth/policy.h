@@ -124,6 +124,11 @@ class Policy {
   // engine selector matches `engine`.
   bool allows(const Subject& who, Operation op, const EngineFacts& engine) const;
 
+  // True if some rule grants `op` to `who` with no engine selector: then it is allowed on
+  // every engine, present and future (the controller skips per-engine checks, and only this
+  // grants whole-cluster shutdown).
+  bool allows_on_every_engine(const Subject& who, Operation op) const;
+
   // Explains a denial for error messages and the audit log, e.g.
   //   no rule allows 'push' for sha256:ab12cd34ef56…(alice) on engine 3
   // `engine` may be null for operations without an engine. Policies hold no secrets, and

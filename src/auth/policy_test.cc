@@ -132,6 +132,8 @@ TEST(Policy, EngineIdSelector) {
   EXPECT_FALSE(p.allows(bob, Operation::kExecute, EngineFacts{2, {}}));
   // Operations without an engine ignore the selector.
   EXPECT_TRUE(p.allows(bob, Operation::kStatus));
+  // ... but an engine-limited grant is not a grant on every engine.
+  EXPECT_FALSE(p.allows_on_every_engine(bob, Operation::kExecute));
 }
 
 TEST(Policy, EngineTagSelector) {
@@ -149,6 +151,9 @@ TEST(Policy, EngineIdsAndTagsMustBothMatch) {
                                "engines": {"ids": [1], "tags": {"gpu": "yes"}}},
                               {"identities": ["cn:bob"], "allow": ["pull"], "engines": "*"})"));
   const Subject bob{kBob, "bob"};
+  EXPECT_TRUE(p.allows_on_every_engine(bob, Operation::kPull));
+  EXPECT_FALSE(p.allows_on_every_engine(bob, Operation::kPush));
+  EXPECT_FALSE(p.allows_on_every_engine(Subject{kBob, "carol"}, Operation::kPull));
   EXPECT_TRUE(p.allows(bob, Operation::kPush, EngineFacts{1, {{"gpu", "yes"}}}));
   EXPECT_FALSE(p.allows(bob, Operation::kPush, EngineFacts{2, {{"gpu", "yes"}}}));
   EXPECT_FALSE(p.allows(bob, Operation::kPush, EngineFacts{1, {{"gpu", "no"}}}));

@@ -50,7 +50,13 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
             return finish(Session{conn, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id});
           }
           if (m.envelope.kind == wire::MessageKind::kRejected) {
-            return finish(permission_denied("the controller refused this connection: " + m.envelope.text));
+            const std::string why = "the controller refused this connection: " + m.envelope.text;
+            // Not trusted yet: kFailedPrecondition, so that an engine can wait for an
+            // administrator (Client::connect reports it as permission denied).
+            if (m.envelope.status == static_cast<std::uint16_t>(wire::RouteStatus::kAwaitingTrust)) {
+              return finish(failed_precondition(why));
+            }
+            return finish(permission_denied(why));
           }
           finish(data_loss("unexpected first message from the controller: " + std::string(wire::kind_name(m.envelope.kind))));
         },
@@ -63,25 +69,6 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
     m.envelope.text = encode_hello(hello);
     conn->send(std::move(m));
   });
-}
-
-StatusOr<tls::KeyAndCertificate> load_or_create_identity(const std::string& dir, const std::string& name) {
-  const std::string key_path = dir + "/" + name + "-key.pem";
-  const std::string cert_path = dir + "/" + name + "-cert.pem";
-  auto key = crypto::read_private_file(key_path, "private key");
-  if (key.ok()) {
-    auto cert = crypto::read_private_file(cert_path, "certificate");
-    if (!cert.ok()) return cert.status();
-    tls::KeyAndCertificate kc{std::move(key).value(), std::move(cert).value()};
-    TESTUDO_RETURN_IF_ERROR(tls::check_key_matches_certificate(kc).with_context(key_path));
-    return kc;
-  }
-  if (key.status().code() != StatusCode::kNotFound) return key.status();
-  TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(dir));
-  TESTUDO_ASSIGN_OR_RETURN(tls::KeyAndCertificate kc, tls::generate_self_signed("testudo-" + name));
-  TESTUDO_RETURN_IF_ERROR(crypto::write_private_file(cert_path, kc.cert_pem));
-  TESTUDO_RETURN_IF_ERROR(crypto::write_private_file(key_path, kc.key_pem));
-  return kc;
 }
 
 }  // namespace testudo::auth

@@ -33,9 +33,4 @@ struct SessionOptions {
 
 void open_session(net::EventLoop& loop, const SessionOptions& options, std::function<void(StatusOr<Session>)> done);
 
-// The persistent identity `name` in `dir` (<name>-key.pem 0600 and <name>-cert.pem), made on
-// first use. The controller knows a client by its certificate's fingerprint: results belong
-// to it across reconnects and restarts (until issue 5's trust modes, any such key is accepted).
-StatusOr<tls::KeyAndCertificate> load_or_create_identity(const std::string& dir, const std::string& name);
-
 }  // namespace testudo::auth

@@ -14,6 +14,7 @@
 
 #include "base/log.h"
 #include "base/profile.h"
+#include "cli/keys.h"
 #include "cli/targets.h"
 #include "controller/controller.h"
 #include "engine/engine.h"
@@ -38,6 +39,7 @@ struct ClientArgs {
   std::string file;
   std::string targets = "all";
   double timeout = 0;  // seconds to wait for results; 0: no limit
+  std::string key_passphrase_from;
 
   void add_to(CLI::App* app, bool with_targets) {
     app->add_option("--file", file, "Client connection file (default: the profile's controller-client.json)");
@@ -46,6 +48,8 @@ struct ClientArgs {
           ->capture_default_str();
     }
     app->add_option("--timeout", timeout, "Seconds to wait for results (0: no limit)")->capture_default_str();
+    app->add_option("--key-passphrase-from", key_passphrase_from,
+                    "If your key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
   }
   std::chrono::milliseconds wait() const { return timeout > 0 ? seconds(timeout) : std::chrono::hours(24 * 365); }
 };
@@ -54,6 +58,7 @@ StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, con
   ClientOptions o;
   o.profile = profile;
   o.connection_file = args.file;
+  o.key_passphrase_from = args.key_passphrase_from;
   auto c = Client::connect(o);
   if (!c.ok() && c.status().code() == StatusCode::kNotFound) {
     return not_found(c.status().message() + "\n  is a cluster running? start one with: testudo cluster start -n 4" +
@@ -254,6 +259,28 @@ int main(int argc, char** argv) {
   c->add_option("--hwm", copts.hwm, "Load-balanced tasks one engine holds at once (0: no limit)")->capture_default_str();
   c->add_option("--result-max-bytes", copts.result_max_bytes, "Results kept in the task store, in bytes")
       ->capture_default_str();
+  c->add_option("--trust", copts.trust,
+                "Who may connect: manual (keys in security/trust/), learn (unknown keys wait for `testudo keys "
+                "accept`), ca (certificates signed by --cafile)")
+      ->capture_default_str();
+  c->add_flag("--auto-accept", copts.auto_accept, "learn: admit unknown keys at once (trusted networks only)");
+  c->add_option("--cafile", copts.cafile, "ca: PEM file of the CA whose certificates are admitted");
+  c->add_option("--crlfile", copts.crlfile, "ca: the CA's revocation list (PEM); reloaded when it changes");
+  c->add_option("--certfile", copts.certfile, "The controller's certificate (default: a self-signed one)");
+  c->add_option("--keyfile", copts.keyfile, "The controller's private key, for --certfile");
+  c->add_option("--key-passphrase-from", copts.key_passphrase_from,
+                "If --keyfile is encrypted: prompt, file:PATH, env:NAME or command:CMD");
+  c->add_option("--policy", copts.policy_file,
+                "Authorization policy (JSON; see docs/security.md); reloaded on SIGHUP or change. Default: only "
+                "the user running the controller may do anything");
+  c->add_option("--audit-log", copts.audit_log, "Audit log, JSON lines (default: <profile>/log/audit.jsonl)");
+  c->add_option("--tls-min-version", copts.tls_min_version, "1.3, or 1.2 (ECDHE + AEAD suites only)")
+      ->capture_default_str();
+  c->add_option("--tls-ciphersuites", copts.tls_ciphersuites,
+                "TLS 1.3 suites, e.g. TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+  bool no_trust_local = false;
+  c->add_flag("--no-trust-local", no_trust_local,
+              "Do not trust your own client key and the shared engine key automatically");
 
   // engine
   engine::EngineOptions eopts;
@@ -267,6 +294,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::vector<std::string> engine_tags;
   e->add_option("--tag", engine_tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
+  e->add_option("--identity-dir", eopts.identity_dir,
+                "Directory of the engine's key and certificate (default: the shared engine identity beside the "
+                "connection file, else $TESTUDO_HOME/identity)");
+  e->add_option("--identity-name", eopts.identity_name, "File stem: <name>-key.pem, <name>-cert.pem")
+      ->capture_default_str();
+  e->add_option("--key-passphrase-from", eopts.key_passphrase_from,
+                "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
 
   // cluster
   auto* cluster = app.add_subcommand("cluster", "Start or stop a local cluster (controller + engines)");
@@ -290,11 +324,21 @@ int main(int argc, char** argv) {
   start->add_option("--scheme", cluster_scheme, "Load balancing: leastload (default), lru, twobin, weighted, random");
   std::string cluster_hwm;
   start->add_option("--hwm", cluster_hwm, "Load-balanced tasks one engine holds at once (default 2; 0: no limit)");
+  // Controller security options passed through as they are (see `testudo controller --help`).
+  std::vector<std::pair<std::string, std::string>> passthrough_values = {
+      {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
+      {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}};
+  for (auto& [flag, value] : passthrough_values) {
+    start->add_option(flag, value, "As for `testudo controller " + flag + "`");
+  }
+  bool cluster_auto_accept = false;
+  start->add_flag("--auto-accept", cluster_auto_accept, "As for `testudo controller --auto-accept`");
   auto* stop = cluster->add_subcommand("stop", "Stop the cluster of this profile");
   double stop_grace = 10;
   stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")->capture_default_str();
 
   // client commands
+  KeysCommand keys(app);
   ClientArgs exec_args, push_args, pull_args, status_args;
   std::string code;
   auto* ex = app.add_subcommand("exec", "Execute Python code on engines (like view.execute)");
@@ -327,6 +371,7 @@ int main(int argc, char** argv) {
 
   if (*c) {
     copts.heartbeat_timeout = seconds(heartbeat_timeout_s);
+    copts.trust_local = !no_trust_local;
     return run_controller(profile, copts, controller_log);
   }
   if (*e) {
@@ -345,6 +390,10 @@ int main(int argc, char** argv) {
     }
     if (!cluster_scheme.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {"--scheme", cluster_scheme});
     if (!cluster_hwm.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {"--hwm", cluster_hwm});
+    for (const auto& [flag, value] : passthrough_values) {
+      if (!value.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {flag, value});
+    }
+    if (cluster_auto_accept) lopts.controller_args.push_back("--auto-accept");
     return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
   }
   if (*stop) {
@@ -355,6 +404,7 @@ int main(int argc, char** argv) {
   if (*push) return cmd_push(profile, push_args, assignments);
   if (*pull) return cmd_pull(profile, pull_args, names, by_engine);
   if (*status) return cmd_status(profile, status_args, as_json);
+  if (keys.chosen()) return keys.run(profile);
   return kExitUsage;
 }
 

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "auth/identity.h"
 #include "auth/session.h"
 #include "base/log.h"
 #include "base/profile.h"
@@ -282,10 +283,16 @@ struct Client::Impl {
       case wire::MessageKind::kQueueStatusReply:
       case wire::MessageKind::kResultStatusReply:
       case wire::MessageKind::kDbQueryReply:
-      case wire::MessageKind::kPurgeResultsReply: {
+      case wire::MessageKind::kPurgeResultsReply:
+      case wire::MessageKind::kKeyAdminReply: {
         auto it = pending_control.find(m.envelope.request_id);
         if (it == pending_control.end()) return;
-        it->second->set_value(m.segments.empty() ? std::string() : m.segments[0].to_string());
+        // A refused control request comes back with a status and the reason in text.
+        if (m.envelope.status != static_cast<std::uint16_t>(wire::RouteStatus::kOk)) {
+          it->second->set_value(reply_from_message(std::move(m)).status);
+        } else {
+          it->second->set_value(m.segments.empty() ? std::string() : m.segments[0].to_string());
+        }
         pending_control.erase(it);
         return;
       }
@@ -398,7 +405,13 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
   auto future = promise->get_future();
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
   // Results belong to this identity: the same user fetches them from another process later.
-  TESTUDO_ASSIGN_OR_RETURN(auto identity, auth::load_or_create_identity(testudo_home() + "/identity", "client"));
+  std::optional<auth::PassphraseSource> passphrase_from;
+  if (!options.key_passphrase_from.empty()) {
+    TESTUDO_ASSIGN_OR_RETURN(passphrase_from, auth::parse_passphrase_source(options.key_passphrase_from));
+  }
+  TESTUDO_ASSIGN_OR_RETURN(auto identity, auth::load_or_create_identity(
+                                              options.identity_dir.empty() ? testudo_home() + "/identity" : options.identity_dir,
+                                              options.identity_name, passphrase_from));
   auth::SessionOptions so{info, identity, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
   impl.session = so;
   impl.loop.post([&impl, so, promise] {
@@ -412,7 +425,11 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
     return deadline_exceeded("connecting to " + info.host + ":" + std::to_string(info.port) + " timed out");
   }
   auto session = future.get();
-  if (!session.ok()) return session.status();
+  if (!session.ok()) {
+    // To a user, "not trusted yet" is a refusal like any other (PermissionError in Python).
+    if (session.status().code() == StatusCode::kFailedPrecondition) return permission_denied(session.status().message());
+    return session.status();
+  }
   return client;
 }
 
@@ -549,6 +566,12 @@ StatusOr<std::string> Client::db_query(const std::string& filter_json) {
 
 StatusOr<std::size_t> Client::purge_results(const std::vector<std::uint64_t>& task_ids) {
   return count_from(impl_->control(wire::MessageKind::kPurgeResults, {}, {wire::encode_ids(task_ids)}), "purged");
+}
+
+StatusOr<std::string> Client::key_admin(const std::string& action, const std::string& who) {
+  nlohmann::json request{{"action", action}};
+  if (!who.empty()) request["who"] = who;
+  return impl_->control(wire::MessageKind::kKeyAdmin, {}, {}, request.dump());
 }
 
 }  // namespace testudo

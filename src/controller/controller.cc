@@ -5,8 +5,10 @@
 #include <csignal>
 
 #include "auth/connection_file.h"
+#include "auth/identity.h"
 #include "base/log.h"
 #include "base/profile.h"
+#include "controller/gatekeeper.h"
 #include "controller/hub.h"
 #include "crypto/private_file.h"
 #include "net/net.h"
@@ -67,10 +69,74 @@ Status save_state(const std::string& path, const PersistentState& s) {
   return crypto::write_private_file(path, j.dump(2) + "\n");
 }
 
+
+// The gatekeeper for `options`, with the local user's client identity as owner and the
+// shared engine identity trusted (unless trust_local is off).
+StatusOr<std::unique_ptr<Gatekeeper>> make_gatekeeper(const ControllerOptions& options, const ProfilePaths& paths) {
+  GatekeeperOptions g;
+  auto mode = parse_trust_mode(options.trust);
+  if (!mode) return invalid_argument("unknown trust mode '" + options.trust + "': manual, learn or ca");
+  g.mode = *mode;
+  g.auto_accept = options.auto_accept;
+  g.trust_dir = paths.security_dir + "/trust";
+  g.ca_file = options.cafile;
+  g.crl_file = options.crlfile;
+  g.policy_file = options.policy_file;
+  g.audit_log = options.audit_log.empty() ? paths.log_dir + "/audit.jsonl" : options.audit_log;
+  std::string owner_cert;
+  if (options.trust_local) {
+    // The user who runs the controller owns it: their client identity (made now if they have
+    // none; only the certificate is read, so an encrypted key needs no passphrase here).
+    const std::string identity_dir = testudo_home() + "/identity";
+    auto cert = auth::load_identity_certificate(identity_dir, "client");
+    if (!cert.ok() && cert.status().code() == StatusCode::kNotFound) {
+      TESTUDO_RETURN_IF_ERROR(auth::load_or_create_identity(identity_dir, "client").status());
+      cert = auth::load_identity_certificate(identity_dir, "client");
+    }
+    if (!cert.ok()) return cert.status();
+    owner_cert = *cert;
+    TESTUDO_ASSIGN_OR_RETURN(std::string owner, tls::key_fingerprint_of_pem(owner_cert));
+    g.owners.push_back(owner);
+  }
+  TESTUDO_ASSIGN_OR_RETURN(auto gate, Gatekeeper::create(std::move(g)));
+  if (options.trust_local) {
+    TESTUDO_RETURN_IF_ERROR(gate->trust_identity(wire::Role::kClient, owner_cert, "owner"));
+    // One key pair for the engines this profile launches ("shared engine identity").
+    auto engine = auth::load_identity_certificate(paths.security_dir, "engine");
+    if (!engine.ok() && engine.status().code() == StatusCode::kNotFound) {
+      TESTUDO_RETURN_IF_ERROR(auth::create_identity(paths.security_dir, "engine", {"testudo-engine"}).status());
+      engine = auth::load_identity_certificate(paths.security_dir, "engine");
+    }
+    if (!engine.ok()) return engine.status();
+    TESTUDO_RETURN_IF_ERROR(gate->trust_identity(wire::Role::kEngine, *engine, "shared engine identity"));
+  }
+  return gate;
+}
+
+// The controller's TLS identity from --certfile/--keyfile (decrypting the key if needed).
+StatusOr<tls::KeyAndCertificate> load_given_identity(const ControllerOptions& options) {
+  if (options.certfile.empty() != options.keyfile.empty()) return invalid_argument("--certfile and --keyfile go together");
+  std::optional<std::string> passphrase;
+  TESTUDO_ASSIGN_OR_RETURN(std::string key_pem, crypto::read_private_file(options.keyfile, "controller private key"));
+  if (tls::is_encrypted_private_key_pem(key_pem)) {
+    auth::PassphraseSource from;
+    if (!options.key_passphrase_from.empty()) {
+      TESTUDO_ASSIGN_OR_RETURN(from, auth::parse_passphrase_source(options.key_passphrase_from));
+    } else {
+      TESTUDO_ASSIGN_OR_RETURN(from, auth::default_passphrase_source());
+    }
+    TESTUDO_ASSIGN_OR_RETURN(passphrase, auth::read_passphrase(from, "controller private key " + options.keyfile));
+  }
+  auto kc = tls::load_key_and_certificate(options.keyfile, options.certfile, passphrase);
+  if (passphrase) auth::wipe(*passphrase);
+  return kc;
+}
+
 }  // namespace
 
 struct Controller::Impl {
   ControllerOptions options;
+  std::unique_ptr<Gatekeeper> gate;  // outlives the hub
   std::unique_ptr<TaskStore> store;  // outlives the hub
   net::EventLoop loop;
   std::unique_ptr<Hub> hub;
@@ -101,6 +167,10 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   } else {
     TESTUDO_ASSIGN_OR_RETURN(state, fresh_state());
   }
+  if (!options.certfile.empty() || !options.keyfile.empty()) {
+    TESTUDO_ASSIGN_OR_RETURN(state.identity, load_given_identity(options));
+  }
+  TESTUDO_ASSIGN_OR_RETURN(impl.gate, make_gatekeeper(options, paths));
 
   TaskStoreOptions store_options;
   store_options.path = paths.state_dir + "/tasks.sqlite";
@@ -117,6 +187,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
 
   HubOptions hub_options;
   hub_options.store = impl.store.get();
+  hub_options.gate = impl.gate.get();
   auto scheme = parse_scheme(options.scheme);
   if (!scheme) return invalid_argument("unknown scheme '" + options.scheme + "': leastload, lru, twobin, weighted or random");
   hub_options.scheduler.scheme = *scheme;
@@ -132,6 +203,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   listen.host = options.ip;
   listen.port = options.port != 0 ? options.port : (options.reuse ? state.port : 0);
   listen.tls.identity = state.identity;
+  listen.tls.min_version = options.tls_min_version;
+  listen.tls.ciphersuites = options.tls_ciphersuites;
   listen.handshake_timeout = options.hello_timeout;
   Hub* hub = impl.hub.get();
   TESTUDO_ASSIGN_OR_RETURN(impl.listener, net::Listener::create(impl.loop, listen, [hub](auto conn) {
@@ -152,14 +225,17 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   info.role = wire::Role::kEngine;
   info.capability = state.engine_capability;
   TESTUDO_RETURN_IF_ERROR(auth::save_connection_file(paths.engine_connection_file, info));
-  LOG_INFO("controller") << "listening on " << options.ip << ":" << state.port << " (TLS 1.3, certificate "
-                         << fingerprint << "); connection files in " << paths.security_dir;
+  LOG_INFO("controller") << "listening on " << options.ip << ":" << state.port << " (TLS " << options.tls_min_version
+                         << (options.tls_min_version == "1.3" ? "" : "+") << ", certificate " << fingerprint
+                         << "); connection files in " << paths.security_dir << "; trust mode "
+                         << trust_mode_name(impl.gate->mode());
   return c;
 }
 
 Status Controller::run() {
   Impl& impl = *impl_;
-  impl.loop.on_signals({SIGINT, SIGTERM}, [&impl](int sig) {
+  impl.loop.on_signals({SIGINT, SIGTERM, SIGHUP}, [&impl](int sig) {
+    if (sig == SIGHUP) return impl.hub->reload();  // policy, trust directory, CRL; connections stay
     impl.listener->close();
     impl.hub->shutdown(sig == SIGINT ? "SIGINT" : "SIGTERM");
   });

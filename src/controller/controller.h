@@ -27,6 +27,22 @@ struct ControllerOptions {
   std::uint64_t result_max_bytes = 4ull << 30;
   std::string scheme = "leastload";    // load-balancing scheme
   std::uint32_t hwm = 2;               // load-balanced tasks per engine at once (0: no limit)
+
+  // Identities and authorization (issue 5; docs/security.md).
+  std::string trust = "manual";        // manual | learn | ca (see controller/gatekeeper.h)
+  bool auto_accept = false;            // learn: admit unknown identities at once
+  std::string cafile;                  // ca: admit certificates this CA signed
+  std::string crlfile;                 // ca: its revocation list (reloaded on change)
+  std::string certfile;                // the controller's own certificate and key (e.g. from the CA);
+  std::string keyfile;                 //   default: a self-signed one kept in controller-state.json
+  std::string key_passphrase_from;     // passphrase source for keyfile (auth/passphrase.h)
+  std::string policy_file;             // default: only the owner (the user running the controller) may act
+  std::string audit_log;               // default: <profile>/log/audit.jsonl
+  std::string tls_min_version = "1.3";
+  std::string tls_ciphersuites;        // TLS 1.3 suites; empty: OpenSSL's AEAD defaults
+  // Trust the shared engine identity (security/engine-*.pem, used by `cluster start`'s
+  // engines) and the local user's client identity, who owns the built-in policy.
+  bool trust_local = true;
 };
 
 class Controller {

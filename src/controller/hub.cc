@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
+#include "crypto/crypto.h"
 #include "wire/control.h"
 
 namespace testudo::controller {
@@ -45,6 +46,25 @@ wire::RouteStatus route_status(TaskFailure why) {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// The policy operation of a request kind.
+auth::Operation operation_of(MessageKind kind) {
+  switch (kind) {
+    case MessageKind::kExecute: return auth::Operation::kExecute;
+    case MessageKind::kPush: return auth::Operation::kPush;
+    case MessageKind::kPull: return auth::Operation::kPull;
+    default: return auth::Operation::kApply;
+  }
+}
+
+// What the audit log says about a request's code: the SHA-256 of the code (execute) or of the
+// pickled (function, args, kwargs) head (apply); never the bytes themselves.
+std::string code_digest(const wire::Message& m) {
+  if ((m.envelope.kind != MessageKind::kExecute && m.envelope.kind != MessageKind::kApply) || m.segments.empty()) {
+    return {};
+  }
+  return crypto::to_hex(crypto::sha256(m.segments[0].span()));
+}
+
 }  // namespace
 
 Hub::Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stopped)
@@ -54,6 +74,12 @@ Hub::Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stop
       scheduler_(options_.scheduler, *this, std::random_device{}()) {
   auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
   heartbeat_sweep_ = loop_.every(period, [this] { sweep_heartbeats(); });
+  audit_flush_ = loop_.every(std::chrono::milliseconds(20), [this] { options_.gate->flush(); });
+  // A changed policy file, trust directory or CRL takes effect within a second; expiry of
+  // connected peers' certificates is looked at every half minute.
+  trust_watch_ = loop_.every(std::chrono::seconds(1), [this] {
+    if (options_.gate->reload_if_changed() || ++trust_watch_ticks_ % 30 == 0) recheck_peers();
+  });
   expiry_ = loop_.every(std::chrono::milliseconds(100), [this] { scheduler_.expire(Clock::now()); });
   if (options_.store) {
     scheduler_.set_next_id(options_.store->next_task_id());
@@ -166,14 +192,18 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       return;
     }
     case MessageKind::kEngineList:
+      if (!permit(peer, auth::Operation::kStatus, m.envelope, {}, {}, MessageKind::kEngineListReply)) return;
       return send_control_reply(peer, MessageKind::kEngineListReply, m.envelope, engine_list_json());
     case MessageKind::kEngineInfo:
       return record_engine_info(peer, m);
     case MessageKind::kClusterStatus:
+      if (!permit(peer, auth::Operation::kStatus, m.envelope, {}, {}, MessageKind::kClusterStatusReply)) return;
       return send_control_reply(peer, MessageKind::kClusterStatusReply, m.envelope, status_json());
     case MessageKind::kQueueStatus:
+      if (!permit(peer, auth::Operation::kStatus, m.envelope, {}, {}, MessageKind::kQueueStatusReply)) return;
       return send_control_reply(peer, MessageKind::kQueueStatusReply, m.envelope, queue_status_json());
     case MessageKind::kAbort:
+      if (!permit(peer, auth::Operation::kAbort, m.envelope, {}, {}, MessageKind::kAbortReply)) return;
       return abort_requests(peer, m);
     case MessageKind::kGetResult:
       return get_results(peer, m);
@@ -184,8 +214,19 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
     case MessageKind::kPurgeResults:
       return purge_results(peer, m);
     case MessageKind::kInterrupt:
+      if (!permit(peer, auth::Operation::kInterrupt, m.envelope, m.envelope.targets, {m.envelope.targets},
+                  MessageKind::kInterruptReply)) {
+        return;
+      }
       return interrupt_engines(peer, m);
+    case MessageKind::kKeyAdmin:
+      if (!permit(peer, auth::Operation::kKeyAdmin, m.envelope, {}, {}, MessageKind::kKeyAdminReply)) return;
+      return key_admin(peer, m);
     case MessageKind::kClusterShutdown:
+      if (!permit(peer, auth::Operation::kShutdown, m.envelope, m.envelope.targets, {m.envelope.targets},
+                  MessageKind::kClusterShutdownReply)) {
+        return;
+      }
       if (!m.envelope.targets.empty()) return shutdown_engines(peer, m);
       LOG_INFO("hub") << "shutdown requested by client " << peer.id << " (" << peer.connection->peer_address() << ")";
       send_control_reply(peer, MessageKind::kClusterShutdownReply, m.envelope, "{}");
@@ -204,15 +245,21 @@ void Hub::on_hello(Peer& peer, const wire::Message& m) {
   const auth::Capability& capability =
       hello->role == wire::Role::kEngine ? options_.engine_capability : options_.client_capability;
   crypto::Digest expected = auth::capability_proof(capability, hello->role, *exporter);
-  if (!crypto::constant_time_equal(expected, hello->proof)) {
-    // T1/T2: no capability, the wrong one, or another role's. The reason names no secret.
-    return reject(peer, "capability proof failed for role " + std::string(wire::role_name(hello->role)));
+  // T1/T2: no capability, the wrong one, or another role's; then who it is (trust mode,
+  // revocation, expiry) and whether it has failed too often. Reasons name no secret.
+  const bool proof_ok = crypto::constant_time_equal(expected, hello->proof);
+  auto identity = options_.gate->admit(hello->role, proof_ok, *peer.connection);
+  if (!identity.ok()) {
+    const bool awaiting = identity.status().code() == StatusCode::kFailedPrecondition;
+    return reject(peer, identity.status().message(), /*audited=*/true,
+                  awaiting ? wire::RouteStatus::kAwaitingTrust : wire::RouteStatus::kNotAllowed);
   }
-  admit(peer, hello->role, hello->instance);
+  admit(peer, std::move(identity).value(), hello->instance);
 }
 
-void Hub::admit(Peer& peer, wire::Role role, const std::string& instance) {
+void Hub::admit(Peer& peer, PeerIdentity identity, const std::string& instance) {
   if (stopping_) return reject(peer, "controller is shutting down");
+  const wire::Role role = identity.role;
   wire::Message welcome;
   welcome.envelope.kind = MessageKind::kWelcome;
   if (role == wire::Role::kEngine) {
@@ -228,37 +275,141 @@ void Hub::admit(Peer& peer, wire::Role role, const std::string& instance) {
     engines_[id] = &peer;
     welcome.envelope.engine_id = id;
     peer.id = id;
+    peer.facts.id = id;
     scheduler_.add_engine(id);
   } else {
     peer.id = next_client_id_++;
     clients_[peer.id] = &peer;
-    // The client's identity: its certificate (TLS proved it holds the key). Results are its.
-    auto owner = peer.connection->peer_fingerprint();
-    if (!owner.ok()) return reject(peer, owner.status().message());
-    peer.owner = *owner;
     welcome.envelope.client_id = peer.id;
   }
   peer.authenticated = true;
   --unauthenticated_count_;
   peer.role = role;
+  // The identity: its key (TLS proved the peer holds it). A client's results are its.
+  peer.identity = std::move(identity);
   peer.instance = instance;
   peer.hello_deadline.reset();
   peer.connection->set_limits(options_.limits);
   peer.connection->send(std::move(welcome));
-  LOG_INFO("hub") << wire::role_name(role) << " " << peer.id << " registered from " << peer.connection->peer_address();
+  LOG_INFO("hub") << wire::role_name(role) << " " << peer.id << " registered from " << peer.connection->peer_address()
+                  << " as " << peer.identity.fingerprint.substr(0, 23) << "…"
+                  << (peer.identity.name.empty() ? "" : " (" + peer.identity.name + ")");
 }
 
-void Hub::reject(Peer& peer, const std::string& reason) {
+void Hub::reject(Peer& peer, const std::string& reason, bool audited, wire::RouteStatus status) {
   ++rejected_;
+  if (!audited) {
+    options_.gate->record(peer.authenticated ? &peer.identity : nullptr, peer.connection->peer_address(), "protocol",
+                          "rejected", {}, reason);
+    options_.gate->flush();
+  }
   LOG_WARN("audit") << "rejected " << peer.connection->peer_address() << " ("
                     << (peer.authenticated ? std::string(wire::role_name(peer.role)) + " " + std::to_string(peer.id)
                                            : std::string("unauthenticated"))
                     << "): " << reason;
   wire::Message rejected;
   rejected.envelope.kind = MessageKind::kRejected;
+  rejected.envelope.status = static_cast<std::uint16_t>(status);
   rejected.envelope.text = reason;
   peer.connection->send(std::move(rejected));
   peer.connection->close_after_flush(permission_denied(reason), std::chrono::milliseconds(500));
+}
+
+bool Hub::permit(Peer& client, auth::Operation op, const wire::Envelope& req, const std::vector<std::uint32_t>& engines,
+                 const AuditDetails& details, MessageKind reply_kind) {
+  Gatekeeper& gate = *options_.gate;
+  std::string denial;
+  if (engines.empty() && op == auth::Operation::kShutdown) {
+    // The whole cluster: only a grant that is not limited to some engines covers it.
+    if (!gate.may_everywhere(client.identity, op)) {
+      denial = gate.explain_denial(client.identity, op, nullptr) + " on every engine (whole-cluster shutdown)";
+    }
+  } else if (engines.empty()) {
+    if (!gate.may(client.identity, op)) denial = gate.explain_denial(client.identity, op, nullptr);
+  } else if (!gate.may_everywhere(client.identity, op)) {
+    for (std::uint32_t target : engines) {
+      auto e = engines_.find(target);
+      const auth::EngineFacts unknown{target, {}};
+      const auth::EngineFacts& facts = e == engines_.end() ? unknown : e->second->facts;
+      if (!gate.may(client.identity, op, facts)) {
+        denial = gate.explain_denial(client.identity, op, &facts);
+        break;
+      }
+    }
+  }
+  if (denial.empty()) {
+    gate.record(&client.identity, client.connection->peer_address(), auth::operation_name(op), "allowed", details);
+    return true;
+  }
+  deny(client, op, req, engines, details, reply_kind, denial);
+  return false;
+}
+
+void Hub::deny(Peer& client, auth::Operation op, const wire::Envelope& req, const std::vector<std::uint32_t>& engines,
+               const AuditDetails& details, MessageKind reply_kind, const std::string& denial) {
+  Gatekeeper& gate = *options_.gate;
+  const std::string& address = client.connection->peer_address();
+  gate.record(&client.identity, address, auth::operation_name(op), "denied", details, denial);
+  gate.flush();
+  LOG_WARN("audit") << "denied " << auth::operation_name(op) << " to client " << client.id << " (" << address
+                    << "): " << denial;
+  const std::string text = "permission denied: " + denial;
+  if (reply_kind == MessageKind::kTaskReply) {
+    for (std::uint32_t target : engines.empty() ? std::vector<std::uint32_t>{wire::kAnyEngine} : engines) {
+      reply_error(client.id, req.request_id, target, wire::RouteStatus::kNotAllowed, text);
+    }
+  } else {
+    wire::Message reply;
+    reply.envelope.kind = reply_kind;
+    reply.envelope.request_id = req.request_id;
+    reply.envelope.client_id = client.id;
+    reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kNotAllowed);
+    reply.envelope.text = text;
+    client.connection->send(std::move(reply));
+  }
+}
+
+bool Hub::may_read(const Peer& client, const TaskRecord& record) const {
+  return record.owner == client.identity.fingerprint ||
+         options_.gate->may(client.identity, auth::Operation::kReadOthersResults);
+}
+
+void Hub::reload() {
+  (void)options_.gate->reload();
+  recheck_peers();
+}
+
+void Hub::recheck_peers() {
+  std::vector<std::pair<Peer*, std::string>> refused;
+  for (auto& [serial, peer] : peers_) {
+    if (!peer->authenticated || !peer->connection->is_open()) continue;
+    Status st = options_.gate->still_admissible(peer->identity);
+    if (!st.ok()) refused.emplace_back(peer.get(), st.message());
+  }
+  for (auto& [peer, why] : refused) {
+    // T14/T15: a revoked, removed or expired identity loses its connection at once.
+    options_.gate->record(&peer->identity, peer->connection->peer_address(), "disconnect", "rejected", {}, why);
+    reject(*peer, why, /*audited=*/true);
+  }
+  if (!refused.empty()) options_.gate->flush();
+}
+
+void Hub::key_admin(Peer& client, const wire::Message& m) {
+  auto reply = options_.gate->key_admin(client.identity, client.connection->peer_address(), m.envelope.text);
+  if (!reply.ok()) {
+    wire::Message error;
+    error.envelope.kind = MessageKind::kKeyAdminReply;
+    error.envelope.request_id = m.envelope.request_id;
+    error.envelope.client_id = client.id;
+    error.envelope.status = static_cast<std::uint16_t>(reply.status().code() == StatusCode::kNotFound
+                                                           ? wire::RouteStatus::kNoSuchTask
+                                                           : wire::RouteStatus::kNotAllowed);
+    error.envelope.text = reply.status().message();
+    client.connection->send(std::move(error));
+    return;
+  }
+  send_control_reply(client, MessageKind::kKeyAdminReply, m.envelope, std::move(reply).value());
+  recheck_peers();  // a revoked key is cut off now, not at the next look
 }
 
 void Hub::route_request(Peer& client, wire::Message&& m) {
@@ -269,6 +420,34 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
       reply_error(client.id, req.request_id, target, wire::RouteStatus::kShuttingDown, "controller is shutting down");
     }
     return;
+  }
+  // Authorization (issue 5): direct requests need the operation on every target; a
+  // load-balanced one runs only where the policy lets this client run it.
+  const auth::Operation op = operation_of(req.kind);
+  AuditDetails audit{req.targets, code_digest(m), scheduler_.next_id()};
+  std::optional<std::vector<std::uint32_t>> policy_allowed;
+  if (!balanced) {
+    if (!permit(client, op, req, req.targets, audit, MessageKind::kTaskReply)) return;
+  } else if (!options_.gate->may_everywhere(client.identity, op)) {
+    std::vector<std::uint32_t> candidates = req.targets;
+    if (candidates.empty()) {
+      for (const auto& [id, engine] : engines_) candidates.push_back(id);
+    }
+    policy_allowed.emplace();
+    for (std::uint32_t id : candidates) {
+      auto e = engines_.find(id);
+      if (e != engines_.end() && options_.gate->may(client.identity, op, e->second->facts)) policy_allowed->push_back(id);
+    }
+    if (policy_allowed->empty()) {
+      // Never submit with an empty allowed set: to the scheduler that means "any engine".
+      return deny(client, op, req, {}, audit, MessageKind::kTaskReply,
+                  "no connected engine is one this identity may use for '" + std::string(auth::operation_name(op)) + "'");
+    }
+    options_.gate->record(&client.identity, client.connection->peer_address(), auth::operation_name(op), "allowed", audit,
+                          "load-balanced over the " + std::to_string(policy_allowed->size()) +
+                              " engine(s) the policy allows");
+  } else {
+    options_.gate->record(&client.identity, client.connection->peer_address(), auth::operation_name(op), "allowed", audit);
   }
   TaskSpec spec;
   spec.client_id = client.id;
@@ -287,7 +466,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
       for (std::size_t i = 0; i < planned.size(); ++i) {
         TaskRecord r;
         r.task_id = planned[i];
-        r.owner = client.owner;
+        r.owner = client.identity.fingerprint;
         r.request_id = req.request_id;
         r.kind = std::string(wire::kind_name(req.kind));
         r.targets = {req.targets[i]};
@@ -304,7 +483,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   }
   auto options = wire::decode_task_options(req.text);
   if (!options.ok()) return reject(client, options.status().message());
-  spec.allowed = req.targets;
+  spec.allowed = policy_allowed ? std::move(*policy_allowed) : req.targets;
   spec.retries = options->retries;
   if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
   spec.after = std::move(options->after);
@@ -313,7 +492,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   if (options_.store) {
     TaskRecord r;
     r.task_id = scheduler_.next_id();
-    r.owner = client.owner;
+    r.owner = client.identity.fingerprint;
     r.request_id = req.request_id;
     r.kind = std::string(wire::kind_name(req.kind));
     r.targets = spec.allowed;
@@ -425,7 +604,7 @@ void Hub::get_results(Peer& client, const wire::Message& m) {
   for (TaskId id : *ids) {
     auto record = options_.store ? options_.store->get(id) : StatusOr<std::optional<TaskRecord>>(std::nullopt);
     // T10: another client's task is answered exactly like one that does not exist.
-    if (!record.ok() || !*record || (*record)->owner != client.owner) {
+    if (!record.ok() || !*record || !may_read(client, **record)) {
       answer(id, wire::RouteStatus::kNoSuchTask, wire::kAnyEngine, "no task " + std::to_string(id) + " of yours", {});
       continue;
     }
@@ -458,7 +637,7 @@ void Hub::result_status(Peer& client, const wire::Message& m) {
   nlohmann::json records = nlohmann::json::array();
   for (TaskId id : *ids) {
     auto record = options_.store ? options_.store->get(id) : StatusOr<std::optional<TaskRecord>>(std::nullopt);
-    if (record.ok() && *record && (*record)->owner == client.owner) {
+    if (record.ok() && *record && may_read(client, **record)) {
       records.push_back(record_json(**record));
     } else {
       records.push_back({{"task_id", id}, {"state", "unknown"}});
@@ -471,7 +650,8 @@ void Hub::db_query(Peer& client, const wire::Message& m) {
   auto filter = nlohmann::json::parse(m.envelope.text.empty() ? "{}" : m.envelope.text, nullptr, false);
   if (filter.is_discarded() || !filter.is_object()) return reject(client, "db query filter must be a JSON object");
   TaskStore::Query q;
-  q.owner = client.owner;  // T10: only one's own tasks
+  // T10: only one's own tasks, unless the policy lets this client read everyone's.
+  if (!options_.gate->may(client.identity, auth::Operation::kReadOthersResults)) q.owner = client.identity.fingerprint;
   q.limit = std::min<std::size_t>(filter.value("limit", 1000), 100'000);
   q.after_task_id = filter.value("after_task_id", std::uint64_t{0});
   if (filter.contains("submitted_after") && filter["submitted_after"].is_number()) {
@@ -501,7 +681,7 @@ void Hub::purge_results(Peer& client, const wire::Message& m) {
   if (!ids.ok()) return reject(client, ids.status().message());
   std::size_t purged = 0;
   if (options_.store) {
-    auto n = options_.store->purge(client.owner, *ids);
+    auto n = options_.store->purge(client.identity.fingerprint, *ids);
     if (!n.ok()) return send_control_reply(client, MessageKind::kPurgeResultsReply, m.envelope,
                                            nlohmann::json{{"error", n.status().message()}}.dump());
     purged = *n;
@@ -529,6 +709,12 @@ void Hub::record_engine_info(Peer& engine, const wire::Message& m) {
     if (key.size() > 64 || value.is_structured()) return reject(engine, "engine tags are flat: name -> scalar");
   }
   engine.tags_json = info.dump();
+  // The policy matches engines by these tags; they come only from this engine's own
+  // authenticated connection, so no peer can set facts for another engine.
+  engine.facts.tags.clear();
+  for (const auto& [key, value] : info.items()) {
+    engine.facts.tags[key] = value.is_string() ? value.get<std::string>() : value.dump();
+  }
 }
 
 void Hub::shutdown_engines(Peer& client, const wire::Message& m) {
@@ -614,6 +800,7 @@ std::string Hub::status_json() const {
   for (const auto& [id, p] : engines_) {
     engines.push_back({{"id", id},
                        {"address", p->connection->peer_address()},
+                       {"identity", p->identity.fingerprint},
                        {"in_flight", loads[id].running},
                        {"tasks_done", p->tasks_done},
                        {"connected_s", seconds_since(p->connected_at)},

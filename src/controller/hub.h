@@ -16,6 +16,7 @@
 #include <unordered_set>
 
 #include "auth/capability.h"
+#include "controller/gatekeeper.h"
 #include "controller/scheduler.h"
 #include "controller/task_store.h"
 #include "net/net.h"
@@ -36,6 +37,8 @@ struct HubOptions {
   SchedulerOptions scheduler;
   // Where every task and result is recorded; owned by the caller, outlives the hub. Null: none.
   TaskStore* store = nullptr;
+  // Admission, authorization and audit; owned by the caller, outlives the hub. Required.
+  Gatekeeper* gate = nullptr;
 };
 
 class Hub : private SchedulerSink {
@@ -48,6 +51,9 @@ class Hub : private SchedulerSink {
   void accept(std::shared_ptr<net::Connection> connection);
   // Asks every engine to exit, closes every client, then calls on_stopped.
   void shutdown(const std::string& why);
+  // Re-reads the policy, the trust directory and the CRL (SIGHUP), then cuts off every peer
+  // that would no longer be admitted (revoked, removed, expired: T14, T15).
+  void reload();
 
  private:
   struct Peer {
@@ -62,15 +68,31 @@ class Hub : private SchedulerSink {
     std::unique_ptr<net::Timer> hello_deadline;
     std::uint64_t tasks_done = 0;
     std::string tags_json = "{}";  // engines: validated kEngineInfo (tags, host facts)
-    std::string owner;             // clients: "sha256:..." of their TLS certificate
+    auth::EngineFacts facts;       // engines: id and tags, for policy engine selectors
+    PeerIdentity identity;         // who it is; a client's key fingerprint owns its tasks
   };
 
   void drop_oldest_unauthenticated_if_full();
   void on_message(std::uint64_t serial, wire::Message&& message);
   void on_close(std::uint64_t serial, const Status& reason);
   void on_hello(Peer& peer, const wire::Message& message);
-  void admit(Peer& peer, wire::Role role, const std::string& instance);
-  void reject(Peer& peer, const std::string& reason);
+  void admit(Peer& peer, PeerIdentity identity, const std::string& instance);
+  // Refuses and closes. `audited`: the gatekeeper already recorded this refusal.
+  void reject(Peer& peer, const std::string& reason, bool audited = false,
+              wire::RouteStatus status = wire::RouteStatus::kNotAllowed);
+  // Asks the policy whether `client` may do `op` (on each of `engines`, when given); audits
+  // the answer. On denial, answers the request (a `reply_kind` control reply with status
+  // kNotAllowed, or task replies for requests) and returns false.
+  bool permit(Peer& client, auth::Operation op, const wire::Envelope& request, const std::vector<std::uint32_t>& engines,
+              const AuditDetails& details, wire::MessageKind reply_kind);
+  // Audits a denial and answers the request as permit() describes.
+  void deny(Peer& client, auth::Operation op, const wire::Envelope& request, const std::vector<std::uint32_t>& engines,
+            const AuditDetails& details, wire::MessageKind reply_kind, const std::string& denial);
+  // Cuts off peers the gatekeeper would no longer admit.
+  void recheck_peers();
+  void key_admin(Peer& client, const wire::Message& message);
+  // Own tasks always; others' only with the policy's read_others_results.
+  bool may_read(const Peer& client, const TaskRecord& record) const;
 
   void route_request(Peer& client, wire::Message&& message);
   void acknowledge(Peer& client, std::uint64_t request_id, const std::vector<TaskId>& ids);
@@ -125,6 +147,9 @@ class Hub : private SchedulerSink {
   std::size_t unauthenticated_count_ = 0;      // peers not yet authenticated and not closed
 
   std::unique_ptr<net::Timer> heartbeat_sweep_;
+  std::unique_ptr<net::Timer> audit_flush_;
+  std::unique_ptr<net::Timer> trust_watch_;
+  int trust_watch_ticks_ = 0;
   bool stopping_ = false;
   std::unique_ptr<net::Timer> stop_deadline_;
 };

@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -10,7 +11,9 @@
 #include <thread>
 #include <variant>
 
+#include "auth/identity.h"
 #include "auth/session.h"
+#include "base/profile.h"
 #include "base/log.h"
 #include "crypto/crypto.h"
 #include "engine/python_runtime.h"
@@ -90,6 +93,7 @@ struct Engine::Impl {
   EngineOptions options;
   auth::ConnectionInfo controller;
   std::string instance;
+  tls::KeyAndCertificate identity;  // presented to the controller on every (re)connection
   std::string engine_info_json;  // tags and host facts, sent after every welcome
   std::unique_ptr<PythonRuntime> runtime;
 
@@ -104,6 +108,7 @@ struct Engine::Impl {
   std::unique_ptr<net::Timer> retry;
   std::unique_ptr<net::Timer> exit_watchdog;
   bool stopping = false;
+  bool awaiting_trust = false;  // refused as not (yet) trusted: said once, then retried quietly
 
   // --- the work queue between the two threads ---
   struct SetId { std::int64_t id; };
@@ -133,7 +138,7 @@ struct Engine::Impl {
 
   void connect() {
     if (stopping) return;
-    auth::SessionOptions so{controller, std::nullopt, instance, options.controller_timeout};
+    auth::SessionOptions so{controller, identity, instance, options.controller_timeout};
     auth::open_session(loop, so, [this](StatusOr<auth::Session> s) { on_session(std::move(s)); });
   }
 
@@ -143,6 +148,14 @@ struct Engine::Impl {
       return;
     }
     if (!s.ok()) {
+      if (s.status().code() == StatusCode::kFailedPrecondition) {
+        // Reachable, but this engine's key is not trusted yet (manual or learn mode): wait
+        // for an administrator (`testudo keys accept`), retrying every few seconds.
+        if (!awaiting_trust) LOG_WARN("engine") << s.status().message() << "; retrying until it is";
+        awaiting_trust = true;
+        disconnected_since = Clock::now();
+        return schedule_reconnect(s.status());
+      }
       if (s.status().code() == StatusCode::kPermissionDenied) {
         // A wrong capability or a wrong controller does not get better by retrying.
         LOG_ERROR("engine") << s.status().message();
@@ -151,6 +164,7 @@ struct Engine::Impl {
       return schedule_reconnect(s.status());
     }
     connection = s->connection;
+    awaiting_trust = false;
     backoff = std::chrono::milliseconds(100);
     last_ack = Clock::now();
     if (engine_id != s->assigned_id) {
@@ -228,7 +242,7 @@ struct Engine::Impl {
     static thread_local std::minstd_rand rng(static_cast<unsigned>(::getpid()));
     auto delay = backoff + std::chrono::milliseconds(rng() % (backoff.count() / 2 + 1));
     backoff = std::min(backoff * 2, std::chrono::milliseconds(5'000));
-    LOG_INFO("engine") << "reconnecting in " << delay.count() << " ms (" << why.message() << ")";
+    if (!awaiting_trust) LOG_INFO("engine") << "reconnecting in " << delay.count() << " ms (" << why.message() << ")";
     retry = loop.after(delay, [this] { connect(); });
   }
 
@@ -326,6 +340,26 @@ struct Engine::Impl {
 Engine::Engine() : impl_(std::make_unique<Impl>()) {}
 Engine::~Engine() = default;
 
+namespace {
+
+StatusOr<tls::KeyAndCertificate> load_engine_identity(const EngineOptions& options) {
+  std::optional<auth::PassphraseSource> source;
+  if (!options.key_passphrase_from.empty()) {
+    TESTUDO_ASSIGN_OR_RETURN(source, auth::parse_passphrase_source(options.key_passphrase_from));
+  }
+  std::string dir = options.identity_dir;
+  if (dir.empty()) {
+    auto slash = options.connection_file.rfind('/');
+    std::string beside = slash == std::string::npos ? "." : options.connection_file.substr(0, slash);
+    struct stat st {};
+    const bool shared = ::stat(auth::identity_files(beside, options.identity_name).key_path.c_str(), &st) == 0;
+    dir = shared ? beside : testudo_home() + "/identity";
+  }
+  return auth::load_or_create_identity(dir, options.identity_name, source);
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   std::unique_ptr<Engine> e(new Engine());
   Impl& impl = *e->impl_;
@@ -334,6 +368,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
   impl.instance = crypto::to_hex(std::span(nonce).first(16));
   TESTUDO_ASSIGN_OR_RETURN(impl.engine_info_json, engine_info(options.tags));
+  TESTUDO_ASSIGN_OR_RETURN(impl.identity, load_engine_identity(options));
   PythonRuntimeOptions runtime_options;
   runtime_options.max_output_chars = options.max_output_chars;
   // Live output: on the Python thread, for the task it runs; sent by the network thread.

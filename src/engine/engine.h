@@ -30,6 +30,13 @@ struct EngineOptions {
   // Per request: stdout/stderr characters kept, and the largest pickled result (bytes).
   std::uint64_t max_output_chars = 64ull << 20;
   std::uint64_t max_result_bytes = 2ull << 30;
+  // The engine's identity (auth/identity.h): <identity_dir>/<identity_name>-{key,cert}.pem.
+  // Default: the shared engine identity beside the connection file (a controller makes one in
+  // its profile's security directory for the engines it launches), else this user's own
+  // $TESTUDO_HOME/identity/engine-*.pem, made on first use (a controller must trust it).
+  std::string identity_dir;
+  std::string identity_name = "engine";
+  std::string key_passphrase_from;  // for an encrypted key; default $TESTUDO_KEY_PASSPHRASE_FROM or prompt
 };
 
 class Engine {

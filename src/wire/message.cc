@@ -46,6 +46,8 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kResultStatusReply:
     case MessageKind::kDbQueryReply:
     case MessageKind::kPurgeResultsReply:
+    case MessageKind::kKeyAdmin:
+    case MessageKind::kKeyAdminReply:
       return true;
   }
   return false;
@@ -134,6 +136,8 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kResultStatusReply: return "result-status-reply";
     case MessageKind::kDbQueryReply: return "db-query-reply";
     case MessageKind::kPurgeResultsReply: return "purge-results-reply";
+    case MessageKind::kKeyAdmin: return "key-admin";
+    case MessageKind::kKeyAdminReply: return "key-admin-reply";
   }
   return "unknown";
 }
@@ -210,6 +214,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kEngineList: case K::kClusterStatus: case K::kClusterShutdown:
         case K::kAbort: case K::kInterrupt: case K::kQueueStatus:
         case K::kGetResult: case K::kResultStatus: case K::kDbQuery: case K::kPurgeResults:
+        case K::kKeyAdmin:
           return true;
         default:
           return false;
@@ -224,6 +229,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
         case K::kTaskOutput: case K::kSubmitted:
         case K::kResultStatusReply: case K::kDbQueryReply: case K::kPurgeResultsReply:
+        case K::kKeyAdminReply:
           return true;
         default:
           return false;

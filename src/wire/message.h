@@ -111,6 +111,9 @@ enum class MessageKind : std::uint16_t {
   kResultStatusReply = 71,
   kDbQueryReply = 72,
   kPurgeResultsReply = 73,
+  // Key administration (issue 5), allowed by the policy's "keys" operation:
+  kKeyAdmin = 74,       // text: JSON {"action": "list"|"show"|"accept"|"reject"|"revoke", "who": "..."}
+  kKeyAdminReply = 75,  // segments [JSON]: {"entries": [...]} or {"entry": {...}}; errors as RouteStatus
   // controller -> engine: raise KeyboardInterrupt in the task `task_id` if it is running.
   kEngineInterrupt = 66,
 };
@@ -146,6 +149,9 @@ enum class RouteStatus : std::uint16_t {
   kUnreachable = 8,        // no engine may run it (allowed set, follow)
   kNoSuchTask = 9,         // get_result: unknown, purged, or another client's
   kLost = 10,              // the controller stopped before the task finished
+  // kRejected: this identity is not (yet) trusted; an administrator may change that, so an
+  // engine waits and retries rather than exiting.
+  kAwaitingTrust = 11,
 };
 
 struct Envelope {

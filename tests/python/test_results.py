@@ -3,6 +3,7 @@ from any connection or process of the same user, and only by that user."""
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -80,7 +81,22 @@ def test_another_user_cannot_read_or_purge_my_results(cluster, rc):
     try:
         # Another user: same cluster (a copy of the client connection file), another identity.
         os.environ["TESTUDO_HOME"] = other_home
-        other = testudo.Client(url_file=cluster.client_file)
+        # A stranger is refused at the door (manual trust mode) ...
+        with pytest.raises(PermissionError, match="not trusted"):
+            testudo.Client(url_file=cluster.client_file)
+        # ... until an administrator places its certificate in the trust directory.
+        cert = pathlib.Path(other_home, "identity", "client-cert.pem").read_text()
+        trusted = pathlib.Path(cluster.path("security", "trust", "client", "other-user.pem"))
+        trusted.write_text(cert)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                other = testudo.Client(url_file=cluster.client_file)
+                break
+            except PermissionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         with pytest.raises(testudo.RemoteError) as denied:
             other.get_result(mine[0]).get(timeout=10)
         assert denied.value.ename == "KeyError" and "of yours" in denied.value.evalue

@@ -1,0 +1,341 @@
+#include "controller/gatekeeper.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "base/log.h"
+
+namespace testudo::controller {
+namespace {
+
+std::int64_t now_unix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// "10.0.0.1:4000" -> "10.0.0.1", "[::1]:4000" -> "::1": failures count per host, not per port.
+std::string host_of(const std::string& address) {
+  auto colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host;
+}
+
+std::string role_text(wire::Role role) { return std::string(wire::role_name(role)); }
+
+std::string_view state_name(auth::TrustState s) {
+  switch (s) {
+    case auth::TrustState::kUnknown: return "unknown";
+    case auth::TrustState::kPending: return "pending";
+    case auth::TrustState::kAccepted: return "accepted";
+    case auth::TrustState::kRevoked: return "revoked";
+  }
+  return "unknown";
+}
+
+nlohmann::json entry_json(const auth::TrustEntry& e) {
+  return {{"role", e.role},   {"fingerprint", e.fingerprint}, {"name", e.name}, {"state", std::string(state_name(e.state))},
+          {"peer", e.peer},   {"first_seen", e.first_seen},   {"file", e.file}};
+}
+
+// The modification time of a path, 0 if it is missing: enough to notice an edit, a rename
+// into a directory (atomic writes) or a removal.
+std::int64_t mtime_ns(const std::string& path) {
+  struct stat st {};
+  if (path.empty() || ::stat(path.c_str(), &st) != 0) return 0;
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+}  // namespace
+
+std::optional<TrustMode> parse_trust_mode(std::string_view name) {
+  if (name == "manual") return TrustMode::kManual;
+  if (name == "learn") return TrustMode::kLearn;
+  if (name == "ca") return TrustMode::kCa;
+  return std::nullopt;
+}
+
+std::string_view trust_mode_name(TrustMode mode) {
+  switch (mode) {
+    case TrustMode::kManual: return "manual";
+    case TrustMode::kLearn: return "learn";
+    case TrustMode::kCa: return "ca";
+  }
+  return "manual";
+}
+
+struct Gatekeeper::Impl {
+  GatekeeperOptions options;
+  std::unique_ptr<auth::TrustStore> trust;
+  std::optional<tls::ChainVerifier> ca;  // ca mode only
+  auth::Policy policy;
+  std::unique_ptr<auth::AuditLog> audit;
+  auth::LoginLimiter limiter;
+  std::vector<std::int64_t> seen_mtimes;
+
+  // The controller's owners may do everything whatever the policy file says, so a policy
+  // typo can never lock the operator out of their own cluster.
+  bool is_owner(const PeerIdentity& who) const {
+    return who.role == wire::Role::kClient &&
+           std::find(options.owners.begin(), options.owners.end(), who.fingerprint) != options.owners.end();
+  }
+
+  explicit Impl(GatekeeperOptions o) : options(std::move(o)), limiter(options.login_limits) {}
+
+  std::vector<std::string> watched_paths() const {
+    const std::string& t = options.trust_dir;
+    return {options.policy_file, t, t + "/client", t + "/engine", t + "/pending", t + "/revoked", options.crl_file};
+  }
+  std::vector<std::int64_t> current_mtimes() const {
+    std::vector<std::int64_t> out;
+    for (const auto& p : watched_paths()) out.push_back(mtime_ns(p));
+    return out;
+  }
+
+  StatusOr<auth::Policy> load_policy() const {
+    if (options.policy_file.empty()) return auth::Policy::owners_only(options.owners);
+    return auth::Policy::load(options.policy_file);
+  }
+
+  // Is this certificate admissible in `role` right now? The reason is fit for the peer.
+  Status check_trust(wire::Role role, const PeerIdentity& id, std::int64_t now) const {
+    const std::string role_name = role_text(role);
+    auth::TrustState state = trust->state(role_name, id.fingerprint);
+    if (state == auth::TrustState::kRevoked) return permission_denied("identity " + id.fingerprint + " has been revoked");
+    if (state == auth::TrustState::kAccepted) return ok_status();
+    if (options.mode == TrustMode::kCa && ca) {
+      Status chain = ca->verify(id.chain, now);
+      if (chain.ok()) return ok_status();
+      return permission_denied("certificate refused: " + chain.message());
+    }
+    // Pending or unknown: kFailedPrecondition, which the hub tells the peer as "awaiting trust".
+    if (state == auth::TrustState::kPending) {
+      return failed_precondition("identity " + id.fingerprint + " (" + role_name +
+                               ") is waiting for approval; an administrator runs: testudo keys accept " +
+                               id.fingerprint.substr(7, 16));
+    }
+    return failed_precondition("identity " + id.fingerprint + " (" + role_name + ") is not trusted by this controller");
+  }
+};
+
+Gatekeeper::Gatekeeper() = default;
+Gatekeeper::~Gatekeeper() {
+  if (impl_ && impl_->audit) (void)impl_->audit->flush();
+}
+
+StatusOr<std::unique_ptr<Gatekeeper>> Gatekeeper::create(GatekeeperOptions options) {
+  std::unique_ptr<Gatekeeper> g(new Gatekeeper());
+  g->impl_ = std::make_unique<Impl>(std::move(options));
+  Impl& impl = *g->impl_;
+  const GatekeeperOptions& o = impl.options;
+  if (o.mode == TrustMode::kCa && o.ca_file.empty()) {
+    return invalid_argument("trust mode 'ca' needs --cafile (the CA whose certificates are admitted)");
+  }
+  if (o.mode != TrustMode::kCa && (!o.ca_file.empty() || !o.crl_file.empty())) {
+    return invalid_argument("--cafile and --crlfile only apply with --trust ca");
+  }
+  if (o.auto_accept && o.mode != TrustMode::kLearn) return invalid_argument("--auto-accept only applies with --trust learn");
+  TESTUDO_ASSIGN_OR_RETURN(impl.trust, auth::TrustStore::open(o.trust_dir, tls::key_fingerprint_of_pem));
+  for (const auto& w : impl.trust->warnings()) LOG_WARN("trust") << w;
+  if (o.mode == TrustMode::kCa) {
+    TESTUDO_ASSIGN_OR_RETURN(auto verifier, tls::ChainVerifier::load(o.ca_file, o.crl_file));
+    impl.ca.emplace(std::move(verifier));
+  }
+  TESTUDO_ASSIGN_OR_RETURN(impl.policy, impl.load_policy());
+  if (!o.audit_log.empty()) {
+    TESTUDO_ASSIGN_OR_RETURN(impl.audit, auth::AuditLog::open(o.audit_log));
+  }
+  impl.seen_mtimes = impl.current_mtimes();
+  g->record(nullptr, "", "controller.start", "allowed", {},
+            "trust mode " + std::string(trust_mode_name(o.mode)) + (o.auto_accept ? " (auto-accept)" : "") +
+                ", policy " + (o.policy_file.empty() ? std::string("built-in (owners only)") : o.policy_file));
+  return g;
+}
+
+TrustMode Gatekeeper::mode() const { return impl_->options.mode; }
+
+StatusOr<PeerIdentity> Gatekeeper::admit(wire::Role role, bool proof_ok, net::Connection& connection) {
+  Impl& impl = *impl_;
+  const std::string& peer = connection.peer_address();
+  const std::string host = host_of(peer);
+  const auto now = auth::LoginLimiter::Clock::now();
+  auto refuse = [&](const PeerIdentity* who, Status why) -> Status {
+    record(who, peer, "login", "rejected", {}, why.message());
+    flush();
+    return why;
+  };
+  PeerIdentity id;
+  id.role = role;
+  auto facts = connection.peer_certificate();
+  if (!facts.ok()) return refuse(nullptr, permission_denied("no usable client certificate: " + facts.status().message()));
+  id.fingerprint = facts->key_fingerprint;
+  id.name = facts->subject_cn.substr(0, 256);
+  id.serial_hex = facts->serial_hex;
+  id.not_after = facts->not_after;
+  const bool known = impl.trust->state(role_text(role), id.fingerprint) == auth::TrustState::kAccepted;
+  if (auto wait = known ? impl.limiter.identity_locked_out(id.fingerprint, now)
+                        : impl.limiter.locked_out(host, id.fingerprint, now)) {
+    // T6: checked before the proof, so a locked-out guesser learns nothing from further tries.
+    return refuse(&id, resource_exhausted("too many failed logins from " + host + " or this identity; try again in " +
+                                          std::to_string(wait->count()) + " s"));
+  }
+  if (!proof_ok) {
+    impl.limiter.record_failure(host, id.fingerprint, now);
+    return refuse(&id, permission_denied("capability proof failed for role " + role_text(role)));
+  }
+  Status valid = tls::check_validity_period(*facts, now_unix());
+  if (!valid.ok()) return refuse(&id, permission_denied("certificate refused: " + valid.message()));
+  if (impl.options.mode == TrustMode::kCa) {
+    auto chain = connection.peer_certificate_chain();
+    if (!chain.ok()) return refuse(&id, permission_denied(chain.status().message()));
+    id.chain = std::move(chain).value();
+  }
+  Status trusted = impl.check_trust(role, id, now_unix());
+  const bool unknown = impl.trust->state(role_text(role), id.fingerprint) == auth::TrustState::kUnknown;
+  if (!trusted.ok() && impl.options.mode == TrustMode::kLearn && unknown) {
+    if (impl.options.auto_accept) {
+      auto added = impl.trust->accept_pem(role_text(role), facts->cert_pem, id.name);
+      if (!added.ok()) return refuse(&id, unavailable("cannot record the new identity: " + added.status().message()));
+      record(&id, peer, "keys.accept", "allowed", {}, "auto-accept (learn mode)");
+      trusted = ok_status();
+    } else {
+      Status pending = impl.trust->add_pending(role_text(role), id.fingerprint, facts->cert_pem, id.name, peer, now_unix());
+      if (!pending.ok()) return refuse(&id, pending);
+      return refuse(&id, impl.check_trust(role, id, now_unix()));
+    }
+  }
+  if (!trusted.ok()) return refuse(&id, trusted);
+  impl.limiter.record_success(host, id.fingerprint);
+  record(&id, peer, "login", "accepted");
+  return id;
+}
+
+Status Gatekeeper::still_admissible(const PeerIdentity& who) const {
+  const std::int64_t now = now_unix();
+  if (who.not_after != 0 && now > who.not_after) return permission_denied("certificate expired");
+  return impl_->check_trust(who.role, who, now);
+}
+
+bool Gatekeeper::may(const PeerIdentity& who, auth::Operation op) const {
+  return impl_->is_owner(who) || impl_->policy.allows(who.subject(), op);
+}
+
+bool Gatekeeper::may(const PeerIdentity& who, auth::Operation op, const auth::EngineFacts& engine) const {
+  return impl_->is_owner(who) || impl_->policy.allows(who.subject(), op, engine);
+}
+
+bool Gatekeeper::may_everywhere(const PeerIdentity& who, auth::Operation op) const {
+  return impl_->is_owner(who) || impl_->policy.allows_on_every_engine(who.subject(), op);
+}
+
+std::string Gatekeeper::explain_denial(const PeerIdentity& who, auth::Operation op, const auth::EngineFacts* engine) const {
+  return impl_->policy.explain_denial(who.subject(), op, engine);
+}
+
+void Gatekeeper::record(const PeerIdentity* who, const std::string& peer, std::string_view operation,
+                        std::string_view outcome, const AuditDetails& details, std::string_view reason) {
+  if (!impl_->audit) return;
+  auth::AuditEvent e;
+  e.operation = std::string(operation);
+  e.outcome = std::string(outcome);
+  if (who) {
+    e.identity = who->fingerprint;
+    e.name = who->name;
+    e.role = role_text(who->role);
+  }
+  e.peer = peer;
+  e.targets = details.targets;
+  e.code_sha256 = details.code_sha256;
+  e.task_id = details.task_id;
+  e.reason = std::string(reason);
+  impl_->audit->record(e);
+}
+
+Status Gatekeeper::reload() {
+  Impl& impl = *impl_;
+  impl.seen_mtimes = impl.current_mtimes();
+  Status trust = impl.trust->reload();
+  for (const auto& w : impl.trust->warnings()) LOG_WARN("trust") << w;
+  if (!trust.ok()) LOG_ERROR("trust") << "reloading the trust directory: " << trust.message();
+  if (impl.options.mode == TrustMode::kCa) {
+    auto verifier = tls::ChainVerifier::load(impl.options.ca_file, impl.options.crl_file);
+    if (verifier.ok()) {
+      impl.ca.emplace(std::move(verifier).value());
+    } else {
+      // The old CA and CRL stay in force: a half-written CRL must not open the door.
+      LOG_ERROR("trust") << "keeping the previous CA and CRL: " << verifier.status().message();
+      record(nullptr, "", "crl.reload", "error", {}, verifier.status().message());
+    }
+  }
+  auto policy = impl.load_policy();
+  if (!policy.ok()) {
+    LOG_ERROR("policy") << "keeping the previous policy: " << policy.status().message();
+    record(nullptr, "", "policy.reload", "error", {}, policy.status().message());
+    flush();
+    return policy.status();
+  }
+  impl.policy = std::move(policy).value();
+  LOG_INFO("policy") << "policy and trust directory reloaded";
+  record(nullptr, "", "policy.reload", "allowed");
+  flush();
+  return ok_status();
+}
+
+bool Gatekeeper::reload_if_changed() {
+  if (impl_->current_mtimes() == impl_->seen_mtimes) return false;
+  (void)reload();
+  return true;
+}
+
+StatusOr<std::string> Gatekeeper::key_admin(const PeerIdentity& who, const std::string& peer, std::string_view request_json) {
+  Impl& impl = *impl_;
+  auto request = nlohmann::json::parse(request_json, nullptr, /*allow_exceptions=*/false);
+  if (request.is_discarded() || !request.is_object() || !request.contains("action") || !request["action"].is_string()) {
+    return invalid_argument("key administration request must be a JSON object with an \"action\"");
+  }
+  const std::string action = request["action"].get<std::string>();
+  const std::string target = request.value("who", std::string());
+  StatusOr<auth::TrustEntry> entry = not_found("");
+  if (action == "list") {
+    nlohmann::json entries = nlohmann::json::array();
+    for (const auto& e : impl.trust->list()) entries.push_back(entry_json(e));
+    return nlohmann::json{{"mode", std::string(trust_mode_name(impl.options.mode))}, {"entries", entries}}.dump(
+        -1, ' ', false, nlohmann::json::error_handler_t::replace);
+  } else if (action == "show") {
+    entry = impl.trust->show(target);
+  } else if (action == "accept") {
+    entry = impl.trust->accept(target);
+  } else if (action == "reject") {
+    entry = impl.trust->reject(target);
+  } else if (action == "revoke") {
+    entry = impl.trust->revoke(target);
+  } else {
+    return invalid_argument("unknown key action '" + action.substr(0, 32) + "': list, show, accept, reject or revoke");
+  }
+  if (action != "show") {
+    AuditDetails none;
+    record(&who, peer, "keys." + action, entry.ok() ? "allowed" : "error", none,
+           entry.ok() ? entry->fingerprint : entry.status().message());
+    flush();
+  }
+  if (!entry.ok()) return entry.status();
+  impl.seen_mtimes = impl.current_mtimes();  // our own change; nothing to reload
+  return nlohmann::json{{"entry", entry_json(*entry)}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+Status Gatekeeper::trust_identity(wire::Role role, const std::string& cert_pem, const std::string& name) {
+  auto entry = impl_->trust->accept_pem(role_text(role), cert_pem, name);
+  if (!entry.ok()) return entry.status().with_context("trusting the " + name);
+  impl_->seen_mtimes = impl_->current_mtimes();
+  return ok_status();
+}
+
+void Gatekeeper::flush() {
+  if (!impl_->audit) return;
+  Status st = impl_->audit->flush();
+  if (!st.ok()) LOG_ERROR("audit") << "cannot write the audit log: " << st.message();
+}
+
+}  // namespace testudo::controller
