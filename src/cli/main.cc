@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <filesystem>
 #include <functional>
 #include <cstdio>
 #include <iostream>
@@ -391,7 +392,11 @@ int main(int argc, char** argv) {
     if (!cluster_scheme.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {"--scheme", cluster_scheme});
     if (!cluster_hwm.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {"--hwm", cluster_hwm});
     for (const auto& [flag, value] : passthrough_values) {
-      if (!value.empty()) lopts.controller_args.insert(lopts.controller_args.end(), {flag, value});
+      if (value.empty()) continue;
+      // Files are named absolutely: the controller may run from another directory.
+      const bool is_path = flag == "--policy" || flag == "--cafile" || flag == "--crlfile" || flag == "--audit-log";
+      lopts.controller_args.insert(lopts.controller_args.end(),
+                                   {flag, is_path ? std::filesystem::absolute(value).string() : value});
     }
     if (cluster_auto_accept) lopts.controller_args.push_back("--auto-accept");
     return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
