@@ -768,6 +768,27 @@ StatusOr<TrustEntry> TrustStore::reject(std::string_view who) {
   return e;
 }
 
+StatusOr<TrustEntry> TrustStore::revoke_pem(std::string_view pem, std::string_view name) {
+  auto block = first_pem_block(pem);
+  if (!block) return invalid_argument("no PEM block (-----BEGIN ... -----END ...) in the key text");
+  auto hex = fingerprint_of_block(*block);
+  if (!hex.ok()) return hex.status().with_context("not a usable certificate or public key");
+  auto known = keys_.find(*hex);
+  if (known != keys_.end() && (known->second.revoked || !known->second.accepted.empty() || !known->second.pending.empty())) {
+    return revoke(fingerprint_of_hex(*hex));
+  }
+  TrustEntry e;
+  e.fingerprint = fingerprint_of_hex(*hex);
+  e.name = sanitize(name);
+  e.state = TrustState::kRevoked;
+  e.file = path("revoked", *hex + ".pem");
+  TESTUDO_RETURN_IF_ERROR(crypto::write_private_file(e.file, file_text("", e.name, *block)));
+  KeyRecord& rec = keys_[*hex];
+  rec.pem = *block;
+  rec.revoked = std::make_unique<TrustEntry>(e);
+  return e;
+}
+
 StatusOr<TrustEntry> TrustStore::revoke(std::string_view who) {
   TESTUDO_ASSIGN_OR_RETURN(Match m, resolve(who));
   KeyRecord& rec = keys_.at(m.hex);

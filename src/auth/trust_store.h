@@ -112,6 +112,9 @@ class TrustStore {
   // accepted or pending -> revoked/<64hex>.pem, in every role; the accepted files holding that
   // key are removed, whatever their names, and so are its pending records. Idempotent.
   StatusOr<TrustEntry> revoke(std::string_view who);
+  // Revokes the key in `pem` (a certificate or public key) even if the store never knew it,
+  // e.g. a CA-signed identity admitted by ca mode. Idempotent.
+  StatusOr<TrustEntry> revoke_pem(std::string_view pem, std::string_view name);
 
   // Every entry, sorted by state (pending, accepted, revoked) then fingerprint, then role.
   // An accepted file whose key is revoked shows as revoked only.

@@ -325,6 +325,23 @@ TEST_F(TrustStoreTest, GarbageFilesAreSkippedWithWarningsOthersStillLoad) {
   EXPECT_EQ(w.size(), 8u) << ::testing::PrintToString(w);
 }
 
+// A key the store never held (admitted by a CA, say) can be revoked by its PEM, and stays
+// revoked across a reopen; accepting it afterwards is refused.
+TEST_F(TrustStoreTest, RevokePemOfAnUnknownKey) {
+  auto store = open_store();
+  auto e = store->revoke_pem(alice_, "alice");
+  ASSERT_TRUE(e.ok()) << e.status().to_string();
+  EXPECT_EQ(e->state, TrustState::kRevoked);
+  EXPECT_EQ(store->state("client", fp_of(alice_)), TrustState::kRevoked);
+  EXPECT_EQ(store->state("engine", fp_of(alice_)), TrustState::kRevoked);
+  EXPECT_FALSE(store->accept_pem("client", alice_, "alice").ok());
+  EXPECT_TRUE(store->revoke_pem(alice_, "alice").ok());  // idempotent
+  store.reset();
+  auto reopened = open_store();
+  EXPECT_EQ(reopened->state("client", fp_of(alice_)), TrustState::kRevoked);
+  EXPECT_FALSE(reopened->revoke_pem("not a pem", "x").ok());
+}
+
 TEST_F(TrustStoreTest, RevokedBeatsAcceptedEvenIfTheAdminLeftTheFile) {
   auto store = open_store();
   ASSERT_TRUE(store);

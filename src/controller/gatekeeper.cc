@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "base/log.h"
 
@@ -74,6 +75,24 @@ struct Gatekeeper::Impl {
   std::unique_ptr<auth::AuditLog> audit;
   auth::LoginLimiter limiter;
   std::vector<std::int64_t> seen_mtimes;
+  // Certificates of identities admitted since start (fingerprint -> PEM, name), so that one
+  // the trust directory does not hold (ca mode, auto-accept races) can still be revoked.
+  // Bounded: cleared when full; a forgotten one can still be revoked by placing its PEM in
+  // trust/revoked/.
+  std::unordered_map<std::string, std::pair<std::string, std::string>> admitted;
+  static constexpr std::size_t kMaxAdmittedRemembered = 10'000;
+
+  std::optional<std::pair<std::string, std::string>> seen_identity(const std::string& who) const {
+    std::string hex = who.starts_with("sha256:") ? who.substr(7) : who;
+    if (hex.size() < 8) return std::nullopt;
+    const std::pair<std::string, std::string>* found = nullptr;
+    for (const auto& [fp, entry] : admitted) {
+      if (fp.compare(7, hex.size(), hex) != 0) continue;
+      if (found != nullptr) return std::nullopt;  // ambiguous prefix
+      found = &entry;
+    }
+    return found ? std::optional(*found) : std::nullopt;
+  }
 
   // The controller's owners may do everything whatever the policy file says, so a policy
   // typo can never lock the operator out of their own cluster.
@@ -208,6 +227,8 @@ StatusOr<PeerIdentity> Gatekeeper::admit(wire::Role role, bool proof_ok, net::Co
   }
   if (!trusted.ok()) return refuse(&id, trusted);
   impl.limiter.record_success(host, id.fingerprint);
+  if (impl.admitted.size() >= Impl::kMaxAdmittedRemembered) impl.admitted.clear();
+  impl.admitted[id.fingerprint] = {facts->cert_pem, id.name};
   record(&id, peer, "login", "accepted");
   return id;
 }
@@ -311,6 +332,10 @@ StatusOr<std::string> Gatekeeper::key_admin(const PeerIdentity& who, const std::
     entry = impl.trust->reject(target);
   } else if (action == "revoke") {
     entry = impl.trust->revoke(target);
+    if (!entry.ok() && entry.status().code() == StatusCode::kNotFound) {
+      // Not in the trust directory (e.g. admitted by the CA): revoke a key seen since start.
+      if (auto seen = impl.seen_identity(target)) entry = impl.trust->revoke_pem(seen->first, seen->second);
+    }
   } else {
     return invalid_argument("unknown key action '" + action.substr(0, 32) + "': list, show, accept, reject or revoke");
   }
