@@ -19,6 +19,7 @@
 
 #include "auth/connection_file.h"
 #include "auth/identity.h"
+#include "auth/registration.h"
 #include "auth/session.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
@@ -806,49 +807,110 @@ TEST(IdentityTest, FailedLoginsAreRateLimitedPerIdentity) {
 
 // ---------------- engines' registration data ----------------
 
-// T8: an engine's tags come only from its own connection: engine A cannot set facts for
-// engine B (the controller files them under A's own id, whatever the envelope says).
-TEST(IdentityTest, EngineCannotRegisterFactsForAnotherEngine) {
+// A raw engine session with the shared engine key, for playing with registration data.
+struct RawEngine {
+  net::EventLoop loop;
+  std::thread runner{[this] { loop.run(); }};
+  std::shared_ptr<net::Connection> connection;
+  std::uint32_t id = 0;
+  std::promise<Status> closed;
+
+  Status open(const auth::ConnectionInfo& info, const tls::KeyAndCertificate& identity, const std::string& instance) {
+    std::promise<StatusOr<auth::Session>> opened;
+    loop.post([&] { auth::open_session(loop, {info, identity, instance, 5s}, [&](auto s) { opened.set_value(s); }); });
+    auto session = opened.get_future().get();
+    if (!session.ok()) return session.status();
+    connection = session->connection;
+    id = session->assigned_id;
+    std::promise<void> set;
+    loop.post([&] {
+      connection->set_handlers({[](wire::Message&&) {}, [this](const Status& why) { closed.set_value(why); }});
+      set.set_value();
+    });
+    set.get_future().wait();
+    return ok_status();
+  }
+  crypto::Digest exporter() {
+    std::promise<crypto::Digest> out;
+    loop.post([&] {
+      out.set_value(*connection->export_keying_material(auth::kRegistrationExporterLabel,
+                                                        auth::kRegistrationExporterContext));
+    });
+    return out.get_future().get();
+  }
+  void send_info(const std::string& json, std::optional<std::string> signature) {
+    loop.post([this, json, signature] {
+      wire::Message info;
+      info.envelope.kind = wire::MessageKind::kEngineInfo;
+      info.envelope.engine_id = 0;  // claims to speak for engine 0; the controller ignores it
+      info.envelope.text = json;
+      if (signature) info.segments.push_back(SharedBytes::copy_of(*signature));
+      connection->send(std::move(info));
+    });
+  }
+  ~RawEngine() {
+    loop.post([this] {
+      if (connection) connection->close(ok_status());
+    });
+    std::this_thread::sleep_for(50ms);
+    loop.stop();
+    runner.join();
+  }
+};
+
+// T8: an engine's tags are signed by its key over its own session and filed under its own id:
+// engine A cannot set facts for engine B, an unsigned or foreign-signed registration is
+// refused, and a signature recorded on one session is worthless on another.
+TEST(IdentityTest, EngineRegistrationIsSignedAndCannotSpeakForAnotherEngine) {
   auto cluster = TestCluster::start(1);
   ASSERT_TRUE(cluster);
-  auto engine_info = auth::load_connection_file(cluster->paths().engine_connection_file, wire::Role::kEngine);
-  ASSERT_TRUE(engine_info.ok());
+  auto info = auth::load_connection_file(cluster->paths().engine_connection_file, wire::Role::kEngine);
+  ASSERT_TRUE(info.ok());
   auto shared = auth::load_identity(cluster->paths().security_dir, "engine");
   ASSERT_TRUE(shared.ok()) << shared.status().to_string();
-  net::EventLoop loop;
-  std::thread runner([&] { loop.run(); });
-  std::promise<StatusOr<auth::Session>> opened;
-  loop.post([&] { auth::open_session(loop, {*engine_info, *shared, "rogue-instance", 5s}, [&](auto s) { opened.set_value(s); }); });
-  auto session = opened.get_future().get();
-  ASSERT_TRUE(session.ok()) << session.status().to_string();
-  const std::uint32_t rogue_id = session->assigned_id;
-  loop.post([&] {
-    session->connection->set_handlers({[](wire::Message&&) {}, [](const Status&) {}});
-    wire::Message info;
-    info.envelope.kind = wire::MessageKind::kEngineInfo;
-    info.envelope.engine_id = 0;  // claims to speak for engine 0
-    info.envelope.text = R"({"zone": "evil", "gpu": "yes"})";
-    session->connection->send(std::move(info));
-  });
   auto client = cluster->client();
   ASSERT_TRUE(client);
+  const std::string evil = R"({"zone": "evil", "gpu": "yes"})";
+
+  // Properly signed, but claiming engine 0: filed under the sender's own id only.
+  RawEngine rogue;
+  ASSERT_TRUE(rogue.open(*info, *shared, "rogue-instance").ok());
+  const std::string signature = *tls::sign_sha256(shared->key_pem, auth::registration_signed_bytes(rogue.exporter(), evil));
+  rogue.send_info(evil, signature);
   nlohmann::json tags;
   ASSERT_TRUE(wait_until(
       [&] {
         auto text = client->engines_json();
         if (!text.ok()) return false;
         tags = nlohmann::json::parse(*text)["tags"];
-        return tags.contains(std::to_string(rogue_id)) && tags[std::to_string(rogue_id)].value("zone", "") == "evil";
+        return tags.contains(std::to_string(rogue.id)) && tags[std::to_string(rogue.id)].value("zone", "") == "evil";
       },
       5s))
       << tags.dump();
   EXPECT_FALSE(tags["0"].contains("zone")) << "engine 0's facts were overwritten: " << tags.dump();
   EXPECT_FALSE(tags["0"].contains("gpu")) << "engine 0's facts were overwritten: " << tags.dump();
   EXPECT_TRUE(tags["0"].contains("hostname")) << tags.dump();
-  loop.post([&] { session->connection->close(ok_status()); });
-  std::this_thread::sleep_for(100ms);
-  loop.stop();
-  runner.join();
+  EXPECT_TRUE(audited(*cluster, "engine.register", "allowed", ""));
+
+  // The same signature replayed on a new session, no signature, a signature by another key:
+  // each refused and that connection cut off.
+  auto other_key = tls::generate_self_signed("not the engine");
+  ASSERT_TRUE(other_key.ok());
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    SCOPED_TRACE(attempt);
+    RawEngine liar;
+    ASSERT_TRUE(liar.open(*info, *shared, "liar-" + std::to_string(attempt)).ok());
+    std::optional<std::string> sig;
+    if (attempt == 0) sig = signature;  // from the rogue's session
+    if (attempt == 2) sig = *tls::sign_sha256(other_key->key_pem, auth::registration_signed_bytes(liar.exporter(), evil));
+    liar.send_info(evil, sig);
+    auto why = liar.closed.get_future();
+    ASSERT_EQ(why.wait_for(5s), std::future_status::ready) << "the controller kept a liar connected";
+    auto text = client->engines_json();
+    ASSERT_TRUE(text.ok());
+    EXPECT_FALSE(nlohmann::json::parse(*text)["tags"].contains(std::to_string(liar.id)));
+  }
+  EXPECT_TRUE(cluster->wait_for_engines(2, 5s));  // engine 0 and the (honest) rogue remain
 }
 
 // ---------------- secrets stay out of logs ----------------

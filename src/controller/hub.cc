@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
+#include "auth/registration.h"
 #include "crypto/crypto.h"
 #include "wire/control.h"
 
@@ -700,6 +701,17 @@ std::string Hub::engine_list_json() const {
 }
 
 void Hub::record_engine_info(Peer& engine, const wire::Message& m) {
+  // Signed by the engine's own key over this session (auth/registration.h), or refused.
+  if (m.segments.size() != 1 || m.segments[0].size() > 1024) {
+    return reject(engine, "engine registration data must carry one signature");
+  }
+  auto exporter =
+      engine.connection->export_keying_material(auth::kRegistrationExporterLabel, auth::kRegistrationExporterContext);
+  auto cert = engine.connection->peer_certificate();
+  if (!exporter.ok() || !cert.ok()) return reject(engine, "cannot check the registration signature");
+  Status signed_ok = tls::verify_signature_sha256(
+      cert->cert_pem, auth::registration_signed_bytes(*exporter, m.envelope.text), m.segments[0].view());
+  if (!signed_ok.ok()) return reject(engine, "engine registration data: " + signed_ok.message());
   // Bounded by the head limit; only a flat object of scalars is kept.
   auto info = nlohmann::json::parse(m.envelope.text, nullptr, /*allow_exceptions=*/false);
   if (info.is_discarded() || !info.is_object() || info.size() > 256) {
@@ -709,6 +721,9 @@ void Hub::record_engine_info(Peer& engine, const wire::Message& m) {
     if (key.size() > 64 || value.is_structured()) return reject(engine, "engine tags are flat: name -> scalar");
   }
   engine.tags_json = info.dump();
+  options_.gate->record(&engine.identity, engine.connection->peer_address(), "engine.register", "allowed",
+                        {{engine.id}, crypto::to_hex(crypto::sha256(crypto::as_bytes(m.envelope.text))), 0},
+                        "signed by the engine's key");
   // The policy matches engines by these tags; they come only from this engine's own
   // authenticated connection, so no peer can set facts for another engine.
   engine.facts.tags.clear();

@@ -12,6 +12,7 @@
 #include <variant>
 
 #include "auth/identity.h"
+#include "auth/registration.h"
 #include "auth/session.h"
 #include "base/profile.h"
 #include "base/log.h"
@@ -175,6 +176,17 @@ struct Engine::Impl {
     wire::Message info;
     info.envelope.kind = MessageKind::kEngineInfo;
     info.envelope.text = engine_info_json;
+    // Signed by this engine's key over this session (auth/registration.h).
+    auto exporter = connection->export_keying_material(auth::kRegistrationExporterLabel,
+                                                       auth::kRegistrationExporterContext);
+    auto signature = exporter.ok() ? tls::sign_sha256(identity.key_pem,
+                                                      auth::registration_signed_bytes(*exporter, engine_info_json))
+                                   : StatusOr<std::string>(exporter.status());
+    if (!signature.ok()) {
+      LOG_ERROR("engine") << "cannot sign the registration data: " << signature.status().message();
+      return connection->close(signature.status());
+    }
+    info.segments.push_back(SharedBytes::copy_of(*signature));
     connection->send(std::move(info));
     connection->set_handlers({
         [this](wire::Message&& m) { on_message(std::move(m)); },

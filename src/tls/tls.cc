@@ -721,6 +721,37 @@ Status check_key_matches_certificate(const KeyAndCertificate& kc) {
   return ok_status();
 }
 
+StatusOr<std::string> sign_sha256(std::string_view key_pem, std::string_view data) {
+  TESTUDO_ASSIGN_OR_RETURN(PkeyPtr key, parse_private_key(key_pem));
+  std::unique_ptr<EVP_MD_CTX, Deleter<EVP_MD_CTX_free>> ctx(EVP_MD_CTX_new());
+  std::size_t size = 0;
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key.get()) != 1 ||
+      EVP_DigestSign(ctx.get(), nullptr, &size, reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1) {
+    return openssl_error_as(StatusCode::kInternal, "cannot sign");
+  }
+  std::string signature(size, '\0');
+  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(signature.data()), &size,
+                     reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1) {
+    return openssl_error_as(StatusCode::kInternal, "cannot sign");
+  }
+  signature.resize(size);
+  return signature;
+}
+
+Status verify_signature_sha256(std::string_view cert_pem, std::string_view data, std::string_view signature) {
+  TESTUDO_ASSIGN_OR_RETURN(X509Ptr cert, parse_certificate(cert_pem));
+  EVP_PKEY* key = X509_get0_pubkey(cert.get());
+  std::unique_ptr<EVP_MD_CTX, Deleter<EVP_MD_CTX_free>> ctx(EVP_MD_CTX_new());
+  if (key == nullptr || !ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key) != 1) {
+    return openssl_error_as(StatusCode::kInternal, "cannot verify a signature");
+  }
+  const int ok = EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
+                                  reinterpret_cast<const unsigned char*>(data.data()), data.size());
+  ERR_clear_error();  // a malformed signature leaves DER errors behind
+  if (ok != 1) return permission_denied("the signature does not verify with the certificate's key");
+  return ok_status();
+}
+
 bool is_encrypted_private_key_pem(std::string_view pem) {
   const std::string_view label = first_pem_label(pem);
   if (label == "ENCRYPTED PRIVATE KEY") return true;

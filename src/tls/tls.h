@@ -84,6 +84,12 @@ Status check_validity_period(const CertificateFacts& facts, std::int64_t now_uni
 // Checks that key_pem and cert_pem parse and belong together.
 Status check_key_matches_certificate(const KeyAndCertificate& kc);
 
+// A signature over `data` with the private key (ECDSA or RSA, SHA-256), DER-encoded, and its
+// check against the public key of `cert_pem`. verify_signature fails with kPermissionDenied
+// for a signature that does not verify, whatever its bytes (attacker input never crashes).
+StatusOr<std::string> sign_sha256(std::string_view key_pem, std::string_view data);
+Status verify_signature_sha256(std::string_view cert_pem, std::string_view data, std::string_view signature);
+
 // Private keys at rest (THREATS.md T14).
 // True if `pem` holds an encrypted private key (PKCS#8 "ENCRYPTED PRIVATE KEY", or a
 // traditional PEM with "Proc-Type: 4,ENCRYPTED").
