@@ -6,12 +6,17 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace testudo {
 
@@ -20,10 +25,18 @@ class SharedBytes {
   SharedBytes() = default;
 
   // Uninitialized storage of `size` bytes (no memset: a 1 GB segment is written once, by the reader).
+  // Large buffers are mapped on 2 MiB boundaries and offered to transparent huge pages, so
+  // filling 100 MB costs 50 page faults rather than 25,000.
   static SharedBytes allocate(std::size_t size) {
     SharedBytes b;
-    if (size > 0) b.data_ = std::make_shared_for_overwrite<std::byte[]>(size);
     b.size_ = size;
+    if (size >= kHugeThreshold) {
+      if (auto huge = map_huge(size)) {
+        b.data_ = std::move(huge);
+        return b;
+      }
+    }
+    if (size > 0) b.data_ = std::make_shared_for_overwrite<std::byte[]>(size);
     return b;
   }
   static SharedBytes copy_of(std::span<const std::byte> bytes) {
@@ -67,6 +80,26 @@ class SharedBytes {
   std::string to_string() const { return std::string(view()); }
 
  private:
+  static constexpr std::size_t kHugeThreshold = 4u << 20;
+
+  // An anonymous mapping of at least `size` bytes starting on a 2 MiB boundary, or null.
+  static std::shared_ptr<std::byte[]> map_huge(std::size_t size) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr std::size_t kHuge = 2u << 20;
+    const std::size_t length = (size + kHuge - 1) / kHuge * kHuge + kHuge;
+    void* raw = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    const auto base = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t aligned = (base + kHuge - 1) / kHuge * kHuge;
+    ::madvise(reinterpret_cast<void*>(aligned), length - (aligned - base), MADV_HUGEPAGE);  // advice only
+    return std::shared_ptr<std::byte[]>(reinterpret_cast<std::byte*>(aligned),
+                                        [raw, length](std::byte*) { ::munmap(raw, length); });
+#else
+    (void)size;
+    return nullptr;
+#endif
+  }
+
   std::shared_ptr<std::byte[]> data_;
   std::size_t size_ = 0;
 };
