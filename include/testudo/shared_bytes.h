@@ -5,6 +5,7 @@
 // not synchronized: only the owner that filled a buffer writes to it, before sharing it.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -14,9 +15,6 @@
 #include <string>
 #include <string_view>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace testudo {
 
@@ -24,9 +22,10 @@ class SharedBytes {
  public:
   SharedBytes() = default;
 
-  // Uninitialized storage of `size` bytes (no memset: a 1 GB segment is written once, by the reader).
-  // Large buffers are mapped on 2 MiB boundaries and offered to transparent huge pages, so
-  // filling 100 MB costs 50 page faults rather than 25,000.
+  // Uninitialized storage of `size` bytes (no memset: a 1 GB segment is written once, by the
+  // reader); it may hold earlier bytes of this process, like any heap allocation. Large
+  // buffers are mapped on 2 MiB boundaries and offered to transparent huge pages, so filling
+  // 100 MB costs 50 page faults rather than 25,000 (see map_huge).
   static SharedBytes allocate(std::size_t size) {
     SharedBytes b;
     b.size_ = size;
@@ -79,26 +78,19 @@ class SharedBytes {
   std::string_view view() const { return {reinterpret_cast<const char*>(data_.get()), size_}; }
   std::string to_string() const { return std::string(view()); }
 
+  // Unmaps large buffers released more than `idle` ago and kept for reuse. Event loops call
+  // it a few times a second (net::EventLoop); thread-safe. Returns the bytes unmapped.
+  static std::size_t trim_cache(std::chrono::milliseconds idle);
+  // Bytes of released large buffers kept for reuse right now.
+  static std::size_t cached_bytes();
+
  private:
   static constexpr std::size_t kHugeThreshold = 4u << 20;
 
-  // An anonymous mapping of at least `size` bytes starting on a 2 MiB boundary, or null.
-  static std::shared_ptr<std::byte[]> map_huge(std::size_t size) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr std::size_t kHuge = 2u << 20;
-    const std::size_t length = (size + kHuge - 1) / kHuge * kHuge + kHuge;
-    void* raw = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return nullptr;
-    const auto base = reinterpret_cast<std::uintptr_t>(raw);
-    const std::uintptr_t aligned = (base + kHuge - 1) / kHuge * kHuge;
-    ::madvise(reinterpret_cast<void*>(aligned), length - (aligned - base), MADV_HUGEPAGE);  // advice only
-    return std::shared_ptr<std::byte[]>(reinterpret_cast<std::byte*>(aligned),
-                                        [raw, length](std::byte*) { ::munmap(raw, length); });
-#else
-    (void)size;
-    return nullptr;
-#endif
-  }
+  // At least `size` bytes on a 2 MiB boundary, offered to transparent huge pages, or null.
+  // Mappings released in the last ~half second are reused (see trim_cache): refilling a
+  // mapping costs nothing, while a fresh one is zeroed by the kernel page by page.
+  static std::shared_ptr<std::byte[]> map_huge(std::size_t size);
 
   std::shared_ptr<std::byte[]> data_;
   std::size_t size_ = 0;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace testudo {
 namespace {
@@ -45,13 +46,52 @@ std::uint64_t mapped_kib() {
   return 0;
 }
 
-TEST(SharedBytes, LargeAllocationIsUnmappedWithItsLastReference) {
+TEST(SharedBytes, LargeAllocationIsCachedBrieflyThenUnmapped) {
+  SharedBytes::trim_cache(std::chrono::milliseconds(0));
   const std::uint64_t before = mapped_kib();
+  const std::byte* first = nullptr;
   {
     SharedBytes b = SharedBytes::allocate(256u << 20);
+    first = b.data();
     EXPECT_GE(mapped_kib(), before + (256u << 10));
   }
-  EXPECT_LT(mapped_kib(), before + (64u << 10)) << "the 256 MiB mapping outlived its SharedBytes";
+  // Released: kept for reuse, and handed out again for a buffer of about the same size.
+  EXPECT_GE(SharedBytes::cached_bytes(), 256u << 20);
+  {
+    SharedBytes again = SharedBytes::allocate((256u << 20) - 1000);
+    EXPECT_EQ(again.data(), first) << "a cached mapping of the right size was not reused";
+    EXPECT_EQ(SharedBytes::cached_bytes(), 0u);
+  }
+  // A much smaller buffer does not take a mapping twice its size or more.
+  {
+    SharedBytes small = SharedBytes::allocate(8u << 20);
+    EXPECT_NE(small.data(), first);
+  }
+  // Trimming returns everything idle to the kernel.
+  EXPECT_GE(SharedBytes::trim_cache(std::chrono::milliseconds(0)), 256u << 20);
+  EXPECT_EQ(SharedBytes::cached_bytes(), 0u);
+  EXPECT_LT(mapped_kib(), before + (64u << 10)) << "the 256 MiB mapping outlived trim_cache";
+}
+
+TEST(SharedBytes, TrimKeepsRecentlyReleasedBuffers) {
+  SharedBytes::trim_cache(std::chrono::milliseconds(0));
+  { SharedBytes b = SharedBytes::allocate(16u << 20); }
+  EXPECT_EQ(SharedBytes::trim_cache(std::chrono::milliseconds(500)), 0u);
+  EXPECT_GE(SharedBytes::cached_bytes(), 16u << 20);
+  SharedBytes::trim_cache(std::chrono::milliseconds(0));
+  EXPECT_EQ(SharedBytes::cached_bytes(), 0u);
+}
+
+TEST(SharedBytes, CacheIsBoundedInBytes) {
+  SharedBytes::trim_cache(std::chrono::milliseconds(0));
+  { SharedBytes b = SharedBytes::allocate(1u << 30); }  // more than the cache holds
+  EXPECT_EQ(SharedBytes::cached_bytes(), 0u);
+  {
+    std::vector<SharedBytes> many;
+    for (int i = 0; i < 6; ++i) many.push_back(SharedBytes::allocate(200u << 20));
+  }
+  EXPECT_LE(SharedBytes::cached_bytes(), 512u << 20);
+  SharedBytes::trim_cache(std::chrono::milliseconds(0));
 }
 
 TEST(SharedBytes, ZeroSizeIsEmpty) {

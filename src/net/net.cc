@@ -534,9 +534,14 @@ struct EventLoop::Impl {
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
   std::vector<std::unique_ptr<asio::signal_set>> signal_sets;
+  std::unique_ptr<Timer> trim;  // declared after io: destroyed before it
 };
 
-EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {}
+EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {
+  // Large receive buffers released a moment ago are reused rather than zeroed afresh; the
+  // ones nobody took within half a second go back to the kernel.
+  impl_->trim = every(std::chrono::milliseconds(250), [] { SharedBytes::trim_cache(std::chrono::milliseconds(500)); });
+}
 EventLoop::~EventLoop() = default;
 void EventLoop::run() { impl_->io.run(); }
 void EventLoop::stop() { impl_->io.stop(); }
