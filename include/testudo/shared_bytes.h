@@ -79,7 +79,7 @@ class SharedBytes {
   std::string to_string() const { return std::string(view()); }
 
   // Unmaps large buffers released more than `idle` ago and kept for reuse. Event loops call
-  // it a few times a second (net::EventLoop); thread-safe. Returns the bytes unmapped.
+  // it every 100 ms (net::EventLoop); thread-safe. Returns the bytes unmapped.
   static std::size_t trim_cache(std::chrono::milliseconds idle);
   // Bytes of released large buffers kept for reuse right now.
   static std::size_t cached_bytes();
@@ -88,7 +88,7 @@ class SharedBytes {
   static constexpr std::size_t kHugeThreshold = 4u << 20;
 
   // At least `size` bytes on a 2 MiB boundary, offered to transparent huge pages, or null.
-  // Mappings released in the last ~half second are reused (see trim_cache): refilling a
+  // Mappings released in the last ~200 ms are reused (see trim_cache): refilling a
   // mapping costs nothing, while a fresh one is zeroed by the kernel page by page.
   static std::shared_ptr<std::byte[]> map_huge(std::size_t size);
 

@@ -16,7 +16,7 @@ constexpr std::size_t kHuge = 2u << 20;
 // Released mappings kept for reuse: at most this many, this many bytes in all, this long.
 constexpr std::size_t kMaxCached = 4;
 constexpr std::size_t kMaxCachedBytes = 512u << 20;
-constexpr auto kMaxIdle = std::chrono::milliseconds(500);
+constexpr auto kMaxIdle = std::chrono::milliseconds(200);
 
 struct Mapping {
   void* raw;

@@ -76,7 +76,7 @@ TEST(SharedBytes, LargeAllocationIsCachedBrieflyThenUnmapped) {
 TEST(SharedBytes, TrimKeepsRecentlyReleasedBuffers) {
   SharedBytes::trim_cache(std::chrono::milliseconds(0));
   { SharedBytes b = SharedBytes::allocate(16u << 20); }
-  EXPECT_EQ(SharedBytes::trim_cache(std::chrono::milliseconds(500)), 0u);
+  EXPECT_EQ(SharedBytes::trim_cache(std::chrono::milliseconds(200)), 0u);
   EXPECT_GE(SharedBytes::cached_bytes(), 16u << 20);
   SharedBytes::trim_cache(std::chrono::milliseconds(0));
   EXPECT_EQ(SharedBytes::cached_bytes(), 0u);

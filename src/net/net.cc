@@ -539,8 +539,8 @@ struct EventLoop::Impl {
 
 EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {
   // Large receive buffers released a moment ago are reused rather than zeroed afresh; the
-  // ones nobody took within half a second go back to the kernel.
-  impl_->trim = every(std::chrono::milliseconds(250), [] { SharedBytes::trim_cache(std::chrono::milliseconds(500)); });
+  // ones nobody took within 200 ms go back to the kernel.
+  impl_->trim = every(std::chrono::milliseconds(100), [] { SharedBytes::trim_cache(std::chrono::milliseconds(200)); });
 }
 EventLoop::~EventLoop() = default;
 void EventLoop::run() { impl_->io.run(); }
