@@ -145,6 +145,9 @@ def main():
                 metrics[f"gather_{size_name(size)}"] = g
             step(f"scatter/gather {size_name(size)}", sg)
 
+        # One second after the last workload, as the idle figure is one second after start:
+        # what the controller keeps, not buffers of the transfer that has just ended.
+        time.sleep(1.0)
         metrics["controller_rss_after"] = w.controller_rss(peer)
         metrics["controller_tree_pss_after"] = w.controller_tree_pss(peer)
         save()

@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -349,16 +350,22 @@ class PyClient {
     return PyResult(std::move(result), queue_);
   }
 
-  // Lets go of the buffers of finished requests (their bytes were sent long before).
+  // Lets go of the buffers of finished requests (their bytes were sent long before). A sweep
+  // looks at every entry, so it runs only once the map has doubled since the last one:
+  // amortised O(1) per request even with 100,000 in flight, and at most twice the buffers
+  // of the requests still running are held.
   void sweep_borrowed() {
+    if (borrowed_.size() < sweep_at_) return;
     for (auto it = borrowed_.begin(); it != borrowed_.end();) {
       it = it->second.first.ready() ? borrowed_.erase(it) : std::next(it);
     }
+    sweep_at_ = std::max<std::size_t>(64, 2 * borrowed_.size());
   }
 
   std::unique_ptr<Client> client_;
   std::shared_ptr<CompletionQueue> queue_;
   std::map<std::uint64_t, std::pair<AsyncResult, py::list>> borrowed_;
+  std::size_t sweep_at_ = 64;  // borrowed_ size that triggers the next sweep
 };
 
 }  // namespace

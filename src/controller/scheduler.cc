@@ -29,13 +29,16 @@ Scheduler::Scheduler(SchedulerOptions options, SchedulerSink& sink, std::uint64_
     : options_(options), sink_(sink), random_(random_seed) {}
 
 void Scheduler::add_engine(EngineId engine) {
-  engines_.try_emplace(engine);
+  auto [it, added] = engines_.try_emplace(engine);
+  reindex(engine, it->second);
   pump();
 }
 
 std::size_t Scheduler::remove_engine(EngineId engine, const std::string& why) {
   auto it = engines_.find(engine);
   if (it == engines_.end()) return 0;
+  unindex(engine, it->second);
+  direct_backlog_.erase(engine);
   Engine e = std::move(it->second);
   engines_.erase(it);
   std::size_t affected = 0;
@@ -142,6 +145,7 @@ void Scheduler::enqueue(TaskId id, Task& task) {
       return fail_task(id, TaskFailure::kEngineDied, "engine " + std::to_string(*task.spec.engine) + " is gone");
     }
     e->second.direct.push_back(id);
+    reindex(e->first, e->second);
     return;
   }
   if (!engines_.empty() && !placeable_somewhere(task)) {
@@ -168,12 +172,36 @@ bool Scheduler::placeable_somewhere(const Task& task) const {
 }
 
 std::optional<EngineId> Scheduler::place(const Task& task) {
+  if (with_room_.empty()) return std::nullopt;
+  if (task.spec.allowed.empty() && task.excluded.empty()) {
+    // Any engine with room may run it: the index answers without looking at the others.
+    switch (options_.scheme) {
+      case SchedulingScheme::kLeastLoad: return std::get<2>(*by_load_.begin());
+      case SchedulingScheme::kLru: return by_lru_.begin()->second;
+      default: return pick(with_room_);
+    }
+  }
   std::vector<EngineId> candidates;
-  for (const auto& [id, e] : engines_) {
-    if (balanced_room(e) && eligible(id, task)) candidates.push_back(id);
+  if (!task.spec.allowed.empty()) {
+    // Usually a few engines: look only at those.
+    candidates = task.spec.allowed;
+    std::sort(candidates.begin(), candidates.end());
+    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+    std::erase_if(candidates, [&](EngineId id) {
+      auto e = engines_.find(id);
+      return e == engines_.end() || !balanced_room(e->second) || task.excluded.count(id);
+    });
+  } else {
+    for (EngineId id : with_room_) {
+      if (eligible(id, task)) candidates.push_back(id);
+    }
   }
   if (candidates.empty()) return std::nullopt;
-  auto load = [this](EngineId id) { return engines_.at(id).running.size() + engines_.at(id).direct.size(); };
+  return pick(candidates);
+}
+
+EngineId Scheduler::pick(const std::vector<EngineId>& candidates) {
+  auto load = [this](EngineId id) { return engines_.at(id).load(); };
   auto lru_pick = [this](const std::vector<EngineId>& c) {
     return *std::min_element(c.begin(), c.end(), [this](EngineId a, EngineId b) {
       return engines_.at(a).last_assigned < engines_.at(b).last_assigned;
@@ -197,16 +225,51 @@ std::optional<EngineId> Scheduler::place(const Task& task) {
     case SchedulingScheme::kWeighted: {
       // Random, weighted towards idle engines: weight 1 / (1 + load).
       std::vector<double> weights;
+      weights.reserve(candidates.size());
       for (EngineId id : candidates) weights.push_back(1.0 / (1.0 + static_cast<double>(load(id))));
       std::discrete_distribution<std::size_t> pick(weights.begin(), weights.end());
       return candidates[pick(random_)];
     }
-    case SchedulingScheme::kRandom: {
-      std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
-      return candidates[pick(random_)];
-    }
+    case SchedulingScheme::kRandom:
+      break;
   }
-  return std::nullopt;
+  std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
+  return candidates[pick(random_)];
+}
+
+void Scheduler::unindex(EngineId engine, Engine& e) {
+  if (!e.indexed) return;
+  by_load_.erase({e.indexed_load, e.indexed_lru, engine});
+  by_lru_.erase({e.indexed_lru, engine});
+  auto it = std::lower_bound(with_room_.begin(), with_room_.end(), engine);
+  if (it != with_room_.end() && *it == engine) with_room_.erase(it);
+  e.indexed = false;
+}
+
+void Scheduler::reindex(EngineId engine, Engine& e) {
+  if (e.direct.empty()) {
+    direct_backlog_.erase(engine);
+  } else {
+    direct_backlog_.insert(engine);
+  }
+  const bool room = balanced_room(e);
+  if (e.indexed && room) {
+    if (e.indexed_load == e.load() && e.indexed_lru == e.last_assigned) return;
+    by_load_.erase({e.indexed_load, e.indexed_lru, engine});
+    by_lru_.erase({e.indexed_lru, engine});
+  } else if (e.indexed) {
+    unindex(engine, e);
+    return;
+  } else if (!room) {
+    return;
+  } else {
+    with_room_.insert(std::lower_bound(with_room_.begin(), with_room_.end(), engine), engine);
+  }
+  e.indexed = true;
+  e.indexed_load = e.load();
+  e.indexed_lru = e.last_assigned;
+  by_load_.emplace(e.indexed_load, e.indexed_lru, engine);
+  by_lru_.emplace(e.indexed_lru, engine);
 }
 
 void Scheduler::send(EngineId engine, Engine& e, TaskId id, Task& task) {
@@ -215,6 +278,7 @@ void Scheduler::send(EngineId engine, Engine& e, TaskId id, Task& task) {
   e.running.insert(id);
   if (!task.spec.engine) ++e.running_balanced;
   e.last_assigned = ++lru_clock_;
+  reindex(engine, e);
   sink_.dispatch(engine, id, task.spec);
 }
 
@@ -225,10 +289,15 @@ void Scheduler::pump_engine(EngineId engine, Engine& e) {
     auto t = tasks_.find(id);
     if (t != tasks_.end()) send(engine, e, id, t->second);
   }
+  reindex(engine, e);
 }
 
 void Scheduler::pump() {
-  for (auto& [engine, e] : engines_) pump_engine(engine, e);
+  // Only engines with direct tasks waiting (pump_engine may take one off the set).
+  for (auto it = direct_backlog_.begin(); it != direct_backlog_.end();) {
+    EngineId engine = *it++;
+    pump_engine(engine, engines_.at(engine));
+  }
   // Unrestricted tasks: FIFO while some engine has room; when none has, no later one fits
   // either, so this never scans the whole queue.
   while (!unassigned_.empty()) {
@@ -269,6 +338,7 @@ std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool suc
     e->second.running.erase(id);
     if (!t->second.spec.engine) --e->second.running_balanced;
     ++e->second.completed;
+    reindex(engine, e->second);
   }
   TaskSpec spec = std::move(t->second.spec);
   complete(id, success, engine);
@@ -312,6 +382,7 @@ void Scheduler::fail_task(TaskId id, TaskFailure why, const std::string& text) {
     if (auto e = engines_.find(*engine); e != engines_.end()) {
       e->second.running.erase(id);
       if (!spec.engine) --e->second.running_balanced;
+      reindex(e->first, e->second);
     }
   }
   sink_.fail(id, spec, why, text);
@@ -328,6 +399,7 @@ std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>&
       if (e != engines_.end()) {
         auto& q = e->second.direct;
         q.erase(std::remove(q.begin(), q.end(), id), q.end());
+        reindex(e->first, e->second);
       }
     }
     // Stale ids in unassigned_/restricted_ are skipped by pump().
@@ -352,7 +424,10 @@ void Scheduler::fail_all(const std::string& why) {
   for (TaskId id : ids) fail_task(id, TaskFailure::kShuttingDown, why);
   unassigned_.clear();
   restricted_.clear();
-  for (auto& [engine, e] : engines_) e.direct.clear();
+  for (auto& [engine, e] : engines_) {
+    e.direct.clear();
+    reindex(engine, e);
+  }
 }
 
 std::optional<TaskId> Scheduler::oldest_running(EngineId engine) const {

@@ -24,6 +24,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -143,6 +144,11 @@ class Scheduler {
     std::size_t running_balanced = 0;
     std::uint64_t completed = 0;
     std::uint64_t last_assigned = 0;  // LRU clock value
+    // Its entry in the placement index (see reindex), as last inserted.
+    bool indexed = false;
+    std::size_t indexed_load = 0;
+    std::uint64_t indexed_lru = 0;
+    std::size_t load() const { return running.size() + direct.size(); }
   };
   struct Record {
     bool success;
@@ -155,6 +161,12 @@ class Scheduler {
   void pump_engine(EngineId engine, Engine& e);
   bool balanced_room(const Engine& e) const;
   std::optional<EngineId> place(const Task& task);
+  // Applies `scheme` to `candidates` (engines with room that may run the task, by id).
+  EngineId pick(const std::vector<EngineId>& candidates);
+  // Brings `engine`'s entries in the placement index and the direct backlog up to date; call
+  // after any change to its load, room or LRU clock. O(log engines).
+  void reindex(EngineId engine, Engine& e);
+  void unindex(EngineId engine, Engine& e);
   bool placeable_somewhere(const Task& task) const;
   bool eligible(EngineId engine, const Task& task) const;
   void send(EngineId engine, Engine& e, TaskId id, Task& task);
@@ -171,6 +183,13 @@ class Scheduler {
 
   std::unordered_map<TaskId, Task> tasks_;  // not finished
   std::map<EngineId, Engine> engines_;
+  // Placement index over the engines with room for a load-balanced task, so a decision costs
+  // O(log engines) rather than a scan: by (load, LRU clock, id) for leastload, by (LRU clock,
+  // id) for lru, and their ids in order for random and twobin (weighted still weighs each).
+  std::set<std::tuple<std::size_t, std::uint64_t, EngineId>> by_load_;
+  std::set<std::pair<std::uint64_t, EngineId>> by_lru_;
+  std::vector<EngineId> with_room_;  // sorted
+  std::set<EngineId> direct_backlog_;  // engines with direct tasks waiting in the controller
   std::deque<TaskId> unassigned_;           // load-balanced, any engine
   std::deque<TaskId> restricted_;           // load-balanced with allowed/follow/excluded constraints
   std::unordered_set<TaskId> waiting_;      // dependencies pending

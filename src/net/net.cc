@@ -1,13 +1,23 @@
 // asio + OpenSSL implementation of net.h. Everything here runs on one io_context thread per
 // EventLoop (see net.h); no member needs a lock except what post()/stop() touch, which asio
 // makes thread-safe.
+//
+// TLS is driven directly on the socket rather than through asio::ssl::stream, whose BIO pair
+// moves every 16 KiB record through two extra copies and one handler round trip each: here
+// OpenSSL reads ciphertext straight from the non-blocking socket into its read-ahead buffer
+// (many records per recv) and decrypts into the destination segment, and writes records into
+// a sink BIO (`TlsSocket::out`) that the connection's writer sends in large chunks. asio is
+// used only for readiness (async_wait), timers and the acceptor.
 #include "net/net.h"
 
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
-#include <asio/ssl.hpp>
+#include <openssl/bio.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <cerrno>
+#include <cstring>
 #include <deque>
 #include <list>
 
@@ -17,22 +27,25 @@ namespace testudo::net {
 namespace {
 
 using asio::ip::tcp;
-using Stream = asio::ssl::stream<tcp::socket>;
 constexpr auto kAsTuple = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Segments at most this big are copied into the write staging buffer so a small message
-// leaves as one TLS record and one syscall; bigger ones are written from where they lie.
+// leaves as one TLS record and one syscall; bigger ones are encrypted from where they lie.
 constexpr std::size_t kCopyThreshold = 16 * 1024;
 // A write batch takes queued messages until it holds this many bytes.
 constexpr std::size_t kBatchBytes = 4u << 20;
+// Plaintext handed to one SSL_write, and ciphertext gathered before it is sent: bounds the
+// sink buffer of a connection moving a large message.
+constexpr std::size_t kWriteChunk = 256 * 1024;
+// OpenSSL's read-ahead buffer (ciphertext read per recv). The controller holds one per peer,
+// so its accepted connections get a smaller one than clients' and engines' single connection.
+constexpr std::size_t kServerReadBuffer = 64 * 1024;
+constexpr std::size_t kClientReadBuffer = 256 * 1024;
+// An idle connection keeps at most this much sink capacity.
+constexpr std::size_t kIdleOutCapacity = 64 * 1024;
 
 std::string describe(const asio::error_code& ec) {
-  if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) return "connection closed by peer";
-  if (ec.category() == asio::error::get_ssl_category()) {
-    char buf[256];
-    ERR_error_string_n(static_cast<unsigned long>(ec.value()), buf, sizeof buf);
-    return std::string("TLS: ") + buf;
-  }
+  if (ec == asio::error::eof) return "connection closed by peer";
   return ec.message();
 }
 
@@ -43,9 +56,155 @@ std::string endpoint_text(const tcp::socket& s) {
   return ep.address().to_string() + ":" + std::to_string(ep.port());
 }
 
-std::shared_ptr<asio::ssl::context> adopt_context(tls::SslCtxPtr ctx) {
-  // asio::ssl::context takes ownership of the native handle and frees it.
-  return std::make_shared<asio::ssl::context>(ctx.release());
+// Why an SSL_* call failed, from SSL_get_error's `code` and the thread's error queue (which
+// this clears).
+std::string ssl_failure(int code) {
+  const int saved_errno = errno;
+  const unsigned long err = ERR_peek_last_error();
+  std::string text;
+  if (code == SSL_ERROR_ZERO_RETURN ||
+      (code == SSL_ERROR_SYSCALL && err == 0 && saved_errno == 0) ||
+      (err != 0 && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+    text = "connection closed by peer";
+  } else if (err != 0) {
+    char buf[256];
+    ERR_error_string_n(err, buf, sizeof buf);
+    text = std::string("TLS: ") + buf;
+  } else if (code == SSL_ERROR_SYSCALL) {
+    text = std::strerror(saved_errno);
+  } else {
+    text = "TLS error " + std::to_string(code);
+  }
+  ERR_clear_error();
+  return text;
+}
+
+struct SslCtxRef {
+  void operator()(ssl_ctx_st* ctx) const { SSL_CTX_free(ctx); }
+};
+using SharedCtx = std::shared_ptr<ssl_ctx_st>;
+
+SharedCtx share_context(tls::SslCtxPtr ctx) { return SharedCtx(ctx.release(), SslCtxRef{}); }
+
+struct SslDeleter {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+
+// --- the sink BIO: OpenSSL's outgoing records are appended to a std::vector ---
+
+int sink_write(BIO* bio, const char* data, int len) {
+  auto* out = static_cast<std::vector<std::byte>*>(BIO_get_data(bio));
+  if (out == nullptr || len < 0) return -1;
+  const auto* p = reinterpret_cast<const std::byte*>(data);
+  out->insert(out->end(), p, p + len);
+  return len;
+}
+long sink_ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+int sink_create(BIO* bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+const BIO_METHOD* sink_method() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "testudo TLS sink");
+    if (m != nullptr) {
+      BIO_meth_set_write(m, sink_write);
+      BIO_meth_set_ctrl(m, sink_ctrl);
+      BIO_meth_set_create(m, sink_create);
+    }
+    return m;
+  }();
+  return method;
+}
+
+// A TCP socket and the TLS session on it. Lives on the heap (the sink BIO points at `out`).
+struct TlsSocket {
+  explicit TlsSocket(tcp::socket s) : socket(std::move(s)) {}
+  ~TlsSocket() { close(); }
+
+  tcp::socket socket;
+  SslPtr ssl;
+  std::vector<std::byte> out;  // ciphertext not yet sent, from out_sent on
+  std::size_t out_sent = 0;
+
+  bool has_output() const { return out_sent < out.size(); }
+
+  // Closes the socket and detaches it from OpenSSL, so a later SSL call can never touch a
+  // descriptor number the kernel has since handed to another connection.
+  void close() {
+    if (ssl) {
+      if (BIO* rbio = SSL_get_rbio(ssl.get())) BIO_set_fd(rbio, -1, BIO_NOCLOSE);
+    }
+    asio::error_code ignored;
+    if (socket.is_open()) socket.shutdown(tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+  }
+};
+
+StatusOr<std::shared_ptr<TlsSocket>> make_tls_socket(tcp::socket socket, ssl_ctx_st* ctx, bool server,
+                                                     std::size_t read_buffer) {
+  auto ts = std::make_shared<TlsSocket>(std::move(socket));
+  asio::error_code ec;
+  ts->socket.non_blocking(true, ec);
+  if (!ec) ts->socket.set_option(tcp::no_delay(true), ec);
+  if (ec) return unavailable("socket setup: " + ec.message());
+  ts->ssl.reset(SSL_new(ctx));
+  if (!ts->ssl) return tls::openssl_error("SSL_new");
+  BIO* rbio = BIO_new_socket(static_cast<int>(ts->socket.native_handle()), BIO_NOCLOSE);
+  BIO* wbio = sink_method() ? BIO_new(sink_method()) : nullptr;
+  if (rbio == nullptr || wbio == nullptr) {
+    BIO_free(rbio);
+    BIO_free(wbio);
+    return tls::openssl_error("TLS BIO setup");
+  }
+  BIO_set_data(wbio, &ts->out);
+  SSL_set_bio(ts->ssl.get(), rbio, wbio);  // the SSL owns both now
+  SSL_set_read_ahead(ts->ssl.get(), 1);
+  SSL_set_default_read_buffer_len(ts->ssl.get(), read_buffer);
+  if (server) {
+    SSL_set_accept_state(ts->ssl.get());
+  } else {
+    SSL_set_connect_state(ts->ssl.get());
+  }
+  return ts;
+}
+
+// Sends everything in ts.out. The only writer of a socket's bytes is whoever calls this.
+asio::awaitable<Status> flush_out(TlsSocket& ts) {
+  while (ts.has_output()) {
+    asio::error_code ec;
+    std::size_t n = ts.socket.write_some(asio::buffer(ts.out.data() + ts.out_sent, ts.out.size() - ts.out_sent), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      auto [wec] = co_await ts.socket.async_wait(tcp::socket::wait_write, kAsTuple);
+      if (wec) co_return unavailable(describe(wec));
+      continue;
+    }
+    if (ec) co_return unavailable(describe(ec));
+    ts.out_sent += n;
+  }
+  ts.out.clear();
+  ts.out_sent = 0;
+  co_return ok_status();
+}
+
+// Runs the TLS handshake of `ts` (in accept or connect state) to its end.
+asio::awaitable<Status> run_handshake(TlsSocket& ts) {
+  for (;;) {
+    if (!ts.socket.is_open()) co_return unavailable("timed out");
+    ERR_clear_error();
+    const int r = SSL_do_handshake(ts.ssl.get());
+    const int code = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ts.ssl.get(), r);
+    std::string failure = (code == SSL_ERROR_NONE || code == SSL_ERROR_WANT_READ) ? "" : ssl_failure(code);
+    Status sent = co_await flush_out(ts);  // our flight, or the alert that tells the peer why
+    if (!failure.empty()) co_return unavailable(failure);
+    if (!sent.ok()) co_return sent;
+    if (code == SSL_ERROR_NONE) co_return ok_status();
+    auto [ec] = co_await ts.socket.async_wait(tcp::socket::wait_read, kAsTuple);
+    if (ec) co_return unavailable(ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor
+                                      ? "timed out"
+                                      : describe(ec));
+  }
 }
 
 class TimerImpl final : public Timer {
@@ -83,13 +242,16 @@ class TimerImpl final : public Timer {
 
 class TlsConnection final : public Connection, public std::enable_shared_from_this<TlsConnection> {
  public:
-  TlsConnection(std::shared_ptr<asio::ssl::context> ctx, Stream stream, wire::Limits limits)
-      : ctx_(std::move(ctx)), stream_(std::move(stream)), limits_(limits), peer_(endpoint_text(stream_.next_layer())),
-        grace_timer_(stream_.get_executor()) {}
+  TlsConnection(SharedCtx ctx, std::shared_ptr<TlsSocket> ts, wire::Limits limits)
+      : ctx_(std::move(ctx)), ts_(std::move(ts)), limits_(limits), peer_(endpoint_text(ts_->socket)),
+        grace_timer_(ts_->socket.get_executor()), wake_(ts_->socket.get_executor()) {
+    wake_.expires_at(asio::steady_timer::time_point::max());
+  }
 
   void start(Handlers handlers) override {
     handlers_ = std::move(handlers);
-    asio::co_spawn(stream_.get_executor(), read_loop(shared_from_this()), asio::detached);
+    asio::co_spawn(ts_->socket.get_executor(), read_loop(shared_from_this()), asio::detached);
+    start_writer();
   }
 
   void set_handlers(Handlers handlers) override {
@@ -99,21 +261,21 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   void send(wire::Message message) override {
     if (!open_ || closing_) return;
     queue_.push_back(std::move(message));
-    write_next();
+    start_writer();
+    wake_writer();
   }
 
   void close(const Status& reason) override {
     if (!open_) return;
     open_ = false;
-    asio::error_code ignored;
-    stream_.next_layer().shutdown(tcp::socket::shutdown_both, ignored);
-    stream_.next_layer().close(ignored);
+    ts_->close();
     grace_timer_.cancel();
+    wake_.cancel();
     queue_.clear();
     // close() may run inside on_message: keep that handler alive until it returns and drop
     // the handlers (and whatever they captured) afterwards.
     auto on_close = handlers_.on_close;
-    asio::post(stream_.get_executor(), [self = shared_from_this()] { self->handlers_ = {}; });
+    asio::post(ts_->socket.get_executor(), [self = shared_from_this()] { self->handlers_ = {}; });
     if (on_close) on_close(reason);
   }
 
@@ -121,7 +283,9 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     if (!open_ || closing_) return;
     closing_ = true;
     close_reason_ = reason;
-    if (!writing_ && queue_.empty()) return close(reason);
+    if (!writing_ && queue_.empty() && !ts_->has_output()) return close(reason);
+    start_writer();
+    wake_writer();
     grace_timer_.expires_after(grace);
     grace_timer_.async_wait([self = shared_from_this()](const asio::error_code& ec) {
       if (!ec) self->close(self->close_reason_);
@@ -135,23 +299,38 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
   StatusOr<std::array<std::byte, 32>> export_keying_material(std::string_view label,
                                                              std::string_view context) override {
-    return tls::export_keying_material(stream_.native_handle(), label, context);
+    return tls::export_keying_material(ts_->ssl.get(), label, context);
   }
-  StatusOr<std::string> peer_fingerprint() override { return tls::peer_fingerprint(stream_.native_handle()); }
+  StatusOr<std::string> peer_fingerprint() override { return tls::peer_fingerprint(ts_->ssl.get()); }
   // Read off the session on each call: the peer's certificate cannot change after the
   // handshake (no renegotiation), and callers ask once, at admission.
-  StatusOr<tls::CertificateFacts> peer_certificate() override {
-    return tls::peer_certificate_facts(stream_.native_handle());
-  }
+  StatusOr<tls::CertificateFacts> peer_certificate() override { return tls::peer_certificate_facts(ts_->ssl.get()); }
   StatusOr<std::vector<std::string>> peer_certificate_chain() override {
-    return tls::peer_certificate_chain_pem(stream_.native_handle());
+    return tls::peer_certificate_chain_pem(ts_->ssl.get());
   }
 
  private:
+  // --- reading ---
+
   asio::awaitable<Status> read_exact(void* data, std::size_t size) {
-    auto [ec, n] = co_await asio::async_read(stream_, asio::buffer(data, size), kAsTuple);
-    bytes_received_ += n;
-    if (ec) co_return unavailable(describe(ec));
+    auto* p = static_cast<std::byte*>(data);
+    while (size > 0) {
+      if (!open_) co_return unavailable("connection closed");
+      ERR_clear_error();
+      std::size_t n = 0;
+      const int r = SSL_read_ex(ts_->ssl.get(), p, size, &n);
+      if (ts_->has_output()) wake_writer();  // e.g. an alert: the writer sends it
+      if (r == 1) {
+        p += n;
+        size -= n;
+        bytes_received_ += n;
+        continue;
+      }
+      const int code = SSL_get_error(ts_->ssl.get(), r);
+      if (code != SSL_ERROR_WANT_READ) co_return unavailable(ssl_failure(code));
+      auto [ec] = co_await ts_->socket.async_wait(tcp::socket::wait_read, kAsTuple);
+      if (ec) co_return unavailable(describe(ec));
+    }
     co_return ok_status();
   }
 
@@ -205,7 +384,42 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     }
   }
 
-  // --- writing: one batch in flight, the queue behind it ---
+  // --- writing: one writer coroutine per connection sends the queue in batches ---
+
+  void start_writer() {
+    if (writer_started_ || !open_) return;
+    writer_started_ = true;
+    asio::co_spawn(ts_->socket.get_executor(), write_loop(shared_from_this()), asio::detached);
+  }
+  void wake_writer() {
+    if (writer_waiting_) wake_.cancel();
+  }
+
+  static asio::awaitable<void> write_loop(std::shared_ptr<TlsConnection> self) {
+    TlsConnection& c = *self;
+    while (c.open_) {
+      Status st = ok_status();
+      if (c.ts_->has_output()) {
+        st = co_await flush_out(*c.ts_);
+      } else if (!c.queue_.empty()) {
+        st = co_await c.write_batch();
+      } else if (c.closing_) {
+        c.close(c.close_reason_);
+        break;
+      } else {
+        if (c.ts_->out.capacity() > kIdleOutCapacity) std::vector<std::byte>().swap(c.ts_->out);
+        c.writer_waiting_ = true;
+        co_await c.wake_.async_wait(kAsTuple);  // cancelled by wake_writer(): there is work
+        c.writer_waiting_ = false;
+        continue;
+      }
+      if (!c.open_) break;
+      if (!st.ok()) {
+        c.close(unavailable("write failed: " + st.message()));
+        break;
+      }
+    }
+  }
 
   void stage(std::span<const std::byte> bytes) {
     if (pieces_.empty() || !pieces_.back().staged) pieces_.push_back({true, staging_.size(), 0});
@@ -234,12 +448,8 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     return total;
   }
 
-  void write_next() {
-    if (writing_ || !open_) return;
-    if (queue_.empty()) {
-      if (closing_) close(close_reason_);
-      return;
-    }
+  // Encrypts and sends queued messages (up to kBatchBytes of them), kWriteChunk at a time.
+  asio::awaitable<Status> write_batch() {
     writing_ = true;
     batch_.clear();
     staging_.clear();
@@ -250,18 +460,38 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       batch_.push_back(std::move(queue_.front()));  // keeps referenced segments alive
       queue_.pop_front();
     }
-    buffers_.clear();
-    for (const Piece& p : pieces_) {
-      const std::byte* base = p.staged ? staging_.data() + p.offset : reinterpret_cast<const std::byte*>(p.offset);
-      buffers_.emplace_back(base, p.size);
+    // Copied: staging_ and pieces_ are reused by the next batch only after this one ends.
+    Status st = ok_status();
+    for (std::size_t i = 0; i < pieces_.size() && st.ok(); ++i) {
+      const Piece& piece = pieces_[i];
+      const std::byte* p =
+          piece.staged ? staging_.data() + piece.offset : reinterpret_cast<const std::byte*>(piece.offset);
+      std::size_t left = piece.size;
+      while (left > 0) {
+        if (!open_) {
+          st = unavailable("connection closed");
+          break;
+        }
+        const std::size_t n = std::min(left, kWriteChunk);
+        ERR_clear_error();
+        std::size_t written = 0;
+        const int r = SSL_write_ex(ts_->ssl.get(), p, n, &written);
+        if (r != 1 || written != n) {
+          st = unavailable(ssl_failure(SSL_get_error(ts_->ssl.get(), r)));
+          break;
+        }
+        p += n;
+        left -= n;
+        if (ts_->out.size() - ts_->out_sent >= kWriteChunk) {
+          st = co_await flush_out(*ts_);
+          if (!st.ok()) break;
+        }
+      }
     }
-    asio::async_write(stream_, buffers_, [self = shared_from_this()](const asio::error_code& ec, std::size_t) {
-      self->writing_ = false;
-      self->batch_.clear();
-      if (!self->open_) return;
-      if (ec) return self->close(unavailable("write failed: " + describe(ec)));
-      self->write_next();
-    });
+    if (st.ok()) st = co_await flush_out(*ts_);
+    batch_.clear();
+    writing_ = false;
+    co_return st;
   }
 
   struct Piece {
@@ -270,8 +500,8 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     std::size_t size;
   };
 
-  std::shared_ptr<asio::ssl::context> ctx_;  // outlives stream_ (declared first)
-  Stream stream_;
+  SharedCtx ctx_;
+  std::shared_ptr<TlsSocket> ts_;
   wire::Limits limits_;
   std::string peer_;
   Handlers handlers_;
@@ -282,22 +512,23 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   std::uint64_t bytes_received_ = 0;
 
   std::deque<wire::Message> queue_;
+  bool writer_started_ = false;
+  bool writer_waiting_ = false;
   bool writing_ = false;
+  asio::steady_timer wake_;  // never expires; cancelled to wake the writer
   std::vector<wire::Message> batch_;
   std::vector<std::byte> staging_;
   std::vector<Piece> pieces_;
-  std::vector<asio::const_buffer> buffers_;
 };
 
-// Closes `stream`'s socket unless `finished` is set first: the deadline of a connect or
+// Closes `ts`'s socket unless `finished` is set first: the deadline of a connect or
 // handshake. Both are shared with the timer's handler, which may run after the coroutine ends.
-void arm_deadline(asio::steady_timer& timer, std::chrono::milliseconds timeout, std::shared_ptr<Stream> stream,
+void arm_deadline(asio::steady_timer& timer, std::chrono::milliseconds timeout, std::shared_ptr<TlsSocket> ts,
                   std::shared_ptr<bool> finished) {
   timer.expires_after(timeout);
-  timer.async_wait([stream, finished](const asio::error_code& ec) {
+  timer.async_wait([ts, finished](const asio::error_code& ec) {
     if (ec || *finished) return;
-    asio::error_code ignored;
-    stream->next_layer().close(ignored);
+    ts->close();
   });
 }
 
@@ -309,9 +540,14 @@ struct EventLoop::Impl {
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
   std::vector<std::unique_ptr<asio::signal_set>> signal_sets;
+  std::unique_ptr<Timer> trim;  // declared after io: destroyed before it
 };
 
-EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {}
+EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {
+  // Large receive buffers released a moment ago are reused rather than zeroed afresh; the
+  // ones nobody took within 200 ms go back to the kernel.
+  impl_->trim = every(std::chrono::milliseconds(100), [] { SharedBytes::trim_cache(std::chrono::milliseconds(200)); });
+}
 EventLoop::~EventLoop() = default;
 void EventLoop::run() { impl_->io.run(); }
 void EventLoop::stop() { impl_->io.stop(); }
@@ -350,7 +586,7 @@ class TlsListener final : public Listener {
     // Handshakes in progress, oldest first. When a new connection would exceed max_pending,
     // the oldest is aborted: a flood of idle connections then only ever delays real peers
     // by its own churn, it cannot lock them out (T12). A real handshake takes milliseconds.
-    std::list<std::shared_ptr<Stream>> pending;
+    std::list<std::shared_ptr<TlsSocket>> pending;
     std::size_t max_pending = 0;
     std::chrono::steady_clock::time_point last_eviction_warning{};
     std::size_t evictions_since_warning = 0;
@@ -358,7 +594,7 @@ class TlsListener final : public Listener {
     bool closed = false;
   };
 
-  TlsListener(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, tcp::acceptor acceptor,
+  TlsListener(asio::io_context& io, SharedCtx ctx, tcp::acceptor acceptor,
               std::shared_ptr<State> state)
       : io_(io), ctx_(std::move(ctx)), acceptor_(std::make_shared<tcp::acceptor>(std::move(acceptor))),
         state_(std::move(state)) {
@@ -384,7 +620,7 @@ class TlsListener final : public Listener {
   }
 
   static asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
-                                           std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<State> state) {
+                                           SharedCtx ctx, std::shared_ptr<State> state) {
     for (;;) {
       auto [ec, socket] = co_await acceptor->async_accept(kAsTuple);
       if (state->closed || ec == asio::error::operation_aborted) co_return;
@@ -401,13 +637,12 @@ class TlsListener final : public Listener {
         auto now = std::chrono::steady_clock::now();
         if (now - state->last_eviction_warning > std::chrono::seconds(1)) {  // one line a second in a flood
           LOG_WARN("net") << state->pending.size() << " TLS handshakes pending: aborted the oldest "
-                          << state->evictions_since_warning << " (latest from " << endpoint_text(oldest->next_layer())
+                          << state->evictions_since_warning << " (latest from " << endpoint_text(oldest->socket)
                           << ")";
           state->last_eviction_warning = now;
           state->evictions_since_warning = 0;
         }
-        asio::error_code ignored;
-        oldest->next_layer().close(ignored);
+        oldest->close();
         state->pending.pop_front();
       }
       asio::error_code ignored;
@@ -416,29 +651,33 @@ class TlsListener final : public Listener {
     }
   }
 
-  static asio::awaitable<void> handshake(tcp::socket socket, std::shared_ptr<asio::ssl::context> ctx,
-                                         std::shared_ptr<State> state) {
+  static asio::awaitable<void> handshake(tcp::socket socket, SharedCtx ctx, std::shared_ptr<State> state) {
     std::string peer = endpoint_text(socket);
-    auto stream = std::make_shared<Stream>(std::move(socket), *ctx);
-    state->pending.push_back(stream);
+    auto made = make_tls_socket(std::move(socket), ctx.get(), /*server=*/true, kServerReadBuffer);
+    if (!made.ok()) {
+      LOG_WARN("net") << "TLS setup for " << peer << " failed: " << made.status().message();
+      co_return;
+    }
+    std::shared_ptr<TlsSocket> ts = std::move(made).value();
+    state->pending.push_back(ts);
     auto finished = std::make_shared<bool>(false);
-    asio::steady_timer deadline(stream->get_executor());
-    arm_deadline(deadline, state->handshake_timeout, stream, finished);
-    auto [ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, kAsTuple);
+    asio::steady_timer deadline(ts->socket.get_executor());
+    arm_deadline(deadline, state->handshake_timeout, ts, finished);
+    Status st = co_await run_handshake(*ts);
     *finished = true;
     deadline.cancel();
-    state->pending.remove(stream);
-    if (ec) {
-      LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << describe(ec);
+    state->pending.remove(ts);
+    if (!st.ok()) {
+      LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << st.message();
       co_return;
     }
     if (state->closed) co_return;
-    auto conn = std::make_shared<TlsConnection>(ctx, std::move(*stream), wire::Limits::pre_auth());
+    auto conn = std::make_shared<TlsConnection>(ctx, std::move(ts), wire::Limits::pre_auth());
     state->on_accept(std::move(conn));
   }
 
   asio::io_context& io_;
-  std::shared_ptr<asio::ssl::context> ctx_;
+  SharedCtx ctx_;
   std::shared_ptr<tcp::acceptor> acceptor_;
   std::shared_ptr<State> state_;
 };
@@ -448,7 +687,7 @@ class TlsListener final : public Listener {
 StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const ListenOptions& options,
                                                      AcceptHandler on_accept) {
   TESTUDO_ASSIGN_OR_RETURN(tls::SslCtxPtr native, tls::make_server_context(options.tls));
-  auto ctx = adopt_context(std::move(native));
+  auto ctx = share_context(std::move(native));
   asio::io_context& io = loop.impl().io;
   asio::error_code ec;
   auto address = asio::ip::make_address(options.host, ec);
@@ -473,7 +712,7 @@ StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const List
 
 namespace {
 
-asio::awaitable<void> dial_coro(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, DialOptions options,
+asio::awaitable<void> dial_coro(asio::io_context& io, SharedCtx ctx, DialOptions options,
                                 std::function<void(StatusOr<std::shared_ptr<Connection>>)> done) {
   std::string where = options.host + ":" + std::to_string(options.port);
   asio::error_code ec;
@@ -490,11 +729,22 @@ asio::awaitable<void> dial_coro(asio::io_context& io, std::shared_ptr<asio::ssl:
   } else {
     ep = tcp::endpoint(address, options.port);
   }
-  auto stream = std::make_shared<Stream>(tcp::socket(io), *ctx);
+  tcp::socket socket(io);
+  socket.open(ep.protocol(), ec);
+  if (ec) {
+    done(unavailable("cannot connect to " + where + ": " + ec.message()));
+    co_return;
+  }
+  auto made = make_tls_socket(std::move(socket), ctx.get(), /*server=*/false, kClientReadBuffer);
+  if (!made.ok()) {
+    done(made.status());
+    co_return;
+  }
+  std::shared_ptr<TlsSocket> ts = std::move(made).value();
   auto finished = std::make_shared<bool>(false);
   asio::steady_timer deadline(io);
-  arm_deadline(deadline, options.timeout, stream, finished);
-  auto [cec] = co_await stream->next_layer().async_connect(ep, kAsTuple);
+  arm_deadline(deadline, options.timeout, ts, finished);
+  auto [cec] = co_await ts->socket.async_connect(ep, kAsTuple);
   if (cec) {
     *finished = true;
     deadline.cancel();
@@ -504,23 +754,23 @@ asio::awaitable<void> dial_coro(asio::io_context& io, std::shared_ptr<asio::ssl:
     co_return;
   }
   asio::error_code ignored;
-  stream->next_layer().set_option(tcp::no_delay(true), ignored);
-  auto [hec] = co_await stream->async_handshake(asio::ssl::stream_base::client, kAsTuple);
+  ts->socket.set_option(tcp::no_delay(true), ignored);
+  Status hs = co_await run_handshake(*ts);
   *finished = true;
   deadline.cancel();
-  if (hec) {
+  if (!hs.ok()) {
     // Only a failed pin is a verdict on the server (kPermissionDenied: retrying cannot help);
     // anything else (reset, timeout, a busy server) is kUnavailable and worth retrying.
-    if (SSL_get_verify_result(stream->native_handle()) == X509_V_ERR_CERT_REJECTED) {
+    if (SSL_get_verify_result(ts->ssl.get()) == X509_V_ERR_CERT_REJECTED) {
       done(permission_denied("TLS handshake with " + where +
                              " failed: the controller's certificate does not match the pinned fingerprint in the "
                              "connection file (wrong or hostile controller?)"));
     } else {
-      done(unavailable("TLS handshake with " + where + " failed: " + describe(hec)));
+      done(unavailable("TLS handshake with " + where + " failed: " + hs.message()));
     }
     co_return;
   }
-  done(std::shared_ptr<Connection>(std::make_shared<TlsConnection>(ctx, std::move(*stream), wire::Limits{})));
+  done(std::shared_ptr<Connection>(std::make_shared<TlsConnection>(ctx, std::move(ts), wire::Limits{})));
 }
 
 }  // namespace
@@ -532,7 +782,7 @@ void dial(EventLoop& loop, const DialOptions& options, std::function<void(Status
     return;
   }
   asio::io_context& io = loop.impl().io;
-  asio::co_spawn(io, dial_coro(io, adopt_context(std::move(native).value()), options, std::move(done)), asio::detached);
+  asio::co_spawn(io, dial_coro(io, share_context(std::move(native).value()), options, std::move(done)), asio::detached);
 }
 
 }  // namespace testudo::net

@@ -1,0 +1,115 @@
+#!/usr/bin/python3
+"""Quick probe of testudo alone, for profiling work: starts build/testudo with N engines in a
+private TESTUDO_HOME, runs a chosen subset of bench/workloads.py operations and prints one
+line per figure. Faster than bench/run (no peers, fewer repetitions).
+
+    bench/probe.py [--engines 2] [--only rt,lb,direct,push,pull] [--mb 100] [--reps 3]
+                   [--tasks 10000] [--hold SECONDS]
+
+--hold keeps the cluster up after start for SECONDS (to attach `perf record -p`) and prints
+the pids first.
+"""
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import peers  # noqa: E402
+import workloads  # noqa: E402
+
+
+def _children(pid):
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pids):
+    """user+system CPU seconds of these processes and all their descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, list(pids)
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+        todo += _children(pid)
+    return total
+
+
+def noop():
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engines", type=int, default=2)
+    ap.add_argument("--only", default="rt,lb,direct,push,pull")
+    ap.add_argument("--mb", type=float, default=100)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=500)
+    ap.add_argument("--hold", type=float, default=0)
+    ap.add_argument("--build", help="a build directory other than build/ (testudo and python/ in it)")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    peers.NOOP = noop
+    workloads.NOOP = noop
+    if args.build:
+        sys.path.insert(0, os.path.join(os.path.abspath(args.build), "python"))
+    p = peers.Testudo()
+    if args.build:
+        p.exe = os.path.join(os.path.abspath(args.build), "testudo")
+    try:
+        print(f"start: {p.start(args.engines):.3f} s", flush=True)
+        print(f"pids: controller {p.controller_pids()} engines {p.engine_pids()}", flush=True)
+        if args.hold:
+            time.sleep(args.hold)
+        ctl, eng = p.controller_pids(), p.engine_pids()
+
+        def cpu():
+            return cpu_seconds(ctl), cpu_seconds(eng), cpu_seconds([os.getpid()])
+
+        def show(what, c0, n):
+            c1 = cpu()
+            print(f"    cpu per {what}: controller {(c1[0]-c0[0])/n*1e6:.0f} us, engines {(c1[1]-c0[1])/n*1e6:.0f} us, "
+                  f"client {(c1[2]-c0[2])/n*1e6:.0f} us", flush=True)
+
+        c0 = cpu()
+        if "rt" in only:
+            s = workloads.round_trips(p.apply_rt, args.rounds)
+            show("round trip", c0, args.rounds + 20)
+            print(f"apply rt: median {workloads.percentile(s, 50):.0f} us p99 {workloads.percentile(s, 99):.0f} us",
+                  flush=True)
+        if "lb" in only:
+            c0 = cpu()
+            print(f"lb: {workloads.throughput(p, args.tasks, 'lb'):.0f} tasks/s", flush=True)
+            show("task", c0, args.tasks)
+        if "direct" in only:
+            c0 = cpu()
+            print(f"direct: {workloads.throughput(p, args.tasks, 'direct'):.0f} tasks/s", flush=True)
+            show("task", c0, args.tasks)
+        if "push" in only or "pull" in only:
+            arr = workloads.make_array(int(args.mb * workloads.MB))
+            c0 = cpu()
+            r = workloads.push_pull(p, arr, args.reps)
+            print(f"push/pull {args.mb:g} MB: {r[0]:.0f} / {r[1]:.0f} MB/s", flush=True)
+            show("push+pull", c0, args.reps)
+    finally:
+        p.stop()
+        p.cleanup()
+
+
+if __name__ == "__main__":
+    main()
