@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +47,8 @@ class TestCluster {
   std::vector<pid_t> extra_;
 };
 
+// Polls `pred` every 20 ms until it holds or `timeout` passes; returns its last answer.
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 // Reads a whole file ("" if missing).
 std::string read_file(const std::string& path);
 // Runs a shell command, returns (exit code, stdout+stderr).

@@ -2,6 +2,7 @@
 // directory modes, refusals (readable file, symlink), appending across reopen, and a real
 // full disk (a tiny tmpfs in a private mount namespace, as in task_store_test.cc).
 #include "auth/audit_log.h"
+#include "base/test_temp_dir.h"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -24,25 +25,11 @@
 namespace testudo::auth {
 namespace {
 
+using testing::TempDir;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TEST_TMPDIR");
-    std::string templ = std::string(base != nullptr ? base : "/tmp") + "/audit_log_test.XXXXXX";
-    path_ = ::mkdtemp(templ.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::unique_ptr<AuditLog> open_ok(const std::string& path, std::size_t max_buffered = kAuditMaxBufferedBytes) {
   auto log = AuditLog::open(path, max_buffered);

@@ -2,6 +2,7 @@
 // selectors, the owners-only default, strict parsing with JSON paths in the errors, and the
 // file checks of load() (real files, real modes).
 #include "auth/policy.h"
+#include "base/test_temp_dir.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,6 +16,8 @@
 
 namespace testudo::auth {
 namespace {
+
+using testing::TempDir;
 
 namespace fs = std::filesystem;
 
@@ -279,22 +282,6 @@ TEST(PolicyParse, GarbageNeverCrashes) {
   }
 }
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TEST_TMPDIR");
-    std::string templ = std::string(base != nullptr ? base : "/tmp") + "/policy_test.XXXXXX";
-    path_ = ::mkdtemp(templ.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string write_file(const std::string& path, const std::string& text, mode_t mode) {
   std::ofstream(path) << text;

@@ -668,6 +668,16 @@ std::vector<TrustEntry> TrustStore::list() const {
   return out;
 }
 
+StatusOr<std::string> TrustStore::pending_role(const Match& m, const KeyRecord& rec) const {
+  if (!m.role.empty()) return m.role;
+  if (rec.pending.size() > 1) {
+    return invalid_argument("identity " + fingerprint_of_hex(m.hex) +
+                            " is pending both as a client and as an engine; say client:" + m.hex.substr(0, 12) +
+                            " or engine:" + m.hex.substr(0, 12));
+  }
+  return rec.pending.size() == 1 ? rec.pending.begin()->first : std::string();
+}
+
 StatusOr<TrustEntry> TrustStore::accept(std::string_view who) {
   TESTUDO_ASSIGN_OR_RETURN(Match m, resolve(who));
   KeyRecord& rec = keys_.at(m.hex);
@@ -676,19 +686,10 @@ StatusOr<TrustEntry> TrustStore::accept(std::string_view who) {
     return failed_precondition("identity " + fp + " is revoked; to trust it again, remove " +
                                rec.revoked->file + " and reload");
   }
-  std::string role = m.role;
-  if (role.empty()) {
-    if (rec.pending.size() > 1) {
-      return invalid_argument("identity " + fp +
-                              " is pending both as a client and as an engine; say client:" +
-                              m.hex.substr(0, 12) + " or engine:" + m.hex.substr(0, 12));
-    }
-    if (rec.pending.size() == 1) {
-      role = rec.pending.begin()->first;
-    } else if (!rec.accepted.empty()) {
-      return rec.accepted.begin()->second;  // already accepted
-    }
+  if (m.role.empty() && rec.pending.empty() && !rec.accepted.empty()) {
+    return rec.accepted.begin()->second;  // already accepted
   }
+  TESTUDO_ASSIGN_OR_RETURN(std::string role, pending_role(m, rec));
   if (auto a = rec.accepted.find(role); a != rec.accepted.end()) return a->second;
   auto p = rec.pending.find(role);
   if (p == rec.pending.end()) return not_found("identity " + fp + " is not pending as " + role);
@@ -742,15 +743,7 @@ StatusOr<TrustEntry> TrustStore::reject(std::string_view who) {
   TESTUDO_ASSIGN_OR_RETURN(Match m, resolve(who));
   KeyRecord& rec = keys_.at(m.hex);
   const std::string fp = fingerprint_of_hex(m.hex);
-  std::string role = m.role;
-  if (role.empty()) {
-    if (rec.pending.size() > 1) {
-      return invalid_argument("identity " + fp +
-                              " is pending both as a client and as an engine; say client:" +
-                              m.hex.substr(0, 12) + " or engine:" + m.hex.substr(0, 12));
-    }
-    if (rec.pending.size() == 1) role = rec.pending.begin()->first;
-  }
+  TESTUDO_ASSIGN_OR_RETURN(std::string role, pending_role(m, rec));
   auto p = rec.pending.find(role);
   if (p == rec.pending.end()) {
     return failed_precondition("identity " + fp + " is " +

@@ -154,6 +154,8 @@ class TrustStore {
     std::string role;  // empty: not given
   };
   StatusOr<Match> resolve(std::string_view who) const;
+  // The role `m` names, or the one role its key is pending in (ambiguous: an error).
+  StatusOr<std::string> pending_role(const Match& m, const KeyRecord& rec) const;
   StatusOr<std::string> fingerprint_of_block(std::string_view pem_block) const;
   std::string path(std::string_view sub, std::string_view file) const;
 
