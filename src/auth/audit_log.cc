@@ -110,7 +110,37 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path, std:
       if (::write(fd, "\n", 1) != 1) return fail(unavailable(what + ": cannot write: " + std::strerror(errno)));
     }
   }
-  return std::unique_ptr<AuditLog>(new AuditLog(path, fd, max_buffered_bytes));
+  auto log = std::unique_ptr<AuditLog>(new AuditLog(path, fd, max_buffered_bytes));
+  log->file_bytes_ = static_cast<std::uint64_t>(st.st_size);
+  return log;
+}
+
+void AuditLog::set_rotation(std::uint64_t max_file_bytes, int keep_files) {
+  rotate_bytes_ = max_file_bytes;
+  keep_files_ = std::max(1, keep_files);
+}
+
+Status AuditLog::rotate() {
+  const auto numbered = [this](int i) { return path_ + "." + std::to_string(i); };
+  for (int i = keep_files_ - 1; i >= 1; --i) {
+    if (::rename(numbered(i).c_str(), numbered(i + 1).c_str()) != 0 && errno != ENOENT) {
+      return unavailable("audit log " + path_ + ": cannot rotate " + numbered(i) + ": " + std::strerror(errno));
+    }
+  }
+  // The new file exists before the old one moves away, so a reader never finds no log.
+  const std::string fresh = path_ + ".new";
+  const int fd = ::open(fresh.c_str(), O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return unavailable("audit log " + fresh + ": cannot create: " + std::strerror(errno));
+  if (::rename(path_.c_str(), numbered(1).c_str()) != 0 || ::rename(fresh.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(fresh.c_str());
+    return unavailable("audit log " + path_ + ": cannot rotate: " + std::strerror(err));
+  }
+  ::close(fd_);
+  fd_ = fd;
+  file_bytes_ = 0;
+  return ok_status();
 }
 
 AuditLog::AuditLog(std::string path, int fd, std::size_t max_buffered_bytes)
@@ -189,6 +219,7 @@ Status AuditLog::flush() {
     if (n == 0) return unavailable("audit log " + path_ + ": write wrote nothing");
     auto left = static_cast<std::size_t>(n);
     buffered_bytes_ -= left;
+    file_bytes_ += left;
     while (left > 0) {
       const std::size_t rest = lines_.front().text.size() - front_written_;
       if (left >= rest) {
@@ -201,6 +232,8 @@ Status AuditLog::flush() {
       }
     }
   }
+  // Here every buffered line is whole in the file: a safe point to start a new one.
+  if (rotate_bytes_ > 0 && file_bytes_ >= rotate_bytes_) return rotate();
   return ok_status();
 }
 

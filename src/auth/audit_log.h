@@ -68,6 +68,12 @@ class AuditLog {
   // otherwise) the unwritten lines stay buffered for the next call.
   Status flush();
 
+  // Size-based rotation (as logrotate or auditd's max_log_file): once the file reaches
+  // `max_file_bytes` after a flush, it becomes <path>.1 (.1 becomes .2 ... up to
+  // .<keep_files>; the oldest goes) and a fresh file is started. 0 (the default): never.
+  // Rotation happens only between whole lines, so no line is split across files.
+  void set_rotation(std::uint64_t max_file_bytes, int keep_files);
+
   // Lines recorded but not yet completely written.
   std::size_t buffered() const { return lines_.size(); }
   // Lines dropped since the last audit.dropped line was buffered.
@@ -88,6 +94,10 @@ class AuditLog {
   std::size_t max_buffered_bytes_;
   std::deque<Line> lines_;
   std::size_t front_written_ = 0;  // bytes of lines_.front() already in the file
+  std::uint64_t file_bytes_ = 0;   // size of the current file
+  std::uint64_t rotate_bytes_ = 0;
+  int keep_files_ = 4;
+  Status rotate();
   std::size_t buffered_bytes_ = 0;  // unwritten bytes in lines_
   std::uint64_t dropped_ = 0;
 };

@@ -163,6 +163,36 @@ TEST(AuditLog, RefusesASymlink) {
   EXPECT_FALSE(fs::exists(target));
 }
 
+// Size-based rotation keeps at most keep_files old files, each 0600, each of whole lines, the
+// newest events in the live file and the oldest in the highest-numbered one.
+TEST(AuditLog, RotatesBySizeKeepingWholeLinesAndTheNewestFiles) {
+  TempDir dir;
+  const std::string path = dir.path() + "/audit.log";
+  auto log = open_ok(path);
+  ASSERT_TRUE(log);
+  log->set_rotation(2000, 2);
+  for (int i = 0; i < 200; ++i) {
+    AuditEvent e;
+    e.operation = "op";
+    e.task_id = static_cast<std::uint64_t>(i + 1);
+    log->record(e);
+    if (i % 10 == 9) ASSERT_TRUE(log->flush().ok());
+  }
+  ASSERT_TRUE(log->flush().ok());
+  log.reset();
+  EXPECT_FALSE(fs::exists(path + ".3"));
+  std::vector<std::uint64_t> ids;
+  for (const std::string& file : {path + ".2", path + ".1", path}) {
+    ASSERT_TRUE(fs::exists(file)) << file;
+    EXPECT_EQ(mode_of(file), 0600u) << file;
+    for (const auto& j : read_lines(file)) ids.push_back(j["task_id"].get<std::uint64_t>());
+  }
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.back(), 200u);  // the newest survive
+  for (std::size_t i = 1; i < ids.size(); ++i) EXPECT_EQ(ids[i], ids[i - 1] + 1) << "a gap or reordering at " << i;
+  EXPECT_LT(ids.size(), 200u);  // the oldest file was dropped
+}
+
 TEST(AuditLog, AppendsAcrossReopenAndFlushesOnDestruction) {
   TempDir dir;
   const std::string path = dir.path() + "/audit.log";

@@ -275,6 +275,9 @@ int main(int argc, char** argv) {
                 "Authorization policy (JSON; see docs/security.md); reloaded on SIGHUP or change. Default: only "
                 "the user running the controller may do anything");
   c->add_option("--audit-log", copts.audit_log, "Audit log, JSON lines (default: <profile>/log/audit.jsonl)");
+  c->add_option("--audit-max-bytes", copts.audit_max_bytes,
+                "Rotate the audit log beyond this size, keeping 8 old files (0: never)")
+      ->capture_default_str();
   c->add_option("--tls-min-version", copts.tls_min_version, "1.3, or 1.2 (ECDHE + AEAD suites only)")
       ->capture_default_str();
   c->add_option("--tls-ciphersuites", copts.tls_ciphersuites,

@@ -83,6 +83,7 @@ StatusOr<std::unique_ptr<Gatekeeper>> make_gatekeeper(const ControllerOptions& o
   g.crl_file = options.crlfile;
   g.policy_file = options.policy_file;
   g.audit_log = options.audit_log.empty() ? paths.log_dir + "/audit.jsonl" : options.audit_log;
+  g.audit_max_bytes = options.audit_max_bytes;
   std::string owner_cert;
   if (options.trust_local) {
     // The user who runs the controller owns it: their client identity (made now if they have

@@ -165,6 +165,7 @@ StatusOr<std::unique_ptr<Gatekeeper>> Gatekeeper::create(GatekeeperOptions optio
   TESTUDO_ASSIGN_OR_RETURN(impl.policy, impl.load_policy());
   if (!o.audit_log.empty()) {
     TESTUDO_ASSIGN_OR_RETURN(impl.audit, auth::AuditLog::open(o.audit_log));
+    impl.audit->set_rotation(o.audit_max_bytes, 8);
   }
   impl.seen_mtimes = impl.current_mtimes();
   g->record(nullptr, "", "controller.start", "allowed", {},

@@ -46,6 +46,7 @@ struct GatekeeperOptions {
   // everything, whatever the policy file says.
   std::vector<std::string> owners;
   std::string audit_log;    // JSON lines, 0600; empty: no audit file
+  std::uint64_t audit_max_bytes = 256ull << 20;  // then rotated to .1 ... .8 (0: never)
   auth::LoginLimiterOptions login_limits;
 };
 
