@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from . import _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
-from ._view import _dumps
+from ._view import _dumps_call
 
 _FLAGS = ("block", "retries", "timeout", "after", "follow", "targets")
 
@@ -93,7 +93,7 @@ class LoadBalancedView:
     def _submit(self, f, args, kwargs, flags):
         opts = {k: flags.get(k, getattr(self, k)) for k in _FLAGS}
         child = self.client._native.apply_balanced(
-            self._allowed(opts["targets"]), _dumps((f, tuple(args), dict(kwargs))), int(opts["retries"] or 0),
+            self._allowed(opts["targets"]), _dumps_call(f, args, kwargs), int(opts["retries"] or 0),
             float(opts["timeout"] or 0), _task_ids(opts["after"]), _task_ids(opts["follow"]))
         return child, opts
 

@@ -1,7 +1,9 @@
 """DirectView: run code on explicit engines, with ipyparallel's DirectView API."""
 
-import contextlib
 import builtins
+import contextlib
+import pickle
+import types
 
 import cloudpickle
 
@@ -34,6 +36,58 @@ def _dumps(obj):
     buffers = []
     data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     return [data, *buffers]
+
+
+# Values of these exact types hold no functions, classes or buffers: plain pickle is enough.
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+# id(f) -> (f, what the engine would see of f, its cloudpickle or None). Holding f keeps its
+# id from being reused while the entry exists.
+_function_cache = {}
+_FUNCTION_CACHE_MAX = 256
+_FUNCTION_CACHE_BYTES = 64 * 1024
+
+
+def _pickled_function(f):
+    """cloudpickle of f, reused from the last call with the same f while nothing of f that
+    reaches the engine has changed; None where f must be pickled with its call each time.
+
+    Only plain functions of __main__ without closure cells, attributes, annotations or
+    keyword-only defaults, whose defaults are atomic values: everything the engine keeps of
+    such a function is immutable (its globals are replaced by the engine's namespace there,
+    see _interactive in the engine), so a pickle made earlier loads as the same function."""
+    if (type(f) is not types.FunctionType or f.__module__ != "__main__" or f.__closure__ is not None
+            or f.__dict__ or f.__kwdefaults__ or f.__annotations__):
+        return None
+    defaults = f.__defaults__
+    if defaults and any(type(d) not in _ATOMIC for d in defaults):
+        return None
+    seen = (f.__code__, defaults, f.__name__, f.__qualname__, f.__doc__)
+    entry = _function_cache.get(id(f))
+    if entry is not None and entry[0] is f and all(a is b for a, b in zip(entry[1], seen)):
+        return entry[2]
+    buffers = []
+    data = cloudpickle.dumps(f, protocol=5, buffer_callback=buffers.append)
+    if buffers or len(data) > _FUNCTION_CACHE_BYTES:
+        data = None  # e.g. an array among its globals: keep it out-of-band, and the cache small
+    if len(_function_cache) >= _FUNCTION_CACHE_MAX:
+        _function_cache.clear()
+    _function_cache[id(f)] = (f, seen, data)
+    return data
+
+
+def _dumps_call(f, args, kwargs):
+    """_dumps((f, args, kwargs)) for apply, cheaper for the common case: f may travel as its
+    cached pickle (bytes, which the engine loads: engine_support.py.inc, apply), and atomic
+    arguments need no cloudpickle."""
+    data = _pickled_function(f)
+    if data is None:
+        return _dumps((f, tuple(args), dict(kwargs)))
+    args = tuple(args)
+    kwargs = dict(kwargs)
+    if all(type(a) in _ATOMIC for a in args) and all(type(v) in _ATOMIC for v in kwargs.values()):
+        return [pickle.dumps((data, args, kwargs), protocol=5)]
+    return _dumps((data, args, kwargs))
 
 
 def _partition(seq, index, parts):
@@ -130,7 +184,7 @@ class DirectView:
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
         ids, single = self._resolve(targets)
-        child = self.client._native.apply(ids, _dumps((f, tuple(args), dict(kwargs))))
+        child = self.client._native.apply(ids, _dumps_call(f, args, kwargs))
         return AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=single)
 
     def apply(self, __testudo_f, *args, **kwargs):

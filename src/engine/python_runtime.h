@@ -84,7 +84,9 @@ class PythonRuntime {
   TaskOutcome pull_repr(const std::vector<std::string>& names);
 
   // segments[0]: pickle (cloudpickle-compatible) of a tuple (f, args, kwargs); segments[1..]:
-  // out-of-band buffers. Reply value: [pickle of f(*args, **kwargs), buffers...].
+  // out-of-band buffers. f may also be bytes holding the pickle of the function alone (what
+  // the Python client sends for an unchanged __main__ function); loaded functions of that
+  // kind are kept and copied per call. Reply value: [pickle of f(*args, **kwargs), buffers...].
   TaskOutcome apply(std::span<const SharedBytes> segments);
 
   void set_engine_id(int engine_id);

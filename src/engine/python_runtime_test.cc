@@ -359,6 +359,57 @@ TEST(PythonRuntimeTest, ApplyCallsAPickledFunction) {
   std::filesystem::remove(result_path);
 }
 
+// The Python client may send f as its own pickle (bytes) inside the call tuple; the engine
+// keeps such a function only where reusing it cannot differ from loading it per call.
+TEST(PythonRuntimeTest, ApplyAcceptsAFunctionPickledApart) {
+  const std::string payload_path = temp_path("apply_apart.pkl");
+  const std::string result_path = temp_path("apply_apart_result.pkl");
+  run("import cloudpickle, pickle\n"
+      "def payload_apart(path, f, args):\n"
+      "    with open(path, 'wb') as fh:\n"
+      "        fh.write(pickle.dumps((cloudpickle.dumps(f, protocol=5), args, {}), protocol=5))\n"
+      "def read_result(path):\n"
+      "    with open(path, 'rb') as fh:\n"
+      "        return pickle.load(fh)\n"
+      "def plus_offset(x, y=1):\n"
+      "    return x + y + offset\n"
+      "def appends(acc=[]):\n"
+      "    acc.append(1)\n"
+      "    return len(acc)\n");
+  auto call = [&](const std::string& name) {
+    TaskOutcome o = rt().apply(std::vector<SharedBytes>{read_file(payload_path)});
+    EXPECT_TRUE(o.ok) << describe(o);
+    if (!o.ok || o.value_segments.size() != 1) return;
+    write_file(result_path, o.value_segments[0]);
+    run(name + " = read_result(r'" + result_path + "')\n");
+  };
+
+  // The same bytes twice: the function sees this engine's namespace as it is at each call.
+  run("payload_apart(r'" + payload_path + "', plus_offset, (1,))\noffset = 10\n");
+  call("first");
+  run("offset = 20\n");
+  call("second");
+  EXPECT_EQ(repr_of("first"), "12");
+  EXPECT_EQ(repr_of("second"), "22");
+
+  // A mutable default is not shared between calls: each call loads its own copy.
+  run("payload_apart(r'" + payload_path + "', appends, ())\n");
+  call("once");
+  call("twice");
+  EXPECT_EQ(repr_of("once"), "1");
+  EXPECT_EQ(repr_of("twice"), "1");
+
+  // Bytes that are no pickle are the request's error, not the engine's.
+  run("with open(r'" + payload_path + "', 'wb') as fh:\n"
+      "    fh.write(pickle.dumps((b'not a pickle', (), {}), protocol=5))\n");
+  TaskOutcome bad = rt().apply(std::vector<SharedBytes>{read_file(payload_path)});
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.ename, "UnpicklingError") << describe(bad);
+
+  std::filesystem::remove(payload_path);
+  std::filesystem::remove(result_path);
+}
+
 TEST(PythonRuntimeTest, InterpreterIdentity) {
   run("import sys\nexe = sys.executable\nin_main = __name__ == '__main__'\n");
   EXPECT_EQ(repr_of("exe"), "'/usr/bin/python3'");

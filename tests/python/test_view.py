@@ -191,6 +191,44 @@ def test_interactive_functions_use_engine_globals(dview):
     assert dview.apply(get_a) == [11] * 4
 
 
+def test_apply_reuses_a_function_pickle_only_while_the_function_is_unchanged(dview):
+    import pickle
+
+    from testudo import _view
+
+    @testudo.interactive
+    def f(x, y=1):
+        return x + y + a  # noqa: F821 (an engine global)
+
+    # An unchanged plain __main__ function travels as its own, cached pickle (bytes).
+    call = pickle.loads(_view._dumps_call(f, (1,), {})[0])
+    assert type(call[0]) is bytes and call[1:] == ((1,), {})
+    assert _view._pickled_function(f) == call[0]
+    assert _view._pickled_function(f) is _view._pickled_function(f)  # made once
+
+    dview.push({"a": 10})
+    assert dview.apply(f, 1) == [12] * 4
+    dview.push({"a": 20})
+    assert dview.apply(f, 1) == [22] * 4  # the engine's namespace at each call
+    f.__defaults__ = (5,)
+    assert dview.apply(f, 1) == [26] * 4
+    f.__code__ = (lambda x, y=1: x * y * a).__code__  # noqa: F821
+    assert dview.apply(f, 3) == [300] * 4
+    f.tag = "attribute"  # not cached any more, still right
+    assert _view._pickled_function(f) is None
+    assert dview.apply(f, 2, y=2) == [80] * 4
+
+    @testudo.interactive
+    def appends(acc=[]):  # noqa: B006 (the point of the test)
+        acc.append(1)
+        return len(acc)
+
+    # Mutable defaults are pickled with each call, as before: no state shared between calls.
+    assert _view._pickled_function(appends) is None
+    assert dview.apply(appends) == [1] * 4
+    assert dview.apply(appends) == [1] * 4
+
+
 def test_apply_result_not_unpicklable_here(dview):
     # An engine returns a generator: cannot be pickled there.
     with pytest.raises(testudo.CompositeError) as info:
