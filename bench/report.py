@@ -178,8 +178,9 @@ def scale_markdown(scale):
     runs = scale.get("runs", [])
     head = ("| engines | register all (s) | controller RSS idle (MB) | after workloads (MB) | "
             "load-balanced round trip median / p99 (us) | direct round trip median / p99 (us) | "
-            "load-balanced tasks/s | engines used | engines left at end |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "load-balanced tasks/s | engines used | engines left at end | "
+            "controller CPU per registration (ms) | controller CPU per task (us) |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     notes = []
     for r in runs:
@@ -190,7 +191,9 @@ def scale_markdown(scale):
         lines.append(f"| {r['engines']:,} | {r['register_s']:.3f} | {_fmt(r['controller_rss_idle_mb'])} | "
                      f"{_fmt(r['controller_rss_after_mb'])} | {_fmt(lb.get('median'))} / {_fmt(lb.get('p99'))} | "
                      f"{_fmt(d.get('median'))} / {_fmt(d.get('p99'))} | {_fmt(r['lb_tput_tasks_per_s'])} "
-                     f"({r['lb_tasks']:,} tasks) | {r['lb_tput_engines_used']:,} | {r['engines_at_end']:,} |")
+                     f"({r['lb_tasks']:,} tasks) | {r['lb_tput_engines_used']:,} | {r['engines_at_end']:,} | "
+                     f"{_fmt(r.get('controller_cpu_ms_per_registration'))} | "
+                     f"{_fmt(r.get('controller_cpu_us_per_lb_task'))} |")
         m = r.get("million")
         if m:
             notes.append(f"- {m['tasks']:,} finished tasks ({r['engines']} engines, batches of {m['batch']:,}): "

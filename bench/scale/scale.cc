@@ -14,6 +14,7 @@
 // engine adds its Python work (~100 us per task, docs/performance.md) and ~23 MB.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -28,6 +29,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -145,6 +147,22 @@ std::uint64_t rss_bytes(pid_t pid) {
   return 0;
 }
 
+// User + system CPU seconds `pid` has used (0 if unreadable): fields 14 and 15 of /proc/<pid>/stat.
+double cpu_seconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream rest(text.substr(paren + 2));  // from field 3 (state) on
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 double mb(std::uint64_t bytes) { return static_cast<double>(bytes) / 1e6; }
 
 // Open file descriptors the process may hold: raised to the hard limit.
@@ -193,6 +211,7 @@ StatusOr<ControllerProcess> start_controller(const Flags& flags, const std::stri
   pid_t pid = ::fork();
   if (pid < 0) return unavailable("fork failed");
   if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // no controller left behind if this benchmark is killed
     int null = ::open("/dev/null", O_RDWR);
     if (null >= 0) {
       ::dup2(null, 0);
@@ -538,6 +557,7 @@ StatusOr<nlohmann::json> run_one(const Flags& flags, std::size_t n) {
 
   // Registration: first dial to the controller listing all N engines.
   LightEngines engines(engine_file, identity);
+  const double cpu0 = cpu_seconds(controller.pid);
   auto t0 = Clock::now();
   TESTUDO_RETURN_IF_ERROR(engines.open(n, flags.parallel));
   out["welcomed_s"] = seconds_since(t0);
@@ -549,6 +569,8 @@ StatusOr<nlohmann::json> run_one(const Flags& flags, std::size_t n) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   out["register_s"] = seconds_since(t0);
+  // CPU time says more than wall time on a shared machine.
+  out["controller_cpu_ms_per_registration"] = (cpu_seconds(controller.pid) - cpu0) * 1e3 / static_cast<double>(n);
   std::this_thread::sleep_for(std::chrono::seconds(1));
   out["controller_rss_idle_mb"] = mb(rss_bytes(controller.pid));
   out["controller_rss_idle_bytes"] = rss_bytes(controller.pid);
@@ -557,7 +579,9 @@ StatusOr<nlohmann::json> run_one(const Flags& flags, std::size_t n) {
   out["lb_rt_us"] = summary_us(std::move(lb));
   TESTUDO_ASSIGN_OR_RETURN(auto direct, round_trips(*client, {ids[ids.size() / 2]}, flags.rounds));
   out["direct_rt_us"] = summary_us(std::move(direct));
+  const double cpu1 = cpu_seconds(controller.pid);
   TESTUDO_ASSIGN_OR_RETURN(auto tput, throughput(*client, flags.tasks));
+  out["controller_cpu_us_per_lb_task"] = (cpu_seconds(controller.pid) - cpu1) * 1e6 / static_cast<double>(flags.tasks);
   out["lb_tasks"] = flags.tasks;
   out["lb_tput_tasks_per_s"] = tput.first;
   out["lb_tput_engines_used"] = tput.second;
@@ -617,12 +641,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "%5zu engines: registered in %.3f s; controller RSS %.1f MB idle, %.1f MB after; "
                  "round trip load-balanced %.0f / %.0f us, direct %.0f / %.0f us (median / p99); "
-                 "%.0f tasks/s load-balanced over %zu engines\n",
+                 "%.0f tasks/s load-balanced over %zu engines; controller CPU %.2f ms per registration, "
+                 "%.0f us per task\n",
                  n, j["register_s"].get<double>(), j["controller_rss_idle_mb"].get<double>(),
                  j["controller_rss_after_mb"].get<double>(), j["lb_rt_us"]["median"].get<double>(),
                  j["lb_rt_us"]["p99"].get<double>(), j["direct_rt_us"]["median"].get<double>(),
                  j["direct_rt_us"]["p99"].get<double>(), j["lb_tput_tasks_per_s"].get<double>(),
-                 j["lb_tput_engines_used"].get<std::size_t>());
+                 j["lb_tput_engines_used"].get<std::size_t>(), j["controller_cpu_ms_per_registration"].get<double>(),
+                 j["controller_cpu_us_per_lb_task"].get<double>());
     if (j.contains("million")) {
       const auto& m = j["million"];
       std::fprintf(stderr, "       %zu finished tasks: controller RSS %.1f MB (%.1f MB before), %.0f tasks/s\n",
