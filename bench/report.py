@@ -170,9 +170,50 @@ def plots(results, outdir):
     return written
 
 
-def write(results, meta, outdir):
+def scale_markdown(scale):
+    """The scale section (bench/scale/testudo_scale, one JSON object per engine count)."""
+    out = ("\n## Scale: lightweight engines on one controller\n\n"
+           f"Command: `{scale.get('command', '?')}`. Engines are TLS sessions of one process that "
+           "answer every task at once (no Python); figures are the controller's and the transport's.\n\n")
+    runs = scale.get("runs", [])
+    head = ("| engines | register all (s) | controller RSS idle (MB) | after workloads (MB) | "
+            "load-balanced round trip median / p99 (us) | direct round trip median / p99 (us) | "
+            "load-balanced tasks/s | engines used | engines left at end | "
+            "controller CPU per registration (ms) | controller CPU per task (us) |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    notes = []
+    for r in runs:
+        if "error" in r:
+            notes.append(f"- {r.get('engines')} engines: **failed**: {r['error']}")
+            continue
+        lb, d = r.get("lb_rt_us") or {}, r.get("direct_rt_us") or {}
+        lines.append(f"| {r['engines']:,} | {r['register_s']:.3f} | {_fmt(r['controller_rss_idle_mb'])} | "
+                     f"{_fmt(r['controller_rss_after_mb'])} | {_fmt(lb.get('median'))} / {_fmt(lb.get('p99'))} | "
+                     f"{_fmt(d.get('median'))} / {_fmt(d.get('p99'))} | {_fmt(r['lb_tput_tasks_per_s'])} "
+                     f"({r['lb_tasks']:,} tasks) | {r['lb_tput_engines_used']:,} | {r['engines_at_end']:,} | "
+                     f"{_fmt(r.get('controller_cpu_ms_per_registration'))} | "
+                     f"{_fmt(r.get('controller_cpu_us_per_lb_task'))} |")
+        m = r.get("million")
+        if m:
+            notes.append(f"- {m['tasks']:,} finished tasks ({r['engines']} engines, batches of {m['batch']:,}): "
+                         f"controller RSS {_fmt(m['rss_after_mb'])} MB (target < 300 MB; "
+                         f"{_fmt(m['rss_before_mb'])} MB before, {_fmt(m.get('rss_after_purge_mb'))} MB after "
+                         f"purging), {_fmt(m['tasks_per_s'])} tasks/s")
+    if scale.get("error"):
+        notes.append(f"- **scale failed**: {scale['error']}")
+    if lines:
+        out += head + "\n".join(lines) + "\n"
+    if notes:
+        out += "\n" + "\n".join(notes) + "\n"
+    return out
+
+
+def write(results, meta, outdir, scale=None):
     rows = build_rows(results)
-    md = markdown(rows, results)
+    md = markdown(rows, results) if results else ""
+    if scale is not None:
+        md += scale_markdown(scale)
     with open(os.path.join(outdir, "report.md"), "w") as f:
         f.write(f"# testudo benchmark ({meta['mode']})\n\n")
         f.write(f"Command: `{meta['command']}`  \nMachine: {meta['machine']}  \n"
@@ -180,6 +221,8 @@ def write(results, meta, outdir):
         f.write(md)
     report = {"meta": meta, "rows": rows,
               "peers": {p: {k: v for k, v in r.items() if k != "samples"} for p, r in results.items()}}
+    if scale is not None:
+        report["scale"] = scale
     with open(os.path.join(outdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     pngs = plots(results, outdir)

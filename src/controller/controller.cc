@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include <csignal>
 
 #include "auth/connection_file.h"
@@ -133,6 +135,15 @@ StatusOr<tls::KeyAndCertificate> load_given_identity(const ControllerOptions& op
   return kc;
 }
 
+// One descriptor per engine and client connection: a soft limit of 1,024 (a common default)
+// would cap the cluster below a thousand peers, so take the hard limit.
+void raise_open_file_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rl.rlim_cur = rl.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) LOG_WARN("controller") << "cannot raise the open file limit";
+}
+
 }  // namespace
 
 struct Controller::Impl {
@@ -151,6 +162,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   std::unique_ptr<Controller> c(new Controller());
   Impl& impl = *c->impl_;
   impl.options = options;
+  raise_open_file_limit();
   ProfilePaths paths = profile_paths(options.profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.security_dir));
 
