@@ -764,10 +764,14 @@ Status SqliteTaskStore::transaction(Body&& body) {
 }
 
 bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
-  const bool full = pending_.size() >= options_.max_pending_writes ||
-                    (pending_result_bytes_ > 0 &&
-                     pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
-  if (!full) return true;
+  const auto full = [&] {
+    return pending_.size() >= options_.max_pending_writes ||
+           (pending_result_bytes_ > 0 && pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
+  };
+  if (!full()) return true;
+  // Results recorded faster than the writer writes them: wait for it rather than drop any
+  // (a failing disk still ends in drops below).
+  if (writer_ && pending_result_bytes_ > 0 && sync().ok() && !full()) return true;
   ++dropped_;
   if (!overflow_logged_) {
     LOG_ERROR(kLog) << options_.path << ": " << pending_.size() << " writes wait for a flush that keeps failing; "
@@ -802,6 +806,25 @@ Status SqliteTaskStore::flush() {
     LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: "
                     << failed.to_string();
     return failed;
+  }
+  // Backpressure: when the writer falls behind by half the pending-bytes bound, wait for it
+  // (as the old synchronous writes did) rather than let new results be dropped.
+  if (writer_) {
+    std::uint64_t unwritten = 0;
+    for (const PendingWrite& w : pending_) {
+      const auto* f = std::get_if<Finished>(&w);
+      if (f != nullptr && f->file && f->file->state.load(std::memory_order_acquire) == FileJob::kQueued) {
+        unwritten += f->result_bytes;
+      }
+    }
+    if (unwritten > options_.max_pending_result_bytes / 2) {
+      writer_->wait_idle();
+      if (Status failed = retry_failed_files(); !failed.ok()) {
+        LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: "
+                        << failed.to_string();
+        return failed;
+      }
+    }
   }
   // Which writes go in now: all but finishes whose file is still being written, and any
   // later write of the same task (so a second finish cannot overtake the first).

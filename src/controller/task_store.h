@@ -19,6 +19,8 @@
 // transaction. Until then the task's finish stays pending (pending_writes() counts it) and
 // later writes of other tasks are committed without waiting for it. So flush() never writes
 // a result file itself: a 100 MB result costs the caller's thread a rename, not ~70 ms.
+// The writer runs at nice +10 (forwarding goes first); if it falls behind by more than half
+// of max_pending_result_bytes, flush() waits for it instead of letting results be dropped.
 //
 // Crash semantics (F2): after SIGKILL, every committed write is there and the database is
 // intact; writes not yet committed are gone. A write is committed when a flush() that

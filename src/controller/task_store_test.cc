@@ -661,6 +661,33 @@ TEST(TaskStore, BigResultsAreWrittenOffTheCallersThreadAndCommittedInOrder) {
   EXPECT_EQ(store->pending_writes(), 0u);
 }
 
+TEST(TaskStore, FlushAndRecordWaitForTheWriterWhenItFallsBehind) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  o.max_pending_result_bytes = 64 << 20;  // flush() waits beyond 32 MiB of unwritten files
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  for (std::uint64_t id = 1; id <= 4; ++id) {
+    store->record_submitted(submitted(id, "alice"));
+    store->record_finished(id, TaskState::kSucceeded, 10, segments_of({std::string(12 << 20, 'w')}), "");
+  }
+  Status st = store->flush();
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  // It waited until at most 32 MiB (two results) were left unwritten, so at most those two
+  // finishes are still pending (without the wait: up to all four).
+  EXPECT_LE(store->pending_writes(), 2u);
+  // Beyond the pending bound, recording waits for the writer too instead of dropping.
+  for (std::uint64_t id = 5; id <= 7; ++id) {
+    store->record_submitted(submitted(id, "alice"));
+    store->record_finished(id, TaskState::kSucceeded, 10, segments_of({std::string(24 << 20, 'w')}), "");
+  }
+  ASSERT_TRUE(store->sync().ok());
+  EXPECT_EQ(store->dropped_writes(), 0u);
+  EXPECT_EQ(store->stored_result_bytes(), 4u * (12 << 20) + 3u * (24 << 20));
+  EXPECT_EQ(result_files(o).size(), 7u);
+}
+
 TEST(TaskStore, ClosingWhileAResultFileIsWrittenLeavesNoFileAndTheTaskLost) {
   TempDir dir;
   auto o = options_in(dir.path());
