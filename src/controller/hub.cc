@@ -93,9 +93,9 @@ Hub::Hub(net::EventLoop& loop, HubOptions options, std::function<void()> on_stop
   }
 }
 
-void Hub::flush_store() {
+void Hub::flush_store(bool wait) {
   if (!options_.store || options_.store->pending_writes() == 0) return;
-  Status st = options_.store->flush();
+  Status st = wait ? options_.store->sync() : options_.store->flush();
   // A full disk fails every flush: say so once a minute, not fifty times a second.
   if (!st.ok() && Clock::now() - last_store_error_ > std::chrono::seconds(60)) {
     last_store_error_ = Clock::now();
@@ -105,7 +105,7 @@ void Hub::flush_store() {
 }
 
 Hub::~Hub() {
-  flush_store();
+  flush_store(/*wait=*/true);
   for (auto& [serial, peer] : peers_) peer->connection->close(unavailable("controller exiting"));
 }
 
@@ -874,7 +874,7 @@ void Hub::shutdown(const std::string& why) {
   stopping_ = true;
   LOG_INFO("hub") << "shutting down: " << why;
   scheduler_.fail_all("controller shutting down: " + why);
-  flush_store();
+  flush_store(/*wait=*/true);
   for (auto& [serial, p] : peers_) {
     if (p->authenticated && p->role == wire::Role::kEngine) {
       wire::Message bye;

@@ -101,7 +101,9 @@ class Hub : private SchedulerSink {
   void result_status(Peer& client, const wire::Message& message);
   void db_query(Peer& client, const wire::Message& message);
   void purge_results(Peer& client, const wire::Message& message);
-  void flush_store();
+  // Commits the store's pending writes; `wait`: also those whose result file is still being
+  // written (shutdown), else they are left for a later tick.
+  void flush_store(bool wait = false);
   void deliver_to_waiters(TaskId id, const wire::Message& reply);
   void route_reply(Peer& engine, wire::Message&& message);
   void abort_requests(Peer& client, const wire::Message& message);

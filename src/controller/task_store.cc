@@ -2,8 +2,11 @@
 //
 //   <path>               SQLite database, 0600 (its -wal file inherits the mode)
 //   <path>.results/      0700: results bigger than inline_limit, "<task id>.res", 0600,
-//                        written as "<id>.res.tmp" then renamed (a crash leaves a .tmp that
-//                        the next open() deletes, never a half file under the final name)
+//                        written by the writer thread as "<id>-<n>.res.tmp" and renamed by
+//                        the flush that commits the record (a crash leaves a .tmp that the
+//                        next open() deletes, never a half file under the final name, and
+//                        never a final name whose record was not committed: open() deletes
+//                        .res files no finished record refers to)
 //
 // Result framing (the same inline in the database and in a file), little-endian:
 //   "TSR1" | u32 segment count | u64 length of each segment | the segments' bytes
@@ -18,13 +21,20 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <limits>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
 #include <utility>
 #include <variant>
 
@@ -220,6 +230,123 @@ Status make_dirs(const std::string& dir) {
   return ok_status();
 }
 
+// One big result on its way to "<id>-<n>.res.tmp". The loop thread creates it and reads
+// `state`; the writer thread writes the file, sets `error` and then `state` (release), and
+// does not touch the job again until the loop thread resubmits it.
+struct FileJob {
+  enum State : int { kQueued, kWritten, kFailed };
+  std::uint64_t id = 0;
+  std::vector<SharedBytes> segments;  // kept until the record is committed (a retry needs them)
+  std::string tmp_path;
+  std::atomic<int> state{kQueued};
+  Status error;  // set by the writer before state = kFailed
+};
+
+// Writes a framed result file; on failure nothing is left at `path`. `stop` is looked at
+// between 8 MiB pieces (a closing store abandons a long write).
+Status write_framed_file(const std::string& path, const std::vector<SharedBytes>& segments,
+                         const std::atomic<bool>* stop) {
+  ::unlink(path.c_str());
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (fd.get() < 0) return errno_status(errno, path, "cannot create result file");
+  constexpr std::size_t kPiece = 8u << 20;
+  auto write_all = [&](const void* data, std::size_t size) -> Status {
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+      if (stop != nullptr && stop->load(std::memory_order_relaxed)) {
+        ::unlink(path.c_str());
+        return unavailable("task store: store closed while writing " + path);
+      }
+      const ssize_t n = ::write(fd.get(), p, std::min(size, kPiece));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        ::unlink(path.c_str());
+        return errno_status(err, path, "cannot write result file");
+      }
+      p += n;
+      size -= static_cast<std::size_t>(n);
+    }
+    return ok_status();
+  };
+  const std::string header = frame_header(segments);
+  TESTUDO_RETURN_IF_ERROR(write_all(header.data(), header.size()));
+  for (const SharedBytes& s : segments) TESTUDO_RETURN_IF_ERROR(write_all(s.data(), s.size()));
+  if (::close(fd.release()) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    return errno_status(err, path, "cannot write result file");
+  }
+  return ok_status();
+}
+
+// The thread that writes result files, one job at a time in submission order. Thread-safe.
+// Started on the first big result; the destructor abandons queued jobs (their record stays
+// pending, so they are lost like any uncommitted write) and joins.
+class ResultWriter {
+ public:
+  ResultWriter() : thread_([this] { run(); }) {}
+  ~ResultWriter() {
+    {
+      std::lock_guard lock(mu_);
+      stop_.store(true);
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ResultWriter(const ResultWriter&) = delete;
+  ResultWriter& operator=(const ResultWriter&) = delete;
+
+  void submit(std::shared_ptr<FileJob> job) {
+    job->state.store(FileJob::kQueued, std::memory_order_relaxed);
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+  // Blocks until every job submitted so far has been written or has failed.
+  void wait_idle() {
+    std::unique_lock lock(mu_);
+    idle_cv_.wait(lock, [this] { return queue_.empty() && !busy_; });
+  }
+
+ private:
+  void run() {
+    // Below the loop thread (nice +10, ~1/10 of a contended core): forwarding a message goes
+    // first; the file is written while the CPU would otherwise idle, never starved outright.
+    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stop_.load() || !queue_.empty(); });
+      if (stop_.load()) return;
+      std::shared_ptr<FileJob> job = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      Status st = write_framed_file(job->tmp_path, job->segments, &stop_);
+      if (st.ok()) {
+        job->state.store(FileJob::kWritten, std::memory_order_release);
+      } else {
+        job->error = std::move(st);
+        job->state.store(FileJob::kFailed, std::memory_order_release);
+      }
+      job.reset();
+      lock.lock();
+      busy_ = false;
+      if (queue_.empty()) idle_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;       // work or stop
+  std::condition_variable idle_cv_;  // queue drained
+  std::deque<std::shared_ptr<FileJob>> queue_;
+  bool busy_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;  // last: starts after the members it uses exist
+};
+
 struct Submitted {
   TaskRecord record;
 };
@@ -232,9 +359,11 @@ struct Finished {
   std::uint64_t id;
   TaskState state;
   std::int64_t at_us;
-  std::vector<SharedBytes> result;
+  std::vector<SharedBytes> result;  // inline results; empty when `file` holds them
   std::uint64_t result_bytes;
+  std::uint64_t segment_count;
   std::string error;
+  std::shared_ptr<FileJob> file;    // a result bigger than inline_limit
 };
 using PendingWrite = std::variant<Submitted, Started, Finished>;
 
@@ -247,9 +376,14 @@ class SqliteTaskStore final : public TaskStore {
   static StatusOr<std::unique_ptr<TaskStore>> open(const TaskStoreOptions& options, std::int64_t now_us);
 
   ~SqliteTaskStore() override {
+    writer_.reset();  // joins; a write in progress stops and deletes its file
     if (!pending_.empty()) {
       LOG_WARN(kLog) << "closing " << options_.path << " with " << pending_.size()
                      << " unflushed writes; they are dropped";
+      for (const PendingWrite& w : pending_) {
+        const auto* f = std::get_if<Finished>(&w);
+        if (f != nullptr && f->file) ::unlink(f->file->tmp_path.c_str());
+      }
     }
   }
 
@@ -281,10 +415,22 @@ class SqliteTaskStore final : public TaskStore {
     for (const SharedBytes& s : result) bytes += s.size();
     if (!admit(bytes)) return;
     pending_result_bytes_ += bytes;
-    pending_.emplace_back(Finished{id, state, at_us, std::move(result), bytes, std::move(error)});
+    const std::uint64_t count = result.size();
+    std::shared_ptr<FileJob> file;
+    if (framed_size(count, bytes) > options_.inline_limit) {
+      file = std::make_shared<FileJob>();
+      file->id = id;
+      file->segments = std::move(result);
+      file->tmp_path = results_dir_ + "/" + std::to_string(id) + "-" + std::to_string(++file_serial_) + ".res.tmp";
+      if (!writer_) writer_ = std::make_unique<ResultWriter>();
+      writer_->submit(file);
+      result.clear();
+    }
+    pending_.emplace_back(Finished{id, state, at_us, std::move(result), bytes, count, std::move(error), std::move(file)});
   }
 
   Status flush() override;
+  Status sync() override;
   StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) override;
   StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) override;
   StatusOr<std::vector<TaskRecord>> query(const Query& query) override;
@@ -309,11 +455,13 @@ class SqliteTaskStore final : public TaskStore {
   bool admit(std::uint64_t result_bytes);
   // One pending write inside flush()'s transaction. A bad write is counted in *bad and
   // skipped; an I/O failure is returned.
-  Status apply(const PendingWrite& write, std::int64_t& bytes_delta, std::vector<std::uint64_t>& files,
+  // `files`: result files renamed into place in this transaction.
+  Status apply(const PendingWrite& write, std::int64_t& bytes_delta, std::vector<const Finished*>& files,
                std::uint64_t& bad);
-  Status apply_finished(const Finished& f, std::int64_t& bytes_delta, std::vector<std::uint64_t>& files,
+  Status apply_finished(const Finished& f, std::int64_t& bytes_delta, std::vector<const Finished*>& files,
                         std::uint64_t& bad);
-  Status write_result_file(std::uint64_t id, const std::vector<SharedBytes>& segments);
+  // Submits every failed result file again; returns the first failure's error (OK if none).
+  Status retry_failed_files();
   StatusOr<SharedBytes> read_result_file(std::uint64_t id, std::uint64_t expected_size);
   std::string result_file(std::uint64_t id) const { return results_dir_ + "/" + std::to_string(id) + ".res"; }
   void remove_files(const std::vector<std::uint64_t>& ids);
@@ -336,6 +484,9 @@ class SqliteTaskStore final : public TaskStore {
 
   std::vector<PendingWrite> pending_;
   std::uint64_t pending_result_bytes_ = 0;
+  std::unique_ptr<ResultWriter> writer_;  // started on the first big result
+  std::uint64_t file_serial_ = 0;
+  std::vector<std::string> ignored_files_;  // written for a task finished already (flush())
   bool overflow_logged_ = false;
   std::uint64_t dropped_ = 0;
   std::uint64_t first_id_ = 1;
@@ -613,10 +764,14 @@ Status SqliteTaskStore::transaction(Body&& body) {
 }
 
 bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
-  const bool full = pending_.size() >= options_.max_pending_writes ||
-                    (pending_result_bytes_ > 0 &&
-                     pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
-  if (!full) return true;
+  const auto full = [&] {
+    return pending_.size() >= options_.max_pending_writes ||
+           (pending_result_bytes_ > 0 && pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
+  };
+  if (!full()) return true;
+  // Results recorded faster than the writer writes them: wait for it rather than drop any
+  // (a failing disk still ends in drops below).
+  if (writer_ && pending_result_bytes_ > 0 && sync().ok() && !full()) return true;
   ++dropped_;
   if (!overflow_logged_) {
     LOG_ERROR(kLog) << options_.path << ": " << pending_.size() << " writes wait for a flush that keeps failing; "
@@ -626,15 +781,77 @@ bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
   return false;
 }
 
+std::uint64_t write_task_id(const PendingWrite& w) {
+  if (const auto* s = std::get_if<Submitted>(&w)) return s->record.task_id;
+  if (const auto* s = std::get_if<Started>(&w)) return s->id;
+  return std::get<Finished>(w).id;
+}
+
+Status SqliteTaskStore::retry_failed_files() {
+  Status first;
+  for (const PendingWrite& w : pending_) {
+    const auto* f = std::get_if<Finished>(&w);
+    if (f == nullptr || !f->file || f->file->state.load(std::memory_order_acquire) != FileJob::kFailed) continue;
+    if (first.ok()) first = f->file->error;
+    writer_->submit(f->file);
+  }
+  return first;
+}
+
 Status SqliteTaskStore::flush() {
   if (pending_.empty()) return ok_status();
+  // A result file that could not be written fails the whole flush, as a failed commit does:
+  // nothing is committed and every write is kept; the file is tried again meanwhile.
+  if (Status failed = retry_failed_files(); !failed.ok()) {
+    LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: "
+                    << failed.to_string();
+    return failed;
+  }
+  // Backpressure: when the writer falls behind by half the pending-bytes bound, wait for it
+  // (as the old synchronous writes did) rather than let new results be dropped.
+  if (writer_) {
+    std::uint64_t unwritten = 0;
+    for (const PendingWrite& w : pending_) {
+      const auto* f = std::get_if<Finished>(&w);
+      if (f != nullptr && f->file && f->file->state.load(std::memory_order_acquire) == FileJob::kQueued) {
+        unwritten += f->result_bytes;
+      }
+    }
+    if (unwritten > options_.max_pending_result_bytes / 2) {
+      writer_->wait_idle();
+      if (Status failed = retry_failed_files(); !failed.ok()) {
+        LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: "
+                        << failed.to_string();
+        return failed;
+      }
+    }
+  }
+  // Which writes go in now: all but finishes whose file is still being written, and any
+  // later write of the same task (so a second finish cannot overtake the first).
+  std::vector<char> ready(pending_.size(), 1);
+  std::unordered_set<std::uint64_t> waiting;
+  std::size_t n_ready = 0;
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    const auto* f = std::get_if<Finished>(&pending_[i]);
+    const bool unwritten = f != nullptr && f->file && f->file->state.load(std::memory_order_acquire) != FileJob::kWritten;
+    if (unwritten || (!waiting.empty() && waiting.contains(write_task_id(pending_[i])))) {
+      ready[i] = 0;
+      waiting.insert(write_task_id(pending_[i]));
+    } else {
+      ++n_ready;
+    }
+  }
+  if (n_ready == 0) return ok_status();
   std::int64_t bytes_delta = 0;
-  std::vector<std::uint64_t> files;  // written in this flush
+  std::vector<const Finished*> files;  // renamed into place in this flush
+  ignored_files_.clear();
   std::uint64_t bad = 0;
   std::uint64_t reserve = reserved_until_;
   if (max_recorded_id_ + kIdBlock / 2 >= reserved_until_) reserve = max_recorded_id_ + 1 + kIdBlock;
   Status st = transaction([&]() -> Status {
-    for (const PendingWrite& write : pending_) TESTUDO_RETURN_IF_ERROR(apply(write, bytes_delta, files, bad));
+    for (std::size_t i = 0; i < pending_.size(); ++i) {
+      if (ready[i]) TESTUDO_RETURN_IF_ERROR(apply(pending_[i], bytes_delta, files, bad));
+    }
     if (reserve != reserved_until_) {
       sqlite3_stmt* m = stmt_.set_meta.get();
       ResetOnExit reset(m);
@@ -646,25 +863,56 @@ Status SqliteTaskStore::flush() {
     return ok_status();
   });
   if (!st.ok()) {
-    remove_files(files);  // no committed row refers to them; the retry writes them again
+    // No committed row refers to the renamed files: back to their temporary names for the
+    // retry (or written again if even that fails).
+    for (const Finished* f : files) {
+      const std::string final_path = result_file(f->id);
+      if (::rename(final_path.c_str(), f->file->tmp_path.c_str()) != 0) {
+        ::unlink(final_path.c_str());
+        writer_->submit(f->file);
+      }
+    }
+    ignored_files_.clear();
     LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: " << st.to_string();
     return st;
   }
+  for (const std::string& path : ignored_files_) ::unlink(path.c_str());
+  ignored_files_.clear();
   if (bad > 0) {
     dropped_ += bad;
     LOG_ERROR(kLog) << options_.path << ": " << bad << " writes could not be stored (duplicate task id?); dropped";
   }
   stored_result_bytes_ = static_cast<std::uint64_t>(static_cast<std::int64_t>(stored_result_bytes_) + bytes_delta);
   reserved_until_ = reserve;
-  pending_.clear();
-  if (pending_.capacity() > 65536) pending_.shrink_to_fit();
-  pending_result_bytes_ = 0;
+  if (n_ready == pending_.size()) {
+    pending_.clear();
+    if (pending_.capacity() > 65536) pending_.shrink_to_fit();
+    pending_result_bytes_ = 0;
+  } else {
+    std::vector<PendingWrite> kept;
+    kept.reserve(pending_.size() - n_ready);
+    pending_result_bytes_ = 0;
+    for (std::size_t i = 0; i < pending_.size(); ++i) {
+      if (ready[i]) continue;
+      if (const auto* f = std::get_if<Finished>(&pending_[i])) pending_result_bytes_ += f->result_bytes;
+      kept.push_back(std::move(pending_[i]));
+    }
+    pending_ = std::move(kept);
+  }
   overflow_logged_ = false;
   return ok_status();
 }
 
+Status SqliteTaskStore::sync() {
+  if (writer_) {
+    (void)retry_failed_files();
+    writer_->wait_idle();
+  }
+  return flush();
+}
+
 Status SqliteTaskStore::apply(const PendingWrite& write, std::int64_t& bytes_delta,
-                              std::vector<std::uint64_t>& files, std::uint64_t& bad) {
+                              std::vector<const Finished*>& files, std::uint64_t& bad) {
   if (const auto* f = std::get_if<Finished>(&write)) return apply_finished(*f, bytes_delta, files, bad);
   int rc;
   if (const auto* s = std::get_if<Submitted>(&write)) {
@@ -709,19 +957,25 @@ Status SqliteTaskStore::apply(const PendingWrite& write, std::int64_t& bytes_del
 }
 
 Status SqliteTaskStore::apply_finished(const Finished& f, std::int64_t& bytes_delta,
-                                       std::vector<std::uint64_t>& files, std::uint64_t& bad) {
-  const bool to_file = framed_size(f.result.size(), f.result_bytes) > options_.inline_limit;
+                                       std::vector<const Finished*>& files, std::uint64_t& bad) {
+  const bool to_file = f.file != nullptr;
   if (to_file) {
     // Only an unfinished task gets a file: never overwrite the result of a finished one.
+    // (An ignored file is deleted only after the commit: a failed commit retries it.)
     sqlite3_stmt* q = stmt_.state_of.get();
     ResetOnExit reset(q);
     sqlite3_bind_int64(q, 1, to_sql(f.id));
     const int rc = sqlite3_step(q);
-    if (rc == SQLITE_DONE) return ok_status();  // unknown task: ignored like the UPDATE would
-    if (rc != SQLITE_ROW) return error(rc, "read task state");
-    if (sqlite3_column_int(q, 0) > 1) return ok_status();
-    TESTUDO_RETURN_IF_ERROR(write_result_file(f.id, f.result));
-    files.push_back(f.id);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return error(rc, "read task state");
+    if (rc == SQLITE_DONE || sqlite3_column_int(q, 0) > 1) {  // unknown or finished: ignored
+      ignored_files_.push_back(f.file->tmp_path);
+      return ok_status();
+    }
+    const std::string final_path = result_file(f.id);
+    if (::rename(f.file->tmp_path.c_str(), final_path.c_str()) != 0) {
+      return errno_status(errno, final_path, "cannot rename result file");
+    }
+    files.push_back(&f);
   }
   std::string framed;
   if (!to_file && !f.result.empty()) {
@@ -735,7 +989,7 @@ Status SqliteTaskStore::apply_finished(const Finished& f, std::int64_t& bytes_de
   sqlite3_bind_int(st, 2, static_cast<int>(f.state));
   sqlite3_bind_int64(st, 3, f.at_us);
   sqlite3_bind_int64(st, 4, to_sql(f.result_bytes));
-  sqlite3_bind_int64(st, 5, static_cast<std::int64_t>(f.result.size()));
+  sqlite3_bind_int64(st, 5, static_cast<std::int64_t>(f.segment_count));
   if (to_file || f.result.empty()) {
     sqlite3_bind_null(st, 6);
   } else {
@@ -752,43 +1006,6 @@ Status SqliteTaskStore::apply_finished(const Finished& f, std::int64_t& bytes_de
     return error(rc, "write task result");
   }
   if (sqlite3_changes64(db_.get()) > 0) bytes_delta += static_cast<std::int64_t>(f.result_bytes);
-  return ok_status();
-}
-
-Status SqliteTaskStore::write_result_file(std::uint64_t id, const std::vector<SharedBytes>& segments) {
-  const std::string final_path = result_file(id);
-  const std::string tmp = final_path + ".tmp";
-  ::unlink(tmp.c_str());
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-  if (fd.get() < 0) return errno_status(errno, tmp, "cannot create result file");
-  auto write_all = [&](const void* data, std::size_t size) -> Status {
-    const char* p = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t n = ::write(fd.get(), p, size);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        const int err = errno;
-        ::unlink(tmp.c_str());
-        return errno_status(err, tmp, "cannot write result file");
-      }
-      p += n;
-      size -= static_cast<std::size_t>(n);
-    }
-    return ok_status();
-  };
-  const std::string header = frame_header(segments);
-  TESTUDO_RETURN_IF_ERROR(write_all(header.data(), header.size()));
-  for (const SharedBytes& s : segments) TESTUDO_RETURN_IF_ERROR(write_all(s.data(), s.size()));
-  if (::close(fd.release()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return errno_status(err, tmp, "cannot write result file");
-  }
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return errno_status(err, final_path, "cannot rename result file");
-  }
   return ok_status();
 }
 
@@ -866,7 +1083,7 @@ Status SqliteTaskStore::sweep_results_dir() {
 
 void SqliteTaskStore::flush_for_read() {
   if (pending_.empty()) return;
-  Status st = flush();
+  Status st = sync();
   if (!st.ok()) {
     LOG_WARN(kLog) << "reading committed records only: " << st.to_string();
   }
@@ -981,7 +1198,7 @@ Status SqliteTaskStore::step_deletes(sqlite3_stmt* s, std::size_t& deleted, std:
 
 StatusOr<std::size_t> SqliteTaskStore::purge(const std::optional<std::string>& owner,
                                              const std::vector<std::uint64_t>& ids) {
-  TESTUDO_RETURN_IF_ERROR(flush());
+  TESTUDO_RETURN_IF_ERROR(sync());
   std::size_t deleted = 0;
   std::vector<std::uint64_t> files;
   std::uint64_t bytes = 0;

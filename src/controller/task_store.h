@@ -13,17 +13,30 @@
 // transaction (the hub calls it from a ~20 ms timer and at shutdown), so 20,000 tasks/s cost
 // ~50 small transactions a second. Memory holds the pending queue only, never all tasks.
 //
-// Crash semantics (F2): after SIGKILL, every flushed write is there and the database is
-// intact; writes queued since the last flush are gone. On the next open(), tasks still
-// queued or running are marked kLost ("controller stopped before the task finished"), so a
-// client asking about them is told, never left waiting.
+// Big results (files) are written off the caller's thread: record_finished() hands them to
+// the store's writer thread at once, which writes "<id>.res.tmp"; the flush() after the
+// write has completed renames it into place and commits the task's record in its
+// transaction. Until then the task's finish stays pending (pending_writes() counts it) and
+// later writes of other tasks are committed without waiting for it. So flush() never writes
+// a result file itself: a 100 MB result costs the caller's thread a rename, not ~70 ms.
+// The writer runs at nice +10 (forwarding goes first); if it falls behind by more than half
+// of max_pending_result_bytes, flush() waits for it instead of letting results be dropped.
+//
+// Crash semantics (F2): after SIGKILL, every committed write is there and the database is
+// intact; writes not yet committed are gone. A write is committed when a flush() that
+// returned OK took it (a big result: a flush() after its file was written; sync() waits for
+// that). On the next open(), tasks still queued or running are marked kLost ("controller
+// stopped before the task finished"), so a client asking about them is told, never left
+// waiting: this includes a task whose big result was still being written or waiting for its
+// flush; its half-written .tmp file is deleted.
 //
 // Owners (F3): get()/result()/query() do not check who asks. The hub must compare
 // TaskRecord::owner with the requester's identity before returning a record or a result,
 // and pass the requester as Query::owner / purge()'s owner.
 //
-// Threading: not thread-safe; the hub's loop thread only. flush() writes big results to
-// files synchronously (one write() per segment): a 1 GB result costs ~0.5 s of that thread.
+// Threading: not thread-safe; the hub's loop thread only (the writer thread is internal).
+// flush() does not wait for result files; sync(), get(), result(), query() and purge() do
+// (they may block for the rest of a big write: ~0.5 s for 1 GB).
 #pragma once
 
 #include <chrono>
@@ -91,8 +104,9 @@ struct TaskStoreOptions {
 // SQLite implementation.
 class TaskStore {
  public:
-  virtual ~TaskStore() = default;  // does NOT flush: call flush() first (pending writes are
-                                   // dropped with a WARN line, as a crash would).
+  virtual ~TaskStore() = default;  // does NOT flush: call sync() first (pending writes are
+                                   // dropped with a WARN line, as a crash would; a result file
+                                   // being written is abandoned and its .tmp deleted).
 
   // Opens or creates the store at options.path, then marks tasks of a previous run that were
   // still queued or running as kLost (completed_us = now_us; see lost_at_open()).
@@ -114,22 +128,30 @@ class TaskStore {
   // Queue writes for the next flush(). Order matters: a task's started/finished must come
   // after its submitted. started/finished of a task that is not queued/running are ignored
   // (a second finish does not overwrite the first). `result` is kept by reference (no copy)
-  // until flushed. `state` of record_finished must be a finished state.
+  // until committed (a big one is written to its file from the writer thread meanwhile: the
+  // caller must not change the bytes). `state` of record_finished must be a finished state.
   virtual void record_submitted(TaskRecord record) = 0;
   virtual void record_started(std::uint64_t id, std::uint32_t engine, std::int64_t at_us) = 0;
   virtual void record_finished(std::uint64_t id, TaskState state, std::int64_t at_us,
                                std::vector<SharedBytes> result, std::string error) = 0;
 
-  // Commits every pending write in one transaction. On an I/O error (disk full, read-only,
+  // Commits every pending write in one transaction, except finishes whose result file is
+  // still being written (and later writes of the same task): they stay pending for a later
+  // flush. On an I/O error (disk full, read-only,
   // I/O failure) the transaction is rolled back, the store stays as it was before the call,
   // the pending writes are KEPT for the next flush (a transient full disk loses nothing), and
   // the error says what happened (kResourceExhausted for a full disk). A write that can never
   // succeed (duplicate task id) is dropped alone, logged and counted in dropped_writes().
   virtual Status flush() = 0;
+  // flush() after waiting for every result file queued so far to be written (a file whose
+  // write failed is tried once more first): when it returns OK, every write recorded before
+  // the call is committed. The hub calls it at shutdown.
+  virtual Status sync() = 0;
+  // Writes not committed yet, including finishes whose result file is still being written.
   virtual std::size_t pending_writes() const = 0;
   virtual std::uint64_t dropped_writes() const = 0;
 
-  // Reads see every write recorded before them: they flush first (if that fails they log it
+  // Reads see every write recorded before them: they sync() first (if that fails they log it
   // and read what is committed). A result or record of another owner is returned too:
   // the caller checks TaskRecord::owner.
   virtual StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) = 0;
@@ -148,7 +170,7 @@ class TaskStore {
   // Records in increasing task id order, at most `limit`.
   virtual StatusOr<std::vector<TaskRecord>> query(const Query& query) = 0;
 
-  // Deletes finished records (and their results) among `ids`, or all finished records when
+  // Syncs, then deletes finished records (and their results) among `ids`, or all finished records when
   // `ids` is empty; only those of `owner` when given (nullopt: any owner, an admin purge).
   // Queued and running tasks are never touched. Returns how many were deleted.
   virtual StatusOr<std::size_t> purge(const std::optional<std::string>& owner,

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -284,7 +285,7 @@ TEST(TaskStore, PurgeTouchesOnlyThatOwnersFinishedTasks) {
   store->record_finished(2, TaskState::kAborted, 10, segments_of({std::string(200, 'x')}), "");
   store->record_started(3, 1, 5);
   store->record_finished(4, TaskState::kSucceeded, 10, segments_of({"four"}), "");
-  ASSERT_TRUE(store->flush().ok());
+  ASSERT_TRUE(store->sync().ok());
   ASSERT_TRUE(fs::exists(o.path + ".results/2.res"));
 
   auto n = store->purge("alice", {1, 3, 4, 99});  // 3 running, 4 bob's, 99 unknown
@@ -349,7 +350,7 @@ TEST(TaskStore, EnforceLimitsBySizeOldestFirst) {
   }
   store->record_submitted(submitted(6, "alice"));
   store->record_finished(6, TaskState::kFailed, 1, {}, "no result, oldest");
-  ASSERT_TRUE(store->flush().ok());
+  ASSERT_TRUE(store->sync().ok());
   EXPECT_EQ(store->stored_result_bytes(), 5u * 100 + 2 * 40);
   auto n = store->enforce_limits(60);
   ASSERT_TRUE(n.ok()) << n.status().to_string();
@@ -493,7 +494,7 @@ TEST(TaskStore, SurvivesSigkillBeforeTheSecondBatchIsCommitted) {
         store.record_started(id, 2, 400);
       }
     }
-    if (!store.flush().ok()) child_exit(false);
+    if (!store.sync().ok()) child_exit(false);
     for (std::uint64_t id = 101; id <= 200; ++id) {
       store.record_submitted(submitted(id, "alice"));
       store.record_finished(id, TaskState::kSucceeded, 600, segments_of({"never"}), "");
@@ -547,7 +548,7 @@ TEST(TaskStore, SigkillDuringFlushesLeavesWholeBatches) {
         store.record_finished(id, TaskState::kSucceeded, 500,
                               segments_of({std::to_string(id), std::string(i == 7 ? 10'000 : 50, 'p')}), "");
       }
-      if (!store.flush().ok()) child_exit(false);
+      if (!store.sync().ok()) child_exit(false);
       if (batch == 0 && ::write(ready[1], "r", 1) != 1) child_exit(false);
     }
   }
@@ -607,6 +608,154 @@ TEST(TaskStore, HundredThousandTasksInAFewTransactions) {
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(*n, kTasks / 2);
   EXPECT_EQ(store->stored_result_bytes(), kTasks / 2 * 16);
+}
+
+// Names in the results directory (".res" and ".res.tmp" files).
+std::vector<std::string> result_files(const TaskStoreOptions& o) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(o.path + ".results")) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(TaskStore, BigResultsAreWrittenOffTheCallersThreadAndCommittedInOrder) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  const std::string big(8 << 20, 'B');
+  // A second finish of the same task never overtakes the first, even while the first's
+  // file is being written: 1 keeps its big result, 2 keeps its error (its file is deleted).
+  for (std::uint64_t id = 1; id <= 3; ++id) store->record_submitted(submitted(id, "alice"));
+  store->record_finished(1, TaskState::kSucceeded, 10, segments_of({"head", big}), "");
+  store->record_finished(1, TaskState::kFailed, 11, {}, "second finish of 1");
+  store->record_finished(2, TaskState::kFailed, 12, {}, "engine died");
+  store->record_finished(2, TaskState::kSucceeded, 13, segments_of({big}), "");
+  store->record_finished(3, TaskState::kSucceeded, 14, segments_of({"small"}), "");
+  Status st = store->flush();  // does not wait for the files
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  EXPECT_LE(store->pending_writes(), 3u);  // at most 1's two finishes and 2's file
+  st = store->sync();
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  EXPECT_EQ(store->pending_writes(), 0u);
+
+  TaskRecord r1 = get_ok(*store, 1);
+  EXPECT_EQ(r1.state, TaskState::kSucceeded);
+  EXPECT_EQ(r1.completed_us, 10);
+  auto res1 = store->result(1);
+  ASSERT_TRUE(res1.ok()) << res1.status().to_string();
+  EXPECT_EQ(strings_of(*res1), (std::vector<std::string>{"head", big}));
+  TaskRecord r2 = get_ok(*store, 2);
+  EXPECT_EQ(r2.state, TaskState::kFailed);
+  EXPECT_EQ(r2.error, "engine died");
+  EXPECT_EQ(r2.result_bytes, 0u);
+  EXPECT_EQ(get_ok(*store, 3).state, TaskState::kSucceeded);
+  EXPECT_EQ(result_files(o), std::vector<std::string>{"1.res"});
+  EXPECT_EQ(store->stored_result_bytes(), 4 + big.size() + 5);
+
+  // Reads wait for the file: a get() right after record_finished sees the result.
+  store->record_submitted(submitted(4, "alice"));
+  store->record_finished(4, TaskState::kSucceeded, 20, segments_of({big}), "");
+  EXPECT_EQ(get_ok(*store, 4).state, TaskState::kSucceeded);
+  EXPECT_EQ(store->pending_writes(), 0u);
+}
+
+TEST(TaskStore, FlushAndRecordWaitForTheWriterWhenItFallsBehind) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  o.max_pending_result_bytes = 64 << 20;  // flush() waits beyond 32 MiB of unwritten files
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  for (std::uint64_t id = 1; id <= 4; ++id) {
+    store->record_submitted(submitted(id, "alice"));
+    store->record_finished(id, TaskState::kSucceeded, 10, segments_of({std::string(12 << 20, 'w')}), "");
+  }
+  Status st = store->flush();
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  // It waited until at most 32 MiB (two results) were left unwritten, so at most those two
+  // finishes are still pending (without the wait: up to all four).
+  EXPECT_LE(store->pending_writes(), 2u);
+  // Beyond the pending bound, recording waits for the writer too instead of dropping.
+  for (std::uint64_t id = 5; id <= 7; ++id) {
+    store->record_submitted(submitted(id, "alice"));
+    store->record_finished(id, TaskState::kSucceeded, 10, segments_of({std::string(24 << 20, 'w')}), "");
+  }
+  ASSERT_TRUE(store->sync().ok());
+  EXPECT_EQ(store->dropped_writes(), 0u);
+  EXPECT_EQ(store->stored_result_bytes(), 4u * (12 << 20) + 3u * (24 << 20));
+  EXPECT_EQ(result_files(o).size(), 7u);
+}
+
+TEST(TaskStore, ClosingWhileAResultFileIsWrittenLeavesNoFileAndTheTaskLost) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  {
+    auto store = open_ok(o);
+    ASSERT_TRUE(store);
+    store->record_submitted(submitted(1, "alice"));
+    ASSERT_TRUE(store->flush().ok());
+    store->record_finished(1, TaskState::kSucceeded, 10, segments_of({std::string(64 << 20, 'c')}), "");
+  }  // closed without sync(): the finish is dropped, as a crash would drop it
+  EXPECT_TRUE(result_files(o).empty());
+  auto store = open_ok(o, 5'000);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->lost_at_open(), 1u);
+  EXPECT_EQ(get_ok(*store, 1).state, TaskState::kLost);
+}
+
+TEST(TaskStore, SigkillWhileAResultFileIsPendingLosesOnlyThatTask) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  constexpr std::size_t kBig = 96u << 20;
+  int report[2];
+  ASSERT_EQ(::pipe(report), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(report[0]);
+    auto opened = TaskStore::open(o, 1);
+    if (!opened.ok()) child_exit(false);
+    TaskStore& store = **opened;
+    for (std::uint64_t id = 1; id <= 3; ++id) store.record_submitted(submitted(id, "alice"));
+    store.record_finished(1, TaskState::kSucceeded, 10, segments_of({std::string(kBig, 'k')}), "");
+    store.record_finished(2, TaskState::kSucceeded, 11, segments_of({"two"}), "");
+    if (!store.flush().ok()) child_exit(false);
+    // Tell the parent whether 1's finish was committed (its file may, rarely, have been
+    // written already on a fast machine), then die before any later flush.
+    const char pending = static_cast<char>('0' + store.pending_writes());
+    if (::write(report[1], &pending, 1) != 1) child_exit(false);
+    ::raise(SIGKILL);
+    child_exit(false);
+  }
+  ::close(report[1]);
+  char pending = 0;
+  ASSERT_EQ(::read(report[0], &pending, 1), 1);
+  ::close(report[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+
+  EXPECT_EQ(sql_text(o.path, "PRAGMA integrity_check"), "ok");
+  auto store = open_ok(o, 9'000);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(get_ok(*store, 2).state, TaskState::kSucceeded);  // committed though 1 was pending
+  EXPECT_EQ(get_ok(*store, 3).state, TaskState::kLost);
+  if (pending == '1') {
+    EXPECT_EQ(store->lost_at_open(), 2u);
+    EXPECT_EQ(get_ok(*store, 1).state, TaskState::kLost);
+    EXPECT_TRUE(result_files(o).empty()) << "a pending file survived the reopen";
+  } else {
+    ASSERT_EQ(pending, '0');
+    EXPECT_EQ(store->lost_at_open(), 1u);
+    auto res = store->result(1);
+    ASSERT_TRUE(res.ok()) << res.status().to_string();
+    EXPECT_EQ((*res)[0].size(), kBig);
+    EXPECT_EQ(result_files(o), std::vector<std::string>{"1.res"});
+  }
 }
 
 // ---- read-only and full disks. Root ignores file modes, so for root these tests use a
@@ -708,10 +857,11 @@ TEST(TaskStore, DiskFullIsReportedAndNothingIsCorruptedOrLost) {
     EXPECT_NE(st.message().find("disk full"), std::string::npos) << st.to_string();
     EXPECT_NE(st.message().find("commit"), std::string::npos) << st.to_string();
     EXPECT_EQ(store->pending_writes(), 100u);  // kept for the next try
-    // ... and so does a result file (ENOSPC).
+    // ... and so does a result file (ENOSPC; written by the store's thread, reported by the
+    // flush after it, which sync() waits for).
     store->record_submitted(submitted(61, "alice"));
     store->record_finished(61, TaskState::kSucceeded, 20, segments_of({std::string(100 << 10, 'F')}), "");
-    st = store->flush();
+    st = store->sync();
     ASSERT_FALSE(st.ok());
     EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.to_string();
     EXPECT_NE(st.message().find("result file"), std::string::npos) << st.to_string();
@@ -726,10 +876,11 @@ TEST(TaskStore, DiskFullIsReportedAndNothingIsCorruptedOrLost) {
     ASSERT_TRUE(q.ok()) << q.status().to_string();
     EXPECT_EQ(q->size(), 10u);
     EXPECT_FALSE(fs::exists(o.path + ".results/61.res"));
+    for (const auto& e : fs::directory_iterator(o.path + ".results")) ADD_FAILURE() << "left behind: " << e.path();
 
-    // Space comes back: the kept writes go in.
+    // Space comes back: the kept writes go in (the file is written again).
     fs::remove(filler);
-    Status again = store->flush();
+    Status again = store->sync();
     ASSERT_TRUE(again.ok()) << again.to_string();
     EXPECT_EQ(store->pending_writes(), 0u);
     auto late = store->result(60);
