@@ -32,22 +32,29 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
       return (*shared_done)(exporter.status());
     }
     Hello hello{role, options.instance, capability_proof(options.controller.capability, role, *exporter)};
-    // `finish` runs exactly once: on welcome, rejection, close or timeout.
+    // `finish` runs exactly once: on welcome, rejection, close or timeout. The handlers hold
+    // the connection only weakly: the connection owns them, and a strong reference would be
+    // a cycle that leaks it whenever its loop stops before the close completes.
     auto finished = std::make_shared<bool>(false);
-    auto finish = [shared_done, finished, conn](StatusOr<Session> result) {
+    std::weak_ptr<net::Connection> weak = conn;
+    auto finish = [shared_done, finished, weak](StatusOr<Session> result) {
       if (*finished) return;
       *finished = true;
-      if (!result.ok()) conn->close(result.status());
+      if (!result.ok()) {
+        if (auto c = weak.lock()) c->close(result.status());
+      }
       (*shared_done)(std::move(result));
     };
     auto deadline = std::shared_ptr<net::Timer>(loop.after(options.timeout, [finish] {
       finish(deadline_exceeded("the controller did not answer the hello in time"));
     }));
     conn->start({
-        [finish, conn, deadline, role](wire::Message&& m) {
+        [finish, weak, deadline, role](wire::Message&& m) {
           deadline->cancel();
           if (m.envelope.kind == wire::MessageKind::kWelcome) {
-            return finish(Session{conn, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id});
+            auto c = weak.lock();
+            if (!c) return finish(unavailable("connection closed during authentication"));
+            return finish(Session{c, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id});
           }
           if (m.envelope.kind == wire::MessageKind::kRejected) {
             const std::string why = "the controller refused this connection: " + m.envelope.text;
