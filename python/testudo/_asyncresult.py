@@ -42,7 +42,7 @@ class AsyncResult(concurrent.futures.Future):
     'pickle' (pull, apply), 'execute' (execute with a displayed result).
     """
 
-    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None):
+    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=True):
         super().__init__()
         self._transform = transform  # applied to each engine's value
         self._client = client
@@ -60,9 +60,37 @@ class AsyncResult(concurrent.futures.Future):
         self._live = []  # (engine, stream, text) chunks received while running, not yet shown
         self._live_lock = threading.Lock()
         self.owner = True
+        self._watched = False
         for child in self._children:
-            child.watch()
             client._track(child.request_id, self)
+        if watch:
+            self._watch()
+
+    def _watch(self):
+        """Has the client's dispatcher thread complete this Future when the replies are in
+        (callbacks, asyncio.wrap_future, concurrent.futures.wait)."""
+        if not self._watched:
+            self._watched = True
+            for child in self._children:
+                child.watch()
+
+    def _settle(self, block):
+        """What a view returns: the values (block) or this result, watched."""
+        if block:
+            return self._get_sync()
+        self._watch()
+        return self
+
+    def _get_sync(self):
+        """get() for a result made with watch=False by a blocking call: the calling thread waits
+        on the native result with the GIL released and builds the values itself, so no
+        dispatcher wake-up (and GIL hand-off) is on the round trip. Should the wait end
+        without a result (KeyboardInterrupt...), the dispatcher takes over as for any other."""
+        try:
+            return self.get()
+        finally:
+            if not self._finished:
+                self._watch()
 
     # ----- ipyparallel API -----
 
@@ -342,9 +370,9 @@ class AsyncHubResult(AsyncResult):
     """Results fetched from the controller's task store by task id (rc.get_result); each is
     decoded as its original request's kind."""
 
-    def __init__(self, client, child, kinds, single=False):
+    def __init__(self, client, child, kinds, single=False, watch=True):
         self._kinds = kinds  # task id -> "apply", "pull", "execute", ...
-        super().__init__(client, [child], "get_result", "pickle", single=single)
+        super().__init__(client, [child], "get_result", "pickle", single=single, watch=watch)
         self._task_id_cache = list(kinds)
 
     def _value(self, reply):

@@ -273,8 +273,8 @@ class Client:
         if not ids:
             raise ValueError("get_result needs msg_ids")
         kinds = {int(r["task_id"]): r.get("kind", "") for r in self._records(ids)}
-        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single)
-        return ar.get() if block else ar
+        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single, watch=False)
+        return ar._settle(block)
 
     def result_status(self, msg_ids, status_only=True):
         """{'pending': [...], 'completed': [...]} for msg_ids (with status_only=False, also
