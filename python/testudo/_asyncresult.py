@@ -13,6 +13,7 @@ import time
 from . import _testudo, error
 
 _ANY_ENGINE = _testudo.ANY_ENGINE
+_FINISHED = concurrent.futures._base.FINISHED
 
 _FOREVER = 365 * 24 * 3600.0
 
@@ -35,6 +36,9 @@ class _Metadata(dict):
 
 
 class AsyncResult(concurrent.futures.Future):
+    # Live output is rare: one lock for every result's _live list instead of one each.
+    _live_lock = threading.Lock()
+
     """Result of execute/apply/push/pull/map on one or more engines.
 
     `children` are native requests; their targets, in order, make up this result's
@@ -58,11 +62,9 @@ class AsyncResult(concurrent.futures.Future):
         self._received = None
         self._task_id_cache = None
         self._live = []  # (engine, stream, text) chunks received while running, not yet shown
-        self._live_lock = threading.Lock()
         self.owner = True
         self._watched = False
-        for child in self._children:
-            client._track(child.request_id, self)
+        client._track(self._children, self)
         if watch:
             self._watch()
 
@@ -125,6 +127,8 @@ class AsyncResult(concurrent.futures.Future):
 
     def wait(self, timeout=-1):
         """Waits until done or `timeout` seconds pass; returns whether it is done."""
+        if self._state == _FINISHED:  # set after the outcome, unlike _finished
+            return True
         deadline = time.monotonic() + _seconds(timeout)
         for child in self._children:
             left = max(0.0, deadline - time.monotonic())
@@ -348,8 +352,7 @@ class AsyncResult(concurrent.futures.Future):
             self._metadata = metadata
             self._received = time.time()
             self._finished = True
-            for child in self._children:
-                self._client._untrack(child.request_id)
+            self._client._untrack(self._children)
             # Inside the lock: whoever sees _finished must also see the Future's outcome.
             try:
                 if self._single:

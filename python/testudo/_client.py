@@ -197,30 +197,40 @@ class Client:
         with self._lock:
             return set(self._pending)
 
-    def _track(self, request_id, ar):
+    def _track(self, children, ar):
+        pending = self._pending
         with self._lock:
-            self._pending[request_id] = ar
+            for child in children:
+                pending[child.request_id] = ar
 
-    def _untrack(self, request_id):
+    def _untrack(self, children):
+        pending = self._pending
         with self._lock:
-            self._pending.pop(request_id, None)
+            for child in children:
+                pending.pop(child.request_id, None)
 
     def _dispatch(self):
         # Completes futures in the background, so callbacks and asyncio.wrap_future fire
         # without anyone calling get().
+        # Each wake-up handles everything finished since the last one, with one lock
+        # acquisition for the look-ups.
         native = self._native
+        pending = self._pending
         while not self._closed:
             done = native.next_completed(0.5)
-            for request_id, engine, stream, text in native.take_output():
+            output = native.take_output()
+            if output:
                 with self._lock:
-                    ar = self._pending.get(request_id)
-                if ar is not None:
-                    ar._live_output(engine, stream, text)
-            for request_id in done:
+                    found = [(pending.get(c[0]), c) for c in output]
+                for ar, (_, engine, stream, text) in found:
+                    if ar is not None:
+                        ar._live_output(engine, stream, text)
+            if done:
                 with self._lock:
-                    ar = self._pending.get(request_id)
-                if ar is not None:
-                    ar.ready()
+                    ars = [pending.get(request_id) for request_id in done]
+                for ar in ars:
+                    if ar is not None and not ar._finished:
+                        ar.ready()
 
     def _native_connected(self):
         return not self._closed and self._native.connected
