@@ -43,10 +43,15 @@ class AsyncResult(concurrent.futures.Future):
 
     `children` are native requests; their targets, in order, make up this result's
     targets. `kind` says how to turn one engine's reply into a value: 'none' (execute, push),
-    'pickle' (pull, apply), 'execute' (execute with a displayed result).
+    'pickle' (pull, apply), 'execute' (execute with a displayed result). `watch`: have the
+    client's dispatcher thread complete the Future as soon as the replies are in, even before
+    anything observes it (see _watch; not needed by any caller here).
     """
 
-    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=True):
+    _finished = False
+    _watched = False
+
+    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=False):
         super().__init__()
         self._transform = transform  # applied to each engine's value
         self._client = client
@@ -63,36 +68,45 @@ class AsyncResult(concurrent.futures.Future):
         self._task_id_cache = None
         self._live = []  # (engine, stream, text) chunks received while running, not yet shown
         self.owner = True
-        self._watched = False
         client._track(self._children, self)
         if watch:
             self._watch()
 
     def _watch(self):
-        """Has the client's dispatcher thread complete this Future when the replies are in
-        (callbacks, asyncio.wrap_future, concurrent.futures.wait)."""
+        """Has the client's dispatcher thread complete this Future as soon as the replies are
+        in. Needed only once something observes the Future without calling into this object:
+        a done-callback (asyncio.wrap_future too) or a waiter of concurrent.futures.wait /
+        as_completed. Everything else (get, wait, ready, done, result...) finishes the result
+        in the calling thread, straight from the native result: no dispatcher wake-up and no
+        GIL hand-off for the common cases."""
         if not self._watched:
             self._watched = True
+            self._client._track(self._children, self)  # the dispatcher finds it there
             for child in self._children:
                 child.watch()
 
-    def _settle(self, block):
-        """What a view returns: the values (block) or this result, watched."""
-        if block:
-            return self._get_sync()
-        self._watch()
-        return self
+    def _native_ready(self):
+        return all(c.ready() for c in self._children)
 
-    def _get_sync(self):
-        """get() for a result made with watch=False by a blocking call: the calling thread waits
-        on the native result with the GIL released and builds the values itself, so no
-        dispatcher wake-up (and GIL hand-off) is on the round trip. Should the wait end
-        without a result (KeyboardInterrupt...), the dispatcher takes over as for any other."""
-        try:
-            return self.get()
-        finally:
-            if not self._finished:
-                self._watch()
+    # concurrent.futures.wait/as_completed append their waiter to _waiters while holding
+    # _condition: that is the moment to ask the dispatcher to complete this Future (it waits
+    # for _condition, so it notifies the waiter just appended).
+    @property
+    def _waiters(self):
+        if not self._finished and not self._watched:
+            self._watch()
+        return self.__dict__["_waiter_list"]
+
+    @_waiters.setter
+    def _waiters(self, value):
+        self.__dict__["_waiter_list"] = value
+
+    def add_done_callback(self, fn):
+        super().add_done_callback(fn)
+        # Done already (natively): finish here, which calls fn in this thread, as a Future
+        # that is done does. Otherwise the dispatcher completes it when the replies come.
+        if not self.ready():
+            self._watch()
 
     # ----- ipyparallel API -----
 
@@ -373,7 +387,7 @@ class AsyncHubResult(AsyncResult):
     """Results fetched from the controller's task store by task id (rc.get_result); each is
     decoded as its original request's kind."""
 
-    def __init__(self, client, child, kinds, single=False, watch=True):
+    def __init__(self, client, child, kinds, single=False, watch=False):
         self._kinds = kinds  # task id -> "apply", "pull", "execute", ...
         super().__init__(client, [child], "get_result", "pickle", single=single, watch=watch)
         self._task_id_cache = list(kinds)

@@ -55,7 +55,8 @@ class Client:
                 f"`testudo --profile {self.profile} cluster start -n 4`") from None
         self._closed = False
         self._lock = threading.Lock()
-        self._pending = {}  # request id -> AsyncResult, until finished
+        self._pending = {}  # request id -> AsyncResult, until finished (or swept: see _track)
+        self._sweep_at = 1024  # _pending size that triggers the next sweep
         self._ids = []
         self._ids_time = 0.0
         self._dispatcher = threading.Thread(target=self._dispatch, name="testudo-results", daemon=True)
@@ -195,13 +196,22 @@ class Client:
     def outstanding(self):
         """Ids of requests still waiting for replies."""
         with self._lock:
-            return set(self._pending)
+            pending = list(self._pending.items())
+        return {rid for rid, ar in pending if not ar._finished and not ar._native_ready()}
 
     def _track(self, children, ar):
         pending = self._pending
         with self._lock:
             for child in children:
                 pending[child.request_id] = ar
+            if len(pending) >= self._sweep_at:
+                # Results nobody watches are finished by whoever looks at them, so a finished
+                # request may stay here: drop those whose replies are all in (amortised O(1):
+                # a sweep only once the map has doubled). Watched ones stay for the dispatcher.
+                for rid in [rid for rid, a in pending.items()
+                            if a._finished or (not a._watched and a._native_ready())]:
+                    del pending[rid]
+                self._sweep_at = max(1024, 2 * len(pending))
 
     def _untrack(self, children):
         pending = self._pending
@@ -283,8 +293,8 @@ class Client:
         if not ids:
             raise ValueError("get_result needs msg_ids")
         kinds = {int(r["task_id"]): r.get("kind", "") for r in self._records(ids)}
-        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single, watch=False)
-        return ar._settle(block)
+        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single)
+        return ar.get() if block else ar
 
     def result_status(self, msg_ids, status_only=True):
         """{'pending': [...], 'completed': [...]} for msg_ids (with status_only=False, also

@@ -101,20 +101,19 @@ class LoadBalancedView:
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
         child, opts = self._submit(f, args, kwargs, flags)
-        # Not watched yet: the caller settles it (a blocking call waits without the dispatcher).
-        ar = AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=True, watch=False)
+        ar = AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=True)
         return ar, opts["block"]
 
     def apply(self, __testudo_f, *args, **kwargs):
         """f(*args, **kwargs) on one engine; blocks according to `view.block`."""
         ar, block = self._apply(__testudo_f, args, kwargs)
-        return ar._settle(block)
+        return ar.get() if block else ar
 
     def apply_async(self, __testudo_f, *args, **kwargs):
-        return self._apply(__testudo_f, args, kwargs)[0]._settle(False)
+        return self._apply(__testudo_f, args, kwargs)[0]
 
     def apply_sync(self, __testudo_f, *args, **kwargs):
-        return self._apply(__testudo_f, args, kwargs)[0]._get_sync()
+        return self._apply(__testudo_f, args, kwargs)[0].get()
 
     def map(self, f, *sequences, block=None, chunksize=1, ordered=True, **flags):
         """Parallel map: one task per `chunksize` items, each placed by the scheduler."""
@@ -136,9 +135,9 @@ class LoadBalancedView:
             chunk = [s[start:min(start + chunksize, n)] for s in seqs]
             child, opts = self._submit(_helpers.map_chunk, (f, *chunk), {}, flags)
             children.append(child)
-        ar = _LoadBalancedMapResult(self.client, children, getattr(f, "__name__", "map"), "pickle", ordered=ordered,
-                                    watch=False)
-        return ar._settle(self.block if block is None else block)
+        ar = _LoadBalancedMapResult(self.client, children, getattr(f, "__name__", "map"), "pickle", ordered=ordered)
+        block = self.block if block is None else block
+        return ar.get() if block else ar
 
     def map_async(self, f, *sequences, **kwargs):
         kwargs["block"] = False
@@ -159,8 +158,8 @@ class LoadBalancedView:
 class _LoadBalancedMapResult(AsyncMapResult):
     """A map over scheduler-placed chunks; iterating an unordered one yields as chunks finish."""
 
-    def __init__(self, client, children, fname, kind, ordered=True, watch=True):
-        super().__init__(client, children, fname, kind, watch=watch)
+    def __init__(self, client, children, fname, kind, ordered=True):
+        super().__init__(client, children, fname, kind)
         self._ordered = ordered
 
     def __iter__(self):

@@ -153,7 +153,8 @@ class DirectView:
             self.set_flags(**saved)
 
     def _finish(self, ar, block):
-        return ar._settle(self.block if block is None else block)
+        block = self.block if block is None else block
+        return ar.get() if block else ar
 
     # ----- execute / run -----
 
@@ -167,10 +168,9 @@ class DirectView:
             raise TypeError(f"code must be str, not {type(code).__name__}")
         ids, single = self._resolve(targets)
         child = self.client._native.execute(ids, code, not silent)
-        ar = AsyncResult(self.client, [child], "execute", "none" if silent else "execute", single=single,
-                         watch=False)
-        # As ipyparallel: a blocking execute raises the engines' errors, and returns the result.
-        ar._settle(self.block if block is None else block)
+        ar = AsyncResult(self.client, [child], "execute", "none" if silent else "execute", single=single)
+        if self.block if block is None else block:
+            ar.get()  # as ipyparallel: a blocking execute raises the engines' errors
         return ar
 
     def run(self, filename, targets=None, block=None):
@@ -180,37 +180,36 @@ class DirectView:
 
     # ----- apply -----
 
-    def _apply(self, f, args, kwargs, targets=None, watch=True):
+    def _apply(self, f, args, kwargs, targets=None):
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
         ids, single = self._resolve(targets)
         child = self.client._native.apply(ids, _dumps_call(f, args, kwargs))
-        return AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=single,
-                           watch=watch)
+        return AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=single)
 
     def apply(self, __testudo_f, *args, **kwargs):
         """f(*args, **kwargs) on every target; blocks according to `view.block`."""
-        return self._finish(self._apply(__testudo_f, args, kwargs, watch=False), None)
+        return self._finish(self._apply(__testudo_f, args, kwargs), None)
 
     def apply_async(self, __testudo_f, *args, **kwargs):
         return self._apply(__testudo_f, args, kwargs)
 
     def apply_sync(self, __testudo_f, *args, **kwargs):
-        return self._apply(__testudo_f, args, kwargs, watch=False)._get_sync()
+        return self._apply(__testudo_f, args, kwargs).get()
 
     # ----- map -----
 
     def map(self, f, *sequences, block=None):
         """Parallel map: the sequences are split in contiguous blocks, one per engine."""
-        return self._finish(self._map(f, sequences, watch=False), block)
+        return self._finish(self._map(f, sequences), block)
 
     def map_async(self, f, *sequences):
         return self._map(f, sequences)
 
     def map_sync(self, f, *sequences):
-        return self._map(f, sequences, watch=False)._get_sync()
+        return self._map(f, sequences).get()
 
-    def _map(self, f, sequences, call=_helpers.map_chunk, fname=None, watch=True):
+    def _map(self, f, sequences, call=_helpers.map_chunk, fname=None):
         if not sequences:
             raise ValueError("map needs at least one sequence")
         seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
@@ -223,7 +222,7 @@ class DirectView:
         for i in range(parts):
             chunks = [_partition(s[:n] if len(s) != n else s, i, parts) for s in seqs]
             children.append(self.client._native.apply([ids[i]], _dumps((call, (f, *chunks), {}))))
-        return AsyncMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle", watch=watch)
+        return AsyncMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle")
 
     # ----- namespace: push / pull / scatter / gather -----
 
@@ -236,7 +235,7 @@ class DirectView:
                 raise TypeError(f"keys must be str, not {type(key).__name__}")
         ids, single = self._resolve(targets)
         child = self.client._native.push(ids, _dumps(ns))
-        return self._finish(AsyncResult(self.client, [child], "push", "none", single=single, watch=False), block)
+        return self._finish(AsyncResult(self.client, [child], "push", "none", single=single), block)
 
     def update(self, ns):
         """Same as push(ns)."""
@@ -257,7 +256,7 @@ class DirectView:
             raise TypeError(f"names must be strs, not {names!r}")
         ids, single = self._resolve(targets)
         child = self.client._native.pull(ids, name_list)
-        ar = AsyncResult(self.client, [child], "pull", "pickle", single=single, transform=transform, watch=False)
+        ar = AsyncResult(self.client, [child], "pull", "pickle", single=single, transform=transform)
         return self._finish(ar, block)
 
     def get(self, key_s):
@@ -282,11 +281,10 @@ class DirectView:
             part = _partition(seq, i, len(ids))
             value = part[0] if flatten and len(part) == 1 else part
             children.append(self.client._native.push([engine], _dumps({key: value})))
-        ar = AsyncResult(self.client, children, "scatter", "none", watch=False)
+        ar = AsyncResult(self.client, children, "scatter", "none")
         if self.block if block is None else block:
-            ar._get_sync()
+            ar.get()
             return None
-        ar._watch()
         return ar
 
     def gather(self, key, dist="b", targets=None, block=None):
@@ -295,7 +293,7 @@ class DirectView:
             raise ValueError("only the block distribution ('b') is supported")
         ids, _ = self._resolve(targets)
         children = [self.client._native.pull([engine], [key]) for engine in ids]
-        ar = _GatherResult(self.client, children, "gather", "pickle", watch=False)
+        ar = _GatherResult(self.client, children, "gather", "pickle")
         return self._finish(ar, block)
 
     def clear(self, targets=None, block=None):
