@@ -394,6 +394,13 @@ PYBIND11_MODULE(_testudo, m) {
       .def_property_readonly("stderr", [](const PyReply& r) { return r.reply.stderr_text; })
       .def_property_readonly("started", [](const PyReply& r) { return r.reply.started_us / 1e6; })
       .def_property_readonly("completed", [](const PyReply& r) { return r.reply.completed_us / 1e6; })
+      .def_property_readonly("summary",
+                             [](const PyReply& r) {
+                               return py::make_tuple(r.reply.engine_id, r.reply.status.ok(), r.reply.started_us / 1e6,
+                                                     r.reply.completed_us / 1e6, r.reply.stdout_text,
+                                                     r.reply.stderr_text);
+                             },
+                             "(engine_id, ok, started, completed, stdout, stderr) in one call.")
       .def_property_readonly("value", [](const PyReply& r) {
         py::list out;
         for (const auto& s : r.reply.value) out.append(py::cast(pyglue::Segment{s}));

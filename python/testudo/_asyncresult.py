@@ -143,6 +143,10 @@ class AsyncResult(concurrent.futures.Future):
         """Waits until done or `timeout` seconds pass; returns whether it is done."""
         if self._state == _FINISHED:  # set after the outcome, unlike _finished
             return True
+        children = self._children
+        if len(children) == 1 and children[0].ready():  # no clock, no GIL release
+            self._finish()
+            return True
         deadline = time.monotonic() + _seconds(timeout)
         for child in self._children:
             left = max(0.0, deadline - time.monotonic())
@@ -348,23 +352,27 @@ class AsyncResult(concurrent.futures.Future):
             if self._finished:
                 return
             raw, metadata = [], []
+            now = time.time()
+            RemoteError = error.RemoteError
             for child in self._children:
                 for reply in child.replies():
+                    engine_id, ok, started, completed, stdout, stderr = reply.summary
                     try:
-                        value = self._value(reply) if reply.ok else self._error(reply)
+                        value = self._value(reply) if ok else self._error(reply)
                     except Exception as exc:  # a result that cannot be unpickled here
-                        value = error.RemoteError(type(exc).__name__, str(exc), "",
-                                                  {"engine_id": reply.engine_id, "method": self._fname})
+                        value = RemoteError(type(exc).__name__, str(exc), "",
+                                            {"engine_id": engine_id, "method": self._fname})
                     raw.append(value)
+                    failed = isinstance(value, RemoteError)
                     metadata.append(_Metadata(
-                        engine_id=reply.engine_id, submitted=self._submitted,
-                        started=reply.started or None, completed=reply.completed or None,
-                        received=time.time(), stdout=reply.stdout, stderr=reply.stderr,
-                        status="ok" if reply.ok and not isinstance(value, error.RemoteError) else "error",
-                        error=value if isinstance(value, error.RemoteError) else None))
+                        engine_id=engine_id, submitted=self._submitted,
+                        started=started or None, completed=completed or None,
+                        received=now, stdout=stdout, stderr=stderr,
+                        status="error" if failed or not ok else "ok",
+                        error=value if failed else None))
             self._raw = raw
             self._metadata = metadata
-            self._received = time.time()
+            self._received = now
             self._finished = True
             self._client._untrack(self._children)
             # Inside the lock: whoever sees _finished must also see the Future's outcome.

@@ -91,7 +91,11 @@ class LoadBalancedView:
         return [] if targets is None else self.client._build_targets(targets)
 
     def _submit(self, f, args, kwargs, flags):
-        opts = {k: flags.get(k, getattr(self, k)) for k in _FLAGS}
+        if flags:
+            opts = {k: flags.get(k, getattr(self, k)) for k in _FLAGS}
+        else:
+            opts = {"block": self.block, "retries": self.retries, "timeout": self.timeout, "after": self.after,
+                    "follow": self.follow, "targets": self.targets}
         child = self.client._native.apply_balanced(
             self._allowed(opts["targets"]), _dumps_call(f, args, kwargs), int(opts["retries"] or 0),
             float(opts["timeout"] or 0), _task_ids(opts["after"]), _task_ids(opts["follow"]))
