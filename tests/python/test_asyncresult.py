@@ -251,6 +251,27 @@ def test_concurrent_futures_wait(rc):
         ["fast", "slow"], ["slow", "fast"])
 
 
+def test_unwatched_results_complete_for_every_kind_of_waiter(rc):
+    # Results finish in whichever thread looks at them, or in the dispatcher when something
+    # outside watches them: each waiter kind must see completion without a get() first.
+    slow = rc[0].apply_async(sleep_then, 0.5, "slow")
+    quick = rc[1].apply_async(sleep_then, 0, "quick")
+    done, _ = concurrent.futures.wait([slow, quick], return_when=concurrent.futures.FIRST_COMPLETED, timeout=10)
+    assert quick in done
+    order = [f.result() for f in concurrent.futures.as_completed([rc[2].apply_async(sleep_then, 0.3, "b"),
+                                                                  rc[3].apply_async(sleep_then, 0, "a")], timeout=10)]
+    assert order == ["a", "b"]
+    fired = threading.Event()
+    late = rc[0].apply_async(sleep_then, 0.2, "late")
+    late.add_done_callback(lambda f: fired.set())
+    assert fired.wait(10), "a callback on a result nobody get()s never fired"
+    # Fire-and-forget results do not accumulate as outstanding once their replies are in.
+    for _ in range(200):
+        rc[0].apply_async(sleep_then, 0, None)
+    rc.wait(timeout=30)
+    assert len(rc.outstanding) == 0
+
+
 def test_async_map_result(rc):
     ar = rc[:].map_async(lambda x: x * 3, range(10))
     assert isinstance(ar, AsyncMapResult)
