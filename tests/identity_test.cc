@@ -142,21 +142,6 @@ std::string cloudpickled_call() {
       "import sys, cloudpickle; sys.stdout.buffer.write(cloudpickle.dumps((lambda: 6 * 7, (), {}), protocol=5))");
 }
 
-// A policy file (0600) in the cluster's home.
-std::string write_policy(const TestCluster& cluster, const nlohmann::json& policy, const std::string& name = "policy.json") {
-  std::string path = cluster.home() + "/" + name;
-  // Atomic replace, as an editor or config manager would: a reload never sees half a file.
-  std::string tmp = path + ".tmp";
-  write_file(tmp, policy.dump(2), 0600);
-  std::filesystem::rename(tmp, path);
-  return path;
-}
-
-// A cluster whose controller reads `policy_path` (which must exist before start).
-std::unique_ptr<TestCluster> start_with(int engines, std::vector<std::string> args) {
-  return TestCluster::start(engines, std::move(args));
-}
-
 // ---------------- manual trust mode (default) ----------------
 
 // A stranger with the client capability is refused (it is not in the trust directory); an

@@ -176,7 +176,9 @@ TEST(AuditLog, RotatesBySizeKeepingWholeLinesAndTheNewestFiles) {
     e.operation = "op";
     e.task_id = static_cast<std::uint64_t>(i + 1);
     log->record(e);
-    if (i % 10 == 9) ASSERT_TRUE(log->flush().ok());
+    if (i % 10 == 9) {
+      ASSERT_TRUE(log->flush().ok());
+    }
   }
   ASSERT_TRUE(log->flush().ok());
   log.reset();

@@ -24,7 +24,9 @@ TEST(PassphraseTest, SpecsParse) {
   for (const char* bad : {"", "env:", "file:", "command:", "hunter2", "ENV:X"}) {
     auto parsed = parse_passphrase_source(bad);
     ASSERT_FALSE(parsed.ok()) << bad;
-    if (std::string(bad) == "hunter2") EXPECT_FALSE(contains(parsed.status().message(), "hunter2"));
+    if (std::string(bad) == "hunter2") {
+      EXPECT_FALSE(contains(parsed.status().message(), "hunter2"));
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 // TLS over OpenSSL 3 for testudo's one-port, mutually authenticated channels.
 // This layer makes SSL_CTX objects and reads facts off an established SSL session; the
-// asio stream that drives the handshake lives in net/. Only OpenSSL forward declarations
+// code that drives the handshake on a socket lives in net/. Only OpenSSL forward declarations
 // appear here. Functions are thread-safe; an SSL_CTX made here is immutable after creation.
 //
 // What must hold:
