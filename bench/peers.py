@@ -62,6 +62,21 @@ class _IpyparallelApi:
     design). Needs self.rc, self.views (one DirectView per engine), self.dview, self.lview,
     self.n, and _forget_results() to drop cached or stored results."""
 
+    def _adopt_views(self, n):
+        """The views every workload uses, over the first n engines of self.rc."""
+        self.ids = sorted(self.rc.ids)[:n]
+        self.lview = self.rc.load_balanced_view()
+        self.views = [self.rc[i] for i in self.ids]
+        self.dview = self.rc[self.ids]
+
+    def _close_client(self):
+        if self.rc is not None:
+            try:
+                self.rc.close()
+            except Exception:
+                pass
+            self.rc = None
+
     def apply_rt(self):
         return self.views[0].apply_sync(NOOP)
 
@@ -134,19 +149,11 @@ class Testudo(_IpyparallelApi, Peer):
         self.rc = testudo.Client(os.path.join(self.home, "profile_bench", "security",
                                               "controller-client.json"), profile="bench")
         self.rc.wait_for_engines(n, timeout=30)
-        self.ids = sorted(self.rc.ids)[:n]
-        self.lview = self.rc.load_balanced_view()
-        self.views = [self.rc[i] for i in self.ids]
-        self.dview = self.rc[self.ids]
+        self._adopt_views(n)
         return elapsed
 
     def stop(self):
-        if self.rc is not None:
-            try:
-                self.rc.close()
-            except Exception:
-                pass
-            self.rc = None
+        self._close_client()
         try:
             self._cli("cluster", "stop", timeout=30)
         except Exception:
@@ -202,19 +209,11 @@ class Ipyparallel(_IpyparallelApi, Peer):
         self.rc = self.cluster.start_and_connect_sync()
         self.rc.wait_for_engines(n, timeout=60)
         elapsed = time.perf_counter() - t0
-        self.ids = sorted(self.rc.ids)[:n]
-        self.lview = self.rc.load_balanced_view()
-        self.views = [self.rc[i] for i in self.ids]
-        self.dview = self.rc[self.ids]
+        self._adopt_views(n)
         return elapsed
 
     def stop(self):
-        if self.rc is not None:
-            try:
-                self.rc.close()
-            except Exception:
-                pass
-            self.rc = None
+        self._close_client()
         if self.cluster is not None:
             pids = (self.controller_pids() or []) + (self.engine_pids() or [])
             try:
