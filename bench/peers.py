@@ -116,6 +116,7 @@ class Testudo(_IpyparallelApi, Peer):
     """build/testudo cluster start -n N --daemonize, in a private TESTUDO_HOME."""
 
     name = "testudo"
+    cluster_args = []  # extra `cluster start` options (bench/probe.py --cluster-args)
 
     def __init__(self):
         super().__init__()
@@ -140,7 +141,7 @@ class Testudo(_IpyparallelApi, Peer):
         import testudo
         self.n = n
         t0 = time.perf_counter()
-        r = self._cli("cluster", "start", "-n", str(n), "--daemonize")
+        r = self._cli("cluster", "start", "-n", str(n), "--daemonize", *self.cluster_args)
         elapsed = time.perf_counter() - t0
         if r.returncode != 0:
             raise RuntimeError(f"testudo cluster start failed ({r.returncode}):\n{r.stdout}")

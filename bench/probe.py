@@ -48,6 +48,34 @@ def cpu_seconds(pids):
     return total
 
 
+def thread_switches(pids):
+    """{(process, thread name): voluntary + involuntary context switches} of these processes and
+    their descendants; a thread sleeping and being woken counts one voluntary switch."""
+    out, todo = {}, list(pids)
+    while todo:
+        pid = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                        name = f.read().strip()
+                    counts = [0, 0]
+                    with open(f"/proc/{pid}/task/{tid}/status") as f:
+                        for line in f:
+                            if line.startswith("voluntary_ctxt_switches"):
+                                counts[0] = int(line.split()[1])
+                            elif line.startswith("nonvoluntary_ctxt_switches"):
+                                counts[1] = int(line.split()[1])
+                    key = (pid, f"{name}/{tid}")
+                    out[key] = (counts[0], counts[1])
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        todo += _children(pid)
+    return out
+
+
 def noop():
     return None
 
@@ -61,6 +89,9 @@ def main():
     ap.add_argument("--tasks", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=500)
     ap.add_argument("--hold", type=float, default=0)
+    ap.add_argument("--cluster-args", default="", help="extra `testudo cluster start` options, e.g. '--hwm 8'")
+    ap.add_argument("--switches", action="store_true",
+                    help="also print context switches per operation for each thread")
     ap.add_argument("--build", help="a build directory other than build/ (testudo and python/ in it)")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -68,6 +99,7 @@ def main():
     workloads.NOOP = noop
     if args.build:
         sys.path.insert(0, os.path.join(os.path.abspath(args.build), "python"))
+    peers.Testudo.cluster_args = args.cluster_args.split()
     p = peers.Testudo()
     if args.build:
         p.exe = os.path.join(os.path.abspath(args.build), "testudo")
@@ -79,12 +111,21 @@ def main():
         ctl, eng = p.controller_pids(), p.engine_pids()
 
         def cpu():
-            return cpu_seconds(ctl), cpu_seconds(eng), cpu_seconds([os.getpid()])
+            switches = thread_switches(ctl + eng + [os.getpid()]) if args.switches else {}
+            return cpu_seconds(ctl), cpu_seconds(eng), cpu_seconds([os.getpid()]), switches
+
+        def role(pid):
+            return "controller" if pid in ctl else "engine" if pid in eng else "client"
 
         def show(what, c0, n):
             c1 = cpu()
             print(f"    cpu per {what}: controller {(c1[0]-c0[0])/n*1e6:.0f} us, engines {(c1[1]-c0[1])/n*1e6:.0f} us, "
                   f"client {(c1[2]-c0[2])/n*1e6:.0f} us", flush=True)
+            for key, (v, i) in sorted(c1[3].items()):
+                v0, i0 = c0[3].get(key, (0, 0))
+                if (v - v0 + i - i0) / n >= 0.01:
+                    print(f"      switches per {what}: {role(key[0]):10} {key[1]:24} voluntary {(v-v0)/n:.2f}"
+                          f" involuntary {(i-i0)/n:.2f}", flush=True)
 
         c0 = cpu()
         if "rt" in only:
