@@ -93,8 +93,9 @@ TEST(SchedulingTest, BalancedTasksSpreadOverEveryEngine) {
   EXPECT_EQ(used, (std::set<EngineId>{1, 3}));
 }
 
-// While every engine is busy, no engine holds more than `hwm` (2) balanced tasks; the rest
-// wait unassigned in the controller.
+// While every engine is busy with long tasks, no engine holds more than its window (the
+// adaptive default: 2 for tasks this long) of balanced tasks; the rest wait unassigned in
+// the controller.
 TEST(SchedulingTest, HighWaterMarkBoundsTasksPerEngine) {
   auto cluster = TestCluster::start(2);
   ASSERT_TRUE(cluster);
@@ -105,11 +106,12 @@ TEST(SchedulingTest, HighWaterMarkBoundsTasksPerEngine) {
 
   nlohmann::json status = queue_status(*client);
   ASSERT_TRUE(status.contains("engines")) << status.dump();
-  EXPECT_EQ(status["hwm"], 2) << status.dump();
+  EXPECT_EQ(status["hwm"], "auto") << status.dump();
   EXPECT_EQ(status["scheme"], "leastload") << status.dump();
   ASSERT_EQ(status["engines"].size(), 2u) << status.dump();
   for (const auto& [engine, load] : status["engines"].items()) {
     EXPECT_EQ(load["tasks"], 2) << "engine " << engine << ": " << status.dump();
+    EXPECT_EQ(load["window"], 2) << status.dump();
     EXPECT_EQ(load["queue"], 0) << status.dump();
   }
   EXPECT_EQ(status["unassigned"], 4) << status.dump();

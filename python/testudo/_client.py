@@ -270,7 +270,9 @@ class Client:
     def queue_status(self, targets="all", verbose=False):
         """{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n, 'waiting': n}."""
         report = json.loads(self._native.queue_status())
-        out = {int(k): v for k, v in report["engines"].items()}
+        # ipyparallel's shape: the controller's extra figures (e.g. the window) stay out.
+        out = {int(k): {key: v[key] for key in ("queue", "tasks", "completed")}
+               for k, v in report["engines"].items()}
         if isinstance(targets, int):
             return out[targets]
         if targets != "all":

@@ -257,7 +257,10 @@ int main(int argc, char** argv) {
   c->add_option("--log-file", controller_log, "Write the log here instead of stderr");
   c->add_option("--scheme", copts.scheme, "Load balancing: leastload, lru, twobin, weighted or random")
       ->capture_default_str();
-  c->add_option("--hwm", copts.hwm, "Load-balanced tasks one engine holds at once (0: no limit)")->capture_default_str();
+  c->add_option("--hwm", copts.hwm,
+                "Load-balanced tasks one engine holds at once: auto (as many as it runs in 1 ms, 2 to 32) "
+                "or a number (0: no limit)")
+      ->capture_default_str();
   c->add_option("--result-max-bytes", copts.result_max_bytes, "Results kept in the task store, in bytes")
       ->capture_default_str();
   c->add_option("--trust", copts.trust,
@@ -327,7 +330,7 @@ int main(int argc, char** argv) {
   std::string cluster_scheme;
   start->add_option("--scheme", cluster_scheme, "Load balancing: leastload (default), lru, twobin, weighted, random");
   std::string cluster_hwm;
-  start->add_option("--hwm", cluster_hwm, "Load-balanced tasks one engine holds at once (default 2; 0: no limit)");
+  start->add_option("--hwm", cluster_hwm, "As for `testudo controller --hwm` (default auto)");
   // Controller security options passed through as they are (see `testudo controller --help`).
   std::vector<std::pair<std::string, std::string>> passthrough_values = {
       {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},

@@ -1,5 +1,7 @@
 #include "controller/controller.h"
 
+#include <charconv>
+
 #include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
@@ -204,7 +206,14 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   auto scheme = parse_scheme(options.scheme);
   if (!scheme) return invalid_argument("unknown scheme '" + options.scheme + "': leastload, lru, twobin, weighted or random");
   hub_options.scheduler.scheme = *scheme;
-  hub_options.scheduler.hwm = options.hwm;
+  if (options.hwm != "auto") {
+    std::uint32_t hwm = 0;
+    auto [end, ec] = std::from_chars(options.hwm.data(), options.hwm.data() + options.hwm.size(), hwm);
+    if (ec != std::errc() || end != options.hwm.data() + options.hwm.size() || hwm == kAdaptiveWindow) {
+      return invalid_argument("--hwm '" + options.hwm + "': 'auto' or a number of tasks (0: no limit)");
+    }
+    hub_options.scheduler.hwm = hwm;
+  }
   hub_options.client_capability = state.client_capability;
   hub_options.engine_capability = state.engine_capability;
   hub_options.heartbeat_timeout = options.heartbeat_timeout;

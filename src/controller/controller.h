@@ -26,7 +26,9 @@ struct ControllerOptions {
   std::chrono::seconds result_max_age{7 * 24 * 3600};
   std::uint64_t result_max_bytes = 4ull << 30;
   std::string scheme = "leastload";    // load-balancing scheme
-  std::uint32_t hwm = 2;               // load-balanced tasks per engine at once (0: no limit)
+  // Load-balanced tasks (and direct ones sent ahead) per engine at once: "auto" (adapts to
+  // task times, 2 to 32; see controller/scheduler.h), or a number (0: no limit).
+  std::string hwm = "auto";
 
   // Identities and authorization (issue 5; docs/security.md).
   std::string trust = "manual";        // manual | learn | ca (see controller/gatekeeper.h)

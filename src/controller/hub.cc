@@ -558,7 +558,7 @@ void Hub::deliver_to_waiters(TaskId id, const wire::Message& reply) {
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
   const bool success = (m.envelope.flags & wire::kTaskFailed) == 0;
   // T8: an engine may only answer tasks running on it; anything else is ignored.
-  auto task = scheduler_.finished(m.envelope.task_id, engine.id, success);
+  auto task = scheduler_.finished(m.envelope.task_id, engine.id, success, Clock::now());
   if (!task) {
     LOG_WARN("hub") << "engine " << engine.id << " replied to task " << m.envelope.task_id
                     << " it does not hold; ignored";
@@ -776,13 +776,16 @@ void Hub::interrupt_engines(Peer& client, const wire::Message& m) {
 std::string Hub::queue_status_json() const {
   nlohmann::json engines = nlohmann::json::object();
   for (const auto& [id, load] : scheduler_.queue_status()) {
-    engines[std::to_string(id)] = {{"queue", load.queued}, {"tasks", load.running}, {"completed", load.completed}};
+    engines[std::to_string(id)] = {
+        {"queue", load.queued}, {"tasks", load.running}, {"completed", load.completed}, {"window", load.window}};
   }
   return nlohmann::json{{"engines", engines},
                         {"unassigned", scheduler_.unassigned()},
                         {"waiting", scheduler_.waiting()},
                         {"scheme", std::string(scheme_name(scheduler_.options().scheme))},
-                        {"hwm", scheduler_.options().hwm}}
+                        {"hwm", scheduler_.options().hwm == kAdaptiveWindow
+                                    ? nlohmann::json("auto")
+                                    : nlohmann::json(scheduler_.options().hwm)}}
       .dump();
 }
 

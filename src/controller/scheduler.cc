@@ -1,6 +1,7 @@
 #include "controller/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace testudo::controller {
@@ -155,7 +156,29 @@ void Scheduler::enqueue(TaskId id, Task& task) {
 }
 
 bool Scheduler::balanced_room(const Engine& e) const {
-  return options_.hwm == 0 || e.running_balanced < options_.hwm;
+  const std::uint32_t limit = options_.hwm == kAdaptiveWindow ? e.window : options_.hwm;
+  return limit == 0 || e.running_balanced < limit;
+}
+
+bool Scheduler::direct_room(const Engine& e) const {
+  const std::uint32_t limit = options_.direct_window == kAdaptiveWindow ? e.window : options_.direct_window;
+  return e.running.size() - e.running_balanced < limit;
+}
+
+void Scheduler::measure_reply(Engine& e, Clock::time_point now) {
+  if (e.busy_at_last_reply && now > e.last_reply) {
+    // The engine went straight from the previous task to this one: the gap is its time per
+    // task (plus, when the next task was still in flight, some network time: an
+    // overestimate, which only makes the window smaller).
+    const double sample = std::chrono::duration<double, std::micro>(now - e.last_reply).count();
+    e.service_us = e.service_us == 0 ? sample : e.service_us + (sample - e.service_us) / 8;
+    const double budget = static_cast<double>(options_.adaptive_budget.count());
+    const double ahead = 1 + std::ceil(budget / std::max(e.service_us, 1.0));
+    e.window = static_cast<std::uint32_t>(
+        std::clamp(ahead, double{kMinAdaptiveWindow}, double{kMaxAdaptiveWindow}));
+  }
+  e.last_reply = now;
+  e.busy_at_last_reply = !e.running.empty();
 }
 
 bool Scheduler::eligible(EngineId engine, const Task& task) const {
@@ -283,7 +306,7 @@ void Scheduler::send(EngineId engine, Engine& e, TaskId id, Task& task) {
 }
 
 void Scheduler::pump_engine(EngineId engine, Engine& e) {
-  while (!e.direct.empty() && e.running.size() - e.running_balanced < options_.direct_window) {
+  while (!e.direct.empty() && direct_room(e)) {
     TaskId id = e.direct.front();
     e.direct.pop_front();
     auto t = tasks_.find(id);
@@ -330,7 +353,7 @@ void Scheduler::pump() {
   }
 }
 
-std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool success) {
+std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool success, Clock::time_point now) {
   auto t = tasks_.find(id);
   if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return std::nullopt;
   auto e = engines_.find(engine);
@@ -338,6 +361,7 @@ std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool suc
     e->second.running.erase(id);
     if (!t->second.spec.engine) --e->second.running_balanced;
     ++e->second.completed;
+    measure_reply(e->second, now);
     reindex(engine, e->second);
   }
   TaskSpec spec = std::move(t->second.spec);
@@ -445,7 +469,10 @@ const TaskSpec* Scheduler::running_spec(TaskId id, EngineId engine) const {
 
 std::map<EngineId, Scheduler::EngineLoad> Scheduler::queue_status() const {
   std::map<EngineId, EngineLoad> out;
-  for (const auto& [id, e] : engines_) out[id] = EngineLoad{e.direct.size(), e.running.size(), e.completed};
+  for (const auto& [id, e] : engines_) {
+    out[id] = EngineLoad{e.direct.size(), e.running.size(), e.completed,
+                         options_.hwm == kAdaptiveWindow ? e.window : options_.hwm};
+  }
   return out;
 }
 

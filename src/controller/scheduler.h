@@ -6,10 +6,19 @@
 // those engines; a load-balanced request makes one task that the policy places.
 //   waiting  -> its `after`/`follow` dependencies are not done yet (fails after `timeout`)
 //   queued   -> ready; direct tasks wait in their engine's queue, load-balanced ones in the
-//               unassigned queue, until an engine has room (outstanding < window / hwm)
+//               unassigned queue, until an engine has room (outstanding < window / hwm;
+//               see "Adaptive window" below)
 //   running  -> sent to an engine; ends with the engine's reply, or with the engine's death
 //               (load-balanced tasks with retries left are queued again, elsewhere)
 //   done     -> a small record (success, engine) kept for later dependencies
+//
+// Adaptive window (the default for both limits): an engine is sent as many tasks ahead as it
+// runs in `adaptive_budget` (1 ms), judged by the time between its replies while it had more
+// work (an average over the last few), between 2 and 32. Tasks sent ahead hide the round trip
+// to the engine behind work: trivial tasks fill the window and an engine never idles waiting
+// for the next one; tasks of a millisecond or more keep ipyparallel-like strictness (2), so a
+// long task holds back at most one other. What must hold: the window only grows from
+// measured replies, and an engine with nothing measured gets the minimum.
 //
 // Threading: not thread-safe; the hub calls it on its loop thread.
 #pragma once
@@ -18,6 +27,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -43,13 +53,20 @@ enum class SchedulingScheme { kLeastLoad, kLru, kTwoBin, kWeighted, kRandom };
 std::optional<SchedulingScheme> parse_scheme(std::string_view name);
 std::string_view scheme_name(SchedulingScheme scheme);
 
+// hwm / direct_window value: adapt to each engine's task times (see the file comment).
+inline constexpr std::uint32_t kAdaptiveWindow = std::numeric_limits<std::uint32_t>::max();
+inline constexpr std::uint32_t kMinAdaptiveWindow = 2;
+inline constexpr std::uint32_t kMaxAdaptiveWindow = 32;
+
 struct SchedulerOptions {
   SchedulingScheme scheme = SchedulingScheme::kLeastLoad;
   // Load-balanced tasks an engine may hold at once (running + sent); 0 = no limit.
-  std::uint32_t hwm = 2;
-  // Direct tasks sent ahead to an engine (one running, one ready behind it); the others wait
-  // in the controller, where abort reaches them.
-  std::uint32_t direct_window = 2;
+  std::uint32_t hwm = kAdaptiveWindow;
+  // Direct tasks sent ahead to an engine (with 2: one running, one ready behind it); the
+  // others wait in the controller, where abort reaches them.
+  std::uint32_t direct_window = kAdaptiveWindow;
+  // Adaptive windows: the engine time worth of tasks an engine is sent ahead.
+  std::chrono::microseconds adaptive_budget{1000};
   // Records of finished tasks kept for dependencies (oldest forgotten first).
   std::size_t finished_records = 1'000'000;
 };
@@ -101,9 +118,9 @@ class Scheduler {
   void set_next_id(TaskId first) { next_id_ = std::max(next_id_, first); }
   // Accepts a task; dispatches, queues or fails it at once. Returns its id.
   TaskId submit(TaskSpec task, Clock::time_point now);
-  // The engine's reply for `id` arrived. Returns the task (for routing its reply), or nothing
-  // if it is not running on that engine (a late or forged reply, to be ignored).
-  std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success);
+  // The engine's reply for `id` arrived at `now`. Returns the task (for routing its reply), or
+  // nothing if it is not running on that engine (a late or forged reply, to be ignored).
+  std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success, Clock::time_point now);
   // Aborts the queued or waiting tasks of `client_id` among `ids`; running ones are left
   // alone. Returns the number aborted.
   std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids);
@@ -121,6 +138,7 @@ class Scheduler {
     std::size_t queued = 0;   // direct tasks waiting in the controller
     std::size_t running = 0;  // sent to the engine, not answered
     std::uint64_t completed = 0;
+    std::uint32_t window = 0;  // load-balanced tasks it may hold now (hwm, or its adaptive window)
   };
   std::map<EngineId, EngineLoad> queue_status() const;
   std::size_t unassigned() const { return unassigned_.size() + restricted_.size(); }
@@ -144,6 +162,13 @@ class Scheduler {
     std::size_t running_balanced = 0;
     std::uint64_t completed = 0;
     std::uint64_t last_assigned = 0;  // LRU clock value
+    // Adaptive window: average time between replies that came while the engine held more
+    // work (its time per task; 0: not measured yet), when the last reply came and whether
+    // the engine held more work then.
+    double service_us = 0;
+    Clock::time_point last_reply{};
+    bool busy_at_last_reply = false;
+    std::uint32_t window = kMinAdaptiveWindow;
     // Its entry in the placement index (see reindex), as last inserted.
     bool indexed = false;
     std::size_t indexed_load = 0;
@@ -160,6 +185,9 @@ class Scheduler {
   void pump();                       // sends whatever can be sent now
   void pump_engine(EngineId engine, Engine& e);
   bool balanced_room(const Engine& e) const;
+  bool direct_room(const Engine& e) const;
+  // Updates `e`'s adaptive window from a reply at `now`; `e.running` no longer holds it.
+  void measure_reply(Engine& e, Clock::time_point now);
   std::optional<EngineId> place(const Task& task);
   // Applies `scheme` to `candidates` (engines with room that may run the task, by id).
   EngineId pick(const std::vector<EngineId>& candidates);

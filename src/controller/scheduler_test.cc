@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <deque>
 #include <map>
 
 namespace testudo::controller {
@@ -60,7 +61,7 @@ TEST_F(SchedulerTest, LeastLoadSpreadsWorkAndRespectsTheHighWaterMark) {
   EXPECT_EQ(sink.per_engine(ev), (std::map<EngineId, int>{{0, 2}, {1, 2}, {2, 2}}));
   EXPECT_EQ(s.unassigned(), 3u);
   // A reply makes room on that engine, and the next queued task (FIFO) goes there.
-  ASSERT_TRUE(s.finished(ev[0].id, ev[0].engine, true));
+  ASSERT_TRUE(s.finished(ev[0].id, ev[0].engine, true, now));
   auto next = sink.take();
   ASSERT_EQ(next.size(), 1u);
   EXPECT_EQ(next[0].engine, ev[0].engine);
@@ -112,7 +113,7 @@ TEST_F(SchedulerTest, DirectTasksGoToTheirEngineWithinTheWindow) {
   auto ev = sink.take();
   ASSERT_EQ(ev.size(), 2u);
   EXPECT_EQ(s.queue_status().at(5).queued, 1u);
-  ASSERT_TRUE(s.finished(a, 5, true));
+  ASSERT_TRUE(s.finished(a, 5, true, now));
   ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, c);
@@ -130,9 +131,9 @@ TEST_F(SchedulerTest, RepliesFromTheWrongEngineAreRefused) {
   s.add_engine(1);
   TaskId id = s.submit(direct(0), now);
   sink.take();
-  EXPECT_FALSE(s.finished(id, 1, true));   // T8: engine 1 cannot answer engine 0's task
-  EXPECT_TRUE(s.finished(id, 0, true));
-  EXPECT_FALSE(s.finished(id, 0, true));   // nor can a reply arrive twice
+  EXPECT_FALSE(s.finished(id, 1, true, now));   // T8: engine 1 cannot answer engine 0's task
+  EXPECT_TRUE(s.finished(id, 0, true, now));
+  EXPECT_FALSE(s.finished(id, 0, true, now));   // nor can a reply arrive twice
 }
 
 TEST_F(SchedulerTest, EngineDeathRetriesBalancedTasksElsewhereAndFailsTheRest) {
@@ -158,7 +159,7 @@ TEST_F(SchedulerTest, EngineDeathRetriesBalancedTasksElsewhereAndFailsTheRest) {
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, d);
   EXPECT_EQ(ev[0].failure, TaskFailure::kEngineDied);
-  ASSERT_TRUE(s.finished(plain, 1, true));
+  ASSERT_TRUE(s.finished(plain, 1, true, now));
   ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, r);
@@ -180,7 +181,7 @@ TEST_F(SchedulerTest, AfterWaitsForSuccessAndFailsOnFailure) {
   TaskId second = s.submit(later, now);
   EXPECT_TRUE(sink.take().empty());
   EXPECT_EQ(s.waiting(), 1u);
-  ASSERT_TRUE(s.finished(first, 0, true));
+  ASSERT_TRUE(s.finished(first, 0, true, now));
   auto ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, second);
@@ -190,7 +191,7 @@ TEST_F(SchedulerTest, AfterWaitsForSuccessAndFailsOnFailure) {
   TaskSpec dependent = balanced();
   dependent.after = {failing};
   TaskId doomed = s.submit(dependent, now);
-  ASSERT_TRUE(s.finished(failing, 0, false));
+  ASSERT_TRUE(s.finished(failing, 0, false, now));
   ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, doomed);
@@ -216,7 +217,7 @@ TEST_F(SchedulerTest, FollowRunsWhereTheFollowedTaskRan) {
   s.submit(follower, now);
   s.submit(follower, now);
   EXPECT_TRUE(sink.take().empty());
-  ASSERT_TRUE(s.finished(leader, where, true));
+  ASSERT_TRUE(s.finished(leader, where, true, now));
   ev = sink.take();
   ASSERT_EQ(ev.size(), 2u);
   EXPECT_EQ(ev[0].engine, where);
@@ -259,7 +260,7 @@ TEST_F(SchedulerTest, AbortReachesQueuedTasksOfThatClientOnly) {
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, queued);
   EXPECT_EQ(ev[0].failure, TaskFailure::kAborted);
-  ASSERT_TRUE(s.finished(running, 0, true));
+  ASSERT_TRUE(s.finished(running, 0, true, now));
   ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, other);  // the aborted one is skipped
@@ -286,6 +287,89 @@ TEST_F(SchedulerTest, BalancedTasksWaitForTheFirstEngine) {
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, id);
   EXPECT_EQ(ev[0].engine, 3u);
+}
+
+// Replies `count` of the oldest tasks running on `engine`, one every `gap`, advancing `now`.
+// `running` holds the ids sent to the engine and not answered, oldest first.
+void reply_every(Scheduler& s, RecordingSink& sink, std::deque<TaskId>& running, EngineId engine, int count,
+                 std::chrono::microseconds gap, Clock::time_point& now) {
+  for (int i = 0; i < count && !running.empty(); ++i) {
+    now += gap;
+    ASSERT_TRUE(s.finished(running.front(), engine, true, now));
+    running.pop_front();
+    for (const auto& e : sink.take()) {
+      if (e.dispatched) running.push_back(e.id);
+    }
+  }
+}
+
+TEST_F(SchedulerTest, AdaptiveWindowGrowsForShortTasksAndShrinksAtOnceForALongOne) {
+  auto s = make();  // adaptive by default, budget 1 ms
+  s.add_engine(0);
+  std::deque<TaskId> running;
+  for (int i = 0; i < 200; ++i) s.submit(balanced(), now);
+  for (const auto& e : sink.take()) running.push_back(e.id);
+  ASSERT_EQ(running.size(), kMinAdaptiveWindow);  // nothing measured yet
+  EXPECT_EQ(s.queue_status().at(0).window, kMinAdaptiveWindow);
+
+  // 20 µs tasks: 1 ms holds 50 of them, capped at the maximum.
+  reply_every(s, sink, running, 0, 60, std::chrono::microseconds(20), now);
+  EXPECT_EQ(running.size(), kMaxAdaptiveWindow);
+  EXPECT_EQ(s.queue_status().at(0).window, kMaxAdaptiveWindow);
+
+  // One task of 50 ms: the window drops to the minimum at once; nothing more is sent until
+  // the engine holds fewer tasks than that, and then it is kept at the minimum.
+  reply_every(s, sink, running, 0, 1, std::chrono::milliseconds(50), now);
+  EXPECT_EQ(s.queue_status().at(0).window, kMinAdaptiveWindow);
+  EXPECT_EQ(running.size(), kMaxAdaptiveWindow - 1);
+  reply_every(s, sink, running, 0, static_cast<int>(kMaxAdaptiveWindow) - 3, std::chrono::milliseconds(5), now);
+  EXPECT_EQ(running.size(), 2u);
+  reply_every(s, sink, running, 0, 5, std::chrono::milliseconds(5), now);
+  EXPECT_EQ(running.size(), kMinAdaptiveWindow);
+  EXPECT_EQ(s.queue_status().at(0).window, kMinAdaptiveWindow);
+}
+
+TEST_F(SchedulerTest, AdaptiveWindowIgnoresGapsWhileTheEngineWasIdle) {
+  auto s = make();
+  s.add_engine(0);
+  // One task at a time, answered quickly after arriving at an idle engine: the gaps between
+  // replies are the client's think time, not the engine's, and must not widen the window.
+  for (int i = 0; i < 10; ++i) {
+    TaskId id = s.submit(balanced(), now);
+    ASSERT_EQ(sink.take().size(), 1u);
+    now += std::chrono::microseconds(10);
+    ASSERT_TRUE(s.finished(id, 0, true, now));
+    now += std::chrono::milliseconds(3);
+  }
+  EXPECT_EQ(s.queue_status().at(0).window, kMinAdaptiveWindow);
+}
+
+TEST_F(SchedulerTest, FixedLimitsIgnoreTaskTimes) {
+  SchedulerOptions o;
+  o.hwm = 2;
+  o.direct_window = 3;
+  auto s = make(o);
+  s.add_engine(0);
+  std::deque<TaskId> running;
+  for (int i = 0; i < 100; ++i) s.submit(balanced(), now);
+  for (const auto& e : sink.take()) running.push_back(e.id);
+  reply_every(s, sink, running, 0, 40, std::chrono::microseconds(10), now);
+  EXPECT_EQ(running.size(), 2u);
+  EXPECT_EQ(s.queue_status().at(0).window, 2u);
+  for (int i = 0; i < 10; ++i) s.submit(direct(0), now);
+  EXPECT_EQ(sink.take().size(), 3u);
+}
+
+TEST_F(SchedulerTest, AdaptiveWindowAppliesToDirectTasks) {
+  auto s = make();
+  s.add_engine(0);
+  std::deque<TaskId> running;
+  for (int i = 0; i < 100; ++i) s.submit(direct(0), now);
+  for (const auto& e : sink.take()) running.push_back(e.id);
+  ASSERT_EQ(running.size(), kMinAdaptiveWindow);
+  reply_every(s, sink, running, 0, 40, std::chrono::microseconds(100), now);  // 1 ms holds 10
+  EXPECT_EQ(running.size(), 11u);
+  EXPECT_EQ(s.queue_status().at(0).queued, 100u - 40u - 11u);
 }
 
 }  // namespace
