@@ -399,6 +399,8 @@ TEST(SchedulingTest, FollowRunsWhereTheDependencyRan) {
 }
 
 // 1,000 trivial cloudpickled applies, load-balanced: every one succeeds, on every engine.
+// Also: acknowledgements (task ids) wait briefly to travel with the reply (controller/hub.h),
+// but never arrive after it: once a reply is in, its ids are known without waiting.
 TEST(SchedulingTest, BurstOfAThousandBalancedAppliesAllComplete) {
   auto cluster = TestCluster::start(4);
   ASSERT_TRUE(cluster);
@@ -413,10 +415,15 @@ TEST(SchedulingTest, BurstOfAThousandBalancedAppliesAllComplete) {
   int successes = 0;
   std::map<EngineId, int> per_engine;
   std::set<std::string> values;
+  std::set<std::uint64_t> ids;
   for (auto& r : results) {
     auto replies = r.get(120s);
     ASSERT_TRUE(replies.ok()) << replies.status().to_string();
     ASSERT_EQ(replies->size(), 1u);
+    auto task_ids = r.task_ids(0ms);
+    ASSERT_TRUE(task_ids.ok()) << task_ids.status().to_string();
+    ASSERT_EQ(task_ids->size(), 1u);
+    ids.insert((*task_ids)[0]);
     const EngineReply& reply = (*replies)[0];
     if (reply.status.ok()) {
       ++successes;
@@ -427,6 +434,7 @@ TEST(SchedulingTest, BurstOfAThousandBalancedAppliesAllComplete) {
     }
   }
   EXPECT_EQ(successes, 1000);
+  EXPECT_EQ(ids.size(), 1000u);
   EXPECT_EQ(per_engine.size(), 4u);
   ASSERT_EQ(values.size(), 1u);
   EXPECT_EQ(local_python("import sys, pickle; print(pickle.loads(sys.stdin.buffer.read()))", *values.begin()), "42\n");
@@ -434,6 +442,13 @@ TEST(SchedulingTest, BurstOfAThousandBalancedAppliesAllComplete) {
   int completed = 0;
   for (const auto& [engine, load] : status["engines"].items()) completed += load["completed"].get<int>();
   EXPECT_EQ(completed, 1000) << status.dump();
+  for (int i = 0; i < 50; ++i) {  // direct requests to every engine: four ids each
+    auto r = client->execute({0, 1, 2, 3}, "pass");
+    ASSERT_TRUE(r.get(30s).ok());
+    auto task_ids = r.task_ids(0ms);
+    ASSERT_TRUE(task_ids.ok()) << task_ids.status().to_string();
+    EXPECT_EQ(task_ids->size(), 4u);
+  }
 }
 
 }  // namespace

@@ -12,6 +12,11 @@ namespace {
 
 using wire::MessageKind;
 
+// How long a request's acknowledgement may wait for a message to its client to travel with.
+// Short enough that a caller asking for task ids at once barely notices; long enough for the
+// reply of a quick task to come back first.
+constexpr std::chrono::milliseconds kAckDelay{1};
+
 std::int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -189,7 +194,7 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       chunk.envelope.request_id = task->request_id;
       chunk.envelope.engine_id = peer.id;
       chunk.segments = std::move(m.segments);
-      client->second->connection->send(std::move(chunk));
+      send_to_client(*client->second, std::move(chunk));
       return;
     }
     case MessageKind::kEngineList:
@@ -366,7 +371,7 @@ void Hub::deny(Peer& client, auth::Operation op, const wire::Envelope& req, cons
     reply.envelope.client_id = client.id;
     reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kNotAllowed);
     reply.envelope.text = text;
-    client.connection->send(std::move(reply));
+    send_to_client(client, std::move(reply));
   }
 }
 
@@ -406,7 +411,7 @@ void Hub::key_admin(Peer& client, const wire::Message& m) {
                                                            ? wire::RouteStatus::kNoSuchTask
                                                            : wire::RouteStatus::kNotAllowed);
     error.envelope.text = reply.status().message();
-    client.connection->send(std::move(error));
+    send_to_client(client, std::move(error));
     return;
   }
   send_control_reply(client, MessageKind::kKeyAdminReply, m.envelope, std::move(reply).value());
@@ -509,7 +514,50 @@ void Hub::acknowledge(Peer& client, std::uint64_t request_id, const std::vector<
   ack.envelope.request_id = request_id;
   ack.envelope.client_id = client.id;
   ack.segments.push_back(wire::encode_ids(ids));
-  client.connection->send(std::move(ack));
+  if (client.pending_acks.empty()) {
+    clients_with_acks_.push_back(client.id);
+    client.acks_since = Clock::now();
+  }
+  client.pending_acks.push_back(std::move(ack));
+  if (!ack_flush_armed_) arm_ack_flush(kAckDelay);
+}
+
+void Hub::arm_ack_flush(Clock::duration delay) {
+  ack_flush_armed_ = true;
+  // Whole milliseconds, at least one: an ack waits at most about twice kAckDelay.
+  auto ms = std::chrono::ceil<std::chrono::milliseconds>(delay);
+  ack_flush_ = loop_.after(std::max(ms, std::chrono::milliseconds(1)), [this] {
+    ack_flush_armed_ = false;
+    flush_due_acks();
+  });
+}
+
+void Hub::flush_acks(Peer& client) {
+  for (auto& ack : client.pending_acks) client.connection->send(std::move(ack));
+  client.pending_acks.clear();
+}
+
+void Hub::flush_due_acks(bool everything) {
+  const auto now = Clock::now();
+  auto next_due = Clock::time_point::max();
+  std::erase_if(clients_with_acks_, [&](std::uint32_t id) {
+    auto client = clients_.find(id);
+    if (client == clients_.end() || client->second->pending_acks.empty()) return true;
+    Peer& c = *client->second;
+    // Acks still young wait on: the reply they are waiting for may come any moment.
+    if (!everything && c.acks_since + kAckDelay > now) {
+      next_due = std::min(next_due, c.acks_since + kAckDelay);
+      return false;
+    }
+    flush_acks(c);
+    return true;
+  });
+  if (!clients_with_acks_.empty() && !ack_flush_armed_) arm_ack_flush(next_due - now);
+}
+
+void Hub::send_to_client(Peer& client, wire::Message message) {
+  if (!client.pending_acks.empty()) flush_acks(client);
+  client.connection->send(std::move(message));
 }
 
 void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
@@ -550,7 +598,7 @@ void Hub::deliver_to_waiters(TaskId id, const wire::Message& reply) {
     wire::Message copy = reply;  // segments are shared
     copy.envelope.request_id = request_id;
     copy.envelope.client_id = client_id;
-    client->second->connection->send(std::move(copy));
+    send_to_client(*client->second, std::move(copy));
   }
   waiters_.erase(w);
 }
@@ -582,7 +630,7 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   deliver_to_waiters(id, reply);
   auto client = clients_.find(task->client_id);
   if (client == clients_.end()) return;  // the client left: the store keeps the result (F3)
-  client->second->connection->send(std::move(reply));
+  send_to_client(*client->second, std::move(reply));
 }
 
 void Hub::get_results(Peer& client, const wire::Message& m) {
@@ -600,7 +648,7 @@ void Hub::get_results(Peer& client, const wire::Message& m) {
     reply.envelope.client_id = client.id;
     reply.envelope.text = std::move(text);
     reply.segments = std::move(segments);
-    client.connection->send(std::move(reply));
+    send_to_client(client, std::move(reply));
   };
   for (TaskId id : *ids) {
     auto record = options_.store ? options_.store->get(id) : StatusOr<std::optional<TaskRecord>>(std::nullopt);
@@ -800,7 +848,7 @@ void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::ui
   reply.envelope.engine_id = engine_id;
   reply.envelope.client_id = client_id;
   reply.envelope.text = text;
-  client->second->connection->send(std::move(reply));
+  send_to_client(*client->second, std::move(reply));
 }
 
 void Hub::send_control_reply(Peer& client, MessageKind kind, const wire::Envelope& request, std::string json) {
@@ -809,7 +857,7 @@ void Hub::send_control_reply(Peer& client, MessageKind kind, const wire::Envelop
   reply.envelope.request_id = request.request_id;
   reply.envelope.client_id = client.id;
   reply.segments.push_back(SharedBytes::copy_of(json));
-  client.connection->send(std::move(reply));
+  send_to_client(client, std::move(reply));
 }
 
 std::string Hub::status_json() const {
@@ -878,6 +926,7 @@ void Hub::shutdown(const std::string& why) {
   LOG_INFO("hub") << "shutting down: " << why;
   scheduler_.fail_all("controller shutting down: " + why);
   flush_store(/*wait=*/true);
+  flush_due_acks(/*everything=*/true);
   for (auto& [serial, p] : peers_) {
     if (p->authenticated && p->role == wire::Role::kEngine) {
       wire::Message bye;

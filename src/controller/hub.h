@@ -70,6 +70,11 @@ class Hub : private SchedulerSink {
     std::string tags_json = "{}";  // engines: validated kEngineInfo (tags, host facts)
     auth::EngineFacts facts;       // engines: id and tags, for policy engine selectors
     PeerIdentity identity;         // who it is; a client's key fingerprint owns its tasks
+    // Clients: acknowledgements (kSubmitted) not sent yet. They leave just before the next
+    // message to this client, or after kAckDelay: a quick request's reply then carries its
+    // ack in the same write, and the client wakes once instead of twice.
+    std::vector<wire::Message> pending_acks;
+    std::chrono::steady_clock::time_point acks_since;  // when the oldest pending ack was queued
   };
 
   void drop_oldest_unauthenticated_if_full();
@@ -96,6 +101,14 @@ class Hub : private SchedulerSink {
 
   void route_request(Peer& client, wire::Message&& message);
   void acknowledge(Peer& client, std::uint64_t request_id, const std::vector<TaskId>& ids);
+  // Every message to a client goes through here: its pending acks leave first, so a client
+  // never sees a request's reply before its task ids.
+  void send_to_client(Peer& client, wire::Message message);
+  void flush_acks(Peer& client);
+  // Sends the acks of every client whose oldest one has waited kAckDelay (all of them when
+  // `everything`), and arms the timer for the rest.
+  void flush_due_acks(bool everything = false);
+  void arm_ack_flush(std::chrono::steady_clock::duration delay);
   // Stored results and records, for the requesting client's own tasks.
   void get_results(Peer& client, const wire::Message& message);
   void result_status(Peer& client, const wire::Message& message);
@@ -141,6 +154,9 @@ class Hub : private SchedulerSink {
   Scheduler scheduler_;
   // Clients that asked (get_result) for a task still running: (client id, request id).
   std::unordered_map<TaskId, std::vector<std::pair<std::uint32_t, std::uint64_t>>> waiters_;
+  std::vector<std::uint32_t> clients_with_acks_;  // may name clients gone or flushed since
+  std::unique_ptr<net::Timer> ack_flush_;
+  bool ack_flush_armed_ = false;
   std::unique_ptr<net::Timer> store_flush_;
   std::unique_ptr<net::Timer> store_limits_;
   Clock::time_point last_store_error_{};
