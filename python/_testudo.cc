@@ -154,6 +154,24 @@ class PyResult {
     for (auto& r : *replies) out.push_back(PyReply{std::move(r)});
     return out;
   }
+  // [(engine_id, task_id, ok, started, completed, stdout, stderr, [segment, ...]), ...] in target
+  // order: what AsyncResult needs of each reply in one call, without a Reply object each
+  // (errors are read from replies()).
+  py::list outcome() const {
+    if (!result_.ready()) throw py::value_error("result not ready");
+    auto replies = result_.get(std::chrono::milliseconds(0));
+    if (!replies.ok()) raise_status(replies.status());
+    py::list out(replies->size());
+    std::size_t i = 0;
+    for (auto& r : *replies) {
+      py::list value(r.value.size());
+      std::size_t j = 0;
+      for (auto& s : r.value) value[j++] = py::cast(pyglue::Segment{std::move(s)});
+      out[i++] = py::make_tuple(r.engine_id, r.task_id, r.status.ok(), r.started_us / 1e6, r.completed_us / 1e6, r.stdout_text,
+                                r.stderr_text, std::move(value));
+    }
+    return out;
+  }
   std::vector<std::uint64_t> task_ids(double timeout) const {
     StatusOr<std::vector<std::uint64_t>> ids = not_found("");
     {
@@ -323,12 +341,22 @@ class PyClient {
   }
 
  private:
+  static constexpr Py_ssize_t kCopyBelow = 16 * 1024;
+
   // Views each object's memory without a copy (pickle protocol 5 buffers, bytes, numpy
   // arrays...). The memoryviews in `keep` hold the exporters until the request is done.
+  // Exception: bytes objects of at most kCopyBelow bytes are copied, which is cheaper than a
+  // memoryview, a list and an entry in borrowed_ for every small request.
   std::vector<SharedBytes> borrow(const py::list& segments, py::list& keep) {
     std::vector<SharedBytes> out;
     out.reserve(segments.size());
     for (py::handle obj : segments) {
+      if (PyBytes_CheckExact(obj.ptr()) && PyBytes_GET_SIZE(obj.ptr()) <= kCopyBelow) {
+        // Small and immutable (a pickled call): a copy costs less than keeping the object.
+        out.push_back(SharedBytes::copy_of(std::string_view(PyBytes_AS_STRING(obj.ptr()),
+                                                            static_cast<std::size_t>(PyBytes_GET_SIZE(obj.ptr())))));
+        continue;
+      }
       py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromObject(obj.ptr()));
       if (!view) throw py::error_already_set();
       Py_buffer* buf = PyMemoryView_GET_BUFFER(view.ptr());
@@ -415,6 +443,9 @@ PYBIND11_MODULE(_testudo, m) {
       .def("watch", &PyResult::watch, "Report this request to Client.next_completed when done.")
       .def("task_ids", &PyResult::task_ids, py::arg("timeout") = 10.0,
            "The controller's task ids for this request (waits for its acknowledgement).")
+      .def("outcome", &PyResult::outcome,
+           "[(engine_id, task_id, ok, started, completed, stdout, stderr, value segments)] in target order "
+           "(must be ready).")
       .def("replies", &PyResult::replies, "The replies in target order (the result must be ready).");
 
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")

@@ -4,16 +4,24 @@ A concurrent.futures.Future, as in ipyparallel, so `asyncio.wrap_future(ar)` and
 `await asyncio.wrap_future(ar)` work, plus ipyparallel's get/wait/ready/metadata API.
 """
 
+import _thread
 import concurrent.futures
 import pickle
 import sys
 import threading
 import time
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, LOGGER, PENDING
 
 from . import _testudo, error
 
 _ANY_ENGINE = _testudo.ANY_ENGINE
-_FINISHED = concurrent.futures._base.FINISHED
+_FINISHED = FINISHED
+_CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_loads = pickle.loads
+# Guards the lazy creation of a result's Condition (rare: concurrent.futures.wait, as_completed,
+# cancel); the Condition itself is over the result's own lock.
+_condition_lock = threading.Lock()
 
 _FOREVER = 365 * 24 * 3600.0
 
@@ -39,6 +47,28 @@ class AsyncResult(concurrent.futures.Future):
     # Live output is rare: one lock for every result's _live list instead of one each.
     _live_lock = threading.Lock()
 
+    # Cost per task: every object a pending result keeps alive is one more for the garbage
+    # collector to traverse, again and again while 10,000 results are in flight (that, not
+    # the allocations, was most of the cost). So a result holds only itself, its children
+    # list and an untracked lock; the rest starts as these class-level defaults and is made
+    # on first use: Future's Condition (_condition), its waiter and callback lists, the live
+    # output list and the metadata dicts. Future.__init__ is not called for that reason; its
+    # fields are these defaults.
+    _state = PENDING
+    _result = None
+    _exception = None
+    _done_callbacks = ()
+    _waiter_list = None
+    _cond = None
+    _live = ()
+    _raw = None  # per target: value or RemoteError, once finished
+    _outcomes = None  # per target: (engine_id, task_id, ok, started, completed, stdout, stderr)
+    _md = None  # per target: _Metadata, built from _outcomes when first read
+    _received = None
+    _task_id_cache = None
+    _transform = None
+    owner = True
+
     """Result of execute/apply/push/pull/map on one or more engines.
 
     `children` are native requests; their targets, in order, make up this result's
@@ -52,25 +82,33 @@ class AsyncResult(concurrent.futures.Future):
     _watched = False
 
     def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=False):
-        super().__init__()
-        self._transform = transform  # applied to each engine's value
+        # Not super().__init__(): see the class attributes above.
+        if transform is not None:
+            self._transform = transform  # applied to each engine's value
         self._client = client
         self._children = list(children)
         self._fname = fname
         self._kind = kind
         self._single = single
         self._submitted = submitted if submitted is not None else time.time()
-        self._finish_lock = threading.RLock()  # RLock: done-callbacks may call get()
-        self._finished = False
-        self._raw = None  # per target: value or RemoteError, once finished
-        self._metadata = None
-        self._received = None
-        self._task_id_cache = None
-        self._live = []  # (engine, stream, text) chunks received while running, not yet shown
-        self.owner = True
+        # The one lock of this result: _finish, and Future's Condition when one is made.
+        # Reentrant: code run under the Condition (concurrent.futures) may call ready().
+        self._finish_lock = _thread.RLock()
         client._track(self._children, self)
         if watch:
             self._watch()
+
+    @property
+    def _condition(self):
+        """Future's Condition, made on first use, over this result's own lock (so holding it
+        also keeps _finish out, as Future's own lock would keep set_result out)."""
+        cond = self._cond
+        if cond is None:
+            with _condition_lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition(self._finish_lock)
+        return cond
 
     def _watch(self):
         """Has the client's dispatcher thread complete this Future as soon as the replies are
@@ -95,14 +133,28 @@ class AsyncResult(concurrent.futures.Future):
     def _waiters(self):
         if not self._finished and not self._watched:
             self._watch()
-        return self.__dict__["_waiter_list"]
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
 
     @_waiters.setter
     def _waiters(self, value):
-        self.__dict__["_waiter_list"] = value
+        self._waiter_list = value
 
     def add_done_callback(self, fn):
-        super().add_done_callback(fn)
+        with self._finish_lock:
+            pending = self._state not in _DONE
+            if pending:
+                if not self._done_callbacks:
+                    self._done_callbacks = []
+                self._done_callbacks.append(fn)
+        if not pending:
+            try:
+                fn(self)
+            except Exception:
+                LOGGER.exception("exception calling callback for %r", self)
+            return
         # Done already (natively): finish here, which calls fn in this thread, as a Future
         # that is done does. Otherwise the dispatcher completes it when the replies come.
         if not self.ready():
@@ -126,7 +178,7 @@ class AsyncResult(concurrent.futures.Future):
     def targets(self):
         """Engine ids, in result order (None for a load-balanced task not placed yet)."""
         if self._finished:
-            return [m["engine_id"] for m in self._metadata]
+            return [o[0] for o in self._outcomes]
         return [None if t == _ANY_ENGINE else t for c in self._children for t in c.targets]
 
     def __repr__(self):
@@ -135,20 +187,24 @@ class AsyncResult(concurrent.futures.Future):
 
     def ready(self):
         """True once every engine has answered."""
-        if not self._finished and all(c.ready() for c in self._children):
-            self._finish()
-        return self._finished
+        if self._finished:
+            return True
+        for child in self._children:
+            if not child.ready():
+                return False
+        self._finish()
+        return True
 
     def wait(self, timeout=-1):
         """Waits until done or `timeout` seconds pass; returns whether it is done."""
-        if self._state == _FINISHED:  # set after the outcome, unlike _finished
+        if self._finished:
             return True
         children = self._children
         if len(children) == 1 and children[0].ready():  # no clock, no GIL release
             self._finish()
             return True
         deadline = time.monotonic() + _seconds(timeout)
-        for child in self._children:
+        for child in children:
             left = max(0.0, deadline - time.monotonic())
             if not child.wait(left):
                 return False
@@ -161,17 +217,19 @@ class AsyncResult(concurrent.futures.Future):
         Raises TimeoutError if not done within `timeout` seconds, RemoteError (one engine)
         or CompositeError (several) if the remote code raised.
         """
-        if not self.wait(-1 if timeout is None else timeout):
+        if not self._finished and not self.wait(-1 if timeout is None else timeout):
             raise error.TimeoutError("Result not ready.")
         if return_exceptions:
             return self._reconstruct(self._raw)
-        return concurrent.futures.Future.result(self, 0)
+        return self._outcome()
 
     def successful(self):
         """Whether the request succeeded everywhere (asserts that it is done)."""
         if not self.ready():
             raise AssertionError("result not ready")
-        return concurrent.futures.Future.exception(self, 0) is None
+        if self._state in _CANCELLED:
+            raise concurrent.futures.CancelledError()
+        return self._exception is None
 
     def get_dict(self, timeout=-1):
         """{engine_id: result}; needs one result per engine."""
@@ -199,6 +257,30 @@ class AsyncResult(concurrent.futures.Future):
                               received=None, stdout="", stderr="", status="pending") for t in self.targets]
         md = self._metadata
         return md[0] if self._single else md
+
+    @property
+    def _metadata(self):
+        """Per target _Metadata once finished (None before), built on first use."""
+        md = self._md
+        if md is None and self._finished:
+            with self._finish_lock:
+                md = self._md
+                if md is None:
+                    md = self._md = self._build_metadata()
+        return md
+
+    def _build_metadata(self):
+        submitted, received, RemoteError = self._submitted, self._received, error.RemoteError
+        md = []
+        for (engine_id, _, ok, started, completed, stdout, stderr), value in zip(self._outcomes, self._raw):
+            failed = isinstance(value, RemoteError)
+            md.append(_Metadata(
+                engine_id=engine_id, submitted=submitted,
+                started=started or None, completed=completed or None,
+                received=received, stdout=stdout, stderr=stderr,
+                status="error" if failed or not ok else "ok",
+                error=value if failed else None))
+        return md
 
     @property
     def stdout(self):
@@ -242,13 +324,15 @@ class AsyncResult(concurrent.futures.Future):
 
     def _live_output(self, engine, stream, text):
         with self._live_lock:
+            if not self._live:
+                self._live = []
             self._live.append((engine, stream, text))
 
     def take_live_output(self):
         """Output chunks (engine_id, 'stdout'|'stderr', text) that arrived while the request
         ran, since the last call. The whole output is in `stdout`/`stderr` once done."""
         with self._live_lock:
-            chunks, self._live = self._live, []
+            chunks, self._live = list(self._live), ()
         return chunks
 
     def wait_interactive(self, interval=0.1, timeout=-1, file=None):
@@ -293,15 +377,35 @@ class AsyncResult(concurrent.futures.Future):
     # ----- concurrent.futures.Future: block on the native result, not on a thread -----
 
     def result(self, timeout=None):
-        self.wait(-1 if timeout is None else timeout)
-        return super().result(0) if self._finished else super().result(timeout)
+        if not self._finished and not self.wait(-1 if timeout is None else timeout):
+            if self._state in _CANCELLED:
+                raise concurrent.futures.CancelledError()
+            raise concurrent.futures.TimeoutError()
+        return self._outcome()
 
     def exception(self, timeout=None):
-        self.wait(-1 if timeout is None else timeout)
-        return super().exception(0) if self._finished else super().exception(timeout)
+        if not self._finished and not self.wait(-1 if timeout is None else timeout):
+            if self._state in _CANCELLED:
+                raise concurrent.futures.CancelledError()
+            raise concurrent.futures.TimeoutError()
+        if self._state in _CANCELLED:
+            raise concurrent.futures.CancelledError()
+        return self._exception
 
     def done(self):
-        return self.ready() or super().done()
+        return self.ready() or self._state in _DONE
+
+    def _outcome(self):
+        """The Future's value once finished, or raises its exception (or CancelledError)."""
+        exc = self._exception
+        if exc is not None:
+            try:
+                raise exc
+            finally:
+                exc = None  # no cycle through the traceback
+        if self._state in _CANCELLED:
+            raise concurrent.futures.CancelledError()
+        return self._result
 
     # ----- internals -----
 
@@ -312,15 +416,15 @@ class AsyncResult(concurrent.futures.Future):
     def _metadata_list(self):
         return self._metadata or []
 
-    def _value(self, reply):
+    def _value(self, segments, task_id):
+        """One engine's value from its reply's segments."""
         if self._kind == "pickle":
-            segments = reply.value
             if not segments:
                 return None
-            value = pickle.loads(segments[0], buffers=segments[1:])
+            value = _loads(segments[0], buffers=segments[1:]) if len(segments) > 1 else _loads(segments[0])
             return self._transform(value) if self._transform else value
         if self._kind == "execute":
-            return reply.value[0].tobytes().decode("utf-8", "replace") if reply.value else None
+            return segments[0].tobytes().decode("utf-8", "replace") if segments else None
         return None
 
     def _error(self, reply):
@@ -351,41 +455,51 @@ class AsyncResult(concurrent.futures.Future):
         with self._finish_lock:
             if self._finished:
                 return
-            raw, metadata = [], []
-            now = time.time()
-            RemoteError = error.RemoteError
+            raw, outcomes = [], []
             for child in self._children:
-                for reply in child.replies():
-                    engine_id, ok, started, completed, stdout, stderr = reply.summary
+                replies = None  # Reply objects, only to describe an error
+                for i, outcome in enumerate(child.outcome()):
                     try:
-                        value = self._value(reply) if ok else self._error(reply)
+                        if outcome[2]:
+                            value = self._value(outcome[7], outcome[1])
+                        else:
+                            if replies is None:
+                                replies = child.replies()
+                            value = self._error(replies[i])
                     except Exception as exc:  # a result that cannot be unpickled here
-                        value = RemoteError(type(exc).__name__, str(exc), "",
-                                            {"engine_id": engine_id, "method": self._fname})
+                        value = error.RemoteError(type(exc).__name__, str(exc), "",
+                                                  {"engine_id": outcome[0], "method": self._fname})
                     raw.append(value)
-                    failed = isinstance(value, RemoteError)
-                    metadata.append(_Metadata(
-                        engine_id=engine_id, submitted=self._submitted,
-                        started=started or None, completed=completed or None,
-                        received=now, stdout=stdout, stderr=stderr,
-                        status="error" if failed or not ok else "ok",
-                        error=value if failed else None))
+                    outcomes.append(outcome[:7])  # not the segments: the value may be large
             self._raw = raw
-            self._metadata = metadata
-            self._received = now
-            self._finished = True
+            self._outcomes = outcomes
+            self._received = time.time()
             self._client._untrack(self._children)
-            # Inside the lock: whoever sees _finished must also see the Future's outcome.
-            try:
-                if self._single:
-                    if isinstance(raw[0], Exception):
-                        raise raw[0]
-                else:
-                    error.collect_exceptions(raw, self._fname)
-            except Exception as exc:
-                self.set_exception(exc)
-            else:
-                self.set_result(self._reconstruct(raw))
+            # Inside the lock, before _finished: whoever sees _finished sees the outcome.
+            if self._state not in _CANCELLED:  # a cancel() that came first stands
+                exc = None
+                try:
+                    if self._single:
+                        if isinstance(raw[0], Exception):
+                            raise raw[0]
+                    else:
+                        error.collect_exceptions(raw, self._fname)
+                    self._result = self._reconstruct(raw)
+                except Exception as e:
+                    exc = self._exception = e
+                self._state = FINISHED
+                waiters = self._waiter_list
+                if waiters:
+                    for waiter in waiters:
+                        if exc is None:
+                            waiter.add_result(self)
+                        else:
+                            waiter.add_exception(self)
+                if self._cond is not None:
+                    self._cond.notify_all()
+            self._finished = True
+        if self._done_callbacks:
+            self._invoke_callbacks()  # Future's: each callback once, errors logged
 
     def _reconstruct(self, raw):
         return raw[0] if self._single else raw
@@ -400,13 +514,12 @@ class AsyncHubResult(AsyncResult):
         super().__init__(client, [child], "get_result", "pickle", single=single, watch=watch)
         self._task_id_cache = list(kinds)
 
-    def _value(self, reply):
-        kind = self._kinds.get(reply.task_id, "")
+    def _value(self, segments, task_id):
+        kind = self._kinds.get(task_id, "")
         if kind in ("apply", "pull"):
-            segments = reply.value
             return pickle.loads(segments[0], buffers=segments[1:]) if segments else None
-        if kind == "execute" and reply.value:
-            return reply.value[0].tobytes().decode("utf-8", "replace")
+        if kind == "execute" and segments:
+            return segments[0].tobytes().decode("utf-8", "replace")
         return None
 
 

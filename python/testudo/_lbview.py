@@ -91,22 +91,26 @@ class LoadBalancedView:
         return [] if targets is None else self.client._build_targets(targets)
 
     def _submit(self, f, args, kwargs, flags):
+        """(the native request, whether to block) for f(*args, **kwargs) under these flags
+        (the view's where not given)."""
         if flags:
-            opts = {k: flags.get(k, getattr(self, k)) for k in _FLAGS}
+            block, retries, timeout, after, follow, targets = (flags.get(k, getattr(self, k)) for k in _FLAGS)
         else:
-            opts = {"block": self.block, "retries": self.retries, "timeout": self.timeout, "after": self.after,
-                    "follow": self.follow, "targets": self.targets}
-        child = self.client._native.apply_balanced(
-            self._allowed(opts["targets"]), _dumps_call(f, args, kwargs), int(opts["retries"] or 0),
-            float(opts["timeout"] or 0), _task_ids(opts["after"]), _task_ids(opts["follow"]))
-        return child, opts
+            block, retries, timeout, after, follow, targets = (self.block, self.retries, self.timeout, self.after,
+                                                                self.follow, self.targets)
+        native = self.client._native
+        if targets is None and after is None and follow is None and not retries and not timeout:
+            return native.apply_balanced([], _dumps_call(f, args, kwargs)), block  # the common case
+        child = native.apply_balanced(
+            self._allowed(targets), _dumps_call(f, args, kwargs), int(retries or 0), float(timeout or 0),
+            _task_ids(after), _task_ids(follow))
+        return child, block
 
     def _apply(self, f, args, kwargs, **flags):
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
-        child, opts = self._submit(f, args, kwargs, flags)
-        ar = AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=True)
-        return ar, opts["block"]
+        child, block = self._submit(f, args, kwargs, flags)
+        return AsyncResult(self.client, (child,), getattr(f, "__name__", "apply"), "pickle", single=True), block
 
     def apply(self, __testudo_f, *args, **kwargs):
         """f(*args, **kwargs) on one engine; blocks according to `view.block`."""
@@ -137,7 +141,7 @@ class LoadBalancedView:
         children = []
         for start in range(0, n, chunksize):
             chunk = [s[start:min(start + chunksize, n)] for s in seqs]
-            child, opts = self._submit(_helpers.map_chunk, (f, *chunk), {}, flags)
+            child, _ = self._submit(_helpers.map_chunk, (f, *chunk), {}, flags)
             children.append(child)
         ar = _LoadBalancedMapResult(self.client, children, getattr(f, "__name__", "map"), "pickle", ordered=ordered)
         block = self.block if block is None else block
@@ -179,7 +183,7 @@ class _LoadBalancedMapResult(AsyncMapResult):
             for child in done:
                 pending.remove(child)
                 for reply in child.replies():
-                    value = self._value(reply) if reply.ok else self._error(reply)
+                    value = self._value(reply.value, reply.task_id) if reply.ok else self._error(reply)
                     if isinstance(value, Exception):
                         raise value
                     yield from value

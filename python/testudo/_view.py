@@ -41,8 +41,8 @@ def _dumps(obj):
 # Values of these exact types hold no functions, classes or buffers: plain pickle is enough.
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
 
-# id(f) -> (f, what the engine would see of f, its cloudpickle or None). Holding f keeps its
-# id from being reused while the entry exists.
+# id(f) -> (f, what the engine would see of f, its cloudpickle or None, the pickled call
+# f() or None). Holding f keeps its id from being reused while the entry exists.
 _function_cache = {}
 _FUNCTION_CACHE_MAX = 256
 _FUNCTION_CACHE_BYTES = 64 * 1024
@@ -50,7 +50,14 @@ _FUNCTION_CACHE_BYTES = 64 * 1024
 
 def _pickled_function(f):
     """cloudpickle of f, reused from the last call with the same f while nothing of f that
-    reaches the engine has changed; None where f must be pickled with its call each time.
+    reaches the engine has changed; None where f must be pickled with its call each time."""
+    entry = _function_entry(f)
+    return None if entry is None else entry[2]
+
+
+def _function_entry(f):
+    """_function_cache's entry for f, made or renewed as needed; None where f must be
+    pickled with its call each time (see _pickled_function).
 
     Only plain functions of __main__ without closure cells, attributes, annotations or
     keyword-only defaults, whose defaults are atomic values: everything the engine keeps of
@@ -60,34 +67,45 @@ def _pickled_function(f):
             or f.__dict__ or f.__kwdefaults__ or f.__annotations__):
         return None
     defaults = f.__defaults__
+    entry = _function_cache.get(id(f))
+    if entry is not None and entry[0] is f:
+        seen = entry[1]
+        if (seen[0] is f.__code__ and seen[1] is defaults and seen[2] is f.__name__ and seen[3] is f.__qualname__
+                and seen[4] is f.__doc__):
+            return entry if entry[2] is not None else None
     if defaults and any(type(d) not in _ATOMIC for d in defaults):
         return None
     seen = (f.__code__, defaults, f.__name__, f.__qualname__, f.__doc__)
-    entry = _function_cache.get(id(f))
-    if entry is not None and entry[0] is f and all(a is b for a, b in zip(entry[1], seen)):
-        return entry[2]
     buffers = []
     data = cloudpickle.dumps(f, protocol=5, buffer_callback=buffers.append)
     if buffers or len(data) > _FUNCTION_CACHE_BYTES:
         data = None  # e.g. an array among its globals: keep it out-of-band, and the cache small
     if len(_function_cache) >= _FUNCTION_CACHE_MAX:
         _function_cache.clear()
-    _function_cache[id(f)] = (f, seen, data)
-    return data
+    call = None if data is None else pickle.dumps((data, (), {}), protocol=5)
+    entry = _function_cache[id(f)] = (f, seen, data, call)
+    return entry if data is not None else None
 
 
 def _dumps_call(f, args, kwargs):
     """_dumps((f, args, kwargs)) for apply, cheaper for the common case: f may travel as its
     cached pickle (bytes, which the engine loads: engine_support.py.inc, apply), and atomic
     arguments need no cloudpickle."""
-    data = _pickled_function(f)
-    if data is None:
+    entry = _function_entry(f)
+    if entry is None:
         return _dumps((f, tuple(args), dict(kwargs)))
+    if not args and not kwargs:
+        return [entry[3]]  # f(): the same bytes each time
+    data = entry[2]
     args = tuple(args)
     kwargs = dict(kwargs)
-    if all(type(a) in _ATOMIC for a in args) and all(type(v) in _ATOMIC for v in kwargs.values()):
-        return [pickle.dumps((data, args, kwargs), protocol=5)]
-    return _dumps((data, args, kwargs))
+    for a in args:
+        if type(a) not in _ATOMIC:
+            return _dumps((data, args, kwargs))
+    for v in kwargs.values():
+        if type(v) not in _ATOMIC:
+            return _dumps((data, args, kwargs))
+    return [pickle.dumps((data, args, kwargs), protocol=5)]
 
 
 def _partition(seq, index, parts):

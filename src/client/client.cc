@@ -28,7 +28,12 @@ struct AsyncResult::State {
   std::vector<EngineId> targets;
 
   mutable std::mutex mutex;
+  // Waiters for the replies (wait, get) sleep on `done`; waiters for the task ids (task_ids)
+  // on `acked`. The controller's acknowledgement, which precedes every reply, wakes only the
+  // latter: a thread waiting for the replies sleeps through it (one wake-up per request, not
+  // two). The last reply wakes both (task_ids also ends when the request fails unacknowledged).
   mutable std::condition_variable done;
+  mutable std::condition_variable acked;
   std::vector<std::optional<EngineReply>> replies;  // by target index; guarded by mutex
   std::size_t remaining = 0;                        // guarded by mutex
   std::vector<std::function<void()>> callbacks;     // guarded by mutex
@@ -43,7 +48,7 @@ struct AsyncResult::State {
       task_ids = std::move(ids);
       submitted = true;
     }
-    done.notify_all();
+    acked.notify_all();
   }
 
   // Fills the first empty slot of `reply.engine_id`. Returns true when the last one arrived.
@@ -65,6 +70,7 @@ struct AsyncResult::State {
       run.swap(callbacks);
     }
     done.notify_all();
+    acked.notify_all();
     for (auto& fn : run) fn();
     return true;
   }
@@ -117,7 +123,7 @@ StatusOr<std::vector<std::uint64_t>> AsyncResult::task_ids(std::chrono::millisec
   if (!state_) return std::vector<std::uint64_t>{};
   std::unique_lock lock(state_->mutex);
   // A request that failed before the controller saw it (lost connection) has no ids.
-  if (!state_->done.wait_for(lock, timeout, [this] { return state_->submitted || state_->remaining == 0; }) ||
+  if (!state_->acked.wait_for(lock, timeout, [this] { return state_->submitted || state_->remaining == 0; }) ||
       !state_->submitted) {
     return unavailable("the controller has not acknowledged request " + std::to_string(state_->request_id));
   }

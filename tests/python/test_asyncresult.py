@@ -272,6 +272,68 @@ def test_unwatched_results_complete_for_every_kind_of_waiter(rc):
     assert len(rc.outstanding) == 0
 
 
+def test_future_protocol_on_finished_and_pending_results(rc):
+    # A result finished natively but never looked at, then seen only through Future's API.
+    ar = rc[0].apply_async(sleep_then, 0, "x")
+    assert wait_until(lambda: ar._children[0].ready(), timeout=10)
+    assert [f.result() for f in concurrent.futures.as_completed([ar], timeout=10)] == ["x"]
+    assert ar.done() and not ar.cancelled() and not ar.running() and ar.exception() is None
+    # result/exception with a timeout raise TimeoutError once, without waiting twice.
+    slow = rc[1].apply_async(sleep_then, 1.0, "slow")
+    t0 = time.monotonic()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        slow.result(timeout=0.1)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        slow.exception(timeout=0.1)
+    assert time.monotonic() - t0 < 0.9
+    assert slow.result(timeout=10) == "slow"
+
+
+def test_cancel_before_completion(rc):
+    ar = rc[0].apply_async(sleep_then, 0.3, "late")
+    assert ar.cancel() and ar.cancelled() and ar.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        ar.result(timeout=10)
+    with pytest.raises(concurrent.futures.CancelledError):
+        ar.get(timeout=10)
+    # The replies still came in: metadata is there, and the client is not left waiting.
+    assert ar.ready() and ar.metadata["status"] == "ok"
+    assert rc[0].apply_sync(lambda: 5) == 5
+
+
+def test_metadata_of_errors_and_values(rc):
+    ar = rc[0:2].apply_async(lambda: 1 / 0)
+    with pytest.raises(testudo.CompositeError):
+        ar.get(timeout=10)
+    md = ar.metadata
+    assert ar.metadata is md  # built once
+    assert [m.status for m in md] == ["error", "error"]
+    assert all(m.error.ename == "ZeroDivisionError" for m in md)
+    assert ar.targets == [0, 1]
+    assert [type(e).__name__ for e in ar.get(return_exceptions=True)] == ["RemoteError", "RemoteError"]
+    ok = rc.load_balanced_view().apply_async(lambda: print("hi") or 7)
+    assert ok.get(timeout=10) == 7
+    assert ok.metadata.status == "ok" and ok.metadata.error is None and ok.stdout == "hi\n"
+    assert ok.metadata.engine_id in rc.ids and ok.targets == [ok.metadata.engine_id]
+    assert ok.wall_time >= 0 and ok.serial_time >= 0 and ok.elapsed >= 0
+
+
+def test_zero_argument_calls_reuse_one_payload(rc):
+    from testudo import _view
+
+    def f():
+        return 3
+
+    f.__module__ = "__main__"  # cached like a function of the notebook
+    first = _view._dumps_call(f, (), {})
+    assert _view._dumps_call(f, (), {})[0] is first[0]
+    assert rc[0].apply_sync(f) == 3
+    f.__code__ = (lambda: 4).__code__  # a changed function is pickled again
+    assert _view._dumps_call(f, (), {})[0] is not first[0]
+    assert rc[0].apply_sync(f) == 4
+    assert rc[0].apply_sync(f, *()) == 4
+
+
 def test_async_map_result(rc):
     ar = rc[:].map_async(lambda x: x * 3, range(10))
     assert isinstance(ar, AsyncMapResult)
