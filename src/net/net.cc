@@ -16,10 +16,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <list>
+#include <mutex>
 
 #include "base/log.h"
 
@@ -541,9 +545,42 @@ struct EventLoop::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
   std::vector<std::unique_ptr<asio::signal_set>> signal_sets;
   std::unique_ptr<Timer> trim;  // declared after io: destroyed before it
+
+  // Work other threads hand over (post). Not asio::post: asio wakes the loop thread while it
+  // still holds its scheduler mutex, so the woken thread preempts the poster, blocks on that
+  // mutex and sleeps again — two extra context switches per hand-off. Here the eventfd is
+  // written after the inbox lock is released, and only when no wake-up is on its way yet.
+  std::mutex inbox_mutex;
+  std::vector<std::function<void()>> inbox;  // guarded by inbox_mutex
+  bool wake_pending = false;                 // guarded by inbox_mutex
+  asio::posix::stream_descriptor wake{io};   // an eventfd; declared after io
+
+  void await_wake() {
+    wake.async_wait(asio::posix::stream_descriptor::wait_read, [this](const asio::error_code& ec) {
+      if (ec) return;  // the loop is going away
+      std::uint64_t count = 0;
+      [[maybe_unused]] auto n = ::read(wake.native_handle(), &count, sizeof count);
+      std::vector<std::function<void()>> work;
+      {
+        std::lock_guard lock(inbox_mutex);
+        work.swap(inbox);
+        wake_pending = false;
+      }
+      for (auto& fn : work) fn();
+      await_wake();
+    });
+  }
 };
 
 EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {
+  const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) {
+    // Without an eventfd (descriptor limit at start-up) there is nothing sensible to run.
+    LOG_ERROR("net") << "eventfd: " << std::strerror(errno);
+    std::abort();
+  }
+  impl_->wake.assign(fd);
+  impl_->await_wake();
   // Large receive buffers released a moment ago are reused rather than zeroed afresh; the
   // ones nobody took within 200 ms go back to the kernel.
   impl_->trim = every(std::chrono::milliseconds(100), [] { SharedBytes::trim_cache(std::chrono::milliseconds(200)); });
@@ -552,7 +589,25 @@ EventLoop::~EventLoop() = default;
 void EventLoop::run() { impl_->io.run(); }
 void EventLoop::stop() { impl_->io.stop(); }
 bool EventLoop::stopped() const { return impl_->io.stopped(); }
-void EventLoop::post(std::function<void()> fn) { asio::post(impl_->io, std::move(fn)); }
+
+void EventLoop::post(std::function<void()> fn) {
+  Impl& impl = *impl_;
+  if (impl.io.get_executor().running_in_this_thread()) {
+    asio::post(impl.io, std::move(fn));  // the loop's own queue: no lock, no wake-up
+    return;
+  }
+  bool wake;
+  {
+    std::lock_guard lock(impl.inbox_mutex);
+    impl.inbox.push_back(std::move(fn));
+    wake = !impl.wake_pending;
+    impl.wake_pending = true;
+  }
+  if (wake) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(impl.wake.native_handle(), &one, sizeof one);
+  }
+}
 
 std::unique_ptr<Timer> EventLoop::after(std::chrono::milliseconds delay, std::function<void()> fn) {
   return std::make_unique<TimerImpl>(impl_->io, delay, false, std::move(fn));
