@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <csignal>
 #include <deque>
@@ -111,6 +112,15 @@ struct Engine::Impl {
   bool stopping = false;
   bool awaiting_trust = false;  // refused as not (yet) trusted: said once, then retried quietly
 
+  // --- the Python thread's way to the connection (replies skip the loop when it is idle) ---
+  // A copy of `connection` once registered, for the Python thread's send_now; set and reset
+  // by the network thread.
+  std::mutex direct_mutex;
+  std::shared_ptr<net::Connection> direct_connection;  // guarded by direct_mutex
+  // Messages the Python thread posted to the loop that it has not sent yet. While any is
+  // pending, replies are posted too, so they never overtake them (e.g. live output).
+  std::atomic<int> posted_sends{0};
+
   // --- the work queue between the two threads ---
   struct SetId { std::int64_t id; };
   struct Stop { Status why; };
@@ -192,6 +202,12 @@ struct Engine::Impl {
         [this](wire::Message&& m) { on_message(std::move(m)); },
         [this](const Status& why) { on_disconnect(why); },
     });
+    set_direct_connection(connection);
+  }
+
+  void set_direct_connection(std::shared_ptr<net::Connection> c) {
+    std::lock_guard lock(direct_mutex);
+    direct_connection = std::move(c);
   }
 
   void on_message(wire::Message&& m) {
@@ -229,6 +245,7 @@ struct Engine::Impl {
   }
 
   void on_disconnect(const Status& why) {
+    set_direct_connection(nullptr);
     connection.reset();
     disconnected_since = Clock::now();
     if (stopping) return loop.stop();
@@ -271,6 +288,30 @@ struct Engine::Impl {
 
   void send_reply(wire::Message reply) {
     if (connection) connection->send(std::move(reply));
+  }
+
+  // ---------- either thread: the Python thread's sends ----------
+
+  // Sends `m` from the Python thread: written at once when the connection is idle (no
+  // wake-up of the network thread), else posted to the network thread. Without the GIL: a
+  // sent result's Python buffers are released through on_buffers_to_release either way.
+  void send_from_python(wire::Message m) {
+    if (posted_sends.load(std::memory_order_acquire) == 0) {
+      std::shared_ptr<net::Connection> c;
+      {
+        std::lock_guard lock(direct_mutex);
+        c = direct_connection;
+      }
+      if (c && c->send_now(m)) return;
+    }
+    post_send(std::move(m));
+  }
+  void post_send(wire::Message m) {
+    posted_sends.fetch_add(1, std::memory_order_relaxed);
+    loop.post([this, m = std::move(m)]() mutable {
+      send_reply(std::move(m));
+      posted_sends.fetch_sub(1, std::memory_order_release);
+    });
   }
 
   void stop(const Status& why) {
@@ -344,7 +385,7 @@ struct Engine::Impl {
       reply.segments.push_back(SharedBytes::copy_of(out.stdout_text));
       reply.segments.push_back(SharedBytes::copy_of(out.stderr_text));
       for (auto& v : out.value_segments) reply.segments.push_back(std::move(v));
-      loop.post([this, reply = std::move(reply)]() mutable { send_reply(std::move(reply)); });
+      send_from_python(std::move(reply));
     }
   }
 };
@@ -396,10 +437,11 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     chunk.envelope.flags = static_cast<std::uint16_t>(stream);
     chunk.envelope.task_id = task;
     chunk.segments.push_back(SharedBytes::copy_of(text));
-    impl.loop.post([&impl, chunk = std::move(chunk)]() mutable { impl.send_reply(std::move(chunk)); });
+    impl.post_send(std::move(chunk));
   };
   runtime_options.max_result_bytes = options.max_result_bytes;
-  // Called on the network thread when a sent result's Python buffers can go.
+  // Called when a sent result's Python buffers can go: on the network thread, or on the
+  // Python thread (without the GIL) after a reply it wrote itself.
   runtime_options.on_buffers_to_release = [&impl] { impl.push_work(Impl::ReleaseBuffers{}); };
   TESTUDO_ASSIGN_OR_RETURN(impl.runtime, PythonRuntime::create(runtime_options));
   return e;

@@ -28,9 +28,10 @@ struct PythonRuntimeOptions {
   // Value of the variable `__testudo_engine_id__` in the user namespace (-1: unknown yet).
   int engine_id = -1;
   // Large result buffers leave without a copy: their SharedBytes point into Python objects.
-  // When the last reference goes (on the network thread, after sending), the Python object
-  // cannot be released there (no GIL); it is queued, and this is called, from that thread,
-  // so the owner can make the Python thread call release_sent_buffers() soon.
+  // When the last reference goes (after sending: on the network thread, or on the Python
+  // thread between calls, without the GIL), the Python object cannot be released there; it
+  // is queued, and this is called, from that thread, so the owner can make the Python
+  // thread call release_sent_buffers() soon.
   std::function<void()> on_buffers_to_release;
   // Called on the Python thread, while a request runs, with chunks of its output
   // (stream 1: stdout, 2: stderr) as they are written; may be empty (no live output).

@@ -1,6 +1,10 @@
 // asio + OpenSSL implementation of net.h. Everything here runs on one io_context thread per
-// EventLoop (see net.h); no member needs a lock except what post()/stop() touch, which asio
-// makes thread-safe.
+// EventLoop (see net.h), with one exception: Connection::send_now, which any thread may call.
+// So each TlsConnection has a mutex (`mutex_`) that guards its SSL object (every SSL_* call),
+// the sink buffer (`ts_->out`, `out_sent`), the socket's descriptor while it is written or
+// closed, and the flags send_now reads (open_, closing_, writing_, queue_). The loop thread
+// writes those flags only under the lock, and may read them without it (it is their only
+// writer). The lock is never held across a co_await, nor while a handler runs.
 //
 // TLS is driven directly on the socket rather than through asio::ssl::stream, whose BIO pair
 // moves every 16 KiB record through two extra copies and one handler round trip each: here
@@ -17,6 +21,7 @@
 #include <openssl/ssl.h>
 
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -47,6 +52,9 @@ constexpr std::size_t kServerReadBuffer = 64 * 1024;
 constexpr std::size_t kClientReadBuffer = 256 * 1024;
 // An idle connection keeps at most this much sink capacity.
 constexpr std::size_t kIdleOutCapacity = 64 * 1024;
+// send_now takes messages up to this size (frames included); bigger ones go through the
+// writer, which encrypts from the segments in place and interleaves sending with encrypting.
+constexpr std::size_t kSendNowMaxBytes = 256 * 1024;
 
 std::string describe(const asio::error_code& ec) {
   if (ec == asio::error::eof) return "connection closed by peer";
@@ -174,22 +182,36 @@ StatusOr<std::shared_ptr<TlsSocket>> make_tls_socket(tcp::socket socket, ssl_ctx
   return ts;
 }
 
-// Sends everything in ts.out. The only writer of a socket's bytes is whoever calls this.
-asio::awaitable<Status> flush_out(TlsSocket& ts) {
+// Sends everything in ts.out. The only writer of a socket's bytes is whoever calls this (or
+// TlsConnection::send_now, which writes only when ts.out is empty). `mutex`, if given, is
+// held around every touch of ts.out and the socket, and never across the wait.
+// Writes what the socket takes of ts.out; false with `ec` set when it stopped short (on
+// would_block too), true when all is sent. (Not a coroutine: gcc 12 crashed compiling locked
+// sections inside this file's coroutines, so every locked section lives in a plain function.)
+bool write_out(TlsSocket& ts, std::mutex* mutex, asio::error_code& ec) {
+  std::unique_lock<std::mutex> lock;
+  if (mutex != nullptr) lock = std::unique_lock(*mutex);
   while (ts.has_output()) {
-    asio::error_code ec;
     std::size_t n = ts.socket.write_some(asio::buffer(ts.out.data() + ts.out_sent, ts.out.size() - ts.out_sent), ec);
+    if (ec) return false;
+    ts.out_sent += n;
+  }
+  ts.out.clear();
+  ts.out_sent = 0;
+  return true;
+}
+
+asio::awaitable<Status> flush_out(TlsSocket& ts, std::mutex* mutex = nullptr) {
+  for (;;) {
+    asio::error_code ec;
+    if (write_out(ts, mutex, ec)) co_return ok_status();
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       auto [wec] = co_await ts.socket.async_wait(tcp::socket::wait_write, kAsTuple);
       if (wec) co_return unavailable(describe(wec));
       continue;
     }
-    if (ec) co_return unavailable(describe(ec));
-    ts.out_sent += n;
+    co_return unavailable(describe(ec));
   }
-  ts.out.clear();
-  ts.out_sent = 0;
-  co_return ok_status();
 }
 
 // Runs the TLS handshake of `ts` (in accept or connect state) to its end.
@@ -208,6 +230,29 @@ asio::awaitable<Status> run_handshake(TlsSocket& ts) {
     if (ec) co_return unavailable(ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor
                                       ? "timed out"
                                       : describe(ec));
+  }
+}
+
+// Bytes `m` takes on the wire, near enough to size a write batch.
+std::size_t approximate_bytes(const wire::Message& m) {
+  std::size_t bytes = 2 * wire::kFrameHeaderBytes + 64 + m.envelope.text.size() + 4 * m.envelope.targets.size();
+  for (const SharedBytes& seg : m.segments) bytes += seg.size() + wire::kFrameHeaderBytes + 8;
+  return bytes;
+}
+
+// Appends the frames of `m` (head, then each segment's data frames) to `out`.
+void encode_copy(const wire::Message& m, std::vector<std::byte>& out) {
+  auto append = [&out](std::span<const std::byte> bytes) { out.insert(out.end(), bytes.begin(), bytes.end()); };
+  std::vector<std::byte> head = wire::encode_head(m.envelope, m.segments);
+  append(wire::encode_frame_header({wire::FrameType::kHead, static_cast<std::uint32_t>(head.size())}));
+  append(head);
+  const std::size_t frame = wire::Limits{}.max_frame_bytes;
+  for (const SharedBytes& seg : m.segments) {
+    for (std::size_t off = 0; off < seg.size(); off += frame) {
+      const std::size_t len = std::min(frame, seg.size() - off);
+      append(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len)}));
+      append(seg.span().subspan(off, len));
+    }
   }
 }
 
@@ -247,14 +292,14 @@ class TimerImpl final : public Timer {
 class TlsConnection final : public Connection, public std::enable_shared_from_this<TlsConnection> {
  public:
   TlsConnection(SharedCtx ctx, std::shared_ptr<TlsSocket> ts, wire::Limits limits)
-      : ctx_(std::move(ctx)), ts_(std::move(ts)), limits_(limits), peer_(endpoint_text(ts_->socket)),
-        grace_timer_(ts_->socket.get_executor()), wake_(ts_->socket.get_executor()) {
+      : ctx_(std::move(ctx)), ts_(std::move(ts)), executor_(ts_->socket.get_executor()), limits_(limits),
+        peer_(endpoint_text(ts_->socket)), grace_timer_(executor_), wake_(executor_) {
     wake_.expires_at(asio::steady_timer::time_point::max());
   }
 
   void start(Handlers handlers) override {
     handlers_ = std::move(handlers);
-    asio::co_spawn(ts_->socket.get_executor(), read_loop(shared_from_this()), asio::detached);
+    asio::co_spawn(executor_, read_loop(shared_from_this()), asio::detached);
     start_writer();
   }
 
@@ -264,30 +309,87 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
   void send(wire::Message message) override {
     if (!open_ || closing_) return;
-    queue_.push_back(std::move(message));
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(std::move(message));
+    }
     start_writer();
     wake_writer();
   }
 
+  // Any thread. Encrypts and writes at once when nothing else is on its way out: no queued
+  // message, no batch being written, no unsent ciphertext (so order with send() holds).
+  bool send_now(const wire::Message& message) override {
+    std::size_t payload = 0;
+    for (const SharedBytes& seg : message.segments) payload += seg.size();
+    if (payload > kSendNowMaxBytes) return false;
+    std::vector<std::byte> plain;
+    plain.reserve(payload + message.envelope.text.size() + 256);
+    encode_copy(message, plain);
+    if (plain.size() > kSendNowMaxBytes) return false;
+
+    std::unique_lock lock(mutex_);
+    if (!open_ || closing_ || writing_ || !queue_.empty() || ts_->has_output()) return false;
+    ts_->out.clear();
+    ts_->out_sent = 0;
+    ERR_clear_error();
+    std::size_t written = 0;
+    const int r = SSL_write_ex(ts_->ssl.get(), plain.data(), plain.size(), &written);
+    if (r != 1 || written != plain.size()) {
+      // The session is broken: the loop closes the connection (as the writer would).
+      std::string failure = ssl_failure(SSL_get_error(ts_->ssl.get(), r));
+      lock.unlock();
+      asio::post(executor_, [self = shared_from_this(), failure = std::move(failure)] {
+        self->close(unavailable("write failed: " + failure));
+      });
+      return true;
+    }
+    const ssize_t n = ::send(ts_->socket.native_handle(), ts_->out.data(), ts_->out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0 && static_cast<std::size_t>(n) == ts_->out.size()) {
+      ts_->out.clear();
+      if (ts_->out.capacity() > kIdleOutCapacity) std::vector<std::byte>().swap(ts_->out);
+      return true;
+    }
+    // A full socket buffer (or an error, which the writer then meets and reports): the
+    // writer sends the rest, before anything else.
+    if (n > 0) ts_->out_sent = static_cast<std::size_t>(n);
+    lock.unlock();
+    asio::post(executor_, [self = shared_from_this()] {
+      self->start_writer();
+      self->wake_writer();
+    });
+    return true;
+  }
+
   void close(const Status& reason) override {
     if (!open_) return;
-    open_ = false;
-    ts_->close();
+    std::deque<wire::Message> dropped;
+    {
+      std::lock_guard lock(mutex_);
+      open_ = false;
+      ts_->close();
+      dropped.swap(queue_);
+    }
     grace_timer_.cancel();
     wake_.cancel();
-    queue_.clear();
+    dropped.clear();
     // close() may run inside on_message: keep that handler alive until it returns and drop
     // the handlers (and whatever they captured) afterwards.
     auto on_close = handlers_.on_close;
-    asio::post(ts_->socket.get_executor(), [self = shared_from_this()] { self->handlers_ = {}; });
+    asio::post(executor_, [self = shared_from_this()] { self->handlers_ = {}; });
     if (on_close) on_close(reason);
   }
 
   void close_after_flush(const Status& reason, std::chrono::milliseconds grace) override {
     if (!open_ || closing_) return;
-    closing_ = true;
+    bool idle;
+    {
+      std::lock_guard lock(mutex_);
+      closing_ = true;
+      idle = !writing_ && queue_.empty() && !ts_->has_output();
+    }
     close_reason_ = reason;
-    if (!writing_ && queue_.empty() && !ts_->has_output()) return close(reason);
+    if (idle) return close(reason);
     start_writer();
     wake_writer();
     grace_timer_.expires_after(grace);
@@ -303,35 +405,60 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
   StatusOr<std::array<std::byte, 32>> export_keying_material(std::string_view label,
                                                              std::string_view context) override {
+    std::lock_guard lock(mutex_);
     return tls::export_keying_material(ts_->ssl.get(), label, context);
   }
-  StatusOr<std::string> peer_fingerprint() override { return tls::peer_fingerprint(ts_->ssl.get()); }
+  StatusOr<std::string> peer_fingerprint() override {
+    std::lock_guard lock(mutex_);
+    return tls::peer_fingerprint(ts_->ssl.get());
+  }
   // Read off the session on each call: the peer's certificate cannot change after the
   // handshake (no renegotiation), and callers ask once, at admission.
-  StatusOr<tls::CertificateFacts> peer_certificate() override { return tls::peer_certificate_facts(ts_->ssl.get()); }
+  StatusOr<tls::CertificateFacts> peer_certificate() override {
+    std::lock_guard lock(mutex_);
+    return tls::peer_certificate_facts(ts_->ssl.get());
+  }
   StatusOr<std::vector<std::string>> peer_certificate_chain() override {
+    std::lock_guard lock(mutex_);
     return tls::peer_certificate_chain_pem(ts_->ssl.get());
   }
 
  private:
   // --- reading ---
 
+  struct ReadStep {
+    std::size_t n = 0;       // bytes read (0: none, see want_read and failure)
+    bool want_read = false;  // wait for the socket, then try again
+    bool output = false;     // the session has bytes to send (e.g. an alert)
+    std::string failure;
+  };
+  ReadStep read_some(std::byte* p, std::size_t size) {
+    std::lock_guard lock(mutex_);
+    ReadStep step;
+    ERR_clear_error();
+    const int r = SSL_read_ex(ts_->ssl.get(), p, size, &step.n);
+    step.output = ts_->has_output();
+    if (r == 1) return step;
+    step.n = 0;
+    const int code = SSL_get_error(ts_->ssl.get(), r);
+    step.want_read = code == SSL_ERROR_WANT_READ;
+    if (!step.want_read) step.failure = ssl_failure(code);
+    return step;
+  }
+
   asio::awaitable<Status> read_exact(void* data, std::size_t size) {
     auto* p = static_cast<std::byte*>(data);
     while (size > 0) {
       if (!open_) co_return unavailable("connection closed");
-      ERR_clear_error();
-      std::size_t n = 0;
-      const int r = SSL_read_ex(ts_->ssl.get(), p, size, &n);
-      if (ts_->has_output()) wake_writer();  // e.g. an alert: the writer sends it
-      if (r == 1) {
-        p += n;
-        size -= n;
-        bytes_received_ += n;
+      ReadStep step = read_some(p, size);
+      if (step.output) wake_writer();  // e.g. an alert: the writer sends it
+      if (step.n > 0) {
+        p += step.n;
+        size -= step.n;
+        bytes_received_ += step.n;
         continue;
       }
-      const int code = SSL_get_error(ts_->ssl.get(), r);
-      if (code != SSL_ERROR_WANT_READ) co_return unavailable(ssl_failure(code));
+      if (!step.want_read) co_return unavailable(step.failure);
       auto [ec] = co_await ts_->socket.async_wait(tcp::socket::wait_read, kAsTuple);
       if (ec) co_return unavailable(describe(ec));
     }
@@ -393,25 +520,35 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   void start_writer() {
     if (writer_started_ || !open_) return;
     writer_started_ = true;
-    asio::co_spawn(ts_->socket.get_executor(), write_loop(shared_from_this()), asio::detached);
+    asio::co_spawn(executor_, write_loop(shared_from_this()), asio::detached);
   }
   void wake_writer() {
     if (writer_waiting_) wake_.cancel();
   }
 
+  enum class WriteStep { kFlush, kBatch, kClose, kWait };
+  WriteStep next_write_step() {
+    std::lock_guard lock(mutex_);
+    if (ts_->has_output()) return WriteStep::kFlush;  // first: e.g. what a partial send_now left
+    if (!queue_.empty()) return WriteStep::kBatch;
+    if (closing_) return WriteStep::kClose;
+    if (ts_->out.capacity() > kIdleOutCapacity) std::vector<std::byte>().swap(ts_->out);
+    return WriteStep::kWait;
+  }
+
   static asio::awaitable<void> write_loop(std::shared_ptr<TlsConnection> self) {
     TlsConnection& c = *self;
     while (c.open_) {
+      const WriteStep next = c.next_write_step();
       Status st = ok_status();
-      if (c.ts_->has_output()) {
-        st = co_await flush_out(*c.ts_);
-      } else if (!c.queue_.empty()) {
+      if (next == WriteStep::kFlush) {
+        st = co_await flush_out(*c.ts_, &c.mutex_);
+      } else if (next == WriteStep::kBatch) {
         st = co_await c.write_batch();
-      } else if (c.closing_) {
+      } else if (next == WriteStep::kClose) {
         c.close(c.close_reason_);
         break;
       } else {
-        if (c.ts_->out.capacity() > kIdleOutCapacity) std::vector<std::byte>().swap(c.ts_->out);
         c.writer_waiting_ = true;
         co_await c.wake_.async_wait(kAsTuple);  // cancelled by wake_writer(): there is work
         c.writer_waiting_ = false;
@@ -452,18 +589,39 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     return total;
   }
 
-  // Encrypts and sends queued messages (up to kBatchBytes of them), kWriteChunk at a time.
-  asio::awaitable<Status> write_batch() {
+  // Moves queued messages (up to about kBatchBytes) into batch_ and marks a write in progress.
+  void take_batch() {
+    std::lock_guard lock(mutex_);
     writing_ = true;
-    batch_.clear();
-    staging_.clear();
-    pieces_.clear();
     std::size_t bytes = 0;
     while (!queue_.empty() && bytes < kBatchBytes) {
-      bytes += append_to_batch(queue_.front());
+      bytes += approximate_bytes(queue_.front());
       batch_.push_back(std::move(queue_.front()));  // keeps referenced segments alive
       queue_.pop_front();
     }
+  }
+  void set_writing(bool writing) {
+    std::lock_guard lock(mutex_);
+    writing_ = writing;
+  }
+  // Encrypts n bytes into ts_->out; `full`: a chunk's worth of ciphertext waits.
+  Status encrypt(const std::byte* p, std::size_t n, bool& full) {
+    std::lock_guard lock(mutex_);
+    ERR_clear_error();
+    std::size_t written = 0;
+    const int r = SSL_write_ex(ts_->ssl.get(), p, n, &written);
+    if (r != 1 || written != n) return unavailable(ssl_failure(SSL_get_error(ts_->ssl.get(), r)));
+    full = ts_->out.size() - ts_->out_sent >= kWriteChunk;
+    return ok_status();
+  }
+
+  // Encrypts and sends queued messages (up to kBatchBytes of them), kWriteChunk at a time.
+  asio::awaitable<Status> write_batch() {
+    batch_.clear();
+    staging_.clear();
+    pieces_.clear();
+    take_batch();
+    for (const wire::Message& m : batch_) append_to_batch(m);
     // Copied: staging_ and pieces_ are reused by the next batch only after this one ends.
     Status st = ok_status();
     for (std::size_t i = 0; i < pieces_.size() && st.ok(); ++i) {
@@ -477,24 +635,20 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
           break;
         }
         const std::size_t n = std::min(left, kWriteChunk);
-        ERR_clear_error();
-        std::size_t written = 0;
-        const int r = SSL_write_ex(ts_->ssl.get(), p, n, &written);
-        if (r != 1 || written != n) {
-          st = unavailable(ssl_failure(SSL_get_error(ts_->ssl.get(), r)));
-          break;
-        }
+        bool full = false;
+        st = encrypt(p, n, full);
+        if (!st.ok()) break;
         p += n;
         left -= n;
-        if (ts_->out.size() - ts_->out_sent >= kWriteChunk) {
-          st = co_await flush_out(*ts_);
+        if (full) {
+          st = co_await flush_out(*ts_, &mutex_);
           if (!st.ok()) break;
         }
       }
     }
-    if (st.ok()) st = co_await flush_out(*ts_);
+    if (st.ok()) st = co_await flush_out(*ts_, &mutex_);
     batch_.clear();
-    writing_ = false;
+    set_writing(false);
     co_return st;
   }
 
@@ -506,6 +660,10 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
   SharedCtx ctx_;
   std::shared_ptr<TlsSocket> ts_;
+  const asio::any_io_executor executor_;
+  // Guards the SSL object, ts_->out/out_sent and the socket while written or closed, and the
+  // writes of open_, closing_, writing_ and queue_ (see the top of this file).
+  std::mutex mutex_;
   wire::Limits limits_;
   std::string peer_;
   Handlers handlers_;
@@ -515,7 +673,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   asio::steady_timer grace_timer_;
   std::uint64_t bytes_received_ = 0;
 
-  std::deque<wire::Message> queue_;
+  std::deque<wire::Message> queue_;  // guarded by mutex_
   bool writer_started_ = false;
   bool writer_waiting_ = false;
   bool writing_ = false;

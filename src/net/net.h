@@ -5,7 +5,8 @@
 //
 // Threading: an EventLoop runs on exactly one thread (the one that calls run()). Every
 // Connection, Listener and Timer belongs to one loop and must be used only from that
-// loop's thread; other threads hand work over with EventLoop::post().
+// loop's thread; other threads hand work over with EventLoop::post(). The one exception is
+// Connection::send_now, which any thread may call (see there).
 #pragma once
 
 #include <array>
@@ -75,6 +76,21 @@ class Connection {
   // Queues `message` for sending; messages go out in order, one write in flight. Sending on
   // a closed connection is a no-op.
   virtual void send(wire::Message message) = 0;
+  // Thread-safe: the one member any thread may call, also while the loop's thread sends,
+  // reads or closes the connection. If the connection is open and idle (no queued message, no
+  // write in progress, no unsent bytes) and `message` is small (<= 256 KiB framed), encrypts
+  // it and writes it to the socket on the calling thread, sparing the loop a wake-up; bytes
+  // the socket does not take at once are sent by the loop, before anything queued later.
+  // Returns true when `message` is on its way (its bytes are copied: the caller may drop it
+  // at once), false when nothing was done and the caller should post send() to the loop's
+  // thread instead (busy, large or closed).
+  // Order: a message is written before anything send() queues after this returns, but a
+  // send() the caller posted earlier and the loop has not run yet is not queued: a caller
+  // mixing both must use send_now only while none of its posted sends is pending.
+  // Lifetime: the caller holds a shared_ptr for the call; if it turns out to be the last
+  // reference, the connection is destroyed on the caller's thread (asio allows that, and
+  // nothing of the connection runs on the loop then).
+  virtual bool send_now(const wire::Message& message) = 0;
   // Closes now (queued messages are dropped) and calls on_close(reason) once.
   virtual void close(const Status& reason) = 0;
   // Closes after every queued message has been written (or after `grace`).

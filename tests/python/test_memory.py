@@ -68,3 +68,28 @@ def test_one_gigabyte_array_costs_about_one_copy_per_side(own_cluster):
     assert peak_rss(engine_pid) - engine_base < 0.25 * GB
     assert peak_rss() - client_base < 1.25 * GB
     rc.close()
+
+
+def test_mid_sized_results_release_their_engine_buffers(own_cluster):
+    """Results of 64-256 KiB leave the engine without a copy and, when its connection is idle,
+    from its Python thread (not its network thread): either way the engine must release the
+    Python buffers it lent once they are sent."""
+    cluster = own_cluster(1)
+    rc = cluster.client()
+    engine_pid = cluster.engine_pids[0]
+    view = rc[0]
+    view.block = True
+
+    def make(i):
+        import numpy as np
+        return np.full(25_000, i, dtype=np.float64)  # 200 kB: an out-of-band buffer
+
+    for i in range(50):
+        view.apply_sync(make, i)
+    base = current_rss(engine_pid)
+    for i in range(1000):
+        r = view.apply_sync(make, i)
+        assert r.shape == (25_000,) and r[0] == i and r[-1] == i
+    # 1000 results never released would keep 200 MB alive.
+    assert current_rss(engine_pid) - base < 50 * 1024 * 1024
+    rc.close()

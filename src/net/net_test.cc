@@ -1,0 +1,341 @@
+// The transport over real loopback TLS: Connection::send_now from another thread while the
+// loop's thread sends, reads and closes the same connection. Every message carries its
+// source and sequence number and bytes derived from both, so a lost, reordered or garbled
+// message (e.g. two threads in one SSL object at once) fails a check here.
+#include "net/net.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
+
+namespace testudo::net {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr std::uint32_t kDirect = 1;  // sent by the other thread (send_now, or posted send)
+constexpr std::uint32_t kLoop = 2;    // sent by the loop's thread (send)
+
+Status cancelled_status() { return Status(StatusCode::kCancelled, "test over"); }
+
+std::uint64_t mix(std::uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  return x ^ (x >> 33);
+}
+
+// Mostly small messages (the ones send_now takes), some medium, and every 17th one over
+// send_now's 256 KiB limit (up to 1.3 MiB: more than one data frame).
+std::size_t size_for(std::uint32_t source, std::uint64_t seq) {
+  const std::uint64_t r = mix(seq * 4 + source);
+  if (seq % 17 == 16) return 300 * 1024 + r % (1024 * 1024);
+  if (seq % 5 == 4) return 16 * 1024 + r % (48 * 1024);
+  return r % 2048;
+}
+
+std::byte byte_at(std::uint32_t source, std::uint64_t seq, std::size_t segment, std::size_t i) {
+  return static_cast<std::byte>(mix((seq << 8) ^ (source << 4) ^ segment) + i * 131);
+}
+
+wire::Message make_message(std::uint32_t source, std::uint64_t seq, std::size_t size) {
+  wire::Message m;
+  m.envelope.kind = wire::MessageKind::kTaskOutput;
+  m.envelope.engine_id = source;
+  m.envelope.task_id = seq;
+  m.envelope.text = "message " + std::to_string(seq);
+  for (std::size_t segment = 0; segment < 2; ++segment) {
+    const std::size_t n = segment == 0 ? size : size / 3;
+    SharedBytes bytes = SharedBytes::allocate(n);
+    for (std::size_t i = 0; i < n; ++i) bytes.data()[i] = byte_at(source, seq, segment, i);
+    m.segments.push_back(std::move(bytes));
+  }
+  return m;
+}
+wire::Message make_message(std::uint32_t source, std::uint64_t seq) {
+  return make_message(source, seq, size_for(source, seq));
+}
+
+// Checks that `m` is intact and the next of its source; counts it. On the loop's thread.
+struct Receiver {
+  std::uint64_t next[3] = {0, 0, 0};
+  std::uint64_t total = 0;
+  std::string error;  // the first problem seen
+
+  void take(const wire::Message& m) {
+    if (!error.empty()) return;
+    const std::uint32_t source = m.envelope.engine_id;
+    if (source != kDirect && source != kLoop) {
+      error = "unknown source " + std::to_string(source);
+      return;
+    }
+    const std::uint64_t seq = m.envelope.task_id;
+    if (seq != next[source]) {
+      error = "source " + std::to_string(source) + ": got message " + std::to_string(seq) + ", expected " +
+              std::to_string(next[source]);
+      return;
+    }
+    if (m.envelope.text != "message " + std::to_string(seq) || m.segments.size() != 2) {
+      error = "message " + std::to_string(seq) + ": wrong envelope";
+      return;
+    }
+    for (std::size_t segment = 0; segment < 2; ++segment) {
+      const SharedBytes& bytes = m.segments[segment];
+      for (std::size_t i = 0; i < bytes.size(); ++i) {
+        if (bytes.span()[i] != byte_at(source, seq, segment, i)) {
+          error = "message " + std::to_string(seq) + ": byte " + std::to_string(i) + " differs";
+          return;
+        }
+      }
+    }
+    ++next[source];
+    ++total;
+  }
+};
+
+// A loop on its own thread with a listener and one dialed connection to it.
+class NetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto identity = tls::generate_self_signed("net-test");
+    ASSERT_TRUE(identity.ok()) << identity.status().to_string();
+    auto fingerprint = tls::fingerprint_of_pem(identity->cert_pem);
+    ASSERT_TRUE(fingerprint.ok());
+    auto client_identity = tls::generate_self_signed("net-test-client");
+    ASSERT_TRUE(client_identity.ok());
+    loop_thread_ = std::thread([this] { loop_.run(); });
+
+    std::promise<StatusOr<std::shared_ptr<Connection>>> dialed;
+    on_loop([&] {
+      ListenOptions lo;
+      lo.tls.identity = *identity;
+      auto l = Listener::create(loop_, lo, [this](std::shared_ptr<Connection> c) {
+        c->set_limits(wire::Limits{});  // accepted with pre-authentication limits
+        server_ = std::move(c);
+      });
+      if (!l.ok()) {
+        dialed.set_value(l.status());
+        return;
+      }
+      listener_ = std::move(l).value();
+      DialOptions d;
+      d.host = "127.0.0.1";
+      d.port = listener_->port();
+      d.tls.identity = *client_identity;
+      d.tls.pinned_fingerprint = *fingerprint;
+      dial(loop_, d, [&dialed](StatusOr<std::shared_ptr<Connection>> c) { dialed.set_value(std::move(c)); });
+    });
+    auto client = dialed.get_future().get();
+    ASSERT_TRUE(client.ok()) << client.status().to_string();
+    client_ = std::move(client).value();
+    // The server side is accepted after its handshake, which may end after the client's.
+    for (int i = 0; i < 500; ++i) {
+      bool have = false;
+      on_loop([&] { have = server_ != nullptr; });
+      if (have) break;
+      std::this_thread::sleep_for(10ms);
+    }
+    on_loop([&] { ASSERT_NE(server_, nullptr); });
+  }
+
+  void TearDown() override {
+    close_both();
+    on_loop([this] {
+      if (listener_) listener_->close();
+      listener_.reset();
+    });
+    loop_.stop();
+    if (loop_thread_.joinable()) loop_thread_.join();
+    client_.reset();
+    server_.reset();
+  }
+
+  // Closes both ends: no handler (which may capture a test's locals) runs after this.
+  void close_both() {
+    on_loop([this] {
+      if (client_) client_->close(cancelled_status());
+      if (server_) server_->close(cancelled_status());
+    });
+  }
+
+  // Runs `fn` on the loop's thread and waits for it.
+  void on_loop(std::function<void()> fn) {
+    std::promise<void> done;
+    loop_.post([&] {
+      fn();
+      done.set_value();
+    });
+    done.get_future().get();
+  }
+
+  // The other thread's way of sending `m` in order: send_now while none of its posted sends
+  // is pending, else post. Returns whether send_now took it.
+  bool send_in_order(wire::Message m) {
+    if (pending_posts_.load(std::memory_order_acquire) == 0 && client_->send_now(m)) return true;
+    pending_posts_.fetch_add(1, std::memory_order_relaxed);
+    loop_.post([this, c = client_, m = std::move(m)]() mutable {
+      c->send(std::move(m));
+      pending_posts_.fetch_sub(1, std::memory_order_release);
+    });
+    return false;
+  }
+
+  // Waits (polling the loop) until `done()` holds on the loop's thread, at most `timeout`.
+  bool wait_for(std::function<bool()> done, std::chrono::seconds timeout = 120s) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      bool ok = false;
+      on_loop([&] { ok = done(); });
+      if (ok) return true;
+      std::this_thread::sleep_for(5ms);
+    }
+    return false;
+  }
+
+  EventLoop loop_;
+  std::thread loop_thread_;
+  std::unique_ptr<Listener> listener_;
+  std::shared_ptr<Connection> client_;
+  std::shared_ptr<Connection> server_;  // on the loop's thread
+  std::atomic<int> pending_posts_{0};
+};
+
+// Both ways at once: the other thread sends with send_now (falling back to posted sends for
+// large messages and a busy connection); the loop's thread sends its own messages on the same
+// connection and reads the server's echoes of everything. All arrive intact and in order per
+// source, on both sides.
+TEST_F(NetTest, SendNowFromAnotherThreadWhileTheLoopSendsAndReads) {
+  constexpr std::uint64_t kDirectCount = 3000;
+  constexpr std::uint64_t kLoopCount = 3000;
+  Receiver at_server;  // loop's thread
+  Receiver at_client;  // loop's thread
+  std::uint64_t loop_sent = 0;
+  Status client_closed = ok_status();
+  on_loop([&] {
+    server_->start({[&, s = server_.get()](wire::Message&& m) {
+                      at_server.take(m);
+                      s->send(std::move(m));  // the echo
+                    },
+                    [](const Status&) {}});
+    client_->start({[&](wire::Message&& m) {
+                      at_client.take(m);
+                      // Each echo makes the loop's thread send one more of its own.
+                      if (loop_sent < kLoopCount) client_->send(make_message(kLoop, loop_sent++));
+                    },
+                    [&](const Status& why) { client_closed = why; }});
+    for (int i = 0; i < 16; ++i) client_->send(make_message(kLoop, loop_sent++));
+  });
+
+  std::uint64_t taken_now = 0;
+  std::thread other([&] {
+    for (std::uint64_t seq = 0; seq < kDirectCount; ++seq) {
+      // As the engine does, one at a time: the next once the loop has queued a posted one.
+      while (pending_posts_.load() > 0) std::this_thread::yield();
+      if (send_in_order(make_message(kDirect, seq))) ++taken_now;
+    }
+  });
+  other.join();
+  const bool all = wait_for([&] {
+    return !at_server.error.empty() || !at_client.error.empty() || !client_->is_open() ||
+           at_client.total == kDirectCount + kLoopCount;
+  });
+  on_loop([&] {
+    EXPECT_TRUE(all) << "timed out: server has " << at_server.total << ", client " << at_client.total;
+    EXPECT_EQ(at_server.error, "");
+    EXPECT_EQ(at_client.error, "");
+    EXPECT_TRUE(client_closed.ok()) << client_closed.to_string();
+    EXPECT_EQ(at_server.next[kDirect], kDirectCount);
+    EXPECT_EQ(at_server.next[kLoop], kLoopCount);
+    EXPECT_EQ(at_client.total, kDirectCount + kLoopCount);
+  });
+  close_both();
+  // send_now did take messages itself, and refused the ones over its limit.
+  EXPECT_GT(taken_now, 0u);
+  EXPECT_LT(taken_now, kDirectCount - kDirectCount / 17 + 1);
+}
+
+// The loop's thread closes the connection while the other thread keeps calling send_now:
+// no crash, send_now refuses once the connection is closed, and what the server got is an
+// intact, in-order prefix.
+TEST_F(NetTest, CloseWhileAnotherThreadSendsNow) {
+  constexpr std::uint64_t kCloseAfter = 400;
+  Receiver at_server;
+  std::atomic<bool> closed{false};
+  std::atomic<bool> stop{false};
+  bool server_closed = false;
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [&](const Status&) { closed = true; }});
+    server_->start({[&](wire::Message&& m) {
+                      at_server.take(m);
+                      if (at_server.total == kCloseAfter) client_->close(cancelled_status());
+                    },
+                    [&](const Status&) { server_closed = true; }});
+  });
+  std::uint64_t after_close = 0;
+  std::uint64_t taken_after_close = 0;
+  std::thread other([&] {
+    for (std::uint64_t seq = 0; !stop; ++seq) {
+      const bool was_closed = closed.load();
+      // Small messages only, all through send_now when it takes them.
+      wire::Message m = make_message(kDirect, seq, mix(seq) % 4096);
+      const bool taken = send_in_order(std::move(m));
+      if (was_closed) {
+        ++after_close;
+        if (taken) ++taken_after_close;
+        if (after_close >= 2000) break;
+      }
+    }
+  });
+  const bool done = wait_for([&] { return server_closed; }, 60s);
+  stop = true;
+  other.join();
+  on_loop([&] {
+    EXPECT_TRUE(done);
+    EXPECT_EQ(at_server.error, "");
+    EXPECT_GE(at_server.total, kCloseAfter);
+    EXPECT_FALSE(client_->is_open());
+  });
+  close_both();
+  EXPECT_EQ(taken_after_close, 0u);
+}
+
+// send_now on a connection whose peer does not read: the socket fills, send_now leaves the
+// rest of a message to the loop and refuses until it is out; once the peer reads, everything
+// arrives in order.
+TEST_F(NetTest, SendNowLeavesWhatTheSocketRefusesToTheLoop) {
+  Receiver at_server;
+  on_loop([&] { client_->start({[](wire::Message&&) {}, [](const Status&) {}}); });
+  constexpr std::size_t kSize = 200 * 1024;  // under send_now's limit
+  std::uint64_t seq = 0;
+  bool refused = false;
+  // Loopback buffers hold a few MiB at most: send_now must stop taking messages by then.
+  for (; seq < 500; ++seq) {
+    if (!client_->send_now(make_message(kDirect, seq, kSize))) {
+      refused = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(refused);
+  const std::uint64_t total = seq + 20;
+  for (; seq < total; ++seq) send_in_order(make_message(kDirect, seq, kSize));
+  on_loop([&] { server_->start({[&](wire::Message&& m) { at_server.take(m); }, [](const Status&) {}}); });
+  const bool all = wait_for([&] { return !at_server.error.empty() || at_server.total == total; });
+  on_loop([&] {
+    EXPECT_TRUE(all) << "server has " << at_server.total << " of " << total;
+    EXPECT_EQ(at_server.error, "");
+    EXPECT_EQ(at_server.total, total);
+  });
+  // Idle again: send_now takes the next one itself.
+  EXPECT_TRUE(wait_for([&] { return pending_posts_.load() == 0; }));
+  EXPECT_TRUE(wait_for([&] { return client_->send_now(make_message(kDirect, total, 100)); }, 10s));
+  EXPECT_TRUE(wait_for([&] { return !at_server.error.empty() || at_server.total == total + 1; }));
+  on_loop([&] { EXPECT_EQ(at_server.error, ""); });
+  close_both();
+}
+
+}  // namespace
+}  // namespace testudo::net
