@@ -54,6 +54,10 @@ class Hub : private SchedulerSink {
   // Re-reads the policy, the trust directory and the CRL (SIGHUP), then cuts off every peer
   // that would no longer be admitted (revoked, removed, expired: T14, T15).
   void reload();
+  // Tasks submitted and not finished (waiting, queued or running), and tasks answered by an
+  // engine since the hub started.
+  std::size_t tasks_in_flight() const { return scheduler_.tasks(); }
+  std::uint64_t tasks_completed() const { return tasks_completed_; }
 
  private:
   struct Peer {

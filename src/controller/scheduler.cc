@@ -27,7 +27,7 @@ std::string_view scheme_name(SchedulingScheme scheme) {
 }
 
 Scheduler::Scheduler(SchedulerOptions options, SchedulerSink& sink, std::uint64_t random_seed)
-    : options_(options), sink_(sink), random_(random_seed) {}
+    : options_(options), sink_(sink), random_(random_seed), records_(options.finished_records) {}
 
 void Scheduler::add_engine(EngineId engine) {
   auto [it, added] = engines_.try_emplace(engine);
@@ -94,8 +94,8 @@ TaskId Scheduler::submit(TaskSpec spec, Clock::time_point now) {
   // Dependencies: finished ones are checked now, the others make the task wait.
   for (const auto* deps : {&task.spec.after, &task.spec.follow}) {
     for (TaskId dep : *deps) {
-      if (auto r = records_.find(dep); r != records_.end()) {
-        if (!r->second.success) {
+      if (auto r = records_.find(dep)) {
+        if (!r->success) {
           fail_task(id, TaskFailure::kDependencyFailed, "dependency " + std::to_string(dep) + " failed");
           return id;
         }
@@ -122,8 +122,7 @@ void Scheduler::make_ready(TaskId id, Task& task) {
   if (!task.spec.follow.empty()) {
     std::set<EngineId> where;
     for (TaskId dep : task.spec.follow) {
-      auto r = records_.find(dep);
-      if (r != records_.end()) where.insert(r->second.engine);
+      if (auto r = records_.find(dep)) where.insert(r->engine);
     }
     if (where.size() != 1) {
       return fail_task(id, TaskFailure::kDependencyFailed, "followed tasks ran on different engines");
@@ -382,7 +381,8 @@ void Scheduler::resolve_dependents(TaskId id) {
   if (d == dependents_.end()) return;
   std::vector<TaskId> waiting_on_it = std::move(d->second);
   dependents_.erase(d);
-  const bool ok = records_.count(id) && records_.at(id).success;
+  const auto record = records_.find(id);
+  const bool ok = record && record->success;
   for (TaskId dependent : waiting_on_it) {
     auto t = tasks_.find(dependent);
     if (t == tasks_.end()) continue;
@@ -476,13 +476,34 @@ std::map<EngineId, Scheduler::EngineLoad> Scheduler::queue_status() const {
   return out;
 }
 
-void Scheduler::remember(TaskId id, Record record) {
-  records_[id] = record;
-  record_order_.push_back(id);
-  while (record_order_.size() > options_.finished_records) {
-    records_.erase(record_order_.front());
-    record_order_.pop_front();
+void Scheduler::remember(TaskId id, Record record) { records_.put(id, record); }
+
+void Scheduler::FinishedRecords::put(TaskId id, Record record) {
+  const TaskId block_start = id / kBlock * kBlock;
+  if (blocks_.empty()) first_ = block_start;
+  // A task that ran long finishes after younger ones: its block may lie before the first.
+  while (id < first_) {
+    if ((blocks_.size() + 1) * kBlock > capacity_ + kBlock) return;  // older than we keep
+    blocks_.push_front(std::make_unique<Block>());
+    first_ -= kBlock;
   }
+  while (id >= first_ + blocks_.size() * kBlock) blocks_.push_back(std::make_unique<Block>());
+  // Forget the oldest blocks while the rest still cover `capacity` ids.
+  while (blocks_.size() > 1 && (blocks_.size() - 1) * kBlock >= capacity_) {
+    blocks_.pop_front();
+    first_ += kBlock;
+  }
+  if (id < first_) return;
+  Slot& slot = (*blocks_[(id - first_) / kBlock])[(id - first_) % kBlock];
+  slot.engine = record.engine;
+  slot.state = record.success ? 1 : 2;
+}
+
+std::optional<Scheduler::Record> Scheduler::FinishedRecords::find(TaskId id) const {
+  if (id < first_ || id >= first_ + blocks_.size() * kBlock) return std::nullopt;
+  const Slot& slot = (*blocks_[(id - first_) / kBlock])[(id - first_) % kBlock];
+  if (slot.state == 0) return std::nullopt;
+  return Record{slot.state == 1, slot.engine};
 }
 
 }  // namespace testudo::controller

@@ -203,6 +203,52 @@ TEST_F(SchedulerTest, AfterWaitsForSuccessAndFailsOnFailure) {
   EXPECT_EQ(ev[0].id, immediate);
 }
 
+TEST_F(SchedulerTest, FinishedOutcomesAreKeptForAtLeastTheLastIdsAndThenForgotten) {
+  SchedulerOptions o;
+  o.hwm = 0;
+  o.finished_records = 5'000;
+  auto s = make(o);
+  s.add_engine(0);
+  s.add_engine(1);
+  // The first task runs long: it finishes after 20,000 younger ones.
+  TaskId slow = s.submit(balanced(), now);
+  std::map<TaskId, EngineId> where;
+  for (int i = 0; i < 20'000; ++i) s.submit(balanced(), now);
+  for (const auto& e : sink.take()) where[e.id] = e.engine;
+  ASSERT_EQ(where.size(), 20'001u);
+  for (const auto& [id, engine] : where) {
+    if (id != slow) ASSERT_TRUE(s.finished(id, engine, id % 7 != 0, now));
+  }
+  ASSERT_TRUE(s.finished(slow, where[slow], true, now));  // too old to be kept by now
+  const TaskId newest = slow + 20'000;
+  auto submit_after = [&](TaskId dep, bool follow) {
+    TaskSpec t = balanced();
+    (follow ? t.follow : t.after) = {dep};
+    s.submit(t, now);
+    auto ev = sink.take();
+    EXPECT_EQ(ev.size(), 1u);
+    return ev.empty() ? Event{} : ev[0];
+  };
+  Event ok = submit_after(newest - 1, /*follow=*/true);  // (newest - 1) % 7 != 0 here
+  ASSERT_NE((newest - 1) % 7, 0u);
+  EXPECT_TRUE(ok.dispatched);
+  EXPECT_EQ(ok.engine, where[newest - 1]);
+  const TaskId failed = newest / 7 * 7;
+  Event doomed = submit_after(failed, false);
+  EXPECT_FALSE(doomed.dispatched);
+  EXPECT_EQ(doomed.text, "dependency " + std::to_string(failed) + " failed");
+  for (TaskId id : {newest - 4'000, newest - 4'999}) {  // within the window: known
+    Event e = submit_after(id, false);
+    EXPECT_EQ(e.dispatched, id % 7 != 0) << id;
+  }
+  Event forgotten = submit_after(slow + 1, false);
+  EXPECT_FALSE(forgotten.dispatched);
+  EXPECT_EQ(forgotten.text, "unknown dependency " + std::to_string(slow + 1));
+  Event slow_one = submit_after(slow, false);
+  EXPECT_FALSE(slow_one.dispatched);
+  EXPECT_EQ(slow_one.text, "unknown dependency " + std::to_string(slow));
+}
+
 TEST_F(SchedulerTest, FollowRunsWhereTheFollowedTaskRan) {
   SchedulerOptions o;
   o.hwm = 0;
