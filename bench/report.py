@@ -102,7 +102,7 @@ def markdown(rows, results):
         res = results.get(peer)
         if not res:
             continue
-        for n in res.get("notes", []):
+        for n in dict.fromkeys(res.get("notes", [])):  # a peer started several times says each once
             notes.append(f"- {peer}: {n}")
         if res.get("controller_processes"):
             notes.append(f"- {peer}: the controller is {res['controller_processes']} process(es)")
