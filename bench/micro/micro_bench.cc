@@ -143,7 +143,7 @@ void BM_SchedulerSubmitFinished(benchmark::State& state) {
     spec.client_id = 1;
     spec.request_id = 7;
     auto id = scheduler.submit(std::move(spec), now);
-    auto done = scheduler.finished(id, sink.last_engine, true);
+    auto done = scheduler.finished(id, sink.last_engine, true, now);
     benchmark::DoNotOptimize(done);
   }
 }
