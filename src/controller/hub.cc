@@ -514,10 +514,7 @@ void Hub::acknowledge(Peer& client, std::uint64_t request_id, const std::vector<
   ack.envelope.request_id = request_id;
   ack.envelope.client_id = client.id;
   ack.segments.push_back(wire::encode_ids(ids));
-  if (client.pending_acks.empty()) {
-    clients_with_acks_.push_back(client.id);
-    client.acks_since = Clock::now();
-  }
+  if (client.pending_acks.empty()) client.acks_since = Clock::now();
   client.pending_acks.push_back(std::move(ack));
   if (!ack_flush_armed_) arm_ack_flush(kAckDelay);
 }
@@ -538,21 +535,19 @@ void Hub::flush_acks(Peer& client) {
 }
 
 void Hub::flush_due_acks(bool everything) {
+  // Clients are few (tens): looking at each is cheaper than keeping a list of those with acks.
   const auto now = Clock::now();
   auto next_due = Clock::time_point::max();
-  std::erase_if(clients_with_acks_, [&](std::uint32_t id) {
-    auto client = clients_.find(id);
-    if (client == clients_.end() || client->second->pending_acks.empty()) return true;
-    Peer& c = *client->second;
+  for (auto& [id, client] : clients_) {
+    if (client->pending_acks.empty()) continue;
     // Acks still young wait on: the reply they are waiting for may come any moment.
-    if (!everything && c.acks_since + kAckDelay > now) {
-      next_due = std::min(next_due, c.acks_since + kAckDelay);
-      return false;
+    if (!everything && client->acks_since + kAckDelay > now) {
+      next_due = std::min(next_due, client->acks_since + kAckDelay);
+      continue;
     }
-    flush_acks(c);
-    return true;
-  });
-  if (!clients_with_acks_.empty() && !ack_flush_armed_) arm_ack_flush(next_due - now);
+    flush_acks(*client);
+  }
+  if (next_due != Clock::time_point::max() && !ack_flush_armed_) arm_ack_flush(next_due - now);
 }
 
 void Hub::send_to_client(Peer& client, wire::Message message) {

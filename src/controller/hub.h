@@ -158,7 +158,6 @@ class Hub : private SchedulerSink {
   Scheduler scheduler_;
   // Clients that asked (get_result) for a task still running: (client id, request id).
   std::unordered_map<TaskId, std::vector<std::pair<std::uint32_t, std::uint64_t>>> waiters_;
-  std::vector<std::uint32_t> clients_with_acks_;  // may name clients gone or flushed since
   std::unique_ptr<net::Timer> ack_flush_;
   bool ack_flush_armed_ = false;
   std::unique_ptr<net::Timer> store_flush_;
