@@ -109,7 +109,8 @@ void Hub::on_admission_message(Peer& peer, const wire::Message& m) {
 }
 
 void Hub::welcome(Peer& peer, auth::Admitted admitted) {
-  if (stopping_) return reject(peer, "controller is shutting down");
+  // Said as such: the peer may try again later, against the next controller.
+  if (stopping_) return reject(peer, "controller is shutting down", false, wire::RouteStatus::kShuttingDown);
   wire::Message welcome;
   welcome.envelope.kind = MessageKind::kWelcome;
   if (admitted.identity.role == wire::Role::kEngine) {
