@@ -1,7 +1,7 @@
 // Starting and stopping a local cluster: one controller (`testudo controller`) and N engines
 // (`testudo-engine`, the sibling executable that embeds Python) as separate processes, each
-// in its own session (so a terminal's Ctrl-C reaches only the
-// foreground `testudo cluster start`), logging into the profile's log/ directory.
+// in its own session (so a terminal's Ctrl-C reaches only the foreground `testudo cluster
+// start`), logging into the profile's log/ directory.
 // Pid files: run/cluster.json (0600). Secrets never travel in argv: processes read them from
 // the profile's owner-only connection files.
 // Thread-safety: functions are safe to call from one thread at a time.
