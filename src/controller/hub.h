@@ -1,6 +1,6 @@
 // The hub: authenticates peers, keeps the registry of engines and clients, routes requests
 // to engines and replies back to the client that asked, and watches heartbeats.
-// It reads only Envelopes; bodies pass through untouched (THREATS.md T17).
+// It reads only Envelopes; bodies pass through untouched (docs/threat-model.md T17).
 //
 // Threading: runs entirely on its EventLoop's thread; not thread-safe.
 #pragma once
