@@ -1,8 +1,8 @@
 // Engine registration data (tags and host facts) is signed by the engine's identity
-// (docs/threat-model.md T8): the controller files the facts only if the signature verifies with the key of
-// the certificate this engine presented, and only under this connection's engine id. The
-// signed bytes include this TLS session's exporter, so a signature recorded on one
-// connection is worthless on any other (no replay, no relay of another engine's facts).
+// (docs/threat-model.md T8): the controller files the facts only if the signature verifies
+// with the key of the certificate this engine presented, and only under this connection's
+// engine id. The signed bytes include this TLS session's exporter, so a signature recorded on
+// one connection is worthless on any other (no replay, no relay of another engine's facts).
 // Thread-safe (pure functions).
 #pragma once
 

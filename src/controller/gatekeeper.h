@@ -1,4 +1,4 @@
-// The controller's door and rulebook (docs/security.md: identities, trust modes, policy, audit).
+// The controller's door and rulebook (docs/security.md: "Who may connect", "What they may do").
 //   door:     who may connect — the trust mode (manual trust directory, learn-on-first-use
 //             with `testudo keys accept`, or a CA with a revocation list), revocation, expiry
 //             (T14, T15), role binding (T16) and failed-login limits per address and identity (T6);
