@@ -225,6 +225,25 @@ TEST(ClusterTest, ControllerLossFailsPendingResults) {
   EXPECT_EQ((*later)[0].status.code(), StatusCode::kUnavailable);
 }
 
+// F5: an engine asked to exit while user code loops forever still exits (after a grace period),
+// rather than waiting on the loop for good.
+TEST(ClusterTest, EngineAskedToExitLeavesEvenWhenUserCodeNeverReturns) {
+  auto cluster = TestCluster::start(1);
+  ASSERT_TRUE(cluster);
+  auto client = cluster->client();
+  auto spinning = client->execute({0}, "while True:\n    pass");
+  std::this_thread::sleep_for(300ms);
+  auto stopped = client->shutdown_engines({0});
+  ASSERT_TRUE(stopped.ok()) << stopped.status().to_string();
+  EXPECT_EQ(*stopped, 1u);
+  const pid_t engine = cluster->processes().engines.at(0);
+  EXPECT_TRUE(wait_until([&] { return !launch::process_alive(engine); }, 15s))
+      << "the engine is still running user code and never exited";
+  auto replies = spinning.get(15s);
+  ASSERT_TRUE(replies.ok());
+  EXPECT_FALSE((*replies)[0].status.ok());
+}
+
 TEST(ClusterTest, ClusterStopEndsEveryProcess) {
   auto cluster = TestCluster::start(3);
   ASSERT_TRUE(cluster);

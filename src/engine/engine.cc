@@ -245,10 +245,9 @@ struct Engine::Impl {
     if (stopping) return;
     stopping = true;
     push_work(Stop{why});
-    // With a connection, the network thread ends once it has flushed its goodbyes.
-    std::function<void()> closed;
-    if (link->connected()) closed = [this] { loop.stop(); };
-    link->stop(unavailable("engine shutting down"), std::chrono::milliseconds(1000), std::move(closed));
+    // The loop keeps running after the goodbye is flushed: run() stops it once the Python
+    // thread has returned, and until then it must be there for the watchdog below.
+    link->stop(unavailable("engine shutting down"), std::chrono::milliseconds(1000), nullptr);
     // User code stuck in a loop cannot be unwound politely: give it a moment, then go.
     exit_watchdog = loop.after(std::chrono::milliseconds(5'000), [] {
       LOG_WARN("engine") << "user code did not finish; exiting anyway";
