@@ -60,7 +60,7 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
             const std::string why = "the controller refused this connection: " + m.envelope.text;
             // Not trusted yet: kFailedPrecondition, so that an engine can wait for an
             // administrator (Client::connect reports it as permission denied).
-            if (m.envelope.status == static_cast<std::uint16_t>(wire::RouteStatus::kAwaitingTrust)) {
+            if (m.envelope.outcome() == Outcome::kAwaitingTrust) {
               return finish(failed_precondition(why));
             }
             return finish(permission_denied(why));

@@ -6,6 +6,7 @@
 #include "auth/registration.h"
 #include "crypto/crypto.h"
 #include "wire/control.h"
+#include "wire/reply.h"
 
 namespace testudo::controller {
 namespace {
@@ -37,17 +38,17 @@ nlohmann::json record_json(const TaskRecord& r) {
           {"error", r.error}};
 }
 
-wire::RouteStatus route_status(TaskFailure why) {
+Outcome route_status(TaskFailure why) {
   switch (why) {
-    case TaskFailure::kEngineDied: return wire::RouteStatus::kEngineDied;
-    case TaskFailure::kNoSuchEngine: return wire::RouteStatus::kNoSuchEngine;
-    case TaskFailure::kAborted: return wire::RouteStatus::kAborted;
-    case TaskFailure::kDependencyFailed: return wire::RouteStatus::kDependencyFailed;
-    case TaskFailure::kDependencyTimeout: return wire::RouteStatus::kDependencyTimeout;
-    case TaskFailure::kUnreachable: return wire::RouteStatus::kUnreachable;
-    case TaskFailure::kShuttingDown: return wire::RouteStatus::kShuttingDown;
+    case TaskFailure::kEngineDied: return Outcome::kEngineDied;
+    case TaskFailure::kNoSuchEngine: return Outcome::kNoSuchEngine;
+    case TaskFailure::kAborted: return Outcome::kAborted;
+    case TaskFailure::kDependencyFailed: return Outcome::kDependencyFailed;
+    case TaskFailure::kDependencyTimeout: return Outcome::kDependencyTimeout;
+    case TaskFailure::kUnreachable: return Outcome::kUnreachable;
+    case TaskFailure::kShuttingDown: return Outcome::kShuttingDown;
   }
-  return wire::RouteStatus::kEngineDied;
+  return Outcome::kEngineDied;
 }
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -187,10 +188,10 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       // Live output of a task running on this engine goes to its client; anything else is dropped.
       const TaskSpec* task = scheduler_.running_spec(m.envelope.task_id, peer.id);
       auto client = task ? clients_.find(task->client_id) : clients_.end();
-      if (client == clients_.end() || (m.envelope.flags != 1 && m.envelope.flags != 2)) return;
+      if (client == clients_.end()) return;
       wire::Message chunk;
       chunk.envelope.kind = MessageKind::kTaskOutput;
-      chunk.envelope.flags = m.envelope.flags;
+      chunk.envelope.set_output_stream(m.envelope.output_stream());
       chunk.envelope.request_id = task->request_id;
       chunk.envelope.engine_id = peer.id;
       chunk.segments = std::move(m.segments);
@@ -258,7 +259,7 @@ void Hub::on_hello(Peer& peer, const wire::Message& m) {
   if (!identity.ok()) {
     const bool awaiting = identity.status().code() == StatusCode::kFailedPrecondition;
     return reject(peer, identity.status().message(), /*audited=*/true,
-                  awaiting ? wire::RouteStatus::kAwaitingTrust : wire::RouteStatus::kNotAllowed);
+                  awaiting ? Outcome::kAwaitingTrust : Outcome::kNotAllowed);
   }
   admit(peer, std::move(identity).value(), hello->instance);
 }
@@ -302,7 +303,7 @@ void Hub::admit(Peer& peer, PeerIdentity identity, const std::string& instance) 
                   << (peer.identity.name.empty() ? "" : " (" + peer.identity.name + ")");
 }
 
-void Hub::reject(Peer& peer, const std::string& reason, bool audited, wire::RouteStatus status) {
+void Hub::reject(Peer& peer, const std::string& reason, bool audited, Outcome status) {
   ++rejected_;
   if (!audited) {
     options_.gate->record(peer.authenticated ? &peer.identity : nullptr, peer.connection->peer_address(), "protocol",
@@ -313,11 +314,7 @@ void Hub::reject(Peer& peer, const std::string& reason, bool audited, wire::Rout
                     << (peer.authenticated ? std::string(wire::role_name(peer.role)) + " " + std::to_string(peer.id)
                                            : std::string("unauthenticated"))
                     << "): " << reason;
-  wire::Message rejected;
-  rejected.envelope.kind = MessageKind::kRejected;
-  rejected.envelope.status = static_cast<std::uint16_t>(status);
-  rejected.envelope.text = reason;
-  peer.connection->send(std::move(rejected));
+  peer.connection->send(wire::rejection(status, reason));
   peer.connection->close_after_flush(permission_denied(reason), std::chrono::milliseconds(500));
 }
 
@@ -362,16 +359,10 @@ void Hub::deny(Peer& client, auth::Operation op, const wire::Envelope& req, cons
   const std::string text = "permission denied: " + denial;
   if (reply_kind == MessageKind::kTaskReply) {
     for (std::uint32_t target : engines.empty() ? std::vector<std::uint32_t>{wire::kAnyEngine} : engines) {
-      reply_error(client.id, req.request_id, target, wire::RouteStatus::kNotAllowed, text);
+      reply_error(client.id, req.request_id, target, Outcome::kNotAllowed, text);
     }
   } else {
-    wire::Message reply;
-    reply.envelope.kind = reply_kind;
-    reply.envelope.request_id = req.request_id;
-    reply.envelope.client_id = client.id;
-    reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kNotAllowed);
-    reply.envelope.text = text;
-    send_to_client(client, std::move(reply));
+    send_to_client(client, wire::control_refusal(reply_kind, req, client.id, Outcome::kNotAllowed, text));
   }
 }
 
@@ -403,16 +394,8 @@ void Hub::recheck_peers() {
 void Hub::key_admin(Peer& client, const wire::Message& m) {
   auto reply = options_.gate->key_admin(client.identity, client.connection->peer_address(), m.envelope.text);
   if (!reply.ok()) {
-    wire::Message error;
-    error.envelope.kind = MessageKind::kKeyAdminReply;
-    error.envelope.request_id = m.envelope.request_id;
-    error.envelope.client_id = client.id;
-    error.envelope.status = static_cast<std::uint16_t>(reply.status().code() == StatusCode::kNotFound
-                                                           ? wire::RouteStatus::kNoSuchTask
-                                                           : wire::RouteStatus::kNotAllowed);
-    error.envelope.text = reply.status().message();
-    send_to_client(client, std::move(error));
-    return;
+    return send_to_client(client, wire::control_refusal(MessageKind::kKeyAdminReply, m.envelope, client.id,
+                                                        wire::failure_outcome(reply.status()), reply.status().message()));
   }
   send_control_reply(client, MessageKind::kKeyAdminReply, m.envelope, std::move(reply).value());
   recheck_peers();  // a revoked key is cut off now, not at the next look
@@ -420,10 +403,10 @@ void Hub::key_admin(Peer& client, const wire::Message& m) {
 
 void Hub::route_request(Peer& client, wire::Message&& m) {
   const wire::Envelope& req = m.envelope;
-  const bool balanced = (req.flags & wire::kLoadBalanced) != 0;
+  const bool balanced = req.load_balanced();
   if (stopping_) {
     for (std::uint32_t target : balanced ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
-      reply_error(client.id, req.request_id, target, wire::RouteStatus::kShuttingDown, "controller is shutting down");
+      reply_error(client.id, req.request_id, target, Outcome::kShuttingDown, "controller is shutting down");
     }
     return;
   }
@@ -459,7 +442,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   spec.client_id = client.id;
   spec.request_id = req.request_id;
   spec.kind = req.kind;
-  spec.flags = static_cast<std::uint16_t>(req.flags & ~wire::kLoadBalanced);
+  spec.flags = req.forwarded_flags();
   spec.body = std::move(m.segments);  // shared by every task of this request, not copied
   const auto now = Clock::now();
   if (!balanced) {
@@ -560,7 +543,7 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   if (e == engines_.end()) return;  // cannot happen: the scheduler only knows live engines
   wire::Message forward;
   forward.envelope.kind = task.kind;
-  forward.envelope.flags = task.flags;
+  forward.envelope.set_forwarded_flags(task.flags);
   forward.envelope.task_id = id;
   forward.envelope.client_id = task.client_id;
   forward.envelope.engine_id = engine;
@@ -573,15 +556,7 @@ void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::stri
   std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
   reply_error(task.client_id, task.request_id, engine, route_status(why), text);
   if (options_.store) options_.store->record_finished(id, stored_state(why), now_us(), {}, text);
-  if (waiters_.count(id)) {
-    wire::Message reply;
-    reply.envelope.kind = MessageKind::kTaskReply;
-    reply.envelope.status = static_cast<std::uint16_t>(route_status(why));
-    reply.envelope.task_id = id;
-    reply.envelope.engine_id = engine;
-    reply.envelope.text = text;
-    deliver_to_waiters(id, reply);
-  }
+  if (waiters_.count(id)) deliver_to_waiters(id, wire::task_reply(route_status(why), {.task_id = id, .engine_id = engine}, text));
 }
 
 void Hub::deliver_to_waiters(TaskId id, const wire::Message& reply) {
@@ -599,7 +574,7 @@ void Hub::deliver_to_waiters(TaskId id, const wire::Message& reply) {
 }
 
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
-  const bool success = (m.envelope.flags & wire::kTaskFailed) == 0;
+  const bool success = m.envelope.outcome() == Outcome::kOk;
   // T8: an engine may only answer tasks running on it; anything else is ignored.
   auto task = scheduler_.finished(m.envelope.task_id, engine.id, success, Clock::now());
   if (!task) {
@@ -614,14 +589,10 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
     options_.store->record_finished(id, success ? TaskState::kSucceeded : TaskState::kFailed, now_us(), m.segments,
                                     success ? "" : "the task raised");
   }
-  wire::Message reply;
-  reply.envelope.kind = MessageKind::kTaskReply;
-  reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kOk);
-  reply.envelope.request_id = task->request_id;
-  reply.envelope.task_id = id;
-  reply.envelope.engine_id = engine.id;
-  reply.envelope.client_id = task->client_id;
-  reply.segments = std::move(m.segments);
+  wire::Message reply = wire::task_reply(
+      success ? Outcome::kOk : Outcome::kPythonError,
+      {.request_id = task->request_id, .task_id = id, .engine_id = engine.id, .client_id = task->client_id}, {},
+      std::move(m.segments));
   deliver_to_waiters(id, reply);
   auto client = clients_.find(task->client_id);
   if (client == clients_.end()) return;  // the client left: the store keeps the result (F3)
@@ -632,24 +603,17 @@ void Hub::get_results(Peer& client, const wire::Message& m) {
   auto ids = m.segments.size() == 1 ? wire::decode_ids(m.segments[0]) : StatusOr<std::vector<std::uint64_t>>(data_loss("no ids"));
   if (!ids.ok()) return reject(client, ids.status().message());
   const std::uint64_t request_id = m.envelope.request_id;
-  auto answer = [&](TaskId id, wire::RouteStatus status, std::uint32_t engine, std::string text,
+  auto answer = [&](TaskId id, Outcome status, std::uint32_t engine, std::string text,
                     std::vector<SharedBytes> segments) {
-    wire::Message reply;
-    reply.envelope.kind = MessageKind::kTaskReply;
-    reply.envelope.status = static_cast<std::uint16_t>(status);
-    reply.envelope.request_id = request_id;
-    reply.envelope.task_id = id;
-    reply.envelope.engine_id = engine;
-    reply.envelope.client_id = client.id;
-    reply.envelope.text = std::move(text);
-    reply.segments = std::move(segments);
-    send_to_client(client, std::move(reply));
+    send_to_client(client, wire::task_reply(status, {.request_id = request_id, .task_id = id, .engine_id = engine,
+                                                     .client_id = client.id},
+                                            std::move(text), std::move(segments)));
   };
   for (TaskId id : *ids) {
     auto record = options_.store ? options_.store->get(id) : StatusOr<std::optional<TaskRecord>>(std::nullopt);
     // T10: another client's task is answered exactly like one that does not exist.
     if (!record.ok() || !*record || !may_read(client, **record)) {
-      answer(id, wire::RouteStatus::kNoSuchTask, wire::kAnyEngine, "no task " + std::to_string(id) + " of yours", {});
+      answer(id, Outcome::kNoSuchTask, wire::kAnyEngine, "no task " + std::to_string(id) + " of yours", {});
       continue;
     }
     const TaskRecord& r = **record;
@@ -659,17 +623,18 @@ void Hub::get_results(Peer& client, const wire::Message& m) {
       continue;
     }
     if (r.state == TaskState::kLost) {
-      answer(id, wire::RouteStatus::kLost, engine, "lost: the controller stopped before task " + std::to_string(id) +
+      answer(id, Outcome::kLost, engine, "lost: the controller stopped before task " + std::to_string(id) +
              " finished; it may or may not have run", {});
       continue;
     }
     auto result = options_.store->result(id);
     if (result.ok() && !result->empty()) {
-      answer(id, wire::RouteStatus::kOk, engine, r.kind, std::move(result).value());
+      answer(id, r.state == TaskState::kFailed ? Outcome::kPythonError : Outcome::kOk, engine, r.kind,
+             std::move(result).value());
     } else if (r.state == TaskState::kAborted) {
-      answer(id, wire::RouteStatus::kAborted, engine, r.error, {});
+      answer(id, Outcome::kAborted, engine, r.error, {});
     } else {
-      answer(id, wire::RouteStatus::kEngineDied, engine,
+      answer(id, Outcome::kEngineDied, engine,
              r.error.empty() ? (result.ok() ? "no result" : result.status().message()) : r.error, {});
     }
   }
@@ -712,8 +677,10 @@ void Hub::db_query(Peer& client, const wire::Message& m) {
   nlohmann::json records = nlohmann::json::array();
   if (options_.store) {
     auto found = options_.store->query(q);
-    if (!found.ok()) return send_control_reply(client, MessageKind::kDbQueryReply, m.envelope,
-                                               nlohmann::json{{"error", found.status().message()}}.dump());
+    if (!found.ok()) {
+      return send_to_client(client, wire::control_refusal(MessageKind::kDbQueryReply, m.envelope, client.id,
+                                                          wire::failure_outcome(found.status()), found.status().message()));
+    }
     for (const auto& r : *found) records.push_back(record_json(r));
   }
   send_control_reply(client, MessageKind::kDbQueryReply, m.envelope, nlohmann::json{{"records", records}}.dump());
@@ -726,8 +693,10 @@ void Hub::purge_results(Peer& client, const wire::Message& m) {
   std::size_t purged = 0;
   if (options_.store) {
     auto n = options_.store->purge(client.identity.fingerprint, *ids);
-    if (!n.ok()) return send_control_reply(client, MessageKind::kPurgeResultsReply, m.envelope,
-                                           nlohmann::json{{"error", n.status().message()}}.dump());
+    if (!n.ok()) {
+      return send_to_client(client, wire::control_refusal(MessageKind::kPurgeResultsReply, m.envelope, client.id,
+                                                          wire::failure_outcome(n.status()), n.status().message()));
+    }
     purged = *n;
   }
   send_control_reply(client, MessageKind::kPurgeResultsReply, m.envelope, nlohmann::json{{"purged", purged}}.dump());
@@ -833,26 +802,15 @@ std::string Hub::queue_status_json() const {
 }
 
 void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
-                      wire::RouteStatus status, const std::string& text) {
+                      Outcome status, const std::string& text) {
   auto client = clients_.find(client_id);
   if (client == clients_.end()) return;
-  wire::Message reply;
-  reply.envelope.kind = MessageKind::kTaskReply;
-  reply.envelope.status = static_cast<std::uint16_t>(status);
-  reply.envelope.request_id = request_id;
-  reply.envelope.engine_id = engine_id;
-  reply.envelope.client_id = client_id;
-  reply.envelope.text = text;
-  send_to_client(*client->second, std::move(reply));
+  send_to_client(*client->second,
+                 wire::task_reply(status, {.request_id = request_id, .engine_id = engine_id, .client_id = client_id}, text));
 }
 
 void Hub::send_control_reply(Peer& client, MessageKind kind, const wire::Envelope& request, std::string json) {
-  wire::Message reply;
-  reply.envelope.kind = kind;
-  reply.envelope.request_id = request.request_id;
-  reply.envelope.client_id = client.id;
-  reply.segments.push_back(SharedBytes::copy_of(json));
-  send_to_client(client, std::move(reply));
+  send_to_client(client, wire::control_reply(kind, request, client.id, std::move(json)));
 }
 
 std::string Hub::status_json() const {

@@ -88,7 +88,7 @@ class Hub : private SchedulerSink {
   void admit(Peer& peer, PeerIdentity identity, const std::string& instance);
   // Refuses and closes. `audited`: the gatekeeper already recorded this refusal.
   void reject(Peer& peer, const std::string& reason, bool audited = false,
-              wire::RouteStatus status = wire::RouteStatus::kNotAllowed);
+              Outcome status = Outcome::kNotAllowed);
   // Asks the policy whether `client` may do `op` (on each of `engines`, when given); audits
   // the answer. On denial, answers the request (a `reply_kind` control reply with status
   // kNotAllowed, or task replies for requests) and returns false.
@@ -130,7 +130,7 @@ class Hub : private SchedulerSink {
   void interrupt_engines(Peer& client, const wire::Message& message);
   std::string queue_status_json() const;
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
-                   wire::RouteStatus status, const std::string& text);
+                   Outcome status, const std::string& text);
 
   // SchedulerSink
   void dispatch(EngineId engine, TaskId id, const TaskSpec& task) override;

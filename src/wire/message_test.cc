@@ -46,8 +46,8 @@ TEST(FrameHeaderTest, HugeLengthRejectedBeforeAllocation) {
 TEST(HeadTest, RoundTripsEveryField) {
   Envelope e;
   e.kind = MessageKind::kPush;
-  e.flags = static_cast<std::uint16_t>(ValueFormat::kLiteral);
-  e.status = 3;
+  e.set_value_format(ValueFormat::kLiteral);
+  e.set_load_balanced(true);
   e.request_id = 0x1122334455667788ull;
   e.task_id = 42;
   e.client_id = 7;
