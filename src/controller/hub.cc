@@ -556,7 +556,9 @@ void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::stri
   std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
   reply_error(task.client_id, task.request_id, engine, route_status(why), text);
   if (options_.store) options_.store->record_finished(id, stored_state(why), now_us(), {}, text);
-  if (waiters_.count(id)) deliver_to_waiters(id, wire::task_reply(route_status(why), {.task_id = id, .engine_id = engine}, text));
+  if (waiters_.count(id)) {
+    deliver_to_waiters(id, wire::task_reply(route_status(why), {.task_id = id, .engine_id = engine}, text));
+  }
 }
 
 void Hub::deliver_to_waiters(TaskId id, const wire::Message& reply) {

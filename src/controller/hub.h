@@ -90,7 +90,7 @@ class Hub : private SchedulerSink {
   void reject(Peer& peer, const std::string& reason, bool audited = false,
               Outcome status = Outcome::kNotAllowed);
   // Asks the policy whether `client` may do `op` (on each of `engines`, when given); audits
-  // the answer. On denial, answers the request (a `reply_kind` control reply with status
+  // the answer. On denial, answers the request (a `reply_kind` control reply with outcome
   // kNotAllowed, or task replies for requests) and returns false.
   bool permit(Peer& client, auth::Operation op, const wire::Envelope& request, const std::vector<std::uint32_t>& engines,
               const AuditDetails& details, wire::MessageKind reply_kind);
