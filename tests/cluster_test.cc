@@ -28,7 +28,7 @@ std::vector<EngineId> every_other(const std::vector<EngineId>& ids, std::size_t 
   return out;
 }
 
-// The reference example of shared/reference/004: rc[::2].execute('c=a+b');
+// The example of ipyparallel's documentation: rc[::2].execute('c=a+b');
 // rc[1::2].execute('c=a-b'); rc[:]['c'] -> [15, -5, 15, -5].
 TEST(ClusterTest, ReferenceExampleThroughTheCppClient) {
   auto cluster = TestCluster::start(4);
@@ -169,8 +169,8 @@ TEST(ClusterTest, ApplyRunsACloudpickledFunction) {
   EXPECT_TRUE(client->execute({0}, "alive = 1").get(30s).ok());
 }
 
-// THREATS.md F1 (the part this layer owns): an engine killed mid-task fails that task with a
-// clear error; the client never hangs; other engines keep working.
+// docs/threat-model.md F1 (the part this layer owns): an engine killed mid-task fails that
+// task with a clear error; the client never hangs; other engines keep working.
 TEST(ClusterTest, EngineKilledMidTaskFailsTheTaskClearly) {
   auto cluster = TestCluster::start(2);
   ASSERT_TRUE(cluster);

@@ -1,5 +1,5 @@
 // Identities, trust modes, key administration, authorization policy and the audit log
-// (issue 5; THREATS.md T6, T8, T10, T14, T15, T16) over real processes: the testudo
+// (docs/threat-model.md T6, T8, T10, T14, T15, T16) over real processes: the testudo
 // controller and engines, real TLS on loopback, real key files, a real CA made with OpenSSL,
 // and the `testudo keys` command line. Each test plays strangers, pending and revoked keys,
 // expired and foreign certificates, wrong passphrases and under-privileged users, and checks
@@ -351,7 +351,7 @@ TEST(IdentityTest, EncryptedKeyNeedsTheRightPassphrase) {
 
 // ---------------- every trust mode, every kind of key ----------------
 
-// Issue 5's matrix: for each trust mode, a stranger, a pending key, an accepted key, a key
+// The trust-mode matrix: for each trust mode, a stranger, a pending key, an accepted key, a key
 // revoked while connected, an expired certificate, a certificate from another CA and a wrong
 // key passphrase, each with the outcome that mode promises (docs/security.md).
 enum class Mode { kManual, kLearn, kAutoAccept, kCa };

@@ -1,4 +1,5 @@
-// Attacks on a real local cluster over real sockets (THREATS.md T1 T2 T3 T4 T7 T12 T16 T17).
+// Attacks on a real local cluster over real sockets (docs/threat-model.md T1 T2 T3 T4 T5 T7
+// T12 T13 T16 T17).
 // Each test starts controller + engine processes of the testudo binary (TestCluster), plays
 // the attacker with raw TLS (OpenSSL on a plain socket), plain TCP, a hostile net::Listener or
 // a recording TCP relay, asserts exactly what the attacker sees, and then checks that the

@@ -17,8 +17,9 @@
 
 namespace testudo::testing {
 
-// Path of the testudo binary under test (set by CMake).
+// Paths of the executables under test (set by CMake): `testudo`, and `testudo-engine` beside it.
 inline std::string testudo_binary() { return TESTUDO_BINARY_PATH; }
+inline std::string testudo_engine_binary() { return TESTUDO_ENGINE_BINARY_PATH; }
 
 class TestCluster {
  public:

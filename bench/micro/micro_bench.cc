@@ -137,7 +137,7 @@ void BM_SchedulerSubmitFinished(benchmark::State& state) {
   options.finished_records = 10'000;
   controller::Scheduler scheduler(options, sink, 42);
   for (int e = 0; e < state.range(0); ++e) scheduler.add_engine(static_cast<controller::EngineId>(e));
-  auto now = controller::Clock::now();
+  auto now = controller::SteadyClock::now();
   for (auto _ : state) {
     controller::TaskSpec spec;
     spec.client_id = 1;

@@ -1,5 +1,5 @@
 // testudo_scale: how many engines one controller holds, and what latency and memory it has
-// then (issue 6). For each N of --engines:
+// then. For each N of --engines:
 //   1. starts a real controller (`<build>/testudo controller`) in a private TESTUDO_HOME;
 //   2. opens N lightweight engine sessions from this process, all on one net::EventLoop:
 //      real TLS 1.3 sessions with the engine capability and the profile's shared engine

@@ -29,7 +29,8 @@ enum class Outcome : std::uint16_t {
   kEngineDied = 2,
   // The controller's policy does not let this identity do this operation (on these engines).
   kNotAllowed = 3,
-  // The controller is shutting down: the task was refused or could not finish.
+  // The controller is shutting down: the task was refused or could not finish (on a
+  // rejected connection: try again later, another controller may be up by then).
   kShuttingDown = 4,
   // The task was aborted (Client::abort) while queued or waiting; it never ran.
   kAborted = 5,

@@ -1,4 +1,4 @@
-// Status and StatusOr<T>: the one error type of testudo (see shared/STYLE.md, habit 1).
+// Status and StatusOr<T>: the one error type of testudo.
 // Errors from asio, OpenSSL and Python are converted into a Status where they enter.
 // Values are cheap to move; an OK Status carries no allocation.
 #pragma once

@@ -1,4 +1,4 @@
-// The audit log (issue 5): an append-only file of JSON lines, one per admission, rejection
+// The audit log: an append-only file of JSON lines, one per admission, rejection
 // and request the controller decides on, e.g.
 //   {"time":"2026-11-23T14:06:54.123456Z","operation":"execute","outcome":"denied",
 //    "identity":"sha256:ab12...","name":"alice","role":"client","peer":"10.0.0.7:51234",

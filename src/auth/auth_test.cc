@@ -67,7 +67,7 @@ TEST_F(ConnectionFileTest, SavesOwnerOnlyAndLoadsBack) {
   EXPECT_EQ(loaded->fingerprint, info_.fingerprint);
 }
 
-// THREATS.md T7: a connection file another local user can read is refused, and the error
+// docs/threat-model.md T7: a connection file another local user can read is refused, and the error
 // says which file and how to fix it, without echoing the secret.
 TEST_F(ConnectionFileTest, GroupReadableFileIsRefused) {
   ASSERT_TRUE(save_connection_file(path_, info_).ok());

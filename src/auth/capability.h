@@ -1,5 +1,5 @@
-// Capability proofs (DESIGN.md, "capabilities"): a peer shows it holds the 256-bit secret of
-// its role without sending it. The proof is
+// Capability proofs (docs/security.md, "Joining a cluster"): a peer shows it holds the
+// 256-bit secret of its role without sending it. The proof is
 //   HMAC-SHA-256(capability, "testudo-capability-proof-v1" | role | exporter)
 // where exporter is the TLS 1.3 exporter value of *this* session (RFC 8446 §7.5, label
 // kExporterLabel, context = role name). A proof is therefore useless on any other TLS

@@ -1,5 +1,5 @@
-// Failed-login rate limiting (THREATS.md T6): failures are counted per peer address (the IP,
-// without the port) and per identity (the key fingerprint the peer presented). When either
+// Failed-login rate limiting (docs/threat-model.md T6): failures are counted per peer address
+// (the IP, without the port) and per identity (the key fingerprint the peer presented). When either
 // reaches its maximum within `window`, that address or identity is locked out for `lockout`
 // after its last failure. The table is bounded (T18): a flood of spoofed addresses or fresh
 // keys evicts the least recently failed entries instead of growing memory.

@@ -1,6 +1,6 @@
-// Where the passphrase of an encrypted private key comes from (THREATS T14; Hazelcast's
-// `ssl_password` callable, OpenSSH's askpass). A source is named by a short spec that may
-// appear in argv or a config file because it never contains the secret itself:
+// Where the passphrase of an encrypted private key comes from (docs/threat-model.md T14;
+// Hazelcast's `ssl_password` callable, OpenSSH's askpass). A source is named by a short spec
+// that may appear in argv or a config file because it never contains the secret itself:
 //   "prompt"        ask on the controlling terminal (/dev/tty) without echo
 //   "file:PATH"     the first line of PATH, which must be owner-only (0600 or 0400)
 //   "env:NAME"      the value of environment variable NAME

@@ -1,4 +1,4 @@
-// Authorization policy (issue 5): which admitted identity may do which operation on which
+// Authorization policy: which admitted identity may do which operation on which
 // engine. Default deny: there are no deny rules, and a subject that no rule matches may do
 // nothing at all.
 //

@@ -63,6 +63,10 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
             if (m.envelope.outcome() == Outcome::kAwaitingTrust) {
               return finish(failed_precondition(why));
             }
+            // A controller on its way out: worth another try later (the next one may be up).
+            if (m.envelope.outcome() == Outcome::kShuttingDown) {
+              return finish(unavailable(why));
+            }
             return finish(permission_denied(why));
           }
           finish(data_loss("unexpected first message from the controller: " + std::string(wire::kind_name(m.envelope.kind))));

@@ -2,7 +2,7 @@
 //   dial (TLS 1.3, controller pinned by fingerprint) -> send hello with the capability proof
 //   -> wait for welcome (or rejected).
 // The explicit welcome matters: with TLS 1.3 a refused peer's handshake still "succeeds"
-// on its side (DESIGN.md pitfalls), so only the welcome says we are in.
+// on its side (docs/security.md, "Joining a cluster"), so only the welcome says we are in.
 // Threading: call from any thread; `done` runs on the loop's thread.
 #pragma once
 

@@ -1,5 +1,6 @@
 // The trust store: which client and engine identities (public keys) the controller accepts,
-// in the manner of MCollective's trusted-keys directory and `salt-key` (DESIGN.md "identity").
+// in the manner of MCollective's trusted-keys directory and `salt-key` (docs/security.md,
+// "Who may connect").
 // A directory the controller owns (e.g. <profile>/security/trust), 0700, laid out so that an
 // admin can also manage it by hand:
 //   client/*.pem                accepted client identities (certificate or public key PEM;

@@ -1,12 +1,18 @@
-// The `testudo` command: a thin shell over the controller, engine, client and launch
-// libraries. Every subcommand has --help. Secrets never appear in argv: everything secret is
-// read from the profile's owner-only files.
+// The `testudo` command: a thin shell over the controller, client and launch libraries.
+// Every subcommand has --help. Secrets never appear in argv: everything secret is read from
+// the profile's owner-only files.
+//
+// `testudo engine ...` is the one subcommand this executable does not run itself: it execs
+// testudo-engine from the same directory (engine_main.cc), the only executable that embeds
+// CPython, so the controller and the client commands never map an interpreter.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <cstdio>
@@ -15,24 +21,17 @@
 
 #include "base/log.h"
 #include "base/profile.h"
+#include "cli/common_options.h"
 #include "cli/keys.h"
 #include "cli/targets.h"
 #include "controller/controller.h"
-#include "engine/engine.h"
 #include "launch/launcher.h"
 #include "testudo/client.h"
 
 namespace testudo::cli {
 namespace {
 
-constexpr int kExitOk = 0;
-constexpr int kExitError = 1;       // the operation failed (remote error, no cluster...)
-constexpr int kExitUsage = 2;       // bad arguments
-
-int fail(const Status& st) {
-  std::cerr << "testudo: " << st.message() << "\n";
-  return st.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitError;
-}
+int fail(const Status& st) { return report_failure("testudo", st); }
 
 std::chrono::milliseconds seconds(double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); }
 
@@ -112,13 +111,42 @@ int run_controller(const std::string& profile, controller::ControllerOptions o, 
   return st.ok() ? kExitOk : fail(st);
 }
 
-int run_engine(const std::string& profile, engine::EngineOptions o, const std::string& log_file) {
-  if (o.connection_file.empty()) o.connection_file = profile_paths(profile).engine_connection_file;
-  if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
-  auto e = engine::Engine::create(o);
-  if (!e.ok()) return fail(e.status());
-  Status st = (*e)->run();
-  return st.ok() ? kExitOk : fail(st);
+// If argv is `testudo [--profile P] [--log-level L] engine ARGS...` (options of `app` that take
+// a value, in any order), returns the index of "engine"; otherwise 0. Decided before CLI11
+// parses anything, so that ARGS reach the engine untouched (its --help included).
+int engine_subcommand_index(const CLI::App& app, int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "engine") return i;
+    if (!arg.starts_with("--")) return 0;
+    const auto eq = arg.find('=');
+    const CLI::Option* option = app.get_option_no_throw(std::string(arg.substr(0, eq)));
+    // A flag (--help) or an unknown option: the whole command line is CLI11's to parse.
+    if (option == nullptr || option->get_items_expected_min() == 0) return 0;
+    if (eq == std::string_view::npos) ++i;  // the option's value
+  }
+  return 0;
+}
+
+// Replaces this process with testudo-engine from this executable's directory, handing on
+// every argument but the word "engine" (so --profile and --log-level before or after it mean
+// what they mean to testudo-engine). The pid stays the same: whoever started `testudo engine`
+// can signal and wait for the engine. Returns only if the exec failed.
+int exec_engine(int argc, char** argv, int engine_index) {
+  const std::string self = launch::self_executable();
+  const std::string engine = launch::engine_program_beside(self);
+  std::vector<char*> args{const_cast<char*>(engine.c_str())};
+  for (int i = 1; i < argc; ++i) {
+    if (i != engine_index) args.push_back(argv[i]);
+  }
+  args.push_back(nullptr);
+  ::execv(engine.c_str(), args.data());
+  const int err = errno;
+  if (err == ENOENT) {
+    return fail(not_found("`testudo engine` runs " + engine + ", which is missing: install " +
+                          launch::kEngineProgramName + " in the same directory as " + self));
+  }
+  return fail(unavailable("cannot run " + engine + ": " + std::strerror(err)));
 }
 
 void say(const std::string& line) { std::cerr << "testudo: " << line << "\n"; }
@@ -237,11 +265,9 @@ int main(int argc, char** argv) {
                "`testudo exec`, `testudo push`, `testudo pull`, or from Python with `import testudo`."};
   app.require_subcommand(1);
   app.fallthrough();  // --profile and --log-level may follow the subcommand
-  std::string profile = "default";
-  std::string log_level = "info";
-  app.add_option("--profile", profile, "Profile name: files live in $TESTUDO_HOME/profile_<name>")
-      ->capture_default_str();
-  app.add_option("--log-level", log_level, "debug, info, warning or error")->capture_default_str();
+  CommonOptions common;
+  common.add_to(app);
+  const std::string& profile = common.profile;
 
   // controller
   controller::ControllerOptions copts;
@@ -289,25 +315,10 @@ int main(int argc, char** argv) {
   c->add_flag("--no-trust-local", no_trust_local,
               "Do not trust your own client key and the shared engine key automatically");
 
-  // engine
-  engine::EngineOptions eopts;
-  std::string engine_log;
-  auto* e = app.add_subcommand("engine", "Run an engine: connect to a controller and execute Python code for it");
-  e->add_option("--file", eopts.connection_file, "Engine connection file (default: the profile's controller-engine.json)");
-  e->add_option("--log-file", engine_log, "Write the log here instead of stderr");
-  e->add_option("--max-output-bytes", eopts.max_output_chars, "stdout/stderr kept per request; the rest is dropped")
-      ->capture_default_str();
-  e->add_option("--max-result-bytes", eopts.max_result_bytes, "Largest result one request may return")
-      ->capture_default_str();
-  std::vector<std::string> engine_tags;
-  e->add_option("--tag", engine_tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
-  e->add_option("--identity-dir", eopts.identity_dir,
-                "Directory of the engine's key and certificate (default: the shared engine identity beside the "
-                "connection file, else $TESTUDO_HOME/identity)");
-  e->add_option("--identity-name", eopts.identity_name, "File stem: <name>-key.pem, <name>-cert.pem")
-      ->capture_default_str();
-  e->add_option("--key-passphrase-from", eopts.key_passphrase_from,
-                "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
+  // engine: listed here for --help; run by exec_engine before parsing (testudo-engine --help
+  // lists its options).
+  app.add_subcommand("engine", "Run an engine: connect to a controller and execute Python code for it "
+                               "(testudo-engine)");
 
   // cluster
   auto* cluster = app.add_subcommand("cluster", "Start or stop a local cluster (controller + engines)");
@@ -366,12 +377,12 @@ int main(int argc, char** argv) {
   status_args.add_to(status, false);
   status->add_flag("--json", as_json, "Print the raw JSON report");
 
+  if (int engine_index = engine_subcommand_index(app, argc, argv); engine_index > 0) {
+    return exec_engine(argc, argv, engine_index);
+  }
   CLI11_PARSE(app, argc, argv);
 
-  if (log_level == "debug") log::set_min_level(log::Level::kDebug);
-  else if (log_level == "warning") log::set_min_level(log::Level::kWarning);
-  else if (log_level == "error") log::set_min_level(log::Level::kError);
-  else if (log_level != "info") return fail(invalid_argument("--log-level must be debug, info, warning or error"));
+  if (Status st = common.apply_log_level(); !st.ok()) return fail(st);
 
   // A closed pipe (testudo pull | head) must not kill us mid-write; writes report EPIPE.
   std::signal(SIGPIPE, SIG_IGN);
@@ -380,14 +391,6 @@ int main(int argc, char** argv) {
     copts.heartbeat_timeout = seconds(heartbeat_timeout_s);
     copts.trust_local = !no_trust_local;
     return run_controller(profile, copts, controller_log);
-  }
-  if (*e) {
-    for (const auto& tag : engine_tags) {
-      auto eq = tag.find('=');
-      if (eq == std::string::npos || eq == 0) return fail(invalid_argument("--tag takes k=v, got '" + tag + "'"));
-      eopts.tags.emplace_back(tag.substr(0, eq), tag.substr(eq + 1));
-    }
-    return run_engine(profile, eopts, engine_log);
   }
   if (*start) {
     lopts.timeout = seconds(start_timeout);

@@ -4,14 +4,13 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
-#include <random>
 #include <thread>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
 #include "auth/identity.h"
-#include "auth/session.h"
+#include "auth/link.h"
 #include "base/log.h"
 #include "base/profile.h"
 #include "client/reply.h"
@@ -161,19 +160,18 @@ struct Client::Impl {
   std::thread network;
   std::atomic<std::uint64_t> next_request{1};
   std::atomic<bool> connected{false};
-  std::uint32_t client_id = 0;
+  std::atomic<std::uint32_t> client_id{0};
 
   // Loop-thread state.
-  std::shared_ptr<net::Connection> connection;
+  // The controller connection, redialed after a loss (F2). Declared after `loop`: destroyed
+  // before it.
+  std::unique_ptr<auth::ControllerLink> link;
   std::unordered_map<std::uint64_t, std::shared_ptr<AsyncResult::State>> pending;
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
   Status lost_reason = outcome_status(Outcome::kConnectionLost, "not connected to the controller");
   Client::OutputHandler output_handler;
-  // Reconnecting after a loss (F2): the same session options, backoff with jitter.
-  auth::SessionOptions session;
-  bool closing = false;
-  std::chrono::milliseconds backoff{100};
-  std::unique_ptr<net::Timer> retry;  // declared after `loop`: destroyed before it
+  // Client::connect waits here for the first attempt's outcome (then it is reset).
+  std::shared_ptr<std::promise<Status>> first_attempt;
 
   // Work for the loop thread from callers' threads, in call order. A burst of requests
   // wakes the loop once and leaves in one write (one TLS record, one syscall), instead of
@@ -204,52 +202,57 @@ struct Client::Impl {
 
   ~Impl() {
     loop.post([this] {
-      closing = true;
-      retry.reset();
-      if (connection) connection->close(unavailable("client closed"));
+      // Pending requests fail with "client closed" (on_lost), nothing redials.
+      if (link) link->stop(unavailable("client closed"));
       loop.stop();
     });
     if (network.joinable()) network.join();
   }
 
-  // Makes `s` this client's connection (loop thread).
-  void adopt(auth::Session s) {
-    connection = s.connection;
-    client_id = s.assigned_id;
-    connected = true;
-    backoff = std::chrono::milliseconds(100);
-    connection->set_handlers({
-        [this](wire::Message&& m) { on_message(std::move(m)); },
-        [this](const Status& why) { on_close(why); },
-    });
+  // The link's options for a client. No heartbeats: the controller does not expect them from
+  // clients (it sweeps only engines), an idle client then costs the controller nothing, and
+  // every wait of a client has a deadline its caller chose (request_timeout, get(timeout)),
+  // so a silent controller cannot hang a caller. The price: a controller host that vanishes
+  // without closing the connection is noticed only when TCP gives up on it.
+  static auth::LinkOptions link_options(auth::SessionOptions session) {
+    auth::LinkOptions o;
+    o.session = std::move(session);
+    o.retry_first_attempt = false;  // Client::connect reports the first failure as it is
+    o.log_name = "client";
+    o.retry_log_level = log::Level::kDebug;
+    return o;
   }
 
-  void schedule_reconnect() {
-    if (closing) return;
-    static thread_local std::minstd_rand rng(std::random_device{}());
-    auto delay = backoff + std::chrono::milliseconds(rng() % (backoff.count() / 2 + 1));
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(5'000));
-    retry = loop.after(delay, [this] {
-      auth::open_session(loop, session, [this](StatusOr<auth::Session> s) {
-        if (closing) {
-          if (s.ok()) s->connection->close(unavailable("client closed"));
-          return;
-        }
-        if (!s.ok()) {
-          LOG_DEBUG("client") << "reconnecting: " << s.status().message();
-          return schedule_reconnect();
-        }
-        LOG_INFO("client") << "reconnected to the controller as client " << s->assigned_id;
-        adopt(std::move(s).value());
-      });
-    });
+  auth::LinkHooks link_hooks() {
+    return {
+        .on_welcome = {},
+        .on_connected = [this](std::uint32_t id) { on_connected(id); },
+        .on_message = [this](wire::Message&& m) { on_message(std::move(m)); },
+        .on_lost = [this](const Status& why) { on_lost(why); },
+        .on_stopped = [this](const Status& why) { on_stopped(why); },
+    };
+  }
+
+  void on_connected(std::uint32_t id) {
+    const bool first = first_attempt != nullptr;
+    client_id = id;
+    connected = true;
+    if (first) {
+      std::exchange(first_attempt, nullptr)->set_value(ok_status());
+    } else {
+      LOG_INFO("client") << "reconnected to the controller as client " << id;
+    }
+  }
+
+  void on_stopped(const Status& why) {
+    if (first_attempt) return std::exchange(first_attempt, nullptr)->set_value(why);
+    // Refused on a redial (e.g. a revoked key): no more redials; requests fail with this.
+    LOG_WARN("client") << "not reconnecting: " << why.message();
+    lost_reason = outcome_status(Outcome::kConnectionLost,
+                                 "connection to the controller lost; reconnecting was refused: " + why.message());
   }
 
   void on_message(wire::Message&& m) {
-    if (!wire::is_allowed_after_auth(wire::Role::kController, m.envelope.kind)) {
-      connection->close(data_loss("controller sent '" + std::string(wire::kind_name(m.envelope.kind)) + "'"));
-      return;
-    }
     switch (m.envelope.kind) {
       case wire::MessageKind::kTaskReply: {
         auto it = pending.find(m.envelope.request_id);
@@ -297,9 +300,8 @@ struct Client::Impl {
     }
   }
 
-  void on_close(const Status& why) {
+  void on_lost(const Status& why) {
     connected = false;
-    connection.reset();
     lost_reason = outcome_status(Outcome::kConnectionLost, "connection to the controller lost: " + why.message());
     auto requests = std::move(pending);
     pending.clear();
@@ -308,8 +310,7 @@ struct Client::Impl {
     pending_control.clear();
     for (auto& [id, promise] : controls) promise->set_value(lost_reason);
     // Results of requests that were in flight stay with the controller (get_result by task
-    // id); new requests work again once a new connection is up.
-    schedule_reconnect();
+    // id); new requests work again once the link is up again.
   }
 
   // `head`: the request's kind and per-kind flags; the rest is filled in here.
@@ -338,12 +339,13 @@ struct Client::Impl {
       return AsyncResult(state);
     }
     submit([this, state, head = std::move(head), segments = std::move(segments)]() mutable {
-      if (!connection) return state->fail_all(lost_reason);
+      // Not sent while the link is down (the link's resend rules): it fails at once.
+      if (!link->connected()) return state->fail_all(lost_reason);
       pending[state->request_id] = state;
       wire::Message m;
       m.envelope = std::move(head);
       m.segments = std::move(segments);
-      connection->send(std::move(m));
+      (void)link->send(std::move(m));
     });
     return AsyncResult(state);
   }
@@ -355,7 +357,7 @@ struct Client::Impl {
     std::uint64_t id = next_request++;
     submit([this, promise, kind, id, targets = std::move(targets), segments = std::move(segments),
                text = std::move(text)]() mutable {
-      if (!connection) return promise->set_value(lost_reason);
+      if (!link->connected()) return promise->set_value(lost_reason);
       pending_control[id] = promise;
       wire::Message m;
       m.envelope.kind = kind;
@@ -363,7 +365,7 @@ struct Client::Impl {
       m.envelope.targets = std::move(targets);
       m.envelope.text = std::move(text);
       m.segments = std::move(segments);
-      connection->send(std::move(m));
+      (void)link->send(std::move(m));
     });
     if (future.wait_for(options.request_timeout) != std::future_status::ready) {
       loop.post([this, id] { pending_control.erase(id); });
@@ -386,8 +388,6 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
   impl.options = options;
   impl.network = std::thread([&impl] { impl.loop.run(); });
 
-  auto promise = std::make_shared<std::promise<StatusOr<auth::Session>>>();
-  auto future = promise->get_future();
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
   // Results belong to this identity: the same user fetches them from another process later.
   std::optional<auth::PassphraseSource> passphrase_from;
@@ -398,22 +398,22 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
                                               options.identity_dir.empty() ? testudo_home() + "/identity" : options.identity_dir,
                                               options.identity_name, passphrase_from));
   auth::SessionOptions so{info, identity, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
-  impl.session = so;
-  impl.loop.post([&impl, so, promise] {
-    auth::open_session(impl.loop, so, [&impl, promise](StatusOr<auth::Session> s) {
-      if (s.ok()) impl.adopt(*s);
-      promise->set_value(std::move(s));
-    });
+  impl.link = std::make_unique<auth::ControllerLink>(impl.loop, Impl::link_options(std::move(so)), impl.link_hooks());
+  auto first = std::make_shared<std::promise<Status>>();
+  auto future = first->get_future();
+  impl.loop.post([&impl, first] {
+    impl.first_attempt = first;
+    impl.link->start();
   });
   // open_session enforces the timeout itself; the extra second only guards against a bug.
   if (future.wait_for(options.connect_timeout + std::chrono::seconds(1)) != std::future_status::ready) {
     return deadline_exceeded("connecting to " + info.host + ":" + std::to_string(info.port) + " timed out");
   }
-  auto session = future.get();
-  if (!session.ok()) {
+  Status connected = future.get();
+  if (!connected.ok()) {
     // To a user, "not trusted yet" is a refusal like any other (PermissionError in Python).
-    if (session.status().code() == StatusCode::kFailedPrecondition) return permission_denied(session.status().message());
-    return session.status();
+    if (connected.code() == StatusCode::kFailedPrecondition) return permission_denied(connected.message());
+    return connected;
   }
   return client;
 }

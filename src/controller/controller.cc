@@ -1,6 +1,7 @@
 #include "controller/controller.h"
 
 #include <charconv>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,7 @@
 #include "base/profile.h"
 #include "controller/gatekeeper.h"
 #include "controller/hub.h"
+#include "controller/stored_results.h"
 #include "crypto/private_file.h"
 #include "net/net.h"
 #include "tls/tls.h"
@@ -149,14 +151,20 @@ void raise_open_file_limit() {
 
 }  // namespace
 
+// Members are destroyed in reverse order: each outlives what is declared after it.
 struct Controller::Impl {
   ControllerOptions options;
-  std::unique_ptr<Gatekeeper> gate;  // outlives the hub
-  std::unique_ptr<TaskStore> store;  // outlives the hub
+  std::unique_ptr<Gatekeeper> gate;
+  std::unique_ptr<TaskStore> store;
   net::EventLoop loop;
+  std::unique_ptr<StoredResults> results;  // its timers run on `loop`; commits at destruction
+  std::unique_ptr<auth::CapabilityAdmission> admission;
   std::unique_ptr<Hub> hub;
   std::unique_ptr<net::Listener> listener;
-  std::unique_ptr<net::Timer> memory_upkeep;  // declared after loop and hub: destroyed first
+  std::unique_ptr<net::Timer> audit_flush;
+  std::unique_ptr<net::Timer> trust_watch;
+  int trust_watch_ticks = 0;
+  std::unique_ptr<net::Timer> memory_upkeep;
   std::uint64_t completed_at_last_trim = 0;
 };
 
@@ -204,8 +212,6 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   }
 
   HubOptions hub_options;
-  hub_options.store = impl.store.get();
-  hub_options.gate = impl.gate.get();
   auto scheme = parse_scheme(options.scheme);
   if (!scheme) return invalid_argument("unknown scheme '" + options.scheme + "': leastload, lru, twobin, weighted or random");
   hub_options.scheduler.scheme = *scheme;
@@ -217,12 +223,21 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
     }
     hub_options.scheduler.hwm = hwm;
   }
-  hub_options.client_capability = state.client_capability;
-  hub_options.engine_capability = state.engine_capability;
   hub_options.heartbeat_timeout = options.heartbeat_timeout;
   hub_options.hello_timeout = options.hello_timeout;
   hub_options.limits.max_message_bytes = options.max_message_bytes;
-  impl.hub = std::make_unique<Hub>(impl.loop, hub_options, [&impl] { impl.loop.stop(); });
+  hub_options.random_seed = std::random_device{}();
+  impl.results = std::make_unique<StoredResults>(*impl.store, *impl.gate, impl.loop);
+  impl.admission = std::make_unique<auth::CapabilityAdmission>(
+      auth::CapabilityAdmission::Capabilities{state.client_capability, state.engine_capability}, *impl.gate);
+  impl.hub = std::make_unique<Hub>(HubServices{impl.loop, *impl.admission, *impl.gate, *impl.results}, hub_options,
+                                   [&impl] { impl.loop.stop(); });
+  impl.audit_flush = impl.loop.every(std::chrono::milliseconds(20), [&impl] { impl.gate->flush(); });
+  // A changed policy file, trust directory or CRL takes effect within a second; expiry of
+  // connected peers' certificates is looked at every half minute.
+  impl.trust_watch = impl.loop.every(std::chrono::seconds(1), [&impl] {
+    if (impl.gate->reload_if_changed() || ++impl.trust_watch_ticks % 30 == 0) impl.hub->recheck_peers();
+  });
   // A burst (100,000 tasks queued at once) leaves glibc holding the freed heap (~1.5 KB per
   // queued task); once the controller is idle again it goes back to the system, so the
   // resident size returns near the idle figure instead of staying at the burst's peak.

@@ -30,7 +30,7 @@ struct ControllerOptions {
   // task times, 2 to 32; see controller/scheduler.h), or a number (0: no limit).
   std::string hwm = "auto";
 
-  // Identities and authorization (issue 5; docs/security.md).
+  // Identities and authorization (docs/security.md).
   std::string trust = "manual";        // manual | learn | ca (see controller/gatekeeper.h)
   bool auto_accept = false;            // learn: admit unknown identities at once
   std::string cafile;                  // ca: admit certificates this CA signed

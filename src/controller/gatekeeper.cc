@@ -234,26 +234,74 @@ StatusOr<PeerIdentity> Gatekeeper::admit(wire::Role role, bool proof_ok, net::Co
   return id;
 }
 
+void Gatekeeper::record_refusal(net::Connection& connection, std::string_view reason) {
+  record(nullptr, connection.peer_address(), "protocol", "rejected", {}, reason);
+  flush();
+}
+
 Status Gatekeeper::still_admissible(const PeerIdentity& who) const {
   const std::int64_t now = now_unix();
   if (who.not_after != 0 && now > who.not_after) return permission_denied("certificate expired");
   return impl_->check_trust(who.role, who, now);
 }
 
-bool Gatekeeper::may(const PeerIdentity& who, auth::Operation op) const {
+bool Gatekeeper::allows(const PeerIdentity& who, auth::Operation op) const {
   return impl_->is_owner(who) || impl_->policy.allows(who.subject(), op);
 }
 
-bool Gatekeeper::may(const PeerIdentity& who, auth::Operation op, const auth::EngineFacts& engine) const {
-  return impl_->is_owner(who) || impl_->policy.allows(who.subject(), op, engine);
-}
-
-bool Gatekeeper::may_everywhere(const PeerIdentity& who, auth::Operation op) const {
-  return impl_->is_owner(who) || impl_->policy.allows_on_every_engine(who.subject(), op);
-}
-
-std::string Gatekeeper::explain_denial(const PeerIdentity& who, auth::Operation op, const auth::EngineFacts* engine) const {
-  return impl_->policy.explain_denial(who.subject(), op, engine);
+Decision Gatekeeper::authorize(const PeerIdentity& who, const std::string& peer, const AccessRequest& request,
+                               const AuditDetails& details) {
+  const Impl& impl = *impl_;
+  const auth::Subject subject = who.subject();
+  const auth::Operation op = request.op;
+  const bool owner = impl.is_owner(who);
+  const bool everywhere = owner || impl.policy.allows_on_every_engine(subject, op);
+  Decision d;
+  d.allowed = true;
+  std::string note;  // said in the audit line of an allowed request
+  switch (request.scope) {
+    case AccessRequest::Scope::kNoEngine:
+      if (!owner && !impl.policy.allows(subject, op)) {
+        d.allowed = false;
+        d.reason = impl.policy.explain_denial(subject, op, nullptr);
+      }
+      break;
+    case AccessRequest::Scope::kWholeCluster:
+      if (!everywhere) {
+        d.allowed = false;
+        d.reason = impl.policy.explain_denial(subject, op, nullptr) + " on every engine (whole-cluster " +
+                   std::string(auth::operation_name(op)) + ")";
+      }
+      break;
+    case AccessRequest::Scope::kEachOf:
+      if (everywhere) break;
+      for (const auth::EngineFacts& engine : request.engines) {
+        if (!impl.policy.allows(subject, op, engine)) {
+          d.allowed = false;
+          d.reason = impl.policy.explain_denial(subject, op, &engine);
+          break;
+        }
+      }
+      break;
+    case AccessRequest::Scope::kAnyOf:
+      if (everywhere) break;
+      d.engines.emplace();
+      for (const auth::EngineFacts& engine : request.engines) {
+        if (impl.policy.allows(subject, op, engine)) d.engines->push_back(engine.id);
+      }
+      if (d.engines->empty()) {
+        // Never "allowed on none": to the scheduler an empty set means any engine.
+        d.allowed = false;
+        d.engines.reset();
+        d.reason = "no connected engine is one this identity may use for '" + std::string(auth::operation_name(op)) + "'";
+      } else {
+        note = "load-balanced over the " + std::to_string(d.engines->size()) + " engine(s) the policy allows";
+      }
+      break;
+  }
+  record(&who, peer, auth::operation_name(op), d.allowed ? "allowed" : "denied", details, d.allowed ? note : d.reason);
+  if (!d.allowed) flush();  // a denial is on disk before the peer hears of it
+  return d;
 }
 
 void Gatekeeper::record(const PeerIdentity* who, const std::string& peer, std::string_view operation,
@@ -311,38 +359,32 @@ bool Gatekeeper::reload_if_changed() {
   return true;
 }
 
-StatusOr<std::string> Gatekeeper::key_admin(const PeerIdentity& who, const std::string& peer, std::string_view request_json) {
+StatusOr<std::string> Gatekeeper::key_admin(const PeerIdentity& who, const std::string& peer,
+                                            const KeyAdminRequest& request) {
   Impl& impl = *impl_;
-  auto request = nlohmann::json::parse(request_json, nullptr, /*allow_exceptions=*/false);
-  if (request.is_discarded() || !request.is_object() || !request.contains("action") || !request["action"].is_string()) {
-    return invalid_argument("key administration request must be a JSON object with an \"action\"");
-  }
-  const std::string action = request["action"].get<std::string>();
-  const std::string target = request.value("who", std::string());
+  using Action = KeyAdminRequest::Action;
+  const std::string& target = request.who;
   StatusOr<auth::TrustEntry> entry = not_found("");
-  if (action == "list") {
-    nlohmann::json entries = nlohmann::json::array();
-    for (const auto& e : impl.trust->list()) entries.push_back(entry_json(e));
-    return nlohmann::json{{"mode", std::string(trust_mode_name(impl.options.mode))}, {"entries", entries}}.dump(
-        -1, ' ', false, nlohmann::json::error_handler_t::replace);
-  } else if (action == "show") {
-    entry = impl.trust->show(target);
-  } else if (action == "accept") {
-    entry = impl.trust->accept(target);
-  } else if (action == "reject") {
-    entry = impl.trust->reject(target);
-  } else if (action == "revoke") {
-    entry = impl.trust->revoke(target);
-    if (!entry.ok() && entry.status().code() == StatusCode::kNotFound) {
-      // Not in the trust directory (e.g. admitted by the CA): revoke a key seen since start.
-      if (auto seen = impl.seen_identity(target)) entry = impl.trust->revoke_pem(seen->first, seen->second);
+  switch (request.action) {
+    case Action::kList: {
+      nlohmann::json entries = nlohmann::json::array();
+      for (const auto& e : impl.trust->list()) entries.push_back(entry_json(e));
+      return nlohmann::json{{"mode", std::string(trust_mode_name(impl.options.mode))}, {"entries", entries}}.dump(
+          -1, ' ', false, nlohmann::json::error_handler_t::replace);
     }
-  } else {
-    return invalid_argument("unknown key action '" + action.substr(0, 32) + "': list, show, accept, reject or revoke");
+    case Action::kShow: entry = impl.trust->show(target); break;
+    case Action::kAccept: entry = impl.trust->accept(target); break;
+    case Action::kReject: entry = impl.trust->reject(target); break;
+    case Action::kRevoke:
+      entry = impl.trust->revoke(target);
+      if (!entry.ok() && entry.status().code() == StatusCode::kNotFound) {
+        // Not in the trust directory (e.g. admitted by the CA): revoke a key seen since start.
+        if (auto seen = impl.seen_identity(target)) entry = impl.trust->revoke_pem(seen->first, seen->second);
+      }
+      break;
   }
-  if (action != "show") {
-    AuditDetails none;
-    record(&who, peer, "keys." + action, entry.ok() ? "allowed" : "error", none,
+  if (request.action != Action::kShow) {
+    record(&who, peer, "keys." + std::string(key_action_name(request.action)), entry.ok() ? "allowed" : "error", {},
            entry.ok() ? entry->fingerprint : entry.status().message());
     flush();
   }

@@ -1,10 +1,11 @@
-// The controller's door and rulebook (issue 5, DESIGN.md "identity" and "authorization").
+// The controller's door and rulebook (docs/security.md: "Who may connect", "What they may do").
 //   door:     who may connect — the trust mode (manual trust directory, learn-on-first-use
 //             with `testudo keys accept`, or a CA with a revocation list), revocation, expiry
 //             (T14, T15), role binding (T16) and failed-login limits per address and identity (T6);
 //   rulebook: what an admitted client may do — the policy file, default deny (T10);
 //   record:   one audit line (JSON) for every admission, refusal and operation.
-// The hub asks, the gatekeeper decides; it never sees payloads, only their SHA-256.
+// The hub asks (one question per request: authorize()), the gatekeeper decides; it never
+// sees payloads, only their SHA-256.
 // Reloads (SIGHUP, or a changed policy file / trust directory / CRL) never drop connections
 // by themselves; the hub re-checks its peers with still_admissible() afterwards.
 // Threading: the hub's loop thread only.
@@ -19,10 +20,12 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "auth/admission.h"
 #include "auth/audit_log.h"
 #include "auth/login_limiter.h"
 #include "auth/policy.h"
 #include "auth/trust_store.h"
+#include "controller/requests.h"
 #include "net/net.h"
 #include "testudo/status.h"
 #include "tls/tls.h"
@@ -50,16 +53,7 @@ struct GatekeeperOptions {
   auth::LoginLimiterOptions login_limits;
 };
 
-// Who is on the other end of an admitted connection.
-struct PeerIdentity {
-  wire::Role role = wire::Role::kClient;
-  std::string fingerprint;   // key fingerprint: the identity
-  std::string name;          // certificate subject CN (policy "cn:" patterns)
-  std::string serial_hex;
-  std::int64_t not_after = 0;
-  std::vector<std::string> chain;  // as presented; ca mode re-verifies it after a CRL reload
-  auth::Subject subject() const { return {fingerprint, name}; }
-};
+using PeerIdentity = auth::PeerIdentity;
 
 // What one audited operation touched.
 struct AuditDetails {
@@ -68,26 +62,52 @@ struct AuditDetails {
   std::uint64_t task_id = 0;
 };
 
-class Gatekeeper {
+// The question authorize() answers: may this identity do `op` on these engines?
+struct AccessRequest {
+  enum class Scope {
+    kNoEngine,     // an operation without engines (status, keys, abort)
+    kWholeCluster, // every engine, present and future (cluster shutdown): only a grant not
+                   // limited to some engines covers it
+    kEachOf,       // every one of `engines` (direct requests, interrupt, engine shutdown)
+    kAnyOf,        // one of `engines`, picked later (load-balanced requests)
+  };
+  auth::Operation op = auth::Operation::kStatus;
+  Scope scope = Scope::kNoEngine;
+  std::vector<auth::EngineFacts> engines;  // kEachOf, kAnyOf: the engines concerned
+};
+
+struct Decision {
+  bool allowed = false;
+  // Why not (said to the peer and written to the audit log); empty when allowed.
+  std::string reason;
+  // kAnyOf: the engines among those asked about that the identity may use (never empty when
+  // allowed); unset when no rule limits it to some engines (it may use any engine).
+  std::optional<std::vector<std::uint32_t>> engines;
+};
+
+// Threading: the controller's loop thread only.
+class Gatekeeper final : public auth::IdentityGate {
  public:
   static StatusOr<std::unique_ptr<Gatekeeper>> create(GatekeeperOptions options);
-  ~Gatekeeper();
+  ~Gatekeeper() override;
 
-  // Decides whether the peer on `connection` may join in `role`. `proof_ok` says whether its
-  // capability proof verified. Audited either way; a refusal's message is safe to send to the
-  // peer (it names no secret and nothing about other identities).
-  StatusOr<PeerIdentity> admit(wire::Role role, bool proof_ok, net::Connection& connection);
+  // auth::IdentityGate: decides whether the peer on `connection` may join in `role`.
+  // `proof_ok` says whether its capability proof verified. Audited either way.
+  StatusOr<PeerIdentity> admit(wire::Role role, bool proof_ok, net::Connection& connection) override;
+  void record_refusal(net::Connection& connection, std::string_view reason) override;
 
   // OK while the identity would still be admitted now (not revoked, not removed from the
   // trust directory, certificate not expired, CA chain still valid). Not audited.
   Status still_admissible(const PeerIdentity& who) const;
 
-  // Policy questions (not audited; see record()).
-  bool may(const PeerIdentity& who, auth::Operation op) const;
-  bool may(const PeerIdentity& who, auth::Operation op, const auth::EngineFacts& engine) const;
-  // True if some rule allows `op` on every engine, so no per-engine filtering is needed.
-  bool may_everywhere(const PeerIdentity& who, auth::Operation op) const;
-  std::string explain_denial(const PeerIdentity& who, auth::Operation op, const auth::EngineFacts* engine) const;
+  // The authorization question of every request, answered from the policy (default deny; the
+  // controller's owners may do everything) and written to the audit log (allowed or denied,
+  // with `details`); denials are flushed at once. `peer` is the peer's address.
+  Decision authorize(const PeerIdentity& who, const std::string& peer, const AccessRequest& request,
+                     const AuditDetails& details = {});
+  // The same question without an audit line, for a check inside an operation that was
+  // authorized and audited already (may a query also show others' results?).
+  bool allows(const PeerIdentity& who, auth::Operation op) const;
 
   // One audit line. `who` may be null (a peer not yet identified).
   void record(const PeerIdentity* who, const std::string& peer, std::string_view operation, std::string_view outcome,
@@ -101,8 +121,8 @@ class Gatekeeper {
   bool reload_if_changed();
 
   // `testudo keys list|show|accept|reject|revoke` on behalf of `who` (already authorized).
-  // Returns the JSON reply body.
-  StatusOr<std::string> key_admin(const PeerIdentity& who, const std::string& peer, std::string_view request_json);
+  // Returns the JSON reply body; errors (no such key, ambiguous prefix...) are for the peer.
+  StatusOr<std::string> key_admin(const PeerIdentity& who, const std::string& peer, const KeyAdminRequest& request);
 
   // Adds a certificate's key to the trust directory for `role` (idempotent; a revoked key
   // stays revoked). For the identities the controller trusts from the start.

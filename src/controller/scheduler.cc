@@ -82,7 +82,7 @@ std::size_t Scheduler::remove_engine(EngineId engine, const std::string& why) {
   return affected;
 }
 
-TaskId Scheduler::submit(TaskSpec spec, Clock::time_point now) {
+TaskId Scheduler::submit(TaskSpec spec, SteadyClock::time_point now) {
   TaskId id = next_id_++;
   Task& task = tasks_[id];
   task.spec = std::move(spec);
@@ -164,7 +164,7 @@ bool Scheduler::direct_room(const Engine& e) const {
   return e.running.size() - e.running_balanced < limit;
 }
 
-void Scheduler::measure_reply(Engine& e, Clock::time_point now) {
+void Scheduler::measure_reply(Engine& e, SteadyClock::time_point now) {
   if (e.busy_at_last_reply && now > e.last_reply) {
     // The engine went straight from the previous task to this one: the gap is its time per
     // task (plus, when the next task was still in flight, some network time: an
@@ -352,7 +352,7 @@ void Scheduler::pump() {
   }
 }
 
-std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool success, Clock::time_point now) {
+std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool success, SteadyClock::time_point now) {
   auto t = tasks_.find(id);
   if (t == tasks_.end() || t->second.state != State::kRunning || t->second.assigned != engine) return std::nullopt;
   auto e = engines_.find(engine);
@@ -433,7 +433,7 @@ std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>&
   return aborted;
 }
 
-void Scheduler::expire(Clock::time_point now) {
+void Scheduler::expire(SteadyClock::time_point now) {
   std::vector<TaskId> late;
   for (TaskId id : waiting_) {
     if (tasks_.at(id).deadline <= now) late.push_back(id);

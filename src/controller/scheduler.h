@@ -45,7 +45,7 @@
 
 namespace testudo::controller {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using TaskId = std::uint64_t;
 using EngineId = std::uint32_t;
 
@@ -119,15 +119,15 @@ class Scheduler {
   // Ids continue after `first` (a restarted controller continues the stored numbering).
   void set_next_id(TaskId first) { next_id_ = std::max(next_id_, first); }
   // Accepts a task; dispatches, queues or fails it at once. Returns its id.
-  TaskId submit(TaskSpec task, Clock::time_point now);
+  TaskId submit(TaskSpec task, SteadyClock::time_point now);
   // The engine's reply for `id` arrived at `now`. Returns the task (for routing its reply), or
   // nothing if it is not running on that engine (a late or forged reply, to be ignored).
-  std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success, Clock::time_point now);
+  std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success, SteadyClock::time_point now);
   // Aborts the queued or waiting tasks of `client_id` among `ids`; running ones are left
   // alone. Returns the number aborted.
   std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids);
   // Fails waiting tasks whose dependency timeout passed.
-  void expire(Clock::time_point now);
+  void expire(SteadyClock::time_point now);
   // Fails everything still queued or waiting (controller shutdown).
   void fail_all(const std::string& why);
 
@@ -155,7 +155,7 @@ class Scheduler {
     State state = State::kWaiting;
     std::optional<EngineId> assigned;
     std::set<EngineId> excluded;   // engines that died running it
-    Clock::time_point deadline = Clock::time_point::max();
+    SteadyClock::time_point deadline = SteadyClock::time_point::max();
     std::size_t unmet = 0;          // dependencies not yet finished
   };
   struct Engine {
@@ -168,7 +168,7 @@ class Scheduler {
     // work (its time per task; 0: not measured yet), when the last reply came and whether
     // the engine held more work then.
     double service_us = 0;
-    Clock::time_point last_reply{};
+    SteadyClock::time_point last_reply{};
     bool busy_at_last_reply = false;
     std::uint32_t window = kMinAdaptiveWindow;
     // Its entry in the placement index (see reindex), as last inserted.
@@ -211,7 +211,7 @@ class Scheduler {
   bool balanced_room(const Engine& e) const;
   bool direct_room(const Engine& e) const;
   // Updates `e`'s adaptive window from a reply at `now`; `e.running` no longer holds it.
-  void measure_reply(Engine& e, Clock::time_point now);
+  void measure_reply(Engine& e, SteadyClock::time_point now);
   std::optional<EngineId> place(const Task& task);
   // Applies `scheme` to `candidates` (engines with room that may run the task, by id).
   EngineId pick(const std::vector<EngineId>& candidates);

@@ -46,7 +46,7 @@ class SchedulerTest : public ::testing::Test {
  protected:
   Scheduler make(SchedulerOptions o = {}) { return Scheduler(o, sink, 42); }
   RecordingSink sink;
-  Clock::time_point now = Clock::now();
+  SteadyClock::time_point now = SteadyClock::now();
 };
 
 TEST_F(SchedulerTest, LeastLoadSpreadsWorkAndRespectsTheHighWaterMark) {
@@ -338,7 +338,7 @@ TEST_F(SchedulerTest, BalancedTasksWaitForTheFirstEngine) {
 // Replies `count` of the oldest tasks running on `engine`, one every `gap`, advancing `now`.
 // `running` holds the ids sent to the engine and not answered, oldest first.
 void reply_every(Scheduler& s, RecordingSink& sink, std::deque<TaskId>& running, EngineId engine, int count,
-                 std::chrono::microseconds gap, Clock::time_point& now) {
+                 std::chrono::microseconds gap, SteadyClock::time_point& now) {
   for (int i = 0; i < count && !running.empty(); ++i) {
     now += gap;
     ASSERT_TRUE(s.finished(running.front(), engine, true, now));

@@ -1,4 +1,5 @@
-// TaskStore: the controller's persistent record of every task (THREATS.md F2, F3, F6, F7).
+// TaskStore: the controller's persistent record of every task (docs/threat-model.md F2, F3,
+// F6, F7).
 //
 // One SQLite database in the profile's state directory (WAL, synchronous=NORMAL, exclusive
 // locking: a second controller on the same profile is refused instead of stealing its tasks).

@@ -1,5 +1,5 @@
 // Tests of the SQLite task store: round trips, queries, purges, limits, restarts, real
-// crashes (fork + SIGKILL), read-only and full disks (THREATS.md F2, F3, F6, F7).
+// crashes (fork + SIGKILL), read-only and full disks (docs/threat-model.md F2, F3, F6, F7).
 #include "controller/task_store.h"
 
 #include <fcntl.h>

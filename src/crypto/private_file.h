@@ -1,5 +1,5 @@
 // Files that hold secrets (connection files, private keys): owner-only, checked on load.
-// THREATS.md T7: a key or connection file readable or writable by group/others is refused
+// docs/threat-model.md T7: a key or connection file readable or writable by group/others is refused
 // with a clear error naming the file, its mode and the fix. Thread-safe (no shared state).
 #pragma once
 

@@ -8,13 +8,12 @@
 #include <csignal>
 #include <deque>
 #include <mutex>
-#include <random>
 #include <thread>
 #include <variant>
 
 #include "auth/identity.h"
 #include "auth/registration.h"
-#include "auth/session.h"
+#include "auth/link.h"
 #include "base/profile.h"
 #include "base/log.h"
 #include "crypto/crypto.h"
@@ -28,7 +27,6 @@
 namespace testudo::engine {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using wire::MessageKind;
 
 std::uint64_t now_us() {
@@ -102,24 +100,18 @@ struct Engine::Impl {
 
   // --- network thread state (touched only on the loop's thread) ---
   net::EventLoop loop;
-  std::shared_ptr<net::Connection> connection;
+  // The controller connection: redials, heartbeats, the signed registration after every
+  // welcome. Declared after `loop`: destroyed before it.
+  std::unique_ptr<auth::ControllerLink> link;
   std::int64_t engine_id = -1;
-  Clock::time_point last_ack;
-  Clock::time_point disconnected_since = Clock::now();
-  std::chrono::milliseconds backoff{100};
-  std::unique_ptr<net::Timer> heartbeat;
-  std::unique_ptr<net::Timer> retry;
   std::unique_ptr<net::Timer> exit_watchdog;
   bool stopping = false;
-  bool awaiting_trust = false;  // refused as not (yet) trusted: said once, then retried quietly
 
-  // --- the Python thread's way to the connection (replies skip the loop when it is idle) ---
-  // A copy of `connection` once registered, for the Python thread's send_now; set and reset
-  // by the network thread.
-  std::mutex direct_mutex;
-  std::shared_ptr<net::Connection> direct_connection;  // guarded by direct_mutex
-  // Messages the Python thread posted to the loop that it has not sent yet. While any is
-  // pending, replies are posted too, so they never overtake them (e.g. live output).
+  // --- the Python thread's way to the connection ---
+  // Replies skip the loop when the connection is idle: the Python thread writes them itself
+  // through link->current_connection() (Connection::send_now). posted_sends counts the
+  // messages it posted to the loop that are not sent yet; while any is pending, replies are
+  // posted too, so they never overtake them (e.g. live output).
   std::atomic<int> posted_sends{0};
 
   // --- the work queue between the two threads ---
@@ -148,78 +140,47 @@ struct Engine::Impl {
 
   // ---------- network thread ----------
 
-  void connect() {
-    if (stopping) return;
-    auth::SessionOptions so{controller, identity, instance, options.controller_timeout};
-    auth::open_session(loop, so, [this](StatusOr<auth::Session> s) { on_session(std::move(s)); });
+  auth::LinkHooks link_hooks() {
+    return {
+        .on_welcome = [this](net::Connection& c, std::uint32_t) { return send_registration(c); },
+        .on_connected = [this](std::uint32_t id) { on_connected(id); },
+        .on_message = [this](wire::Message&& m) { on_message(std::move(m)); },
+        .on_lost = [this](const Status& why) { on_lost(why); },
+        .on_stopped = [this](const Status& why) {
+          LOG_ERROR("engine") << why.message();
+          stop(why);
+        },
+    };
   }
 
-  void on_session(StatusOr<auth::Session> s) {
-    if (stopping) {
-      if (s.ok()) s->connection->close(unavailable("engine stopping"));
-      return;
-    }
-    if (!s.ok()) {
-      if (s.status().code() == StatusCode::kFailedPrecondition) {
-        // Reachable, but this engine's key is not trusted yet (manual or learn mode): wait
-        // for an administrator (`testudo keys accept`), retrying every few seconds.
-        if (!awaiting_trust) LOG_WARN("engine") << s.status().message() << "; retrying until it is";
-        awaiting_trust = true;
-        disconnected_since = Clock::now();
-        return schedule_reconnect(s.status());
-      }
-      if (s.status().code() == StatusCode::kPermissionDenied) {
-        // A wrong capability or a wrong controller does not get better by retrying.
-        LOG_ERROR("engine") << s.status().message();
-        return stop(s.status());
-      }
-      return schedule_reconnect(s.status());
-    }
-    connection = s->connection;
-    awaiting_trust = false;
-    backoff = std::chrono::milliseconds(100);
-    last_ack = Clock::now();
-    if (engine_id != s->assigned_id) {
-      engine_id = s->assigned_id;
-      push_work(SetId{engine_id});
-    }
-    LOG_INFO("engine") << "registered as engine " << engine_id << " with " << controller.host << ":" << controller.port;
-    wire::Message info;
-    info.envelope.kind = MessageKind::kEngineInfo;
-    info.envelope.text = engine_info_json;
-    // Signed by this engine's key over this session (auth/registration.h).
-    auto exporter = connection->export_keying_material(auth::kRegistrationExporterLabel,
-                                                       auth::kRegistrationExporterContext);
+  // Tags and host facts, signed by this engine's key over this session (auth/registration.h).
+  Status send_registration(net::Connection& c) {
+    auto exporter = c.export_keying_material(auth::kRegistrationExporterLabel, auth::kRegistrationExporterContext);
     auto signature = exporter.ok() ? tls::sign_sha256(identity.key_pem,
                                                       auth::registration_signed_bytes(*exporter, engine_info_json))
                                    : StatusOr<std::string>(exporter.status());
     if (!signature.ok()) {
       LOG_ERROR("engine") << "cannot sign the registration data: " << signature.status().message();
-      return connection->close(signature.status());
+      return signature.status();
     }
+    wire::Message info;
+    info.envelope.kind = MessageKind::kEngineInfo;
+    info.envelope.text = engine_info_json;
     info.segments.push_back(SharedBytes::copy_of(*signature));
-    connection->send(std::move(info));
-    connection->set_handlers({
-        [this](wire::Message&& m) { on_message(std::move(m)); },
-        [this](const Status& why) { on_disconnect(why); },
-    });
-    set_direct_connection(connection);
+    c.send(std::move(info));
+    return ok_status();
   }
 
-  void set_direct_connection(std::shared_ptr<net::Connection> c) {
-    std::lock_guard lock(direct_mutex);
-    direct_connection = std::move(c);
+  void on_connected(std::uint32_t id) {
+    if (engine_id != id) {
+      engine_id = id;
+      push_work(SetId{engine_id});
+    }
+    LOG_INFO("engine") << "registered as engine " << engine_id << " with " << controller.host << ":" << controller.port;
   }
 
   void on_message(wire::Message&& m) {
-    if (!wire::is_allowed_after_auth(wire::Role::kController, m.envelope.kind)) {
-      connection->close(data_loss("controller sent '" + std::string(wire::kind_name(m.envelope.kind)) + "'"));
-      return;
-    }
     switch (m.envelope.kind) {
-      case MessageKind::kHeartbeatAck:
-        last_ack = Clock::now();
-        return;
       case MessageKind::kEngineShutdown:
         LOG_INFO("engine") << "controller asked this engine to shut down";
         return stop(ok_status());
@@ -238,18 +199,14 @@ struct Engine::Impl {
       case MessageKind::kPush:
       case MessageKind::kPull:
       case MessageKind::kApply:
-        last_ack = Clock::now();
         return push_work(std::move(m));
       default:
         LOG_WARN("engine") << "ignoring '" << wire::kind_name(m.envelope.kind) << "' from the controller";
     }
   }
 
-  void on_disconnect(const Status& why) {
-    set_direct_connection(nullptr);
-    connection.reset();
-    disconnected_since = Clock::now();
-    if (stopping) return loop.stop();
+  void on_lost(const Status& why) {
+    if (stopping) return;
     {
       // The controller has failed (or, after a restart, lost) the running task: its result
       // has nowhere to go, and the engine should be free for new work when it is back.
@@ -260,36 +217,10 @@ struct Engine::Impl {
       }
     }
     LOG_WARN("engine") << "lost the controller: " << why.message();
-    schedule_reconnect(why);
   }
 
-  void schedule_reconnect(const Status& why) {
-    if (Clock::now() - disconnected_since > options.reconnect_give_up) {
-      return stop(unavailable("no controller for " + std::to_string(options.reconnect_give_up.count() / 1000) +
-                              " s; last error: " + why.message()));
-    }
-    // Exponential backoff with jitter, capped, so a restarted controller is not stampeded.
-    static thread_local std::minstd_rand rng(static_cast<unsigned>(::getpid()));
-    auto delay = backoff + std::chrono::milliseconds(rng() % (backoff.count() / 2 + 1));
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(5'000));
-    if (!awaiting_trust) LOG_INFO("engine") << "reconnecting in " << delay.count() << " ms (" << why.message() << ")";
-    retry = loop.after(delay, [this] { connect(); });
-  }
-
-  void beat() {
-    if (!connection) return;
-    if (Clock::now() - last_ack > options.controller_timeout) {
-      connection->close(unavailable("the controller stopped answering heartbeats"));
-      return;
-    }
-    wire::Message hb;
-    hb.envelope.kind = MessageKind::kHeartbeat;
-    connection->send(std::move(hb));
-  }
-
-  void send_reply(wire::Message reply) {
-    if (connection) connection->send(std::move(reply));
-  }
+  // Dropped while the link is down: the controller failed that task when the connection went.
+  void send_reply(wire::Message reply) { (void)link->send(std::move(reply)); }
 
   // ---------- either thread: the Python thread's sends ----------
 
@@ -298,11 +229,7 @@ struct Engine::Impl {
   // sent result's Python buffers are released through on_buffers_to_release either way.
   void send_from_python(wire::Message m) {
     if (posted_sends.load(std::memory_order_acquire) == 0) {
-      std::shared_ptr<net::Connection> c;
-      {
-        std::lock_guard lock(direct_mutex);
-        c = direct_connection;
-      }
+      std::shared_ptr<net::Connection> c = link->current_connection();
       if (c && c->send_now(m)) return;
     }
     post_send(std::move(m));
@@ -318,10 +245,11 @@ struct Engine::Impl {
   void stop(const Status& why) {
     if (stopping) return;
     stopping = true;
-    heartbeat.reset();
-    retry.reset();
     push_work(Stop{why});
-    if (connection) connection->close_after_flush(unavailable("engine shutting down"), std::chrono::milliseconds(1000));
+    // With a connection, the network thread ends once it has flushed its goodbyes.
+    std::function<void()> closed;
+    if (link->connected()) closed = [this] { loop.stop(); };
+    link->stop(unavailable("engine shutting down"), std::chrono::milliseconds(1000), std::move(closed));
     // User code stuck in a loop cannot be unwound politely: give it a moment, then go.
     exit_watchdog = loop.after(std::chrono::milliseconds(5'000), [] {
       LOG_WARN("engine") << "user code did not finish; exiting anyway";
@@ -444,6 +372,14 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   // Python thread (without the GIL) after a reply it wrote itself.
   runtime_options.on_buffers_to_release = [&impl] { impl.push_work(Impl::ReleaseBuffers{}); };
   TESTUDO_ASSIGN_OR_RETURN(impl.runtime, PythonRuntime::create(runtime_options));
+
+  auth::LinkOptions link;
+  link.session = {impl.controller, impl.identity, impl.instance, options.controller_timeout};
+  link.heartbeat_interval = options.heartbeat_interval;
+  link.controller_timeout = options.controller_timeout;
+  link.give_up = options.reconnect_give_up;
+  link.log_name = "engine";
+  impl.link = std::make_unique<auth::ControllerLink>(impl.loop, std::move(link), impl.link_hooks());
   return e;
 }
 
@@ -455,10 +391,7 @@ Status Engine::run() {
     LOG_INFO("engine") << "SIGTERM: shutting down";
     impl.stop(ok_status());
   });
-  impl.loop.post([&impl] {
-    impl.heartbeat = impl.loop.every(impl.options.heartbeat_interval, [&impl] { impl.beat(); });
-    impl.connect();
-  });
+  impl.loop.post([&impl] { impl.link->start(); });
   std::thread network([&impl] {
     sigset_t interrupt;
     sigemptyset(&interrupt);
@@ -470,9 +403,8 @@ Status Engine::run() {
   // Let the goodbye and last replies flush, then stop the network thread.
   impl.loop.post([&impl] {
     impl.stopping = true;
-    if (!impl.connection) return impl.loop.stop();
-    impl.connection->close_after_flush(unavailable("engine exiting"), std::chrono::milliseconds(1000));
     impl.exit_watchdog = impl.loop.after(std::chrono::milliseconds(1200), [&impl] { impl.loop.stop(); });
+    impl.link->stop(unavailable("engine exiting"), std::chrono::milliseconds(1000), [&impl] { impl.loop.stop(); });
   });
   network.join();
   return result;

@@ -25,12 +25,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string self_executable() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string("testudo") : p.string();
-}
-
 Status write_cluster_file(const std::string& profile, const ClusterProcesses& procs) {
   nlohmann::json j = {{"controller", procs.controller}, {"engines", procs.engines}};
   ProfilePaths paths = profile_paths(profile);
@@ -44,6 +38,16 @@ void stop_all(const ClusterProcesses& procs) {
 }
 
 }  // namespace
+
+std::string self_executable() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string("testudo") : p.string();
+}
+
+std::string engine_program_beside(const std::string& program) {
+  return (std::filesystem::path(program).parent_path() / kEngineProgramName).string();
+}
 
 StatusOr<pid_t> spawn_detached(const std::vector<std::string>& argv, const std::string& log_file,
                                const std::vector<std::string>& extra_env) {
@@ -110,6 +114,14 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
                                          const std::function<void(const std::string&)>& progress) {
   if (options.engines < 0) return invalid_argument("the number of engines cannot be negative");
   const std::string program = options.program.empty() ? self_executable() : options.program;
+  const std::string engine_program =
+      options.engine_program.empty() ? engine_program_beside(program) : options.engine_program;
+  // Found out now rather than after the controller has started and must be stopped again.
+  if (options.engines > 0 && ::access(engine_program.c_str(), X_OK) != 0) {
+    const int err = errno;
+    return failed_precondition("cannot run the engine executable " + engine_program + ": " + std::strerror(err) +
+                               " (install " + kEngineProgramName + " in the same directory as " + program + ")");
+  }
   ProfilePaths paths = profile_paths(options.profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.root));
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.log_dir));
@@ -163,7 +175,7 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   if (!client) return fail(deadline_exceeded("the controller did not become ready: " + last.message()));
 
   for (int i = 0; i < options.engines; ++i) {
-    std::vector<std::string> argv{program, "engine", "--profile", options.profile};
+    std::vector<std::string> argv{engine_program, "--profile", options.profile};
     argv.insert(argv.end(), options.engine_args.begin(), options.engine_args.end());
     auto pid = spawn_detached(argv, paths.log_dir + "/engine-" + std::to_string(i) + ".log");
     if (!pid.ok()) return fail(pid.status());

@@ -1,6 +1,7 @@
-// Starting and stopping a local cluster: one controller and N engines as separate processes
-// of the `testudo` binary, each in its own session (so a terminal's Ctrl-C reaches only the
-// foreground `testudo cluster start`), logging into the profile's log/ directory.
+// Starting and stopping a local cluster: one controller (`testudo controller`) and N engines
+// (`testudo-engine`, the sibling executable that embeds Python) as separate processes, each
+// in its own session (so a terminal's Ctrl-C reaches only the foreground `testudo cluster
+// start`), logging into the profile's log/ directory.
 // Pid files: run/cluster.json (0600). Secrets never travel in argv: processes read them from
 // the profile's owner-only connection files.
 // Thread-safety: functions are safe to call from one thread at a time.
@@ -17,6 +18,16 @@
 
 namespace testudo::launch {
 
+// The engine executable's file name. It is installed in the same directory as `testudo`,
+// which runs it for `testudo engine` and for the engines of a cluster.
+inline constexpr char kEngineProgramName[] = "testudo-engine";
+
+// The running executable's path (/proc/self/exe); "testudo" if it cannot be read.
+std::string self_executable();
+// <directory of `program`>/testudo-engine: the engine executable that belongs to the
+// `testudo` executable `program`.
+std::string engine_program_beside(const std::string& program);
+
 // Starts `argv` (argv[0] is the program) detached in a new session, stdin from /dev/null and
 // stdout/stderr appended to `log_file` (0600). Returns its pid.
 StatusOr<pid_t> spawn_detached(const std::vector<std::string>& argv, const std::string& log_file,
@@ -27,7 +38,12 @@ bool process_alive(pid_t pid);
 void terminate(pid_t pid, std::chrono::milliseconds grace);
 
 struct ClusterOptions {
-  std::string program;          // the testudo binary; default: this executable
+  // The `testudo` executable, run as `program controller ...`; default: this executable.
+  std::string program;
+  // The engine executable, run as `engine_program --profile P ...` (directly, not through
+  // `program engine`, which would cost one more exec per engine); default:
+  // engine_program_beside(program).
+  std::string engine_program;
   std::string profile = "default";
   int engines = 2;
   std::string ip = "127.0.0.1";

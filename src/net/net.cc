@@ -767,6 +767,11 @@ void EventLoop::post(std::function<void()> fn) {
   }
 }
 
+std::int64_t EventLoop::unix_micros() const {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 std::unique_ptr<Timer> EventLoop::after(std::chrono::milliseconds delay, std::function<void()> fn) {
   return std::make_unique<TimerImpl>(impl_->io, delay, false, std::move(fn));
 }

@@ -335,7 +335,7 @@ TEST(LoadKeyAndCertificateTest, PlainEncryptedAndMismatched) {
   ASSERT_FALSE(mismatch.ok());
   EXPECT_NE(mismatch.status().message().find("does not match"), std::string::npos) << mismatch.status().message();
 
-  // The key file must be owner-only (THREATS.md T7).
+  // The key file must be owner-only (docs/threat-model.md T7).
   const std::string loose = dir.file("loose-key.pem", controller.key_pem);
   fs::permissions(loose, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
   auto refused = load_key_and_certificate(loose, cert_file, std::nullopt);

@@ -329,7 +329,7 @@ void note_server_ems(int write_p, int, int content_type, const void* buf, std::s
 
 // Client side: replaces chain verification by comparing the server's leaf certificate with
 // the pinned SHA-256 fingerprint. A mismatch fails the handshake inside OpenSSL, before the
-// client sends its Finished or any application data (THREATS.md T3). Under TLS 1.2 (only
+// client sends its Finished or any application data (docs/threat-model.md T3). Under TLS 1.2 (only
 // reachable with min_version "1.2") a server that did not agree to the extended master
 // secret is refused here too: the ServerHello has been processed by now.
 int verify_pinned_server(X509_STORE_CTX* store, void* arg) {
@@ -356,11 +356,11 @@ int verify_pinned_server(X509_STORE_CTX* store, void* arg) {
 // validity period, because this is not where identity is decided. TLS has already checked
 // that the client holds the certificate's private key (CertificateVerify); who the peer is,
 // and what it may do, is decided after the handshake by the capability proof over the TLS
-// exporter, by identities and in CA mode by ChainVerifier (DESIGN.md, auth/). The time
-// check is defence in depth (THREATS.md T15): an expired or not-yet-valid certificate never
-// completes a handshake, whatever the layers above decide. A missing certificate never
-// reaches this callback: SSL_VERIFY_FAIL_IF_NO_PEER_CERT refuses it first; the null check is
-// belt and braces.
+// exporter, by identities and in CA mode by ChainVerifier (auth/, docs/security.md). The
+// time check is defence in depth (docs/threat-model.md T15): an expired or not-yet-valid
+// certificate never completes a handshake, whatever the layers above decide. A missing
+// certificate never reaches this callback: SSL_VERIFY_FAIL_IF_NO_PEER_CERT refuses it first;
+// the null check is belt and braces.
 int accept_any_client_certificate(X509_STORE_CTX* store, void*) {
   X509* leaf = X509_STORE_CTX_get0_cert(store);
   if (leaf == nullptr) {

@@ -10,7 +10,7 @@
 //  * Both sides present a certificate (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
 //  * A client context verifies the server by SHA-256 fingerprint of its leaf certificate
 //    (pinning) inside the handshake: a mismatch fails the handshake, so nothing is ever
-//    written to a wrong server (THREATS.md T3).
+//    written to a wrong server (docs/threat-model.md T3).
 //  * A server context accepts any well-formed client certificate that is within its validity
 //    period: who the peer is, is decided after the handshake by the capability proof over the
 //    TLS exporter (auth/), by identities, and in CA mode by ChainVerifier below (the hub, not
@@ -90,7 +90,7 @@ Status check_key_matches_certificate(const KeyAndCertificate& kc);
 StatusOr<std::string> sign_sha256(std::string_view key_pem, std::string_view data);
 Status verify_signature_sha256(std::string_view cert_pem, std::string_view data, std::string_view signature);
 
-// Private keys at rest (THREATS.md T14).
+// Private keys at rest (docs/threat-model.md T14).
 // True if `pem` holds an encrypted private key (PKCS#8 "ENCRYPTED PRIVATE KEY", or a
 // traditional PEM with "Proc-Type: 4,ENCRYPTED").
 bool is_encrypted_private_key_pem(std::string_view pem);

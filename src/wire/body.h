@@ -1,6 +1,6 @@
 // Encodings of message bodies shared by the client (which writes requests and reads replies)
 // and the engine (which reads requests and writes replies). The controller never calls the
-// decoders here (THREATS.md T17). Every decoder is fuzzed (fuzz/).
+// decoders here (docs/threat-model.md T17). Every decoder is fuzzed (fuzz/).
 #pragma once
 
 #include <cstdint>

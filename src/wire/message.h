@@ -4,8 +4,8 @@
 //   Envelope   — the routing header: kind, ids, targets, outcome. Read by the
 //                controller to route and account; small and bounded.
 //   segments   — the body: opaque byte strings (code, pickles, out-of-band buffers). The
-//                controller never decodes a body (THREATS.md T17); an end-to-end layer can
-//                later seal the body without touching routing.
+//                controller never decodes a body (docs/threat-model.md T17); an end-to-end
+//                layer can later seal the body without touching routing.
 //
 // On the wire a message is a sequence of frames, each with a fixed 12-byte header:
 //   magic "TSTU" (4) | version u8 | frame type u8 | flags u16 (0) | payload length u32
@@ -104,7 +104,8 @@ enum class MessageKind : std::uint16_t {
   kAbortReply = 63,
   kInterruptReply = 64,
   kQueueStatusReply = 65,
-  // Results that outlive connections (THREATS F2, F3), for the requester's own tasks only:
+  // Results that outlive connections (docs/threat-model.md F2, F3), for the requester's own
+  // tasks only:
   kGetResult = 67,       // segments [task ids]; answered by one kTaskReply per id (task_id set)
   kResultStatus = 68,    // segments [task ids]; reply kResultStatusReply [JSON records]
   kDbQuery = 69,         // text: JSON filter {states, after_task_id, limit}; reply [JSON records]
@@ -112,7 +113,7 @@ enum class MessageKind : std::uint16_t {
   kResultStatusReply = 71,
   kDbQueryReply = 72,
   kPurgeResultsReply = 73,
-  // Key administration (issue 5), allowed by the policy's "keys" operation:
+  // Key administration, allowed by the policy's "keys" operation:
   kKeyAdmin = 74,       // text: JSON {"action": "list"|"show"|"accept"|"reject"|"revoke", "who": "..."}
   kKeyAdminReply = 75,  // segments [JSON]: {"entries": [...]} or {"entry": {...}}; errors as an outcome
   // controller -> engine: raise KeyboardInterrupt in the task `task_id` if it is running.
@@ -217,7 +218,7 @@ StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& lim
 // says which limit it breaks.
 Status check_outgoing(const Envelope& envelope, std::span<const SharedBytes> segments, const Limits& limits);
 
-// The explicit allowlist (THREATS.md T17): may a peer of `sender` role send `kind` to its
+// The explicit allowlist (docs/threat-model.md T17): may a peer of `sender` role send `kind` to its
 // counterpart once authenticated? Before authentication only kHello (to the controller) and
 // kWelcome/kRejected (from it) exist.
 bool is_allowed_after_auth(Role sender, MessageKind kind);

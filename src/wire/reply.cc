@@ -43,7 +43,7 @@ Message control_refusal(MessageKind reply_kind, const Envelope& request, std::ui
 }
 
 Message rejection(Outcome outcome, std::string reason) {
-  assert(outcome == Outcome::kNotAllowed || outcome == Outcome::kAwaitingTrust);
+  assert(outcome == Outcome::kNotAllowed || outcome == Outcome::kAwaitingTrust || outcome == Outcome::kShuttingDown);
   Message m;
   m.envelope.kind = MessageKind::kRejected;
   m.envelope.set_outcome(outcome);

@@ -34,7 +34,8 @@ Message control_reply(MessageKind reply_kind, const Envelope& request, std::uint
 Message control_refusal(MessageKind reply_kind, const Envelope& request, std::uint32_t client_id, Outcome outcome,
                         std::string reason);
 
-// kRejected: the connection is refused (kNotAllowed) or not yet (kAwaitingTrust); it closes.
+// kRejected: the connection is refused (kNotAllowed), not yet (kAwaitingTrust), or not now
+// (kShuttingDown: the controller is on its way out); it closes.
 Message rejection(Outcome outcome, std::string reason);
 
 // The outcome under which the controller reports a control request it could not carry out,

@@ -1,5 +1,5 @@
-"""Results that survive (THREATS F2, F3, T10): the controller's task store, fetched by msg_id
-from any connection or process of the same user, and only by that user."""
+"""Results that survive (docs/threat-model.md F2, F3, T10): the controller's task store,
+fetched by msg_id from any connection or process of the same user, and only by that user."""
 
 import json
 import os

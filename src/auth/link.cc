@@ -1,0 +1,250 @@
+#include "auth/link.h"
+
+#include <algorithm>
+#include <mutex>
+#include <random>
+#include <vector>
+
+namespace testudo::auth {
+
+using Clock = std::chrono::steady_clock;
+
+RandomSource default_random_source() {
+  auto engine = std::make_shared<std::mt19937_64>(std::random_device{}());
+  return [engine] { return (*engine)(); };
+}
+
+Backoff::Backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max, RandomSource random)
+    : initial_(std::max(initial, std::chrono::milliseconds(1))),
+      max_(std::max(max, initial_)),
+      base_(initial_),
+      random_(random ? std::move(random) : default_random_source()) {}
+
+std::chrono::milliseconds Backoff::next() {
+  const auto spread = static_cast<std::uint64_t>(base_.count() / 2 + 1);
+  const auto delay = base_ + std::chrono::milliseconds(static_cast<std::int64_t>(random_() % spread));
+  base_ = std::min(base_ * 2, max_);
+  return delay;
+}
+
+void Backoff::reset() { base_ = initial_; }
+
+// The link's state. Owned by ControllerLink; attempts in flight and the connection's handlers
+// hold it weakly (the connection owns its handlers, and the core owns the connection), so
+// neither keeps it alive nor reaches it after the link is gone. Timers are owned here and
+// cancelled with it, so they capture `this`. Loop thread only, except `snapshot`.
+struct ControllerLink::Core : std::enable_shared_from_this<Core> {
+  Core(net::EventLoop& loop, LinkOptions options, LinkHooks hooks)
+      : loop(loop),
+        options(std::move(options)),
+        hooks(std::move(hooks)),
+        backoff(this->options.initial_backoff, this->options.max_backoff, this->options.random) {}
+
+  net::EventLoop& loop;
+  const LinkOptions options;
+  LinkHooks hooks;
+  Backoff backoff;
+
+  std::shared_ptr<net::Connection> connection;  // welcomed and not yet reported closed
+  std::uint32_t assigned_id = 0;
+  bool started = false;
+  bool stopped = false;
+  bool ever_connected = false;
+  bool awaiting_trust = false;     // refused as not trusted yet: warned once, retried quietly
+  Clock::time_point last_seen;     // of the controller, for give_up
+  Clock::time_point last_heard;    // any message on this connection, for the heartbeat timeout
+  std::unique_ptr<net::Timer> retry;
+  std::unique_ptr<net::Timer> heartbeat;
+  std::vector<std::function<void()>> on_closed;  // from stop(), run once no connection is held
+
+  mutable std::mutex snapshot_mutex;
+  std::shared_ptr<net::Connection> snapshot;  // guarded by snapshot_mutex
+
+  void publish(std::shared_ptr<net::Connection> c) {
+    std::lock_guard lock(snapshot_mutex);
+    snapshot = std::move(c);
+  }
+
+  void dial() {
+    retry.reset();
+    if (stopped) return;
+    std::weak_ptr<Core> weak = weak_from_this();
+    open_session(loop, options.session, [weak](StatusOr<Session> s) {
+      if (auto core = weak.lock()) return core->on_session(std::move(s));
+      if (s.ok()) s->connection->close(unavailable("controller link closed"));
+    });
+  }
+
+  void on_session(StatusOr<Session> s) {
+    if (stopped) {
+      if (s.ok()) s->connection->close(unavailable("controller link stopped"));
+      return;
+    }
+    if (!s.ok()) return on_failed_attempt(s.status());
+    std::shared_ptr<net::Connection> c = std::move(s->connection);
+    if (hooks.on_welcome) {
+      // The session's own handlers are still installed and already finished: closing here
+      // reports nothing, so the failure is handled once, below.
+      Status welcomed = hooks.on_welcome(*c, s->assigned_id);
+      if (stopped) return c->close(unavailable("controller link stopped"));
+      if (!welcomed.ok()) {
+        c->close(welcomed);
+        return on_failed_attempt(welcomed);
+      }
+    }
+    connection = c;
+    assigned_id = s->assigned_id;
+    ever_connected = true;
+    awaiting_trust = false;
+    backoff.reset();
+    last_heard = Clock::now();
+    std::weak_ptr<Core> weak = weak_from_this();
+    // The connection's handlers hold the core weakly: it owns them, and the core owns it.
+    connection->set_handlers({
+        [weak, raw = c.get()](wire::Message&& m) {
+          if (auto core = weak.lock()) core->on_message(raw, std::move(m));
+        },
+        [weak, raw = c.get()](const Status& why) {
+          if (auto core = weak.lock()) core->on_closed_connection(raw, why);
+        },
+    });
+    publish(connection);
+    if (options.heartbeat_interval.count() > 0) {
+      heartbeat = loop.every(options.heartbeat_interval, [this] { beat(); });
+    }
+    if (hooks.on_connected) hooks.on_connected(assigned_id);
+  }
+
+  void on_message(net::Connection* from, wire::Message&& m) {
+    if (from != connection.get()) return;
+    if (!wire::is_allowed_after_auth(wire::Role::kController, m.envelope.kind)) {
+      connection->close(data_loss("controller sent '" + std::string(wire::kind_name(m.envelope.kind)) + "'"));
+      return;
+    }
+    last_heard = Clock::now();
+    if (m.envelope.kind == wire::MessageKind::kHeartbeatAck) return;
+    if (hooks.on_message) hooks.on_message(std::move(m));
+  }
+
+  void beat() {
+    if (!connection) return;
+    if (Clock::now() - last_heard > options.controller_timeout) {
+      connection->close(unavailable("the controller stopped answering heartbeats"));
+      return;
+    }
+    wire::Message hb;
+    hb.envelope.kind = wire::MessageKind::kHeartbeat;
+    connection->send(std::move(hb));
+  }
+
+  void on_closed_connection(net::Connection* which, const Status& why) {
+    if (which != connection.get()) return;
+    publish(nullptr);
+    connection.reset();
+    heartbeat.reset();
+    last_seen = Clock::now();
+    if (hooks.on_lost) hooks.on_lost(why);
+    if (stopped) return run_on_closed();
+    schedule_redial(why);
+  }
+
+  void on_failed_attempt(const Status& why) {
+    if (!ever_connected && !options.retry_first_attempt) return give_up_for_good(why);
+    switch (why.code()) {
+      case StatusCode::kPermissionDenied:
+        return give_up_for_good(why);
+      case StatusCode::kFailedPrecondition:
+        // Reachable, but not trusted (yet): wait for an administrator, retrying quietly.
+        if (!awaiting_trust) LOG_WARN(options.log_name) << why.message() << "; retrying until it is";
+        awaiting_trust = true;
+        last_seen = Clock::now();
+        return schedule_redial(why);
+      default:
+        return schedule_redial(why);
+    }
+  }
+
+  void schedule_redial(const Status& why) {
+    if (options.give_up && Clock::now() - last_seen > *options.give_up) {
+      return give_up_for_good(unavailable("no controller for " + std::to_string(options.give_up->count() / 1000) +
+                                          " s; last error: " + why.message()));
+    }
+    const auto delay = backoff.next();
+    if (!awaiting_trust) {
+      TESTUDO_LOG(options.retry_log_level, options.log_name)
+          << "reconnecting in " << delay.count() << " ms (" << why.message() << ")";
+    }
+    retry = loop.after(delay, [this] { dial(); });
+  }
+
+  void give_up_for_good(const Status& why) {
+    stopped = true;
+    retry.reset();
+    if (hooks.on_stopped) hooks.on_stopped(why);
+  }
+
+  void stop(const Status& why, std::chrono::milliseconds flush_grace, std::function<void()> closed) {
+    stopped = true;
+    retry.reset();
+    heartbeat.reset();
+    publish(nullptr);
+    if (closed) on_closed.push_back(std::move(closed));
+    if (!connection) return run_on_closed();
+    // Closing reports through on_closed_connection (at once, or after the flush).
+    if (flush_grace.count() > 0) {
+      connection->close_after_flush(why, flush_grace);
+    } else {
+      connection->close(why);
+    }
+  }
+
+  void run_on_closed() {
+    auto run = std::move(on_closed);
+    on_closed.clear();
+    for (auto& fn : run) fn();
+  }
+
+  // Closes without hooks: the link is going away.
+  void abandon() {
+    stopped = true;
+    hooks = {};
+    on_closed.clear();
+    retry.reset();
+    heartbeat.reset();
+    publish(nullptr);
+    if (auto c = std::move(connection)) c->close(unavailable("controller link closed"));
+  }
+};
+
+ControllerLink::ControllerLink(net::EventLoop& loop, LinkOptions options, LinkHooks hooks)
+    : core_(std::make_shared<Core>(loop, std::move(options), std::move(hooks))) {}
+
+ControllerLink::~ControllerLink() { core_->abandon(); }
+
+void ControllerLink::start() {
+  if (core_->started) return;
+  core_->started = true;
+  core_->last_seen = Clock::now();
+  core_->dial();
+}
+
+void ControllerLink::stop(const Status& why, std::chrono::milliseconds flush_grace, std::function<void()> on_closed) {
+  core_->stop(why, flush_grace, std::move(on_closed));
+}
+
+bool ControllerLink::send(wire::Message message) {
+  if (!connected()) return false;
+  core_->connection->send(std::move(message));
+  return true;
+}
+
+bool ControllerLink::connected() const { return !core_->stopped && core_->connection && core_->connection->is_open(); }
+bool ControllerLink::stopped() const { return core_->stopped; }
+std::uint32_t ControllerLink::assigned_id() const { return core_->assigned_id; }
+
+std::shared_ptr<net::Connection> ControllerLink::current_connection() const {
+  std::lock_guard lock(core_->snapshot_mutex);
+  return core_->snapshot;
+}
+
+}  // namespace testudo::auth

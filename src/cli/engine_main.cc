@@ -1,0 +1,68 @@
+// The `testudo-engine` command: one engine process, the only executable that embeds CPython.
+// `testudo engine ARGS` runs this program with ARGS (see main.cc), so the options below are
+// the engine's only definition and both spellings print the same --help. Secrets never appear
+// in argv: everything secret is read from the profile's owner-only files.
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <string>
+#include <vector>
+
+#include "base/log.h"
+#include "base/profile.h"
+#include "cli/common_options.h"
+#include "engine/engine.h"
+
+namespace testudo::cli {
+namespace {
+
+int fail(const Status& st) { return report_failure("testudo-engine", st); }
+
+}  // namespace
+
+int engine_main(int argc, char** argv) {
+  CLI::App app{"Run an engine: connect to a controller and execute Python code for it.\n"
+               "`testudo engine ...` runs this program with the same arguments.",
+               "testudo-engine"};
+  CommonOptions common;
+  common.add_to(app);
+  engine::EngineOptions eopts;
+  std::string log_file;
+  app.add_option("--file", eopts.connection_file, "Engine connection file (default: the profile's controller-engine.json)");
+  app.add_option("--log-file", log_file, "Write the log here instead of stderr");
+  app.add_option("--max-output-bytes", eopts.max_output_chars, "stdout/stderr kept per request; the rest is dropped")
+      ->capture_default_str();
+  app.add_option("--max-result-bytes", eopts.max_result_bytes, "Largest result one request may return")
+      ->capture_default_str();
+  std::vector<std::string> tags;
+  app.add_option("--tag", tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
+  app.add_option("--identity-dir", eopts.identity_dir,
+                 "Directory of the engine's key and certificate (default: the shared engine identity beside the "
+                 "connection file, else $TESTUDO_HOME/identity)");
+  app.add_option("--identity-name", eopts.identity_name, "File stem: <name>-key.pem, <name>-cert.pem")
+      ->capture_default_str();
+  app.add_option("--key-passphrase-from", eopts.key_passphrase_from,
+                 "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (Status st = common.apply_log_level(); !st.ok()) return fail(st);
+  for (const auto& tag : tags) {
+    auto eq = tag.find('=');
+    if (eq == std::string::npos || eq == 0) return fail(invalid_argument("--tag takes k=v, got '" + tag + "'"));
+    eopts.tags.emplace_back(tag.substr(0, eq), tag.substr(eq + 1));
+  }
+  if (eopts.connection_file.empty()) eopts.connection_file = profile_paths(common.profile).engine_connection_file;
+  if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
+  // A closed pipe must not kill the engine mid-write; writes report EPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto e = engine::Engine::create(eopts);
+  if (!e.ok()) return fail(e.status());
+  Status st = (*e)->run();
+  return st.ok() ? kExitOk : fail(st);
+}
+
+}  // namespace testudo::cli
+
+int main(int argc, char** argv) { return testudo::cli::engine_main(argc, argv); }

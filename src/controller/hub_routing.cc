@@ -1,0 +1,235 @@
+// The hub's data path: requests from clients to the scheduler and on to engines, replies and
+// live output from engines back to the client that asked (and to clients waiting for the
+// stored result), and each request's acknowledgement.
+#include "base/log.h"
+#include "controller/hub.h"
+#include "crypto/crypto.h"
+#include "wire/control.h"
+#include "wire/reply.h"
+
+namespace testudo::controller {
+namespace {
+
+using wire::MessageKind;
+
+TaskState stored_state(TaskFailure why) { return why == TaskFailure::kAborted ? TaskState::kAborted : TaskState::kFailed; }
+
+Outcome route_status(TaskFailure why) {
+  switch (why) {
+    case TaskFailure::kEngineDied: return Outcome::kEngineDied;
+    case TaskFailure::kNoSuchEngine: return Outcome::kNoSuchEngine;
+    case TaskFailure::kAborted: return Outcome::kAborted;
+    case TaskFailure::kDependencyFailed: return Outcome::kDependencyFailed;
+    case TaskFailure::kDependencyTimeout: return Outcome::kDependencyTimeout;
+    case TaskFailure::kUnreachable: return Outcome::kUnreachable;
+    case TaskFailure::kShuttingDown: return Outcome::kShuttingDown;
+  }
+  return Outcome::kEngineDied;
+}
+
+// The policy operation of a request kind.
+auth::Operation operation_of(MessageKind kind) {
+  switch (kind) {
+    case MessageKind::kExecute: return auth::Operation::kExecute;
+    case MessageKind::kPush: return auth::Operation::kPush;
+    case MessageKind::kPull: return auth::Operation::kPull;
+    default: return auth::Operation::kApply;
+  }
+}
+
+// What the audit log says about a request's code: the SHA-256 of the code (execute) or of the
+// pickled (function, args, kwargs) head (apply); never the bytes themselves.
+std::string code_digest(const wire::Message& m) {
+  if ((m.envelope.kind != MessageKind::kExecute && m.envelope.kind != MessageKind::kApply) || m.segments.empty()) {
+    return {};
+  }
+  return crypto::to_hex(crypto::sha256(m.segments[0].span()));
+}
+
+}  // namespace
+
+void Hub::route_request(Peer& client, wire::Message&& m) {
+  const wire::Envelope& req = m.envelope;
+  const bool balanced = req.load_balanced();
+  if (stopping_) {
+    for (std::uint32_t target : balanced ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
+      reply_error(client.id, req.request_id, target, Outcome::kShuttingDown, "controller is shutting down");
+    }
+    return;
+  }
+  std::optional<wire::TaskOptions> options;
+  if (balanced) {
+    auto decoded = wire::decode_task_options(req.text);
+    if (!decoded.ok()) return reject(client, decoded.status().message());
+    options = std::move(decoded).value();
+  }
+  // Direct requests need the operation on every target; a load-balanced one runs only where
+  // the policy lets this client run it (among the engines it named, or all connected ones).
+  AccessRequest access;
+  access.op = operation_of(req.kind);
+  if (!balanced) {
+    access.scope = req.targets.empty() ? AccessRequest::Scope::kNoEngine : AccessRequest::Scope::kEachOf;
+    access.engines = facts_of(req.targets);
+  } else {
+    access.scope = AccessRequest::Scope::kAnyOf;
+    std::vector<std::uint32_t> candidates = req.targets;
+    if (candidates.empty()) {
+      for (const auto& [id, engine] : peers_.engines()) candidates.push_back(id);
+    }
+    for (std::uint32_t id : candidates) {
+      // Only connected engines: an unknown id can run nothing.
+      if (Peer* e = peers_.engine(id)) access.engines.push_back(e->facts);
+    }
+  }
+  const Decision decision = gate_.authorize(client.identity, client.connection->peer_address(), access,
+                                            {req.targets, code_digest(m), scheduler_.next_id()});
+  if (!decision.allowed) {
+    const std::string text = "permission denied: " + decision.reason;
+    LOG_WARN("audit") << "denied " << auth::operation_name(access.op) << " to client " << client.id << " ("
+                      << client.connection->peer_address() << "): " << decision.reason;
+    for (std::uint32_t target : balanced || req.targets.empty() ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
+      reply_error(client.id, req.request_id, target, Outcome::kNotAllowed, text);
+    }
+    return;
+  }
+  TaskSpec spec;
+  spec.client_id = client.id;
+  spec.request_id = req.request_id;
+  spec.kind = req.kind;
+  spec.flags = req.forwarded_flags();
+  spec.body = std::move(m.segments);  // shared by every task of this request, not copied
+  const auto now = clock_.now();
+  if (!balanced) {
+    // The ids go out before the tasks are submitted: submit() may already answer a task
+    // (unknown engine), and the client should know its ids first. submit() numbers in order.
+    std::vector<TaskId> planned;
+    for (std::size_t i = 0; i < req.targets.size(); ++i) planned.push_back(scheduler_.next_id() + i);
+    acknowledge(client, req.request_id, planned);
+    for (std::size_t i = 0; i < planned.size(); ++i) {
+      results_.submitted(planned[i], client.identity, req.request_id, req.kind, {req.targets[i]});
+    }
+    for (std::uint32_t target : req.targets) {
+      TaskSpec one = spec;
+      one.engine = target;
+      scheduler_.submit(std::move(one), now);
+    }
+    return;
+  }
+  spec.allowed = decision.engines ? *decision.engines : req.targets;
+  spec.retries = options->retries;
+  if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
+  spec.after = std::move(options->after);
+  spec.follow = std::move(options->follow);
+  const TaskId id = scheduler_.next_id();
+  acknowledge(client, req.request_id, {id});
+  results_.submitted(id, client.identity, req.request_id, req.kind, spec.allowed);
+  scheduler_.submit(std::move(spec), now);
+}
+
+std::vector<auth::EngineFacts> Hub::facts_of(const std::vector<std::uint32_t>& engines) {
+  std::vector<auth::EngineFacts> facts;
+  facts.reserve(engines.size());
+  for (std::uint32_t id : engines) {
+    Peer* e = peers_.engine(id);
+    facts.push_back(e ? e->facts : auth::EngineFacts{id, {}});
+  }
+  return facts;
+}
+
+void Hub::acknowledge(Peer& client, std::uint64_t request_id, std::vector<TaskId> ids) {
+  wire::Message ack;
+  ack.envelope.kind = MessageKind::kSubmitted;
+  ack.envelope.request_id = request_id;
+  ack.envelope.client_id = client.id;
+  ack.segments.push_back(wire::encode_ids(ids));
+  acks_.hold(client.id, std::move(ack));
+}
+
+void Hub::send_to_client(Peer& client, wire::Message message) {
+  if (acks_.holds(client.id)) {
+    for (auto& ack : acks_.take(client.id)) client.connection->send(std::move(ack));
+  }
+  client.connection->send(std::move(message));
+}
+
+void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
+                      Outcome status, const std::string& text) {
+  Peer* client = peers_.client(client_id);
+  if (!client) return;
+  send_to_client(*client,
+                 wire::task_reply(status, {.request_id = request_id, .engine_id = engine_id, .client_id = client_id}, text));
+}
+
+void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
+  Peer* e = peers_.engine(engine);
+  if (!e) return;  // cannot happen: the scheduler only knows live engines
+  wire::Message forward;
+  forward.envelope.kind = task.kind;
+  forward.envelope.set_forwarded_flags(task.flags);
+  forward.envelope.task_id = id;
+  forward.envelope.client_id = task.client_id;
+  forward.envelope.engine_id = engine;
+  forward.segments = task.body;  // shared, not copied
+  e->connection->send(std::move(forward));
+  results_.started(id, engine);
+}
+
+void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) {
+  const std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
+  reply_error(task.client_id, task.request_id, engine, route_status(why), text);
+  results_.finished(id, stored_state(why), {}, text);
+  for (const ResultWaiter& w : results_.take_waiters(id)) {
+    if (Peer* c = peers_.client(w.client_id)) {
+      send_to_client(*c, wire::task_reply(route_status(why), {.request_id = w.request_id, .task_id = id,
+                                                              .engine_id = engine, .client_id = w.client_id},
+                                          text));
+    }
+  }
+}
+
+void Hub::route_reply(Peer& engine, wire::Message&& m) {
+  const bool success = m.envelope.outcome() == Outcome::kOk;
+  // T8: an engine may only answer tasks running on it; anything else is ignored.
+  auto task = scheduler_.finished(m.envelope.task_id, engine.id, success, clock_.now());
+  if (!task) {
+    LOG_WARN("hub") << "engine " << engine.id << " replied to task " << m.envelope.task_id
+                    << " it does not hold; ignored";
+    return;
+  }
+  ++engine.tasks_done;
+  ++tasks_completed_;
+  const TaskId id = m.envelope.task_id;
+  results_.finished(id, success ? TaskState::kSucceeded : TaskState::kFailed, m.segments,
+                    success ? "" : "the task raised");
+  wire::Message reply = wire::task_reply(
+      success ? Outcome::kOk : Outcome::kPythonError,
+      {.request_id = task->request_id, .task_id = id, .engine_id = engine.id, .client_id = task->client_id}, {},
+      std::move(m.segments));
+  for (const ResultWaiter& w : results_.take_waiters(id)) {
+    Peer* waiting = peers_.client(w.client_id);
+    if (!waiting) continue;
+    wire::Message copy = reply;  // segments are shared
+    copy.envelope.request_id = w.request_id;
+    copy.envelope.client_id = w.client_id;
+    send_to_client(*waiting, std::move(copy));
+  }
+  Peer* client = peers_.client(task->client_id);
+  if (!client) return;  // the client left: the store keeps the result (F3)
+  send_to_client(*client, std::move(reply));
+}
+
+void Hub::route_output(Peer& engine, wire::Message&& m) {
+  // Live output of a task running on this engine goes to its client; anything else is dropped.
+  const TaskSpec* task = scheduler_.running_spec(m.envelope.task_id, engine.id);
+  Peer* client = task ? peers_.client(task->client_id) : nullptr;
+  if (!client) return;
+  wire::Message chunk;
+  chunk.envelope.kind = MessageKind::kTaskOutput;
+  chunk.envelope.set_output_stream(m.envelope.output_stream());
+  chunk.envelope.request_id = task->request_id;
+  chunk.envelope.engine_id = engine.id;
+  chunk.segments = std::move(m.segments);
+  send_to_client(*client, std::move(chunk));
+}
+
+}  // namespace testudo::controller

@@ -1,0 +1,439 @@
+// The hub with fake connections and a fake clock: routing, acknowledgements, engine death,
+// heartbeats, authorization, admission bounds, stored results and shutdown, without sockets.
+// Its collaborators are real (a gatekeeper over a temporary trust directory, a SQLite task
+// store) except admission, which admits whoever says "<role>:<name>" in its hello.
+#include "controller/hub.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "base/fake_clock.h"
+#include "base/test_temp_dir.h"
+#include "net/fake_connection.h"
+#include "wire/control.h"
+#include "wire/reply.h"
+
+namespace testudo::controller {
+namespace {
+
+using testing::FakeClock;
+using testing::FakeConnection;
+using wire::MessageKind;
+using namespace std::chrono_literals;
+
+constexpr const char* kOwner = "sha256:alice";
+
+// Admits a hello whose text is "client:<name>" or "engine:<name>" as identity sha256:<name>;
+// refuses anything else. "engine:" instances are the name, so a reconnect keeps its id.
+class NamedAdmission final : public auth::Admission {
+ public:
+  std::unique_ptr<auth::AdmissionExchange> begin(net::Connection&) override { return std::make_unique<Exchange>(); }
+
+ private:
+  struct Exchange final : auth::AdmissionExchange {
+    std::optional<StatusOr<auth::Admitted>> on_message(const wire::Message& m) override {
+      const std::string& text = m.envelope.text;
+      auto colon = text.find(':');
+      if (m.envelope.kind != MessageKind::kHello || colon == std::string::npos) {
+        return StatusOr<auth::Admitted>(permission_denied("bad hello"));
+      }
+      auth::Admitted a;
+      a.identity.role = text.substr(0, colon) == "engine" ? wire::Role::kEngine : wire::Role::kClient;
+      a.identity.fingerprint = "sha256:" + text.substr(colon + 1);
+      a.identity.name = text.substr(colon + 1);
+      a.instance = text.substr(colon + 1);
+      return StatusOr<auth::Admitted>(std::move(a));
+    }
+  };
+};
+
+wire::Message hello(const std::string& text) {
+  wire::Message m;
+  m.envelope.kind = MessageKind::kHello;
+  m.envelope.text = text;
+  return m;
+}
+
+wire::Message request(MessageKind kind, std::uint64_t request_id, std::vector<std::uint32_t> targets,
+                      std::string body = "code") {
+  wire::Message m;
+  m.envelope.kind = kind;
+  m.envelope.request_id = request_id;
+  m.envelope.targets = std::move(targets);
+  m.segments.push_back(SharedBytes::copy_of(body));
+  return m;
+}
+
+wire::Message balanced(std::uint64_t request_id, wire::TaskOptions options = {}) {
+  wire::Message m = request(MessageKind::kApply, request_id, {});
+  m.envelope.set_load_balanced(true);
+  m.envelope.text = wire::encode_task_options(options);
+  return m;
+}
+
+wire::Message engine_reply(const wire::Message& task, std::string value = "result", bool failed = false) {
+  return wire::task_reply(failed ? Outcome::kPythonError : Outcome::kOk,
+                          {.task_id = task.envelope.task_id, .engine_id = task.envelope.engine_id}, {},
+                          {SharedBytes::copy_of(value)});
+}
+
+wire::Message control(MessageKind kind, std::uint64_t request_id, std::vector<std::uint64_t> ids = {}) {
+  wire::Message m;
+  m.envelope.kind = kind;
+  m.envelope.request_id = request_id;
+  if (!ids.empty()) m.segments.push_back(wire::encode_ids(ids));
+  return m;
+}
+
+Outcome status_of(const wire::Message& m) { return m.envelope.outcome(); }
+
+class HubTest : public ::testing::Test {
+ protected:
+  void SetUp() override { start(HubOptions{}); }
+
+  void start(HubOptions options) {
+    hub_.reset();
+    results_.reset();
+    store_.reset();  // one controller per store: the old one lets go first
+    GatekeeperOptions g;
+    g.trust_dir = dir_.path() + "/trust";
+    g.owners = {kOwner};
+    g.audit_log = dir_.path() + "/audit.jsonl";
+    auto gate = Gatekeeper::create(g);
+    ASSERT_TRUE(gate.ok()) << gate.status().to_string();
+    gate_ = std::move(gate).value();
+    TaskStoreOptions s;
+    s.path = dir_.path() + "/state/tasks.sqlite";
+    auto store = TaskStore::open(s, clock_.unix_micros());
+    ASSERT_TRUE(store.ok()) << store.status().to_string();
+    store_ = std::move(store).value();
+    results_ = std::make_unique<StoredResults>(*store_, *gate_, clock_);
+    hub_ = std::make_unique<Hub>(HubServices{clock_, admission_, *gate_, *results_}, options, [this] { ++stopped_; });
+  }
+
+  // A new connection that has sent `hello_text` (and been admitted, if it is well-formed).
+  std::shared_ptr<FakeConnection> join(const std::string& hello_text) {
+    auto c = std::make_shared<FakeConnection>();
+    hub_->accept(c);
+    c->deliver(hello(hello_text));
+    return c;
+  }
+  std::uint32_t engine_id_of(const FakeConnection& c) { return c.sent_of(MessageKind::kWelcome).at(0).envelope.engine_id; }
+
+  std::string audit_text() {
+    gate_->flush();
+    std::ifstream in(dir_.path() + "/audit.jsonl");
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+  testing::TempDir dir_{"hub_test"};
+  FakeClock clock_;
+  NamedAdmission admission_;
+  std::unique_ptr<Gatekeeper> gate_;
+  std::unique_ptr<TaskStore> store_;
+  std::unique_ptr<StoredResults> results_;
+  std::unique_ptr<Hub> hub_;
+  int stopped_ = 0;
+};
+
+TEST_F(HubTest, AdmitsEnginesAndClientsWithIdsAndAuthenticatedLimits) {
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  ASSERT_EQ(e0->sent_of(MessageKind::kWelcome).size(), 1u);
+  EXPECT_EQ(engine_id_of(*e0), 0u);
+  EXPECT_EQ(engine_id_of(*e1), 1u);
+  EXPECT_GT(c->sent_of(MessageKind::kWelcome).at(0).envelope.client_id, 0u);
+  // Admitted peers get the authenticated limits, not the pre-authentication ones.
+  EXPECT_GT(c->limits.max_segments, 0u);
+}
+
+TEST_F(HubTest, DirectRequestReachesEachTargetAndRepliesComeBackAfterTheirAck) {
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  c->sent.clear();
+  c->deliver(request(MessageKind::kExecute, 7, {0, 1}));
+  auto t0 = e0->sent_of(MessageKind::kExecute);
+  auto t1 = e1->sent_of(MessageKind::kExecute);
+  ASSERT_EQ(t0.size(), 1u);
+  ASSERT_EQ(t1.size(), 1u);
+  EXPECT_EQ(t0[0].segments.at(0).to_string(), "code");
+  EXPECT_NE(t0[0].envelope.task_id, t1[0].envelope.task_id);
+  EXPECT_TRUE(c->sent.empty()) << "the ack waits for company";
+
+  e0->deliver(engine_reply(t0[0], "zero"));
+  // The ack leaves first, then the reply, in one go.
+  ASSERT_EQ(c->sent.size(), 2u);
+  EXPECT_EQ(c->sent[0].envelope.kind, MessageKind::kSubmitted);
+  auto ids = wire::decode_ids(c->sent[0].segments.at(0));
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(*ids, (std::vector<std::uint64_t>{t0[0].envelope.task_id, t1[0].envelope.task_id}));
+  EXPECT_EQ(c->sent[1].envelope.kind, MessageKind::kTaskReply);
+  EXPECT_EQ(c->sent[1].envelope.request_id, 7u);
+  EXPECT_EQ(c->sent[1].envelope.engine_id, 0u);
+  EXPECT_EQ(c->sent[1].segments.at(0).to_string(), "zero");
+  e1->deliver(engine_reply(t1[0], "one"));
+  EXPECT_EQ(c->sent.back().segments.at(0).to_string(), "one");
+  EXPECT_EQ(hub_->tasks_completed(), 2u);
+  EXPECT_EQ(hub_->tasks_in_flight(), 0u);
+}
+
+TEST_F(HubTest, AnAckWithoutCompanyLeavesAfterAboutAMillisecond) {
+  join("engine:e0");
+  auto c = join("client:alice");
+  c->sent.clear();
+  c->deliver(request(MessageKind::kExecute, 1, {0}));
+  EXPECT_TRUE(c->sent_of(MessageKind::kSubmitted).empty());
+  clock_.advance(2ms);
+  EXPECT_EQ(c->sent_of(MessageKind::kSubmitted).size(), 1u);
+}
+
+TEST_F(HubTest, LoadBalancedTaskRunsOnOneEngineAndItsReplyNamesIt) {
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  c->deliver(balanced(3));
+  const auto sent0 = e0->sent_of(MessageKind::kApply);
+  const auto sent1 = e1->sent_of(MessageKind::kApply);
+  ASSERT_EQ(sent0.size() + sent1.size(), 1u);
+  const wire::Message& task = sent0.empty() ? sent1[0] : sent0[0];
+  EXPECT_FALSE(task.envelope.load_balanced()) << "the controller clears the flag";
+  (sent0.empty() ? e1 : e0)->deliver(engine_reply(task));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].envelope.engine_id, task.envelope.engine_id);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kOk);
+}
+
+TEST_F(HubTest, AnEngineCannotAnswerATaskItDoesNotHold) {
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 1, {0}));
+  auto task = e0->sent_of(MessageKind::kExecute).at(0);
+  // T8: engine 1 answers engine 0's task: ignored.
+  wire::Message forged = engine_reply(task, "forged");
+  forged.envelope.engine_id = 1;
+  e1->deliver(forged);
+  EXPECT_TRUE(c->sent_of(MessageKind::kTaskReply).empty());
+  e0->deliver(engine_reply(task, "real"));
+  ASSERT_EQ(c->sent_of(MessageKind::kTaskReply).size(), 1u);
+  EXPECT_EQ(c->sent_of(MessageKind::kTaskReply)[0].segments.at(0).to_string(), "real");
+}
+
+TEST_F(HubTest, EngineDeathFailsItsTasksAndAClientCanStillFetchTheOutcome) {
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 1, {0}));
+  const std::uint64_t id = e0->sent_of(MessageKind::kExecute).at(0).envelope.task_id;
+  e0->drop(unavailable("killed"));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kEngineDied);
+  EXPECT_NE(replies[0].envelope.text.find("killed"), std::string::npos);
+  // The stored outcome says the same to a later get_result of the same identity.
+  auto c2 = join("client:alice");
+  c2->deliver(control(MessageKind::kGetResult, 9, {id}));
+  auto stored = c2->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].envelope.task_id, id);
+  EXPECT_EQ(status_of(stored[0]), Outcome::kEngineDied);
+}
+
+TEST_F(HubTest, ASilentEngineIsDroppedAfterTheHeartbeatTimeout) {
+  HubOptions o;
+  o.heartbeat_timeout = 4s;
+  start(o);
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  for (int i = 0; i < 6; ++i) {
+    clock_.advance(1s);
+    wire::Message beat;
+    beat.envelope.kind = MessageKind::kHeartbeat;
+    e1->deliver(beat);  // e1 keeps beating, e0 says nothing
+  }
+  EXPECT_FALSE(e0->is_open());
+  EXPECT_NE(e0->close_reason.message().find("no heartbeat"), std::string::npos);
+  EXPECT_TRUE(e1->is_open());
+  EXPECT_EQ(e1->sent_of(MessageKind::kHeartbeatAck).size(), 6u);
+}
+
+TEST_F(HubTest, ARequestThePolicyDeniesIsAnsweredAndAuditedAndNothingRuns) {
+  auto e0 = join("engine:e0");
+  auto bob = join("client:bob");  // not an owner; the built-in policy allows him nothing
+  bob->deliver(request(MessageKind::kExecute, 5, {0}));
+  EXPECT_TRUE(e0->sent_of(MessageKind::kExecute).empty());
+  auto replies = bob->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNotAllowed);
+  EXPECT_NE(replies[0].envelope.text.find("permission denied"), std::string::npos);
+  bob->deliver(balanced(6));
+  EXPECT_TRUE(e0->sent_of(MessageKind::kApply).empty());
+  bob->deliver(control(MessageKind::kQueueStatus, 7));
+  auto status = bob->sent_of(MessageKind::kQueueStatusReply);
+  ASSERT_EQ(status.size(), 1u);
+  EXPECT_EQ(status_of(status[0]), Outcome::kNotAllowed);
+  const std::string audit = audit_text();
+  EXPECT_NE(audit.find("\"operation\":\"execute\",\"outcome\":\"denied\""), std::string::npos) << audit;
+  EXPECT_NE(audit.find("\"operation\":\"apply\",\"outcome\":\"denied\""), std::string::npos) << audit;
+  EXPECT_TRUE(bob->is_open()) << "a denial is an answer, not a disconnection";
+}
+
+TEST_F(HubTest, AnotherIdentitysResultIsAnsweredAsUnknown) {
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  alice->deliver(request(MessageKind::kExecute, 1, {0}));
+  auto task = e0->sent_of(MessageKind::kExecute).at(0);
+  e0->deliver(engine_reply(task, "secret"));
+  auto bob = join("client:bob");
+  bob->deliver(control(MessageKind::kGetResult, 2, {task.envelope.task_id}));
+  auto replies = bob->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNoSuchTask);  // T10: as if it did not exist
+  for (const auto& seg : replies[0].segments) EXPECT_EQ(seg.view().find("secret"), std::string_view::npos);
+}
+
+TEST_F(HubTest, AWaitingGetResultIsAnsweredWhenTheTaskEnds) {
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  alice->deliver(request(MessageKind::kExecute, 1, {0}));
+  auto task = e0->sent_of(MessageKind::kExecute).at(0);
+  auto later = join("client:alice");
+  later->deliver(control(MessageKind::kGetResult, 2, {task.envelope.task_id}));
+  EXPECT_TRUE(later->sent_of(MessageKind::kTaskReply).empty());
+  e0->deliver(engine_reply(task, "done"));
+  auto replies = later->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].envelope.request_id, 2u);
+  EXPECT_EQ(replies[0].segments.at(0).to_string(), "done");
+}
+
+TEST_F(HubTest, ProtocolViolationsCutThePeerOff) {
+  auto e0 = join("engine:e0");
+  // T16/T17: an engine sending a client request.
+  e0->deliver(request(MessageKind::kExecute, 1, {0}));
+  EXPECT_FALSE(e0->is_open());
+  ASSERT_EQ(e0->sent_of(MessageKind::kRejected).size(), 1u);
+  // A malformed hello.
+  auto stranger = join("nonsense");
+  EXPECT_FALSE(stranger->is_open());
+  EXPECT_EQ(stranger->sent_of(MessageKind::kWelcome).size(), 0u);
+}
+
+TEST_F(HubTest, APeerThatNeverSaysHelloIsCutOffAtTheDeadline) {
+  auto silent = std::make_shared<FakeConnection>();
+  hub_->accept(silent);
+  clock_.advance(9s);
+  EXPECT_TRUE(silent->is_open());
+  clock_.advance(2s);
+  EXPECT_FALSE(silent->is_open());
+}
+
+TEST_F(HubTest, TooManyUnadmittedConnectionsPushOutTheOldest) {
+  HubOptions o;
+  o.max_unauthenticated = 2;
+  start(o);
+  auto first = std::make_shared<FakeConnection>();
+  auto second = std::make_shared<FakeConnection>();
+  auto third = std::make_shared<FakeConnection>();
+  hub_->accept(first);
+  hub_->accept(second);
+  hub_->accept(third);
+  EXPECT_FALSE(first->is_open());
+  EXPECT_TRUE(second->is_open());
+  EXPECT_TRUE(third->is_open());
+  // An admitted peer does not count.
+  third->deliver(hello("client:alice"));
+  auto fourth = std::make_shared<FakeConnection>();
+  hub_->accept(fourth);
+  EXPECT_TRUE(second->is_open());
+  EXPECT_TRUE(fourth->is_open());
+}
+
+TEST_F(HubTest, AReconnectingEngineGetsItsIdBackButNotTwice) {
+  auto e = join("engine:same");
+  const std::uint32_t id = engine_id_of(*e);
+  auto twin = join("engine:same");  // the same instance while the first is connected
+  EXPECT_FALSE(twin->is_open());
+  e->drop();
+  clock_.run_due();
+  auto again = join("engine:same");
+  EXPECT_EQ(engine_id_of(*again), id);
+}
+
+TEST_F(HubTest, ShutdownStopsEnginesClosesEveryoneAndReportsStopped) {
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(balanced(1));
+  c->deliver(balanced(2));
+  c->deliver(balanced(3));  // beyond the engine's window: queued in the controller
+  c->deliver(control(MessageKind::kClusterShutdown, 4));
+  EXPECT_EQ(e0->sent_of(MessageKind::kEngineShutdown).size(), 1u);
+  EXPECT_FALSE(e0->is_open());
+  EXPECT_FALSE(c->is_open());
+  // Tasks that never ran are answered: the client is not left waiting.
+  bool shutting_down_reply = false;
+  for (const auto& r : c->sent_of(MessageKind::kTaskReply)) {
+    shutting_down_reply |= status_of(r) == Outcome::kShuttingDown;
+  }
+  EXPECT_TRUE(shutting_down_reply);
+  EXPECT_EQ(c->sent_of(MessageKind::kClusterShutdownReply).size(), 1u);
+  EXPECT_EQ(stopped_, 0);
+  clock_.run_due();  // the closed peers are forgotten after their handlers return
+  EXPECT_EQ(stopped_, 1);
+  // No one new gets in.
+  auto late = std::make_shared<FakeConnection>();
+  hub_->accept(late);
+  EXPECT_FALSE(late->is_open());
+}
+
+TEST_F(HubTest, WholeClusterShutdownNeedsAnUnrestrictedGrant) {
+  auto e0 = join("engine:e0");
+  auto bob = join("client:bob");
+  bob->deliver(control(MessageKind::kClusterShutdown, 1));
+  auto replies = bob->sent_of(MessageKind::kClusterShutdownReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNotAllowed);
+  EXPECT_TRUE(e0->is_open());
+  EXPECT_EQ(stopped_, 0);
+}
+
+TEST_F(HubTest, LiveOutputGoesOnlyToTheClientOfTheRunningTask) {
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 11, {0}));
+  auto task = e0->sent_of(MessageKind::kExecute).at(0);
+  wire::Message out;
+  out.envelope.kind = MessageKind::kTaskOutput;
+  out.envelope.set_output_stream(wire::OutputStream::kStdout);
+  out.envelope.task_id = task.envelope.task_id;
+  out.segments.push_back(SharedBytes::copy_of("hello\n"));
+  e0->deliver(out);
+  auto chunks = c->sent_of(MessageKind::kTaskOutput);
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0].envelope.request_id, 11u);
+  // Output for a task the engine does not run is dropped.
+  out.envelope.task_id += 100;
+  e0->deliver(out);
+  EXPECT_EQ(c->sent_of(MessageKind::kTaskOutput).size(), 1u);
+}
+
+TEST_F(HubTest, AMalformedResultQueryIsAnErrorAnswerNotADisconnection) {
+  auto c = join("client:alice");
+  wire::Message q = control(MessageKind::kDbQuery, 3);
+  q.envelope.text = R"({"limit": "many"})";
+  c->deliver(q);
+  auto replies = c->sent_of(MessageKind::kDbQueryReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kInvalidRequest);
+  EXPECT_NE(replies[0].envelope.text.find("limit"), std::string::npos);
+  EXPECT_TRUE(c->is_open());
+}
+
+}  // namespace
+}  // namespace testudo::controller

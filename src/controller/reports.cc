@@ -1,0 +1,56 @@
+#include "controller/reports.h"
+
+#include <nlohmann/json.hpp>
+
+namespace testudo::controller {
+namespace {
+
+std::string dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+}  // namespace
+
+std::string engine_list_json(const std::vector<EngineReport>& engines) {
+  nlohmann::json ids = nlohmann::json::array();
+  nlohmann::json tags = nlohmann::json::object();
+  for (const auto& e : engines) {
+    ids.push_back(e.id);
+    tags[std::to_string(e.id)] = nlohmann::json::parse(e.info_json, nullptr, /*allow_exceptions=*/false);
+  }
+  return dump({{"engines", ids}, {"tags", tags}});
+}
+
+std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler) {
+  nlohmann::json engines = nlohmann::json::array();
+  auto loads = scheduler.queue_status();
+  for (const auto& e : report.engines) {
+    engines.push_back({{"id", e.id},
+                       {"address", e.address},
+                       {"identity", e.identity},
+                       {"in_flight", loads[e.id].running},
+                       {"tasks_done", e.tasks_done},
+                       {"connected_s", e.connected_s},
+                       {"last_heartbeat_s", e.silent_s}});
+  }
+  return dump({{"engines", engines},
+               {"clients", report.clients},
+               {"tasks_in_flight", report.tasks_in_flight},
+               {"tasks_completed", report.tasks_completed},
+               {"connections_rejected", report.connections_rejected},
+               {"uptime_s", report.uptime_s}});
+}
+
+std::string queue_status_json(const Scheduler& scheduler) {
+  nlohmann::json engines = nlohmann::json::object();
+  for (const auto& [id, load] : scheduler.queue_status()) {
+    engines[std::to_string(id)] = {
+        {"queue", load.queued}, {"tasks", load.running}, {"completed", load.completed}, {"window", load.window}};
+  }
+  const auto& options = scheduler.options();
+  return dump({{"engines", engines},
+               {"unassigned", scheduler.unassigned()},
+               {"waiting", scheduler.waiting()},
+               {"scheme", std::string(scheme_name(options.scheme))},
+               {"hwm", options.hwm == kAdaptiveWindow ? nlohmann::json("auto") : nlohmann::json(options.hwm)}});
+}
+
+}  // namespace testudo::controller

@@ -1,0 +1,43 @@
+// The controller's JSON reports for clients: the engine list (kEngineList), the cluster
+// status (kClusterStatus, `testudo status`) and the queue status (kQueueStatus,
+// ipyparallel's queue_status). Formatting only: the hub hands in what it knows.
+// Thread-safe (pure functions).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "controller/scheduler.h"
+
+namespace testudo::controller {
+
+struct EngineReport {
+  std::uint32_t id = 0;
+  std::string address;     // "127.0.0.1:40112"
+  std::string identity;    // key fingerprint
+  std::string info_json;   // its registration facts: a flat JSON object
+  std::uint64_t tasks_done = 0;
+  double connected_s = 0;  // since it connected
+  double silent_s = 0;     // since its last message
+};
+
+struct ClusterReport {
+  std::vector<EngineReport> engines;  // by id
+  std::size_t clients = 0;
+  std::size_t tasks_in_flight = 0;
+  std::uint64_t tasks_completed = 0;
+  std::uint64_t connections_rejected = 0;
+  double uptime_s = 0;
+};
+
+// {"engines": [ids], "tags": {"<id>": {facts}}}
+std::string engine_list_json(const std::vector<EngineReport>& engines);
+// {"engines": [{id, address, identity, in_flight, tasks_done, connected_s, last_heartbeat_s}],
+//  "clients", "tasks_in_flight", "tasks_completed", "connections_rejected", "uptime_s"}
+std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler);
+// {"engines": {"<id>": {queue, tasks, completed, window}}, "unassigned", "waiting", "scheme", "hwm"}
+std::string queue_status_json(const Scheduler& scheduler);
+
+}  // namespace testudo::controller
