@@ -12,6 +12,7 @@
 #include "wire/body.h"
 #include "wire/control.h"
 #include "wire/message.h"
+#include "wire/reply.h"
 
 using namespace testudo;
 namespace fs = std::filesystem;
@@ -79,11 +80,41 @@ int main(int argc, char** argv) {
                                    SharedBytes::allocate(300)};
     write(heads, "task_reply", wire::encode_head(reply, parts));
 
-    wire::Envelope rejected;
-    rejected.kind = wire::MessageKind::kRejected;
-    rejected.status = static_cast<std::uint16_t>(wire::RouteStatus::kNotAllowed);
-    rejected.text = "capability proof does not match";
-    write(heads, "rejected", wire::encode_head(rejected, {}));
+    wire::Message failed = wire::task_reply(Outcome::kPythonError, {.request_id = 7, .task_id = 100, .engine_id = 3},
+                                            {}, parts);
+    write(heads, "task_reply_python_error", wire::encode_head(failed.envelope, failed.segments));
+    wire::Message died = wire::task_reply(Outcome::kEngineDied, {.request_id = 8, .task_id = 101, .engine_id = 1},
+                                          "engine 1 died or disconnected while running this task");
+    write(heads, "task_reply_engine_died", wire::encode_head(died.envelope, {}));
+
+    wire::Envelope key_admin;
+    key_admin.kind = wire::MessageKind::kKeyAdmin;
+    key_admin.request_id = 9;
+    wire::Message refused = wire::control_refusal(wire::MessageKind::kKeyAdminReply, key_admin, 4,
+                                                  Outcome::kNotFound, "no identity matches 'ab12'");
+    write(heads, "key_admin_not_found", wire::encode_head(refused.envelope, {}));
+
+    wire::Envelope balanced;
+    balanced.kind = wire::MessageKind::kExecute;
+    balanced.set_display_result(true);
+    balanced.set_load_balanced(true);
+    balanced.text = wire::encode_task_options({1, 500, {3, 4}, {}});
+    write(heads, "execute_balanced", wire::encode_head(balanced, code));
+
+    wire::Envelope pull;
+    pull.kind = wire::MessageKind::kPull;
+    pull.set_value_format(wire::ValueFormat::kLiteral);
+    pull.targets = {1};
+    write(heads, "pull_literal", wire::encode_head(pull, code));
+
+    wire::Envelope output;
+    output.kind = wire::MessageKind::kTaskOutput;
+    output.set_output_stream(wire::OutputStream::kStderr);
+    output.task_id = 99;
+    write(heads, "task_output", wire::encode_head(output, code));
+
+    wire::Message rejected = wire::rejection(Outcome::kNotAllowed, "capability proof does not match");
+    write(heads, "rejected", wire::encode_head(rejected.envelope, {}));
   }
 
   // body_fuzz: 0 names, 1 literal pairs, 2 reply meta.

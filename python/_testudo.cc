@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cctype>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -16,8 +17,12 @@
 #include <optional>
 
 #include "base/log.h"
+#include "client/reply.h"
 #include "pyglue/segment.h"
 #include "testudo/client.h"
+#include "testudo/outcome.h"
+#include "wire/body.h"
+#include "wire/reply.h"
 
 namespace py = pybind11;
 
@@ -30,13 +35,21 @@ std::chrono::milliseconds to_ms(double seconds) {
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
-// Raises the Python exception that matches `st`.
 [[noreturn]] void raise_python(PyObject* type, const std::string& message) {
   PyErr_SetString(type, message.c_str());
   throw py::error_already_set();
 }
 
+// Raises the Python exception that matches `st`: for an error that reports a request's
+// outcome, the one testudo.error.outcome_error() documents for it (the table lives there,
+// one for task results and for calls); for the client's own errors (connecting, local
+// timeouts), one by code.
 [[noreturn]] void raise_status(const Status& st) {
+  if (std::optional<Outcome> outcome = st.outcome()) {
+    py::object exc = py::module_::import("testudo.error").attr("outcome_error")(*outcome, st.message());
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    throw py::error_already_set();
+  }
   switch (st.code()) {
     case StatusCode::kPermissionDenied: raise_python(PyExc_PermissionError, st.message());
     case StatusCode::kNotFound: raise_python(PyExc_FileNotFoundError, st.message());
@@ -109,21 +122,6 @@ class CompletionQueue {
 struct PyReply {
   EngineReply reply;
 };
-
-const char* code_name(StatusCode code) {
-  switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kAborted: return "remote_error";
-    case StatusCode::kUnavailable: return "unavailable";
-    case StatusCode::kNotFound: return "not_found";
-    case StatusCode::kDataLoss: return "lost";
-    case StatusCode::kPermissionDenied: return "denied";
-    case StatusCode::kDeadlineExceeded: return "dependency_timeout";
-    case StatusCode::kCancelled: return "aborted";
-    case StatusCode::kFailedPrecondition: return "dependency_failed";
-    default: return "error";
-  }
-}
 
 class PyResult {
  public:
@@ -396,6 +394,50 @@ class PyClient {
   std::size_t sweep_at_ = 64;  // borrowed_ size that triggers the next sweep
 };
 
+// Test hooks: a reply with outcome number `number` as the client would receive it from the
+// controller (encoded, decoded, read by the client), so tests can drive every outcome into
+// Python, local ones included. A number the decoder refuses raises ValueError with its reason.
+PyReply reply_for_test(std::uint16_t number, const std::string& reason, EngineId engine, const std::string& ename,
+                       const std::string& evalue) {
+  std::optional<Outcome> outcome = outcome_from_number(number);
+  if (outcome && is_local(*outcome)) return PyReply{client::failed_reply(engine, *outcome, reason)};
+  wire::Message m;
+  m.envelope.kind = wire::MessageKind::kTaskReply;
+  m.envelope.engine_id = engine;
+  m.envelope.text = reason;
+  if (outcome && (*outcome == Outcome::kOk || *outcome == Outcome::kPythonError)) {
+    wire::ReplyMeta meta;
+    meta.ok = *outcome == Outcome::kOk;
+    meta.ename = ename;
+    meta.evalue = evalue;
+    meta.traceback = ename.empty() ? "" : "Traceback (most recent call last):\n" + ename + ": " + evalue + "\n";
+    m = wire::task_reply(*outcome, {.engine_id = engine}, reason,
+                         {wire::encode_reply_meta(meta), SharedBytes::copy_of(""), SharedBytes::copy_of("")});
+  } else if (outcome) {
+    m = wire::task_reply(*outcome, {.engine_id = engine}, reason);
+  }
+  std::vector<std::byte> head = wire::encode_head(m.envelope, m.segments);
+  if (!outcome) {
+    // Only the codec can carry a number no Outcome has: patch it into the head (u16 at 4).
+    head[4] = static_cast<std::byte>(number & 0xFF);
+    head[5] = static_cast<std::byte>(number >> 8);
+  }
+  auto decoded = wire::decode_head(head, wire::Limits{});
+  if (!decoded.ok()) raise_python(PyExc_ValueError, decoded.status().message());
+  m.envelope = decoded->envelope;
+  return PyReply{client::engine_reply(std::move(m))};
+}
+
+// Raises what a control call raises when the controller answers with `outcome` and `reason`.
+void raise_control_failure_for_test(Outcome outcome, const std::string& reason) {
+  wire::Envelope request;
+  request.kind = wire::MessageKind::kDbQuery;
+  if (outcome == Outcome::kOk || is_local(outcome)) raise_status(outcome_status(outcome, reason));
+  StatusOr<std::string> answer =
+      client::control_answer(wire::control_refusal(wire::MessageKind::kDbQueryReply, request, 1, outcome, reason));
+  if (!answer.ok()) raise_status(answer.status());
+}
+
 }  // namespace
 }  // namespace testudo::python
 
@@ -408,11 +450,24 @@ PYBIND11_MODULE(_testudo, m) {
   log::set_min_level(log::Level::kWarning);
   pyglue::define_segment(m);
 
+  // testudo.Outcome: what became of a request (include/testudo/outcome.h; docs/tasks.md).
+  py::enum_<Outcome> outcome(m, "Outcome", "What became of a request: one value per documented outcome.");
+  for (Outcome o : kAllOutcomes) {
+    std::string name(outcome_name(o));
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::toupper(c); });
+    outcome.value(name.c_str(), o);
+  }
+  outcome.def_property_readonly("is_local", [](Outcome o) { return is_local(o); },
+                                "Decided by the client itself (never sent by the controller).");
+  m.def("_reply_for_test", &reply_for_test, py::arg("number"), py::arg("reason") = "", py::arg("engine_id") = 0,
+        py::arg("ename") = "", py::arg("evalue") = "");
+  m.def("_raise_control_failure_for_test", &raise_control_failure_for_test, py::arg("outcome"), py::arg("reason"));
+
   py::class_<PyReply>(m, "Reply", "One engine's answer to one request.")
       .def_property_readonly("engine_id", [](const PyReply& r) { return r.reply.engine_id; })
       .def_property_readonly("task_id", [](const PyReply& r) { return r.reply.task_id; })
       .def_property_readonly("ok", [](const PyReply& r) { return r.reply.status.ok(); })
-      .def_property_readonly("code", [](const PyReply& r) { return code_name(r.reply.status.code()); })
+      .def_property_readonly("outcome", [](const PyReply& r) { return r.reply.outcome; })
       .def_property_readonly("message", [](const PyReply& r) { return r.reply.status.message(); })
       .def_property_readonly("ename", [](const PyReply& r) { return r.reply.remote_error ? r.reply.remote_error->ename : ""; })
       .def_property_readonly("evalue", [](const PyReply& r) { return r.reply.remote_error ? r.reply.remote_error->evalue : ""; })

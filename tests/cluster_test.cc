@@ -102,6 +102,7 @@ TEST(ClusterTest, UnknownTargetIsAnErrorForThatTargetOnly) {
   ASSERT_EQ(replies->size(), 2u);
   EXPECT_TRUE((*replies)[0].status.ok());
   EXPECT_EQ((*replies)[1].status.code(), StatusCode::kNotFound);
+  EXPECT_EQ((*replies)[1].outcome, Outcome::kNoSuchEngine);
   EXPECT_NE((*replies)[1].status.message().find("77"), std::string::npos);
 }
 

@@ -184,6 +184,7 @@ TEST(SchedulingTest, EngineDeathRetriesOrFailsTheTask) {
   ASSERT_EQ(::kill(pids[2], SIGKILL), 0);
   EngineReply r2 = one_reply(once);
   EXPECT_EQ(r2.status.code(), StatusCode::kUnavailable) << r2.status.to_string();
+  EXPECT_EQ(r2.outcome, Outcome::kEngineDied);
   EXPECT_NE(r2.status.message().find("engine 2 died"), std::string::npos) << r2.status.message();
 
   // Retries left but nowhere else to go: the only allowed engine dies.
@@ -221,6 +222,7 @@ TEST(SchedulingTest, AbortCancelsQueuedDirectTasksOnly) {
   for (auto* r : {&queued1, &queued2}) {
     EngineReply reply = one_reply(*r);
     EXPECT_EQ(reply.status.code(), StatusCode::kCancelled) << reply.status.to_string();
+    EXPECT_EQ(reply.outcome, Outcome::kAborted);
     EXPECT_EQ(reply.engine_id, 0u);
     EXPECT_EQ(reply.started_us, 0u);
   }
@@ -257,6 +259,7 @@ TEST(SchedulingTest, AbortCancelsUnassignedBalancedTasksOfItsOwnClientOnly) {
   for (int i : {2, 3}) {
     EngineReply reply = one_reply(results[i]);
     EXPECT_EQ(reply.status.code(), StatusCode::kCancelled) << reply.status.to_string();
+    EXPECT_EQ(reply.outcome, Outcome::kAborted);
     EXPECT_EQ(reply.engine_id, kAnyEngine);
   }
 }
@@ -329,10 +332,12 @@ TEST(SchedulingTest, FailedDependencyFailsTheDependent) {
   auto b = client->execute_balanced({}, "never = 1", opts);  // waits, then fails
   EngineReply ra = one_reply(a);
   EXPECT_EQ(ra.status.code(), StatusCode::kAborted);
+  EXPECT_EQ(ra.outcome, Outcome::kPythonError);
   ASSERT_TRUE(ra.remote_error.has_value());
   EXPECT_EQ(ra.remote_error->ename, "ZeroDivisionError");
   EngineReply rb = one_reply(b);
   EXPECT_EQ(rb.status.code(), StatusCode::kFailedPrecondition) << rb.status.to_string();
+  EXPECT_EQ(rb.outcome, Outcome::kDependencyFailed);
   EXPECT_NE(rb.status.message().find("dependency " + std::to_string(task_id(a)) + " failed"), std::string::npos)
       << rb.status.message();
   EXPECT_EQ(rb.started_us, 0u);
@@ -364,6 +369,7 @@ TEST(SchedulingTest, DependencyTimeoutFailsWithDeadlineExceeded) {
   EngineReply rb = one_reply(b, 10s);
   auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(rb.status.code(), StatusCode::kDeadlineExceeded) << rb.status.to_string();
+  EXPECT_EQ(rb.outcome, Outcome::kDependencyTimeout);
   EXPECT_GE(took, 450ms);
   EXPECT_LT(took, 2s);
   EXPECT_FALSE(a.ready());  // the dependency itself goes on

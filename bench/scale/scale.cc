@@ -49,6 +49,7 @@
 #include "testudo/client.h"
 #include "tls/tls.h"
 #include "wire/body.h"
+#include "wire/reply.h"
 
 namespace {
 
@@ -400,15 +401,13 @@ class LightEngines {
       case MessageKind::kPull: {
         wire::ReplyMeta meta;
         meta.started_us = meta.completed_us = now_us();
-        wire::Message reply;
-        reply.envelope.kind = MessageKind::kTaskReply;
-        reply.envelope.task_id = m.envelope.task_id;
-        reply.envelope.engine_id = m.envelope.engine_id;
-        reply.segments.reserve(wire::kReplyFixedSegments);
-        reply.segments.push_back(wire::encode_reply_meta(meta));
-        reply.segments.push_back(SharedBytes::copy_of(std::string_view()));
-        reply.segments.push_back(SharedBytes::copy_of(std::string_view()));
-        conn.send(std::move(reply));
+        std::vector<SharedBytes> body;
+        body.reserve(wire::kReplyFixedSegments);
+        body.push_back(wire::encode_reply_meta(meta));
+        body.push_back(SharedBytes::copy_of(std::string_view()));
+        body.push_back(SharedBytes::copy_of(std::string_view()));
+        conn.send(wire::task_reply(Outcome::kOk, {.task_id = m.envelope.task_id, .engine_id = m.envelope.engine_id}, {},
+                                   std::move(body)));
         answered_.fetch_add(1, std::memory_order_relaxed);
         return;
       }

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "testudo/outcome.h"
 #include "testudo/shared_bytes.h"
 #include "testudo/status.h"
 
@@ -67,9 +68,12 @@ struct RemoteError {
 struct EngineReply {
   EngineId engine_id = 0;
   std::uint64_t task_id = 0;  // the controller's id for this (request, engine)
-  // OK: the engine ran the request and it succeeded. kAborted: user code raised (see
-  // remote_error). kUnavailable: the engine died or the connection was lost. kNotFound: no
-  // such engine. Other codes: the request could not be delivered or decoded.
+  // What became of it (testudo/outcome.h): kOk, the engine ran it and it succeeded;
+  // kPythonError, the user's code raised (see remote_error); anything else, it did not run
+  // to an answer, and status.message() says why.
+  Outcome outcome = Outcome::kOk;
+  // outcome_status(outcome, reason): the same, as a Status (status.outcome() == outcome
+  // unless OK; the code is status_code(outcome)).
   Status status;
   std::optional<RemoteError> remote_error;
   std::string stdout_text;
@@ -93,7 +97,8 @@ class AsyncResult {
   bool ready() const;
   // True once every target has replied (or failed); false if `timeout` passed first.
   bool wait(std::chrono::milliseconds timeout) const;
-  // The replies in target order, or kDeadlineExceeded if they did not all arrive in time.
+  // The replies in target order, or kDeadlineExceeded if they did not all arrive in time (a
+  // local timeout, not an outcome: the request goes on).
   StatusOr<std::vector<EngineReply>> get(std::chrono::milliseconds timeout) const;
   // The controller's task ids for this request, one per target, in target order: the handles
   // under which results can be fetched later (Client::get_result), also from another process
@@ -106,10 +111,14 @@ class AsyncResult {
   std::shared_ptr<State> state_;
 };
 
+// Every call that asks the controller something (engine_ids ... key_admin) fails with a Status
+// whose outcome() says why: kNotAllowed (the policy refused it), kInvalidRequest, kNotFound,
+// kControllerFailed (key administration and stored-result queries), kConnectionLost; or
+// kDeadlineExceeded without an outcome when no answer came within request_timeout.
 class Client {
  public:
   static StatusOr<std::unique_ptr<Client>> connect(const ClientOptions& options);
-  ~Client();  // closes the connection; pending results fail with kUnavailable
+  ~Client();  // closes the connection; pending results fail with Outcome::kConnectionLost
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
@@ -153,7 +162,7 @@ class Client {
                                const TaskOptions& options = {});
 
   // Aborts this connection's tasks that are still queued or waiting (running ones go on);
-  // their replies fail with kCancelled. Returns how many tasks were aborted.
+  // their replies fail with Outcome::kAborted. Returns how many tasks were aborted.
   StatusOr<std::size_t> abort(const std::vector<std::uint64_t>& task_ids);
   // Raises KeyboardInterrupt in whatever runs on `targets` now. Returns engines reached.
   StatusOr<std::size_t> interrupt(const std::vector<EngineId>& targets);
@@ -162,8 +171,8 @@ class Client {
 
   // Results the controller keeps for this user's tasks (same identity, any connection or
   // process): one reply per task id, in order; a task still running answers when it ends.
-  // kNotFound: no such task of this user (or purged); kDataLoss: lost when the controller
-  // stopped before it finished; otherwise as the original reply.
+  // Outcome::kNoSuchTask: no such task of this user (or purged); kLost: lost when the
+  // controller stopped before it finished; otherwise as the original reply.
   AsyncResult get_result(const std::vector<std::uint64_t>& task_ids);
   // {"records": [{task_id, state, kind, engine, submitted, started, completed, result_bytes,
   // error}...]} for these ids ("state": "unknown" for ids that are not this user's).

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cassert>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,6 +12,8 @@
 #include <variant>
 
 namespace testudo {
+
+enum class Outcome : std::uint16_t;  // testudo/outcome.h
 
 // Canonical codes, a subset of Abseil's with the same meanings.
 enum class StatusCode {
@@ -37,10 +40,16 @@ class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+  // An error that ends a request: `outcome` says precisely how (see outcome_status()).
+  Status(StatusCode code, std::string message, Outcome outcome)
+      : code_(code), message_(std::move(message)), outcome_(outcome) {}
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The request outcome this error reports (testudo/outcome.h), when it reports one: the
+  // client's errors for requests and control calls carry it; others do not.
+  std::optional<Outcome> outcome() const { return outcome_; }
   // "PERMISSION_DENIED: connection file ... is readable by others"
   std::string to_string() const;
 
@@ -50,6 +59,7 @@ class [[nodiscard]] Status {
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::optional<Outcome> outcome_;
 };
 
 inline Status ok_status() { return Status(); }

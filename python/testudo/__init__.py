@@ -16,12 +16,13 @@ from . import error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
 from ._lbview import LoadBalancedView
+from ._testudo import Outcome
 from ._view import BroadcastView, DirectView
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
     "Client", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
-    "EngineError", "NoEnginesRegistered", "TimeoutError", "error", "interactive",
+    "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
 ]
 
 __version__ = "0.1.0"

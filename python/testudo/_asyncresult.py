@@ -428,27 +428,10 @@ class AsyncResult(concurrent.futures.Future):
         return None
 
     def _error(self, reply):
+        """The exception for one engine's reply that did not succeed: by its outcome, through
+        error.OUTCOME_EXCEPTIONS (a Python error raised by user code is a RemoteError)."""
         info = {"engine_id": reply.engine_id, "method": self._fname}
-        if reply.code == "remote_error":
-            return error.RemoteError(reply.ename, reply.evalue, reply.traceback, info)
-        if reply.code == "unavailable":
-            # The controller's own report that this engine died is final, even if the
-            # connection was lost later, before the other engines' replies came in.
-            engine_died = reply.message.startswith(f"engine {reply.engine_id} died")
-            if not engine_died and not self._client._native_connected():
-                return error.RemoteError("ConnectionError", reply.message, "", info)
-            return error.RemoteError("EngineError", reply.message, "", info)
-        if reply.code == "not_found":
-            return error.RemoteError("IndexError" if "engine" in reply.message else "KeyError", reply.message, "", info)
-        if reply.code == "lost":
-            return error.RemoteError("TaskLost", reply.message, "", info)
-        if reply.code == "aborted":
-            return error.RemoteError("TaskAborted", reply.message, "", info)
-        if reply.code == "dependency_failed":
-            return error.RemoteError("ImpossibleDependency", reply.message, "", info)
-        if reply.code == "dependency_timeout":
-            return error.RemoteError("DependencyTimeout", reply.message, "", info)
-        return error.RemoteError("TestudoError", f"{reply.code}: {reply.message}", "", info)
+        return error.outcome_error(reply.outcome, reply.message, info, reply)
 
     def _finish(self):
         """Builds the values once every child is ready; safe from any thread, runs once."""

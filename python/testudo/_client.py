@@ -242,9 +242,6 @@ class Client:
                     if ar is not None and not ar._finished:
                         ar.ready()
 
-    def _native_connected(self):
-        return not self._closed and self._native.connected
-
     # ----- task control -----
 
     def abort(self, jobs=None, targets=None, block=None):
@@ -287,7 +284,7 @@ class Client:
     def get_result(self, indices_or_msg_ids=None, block=None, owner=True):
         """Results of earlier tasks by msg_id (str or int), e.g. after reconnecting or from
         another process: an AsyncResult (block=True: the values). Tasks still running answer
-        when they finish; unknown ids raise KeyError(…) as RemoteError, lost ones TaskLost."""
+        when they finish; unknown ids raise KeyError (as RemoteError), lost ones TaskLost."""
         from ._asyncresult import AsyncHubResult
         from ._lbview import _task_ids
         single = isinstance(indices_or_msg_ids, (str, int))
@@ -336,10 +333,7 @@ class Client:
             submitted = query.get("submitted")
             if isinstance(submitted, dict) and "$gt" in submitted:
                 flt["submitted_after"] = float(submitted["$gt"])
-            report = json.loads(self._native.db_query(json.dumps(flt)))
-            if "error" in report:
-                raise error.TestudoError(report["error"])
-            records = report["records"]
+            records = json.loads(self._native.db_query(json.dumps(flt)))["records"]
         out = []
         for r in records:
             rec = {"msg_id": str(r["task_id"]), "state": r["state"], "kind": r.get("kind"),

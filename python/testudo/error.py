@@ -1,10 +1,26 @@
-"""Exceptions raised by the testudo client; the same names and shapes as ipyparallel.error."""
+"""Exceptions raised by the testudo client; the same names and shapes as ipyparallel.error.
+
+Every request ends with one Outcome (testudo.Outcome, include/testudo/outcome.h).
+OUTCOME_EXCEPTIONS below says which exception each one raises; docs/tasks.md has the same
+table with when each happens. As in ipyparallel, a result that did not succeed is a
+RemoteError whose `ename` names the exception (so CompositeError gathers those of several
+engines); here it is also an instance of that exception, so `except error.EngineError`,
+`except error.ImpossibleDependency` or `except KeyError` catch it too. Its `outcome`
+attribute holds the Outcome.
+
+A local timeout of the waiting side (`ar.get(timeout=...)`) is not an outcome: it raises the
+builtin TimeoutError, never DependencyTimeout (which is not a TimeoutError).
+"""
 
 import builtins
 
+from ._testudo import Outcome
+
 __all__ = [
     "TestudoError", "KernelError", "EngineError", "NoEnginesRegistered", "RemoteError",
-    "CompositeError", "TimeoutError", "collect_exceptions",
+    "CompositeError", "TimeoutError", "collect_exceptions", "TaskAborted", "UnmetDependency",
+    "ImpossibleDependency", "DependencyTimeout", "TaskLost", "ControllerError", "MessageTooLarge",
+    "MalformedReply", "Outcome", "OUTCOME_EXCEPTIONS", "outcome_error",
 ]
 
 # ipyparallel re-exports the builtin; so do we, so `except TimeoutError` works either way.
@@ -28,6 +44,38 @@ class NoEnginesRegistered(KernelError):
 
     def __str__(self):
         return "this operation needs engines; none are registered (start some with `testudo cluster start -n N`)"
+
+
+class TaskAborted(KernelError):
+    """The task was aborted (rc.abort / ar.abort) before it ran."""
+
+
+class UnmetDependency(KernelError):
+    pass
+
+
+class ImpossibleDependency(UnmetDependency):
+    """A dependency failed, or no engine may run the task: it can never run."""
+
+
+class DependencyTimeout(ImpossibleDependency):
+    """The task's `timeout` passed before its dependencies were met."""
+
+
+class TaskLost(KernelError):
+    """The controller stopped before the task finished; it may or may not have run."""
+
+
+class ControllerError(TestudoError):
+    """The controller failed doing the request (its task store or trust directory)."""
+
+
+class MessageTooLarge(TestudoError, ValueError):
+    """The request is larger than the protocol allows; it was not sent."""
+
+
+class MalformedReply(TestudoError):
+    """A reply arrived that could not be decoded."""
 
 
 class RemoteError(KernelError):
@@ -133,3 +181,63 @@ def collect_exceptions(results, method="unspecified"):
     if elist:
         raise CompositeError(f"one or more exceptions from call to method: {method}", elist)
     return results
+
+
+# outcome -> the documented exception it raises (docs/tasks.md, "Outcomes and errors").
+OUTCOME_EXCEPTIONS = {
+    Outcome.PYTHON_ERROR: RemoteError,  # ename, evalue, traceback: the user's exception
+    Outcome.NO_SUCH_ENGINE: IndexError,
+    Outcome.ENGINE_DIED: EngineError,
+    Outcome.NOT_ALLOWED: PermissionError,
+    Outcome.SHUTTING_DOWN: EngineError,
+    Outcome.ABORTED: TaskAborted,
+    Outcome.DEPENDENCY_FAILED: ImpossibleDependency,
+    Outcome.DEPENDENCY_TIMEOUT: DependencyTimeout,
+    Outcome.UNREACHABLE: ImpossibleDependency,
+    Outcome.NO_SUCH_TASK: KeyError,
+    Outcome.LOST: TaskLost,
+    Outcome.AWAITING_TRUST: PermissionError,
+    Outcome.TOO_LARGE: MessageTooLarge,
+    Outcome.INVALID_REQUEST: ValueError,
+    Outcome.NOT_FOUND: KeyError,
+    Outcome.CONTROLLER_FAILED: ControllerError,
+    Outcome.CONNECTION_LOST: ConnectionError,
+    Outcome.MALFORMED_REPLY: MalformedReply,
+}
+
+
+def _remote_class(documented):
+    """The class raised for an outcome documented as `documented`: a RemoteError whose ename
+    is that exception's name, and an instance of it."""
+
+    class Remote(RemoteError, documented):
+        def __init__(self, evalue, engine_info=None, outcome=None):
+            RemoteError.__init__(self, documented.__name__, evalue, "", engine_info)
+            self.outcome = outcome
+
+        __str__ = RemoteError.__str__
+
+    Remote.__name__ = Remote.__qualname__ = documented.__name__
+    Remote.__module__ = __name__
+    return Remote
+
+
+_RAISED = {documented: _remote_class(documented) for documented in set(OUTCOME_EXCEPTIONS.values())
+           if documented is not RemoteError}
+
+
+def outcome_error(outcome, message, engine_info=None, reply=None):
+    """The exception for a request that ended with `outcome` (not OK): for PYTHON_ERROR the
+    user's exception as a RemoteError (from `reply`'s ename, evalue and traceback), for every
+    other outcome OUTCOME_EXCEPTIONS[outcome] as a RemoteError, `message` its evalue."""
+    if outcome == Outcome.PYTHON_ERROR:
+        if reply is None:
+            err = RemoteError("RemoteError", message, "", engine_info)
+        else:
+            err = RemoteError(reply.ename, reply.evalue, reply.traceback, engine_info)
+        err.outcome = outcome
+        return err
+    documented = OUTCOME_EXCEPTIONS.get(outcome)
+    if documented is None:
+        raise ValueError(f"no exception for outcome {outcome!r}")
+    return _RAISED[documented](message, engine_info, outcome)

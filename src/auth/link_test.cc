@@ -17,6 +17,7 @@
 #include "auth/capability.h"
 #include "base/test_temp_dir.h"
 #include "crypto/crypto.h"
+#include "wire/reply.h"
 
 namespace testudo::auth {
 namespace {
@@ -36,6 +37,7 @@ crypto::Digest filled(std::uint8_t v) {
 wire::Message message(MessageKind kind, std::string text = {}) {
   wire::Message m;
   m.envelope.kind = kind;
+  if (kind == MessageKind::kTaskOutput) m.envelope.set_output_stream(wire::OutputStream::kStdout);
   m.envelope.text = std::move(text);
   return m;
 }
@@ -126,7 +128,7 @@ class FakeController {
     hellos.push_back({hello->instance, Clock::now()});
     auto exporter = c.export_keying_material(kExporterLabel, wire::role_name(hello->role));
     if (!exporter.ok() || !crypto::constant_time_equal(capability_proof(capability, hello->role, *exporter), hello->proof)) {
-      return reject(c, wire::RouteStatus::kNotAllowed, "wrong capability");
+      return reject(c, Outcome::kNotAllowed, "wrong capability");
     }
     Answer a = answer;
     if (!next_answers.empty()) {
@@ -137,9 +139,9 @@ class FakeController {
       case Answer::kWelcome:
         return welcome(c, hello->instance);
       case Answer::kNotTrustedYet:
-        return reject(c, wire::RouteStatus::kAwaitingTrust, "this key (engine) is not trusted yet");
+        return reject(c, Outcome::kAwaitingTrust, "this key (engine) is not trusted yet");
       case Answer::kRefuse:
-        return reject(c, wire::RouteStatus::kNotAllowed, "revoked");
+        return reject(c, Outcome::kNotAllowed, "revoked");
       case Answer::kDrop:
         return c.close(unavailable("dropped at hello"));
       case Answer::kSilent:
@@ -159,10 +161,8 @@ class FakeController {
     c.send(std::move(w));
   }
 
-  void reject(net::Connection& c, wire::RouteStatus status, std::string why) {
-    wire::Message r = message(MessageKind::kRejected, std::move(why));
-    r.envelope.status = static_cast<std::uint16_t>(status);
-    c.send(std::move(r));
+  void reject(net::Connection& c, Outcome status, std::string why) {
+    c.send(wire::rejection(status, std::move(why)));
     c.close_after_flush(permission_denied("rejected"), 500ms);
   }
 

@@ -60,11 +60,11 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
             const std::string why = "the controller refused this connection: " + m.envelope.text;
             // Not trusted yet: kFailedPrecondition, so that an engine can wait for an
             // administrator (Client::connect reports it as permission denied).
-            if (m.envelope.status == static_cast<std::uint16_t>(wire::RouteStatus::kAwaitingTrust)) {
+            if (m.envelope.outcome() == Outcome::kAwaitingTrust) {
               return finish(failed_precondition(why));
             }
             // A controller on its way out: worth another try later (the next one may be up).
-            if (m.envelope.status == static_cast<std::uint16_t>(wire::RouteStatus::kShuttingDown)) {
+            if (m.envelope.outcome() == Outcome::kShuttingDown) {
               return finish(unavailable(why));
             }
             return finish(permission_denied(why));

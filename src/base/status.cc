@@ -36,7 +36,9 @@ Status Status::with_context(std::string_view context) const {
   std::string m(context);
   m += ": ";
   m += message_;
-  return Status(code_, std::move(m));
+  Status out(code_, std::move(m));
+  out.outcome_ = outcome_;
+  return out;
 }
 
 }  // namespace testudo

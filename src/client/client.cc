@@ -13,6 +13,7 @@
 #include "auth/link.h"
 #include "base/log.h"
 #include "base/profile.h"
+#include "client/reply.h"
 #include "crypto/crypto.h"
 #include "net/net.h"
 #include "wire/body.h"
@@ -74,7 +75,9 @@ struct AsyncResult::State {
     return true;
   }
 
+  // Ends every slot still waiting with `why`, a Status that reports an outcome.
   void fail_all(const Status& why) {
+    const Outcome outcome = why.outcome().value_or(Outcome::kConnectionLost);
     std::vector<EngineId> missing;
     {
       std::lock_guard lock(mutex);
@@ -82,12 +85,7 @@ struct AsyncResult::State {
         if (!replies[i]) missing.push_back(targets[i]);
       }
     }
-    for (EngineId id : missing) {
-      EngineReply r;
-      r.engine_id = id;
-      r.status = why;
-      deliver(std::move(r));
-    }
+    for (EngineId id : missing) deliver(client::failed_reply(id, outcome, why.message()));
   }
 };
 
@@ -145,64 +143,16 @@ void AsyncResult::on_ready(std::function<void()> fn) const {
 
 namespace {
 
-EngineReply reply_from_message(wire::Message&& m) {
-  EngineReply r;
-  r.engine_id = m.envelope.engine_id;
-  r.task_id = m.envelope.task_id;
-  switch (static_cast<wire::RouteStatus>(m.envelope.status)) {
-    case wire::RouteStatus::kOk:
-      break;
-    case wire::RouteStatus::kNoSuchEngine:
-      r.status = not_found(m.envelope.text);
-      return r;
-    case wire::RouteStatus::kNotAllowed:
-      r.status = permission_denied(m.envelope.text);
-      return r;
-    case wire::RouteStatus::kAborted:
-      r.status = Status(StatusCode::kCancelled, m.envelope.text);
-      return r;
-    case wire::RouteStatus::kDependencyFailed:
-    case wire::RouteStatus::kUnreachable:
-      r.status = failed_precondition(m.envelope.text);
-      return r;
-    case wire::RouteStatus::kDependencyTimeout:
-      r.status = deadline_exceeded(m.envelope.text);
-      return r;
-    case wire::RouteStatus::kNoSuchTask:
-      r.status = not_found(m.envelope.text);
-      return r;
-    case wire::RouteStatus::kLost:
-      r.status = data_loss(m.envelope.text);
-      return r;
-    case wire::RouteStatus::kEngineDied:
-    case wire::RouteStatus::kShuttingDown:
-    default:
-      r.status = unavailable(m.envelope.text.empty() ? "request not completed" : m.envelope.text);
-      return r;
-  }
-  if (m.segments.size() < wire::kReplyFixedSegments) {
-    r.status = data_loss("malformed reply from engine " + std::to_string(r.engine_id));
-    return r;
-  }
-  auto meta = wire::decode_reply_meta(m.segments[0]);
-  if (!meta.ok()) {
-    r.status = meta.status().with_context("reply from engine " + std::to_string(r.engine_id));
-    return r;
-  }
-  r.stdout_text = m.segments[1].to_string();
-  r.stderr_text = m.segments[2].to_string();
-  r.started_us = meta->started_us;
-  r.completed_us = meta->completed_us;
-  r.value.assign(std::make_move_iterator(m.segments.begin() + wire::kReplyFixedSegments),
-                 std::make_move_iterator(m.segments.end()));
-  if (!meta->ok) {
-    r.status = Status(StatusCode::kAborted, meta->ename + ": " + meta->evalue);
-    r.remote_error = RemoteError{meta->ename, meta->evalue, meta->traceback};
-  }
-  return r;
+// The head of a request of `kind`; push and pull name their value format.
+wire::Envelope request_head(wire::MessageKind kind, std::optional<wire::ValueFormat> format = std::nullopt) {
+  wire::Envelope head;
+  head.kind = kind;
+  if (format) head.set_value_format(*format);
+  return head;
 }
 
 }  // namespace
+
 
 struct Client::Impl {
   ClientOptions options;
@@ -218,7 +168,7 @@ struct Client::Impl {
   std::unique_ptr<auth::ControllerLink> link;
   std::unordered_map<std::uint64_t, std::shared_ptr<AsyncResult::State>> pending;
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
-  Status lost_reason = unavailable("not connected");
+  Status lost_reason = outcome_status(Outcome::kConnectionLost, "not connected to the controller");
   Client::OutputHandler output_handler;
   // Client::connect waits here for the first attempt's outcome (then it is reset).
   std::shared_ptr<std::promise<Status>> first_attempt;
@@ -298,7 +248,8 @@ struct Client::Impl {
     if (first_attempt) return std::exchange(first_attempt, nullptr)->set_value(why);
     // Refused on a redial (e.g. a revoked key): no more redials; requests fail with this.
     LOG_WARN("client") << "not reconnecting: " << why.message();
-    lost_reason = unavailable("connection to the controller lost; reconnecting was refused: " + why.message());
+    lost_reason = outcome_status(Outcome::kConnectionLost,
+                                 "connection to the controller lost; reconnecting was refused: " + why.message());
   }
 
   void on_message(wire::Message&& m) {
@@ -307,7 +258,8 @@ struct Client::Impl {
         auto it = pending.find(m.envelope.request_id);
         if (it == pending.end()) return;
         auto state = it->second;
-        if (state->deliver(reply_from_message(std::move(m)))) pending.erase(m.envelope.request_id);
+        const std::uint64_t request_id = m.envelope.request_id;
+        if (state->deliver(client::engine_reply(std::move(m)))) pending.erase(request_id);
         return;
       }
       case wire::MessageKind::kEngineListReply:
@@ -322,12 +274,8 @@ struct Client::Impl {
       case wire::MessageKind::kKeyAdminReply: {
         auto it = pending_control.find(m.envelope.request_id);
         if (it == pending_control.end()) return;
-        // A refused control request comes back with a status and the reason in text.
-        if (m.envelope.status != static_cast<std::uint16_t>(wire::RouteStatus::kOk)) {
-          it->second->set_value(reply_from_message(std::move(m)).status);
-        } else {
-          it->second->set_value(m.segments.empty() ? std::string() : m.segments[0].to_string());
-        }
+        // A refused or failed control request comes back with its outcome and the reason.
+        it->second->set_value(client::control_answer(std::move(m)));
         pending_control.erase(it);
         return;
       }
@@ -343,7 +291,8 @@ struct Client::Impl {
       }
       case wire::MessageKind::kTaskOutput:
         if (output_handler && m.segments.size() == 1) {
-          output_handler(m.envelope.request_id, m.envelope.engine_id, m.envelope.flags, m.segments[0].view());
+          output_handler(m.envelope.request_id, m.envelope.engine_id, static_cast<int>(m.envelope.output_stream()),
+                         m.segments[0].view());
         }
         return;
       default:
@@ -353,7 +302,7 @@ struct Client::Impl {
 
   void on_lost(const Status& why) {
     connected = false;
-    lost_reason = unavailable("connection to the controller lost: " + why.message());
+    lost_reason = outcome_status(Outcome::kConnectionLost, "connection to the controller lost: " + why.message());
     auto requests = std::move(pending);
     pending.clear();
     for (auto& [id, state] : requests) state->fail_all(lost_reason);
@@ -364,7 +313,8 @@ struct Client::Impl {
     // id); new requests work again once the link is up again.
   }
 
-  AsyncResult send_request(wire::MessageKind kind, std::uint16_t flags, const std::vector<EngineId>& targets,
+  // `head`: the request's kind and per-kind flags; the rest is filled in here.
+  AsyncResult send_request(wire::Envelope head, const std::vector<EngineId>& targets,
                            std::vector<SharedBytes> segments, std::optional<wire::TaskOptions> balanced = {},
                            std::vector<std::uint64_t> slot_tasks = {}) {
     auto state = std::make_shared<AsyncResult::State>();
@@ -372,25 +322,28 @@ struct Client::Impl {
     // A load-balanced request has one reply slot, for whichever engine runs it.
     state->targets = balanced ? std::vector<EngineId>{kAnyEngine} : targets;
     std::vector<EngineId> allowed = balanced ? targets : std::vector<EngineId>{};
-    std::string text = balanced ? wire::encode_task_options(*balanced) : std::string();
-    if (balanced) flags |= wire::kLoadBalanced;
+    head.set_load_balanced(balanced.has_value());
+    head.request_id = state->request_id;
+    // get_result carries ids, not engines: no targets for the controller to route.
+    head.targets = balanced ? std::move(allowed)
+                            : head.kind == wire::MessageKind::kGetResult ? std::vector<EngineId>{} : state->targets;
+    if (balanced) head.text = wire::encode_task_options(*balanced);
     state->slot_tasks = std::move(slot_tasks);
     state->replies.resize(state->targets.size());
     state->remaining = state->targets.size();
     if (state->targets.empty()) return AsyncResult(state);
-    submit([this, state, kind, flags, segments = std::move(segments), balanced = balanced.has_value(),
-               allowed = std::move(allowed), text = std::move(text)]() mutable {
+    // The controller would drop the connection over a message beyond the protocol's limits
+    // (and every other request on it): refuse this one alone, before it leaves.
+    if (Status fits = wire::check_outgoing(head, segments, wire::Limits{}); !fits.ok()) {
+      state->fail_all(outcome_status(Outcome::kTooLarge, fits.message()));
+      return AsyncResult(state);
+    }
+    submit([this, state, head = std::move(head), segments = std::move(segments)]() mutable {
       // Not sent while the link is down (the link's resend rules): it fails at once.
       if (!link->connected()) return state->fail_all(lost_reason);
       pending[state->request_id] = state;
       wire::Message m;
-      m.envelope.kind = kind;
-      m.envelope.flags = flags;
-      m.envelope.request_id = state->request_id;
-      // get_result carries ids, not engines: no targets for the controller to route.
-      m.envelope.targets = balanced ? std::move(allowed)
-                                    : kind == wire::MessageKind::kGetResult ? std::vector<EngineId>{} : state->targets;
-      m.envelope.text = std::move(text);
+      m.envelope = std::move(head);
       m.segments = std::move(segments);
       (void)link->send(std::move(m));
     });
@@ -520,33 +473,34 @@ Status Client::shutdown_cluster() {
 }
 
 AsyncResult Client::execute(const std::vector<EngineId>& targets, std::string_view code, bool display_result) {
-  return impl_->send_request(wire::MessageKind::kExecute, display_result ? wire::kExecuteDisplayResult : 0, targets,
-                             {SharedBytes::copy_of(code)});
+  wire::Envelope head = request_head(wire::MessageKind::kExecute);
+  head.set_display_result(display_result);
+  return impl_->send_request(std::move(head), targets, {SharedBytes::copy_of(code)});
 }
 
 AsyncResult Client::push_literals(const std::vector<EngineId>& targets,
                                   const std::vector<std::pair<std::string, std::string>>& values) {
-  return impl_->send_request(wire::MessageKind::kPush, static_cast<std::uint16_t>(wire::ValueFormat::kLiteral), targets,
+  return impl_->send_request(request_head(wire::MessageKind::kPush, wire::ValueFormat::kLiteral), targets,
                              {wire::encode_literal_pairs(values)});
 }
 
 AsyncResult Client::push_pickled(const std::vector<EngineId>& targets, std::vector<SharedBytes> segments) {
-  return impl_->send_request(wire::MessageKind::kPush, static_cast<std::uint16_t>(wire::ValueFormat::kPickle), targets,
+  return impl_->send_request(request_head(wire::MessageKind::kPush, wire::ValueFormat::kPickle), targets,
                              std::move(segments));
 }
 
 AsyncResult Client::pull_repr(const std::vector<EngineId>& targets, const std::vector<std::string>& names) {
-  return impl_->send_request(wire::MessageKind::kPull, static_cast<std::uint16_t>(wire::ValueFormat::kLiteral), targets,
+  return impl_->send_request(request_head(wire::MessageKind::kPull, wire::ValueFormat::kLiteral), targets,
                              {wire::encode_names(names)});
 }
 
 AsyncResult Client::pull_pickled(const std::vector<EngineId>& targets, const std::vector<std::string>& names) {
-  return impl_->send_request(wire::MessageKind::kPull, static_cast<std::uint16_t>(wire::ValueFormat::kPickle), targets,
+  return impl_->send_request(request_head(wire::MessageKind::kPull, wire::ValueFormat::kPickle), targets,
                              {wire::encode_names(names)});
 }
 
 AsyncResult Client::apply(const std::vector<EngineId>& targets, std::vector<SharedBytes> segments) {
-  return impl_->send_request(wire::MessageKind::kApply, 0, targets, std::move(segments));
+  return impl_->send_request(request_head(wire::MessageKind::kApply), targets, std::move(segments));
 }
 
 namespace {
@@ -565,12 +519,13 @@ wire::TaskOptions to_wire(const TaskOptions& o) {
 
 AsyncResult Client::apply_balanced(const std::vector<EngineId>& allowed, std::vector<SharedBytes> segments,
                                    const TaskOptions& options) {
-  return impl_->send_request(wire::MessageKind::kApply, 0, allowed, std::move(segments), to_wire(options));
+  return impl_->send_request(request_head(wire::MessageKind::kApply), allowed, std::move(segments), to_wire(options));
 }
 
 AsyncResult Client::execute_balanced(const std::vector<EngineId>& allowed, std::string_view code,
                                      const TaskOptions& options) {
-  return impl_->send_request(wire::MessageKind::kExecute, 0, allowed, {SharedBytes::copy_of(code)}, to_wire(options));
+  return impl_->send_request(request_head(wire::MessageKind::kExecute), allowed, {SharedBytes::copy_of(code)},
+                             to_wire(options));
 }
 
 StatusOr<std::size_t> Client::abort(const std::vector<std::uint64_t>& task_ids) {
@@ -584,7 +539,7 @@ StatusOr<std::size_t> Client::interrupt(const std::vector<EngineId>& targets) {
 StatusOr<std::string> Client::queue_status() { return impl_->control(wire::MessageKind::kQueueStatus); }
 
 AsyncResult Client::get_result(const std::vector<std::uint64_t>& task_ids) {
-  return impl_->send_request(wire::MessageKind::kGetResult, 0, std::vector<EngineId>(task_ids.size(), kAnyEngine),
+  return impl_->send_request(request_head(wire::MessageKind::kGetResult), std::vector<EngineId>(task_ids.size(), kAnyEngine),
                              {wire::encode_ids(task_ids)}, std::nullopt, task_ids);
 }
 

@@ -3,6 +3,7 @@
 #include "controller/hub.h"
 
 #include "base/log.h"
+#include "wire/reply.h"
 
 namespace testudo::controller {
 
@@ -103,14 +104,14 @@ void Hub::on_admission_message(Peer& peer, const wire::Message& m) {
     // Not trusted yet is said as such: an engine then waits for an administrator.
     const bool awaiting = verdict->status().code() == StatusCode::kFailedPrecondition;
     return reject(peer, verdict->status().message(), /*audited=*/true,
-                  awaiting ? wire::RouteStatus::kAwaitingTrust : wire::RouteStatus::kNotAllowed);
+                  awaiting ? Outcome::kAwaitingTrust : Outcome::kNotAllowed);
   }
   welcome(peer, std::move(*verdict).value());
 }
 
 void Hub::welcome(Peer& peer, auth::Admitted admitted) {
   // Said as such: the peer may try again later, against the next controller.
-  if (stopping_) return reject(peer, "controller is shutting down", false, wire::RouteStatus::kShuttingDown);
+  if (stopping_) return reject(peer, "controller is shutting down", false, Outcome::kShuttingDown);
   wire::Message welcome;
   welcome.envelope.kind = MessageKind::kWelcome;
   if (admitted.identity.role == wire::Role::kEngine) {
@@ -135,7 +136,7 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
                   << (peer.identity.name.empty() ? "" : " (" + peer.identity.name + ")");
 }
 
-void Hub::reject(Peer& peer, const std::string& reason, bool audited, wire::RouteStatus status) {
+void Hub::reject(Peer& peer, const std::string& reason, bool audited, Outcome status) {
   ++rejected_;
   if (!audited) {
     gate_.record(peer.admitted ? &peer.identity : nullptr, peer.connection->peer_address(), "protocol", "rejected", {},
@@ -146,11 +147,7 @@ void Hub::reject(Peer& peer, const std::string& reason, bool audited, wire::Rout
                     << (peer.admitted ? std::string(wire::role_name(peer.role)) + " " + std::to_string(peer.id)
                                       : std::string("unauthenticated"))
                     << "): " << reason;
-  wire::Message rejected;
-  rejected.envelope.kind = MessageKind::kRejected;
-  rejected.envelope.status = static_cast<std::uint16_t>(status);
-  rejected.envelope.text = reason;
-  peer.connection->send(std::move(rejected));
+  peer.connection->send(wire::rejection(status, reason));
   peer.connection->close_after_flush(permission_denied(reason), std::chrono::milliseconds(500));
 }
 

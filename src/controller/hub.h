@@ -81,7 +81,7 @@ class Hub : private SchedulerSink {
   void welcome(Peer& peer, auth::Admitted admitted);
   // Refuses and closes. `audited`: the refusal is already in the audit log.
   void reject(Peer& peer, const std::string& reason, bool audited = false,
-              wire::RouteStatus status = wire::RouteStatus::kNotAllowed);
+              Outcome status = Outcome::kNotAllowed);
   void on_close(std::uint64_t serial, const Status& reason);
   void sweep_heartbeats();
   void maybe_finish_shutdown();
@@ -95,7 +95,7 @@ class Hub : private SchedulerSink {
   // sees a request's reply before its task ids.
   void send_to_client(Peer& client, wire::Message message);
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
-                   wire::RouteStatus status, const std::string& text);
+                   Outcome status, const std::string& text);
   // SchedulerSink
   void dispatch(EngineId engine, TaskId id, const TaskSpec& task) override;
   void fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) override;
@@ -116,7 +116,7 @@ class Hub : private SchedulerSink {
   void key_admin(Peer& client, const wire::Message& message);
   void send_control_reply(Peer& client, wire::MessageKind kind, const wire::Envelope& request, std::string json);
   void send_control_error(Peer& client, wire::MessageKind kind, const wire::Envelope& request,
-                          wire::RouteStatus status, const std::string& text);
+                          Outcome status, const std::string& text);
   ClusterReport cluster_report();
   std::vector<EngineReport> engine_reports();
 

@@ -8,6 +8,7 @@
 #include "controller/reports.h"
 #include "controller/requests.h"
 #include "wire/control.h"
+#include "wire/reply.h"
 
 #include <nlohmann/json.hpp>
 
@@ -76,12 +77,12 @@ void Hub::on_control(Peer& client, wire::Message&& m) {
     case MessageKind::kDbQuery: {
       auto query = decode_result_query(req.text);
       if (!query.ok()) {
-        return send_control_error(client, MessageKind::kDbQueryReply, req, wire::RouteStatus::kNotAllowed,
+        return send_control_error(client, MessageKind::kDbQueryReply, req, wire::failure_outcome(query.status()),
                                   query.status().message());
       }
       auto records = results_.query_json({client.id, client.identity}, *query);
       if (!records.ok()) {
-        return send_control_error(client, MessageKind::kDbQueryReply, req, wire::RouteStatus::kNotAllowed,
+        return send_control_error(client, MessageKind::kDbQueryReply, req, wire::failure_outcome(records.status()),
                                   records.status().message());
       }
       return send_control_reply(client, MessageKind::kDbQueryReply, req, std::move(records).value());
@@ -91,8 +92,8 @@ void Hub::on_control(Peer& client, wire::Message&& m) {
       if (!ids.ok()) return reject(client, ids.status().message());
       auto purged = results_.purge({client.id, client.identity}, *ids);
       if (!purged.ok()) {
-        return send_control_error(client, MessageKind::kPurgeResultsReply, req, wire::RouteStatus::kNotAllowed,
-                                  purged.status().message());
+        return send_control_error(client, MessageKind::kPurgeResultsReply, req,
+                                  wire::failure_outcome(purged.status()), purged.status().message());
       }
       return send_control_reply(client, MessageKind::kPurgeResultsReply, req,
                                 nlohmann::json{{"purged", *purged}}.dump());
@@ -108,7 +109,7 @@ bool Hub::authorize(Peer& client, const wire::Envelope& request, const AccessReq
   if (decision.allowed) return true;
   LOG_WARN("audit") << "denied " << auth::operation_name(access.op) << " to client " << client.id << " ("
                     << client.connection->peer_address() << "): " << decision.reason;
-  send_control_error(client, reply_kind, request, wire::RouteStatus::kNotAllowed, "permission denied: " + decision.reason);
+  send_control_error(client, reply_kind, request, Outcome::kNotAllowed, "permission denied: " + decision.reason);
   return false;
 }
 
@@ -176,14 +177,12 @@ void Hub::shutdown_engines(Peer& client, const wire::Message& m) {
 void Hub::key_admin(Peer& client, const wire::Message& m) {
   auto request = decode_key_admin_request(m.envelope.text);
   if (!request.ok()) {
-    return send_control_error(client, MessageKind::kKeyAdminReply, m.envelope, wire::RouteStatus::kNotAllowed,
+    return send_control_error(client, MessageKind::kKeyAdminReply, m.envelope, wire::failure_outcome(request.status()),
                               request.status().message());
   }
   auto reply = gate_.key_admin(client.identity, client.connection->peer_address(), *request);
   if (!reply.ok()) {
-    return send_control_error(client, MessageKind::kKeyAdminReply, m.envelope,
-                              reply.status().code() == StatusCode::kNotFound ? wire::RouteStatus::kNoSuchTask
-                                                                             : wire::RouteStatus::kNotAllowed,
+    return send_control_error(client, MessageKind::kKeyAdminReply, m.envelope, wire::failure_outcome(reply.status()),
                               reply.status().message());
   }
   send_control_reply(client, MessageKind::kKeyAdminReply, m.envelope, std::move(reply).value());
@@ -191,23 +190,12 @@ void Hub::key_admin(Peer& client, const wire::Message& m) {
 }
 
 void Hub::send_control_reply(Peer& client, MessageKind kind, const wire::Envelope& request, std::string json) {
-  wire::Message reply;
-  reply.envelope.kind = kind;
-  reply.envelope.request_id = request.request_id;
-  reply.envelope.client_id = client.id;
-  reply.segments.push_back(SharedBytes::copy_of(json));
-  send_to_client(client, std::move(reply));
+  send_to_client(client, wire::control_reply(kind, request, client.id, std::move(json)));
 }
 
-void Hub::send_control_error(Peer& client, MessageKind kind, const wire::Envelope& request, wire::RouteStatus status,
+void Hub::send_control_error(Peer& client, MessageKind kind, const wire::Envelope& request, Outcome status,
                              const std::string& text) {
-  wire::Message reply;
-  reply.envelope.kind = kind;
-  reply.envelope.request_id = request.request_id;
-  reply.envelope.client_id = client.id;
-  reply.envelope.status = static_cast<std::uint16_t>(status);
-  reply.envelope.text = text;
-  send_to_client(client, std::move(reply));
+  send_to_client(client, wire::control_refusal(kind, request, client.id, status, text));
 }
 
 std::vector<EngineReport> Hub::engine_reports() {

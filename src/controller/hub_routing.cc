@@ -5,6 +5,7 @@
 #include "controller/hub.h"
 #include "crypto/crypto.h"
 #include "wire/control.h"
+#include "wire/reply.h"
 
 namespace testudo::controller {
 namespace {
@@ -13,17 +14,17 @@ using wire::MessageKind;
 
 TaskState stored_state(TaskFailure why) { return why == TaskFailure::kAborted ? TaskState::kAborted : TaskState::kFailed; }
 
-wire::RouteStatus route_status(TaskFailure why) {
+Outcome route_status(TaskFailure why) {
   switch (why) {
-    case TaskFailure::kEngineDied: return wire::RouteStatus::kEngineDied;
-    case TaskFailure::kNoSuchEngine: return wire::RouteStatus::kNoSuchEngine;
-    case TaskFailure::kAborted: return wire::RouteStatus::kAborted;
-    case TaskFailure::kDependencyFailed: return wire::RouteStatus::kDependencyFailed;
-    case TaskFailure::kDependencyTimeout: return wire::RouteStatus::kDependencyTimeout;
-    case TaskFailure::kUnreachable: return wire::RouteStatus::kUnreachable;
-    case TaskFailure::kShuttingDown: return wire::RouteStatus::kShuttingDown;
+    case TaskFailure::kEngineDied: return Outcome::kEngineDied;
+    case TaskFailure::kNoSuchEngine: return Outcome::kNoSuchEngine;
+    case TaskFailure::kAborted: return Outcome::kAborted;
+    case TaskFailure::kDependencyFailed: return Outcome::kDependencyFailed;
+    case TaskFailure::kDependencyTimeout: return Outcome::kDependencyTimeout;
+    case TaskFailure::kUnreachable: return Outcome::kUnreachable;
+    case TaskFailure::kShuttingDown: return Outcome::kShuttingDown;
   }
-  return wire::RouteStatus::kEngineDied;
+  return Outcome::kEngineDied;
 }
 
 // The policy operation of a request kind.
@@ -49,10 +50,10 @@ std::string code_digest(const wire::Message& m) {
 
 void Hub::route_request(Peer& client, wire::Message&& m) {
   const wire::Envelope& req = m.envelope;
-  const bool balanced = (req.flags & wire::kLoadBalanced) != 0;
+  const bool balanced = req.load_balanced();
   if (stopping_) {
     for (std::uint32_t target : balanced ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
-      reply_error(client.id, req.request_id, target, wire::RouteStatus::kShuttingDown, "controller is shutting down");
+      reply_error(client.id, req.request_id, target, Outcome::kShuttingDown, "controller is shutting down");
     }
     return;
   }
@@ -87,7 +88,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
     LOG_WARN("audit") << "denied " << auth::operation_name(access.op) << " to client " << client.id << " ("
                       << client.connection->peer_address() << "): " << decision.reason;
     for (std::uint32_t target : balanced || req.targets.empty() ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
-      reply_error(client.id, req.request_id, target, wire::RouteStatus::kNotAllowed, text);
+      reply_error(client.id, req.request_id, target, Outcome::kNotAllowed, text);
     }
     return;
   }
@@ -95,7 +96,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   spec.client_id = client.id;
   spec.request_id = req.request_id;
   spec.kind = req.kind;
-  spec.flags = static_cast<std::uint16_t>(req.flags & ~wire::kLoadBalanced);
+  spec.flags = req.forwarded_flags();
   spec.body = std::move(m.segments);  // shared by every task of this request, not copied
   const auto now = clock_.now();
   if (!balanced) {
@@ -152,17 +153,11 @@ void Hub::send_to_client(Peer& client, wire::Message message) {
 }
 
 void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
-                      wire::RouteStatus status, const std::string& text) {
+                      Outcome status, const std::string& text) {
   Peer* client = peers_.client(client_id);
   if (!client) return;
-  wire::Message reply;
-  reply.envelope.kind = MessageKind::kTaskReply;
-  reply.envelope.status = static_cast<std::uint16_t>(status);
-  reply.envelope.request_id = request_id;
-  reply.envelope.engine_id = engine_id;
-  reply.envelope.client_id = client_id;
-  reply.envelope.text = text;
-  send_to_client(*client, std::move(reply));
+  send_to_client(*client,
+                 wire::task_reply(status, {.request_id = request_id, .engine_id = engine_id, .client_id = client_id}, text));
 }
 
 void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
@@ -170,7 +165,7 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   if (!e) return;  // cannot happen: the scheduler only knows live engines
   wire::Message forward;
   forward.envelope.kind = task.kind;
-  forward.envelope.flags = task.flags;
+  forward.envelope.set_forwarded_flags(task.flags);
   forward.envelope.task_id = id;
   forward.envelope.client_id = task.client_id;
   forward.envelope.engine_id = engine;
@@ -184,20 +179,16 @@ void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::stri
   reply_error(task.client_id, task.request_id, engine, route_status(why), text);
   results_.finished(id, stored_state(why), {}, text);
   for (const ResultWaiter& w : results_.take_waiters(id)) {
-    wire::Message reply;
-    reply.envelope.kind = MessageKind::kTaskReply;
-    reply.envelope.status = static_cast<std::uint16_t>(route_status(why));
-    reply.envelope.task_id = id;
-    reply.envelope.engine_id = engine;
-    reply.envelope.text = text;
-    reply.envelope.request_id = w.request_id;
-    reply.envelope.client_id = w.client_id;
-    if (Peer* c = peers_.client(w.client_id)) send_to_client(*c, std::move(reply));
+    if (Peer* c = peers_.client(w.client_id)) {
+      send_to_client(*c, wire::task_reply(route_status(why), {.request_id = w.request_id, .task_id = id,
+                                                              .engine_id = engine, .client_id = w.client_id},
+                                          text));
+    }
   }
 }
 
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
-  const bool success = (m.envelope.flags & wire::kTaskFailed) == 0;
+  const bool success = m.envelope.outcome() == Outcome::kOk;
   // T8: an engine may only answer tasks running on it; anything else is ignored.
   auto task = scheduler_.finished(m.envelope.task_id, engine.id, success, clock_.now());
   if (!task) {
@@ -210,14 +201,10 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   const TaskId id = m.envelope.task_id;
   results_.finished(id, success ? TaskState::kSucceeded : TaskState::kFailed, m.segments,
                     success ? "" : "the task raised");
-  wire::Message reply;
-  reply.envelope.kind = MessageKind::kTaskReply;
-  reply.envelope.status = static_cast<std::uint16_t>(wire::RouteStatus::kOk);
-  reply.envelope.request_id = task->request_id;
-  reply.envelope.task_id = id;
-  reply.envelope.engine_id = engine.id;
-  reply.envelope.client_id = task->client_id;
-  reply.segments = std::move(m.segments);
+  wire::Message reply = wire::task_reply(
+      success ? Outcome::kOk : Outcome::kPythonError,
+      {.request_id = task->request_id, .task_id = id, .engine_id = engine.id, .client_id = task->client_id}, {},
+      std::move(m.segments));
   for (const ResultWaiter& w : results_.take_waiters(id)) {
     Peer* waiting = peers_.client(w.client_id);
     if (!waiting) continue;
@@ -235,10 +222,10 @@ void Hub::route_output(Peer& engine, wire::Message&& m) {
   // Live output of a task running on this engine goes to its client; anything else is dropped.
   const TaskSpec* task = scheduler_.running_spec(m.envelope.task_id, engine.id);
   Peer* client = task ? peers_.client(task->client_id) : nullptr;
-  if (!client || (m.envelope.flags != 1 && m.envelope.flags != 2)) return;
+  if (!client) return;
   wire::Message chunk;
   chunk.envelope.kind = MessageKind::kTaskOutput;
-  chunk.envelope.flags = m.envelope.flags;
+  chunk.envelope.set_output_stream(m.envelope.output_stream());
   chunk.envelope.request_id = task->request_id;
   chunk.envelope.engine_id = engine.id;
   chunk.segments = std::move(m.segments);

@@ -13,6 +13,7 @@
 #include "base/test_temp_dir.h"
 #include "net/fake_connection.h"
 #include "wire/control.h"
+#include "wire/reply.h"
 
 namespace testudo::controller {
 namespace {
@@ -67,19 +68,15 @@ wire::Message request(MessageKind kind, std::uint64_t request_id, std::vector<st
 
 wire::Message balanced(std::uint64_t request_id, wire::TaskOptions options = {}) {
   wire::Message m = request(MessageKind::kApply, request_id, {});
-  m.envelope.flags = wire::kLoadBalanced;
+  m.envelope.set_load_balanced(true);
   m.envelope.text = wire::encode_task_options(options);
   return m;
 }
 
 wire::Message engine_reply(const wire::Message& task, std::string value = "result", bool failed = false) {
-  wire::Message m;
-  m.envelope.kind = MessageKind::kTaskReply;
-  m.envelope.task_id = task.envelope.task_id;
-  m.envelope.engine_id = task.envelope.engine_id;
-  if (failed) m.envelope.flags = wire::kTaskFailed;
-  m.segments.push_back(SharedBytes::copy_of(value));
-  return m;
+  return wire::task_reply(failed ? Outcome::kPythonError : Outcome::kOk,
+                          {.task_id = task.envelope.task_id, .engine_id = task.envelope.engine_id}, {},
+                          {SharedBytes::copy_of(value)});
 }
 
 wire::Message control(MessageKind kind, std::uint64_t request_id, std::vector<std::uint64_t> ids = {}) {
@@ -90,7 +87,7 @@ wire::Message control(MessageKind kind, std::uint64_t request_id, std::vector<st
   return m;
 }
 
-wire::RouteStatus status_of(const wire::Message& m) { return static_cast<wire::RouteStatus>(m.envelope.status); }
+Outcome status_of(const wire::Message& m) { return m.envelope.outcome(); }
 
 class HubTest : public ::testing::Test {
  protected:
@@ -205,12 +202,12 @@ TEST_F(HubTest, LoadBalancedTaskRunsOnOneEngineAndItsReplyNamesIt) {
   const auto sent1 = e1->sent_of(MessageKind::kApply);
   ASSERT_EQ(sent0.size() + sent1.size(), 1u);
   const wire::Message& task = sent0.empty() ? sent1[0] : sent0[0];
-  EXPECT_EQ(task.envelope.flags & wire::kLoadBalanced, 0) << "the controller clears the flag";
+  EXPECT_FALSE(task.envelope.load_balanced()) << "the controller clears the flag";
   (sent0.empty() ? e1 : e0)->deliver(engine_reply(task));
   auto replies = c->sent_of(MessageKind::kTaskReply);
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].envelope.engine_id, task.envelope.engine_id);
-  EXPECT_EQ(status_of(replies[0]), wire::RouteStatus::kOk);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kOk);
 }
 
 TEST_F(HubTest, AnEngineCannotAnswerATaskItDoesNotHold) {
@@ -237,7 +234,7 @@ TEST_F(HubTest, EngineDeathFailsItsTasksAndAClientCanStillFetchTheOutcome) {
   e0->drop(unavailable("killed"));
   auto replies = c->sent_of(MessageKind::kTaskReply);
   ASSERT_EQ(replies.size(), 1u);
-  EXPECT_EQ(status_of(replies[0]), wire::RouteStatus::kEngineDied);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kEngineDied);
   EXPECT_NE(replies[0].envelope.text.find("killed"), std::string::npos);
   // The stored outcome says the same to a later get_result of the same identity.
   auto c2 = join("client:alice");
@@ -245,7 +242,7 @@ TEST_F(HubTest, EngineDeathFailsItsTasksAndAClientCanStillFetchTheOutcome) {
   auto stored = c2->sent_of(MessageKind::kTaskReply);
   ASSERT_EQ(stored.size(), 1u);
   EXPECT_EQ(stored[0].envelope.task_id, id);
-  EXPECT_EQ(status_of(stored[0]), wire::RouteStatus::kEngineDied);
+  EXPECT_EQ(status_of(stored[0]), Outcome::kEngineDied);
 }
 
 TEST_F(HubTest, ASilentEngineIsDroppedAfterTheHeartbeatTimeout) {
@@ -273,14 +270,14 @@ TEST_F(HubTest, ARequestThePolicyDeniesIsAnsweredAndAuditedAndNothingRuns) {
   EXPECT_TRUE(e0->sent_of(MessageKind::kExecute).empty());
   auto replies = bob->sent_of(MessageKind::kTaskReply);
   ASSERT_EQ(replies.size(), 1u);
-  EXPECT_EQ(status_of(replies[0]), wire::RouteStatus::kNotAllowed);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNotAllowed);
   EXPECT_NE(replies[0].envelope.text.find("permission denied"), std::string::npos);
   bob->deliver(balanced(6));
   EXPECT_TRUE(e0->sent_of(MessageKind::kApply).empty());
   bob->deliver(control(MessageKind::kQueueStatus, 7));
   auto status = bob->sent_of(MessageKind::kQueueStatusReply);
   ASSERT_EQ(status.size(), 1u);
-  EXPECT_EQ(status_of(status[0]), wire::RouteStatus::kNotAllowed);
+  EXPECT_EQ(status_of(status[0]), Outcome::kNotAllowed);
   const std::string audit = audit_text();
   EXPECT_NE(audit.find("\"operation\":\"execute\",\"outcome\":\"denied\""), std::string::npos) << audit;
   EXPECT_NE(audit.find("\"operation\":\"apply\",\"outcome\":\"denied\""), std::string::npos) << audit;
@@ -297,7 +294,7 @@ TEST_F(HubTest, AnotherIdentitysResultIsAnsweredAsUnknown) {
   bob->deliver(control(MessageKind::kGetResult, 2, {task.envelope.task_id}));
   auto replies = bob->sent_of(MessageKind::kTaskReply);
   ASSERT_EQ(replies.size(), 1u);
-  EXPECT_EQ(status_of(replies[0]), wire::RouteStatus::kNoSuchTask);  // T10: as if it did not exist
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNoSuchTask);  // T10: as if it did not exist
   for (const auto& seg : replies[0].segments) EXPECT_EQ(seg.view().find("secret"), std::string_view::npos);
 }
 
@@ -382,7 +379,7 @@ TEST_F(HubTest, ShutdownStopsEnginesClosesEveryoneAndReportsStopped) {
   // Tasks that never ran are answered: the client is not left waiting.
   bool shutting_down_reply = false;
   for (const auto& r : c->sent_of(MessageKind::kTaskReply)) {
-    shutting_down_reply |= status_of(r) == wire::RouteStatus::kShuttingDown;
+    shutting_down_reply |= status_of(r) == Outcome::kShuttingDown;
   }
   EXPECT_TRUE(shutting_down_reply);
   EXPECT_EQ(c->sent_of(MessageKind::kClusterShutdownReply).size(), 1u);
@@ -401,7 +398,7 @@ TEST_F(HubTest, WholeClusterShutdownNeedsAnUnrestrictedGrant) {
   bob->deliver(control(MessageKind::kClusterShutdown, 1));
   auto replies = bob->sent_of(MessageKind::kClusterShutdownReply);
   ASSERT_EQ(replies.size(), 1u);
-  EXPECT_EQ(status_of(replies[0]), wire::RouteStatus::kNotAllowed);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNotAllowed);
   EXPECT_TRUE(e0->is_open());
   EXPECT_EQ(stopped_, 0);
 }
@@ -413,7 +410,7 @@ TEST_F(HubTest, LiveOutputGoesOnlyToTheClientOfTheRunningTask) {
   auto task = e0->sent_of(MessageKind::kExecute).at(0);
   wire::Message out;
   out.envelope.kind = MessageKind::kTaskOutput;
-  out.envelope.flags = 1;
+  out.envelope.set_output_stream(wire::OutputStream::kStdout);
   out.envelope.task_id = task.envelope.task_id;
   out.segments.push_back(SharedBytes::copy_of("hello\n"));
   e0->deliver(out);
@@ -433,7 +430,7 @@ TEST_F(HubTest, AMalformedResultQueryIsAnErrorAnswerNotADisconnection) {
   c->deliver(q);
   auto replies = c->sent_of(MessageKind::kDbQueryReply);
   ASSERT_EQ(replies.size(), 1u);
-  EXPECT_NE(status_of(replies[0]), wire::RouteStatus::kOk);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kInvalidRequest);
   EXPECT_NE(replies[0].envelope.text.find("limit"), std::string::npos);
   EXPECT_TRUE(c->is_open());
 }

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
+#include "wire/reply.h"
 
 namespace testudo::controller {
 namespace {
@@ -24,17 +25,10 @@ std::string records_json(const nlohmann::json& records) {
   return nlohmann::json{{"records", records}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-wire::Message stored_reply(std::uint64_t request_id, TaskId id, wire::RouteStatus status, std::uint32_t engine,
+wire::Message stored_reply(std::uint64_t request_id, TaskId id, Outcome status, std::uint32_t engine,
                            std::string text, std::vector<SharedBytes> segments = {}) {
-  wire::Message reply;
-  reply.envelope.kind = wire::MessageKind::kTaskReply;
-  reply.envelope.status = static_cast<std::uint16_t>(status);
-  reply.envelope.request_id = request_id;
-  reply.envelope.task_id = id;
-  reply.envelope.engine_id = engine;
-  reply.envelope.text = std::move(text);
-  reply.segments = std::move(segments);
-  return reply;
+  return wire::task_reply(status, {.request_id = request_id, .task_id = id, .engine_id = engine}, std::move(text),
+                          std::move(segments));
 }
 
 }  // namespace
@@ -97,7 +91,7 @@ std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_
     auto record = store_.get(id);
     // T10: another identity's task is answered exactly like one that does not exist.
     if (!record.ok() || !*record || !may_read(who, **record)) {
-      answers.push_back(stored_reply(request_id, id, wire::RouteStatus::kNoSuchTask, wire::kAnyEngine,
+      answers.push_back(stored_reply(request_id, id, Outcome::kNoSuchTask, wire::kAnyEngine,
                                      "no task " + std::to_string(id) + " of yours"));
       continue;
     }
@@ -108,18 +102,19 @@ std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_
       continue;
     }
     if (r.state == TaskState::kLost) {
-      answers.push_back(stored_reply(request_id, id, wire::RouteStatus::kLost, engine,
+      answers.push_back(stored_reply(request_id, id, Outcome::kLost, engine,
                                      "lost: the controller stopped before task " + std::to_string(id) +
                                          " finished; it may or may not have run"));
       continue;
     }
     auto result = store_.result(id);
     if (result.ok() && !result->empty()) {
-      answers.push_back(stored_reply(request_id, id, wire::RouteStatus::kOk, engine, r.kind, std::move(result).value()));
+      answers.push_back(stored_reply(request_id, id, r.state == TaskState::kFailed ? Outcome::kPythonError : Outcome::kOk,
+                                     engine, r.kind, std::move(result).value()));
     } else if (r.state == TaskState::kAborted) {
-      answers.push_back(stored_reply(request_id, id, wire::RouteStatus::kAborted, engine, r.error));
+      answers.push_back(stored_reply(request_id, id, Outcome::kAborted, engine, r.error));
     } else {
-      answers.push_back(stored_reply(request_id, id, wire::RouteStatus::kEngineDied, engine,
+      answers.push_back(stored_reply(request_id, id, Outcome::kEngineDied, engine,
                                      r.error.empty() ? (result.ok() ? "no result" : result.status().message()) : r.error));
     }
   }

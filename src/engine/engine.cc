@@ -20,6 +20,7 @@
 #include "engine/python_runtime.h"
 #include "net/net.h"
 #include "wire/body.h"
+#include "wire/reply.h"
 
 #include <nlohmann/json.hpp>
 
@@ -44,11 +45,11 @@ TaskOutcome protocol_error(std::string what) {
 // Runs one routed request. Malformed bodies become an error reply, never a crash.
 TaskOutcome run_request(PythonRuntime& rt, const wire::Message& m) {
   const auto& segs = m.segments;
-  const bool literal = m.envelope.flags == static_cast<std::uint16_t>(wire::ValueFormat::kLiteral);
+  const bool literal = m.envelope.value_format() == wire::ValueFormat::kLiteral;
   switch (m.envelope.kind) {
     case MessageKind::kExecute:
       if (segs.size() != 1) return protocol_error("execute needs exactly one segment (the code)");
-      return rt.execute(segs[0].view(), (m.envelope.flags & wire::kExecuteDisplayResult) != 0);
+      return rt.execute(segs[0].view(), m.envelope.display_result());
     case MessageKind::kPush: {
       if (segs.empty()) return protocol_error("push without a body");
       if (!literal) return rt.push_pickled(segs);
@@ -302,17 +303,16 @@ struct Engine::Impl {
       meta.ename = std::move(out.ename);
       meta.evalue = std::move(out.evalue);
       meta.traceback = std::move(out.traceback);
-      wire::Message reply;
-      reply.envelope.kind = MessageKind::kTaskReply;
-      reply.envelope.task_id = m.envelope.task_id;
-      reply.envelope.engine_id = m.envelope.engine_id;
-      if (!meta.ok) reply.envelope.flags = wire::kTaskFailed;
-      reply.segments.reserve(wire::kReplyFixedSegments + out.value_segments.size());
-      reply.segments.push_back(wire::encode_reply_meta(meta));
-      reply.segments.push_back(SharedBytes::copy_of(out.stdout_text));
-      reply.segments.push_back(SharedBytes::copy_of(out.stderr_text));
-      for (auto& v : out.value_segments) reply.segments.push_back(std::move(v));
-      send_from_python(std::move(reply));
+      std::vector<SharedBytes> body;
+      body.reserve(wire::kReplyFixedSegments + out.value_segments.size());
+      body.push_back(wire::encode_reply_meta(meta));
+      body.push_back(SharedBytes::copy_of(out.stdout_text));
+      body.push_back(SharedBytes::copy_of(out.stderr_text));
+      for (auto& v : out.value_segments) body.push_back(std::move(v));
+      // The outcome in the envelope lets the scheduler resolve dependencies without the body.
+      send_from_python(wire::task_reply(meta.ok ? Outcome::kOk : Outcome::kPythonError,
+                                        {.task_id = m.envelope.task_id, .engine_id = m.envelope.engine_id}, {},
+                                        std::move(body)));
     }
   }
 };
@@ -361,7 +361,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     if (task == 0 || text.empty()) return;
     wire::Message chunk;
     chunk.envelope.kind = MessageKind::kTaskOutput;
-    chunk.envelope.flags = static_cast<std::uint16_t>(stream);
+    chunk.envelope.set_output_stream(stream == 2 ? wire::OutputStream::kStderr : wire::OutputStream::kStdout);
     chunk.envelope.task_id = task;
     chunk.segments.push_back(SharedBytes::copy_of(text));
     impl.post_send(std::move(chunk));

@@ -45,6 +45,7 @@ std::byte byte_at(std::uint32_t source, std::uint64_t seq, std::size_t segment, 
 wire::Message make_message(std::uint32_t source, std::uint64_t seq, std::size_t size) {
   wire::Message m;
   m.envelope.kind = wire::MessageKind::kTaskOutput;
+  m.envelope.set_output_stream(wire::OutputStream::kStdout);
   m.envelope.engine_id = source;
   m.envelope.task_id = seq;
   m.envelope.text = "message " + std::to_string(seq);

@@ -53,7 +53,46 @@ bool is_known_kind(std::uint16_t k) {
   return false;
 }
 
+// The flags rules of message.h, for a head read from the network.
+bool flags_valid(MessageKind kind, std::uint16_t flags) {
+  constexpr std::uint16_t kLoadBalanced = 0x8000;
+  switch (kind) {
+    case MessageKind::kExecute: return (flags & ~(kLoadBalanced | 1u)) == 0;
+    case MessageKind::kPush:
+    case MessageKind::kPull: {
+      const std::uint16_t format = flags & ~kLoadBalanced;
+      return format == static_cast<std::uint16_t>(ValueFormat::kPickle) ||
+             format == static_cast<std::uint16_t>(ValueFormat::kLiteral);
+    }
+    case MessageKind::kApply: return (flags & ~kLoadBalanced) == 0;
+    case MessageKind::kTaskOutput:
+      return flags == static_cast<std::uint16_t>(OutputStream::kStdout) ||
+             flags == static_cast<std::uint16_t>(OutputStream::kStderr);
+    default: return flags == 0;
+  }
+}
+
 }  // namespace
+
+bool carries_outcome(MessageKind kind) {
+  switch (kind) {
+    case MessageKind::kTaskReply:
+    case MessageKind::kRejected:
+    case MessageKind::kEngineListReply:
+    case MessageKind::kClusterStatusReply:
+    case MessageKind::kClusterShutdownReply:
+    case MessageKind::kAbortReply:
+    case MessageKind::kInterruptReply:
+    case MessageKind::kQueueStatusReply:
+    case MessageKind::kResultStatusReply:
+    case MessageKind::kDbQueryReply:
+    case MessageKind::kPurgeResultsReply:
+    case MessageKind::kKeyAdminReply:
+      return true;
+    default:
+      return false;
+  }
+}
 
 std::array<std::byte, kFrameHeaderBytes> encode_frame_header(const FrameHeader& header) {
   std::array<std::byte, kFrameHeaderBytes> out{};
@@ -146,8 +185,8 @@ std::vector<std::byte> encode_head(const Envelope& e, std::span<const SharedByte
   ByteWriter w;
   w.buffer().reserve(48 + e.text.size() + 4 * e.targets.size() + 8 * segments.size());
   w.u16(static_cast<std::uint16_t>(e.kind));
-  w.u16(e.flags);
-  w.u16(e.status);
+  w.u16(e.flags_);
+  w.u16(static_cast<std::uint16_t>(e.outcome_));
   w.u64(e.request_id);
   w.u64(e.task_id);
   w.u32(e.client_id);
@@ -166,8 +205,8 @@ StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& lim
   Head h;
   Envelope& e = h.envelope;
   std::uint16_t kind = r.u16();
-  e.flags = r.u16();
-  e.status = r.u16();
+  std::uint16_t flags = r.u16();
+  std::uint16_t outcome_number = r.u16();
   e.request_id = r.u64();
   e.task_id = r.u64();
   e.client_id = r.u32();
@@ -175,6 +214,17 @@ StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& lim
   if (!r.ok()) return data_loss("truncated message head");
   if (!is_known_kind(kind)) return data_loss("unknown message kind " + std::to_string(kind));
   e.kind = static_cast<MessageKind>(kind);
+  if (!flags_valid(e.kind, flags)) {
+    return data_loss("flags " + std::to_string(flags) + " are not valid on a '" + std::string(kind_name(e.kind)) + "'");
+  }
+  e.flags_ = flags;
+  std::optional<Outcome> outcome = outcome_from_number(outcome_number);
+  if (!outcome) return data_loss("unknown outcome " + std::to_string(outcome_number) + " in message head");
+  if (is_local(*outcome) || (*outcome != Outcome::kOk && !carries_outcome(e.kind))) {
+    return data_loss("outcome '" + std::string(outcome_name(*outcome)) + "' cannot come on a '" +
+                     std::string(kind_name(e.kind)) + "'");
+  }
+  e.outcome_ = *outcome;
   std::uint32_t ntargets = r.u32();
   // Each target takes 4 bytes: checking against what is left bounds the allocation.
   if (!r.ok() || ntargets > kMaxTargets || std::uint64_t(ntargets) * 4 > r.remaining()) {
@@ -203,6 +253,29 @@ StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& lim
   if (!r.ok()) return data_loss("truncated message head");
   if (!r.at_end()) return data_loss("trailing bytes after message head");
   return h;
+}
+
+Status check_outgoing(const Envelope& e, std::span<const SharedBytes> segments, const Limits& limits) {
+  // What encode_head writes: 3 u16, 2 u64, 4 u32 counts/ids and the text length, the
+  // targets, the text and 8 bytes per segment.
+  const std::uint64_t head_bytes = 3 * 2 + 2 * 8 + 2 * 4 + 4 + 4 * std::uint64_t(e.targets.size()) + 4 +
+                                   e.text.size() + 4 + 8 * std::uint64_t(segments.size());
+  if (head_bytes > limits.max_head_bytes || e.targets.size() > kMaxTargets) {
+    return resource_exhausted("the request's head (" + std::to_string(e.targets.size()) + " targets, " +
+                              std::to_string(e.text.size()) + " bytes of options) exceeds the limit of " +
+                              std::to_string(limits.max_head_bytes) + " bytes");
+  }
+  if (segments.size() > limits.max_segments) {
+    return resource_exhausted("the request has " + std::to_string(segments.size()) + " buffers; the limit is " +
+                              std::to_string(limits.max_segments));
+  }
+  std::uint64_t total = 0;
+  for (const SharedBytes& s : segments) total += s.size();
+  if (total > limits.max_message_bytes) {
+    return resource_exhausted("the request's " + std::to_string(total) + " bytes exceed the limit of " +
+                              std::to_string(limits.max_message_bytes) + " bytes");
+  }
+  return ok_status();
 }
 
 bool is_allowed_after_auth(Role sender, MessageKind kind) {

@@ -1,7 +1,7 @@
 // testudo's wire protocol, version 1.
 //
 // A connection (one TLS session per peer) carries messages. A message is
-//   Envelope   — the routing header: kind, ids, targets, controller status. Read by the
+//   Envelope   — the routing header: kind, ids, targets, outcome. Read by the
 //                controller to route and account; small and bounded.
 //   segments   — the body: opaque byte strings (code, pickles, out-of-band buffers). The
 //                controller never decodes a body (docs/threat-model.md T17); an end-to-end
@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "base/shared_bytes.h"
+#include "testudo/outcome.h"
 #include "testudo/status.h"
 
 namespace testudo::wire {
@@ -87,8 +88,8 @@ enum class MessageKind : std::uint16_t {
   kEngineListReply = 41,   // controller -> client; segments: [JSON]
   kClusterStatusReply = 42,
   kClusterShutdownReply = 43,
-  // engine -> controller -> client while a task runs: a chunk of its output, Envelope::flags
-  // = 1 (stdout) or 2 (stderr), segments [UTF-8 text]. The final reply still has all of it.
+  // engine -> controller -> client while a task runs: a chunk of its output (Envelope::
+  // output_stream()), segments [UTF-8 text]. The final reply still has all of it.
   kTaskOutput = 44,
   // controller -> client, right after a request is accepted: its task ids (segments [ids]),
   // under which the results can be fetched later, also from another connection.
@@ -114,51 +115,44 @@ enum class MessageKind : std::uint16_t {
   kPurgeResultsReply = 73,
   // Key administration, allowed by the policy's "keys" operation:
   kKeyAdmin = 74,       // text: JSON {"action": "list"|"show"|"accept"|"reject"|"revoke", "who": "..."}
-  kKeyAdminReply = 75,  // segments [JSON]: {"entries": [...]} or {"entry": {...}}; errors as RouteStatus
+  kKeyAdminReply = 75,  // segments [JSON]: {"entries": [...]} or {"entry": {...}}; errors as an outcome
   // controller -> engine: raise KeyboardInterrupt in the task `task_id` if it is running.
   kEngineInterrupt = 66,
 };
 std::string_view kind_name(MessageKind kind);
 
-// kExecute flag: send back the repr of a trailing expression's value.
-inline constexpr std::uint16_t kExecuteDisplayResult = 1;
-// Request flag (client -> controller, any task kind): one task that the scheduler places on
-// one of `targets` (empty: any engine); Envelope::text carries the TaskOptions. The
-// controller clears it before forwarding.
-inline constexpr std::uint16_t kLoadBalanced = 0x8000;
-// kTaskReply flag (engine -> controller): the user code raised. Lets the scheduler resolve
-// dependencies without reading the body.
-inline constexpr std::uint16_t kTaskFailed = 0x8000;
+// The kind-dependent head fields, read and written only through Envelope's typed accessors:
+//   flags   kExecute: bit 0 = send back the repr of a trailing expression's value
+//           kPush, kPull: the ValueFormat
+//           kExecute/kPush/kPull/kApply from a client: bit 15 = load balanced (one task the
+//             scheduler places; Envelope::text carries the TaskOptions). The controller
+//             clears it and forwards the rest unread.
+//           kTaskOutput: the OutputStream
+//           every other kind: 0
+//   status  the Outcome (testudo/outcome.h) of kTaskReply, kRejected and every control reply
+//           (kEngineListReply ... kKeyAdminReply); kOk on every other kind. A task reply from
+//           an engine says kOk or kPythonError (the scheduler resolves dependencies without
+//           reading the body); one from the controller may say any outcome that travels,
+//           with the reason in Envelope::text and no body unless kOk or kPythonError.
+// decode_head() rejects a head whose fields break these rules (an unknown outcome number, a
+// local outcome, a flag a kind does not have): a malformed message, never a guess.
+
 // The engine id of a load-balanced request's reply slot before an engine is known.
 inline constexpr std::uint32_t kAnyEngine = 0xFFFFFFFFu;
 
-// Value encodings for push/pull, in Envelope::flags.
+// Value encodings for push/pull.
 enum class ValueFormat : std::uint16_t { kPickle = 0, kLiteral = 1 };
 
-// Controller-level outcome of a request, in Envelope::status of a kTaskReply. kOk means the
-// engine ran the request and the body is the engine's reply; anything else comes from the
-// controller, with the reason in Envelope::text and no body.
-enum class RouteStatus : std::uint16_t {
-  kOk = 0,
-  kNoSuchEngine = 1,
-  kEngineDied = 2,
-  kNotAllowed = 3,
-  kShuttingDown = 4,
-  kAborted = 5,
-  kDependencyFailed = 6,   // ipyparallel's ImpossibleDependency
-  kDependencyTimeout = 7,
-  kUnreachable = 8,        // no engine may run it (allowed set, follow)
-  kNoSuchTask = 9,         // get_result: unknown, purged, or another client's
-  kLost = 10,              // the controller stopped before the task finished
-  // kRejected: this identity is not (yet) trusted; an administrator may change that, so an
-  // engine waits and retries rather than exiting.
-  kAwaitingTrust = 11,
-};
+// Which stream a kTaskOutput chunk comes from.
+enum class OutputStream : std::uint16_t { kStdout = 1, kStderr = 2 };
+
+// Whether `kind`'s head carries an outcome other than kOk (see above).
+bool carries_outcome(MessageKind kind);
+
+struct Head;
 
 struct Envelope {
   MessageKind kind = MessageKind::kHeartbeat;
-  std::uint16_t flags = 0;        // per kind; for kPush/kPull a ValueFormat
-  std::uint16_t status = 0;       // RouteStatus on replies
   std::uint64_t request_id = 0;   // chosen by the client, echoed in replies
   std::uint64_t task_id = 0;      // chosen by the controller for the controller<->engine hop
   std::uint32_t client_id = 0;    // set by the controller; what a client sends is ignored
@@ -166,7 +160,41 @@ struct Envelope {
   std::vector<std::uint32_t> targets;  // client -> controller: engines to run on
   std::string text;               // short text: reasons, hello payload; bounded by the head size
 
+  // Replies and rejections: what became of the request.
+  Outcome outcome() const { return outcome_; }
+  void set_outcome(Outcome outcome) { outcome_ = outcome; }
+
+  // kExecute: send back the repr of a trailing expression's value.
+  bool display_result() const { return (flags_ & kDisplayResultBit) != 0; }
+  void set_display_result(bool on) { set_bit(kDisplayResultBit, on); }
+  // kPush, kPull.
+  ValueFormat value_format() const { return static_cast<ValueFormat>(flags_ & ~kLoadBalancedBit); }
+  void set_value_format(ValueFormat format) {
+    flags_ = static_cast<std::uint16_t>((flags_ & kLoadBalancedBit) | static_cast<std::uint16_t>(format));
+  }
+  // Task requests from a client: one task for the scheduler to place.
+  bool load_balanced() const { return (flags_ & kLoadBalancedBit) != 0; }
+  void set_load_balanced(bool on) { set_bit(kLoadBalancedBit, on); }
+  // kTaskOutput.
+  OutputStream output_stream() const { return static_cast<OutputStream>(flags_); }
+  void set_output_stream(OutputStream stream) { flags_ = static_cast<std::uint16_t>(stream); }
+  // A task request's per-kind options (display result, value format) without the
+  // load-balanced bit: what the controller keeps and forwards to the engine without reading.
+  std::uint16_t forwarded_flags() const { return flags_ & ~kLoadBalancedBit; }
+  void set_forwarded_flags(std::uint16_t flags) { flags_ = flags & ~kLoadBalancedBit; }
+
   bool operator==(const Envelope&) const = default;
+
+ private:
+  friend std::vector<std::byte> encode_head(const Envelope& envelope, std::span<const SharedBytes> segments);
+  friend StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits);
+
+  static constexpr std::uint16_t kDisplayResultBit = 1;
+  static constexpr std::uint16_t kLoadBalancedBit = 0x8000;
+  void set_bit(std::uint16_t bit, bool on) { flags_ = static_cast<std::uint16_t>(on ? flags_ | bit : flags_ & ~bit); }
+
+  std::uint16_t flags_ = 0;
+  Outcome outcome_ = Outcome::kOk;
 };
 
 struct Message {
@@ -181,8 +209,14 @@ struct Head {
 };
 
 std::vector<std::byte> encode_head(const Envelope& envelope, std::span<const SharedBytes> segments);
-// Checks every field and that the segment table respects `limits`, and that nothing trails.
+// Checks every field (the kind-dependent ones as described above) and that the segment table
+// respects `limits`, and that nothing trails.
 StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits);
+
+// Whether a receiver under `limits` accepts this message: its head size, segment count and
+// body size (decode_head's limits), checked by a sender before it sends. kResourceExhausted
+// says which limit it breaks.
+Status check_outgoing(const Envelope& envelope, std::span<const SharedBytes> segments, const Limits& limits);
 
 // The explicit allowlist (docs/threat-model.md T17): may a peer of `sender` role send `kind` to its
 // counterpart once authenticated? Before authentication only kHello (to the controller) and

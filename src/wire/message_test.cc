@@ -46,8 +46,8 @@ TEST(FrameHeaderTest, HugeLengthRejectedBeforeAllocation) {
 TEST(HeadTest, RoundTripsEveryField) {
   Envelope e;
   e.kind = MessageKind::kPush;
-  e.flags = static_cast<std::uint16_t>(ValueFormat::kLiteral);
-  e.status = 3;
+  e.set_value_format(ValueFormat::kLiteral);
+  e.set_load_balanced(true);
   e.request_id = 0x1122334455667788ull;
   e.task_id = 42;
   e.client_id = 7;
@@ -103,6 +103,30 @@ TEST(HeadTest, HugeCountsDoNotAllocate) {
   w.u32(0xFFFFFFFFu);  // claims four billion targets in a 40-byte head
   auto st = decode_head(w.buffer(), Limits{});
   EXPECT_EQ(st.status().code(), StatusCode::kDataLoss);
+}
+
+TEST(HeadTest, CheckOutgoingAgreesWithTheReceiver) {
+  Envelope e;
+  e.kind = MessageKind::kApply;
+  e.set_load_balanced(true);
+  e.targets = {1, 2, 3};
+  e.text = std::string(100, 'o');
+  std::vector<SharedBytes> segs{SharedBytes::allocate(10), SharedBytes::allocate(5)};
+  const std::size_t head_bytes = encode_head(e, segs).size();
+  for (std::uint32_t max_head : {std::uint32_t(head_bytes), std::uint32_t(head_bytes - 1)}) {
+    for (std::uint64_t max_body : {std::uint64_t{15}, std::uint64_t{14}}) {
+      for (std::uint32_t max_segments : {2u, 1u}) {
+        Limits limits;
+        limits.max_head_bytes = max_head;
+        limits.max_message_bytes = max_body;
+        limits.max_segments = max_segments;
+        const bool received = decode_head(encode_head(e, segs), limits).ok();
+        Status sent = check_outgoing(e, segs, limits);
+        EXPECT_EQ(sent.ok(), received) << max_head << " " << max_body << " " << max_segments << " " << sent.to_string();
+        if (!sent.ok()) EXPECT_EQ(sent.code(), StatusCode::kResourceExhausted);
+      }
+    }
+  }
 }
 
 TEST(AllowlistTest, RolesAreKeptApart) {

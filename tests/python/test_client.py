@@ -200,6 +200,7 @@ def test_close_fails_pending_results(cluster):
         ar.get(timeout=5)
     assert time.monotonic() - t0 < 3
     assert info.value.ename == "ConnectionError"
+    assert isinstance(info.value, ConnectionError)
     assert info.value.engine_info["engine_id"] == 0
 
 
@@ -227,6 +228,7 @@ def test_connection_loss_mid_get(own_cluster):
                 single.get(timeout=20)
             assert time.monotonic() - t0 < 10
             assert one.value.ename == "ConnectionError"
+            assert isinstance(one.value, ConnectionError) and one.value.outcome == testudo.Outcome.CONNECTION_LOST
             assert one.value.engine_info["engine_id"] == 1
             # Later calls fail at once with a clear error; nothing hangs.
             with pytest.raises(ConnectionError, match="connection to the controller lost"):
@@ -250,6 +252,7 @@ def test_engine_killed_mid_task(own_cluster):
             assert time.monotonic() - t0 < 10
             err = info.value
             assert err.ename == "EngineError"
+            assert isinstance(err, testudo.EngineError) and err.outcome == testudo.Outcome.ENGINE_DIED
             assert "engine 0 died or disconnected" in err.evalue
             assert err.engine_info["engine_id"] == 0
             assert wait_until(lambda: client.ids == [1])

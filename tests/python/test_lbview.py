@@ -300,6 +300,7 @@ def test_dependency_timeout(lview):
         b.get(timeout=10)
     took = time.monotonic() - t0
     assert info.value.ename == "DependencyTimeout"
+    assert isinstance(info.value, testudo.error.DependencyTimeout) and not isinstance(info.value, TimeoutError)
     assert 0.45 <= took < 1.8
     assert not a.ready()
     assert a.get(timeout=10) == "slow"
@@ -347,6 +348,7 @@ def test_abort_queued_tasks(rc):
         with pytest.raises(testudo.RemoteError) as info:
             ar.get(timeout=10)
         assert info.value.ename == "TaskAborted"
+        assert isinstance(info.value, testudo.error.TaskAborted)
     assert [ar.get(timeout=10) for ar in running] == [0, 1]
     assert queued[3].get(timeout=10) == "q3"
     assert rc.queue_status()["unassigned"] == 0

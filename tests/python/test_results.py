@@ -62,6 +62,7 @@ def test_results_of_a_killed_controller_survive_its_restart(own_cluster):
         values = rc.get_result(ids).get(timeout=30, return_exceptions=True)
         assert values[:2] == ["done before the crash"] * 2
         assert isinstance(values[2], testudo.RemoteError) and values[2].ename == "TaskLost"
+        assert isinstance(values[2], testudo.error.TaskLost) and values[2].outcome == testudo.Outcome.LOST
         assert "may or may not have run" in values[2].evalue
         assert rc.result_status(ids)["completed"] == ids
         assert rc[:].apply_sync(lambda: "new work") == ["new work"] * 2
@@ -100,6 +101,7 @@ def test_another_user_cannot_read_or_purge_my_results(cluster, rc):
         with pytest.raises(testudo.RemoteError) as denied:
             other.get_result(mine[0]).get(timeout=10)
         assert denied.value.ename == "KeyError" and "of yours" in denied.value.evalue
+        assert isinstance(denied.value, KeyError) and denied.value.outcome == testudo.Outcome.NO_SUCH_TASK
         with pytest.raises(KeyError):
             other.result_status(mine)
         assert other.db_query({"msg_id": {"$in": mine}}) == []
