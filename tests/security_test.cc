@@ -1,17 +1,15 @@
 // Attacks on a real local cluster over real sockets (docs/threat-model.md T1 T2 T3 T4 T5 T7
 // T12 T13 T16 T17).
 // Each test starts controller + engine processes of the testudo binary (TestCluster), plays
-// the attacker with raw TLS (OpenSSL on a plain socket), plain TCP, a hostile net::Listener or
+// the attacker with raw TLS (a tls::Session on a plain socket), plain TCP, a hostile net::Listener or
 // a recording TCP relay, asserts exactly what the attacker sees, and then checks that the
 // controller is alive and still serves a legitimate client.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <openssl/ssl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -38,6 +36,7 @@
 #include "crypto/crypto.h"
 #include "net/net.h"
 #include "test_cluster.h"
+#include "tls/session.h"
 #include "tls/tls.h"
 #include "wire/message.h"
 
@@ -145,7 +144,7 @@ void expect_undefined_on(TestCluster& cluster, const std::vector<EngineId>& targ
   }
 }
 
-// ---------------- a raw TLS peer: OpenSSL on a plain socket, byte-level control ----------------
+// ---------------- a raw TLS peer: tls::Session on a plain socket, byte-level control ----------------
 
 int tcp_connect(std::uint16_t port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -225,29 +224,25 @@ class TlsPeer {
     auto peer = std::unique_ptr<TlsPeer>(new TlsPeer());
     auto identity = given ? StatusOr<tls::KeyAndCertificate>(*given) : tls::generate_self_signed("testudo-attacker");
     if (!identity.ok()) return identity.status();
-    auto ctx = tls::make_client_context({*identity, fingerprint});
-    if (!ctx.ok()) return ctx.status();
-    peer->ctx_ = std::move(ctx).value();
+    auto context = tls::Context::client({*identity, fingerprint});
+    if (!context.ok()) return context.status();
     peer->fd_ = tcp_connect(port);
     if (peer->fd_ < 0) return unavailable("cannot connect to port " + std::to_string(port));
     ::fcntl(peer->fd_, F_SETFL, ::fcntl(peer->fd_, F_GETFL) | O_NONBLOCK);
-    peer->ssl_ = SSL_new(peer->ctx_.get());
-    if (peer->ssl_ == nullptr || SSL_set_fd(peer->ssl_, peer->fd_) != 1) return tls::openssl_error("SSL_new");
+    TESTUDO_ASSIGN_OR_RETURN(peer->session_, tls::Session::over_socket(*context, peer->fd_, 64 * 1024));
     auto deadline = Clock::now() + 5s;
     for (;;) {
-      int r = SSL_connect(peer->ssl_);
-      if (r == 1) break;
-      int err = SSL_get_error(peer->ssl_, r);
-      if (err == SSL_ERROR_WANT_READ && wait_fd(peer->fd_, POLLIN, deadline)) continue;
-      if (err == SSL_ERROR_WANT_WRITE && wait_fd(peer->fd_, POLLOUT, deadline)) continue;
-      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return deadline_exceeded("TLS handshake timed out");
-      return tls::openssl_error("TLS handshake");
+      tls::Session::Step step = peer->session_->handshake();
+      TESTUDO_RETURN_IF_ERROR(peer->flush(deadline));
+      if (step.failed()) return unavailable("TLS handshake: " + step.failure);
+      if (!step.want_read) break;
+      if (!wait_fd(peer->fd_, POLLIN, deadline)) return deadline_exceeded("TLS handshake timed out");
     }
     return peer;
   }
 
   ~TlsPeer() {
-    if (ssl_ != nullptr) SSL_free(ssl_);
+    session_.reset();
     if (fd_ >= 0) ::close(fd_);
   }
 
@@ -255,21 +250,8 @@ class TlsPeer {
   std::string local_address() const { return local_address_of(fd_); }
 
   Status send_bytes(std::string_view bytes) {
-    auto deadline = Clock::now() + 5s;
-    while (!bytes.empty()) {
-      ERR_clear_error();
-      int n = SSL_write(ssl_, bytes.data(), static_cast<int>(bytes.size()));
-      if (n > 0) {
-        bytes.remove_prefix(static_cast<std::size_t>(n));
-        continue;
-      }
-      int err = SSL_get_error(ssl_, n);
-      if (err == SSL_ERROR_WANT_WRITE && wait_fd(fd_, POLLOUT, deadline)) continue;
-      if (err == SSL_ERROR_WANT_READ && wait_fd(fd_, POLLIN, deadline)) continue;
-      ERR_clear_error();
-      return unavailable("TLS write failed (error " + std::to_string(err) + ")");
-    }
-    return ok_status();
+    TESTUDO_RETURN_IF_ERROR(session_->write(std::as_bytes(std::span(bytes.data(), bytes.size()))));
+    return flush(Clock::now() + 5s);
   }
 
   // One message as the protocol frames it: a head frame, then the segments in data frames.
@@ -293,7 +275,7 @@ class TlsPeer {
   // The framed bytes of a hello for `role` whose proof uses `capability` over this
   // session's exporter.
   StatusOr<std::string> hello_bytes(Role role, const auth::Capability& capability) {
-    auto exporter = tls::export_keying_material(ssl_, auth::kExporterLabel, wire::role_name(role));
+    auto exporter = session_->export_keying_material(auth::kExporterLabel, wire::role_name(role));
     if (!exporter.ok()) return exporter.status();
     const auth::Capability nonce = random_capability();
     auth::Hello h{role, crypto::to_hex(std::span(nonce).first(8)), auth::capability_proof(capability, role, *exporter)};
@@ -358,32 +340,40 @@ class TlsPeer {
  private:
   TlsPeer() = default;
 
-  Status read_exact(void* out, std::size_t size, Clock::time_point deadline) {
-    auto* p = static_cast<char*>(out);
-    while (size > 0) {
-      ERR_clear_error();
-      int n = SSL_read(ssl_, p, static_cast<int>(std::min<std::size_t>(size, 1 << 20)));
+  // Sends what the session has to send (records, alerts), waiting on a full socket buffer.
+  Status flush(Clock::time_point deadline) {
+    while (session_->has_output()) {
+      const std::span<const std::byte> out = session_->output();
+      const ssize_t n = ::send(fd_, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
-        p += n;
-        size -= static_cast<std::size_t>(n);
+        session_->consume_output(static_cast<std::size_t>(n));
         continue;
       }
-      int err = SSL_get_error(ssl_, n);
-      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-        if (!wait_fd(fd_, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
-          return deadline_exceeded("nothing from the controller in time");
-        }
-        continue;
-      }
-      ERR_clear_error();
-      return unavailable(err == SSL_ERROR_ZERO_RETURN ? "closed (close_notify)" : "closed");
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && wait_fd(fd_, POLLOUT, deadline)) continue;
+      return unavailable(n < 0 && errno != EAGAIN ? std::string("TLS write failed: ") + std::strerror(errno)
+                                                  : std::string("TLS write timed out"));
     }
     return ok_status();
   }
 
-  tls::SslCtxPtr ctx_;
+  Status read_exact(void* out, std::size_t size, Clock::time_point deadline) {
+    auto* p = static_cast<std::byte*>(out);
+    while (size > 0) {
+      tls::Session::Step step = session_->read(p, std::min<std::size_t>(size, 1 << 20));
+      (void)flush(deadline);  // e.g. a key update or an alert
+      if (step.bytes > 0) {
+        p += step.bytes;
+        size -= step.bytes;
+        continue;
+      }
+      if (step.failed()) return unavailable("closed: " + step.failure);
+      if (!wait_fd(fd_, POLLIN, deadline)) return deadline_exceeded("nothing from the controller in time");
+    }
+    return ok_status();
+  }
+
   int fd_ = -1;
-  SSL* ssl_ = nullptr;
+  std::unique_ptr<tls::Session> session_;
   std::vector<wire::Message> received_;
 };
 

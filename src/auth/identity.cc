@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "crypto/crypto.h"
 #include "crypto/private_file.h"
 
 namespace testudo::auth {
@@ -58,7 +59,7 @@ StatusOr<tls::KeyAndCertificate> load_identity(const std::string& dir, const std
     }
     TESTUDO_ASSIGN_OR_RETURN(std::string passphrase, read_passphrase(from, "private key " + files.key_path));
     auto clear = tls::decrypt_private_key_pem(key_pem, passphrase);
-    wipe(passphrase);
+    crypto::wipe(passphrase);
     if (!clear.ok()) return clear.status().with_context(files.key_path);
     key_pem = std::move(clear).value();
   }

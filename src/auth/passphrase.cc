@@ -5,13 +5,12 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
+#include "crypto/crypto.h"
 #include "crypto/private_file.h"
 
 namespace testudo::auth {
@@ -24,7 +23,7 @@ std::string first_line(std::string text) {
   auto end = text.find('\n');
   if (end != std::string::npos) {
     std::string line = text.substr(0, end);
-    wipe(text);
+    crypto::wipe(text);
     text = std::move(line);
   }
   if (!text.empty() && text.back() == '\r') text.pop_back();
@@ -34,7 +33,7 @@ std::string first_line(std::string text) {
 Status check_usable(std::string& passphrase, std::string_view what, std::string_view from) {
   if (passphrase.empty()) return invalid_argument("empty passphrase for " + std::string(what) + " from " + std::string(from));
   if (passphrase.size() > kMaxPassphraseBytes) {
-    wipe(passphrase);
+    crypto::wipe(passphrase);
     return invalid_argument("passphrase for " + std::string(what) + " from " + std::string(from) + " is longer than 1024 bytes");
   }
   return ok_status();
@@ -67,7 +66,7 @@ StatusOr<std::string> from_terminal(std::string_view what, std::string_view prom
   }
   if (restore) ::tcsetattr(tty, TCSAFLUSH, &saved);
   ::close(tty);
-  OPENSSL_cleanse(&c, sizeof c);
+  crypto::wipe(std::as_writable_bytes(std::span(&c, 1)));
   return first_line(std::move(line));
 }
 
@@ -94,13 +93,13 @@ StatusOr<std::string> from_command(const std::string& command, std::string_view 
     if (n <= 0) break;
     if (text.size() < 4 * kMaxPassphraseBytes) text.append(buf, static_cast<std::size_t>(n));
   }
-  OPENSSL_cleanse(buf, sizeof buf);
+  crypto::wipe(std::as_writable_bytes(std::span(buf)));
   ::close(out[0]);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    wipe(text);
+    crypto::wipe(text);
     // The command line is the user's own configuration, not a secret; its output is.
     return failed_precondition("passphrase command for " + std::string(what) + " failed (" +
                                (WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
@@ -111,11 +110,6 @@ StatusOr<std::string> from_command(const std::string& command, std::string_view 
 }
 
 }  // namespace
-
-void wipe(std::string& secret) {
-  if (!secret.empty()) OPENSSL_cleanse(secret.data(), secret.size());
-  secret.clear();
-}
 
 std::string PassphraseSource::spec() const {
   switch (kind) {
@@ -158,9 +152,9 @@ StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::strin
       if (confirm) {
         TESTUDO_ASSIGN_OR_RETURN(std::string again, from_terminal(what, "Same passphrase again"));
         bool same = again == passphrase;
-        wipe(again);
+        crypto::wipe(again);
         if (!same) {
-          wipe(passphrase);
+          crypto::wipe(passphrase);
           return invalid_argument("the two passphrases differ");
         }
       }

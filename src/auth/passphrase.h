@@ -36,7 +36,4 @@ StatusOr<PassphraseSource> default_passphrase_source();
 // ("prompt" only) the passphrase is asked twice and must match (for creating keys).
 StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::string_view what, bool confirm = false);
 
-// Overwrites a string holding a secret before it is freed (OPENSSL_cleanse).
-void wipe(std::string& secret);
-
 }  // namespace testudo::auth

@@ -8,6 +8,7 @@
 
 #include "auth/identity.h"
 #include "base/profile.h"
+#include "crypto/crypto.h"
 #include "testudo/client.h"
 #include "tls/tls.h"
 
@@ -78,7 +79,7 @@ struct KeysCommand::Impl {
       o.passphrase = std::move(passphrase).value();
     }
     auto kc = auth::create_identity(where, file_name, o);
-    if (o.passphrase) auth::wipe(*o.passphrase);
+    if (o.passphrase) crypto::wipe(*o.passphrase);
     if (!kc.ok()) return fail(kc.status());
     auto fp = tls::key_fingerprint_of_pem(kc->cert_pem);
     if (!fp.ok()) return fail(fp.status());

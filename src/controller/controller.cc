@@ -17,6 +17,7 @@
 #include "controller/gatekeeper.h"
 #include "controller/hub.h"
 #include "controller/stored_results.h"
+#include "crypto/crypto.h"
 #include "crypto/private_file.h"
 #include "net/net.h"
 #include "tls/tls.h"
@@ -136,7 +137,7 @@ StatusOr<tls::KeyAndCertificate> load_given_identity(const ControllerOptions& op
     TESTUDO_ASSIGN_OR_RETURN(passphrase, auth::read_passphrase(from, "controller private key " + options.keyfile));
   }
   auto kc = tls::load_key_and_certificate(options.keyfile, options.certfile, passphrase);
-  if (passphrase) auth::wipe(*passphrase);
+  if (passphrase) crypto::wipe(*passphrase);
   return kc;
 }
 

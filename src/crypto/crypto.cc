@@ -86,6 +86,15 @@ bool constant_time_equal(std::span<const std::byte> a, std::span<const std::byte
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+void wipe(std::string& secret) {
+  if (!secret.empty()) OPENSSL_cleanse(secret.data(), secret.size());
+  secret.clear();
+}
+
+void wipe(std::span<std::byte> secret) {
+  if (!secret.empty()) OPENSSL_cleanse(secret.data(), secret.size());
+}
+
 std::string to_hex(std::span<const std::byte> bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;

@@ -27,6 +27,12 @@ Digest hmac_sha256(std::span<const std::byte> key, std::span<const std::byte> da
 // lengths compare unequal (the length itself is not secret).
 bool constant_time_equal(std::span<const std::byte> a, std::span<const std::byte> b);
 
+// Overwrites a string holding a secret (a passphrase, a key's PEM) before it is freed, in a
+// way the compiler may not optimise away (OPENSSL_cleanse), and empties it.
+void wipe(std::string& secret);
+// The same for a buffer that held a secret (a read buffer, a single character).
+void wipe(std::span<std::byte> secret);
+
 std::string to_hex(std::span<const std::byte> bytes);  // lowercase
 // Accepts upper or lower case; rejects odd length and non-hex characters.
 StatusOr<std::vector<std::byte>> from_hex(std::string_view hex);

@@ -82,5 +82,24 @@ TEST(CryptoTest, FillRandomFillsLargeBuffers) {
   EXPECT_TRUE(fill_random({}).ok());
 }
 
+TEST(CryptoTest, WipeOverwritesTheSecretAndEmptiesIt) {
+  std::string secret = "correct horse battery staple";
+  const char* data = secret.data();
+  const std::size_t size = secret.size();
+  wipe(secret);
+  EXPECT_TRUE(secret.empty());
+  // The bytes that held the secret are zero now (clear() keeps the buffer, so this reads
+  // the string's own storage, not freed memory).
+  EXPECT_EQ(secret.data(), data);
+  EXPECT_TRUE(std::all_of(data, data + size, [](char c) { return c == '\0'; }));
+  std::string empty;
+  wipe(empty);
+  EXPECT_TRUE(empty.empty());
+
+  char buffer[8] = {'s', 'e', 'c', 'r', 'e', 't', '!', '!'};
+  wipe(std::as_writable_bytes(std::span(buffer)));
+  EXPECT_TRUE(std::all_of(std::begin(buffer), std::end(buffer), [](char c) { return c == '\0'; }));
+}
+
 }  // namespace
 }  // namespace testudo::crypto

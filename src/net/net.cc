@@ -1,24 +1,19 @@
-// asio + OpenSSL implementation of net.h. Everything here runs on one io_context thread per
-// EventLoop (see net.h), with one exception: Connection::send_now, which any thread may call.
-// So each TlsConnection has a mutex (`mutex_`) that guards its SSL object (every SSL_* call),
-// the sink buffer (`ts_->out`, `out_sent`), the socket's descriptor while it is written or
+// asio implementation of net.h over tls::Session. Everything here runs on one io_context
+// thread per EventLoop (see net.h), with one exception: Connection::send_now, which any thread
+// may call. So each TlsConnection has a mutex (`mutex_`) that guards its TLS session (every
+// call into it, its output buffer included), the socket's descriptor while it is written or
 // closed, and the flags send_now reads (open_, closing_, writing_, queue_). The loop thread
 // writes those flags only under the lock, and may read them without it (it is their only
 // writer). The lock is never held across a co_await, nor while a handler runs.
 //
-// TLS is driven directly on the socket rather than through asio::ssl::stream, whose BIO pair
-// moves every 16 KiB record through two extra copies and one handler round trip each: here
-// OpenSSL reads ciphertext straight from the non-blocking socket into its read-ahead buffer
-// (many records per recv) and decrypts into the destination segment, and writes records into
-// a sink BIO (`TlsSocket::out`) that the connection's writer sends in large chunks. asio is
-// used only for readiness (async_wait), timers and the acceptor.
+// TLS is driven directly on the socket (tls/session.h says why): the session reads ciphertext
+// from the non-blocking socket itself and collects its records in an output buffer, which the
+// connection's writer sends in large chunks. asio is used only for readiness (async_wait),
+// timers and the acceptor. No OpenSSL header is included here: OpenSSL is private to tls/.
 #include "net/net.h"
 
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -31,6 +26,7 @@
 #include <mutex>
 
 #include "base/log.h"
+#include "tls/session.h"
 
 namespace testudo::net {
 namespace {
@@ -68,136 +64,52 @@ std::string endpoint_text(const tcp::socket& s) {
   return ep.address().to_string() + ":" + std::to_string(ep.port());
 }
 
-// Why an SSL_* call failed, from SSL_get_error's `code` and the thread's error queue (which
-// this clears).
-std::string ssl_failure(int code) {
-  const int saved_errno = errno;
-  const unsigned long err = ERR_peek_last_error();
-  std::string text;
-  if (code == SSL_ERROR_ZERO_RETURN ||
-      (code == SSL_ERROR_SYSCALL && err == 0 && saved_errno == 0) ||
-      (err != 0 && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
-    text = "connection closed by peer";
-  } else if (err != 0) {
-    char buf[256];
-    ERR_error_string_n(err, buf, sizeof buf);
-    text = std::string("TLS: ") + buf;
-  } else if (code == SSL_ERROR_SYSCALL) {
-    text = std::strerror(saved_errno);
-  } else {
-    text = "TLS error " + std::to_string(code);
-  }
-  ERR_clear_error();
-  return text;
-}
-
-struct SslCtxRef {
-  void operator()(ssl_ctx_st* ctx) const { SSL_CTX_free(ctx); }
-};
-using SharedCtx = std::shared_ptr<ssl_ctx_st>;
-
-SharedCtx share_context(tls::SslCtxPtr ctx) { return SharedCtx(ctx.release(), SslCtxRef{}); }
-
-struct SslDeleter {
-  void operator()(SSL* ssl) const { SSL_free(ssl); }
-};
-using SslPtr = std::unique_ptr<SSL, SslDeleter>;
-
-// --- the sink BIO: OpenSSL's outgoing records are appended to a std::vector ---
-
-int sink_write(BIO* bio, const char* data, int len) {
-  auto* out = static_cast<std::vector<std::byte>*>(BIO_get_data(bio));
-  if (out == nullptr || len < 0) return -1;
-  const auto* p = reinterpret_cast<const std::byte*>(data);
-  out->insert(out->end(), p, p + len);
-  return len;
-}
-long sink_ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
-int sink_create(BIO* bio) {
-  BIO_set_init(bio, 1);
-  return 1;
-}
-const BIO_METHOD* sink_method() {
-  static BIO_METHOD* method = [] {
-    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "testudo TLS sink");
-    if (m != nullptr) {
-      BIO_meth_set_write(m, sink_write);
-      BIO_meth_set_ctrl(m, sink_ctrl);
-      BIO_meth_set_create(m, sink_create);
-    }
-    return m;
-  }();
-  return method;
-}
-
-// A TCP socket and the TLS session on it. Lives on the heap (the sink BIO points at `out`).
+// A TCP socket and the TLS session on it.
 struct TlsSocket {
   explicit TlsSocket(tcp::socket s) : socket(std::move(s)) {}
   ~TlsSocket() { close(); }
 
   tcp::socket socket;
-  SslPtr ssl;
-  std::vector<std::byte> out;  // ciphertext not yet sent, from out_sent on
-  std::size_t out_sent = 0;
+  std::unique_ptr<tls::Session> session;
 
-  bool has_output() const { return out_sent < out.size(); }
+  bool has_output() const { return session->has_output(); }
 
-  // Closes the socket and detaches it from OpenSSL, so a later SSL call can never touch a
-  // descriptor number the kernel has since handed to another connection.
+  // Closes the socket after detaching the session from it (see tls::Session::detach_socket).
   void close() {
-    if (ssl) {
-      if (BIO* rbio = SSL_get_rbio(ssl.get())) BIO_set_fd(rbio, -1, BIO_NOCLOSE);
-    }
+    if (session) session->detach_socket();
     asio::error_code ignored;
     if (socket.is_open()) socket.shutdown(tcp::socket::shutdown_both, ignored);
     socket.close(ignored);
   }
 };
 
-StatusOr<std::shared_ptr<TlsSocket>> make_tls_socket(tcp::socket socket, ssl_ctx_st* ctx, bool server,
+StatusOr<std::shared_ptr<TlsSocket>> make_tls_socket(tcp::socket socket, const tls::Context& context,
                                                      std::size_t read_buffer) {
   auto ts = std::make_shared<TlsSocket>(std::move(socket));
   asio::error_code ec;
   ts->socket.non_blocking(true, ec);
   if (!ec) ts->socket.set_option(tcp::no_delay(true), ec);
   if (ec) return unavailable("socket setup: " + ec.message());
-  ts->ssl.reset(SSL_new(ctx));
-  if (!ts->ssl) return tls::openssl_error("SSL_new");
-  BIO* rbio = BIO_new_socket(static_cast<int>(ts->socket.native_handle()), BIO_NOCLOSE);
-  BIO* wbio = sink_method() ? BIO_new(sink_method()) : nullptr;
-  if (rbio == nullptr || wbio == nullptr) {
-    BIO_free(rbio);
-    BIO_free(wbio);
-    return tls::openssl_error("TLS BIO setup");
-  }
-  BIO_set_data(wbio, &ts->out);
-  SSL_set_bio(ts->ssl.get(), rbio, wbio);  // the SSL owns both now
-  SSL_set_read_ahead(ts->ssl.get(), 1);
-  SSL_set_default_read_buffer_len(ts->ssl.get(), read_buffer);
-  if (server) {
-    SSL_set_accept_state(ts->ssl.get());
-  } else {
-    SSL_set_connect_state(ts->ssl.get());
-  }
+  TESTUDO_ASSIGN_OR_RETURN(ts->session,
+                           tls::Session::over_socket(context, static_cast<int>(ts->socket.native_handle()), read_buffer));
   return ts;
 }
 
-// Sends everything in ts.out. The only writer of a socket's bytes is whoever calls this (or
-// TlsConnection::send_now, which writes only when ts.out is empty). `mutex`, if given, is
-// held around every touch of ts.out and the socket, and never across the wait.
-// Writes what the socket takes of ts.out; false with `ec` set when it stopped short (on
+// Sends the session's output. The only writer of a socket's bytes is whoever calls this (or
+// TlsConnection::send_now, which writes only when the output is empty). `mutex`, if given, is
+// held around every touch of the session and the socket, and never across the wait.
+// Writes what the socket takes of the output; false with `ec` set when it stopped short (on
 // would_block too), true when all is sent. (Not a coroutine: gcc 12 crashed compiling locked
 // sections inside this file's coroutines, so every locked section lives in a plain function.)
 bool write_out(TlsSocket& ts, std::mutex* mutex, asio::error_code& ec) {
   std::unique_lock<std::mutex> lock;
   if (mutex != nullptr) lock = std::unique_lock(*mutex);
   while (ts.has_output()) {
-    std::size_t n = ts.socket.write_some(asio::buffer(ts.out.data() + ts.out_sent, ts.out.size() - ts.out_sent), ec);
+    const std::span<const std::byte> out = ts.session->output();
+    std::size_t n = ts.socket.write_some(asio::buffer(out.data(), out.size()), ec);
     if (ec) return false;
-    ts.out_sent += n;
+    ts.session->consume_output(n);
   }
-  ts.out.clear();
-  ts.out_sent = 0;
   return true;
 }
 
@@ -218,14 +130,11 @@ asio::awaitable<Status> flush_out(TlsSocket& ts, std::mutex* mutex = nullptr) {
 asio::awaitable<Status> run_handshake(TlsSocket& ts) {
   for (;;) {
     if (!ts.socket.is_open()) co_return unavailable("timed out");
-    ERR_clear_error();
-    const int r = SSL_do_handshake(ts.ssl.get());
-    const int code = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ts.ssl.get(), r);
-    std::string failure = (code == SSL_ERROR_NONE || code == SSL_ERROR_WANT_READ) ? "" : ssl_failure(code);
+    tls::Session::Step step = ts.session->handshake();
     Status sent = co_await flush_out(ts);  // our flight, or the alert that tells the peer why
-    if (!failure.empty()) co_return unavailable(failure);
+    if (step.failed()) co_return unavailable(step.failure);
     if (!sent.ok()) co_return sent;
-    if (code == SSL_ERROR_NONE) co_return ok_status();
+    if (!step.want_read) co_return ok_status();
     auto [ec] = co_await ts.socket.async_wait(tcp::socket::wait_read, kAsTuple);
     if (ec) co_return unavailable(ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor
                                       ? "timed out"
@@ -291,8 +200,8 @@ class TimerImpl final : public Timer {
 
 class TlsConnection final : public Connection, public std::enable_shared_from_this<TlsConnection> {
  public:
-  TlsConnection(SharedCtx ctx, std::shared_ptr<TlsSocket> ts, wire::Limits limits)
-      : ctx_(std::move(ctx)), ts_(std::move(ts)), executor_(ts_->socket.get_executor()), limits_(limits),
+  TlsConnection(std::shared_ptr<TlsSocket> ts, wire::Limits limits)
+      : ts_(std::move(ts)), executor_(ts_->socket.get_executor()), limits_(limits),
         peer_(endpoint_text(ts_->socket)), grace_timer_(executor_), wake_(executor_) {
     wake_.expires_at(asio::steady_timer::time_point::max());
   }
@@ -330,29 +239,24 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
     std::unique_lock lock(mutex_);
     if (!open_ || closing_ || writing_ || !queue_.empty() || ts_->has_output()) return false;
-    ts_->out.clear();
-    ts_->out_sent = 0;
-    ERR_clear_error();
-    std::size_t written = 0;
-    const int r = SSL_write_ex(ts_->ssl.get(), plain.data(), plain.size(), &written);
-    if (r != 1 || written != plain.size()) {
+    tls::Session& session = *ts_->session;
+    if (Status written = session.write(plain); !written.ok()) {
       // The session is broken: the loop closes the connection (as the writer would).
-      std::string failure = ssl_failure(SSL_get_error(ts_->ssl.get(), r));
       lock.unlock();
-      asio::post(executor_, [self = shared_from_this(), failure = std::move(failure)] {
+      asio::post(executor_, [self = shared_from_this(), failure = written.message()] {
         self->close(unavailable("write failed: " + failure));
       });
       return true;
     }
-    const ssize_t n = ::send(ts_->socket.native_handle(), ts_->out.data(), ts_->out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n >= 0 && static_cast<std::size_t>(n) == ts_->out.size()) {
-      ts_->out.clear();
-      if (ts_->out.capacity() > kIdleOutCapacity) std::vector<std::byte>().swap(ts_->out);
+    const std::span<const std::byte> out = session.output();
+    const ssize_t n = ::send(ts_->socket.native_handle(), out.data(), out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) session.consume_output(static_cast<std::size_t>(n));
+    if (!session.has_output()) {
+      session.trim_output(kIdleOutCapacity);
       return true;
     }
     // A full socket buffer (or an error, which the writer then meets and reports): the
     // writer sends the rest, before anything else.
-    if (n > 0) ts_->out_sent = static_cast<std::size_t>(n);
     lock.unlock();
     asio::post(executor_, [self = shared_from_this()] {
       self->start_writer();
@@ -406,21 +310,21 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   StatusOr<std::array<std::byte, 32>> export_keying_material(std::string_view label,
                                                              std::string_view context) override {
     std::lock_guard lock(mutex_);
-    return tls::export_keying_material(ts_->ssl.get(), label, context);
+    return ts_->session->export_keying_material(label, context);
   }
   StatusOr<std::string> peer_fingerprint() override {
     std::lock_guard lock(mutex_);
-    return tls::peer_fingerprint(ts_->ssl.get());
+    return ts_->session->peer_fingerprint();
   }
   // Read off the session on each call: the peer's certificate cannot change after the
   // handshake (no renegotiation), and callers ask once, at admission.
   StatusOr<tls::CertificateFacts> peer_certificate() override {
     std::lock_guard lock(mutex_);
-    return tls::peer_certificate_facts(ts_->ssl.get());
+    return ts_->session->peer_certificate();
   }
   StatusOr<std::vector<std::string>> peer_certificate_chain() override {
     std::lock_guard lock(mutex_);
-    return tls::peer_certificate_chain_pem(ts_->ssl.get());
+    return ts_->session->peer_certificate_chain();
   }
 
  private:
@@ -434,16 +338,8 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   };
   ReadStep read_some(std::byte* p, std::size_t size) {
     std::lock_guard lock(mutex_);
-    ReadStep step;
-    ERR_clear_error();
-    const int r = SSL_read_ex(ts_->ssl.get(), p, size, &step.n);
-    step.output = ts_->has_output();
-    if (r == 1) return step;
-    step.n = 0;
-    const int code = SSL_get_error(ts_->ssl.get(), r);
-    step.want_read = code == SSL_ERROR_WANT_READ;
-    if (!step.want_read) step.failure = ssl_failure(code);
-    return step;
+    tls::Session::Step read = ts_->session->read(p, size);
+    return ReadStep{read.bytes, read.want_read, ts_->has_output(), std::move(read.failure)};
   }
 
   asio::awaitable<Status> read_exact(void* data, std::size_t size) {
@@ -532,7 +428,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     if (ts_->has_output()) return WriteStep::kFlush;  // first: e.g. what a partial send_now left
     if (!queue_.empty()) return WriteStep::kBatch;
     if (closing_) return WriteStep::kClose;
-    if (ts_->out.capacity() > kIdleOutCapacity) std::vector<std::byte>().swap(ts_->out);
+    ts_->session->trim_output(kIdleOutCapacity);
     return WriteStep::kWait;
   }
 
@@ -604,14 +500,11 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     std::lock_guard lock(mutex_);
     writing_ = writing;
   }
-  // Encrypts n bytes into ts_->out; `full`: a chunk's worth of ciphertext waits.
+  // Encrypts n bytes into the session's output; `full`: a chunk's worth of ciphertext waits.
   Status encrypt(const std::byte* p, std::size_t n, bool& full) {
     std::lock_guard lock(mutex_);
-    ERR_clear_error();
-    std::size_t written = 0;
-    const int r = SSL_write_ex(ts_->ssl.get(), p, n, &written);
-    if (r != 1 || written != n) return unavailable(ssl_failure(SSL_get_error(ts_->ssl.get(), r)));
-    full = ts_->out.size() - ts_->out_sent >= kWriteChunk;
+    TESTUDO_RETURN_IF_ERROR(ts_->session->write({p, n}));
+    full = ts_->session->output().size() >= kWriteChunk;
     return ok_status();
   }
 
@@ -658,10 +551,9 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     std::size_t size;
   };
 
-  SharedCtx ctx_;
   std::shared_ptr<TlsSocket> ts_;
   const asio::any_io_executor executor_;
-  // Guards the SSL object, ts_->out/out_sent and the socket while written or closed, and the
+  // Guards the TLS session (its output included) and the socket while written or closed, and the
   // writes of open_, closing_, writing_ and queue_ (see the top of this file).
   std::mutex mutex_;
   wire::Limits limits_;
@@ -812,11 +704,11 @@ class TlsListener final : public Listener {
     bool closed = false;
   };
 
-  TlsListener(asio::io_context& io, SharedCtx ctx, tcp::acceptor acceptor,
+  TlsListener(asio::io_context& io, tls::Context context, tcp::acceptor acceptor,
               std::shared_ptr<State> state)
-      : io_(io), ctx_(std::move(ctx)), acceptor_(std::make_shared<tcp::acceptor>(std::move(acceptor))),
+      : io_(io), context_(std::move(context)), acceptor_(std::make_shared<tcp::acceptor>(std::move(acceptor))),
         state_(std::move(state)) {
-    asio::co_spawn(io_, accept_loop(acceptor_, ctx_, state_), asio::detached);
+    asio::co_spawn(io_, accept_loop(acceptor_, context_, state_), asio::detached);
   }
   ~TlsListener() override { close(); }
 
@@ -838,7 +730,7 @@ class TlsListener final : public Listener {
   }
 
   static asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
-                                           SharedCtx ctx, std::shared_ptr<State> state) {
+                                           tls::Context context, std::shared_ptr<State> state) {
     for (;;) {
       auto [ec, socket] = co_await acceptor->async_accept(kAsTuple);
       if (state->closed || ec == asio::error::operation_aborted) co_return;
@@ -865,13 +757,13 @@ class TlsListener final : public Listener {
       }
       asio::error_code ignored;
       socket.set_option(tcp::no_delay(true), ignored);
-      asio::co_spawn(acceptor->get_executor(), handshake(std::move(socket), ctx, state), asio::detached);
+      asio::co_spawn(acceptor->get_executor(), handshake(std::move(socket), context, state), asio::detached);
     }
   }
 
-  static asio::awaitable<void> handshake(tcp::socket socket, SharedCtx ctx, std::shared_ptr<State> state) {
+  static asio::awaitable<void> handshake(tcp::socket socket, tls::Context context, std::shared_ptr<State> state) {
     std::string peer = endpoint_text(socket);
-    auto made = make_tls_socket(std::move(socket), ctx.get(), /*server=*/true, kServerReadBuffer);
+    auto made = make_tls_socket(std::move(socket), context, kServerReadBuffer);
     if (!made.ok()) {
       LOG_WARN("net") << "TLS setup for " << peer << " failed: " << made.status().message();
       co_return;
@@ -890,12 +782,12 @@ class TlsListener final : public Listener {
       co_return;
     }
     if (state->closed) co_return;
-    auto conn = std::make_shared<TlsConnection>(ctx, std::move(ts), wire::Limits::pre_auth());
+    auto conn = std::make_shared<TlsConnection>(std::move(ts), wire::Limits::pre_auth());
     state->on_accept(std::move(conn));
   }
 
   asio::io_context& io_;
-  SharedCtx ctx_;
+  tls::Context context_;
   std::shared_ptr<tcp::acceptor> acceptor_;
   std::shared_ptr<State> state_;
 };
@@ -904,8 +796,7 @@ class TlsListener final : public Listener {
 
 StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const ListenOptions& options,
                                                      AcceptHandler on_accept) {
-  TESTUDO_ASSIGN_OR_RETURN(tls::SslCtxPtr native, tls::make_server_context(options.tls));
-  auto ctx = share_context(std::move(native));
+  TESTUDO_ASSIGN_OR_RETURN(tls::Context context, tls::Context::server(options.tls));
   asio::io_context& io = loop.impl().io;
   asio::error_code ec;
   auto address = asio::ip::make_address(options.host, ec);
@@ -923,14 +814,14 @@ StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const List
   state->on_accept = std::move(on_accept);
   state->max_pending = options.max_pending_handshakes;
   state->handshake_timeout = options.handshake_timeout;
-  return std::unique_ptr<Listener>(new TlsListener(io, std::move(ctx), std::move(acceptor), std::move(state)));
+  return std::unique_ptr<Listener>(new TlsListener(io, std::move(context), std::move(acceptor), std::move(state)));
 }
 
 // ---------------- dial ----------------
 
 namespace {
 
-asio::awaitable<void> dial_coro(asio::io_context& io, SharedCtx ctx, DialOptions options,
+asio::awaitable<void> dial_coro(asio::io_context& io, tls::Context context, DialOptions options,
                                 std::function<void(StatusOr<std::shared_ptr<Connection>>)> done) {
   std::string where = options.host + ":" + std::to_string(options.port);
   asio::error_code ec;
@@ -953,7 +844,7 @@ asio::awaitable<void> dial_coro(asio::io_context& io, SharedCtx ctx, DialOptions
     done(unavailable("cannot connect to " + where + ": " + ec.message()));
     co_return;
   }
-  auto made = make_tls_socket(std::move(socket), ctx.get(), /*server=*/false, kClientReadBuffer);
+  auto made = make_tls_socket(std::move(socket), context, kClientReadBuffer);
   if (!made.ok()) {
     done(made.status());
     co_return;
@@ -979,7 +870,7 @@ asio::awaitable<void> dial_coro(asio::io_context& io, SharedCtx ctx, DialOptions
   if (!hs.ok()) {
     // Only a failed pin is a verdict on the server (kPermissionDenied: retrying cannot help);
     // anything else (reset, timeout, a busy server) is kUnavailable and worth retrying.
-    if (SSL_get_verify_result(ts->ssl.get()) == X509_V_ERR_CERT_REJECTED) {
+    if (ts->session->server_not_pinned()) {
       done(permission_denied("TLS handshake with " + where +
                              " failed: the controller's certificate does not match the pinned fingerprint in the "
                              "connection file (wrong or hostile controller?)"));
@@ -988,19 +879,19 @@ asio::awaitable<void> dial_coro(asio::io_context& io, SharedCtx ctx, DialOptions
     }
     co_return;
   }
-  done(std::shared_ptr<Connection>(std::make_shared<TlsConnection>(ctx, std::move(ts), wire::Limits{})));
+  done(std::shared_ptr<Connection>(std::make_shared<TlsConnection>(std::move(ts), wire::Limits{})));
 }
 
 }  // namespace
 
 void dial(EventLoop& loop, const DialOptions& options, std::function<void(StatusOr<std::shared_ptr<Connection>>)> done) {
-  auto native = tls::make_client_context(options.tls);
-  if (!native.ok()) {
-    loop.post([done = std::move(done), st = native.status()] { done(st); });
+  auto context = tls::Context::client(options.tls);
+  if (!context.ok()) {
+    loop.post([done = std::move(done), st = context.status()] { done(st); });
     return;
   }
   asio::io_context& io = loop.impl().io;
-  asio::co_spawn(io, dial_coro(io, share_context(std::move(native).value()), options, std::move(done)), asio::detached);
+  asio::co_spawn(io, dial_coro(io, std::move(context).value(), options, std::move(done)), asio::detached);
 }
 
 }  // namespace testudo::net

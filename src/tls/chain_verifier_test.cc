@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "crypto/private_file.h"
+#include "tls/session.h"
 #include "tls/test_pki.h"
 #include "tls/tls.h"
 
@@ -316,7 +317,7 @@ TEST(LoadKeyAndCertificateTest, PlainEncryptedAndMismatched) {
   loaded = load_key_and_certificate(enc_key, cert_file, std::string(kPassphrase));
   ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->key_pem, controller.key_pem);
-  auto ctx = make_server_context(ServerOptions{*loaded});
+  auto ctx = Context::server(ServerOptions{*loaded});
   EXPECT_TRUE(ctx.ok()) << ctx.status().to_string();
 
   auto no_pass = load_key_and_certificate(enc_key, cert_file, std::nullopt);

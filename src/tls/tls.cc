@@ -26,8 +26,6 @@
 
 namespace testudo::tls {
 
-void SslCtxDeleter::operator()(ssl_ctx_st* ctx) const { SSL_CTX_free(ctx); }
-
 namespace internal {
 
 Status openssl_error_as(StatusCode code, std::string_view context) {
@@ -842,6 +840,8 @@ StatusOr<KeyAndCertificate> load_key_and_certificate(const std::string& key_file
   return kc;
 }
 
+namespace internal {
+
 StatusOr<SslCtxPtr> make_server_context(const ServerOptions& options) {
   TESTUDO_ASSIGN_OR_RETURN(SslCtxPtr ctx, make_base_context(options.identity, options.min_version,
                                                             options.ciphersuites));
@@ -871,7 +871,7 @@ StatusOr<SslCtxPtr> make_client_context(const ClientOptions& options) {
   return ctx;
 }
 
-StatusOr<std::array<std::byte, 32>> export_keying_material(ssl_st* ssl, std::string_view label,
+StatusOr<std::array<std::byte, 32>> export_keying_material(SSL* ssl, std::string_view label,
                                                            std::string_view context) {
   if (ssl == nullptr) return invalid_argument("export_keying_material: no TLS session");
   if (SSL_is_init_finished(ssl) != 1) {
@@ -889,21 +889,21 @@ StatusOr<std::array<std::byte, 32>> export_keying_material(ssl_st* ssl, std::str
   return out;
 }
 
-StatusOr<std::string> peer_fingerprint(ssl_st* ssl) {
+StatusOr<std::string> peer_fingerprint(SSL* ssl) {
   if (ssl == nullptr) return invalid_argument("peer_fingerprint: no TLS session");
   const X509* cert = SSL_get0_peer_certificate(ssl);
   if (cert == nullptr) return failed_precondition("the TLS peer presented no certificate");
   return fingerprint_of(cert);
 }
 
-StatusOr<CertificateFacts> peer_certificate_facts(ssl_st* ssl) {
+StatusOr<CertificateFacts> peer_certificate_facts(SSL* ssl) {
   if (ssl == nullptr) return invalid_argument("peer_certificate_facts: no TLS session");
   const X509* cert = SSL_get0_peer_certificate(ssl);
   if (cert == nullptr) return failed_precondition("the TLS peer presented no certificate");
   return facts_of(cert);
 }
 
-StatusOr<std::vector<std::string>> peer_certificate_chain_pem(ssl_st* ssl) {
+StatusOr<std::vector<std::string>> peer_certificate_chain_pem(SSL* ssl) {
   if (ssl == nullptr) return invalid_argument("peer_certificate_chain_pem: no TLS session");
   const X509* leaf = SSL_get0_peer_certificate(ssl);
   if (leaf == nullptr) return failed_precondition("the TLS peer presented no certificate");
@@ -921,6 +921,8 @@ StatusOr<std::vector<std::string>> peer_certificate_chain_pem(ssl_st* ssl) {
   }
   return out;
 }
+
+}  // namespace internal
 
 // ---- ChainVerifier ----
 

@@ -1,7 +1,8 @@
-// TLS over OpenSSL 3 for testudo's one-port, mutually authenticated channels.
-// This layer makes SSL_CTX objects and reads facts off an established SSL session; the
-// code that drives the handshake on a socket lives in net/. Only OpenSSL forward declarations
-// appear here. Functions are thread-safe; an SSL_CTX made here is immutable after creation.
+// TLS over OpenSSL 3 for testudo's one-port, mutually authenticated channels: keys and
+// certificates, the TLS settings of both sides, and CA-mode chain checks. tls/session.h drives
+// one TLS session over a socket. OpenSSL is a private dependency of this folder: no OpenSSL
+// type or header appears in its public headers, and no other folder includes OpenSSL (the
+// network layer, net/, sees only tls::Context and tls::Session). Functions are thread-safe.
 //
 // What must hold:
 //  * TLS 1.3 only by default; min_version "1.2" also admits TLS 1.2 with ECDHE + AEAD suites
@@ -28,15 +29,7 @@
 
 #include "testudo/status.h"
 
-struct ssl_ctx_st;  // SSL_CTX
-struct ssl_st;      // SSL
-
 namespace testudo::tls {
-
-struct SslCtxDeleter {
-  void operator()(ssl_ctx_st* ctx) const;
-};
-using SslCtxPtr = std::unique_ptr<ssl_ctx_st, SslCtxDeleter>;
 
 // A private key and its certificate (self-signed, or issued by a CA), both PEM.
 struct KeyAndCertificate {
@@ -123,7 +116,6 @@ struct ServerOptions {
   std::string min_version = "1.3";
   std::string ciphersuites;
 };
-StatusOr<SslCtxPtr> make_server_context(const ServerOptions& options);
 
 struct ClientOptions {
   KeyAndCertificate identity;       // this client's or engine's key and certificate
@@ -131,20 +123,6 @@ struct ClientOptions {
   std::string min_version = "1.3";  // as ServerOptions
   std::string ciphersuites;         // as ServerOptions
 };
-StatusOr<SslCtxPtr> make_client_context(const ClientOptions& options);
-
-// RFC 8446 exporter (SSL_export_keying_material) of 32 bytes for `label` and `context`.
-// Both ends of one TLS session get the same value; any other session gets another.
-StatusOr<std::array<std::byte, 32>> export_keying_material(ssl_st* ssl, std::string_view label,
-                                                           std::string_view context);
-
-// Fingerprint ("sha256:<hex>") of the peer's leaf certificate, or an error if none.
-StatusOr<std::string> peer_fingerprint(ssl_st* ssl);
-// Facts of the peer's leaf certificate; kFailedPrecondition if the peer presented none.
-StatusOr<CertificateFacts> peer_certificate_facts(ssl_st* ssl);
-// PEM of every certificate the peer sent, leaf first, each once (OpenSSL's server side leaves
-// the leaf out of SSL_get_peer_cert_chain, its client side puts it in; this evens that out).
-StatusOr<std::vector<std::string>> peer_certificate_chain_pem(ssl_st* ssl);
 
 // Verifies a peer's certificate chain against a CA file and, optionally, a CRL, at the
 // application level (CA mode): the hub admits or refuses with a clear reason after the

@@ -1,19 +1,25 @@
-// OpenSSL helpers shared by tls.cc and test_pki.cc. Internal to src/tls: include only from
-// .cc files in this folder (it pulls in OpenSSL headers, which public headers never do).
+// OpenSSL helpers shared by tls.cc, session.cc and test_pki.cc, and by this folder's tests.
+// Internal to src/tls: include only from .cc files in this folder (it pulls in OpenSSL
+// headers, which public headers never do).
 #pragma once
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "testudo/status.h"
+#include "tls/tls.h"
 
 namespace testudo::tls::internal {
 
@@ -33,6 +39,8 @@ using X509CrlPtr = std::unique_ptr<X509_CRL, Deleter<X509_CRL_free>>;
 using BignumPtr = std::unique_ptr<BIGNUM, Deleter<BN_free>>;
 using Asn1TimePtr = std::unique_ptr<ASN1_TIME, Deleter<ASN1_TIME_free>>;
 using Asn1IntegerPtr = std::unique_ptr<ASN1_INTEGER, Deleter<ASN1_INTEGER_free>>;
+using SslCtxPtr = std::unique_ptr<SSL_CTX, Deleter<SSL_CTX_free>>;
+using SslPtr = std::unique_ptr<SSL, Deleter<SSL_free>>;
 
 // Drains OpenSSL's error queue into one Status with `context` in front.
 Status openssl_error_as(StatusCode code, std::string_view context);
@@ -62,5 +70,22 @@ StatusOr<X509Ptr> build_certificate(EVP_PKEY* subject_key, std::string_view subj
                                     const X509* issuer, EVP_PKEY* issuer_key,
                                     std::int64_t not_before_unix, std::int64_t not_after_unix,
                                     const BIGNUM* serial, CertificateKind kind);
+
+// SSL_CTX objects with the settings of ServerOptions / ClientOptions (see tls.h): immutable
+// once made. tls::Context wraps them; tests drive raw SSL objects made from them.
+StatusOr<SslCtxPtr> make_server_context(const ServerOptions& options);
+StatusOr<SslCtxPtr> make_client_context(const ClientOptions& options);
+
+// RFC 8446 exporter (SSL_export_keying_material) of 32 bytes for `label` and `context`.
+// Both ends of one TLS session get the same value; any other session gets another.
+StatusOr<std::array<std::byte, 32>> export_keying_material(SSL* ssl, std::string_view label,
+                                                           std::string_view context);
+// Fingerprint ("sha256:<hex>") of the peer's leaf certificate, or an error if none.
+StatusOr<std::string> peer_fingerprint(SSL* ssl);
+// Facts of the peer's leaf certificate; kFailedPrecondition if the peer presented none.
+StatusOr<CertificateFacts> peer_certificate_facts(SSL* ssl);
+// PEM of every certificate the peer sent, leaf first, each once (OpenSSL's server side leaves
+// the leaf out of SSL_get_peer_cert_chain, its client side puts it in; this evens that out).
+StatusOr<std::vector<std::string>> peer_certificate_chain_pem(SSL* ssl);
 
 }  // namespace testudo::tls::internal

@@ -1,6 +1,7 @@
 #include "tls/tls.h"
 
 #include "tls/test_pki.h"
+#include "tls/tls_internal.h"
 
 #include <gtest/gtest.h>
 #include <openssl/err.h>
@@ -16,10 +17,15 @@
 namespace testudo::tls {
 namespace {
 
-struct SslDeleter {
-  void operator()(SSL* ssl) const { SSL_free(ssl); }
-};
-using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+// These tests drive raw SSL objects made from the contexts tls::Context wraps.
+using internal::export_keying_material;
+using internal::make_client_context;
+using internal::make_server_context;
+using internal::peer_certificate_chain_pem;
+using internal::peer_certificate_facts;
+using internal::peer_fingerprint;
+using internal::SslCtxPtr;
+using internal::SslPtr;
 
 constexpr std::string_view kLabel = "EXPORTER-testudo-test";
 
