@@ -20,6 +20,28 @@ def _close_all():
         client.close()
 
 
+# ipyparallel.Client arguments testudo does not act on. Passing one with a value that would
+# change what ipyparallel does is an error here, never silently ignored: a user who asked for
+# an SSH tunnel must not get a direct connection attempt (or none) without being told.
+_SSH_ARGUMENTS = ("sshserver", "sshkey", "password", "paramiko")
+_HARMLESS_WHEN_UNSET = ("context", "debug", "profile_dir", "ipython_dir", "cluster_id", "cluster")
+
+
+def _check_ipyparallel_arguments(kwargs):
+    for name, value in kwargs.items():
+        if name in _SSH_ARGUMENTS:
+            if value:
+                raise NotImplementedError(
+                    f"testudo.Client({name}=...): connecting through an SSH gateway is not supported yet; "
+                    "the controller must be reachable at the address in its connection file")
+        elif name in _HARMLESS_WHEN_UNSET:
+            if value:
+                raise TypeError(f"testudo.Client does not support {name}={value!r} "
+                                "(name the cluster with profile= or its connection file with url_file=)")
+        else:
+            raise TypeError(f"testudo.Client() got an unexpected keyword argument {name!r}")
+
+
 class Client:
     """Connect to a testudo controller.
 
@@ -44,6 +66,7 @@ class Client:
 
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, **kwargs):
+        _check_ipyparallel_arguments(kwargs)
         self.profile = profile or "default"
         file = url_file or connection_file or ""
         try:

@@ -274,9 +274,12 @@ int main(int argc, char** argv) {
   std::string controller_log;
   double heartbeat_timeout_s = 10;
   auto* c = app.add_subcommand("controller", "Run a controller (hub and scheduler) in the foreground");
-  c->add_option("--ip", copts.ip, "Address to listen on (loopback unless told otherwise)")->capture_default_str();
+  c->add_option("--ip", copts.ip, "Address to listen on (loopback unless told otherwise; 0.0.0.0, :: or * for every interface)")
+      ->capture_default_str();
   c->add_option("--port", copts.port, "Port to listen on (0: random, or the last one with --reuse)")->capture_default_str();
-  c->add_option("--location", copts.location, "Address written into connection files (default: --ip)");
+  c->add_option("--location", copts.location,
+                "Host name or address written into connection files, which clients and engines dial "
+                "(default: --ip, or this host's name when --ip is every interface)");
   c->add_flag("--reuse", copts.reuse, "Reuse key, certificate, capabilities and port so connection files stay valid");
   c->add_option("--heartbeat-timeout", heartbeat_timeout_s, "Seconds of engine silence before it is declared dead")
       ->capture_default_str();
@@ -331,7 +334,8 @@ int main(int argc, char** argv) {
   double cluster_heartbeat = 0;
   auto* start = cluster->add_subcommand("start", "Start a controller and N engines on this machine");
   start->add_option("-n,--n", lopts.engines, "Number of engines (default: number of cores)")->capture_default_str();
-  start->add_option("--ip", lopts.ip, "Address the controller listens on")->capture_default_str();
+  start->add_option("--ip", lopts.ip, "Address the controller listens on (0.0.0.0, :: or * for every interface)")
+      ->capture_default_str();
   start->add_flag("--reuse", lopts.reuse, "Reuse the controller's key, capabilities and port");
   start->add_flag("--daemonize", daemonize, "Return once the cluster is ready and leave it running");
   start->add_option("--timeout", start_timeout, "Seconds to wait for every engine to register")->capture_default_str();
@@ -345,7 +349,7 @@ int main(int argc, char** argv) {
   // Controller security options passed through as they are (see `testudo controller --help`).
   std::vector<std::pair<std::string, std::string>> passthrough_values = {
       {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
-      {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}};
+      {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }

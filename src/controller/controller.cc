@@ -16,6 +16,7 @@
 #include "base/profile.h"
 #include "controller/gatekeeper.h"
 #include "controller/hub.h"
+#include "controller/location.h"
 #include "controller/stored_results.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
@@ -251,7 +252,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   });
 
   net::ListenOptions listen;
-  listen.host = options.ip;
+  listen.host = bind_address(options.ip);
   listen.port = options.port != 0 ? options.port : (options.reuse ? state.port : 0);
   listen.tls.identity = state.identity;
   listen.tls.min_version = options.tls_min_version;
@@ -266,8 +267,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
 
   TESTUDO_ASSIGN_OR_RETURN(std::string fingerprint, tls::fingerprint_of_pem(state.identity.cert_pem));
   auth::ConnectionInfo info;
-  info.host = options.location.empty() ? options.ip : options.location;
-  if (info.host == "0.0.0.0") info.host = "127.0.0.1";
+  TESTUDO_ASSIGN_OR_RETURN(info.host, connection_address(options.ip, options.location, this_host_name()));
   info.port = state.port;
   info.fingerprint = fingerprint;
   info.role = wire::Role::kClient;
@@ -276,7 +276,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   info.role = wire::Role::kEngine;
   info.capability = state.engine_capability;
   TESTUDO_RETURN_IF_ERROR(auth::save_connection_file(paths.engine_connection_file, info));
-  LOG_INFO("controller") << "listening on " << options.ip << ":" << state.port << " (TLS " << options.tls_min_version
+  LOG_INFO("controller") << "listening on " << listen.host << ":" << state.port << " (connection files say "
+                         << info.host << ":" << state.port << "; TLS " << options.tls_min_version
                          << (options.tls_min_version == "1.3" ? "" : "+") << ", certificate " << fingerprint
                          << "); connection files in " << paths.security_dir << "; trust mode "
                          << trust_mode_name(impl.gate->mode());

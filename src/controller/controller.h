@@ -15,9 +15,10 @@ namespace testudo::controller {
 
 struct ControllerOptions {
   std::string profile = "default";     // files under $TESTUDO_HOME/profile_<profile>/
-  std::string ip = "127.0.0.1";        // bind address; loopback unless told otherwise
+  std::string ip = "127.0.0.1";        // bind address; loopback unless told otherwise ("*": every interface)
   std::uint16_t port = 0;              // 0: random (or the previous one with reuse)
-  std::string location;                // address written into connection files; default: ip
+  std::string location;                // address written into connection files; default: see
+                                       //   controller/location.h (ip, or this host's name for a wildcard ip)
   bool reuse = false;                  // keep key, certificate, capabilities and port of the last run
   std::chrono::milliseconds heartbeat_timeout{10'000};
   std::chrono::milliseconds hello_timeout{10'000};

@@ -53,6 +53,25 @@ def test_missing_profile_raises_helpful_file_not_found(cluster):
     assert "testudo --profile no_such_profile cluster start" in message
 
 
+def test_ipyparallel_arguments_testudo_cannot_honour_are_errors_not_ignored(cluster):
+    # An SSH gateway asked for and silently not used would leave the user guessing (issue 12).
+    with pytest.raises(NotImplementedError) as info:
+        testudo.Client(url_file=cluster.client_file, sshserver="user@gateway")
+    assert "sshserver" in str(info.value) and "SSH gateway" in str(info.value)
+    with pytest.raises(NotImplementedError):
+        testudo.Client(url_file=cluster.client_file, sshkey="~/.ssh/id_ed25519")
+    with pytest.raises(TypeError) as info:
+        testudo.Client(url_file=cluster.client_file, profile_dir="/elsewhere")
+    assert "profile_dir" in str(info.value)
+    with pytest.raises(TypeError) as info:
+        testudo.Client(url_file=cluster.client_file, no_such_option=1)
+    assert "no_such_option" in str(info.value)
+    # The same names at their ipyparallel defaults are accepted, as ipyparallel code passes them.
+    with testudo.Client(url_file=cluster.client_file, sshserver=None, sshkey=None, password=None,
+                        paramiko=None, debug=False, context=None, cluster_id=None) as client:
+        assert client.ids == [0, 1, 2, 3]
+
+
 def test_connection_file_readable_by_others_is_refused(cluster, tmp_path):
     good = tmp_path / "good.json"
     shutil.copy(cluster.client_file, good)
