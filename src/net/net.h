@@ -119,7 +119,9 @@ struct ListenOptions {
   tls::ServerOptions tls;
   // A TCP connection must finish its TLS handshake within this time.
   std::chrono::milliseconds handshake_timeout{10'000};
-  // Connections still in their TLS handshake at once; more are closed at accept (T12).
+  // Connections in their TLS handshake at once. A new connection beyond this aborts the
+  // oldest pending handshake (not the new one): a flood of idle connections then only delays
+  // real peers by its own churn and cannot lock them out (T12).
   std::size_t max_pending_handshakes = 256;
 };
 
