@@ -9,19 +9,24 @@ The Python client, with ipyparallel's API:
     rc[1::2].execute('c = a - b')
     rc[:]['c']                          # [15, -5, 15, -5]
 
-Start a cluster first: `testudo cluster start -n 4` (add --daemonize to return at once).
+Start a cluster first: `testudo cluster start -n 4` (add --daemonize to return at once), or
+from Python, as with ipyparallel.Cluster:
+
+    with testudo.Cluster(n=4) as rc:
+        rc[:].apply_sync(os.getpid)
 """
 
 from . import error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
+from ._cluster import Cluster
 from ._lbview import LoadBalancedView
 from ._testudo import Outcome
 from ._view import BroadcastView, DirectView
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
-    "Client", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
+    "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
 ]
 

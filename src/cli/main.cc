@@ -22,6 +22,7 @@
 #include "base/log.h"
 #include "base/profile.h"
 #include "cli/common_options.h"
+#include "cli/engines.h"
 #include "cli/keys.h"
 #include "cli/targets.h"
 #include "controller/controller.h"
@@ -361,6 +362,7 @@ int main(int argc, char** argv) {
 
   // client commands
   KeysCommand keys(app);
+  EnginesCommand engines(app);
   ClientArgs exec_args, push_args, pull_args, status_args;
   std::string code;
   auto* ex = app.add_subcommand("exec", "Execute Python code on engines (like view.execute)");
@@ -423,6 +425,7 @@ int main(int argc, char** argv) {
   if (*pull) return cmd_pull(profile, pull_args, names, by_engine);
   if (*status) return cmd_status(profile, status_args, as_json);
   if (keys.chosen()) return keys.run(profile);
+  if (engines.chosen()) return engines.run(profile);
   return kExitUsage;
 }
 

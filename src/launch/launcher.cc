@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -26,7 +27,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 Status write_cluster_file(const std::string& profile, const ClusterProcesses& procs) {
-  nlohmann::json j = {{"controller", procs.controller}, {"engines", procs.engines}};
+  nlohmann::json j = {{"controller", procs.controller},
+                      {"engines", procs.engines},
+                      {"next_engine_index", procs.next_engine_index}};
   ProfilePaths paths = profile_paths(profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.run_dir));
   return crypto::write_private_file(paths.run_dir + "/cluster.json", j.dump() + "\n");
@@ -35,6 +38,76 @@ Status write_cluster_file(const std::string& profile, const ClusterProcesses& pr
 void stop_all(const ClusterProcesses& procs) {
   for (pid_t p : procs.engines) terminate(p, std::chrono::milliseconds(2000));
   if (procs.controller) terminate(procs.controller, std::chrono::milliseconds(3000));
+}
+
+std::string engine_log(const ProfilePaths& paths, int index) {
+  return paths.log_dir + "/engine-" + std::to_string(index) + ".log";
+}
+
+// The engine executable to run, checked now rather than after something has been started.
+StatusOr<std::string> usable_engine_program(const std::string& program, const std::string& given) {
+  const std::string engine_program = given.empty() ? engine_program_beside(program) : given;
+  if (::access(engine_program.c_str(), X_OK) != 0) {
+    const int err = errno;
+    return failed_precondition("cannot run the engine executable " + engine_program + ": " + std::strerror(err) +
+                               " (install " + kEngineProgramName + " in the same directory as " + program + ")");
+  }
+  return engine_program;
+}
+
+// Starts `n` engines of `profile`, logging to engine-<index>.log from procs.next_engine_index
+// on; appends their pids to procs.engines as they start (so a failure can stop them).
+Status spawn_engines(const std::string& engine_program, const std::string& profile,
+                     const std::vector<std::string>& engine_args, int n, ClusterProcesses& procs) {
+  const ProfilePaths paths = profile_paths(profile);
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> argv{engine_program, "--profile", profile};
+    argv.insert(argv.end(), engine_args.begin(), engine_args.end());
+    TESTUDO_ASSIGN_OR_RETURN(pid_t pid, spawn_detached(argv, engine_log(paths, procs.next_engine_index)));
+    procs.engines.push_back(pid);
+    ++procs.next_engine_index;
+  }
+  return ok_status();
+}
+
+// Waits until the controller counts `before` + started.size() engines. `started` are the
+// engines this call is waiting for, with their log indexes: one that exits meanwhile ends the
+// wait with its log. Progress counts the started ones only ("engines ready: 2/4").
+Status wait_for_engines(Client& client, std::size_t before, const std::vector<std::pair<pid_t, int>>& started,
+                        const ProfilePaths& paths, Clock::time_point deadline, std::chrono::milliseconds timeout,
+                        const std::function<void(const std::string&)>& progress) {
+  const std::size_t wanted = before + started.size();
+  std::size_t ready = 0;
+  std::string last_report;
+  while (Clock::now() < deadline) {
+    auto ids = client.engine_ids();
+    if (!ids.ok()) return ids.status().with_context("asking the controller for engines");
+    ready = ids->size();
+    const std::size_t ready_new = std::min(ready, wanted) - std::min(ready, before);
+    std::string report = "engines ready: " + std::to_string(ready_new) + "/" + std::to_string(started.size());
+    if (report != last_report) progress(report);
+    last_report = report;
+    if (ready >= wanted) return ok_status();
+    for (const auto& [pid, index] : started) {
+      if (!process_alive(pid)) {
+        return unavailable("engine " + std::to_string(index) + " exited during start-up; see " +
+                           engine_log(paths, index));
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return deadline_exceeded("only " + std::to_string(std::min(ready, wanted) - std::min(ready, before)) + " of " +
+                           std::to_string(started.size()) + " engines registered within " + std::to_string(timeout.count() / 1000) +
+                           " s; see the logs in " + paths.log_dir);
+}
+
+std::vector<std::pair<pid_t, int>> with_indexes(const ClusterProcesses& procs, std::size_t first) {
+  std::vector<std::pair<pid_t, int>> out;
+  const int base = procs.next_engine_index - static_cast<int>(procs.engines.size() - first);
+  for (std::size_t i = first; i < procs.engines.size(); ++i) {
+    out.emplace_back(procs.engines[i], base + static_cast<int>(i - first));
+  }
+  return out;
 }
 
 }  // namespace
@@ -114,13 +187,10 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
                                          const std::function<void(const std::string&)>& progress) {
   if (options.engines < 0) return invalid_argument("the number of engines cannot be negative");
   const std::string program = options.program.empty() ? self_executable() : options.program;
-  const std::string engine_program =
-      options.engine_program.empty() ? engine_program_beside(program) : options.engine_program;
   // Found out now rather than after the controller has started and must be stopped again.
-  if (options.engines > 0 && ::access(engine_program.c_str(), X_OK) != 0) {
-    const int err = errno;
-    return failed_precondition("cannot run the engine executable " + engine_program + ": " + std::strerror(err) +
-                               " (install " + kEngineProgramName + " in the same directory as " + program + ")");
+  std::string engine_program = options.engine_program;
+  if (options.engines > 0) {
+    TESTUDO_ASSIGN_OR_RETURN(engine_program, usable_engine_program(program, options.engine_program));
   }
   ProfilePaths paths = profile_paths(options.profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.root));
@@ -174,36 +244,81 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   }
   if (!client) return fail(deadline_exceeded("the controller did not become ready: " + last.message()));
 
-  for (int i = 0; i < options.engines; ++i) {
-    std::vector<std::string> argv{engine_program, "--profile", options.profile};
-    argv.insert(argv.end(), options.engine_args.begin(), options.engine_args.end());
-    auto pid = spawn_detached(argv, paths.log_dir + "/engine-" + std::to_string(i) + ".log");
-    if (!pid.ok()) return fail(pid.status());
-    procs.engines.push_back(*pid);
+  if (Status st = spawn_engines(engine_program, options.profile, options.engine_args, options.engines, procs);
+      !st.ok()) {
+    return fail(st);
   }
   if (Status st = write_cluster_file(options.profile, procs); !st.ok()) return fail(st);
-
-  std::size_t ready = 0;
-  std::string last_report;
-  while (Clock::now() < deadline) {
-    auto ids = client->engine_ids();
-    if (!ids.ok()) return fail(ids.status().with_context("asking the controller for engines"));
-    ready = ids->size();
-    std::string report = "engines ready: " + std::to_string(ready) + "/" + std::to_string(options.engines);
-    if (report != last_report) progress(report);
-    last_report = report;
-    if (ready >= static_cast<std::size_t>(options.engines)) return procs;
-    for (std::size_t i = 0; i < procs.engines.size(); ++i) {
-      if (!process_alive(procs.engines[i])) {
-        return fail(unavailable("engine " + std::to_string(i) + " exited during start-up; see " + paths.log_dir +
-                                "/engine-" + std::to_string(i) + ".log"));
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (Status st = wait_for_engines(*client, 0, with_indexes(procs, 0), paths,
+                                   deadline, options.timeout, progress);
+      !st.ok()) {
+    return fail(st);
   }
-  return fail(deadline_exceeded("only " + std::to_string(ready) + " of " + std::to_string(options.engines) +
-                                " engines registered within " + std::to_string(options.timeout.count() / 1000) +
-                                " s; see the logs in " + paths.log_dir));
+  return procs;
+}
+
+StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
+                                         const std::function<void(const std::string&)>& progress) {
+  if (options.engines <= 0) return invalid_argument("the number of engines to add must be positive");
+  auto running = read_cluster_file(options.profile);
+  if (!running.ok() || !process_alive(running->controller)) {
+    return failed_precondition("no cluster of profile '" + options.profile +
+                               "' is running on this machine; start one with: testudo --profile " + options.profile +
+                               " cluster start");
+  }
+  TESTUDO_ASSIGN_OR_RETURN(std::string engine_program,
+                           usable_engine_program(self_executable(), options.engine_program));
+  const ProfilePaths paths = profile_paths(options.profile);
+  ClientOptions co;
+  co.profile = options.profile;
+  co.connect_timeout = std::chrono::milliseconds(5000);
+  TESTUDO_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(co));
+  TESTUDO_ASSIGN_OR_RETURN(std::vector<EngineId> before, client->engine_ids());
+
+  ClusterProcesses procs = *running;
+  const std::size_t first = procs.engines.size();
+  auto fail = [&](Status why) -> Status {
+    for (std::size_t i = first; i < procs.engines.size(); ++i) terminate(procs.engines[i], std::chrono::seconds(2));
+    procs.engines.resize(first);
+    (void)write_cluster_file(options.profile, procs);  // keeps next_engine_index: logs are not reused
+    return why;
+  };
+  if (Status st = spawn_engines(engine_program, options.profile, options.engine_args, options.engines, procs);
+      !st.ok()) {
+    return fail(st);
+  }
+  std::vector<pid_t> added(procs.engines.begin() + static_cast<std::ptrdiff_t>(first), procs.engines.end());
+  std::string pids;
+  for (pid_t p : added) pids += (pids.empty() ? "" : " ") + std::to_string(p);
+  progress("started " + std::to_string(added.size()) + " engines (pids " + pids + ")");
+  if (Status st = write_cluster_file(options.profile, procs); !st.ok()) return fail(st);
+  // Counted against the engines registered before: the new ones are ready when that many more are.
+  if (Status st = wait_for_engines(*client, before.size(), with_indexes(procs, first), paths,
+                                   Clock::now() + options.timeout, options.timeout, progress);
+      !st.ok()) {
+    return fail(st);
+  }
+  return added;
+}
+
+StatusOr<std::vector<pid_t>> stop_engines(const std::string& profile, const std::vector<pid_t>& pids,
+                                          std::chrono::milliseconds grace) {
+  TESTUDO_ASSIGN_OR_RETURN(ClusterProcesses procs, read_cluster_file(profile));
+  std::vector<pid_t> chosen = pids.empty() ? procs.engines : pids;
+  for (pid_t p : chosen) {
+    if (std::find(procs.engines.begin(), procs.engines.end(), p) == procs.engines.end()) {
+      return invalid_argument("pid " + std::to_string(p) + " is not an engine of the cluster of profile '" + profile +
+                              "' (its engines: testudo --profile " + profile + " engines list)");
+    }
+  }
+  // All asked at once, then waited for: engines leave in parallel.
+  for (pid_t p : chosen) {
+    if (process_alive(p)) ::kill(p, SIGTERM);
+  }
+  for (pid_t p : chosen) terminate(p, grace);
+  std::erase_if(procs.engines, [&](pid_t p) { return std::find(chosen.begin(), chosen.end(), p) != chosen.end(); });
+  TESTUDO_RETURN_IF_ERROR(write_cluster_file(profile, procs));
+  return chosen;
 }
 
 StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile) {
@@ -218,6 +333,11 @@ StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile) {
   procs.controller = j["controller"].get<pid_t>();
   for (const auto& e : j["engines"]) {
     if (e.is_number_integer()) procs.engines.push_back(e.get<pid_t>());
+  }
+  // Absent in files written before engines could be added: their logs are 0..engines-1.
+  procs.next_engine_index = static_cast<int>(procs.engines.size());
+  if (auto next = j.find("next_engine_index"); next != j.end() && next->is_number_integer()) {
+    procs.next_engine_index = std::max(procs.next_engine_index, next->get<int>());
   }
   return procs;
 }

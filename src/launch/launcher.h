@@ -2,7 +2,8 @@
 // (`testudo-engine`, the sibling executable that embeds Python) as separate processes, each
 // in its own session (so a terminal's Ctrl-C reaches only the foreground `testudo cluster
 // start`), logging into the profile's log/ directory.
-// Pid files: run/cluster.json (0600). Secrets never travel in argv: processes read them from
+// Pid files: run/cluster.json (0600); engines can be added to and removed from a running
+// cluster (add_engines, stop_engines). Secrets never travel in argv: processes read them from
 // the profile's owner-only connection files.
 // Thread-safety: functions are safe to call from one thread at a time.
 #pragma once
@@ -57,6 +58,7 @@ struct ClusterOptions {
 struct ClusterProcesses {
   pid_t controller = 0;
   std::vector<pid_t> engines;
+  int next_engine_index = 0;  // the next engine's log is log/engine-<index>.log
 };
 
 // Starts the controller, waits for its connection files, starts the engines and waits until
@@ -71,5 +73,28 @@ Status stop_cluster(const std::string& profile, std::chrono::milliseconds grace,
                     const std::function<void(const std::string&)>& progress);
 
 StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile);
+
+struct AddEnginesOptions {
+  std::string profile = "default";
+  int engines = 1;
+  std::string engine_program;  // default: engine_program_beside(self_executable())
+  std::vector<std::string> engine_args;  // e.g. --tag k=v
+  std::chrono::milliseconds timeout{60'000};  // until the new engines have registered
+};
+
+// Adds engines on this machine to the running cluster of `options.profile` (started by
+// start_cluster): starts them, records them in the pid file and waits until the controller
+// counts that many more engines, reporting progress. Returns the new engines' pids. On
+// failure stops the engines it started. kFailedPrecondition when no cluster runs.
+StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
+                                         const std::function<void(const std::string&)>& progress);
+
+// Stops engines of the running cluster of `profile`: those with the given pids (each must be
+// an engine of that cluster's pid file, else kInvalidArgument and nothing is stopped), or all
+// of them when `pids` is empty. Each gets SIGTERM (the engine says goodbye to the controller
+// and exits), then SIGKILL after `grace`. The pid file keeps the others. Returns the pids
+// stopped.
+StatusOr<std::vector<pid_t>> stop_engines(const std::string& profile, const std::vector<pid_t>& pids,
+                                          std::chrono::milliseconds grace);
 
 }  // namespace testudo::launch

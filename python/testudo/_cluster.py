@@ -1,0 +1,277 @@
+"""testudo.Cluster: start, grow, shrink and stop a cluster from Python, shaped like
+ipyparallel.Cluster. It drives the `testudo` command (cluster start / engines start|stop /
+cluster stop), so a cluster started here is the same as one started in a shell, and
+`testudo --profile P status` sees it.
+
+    import testudo
+    with testudo.Cluster(n=4) as rc:          # controller + 4 engines, a connected client
+        rc[:].apply_sync(os.getpid)
+    # everything stopped here
+
+    cluster = testudo.Cluster(n=2)
+    rc = cluster.start_and_connect_sync()
+    cluster.start_engines_sync(2)             # grow to 4
+    cluster.stop_cluster_sync()
+
+Every method has a blocking form with a `_sync` suffix and an awaitable form without it, as in
+ipyparallel. Engines run on this machine; other machines (SSH, MPI, Slurm) are not supported
+yet and `engines=` other than "local" says so.
+"""
+
+import asyncio
+import atexit
+import os
+import random
+import shutil
+import string
+import subprocess
+import time
+import weakref
+
+_live_clusters = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_clusters_at_exit():
+    for cluster in list(_live_clusters):
+        if cluster.shutdown_atexit and cluster.running:
+            try:
+                cluster.stop_cluster_sync()
+            except Exception:  # noqa: BLE001 - at exit, a cluster already gone is fine
+                pass
+
+
+def _find_program():
+    program = os.environ.get("TESTUDO_BIN") or shutil.which("testudo")
+    if not program:
+        raise FileNotFoundError("the `testudo` command was not found on PATH (scripts/setup installs it into "
+                                "/usr/local/bin; or set TESTUDO_BIN to its path)")
+    return program
+
+
+def _testudo_home():
+    return os.environ.get("TESTUDO_HOME") or os.path.join(os.path.expanduser("~"), ".testudo")
+
+
+class Cluster:
+    """A controller and engines on this machine, started and stopped from Python.
+
+    n: engines to start with start_cluster() (default: the number of cores).
+    profile: the testudo profile holding the cluster's files; default: a new profile
+        "cluster-<cluster_id>" that is removed again when the cluster stops cleanly.
+    controller_ip, controller_location, controller_args: the controller's --ip, --location
+        and further `testudo cluster start` options (e.g. ["--trust", "learn"]).
+    engine_args: further `testudo engines start` options for every engine (e.g. ["--tag", "gpu=1"]).
+    engine_timeout: seconds to wait for engines to register.
+    shutdown_atexit: stop the cluster when this Python process exits (default True).
+    """
+
+    def __init__(self, n=None, *, profile=None, cluster_id=None, engines="local", controller_ip=None,
+                 controller_location=None, controller_args=(), engine_args=(), engine_timeout=60,
+                 shutdown_atexit=True, log_level=None):
+        if engines != "local":
+            raise NotImplementedError(f"testudo.Cluster(engines={engines!r}): only engines on this machine "
+                                      "('local') are supported yet")
+        self.n = n
+        self.cluster_id = cluster_id or (
+            f"{int(time.time())}-{''.join(random.choice(string.ascii_lowercase + string.digits) for _ in range(4))}")
+        self._own_profile = profile is None
+        self.profile = profile or f"cluster-{self.cluster_id}"
+        self.controller_ip = controller_ip
+        self.controller_location = controller_location
+        self.controller_args = list(controller_args)
+        self.engine_args = list(engine_args)
+        self.engine_timeout = engine_timeout
+        self.shutdown_atexit = shutdown_atexit
+        self.log_level = log_level
+        self.engines = {}  # engine set id -> [pids], as ipyparallel's Cluster.engines
+        self.running = False
+        self._context_client = None
+        _live_clusters.add(self)
+
+    def __repr__(self):
+        state = f"{sum(len(p) for p in self.engines.values())} engines" if self.running else "stopped"
+        return f"<testudo.Cluster(profile={self.profile!r}, {state})>"
+
+    @property
+    def profile_dir(self):
+        return os.path.join(_testudo_home(), f"profile_{self.profile}")
+
+    # ----- the testudo command -----
+
+    def _run(self, *args, timeout=None):
+        argv = [_find_program(), "--profile", self.profile]
+        if self.log_level:
+            argv += ["--log-level", self.log_level]
+        proc = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            why = lines[-1] if lines else f"exit status {proc.returncode}"
+            raise RuntimeError(f"`testudo {' '.join(args)}` failed: {why}")
+        return proc.stdout
+
+    # ----- controller -----
+
+    def start_controller_sync(self):
+        """Start the controller (no engines). Returns self."""
+        if self.running:
+            raise RuntimeError(f"{self!r} is already running")
+        args = ["cluster", "start", "-n", "0", "--daemonize", "--timeout", str(self.engine_timeout)]
+        if self.controller_ip:
+            args += ["--ip", self.controller_ip]
+        if self.controller_location:
+            args += ["--location", self.controller_location]
+        self._run(*args, *self.controller_args, timeout=self.engine_timeout + 30)
+        self.running = True
+        return self
+
+    def stop_controller_sync(self):
+        """Stop the controller and every engine of the cluster."""
+        self.stop_cluster_sync()
+
+    # ----- engines -----
+
+    def _new_engine_set_id(self):
+        base = engine_set_id = str(int(time.time()))
+        i = 1
+        while engine_set_id in self.engines:
+            engine_set_id = f"{base}-{i}"
+            i += 1
+        return engine_set_id
+
+    def start_engines_sync(self, n=None, engine_set_id=None):
+        """Start n more engines (default: self.n, else the number of cores) and wait until they
+        have registered. Returns the engine set id, for stop_engines()."""
+        if not self.running:
+            raise RuntimeError(f"{self!r} is not running: start_controller() or start_cluster() first")
+        n = n if n is not None else (self.n if self.n is not None else os.cpu_count() or 1)
+        engine_set_id = engine_set_id or self._new_engine_set_id()
+        out = self._run("engines", "start", "-n", str(n), "--timeout", str(self.engine_timeout), *self.engine_args,
+                        timeout=self.engine_timeout + 30)
+        self.engines[engine_set_id] = [int(line) for line in out.split()]
+        return engine_set_id
+
+    def stop_engines_sync(self, engine_set_id=None):
+        """Stop one engine set, or all engines when engine_set_id is None."""
+        if engine_set_id is None:
+            if self.running:
+                self._run("engines", "stop")
+            self.engines.clear()
+            return
+        pids = self.engines.pop(engine_set_id)
+        if pids:
+            self._run("engines", "stop", "--pids", ",".join(map(str, pids)))
+
+    def stop_engine_sync(self, engine_id):
+        """Stop one engine by its engine id (rc.ids)."""
+        self._run("engines", "stop", "--ids", str(engine_id))
+        self._forget_dead_engines()
+
+    def restart_engines_sync(self, engine_set_id=None):
+        """Stop and start again an engine set (or every set): the same number of new engines."""
+        for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
+            n = len(self.engines[set_id])
+            self.stop_engines_sync(set_id)
+            self.start_engines_sync(n, engine_set_id=set_id)
+
+    def signal_engines_sync(self, signum, engine_set_id=None):
+        """Send signal `signum` (e.g. signal.SIGINT) to the engines of a set, or to all."""
+        sets = [engine_set_id] if engine_set_id is not None else list(self.engines)
+        for set_id in sets:
+            for pid in self.engines[set_id]:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def signal_engine_sync(self, signum, engine_id):
+        """Send signal `signum` to the engine with this engine id."""
+        os.kill(self._pid_of(engine_id), signum)
+
+    def _engine_table(self):
+        rows = self._run("engines", "list").splitlines()[1:]
+        return [row.split() for row in rows]
+
+    def _pid_of(self, engine_id):
+        for row in self._engine_table():
+            if len(row) >= 2 and row[1] == str(engine_id):
+                return int(row[0])
+        raise KeyError(f"engine {engine_id} was not started by {self!r}")
+
+    def _forget_dead_engines(self):
+        alive = {int(row[0]) for row in self._engine_table() if len(row) >= 3 and row[2] != "exited"}
+        for set_id in list(self.engines):
+            self.engines[set_id] = [p for p in self.engines[set_id] if p in alive]
+
+    # ----- the whole cluster -----
+
+    def start_cluster_sync(self, n=None):
+        """Start the controller and n engines (default: self.n). Returns self."""
+        self.start_controller_sync()
+        try:
+            count = n if n is not None else (self.n if self.n is not None else os.cpu_count() or 1)
+            if count:
+                self.start_engines_sync(count)
+        except BaseException:
+            self.stop_cluster_sync()
+            raise
+        return self
+
+    def connect_client_sync(self, **client_kwargs):
+        """A testudo.Client connected to this cluster."""
+        from ._client import Client
+        return Client(profile=self.profile, **client_kwargs)
+
+    def start_and_connect_sync(self, n=None):
+        """start_cluster(n), then a connected client once all n engines are ready."""
+        self.start_cluster_sync(n)
+        client = self.connect_client_sync()
+        count = sum(len(p) for p in self.engines.values())
+        if count:
+            client.wait_for_engines(count, timeout=self.engine_timeout)
+        return client
+
+    def stop_cluster_sync(self):
+        """Stop the engines and the controller. A profile this Cluster made is removed."""
+        if self._context_client is not None:
+            self._context_client.close()
+            self._context_client = None
+        if self.running:
+            self._run("cluster", "stop", timeout=60)
+            self.running = False
+        self.engines.clear()
+        if self._own_profile:
+            shutil.rmtree(self.profile_dir, ignore_errors=True)
+
+    # ----- context managers -----
+
+    def __enter__(self):
+        self._context_client = self.start_and_connect_sync()
+        return self._context_client
+
+    def __exit__(self, *exc):
+        self.stop_cluster_sync()
+
+    async def __aenter__(self):
+        self._context_client = await self.start_and_connect()
+        return self._context_client
+
+    async def __aexit__(self, *exc):
+        await self.stop_cluster()
+
+
+def _awaitable(name):
+    sync = getattr(Cluster, name + "_sync")
+
+    async def method(self, *args, **kwargs):
+        return await asyncio.to_thread(sync, self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = sync.__doc__
+    return method
+
+
+for _name in ("start_controller", "stop_controller", "start_engines", "stop_engines", "stop_engine",
+              "restart_engines", "signal_engines", "signal_engine", "start_cluster", "connect_client",
+              "start_and_connect", "stop_cluster"):
+    setattr(Cluster, _name, _awaitable(_name))

@@ -1,0 +1,133 @@
+"""testudo.Cluster, shaped like ipyparallel.Cluster: start and connect, a context manager,
+growing and shrinking the engine set, signals, restart, and clean stops. Real processes."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import testudo
+from conftest import TESTUDO_BIN, pid_gone, wait_until
+
+
+@pytest.fixture(autouse=True)
+def private_home(monkeypatch):
+    home = tempfile.mkdtemp(prefix="testudo-pytest-cluster-")
+    monkeypatch.setenv("TESTUDO_HOME", home)
+    monkeypatch.setenv("TESTUDO_BIN", TESTUDO_BIN)
+    yield home
+    subprocess.run(["rm", "-rf", home], check=False)
+
+
+def _pids(rc):
+    return sorted(rc[:].apply_sync(os.getpid))
+
+
+def test_context_manager_starts_connects_and_stops_everything(private_home):
+    cluster = testudo.Cluster(n=2)
+    with cluster as rc:
+        assert len(rc.ids) == 2
+        pids = _pids(rc)
+        assert sorted(p for s in cluster.engines.values() for p in s) == pids
+        profile_dir = cluster.profile_dir
+        assert os.path.isdir(profile_dir)
+    assert not cluster.running
+    for pid in pids:
+        assert wait_until(lambda p=pid: pid_gone(p), 10), f"engine {pid} still running"
+    assert not os.path.exists(profile_dir), "the cluster's own profile is removed after a clean stop"
+
+
+def test_engines_are_added_and_removed_by_set_and_by_id(private_home):
+    cluster = testudo.Cluster(n=1, profile="grow")
+    rc = cluster.start_and_connect_sync()
+    try:
+        first_set = next(iter(cluster.engines))
+        added = cluster.start_engines_sync(2)
+        rc.wait_for_engines(3, timeout=30)
+        assert len(rc.ids) == 3
+        # `testudo engines list` sees what the Cluster started.
+        listed = subprocess.run([TESTUDO_BIN, "--profile", "grow", "engines", "list"], capture_output=True, text=True,
+                                check=True).stdout
+        for pid in cluster.engines[added]:
+            assert str(pid) in listed
+
+        cluster.stop_engines_sync(first_set)
+        assert wait_until(lambda: len(rc.ids) == 2, 15)
+        victim = rc.ids[0]
+        cluster.stop_engine_sync(victim)
+        assert wait_until(lambda: victim not in rc.ids, 15)
+        assert len(rc.ids) == 1
+        assert sum(len(p) for p in cluster.engines.values()) == 1
+        # The profile was the caller's: it stays.
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+    assert os.path.isdir(cluster.profile_dir)
+
+
+def test_signal_and_restart(private_home):
+    cluster = testudo.Cluster(n=1, profile="signals")
+    rc = cluster.start_and_connect_sync()
+    try:
+        view = rc[:]
+        ar = view.apply_async(lambda: __import__("time").sleep(30))
+        time.sleep(0.5)
+        cluster.signal_engines_sync(signal.SIGINT)  # interrupts the task, as a KeyboardInterrupt
+        with pytest.raises(testudo.RemoteError) as info:
+            ar.get(timeout=10)
+        assert "KeyboardInterrupt" in str(info.value)
+
+        old = _pids(rc)
+        cluster.restart_engines_sync()
+        assert wait_until(lambda: len(rc.ids) == 1, 30)
+        assert _pids(rc) != old
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+
+
+def test_async_forms_and_errors(private_home):
+    async def run():
+        cluster = testudo.Cluster(n=1)
+        async with cluster as rc:
+            assert len(rc.ids) == 1
+            await cluster.start_engines(1)
+            rc.wait_for_engines(2, timeout=30)
+        assert not cluster.running
+
+    asyncio.run(run())
+
+    with pytest.raises(NotImplementedError):
+        testudo.Cluster(n=1, engines="ssh")
+    cluster = testudo.Cluster(n=1)
+    with pytest.raises(RuntimeError) as info:
+        cluster.start_engines_sync(1)
+    assert "not running" in str(info.value)
+
+
+def test_engines_command_errors_are_clear(private_home):
+    def testudo_cli(*args):
+        return subprocess.run([TESTUDO_BIN, "--profile", "errs", *args], capture_output=True, text=True)
+
+    none = testudo_cli("engines", "start", "-n", "1")
+    assert none.returncode == 1
+    assert "no cluster of profile 'errs' is running" in none.stderr
+    cluster = testudo.Cluster(n=1, profile="errs").start_cluster_sync()
+    try:
+        stranger = testudo_cli("engines", "stop", "--pids", "1")
+        assert stranger.returncode == 2
+        assert "pid 1 is not an engine of the cluster" in stranger.stderr
+        unknown = testudo_cli("engines", "stop", "--ids", "99")
+        assert unknown.returncode == 1
+        assert "engine 99 is not registered" in unknown.stderr
+        zero = testudo_cli("engines", "start", "-n", "0")
+        assert zero.returncode == 2
+        # Nothing was stopped by the refused requests.
+        assert len(cluster.engines) == 1
+        assert "ready" in testudo_cli("engines", "list").stdout
+    finally:
+        cluster.stop_cluster_sync()
