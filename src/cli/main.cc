@@ -24,6 +24,7 @@
 #include "cli/common_options.h"
 #include "cli/engines.h"
 #include "cli/keys.h"
+#include "cli/profile_config.h"
 #include "cli/targets.h"
 #include "controller/controller.h"
 #include "launch/launcher.h"
@@ -334,6 +335,8 @@ int main(int argc, char** argv) {
   double start_timeout = 60;
   double cluster_heartbeat = 0;
   auto* start = cluster->add_subcommand("start", "Start a controller and N engines on this machine");
+  start->footer("Settings can live in the profile: <profile>/cluster.json, e.g. {\"n\": 8, \"ip\": \"0.0.0.0\", "
+                "\"tag\": [\"site=lab\"]} (long option names without dashes); the command line wins.");
   start->add_option("-n,--n", lopts.engines, "Number of engines (default: number of cores)")->capture_default_str();
   start->add_option("--ip", lopts.ip, "Address the controller listens on (0.0.0.0, :: or * for every interface)")
       ->capture_default_str();
@@ -399,6 +402,9 @@ int main(int argc, char** argv) {
     return run_controller(profile, copts, controller_log);
   }
   if (*start) {
+    if (Status st = apply_profile_config(*start, profile_paths(profile).root + "/cluster.json"); !st.ok()) {
+      return fail(st);
+    }
     lopts.timeout = seconds(start_timeout);
     for (const auto& tag : cluster_tags) {
       lopts.engine_args.push_back("--tag");

@@ -131,3 +131,41 @@ def test_engines_command_errors_are_clear(private_home):
         assert "ready" in testudo_cli("engines", "list").stdout
     finally:
         cluster.stop_cluster_sync()
+
+
+def test_cluster_settings_live_in_the_profile_and_the_command_line_wins(private_home):
+    profile_dir = os.path.join(private_home, "profile_kept")
+    os.makedirs(profile_dir, mode=0o700)
+    settings = os.path.join(profile_dir, "cluster.json")
+
+    def start(*args):
+        return subprocess.run([TESTUDO_BIN, "--profile", "kept", "cluster", "start", "--daemonize", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    def stop():
+        subprocess.run([TESTUDO_BIN, "--profile", "kept", "cluster", "stop"], capture_output=True, check=True)
+
+    with open(settings, "w") as f:
+        f.write('{"n": 3, "tag": ["site=lab"]}')
+    assert start().returncode == 0
+    try:
+        with testudo.Client(profile="kept") as rc:
+            assert len(rc.ids) == 3
+            assert rc.select_ids(site="lab") == rc.ids
+    finally:
+        stop()
+    assert start("-n", "1").returncode == 0
+    try:
+        with testudo.Client(profile="kept") as rc:
+            assert len(rc.ids) == 1
+    finally:
+        stop()
+
+    for text, why in [('{"engines_count": 3}', 'unknown setting "engines_count"'),
+                      ('{"n": "many"}', '"n"'),
+                      ('[3]', "not a JSON object")]:
+        with open(settings, "w") as f:
+            f.write(text)
+        refused = start()
+        assert refused.returncode == 2, refused.stderr
+        assert why in refused.stderr and settings in refused.stderr
