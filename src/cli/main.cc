@@ -182,6 +182,15 @@ int cluster_start(const std::string& profile, launch::ClusterOptions o, bool dae
   return st.ok() ? kExitOk : fail(st);
 }
 
+int cmd_list_clusters() {
+  std::printf("%-20s %-8s %-10s %s\n", "PROFILE", "STATE", "CONTROLLER", "ENGINES");
+  for (const launch::ClusterEntry& c : launch::list_clusters()) {
+    std::printf("%-20s %-8s %-10d %zu/%zu\n", c.profile.c_str(), c.controller_alive ? "running" : "stale",
+                static_cast<int>(c.processes.controller), c.engines_alive, c.processes.engines.size());
+  }
+  return kExitOk;
+}
+
 // Connects, resolves --targets, sends one request with `send` and waits for the replies.
 StatusOr<std::vector<EngineReply>> run_on_targets(
     const std::string& profile, const ClientArgs& args,
@@ -359,6 +368,9 @@ int main(int argc, char** argv) {
   }
   bool cluster_auto_accept = false;
   start->add_flag("--auto-accept", cluster_auto_accept, "As for `testudo controller --auto-accept`");
+  auto* list_clusters = cluster->add_subcommand("list", "List the clusters started on this machine, one per profile");
+  auto* clean_clusters =
+      cluster->add_subcommand("clean", "Remove the pid files of clusters whose controller is gone (and their engines)");
   auto* stop = cluster->add_subcommand("stop", "Stop the cluster of this profile");
   double stop_grace = 10;
   stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")->capture_default_str();
@@ -421,6 +433,11 @@ int main(int argc, char** argv) {
     }
     if (cluster_auto_accept) lopts.controller_args.push_back("--auto-accept");
     return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
+  }
+  if (*list_clusters) return cmd_list_clusters();
+  if (*clean_clusters) {
+    for (const std::string& cleaned : launch::clean_clusters()) say("removed the stale cluster of profile " + cleaned);
+    return kExitOk;
   }
   if (*stop) {
     Status st = launch::stop_cluster(profile, seconds(stop_grace), say);

@@ -342,6 +342,37 @@ StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile) {
   return procs;
 }
 
+std::vector<ClusterEntry> list_clusters() {
+  std::vector<ClusterEntry> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(testudo_home(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory(ec) || !name.starts_with("profile_")) continue;
+    ClusterEntry cluster;
+    cluster.profile = name.substr(std::string_view("profile_").size());
+    auto procs = read_cluster_file(cluster.profile);
+    if (!procs.ok()) continue;
+    cluster.processes = std::move(procs).value();
+    cluster.controller_alive = process_alive(cluster.processes.controller);
+    for (pid_t p : cluster.processes.engines) cluster.engines_alive += process_alive(p) ? 1 : 0;
+    out.push_back(std::move(cluster));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.profile < b.profile; });
+  return out;
+}
+
+std::vector<std::string> clean_clusters() {
+  std::vector<std::string> cleaned;
+  for (const ClusterEntry& cluster : list_clusters()) {
+    if (cluster.controller_alive) continue;
+    // Engines outlive a dead controller only until their link gives up; do not wait for that.
+    for (pid_t p : cluster.processes.engines) terminate(p, std::chrono::seconds(2));
+    std::filesystem::remove(profile_paths(cluster.profile).run_dir + "/cluster.json");
+    cleaned.push_back(cluster.profile);
+  }
+  return cleaned;
+}
+
 Status stop_cluster(const std::string& profile, std::chrono::milliseconds grace,
                     const std::function<void(const std::string&)>& progress) {
   auto procs = read_cluster_file(profile);

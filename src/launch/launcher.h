@@ -74,6 +74,20 @@ Status stop_cluster(const std::string& profile, std::chrono::milliseconds grace,
 
 StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile);
 
+// A profile that has a pid file: a cluster started on this machine, running or not.
+struct ClusterEntry {
+  std::string profile;
+  ClusterProcesses processes;
+  bool controller_alive = false;
+  std::size_t engines_alive = 0;
+};
+// Every cluster of this machine's testudo home (one per profile with run/cluster.json), by
+// profile name.
+std::vector<ClusterEntry> list_clusters();
+// Removes the pid files of clusters whose controller is gone (a crash, a reboot, a kill -9),
+// after stopping any of their engines still running. Returns the profiles cleaned.
+std::vector<std::string> clean_clusters();
+
 struct AddEnginesOptions {
   std::string profile = "default";
   int engines = 1;

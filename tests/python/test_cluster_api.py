@@ -169,3 +169,28 @@ def test_cluster_settings_live_in_the_profile_and_the_command_line_wins(private_
         refused = start()
         assert refused.returncode == 2, refused.stderr
         assert why in refused.stderr and settings in refused.stderr
+
+
+def test_cluster_list_and_clean_after_a_controller_is_killed(private_home):
+    def cli(*args):
+        return subprocess.run([TESTUDO_BIN, *args], capture_output=True, text=True, timeout=60)
+
+    alive = testudo.Cluster(n=1, profile="alive").start_cluster_sync()
+    doomed = testudo.Cluster(n=2, profile="doomed").start_cluster_sync()
+    try:
+        rows = {line.split()[0]: line.split() for line in cli("cluster", "list").stdout.splitlines()[1:]}
+        assert rows["alive"][1] == "running" and rows["alive"][3] == "1/1"
+        assert rows["doomed"][1] == "running" and rows["doomed"][3] == "2/2"
+
+        engine_pids = [p for s in doomed.engines.values() for p in s]
+        os.kill(int(rows["doomed"][2]), signal.SIGKILL)  # a crashed controller leaves its pid file behind
+        assert wait_until(lambda: "stale" in cli("cluster", "list").stdout, 10)
+        cleaned = cli("cluster", "clean")
+        assert "removed the stale cluster of profile doomed" in cleaned.stderr
+        for pid in engine_pids:
+            assert wait_until(lambda p=pid: pid_gone(p), 10), "clean stops the engines of a dead controller"
+        rows = {line.split()[0] for line in cli("cluster", "list").stdout.splitlines()[1:]}
+        assert rows == {"alive"}, "the running cluster is untouched"
+    finally:
+        doomed.running = False
+        alive.stop_cluster_sync()
