@@ -14,8 +14,8 @@ cluster stop), so a cluster started here is the same as one started in a shell, 
     cluster.stop_cluster_sync()
 
 Every method has a blocking form with a `_sync` suffix and an awaitable form without it, as in
-ipyparallel. Engines run on this machine; other machines (SSH, MPI, Slurm) are not supported
-yet and `engines=` other than "local" says so.
+ipyparallel. Engines run on this machine, each its own process or the ranks of one mpiexec
+(engines="mpi"); launchers for other machines (SSH, Slurm, PBS) are not there yet and say so.
 """
 
 import asyncio
@@ -61,6 +61,9 @@ class Cluster:
         "cluster-<cluster_id>" that is removed again when the cluster stops cleanly.
     controller_ip, controller_location, controller_args: the controller's --ip, --location
         and further `testudo cluster start` options (e.g. ["--trust", "learn"]).
+    engines: "local" (a process per engine) or "mpi" (one `mpiexec -n N` whose ranks are the
+        engines; user code can use mpi4py); mpiexec and mpi_args (e.g. ["--oversubscribe"]) go
+        to mpiexec.
     engine_args: further `testudo engines start` options for every engine (e.g. ["--tag", "gpu=1"]).
     engine_timeout: seconds to wait for engines to register.
     shutdown_atexit: stop the cluster when this Python process exits (default True).
@@ -68,10 +71,13 @@ class Cluster:
 
     def __init__(self, n=None, *, profile=None, cluster_id=None, engines="local", controller_ip=None,
                  controller_location=None, controller_args=(), engine_args=(), engine_timeout=60,
-                 shutdown_atexit=True, log_level=None):
-        if engines != "local":
-            raise NotImplementedError(f"testudo.Cluster(engines={engines!r}): only engines on this machine "
-                                      "('local') are supported yet")
+                 shutdown_atexit=True, log_level=None, mpiexec=None, mpi_args=()):
+        if engines not in ("local", "mpi"):
+            raise NotImplementedError(f"testudo.Cluster(engines={engines!r}): engines start 'local' (a process "
+                                      "each) or 'mpi' (one mpiexec); ssh, slurm and pbs are not supported yet")
+        self.engine_launcher = engines
+        self.mpiexec = mpiexec
+        self.mpi_args = list(mpi_args)
         self.n = n
         self.cluster_id = cluster_id or (
             f"{int(time.time())}-{''.join(random.choice(string.ascii_lowercase + string.digits) for _ in range(4))}")
@@ -85,12 +91,13 @@ class Cluster:
         self.shutdown_atexit = shutdown_atexit
         self.log_level = log_level
         self.engines = {}  # engine set id -> [pids], as ipyparallel's Cluster.engines
+        self._engine_counts = {}  # engine set id -> engines in it (an mpi set has one pid)
         self.running = False
         self._context_client = None
         _live_clusters.add(self)
 
     def __repr__(self):
-        state = f"{sum(len(p) for p in self.engines.values())} engines" if self.running else "stopped"
+        state = f"{sum(self._engine_counts.values())} engines" if self.running else "stopped"
         return f"<testudo.Cluster(profile={self.profile!r}, {state})>"
 
     @property
@@ -146,9 +153,16 @@ class Cluster:
             raise RuntimeError(f"{self!r} is not running: start_controller() or start_cluster() first")
         n = n if n is not None else (self.n if self.n is not None else os.cpu_count() or 1)
         engine_set_id = engine_set_id or self._new_engine_set_id()
-        out = self._run("engines", "start", "-n", str(n), "--timeout", str(self.engine_timeout), *self.engine_args,
-                        timeout=self.engine_timeout + 30)
+        launcher = ["--engines", self.engine_launcher]
+        if self.engine_launcher == "mpi":
+            launcher += [f"--mpi-arg={arg}" for arg in self.mpi_args]
+            if self.mpiexec:
+                launcher += ["--mpiexec", self.mpiexec]
+        out = self._run("engines", "start", "-n", str(n), "--timeout", str(self.engine_timeout), *launcher,
+                        *self.engine_args, timeout=self.engine_timeout + 30)
+        # The processes of the set: one per engine, or the one mpiexec of all of them.
         self.engines[engine_set_id] = [int(line) for line in out.split()]
+        self._engine_counts[engine_set_id] = n
         return engine_set_id
 
     def stop_engines_sync(self, engine_set_id=None):
@@ -157,8 +171,10 @@ class Cluster:
             if self.running:
                 self._run("engines", "stop")
             self.engines.clear()
+            self._engine_counts.clear()
             return
         pids = self.engines.pop(engine_set_id)
+        self._engine_counts.pop(engine_set_id, None)
         if pids:
             self._run("engines", "stop", "--pids", ",".join(map(str, pids)))
 
@@ -170,7 +186,7 @@ class Cluster:
     def restart_engines_sync(self, engine_set_id=None):
         """Stop and start again an engine set (or every set): the same number of new engines."""
         for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
-            n = len(self.engines[set_id])
+            n = self._engine_counts.get(set_id, len(self.engines[set_id]))
             self.stop_engines_sync(set_id)
             self.start_engines_sync(n, engine_set_id=set_id)
 
@@ -226,7 +242,7 @@ class Cluster:
         """start_cluster(n), then a connected client once all n engines are ready."""
         self.start_cluster_sync(n)
         client = self.connect_client_sync()
-        count = sum(len(p) for p in self.engines.values())
+        count = sum(self._engine_counts.values())
         if count:
             client.wait_for_engines(count, timeout=self.engine_timeout)
         return client
@@ -240,6 +256,7 @@ class Cluster:
             self._run("cluster", "stop", timeout=60)
             self.running = False
         self.engines.clear()
+        self._engine_counts.clear()
         if self._own_profile:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
 

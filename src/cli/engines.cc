@@ -7,6 +7,7 @@
 #include <map>
 
 #include "base/profile.h"
+#include "cli/launcher_args.h"
 #include "launch/launcher.h"
 #include "testudo/client.h"
 
@@ -54,6 +55,7 @@ struct EnginesCommand::Impl {
   CLI::App* list = nullptr;
 
   launch::AddEnginesOptions add;
+  LauncherArgs launcher;
   double start_timeout = 60;
   std::vector<std::string> tags;
   std::vector<pid_t> stop_pids;
@@ -62,6 +64,9 @@ struct EnginesCommand::Impl {
 
   int run_start(const std::string& profile) {
     add.profile = profile;
+    auto options = launcher.options();
+    if (!options.ok()) return fail(options.status());
+    add.launcher = *options;
     add.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(start_timeout * 1000));
     for (const auto& tag : tags) add.engine_args.insert(add.engine_args.end(), {"--tag", tag});
     auto pids = launch::add_engines(add, say);
@@ -102,7 +107,8 @@ struct EnginesCommand::Impl {
       const bool alive = launch::process_alive(p);
       std::printf("%-8d %-6s %-9s %s\n", static_cast<int>(p),
                   it == registered.end() ? "-" : std::to_string(it->second.id).c_str(),
-                  !alive ? "exited" : it == registered.end() ? "starting" : "ready",
+                  // Alive but no engine of that pid: starting, or a launcher process (mpiexec).
+                  !alive ? "exited" : it == registered.end() ? "running" : "ready",
                   it == registered.end() ? "" : it->second.host.c_str());
     }
     return 0;
@@ -120,6 +126,7 @@ EnginesCommand::EnginesCommand(CLI::App& app) : impl_(std::make_unique<Impl>()) 
   m.start->add_option("--tag", m.tags, "A label k=v given to every new engine (repeatable)");
   m.start->add_option("--timeout", m.start_timeout, "Seconds to wait for the new engines to register")
       ->capture_default_str();
+  m.launcher.add_to(m.start);
 
   m.stop = m.engines->add_subcommand("stop", "Stop engines of the cluster (all of them unless --pids or --ids)");
   m.stop->add_option("--pids", m.stop_pids, "Process ids of engines to stop (see `engines list`)")->delimiter(',');

@@ -24,6 +24,7 @@
 #include "cli/common_options.h"
 #include "cli/engines.h"
 #include "cli/keys.h"
+#include "cli/launcher_args.h"
 #include "cli/profile_config.h"
 #include "cli/targets.h"
 #include "controller/controller.h"
@@ -169,11 +170,11 @@ int cluster_start(const std::string& profile, launch::ClusterOptions o, bool dae
   std::string where = profile_paths(profile).client_connection_file;
   if (daemonize) {
     say("cluster running in the background: controller pid " + std::to_string(started->controller) + ", " +
-        std::to_string(started->engines.size()) + " engines; client connection file " + where);
+        std::to_string(o.engines) + " engines; client connection file " + where);
     say("stop it with: testudo cluster stop" + (profile == "default" ? std::string() : " --profile " + profile));
     return kExitOk;
   }
-  say("cluster running: " + std::to_string(started->engines.size()) + " engines; client connection file " + where);
+  say("cluster running: " + std::to_string(o.engines) + " engines; client connection file " + where);
   say("press Ctrl-C to stop it");
   int sig = 0;
   sigwait(&stop_signals, &sig);
@@ -355,6 +356,8 @@ int main(int argc, char** argv) {
   start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead");
   std::vector<std::string> cluster_tags;
   start->add_option("--tag", cluster_tags, "A label k=v given to every engine (repeatable)");
+  LauncherArgs cluster_launcher;
+  cluster_launcher.add_to(start);
   std::string cluster_scheme;
   start->add_option("--scheme", cluster_scheme, "Load balancing: leastload (default), lru, twobin, weighted, random");
   std::string cluster_hwm;
@@ -418,6 +421,9 @@ int main(int argc, char** argv) {
       return fail(st);
     }
     lopts.timeout = seconds(start_timeout);
+    auto launcher = cluster_launcher.options();
+    if (!launcher.ok()) return fail(launcher.status());
+    lopts.launcher = *launcher;
     for (const auto& tag : cluster_tags) {
       lopts.engine_args.push_back("--tag");
       lopts.engine_args.push_back(tag);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -80,6 +81,17 @@ StatusOr<std::string> engine_info(const std::vector<std::pair<std::string, std::
   info["cores"] = std::thread::hardware_concurrency();
   info["memory"] = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE));
   info["pid"] = ::getpid();
+  // Started by mpiexec (the mpi launcher): the rank and size, so user code and rc.select can
+  // tell ranks apart. Open MPI, PMIx and MPICH (PMI) name them differently.
+  for (const auto& [rank_var, size_var] : {std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                                           std::pair{"PMIX_RANK", "PMIX_SIZE"}, std::pair{"PMI_RANK", "PMI_SIZE"}}) {
+    const char* rank = std::getenv(rank_var);
+    const char* size = std::getenv(size_var);
+    if (rank == nullptr) continue;
+    info["mpi_rank"] = std::strtol(rank, nullptr, 10);
+    if (size != nullptr) info["mpi_size"] = std::strtol(size, nullptr, 10);
+    break;
+  }
   for (const auto& [key, value] : tags) {
     if (key.empty() || key.size() > 64) return invalid_argument("tag names are 1 to 64 characters: '" + key + "'");
     auto parsed = nlohmann::json::parse(value, nullptr, /*allow_exceptions=*/false);

@@ -55,28 +55,63 @@ StatusOr<std::string> usable_engine_program(const std::string& program, const st
   return engine_program;
 }
 
-// Starts `n` engines of `profile`, logging to engine-<index>.log from procs.next_engine_index
-// on; appends their pids to procs.engines as they start (so a failure can stop them).
-Status spawn_engines(const std::string& engine_program, const std::string& profile,
-                     const std::vector<std::string>& engine_args, int n, ClusterProcesses& procs) {
+// Starts `n` engines of `profile` the launcher's way, logging to engine-<index>.log from
+// procs.next_engine_index on; appends the pids to track to procs.engines as they start (so a
+// failure can stop them): one per engine, or the one mpiexec of all of them.
+Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& engine_program,
+                     const std::string& profile, const std::vector<std::string>& engine_args, int n,
+                     ClusterProcesses& procs) {
   const ProfilePaths paths = profile_paths(profile);
-  for (int i = 0; i < n; ++i) {
-    std::vector<std::string> argv{engine_program, "--profile", profile};
-    argv.insert(argv.end(), engine_args.begin(), engine_args.end());
+  std::vector<std::string> engine{engine_program, "--profile", profile};
+  engine.insert(engine.end(), engine_args.begin(), engine_args.end());
+  if (launcher.kind == EngineLauncherOptions::Kind::kMpi) {
+    std::vector<std::string> argv{launcher.mpiexec, "-n", std::to_string(n)};
+    argv.insert(argv.end(), launcher.mpiexec_args.begin(), launcher.mpiexec_args.end());
+    argv.insert(argv.end(), engine.begin(), engine.end());
     TESTUDO_ASSIGN_OR_RETURN(pid_t pid, spawn_detached(argv, engine_log(paths, procs.next_engine_index)));
+    procs.engines.push_back(pid);
+    ++procs.next_engine_index;
+    return ok_status();
+  }
+  for (int i = 0; i < n; ++i) {
+    TESTUDO_ASSIGN_OR_RETURN(pid_t pid, spawn_detached(engine, engine_log(paths, procs.next_engine_index)));
     procs.engines.push_back(pid);
     ++procs.next_engine_index;
   }
   return ok_status();
 }
 
-// Waits until the controller counts `before` + started.size() engines. `started` are the
-// engines this call is waiting for, with their log indexes: one that exits meanwhile ends the
-// wait with its log. Progress counts the started ones only ("engines ready: 2/4").
-Status wait_for_engines(Client& client, std::size_t before, const std::vector<std::pair<pid_t, int>>& started,
-                        const ProfilePaths& paths, Clock::time_point deadline, std::chrono::milliseconds timeout,
+// The mpiexec to run: a path as given, a bare name looked up on PATH (posix_spawn does not).
+StatusOr<std::string> find_program(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (!dirs.empty()) {
+    const auto colon = dirs.find(':');
+    const std::string dir(dirs.substr(0, colon));
+    dirs = colon == std::string_view::npos ? std::string_view() : dirs.substr(colon + 1);
+    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return failed_precondition(name + " was not found on PATH (install an MPI, e.g. Debian's openmpi-bin or mpich, "
+                             "or name it with --mpiexec)");
+}
+
+// Resolves what the launcher needs before anything starts (mpiexec on PATH).
+Status prepare_launcher(EngineLauncherOptions& launcher) {
+  if (launcher.kind != EngineLauncherOptions::Kind::kMpi) return ok_status();
+  TESTUDO_ASSIGN_OR_RETURN(launcher.mpiexec, find_program(launcher.mpiexec));
+  return ok_status();
+}
+
+// Waits until the controller counts `before` + `count` engines. `started` are the processes
+// of those engines, with their log indexes: one that exits meanwhile ends the wait with its
+// log. Progress counts the new engines only ("engines ready: 2/4").
+Status wait_for_engines(Client& client, std::size_t before, std::size_t count,
+                        const std::vector<std::pair<pid_t, int>>& started, const ProfilePaths& paths,
+                        Clock::time_point deadline, std::chrono::milliseconds timeout,
                         const std::function<void(const std::string&)>& progress) {
-  const std::size_t wanted = before + started.size();
+  const std::size_t wanted = before + count;
   std::size_t ready = 0;
   std::string last_report;
   while (Clock::now() < deadline) {
@@ -84,20 +119,20 @@ Status wait_for_engines(Client& client, std::size_t before, const std::vector<st
     if (!ids.ok()) return ids.status().with_context("asking the controller for engines");
     ready = ids->size();
     const std::size_t ready_new = std::min(ready, wanted) - std::min(ready, before);
-    std::string report = "engines ready: " + std::to_string(ready_new) + "/" + std::to_string(started.size());
+    std::string report = "engines ready: " + std::to_string(ready_new) + "/" + std::to_string(count);
     if (report != last_report) progress(report);
     last_report = report;
     if (ready >= wanted) return ok_status();
     for (const auto& [pid, index] : started) {
       if (!process_alive(pid)) {
-        return unavailable("engine " + std::to_string(index) + " exited during start-up; see " +
+        return unavailable("engine process " + std::to_string(pid) + " exited during start-up; see " +
                            engine_log(paths, index));
       }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return deadline_exceeded("only " + std::to_string(std::min(ready, wanted) - std::min(ready, before)) + " of " +
-                           std::to_string(started.size()) + " engines registered within " + std::to_string(timeout.count() / 1000) +
+                           std::to_string(count) + " engines registered within " + std::to_string(timeout.count() / 1000) +
                            " s; see the logs in " + paths.log_dir);
 }
 
@@ -111,6 +146,14 @@ std::vector<std::pair<pid_t, int>> with_indexes(const ClusterProcesses& procs, s
 }
 
 }  // namespace
+
+StatusOr<EngineLauncherOptions::Kind> engine_launcher_kind(std::string_view name) {
+  if (name == "local") return EngineLauncherOptions::Kind::kLocal;
+  if (name == "mpi") return EngineLauncherOptions::Kind::kMpi;
+  return invalid_argument("unknown engine launcher '" + std::string(name) +
+                          "': this version starts engines with 'local' or 'mpi' (ssh, slurm and pbs are not "
+                          "supported yet)");
+}
 
 std::string self_executable() {
   std::error_code ec;
@@ -189,8 +232,10 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   const std::string program = options.program.empty() ? self_executable() : options.program;
   // Found out now rather than after the controller has started and must be stopped again.
   std::string engine_program = options.engine_program;
+  EngineLauncherOptions launcher = options.launcher;
   if (options.engines > 0) {
     TESTUDO_ASSIGN_OR_RETURN(engine_program, usable_engine_program(program, options.engine_program));
+    TESTUDO_RETURN_IF_ERROR(prepare_launcher(launcher));
   }
   ProfilePaths paths = profile_paths(options.profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.root));
@@ -244,12 +289,14 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   }
   if (!client) return fail(deadline_exceeded("the controller did not become ready: " + last.message()));
 
-  if (Status st = spawn_engines(engine_program, options.profile, options.engine_args, options.engines, procs);
-      !st.ok()) {
-    return fail(st);
+  if (options.engines > 0) {
+    if (Status st = spawn_engines(launcher, engine_program, options.profile, options.engine_args, options.engines, procs);
+        !st.ok()) {
+      return fail(st);
+    }
   }
   if (Status st = write_cluster_file(options.profile, procs); !st.ok()) return fail(st);
-  if (Status st = wait_for_engines(*client, 0, with_indexes(procs, 0), paths,
+  if (Status st = wait_for_engines(*client, 0, static_cast<std::size_t>(options.engines), with_indexes(procs, 0), paths,
                                    deadline, options.timeout, progress);
       !st.ok()) {
     return fail(st);
@@ -268,6 +315,8 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
   }
   TESTUDO_ASSIGN_OR_RETURN(std::string engine_program,
                            usable_engine_program(self_executable(), options.engine_program));
+  EngineLauncherOptions launcher = options.launcher;
+  TESTUDO_RETURN_IF_ERROR(prepare_launcher(launcher));
   const ProfilePaths paths = profile_paths(options.profile);
   ClientOptions co;
   co.profile = options.profile;
@@ -283,17 +332,19 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
     (void)write_cluster_file(options.profile, procs);  // keeps next_engine_index: logs are not reused
     return why;
   };
-  if (Status st = spawn_engines(engine_program, options.profile, options.engine_args, options.engines, procs);
+  if (Status st = spawn_engines(launcher, engine_program, options.profile, options.engine_args, options.engines, procs);
       !st.ok()) {
     return fail(st);
   }
   std::vector<pid_t> added(procs.engines.begin() + static_cast<std::ptrdiff_t>(first), procs.engines.end());
   std::string pids;
   for (pid_t p : added) pids += (pids.empty() ? "" : " ") + std::to_string(p);
-  progress("started " + std::to_string(added.size()) + " engines (pids " + pids + ")");
+  progress("started " + std::to_string(options.engines) + " engines (" +
+           (launcher.kind == EngineLauncherOptions::Kind::kMpi ? "mpiexec pid " : "pids ") + pids + ")");
   if (Status st = write_cluster_file(options.profile, procs); !st.ok()) return fail(st);
   // Counted against the engines registered before: the new ones are ready when that many more are.
-  if (Status st = wait_for_engines(*client, before.size(), with_indexes(procs, first), paths,
+  if (Status st = wait_for_engines(*client, before.size(), static_cast<std::size_t>(options.engines),
+                                   with_indexes(procs, first), paths,
                                    Clock::now() + options.timeout, options.timeout, progress);
       !st.ok()) {
     return fail(st);

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "testudo/status.h"
@@ -38,6 +39,20 @@ bool process_alive(pid_t pid);
 // SIGTERM, wait up to `grace`, then SIGKILL. Returns once the process is gone.
 void terminate(pid_t pid, std::chrono::milliseconds grace);
 
+// How a cluster's engines are started on this machine:
+//  kLocal: one process per engine (testudo-engine), each tracked by its pid;
+//  kMpi:   one `mpiexec -n N testudo-engine ...` (MPICH or Open MPI), tracked by the mpiexec
+//          pid; the engines are its ranks (they report mpi_rank and mpi_size), so user code
+//          on them can use mpi4py. Stopping the set signals mpiexec, which ends its ranks.
+struct EngineLauncherOptions {
+  enum class Kind { kLocal, kMpi };
+  Kind kind = Kind::kLocal;
+  std::string mpiexec = "mpiexec";       // kMpi: the program (found on PATH unless a path)
+  std::vector<std::string> mpiexec_args;  // kMpi: before the engine, e.g. --oversubscribe
+};
+// "local" or "mpi"; anything else is kInvalidArgument naming the kinds there are.
+StatusOr<EngineLauncherOptions::Kind> engine_launcher_kind(std::string_view name);
+
 struct ClusterOptions {
   // The `testudo` executable, run as `program controller ...`; default: this executable.
   std::string program;
@@ -53,6 +68,7 @@ struct ClusterOptions {
   // Extra arguments for the controller (e.g. --heartbeat-timeout 3) and for every engine.
   std::vector<std::string> controller_args;
   std::vector<std::string> engine_args;
+  EngineLauncherOptions launcher;
 };
 
 struct ClusterProcesses {
@@ -94,6 +110,7 @@ struct AddEnginesOptions {
   std::string engine_program;  // default: engine_program_beside(self_executable())
   std::vector<std::string> engine_args;  // e.g. --tag k=v
   std::chrono::milliseconds timeout{60'000};  // until the new engines have registered
+  EngineLauncherOptions launcher;
 };
 
 // Adds engines on this machine to the running cluster of `options.profile` (started by

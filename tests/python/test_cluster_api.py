@@ -3,6 +3,7 @@ growing and shrinking the engine set, signals, restart, and clean stops. Real pr
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -194,3 +195,46 @@ def test_cluster_list_and_clean_after_a_controller_is_killed(private_home):
     finally:
         doomed.running = False
         alive.stop_cluster_sync()
+
+
+MPI_ARGS = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec (scripts/setup installs openmpi-bin)")
+def test_mpi_engines_are_ranks_that_can_allreduce(private_home):
+    cluster = testudo.Cluster(n=4, engines="mpi", mpi_args=MPI_ARGS, profile="mpi")
+    rc = cluster.start_and_connect_sync()
+    try:
+        assert len(rc.ids) == 4
+        (mpiexec_pid,) = next(iter(cluster.engines.values()))  # the set is one mpiexec
+        ranks = sorted(tags["mpi_rank"] for tags in rc.engine_tags().values())
+        assert ranks == [0, 1, 2, 3]
+        assert {tags["mpi_size"] for tags in rc.engine_tags().values()} == {4}
+
+        def total():
+            from mpi4py import MPI
+            comm = MPI.COMM_WORLD
+            return comm.allreduce(comm.rank + 1)
+
+        assert rc[:].apply_sync(total) == [10, 10, 10, 10]
+        rank_pids = rc[:].apply_sync(os.getpid)
+        cluster.stop_engines_sync()  # signals mpiexec, which ends its ranks
+        assert wait_until(lambda: not rc.ids, 20)
+        for pid in [mpiexec_pid, *rank_pids]:
+            assert wait_until(lambda p=pid: pid_gone(p), 20), f"{pid} left running"
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+
+
+def test_an_unknown_launcher_or_a_missing_mpiexec_is_a_clear_error(private_home):
+    def cli(*args):
+        return subprocess.run([TESTUDO_BIN, "--profile", "bad", "cluster", "start", "-n", "1", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    unknown = cli("--engines", "pbs-ish")
+    assert unknown.returncode == 2 and "unknown engine launcher 'pbs-ish'" in unknown.stderr
+    missing = cli("--engines", "mpi", "--mpiexec", "no-such-mpiexec")
+    assert missing.returncode == 1 and "no-such-mpiexec was not found on PATH" in missing.stderr
+    listed = subprocess.run([TESTUDO_BIN, "cluster", "list"], capture_output=True, text=True).stdout
+    assert "bad" not in listed, "nothing was started"
