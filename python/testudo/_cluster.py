@@ -14,8 +14,8 @@ cluster stop), so a cluster started here is the same as one started in a shell, 
     cluster.stop_cluster_sync()
 
 Every method has a blocking form with a `_sync` suffix and an awaitable form without it, as in
-ipyparallel. Engines run on this machine, each its own process or the ranks of one mpiexec
-(engines="mpi"); launchers for other machines (SSH, Slurm, PBS) are not there yet and say so.
+ipyparallel. Engines run on this machine (each its own process, or the ranks of one mpiexec:
+engines="mpi") or on other hosts over SSH (engines="ssh"); Slurm and PBS are not there yet.
 """
 
 import asyncio
@@ -61,9 +61,12 @@ class Cluster:
         "cluster-<cluster_id>" that is removed again when the cluster stops cleanly.
     controller_ip, controller_location, controller_args: the controller's --ip, --location
         and further `testudo cluster start` options (e.g. ["--trust", "learn"]).
-    engines: "local" (a process per engine) or "mpi" (one `mpiexec -n N` whose ranks are the
-        engines; user code can use mpi4py); mpiexec and mpi_args (e.g. ["--oversubscribe"]) go
-        to mpiexec.
+    engines: "local" (a process per engine), "mpi" (one `mpiexec -n N` whose ranks are the
+        engines; user code can use mpi4py; mpiexec and mpi_args, e.g. ["--oversubscribe"], go
+        to mpiexec) or "ssh" (engines on `hosts`, {"node1": 4, "node2": 4}, through the ssh
+        client; ssh_args go to ssh, e.g. ["-F", "ssh_config"]; remote_testudo and remote_dir as
+        `testudo engines start --help` says). For ssh the controller must listen where the hosts
+        reach it: controller_ip="0.0.0.0" (and controller_location).
     engine_args: further `testudo engines start` options for every engine (e.g. ["--tag", "gpu=1"]).
     engine_timeout: seconds to wait for engines to register.
     shutdown_atexit: stop the cluster when this Python process exits (default True).
@@ -71,13 +74,22 @@ class Cluster:
 
     def __init__(self, n=None, *, profile=None, cluster_id=None, engines="local", controller_ip=None,
                  controller_location=None, controller_args=(), engine_args=(), engine_timeout=60,
-                 shutdown_atexit=True, log_level=None, mpiexec=None, mpi_args=()):
-        if engines not in ("local", "mpi"):
+                 shutdown_atexit=True, log_level=None, mpiexec=None, mpi_args=(), hosts=None, ssh_args=(),
+                 remote_testudo=None, remote_dir=None):
+        if engines not in ("local", "mpi", "ssh"):
             raise NotImplementedError(f"testudo.Cluster(engines={engines!r}): engines start 'local' (a process "
-                                      "each) or 'mpi' (one mpiexec); ssh, slurm and pbs are not supported yet")
+                                      "each), 'mpi' (one mpiexec) or 'ssh' (on hosts); slurm and pbs are not "
+                                      "supported yet")
+        if engines == "ssh" and not hosts:
+            raise ValueError("testudo.Cluster(engines='ssh') needs hosts, e.g. hosts={'node1': 4, 'node2': 4}")
         self.engine_launcher = engines
         self.mpiexec = mpiexec
         self.mpi_args = list(mpi_args)
+        # {"node1": 4, "user@node2": 2}, or "node1:4,node2" as on the command line
+        self.hosts = hosts if isinstance(hosts, (str, type(None))) else ",".join(f"{h}:{k}" for h, k in hosts.items())
+        self.ssh_args = list(ssh_args)
+        self.remote_testudo = remote_testudo
+        self.remote_dir = remote_dir
         self.n = n
         self.cluster_id = cluster_id or (
             f"{int(time.time())}-{''.join(random.choice(string.ascii_lowercase + string.digits) for _ in range(4))}")
@@ -138,6 +150,14 @@ class Cluster:
 
     # ----- engines -----
 
+    def _default_n(self):
+        """Engines to start when not told: n, else what the hosts hold (ssh), else the cores."""
+        if self.n is not None:
+            return self.n
+        if self.engine_launcher == "ssh":
+            return sum(int(part.rpartition(":")[2]) if ":" in part else 1 for part in self.hosts.split(","))
+        return os.cpu_count() or 1
+
     def _new_engine_set_id(self):
         base = engine_set_id = str(int(time.time()))
         i = 1
@@ -147,17 +167,23 @@ class Cluster:
         return engine_set_id
 
     def start_engines_sync(self, n=None, engine_set_id=None):
-        """Start n more engines (default: self.n, else the number of cores) and wait until they
+        """Start n more engines (default: self.n, else what hosts holds, else the cores) and wait until they
         have registered. Returns the engine set id, for stop_engines()."""
         if not self.running:
             raise RuntimeError(f"{self!r} is not running: start_controller() or start_cluster() first")
-        n = n if n is not None else (self.n if self.n is not None else os.cpu_count() or 1)
+        n = n if n is not None else self._default_n()
         engine_set_id = engine_set_id or self._new_engine_set_id()
         launcher = ["--engines", self.engine_launcher]
         if self.engine_launcher == "mpi":
             launcher += [f"--mpi-arg={arg}" for arg in self.mpi_args]
             if self.mpiexec:
                 launcher += ["--mpiexec", self.mpiexec]
+        if self.engine_launcher == "ssh":
+            launcher += ["--hosts", self.hosts, *[f"--ssh-option={arg}" for arg in self.ssh_args]]
+            if self.remote_testudo:
+                launcher += ["--remote-testudo", self.remote_testudo]
+            if self.remote_dir:
+                launcher += ["--remote-dir", self.remote_dir]
         out = self._run("engines", "start", "-n", str(n), "--timeout", str(self.engine_timeout), *launcher,
                         *self.engine_args, timeout=self.engine_timeout + 30)
         # The processes of the set: one per engine, or the one mpiexec of all of them.
@@ -225,7 +251,7 @@ class Cluster:
         """Start the controller and n engines (default: self.n). Returns self."""
         self.start_controller_sync()
         try:
-            count = n if n is not None else (self.n if self.n is not None else os.cpu_count() or 1)
+            count = n if n is not None else self._default_n()
             if count:
                 self.start_engines_sync(count)
         except BaseException:

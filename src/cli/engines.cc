@@ -67,6 +67,7 @@ struct EnginesCommand::Impl {
     auto options = launcher.options();
     if (!options.ok()) return fail(options.status());
     add.launcher = *options;
+    add.engines = LauncherArgs::engine_count(*options, start, add.engines);
     add.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(start_timeout * 1000));
     for (const auto& tag : tags) add.engine_args.insert(add.engine_args.end(), {"--tag", tag});
     auto pids = launch::add_engines(add, say);

@@ -1,5 +1,8 @@
 // The engine launcher options that `cluster start` and `engines start` share:
-//   --engines local|mpi   --mpiexec PATH   --mpi-arg ARG (repeatable; e.g. --mpi-arg=--oversubscribe)
+//   --engines local|mpi|ssh
+//   mpi: --mpiexec PATH   --mpi-arg ARG (repeatable; e.g. --mpi-arg=--oversubscribe)
+//   ssh: --hosts H[:N],...  --ssh-option ARG (repeatable; e.g. --ssh-option=-F --ssh-option=FILE)
+//        --remote-testudo PATH   --remote-dir DIR
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -15,10 +18,23 @@ struct LauncherArgs {
   std::string kind = "local";
   std::string mpiexec = "mpiexec";
   std::vector<std::string> mpi_args;
+  std::string hosts;
+  std::vector<std::string> ssh_args;
+  std::string remote_testudo = "testudo";
+  std::string remote_dir;
 
   void add_to(CLI::App* command) {
-    command->add_option("--engines", kind, "How engines start: local (one process each) or mpi (one mpiexec)")
+    command->add_option("--engines", kind,
+                        "How engines start: local (one process each), mpi (one mpiexec) or ssh (on --hosts)")
         ->capture_default_str();
+    command->add_option("--hosts", hosts, "ssh: hosts and engines per host, e.g. node1:4,node2:4,user@node3");
+    command->add_option("--ssh-option", ssh_args,
+                        "ssh: an argument for ssh before the host (repeatable; write --ssh-option=-F --ssh-option=FILE)");
+    command->add_option("--remote-testudo", remote_testudo, "ssh: the testudo command on the hosts")
+        ->capture_default_str();
+    command->add_option("--remote-dir", remote_dir,
+                        "ssh: where the engine's files go on the hosts (default .testudo/remote/<profile> in the "
+                        "remote home)");
     command->add_option("--mpiexec", mpiexec, "mpi: the mpiexec to run")->capture_default_str();
     command->add_option("--mpi-arg", mpi_args,
                         "mpi: an argument for mpiexec before the engine (repeatable; write --mpi-arg=--oversubscribe)");
@@ -29,7 +45,23 @@ struct LauncherArgs {
     TESTUDO_ASSIGN_OR_RETURN(out.kind, launch::engine_launcher_kind(kind));
     out.mpiexec = mpiexec;
     out.mpiexec_args = mpi_args;
+    if (out.kind == launch::EngineLauncherOptions::Kind::kSsh) {
+      TESTUDO_ASSIGN_OR_RETURN(out.hosts, launch::parse_ssh_hosts(hosts));
+    } else if (!hosts.empty()) {
+      return invalid_argument("--hosts is for --engines ssh");
+    }
+    out.ssh.ssh_args = ssh_args;
+    out.ssh.remote_testudo = remote_testudo;
+    out.ssh.remote_dir = remote_dir;
     return out;
+  }
+
+  // The engines to start: -n when given, else (ssh) what --hosts holds, else `n`.
+  static int engine_count(const launch::EngineLauncherOptions& launcher, const CLI::App* command, int n) {
+    if (command->get_option("-n")->count() > 0 || launcher.kind != launch::EngineLauncherOptions::Kind::kSsh) return n;
+    int total = 0;
+    for (const auto& host : launcher.hosts) total += host.engines;
+    return total;
   }
 };
 

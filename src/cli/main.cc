@@ -424,6 +424,7 @@ int main(int argc, char** argv) {
     auto launcher = cluster_launcher.options();
     if (!launcher.ok()) return fail(launcher.status());
     lopts.launcher = *launcher;
+    lopts.engines = LauncherArgs::engine_count(*launcher, start, lopts.engines);
     for (const auto& tag : cluster_tags) {
       lopts.engine_args.push_back("--tag");
       lopts.engine_args.push_back(tag);

@@ -64,6 +64,29 @@ Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& e
   const ProfilePaths paths = profile_paths(profile);
   std::vector<std::string> engine{engine_program, "--profile", profile};
   engine.insert(engine.end(), engine_args.begin(), engine_args.end());
+  if (launcher.kind == EngineLauncherOptions::Kind::kSsh) {
+    // The files each host needs: the engine connection file and the shared engine identity
+    // beside it (the engine finds it there). Read once, sent to every host over SSH.
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const auto& [name, path] : {std::pair<std::string, std::string>{"controller-engine.json", paths.engine_connection_file},
+                                     {"engine-key.pem", paths.security_dir + "/engine-key.pem"},
+                                     {"engine-cert.pem", paths.security_dir + "/engine-cert.pem"}}) {
+      TESTUDO_ASSIGN_OR_RETURN(std::string contents, crypto::read_private_file(path, name));
+      files.emplace_back(name, std::move(contents));
+    }
+    int wanted = n;
+    for (const SshHost& host : launcher.hosts) {
+      if (wanted <= 0) break;
+      const int here = std::min(host.engines, wanted);
+      TESTUDO_RETURN_IF_ERROR(copy_to_host(launcher.ssh, host.name, files, std::chrono::seconds(30)));
+      TESTUDO_ASSIGN_OR_RETURN(pid_t pid, spawn_detached(ssh_engines_command(launcher.ssh, host.name, here, engine_args),
+                                                        engine_log(paths, procs.next_engine_index)));
+      procs.engines.push_back(pid);
+      ++procs.next_engine_index;
+      wanted -= here;
+    }
+    return ok_status();
+  }
   if (launcher.kind == EngineLauncherOptions::Kind::kMpi) {
     std::vector<std::string> argv{launcher.mpiexec, "-n", std::to_string(n)};
     argv.insert(argv.end(), launcher.mpiexec_args.begin(), launcher.mpiexec_args.end());
@@ -81,8 +104,9 @@ Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& e
   return ok_status();
 }
 
-// The mpiexec to run: a path as given, a bare name looked up on PATH (posix_spawn does not).
-StatusOr<std::string> find_program(const std::string& name) {
+// A program to run: a path as given, a bare name looked up on PATH (posix_spawn does not).
+// `install_hint` ends the error: what provides it.
+StatusOr<std::string> find_program(const std::string& name, const std::string& install_hint) {
   if (name.find('/') != std::string::npos) return name;
   const char* path = std::getenv("PATH");
   std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
@@ -93,15 +117,70 @@ StatusOr<std::string> find_program(const std::string& name) {
     const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
-  return failed_precondition(name + " was not found on PATH (install an MPI, e.g. Debian's openmpi-bin or mpich, "
-                             "or name it with --mpiexec)");
+  return failed_precondition(name + " was not found on PATH (" + install_hint + ")");
 }
 
-// Resolves what the launcher needs before anything starts (mpiexec on PATH).
-Status prepare_launcher(EngineLauncherOptions& launcher) {
-  if (launcher.kind != EngineLauncherOptions::Kind::kMpi) return ok_status();
-  TESTUDO_ASSIGN_OR_RETURN(launcher.mpiexec, find_program(launcher.mpiexec));
+// Resolves and checks what the launcher needs before anything starts: mpiexec on PATH; for
+// ssh, hosts for `engines` engines and a controller address other hosts can reach.
+Status prepare_launcher(EngineLauncherOptions& launcher, const std::string& profile, int engines) {
+  if (launcher.kind == EngineLauncherOptions::Kind::kMpi) {
+    TESTUDO_ASSIGN_OR_RETURN(launcher.mpiexec,
+                             find_program(launcher.mpiexec, "install an MPI, e.g. Debian's openmpi-bin or mpich, "
+                                                            "or name it with --mpiexec"));
+  }
+  if (launcher.kind == EngineLauncherOptions::Kind::kSsh) {
+    if (launcher.hosts.empty()) return invalid_argument("--engines ssh needs --hosts (e.g. --hosts node1:4,node2:4)");
+    int capacity = 0;
+    for (const SshHost& host : launcher.hosts) capacity += host.engines;
+    if (engines > capacity) {
+      return invalid_argument(std::to_string(engines) + " engines asked for, but --hosts holds " +
+                              std::to_string(capacity));
+    }
+    if (launcher.ssh.remote_dir.empty()) launcher.ssh.remote_dir = ".testudo/remote/" + profile;
+    TESTUDO_ASSIGN_OR_RETURN(launcher.ssh.ssh, find_program(launcher.ssh.ssh, "install Debian's openssh-client"));
+  }
   return ok_status();
+}
+
+// Engines on other hosts dial the address in the connection file: loopback cannot be it.
+Status check_reachable_from_other_hosts(const EngineLauncherOptions& launcher, const std::string& profile) {
+  if (launcher.kind != EngineLauncherOptions::Kind::kSsh) return ok_status();
+  auto info = crypto::read_private_file(profile_paths(profile).engine_connection_file, "engine connection file");
+  if (!info.ok()) return info.status();
+  auto j = nlohmann::json::parse(*info, nullptr, false);
+  const std::string host = j.is_object() ? j.value("host", std::string()) : std::string();
+  if (host == "localhost" || host == "::1" || host.starts_with("127.")) {
+    return failed_precondition("engines on other hosts cannot reach a controller at " + host +
+                               ": start the cluster with --ip 0.0.0.0 (and --location NAME if this host's name "
+                               "does not resolve there)");
+  }
+  return ok_status();
+}
+
+// The last non-empty line of a log file (read from its last 4 KiB): what a process said last
+// before it exited. Logs never hold secrets.
+std::string last_log_line(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  const std::streamoff from = std::max<std::streamoff>(0, size - 4096);
+  in.seekg(from);
+  std::string tail(static_cast<std::size_t>(size - from), '\0');
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  // Lines from the last; ssh's own closing notice (--engines ssh) says nothing about why.
+  std::size_t end = tail.size();
+  while (end > 0) {
+    const std::size_t start = tail.find_last_of('\n', end - 1);
+    const std::size_t from = start == std::string::npos ? 0 : start + 1;
+    std::string line = tail.substr(from, end - from);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    const bool ssh_notice = line.starts_with("Connection to ") && line.ends_with(" closed.");
+    if (!line.empty() && !ssh_notice) return line;
+    if (start == std::string::npos) break;
+    end = start;
+  }
+  return "";
 }
 
 // Waits until the controller counts `before` + `count` engines. `started` are the processes
@@ -125,8 +204,9 @@ Status wait_for_engines(Client& client, std::size_t before, std::size_t count,
     if (ready >= wanted) return ok_status();
     for (const auto& [pid, index] : started) {
       if (!process_alive(pid)) {
-        return unavailable("engine process " + std::to_string(pid) + " exited during start-up; see " +
-                           engine_log(paths, index));
+        const std::string last = last_log_line(engine_log(paths, index));
+        return unavailable("engine process " + std::to_string(pid) + " exited during start-up" +
+                           (last.empty() ? "" : ": " + last) + "; see " + engine_log(paths, index));
       }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -150,8 +230,9 @@ std::vector<std::pair<pid_t, int>> with_indexes(const ClusterProcesses& procs, s
 StatusOr<EngineLauncherOptions::Kind> engine_launcher_kind(std::string_view name) {
   if (name == "local") return EngineLauncherOptions::Kind::kLocal;
   if (name == "mpi") return EngineLauncherOptions::Kind::kMpi;
+  if (name == "ssh") return EngineLauncherOptions::Kind::kSsh;
   return invalid_argument("unknown engine launcher '" + std::string(name) +
-                          "': this version starts engines with 'local' or 'mpi' (ssh, slurm and pbs are not "
+                          "': this version starts engines with 'local', 'mpi' or 'ssh' (slurm and pbs are not "
                           "supported yet)");
 }
 
@@ -234,8 +315,11 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   std::string engine_program = options.engine_program;
   EngineLauncherOptions launcher = options.launcher;
   if (options.engines > 0) {
-    TESTUDO_ASSIGN_OR_RETURN(engine_program, usable_engine_program(program, options.engine_program));
-    TESTUDO_RETURN_IF_ERROR(prepare_launcher(launcher));
+    // The engine program runs elsewhere for ssh: only the remote command is checked (there).
+    if (launcher.kind != EngineLauncherOptions::Kind::kSsh) {
+      TESTUDO_ASSIGN_OR_RETURN(engine_program, usable_engine_program(program, options.engine_program));
+    }
+    TESTUDO_RETURN_IF_ERROR(prepare_launcher(launcher, options.profile, options.engines));
   }
   ProfilePaths paths = profile_paths(options.profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.root));
@@ -290,6 +374,7 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   if (!client) return fail(deadline_exceeded("the controller did not become ready: " + last.message()));
 
   if (options.engines > 0) {
+    if (Status st = check_reachable_from_other_hosts(launcher, options.profile); !st.ok()) return fail(st);
     if (Status st = spawn_engines(launcher, engine_program, options.profile, options.engine_args, options.engines, procs);
         !st.ok()) {
       return fail(st);
@@ -313,10 +398,13 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
                                "' is running on this machine; start one with: testudo --profile " + options.profile +
                                " cluster start");
   }
-  TESTUDO_ASSIGN_OR_RETURN(std::string engine_program,
-                           usable_engine_program(self_executable(), options.engine_program));
   EngineLauncherOptions launcher = options.launcher;
-  TESTUDO_RETURN_IF_ERROR(prepare_launcher(launcher));
+  std::string engine_program = options.engine_program;
+  if (launcher.kind != EngineLauncherOptions::Kind::kSsh) {
+    TESTUDO_ASSIGN_OR_RETURN(engine_program, usable_engine_program(self_executable(), options.engine_program));
+  }
+  TESTUDO_RETURN_IF_ERROR(prepare_launcher(launcher, options.profile, options.engines));
+  TESTUDO_RETURN_IF_ERROR(check_reachable_from_other_hosts(launcher, options.profile));
   const ProfilePaths paths = profile_paths(options.profile);
   ClientOptions co;
   co.profile = options.profile;
@@ -340,7 +428,10 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
   std::string pids;
   for (pid_t p : added) pids += (pids.empty() ? "" : " ") + std::to_string(p);
   progress("started " + std::to_string(options.engines) + " engines (" +
-           (launcher.kind == EngineLauncherOptions::Kind::kMpi ? "mpiexec pid " : "pids ") + pids + ")");
+           (launcher.kind == EngineLauncherOptions::Kind::kMpi   ? "mpiexec pid "
+            : launcher.kind == EngineLauncherOptions::Kind::kSsh ? "ssh pids "
+                                                                 : "pids ") +
+           pids + ")");
   if (Status st = write_cluster_file(options.profile, procs); !st.ok()) return fail(st);
   // Counted against the engines registered before: the new ones are ready when that many more are.
   if (Status st = wait_for_engines(*client, before.size(), static_cast<std::size_t>(options.engines),

@@ -1,5 +1,6 @@
-// Starting and stopping a local cluster: one controller (`testudo controller`) and N engines
-// (`testudo-engine`, the sibling executable that embeds Python) as separate processes, each
+// Starting and stopping a cluster: one controller (`testudo controller`) on this machine and N
+// engines (`testudo-engine`, the sibling executable that embeds Python) here, as ranks of one
+// mpiexec, or on other hosts over SSH (launch/ssh_launcher.h), as separate processes, each
 // in its own session (so a terminal's Ctrl-C reaches only the foreground `testudo cluster
 // start`), logging into the profile's log/ directory.
 // Pid files: run/cluster.json (0600); engines can be added to and removed from a running
@@ -16,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "launch/ssh_launcher.h"
 #include "testudo/status.h"
 
 namespace testudo::launch {
@@ -44,13 +46,17 @@ void terminate(pid_t pid, std::chrono::milliseconds grace);
 //  kMpi:   one `mpiexec -n N testudo-engine ...` (MPICH or Open MPI), tracked by the mpiexec
 //          pid; the engines are its ranks (they report mpi_rank and mpi_size), so user code
 //          on them can use mpi4py. Stopping the set signals mpiexec, which ends its ranks.
+//  kSsh:   engines on other hosts, one SSH session per host running its engines (see
+//          launch/ssh_launcher.h); the controller must listen where they can reach it.
 struct EngineLauncherOptions {
-  enum class Kind { kLocal, kMpi };
+  enum class Kind { kLocal, kMpi, kSsh };
   Kind kind = Kind::kLocal;
   std::string mpiexec = "mpiexec";       // kMpi: the program (found on PATH unless a path)
   std::vector<std::string> mpiexec_args;  // kMpi: before the engine, e.g. --oversubscribe
+  std::vector<SshHost> hosts;            // kSsh: where, and how many engines each
+  SshSettings ssh;                       // kSsh: remote_dir empty: .testudo/remote/<profile>
 };
-// "local" or "mpi"; anything else is kInvalidArgument naming the kinds there are.
+// "local", "mpi" or "ssh"; anything else is kInvalidArgument naming the kinds there are.
 StatusOr<EngineLauncherOptions::Kind> engine_launcher_kind(std::string_view name);
 
 struct ClusterOptions {
