@@ -103,7 +103,10 @@ def test_async_forms_and_errors(private_home):
     asyncio.run(run())
 
     with pytest.raises(NotImplementedError):
+        testudo.Cluster(n=1, engines="slurm")
+    with pytest.raises(ValueError) as info:
         testudo.Cluster(n=1, engines="ssh")
+    assert "needs hosts" in str(info.value)
     cluster = testudo.Cluster(n=1)
     with pytest.raises(RuntimeError) as info:
         cluster.start_engines_sync(1)
