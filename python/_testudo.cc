@@ -204,9 +204,12 @@ class PyClient {
   }
 
   PyClient(const std::string& connection_file, const std::string& profile, double timeout,
-           const std::string& identity_dir, const std::string& key_passphrase_from)
+           const std::string& identity_dir, const std::string& key_passphrase_from, const std::string& dial_host,
+           std::uint16_t dial_port)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
+    o.dial_host = dial_host;
+    o.dial_port = dial_port;
     o.connection_file = connection_file;
     o.profile = profile;
     o.identity_dir = identity_dir;
@@ -459,6 +462,18 @@ PYBIND11_MODULE(_testudo, m) {
   }
   outcome.def_property_readonly("is_local", [](Outcome o) { return is_local(o); },
                                 "Decided by the client itself (never sent by the controller).");
+  m.def(
+      "controller_address",
+      [](const std::string& connection_file, const std::string& profile) {
+        ClientOptions o;
+        o.connection_file = connection_file;
+        o.profile = profile;
+        auto address = controller_address(o);
+        if (!address.ok()) raise_status(address.status());
+        return py::make_tuple(address->host, address->port);
+      },
+      py::arg("connection_file") = "", py::arg("profile") = "default",
+      "(host, port) a connection file tells clients to dial; the file's mode is checked as for a connection");
   m.def("_reply_for_test", &reply_for_test, py::arg("number"), py::arg("reason") = "", py::arg("engine_id") = 0,
         py::arg("ename") = "", py::arg("evalue") = "");
   m.def("_raise_control_failure_for_test", &raise_control_failure_for_test, py::arg("outcome"), py::arg("reason"));
@@ -504,9 +519,11 @@ PYBIND11_MODULE(_testudo, m) {
       .def("replies", &PyResult::replies, "The replies in target order (the result must be ready).");
 
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
-      .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&>(),
+      .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&,
+                    const std::string&, std::uint16_t>(),
            py::arg("connection_file") = "", py::arg("profile") = "default", py::arg("timeout") = 10.0,
-           py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "")
+           py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "", py::arg("dial_host") = "",
+           py::arg("dial_port") = 0)
       .def("close", &PyClient::close)
       .def_property_readonly("connected", &PyClient::connected)
       .def_property_readonly("client_id", &PyClient::client_id)

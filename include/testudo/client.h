@@ -55,7 +55,20 @@ struct ClientOptions {
   // Where an encrypted key's passphrase comes from: "prompt", "file:PATH", "env:NAME" or
   // "command:CMD" (default: $TESTUDO_KEY_PASSPHRASE_FROM, else prompt).
   std::string key_passphrase_from;
+  // Dial this address instead of the one in the connection file: the local end of an SSH
+  // tunnel to the controller. The controller is still pinned by the file's fingerprint and
+  // the capability proven as always; the tunnel adds reachability, not trust. Empty: the file's.
+  std::string dial_host;
+  std::uint16_t dial_port = 0;
 };
+
+// The address a connection file tells clients to dial (e.g. to open a tunnel to it first).
+// Loads the file as Client::connect does (owner-only mode checked).
+struct ControllerAddress {
+  std::string host;
+  std::uint16_t port = 0;
+};
+StatusOr<ControllerAddress> controller_address(const ClientOptions& options);
 
 // A Python exception raised by user code on an engine.
 struct RemoteError {

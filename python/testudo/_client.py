@@ -8,6 +8,7 @@ import weakref
 
 from . import _testudo, error
 from ._asyncresult import _seconds
+from ._tunnel import SshTunnel
 from ._view import DirectView
 
 _live_clients = weakref.WeakSet()
@@ -21,19 +22,18 @@ def _close_all():
 
 
 # ipyparallel.Client arguments testudo does not act on. Passing one with a value that would
-# change what ipyparallel does is an error here, never silently ignored: a user who asked for
-# an SSH tunnel must not get a direct connection attempt (or none) without being told.
-_SSH_ARGUMENTS = ("sshserver", "sshkey", "password", "paramiko")
+# change what ipyparallel does is an error here, never silently ignored.
+_UNSUPPORTED_SSH_ARGUMENTS = ("password", "paramiko")
 _HARMLESS_WHEN_UNSET = ("context", "debug", "profile_dir", "ipython_dir", "cluster_id", "cluster")
 
 
 def _check_ipyparallel_arguments(kwargs):
     for name, value in kwargs.items():
-        if name in _SSH_ARGUMENTS:
+        if name in _UNSUPPORTED_SSH_ARGUMENTS:
             if value:
                 raise NotImplementedError(
-                    f"testudo.Client({name}=...): connecting through an SSH gateway is not supported yet; "
-                    "the controller must be reachable at the address in its connection file")
+                    f"testudo.Client({name}=...): the SSH tunnel uses the OpenSSH client with your keys or "
+                    "agent (sshkey=); passwords and paramiko are not supported")
         elif name in _HARMLESS_WHEN_UNSET:
             if value:
                 raise TypeError(f"testudo.Client does not support {name}={value!r} "
@@ -58,6 +58,12 @@ class Client:
     first use; the controller must trust it (``testudo keys``). An encrypted key's passphrase
     comes from ``key_passphrase_from``: ``'prompt'``, ``'file:PATH'``, ``'env:NAME'`` or
     ``'command:CMD'`` (default: ``$TESTUDO_KEY_PASSPHRASE_FROM``, else the terminal).
+
+    Through an SSH gateway, as ipyparallel: ``Client(sshserver='user@gateway[:port]',
+    sshkey='~/.ssh/id_ed25519')`` forwards a local port to the controller's address (as the
+    connection file gives it, seen from the gateway) with the OpenSSH client; ``ssh_args``
+    adds ssh options (e.g. ``['-F', 'config']``). The pin and the capability proof still run end
+    to end through the tunnel, which closes with the client.
     """
 
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
@@ -65,17 +71,29 @@ class Client:
     ids_max_age = 1.0
 
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
-                 key_passphrase_from=None, **kwargs):
+                 key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), **kwargs):
         _check_ipyparallel_arguments(kwargs)
         self.profile = profile or "default"
         file = url_file or connection_file or ""
+        self._tunnel = None
+        dial_host, dial_port = "", 0
         try:
+            if sshserver:
+                # The controller's address as the connection file gives it, reached through the gateway.
+                host, port = _testudo.controller_address(str(file), self.profile)
+                self._tunnel = SshTunnel(sshserver, host, port, key=sshkey, ssh_args=tuple(ssh_args),
+                                         timeout=float(timeout))
+                dial_host, dial_port = "127.0.0.1", self._tunnel.local_port
             self._native = _testudo.Client(str(file), self.profile, float(timeout), str(identity_dir or ""),
-                                           str(key_passphrase_from or ""))
+                                           str(key_passphrase_from or ""), dial_host, dial_port)
         except FileNotFoundError as exc:
+            self._close_tunnel()
             raise FileNotFoundError(
                 f"{exc}; is a cluster running? Start one with "
                 f"`testudo --profile {self.profile} cluster start -n 4`") from None
+        except BaseException:
+            self._close_tunnel()
+            raise
         self._closed = False
         self._lock = threading.Lock()
         self._pending = {}  # request id -> AsyncResult, until finished (or swept: see _track)
@@ -413,6 +431,7 @@ class Client:
             return
         self._closed = True
         self._native.close()
+        self._close_tunnel()
         if self._dispatcher is not threading.current_thread():
             self._dispatcher.join(timeout=5)
         # Requests that were pending are failed by the native layer; finish their futures.
@@ -420,6 +439,11 @@ class Client:
             pending = list(self._pending.values())
         for ar in pending:
             ar.ready()
+
+    def _close_tunnel(self):
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
 
     def __enter__(self):
         return self

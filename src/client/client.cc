@@ -379,10 +379,22 @@ struct Client::Impl {
 Client::Client() : impl_(std::make_shared<Impl>()) {}
 Client::~Client() = default;
 
+StatusOr<ControllerAddress> controller_address(const ClientOptions& options) {
+  const std::string file =
+      options.connection_file.empty() ? profile_paths(options.profile).client_connection_file : options.connection_file;
+  TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, auth::load_connection_file(file, wire::Role::kClient));
+  return ControllerAddress{info.host, info.port};
+}
+
 StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
   std::string file =
       options.connection_file.empty() ? profile_paths(options.profile).client_connection_file : options.connection_file;
   TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, auth::load_connection_file(file, wire::Role::kClient));
+  if (!options.dial_host.empty()) {
+    if (options.dial_port == 0) return invalid_argument("dial_host without dial_port");
+    info.host = options.dial_host;
+    info.port = options.dial_port;
+  }
   std::unique_ptr<Client> client(new Client());
   Impl& impl = *client->impl_;
   impl.options = options;

@@ -54,12 +54,16 @@ def test_missing_profile_raises_helpful_file_not_found(cluster):
 
 
 def test_ipyparallel_arguments_testudo_cannot_honour_are_errors_not_ignored(cluster):
-    # An SSH gateway asked for and silently not used would leave the user guessing (issue 12).
+    # Ways of reaching a gateway testudo does not offer are refused, never ignored.
     with pytest.raises(NotImplementedError) as info:
-        testudo.Client(url_file=cluster.client_file, sshserver="user@gateway")
-    assert "sshserver" in str(info.value) and "SSH gateway" in str(info.value)
+        testudo.Client(url_file=cluster.client_file, sshserver="user@gateway", password="secret")
+    assert "password" in str(info.value) and "secret" not in str(info.value)
     with pytest.raises(NotImplementedError):
-        testudo.Client(url_file=cluster.client_file, sshkey="~/.ssh/id_ed25519")
+        testudo.Client(url_file=cluster.client_file, paramiko=True)
+    # A gateway that cannot be reached is a ConnectionError naming it (nothing listens on port 1).
+    with pytest.raises(ConnectionError) as info:
+        testudo.Client(url_file=cluster.client_file, sshserver="nobody@127.0.0.1:1", timeout=5)
+    assert "SSH tunnel through nobody@127.0.0.1:1 failed" in str(info.value)
     with pytest.raises(TypeError) as info:
         testudo.Client(url_file=cluster.client_file, profile_dir="/elsewhere")
     assert "profile_dir" in str(info.value)

@@ -213,3 +213,32 @@ def test_bad_hosts_and_keys_are_clear_errors_and_leave_nothing_running(hosts, pr
         assert "0 engine(s)" in cli("status").stdout
     finally:
         cli("cluster", "stop")
+
+
+def test_a_client_reaches_a_controller_behind_a_gateway_through_an_ssh_tunnel(hosts, private_home):
+    # The controller listens on loopback inside B: from here only B's sshd is reachable.
+    ns_b = f"{hosts.tag}-b"
+    started = subprocess.run(["ip", "netns", "exec", ns_b, TESTUDO_BIN, "--profile", "gw", "cluster", "start", "-n",
+                              "1", "--daemonize"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        with pytest.raises((ConnectionError, TimeoutError)):
+            testudo.Client(profile="gw", timeout=3)  # direct: 127.0.0.1 here is not B's loopback
+        rc = testudo.Client(profile="gw", sshserver=f"root@{hosts.address['b']}", ssh_args=["-F", hosts.ssh_config])
+        try:
+            tunnel_pid = rc._tunnel.pid
+            rc.wait_for_engines(1, timeout=30)
+            engine_pid = rc[:].apply_sync(os.getpid)[0]
+            assert netns_of(engine_pid) == ns_b
+            assert rc[:].apply_sync(lambda: 6 * 7) == [42]
+        finally:
+            rc.close()
+        assert wait_until(lambda: pid_gone(tunnel_pid), 10), "the tunnel closes with the client"
+
+        stranger = hosts.write_ssh_config("ssh_stranger_client", "stranger_key")
+        with pytest.raises(ConnectionError) as info:
+            testudo.Client(profile="gw", sshserver=f"root@{hosts.address['b']}", ssh_args=["-F", stranger])
+        assert "Permission denied" in str(info.value)
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns_b, TESTUDO_BIN, "--profile", "gw", "cluster", "stop"],
+                       capture_output=True, timeout=60)
