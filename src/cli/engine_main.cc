@@ -5,13 +5,16 @@
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "base/log.h"
 #include "base/profile.h"
 #include "cli/common_options.h"
+#include "auth/connection_file.h"
 #include "engine/engine.h"
+#include "tunnel/ssh_forward.h"
 
 namespace testudo::cli {
 namespace {
@@ -44,6 +47,13 @@ int engine_main(int argc, char** argv) {
   app.add_option("--key-passphrase-from", eopts.key_passphrase_from,
                  "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
 
+  std::string ssh_gateway;
+  std::vector<std::string> ssh_args;
+  app.add_option("--ssh", ssh_gateway,
+                 "Reach the controller through an SSH tunnel via this gateway (user@host[:port]); the controller's "
+                 "address is as the gateway sees it");
+  app.add_option("--ssh-option", ssh_args, "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
+
   CLI11_PARSE(app, argc, argv);
 
   if (Status st = common.apply_log_level(); !st.ok()) return fail(st);
@@ -56,6 +66,20 @@ int engine_main(int argc, char** argv) {
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
   // A closed pipe must not kill the engine mid-write; writes report EPIPE.
   std::signal(SIGPIPE, SIG_IGN);
+
+  // Opened before the engine starts its threads (the tunnel forks ssh); kept for its lifetime.
+  std::unique_ptr<tunnel::SshForward> forward;
+  if (!ssh_gateway.empty()) {
+    auto info = auth::load_connection_file(eopts.connection_file, wire::Role::kEngine);
+    if (!info.ok()) return fail(info.status());
+    auto opened = tunnel::SshForward::open(ssh_gateway, info->host, info->port, ssh_args, std::chrono::seconds(30));
+    if (!opened.ok()) return fail(opened.status());
+    forward = std::move(opened).value();
+    eopts.dial_host = "127.0.0.1";
+    eopts.dial_port = forward->local_port();
+    LOG_INFO("engine") << "reaching the controller at " << info->host << ":" << info->port << " through an SSH tunnel via "
+                       << ssh_gateway;
+  }
 
   auto e = engine::Engine::create(eopts);
   if (!e.ok()) return fail(e.status());

@@ -30,6 +30,7 @@
 #include "controller/controller.h"
 #include "launch/launcher.h"
 #include "testudo/client.h"
+#include "tunnel/ssh_forward.h"
 
 namespace testudo::cli {
 namespace {
@@ -43,6 +44,9 @@ struct ClientArgs {
   std::string targets = "all";
   double timeout = 0;  // seconds to wait for results; 0: no limit
   std::string key_passphrase_from;
+  std::string ssh_gateway;
+  std::vector<std::string> ssh_args;
+  std::unique_ptr<tunnel::SshForward> forward;  // open while the command runs
 
   void add_to(CLI::App* app, bool with_targets) {
     app->add_option("--file", file, "Client connection file (default: the profile's controller-client.json)");
@@ -53,15 +57,26 @@ struct ClientArgs {
     app->add_option("--timeout", timeout, "Seconds to wait for results (0: no limit)")->capture_default_str();
     app->add_option("--key-passphrase-from", key_passphrase_from,
                     "If your key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
+    app->add_option("--ssh", ssh_gateway,
+                    "Reach the controller through an SSH tunnel via this gateway (user@host[:port])");
+    app->add_option("--ssh-option", ssh_args,
+                    "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
   }
   std::chrono::milliseconds wait() const { return timeout > 0 ? seconds(timeout) : std::chrono::hours(24 * 365); }
 };
 
-StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, const ClientArgs& args) {
+StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, ClientArgs& args) {
   ClientOptions o;
   o.profile = profile;
   o.connection_file = args.file;
   o.key_passphrase_from = args.key_passphrase_from;
+  if (!args.ssh_gateway.empty()) {
+    TESTUDO_ASSIGN_OR_RETURN(ControllerAddress at, controller_address(o));
+    TESTUDO_ASSIGN_OR_RETURN(args.forward,
+                             tunnel::SshForward::open(args.ssh_gateway, at.host, at.port, args.ssh_args, std::chrono::seconds(30)));
+    o.dial_host = "127.0.0.1";
+    o.dial_port = args.forward->local_port();
+  }
   auto c = Client::connect(o);
   if (!c.ok() && c.status().code() == StatusCode::kNotFound) {
     return not_found(c.status().message() + "\n  is a cluster running? start one with: testudo cluster start -n 4" +
@@ -194,21 +209,21 @@ int cmd_list_clusters() {
 
 // Connects, resolves --targets, sends one request with `send` and waits for the replies.
 StatusOr<std::vector<EngineReply>> run_on_targets(
-    const std::string& profile, const ClientArgs& args,
+    const std::string& profile, ClientArgs& args,
     const std::function<AsyncResult(Client&, const std::vector<EngineId>&)>& send) {
   TESTUDO_ASSIGN_OR_RETURN(auto client, connect_client(profile, args));
   TESTUDO_ASSIGN_OR_RETURN(auto targets, resolve_targets(*client, args.targets));
   return send(*client, targets).get(args.wait());
 }
 
-int cmd_exec(const std::string& profile, const ClientArgs& args, std::string code) {
+int cmd_exec(const std::string& profile, ClientArgs& args, std::string code) {
   if (code == "-") code.assign(std::istreambuf_iterator<char>(std::cin), {});
   auto replies = run_on_targets(profile, args, [&](Client& c, const auto& targets) { return c.execute(targets, code); });
   if (!replies.ok()) return fail(replies.status());
   return print_replies(*replies, "execute") ? kExitOk : kExitError;
 }
 
-int cmd_push(const std::string& profile, const ClientArgs& args, const std::vector<std::string>& assignments) {
+int cmd_push(const std::string& profile, ClientArgs& args, const std::vector<std::string>& assignments) {
   std::vector<std::pair<std::string, std::string>> values;
   for (const auto& a : assignments) {
     auto eq = a.find('=');
@@ -223,7 +238,7 @@ int cmd_push(const std::string& profile, const ClientArgs& args, const std::vect
   return print_replies(*replies, "push") ? kExitOk : kExitError;
 }
 
-int cmd_pull(const std::string& profile, const ClientArgs& args, const std::vector<std::string>& names, bool by_engine) {
+int cmd_pull(const std::string& profile, ClientArgs& args, const std::vector<std::string>& names, bool by_engine) {
   auto replies = run_on_targets(profile, args, [&](Client& c, const auto& targets) { return c.pull_repr(targets, names); });
   if (!replies.ok()) return fail(replies.status());
   if (!print_replies(*replies, "pull")) return kExitError;
@@ -245,7 +260,7 @@ int cmd_pull(const std::string& profile, const ClientArgs& args, const std::vect
   return kExitOk;
 }
 
-int cmd_status(const std::string& profile, const ClientArgs& args, bool as_json) {
+int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
   auto client = connect_client(profile, args);
   if (!client.ok()) return fail(client.status());
   auto text = (*client)->cluster_status();

@@ -357,6 +357,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   Impl& impl = *e->impl_;
   impl.options = options;
   TESTUDO_ASSIGN_OR_RETURN(impl.controller, auth::load_connection_file(options.connection_file, wire::Role::kEngine));
+  if (!options.dial_host.empty()) {
+    impl.controller.host = options.dial_host;
+    impl.controller.port = options.dial_port;
+  }
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
   impl.instance = crypto::to_hex(std::span(nonce).first(16));
   TESTUDO_ASSIGN_OR_RETURN(impl.engine_info_json, engine_info(options.tags));

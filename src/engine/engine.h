@@ -19,6 +19,10 @@ namespace testudo::engine {
 
 struct EngineOptions {
   std::string connection_file;                            // controller-engine.json
+  // Dial this address instead of the connection file's: the local end of an SSH tunnel
+  // (`testudo engine --ssh`). Pin and capability still come from the file. Empty: the file's.
+  std::string dial_host;
+  std::uint16_t dial_port = 0;
   std::chrono::milliseconds heartbeat_interval{1'000};
   // No heartbeat answer from the controller for this long: drop the connection, reconnect.
   std::chrono::milliseconds controller_timeout{10'000};

@@ -239,6 +239,34 @@ def test_a_client_reaches_a_controller_behind_a_gateway_through_an_ssh_tunnel(ho
         with pytest.raises(ConnectionError) as info:
             testudo.Client(profile="gw", sshserver=f"root@{hosts.address['b']}", ssh_args=["-F", stranger])
         assert "Permission denied" in str(info.value)
+
+        # The command line and an engine take the same way in (--ssh).
+        via = ["--ssh", f"root@{hosts.address['b']}", "--ssh-option=-F", f"--ssh-option={hosts.ssh_config}"]
+        direct = subprocess.run([TESTUDO_BIN, "--profile", "gw", "status"], capture_output=True, text=True,
+                                timeout=60)
+        assert direct.returncode != 0
+        status = subprocess.run([TESTUDO_BIN, "--profile", "gw", "status", *via], capture_output=True, text=True,
+                                timeout=60)
+        assert status.returncode == 0 and "1 engine(s)" in status.stdout, status.stderr
+        refused = subprocess.run([TESTUDO_BIN, "--profile", "gw", "status", "--ssh", f"root@{hosts.address['b']}",
+                                  "--ssh-option=-F", f"--ssh-option={stranger}"], capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 1 and f"SSH tunnel through root@{hosts.address['b']} failed" in refused.stderr
+
+        engine = subprocess.Popen([TESTUDO_BIN, "--profile", "gw", "engine", *via], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            with testudo.Client(profile="gw", sshserver=f"root@{hosts.address['b']}",
+                                ssh_args=["-F", hosts.ssh_config]) as rc:
+                rc.wait_for_engines(2, timeout=30)
+                namespaces = sorted(netns_of(p) for p in rc[:].apply_sync(os.getpid))
+                assert namespaces == ["", ns_b], "one engine in B, one here through the tunnel"
+            tunnel = [int(p) for p in sh("pgrep", "-P", str(engine.pid), "ssh", check=False).stdout.split()]
+            assert len(tunnel) == 1
+        finally:
+            engine.kill()  # not a clean exit: the tunnel must still end with it
+            engine.wait()
+        assert wait_until(lambda: pid_gone(tunnel[0]), 10), "the engine's tunnel ended with it"
     finally:
         subprocess.run(["ip", "netns", "exec", ns_b, TESTUDO_BIN, "--profile", "gw", "cluster", "stop"],
                        capture_output=True, timeout=60)
