@@ -68,6 +68,8 @@ class Cluster:
         `testudo engines start --help` says). For ssh the controller must listen where the hosts
         reach it: controller_ip="0.0.0.0" (and controller_location).
     engine_args: further `testudo engines start` options for every engine (e.g. ["--tag", "gpu=1"]).
+    auto_restart: an engine that dies is started again (a new engine id; at most 5 times in
+        60 s), as `testudo cluster start --restart-engines`.
     engine_timeout: seconds to wait for engines to register.
     shutdown_atexit: stop the cluster when this Python process exits (default True).
     """
@@ -75,7 +77,7 @@ class Cluster:
     def __init__(self, n=None, *, profile=None, cluster_id=None, engines="local", controller_ip=None,
                  controller_location=None, controller_args=(), engine_args=(), engine_timeout=60,
                  shutdown_atexit=True, log_level=None, mpiexec=None, mpi_args=(), hosts=None, ssh_args=(),
-                 remote_testudo=None, remote_dir=None):
+                 remote_testudo=None, remote_dir=None, auto_restart=False):
         if engines not in ("local", "mpi", "ssh"):
             raise NotImplementedError(f"testudo.Cluster(engines={engines!r}): engines start 'local' (a process "
                                       "each), 'mpi' (one mpiexec) or 'ssh' (on hosts); slurm and pbs are not "
@@ -90,6 +92,7 @@ class Cluster:
         self.ssh_args = list(ssh_args)
         self.remote_testudo = remote_testudo
         self.remote_dir = remote_dir
+        self.auto_restart = auto_restart
         self.n = n
         self.cluster_id = cluster_id or (
             f"{int(time.time())}-{''.join(random.choice(string.ascii_lowercase + string.digits) for _ in range(4))}")
@@ -173,7 +176,7 @@ class Cluster:
             raise RuntimeError(f"{self!r} is not running: start_controller() or start_cluster() first")
         n = n if n is not None else self._default_n()
         engine_set_id = engine_set_id or self._new_engine_set_id()
-        launcher = ["--engines", self.engine_launcher]
+        launcher = ["--engines", self.engine_launcher] + (["--restart-engines"] if self.auto_restart else [])
         if self.engine_launcher == "mpi":
             launcher += [f"--mpi-arg={arg}" for arg in self.mpi_args]
             if self.mpiexec:

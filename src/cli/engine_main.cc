@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "base/profile.h"
 #include "cli/common_options.h"
+#include "cli/engine_supervisor.h"
 #include "auth/connection_file.h"
 #include "engine/engine.h"
 #include "tunnel/ssh_forward.h"
@@ -47,6 +48,15 @@ int engine_main(int argc, char** argv) {
   app.add_option("--key-passphrase-from", eopts.key_passphrase_from,
                  "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
 
+  bool restart = false;
+  SupervisorOptions supervisor;
+  int restart_window_s = 60;
+  app.add_flag("--restart", restart, "Start the engine again when it dies (with backoff; see --restart-limit)");
+  app.add_option("--restart-limit", supervisor.limit, "--restart: restarts allowed within --restart-window")
+      ->capture_default_str();
+  app.add_option("--restart-window", restart_window_s, "--restart: seconds over which --restart-limit counts")
+      ->capture_default_str();
+
   std::string ssh_gateway;
   std::vector<std::string> ssh_args;
   app.add_option("--ssh", ssh_gateway,
@@ -66,6 +76,12 @@ int engine_main(int argc, char** argv) {
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
   // A closed pipe must not kill the engine mid-write; writes report EPIPE.
   std::signal(SIGPIPE, SIG_IGN);
+  if (restart) {
+    // Before anything else starts: the supervisor forks the engine, which carries on below.
+    supervisor.window = std::chrono::seconds(restart_window_s);
+    const int code = supervise_engine(supervisor, [](const std::string& line) { LOG_WARN("engine") << line; });
+    if (code >= 0) return code;
+  }
 
   // Opened before the engine starts its threads (the tunnel forks ssh); kept for its lifetime.
   std::unique_ptr<tunnel::SshForward> forward;

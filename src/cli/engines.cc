@@ -40,8 +40,10 @@ std::map<pid_t, EngineFacts> registered_engines(const std::string& profile) {
   auto j = nlohmann::json::parse(*text, nullptr, false);
   if (!j.is_object() || !j.contains("tags") || !j["tags"].is_object()) return out;
   for (const auto& [id, facts] : j["tags"].items()) {
-    if (!facts.is_object() || !facts.contains("pid") || !facts["pid"].is_number_integer()) continue;
-    out[facts["pid"].get<pid_t>()] = {static_cast<EngineId>(std::stoull(id)), facts.value("hostname", std::string())};
+    // The process the launcher started: the engine, or its supervisor (--restart-engines).
+    const char* key = facts.contains("supervisor_pid") ? "supervisor_pid" : "pid";
+    if (!facts.is_object() || !facts.contains(key) || !facts[key].is_number_integer()) continue;
+    out[facts[key].get<pid_t>()] = {static_cast<EngineId>(std::stoull(id)), facts.value("hostname", std::string())};
   }
   return out;
 }
@@ -68,6 +70,7 @@ struct EnginesCommand::Impl {
     if (!options.ok()) return fail(options.status());
     add.launcher = *options;
     add.engines = LauncherArgs::engine_count(*options, start, add.engines);
+    for (auto& arg : launcher.engine_args()) add.engine_args.push_back(arg);
     add.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(start_timeout * 1000));
     for (const auto& tag : tags) add.engine_args.insert(add.engine_args.end(), {"--tag", tag});
     auto pids = launch::add_engines(add, say);

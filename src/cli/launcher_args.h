@@ -22,8 +22,11 @@ struct LauncherArgs {
   std::vector<std::string> ssh_args;
   std::string remote_testudo = "testudo";
   std::string remote_dir;
+  bool restart = false;
 
   void add_to(CLI::App* command) {
+    command->add_flag("--restart-engines", restart,
+                      "Start an engine again when it dies (backoff; at most 5 times in 60 s; testudo-engine --restart)");
     command->add_option("--engines", kind,
                         "How engines start: local (one process each), mpi (one mpiexec) or ssh (on --hosts)")
         ->capture_default_str();
@@ -54,6 +57,11 @@ struct LauncherArgs {
     out.ssh.remote_testudo = remote_testudo;
     out.ssh.remote_dir = remote_dir;
     return out;
+  }
+
+  // Options for every engine that the launcher settings imply.
+  std::vector<std::string> engine_args() const {
+    return restart ? std::vector<std::string>{"--restart"} : std::vector<std::string>{};
   }
 
   // The engines to start: -n when given, else (ssh) what --hosts holds, else `n`.

@@ -440,6 +440,7 @@ int main(int argc, char** argv) {
     if (!launcher.ok()) return fail(launcher.status());
     lopts.launcher = *launcher;
     lopts.engines = LauncherArgs::engine_count(*launcher, start, lopts.engines);
+    for (auto& arg : cluster_launcher.engine_args()) lopts.engine_args.push_back(arg);
     for (const auto& tag : cluster_tags) {
       lopts.engine_args.push_back("--tag");
       lopts.engine_args.push_back(tag);

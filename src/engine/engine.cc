@@ -81,6 +81,11 @@ StatusOr<std::string> engine_info(const std::vector<std::pair<std::string, std::
   info["cores"] = std::thread::hardware_concurrency();
   info["memory"] = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE));
   info["pid"] = ::getpid();
+  // Restarted by its supervisor (testudo-engine --restart): how many engines died before it.
+  if (const char* restarts = std::getenv("TESTUDO_ENGINE_RESTARTS")) {
+    info["restarts"] = std::strtol(restarts, nullptr, 10);
+    info["supervisor_pid"] = ::getppid();  // the process a launcher started and tracks
+  }
   // Started by mpiexec (the mpi launcher): the rank and size, so user code and rc.select can
   // tell ranks apart. Open MPI, PMIx and MPICH (PMI) name them differently.
   for (const auto& [rank_var, size_var] : {std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},

@@ -241,3 +241,52 @@ def test_an_unknown_launcher_or_a_missing_mpiexec_is_a_clear_error(private_home)
     assert missing.returncode == 1 and "no-such-mpiexec was not found on PATH" in missing.stderr
     listed = subprocess.run([TESTUDO_BIN, "cluster", "list"], capture_output=True, text=True).stdout
     assert "bad" not in listed, "nothing was started"
+
+
+def test_a_killed_engine_is_restarted_with_a_new_id_and_the_cluster_keeps_its_size(private_home):
+    cluster = testudo.Cluster(n=2, profile="phoenix", auto_restart=True)
+    rc = cluster.start_and_connect_sync()
+    try:
+        old_ids = rc.ids
+        victim = rc[old_ids[0]].apply_sync(os.getpid)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: len(rc.ids) == 2 and rc.ids != old_ids, 30), rc.ids
+        tags = rc.engine_tags()
+        (new_id,) = set(rc.ids) - set(old_ids)
+        assert tags[new_id]["restarts"] == 1
+        assert rc[new_id].apply_sync(lambda: 6 * 7) == 42
+        # The pid the launcher tracks is the supervisor's: `engines list` still names every engine.
+        listed = subprocess.run([TESTUDO_BIN, "--profile", "phoenix", "engines", "list"], capture_output=True,
+                                text=True, check=True).stdout.splitlines()[1:]
+        assert sorted(int(line.split()[1]) for line in listed) == rc.ids
+        supervisors = [p for s in cluster.engines.values() for p in s]
+        # SIGINT to the supervisor interrupts the engine's user code, as to a plain engine.
+        ar = rc[new_id].apply_async(lambda: __import__("time").sleep(30))
+        time.sleep(0.5)
+        cluster.signal_engines_sync(signal.SIGINT)
+        with pytest.raises(testudo.RemoteError):
+            ar.get(timeout=10)
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+    for pid in supervisors:
+        assert wait_until(lambda p=pid: pid_gone(p), 15), "a clean stop is not a death: no restart"
+
+
+def test_a_supervisor_gives_up_after_its_restart_limit(private_home):
+    cluster = testudo.Cluster(n=0, profile="limit").start_cluster_sync()
+    log = os.path.join(cluster.profile_dir, "log", "restarting-engine.log")
+    try:
+        with open(log, "w") as out:
+            supervisor = subprocess.Popen([TESTUDO_BIN, "--profile", "limit", "engine", "--restart", "--restart-limit",
+                                           "1"], stdout=out, stderr=subprocess.STDOUT)
+        with cluster.connect_client_sync() as rc:
+            for _ in range(2):
+                rc.wait_for_engines(1, timeout=30)
+                os.kill(rc[:].apply_sync(os.getpid)[0], signal.SIGKILL)
+                wait_until(lambda: not rc.ids, 15)
+        assert supervisor.wait(timeout=30) == 1
+        text = open(log).read()
+        assert "restarting it" in text and "restarted 1 times within 60 s: giving up" in text
+    finally:
+        cluster.stop_cluster_sync()
