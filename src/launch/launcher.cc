@@ -12,10 +12,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "base/profile.h"
+#include "crypto/crypto.h"
 #include "crypto/private_file.h"
 #include "testudo/client.h"
 
@@ -74,16 +76,31 @@ Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& e
       TESTUDO_ASSIGN_OR_RETURN(std::string contents, crypto::read_private_file(path, name));
       files.emplace_back(name, std::move(contents));
     }
-    int wanted = n;
-    for (const SshHost& host : launcher.hosts) {
+    // Which hosts run how many: in --hosts order until n are placed.
+    std::vector<std::pair<const SshHost*, int>> placed;
+    for (int wanted = n; const SshHost& host : launcher.hosts) {
       if (wanted <= 0) break;
-      const int here = std::min(host.engines, wanted);
-      TESTUDO_RETURN_IF_ERROR(copy_to_host(launcher.ssh, host.name, files, std::chrono::seconds(30)));
-      TESTUDO_ASSIGN_OR_RETURN(pid_t pid, spawn_detached(ssh_engines_command(launcher.ssh, host.name, here, engine_args),
+      placed.emplace_back(&host, std::min(host.engines, wanted));
+      wanted -= placed.back().second;
+    }
+    // Copies to every host at once (each is an SSH connection of its own), then the sessions.
+    std::vector<std::future<Status>> copies;
+    for (const auto& [host, count] : placed) {
+      copies.push_back(std::async(std::launch::async, [&launcher, &files, host = host] {
+        return copy_to_host(launcher.ssh, host->name, files, std::chrono::seconds(30));
+      }));
+    }
+    Status copied = ok_status();
+    for (auto& copy : copies) {
+      if (Status st = copy.get(); !st.ok() && copied.ok()) copied = st;
+    }
+    for (auto& [name, contents] : files) crypto::wipe(contents);
+    TESTUDO_RETURN_IF_ERROR(copied);
+    for (const auto& [host, count] : placed) {
+      TESTUDO_ASSIGN_OR_RETURN(pid_t pid, spawn_detached(ssh_engines_command(launcher.ssh, host->name, count, engine_args),
                                                         engine_log(paths, procs.next_engine_index)));
       procs.engines.push_back(pid);
       ++procs.next_engine_index;
-      wanted -= here;
     }
     return ok_status();
   }

@@ -32,9 +32,10 @@ def sh(*argv, check=True):
 
 
 class Hosts:
-    """Namespaces B and C, each an sshd at 10.<net>.<i>.2 linked to this host's 10.<net>.<i>.1."""
+    """Namespaces (B and C by default), each an sshd at 10.<net>.<i>.2 linked to this host's
+    10.<net>.<i>.1. bench/ssh_launch.py uses it too."""
 
-    def __init__(self):
+    def __init__(self, names=("b", "c")):
         self.dir = tempfile.mkdtemp(prefix="testudo-ssh-")
         self.tag = f"tdo{os.getpid() % 100000}"
         self.net = 200 + os.getpid() % 50
@@ -48,7 +49,7 @@ class Hosts:
         shutil.copy(f"{self.dir}/user_key.pub", f"{self.dir}/authorized_keys")
         host_key = pathlib.Path(f"{self.dir}/host_key.pub").read_text().split()[:2]
         known = []
-        for i, name in enumerate(("b", "c"), start=1):
+        for i, name in enumerate(names, start=1):
             ns = f"{self.tag}-{name}"
             outside, inside = f"{ns}-h", f"{ns}-n"
             sh("ip", "netns", "add", ns)
@@ -71,12 +72,13 @@ class Hosts:
             known.append(f"{address} {' '.join(host_key)}")
         pathlib.Path(f"{self.dir}/known_hosts").write_text("\n".join(known) + "\n")
         self.ssh_config = self.write_ssh_config("ssh_config", "user_key")
-        # The connection files name this host's address on B's link; C reaches that address over
-        # its own link (this host owns it: no forwarding involved).
+        # The connection files name this host's address on the first link; the other namespaces
+        # reach that address over their own links (this host owns it: no forwarding involved).
         self.controller_address = f"10.{self.net}.1.1"
-        sh("ip", "netns", "exec", f"{self.tag}-c", "ip", "route", "add", f"10.{self.net}.1.0/24", "via",
-           f"10.{self.net}.2.1")
-        for name in ("b", "c"):
+        for i, name in enumerate(names[1:], start=2):
+            sh("ip", "netns", "exec", f"{self.tag}-{name}", "ip", "route", "add", f"10.{self.net}.1.0/24", "via",
+               f"10.{self.net}.{i}.1")
+        for name in names:
             assert wait_until(lambda n=name: self.ssh(n, "true").returncode == 0, 10), f"sshd in {name} not up"
 
     def write_ssh_config(self, name, key):
