@@ -2,7 +2,7 @@
 """Engines on other hosts over SSH against engines on this host, on the same machine: how long
 `cluster start` takes until every engine is ready, the apply round trip, and 10,000 trivial
 load-balanced tasks. The "hosts" are network namespaces, each with its own sshd (the test
-harness of tests/python/test_ssh_launcher.py); with --delay-ms, every byte between engines and
+harness of tests/python/netns.py); with --delay-ms, every byte between engines and
 the controller also crosses a TCP proxy this script runs that holds it that long per direction.
 
     sudo bench/ssh_launch.py [--hosts 4] [--per-host 4] [--delay-ms 10] [--tasks 10000]
@@ -11,13 +11,11 @@ Needs root, ip, ssh and sshd (scripts/setup), and build/testudo + build/python. 
 per figure and the ratios ssh/local.
 """
 import argparse
-import asyncio
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,62 +25,11 @@ sys.path.insert(0, os.path.join(REPO, "tests", "python"))
 os.environ.setdefault("TESTUDO_BIN", os.path.join(REPO, "build", "testudo"))
 
 import testudo  # noqa: E402
-from test_ssh_launcher import Hosts  # noqa: E402
+from netns import DelayProxy, Hosts  # noqa: E402
 
 
 def _noop():
     return None
-
-
-class DelayProxy:
-    """listen_host:port -> target_host:port, each chunk held `delay` seconds per direction."""
-
-    def __init__(self, listen_host, target_host, port, delay):
-        self.listen_host, self.target_host, self.port, self.delay = listen_host, target_host, port, delay
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait()
-
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, self.listen_host, self.port))
-        ready.set()
-        self.loop.run_forever()
-
-    async def _pipe(self, reader, writer):
-        queue = asyncio.Queue()
-
-        async def deliver():
-            while True:
-                due, data = await queue.get()
-                if data is None:
-                    break
-                await asyncio.sleep(max(0.0, due - self.loop.time()))
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        sender = asyncio.ensure_future(deliver())
-        try:
-            while data := await reader.read(1 << 16):
-                queue.put_nowait((self.loop.time() + self.delay, data))
-        finally:
-            queue.put_nowait((0, None))
-            await sender
-
-    async def _serve(self, reader, writer):
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.port)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 def measure(cluster, n, tasks):

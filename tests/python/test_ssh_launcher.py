@@ -20,85 +20,11 @@ import pytest
 
 import testudo
 from conftest import TESTUDO_BIN, pid_gone, wait_until
+from netns import SSHD, DelayProxy, Hosts, netns_of, sh
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("ssh") or not os.path.exists(SSHD),
     reason="needs root, ip, ssh and sshd (scripts/setup installs openssh-server)")
-
-
-def sh(*argv, check=True):
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
-
-
-class Hosts:
-    """Namespaces (B and C by default), each an sshd at 10.<net>.<i>.2 linked to this host's
-    10.<net>.<i>.1. bench/ssh_launch.py uses it too."""
-
-    def __init__(self, names=("b", "c")):
-        self.dir = tempfile.mkdtemp(prefix="testudo-ssh-")
-        self.tag = f"tdo{os.getpid() % 100000}"
-        self.net = 200 + os.getpid() % 50
-        self.sshd = []
-        self.namespaces = []
-        self.address = {}
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/host_key")
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/user_key")
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/stranger_key")
-        shutil.copy(f"{self.dir}/user_key.pub", f"{self.dir}/authorized_keys")
-        host_key = pathlib.Path(f"{self.dir}/host_key.pub").read_text().split()[:2]
-        known = []
-        for i, name in enumerate(names, start=1):
-            ns = f"{self.tag}-{name}"
-            outside, inside = f"{ns}-h", f"{ns}-n"
-            sh("ip", "netns", "add", ns)
-            self.namespaces.append(ns)
-            sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-            sh("ip", "link", "set", inside, "netns", ns)
-            sh("ip", "addr", "add", f"10.{self.net}.{i}.1/24", "dev", outside)
-            sh("ip", "link", "set", outside, "up")
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.{self.net}.{i}.2/24", "dev", inside)
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            address = f"10.{self.net}.{i}.2"
-            self.address[name] = address
-            config = f"{self.dir}/sshd_{name}"
-            pathlib.Path(config).write_text(
-                f"ListenAddress {address}\nHostKey {self.dir}/host_key\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
-                "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n")
-            self.sshd.append(subprocess.Popen(["ip", "netns", "exec", ns, SSHD, "-D", "-e", "-f", config],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            known.append(f"{address} {' '.join(host_key)}")
-        pathlib.Path(f"{self.dir}/known_hosts").write_text("\n".join(known) + "\n")
-        self.ssh_config = self.write_ssh_config("ssh_config", "user_key")
-        # The connection files name this host's address on the first link; the other namespaces
-        # reach that address over their own links (this host owns it: no forwarding involved).
-        self.controller_address = f"10.{self.net}.1.1"
-        for i, name in enumerate(names[1:], start=2):
-            sh("ip", "netns", "exec", f"{self.tag}-{name}", "ip", "route", "add", f"10.{self.net}.1.0/24", "via",
-               f"10.{self.net}.{i}.1")
-        for name in names:
-            assert wait_until(lambda n=name: self.ssh(n, "true").returncode == 0, 10), f"sshd in {name} not up"
-
-    def write_ssh_config(self, name, key):
-        path = f"{self.dir}/{name}"
-        pathlib.Path(path).write_text(
-            f"Host *\n  IdentityFile {self.dir}/{key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {self.dir}/known_hosts\n"
-            "  StrictHostKeyChecking yes\n  BatchMode yes\n  User root\n  ConnectTimeout 3\n")
-        return path
-
-    def ssh(self, name, command):
-        return subprocess.run(["ssh", "-F", self.ssh_config, self.address[name], command], capture_output=True,
-                              text=True, timeout=20)
-
-    def close(self):
-        for p in self.sshd:
-            p.kill()
-            p.wait()
-        for ns in self.namespaces:
-            sh("ip", "netns", "del", ns, check=False)  # takes its end of the veth pair, and so the pair
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +41,6 @@ def private_home(monkeypatch):
     monkeypatch.setenv("TESTUDO_BIN", TESTUDO_BIN)
     yield home
     shutil.rmtree(home, ignore_errors=True)
-
-
-def netns_of(pid):
-    return sh("ip", "netns", "identify", str(pid)).stdout.strip()
 
 
 def ssh_cluster(namespaces, profile, engines_per_host):
@@ -272,3 +194,68 @@ def test_a_client_reaches_a_controller_behind_a_gateway_through_an_ssh_tunnel(ho
     finally:
         subprocess.run(["ip", "netns", "exec", ns_b, TESTUDO_BIN, "--profile", "gw", "cluster", "stop"],
                        capture_output=True, timeout=60)
+
+
+def test_a_host_cut_off_comes_back_and_retried_tasks_complete_elsewhere(hosts, private_home):
+    """The link to B goes down for 15 s: the controller declares B's engine dead (heartbeat
+    timeout 3 s), load-balanced tasks with retries finish on C, and B's engine reconnects by
+    itself once the link is back."""
+    cluster = testudo.Cluster(profile="cut", engines="ssh", hosts={hosts.address["b"]: 1, hosts.address["c"]: 1},
+                              controller_ip="0.0.0.0", controller_location=hosts.controller_address,
+                              controller_args=["--heartbeat-timeout", "3"], ssh_args=["-F", hosts.ssh_config],
+                              remote_testudo=TESTUDO_BIN, remote_dir=f"{hosts.dir}/remote-cut")
+    rc = cluster.start_and_connect_sync()
+    link_b = f"{hosts.tag}-b-n"
+    try:
+        by_ns = {netns_of(pid): engine for engine, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
+        engine_c = by_ns[f"{hosts.tag}-c"]
+        lview = rc.load_balanced_view()
+        lview.retries = 3
+        sh("ip", "netns", "exec", f"{hosts.tag}-b", "ip", "link", "set", link_b, "down")
+        cut_at = time.monotonic()
+        ar = lview.map_async(lambda x: (x * x, __import__("os").getpid()), range(40))
+        squares = ar.get(timeout=60)
+        assert [s for s, _ in squares] == [x * x for x in range(40)]
+        assert rc.ids == [engine_c], "B's engine was declared dead"
+        time.sleep(max(0.0, 15 - (time.monotonic() - cut_at)))
+        sh("ip", "netns", "exec", f"{hosts.tag}-b", "ip", "link", "set", link_b, "up")
+        assert wait_until(lambda: len(rc.ids) == 2, 60), "B's engine came back by itself"
+        (back,) = set(rc.ids) - {engine_c}
+        assert netns_of(rc[back].apply_sync(os.getpid)) == f"{hosts.tag}-b"
+    finally:
+        sh("ip", "netns", "exec", f"{hosts.tag}-b", "ip", "link", "set", link_b, "up", check=False)
+        rc.close()
+        cluster.stop_cluster_sync()
+
+
+def test_a_slow_far_link_still_completes_the_reference_example_and_a_map(hosts, private_home):
+    """Engines behind 20 ms of round trip (a proxy holding every byte 10 ms each way) and a
+    rate-limited link (tc tbf, 20 Mbit/s) still run the README example and a 1,000-task map."""
+    port = 20000 + os.getpid() % 20000
+    proxy = DelayProxy(hosts.controller_address, "127.0.0.1", port, 0.010)
+    link_c = f"{hosts.tag}-c-n"
+    sh("ip", "netns", "exec", f"{hosts.tag}-c", "tc", "qdisc", "add", "dev", link_c, "root", "tbf", "rate", "20mbit",
+       "burst", "32kbit", "latency", "400ms")
+    cluster = testudo.Cluster(profile="far", engines="ssh", hosts={hosts.address["b"]: 2, hosts.address["c"]: 2},
+                              controller_ip="127.0.0.1", controller_location=hosts.controller_address,
+                              controller_args=["--port", str(port)], ssh_args=["-F", hosts.ssh_config],
+                              remote_testudo=TESTUDO_BIN, remote_dir=f"{hosts.dir}/remote-far")
+    try:
+        rc = cluster.start_and_connect_sync()
+        try:
+            dview = rc[:]
+            dview.block = True
+            dview.push(dict(a=5, b=10))
+            rc[::2].execute("c = a + b")
+            rc[1::2].execute("c = a - b")
+            assert dview.pull("c") == [15, -5, 15, -5]
+            t = time.monotonic()
+            rc[0].apply_sync(lambda: None)
+            assert time.monotonic() - t >= 0.04, "the delay is really there (two proxied legs each way)"
+            assert rc.load_balanced_view().map_sync(lambda x: x + 1, range(1000)) == list(range(1, 1001))
+        finally:
+            rc.close()
+    finally:
+        cluster.stop_cluster_sync()
+        proxy.close()
+        sh("ip", "netns", "exec", f"{hosts.tag}-c", "tc", "qdisc", "del", "dev", link_c, "root", check=False)
