@@ -66,7 +66,9 @@ class Cluster:
         to mpiexec) or "ssh" (engines on `hosts`, {"node1": 4, "node2": 4}, through the ssh
         client; ssh_args go to ssh, e.g. ["-F", "ssh_config"]; remote_testudo and remote_dir as
         `testudo engines start --help` says). For ssh the controller must listen where the hosts
-        reach it: controller_ip="0.0.0.0" (and controller_location).
+        reach it: controller_ip="0.0.0.0" (and controller_location). "slurm" or "pbs": one
+        batch job (sbatch/qsub) whose tasks are the engines; batch_template, queue and
+        batch_args as `testudo engines start --help` says.
     engine_args: further `testudo engines start` options for every engine (e.g. ["--tag", "gpu=1"]).
     auto_restart: an engine that dies is started again (a new engine id; at most 5 times in
         60 s), as `testudo cluster start --restart-engines`.
@@ -77,11 +79,11 @@ class Cluster:
     def __init__(self, n=None, *, profile=None, cluster_id=None, engines="local", controller_ip=None,
                  controller_location=None, controller_args=(), engine_args=(), engine_timeout=60,
                  shutdown_atexit=True, log_level=None, mpiexec=None, mpi_args=(), hosts=None, ssh_args=(),
-                 remote_testudo=None, remote_dir=None, auto_restart=False):
-        if engines not in ("local", "mpi", "ssh"):
-            raise NotImplementedError(f"testudo.Cluster(engines={engines!r}): engines start 'local' (a process "
-                                      "each), 'mpi' (one mpiexec) or 'ssh' (on hosts); slurm and pbs are not "
-                                      "supported yet")
+                 remote_testudo=None, remote_dir=None, auto_restart=False, batch_template=None, queue=None,
+                 batch_args=()):
+        if engines not in ("local", "mpi", "ssh", "slurm", "pbs"):
+            raise ValueError(f"testudo.Cluster(engines={engines!r}): engines start 'local' (a process each), "
+                             "'mpi' (one mpiexec), 'ssh' (on hosts), 'slurm' or 'pbs' (a batch job)")
         if engines == "ssh" and not hosts:
             raise ValueError("testudo.Cluster(engines='ssh') needs hosts, e.g. hosts={'node1': 4, 'node2': 4}")
         self.engine_launcher = engines
@@ -93,6 +95,9 @@ class Cluster:
         self.remote_testudo = remote_testudo
         self.remote_dir = remote_dir
         self.auto_restart = auto_restart
+        self.batch_template = batch_template
+        self.queue = queue
+        self.batch_args = list(batch_args)
         self.n = n
         self.cluster_id = cluster_id or (
             f"{int(time.time())}-{''.join(random.choice(string.ascii_lowercase + string.digits) for _ in range(4))}")
@@ -187,10 +192,17 @@ class Cluster:
                 launcher += ["--remote-testudo", self.remote_testudo]
             if self.remote_dir:
                 launcher += ["--remote-dir", self.remote_dir]
+        if self.engine_launcher in ("slurm", "pbs"):
+            if self.batch_template:
+                launcher += ["--batch-template", self.batch_template]
+            if self.queue:
+                launcher += ["--queue", self.queue]
+            launcher += [f"--batch-arg={arg}" for arg in self.batch_args]
         out = self._run("engines", "start", "-n", str(n), "--timeout", str(self.engine_timeout), *launcher,
                         *self.engine_args, timeout=self.engine_timeout + 30)
-        # The processes of the set: one per engine, or the one mpiexec of all of them.
-        self.engines[engine_set_id] = [int(line) for line in out.split()]
+        # The processes of the set (one per engine, the one mpiexec, an ssh session per host), or
+        # "job:<id>" for a batch job (slurm, pbs).
+        self.engines[engine_set_id] = [int(word) if word.isdigit() else word for word in out.split()]
         self._engine_counts[engine_set_id] = n
         return engine_set_id
 
@@ -202,10 +214,13 @@ class Cluster:
             self.engines.clear()
             self._engine_counts.clear()
             return
-        pids = self.engines.pop(engine_set_id)
+        members = self.engines.pop(engine_set_id)
         self._engine_counts.pop(engine_set_id, None)
-        if pids:
-            self._run("engines", "stop", "--pids", ",".join(map(str, pids)))
+        pids = [str(m) for m in members if isinstance(m, int)]
+        jobs = [m.split(":", 1)[1] for m in members if isinstance(m, str) and m.startswith("job:")]
+        if pids or jobs:
+            self._run("engines", "stop", *(["--pids", ",".join(pids)] if pids else []),
+                      *(["--jobs", ",".join(jobs)] if jobs else []))
 
     def stop_engine_sync(self, engine_id):
         """Stop one engine by its engine id (rc.ids)."""
@@ -224,6 +239,8 @@ class Cluster:
         sets = [engine_set_id] if engine_set_id is not None else list(self.engines)
         for set_id in sets:
             for pid in self.engines[set_id]:
+                if not isinstance(pid, int):
+                    continue  # a batch job: no process of ours to signal
                 try:
                     os.kill(pid, signum)
                 except ProcessLookupError:

@@ -62,6 +62,7 @@ struct EnginesCommand::Impl {
   std::vector<std::string> tags;
   std::vector<pid_t> stop_pids;
   std::vector<EngineId> stop_ids;
+  std::vector<std::string> stop_jobs;
   double stop_grace = 5;
 
   int run_start(const std::string& profile) {
@@ -73,13 +74,21 @@ struct EnginesCommand::Impl {
     for (auto& arg : launcher.engine_args()) add.engine_args.push_back(arg);
     add.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(start_timeout * 1000));
     for (const auto& tag : tags) add.engine_args.insert(add.engine_args.end(), {"--tag", tag});
-    auto pids = launch::add_engines(add, say);
-    if (!pids.ok()) return fail(pids.status());
-    for (pid_t p : *pids) std::printf("%d\n", static_cast<int>(p));  // for scripts: one pid a line
+    auto added = launch::add_engines(add, say);
+    if (!added.ok()) return fail(added.status());
+    // For scripts: one pid a line, and "job:<id>" for a batch job.
+    for (pid_t p : added->pids) std::printf("%d\n", static_cast<int>(p));
+    for (const std::string& job : added->jobs) std::printf("job:%s\n", job.c_str());
     return 0;
   }
 
   int run_stop(const std::string& profile) {
+    if (!stop_jobs.empty()) {
+      auto cancelled = launch::cancel_jobs(profile, stop_jobs);
+      if (!cancelled.ok()) return fail(cancelled.status());
+      say("cancelled " + std::to_string(cancelled->size()) + " batch job" + (cancelled->size() == 1 ? "" : "s"));
+      if (stop_pids.empty() && stop_ids.empty()) return 0;
+    }
     std::vector<pid_t> pids = stop_pids;
     if (!stop_ids.empty()) {
       // Engine ids name engines anywhere; only those this machine started can be stopped here.
@@ -106,6 +115,10 @@ struct EnginesCommand::Impl {
     }
     const auto registered = registered_engines(profile);
     std::printf("%-8s %-6s %-9s %s\n", "PID", "ID", "STATE", "HOST");
+    for (const auto& job : procs->jobs) {
+      std::printf("%-8s %-6s %-9s %s\n", ("job:" + job.id).c_str(), "-", "submitted",
+                  launch::batch_system_name(job.system));
+    }
     for (pid_t p : procs->engines) {
       auto it = registered.find(p);
       const bool alive = launch::process_alive(p);
@@ -135,6 +148,7 @@ EnginesCommand::EnginesCommand(CLI::App& app) : impl_(std::make_unique<Impl>()) 
   m.stop = m.engines->add_subcommand("stop", "Stop engines of the cluster (all of them unless --pids or --ids)");
   m.stop->add_option("--pids", m.stop_pids, "Process ids of engines to stop (see `engines list`)")->delimiter(',');
   m.stop->add_option("--ids", m.stop_ids, "Engine ids to stop (engines started on this machine)")->delimiter(',');
+  m.stop->add_option("--jobs", m.stop_jobs, "Batch jobs (slurm, pbs) to cancel")->delimiter(',');
   m.stop->add_option("--timeout", m.stop_grace, "Seconds to wait before killing an engine that does not exit")
       ->capture_default_str();
 

@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -23,12 +24,20 @@ struct LauncherArgs {
   std::string remote_testudo = "testudo";
   std::string remote_dir;
   bool restart = false;
+  std::string batch_template;
+  std::string queue;
+  std::vector<std::string> batch_args;
 
   void add_to(CLI::App* command) {
+    command->add_option("--batch-template", batch_template,
+                        "slurm/pbs: the batch script template ({n} {job_name} {queue} {queue_directive} {log} "
+                        "{profile} {engine_command}); default: built in");
+    command->add_option("--queue", queue, "slurm/pbs: the partition or queue");
+    command->add_option("--batch-arg", batch_args, "slurm/pbs: an argument for sbatch/qsub (repeatable)");
     command->add_flag("--restart-engines", restart,
                       "Start an engine again when it dies (backoff; at most 5 times in 60 s; testudo-engine --restart)");
     command->add_option("--engines", kind,
-                        "How engines start: local (one process each), mpi (one mpiexec) or ssh (on --hosts)")
+                        "How engines start: local (one process each), mpi (one mpiexec), ssh (on --hosts), slurm or pbs (a batch job)")
         ->capture_default_str();
     command->add_option("--hosts", hosts, "ssh: hosts and engines per host, e.g. node1:4,node2:4,user@node3");
     command->add_option("--ssh-option", ssh_args,
@@ -56,6 +65,9 @@ struct LauncherArgs {
     out.ssh.ssh_args = ssh_args;
     out.ssh.remote_testudo = remote_testudo;
     out.ssh.remote_dir = remote_dir;
+    out.batch.template_file = batch_template.empty() ? "" : std::filesystem::absolute(batch_template).string();
+    out.batch.queue = queue;
+    out.batch.submit_args = batch_args;
     return out;
   }
 

@@ -1,5 +1,7 @@
 #include "launch/launcher.h"
 
+#include "launch/run_command.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -29,15 +31,24 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 Status write_cluster_file(const std::string& profile, const ClusterProcesses& procs) {
+  nlohmann::json jobs = nlohmann::json::array();
+  for (const BatchJobId& job : procs.jobs) jobs.push_back({{"system", batch_system_name(job.system)}, {"id", job.id}});
   nlohmann::json j = {{"controller", procs.controller},
                       {"engines", procs.engines},
+                      {"jobs", jobs},
                       {"next_engine_index", procs.next_engine_index}};
   ProfilePaths paths = profile_paths(profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.run_dir));
   return crypto::write_private_file(paths.run_dir + "/cluster.json", j.dump() + "\n");
 }
 
+// Cancels a batch job; a job that already ended is no error worth reporting.
+void cancel_job(const BatchJobId& job) {
+  (void)run_command(cancel_command(job.system, job.id), "", std::chrono::seconds(30));
+}
+
 void stop_all(const ClusterProcesses& procs) {
+  for (const BatchJobId& job : procs.jobs) cancel_job(job);
   for (pid_t p : procs.engines) terminate(p, std::chrono::milliseconds(2000));
   if (procs.controller) terminate(procs.controller, std::chrono::milliseconds(3000));
 }
@@ -66,6 +77,30 @@ Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& e
   const ProfilePaths paths = profile_paths(profile);
   std::vector<std::string> engine{engine_program, "--profile", profile};
   engine.insert(engine.end(), engine_args.begin(), engine_args.end());
+  if (launcher.kind == EngineLauncherOptions::Kind::kSlurm || launcher.kind == EngineLauncherOptions::Kind::kPbs) {
+    BatchJob job;
+    job.engines = n;
+    job.job_name = "testudo-" + profile;
+    job.log = engine_log(paths, procs.next_engine_index);
+    job.profile = profile;
+    for (const std::string& word : engine) job.engine_command += (job.engine_command.empty() ? "" : " ") + shell_quote(word);
+    TESTUDO_ASSIGN_OR_RETURN(std::string script, batch_script(launcher.batch, job));
+    const std::string script_path =
+        paths.run_dir + "/engines-" + std::to_string(procs.next_engine_index) + "." + batch_system_name(launcher.batch.system);
+    TESTUDO_RETURN_IF_ERROR(crypto::write_private_file(script_path, script));
+    TESTUDO_ASSIGN_OR_RETURN(CommandResult submitted,
+                             run_command(submit_command(launcher.batch, script_path), "", std::chrono::seconds(60)));
+    const std::string submitter = submit_command(launcher.batch, script_path).front();
+    if (submitted.exit_code != 0) {
+      const std::string why = last_line(submitted.err);
+      return unavailable(submitter + " " + script_path + " failed: " +
+                         (why.empty() ? "exit status " + std::to_string(submitted.exit_code) : why));
+    }
+    TESTUDO_ASSIGN_OR_RETURN(std::string id, job_id_from_submit_output(launcher.batch.system, submitted.out));
+    procs.jobs.push_back({launcher.batch.system, id});
+    ++procs.next_engine_index;
+    return ok_status();
+  }
   if (launcher.kind == EngineLauncherOptions::Kind::kSsh) {
     // The files each host needs: the engine connection file and the shared engine identity
     // beside it (the engine finds it there). Read once, sent to every host over SSH.
@@ -144,6 +179,15 @@ Status prepare_launcher(EngineLauncherOptions& launcher, const std::string& prof
     TESTUDO_ASSIGN_OR_RETURN(launcher.mpiexec,
                              find_program(launcher.mpiexec, "install an MPI, e.g. Debian's openmpi-bin or mpich, "
                                                             "or name it with --mpiexec"));
+  }
+  if (launcher.kind == EngineLauncherOptions::Kind::kSlurm || launcher.kind == EngineLauncherOptions::Kind::kPbs) {
+    launcher.batch.system = launcher.kind == EngineLauncherOptions::Kind::kSlurm ? BatchSettings::System::kSlurm
+                                                                                 : BatchSettings::System::kPbs;
+    const std::string submitter = launcher.batch.system == BatchSettings::System::kSlurm ? "sbatch" : "qsub";
+    TESTUDO_RETURN_IF_ERROR(find_program(submitter, launcher.batch.system == BatchSettings::System::kSlurm
+                                                        ? "install Slurm's client, Debian's slurm-client"
+                                                        : "install a PBS client (qsub)")
+                                .status());
   }
   if (launcher.kind == EngineLauncherOptions::Kind::kSsh) {
     if (launcher.hosts.empty()) return invalid_argument("--engines ssh needs --hosts (e.g. --hosts node1:4,node2:4)");
@@ -248,9 +292,10 @@ StatusOr<EngineLauncherOptions::Kind> engine_launcher_kind(std::string_view name
   if (name == "local") return EngineLauncherOptions::Kind::kLocal;
   if (name == "mpi") return EngineLauncherOptions::Kind::kMpi;
   if (name == "ssh") return EngineLauncherOptions::Kind::kSsh;
+  if (name == "slurm") return EngineLauncherOptions::Kind::kSlurm;
+  if (name == "pbs") return EngineLauncherOptions::Kind::kPbs;
   return invalid_argument("unknown engine launcher '" + std::string(name) +
-                          "': this version starts engines with 'local', 'mpi' or 'ssh' (slurm and pbs are not "
-                          "supported yet)");
+                          "': engines start with local, mpi, ssh, slurm or pbs");
 }
 
 std::string self_executable() {
@@ -406,8 +451,8 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   return procs;
 }
 
-StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
-                                         const std::function<void(const std::string&)>& progress) {
+StatusOr<AddedEngines> add_engines(const AddEnginesOptions& options,
+                                   const std::function<void(const std::string&)>& progress) {
   if (options.engines <= 0) return invalid_argument("the number of engines to add must be positive");
   auto running = read_cluster_file(options.profile);
   if (!running.ok() || !process_alive(running->controller)) {
@@ -431,9 +476,12 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
 
   ClusterProcesses procs = *running;
   const std::size_t first = procs.engines.size();
+  const std::size_t first_job = procs.jobs.size();
   auto fail = [&](Status why) -> Status {
     for (std::size_t i = first; i < procs.engines.size(); ++i) terminate(procs.engines[i], std::chrono::seconds(2));
+    for (std::size_t i = first_job; i < procs.jobs.size(); ++i) cancel_job(procs.jobs[i]);
     procs.engines.resize(first);
+    procs.jobs.resize(first_job);
     (void)write_cluster_file(options.profile, procs);  // keeps next_engine_index: logs are not reused
     return why;
   };
@@ -444,11 +492,16 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
   std::vector<pid_t> added(procs.engines.begin() + static_cast<std::ptrdiff_t>(first), procs.engines.end());
   std::string pids;
   for (pid_t p : added) pids += (pids.empty() ? "" : " ") + std::to_string(p);
-  progress("started " + std::to_string(options.engines) + " engines (" +
-           (launcher.kind == EngineLauncherOptions::Kind::kMpi   ? "mpiexec pid "
-            : launcher.kind == EngineLauncherOptions::Kind::kSsh ? "ssh pids "
-                                                                 : "pids ") +
-           pids + ")");
+  if (!procs.jobs.empty() && added.empty()) {
+    progress("submitted " + std::to_string(options.engines) + " engines as " +
+             batch_system_name(procs.jobs.back().system) + " job " + procs.jobs.back().id);
+  } else {
+    progress("started " + std::to_string(options.engines) + " engines (" +
+             (launcher.kind == EngineLauncherOptions::Kind::kMpi   ? "mpiexec pid "
+              : launcher.kind == EngineLauncherOptions::Kind::kSsh ? "ssh pids "
+                                                                   : "pids ") +
+             pids + ")");
+  }
   if (Status st = write_cluster_file(options.profile, procs); !st.ok()) return fail(st);
   // Counted against the engines registered before: the new ones are ready when that many more are.
   if (Status st = wait_for_engines(*client, before.size(), static_cast<std::size_t>(options.engines),
@@ -457,13 +510,20 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
       !st.ok()) {
     return fail(st);
   }
-  return added;
+  AddedEngines out;
+  out.pids = std::move(added);
+  for (std::size_t i = first_job; i < procs.jobs.size(); ++i) out.jobs.push_back(procs.jobs[i].id);
+  return out;
 }
 
 StatusOr<std::vector<pid_t>> stop_engines(const std::string& profile, const std::vector<pid_t>& pids,
                                           std::chrono::milliseconds grace) {
   TESTUDO_ASSIGN_OR_RETURN(ClusterProcesses procs, read_cluster_file(profile));
   std::vector<pid_t> chosen = pids.empty() ? procs.engines : pids;
+  if (pids.empty()) {
+    for (const BatchJobId& job : procs.jobs) cancel_job(job);
+    procs.jobs.clear();
+  }
   for (pid_t p : chosen) {
     if (std::find(procs.engines.begin(), procs.engines.end(), p) == procs.engines.end()) {
       return invalid_argument("pid " + std::to_string(p) + " is not an engine of the cluster of profile '" + profile +
@@ -493,12 +553,41 @@ StatusOr<ClusterProcesses> read_cluster_file(const std::string& profile) {
   for (const auto& e : j["engines"]) {
     if (e.is_number_integer()) procs.engines.push_back(e.get<pid_t>());
   }
+  if (auto jobs = j.find("jobs"); jobs != j.end() && jobs->is_array()) {
+    for (const auto& job : *jobs) {
+      if (!job.is_object() || !job.contains("id") || !job["id"].is_string()) continue;
+      const bool pbs = job.value("system", std::string()) == "pbs";
+      procs.jobs.push_back({pbs ? BatchSettings::System::kPbs : BatchSettings::System::kSlurm, job["id"].get<std::string>()});
+    }
+  }
   // Absent in files written before engines could be added: their logs are 0..engines-1.
   procs.next_engine_index = static_cast<int>(procs.engines.size());
   if (auto next = j.find("next_engine_index"); next != j.end() && next->is_number_integer()) {
     procs.next_engine_index = std::max(procs.next_engine_index, next->get<int>());
   }
   return procs;
+}
+
+StatusOr<std::vector<std::string>> cancel_jobs(const std::string& profile, const std::vector<std::string>& ids) {
+  TESTUDO_ASSIGN_OR_RETURN(ClusterProcesses procs, read_cluster_file(profile));
+  std::vector<std::string> chosen;
+  for (const std::string& id : ids) {
+    if (std::none_of(procs.jobs.begin(), procs.jobs.end(), [&](const BatchJobId& j) { return j.id == id; })) {
+      return invalid_argument("job " + id + " is not a job of the cluster of profile '" + profile + "'");
+    }
+  }
+  std::vector<BatchJobId> kept;
+  for (const BatchJobId& job : procs.jobs) {
+    if (ids.empty() || std::find(ids.begin(), ids.end(), job.id) != ids.end()) {
+      cancel_job(job);
+      chosen.push_back(job.id);
+    } else {
+      kept.push_back(job);
+    }
+  }
+  procs.jobs = std::move(kept);
+  TESTUDO_RETURN_IF_ERROR(write_cluster_file(profile, procs));
+  return chosen;
 }
 
 std::vector<ClusterEntry> list_clusters() {
@@ -548,6 +637,9 @@ Status stop_cluster(const std::string& profile, std::chrono::milliseconds grace,
     if (asked) return ok_status();
     return not_found("no running cluster found for profile '" + profile + "'");
   }
+  // Engines in batch jobs left when the controller asked them to; the job is cancelled in
+  // case some never started (still queued) or did not listen.
+  for (const BatchJobId& job : procs->jobs) cancel_job(job);
   std::vector<pid_t> all = procs->engines;
   all.push_back(procs->controller);
   auto deadline = Clock::now() + grace;

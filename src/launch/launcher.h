@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "launch/batch_launcher.h"
 #include "launch/ssh_launcher.h"
 #include "testudo/status.h"
 
@@ -48,15 +49,18 @@ void terminate(pid_t pid, std::chrono::milliseconds grace);
 //          on them can use mpi4py. Stopping the set signals mpiexec, which ends its ranks.
 //  kSsh:   engines on other hosts, one SSH session per host running its engines (see
 //          launch/ssh_launcher.h); the controller must listen where they can reach it.
+//  kSlurm, kPbs: one batch job whose tasks are the engines (launch/batch_launcher.h), tracked
+//          by its job id; stopping cancels the job.
 struct EngineLauncherOptions {
-  enum class Kind { kLocal, kMpi, kSsh };
+  enum class Kind { kLocal, kMpi, kSsh, kSlurm, kPbs };
   Kind kind = Kind::kLocal;
   std::string mpiexec = "mpiexec";       // kMpi: the program (found on PATH unless a path)
   std::vector<std::string> mpiexec_args;  // kMpi: before the engine, e.g. --oversubscribe
   std::vector<SshHost> hosts;            // kSsh: where, and how many engines each
   SshSettings ssh;                       // kSsh: remote_dir empty: .testudo/remote/<profile>
+  BatchSettings batch;                   // kSlurm, kPbs (its system follows kind)
 };
-// "local", "mpi" or "ssh"; anything else is kInvalidArgument naming the kinds there are.
+// "local", "mpi", "ssh", "slurm" or "pbs"; anything else is kInvalidArgument naming the kinds.
 StatusOr<EngineLauncherOptions::Kind> engine_launcher_kind(std::string_view name);
 
 struct ClusterOptions {
@@ -77,9 +81,16 @@ struct ClusterOptions {
   EngineLauncherOptions launcher;
 };
 
+// A batch job holding engines (the slurm and pbs launchers).
+struct BatchJobId {
+  BatchSettings::System system = BatchSettings::System::kSlurm;
+  std::string id;
+};
+
 struct ClusterProcesses {
   pid_t controller = 0;
   std::vector<pid_t> engines;
+  std::vector<BatchJobId> jobs;
   int next_engine_index = 0;  // the next engine's log is log/engine-<index>.log
 };
 
@@ -121,10 +132,14 @@ struct AddEnginesOptions {
 
 // Adds engines on this machine to the running cluster of `options.profile` (started by
 // start_cluster): starts them, records them in the pid file and waits until the controller
-// counts that many more engines, reporting progress. Returns the new engines' pids. On
+// counts that many more engines, reporting progress. Returns what it started. On
 // failure stops the engines it started. kFailedPrecondition when no cluster runs.
-StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
-                                         const std::function<void(const std::string&)>& progress);
+struct AddedEngines {
+  std::vector<pid_t> pids;        // processes started here (engines, mpiexec, ssh sessions)
+  std::vector<std::string> jobs;  // batch jobs submitted (slurm, pbs)
+};
+StatusOr<AddedEngines> add_engines(const AddEnginesOptions& options,
+                                   const std::function<void(const std::string&)>& progress);
 
 // Stops engines of the running cluster of `profile`: those with the given pids (each must be
 // an engine of that cluster's pid file, else kInvalidArgument and nothing is stopped), or all
@@ -133,5 +148,8 @@ StatusOr<std::vector<pid_t>> add_engines(const AddEnginesOptions& options,
 // stopped.
 StatusOr<std::vector<pid_t>> stop_engines(const std::string& profile, const std::vector<pid_t>& pids,
                                           std::chrono::milliseconds grace);
+// Cancels batch jobs of the cluster of `profile`: those with the given ids (each must be one of
+// its jobs, else kInvalidArgument), or all when `ids` is empty. Returns the jobs cancelled.
+StatusOr<std::vector<std::string>> cancel_jobs(const std::string& profile, const std::vector<std::string>& ids);
 
 }  // namespace testudo::launch

@@ -102,8 +102,8 @@ def test_async_forms_and_errors(private_home):
 
     asyncio.run(run())
 
-    with pytest.raises(NotImplementedError):
-        testudo.Cluster(n=1, engines="slurm")
+    with pytest.raises(ValueError):
+        testudo.Cluster(n=1, engines="lsf")
     with pytest.raises(ValueError) as info:
         testudo.Cluster(n=1, engines="ssh")
     assert "needs hosts" in str(info.value)
@@ -237,6 +237,8 @@ def test_an_unknown_launcher_or_a_missing_mpiexec_is_a_clear_error(private_home)
 
     unknown = cli("--engines", "pbs-ish")
     assert unknown.returncode == 2 and "unknown engine launcher 'pbs-ish'" in unknown.stderr
+    no_qsub = cli("--engines", "pbs")
+    assert no_qsub.returncode == 1 and "qsub was not found on PATH" in no_qsub.stderr
     missing = cli("--engines", "mpi", "--mpiexec", "no-such-mpiexec")
     assert missing.returncode == 1 and "no-such-mpiexec was not found on PATH" in missing.stderr
     listed = subprocess.run([TESTUDO_BIN, "cluster", "list"], capture_output=True, text=True).stdout
