@@ -334,7 +334,10 @@ def _awaitable(name):
     return method
 
 
-for _name in ("start_controller", "stop_controller", "start_engines", "stop_engines", "stop_engine",
+# ipyparallel's spelling in some versions and in the issue tracker: add_engines.
+Cluster.add_engines_sync = Cluster.start_engines_sync
+
+for _name in ("add_engines", "start_controller", "stop_controller", "start_engines", "stop_engines", "stop_engine",
               "restart_engines", "signal_engines", "signal_engine", "start_cluster", "connect_client",
               "start_and_connect", "stop_cluster"):
     setattr(Cluster, _name, _awaitable(_name))

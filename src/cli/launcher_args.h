@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@ struct LauncherArgs {
   std::string mpiexec = "mpiexec";
   std::vector<std::string> mpi_args;
   std::string hosts;
+  std::string hostfile;
   std::vector<std::string> ssh_args;
   std::string remote_testudo = "testudo";
   std::string remote_dir;
@@ -40,6 +42,7 @@ struct LauncherArgs {
                         "How engines start: local (one process each), mpi (one mpiexec), ssh (on --hosts), slurm or pbs (a batch job)")
         ->capture_default_str();
     command->add_option("--hosts", hosts, "ssh: hosts and engines per host, e.g. node1:4,node2:4,user@node3");
+    command->add_option("--hostfile", hostfile, "ssh: a file of HOST[:N] lines (# starts a comment), instead of --hosts");
     command->add_option("--ssh-option", ssh_args,
                         "ssh: an argument for ssh before the host (repeatable; write --ssh-option=-F --ssh-option=FILE)");
     command->add_option("--remote-testudo", remote_testudo, "ssh: the testudo command on the hosts")
@@ -58,9 +61,22 @@ struct LauncherArgs {
     out.mpiexec = mpiexec;
     out.mpiexec_args = mpi_args;
     if (out.kind == launch::EngineLauncherOptions::Kind::kSsh) {
-      TESTUDO_ASSIGN_OR_RETURN(out.hosts, launch::parse_ssh_hosts(hosts));
-    } else if (!hosts.empty()) {
-      return invalid_argument("--hosts is for --engines ssh");
+      if (!hosts.empty() && !hostfile.empty()) return invalid_argument("--hosts or --hostfile, not both");
+      std::string list = hosts;
+      if (!hostfile.empty()) {
+        std::ifstream in(hostfile);
+        if (!in) return invalid_argument("cannot read the host file " + hostfile);
+        for (std::string line; std::getline(in, line);) {
+          line = line.substr(0, line.find('#'));
+          const auto first = line.find_first_not_of(" \t\r");
+          if (first == std::string::npos) continue;
+          line = line.substr(first, line.find_last_not_of(" \t\r") + 1 - first);
+          list += (list.empty() ? "" : ",") + line;
+        }
+      }
+      TESTUDO_ASSIGN_OR_RETURN(out.hosts, launch::parse_ssh_hosts(list));
+    } else if (!hosts.empty() || !hostfile.empty()) {
+      return invalid_argument("--hosts and --hostfile are for --engines ssh");
     }
     out.ssh.ssh_args = ssh_args;
     out.ssh.remote_testudo = remote_testudo;

@@ -275,11 +275,26 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
               j.value("uptime_s", 0.0), j["engines"].size(), j.value("clients", 0),
               static_cast<unsigned long long>(j.value("tasks_completed", 0ull)),
               static_cast<unsigned long long>(j.value("tasks_in_flight", 0ull)));
-  if (!j["engines"].empty()) std::printf("%-6s %-22s %9s %10s %12s\n", "engine", "address", "in flight", "tasks done", "heartbeat");
+  // Host and restarts come from what each engine reported at registration (its tags).
+  nlohmann::json tags = nlohmann::json::object();
+  if (auto listed = (*client)->engines_json(); listed.ok()) {
+    auto parsed = nlohmann::json::parse(*listed, nullptr, false);
+    if (parsed.is_object() && parsed.contains("tags") && parsed["tags"].is_object()) tags = parsed["tags"];
+  }
+  if (!j["engines"].empty()) {
+    std::printf("%-6s %-22s %9s %10s %12s  %-16s %s\n", "engine", "address", "in flight", "tasks done", "heartbeat",
+                "host", "restarts");
+  }
   for (const auto& e : j["engines"]) {
-    std::printf("%-6u %-22s %9llu %10llu %10.1f s\n", e.value("id", 0u), e.value("address", std::string()).c_str(),
-                static_cast<unsigned long long>(e.value("in_flight", 0ull)),
-                static_cast<unsigned long long>(e.value("tasks_done", 0ull)), e.value("last_heartbeat_s", 0.0));
+    const std::string id = std::to_string(e.value("id", 0u));
+    const nlohmann::json facts = tags.contains(id) && tags[id].is_object() ? tags[id] : nlohmann::json::object();
+    const auto restarts = facts.contains("restarts") && facts["restarts"].is_number_integer()
+                              ? std::to_string(facts["restarts"].get<long long>())
+                              : std::string("-");
+    std::printf("%-6u %-22s %9llu %10llu %10.1f s  %-16s %s\n", e.value("id", 0u),
+                e.value("address", std::string()).c_str(), static_cast<unsigned long long>(e.value("in_flight", 0ull)),
+                static_cast<unsigned long long>(e.value("tasks_done", 0ull)), e.value("last_heartbeat_s", 0.0),
+                facts.value("hostname", std::string("-")).c_str(), restarts.c_str());
   }
   return kExitOk;
 }

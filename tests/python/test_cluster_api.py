@@ -96,7 +96,7 @@ def test_async_forms_and_errors(private_home):
         cluster = testudo.Cluster(n=1)
         async with cluster as rc:
             assert len(rc.ids) == 1
-            await cluster.start_engines(1)
+            await cluster.add_engines(1)  # ipyparallel's other name for start_engines
             rc.wait_for_engines(2, timeout=30)
         assert not cluster.running
 
@@ -261,6 +261,10 @@ def test_a_killed_engine_is_restarted_with_a_new_id_and_the_cluster_keeps_its_si
         listed = subprocess.run([TESTUDO_BIN, "--profile", "phoenix", "engines", "list"], capture_output=True,
                                 text=True, check=True).stdout.splitlines()[1:]
         assert sorted(int(line.split()[1]) for line in listed) == rc.ids
+        status = subprocess.run([TESTUDO_BIN, "--profile", "phoenix", "status"], capture_output=True, text=True,
+                                check=True).stdout.splitlines()
+        restarts = {int(line.split()[0]): line.split()[-1] for line in status[2:]}
+        assert restarts[new_id] == "1" and restarts[old_ids[1]] == "0", status
         supervisors = [p for s in cluster.engines.values() for p in s]
         # SIGINT to the supervisor interrupts the engine's user code, as to a plain engine.
         ar = rc[new_id].apply_async(lambda: __import__("time").sleep(30))

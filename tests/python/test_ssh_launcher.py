@@ -135,6 +135,14 @@ def test_bad_hosts_and_keys_are_clear_errors_and_leave_nothing_running(hosts, pr
         listed = cli("engines", "list").stdout.splitlines()[1:]
         assert all("exited" in line for line in listed), listed
         assert "0 engine(s)" in cli("status").stdout
+
+        # The same host from a host file (comments and blank lines allowed) works.
+        hostfile = pathlib.Path(hosts.dir) / "hostfile"
+        hostfile.write_text(f"# the lab\n\n  {b}:1   # one engine\n")
+        good = cli("engines", "start", "--engines", "ssh", "--hostfile", str(hostfile), *common)
+        assert good.returncode == 0, good.stderr
+        assert "1 engine(s)" in cli("status").stdout
+        assert cli("engines", "stop").returncode == 0
     finally:
         cli("cluster", "stop")
 
