@@ -42,6 +42,18 @@ def _check_ipyparallel_arguments(kwargs):
             raise TypeError(f"testudo.Client() got an unexpected keyword argument {name!r}")
 
 
+def _once_per_result(question):
+    """`question(ar)`, asked once per distinct result and remembered for this pass."""
+    answers = {}
+
+    def ask(ar):
+        key = id(ar)
+        if key not in answers:
+            answers[key] = question(ar)
+        return answers[key]
+    return ask
+
+
 class Client:
     """Connect to a testudo controller.
 
@@ -238,7 +250,8 @@ class Client:
         """Ids of requests still waiting for replies."""
         with self._lock:
             pending = list(self._pending.items())
-        return {rid for rid, ar in pending if not ar._finished and not ar._native_ready()}
+        waiting = _once_per_result(lambda ar: not ar._finished and not ar._native_ready())
+        return {rid for rid, ar in pending if waiting(ar)}
 
     def _track(self, children, ar):
         pending = self._pending
@@ -249,8 +262,10 @@ class Client:
                 # Results nobody watches are finished by whoever looks at them, so a finished
                 # request may stay here: drop those whose replies are all in (amortised O(1):
                 # a sweep only once the map has doubled). Watched ones stay for the dispatcher.
-                for rid in [rid for rid, a in pending.items()
-                            if a._finished or (not a._watched and a._native_ready())]:
+                # A map's result holds one entry per chunk: it is asked once, not once per entry
+                # (asking costs a look at every chunk, which made a 10,000-item map quadratic).
+                done = _once_per_result(lambda a: a._finished or (not a._watched and a._native_ready()))
+                for rid in [rid for rid, a in pending.items() if done(a)]:
                     del pending[rid]
                 self._sweep_at = max(1024, 2 * len(pending))
 
