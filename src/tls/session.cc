@@ -89,7 +89,7 @@ StatusOr<std::unique_ptr<Session>> Session::over_socket(const Context& context, 
     BIO_free(wbio);
     return openssl_error("TLS BIO setup");
   }
-  std::unique_ptr<Session> session(new Session(context, ssl.release()));
+  std::unique_ptr<Session> session(new Session(ssl.release()));
   BIO_set_data(wbio, &session->out_);  // the session does not move: it lives behind this pointer
   SSL_set_bio(session->ssl_, rbio, wbio);  // the SSL owns both now
   SSL_set_read_ahead(session->ssl_, 1);
@@ -141,7 +141,7 @@ void Session::detach_socket() {
 }
 
 bool Session::server_not_pinned() const {
-  return !context_.is_server() && SSL_get_verify_result(ssl_) == X509_V_ERR_CERT_REJECTED;
+  return SSL_is_server(ssl_) == 0 && SSL_get_verify_result(ssl_) == X509_V_ERR_CERT_REJECTED;
 }
 
 StatusOr<std::array<std::byte, 32>> Session::export_keying_material(std::string_view label,

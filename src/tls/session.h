@@ -51,7 +51,8 @@ class Session {
  public:
   // A session of `context`'s side (accepting or connecting) over the TCP socket `fd`, which
   // must be non-blocking and outlive the session or be detached first (detach_socket). It
-  // reads up to `read_buffer` bytes of ciphertext per recv. The session holds the context.
+  // reads up to `read_buffer` bytes of ciphertext per recv. The session keeps the context's
+  // settings alive (OpenSSL counts the SSL_CTX's references).
   static StatusOr<std::unique_ptr<Session>> over_socket(const Context& context, int fd, std::size_t read_buffer);
   ~Session();
   Session(const Session&) = delete;
@@ -113,10 +114,9 @@ class Session {
   StatusOr<std::vector<std::string>> peer_certificate_chain() const;
 
  private:
-  Session(Context context, ssl_st* ssl) : context_(std::move(context)), ssl_(ssl) {}
+  explicit Session(ssl_st* ssl) : ssl_(ssl) {}
 
-  Context context_;
-  ssl_st* ssl_;                 // owned; freed in the destructor
+  ssl_st* ssl_;                 // owned; freed in the destructor (it holds its SSL_CTX itself)
   std::vector<std::byte> out_;  // ciphertext, unsent from out_sent_ on (the sink BIO appends)
   std::size_t out_sent_ = 0;
 };
