@@ -470,10 +470,11 @@ PYBIND11_MODULE(_testudo, m) {
         o.profile = profile;
         auto address = controller_address(o);
         if (!address.ok()) raise_status(address.status());
-        return py::make_tuple(address->host, address->port);
+        return py::make_tuple(address->host, address->port, address->ssh);
       },
       py::arg("connection_file") = "", py::arg("profile") = "default",
-      "(host, port) a connection file tells clients to dial; the file's mode is checked as for a connection");
+      "(host, port, ssh) a connection file tells clients to dial; ssh: its SSH gateway unless the controller is "
+      "on this host, else ''. The file's mode is checked as for a connection");
   m.def("_reply_for_test", &reply_for_test, py::arg("number"), py::arg("reason") = "", py::arg("engine_id") = 0,
         py::arg("ename") = "", py::arg("evalue") = "");
   m.def("_raise_control_failure_for_test", &raise_control_failure_for_test, py::arg("outcome"), py::arg("reason"));

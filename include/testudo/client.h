@@ -67,6 +67,10 @@ struct ClientOptions {
 struct ControllerAddress {
   std::string host;
   std::uint16_t port = 0;
+  // The file's SSH gateway ("ssh" field) when this process must use it: empty if the file has
+  // none, or if `host` is an address of this machine (a client on the controller's host dials
+  // it directly, as ipyparallel's does).
+  std::string ssh;
 };
 StatusOr<ControllerAddress> controller_address(const ClientOptions& options);
 

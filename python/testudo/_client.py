@@ -75,7 +75,9 @@ class Client:
     sshkey='~/.ssh/id_ed25519')`` forwards a local port to the controller's address (as the
     connection file gives it, seen from the gateway) with the OpenSSH client; ``ssh_args``
     adds ssh options (e.g. ``['-F', 'config']``). The pin and the capability proof still run end
-    to end through the tunnel, which closes with the client.
+    to end through the tunnel, which closes with the client. A connection file with an ``ssh``
+    field (``cluster start --ssh-server GATEWAY``) tunnels through that gateway by default when
+    the controller is on another host; ``sshserver=''`` dials directly.
     """
 
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
@@ -90,9 +92,13 @@ class Client:
         self._tunnel = None
         dial_host, dial_port = "", 0
         try:
+            # The connection file's gateway applies unless sshserver says otherwise (as in
+            # ipyparallel); it is '' when the controller is on this host.
+            host, port, file_ssh = _testudo.controller_address(str(file), self.profile)
+            if sshserver is None:
+                sshserver = file_ssh
             if sshserver:
                 # The controller's address as the connection file gives it, reached through the gateway.
-                host, port = _testudo.controller_address(str(file), self.profile)
                 self._tunnel = SshTunnel(sshserver, host, port, key=sshkey, ssh_args=tuple(ssh_args),
                                          timeout=float(timeout))
                 dial_host, dial_port = "127.0.0.1", self._tunnel.local_port

@@ -15,7 +15,8 @@ cluster stop), so a cluster started here is the same as one started in a shell, 
 
 Every method has a blocking form with a `_sync` suffix and an awaitable form without it, as in
 ipyparallel. Engines run on this machine (each its own process, or the ranks of one mpiexec:
-engines="mpi") or on other hosts over SSH (engines="ssh"); Slurm and PBS are not there yet.
+engines="mpi"), on other hosts over SSH (engines="ssh") or as a batch job (engines="slurm" or
+"pbs"); the controller here or on another host over SSH (controller="ssh").
 """
 
 import asyncio
@@ -69,6 +70,11 @@ class Cluster:
         reach it: controller_ip="0.0.0.0" (and controller_location). "slurm" or "pbs": one
         batch job (sbatch/qsub) whose tasks are the engines; batch_template, queue and
         batch_args as `testudo engines start --help` says.
+    controller: "local" (this machine) or "ssh": on controller_host ("[user@]host") over SSH,
+        owned by you (only your client certificate and the engines' go there; see
+        `testudo cluster start --help`), listening on every interface there unless
+        controller_ip says otherwise; ssh_args and remote_testudo apply, controller_dir is where
+        its files go there.
     engine_args: further `testudo engines start` options for every engine (e.g. ["--tag", "gpu=1"]).
     auto_restart: an engine that dies is started again (a new engine id; at most 5 times in
         60 s), as `testudo cluster start --restart-engines`.
@@ -80,7 +86,15 @@ class Cluster:
                  controller_location=None, controller_args=(), engine_args=(), engine_timeout=60,
                  shutdown_atexit=True, log_level=None, mpiexec=None, mpi_args=(), hosts=None, ssh_args=(),
                  remote_testudo=None, remote_dir=None, auto_restart=False, batch_template=None, queue=None,
-                 batch_args=()):
+                 batch_args=(), controller="local", controller_host=None, controller_dir=None):
+        if controller not in ("local", "ssh"):
+            raise ValueError(f"testudo.Cluster(controller={controller!r}): the controller runs 'local' (here) or "
+                             "'ssh' (on controller_host)")
+        if (controller == "ssh") != bool(controller_host):
+            raise ValueError("testudo.Cluster: controller='ssh' goes with controller_host='[user@]host'")
+        self.controller_launcher = controller
+        self.controller_host = controller_host
+        self.controller_dir = controller_dir
         if engines not in ("local", "mpi", "ssh", "slurm", "pbs"):
             raise ValueError(f"testudo.Cluster(engines={engines!r}): engines start 'local' (a process each), "
                              "'mpi' (one mpiexec), 'ssh' (on hosts), 'slurm' or 'pbs' (a batch job)")
@@ -148,6 +162,13 @@ class Cluster:
             args += ["--ip", self.controller_ip]
         if self.controller_location:
             args += ["--location", self.controller_location]
+        if self.controller_launcher == "ssh":
+            args += ["--controller", "ssh", "--controller-host", self.controller_host,
+                     *[f"--ssh-option={arg}" for arg in self.ssh_args]]
+            if self.remote_testudo:
+                args += ["--remote-testudo", self.remote_testudo]
+            if self.controller_dir:
+                args += ["--controller-dir", self.controller_dir]
         self._run(*args, *self.controller_args, timeout=self.engine_timeout + 30)
         self.running = True
         return self
@@ -280,8 +301,11 @@ class Cluster:
         return self
 
     def connect_client_sync(self, **client_kwargs):
-        """A testudo.Client connected to this cluster."""
+        """A testudo.Client connected to this cluster. Should its connection file name an SSH
+        gateway (controller_args=["--ssh-server", ...]), the cluster's ssh_args apply to the tunnel."""
         from ._client import Client
+        if self.ssh_args:
+            client_kwargs.setdefault("ssh_args", self.ssh_args)
         return Client(profile=self.profile, **client_kwargs)
 
     def start_and_connect_sync(self, n=None):

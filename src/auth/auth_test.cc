@@ -3,6 +3,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "auth/capability.h"
 #include "auth/connection_file.h"
@@ -65,6 +68,28 @@ TEST_F(ConnectionFileTest, SavesOwnerOnlyAndLoadsBack) {
   EXPECT_EQ(loaded->port, 4242);
   EXPECT_EQ(loaded->capability, info_.capability);
   EXPECT_EQ(loaded->fingerprint, info_.fingerprint);
+}
+
+TEST_F(ConnectionFileTest, AnSshGatewayIsKeptAndABadOneRefused) {
+  info_.ssh = "alice@gateway.example.org:2222";
+  ASSERT_TRUE(save_connection_file(path_, info_).ok());
+  auto loaded = load_connection_file(path_, wire::Role::kClient);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->ssh, "alice@gateway.example.org:2222");
+
+  // Without the field: no gateway. With one that would become an ssh option or a shell word:
+  // refused, naming the field.
+  info_.ssh.clear();
+  ASSERT_TRUE(save_connection_file(path_, info_).ok());
+  EXPECT_EQ(load_connection_file(path_, wire::Role::kClient)->ssh, "");
+  for (const char* bad : {"-oProxyCommand=id", "a b", "x;id", "$(id)", ""}) {
+    std::ifstream in(path_);
+    nlohmann::json j = nlohmann::json::parse(in);
+    j["ssh"] = bad;
+    auto parsed = parse_connection_info(j.dump());
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_NE(parsed.status().message().find("\"ssh\""), std::string::npos) << parsed.status().message();
+  }
 }
 
 // docs/threat-model.md T7: a connection file another local user can read is refused, and the error

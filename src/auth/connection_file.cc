@@ -1,5 +1,7 @@
 #include "auth/connection_file.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "crypto/private_file.h"
@@ -17,6 +19,16 @@ StatusOr<std::string> get_string(const json& j, const char* key) {
 
 }  // namespace
 
+Status check_ssh_gateway(std::string_view gateway, std::string_view what) {
+  const bool bad = gateway.empty() || gateway.size() > 255 || gateway.front() == '-' ||
+                   std::any_of(gateway.begin(), gateway.end(), [](unsigned char c) {
+                     return c <= ' ' || c >= 0x7f || c == '\'' || c == '"' || c == '\\' || c == '`' || c == '$' ||
+                            c == ';' || c == '&' || c == '|';
+                   });
+  if (bad) return invalid_argument(std::string(what) + " must be an SSH gateway like user@host or user@host:port");
+  return ok_status();
+}
+
 Status save_connection_file(const std::string& path, const ConnectionInfo& info) {
   json j = {
       {"version", 1},
@@ -26,6 +38,7 @@ Status save_connection_file(const std::string& path, const ConnectionInfo& info)
       {"fingerprint", info.fingerprint},
       {"capability", crypto::to_hex(info.capability)},
   };
+  if (!info.ssh.empty()) j["ssh"] = info.ssh;
   return crypto::write_private_file(path, j.dump(2) + "\n");
 }
 
@@ -62,6 +75,10 @@ StatusOr<ConnectionInfo> parse_connection_info(std::string_view text) {
   // The capability's value never appears in an error message.
   if (!cap.ok() || cap->size() != info.capability.size()) return invalid_argument("\"capability\" must be 64 hex digits");
   std::copy(cap->begin(), cap->end(), info.capability.begin());
+  if (j.contains("ssh")) {
+    TESTUDO_ASSIGN_OR_RETURN(info.ssh, get_string(j, "ssh"));
+    TESTUDO_RETURN_IF_ERROR(check_ssh_gateway(info.ssh, "\"ssh\""));
+  }
   return info;
 }
 

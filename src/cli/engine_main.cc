@@ -15,6 +15,7 @@
 #include "cli/engine_supervisor.h"
 #include "auth/connection_file.h"
 #include "engine/engine.h"
+#include "net/host_address.h"
 #include "tunnel/ssh_forward.h"
 
 namespace testudo::cli {
@@ -61,7 +62,8 @@ int engine_main(int argc, char** argv) {
   std::vector<std::string> ssh_args;
   app.add_option("--ssh", ssh_gateway,
                  "Reach the controller through an SSH tunnel via this gateway (user@host[:port]); the controller's "
-                 "address is as the gateway sees it");
+                 "address is as the gateway sees it. Default: the connection file's \"ssh\" gateway, when the "
+                 "controller is on another host");
   app.add_option("--ssh-option", ssh_args, "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
 
   CLI11_PARSE(app, argc, argv);
@@ -85,8 +87,11 @@ int engine_main(int argc, char** argv) {
 
   // Opened before the engine starts its threads (the tunnel forks ssh); kept for its lifetime.
   std::unique_ptr<tunnel::SshForward> forward;
+  auto info = auth::load_connection_file(eopts.connection_file, wire::Role::kEngine);
+  // --ssh, else the connection file's gateway when the controller is on another host. (An
+  // unreadable file is the engine's own error to report, below.)
+  if (ssh_gateway.empty() && info.ok() && !net::is_address_of_this_host(info->host)) ssh_gateway = info->ssh;
   if (!ssh_gateway.empty()) {
-    auto info = auth::load_connection_file(eopts.connection_file, wire::Role::kEngine);
     if (!info.ok()) return fail(info.status());
     auto opened = tunnel::SshForward::open(ssh_gateway, info->host, info->port, ssh_args, std::chrono::seconds(30));
     if (!opened.ok()) return fail(opened.status());

@@ -58,7 +58,8 @@ struct ClientArgs {
     app->add_option("--key-passphrase-from", key_passphrase_from,
                     "If your key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
     app->add_option("--ssh", ssh_gateway,
-                    "Reach the controller through an SSH tunnel via this gateway (user@host[:port])");
+                    "Reach the controller through an SSH tunnel via this gateway (user@host[:port]); default: the "
+                    "connection file's \"ssh\" gateway, when the controller is on another host");
     app->add_option("--ssh-option", ssh_args,
                     "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
   }
@@ -70,10 +71,13 @@ StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, Cli
   o.profile = profile;
   o.connection_file = args.file;
   o.key_passphrase_from = args.key_passphrase_from;
-  if (!args.ssh_gateway.empty()) {
-    TESTUDO_ASSIGN_OR_RETURN(ControllerAddress at, controller_address(o));
+  // --ssh, else the connection file's gateway when this is not the controller's host.
+  auto at = controller_address(o);
+  const std::string gateway = !args.ssh_gateway.empty() ? args.ssh_gateway : at.ok() ? at->ssh : std::string();
+  if (!gateway.empty()) {
+    if (!at.ok()) return at.status();
     TESTUDO_ASSIGN_OR_RETURN(args.forward,
-                             tunnel::SshForward::open(args.ssh_gateway, at.host, at.port, args.ssh_args, std::chrono::seconds(30)));
+                             tunnel::SshForward::open(gateway, at->host, at->port, args.ssh_args, std::chrono::seconds(30)));
     o.dial_host = "127.0.0.1";
     o.dial_port = args.forward->local_port();
   }
@@ -359,6 +363,16 @@ int main(int argc, char** argv) {
   bool no_trust_local = false;
   c->add_flag("--no-trust-local", no_trust_local,
               "Do not trust your own client key and the shared engine key automatically");
+  c->add_option("--ssh-server", copts.ssh_server,
+                "Write this SSH gateway (user@host[:port]) into the client connection file: clients off this host "
+                "reach the controller through it");
+  c->add_option("--engine-ssh-server", copts.engine_ssh_server,
+                "The same for the engine connection file: engines off this host tunnel through it");
+  c->add_option("--owner-cert", copts.owner_cert_file,
+                "The owner's client certificate (PEM) instead of your own client identity, e.g. for a controller "
+                "started on this host by a user of another (cluster start --controller ssh)");
+  c->add_option("--engine-cert", copts.engine_cert_file,
+                "The shared engine identity's certificate (PEM) instead of the profile's security/engine-cert.pem");
 
   // engine: listed here for --help; run by exec_engine before parsing (testudo-engine --help
   // lists its options).
@@ -384,6 +398,16 @@ int main(int argc, char** argv) {
   start->add_flag("--daemonize", daemonize, "Return once the cluster is ready and leave it running");
   start->add_option("--timeout", start_timeout, "Seconds to wait for every engine to register")->capture_default_str();
   start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead");
+  std::string controller_kind = "local";
+  start->add_option("--controller", controller_kind,
+                    "Where the controller runs: local (this machine) or ssh (on --controller-host, owned by you; "
+                    "listens on every interface there unless --ip says otherwise)")
+      ->capture_default_str();
+  start->add_option("--controller-host", lopts.controller_host, "ssh: the controller's host (host, user@host or an "
+                                                                 "ssh config alias); --ssh-option and --remote-testudo apply");
+  start->add_option("--controller-dir", lopts.controller_dir,
+                    "ssh: where the controller's files go on its host (default .testudo/remote/<profile>/controller in "
+                    "the remote home)");
   std::vector<std::string> cluster_tags;
   start->add_option("--tag", cluster_tags, "A label k=v given to every engine (repeatable)");
   LauncherArgs cluster_launcher;
@@ -395,7 +419,8 @@ int main(int argc, char** argv) {
   // Controller security options passed through as they are (see `testudo controller --help`).
   std::vector<std::pair<std::string, std::string>> passthrough_values = {
       {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
-      {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""}};
+      {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
+      {"--ssh-server", ""}, {"--engine-ssh-server", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }
@@ -451,6 +476,20 @@ int main(int argc, char** argv) {
       return fail(st);
     }
     lopts.timeout = seconds(start_timeout);
+    if (controller_kind == "ssh") {
+      if (lopts.controller_host.empty()) return fail(invalid_argument("--controller ssh needs --controller-host HOST"));
+      if (start->get_option("--ip")->count() == 0) lopts.ip = "*";  // loopback there would be out of reach
+      for (const char* flag : {"--policy", "--cafile", "--crlfile", "--audit-log"}) {
+        if (start->get_option(flag)->count() > 0) {
+          return fail(invalid_argument(std::string(flag) + " names a file here, which a controller on " +
+                                       lopts.controller_host + " cannot read: start it there by hand (docs/deploy.md)"));
+        }
+      }
+    } else if (controller_kind != "local") {
+      return fail(invalid_argument("--controller must be local or ssh, not '" + controller_kind + "'"));
+    } else if (!lopts.controller_host.empty() || !lopts.controller_dir.empty()) {
+      return fail(invalid_argument("--controller-host and --controller-dir are for --controller ssh"));
+    }
     auto launcher = cluster_launcher.options();
     if (!launcher.ok()) return fail(launcher.status());
     lopts.launcher = *launcher;

@@ -15,6 +15,7 @@
 #include "base/profile.h"
 #include "client/reply.h"
 #include "crypto/crypto.h"
+#include "net/host_address.h"
 #include "net/net.h"
 #include "wire/body.h"
 #include "wire/control.h"
@@ -383,7 +384,7 @@ StatusOr<ControllerAddress> controller_address(const ClientOptions& options) {
   const std::string file =
       options.connection_file.empty() ? profile_paths(options.profile).client_connection_file : options.connection_file;
   TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, auth::load_connection_file(file, wire::Role::kClient));
-  return ControllerAddress{info.host, info.port};
+  return ControllerAddress{info.host, info.port, net::is_address_of_this_host(info.host) ? "" : info.ssh};
 }
 
 StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {

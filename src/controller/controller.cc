@@ -1,6 +1,8 @@
 #include "controller/controller.h"
 
 #include <charconv>
+#include <fstream>
+#include <iterator>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -79,6 +81,18 @@ Status save_state(const std::string& path, const PersistentState& s) {
 }
 
 
+// A certificate file given on the command line (public: any mode will do), checked to hold
+// one PEM certificate whose key can be named.
+StatusOr<std::string> read_certificate_file(const std::string& path, const std::string& option) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return not_found(option + ": cannot read " + path);
+  std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (pem.size() > 64 * 1024 || !tls::key_fingerprint_of_pem(pem).ok()) {
+    return invalid_argument(option + ": " + path + " is not a PEM certificate");
+  }
+  return pem;
+}
+
 // The gatekeeper for `options`, with the local user's client identity as owner and the
 // shared engine identity trusted (unless trust_local is off).
 StatusOr<std::unique_ptr<Gatekeeper>> make_gatekeeper(const ControllerOptions& options, const ProfilePaths& paths) {
@@ -95,30 +109,42 @@ StatusOr<std::unique_ptr<Gatekeeper>> make_gatekeeper(const ControllerOptions& o
   g.audit_max_bytes = options.audit_max_bytes;
   std::string owner_cert;
   if (options.trust_local) {
-    // The user who runs the controller owns it: their client identity (made now if they have
-    // none; only the certificate is read, so an encrypted key needs no passphrase here).
-    const std::string identity_dir = testudo_home() + "/identity";
-    auto cert = auth::load_identity_certificate(identity_dir, "client");
-    if (!cert.ok() && cert.status().code() == StatusCode::kNotFound) {
-      TESTUDO_RETURN_IF_ERROR(auth::load_or_create_identity(identity_dir, "client").status());
-      cert = auth::load_identity_certificate(identity_dir, "client");
+    if (!options.owner_cert_file.empty()) {
+      TESTUDO_ASSIGN_OR_RETURN(owner_cert, read_certificate_file(options.owner_cert_file, "--owner-cert"));
+    } else {
+      // The user who runs the controller owns it: their client identity (made now if they have
+      // none; only the certificate is read, so an encrypted key needs no passphrase here).
+      const std::string identity_dir = testudo_home() + "/identity";
+      auto cert = auth::load_identity_certificate(identity_dir, "client");
+      if (!cert.ok() && cert.status().code() == StatusCode::kNotFound) {
+        TESTUDO_RETURN_IF_ERROR(auth::load_or_create_identity(identity_dir, "client").status());
+        cert = auth::load_identity_certificate(identity_dir, "client");
+      }
+      if (!cert.ok()) return cert.status();
+      owner_cert = *cert;
     }
-    if (!cert.ok()) return cert.status();
-    owner_cert = *cert;
     TESTUDO_ASSIGN_OR_RETURN(std::string owner, tls::key_fingerprint_of_pem(owner_cert));
     g.owners.push_back(owner);
+  } else if (!options.owner_cert_file.empty() || !options.engine_cert_file.empty()) {
+    return invalid_argument("--owner-cert and --engine-cert name whom trust_local trusts: not with --no-trust-local");
   }
   TESTUDO_ASSIGN_OR_RETURN(auto gate, Gatekeeper::create(std::move(g)));
   if (options.trust_local) {
     TESTUDO_RETURN_IF_ERROR(gate->trust_identity(wire::Role::kClient, owner_cert, "owner"));
     // One key pair for the engines this profile launches ("shared engine identity").
-    auto engine = auth::load_identity_certificate(paths.security_dir, "engine");
-    if (!engine.ok() && engine.status().code() == StatusCode::kNotFound) {
-      TESTUDO_RETURN_IF_ERROR(auth::create_identity(paths.security_dir, "engine", {"testudo-engine"}).status());
-      engine = auth::load_identity_certificate(paths.security_dir, "engine");
+    std::string engine_cert;
+    if (!options.engine_cert_file.empty()) {
+      TESTUDO_ASSIGN_OR_RETURN(engine_cert, read_certificate_file(options.engine_cert_file, "--engine-cert"));
+    } else {
+      auto engine = auth::load_identity_certificate(paths.security_dir, "engine");
+      if (!engine.ok() && engine.status().code() == StatusCode::kNotFound) {
+        TESTUDO_RETURN_IF_ERROR(auth::create_identity(paths.security_dir, "engine", {"testudo-engine"}).status());
+        engine = auth::load_identity_certificate(paths.security_dir, "engine");
+      }
+      if (!engine.ok()) return engine.status();
+      engine_cert = *engine;
     }
-    if (!engine.ok()) return engine.status();
-    TESTUDO_RETURN_IF_ERROR(gate->trust_identity(wire::Role::kEngine, *engine, "shared engine identity"));
+    TESTUDO_RETURN_IF_ERROR(gate->trust_identity(wire::Role::kEngine, engine_cert, "shared engine identity"));
   }
   return gate;
 }
@@ -174,6 +200,10 @@ Controller::Controller() : impl_(std::make_unique<Impl>()) {}
 Controller::~Controller() = default;
 
 StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions& options) {
+  if (!options.ssh_server.empty()) TESTUDO_RETURN_IF_ERROR(auth::check_ssh_gateway(options.ssh_server, "--ssh-server"));
+  if (!options.engine_ssh_server.empty()) {
+    TESTUDO_RETURN_IF_ERROR(auth::check_ssh_gateway(options.engine_ssh_server, "--engine-ssh-server"));
+  }
   std::unique_ptr<Controller> c(new Controller());
   Impl& impl = *c->impl_;
   impl.options = options;
@@ -272,9 +302,11 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   info.fingerprint = fingerprint;
   info.role = wire::Role::kClient;
   info.capability = state.client_capability;
+  info.ssh = options.ssh_server;
   TESTUDO_RETURN_IF_ERROR(auth::save_connection_file(paths.client_connection_file, info));
   info.role = wire::Role::kEngine;
   info.capability = state.engine_capability;
+  info.ssh = options.engine_ssh_server;
   TESTUDO_RETURN_IF_ERROR(auth::save_connection_file(paths.engine_connection_file, info));
   LOG_INFO("controller") << "listening on " << listen.host << ":" << state.port << " (connection files say "
                          << info.host << ":" << state.port << "; TLS " << options.tls_min_version

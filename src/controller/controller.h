@@ -20,6 +20,10 @@ struct ControllerOptions {
   std::string location;                // address written into connection files; default: see
                                        //   controller/location.h (ip, or this host's name for a wildcard ip)
   bool reuse = false;                  // keep key, certificate, capabilities and port of the last run
+  // SSH gateways written into the client and the engine connection file ("ssh" field): those
+  // off this host reach the controller through them (auth/connection_file.h). Empty: none.
+  std::string ssh_server;
+  std::string engine_ssh_server;
   std::chrono::milliseconds heartbeat_timeout{10'000};
   std::chrono::milliseconds hello_timeout{10'000};
   std::uint64_t max_message_bytes = 4ull << 30;
@@ -47,6 +51,12 @@ struct ControllerOptions {
   // Trust the shared engine identity (security/engine-*.pem, used by `cluster start`'s
   // engines) and the local user's client identity, who owns the built-in policy.
   bool trust_local = true;
+  // With trust_local, certificates (PEM, public) that stand in for those two: the owner is the
+  // client identity in owner_cert_file and the shared engine identity the one in
+  // engine_cert_file. A controller started on another host (`cluster start --controller ssh`)
+  // is owned by the user who started it there, whose private keys never leave their machine.
+  std::string owner_cert_file;
+  std::string engine_cert_file;
 };
 
 class Controller {

@@ -218,8 +218,8 @@ Status check_reachable_from_other_hosts(const EngineLauncherOptions& launcher, c
   return ok_status();
 }
 
-// The last non-empty line of a log file (read from its last 4 KiB): what a process said last
-// before it exited. Logs never hold secrets.
+}  // namespace
+
 std::string last_log_line(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return "";
@@ -243,6 +243,8 @@ std::string last_log_line(const std::string& path) {
   }
   return "";
 }
+
+namespace {
 
 // Waits until the controller counts `before` + `count` engines. `started` are the processes
 // of those engines, with their log indexes: one that exits meanwhile ends the wait with its
@@ -400,18 +402,31 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   }
 
   ClusterProcesses procs;
-  std::vector<std::string> controller_argv{program, "controller", "--profile", options.profile, "--ip", options.ip};
-  if (options.reuse) controller_argv.push_back("--reuse");
-  controller_argv.insert(controller_argv.end(), options.controller_args.begin(), options.controller_args.end());
   const std::string controller_log = paths.log_dir + "/controller.log";
-  TESTUDO_ASSIGN_OR_RETURN(procs.controller, spawn_detached(controller_argv, controller_log));
-  progress("controller started (pid " + std::to_string(procs.controller) + ", log " + controller_log + ")");
+  auto deadline = Clock::now() + options.timeout;
+  if (options.controller_host.empty()) {
+    std::vector<std::string> controller_argv{program, "controller", "--profile", options.profile, "--ip", options.ip};
+    if (options.reuse) controller_argv.push_back("--reuse");
+    controller_argv.insert(controller_argv.end(), options.controller_args.begin(), options.controller_args.end());
+    TESTUDO_ASSIGN_OR_RETURN(procs.controller, spawn_detached(controller_argv, controller_log));
+    progress("controller started (pid " + std::to_string(procs.controller) + ", log " + controller_log + ")");
+  } else {
+    RemoteControllerOptions remote;
+    remote.host = options.controller_host;
+    remote.ssh = launcher.ssh;
+    TESTUDO_ASSIGN_OR_RETURN(remote.ssh.ssh, find_program(remote.ssh.ssh, "install Debian's openssh-client"));
+    remote.ssh.remote_dir = options.controller_dir;
+    remote.profile = options.profile;
+    remote.ip = options.ip;
+    remote.reuse = options.reuse;
+    remote.controller_args = options.controller_args;
+    TESTUDO_ASSIGN_OR_RETURN(procs.controller, start_remote_controller(remote, controller_log, deadline, progress));
+  }
 
   auto fail = [&](Status why) -> Status {
     stop_all(procs);
     return why;
   };
-  auto deadline = Clock::now() + options.timeout;
 
   // The controller is ready when its client connection file lets us in.
   std::unique_ptr<Client> client;

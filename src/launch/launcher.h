@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "launch/batch_launcher.h"
+#include "launch/remote_controller.h"
 #include "launch/ssh_launcher.h"
 #include "testudo/status.h"
 
@@ -41,6 +42,9 @@ StatusOr<pid_t> spawn_detached(const std::vector<std::string>& argv, const std::
 bool process_alive(pid_t pid);
 // SIGTERM, wait up to `grace`, then SIGKILL. Returns once the process is gone.
 void terminate(pid_t pid, std::chrono::milliseconds grace);
+// The last non-empty line of a log file (from its last 4 KiB), ssh's "Connection to X closed."
+// skipped: what a process said last before it exited. Logs never hold secrets.
+std::string last_log_line(const std::string& path);
 
 // How a cluster's engines are started on this machine:
 //  kLocal: one process per engine (testudo-engine), each tracked by its pid;
@@ -79,6 +83,11 @@ struct ClusterOptions {
   std::vector<std::string> controller_args;
   std::vector<std::string> engine_args;
   EngineLauncherOptions launcher;
+  // Where the controller runs: empty, on this machine; else on this host over SSH
+  // (launch/remote_controller.h), with launcher.ssh's ssh options and remote testudo, its files
+  // under controller_dir there (empty: default_controller_dir), listening on `ip` there.
+  std::string controller_host;
+  std::string controller_dir;
 };
 
 // A batch job holding engines (the slurm and pbs launchers).

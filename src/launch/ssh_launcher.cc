@@ -45,32 +45,46 @@ std::string shell_quote(std::string_view s) {
   return out + "'";
 }
 
-Status copy_to_host(const SshSettings& settings, const std::string& host,
-                    const std::vector<std::pair<std::string, std::string>>& files, std::chrono::milliseconds timeout) {
-  // One SSH connection for every file (each costs a key exchange, ~1 s on a busy machine): the
-  // remote shell reads a script on its standard input whose here-documents are the files. The
-  // contents never reach argv; the delimiter is random, so no file line can end a document.
+std::vector<std::string> ssh_argv(const SshSettings& settings, const std::string& host, bool tty,
+                                  const std::string& remote_command) {
+  std::vector<std::string> argv{settings.ssh};
+  argv.insert(argv.end(), settings.ssh_args.begin(), settings.ssh_args.end());
+  argv.insert(argv.end(), {"-o", "BatchMode=yes"});
+  if (tty) argv.push_back("-tt");
+  argv.insert(argv.end(), {"--", host, remote_command});
+  return argv;
+}
+
+Status ssh_failure(const std::string& what, const std::string& host, int exit_code, const std::string& err,
+                   std::chrono::milliseconds timeout) {
+  const std::string why = last_line(err);
+  return unavailable("cannot " + what + " " + host + " over SSH: " +
+                     (exit_code < 0   ? "no answer within " + std::to_string(timeout.count() / 1000) + " s"
+                      : why.empty()   ? "ssh exit status " + std::to_string(exit_code)
+                                      : why));
+}
+
+StatusOr<std::string> write_files_script(const std::string& remote_dir,
+                                         const std::vector<std::pair<std::string, std::string>>& files) {
   TESTUDO_ASSIGN_OR_RETURN(auto nonce, crypto::random_secret());
   const std::string delimiter = "TESTUDO_END_" + crypto::to_hex(std::span(nonce).first(12));
-  const std::string dir = shell_quote(settings.remote_dir);
-  std::string script = "set -e\numask 077\nmkdir -p " + dir + "\n";
+  const std::string dir = shell_quote(remote_dir);
+  std::string script = "set -e\numask 077\nmkdir -p " + dir + "\nchmod 700 " + dir + "\n";
   for (const auto& [name, contents] : files) {
     script += "cat > " + dir + "/" + shell_quote(name) + " <<'" + delimiter + "'\n" + contents;
     if (!contents.empty() && contents.back() != '\n') script += "\n";
     script += delimiter + "\n";
   }
-  std::vector<std::string> argv{settings.ssh};
-  argv.insert(argv.end(), settings.ssh_args.begin(), settings.ssh_args.end());
-  argv.insert(argv.end(), {"-o", "BatchMode=yes", "--", host, "sh -s"});
-  TESTUDO_ASSIGN_OR_RETURN(CommandResult done, run_command(argv, script, timeout));
+  return script;
+}
+
+Status copy_to_host(const SshSettings& settings, const std::string& host,
+                    const std::vector<std::pair<std::string, std::string>>& files, std::chrono::milliseconds timeout) {
+  // One SSH connection for every file: each costs a key exchange, ~1 s on a busy machine.
+  TESTUDO_ASSIGN_OR_RETURN(std::string script, write_files_script(settings.remote_dir, files));
+  TESTUDO_ASSIGN_OR_RETURN(CommandResult done, run_command(ssh_argv(settings, host, false, "sh -s"), script, timeout));
   crypto::wipe(script);
-  if (done.exit_code != 0) {
-    const std::string why = last_line(done.err);
-    return unavailable("cannot copy the engine's files to " + host + " over SSH: " +
-                       (done.exit_code < 0 ? "no answer within " + std::to_string(timeout.count() / 1000) + " s"
-                                           : why.empty() ? "ssh exit status " + std::to_string(done.exit_code)
-                                                         : why));
-  }
+  if (done.exit_code != 0) return ssh_failure("copy the engine's files to", host, done.exit_code, done.err, timeout);
   return ok_status();
 }
 
@@ -84,10 +98,7 @@ std::vector<std::string> ssh_engines_command(const SshSettings& settings, const 
                              shell_quote("testudo: " + settings.remote_testudo + " not found on " + host) +
                              " >&2; exit 127; }; i=0; while [ $i -lt " + std::to_string(engines) + " ]; do " + engine +
                              " & i=$((i+1)); done; wait";
-  std::vector<std::string> argv{settings.ssh};
-  argv.insert(argv.end(), settings.ssh_args.begin(), settings.ssh_args.end());
-  argv.insert(argv.end(), {"-o", "BatchMode=yes", "-tt", "--", host, remote});
-  return argv;
+  return ssh_argv(settings, host, true, remote);
 }
 
 }  // namespace testudo::launch

@@ -35,6 +35,22 @@ struct SshSettings {
 // Single-quotes `s` for a POSIX shell (the remote command line).
 std::string shell_quote(std::string_view s);
 
+// The argv of `ssh ARGS -o BatchMode=yes [-tt] -- HOST REMOTE_COMMAND` (BatchMode: a missing
+// key fails at once instead of prompting for a password nobody will type).
+std::vector<std::string> ssh_argv(const SshSettings& settings, const std::string& host, bool tty,
+                                  const std::string& remote_command);
+
+// The error for an ssh command that failed: "cannot WHAT on HOST over SSH: <ssh's last words>".
+Status ssh_failure(const std::string& what, const std::string& host, int exit_code, const std::string& err,
+                   std::chrono::milliseconds timeout);
+
+// A POSIX shell script, to be read by a remote `sh -s` on its standard input, that makes `dir`
+// (0700; relative: to the remote home) and writes `files` (name -> contents) there as 0600
+// here-documents under a random delimiter (no file line can end one). Secrets in it travel
+// on ssh's standard input, never argv; wipe the script after use.
+StatusOr<std::string> write_files_script(const std::string& dir,
+                                         const std::vector<std::pair<std::string, std::string>>& files);
+
 // Copies `files` (name -> contents) into settings.remote_dir on `host` (0700 directory, 0600
 // files), each over ssh's standard input. Errors name the host and quote ssh's last words
 // ("Permission denied (publickey)", "Connection refused"...), never a file's contents.

@@ -1,3 +1,4 @@
+#include "launch/remote_controller.h"
 #include "launch/ssh_launcher.h"
 
 #include <gtest/gtest.h>
@@ -51,6 +52,32 @@ TEST(SshLauncherTest, TheEngineCommandRunsInOneSessionWithATerminal) {
   EXPECT_NE(remote.find("-lt 3"), std::string::npos) << remote;
   EXPECT_NE(remote.find("'--tag' 'site=lab'"), std::string::npos) << remote;
   EXPECT_NE(remote.find("wait"), std::string::npos) << remote;
+}
+
+TEST(RemoteControllerTest, TheControllerRunsAsItsOwnersWithOnlyCertificatesAndNoSecretsInArgv) {
+  RemoteControllerOptions options;
+  options.host = "alice@head-node";
+  options.ssh.remote_dir = default_controller_dir("lab");
+  options.profile = "lab";
+  options.controller_args = {"--heartbeat-timeout", "3"};
+  const std::string command = remote_controller_command(options);
+  EXPECT_NE(command.find("cd '.testudo/remote/lab/controller'"), std::string::npos) << command;
+  // Its own home there, apart from the remote user's profiles; exec so that a hang-up reaches it.
+  EXPECT_NE(command.find("TESTUDO_HOME=\"$PWD/home\" exec 'testudo' controller --profile 'lab' --ip '*'"),
+            std::string::npos)
+      << command;
+  EXPECT_NE(command.find("--owner-cert owner-cert.pem --engine-cert engine-cert.pem"), std::string::npos) << command;
+  EXPECT_NE(command.find("--location 'head-node'"), std::string::npos) << command;  // without "alice@"
+  EXPECT_NE(command.find("'--heartbeat-timeout' '3'"), std::string::npos) << command;
+  EXPECT_EQ(command.find("capability"), std::string::npos) << command;
+  EXPECT_EQ(command.find("--reuse"), std::string::npos) << command;
+
+  options.controller_args = {"--location", "10.0.0.5"};
+  options.reuse = true;
+  const std::string located = remote_controller_command(options);
+  EXPECT_EQ(located.find("head-node"), std::string::npos) << located;  // the given location wins
+  EXPECT_NE(located.find("--reuse"), std::string::npos) << located;
+  EXPECT_EQ(controller_location("head-node"), "head-node");
 }
 
 }  // namespace

@@ -4,6 +4,10 @@
 // message (e.g. two threads in one SSL object at once) fails a check here.
 #include "net/net.h"
 
+#include <unistd.h>
+
+#include "net/host_address.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -336,6 +340,18 @@ TEST_F(NetTest, SendNowLeavesWhatTheSocketRefusesToTheLoop) {
   EXPECT_TRUE(wait_for([&] { return !at_server.error.empty() || at_server.total == total + 1; }));
   on_loop([&] { EXPECT_EQ(at_server.error, ""); });
   close_both();
+}
+
+TEST(HostAddressTest, KnowsThisMachinesAddressesFromOthers) {
+  EXPECT_TRUE(is_address_of_this_host("127.0.0.1"));
+  EXPECT_TRUE(is_address_of_this_host("localhost"));
+  char name[256] = {};
+  ASSERT_EQ(::gethostname(name, sizeof name - 1), 0);
+  EXPECT_TRUE(is_address_of_this_host(name));
+  // TEST-NET-1 (RFC 5737) is no interface's address; a name that does not resolve is not ours.
+  EXPECT_FALSE(is_address_of_this_host("192.0.2.1"));
+  EXPECT_FALSE(is_address_of_this_host("no-such-host.invalid"));
+  EXPECT_FALSE(is_address_of_this_host(""));
 }
 
 }  // namespace

@@ -20,8 +20,9 @@ def sh(*argv, check=True):
 
 
 class Hosts:
-    """Namespaces (B and C by default), each an sshd at 10.<net>.<i>.2 linked to this host's
-    10.<net>.<i>.1. bench/ssh_launch.py uses it too."""
+    """Namespaces (B and C by default), each an sshd at 10.<net>.0.<i+1>, all on one bridge of
+    this host, which is 10.<net>.0.1 there: every namespace reaches this host and every other
+    namespace directly (one L2 segment, no forwarding). bench/ssh_launch.py uses it too."""
 
     def __init__(self, names=("b", "c")):
         self.dir = tempfile.mkdtemp(prefix="testudo-ssh-")
@@ -30,27 +31,35 @@ class Hosts:
         self.sshd = []
         self.namespaces = []
         self.address = {}
+        self.link = {}  # name -> its end of the veth pair (inside the namespace)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/host_key")
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/user_key")
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/stranger_key")
         shutil.copy(f"{self.dir}/user_key.pub", f"{self.dir}/authorized_keys")
         host_key = pathlib.Path(f"{self.dir}/host_key.pub").read_text().split()[:2]
+        self.bridge = f"{self.tag}-br"
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"10.{self.net}.0.1/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        # The connection files name this host's address on the bridge.
+        self.controller_address = f"10.{self.net}.0.1"
         known = []
-        for i, name in enumerate(names, start=1):
+        for i, name in enumerate(names, start=2):
             ns = f"{self.tag}-{name}"
             outside, inside = f"{ns}-h", f"{ns}-n"
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
             sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
             sh("ip", "link", "set", inside, "netns", ns)
-            sh("ip", "addr", "add", f"10.{self.net}.{i}.1/24", "dev", outside)
+            sh("ip", "link", "set", outside, "master", self.bridge)
             sh("ip", "link", "set", outside, "up")
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.{self.net}.{i}.2/24", "dev", inside)
+            address = f"10.{self.net}.0.{i}"
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", inside)
             sh("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
             sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            address = f"10.{self.net}.{i}.2"
             self.address[name] = address
+            self.link[name] = inside
             config = f"{self.dir}/sshd_{name}"
             pathlib.Path(config).write_text(
                 f"ListenAddress {address}\nHostKey {self.dir}/host_key\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
@@ -60,14 +69,15 @@ class Hosts:
             known.append(f"{address} {' '.join(host_key)}")
         pathlib.Path(f"{self.dir}/known_hosts").write_text("\n".join(known) + "\n")
         self.ssh_config = self.write_ssh_config("ssh_config", "user_key")
-        # The connection files name this host's address on the first link; the other namespaces
-        # reach that address over their own links (this host owns it: no forwarding involved).
-        self.controller_address = f"10.{self.net}.1.1"
-        for i, name in enumerate(names[1:], start=2):
-            sh("ip", "netns", "exec", f"{self.tag}-{name}", "ip", "route", "add", f"10.{self.net}.1.0/24", "via",
-               f"10.{self.net}.{i}.1")
         for name in names:
             assert wait_until(lambda n=name: self.ssh(n, "true").returncode == 0, 10), f"sshd in {name} not up"
+
+    def namespace(self, name):
+        return f"{self.tag}-{name}"
+
+    def run_in(self, name, *argv, check=True):
+        """argv run inside namespace `name`."""
+        return sh("ip", "netns", "exec", self.namespace(name), *argv, check=check)
 
     def write_ssh_config(self, name, key):
         path = f"{self.dir}/{name}"
@@ -86,6 +96,7 @@ class Hosts:
             p.wait()
         for ns in self.namespaces:
             sh("ip", "netns", "del", ns, check=False)  # takes its end of the veth pair, and so the pair
+        sh("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
