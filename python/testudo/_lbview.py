@@ -40,7 +40,8 @@ class LoadBalancedView:
     least-load, with a high-water mark per engine).
 
     Flags (set_flags / temp_flags / keyword arguments of apply and map):
-      block    wait and return results instead of AsyncResults (default False)
+      block    wait and return results instead of AsyncResults (default: the client's
+               `block` when the view is made)
       retries  run a task again elsewhere if its engine dies, this many times (default 0)
       timeout  seconds the dependencies may take to be met (default: no limit)
       after    AsyncResults / msg_ids that must succeed before the task runs
@@ -50,7 +51,7 @@ class LoadBalancedView:
 
     def __init__(self, client, targets=None, **flags):
         self.client = client
-        self.block = False
+        self.block = client.block
         self.retries = 0
         self.timeout = None
         self.after = None

@@ -120,14 +120,15 @@ def _partition(seq, index, parts):
 class DirectView:
     """Engines chosen explicitly: `rc[:]`, `rc[::2]`, `rc[3]`, `rc[[0, 2]]`.
 
-    `block` (default False) makes methods wait and return results instead of AsyncResults.
-    A view whose targets is an int returns single values instead of lists.
+    `block` (default: the client's `block` when the view is made, False unless set) makes
+    methods wait and return results instead of AsyncResults. A view whose targets is an int
+    returns single values instead of lists.
     """
 
-    def __init__(self, client, targets="all", block=False):
+    def __init__(self, client, targets="all", block=None):
         self.client = client
         self._targets = targets
-        self.block = block
+        self.block = client.block if block is None else block
         self.track = False
 
     # ----- targets and flags -----
