@@ -129,7 +129,7 @@ class DirectView:
         self.client = client
         self._targets = targets
         self.block = client.block if block is None else block
-        self.track = False
+        self.track = False  # ipyparallel's flag; every result tracks its buffers here (see push)
 
     # ----- targets and flags -----
 
@@ -218,15 +218,18 @@ class DirectView:
 
     # ----- map -----
 
-    def map(self, f, *sequences, block=None):
-        """Parallel map: the sequences are split in contiguous blocks, one per engine."""
+    def map(self, f, *sequences, block=None, track=False):
+        """Parallel map: the sequences are split in contiguous blocks, one per engine. (`track`:
+        see push.)"""
         return self._finish(self._map(f, sequences), block)
 
-    def map_async(self, f, *sequences):
-        return self._map(f, sequences)
+    def map_async(self, f, *sequences, **kwargs):
+        kwargs["block"] = False
+        return self.map(f, *sequences, **kwargs)
 
-    def map_sync(self, f, *sequences):
-        return self._map(f, sequences).get()
+    def map_sync(self, f, *sequences, **kwargs):
+        kwargs["block"] = True
+        return self.map(f, *sequences, **kwargs)
 
     def _map(self, f, sequences, call=_helpers.map_chunk, fname=None):
         if not sequences:
@@ -246,7 +249,11 @@ class DirectView:
     # ----- namespace: push / pull / scatter / gather -----
 
     def push(self, ns, targets=None, block=None, track=None):
-        """Update the engines' namespaces with the dict `ns` (values pickled, arrays out-of-band)."""
+        """Update the engines' namespaces with the dict `ns` (values pickled, arrays out-of-band).
+
+        Arrays are sent from their own memory, without a copy: change them only once
+        `ar.sent` (`ar.wait_for_send()`). Every result here tracks that, so `track` (ipyparallel's
+        switch for it) changes nothing."""
         if not isinstance(ns, dict):
             raise TypeError(f"Must be a dict, not {type(ns).__name__}")
         for key in ns:

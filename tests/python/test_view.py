@@ -486,3 +486,30 @@ def test_flags(rc):
     assert view.apply(lambda: 2) == [2] * 4
     with pytest.raises(KeyError, match="invalid flag"):
         view.set_flags(nonsense=True)
+
+
+# ----- ipyparallel's message tracking -----
+
+
+def test_track_says_when_sent_buffers_may_change(rc):
+    # Arrays go out from their own memory: ar.sent says when they may be changed again.
+    a = np.arange(1_000_000, dtype=np.float64)
+    ar = rc[:].push({"tracked": a}, block=False, track=True)
+    ar.wait_for_send(timeout=10)
+    assert ar.sent and ar.ready()
+    a[:] = -1
+    assert (rc[3].pull("tracked", block=True) == np.arange(1_000_000, dtype=np.float64)).all()
+    slow = rc[0].apply_async(__import__("time").sleep, 0.5)
+    assert slow.sent is False
+    with pytest.raises(TimeoutError):
+        slow.wait_for_send(timeout=0.05)
+    slow.wait_for_send()
+    assert slow.sent
+    # The flag itself is taken wherever ipyparallel takes it.
+    rc[:].set_flags(track=True)
+    assert rc[:].map_sync(abs, [-1, -2], track=True) == [1, 2]
+    assert rc[:].scatter("part", list(range(8)), track=True, block=True) is None
+    lview = rc.load_balanced_view()
+    lview.set_flags(track=True)
+    assert lview.track is True and lview.apply_sync(abs, -3) == 3
+    assert lview.map_sync(abs, [-4], track=True) == [4]
