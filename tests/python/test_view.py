@@ -3,6 +3,7 @@ ipyparallel's test_view.py (push/pull, execute, apply, map, scatter/gather, sync
 decorators, remote errors); the tests are our own."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -488,7 +489,7 @@ def test_flags(rc):
         view.set_flags(nonsense=True)
 
 
-# ----- ipyparallel's message tracking -----
+# ----- ipyparallel's message tracking and serializer switches -----
 
 
 def test_track_says_when_sent_buffers_may_change(rc):
@@ -513,3 +514,27 @@ def test_track_says_when_sent_buffers_may_change(rc):
     lview.set_flags(track=True)
     assert lview.track is True and lview.apply_sync(abs, -3) == 3
     assert lview.map_sync(abs, [-4], track=True) == [4]
+
+
+def test_use_dill_use_pickle_use_cloudpickle(rc):
+    pytest.importorskip("dill")
+    lock = threading.Lock()
+    # cloudpickle (the default) cannot pickle a lock; dill can (as a new lock).
+    with pytest.raises(TypeError, match="lock"):
+        rc[0].apply_async(repr, lock)
+    try:
+        assert rc[:].use_dill().get(timeout=10) == [None] * 4  # the engines import dill
+        assert rc[0].apply_sync(repr, lock).startswith("<unlocked _thread.lock object")
+        # testudo's own helpers still travel by value: map works as before.
+        assert rc[:].map_sync(abs, [-1, -2, -3, -4, -5]) == [1, 2, 3, 4, 5]
+        assert rc.load_balanced_view().map_sync(abs, [-6, -7]) == [6, 7]
+        assert rc[:].apply_sync(divmod, 7, 2) == [(3, 1)] * 4
+    finally:
+        testudo.use_pickle()  # back to the default, cloudpickle
+    with pytest.raises(TypeError, match="lock"):
+        rc[0].apply_async(repr, lock)
+    testudo.use_dill()
+    assert rc[0].apply_sync(repr, lock).startswith("<unlocked _thread.lock object")
+    assert rc[0].use_cloudpickle().get(timeout=10) is None
+    with pytest.raises(TypeError, match="lock"):
+        rc[0].apply_async(repr, lock)
