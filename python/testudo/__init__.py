@@ -22,12 +22,13 @@ from ._client import Client
 from ._cluster import Cluster
 from ._lbview import LoadBalancedView
 from ._testudo import Outcome
-from ._view import BroadcastView, DirectView
+from ._view import BroadcastView, DirectView, use_cloudpickle, use_dill, use_pickle
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
     "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
+    "use_cloudpickle", "use_pickle", "use_dill",
 ]
 
 __version__ = "0.1.0"

@@ -366,6 +366,20 @@ class AsyncResult(concurrent.futures.Future):
                     dest.write(f"[{stream}:{m['engine_id']}] " + text + ("" if text.endswith("\n") else "\n"))
         sys.stdout.flush()
 
+    # ipyparallel's message tracking (track=True): when the request's own buffers (pushed
+    # arrays, arguments) may be changed again. testudo sends them without a copy and holds them
+    # until the request has finished, so that is the moment, whatever `track` was.
+    @property
+    def sent(self):
+        """Whether testudo is done with this request's buffers (once it has finished), so
+        arrays sent without a copy may be changed again."""
+        return self.ready()
+
+    def wait_for_send(self, timeout=-1):
+        """Waits until `sent`; raises TimeoutError if that takes more than `timeout` seconds."""
+        if not self.wait(timeout):
+            raise error.TimeoutError("Still waiting to be sent")
+
     def abort(self):
         """Abort this request's tasks that have not started yet."""
         return self._client.abort([self])

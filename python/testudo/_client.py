@@ -1,13 +1,15 @@
 """testudo.Client: a connection to a controller, with ipyparallel's Client API."""
 
 import atexit
+import concurrent.futures
 import json
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 
 from . import _testudo, error
-from ._asyncresult import _seconds
+from ._asyncresult import AsyncResult, _seconds
 from ._tunnel import SshTunnel
 from ._view import DirectView
 
@@ -84,6 +86,10 @@ class Client:
     # always fresh.
     ids_max_age = 1.0
 
+    # The default of `block` for views made from this client afterwards (each view copies it
+    # when made, as ipyparallel's do) and for the client's own get_result and shutdown.
+    block = False
+
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), **kwargs):
         _check_ipyparallel_arguments(kwargs)
@@ -136,8 +142,19 @@ class Client:
             return self.ids
         return self._ids
 
+    def _engine_at(self, index):
+        """The engine id for an int target: itself, or counted from the end of rc.ids when
+        negative (ipyparallel's rc[-1])."""
+        if index >= 0:
+            return index
+        ids = self.ids
+        if -index > len(ids):
+            raise IndexError(f"engine index {index} is out of range: {len(ids)} engine(s) registered ({ids})")
+        return ids[index]
+
     def _build_targets(self, targets):
-        """Engine ids for 'all', None, an int, a slice, a range or a list of ints."""
+        """Engine ids for 'all', None, an int (negative: from the end of rc.ids), a slice, a
+        range or a list of ints."""
         if targets is None or (isinstance(targets, str) and targets == "all"):
             ids = self._cached_ids()
             if not ids:
@@ -145,8 +162,8 @@ class Client:
             if not ids:
                 raise error.NoEnginesRegistered()
             return list(ids)
-        if isinstance(targets, int):
-            targets = [targets]
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            targets = [self._engine_at(targets)]
         elif isinstance(targets, slice):
             return self._cached_ids(refresh=True)[targets]
         elif isinstance(targets, range):
@@ -168,19 +185,21 @@ class Client:
         return len(self.ids)
 
     def __getitem__(self, key):
-        """rc[0], rc[::2], rc[[0, 3]] -> a DirectView on those engines."""
+        """rc[0], rc[-1], rc[::2], rc[[0, 3]] -> a DirectView on those engines."""
         if isinstance(key, int):
+            engine = self._engine_at(key)
             ids = self.ids
-            if key not in ids:
+            if engine not in ids:
                 raise IndexError(f"engine {key} is not registered (registered: {ids})")
-            return DirectView(self, key)
+            return DirectView(self, engine, block=self.block)
         if isinstance(key, (slice, list, tuple, range)):
-            return DirectView(self, self._build_targets(key if not isinstance(key, tuple) else list(key)))
+            return DirectView(self, self._build_targets(key if not isinstance(key, tuple) else list(key)),
+                              block=self.block)
         raise TypeError(f"key by int, slice or list of ints, not {type(key).__name__}")
 
     def __iter__(self):
         for engine in self.ids:
-            yield DirectView(self, engine)
+            yield DirectView(self, engine, block=self.block)
 
     def engine_tags(self):
         """{engine_id: tags}: host facts (hostname, cores, memory, pid) and `--tag k=v` labels."""
@@ -197,7 +216,7 @@ class Client:
         ids = self.select_ids(**criteria)
         if not ids:
             raise error.NoEnginesRegistered()
-        return DirectView(self, ids)
+        return DirectView(self, ids, block=self.block)
 
     def broadcast_view(self, targets="all", is_coalescing=False, **kwargs):
         """A view whose requests the controller fans out: one message from the client, one
@@ -205,7 +224,7 @@ class Client:
         from ._view import BroadcastView
         if targets != "all":
             targets = self._build_targets(targets)
-        view = BroadcastView(self, targets)
+        view = BroadcastView(self, targets, block=self.block)
         view.set_flags(**kwargs)
         return view
 
@@ -216,19 +235,40 @@ class Client:
             targets = self._build_targets(targets)
             if single:
                 targets = targets[0]
-        view = DirectView(self, targets)
+        view = DirectView(self, targets, block=self.block)
         view.set_flags(**kwargs)
         return view
 
     def load_balanced_view(self, targets=None, **kwargs):
         """A LoadBalancedView: the controller's scheduler places each task (`targets`: the
-        engines it may use, default all)."""
+        engines it may use, default all; fixed now, so -1 is the last engine registered now)."""
         from ._lbview import LoadBalancedView
+        if isinstance(targets, str) and targets == "all":
+            targets = None
+        if targets is not None:
+            targets = self._build_targets(targets)
         return LoadBalancedView(self, targets, **kwargs)
 
     def wait_for_engines(self, n=None, *, timeout=-1, block=True, interactive=None, widget=None):
-        """Wait until at least `n` engines are registered (default: any one engine)."""
+        """Wait until at least `n` engines are registered (default: any one engine). Raises
+        TimeoutError after `timeout` seconds. With block=False, returns at once a
+        concurrent.futures.Future that resolves to None (or to that TimeoutError) instead."""
         n = 1 if n is None else n
+        if not block:
+            future = concurrent.futures.Future()
+            if len(self.ids) >= n:
+                future.set_result(None)
+                return future
+
+            def wait():
+                try:
+                    self.wait_for_engines(n, timeout=timeout)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
+            threading.Thread(target=wait, name="testudo-wait-for-engines", daemon=True).start()
+            return future
         deadline = time.monotonic() + _seconds(timeout)
         while True:
             count = len(self.ids)
@@ -241,15 +281,47 @@ class Client:
     # ----- results -----
 
     def wait(self, jobs=None, timeout=-1):
-        """Wait for `jobs` (an AsyncResult or a list of them; default: every outstanding one).
-        Returns True if all finished within `timeout` seconds."""
+        """Wait for `jobs`: an AsyncResult, a msg_id (str), a concurrent.futures.Future, or a
+        list of those (default: every outstanding request of this client). Returns True if all
+        finished within `timeout` seconds.
+
+        As in ipyparallel, a msg_id this client has no outstanding request for counts as
+        finished (another client's task, or one whose result is already here)."""
         if jobs is None:
             with self._lock:
                 jobs = list({id(a): a for a in self._pending.values()}.values())
-        elif not isinstance(jobs, (list, tuple, set)):
+        elif isinstance(jobs, (str, int, concurrent.futures.Future)) or not isinstance(jobs, Iterable):
             jobs = [jobs]
+        futures, msg_ids = [], set()
+        for job in jobs:
+            if isinstance(job, concurrent.futures.Future):  # AsyncResults included
+                futures.append(job)
+            elif isinstance(job, str):
+                msg_ids.add(job)
+            elif isinstance(job, int):
+                # ipyparallel reads an int as an index into rc.history, which testudo does not
+                # keep: refused rather than taken for something else.
+                raise TypeError(f"rc.wait({job!r}): pass msg_ids (str) or AsyncResults; testudo keeps no "
+                                "rc.history to index")
+            else:
+                raise TypeError(f"rc.wait: jobs are AsyncResults, msg_ids (str) or Futures, not {type(job).__name__}")
+        if msg_ids:
+            futures.extend(self._outstanding_results(msg_ids))
         deadline = time.monotonic() + _seconds(timeout)
-        return all(ar.wait(max(0.0, deadline - time.monotonic())) for ar in jobs)
+        for f in futures:
+            left = max(0.0, deadline - time.monotonic())
+            if isinstance(f, AsyncResult):
+                if not f.wait(left):
+                    return False
+            elif f not in concurrent.futures.wait([f], left).done:
+                return False
+        return True
+
+    def _outstanding_results(self, msg_ids):
+        """This client's pending AsyncResults holding any of `msg_ids`."""
+        with self._lock:
+            pending = list({id(a): a for a in self._pending.values()}.values())
+        return [ar for ar in pending if not ar._finished and msg_ids.intersection(ar.msg_ids)]
 
     @property
     def outstanding(self):
@@ -333,7 +405,7 @@ class Client:
         out = {int(k): {key: v[key] for key in ("queue", "tasks", "completed")}
                for k, v in report["engines"].items()}
         if isinstance(targets, int):
-            return out[targets]
+            return out[self._engine_at(targets)]
         if targets != "all":
             wanted = set(self._build_targets(targets))
             out = {k: v for k, v in out.items() if k in wanted}
@@ -355,7 +427,7 @@ class Client:
             raise ValueError("get_result needs msg_ids")
         kinds = {int(r["task_id"]): r.get("kind", "") for r in self._records(ids)}
         ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single)
-        return ar.get() if block else ar
+        return ar.get() if (self.block if block is None else block) else ar
 
     def result_status(self, msg_ids, status_only=True):
         """{'pending': [...], 'completed': [...]} for msg_ids (with status_only=False, also
@@ -431,7 +503,7 @@ class Client:
             return None
         ids = self._build_targets(targets)
         self._native.shutdown_engines(ids)
-        if block:
+        if self.block if block is None else block:
             deadline = time.monotonic() + 30
             while set(ids) & set(self.ids) and time.monotonic() < deadline:
                 time.sleep(0.05)

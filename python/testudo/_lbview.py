@@ -9,6 +9,9 @@ from ._asyncresult import AsyncMapResult, AsyncResult
 from ._view import _dumps_call
 
 _FLAGS = ("block", "retries", "timeout", "after", "follow", "targets")
+# `track` too, as ipyparallel's views take it: every result tracks its buffers here (see
+# DirectView.push), so it changes nothing.
+_ALL_FLAGS = (*_FLAGS, "track")
 
 
 def _task_ids(deps):
@@ -40,22 +43,25 @@ class LoadBalancedView:
     least-load, with a high-water mark per engine).
 
     Flags (set_flags / temp_flags / keyword arguments of apply and map):
-      block    wait and return results instead of AsyncResults (default False)
+      block    wait and return results instead of AsyncResults (default: the client's
+               `block` when the view is made)
       retries  run a task again elsewhere if its engine dies, this many times (default 0)
       timeout  seconds the dependencies may take to be met (default: no limit)
       after    AsyncResults / msg_ids that must succeed before the task runs
       follow   ... and on whose engine it must run
       targets  engines the scheduler may use (default: all)
+      track    accepted; every result here says when its buffers were sent (ar.sent)
     """
 
     def __init__(self, client, targets=None, **flags):
         self.client = client
-        self.block = False
+        self.block = client.block
         self.retries = 0
         self.timeout = None
         self.after = None
         self.follow = None
         self.targets = targets
+        self.track = False
         self.set_flags(**flags)
 
     def __repr__(self):
@@ -64,8 +70,8 @@ class LoadBalancedView:
     @staticmethod
     def _check_flags(kwargs):
         for key, value in kwargs.items():
-            if key not in _FLAGS:
-                raise KeyError(f"invalid flag {key!r}; valid flags: {', '.join(_FLAGS)}")
+            if key not in _ALL_FLAGS:
+                raise KeyError(f"invalid flag {key!r}; valid flags: {', '.join(_ALL_FLAGS)}")
             if key == "retries" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError("retries must be a non-negative int")
             if key == "timeout" and value is not None and value < 0:
@@ -129,6 +135,7 @@ class LoadBalancedView:
             raise ValueError("map needs at least one sequence")
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be a positive int")
+        flags.pop("track", None)
         unknown = [k for k in flags if k not in _FLAGS]
         if unknown:
             raise TypeError(f"map() got an unexpected keyword argument {unknown[0]!r}")

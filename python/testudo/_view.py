@@ -31,11 +31,57 @@ class _GatherResult(AsyncMapResult):
         return out
 
 
+# What requests are pickled with: cloudpickle, or dill after use_dill() (ipyparallel's
+# switch, for this process as there). Engines load either with pickle.loads.
+_pickler = cloudpickle
+
+
+def _set_pickler(module):
+    global _pickler
+    _pickler = module
+    _function_cache.clear()  # its pickles were made with the other one
+    _helper_pickles.clear()
+
+
+def use_cloudpickle():
+    """Pickle functions and values sent to engines with cloudpickle: testudo's default, which
+    sends functions and classes from __main__, lambdas and closures by value."""
+    _set_pickler(cloudpickle)
+
+
+def use_pickle():
+    """Back to the default, as ipyparallel's use_pickle() undoes use_dill(). The default here is
+    cloudpickle, not ipyparallel's stdlib pickle with its own function canning: cloudpickle
+    sends everything that canning does."""
+    _set_pickler(cloudpickle)
+
+
+def use_dill():
+    """Pickle what is sent to engines with dill, which also pickles some objects cloudpickle
+    cannot (open files, for one). Engines need dill installed to load it. Values travel in-band
+    (dill does not give arrays out-of-band, so each is copied once more), and results still come
+    back with cloudpickle. Raises ImportError when dill is not installed, as ipyparallel does."""
+    import dill
+    _set_pickler(dill)
+
+
 def _dumps(obj):
     """Pickle protocol 5 with out-of-band buffers: [pickle, buffer, ...] without copying arrays."""
     buffers = []
-    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    data = _pickler.dumps(obj, protocol=5, buffer_callback=buffers.append)
     return [data, *buffers]
+
+
+# testudo's own helpers (map chunks...) always travel by value with cloudpickle, whatever the
+# pickler: engines need not have testudo installed. function -> its pickle (bytes).
+_helper_pickles = {}
+
+
+def _helper_pickle(f):
+    data = _helper_pickles.get(f)
+    if data is None:
+        data = _helper_pickles[f] = cloudpickle.dumps(f, protocol=5)
+    return data
 
 
 # Values of these exact types hold no functions, classes or buffers: plain pickle is enough.
@@ -77,7 +123,7 @@ def _function_entry(f):
         return None
     seen = (f.__code__, defaults, f.__name__, f.__qualname__, f.__doc__)
     buffers = []
-    data = cloudpickle.dumps(f, protocol=5, buffer_callback=buffers.append)
+    data = _pickler.dumps(f, protocol=5, buffer_callback=buffers.append)
     if buffers or len(data) > _FUNCTION_CACHE_BYTES:
         data = None  # e.g. an array among its globals: keep it out-of-band, and the cache small
     if len(_function_cache) >= _FUNCTION_CACHE_MAX:
@@ -91,6 +137,8 @@ def _dumps_call(f, args, kwargs):
     """_dumps((f, args, kwargs)) for apply, cheaper for the common case: f may travel as its
     cached pickle (bytes, which the engine loads: engine_support.py.inc, apply), and atomic
     arguments need no cloudpickle."""
+    if _pickler is not cloudpickle and getattr(f, "__module__", None) == _helpers.__name__:
+        return _dumps((_helper_pickle(f), tuple(args), dict(kwargs)))
     entry = _function_entry(f)
     if entry is None:
         return _dumps((f, tuple(args), dict(kwargs)))
@@ -120,15 +168,16 @@ def _partition(seq, index, parts):
 class DirectView:
     """Engines chosen explicitly: `rc[:]`, `rc[::2]`, `rc[3]`, `rc[[0, 2]]`.
 
-    `block` (default False) makes methods wait and return results instead of AsyncResults.
-    A view whose targets is an int returns single values instead of lists.
+    `block` (default: the client's `block` when the view is made, False unless set) makes
+    methods wait and return results instead of AsyncResults. A view whose targets is an int
+    returns single values instead of lists.
     """
 
-    def __init__(self, client, targets="all", block=False):
+    def __init__(self, client, targets="all", block=None):
         self.client = client
         self._targets = targets
-        self.block = block
-        self.track = False
+        self.block = client.block if block is None else block
+        self.track = False  # ipyparallel's flag; every result tracks its buffers here (see push)
 
     # ----- targets and flags -----
 
@@ -217,15 +266,18 @@ class DirectView:
 
     # ----- map -----
 
-    def map(self, f, *sequences, block=None):
-        """Parallel map: the sequences are split in contiguous blocks, one per engine."""
+    def map(self, f, *sequences, block=None, track=False):
+        """Parallel map: the sequences are split in contiguous blocks, one per engine. (`track`:
+        see push.)"""
         return self._finish(self._map(f, sequences), block)
 
-    def map_async(self, f, *sequences):
-        return self._map(f, sequences)
+    def map_async(self, f, *sequences, **kwargs):
+        kwargs["block"] = False
+        return self.map(f, *sequences, **kwargs)
 
-    def map_sync(self, f, *sequences):
-        return self._map(f, sequences).get()
+    def map_sync(self, f, *sequences, **kwargs):
+        kwargs["block"] = True
+        return self.map(f, *sequences, **kwargs)
 
     def _map(self, f, sequences, call=_helpers.map_chunk, fname=None):
         if not sequences:
@@ -239,13 +291,17 @@ class DirectView:
         children = []
         for i in range(parts):
             chunks = [_partition(s[:n] if len(s) != n else s, i, parts) for s in seqs]
-            children.append(self.client._native.apply([ids[i]], _dumps((call, (f, *chunks), {}))))
+            children.append(self.client._native.apply([ids[i]], _dumps_call(call, (f, *chunks), {})))
         return AsyncMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle")
 
     # ----- namespace: push / pull / scatter / gather -----
 
     def push(self, ns, targets=None, block=None, track=None):
-        """Update the engines' namespaces with the dict `ns` (values pickled, arrays out-of-band)."""
+        """Update the engines' namespaces with the dict `ns` (values pickled, arrays out-of-band).
+
+        Arrays are sent from their own memory, without a copy: change them only once
+        `ar.sent` (`ar.wait_for_send()`). Every result here tracks that, so `track` (ipyparallel's
+        switch for it) changes nothing."""
         if not isinstance(ns, dict):
             raise TypeError(f"Must be a dict, not {type(ns).__name__}")
         for key in ns:
@@ -381,11 +437,23 @@ class DirectView:
         from ._magics import activate
         activate(self, suffix)
 
-    def use_cloudpickle(self):
-        """Functions always travel with cloudpickle here; kept for ipyparallel compatibility."""
-        return None
+    # ipyparallel's view methods: the switch for this process (testudo.use_dill() ...), and the
+    # engines import the pickler, so one missing there fails now rather than at the next call.
 
-    use_pickle = use_cloudpickle
+    def use_cloudpickle(self):
+        """testudo.use_cloudpickle(); returns the engines' `import cloudpickle` (an AsyncResult)."""
+        use_cloudpickle()
+        return self.execute("import cloudpickle")
+
+    def use_pickle(self):
+        """testudo.use_pickle() (back to cloudpickle, the default here)."""
+        use_pickle()
+        return self.execute("import cloudpickle")
+
+    def use_dill(self):
+        """testudo.use_dill(); returns the engines' `import dill` (an AsyncResult)."""
+        use_dill()
+        return self.execute("import dill")
 
 
 class BroadcastView(DirectView):

@@ -18,9 +18,10 @@ from ._testudo import Outcome
 
 __all__ = [
     "TestudoError", "KernelError", "EngineError", "NoEnginesRegistered", "RemoteError",
-    "CompositeError", "TimeoutError", "collect_exceptions", "TaskAborted", "UnmetDependency",
-    "ImpossibleDependency", "DependencyTimeout", "TaskLost", "ControllerError", "MessageTooLarge",
-    "MalformedReply", "Outcome", "OUTCOME_EXCEPTIONS", "outcome_error",
+    "CompositeError", "TimeoutError", "collect_exceptions", "TaskAborted", "TaskTimeout",
+    "UnmetDependency", "ImpossibleDependency", "DependencyTimeout", "InvalidDependency",
+    "TaskRejectError", "TaskLost", "ControllerError", "MessageTooLarge", "MalformedReply",
+    "Outcome", "OUTCOME_EXCEPTIONS", "outcome_error",
 ]
 
 # ipyparallel re-exports the builtin; so do we, so `except TimeoutError` works either way.
@@ -50,6 +51,11 @@ class TaskAborted(KernelError):
     """The task was aborted (rc.abort / ar.abort) before it ran."""
 
 
+class TaskTimeout(KernelError):
+    """ipyparallel's error for a task whose `timeout` passed before it could run. Here that
+    is a DependencyTimeout, which is also a TaskTimeout."""
+
+
 class UnmetDependency(KernelError):
     pass
 
@@ -58,8 +64,19 @@ class ImpossibleDependency(UnmetDependency):
     """A dependency failed, or no engine may run the task: it can never run."""
 
 
-class DependencyTimeout(ImpossibleDependency):
-    """The task's `timeout` passed before its dependencies were met."""
+class DependencyTimeout(ImpossibleDependency, TaskTimeout):
+    """The task's `timeout` passed before its dependencies were met. Also a TaskTimeout, the
+    class ipyparallel raises then, so `except error.TaskTimeout` written for it catches this."""
+
+
+class InvalidDependency(ImpossibleDependency):
+    """An `after`/`follow` dependency names no task of yours."""
+
+
+class TaskRejectError(KernelError):
+    """For user code to raise on an engine that cannot run the task (as in ipyparallel); it
+    comes back as a RemoteError with ename 'TaskRejectError'. testudo's `retries` run a task
+    again only when its engine dies, not after this error."""
 
 
 class TaskLost(KernelError):
@@ -222,8 +239,13 @@ def _remote_class(documented):
     return Remote
 
 
-_RAISED = {documented: _remote_class(documented) for documented in set(OUTCOME_EXCEPTIONS.values())
-           if documented is not RemoteError}
+_RAISED = {documented: _remote_class(documented)
+           for documented in {*OUTCOME_EXCEPTIONS.values(), InvalidDependency} if documented is not RemoteError}
+
+# The controller words a dependency_failed outcome for a dependency it does not know this
+# way (src/controller/scheduler.cc, Scheduler::submit); ipyparallel tells that case apart as
+# InvalidDependency, which is an ImpossibleDependency, so `except` clauses for either work.
+_UNKNOWN_DEPENDENCY = "unknown dependency "
 
 
 def outcome_error(outcome, message, engine_info=None, reply=None):
@@ -240,4 +262,6 @@ def outcome_error(outcome, message, engine_info=None, reply=None):
     documented = OUTCOME_EXCEPTIONS.get(outcome)
     if documented is None:
         raise ValueError(f"no exception for outcome {outcome!r}")
+    if outcome == Outcome.DEPENDENCY_FAILED and message.startswith(_UNKNOWN_DEPENDENCY):
+        documented = InvalidDependency
     return _RAISED[documented](message, engine_info, outcome)

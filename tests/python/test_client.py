@@ -2,9 +2,11 @@
 indexing, closing, shutting down, and what the user sees when the connection or an engine
 goes away. The shape follows ipyparallel's test_client.py; the tests are our own."""
 
+import concurrent.futures
 import os
 import shutil
 import signal
+import threading
 import time
 
 import pytest
@@ -42,6 +44,19 @@ def test_wait_for_engines_times_out(rc):
         rc.wait_for_engines(5, timeout=0.3)
     assert 0.25 < time.monotonic() - t0 < 3
     assert "5 engine(s) not ready in 0.3 seconds; 4 registered" in str(info.value)
+
+
+def test_wait_for_engines_without_blocking_returns_a_future(rc):
+    # As ipyparallel: a Future, done at once when the engines are there...
+    ready = rc.wait_for_engines(4, block=False)
+    assert isinstance(ready, concurrent.futures.Future)
+    assert ready.done() and ready.result() is None
+    # ...else done later, with the TimeoutError when they do not come.
+    t0 = time.monotonic()
+    missing = rc.wait_for_engines(5, timeout=0.3, block=False)
+    assert time.monotonic() - t0 < 0.2 and not missing.done()
+    with pytest.raises(TimeoutError, match="5 engine"):
+        missing.result(timeout=10)
 
 
 def test_missing_profile_raises_helpful_file_not_found(cluster):
@@ -141,6 +156,80 @@ def test_unregistered_engine_raises_index_error(rc):
     assert "[9]" in str(info.value)
     with pytest.raises(TypeError):
         rc["zero"]
+
+
+def test_negative_engine_indices_count_from_the_end_of_ids(rc):
+    # As ipyparallel: an int target below 0 indexes rc.ids (here [0, 1, 2, 3]).
+    getpid = os.getpid
+    pids = dict(zip(rc.ids, rc[:].apply_sync(getpid)))
+    last = rc[-1]
+    assert last.targets == 3 and isinstance(last.targets, int)
+    assert last.apply_sync(getpid) == pids[3]
+    assert rc[-4].targets == 0
+    assert rc.direct_view(-2).targets == 2
+    assert rc.direct_view(-2).apply_sync(getpid) == pids[2]
+    lview = rc.load_balanced_view(-1)
+    assert lview.targets == [3]
+    assert {lview.apply_sync(getpid) for _ in range(4)} == {pids[3]}
+    # Per call too, wherever an engine id is taken.
+    assert rc[:].apply_async(getpid).get(timeout=10) == list(pids.values())
+    assert rc[:].execute("import os; pid = os.getpid()", targets=-3, block=True).get() is None
+    assert rc[1].pull("pid", block=True) == pids[1]
+    assert rc.queue_status(targets=-1) == rc.queue_status(targets=3)
+    with pytest.raises(IndexError, match="engine index -5 is out of range: 4 engine"):
+        rc[-5]
+    with pytest.raises(IndexError, match="-5"):
+        rc.direct_view(-5)
+    with pytest.raises(IndexError, match="-5"):
+        rc.load_balanced_view(-5)
+
+
+def test_client_block_reaches_views_made_afterwards(rc):
+    before = rc[:]
+    assert rc.block is False
+    rc.block = True
+    # ipyparallel's views take the client's block when made: these block...
+    views = [rc[:], rc[0], rc[-1], rc[::2], rc.direct_view(), rc.direct_view(1), rc.broadcast_view(),
+             rc.load_balanced_view(), *rc]
+    assert [v.block for v in views] == [True] * len(views)
+    assert rc[:].apply(lambda: 5) == [5, 5, 5, 5]
+    assert rc[0].apply(lambda: 6) == 6
+    assert rc.load_balanced_view().apply(lambda: 7) == 7
+    assert rc[:].push({"z": 1}) == [None] * 4
+    assert rc[1]["z"] == 1
+    # ...a view made before, or told otherwise, does not.
+    assert before.block is False
+    assert isinstance(before.apply(lambda: 5), testudo.AsyncResult)
+    assert rc.direct_view(block=False).block is False
+    assert rc.load_balanced_view(block=False).block is False
+    rc.block = False
+    assert rc[:].block is False
+
+
+def test_client_wait_takes_msg_ids_results_and_futures(rc):
+    lview = rc.load_balanced_view()
+    slow = lview.apply_async(time.sleep, 0.5)
+    assert isinstance(slow.msg_ids[0], str)
+    assert rc.wait(slow.msg_ids[0], timeout=0.05) is False  # one msg_id
+    t0 = time.monotonic()
+    assert rc.wait(slow.msg_ids, timeout=10) is True  # a list of them
+    assert time.monotonic() - t0 > 0.3 and slow.ready()
+
+    later = concurrent.futures.Future()  # a plain Future, as ipyparallel's wait takes
+    threading.Timer(0.4, later.set_result, [1]).start()
+    ar = rc[0].apply_async(time.sleep, 0.2)
+    assert rc.wait([ar, later], timeout=0.05) is False
+    assert rc.wait([ar.msg_ids[0], later], timeout=10) is True
+    assert later.done() and ar.ready()
+
+    # A msg_id with nothing outstanding here counts as done, as in ipyparallel.
+    assert rc.wait("987654321", timeout=0) is True
+    assert rc.wait(slow.msg_ids, timeout=0) is True
+    # An int is an index into rc.history in ipyparallel, which testudo does not keep.
+    with pytest.raises(TypeError, match="history"):
+        rc.wait(0)
+    with pytest.raises(TypeError, match="dict"):
+        rc.wait([{}])
 
 
 def test_direct_view_all_tracks_engines(rc):
@@ -322,3 +411,14 @@ def test_shutdown_hub_stops_every_process(own_cluster):
     with pytest.raises(ConnectionError):
         client.ids
     client.close()
+
+
+def test_wait_for_engines_future_resolves_when_an_engine_comes(own_cluster):
+    c = own_cluster(1)
+    with c.client() as client:
+        client.wait_for_engines(1, timeout=30)
+        future = client.wait_for_engines(2, timeout=60, block=False)
+        assert not future.done()
+        c.run("engines", "start", "-n", "1")
+        assert future.result(timeout=60) is None
+        assert len(client.ids) == 2

@@ -285,10 +285,17 @@ def test_invalid_dependency(lview):
         lview.set_flags(after="not-a-msg-id")
         lview.apply_async(str, 1)
     lview.set_flags(after=None)
-    with pytest.raises(testudo.RemoteError) as info:
+    # A dependency that names no task: ipyparallel's InvalidDependency, an ImpossibleDependency.
+    with pytest.raises(testudo.error.InvalidDependency) as info:
         with lview.temp_flags(after=["987654321"]):
             lview.apply_sync(str, 1)
-    assert info.value.ename == "ImpossibleDependency"
+    assert info.value.ename == "InvalidDependency"
+    assert isinstance(info.value, testudo.RemoteError)
+    assert isinstance(info.value, testudo.error.ImpossibleDependency)
+    assert info.value.outcome == testudo.Outcome.DEPENDENCY_FAILED
+    with pytest.raises(testudo.error.InvalidDependency):
+        with lview.temp_flags(follow="987654321"):
+            lview.apply_sync(str, 1)
 
 
 def test_dependency_timeout(lview):
@@ -301,6 +308,7 @@ def test_dependency_timeout(lview):
     took = time.monotonic() - t0
     assert info.value.ename == "DependencyTimeout"
     assert isinstance(info.value, testudo.error.DependencyTimeout) and not isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, testudo.error.TaskTimeout)  # what ipyparallel raises here
     assert 0.45 <= took < 1.8
     assert not a.ready()
     assert a.get(timeout=10) == "slow"

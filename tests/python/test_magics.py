@@ -166,3 +166,14 @@ def test_activate_with_suffix(ip, view, rc, capsys):
     assert capsys.readouterr().out == stdout_lines("odd engines", [1, 3])
     ip.run_line_magic("px", "print('all engines')")  # the unsuffixed magics still target all
     assert capsys.readouterr().out == stdout_lines("all engines")
+
+
+def test_activate_with_a_negative_index_targets_the_last_engine(ip, view, rc, capsys):
+    last = rc.activate(-1, suffix="last")  # as ipyparallel: counts from the end of rc.ids
+    assert last.targets == 3 and last.block is True
+    ip.run_line_magic("pxlast", "print('last one')")
+    assert capsys.readouterr().out.count("last one") == 1
+    ip.run_line_magic("pxlast", "marker = 'here'")
+    assert rc[-1]["marker"] == "here"
+    rc[:].execute("found = 'marker' in globals()", block=True)
+    assert rc[:]["found"] == [False, False, False, True]

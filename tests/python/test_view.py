@@ -3,6 +3,7 @@ ipyparallel's test_view.py (push/pull, execute, apply, map, scatter/gather, sync
 decorators, remote errors); the tests are our own."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -486,3 +487,54 @@ def test_flags(rc):
     assert view.apply(lambda: 2) == [2] * 4
     with pytest.raises(KeyError, match="invalid flag"):
         view.set_flags(nonsense=True)
+
+
+# ----- ipyparallel's message tracking and serializer switches -----
+
+
+def test_track_says_when_sent_buffers_may_change(rc):
+    # Arrays go out from their own memory: ar.sent says when they may be changed again.
+    a = np.arange(1_000_000, dtype=np.float64)
+    ar = rc[:].push({"tracked": a}, block=False, track=True)
+    ar.wait_for_send(timeout=10)
+    assert ar.sent and ar.ready()
+    a[:] = -1
+    assert (rc[3].pull("tracked", block=True) == np.arange(1_000_000, dtype=np.float64)).all()
+    slow = rc[0].apply_async(__import__("time").sleep, 0.5)
+    assert slow.sent is False
+    with pytest.raises(TimeoutError):
+        slow.wait_for_send(timeout=0.05)
+    slow.wait_for_send()
+    assert slow.sent
+    # The flag itself is taken wherever ipyparallel takes it.
+    rc[:].set_flags(track=True)
+    assert rc[:].map_sync(abs, [-1, -2], track=True) == [1, 2]
+    assert rc[:].scatter("part", list(range(8)), track=True, block=True) is None
+    lview = rc.load_balanced_view()
+    lview.set_flags(track=True)
+    assert lview.track is True and lview.apply_sync(abs, -3) == 3
+    assert lview.map_sync(abs, [-4], track=True) == [4]
+
+
+def test_use_dill_use_pickle_use_cloudpickle(rc):
+    pytest.importorskip("dill")
+    lock = threading.Lock()
+    # cloudpickle (the default) cannot pickle a lock; dill can (as a new lock).
+    with pytest.raises(TypeError, match="lock"):
+        rc[0].apply_async(repr, lock)
+    try:
+        assert rc[:].use_dill().get(timeout=10) == [None] * 4  # the engines import dill
+        assert rc[0].apply_sync(repr, lock).startswith("<unlocked _thread.lock object")
+        # testudo's own helpers still travel by value: map works as before.
+        assert rc[:].map_sync(abs, [-1, -2, -3, -4, -5]) == [1, 2, 3, 4, 5]
+        assert rc.load_balanced_view().map_sync(abs, [-6, -7]) == [6, 7]
+        assert rc[:].apply_sync(divmod, 7, 2) == [(3, 1)] * 4
+    finally:
+        testudo.use_pickle()  # back to the default, cloudpickle
+    with pytest.raises(TypeError, match="lock"):
+        rc[0].apply_async(repr, lock)
+    testudo.use_dill()
+    assert rc[0].apply_sync(repr, lock).startswith("<unlocked _thread.lock object")
+    assert rc[0].use_cloudpickle().get(timeout=10) is None
+    with pytest.raises(TypeError, match="lock"):
+        rc[0].apply_async(repr, lock)
