@@ -52,6 +52,7 @@ std::chrono::milliseconds to_ms(double seconds) {
   }
   switch (st.code()) {
     case StatusCode::kPermissionDenied: raise_python(PyExc_PermissionError, st.message());
+    case StatusCode::kUnauthenticated: raise_python(PyExc_PermissionError, st.message());
     case StatusCode::kNotFound: raise_python(PyExc_FileNotFoundError, st.message());
     case StatusCode::kDeadlineExceeded: raise_python(PyExc_TimeoutError, st.message());
     case StatusCode::kUnavailable: raise_python(PyExc_ConnectionError, st.message());

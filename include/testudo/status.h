@@ -32,6 +32,9 @@ enum class StatusCode {
   kInternal,             // an invariant broke: a bug
   kUnavailable,          // the peer or connection is gone; retrying may help
   kDataLoss,             // malformed or truncated bytes
+  // The peer did not prove who it is: a controller whose certificate does not match the pin.
+  // Hostile (a local user who took the port) or stale; another try may reach the real one.
+  kUnauthenticated,
 };
 
 std::string_view status_code_name(StatusCode code);
@@ -65,6 +68,7 @@ class [[nodiscard]] Status {
 inline Status ok_status() { return Status(); }
 inline Status invalid_argument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
 inline Status permission_denied(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
+inline Status unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
 inline Status data_loss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
 inline Status unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status deadline_exceeded(std::string m) { return {StatusCode::kDeadlineExceeded, std::move(m)}; }

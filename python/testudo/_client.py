@@ -93,6 +93,8 @@ class Client:
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), **kwargs):
         _check_ipyparallel_arguments(kwargs)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"Client(timeout={timeout!r}): the connection timeout is a number of seconds above 0")
         self.profile = profile or "default"
         file = url_file or connection_file or ""
         self._tunnel = None

@@ -51,6 +51,8 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
   bool stopped = false;
   bool ever_connected = false;
   bool awaiting_trust = false;     // refused as not trusted yet: warned once, retried quietly
+  std::uint64_t impostor_refusals = 0;                 // pin mismatches since the last warning
+  std::optional<Clock::time_point> impostor_warned_at;  // see warn_impostor
   Clock::time_point last_seen;     // of the controller, for give_up
   Clock::time_point last_heard;    // any message on this connection, for the heartbeat timeout
   std::unique_ptr<net::Timer> retry;
@@ -97,6 +99,8 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     ever_connected = true;
     awaiting_trust = false;
     backoff.reset();
+    impostor_warned_at.reset();  // a later impostor is warned of at once again
+    impostor_refusals = 0;
     last_heard = Clock::now();
     std::weak_ptr<Core> weak = weak_from_this();
     // The connection's handlers hold the core weakly: it owns them, and the core owns it.
@@ -153,6 +157,9 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     switch (why.code()) {
       case StatusCode::kPermissionDenied:
         return give_up_for_good(why);
+      case StatusCode::kUnauthenticated:
+        warn_impostor(why);
+        return schedule_redial(why, /*quietly=*/true);
       case StatusCode::kFailedPrecondition:
         // Reachable, but not trusted (yet): wait for an administrator, retrying quietly.
         if (!awaiting_trust) LOG_WARN(options.log_name) << why.message() << "; retrying until it is";
@@ -164,13 +171,33 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     }
   }
 
-  void schedule_redial(const Status& why) {
+  // Loud but bounded: the first refusal at once, then at most one line a minute with the
+  // number refused meanwhile (an impostor holding the port would otherwise fill the log).
+  void warn_impostor(const Status& why) {
+    const auto now = Clock::now();
+    if (impostor_warned_at && now - *impostor_warned_at < std::chrono::minutes(1)) {
+      ++impostor_refusals;
+      return;
+    }
+    if (impostor_warned_at) {
+      LOG_WARN(options.log_name) << why.message() << "; refused " << impostor_refusals + 1
+                                 << " time(s) in the last minute, still retrying";
+    } else {
+      LOG_WARN(options.log_name) << why.message() << "; retrying until the real controller answers "
+                                 << "(this warning repeats at most once a minute)";
+    }
+    impostor_refusals = 0;
+    impostor_warned_at = now;
+  }
+
+  // quietly: the caller has said why already (no "reconnecting in" line per attempt).
+  void schedule_redial(const Status& why, bool quietly = false) {
     if (options.give_up && Clock::now() - last_seen > *options.give_up) {
       return give_up_for_good(unavailable("no controller for " + std::to_string(options.give_up->count() / 1000) +
                                           " s; last error: " + why.message()));
     }
     const auto delay = backoff.next();
-    if (!awaiting_trust) {
+    if (!awaiting_trust && !quietly) {
       TESTUDO_LOG(options.retry_log_level, options.log_name)
           << "reconnecting in " << delay.count() << " ms (" << why.message() << ")";
     }

@@ -9,8 +9,13 @@
 //   kFailedPrecondition  reachable, but this identity is not trusted yet: an administrator may
 //                        change that, so retry (warned once per wait, not per attempt) and do
 //                        not count the wait towards give_up: the controller is there.
-//   kPermissionDenied    a wrong capability, a wrong controller (pin mismatch), a revoked key:
-//                        retrying cannot help; the link stops and on_stopped says why.
+//   kUnauthenticated     a listener whose certificate does not match the pin: hostile (a local
+//                        user who took the port while the controller restarts) or stale. Never
+//                        trusted, never final: warned loudly (at once, then once a minute with a
+//                        count) and retried with backoff until the real controller answers or
+//                        give_up passes (it counts: the controller was not seen).
+//   kPermissionDenied    a wrong capability, a revoked key (said by the pinned controller
+//                        itself): retrying cannot help; the link stops and on_stopped says why.
 //   anything else        retry after the next backoff delay.
 // A connection lost after its welcome is always redialed. Before every redial, give_up
 // (when set) is checked against the time since the controller was last seen: the end of the

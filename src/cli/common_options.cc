@@ -1,5 +1,6 @@
 #include "cli/common_options.h"
 
+#include <cmath>
 #include <iostream>
 
 #include "base/log.h"
@@ -10,6 +11,35 @@ int report_failure(std::string_view program, const Status& status) {
   std::cerr << program << ": " << status.message() << "\n";
   return status.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitError;
 }
+
+std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints help (code 0) or the error
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+CLI::Validator seconds_validator(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) -> std::string {
+        double value = 0;
+        const bool number = CLI::detail::lexical_cast(text, value) && std::isfinite(value);
+        if (number && (value > 0 || (allow_zero && value == 0))) return "";
+        return std::string("must be a number of seconds ") + (allow_zero ? "(0 or more)" : "above 0") + ", not '" +
+               text + "'";
+      },
+      allow_zero ? "SECONDS>=0" : "SECONDS>0");
+}
+
+}  // namespace
+
+CLI::Validator positive_seconds() { return seconds_validator(false); }
+CLI::Validator non_negative_seconds() { return seconds_validator(true); }
 
 void CommonOptions::add_to(CLI::App& app) {
   app.add_option("--profile", profile, "Profile name: files live in $TESTUDO_HOME/profile_<name>")

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -19,6 +20,16 @@ inline constexpr int kExitUsage = 2;  // bad arguments
 
 // Prints "<program>: <message>" to stderr; returns kExitUsage for kInvalidArgument, else kExitError.
 int report_failure(std::string_view program, const Status& status);
+
+// Parses the command line as CLI11_PARSE does, printing help or the error as CLI11 words it,
+// but a bad command line exits with kExitUsage (CLI11's own codes, 105 or 109, mean nothing to
+// a script). Returns the exit code to end with, or nullopt to go on.
+std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv);
+
+// Checks for options in seconds, worded for users ("--timeout: must be a number of seconds
+// above 0, not '-5'"): zero and negative durations are mistakes, not "no limit" or "at once".
+CLI::Validator positive_seconds();
+CLI::Validator non_negative_seconds();
 
 struct CommonOptions {
   std::string profile = "default";  // files live in $TESTUDO_HOME/profile_<name>

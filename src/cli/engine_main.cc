@@ -39,6 +39,12 @@ int engine_main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-result-bytes", eopts.max_result_bytes, "Largest result one request may return")
       ->capture_default_str();
+  double give_up_s = 120;
+  app.add_option("--give-up", give_up_s,
+                 "Seconds without a controller after which the engine exits (0: never; the engines a cluster "
+                 "starts use 0 and end with the cluster)")
+      ->capture_default_str()
+      ->check(non_negative_seconds());
   std::vector<std::string> tags;
   app.add_option("--tag", tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
   app.add_option("--identity-dir", eopts.identity_dir,
@@ -66,7 +72,7 @@ int engine_main(int argc, char** argv) {
                  "controller is on another host");
   app.add_option("--ssh-option", ssh_args, "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
 
-  CLI11_PARSE(app, argc, argv);
+  if (auto done = parse_command_line(app, argc, argv)) return *done;
 
   if (Status st = common.apply_log_level(); !st.ok()) return fail(st);
   for (const auto& tag : tags) {
@@ -74,6 +80,7 @@ int engine_main(int argc, char** argv) {
     if (eq == std::string::npos || eq == 0) return fail(invalid_argument("--tag takes k=v, got '" + tag + "'"));
     eopts.tags.emplace_back(tag.substr(0, eq), tag.substr(eq + 1));
   }
+  eopts.reconnect_give_up = std::chrono::milliseconds(static_cast<long long>(give_up_s * 1000));
   if (eopts.connection_file.empty()) eopts.connection_file = profile_paths(common.profile).engine_connection_file;
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
   // A closed pipe must not kill the engine mid-write; writes report EPIPE.

@@ -1,5 +1,7 @@
 #include "cli/engines.h"
 
+#include "cli/common_options.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -142,7 +144,8 @@ EnginesCommand::EnginesCommand(CLI::App& app) : impl_(std::make_unique<Impl>()) 
   m.start->add_option("-n,--n", m.add.engines, "Number of engines to add")->capture_default_str();
   m.start->add_option("--tag", m.tags, "A label k=v given to every new engine (repeatable)");
   m.start->add_option("--timeout", m.start_timeout, "Seconds to wait for the new engines to register")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_seconds());
   m.launcher.add_to(m.start);
 
   m.stop = m.engines->add_subcommand("stop", "Stop engines of the cluster (all of them unless --pids or --ids)");
@@ -150,7 +153,8 @@ EnginesCommand::EnginesCommand(CLI::App& app) : impl_(std::make_unique<Impl>()) 
   m.stop->add_option("--ids", m.stop_ids, "Engine ids to stop (engines started on this machine)")->delimiter(',');
   m.stop->add_option("--jobs", m.stop_jobs, "Batch jobs (slurm, pbs) to cancel")->delimiter(',');
   m.stop->add_option("--timeout", m.stop_grace, "Seconds to wait before killing an engine that does not exit")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative_seconds());
 
   m.list = m.engines->add_subcommand("list", "List the engines this machine started for the cluster");
 }

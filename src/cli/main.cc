@@ -54,7 +54,9 @@ struct ClientArgs {
       app->add_option("-t,--targets", targets, "Engines: all, an id list like 0,2, or a slice like ::2 or 1::2")
           ->capture_default_str();
     }
-    app->add_option("--timeout", timeout, "Seconds to wait for results (0: no limit)")->capture_default_str();
+    app->add_option("--timeout", timeout, "Seconds to wait for results (0: no limit)")
+        ->capture_default_str()
+        ->check(non_negative_seconds());
     app->add_option("--key-passphrase-from", key_passphrase_from,
                     "If your key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
     app->add_option("--ssh", ssh_gateway,
@@ -327,8 +329,14 @@ int main(int argc, char** argv) {
                 "Host name or address written into connection files, which clients and engines dial "
                 "(default: --ip, or this host's name when --ip is every interface)");
   c->add_flag("--reuse", copts.reuse, "Reuse key, certificate, capabilities and port so connection files stay valid");
+  double port_wait_s = -1;
+  c->add_option("--port-wait", port_wait_s,
+                "Seconds to wait for a fixed port (--port, or --reuse's) that another process holds (default: 60 "
+                "with --reuse, else 0)")
+      ->check(non_negative_seconds());
   c->add_option("--heartbeat-timeout", heartbeat_timeout_s, "Seconds of engine silence before it is declared dead")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_seconds());
   c->add_option("--log-file", controller_log, "Write the log here instead of stderr");
   c->add_option("--scheme", copts.scheme, "Load balancing: leastload, lru, twobin, weighted or random")
       ->capture_default_str();
@@ -396,8 +404,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   start->add_flag("--reuse", lopts.reuse, "Reuse the controller's key, capabilities and port");
   start->add_flag("--daemonize", daemonize, "Return once the cluster is ready and leave it running");
-  start->add_option("--timeout", start_timeout, "Seconds to wait for every engine to register")->capture_default_str();
-  start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead");
+  start->add_option("--timeout", start_timeout, "Seconds to wait for every engine to register")
+      ->capture_default_str()
+      ->check(positive_seconds());
+  start->add_option("--heartbeat-timeout", cluster_heartbeat, "Seconds of engine silence before it is declared dead")
+      ->check(positive_seconds());
   std::string controller_kind = "local";
   start->add_option("--controller", controller_kind,
                     "Where the controller runs: local (this machine) or ssh (on --controller-host, owned by you; "
@@ -431,7 +442,9 @@ int main(int argc, char** argv) {
       cluster->add_subcommand("clean", "Remove the pid files of clusters whose controller is gone (and their engines)");
   auto* stop = cluster->add_subcommand("stop", "Stop the cluster of this profile");
   double stop_grace = 10;
-  stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")->capture_default_str();
+  stop->add_option("--timeout", stop_grace, "Seconds to wait before terminating processes")
+      ->capture_default_str()
+      ->check(non_negative_seconds());
 
   // client commands
   KeysCommand keys(app);
@@ -459,7 +472,7 @@ int main(int argc, char** argv) {
   if (int engine_index = engine_subcommand_index(app, argc, argv); engine_index > 0) {
     return exec_engine(argc, argv, engine_index);
   }
-  CLI11_PARSE(app, argc, argv);
+  if (auto done = parse_command_line(app, argc, argv)) return *done;
 
   if (Status st = common.apply_log_level(); !st.ok()) return fail(st);
 
@@ -469,6 +482,7 @@ int main(int argc, char** argv) {
   if (*c) {
     copts.heartbeat_timeout = seconds(heartbeat_timeout_s);
     copts.trust_local = !no_trust_local;
+    copts.port_wait = seconds(port_wait_s >= 0 ? port_wait_s : copts.reuse ? 60 : 0);
     return run_controller(profile, copts, controller_log);
   }
   if (*start) {

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <fstream>
 #include <iterator>
+#include <thread>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -80,6 +81,31 @@ Status save_state(const std::string& path, const PersistentState& s) {
   return crypto::write_private_file(path, j.dump(2) + "\n");
 }
 
+
+// Listener::create, waiting up to `wait` for an address another socket holds (see
+// ControllerOptions::port_wait); says once that it waits, and for whom.
+StatusOr<std::unique_ptr<net::Listener>> listen_when_free(net::EventLoop& loop, const net::ListenOptions& listen,
+                                                          std::chrono::milliseconds wait,
+                                                          net::Listener::AcceptHandler on_accept) {
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  bool said = false;
+  while (true) {
+    auto listener = net::Listener::create(loop, listen, on_accept);
+    if (listener.ok() || listener.status().code() != StatusCode::kAlreadyExists || listen.port == 0) return listener;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return unavailable(listener.status().message() +
+                         (wait.count() > 0 ? " (waited " + std::to_string(wait.count() / 1000) + " s)" : std::string()) +
+                         "; is another controller of this profile running, or did another user take the port?");
+    }
+    if (!said) {
+      LOG_WARN("controller") << "port " << listen.port << " is held by another process; waiting up to "
+                             << wait.count() / 1000 << " s for it (engines and clients refuse whoever holds it "
+                             << "by the certificate pin)";
+      said = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
 
 // A certificate file given on the command line (public: any mode will do), checked to hold
 // one PEM certificate whose key can be named.
@@ -289,7 +315,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   listen.tls.ciphersuites = options.tls_ciphersuites;
   listen.handshake_timeout = options.hello_timeout;
   Hub* hub = impl.hub.get();
-  TESTUDO_ASSIGN_OR_RETURN(impl.listener, net::Listener::create(impl.loop, listen, [hub](auto conn) {
+  TESTUDO_ASSIGN_OR_RETURN(impl.listener, listen_when_free(impl.loop, listen, options.port_wait, [hub](auto conn) {
                              hub->accept(std::move(conn));
                            }));
   state.port = impl.listener->port();

@@ -20,6 +20,11 @@ struct ControllerOptions {
   std::string location;                // address written into connection files; default: see
                                        //   controller/location.h (ip, or this host's name for a wildcard ip)
   bool reuse = false;                  // keep key, certificate, capabilities and port of the last run
+  // A fixed port (given, or the last one with reuse) held by another socket: wait this long for
+  // it, trying every 200 ms, before failing. While a controller restarts, a local user may
+  // hold its port (with their own certificate, which engines and clients refuse by the pin);
+  // the controller takes the port back as soon as it is free.
+  std::chrono::milliseconds port_wait{0};
   // SSH gateways written into the client and the engine connection file ("ssh" field): those
   // off this host reach the controller through them (auth/connection_file.h). Empty: none.
   std::string ssh_server;

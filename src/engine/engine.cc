@@ -397,7 +397,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   link.session = {impl.controller, impl.identity, impl.instance, options.controller_timeout};
   link.heartbeat_interval = options.heartbeat_interval;
   link.controller_timeout = options.controller_timeout;
-  link.give_up = options.reconnect_give_up;
+  if (options.reconnect_give_up.count() > 0) link.give_up = options.reconnect_give_up;
   link.log_name = "engine";
   impl.link = std::make_unique<auth::ControllerLink>(impl.loop, std::move(link), impl.link_hooks());
   return e;

@@ -26,7 +26,8 @@ struct EngineOptions {
   std::chrono::milliseconds heartbeat_interval{1'000};
   // No heartbeat answer from the controller for this long: drop the connection, reconnect.
   std::chrono::milliseconds controller_timeout{10'000};
-  // Without a controller for this long (in total since the last connection), exit.
+  // Without a controller for this long (in total since the last connection), exit. 0: never
+  // (the engines a cluster launches: they end with the cluster).
   std::chrono::milliseconds reconnect_give_up{120'000};
   // User labels ("--tag gpu=true"): values are JSON literals when they parse as one (true,
   // 4, "x"), strings otherwise. Host facts (hostname, cores, memory, pid) are added.

@@ -72,9 +72,14 @@ StatusOr<std::string> usable_engine_program(const std::string& program, const st
 // procs.next_engine_index on; appends the pids to track to procs.engines as they start (so a
 // failure can stop them): one per engine, or the one mpiexec of all of them.
 Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& engine_program,
-                     const std::string& profile, const std::vector<std::string>& engine_args, int n,
+                     const std::string& profile, const std::vector<std::string>& given_engine_args, int n,
                      ClusterProcesses& procs) {
   const ProfilePaths paths = profile_paths(profile);
+  // A cluster's engines wait for their controller however long it is away (a restart with
+  // --reuse, a port held by an impostor meanwhile): they end with the cluster (cluster stop,
+  // cluster clean, engines stop, a lost SSH session, a cancelled job), not on their own.
+  std::vector<std::string> engine_args{"--give-up", "0"};
+  engine_args.insert(engine_args.end(), given_engine_args.begin(), given_engine_args.end());
   std::vector<std::string> engine{engine_program, "--profile", profile};
   engine.insert(engine.end(), engine_args.begin(), engine_args.end());
   if (launcher.kind == EngineLauncherOptions::Kind::kSlurm || launcher.kind == EngineLauncherOptions::Kind::kPbs) {
@@ -628,7 +633,7 @@ std::vector<std::string> clean_clusters() {
   std::vector<std::string> cleaned;
   for (const ClusterEntry& cluster : list_clusters()) {
     if (cluster.controller_alive) continue;
-    // Engines outlive a dead controller only until their link gives up; do not wait for that.
+    // Engines of a cluster never give up on their controller (--give-up 0): ended here.
     for (pid_t p : cluster.processes.engines) terminate(p, std::chrono::seconds(2));
     std::filesystem::remove(profile_paths(cluster.profile).run_dir + "/cluster.json");
     cleaned.push_back(cluster.profile);

@@ -807,6 +807,10 @@ StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const List
   if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) acceptor.bind(ep, ec);
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec == asio::error::address_in_use) {
+    return already_exists("cannot listen on " + options.host + ":" + std::to_string(options.port) +
+                          ": another process holds that address");
+  }
   if (ec) {
     return unavailable("cannot listen on " + options.host + ":" + std::to_string(options.port) + ": " + ec.message());
   }
@@ -868,10 +872,11 @@ asio::awaitable<void> dial_coro(asio::io_context& io, tls::Context context, Dial
   *finished = true;
   deadline.cancel();
   if (!hs.ok()) {
-    // Only a failed pin is a verdict on the server (kPermissionDenied: retrying cannot help);
-    // anything else (reset, timeout, a busy server) is kUnavailable and worth retrying.
+    // A failed pin is a verdict on this server, not on the controller (kUnauthenticated: a
+    // local user may have taken the port while the real one restarts); anything else (reset,
+    // timeout, a busy server) is kUnavailable.
     if (ts->session->server_not_pinned()) {
-      done(permission_denied("TLS handshake with " + where +
+      done(unauthenticated("TLS handshake with " + where +
                              " failed: the controller's certificate does not match the pinned fingerprint in the "
                              "connection file (wrong or hostile controller?)"));
     } else {

@@ -127,6 +127,7 @@ struct ListenOptions {
 
 // Accepts TCP connections, runs the server side of the TLS handshake and hands each
 // established connection (limits: wire::Limits::pre_auth(), not yet started) to on_accept.
+// create() fails with kAlreadyExists when another socket holds the address.
 class Listener {
  public:
   using AcceptHandler = std::function<void(std::shared_ptr<Connection>)>;
@@ -147,7 +148,8 @@ struct DialOptions {
 
 // Connects and runs the client side of the TLS handshake, verifying the server by its pinned
 // fingerprint before anything is written. Calls `done` once on the loop's thread with a
-// connection (limits: wire::Limits{}, not yet started) or the reason it failed.
+// connection (limits: wire::Limits{}, not yet started) or the reason it failed:
+// kUnauthenticated for a server whose certificate does not match the pin.
 void dial(EventLoop& loop, const DialOptions& options,
           std::function<void(StatusOr<std::shared_ptr<Connection>>)> done);
 
