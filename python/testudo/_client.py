@@ -180,8 +180,26 @@ class Client:
             known = set(self._cached_ids(refresh=True))
             missing = [t for t in targets if t not in known]
             if missing:
-                raise IndexError(f"engine id(s) {missing} not registered (registered: {sorted(known)})")
+                raise IndexError(self._missing_engines_text(missing, known))
         return list(targets)
+
+    def _missing_engines_text(self, missing, known):
+        """Why `missing` ids cannot be targets: ids the cluster gave out belong to engines that are
+        gone (an id is never given to another engine, so their variables are nowhere now)."""
+        try:
+            issued = json.loads(self._native.engines_json()).get("next_engine_id", 0)
+        except (ConnectionError, ValueError):
+            issued = 0
+        gone = [t for t in missing if 0 <= t < issued]
+        never = [t for t in missing if t not in gone]
+        parts = []
+        if gone:
+            parts.append((f"engine {gone[0]} is gone" if len(gone) == 1 else f"engines {gone} are gone")
+                         + ": disconnected or its process ended (a restarted engine gets a new id)")
+        if never:
+            parts.append(f"engine {never[0]} is not registered" if len(never) == 1
+                         else f"engine ids {never} are not registered")
+        return "; ".join(parts) + f" (registered: {sorted(known)})"
 
     def __len__(self):
         return len(self.ids)
@@ -192,7 +210,7 @@ class Client:
             engine = self._engine_at(key)
             ids = self.ids
             if engine not in ids:
-                raise IndexError(f"engine {key} is not registered (registered: {ids})")
+                raise IndexError(self._missing_engines_text([engine], set(ids)))
             return DirectView(self, engine, block=self.block)
         if isinstance(key, (slice, list, tuple, range)):
             return DirectView(self, self._build_targets(key if not isinstance(key, tuple) else list(key)),

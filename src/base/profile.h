@@ -3,7 +3,8 @@
 //       security/  0700  controller-client.json, controller-engine.json, controller state
 //       log/       0700  controller.log, engine-<pid>.log
 //       run/       0700  pid files of a launched cluster
-//       state/     0700  tasks.sqlite (+ tasks.sqlite.results/): every task and result
+//       state/     0700  tasks.sqlite (+ tasks.sqlite.results/): every task and result;
+//                        engine-ids.json: each engine process's id, for controller --reuse
 // Thread-safe (pure functions of the environment).
 #pragma once
 

@@ -277,8 +277,23 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
   }
   auto j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded()) return fail(data_loss("malformed status from the controller"));
-  std::printf("controller up %.0f s; %zu engine(s), %d client(s), %llu task(s) done, %llu in flight\n",
-              j.value("uptime_s", 0.0), j["engines"].size(), j.value("clients", 0),
+  // After a restart with --reuse, which engines of the previous run are back with their ids
+  // (one line, so that the engine table stays where scripts look for it).
+  std::string since = "?";
+  if (j.contains("started_at") && j["started_at"].is_string()) since = j["started_at"].get<std::string>();
+  if (j.contains("resumed") && j["resumed"].is_boolean() && j["resumed"].get<bool>()) {
+    std::string back;
+    if (j.contains("engines_back") && j["engines_back"].is_array()) {
+      for (const auto& id : j["engines_back"]) {
+        if (id.is_number_unsigned()) back += (back.empty() ? "" : ", ") + std::to_string(id.get<std::uint64_t>());
+      }
+    }
+    since += ", restarted with --reuse; " +
+             (back.empty() ? std::string("no engine of the previous run is back yet")
+                           : "back with their ids: engine(s) " + back);
+  }
+  std::printf("controller up %.0f s (since %s); %zu engine(s), %d client(s), %llu task(s) done, %llu in flight\n",
+              j.value("uptime_s", 0.0), since.c_str(), j["engines"].size(), j.value("clients", 0),
               static_cast<unsigned long long>(j.value("tasks_completed", 0ull)),
               static_cast<unsigned long long>(j.value("tasks_in_flight", 0ull)));
   // Host and restarts come from what each engine reported at registration (its tags).

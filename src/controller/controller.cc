@@ -210,6 +210,7 @@ struct Controller::Impl {
   ControllerOptions options;
   std::unique_ptr<Gatekeeper> gate;
   std::unique_ptr<TaskStore> store;
+  std::unique_ptr<EngineIds> engine_ids;
   net::EventLoop loop;
   std::unique_ptr<StoredResults> results;  // its timers run on `loop`; commits at destruction
   std::unique_ptr<auth::CapabilityAdmission> admission;
@@ -269,6 +270,15 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
                            << " task(s) of the previous run did not finish; they are recorded as lost";
   }
 
+  // Beside the task store, in a file of its own: written once per new engine process and read
+  // only with --reuse, while the task store is written every few milliseconds and kept either way.
+  TESTUDO_ASSIGN_OR_RETURN(impl.engine_ids, EngineIds::open(paths.state_dir + "/engine-ids.json", options.reuse));
+  if (!impl.engine_ids->from_previous_run().empty()) {
+    LOG_INFO("controller") << impl.engine_ids->from_previous_run().size()
+                           << " engine(s) of the previous run keep their ids if they come back; new engines start at "
+                           << impl.engine_ids->next_id();
+  }
+
   HubOptions hub_options;
   auto scheme = parse_scheme(options.scheme);
   if (!scheme) return invalid_argument("unknown scheme '" + options.scheme + "': leastload, lru, twobin, weighted or random");
@@ -288,8 +298,9 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   impl.results = std::make_unique<StoredResults>(*impl.store, *impl.gate, impl.loop);
   impl.admission = std::make_unique<auth::CapabilityAdmission>(
       auth::CapabilityAdmission::Capabilities{state.client_capability, state.engine_capability}, *impl.gate);
-  impl.hub = std::make_unique<Hub>(HubServices{impl.loop, *impl.admission, *impl.gate, *impl.results}, hub_options,
-                                   [&impl] { impl.loop.stop(); });
+  impl.hub = std::make_unique<Hub>(
+      HubServices{impl.loop, *impl.admission, *impl.gate, *impl.results, *impl.engine_ids}, hub_options,
+      [&impl] { impl.loop.stop(); });
   impl.audit_flush = impl.loop.every(std::chrono::milliseconds(20), [&impl] { impl.gate->flush(); });
   // A changed policy file, trust directory or CRL takes effect within a second; expiry of
   // connected peers' certificates is looked at every half minute.

@@ -14,9 +14,11 @@ Hub::Hub(HubServices services, HubOptions options, std::function<void()> on_stop
       admission_(services.admission),
       gate_(services.gate),
       results_(services.results),
+      engine_ids_(services.engine_ids),
       options_(std::move(options)),
       on_stopped_(std::move(on_stopped)),
       started_at_(clock_.now()),
+      started_unix_us_(clock_.unix_micros()),
       scheduler_(options_.scheduler, *this, options_.random_seed),
       acks_(clock_, [this](std::uint32_t client_id, std::vector<wire::Message> acks) {
         Peer* client = peers_.client(client_id);
@@ -115,11 +117,23 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
   wire::Message welcome;
   welcome.envelope.kind = MessageKind::kWelcome;
   if (admitted.identity.role == wire::Role::kEngine) {
-    auto id = peers_.engine_id_for(admitted.instance);
-    if (!id.ok()) return reject(peer, id.status().message());
-    peers_.admit_engine(peer, *id);
-    scheduler_.add_engine(*id);
-    welcome.envelope.engine_id = *id;
+    auto assigned = engine_ids_.assign(admitted.identity.fingerprint, admitted.instance);
+    if (!assigned.ok()) {
+      // Worth another try: the engine redials (a full disk may clear).
+      return reject(peer, "cannot record an engine id: " + assigned.status().message(), false,
+                    Outcome::kControllerFailed);
+    }
+    const std::uint32_t id = assigned->id;
+    if (Peer* stale = peers_.engine(id)) {
+      // The same process (same key, same secret instance id) on a new connection: it stopped
+      // hearing from us and redialed while its old connection still looks open here. The new
+      // one wins, or the engine would be refused until our heartbeat timeout noticed.
+      stale->connection->close(unavailable("engine " + std::to_string(id) + " reconnected on a new connection"));
+    }
+    peers_.admit_engine(peer, id);
+    scheduler_.add_engine(id);
+    welcome.envelope.engine_id = id;
+    if (assigned->returning && engine_ids_.from_previous_run().count(id)) engines_back_.insert(id);
   } else {
     peers_.admit_client(peer);
     welcome.envelope.client_id = peer.id;
@@ -175,8 +189,10 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
   Peer* found = peers_.find(serial);
   if (!found) return;
   Peer& peer = *found;
-  peers_.closed(peer);
-  if (peer.admitted && peer.role == wire::Role::kEngine) {
+  const bool indexed = peers_.closed(peer);
+  if (peer.admitted && peer.role == wire::Role::kEngine && !indexed) {
+    LOG_INFO("hub") << "engine " << peer.id << ": replaced connection closed (" << reason.message() << ")";
+  } else if (peer.admitted && peer.role == wire::Role::kEngine) {
     std::size_t affected = scheduler_.remove_engine(
         peer.id, "engine " + std::to_string(peer.id) + " died or disconnected while running this task (" +
                      reason.message() + ")");

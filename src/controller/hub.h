@@ -5,7 +5,7 @@
 // through untouched (docs/threat-model.md T17).
 //
 // Collaborators are handed in and outlive the hub: time and timers (Clock), admission, the
-// gatekeeper (authorization and audit) and the stored results. hub_test.cc drives it with
+// gatekeeper (authorization and audit), the stored results and the engine ids. hub_test.cc drives it with
 // fake connections and a fake clock.
 //
 // Threading: runs entirely on its clock's (loop's) thread; not thread-safe.
@@ -15,12 +15,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "auth/admission.h"
 #include "base/clock.h"
 #include "controller/ack_batcher.h"
+#include "controller/engine_ids.h"
 #include "controller/gatekeeper.h"
 #include "controller/peer_table.h"
 #include "controller/reports.h"
@@ -50,6 +52,7 @@ struct HubServices {
   auth::Admission& admission;
   Gatekeeper& gate;
   StoredResults& results;
+  EngineIds& engine_ids;  // which id an engine process gets (kept across restarts with --reuse)
 };
 
 class Hub : private SchedulerSink {
@@ -96,6 +99,8 @@ class Hub : private SchedulerSink {
   void send_to_client(Peer& client, wire::Message message);
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
                    Outcome status, const std::string& text);
+  // Why a direct request for engine `id`, which is not connected, cannot run.
+  std::string no_engine_text(std::uint32_t id) const;
   // SchedulerSink
   void dispatch(EngineId engine, TaskId id, const TaskSpec& task) override;
   void fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) override;
@@ -124,9 +129,13 @@ class Hub : private SchedulerSink {
   auth::Admission& admission_;
   Gatekeeper& gate_;
   StoredResults& results_;
+  EngineIds& engine_ids_;
   HubOptions options_;
   std::function<void()> on_stopped_;
   const Clock::TimePoint started_at_;
+  const std::int64_t started_unix_us_;
+  // Engines of the previous run (EngineIds::from_previous_run) that came back with their id.
+  std::set<std::uint32_t> engines_back_;
 
   PeerTable peers_;
   Scheduler scheduler_;

@@ -36,7 +36,8 @@ void Hub::on_control(Peer& client, wire::Message&& m) {
   switch (req.kind) {
     case MessageKind::kEngineList:
       if (!authorize(client, req, {auth::Operation::kStatus}, {}, MessageKind::kEngineListReply)) return;
-      return send_control_reply(client, MessageKind::kEngineListReply, req, engine_list_json(engine_reports()));
+      return send_control_reply(client, MessageKind::kEngineListReply, req,
+                                engine_list_json(engine_reports(), engine_ids_.next_id()));
     case MessageKind::kClusterStatus:
       if (!authorize(client, req, {auth::Operation::kStatus}, {}, MessageKind::kClusterStatusReply)) return;
       return send_control_reply(client, MessageKind::kClusterStatusReply, req,
@@ -217,6 +218,9 @@ ClusterReport Hub::cluster_report() {
   r.tasks_completed = tasks_completed_;
   r.connections_rejected = rejected_;
   r.uptime_s = seconds_between(started_at_, clock_.now());
+  r.started_unix_us = started_unix_us_;
+  r.resumed = engine_ids_.resumed();
+  r.engines_back.assign(engines_back_.begin(), engines_back_.end());
   return r;
 }
 

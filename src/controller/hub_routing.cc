@@ -174,8 +174,23 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   results_.started(id, engine);
 }
 
-void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& text) {
+std::string Hub::no_engine_text(std::uint32_t id) const {
+  const std::string engine = "engine " + std::to_string(id);
+  if (engine_ids_.issued(id)) {
+    // Ids are never given twice: this one was this engine's, and its namespace went with it.
+    return engine + " is gone: it disconnected or its process ended (a restarted engine gets a new id; " + engine +
+           "'s variables are not on any other engine)";
+  }
+  const std::uint32_t next = engine_ids_.next_id();
+  return "no engine with id " + std::to_string(id) +
+         (next == 0 ? std::string(" (no engine has registered yet)")
+                    : " (this cluster has given out ids 0 to " + std::to_string(next - 1) + ")");
+}
+
+void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& scheduler_text) {
   const std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
+  const std::string text =
+      why == TaskFailure::kNoSuchEngine && task.engine ? no_engine_text(*task.engine) : scheduler_text;
   reply_error(task.client_id, task.request_id, engine, route_status(why), text);
   results_.finished(id, stored_state(why), {}, text);
   for (const ResultWaiter& w : results_.take_waiters(id)) {

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "base/fake_clock.h"
 #include "base/test_temp_dir.h"
 #include "net/fake_connection.h"
@@ -93,7 +95,8 @@ class HubTest : public ::testing::Test {
  protected:
   void SetUp() override { start(HubOptions{}); }
 
-  void start(HubOptions options) {
+  // `resume`: the engine ids of the previous start() carry over, as with controller --reuse.
+  void start(HubOptions options, bool resume = false) {
     hub_.reset();
     results_.reset();
     store_.reset();  // one controller per store: the old one lets go first
@@ -110,7 +113,11 @@ class HubTest : public ::testing::Test {
     ASSERT_TRUE(store.ok()) << store.status().to_string();
     store_ = std::move(store).value();
     results_ = std::make_unique<StoredResults>(*store_, *gate_, clock_);
-    hub_ = std::make_unique<Hub>(HubServices{clock_, admission_, *gate_, *results_}, options, [this] { ++stopped_; });
+    auto ids = EngineIds::open(dir_.path() + "/state/engine-ids.json", resume);
+    ASSERT_TRUE(ids.ok()) << ids.status().to_string();
+    engine_ids_ = std::move(ids).value();
+    hub_ = std::make_unique<Hub>(HubServices{clock_, admission_, *gate_, *results_, *engine_ids_}, options,
+                                 [this] { ++stopped_; });
   }
 
   // A new connection that has sent `hello_text` (and been admitted, if it is well-formed).
@@ -136,6 +143,7 @@ class HubTest : public ::testing::Test {
   std::unique_ptr<Gatekeeper> gate_;
   std::unique_ptr<TaskStore> store_;
   std::unique_ptr<StoredResults> results_;
+  std::unique_ptr<EngineIds> engine_ids_;
   std::unique_ptr<Hub> hub_;
   int stopped_ = 0;
 };
@@ -355,15 +363,76 @@ TEST_F(HubTest, TooManyUnadmittedConnectionsPushOutTheOldest) {
   EXPECT_TRUE(fourth->is_open());
 }
 
-TEST_F(HubTest, AReconnectingEngineGetsItsIdBackButNotTwice) {
+TEST_F(HubTest, AReconnectingEngineGetsItsIdBackAndItsNewConnectionReplacesAStaleOne) {
   auto e = join("engine:same");
   const std::uint32_t id = engine_id_of(*e);
-  auto twin = join("engine:same");  // the same instance while the first is connected
-  EXPECT_FALSE(twin->is_open());
-  e->drop();
-  clock_.run_due();
+  auto other = join("engine:other");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 1, {id}));
+  ASSERT_EQ(e->sent_of(MessageKind::kExecute).size(), 1u);
+  // The same process redials while its old connection still looks open here (it stopped
+  // hearing us): the new connection takes the id, the old one is closed and its task fails.
   auto again = join("engine:same");
   EXPECT_EQ(engine_id_of(*again), id);
+  EXPECT_FALSE(e->is_open());
+  EXPECT_TRUE(again->is_open());
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kEngineDied);
+  clock_.run_due();
+  // The id now routes to the new connection (the old one's close did not take it away).
+  c->deliver(request(MessageKind::kExecute, 2, {id}));
+  EXPECT_EQ(again->sent_of(MessageKind::kExecute).size(), 1u);
+  again->drop();
+  clock_.run_due();
+  EXPECT_EQ(engine_id_of(*join("engine:same")), id);
+  EXPECT_NE(engine_id_of(*other), id);
+}
+
+TEST_F(HubTest, EnginesKeepTheirIdsAcrossAResumedRestartAndNewOnesNeverTakeThem) {
+  auto a = join("engine:a");
+  auto b = join("engine:b");
+  auto gone = join("engine:gone");
+  ASSERT_EQ(engine_id_of(*a), 0u);
+  ASSERT_EQ(engine_id_of(*b), 1u);
+  ASSERT_EQ(engine_id_of(*gone), 2u);
+  start(HubOptions{}, /*resume=*/true);  // the controller restarts with --reuse
+  // A newcomer arrives first and the old engines come back in another order.
+  EXPECT_EQ(engine_id_of(*join("engine:new")), 3u);
+  EXPECT_EQ(engine_id_of(*join("engine:b")), 1u);
+  EXPECT_EQ(engine_id_of(*join("engine:a")), 0u);
+  auto c = join("client:alice");
+  c->deliver(control(MessageKind::kClusterStatus, 1));
+  auto status = c->sent_of(MessageKind::kClusterStatusReply);
+  ASSERT_EQ(status.size(), 1u);
+  auto j = nlohmann::json::parse(status[0].segments.at(0).view());
+  EXPECT_EQ(j["resumed"], true);
+  EXPECT_EQ(j["engines_back"], nlohmann::json::array({0, 1}));
+  EXPECT_EQ(j["started_at"].get<std::string>().size(), 20u);  // 2024-05-01T12:00:00Z
+  // The engine that did not come back: its id is not reused, and a request to it says it is gone.
+  c->deliver(request(MessageKind::kExecute, 2, {2}));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kNoSuchEngine);
+  EXPECT_NE(replies[0].envelope.text.find("engine 2 is gone"), std::string::npos) << replies[0].envelope.text;
+  c->deliver(control(MessageKind::kEngineList, 3));
+  auto list = nlohmann::json::parse(c->sent_of(MessageKind::kEngineListReply).at(0).segments.at(0).view());
+  EXPECT_EQ(list["engines"], nlohmann::json::array({0, 1, 3}));
+  EXPECT_EQ(list["next_engine_id"], 4);
+  // Without --reuse the cluster starts over.
+  start(HubOptions{});
+  EXPECT_EQ(engine_id_of(*join("engine:b")), 0u);
+}
+
+TEST_F(HubTest, ARequestToAnIdNeverGivenOutSaysSo) {
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 1, {7}));
+  join("engine:e0");
+  c->deliver(request(MessageKind::kExecute, 2, {7}));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_EQ(replies[0].envelope.text, "no engine with id 7 (no engine has registered yet)");
+  EXPECT_EQ(replies[1].envelope.text, "no engine with id 7 (this cluster has given out ids 0 to 0)");
 }
 
 TEST_F(HubTest, ShutdownStopsEnginesClosesEveryoneAndReportsStopped) {

@@ -21,17 +21,6 @@ Peer* PeerTable::find(std::uint64_t serial) {
 
 void PeerTable::erase(std::uint64_t serial) { peers_.erase(serial); }
 
-StatusOr<std::uint32_t> PeerTable::engine_id_for(const std::string& instance) {
-  auto known = engine_id_by_instance_.find(instance);
-  if (known != engine_id_by_instance_.end()) {
-    if (engines_.count(known->second)) return failed_precondition("an engine with this instance id is already connected");
-    return known->second;
-  }
-  const std::uint32_t id = next_engine_id_++;
-  if (!instance.empty()) engine_id_by_instance_[instance] = id;
-  return id;
-}
-
 void PeerTable::admit_engine(Peer& peer, std::uint32_t id) {
   peer.admitted = true;
   peer.role = wire::Role::kEngine;
@@ -49,14 +38,17 @@ void PeerTable::admit_client(Peer& peer) {
   --unadmitted_;
 }
 
-void PeerTable::closed(Peer& peer) {
+bool PeerTable::closed(Peer& peer) {
   if (!peer.admitted) {
     --unadmitted_;
   } else if (peer.role == wire::Role::kEngine) {
-    engines_.erase(peer.id);
+    auto it = engines_.find(peer.id);
+    if (it == engines_.end() || it->second != &peer) return false;
+    engines_.erase(it);
   } else {
     clients_.erase(peer.id);
   }
+  return true;
 }
 
 Peer* PeerTable::engine(std::uint32_t id) {

@@ -1,7 +1,7 @@
 // The hub's connections: every one by serial from accept to close, the admitted engines and
-// clients by their ids, engine ids kept per process instance (an engine that reconnects gets
-// its id back), and the order of those not admitted yet, so that a flood of them pushes out
-// the oldest instead of locking real peers out (docs/threat-model.md T12).
+// clients by their ids (which engine id an engine gets is EngineIds' question), and the order
+// of those not admitted yet, so that a flood of them pushes out the oldest instead of locking
+// real peers out (docs/threat-model.md T12).
 //
 // Threading: the hub's loop thread, not thread-safe.
 #pragma once
@@ -49,14 +49,13 @@ class PeerTable {
   void erase(std::uint64_t serial);
   bool empty() const { return peers_.empty(); }
 
-  // The engine id for a process instance: the one it had before, or a new one. Fails if an
-  // engine of this instance is connected now.
-  StatusOr<std::uint32_t> engine_id_for(const std::string& instance);
-  // Marks `peer` admitted as engine `id` / as a new client (whose id this assigns).
+  // Marks `peer` admitted as engine `id` (no other connection may hold it: close that one
+  // first) / as a new client (whose id this assigns).
   void admit_engine(Peer& peer, std::uint32_t id);
   void admit_client(Peer& peer);
-  // Takes a peer out of the engine or client index when its connection closes.
-  void closed(Peer& peer);
+  // Takes a peer out of the engine or client index when its connection closes. Returns false
+  // for an engine whose id had already passed to a newer connection of the same engine.
+  bool closed(Peer& peer);
 
   Peer* engine(std::uint32_t id);
   Peer* client(std::uint32_t id);
@@ -71,12 +70,10 @@ class PeerTable {
 
  private:
   std::uint64_t next_serial_ = 1;
-  std::uint32_t next_engine_id_ = 0;
   std::uint32_t next_client_id_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<Peer>> peers_;
   std::map<std::uint32_t, Peer*> engines_;  // by id, in order (reports list them so)
   std::unordered_map<std::uint32_t, Peer*> clients_;
-  std::unordered_map<std::string, std::uint32_t> engine_id_by_instance_;
   std::deque<std::uint64_t> arrival_;  // serials not admitted, oldest first (may hold stale ones)
   std::size_t unadmitted_ = 0;
 };

@@ -1,5 +1,7 @@
 #include "controller/reports.h"
 
+#include <ctime>
+
 #include <nlohmann/json.hpp>
 
 namespace testudo::controller {
@@ -7,16 +9,24 @@ namespace {
 
 std::string dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
+std::string utc_text(std::int64_t unix_us) {
+  const std::time_t seconds = static_cast<std::time_t>(unix_us / 1'000'000);
+  std::tm tm{};
+  char text[32] = "";
+  if (::gmtime_r(&seconds, &tm) != nullptr) std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
 }  // namespace
 
-std::string engine_list_json(const std::vector<EngineReport>& engines) {
+std::string engine_list_json(const std::vector<EngineReport>& engines, std::uint32_t next_engine_id) {
   nlohmann::json ids = nlohmann::json::array();
   nlohmann::json tags = nlohmann::json::object();
   for (const auto& e : engines) {
     ids.push_back(e.id);
     tags[std::to_string(e.id)] = nlohmann::json::parse(e.info_json, nullptr, /*allow_exceptions=*/false);
   }
-  return dump({{"engines", ids}, {"tags", tags}});
+  return dump({{"engines", ids}, {"tags", tags}, {"next_engine_id", next_engine_id}});
 }
 
 std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler) {
@@ -36,7 +46,10 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"tasks_in_flight", report.tasks_in_flight},
                {"tasks_completed", report.tasks_completed},
                {"connections_rejected", report.connections_rejected},
-               {"uptime_s", report.uptime_s}});
+               {"uptime_s", report.uptime_s},
+               {"started_at", utc_text(report.started_unix_us)},
+               {"resumed", report.resumed},
+               {"engines_back", report.engines_back}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

@@ -30,12 +30,19 @@ struct ClusterReport {
   std::uint64_t tasks_completed = 0;
   std::uint64_t connections_rejected = 0;
   double uptime_s = 0;
+  std::int64_t started_unix_us = 0;        // when this controller started
+  // Whether it took over the engine ids of a previous run (a restart with --reuse), and which
+  // of that run's engines have registered again since, with their old ids.
+  bool resumed = false;
+  std::vector<std::uint32_t> engines_back;
 };
 
-// {"engines": [ids], "tags": {"<id>": {facts}}}
-std::string engine_list_json(const std::vector<EngineReport>& engines);
+// {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not
+// listed belong to engines that are gone (ids are never given twice).
+std::string engine_list_json(const std::vector<EngineReport>& engines, std::uint32_t next_engine_id);
 // {"engines": [{id, address, identity, in_flight, tasks_done, connected_s, last_heartbeat_s}],
-//  "clients", "tasks_in_flight", "tasks_completed", "connections_rejected", "uptime_s"}
+//  "clients", "tasks_in_flight", "tasks_completed", "connections_rejected", "uptime_s",
+//  "started_at" (UTC, "2024-05-01T12:00:00Z"), "resumed", "engines_back" ([ids])}
 std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler);
 // {"engines": {"<id>": {queue, tasks, completed, window}}, "unassigned", "waiting", "scheme", "hwm"}
 std::string queue_status_json(const Scheduler& scheduler);

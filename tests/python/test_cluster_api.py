@@ -258,8 +258,10 @@ def test_a_killed_engine_is_restarted_with_a_new_id_and_the_cluster_keeps_its_si
             return len(ids) == 2 and old_ids[0] not in ids
 
         assert wait_until(replaced, 30), rc.ids
-        tags = rc.engine_tags()
         (new_id,) = set(rc.ids) - set(old_ids)
+        # An engine is listed from its welcome; its signed facts follow one round trip later.
+        assert wait_until(lambda: "restarts" in rc.engine_tags().get(new_id, {}), 10)
+        tags = rc.engine_tags()
         assert tags[new_id]["restarts"] == 1
         assert rc[new_id].apply_sync(lambda: 6 * 7) == 42
         # The pid the launcher tracks is the supervisor's: `engines list` still names every engine.
