@@ -238,6 +238,32 @@ def test_apply_result_not_unpicklable_here(dview):
     assert "generator" in str(info.value.elist[0][1])
 
 
+def test_function_from_a_module_that_imports_testudo(dview, tmp_path, monkeypatch):
+    # A function of an importable module travels by reference: the engines import the module,
+    # and so testudo with it, into a process that already runs testudo's engine module.
+    (tmp_path / "usermod_imports_testudo.py").write_text(
+        "import os\nimport numpy as np\nimport testudo\n\n"
+        "def where():\n    return testudo.__name__, os.getpid()\n\n"
+        "def doubled(a):\n    return a * 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usermod_imports_testudo as usermod
+    dview.execute(f"import sys; sys.path.insert(0, {str(tmp_path)!r})")
+    try:
+        names = dview.apply(usermod.where)
+        assert [n for n, _ in names] == ["testudo"] * 4
+        assert len({pid for _, pid in names}) == 4
+        # Received segments still reach numpy without a copy once both modules are loaded,
+        # in either direction, large enough (4 MiB) to travel out of band.
+        big = np.arange(1 << 19, dtype=np.float64)
+        back = dview.apply(usermod.doubled, big)
+        for b in back:
+            np.testing.assert_array_equal(b, big * 2)
+        dview.push({"big": big})
+        np.testing.assert_array_equal(dview.pull("big", targets=0), big)
+    finally:
+        dview.execute(f"import sys; sys.path.remove({str(tmp_path)!r})")
+
+
 # ----- remote errors -----
 
 
