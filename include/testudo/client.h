@@ -158,8 +158,9 @@ class Client {
   // {"engines": [ids], "tags": {"<id>": {"hostname": ..., "cores": ..., user tags...}}}
   StatusOr<std::string> engines_json();
 
-  // With display_result, the repr of a trailing expression's value (if not None) comes back
-  // as the reply's one value segment, as IPython's Out[...] shows it.
+  // Each engine's reply has one value segment, JSON: {"execution_count": n} and, with
+  // display_result and a trailing expression whose value is not None, "data" (mime type ->
+  // text; "text/plain" is what IPython's Out[...] shows) and "metadata".
   AsyncResult execute(const std::vector<EngineId>& targets, std::string_view code, bool display_result = false);
   // name -> Python literal text (evaluated on the engine with ast.literal_eval).
   AsyncResult push_literals(const std::vector<EngineId>& targets,

@@ -12,7 +12,8 @@ import threading
 import time
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, LOGGER, PENDING
 
-from . import _testudo, error
+from . import _execute_reply, _testudo, error
+from ._execute_reply import ExecuteReply
 
 _ANY_ENGINE = _testudo.ANY_ENGINE
 _FINISHED = FINISHED
@@ -72,8 +73,8 @@ class AsyncResult(concurrent.futures.Future):
     """Result of execute/apply/push/pull/map on one or more engines.
 
     `children` are native requests; their targets, in order, make up this result's
-    targets. `kind` says how to turn one engine's reply into a value: 'none' (execute, push),
-    'pickle' (pull, apply), 'execute' (execute with a displayed result). `watch`: have the
+    targets. `kind` says how to turn one engine's reply into a value: 'none' (push, clear),
+    'pickle' (pull, apply), 'execute' (an ExecuteReply). `watch`: have the
     client's dispatcher thread complete the Future as soon as the replies are in, even before
     anything observes it (see _watch; not needed by any caller here).
     """
@@ -251,10 +252,12 @@ class AsyncResult(concurrent.futures.Future):
 
     @property
     def metadata(self):
-        """Per engine: engine_id, submitted, started, completed, received, stdout, stderr, status."""
+        """Per engine: msg_id, engine_id, submitted, started, completed, received, stdout,
+        stderr, status, error, execute_result, outputs (ipyparallel's keys that testudo has)."""
         if not self.ready():
             return [_Metadata(engine_id=t, submitted=self._submitted, started=None, completed=None,
-                              received=None, stdout="", stderr="", status="pending") for t in self.targets]
+                              received=None, stdout="", stderr="", status="pending",
+                              execute_result=None, outputs=[]) for t in self.targets]
         md = self._metadata
         return md[0] if self._single else md
 
@@ -272,15 +275,29 @@ class AsyncResult(concurrent.futures.Future):
     def _build_metadata(self):
         submitted, received, RemoteError = self._submitted, self._received, error.RemoteError
         md = []
-        for (engine_id, _, ok, started, completed, stdout, stderr), value in zip(self._outcomes, self._raw):
-            failed = isinstance(value, RemoteError)
-            md.append(_Metadata(
-                engine_id=engine_id, submitted=submitted,
-                started=started or None, completed=completed or None,
-                received=received, stdout=stdout, stderr=stderr,
-                status="error" if failed or not ok else "ok",
-                error=value if failed else None))
+        for outcome, value in zip(self._outcomes, self._raw):
+            if isinstance(value, ExecuteReply):
+                md.append(value.metadata)  # one dict, as in ipyparallel: reply.metadata is ar.metadata[i]
+                continue
+            m = _outcome_metadata(outcome, submitted, received)
+            if isinstance(value, RemoteError):
+                m["status"], m["error"] = "error", value
+            md.append(m)
         return md
+
+    @property
+    def execute_result(self):
+        """Per engine, IPython's execute_result of an execute(silent=False) whose code ends in an
+        expression ({'data': {mime: value}, 'metadata': {}, 'execution_count': n}), else None."""
+        md = self.metadata
+        return md["execute_result"] if self._single else [m["execute_result"] for m in md]
+
+    @property
+    def outputs(self):
+        """Per engine, the display_data outputs published while the request ran: always empty,
+        as an engine has no IPython display publisher (display() prints its text to stdout)."""
+        md = self.metadata
+        return md["outputs"] if self._single else [m["outputs"] for m in md]
 
     @property
     def stdout(self):
@@ -355,16 +372,43 @@ class AsyncResult(concurrent.futures.Future):
         out.flush()
 
     def display_outputs(self, groupby="type", result_only=False):
-        """Prints each engine's stdout and stderr ('[stdout:0] ...'), as ipyparallel does."""
+        """Republishes the engines' outputs, as ipyparallel does: a single-engine result's stdout
+        and stderr as they are; several engines' under '[stdout:0]' headers, grouped by
+        `groupby` — 'type' (every stdout, then every stderr), 'engine' (each engine's streams
+        together) or 'order' (as 'type'). Inside IPython, execute results are displayed too
+        (Out[engine:count]); `result_only` shows only those."""
         self._check_ready()
-        if result_only:
+        if groupby not in ("type", "engine", "order"):
+            raise ValueError(f"groupby must be one of 'type', 'engine', 'order', not {groupby!r}")
+        printer = _StreamPrinter()
+        ip = _execute_reply._get_ipython()
+        md = self._metadata_list()
+        if self._single:
+            if not result_only:
+                printer.show(md[0]["stdout"])
+                printer.show(md[0]["stderr"], file=sys.stderr)
+            if ip is not None and md[0]["execute_result"] is not None:
+                _display(self._raw[0])
             return
-        for m in self._metadata_list():
-            for stream, dest in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-                text = m[stream]
-                if text:
-                    dest.write(f"[{stream}:{m['engine_id']}] " + text + ("" if text.endswith("\n") else "\n"))
-        sys.stdout.flush()
+        if groupby == "engine":
+            for m, value in zip(md, self._raw):
+                eid = m["engine_id"]
+                if not result_only:
+                    printer.show(m["stdout"], f"[stdout:{eid}] ")
+                    printer.show(m["stderr"], f"[stderr:{eid}] ", file=sys.stderr)
+                if ip is not None and m["execute_result"] is not None:
+                    print(f"[output:{eid}]")
+                    _display(value)
+            return
+        if not result_only:
+            for m in md:
+                printer.show(m["stdout"], f"[stdout:{m['engine_id']}] ")
+            for m in md:
+                printer.show(m["stderr"], f"[stderr:{m['engine_id']}] ", file=sys.stderr)
+        if ip is not None:
+            for m, value in zip(md, self._raw):
+                if m["execute_result"] is not None:
+                    _display(value)
 
     # ipyparallel's message tracking (track=True): when the request's own buffers (pushed
     # arrays, arguments) may be changed again. testudo sends them without a copy and holds them
@@ -430,16 +474,23 @@ class AsyncResult(concurrent.futures.Future):
     def _metadata_list(self):
         return self._metadata or []
 
-    def _value(self, segments, task_id):
-        """One engine's value from its reply's segments."""
+    def _value(self, segments, outcome):
+        """One engine's value from its reply's segments; `outcome` is the reply's
+        (engine_id, task_id, ok, started, completed, stdout, stderr)."""
         if self._kind == "pickle":
             if not segments:
                 return None
             value = _loads(segments[0], buffers=segments[1:]) if len(segments) > 1 else _loads(segments[0])
             return self._transform(value) if self._transform else value
         if self._kind == "execute":
-            return segments[0].tobytes().decode("utf-8", "replace") if segments else None
+            return self._execute_reply(segments, outcome)
         return None
+
+    def _execute_reply(self, segments, outcome):
+        count, execute_result = _execute_reply.decode(segments)
+        md = _outcome_metadata(outcome, self._submitted, None)
+        md["execute_result"] = execute_result
+        return ExecuteReply(md["msg_id"], {"status": "ok", "execution_count": count}, md)
 
     def _error(self, reply):
         """The exception for one engine's reply that did not succeed: by its outcome, through
@@ -458,7 +509,7 @@ class AsyncResult(concurrent.futures.Future):
                 for i, outcome in enumerate(child.outcome()):
                     try:
                         if outcome[2]:
-                            value = self._value(outcome[7], outcome[1])
+                            value = self._value(outcome[7], outcome)
                         else:
                             if replies is None:
                                 replies = child.replies()
@@ -470,7 +521,10 @@ class AsyncResult(concurrent.futures.Future):
                     outcomes.append(outcome[:7])  # not the segments: the value may be large
             self._raw = raw
             self._outcomes = outcomes
-            self._received = time.time()
+            self._received = received = time.time()
+            for value in raw:
+                if isinstance(value, ExecuteReply):
+                    value.metadata["received"] = received
             self._client._untrack(self._children)
             # Inside the lock, before _finished: whoever sees _finished sees the outcome.
             if self._state not in _CANCELLED:  # a cancel() that came first stands
@@ -511,12 +565,12 @@ class AsyncHubResult(AsyncResult):
         super().__init__(client, [child], "get_result", "pickle", single=single, watch=watch)
         self._task_id_cache = list(kinds)
 
-    def _value(self, segments, task_id):
-        kind = self._kinds.get(task_id, "")
+    def _value(self, segments, outcome):
+        kind = self._kinds.get(outcome[1], "")
         if kind in ("apply", "pull"):
             return pickle.loads(segments[0], buffers=segments[1:]) if segments else None
-        if kind == "execute" and segments:
-            return segments[0].tobytes().decode("utf-8", "replace")
+        if kind == "execute":
+            return self._execute_reply(segments, outcome)
         return None
 
 
@@ -534,3 +588,43 @@ class AsyncMapResult(AsyncResult):
 
     def __iter__(self):
         yield from self.get()
+
+
+def _outcome_metadata(outcome, submitted, received):
+    """ipyparallel's metadata keys for one engine's reply (engine_id, task_id, ok, started,
+    completed, stdout, stderr, ...)."""
+    engine_id, task_id, ok, started, completed, stdout, stderr = outcome[:7]
+    return _Metadata(
+        msg_id=str(task_id), engine_id=engine_id, submitted=submitted,
+        started=started or None, completed=completed or None, received=received,
+        stdout=stdout, stderr=stderr, status="ok" if ok else "error", error=None,
+        execute_result=None, outputs=[])
+
+
+def _display(value):
+    from IPython.display import display
+    display(value)
+
+
+class _StreamPrinter:
+    """ipyparallel's stream republishing: a header ('[stdout:0] ') on its own line before the
+    text, repeated only when it changes, and a line break before a header when the previous
+    text did not end with one."""
+
+    def __init__(self):
+        self._last_prefix = ""
+        self._trailing_newline = True
+
+    def show(self, text, prefix="", file=None):
+        if not text:
+            return
+        file = sys.stdout if file is None else file
+        if prefix:
+            if prefix == self._last_prefix:
+                prefix = ""
+            else:
+                self._last_prefix = prefix
+        pre = "\n" if prefix and not self._trailing_newline else ""
+        sep = "\n" if prefix else ""
+        self._trailing_newline = text.endswith("\n")
+        print(f"{pre}{prefix}{sep}{text}", file=file, end="")

@@ -8,12 +8,15 @@ import time
 import weakref
 from collections.abc import Iterable
 
-from . import _testudo, error
+from . import _dbquery, _testudo, error
 from ._asyncresult import AsyncResult, _seconds
 from ._tunnel import SshTunnel
 from ._view import DirectView
 
 _live_clients = weakref.WeakSet()
+
+# Records per db_query request to the controller (its largest page is 100,000).
+_DB_PAGE = 10_000
 
 
 @atexit.register
@@ -419,9 +422,14 @@ class Client:
         return self.interrupt("all" if targets is None else targets)
 
     def queue_status(self, targets="all", verbose=False):
-        """{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n, 'waiting': n}."""
+        """{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n}, as
+        ipyparallel's: 'unassigned' counts the load-balanced tasks not on an engine yet, those
+        whose dependencies are not met included."""
+        if verbose:
+            raise NotImplementedError("queue_status(verbose=True): the controller reports counts, not msg_ids")
         report = json.loads(self._native.queue_status())
-        # ipyparallel's shape: the controller's extra figures (e.g. the window) stay out.
+        # ipyparallel's shape: the controller's extra figures (the window, waiting tasks apart
+        # from queued ones, the scheme) stay out.
         out = {int(k): {key: v[key] for key in ("queue", "tasks", "completed")}
                for k, v in report["engines"].items()}
         if isinstance(targets, int):
@@ -429,8 +437,7 @@ class Client:
         if targets != "all":
             wanted = set(self._build_targets(targets))
             out = {k: v for k, v in out.items() if k in wanted}
-        out["unassigned"] = report["unassigned"]
-        out["waiting"] = report["waiting"]
+        out["unassigned"] = report["unassigned"] + report["waiting"]
         return out
 
     # ----- stored results (this user's tasks, from any connection or process) -----
@@ -466,35 +473,40 @@ class Client:
         return out
 
     def db_query(self, query=None, keys=None):
-        """Records of your tasks. `query`: {'msg_id': {'$in': [...]}}, {'state': 'failed'} or
-        {'state': {'$in': [...]}}, {'completed': {'$ne': None}}, {'submitted': {'$gt': t}};
-        `keys` picks fields (msg_id, state, kind, engine_id, submitted, started, completed,
-        result_bytes, error)."""
-        query = query or {}
-        if "msg_id" in query:
-            cond = query["msg_id"]
-            records = self._records(list(cond["$in"]) if isinstance(cond, dict) else [cond])
-            records = [r for r in records if r["state"] != "unknown"]
+        """Records of your tasks matching a MongoDB-style `query`, as ipyparallel's: {field:
+        value} or {field: {op: operand}} with $eq $ne $lt $gt $lte $gte $in $nin $all $mod
+        $exists, e.g. {'msg_id': {'$in': ids}}, {'state': {'$nin': ['succeeded']}},
+        {'completed': {'$ne': None}}, {'submitted': {'$gte': t}} (t in seconds since 1970 or a
+        datetime). Fields: msg_id, state, kind, engine_id, submitted, started, completed,
+        result_bytes, error; `keys` picks some (msg_id is always there). An unknown field or
+        operator is a ValueError."""
+        tests = _dbquery.compile_query(query)
+        keys = _dbquery.check_keys(keys)
+        wanted = _dbquery.msg_ids_wanted(tests)
+        if wanted is not None:
+            records = [r for r in self._records(wanted) if r["state"] != "unknown"] if wanted else []
         else:
-            flt = {}
-            state = query.get("state", query.get("status"))
-            if isinstance(state, dict) and "$in" in state:
-                flt["states"] = list(state["$in"])
-            elif isinstance(state, str):
-                flt["states"] = [state]
-            if query.get("completed") == {"$ne": None}:
-                flt["states"] = ["succeeded", "failed", "aborted", "lost"]
-            submitted = query.get("submitted")
-            if isinstance(submitted, dict) and "$gt" in submitted:
-                flt["submitted_after"] = float(submitted["$gt"])
-            records = json.loads(self._native.db_query(json.dumps(flt)))["records"]
+            flt = _dbquery.controller_filter(tests)
+            records = [] if flt is None else self._all_records(flt)
         out = []
         for r in records:
             rec = {"msg_id": str(r["task_id"]), "state": r["state"], "kind": r.get("kind"),
                    "engine_id": r.get("engine"), "submitted": r.get("submitted"), "started": r.get("started"),
                    "completed": r.get("completed"), "result_bytes": r.get("result_bytes"), "error": r.get("error")}
-            out.append({k: rec[k] for k in keys} if keys else rec)
+            if _dbquery.matches(rec, tests):
+                out.append({k: rec[k] for k in keys} if keys else rec)
         return out
+
+    def _all_records(self, flt):
+        """Every record the controller's filter keeps, a page at a time (in task id order)."""
+        records = []
+        flt = dict(flt, limit=_DB_PAGE)
+        while True:
+            page = json.loads(self._native.db_query(json.dumps(flt)))["records"]
+            records.extend(page)
+            if len(page) < _DB_PAGE:
+                return records
+            flt["after_task_id"] = int(page[-1]["task_id"])
 
     def purge_results(self, jobs=(), targets=()):
         """Delete stored results: `jobs` msg_ids/AsyncResults, or 'all' for every finished one

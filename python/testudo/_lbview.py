@@ -190,7 +190,7 @@ class _LoadBalancedMapResult(AsyncMapResult):
             for child in done:
                 pending.remove(child)
                 for reply in child.replies():
-                    value = self._value(reply.value, reply.task_id) if reply.ok else self._error(reply)
+                    value = self._value(reply.value, (reply.engine_id, reply.task_id)) if reply.ok else self._error(reply)
                     if isinstance(value, Exception):
                         raise value
                     yield from value

@@ -83,17 +83,9 @@ class ParallelMagics(Magics):
             # As ipyparallel: the remote error is raised, so IPython shows it (through
             # _render_traceback_) and marks the cell failed; outputs so far come first.
             ar.display_outputs()
-            self._show_outputs(ar)
             raise
-        ar.display_outputs()
-        self._show_outputs(ar)
+        ar.display_outputs()  # streams, then each execute result as Out[engine:count]
         return None
-
-    @staticmethod
-    def _show_outputs(ar):
-        for md, value in zip(ar._metadata_list(), ar._raw or []):
-            if isinstance(value, str):
-                print(f"Out[{md['engine_id']}]: {value}")
 
     def pxresult(self, line=""):
         """Show the outputs of the last %px run."""
@@ -101,7 +93,6 @@ class ParallelMagics(Magics):
             raise error.TestudoError("no %px result yet")
         self.last_result.wait()
         self.last_result.display_outputs()
-        self._show_outputs(self.last_result)
 
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock]: change the defaults of %px."""

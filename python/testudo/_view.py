@@ -228,14 +228,15 @@ class DirectView:
     def execute(self, code, silent=True, targets=None, block=None):
         """Run `code` in each engine's namespace. Returns the AsyncResult (waited for if blocking).
 
-        With silent=False the value of a trailing expression comes back as its repr, as
-        IPython's Out[...] would show it.
+        Each engine's value is an ExecuteReply, as in ipyparallel; with silent=False a trailing
+        expression's value is its `execute_result` (IPython's Out[...]: reply.data holds
+        'text/plain' and any richer types).
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
         ids, single = self._resolve(targets)
         child = self.client._native.execute(ids, code, not silent)
-        ar = AsyncResult(self.client, [child], "execute", "none" if silent else "execute", single=single)
+        ar = AsyncResult(self.client, [child], "execute", "execute", single=single)
         if self.block if block is None else block:
             ar.get()  # as ipyparallel: a blocking execute raises the engines' errors
         return ar
@@ -374,7 +375,8 @@ class DirectView:
         """Remove every user variable from the engines' namespaces."""
         code = ("for __testudo_name in [n for n in list(globals()) if not n.startswith('__')]:\n"
                 "    del globals()[__testudo_name]\n")
-        ar = self.execute(code, targets=targets, block=False)
+        ids, single = self._resolve(targets)
+        ar = AsyncResult(self.client, [self.client._native.execute(ids, code, False)], "clear", "none", single=single)
         return self._finish(ar, block)
 
     # ----- imports, decorators, waiting -----
@@ -443,17 +445,27 @@ class DirectView:
     def use_cloudpickle(self):
         """testudo.use_cloudpickle(); returns the engines' `import cloudpickle` (an AsyncResult)."""
         use_cloudpickle()
-        return self.execute("import cloudpickle")
+        return self._import_on_engines("cloudpickle", "use_cloudpickle")
 
     def use_pickle(self):
         """testudo.use_pickle() (back to cloudpickle, the default here)."""
         use_pickle()
-        return self.execute("import cloudpickle")
+        return self._import_on_engines("cloudpickle", "use_pickle")
 
     def use_dill(self):
         """testudo.use_dill(); returns the engines' `import dill` (an AsyncResult)."""
         use_dill()
-        return self.execute("import dill")
+        return self._import_on_engines("dill", "use_dill")
+
+
+    def _import_on_engines(self, module, fname):
+        # None per engine, as ipyparallel's view.use_dill() (an apply) gives, not ExecuteReplies.
+        ids, single = self._resolve()
+        ar = AsyncResult(self.client, [self.client._native.execute(ids, f"import {module}", False)], fname, "none",
+                         single=single)
+        if self.block:
+            ar.get()
+        return ar
 
 
 class BroadcastView(DirectView):

@@ -65,8 +65,11 @@ class PythonRuntime {
   PythonRuntime& operator=(const PythonRuntime&) = delete;
 
   // exec(code) in the user namespace (compiled with filename "<testudo-execute>").
-  // With display_result, a trailing expression's value, unless None, comes back as one
-  // value segment holding its repr (IPython's Out[...]); otherwise nothing comes back.
+  // On success one value segment comes back, JSON (UTF-8): {"execution_count": n}, as an
+  // IPython kernel counts (display_result executes count one each, failed or not). With
+  // display_result, a trailing expression's value, unless None, adds "data" (mime type ->
+  // text, as IPython's display formatter gives it; binary types in base64) and "metadata":
+  // IPython's execute_result, what ipyparallel shows as Out[...].
   TaskOutcome execute(std::string_view code, bool display_result = false);
 
   // segments[0]: pickle of a dict {name: value}; segments[1..]: its out-of-band buffers

@@ -1,6 +1,7 @@
 #include "engine/python_runtime.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <chrono>
@@ -107,11 +108,56 @@ TEST(PythonRuntimeTest, ReferenceExample) {
   EXPECT_EQ(repr_of("c"), "15");
 }
 
+// The execute reply's one segment, parsed (discarded JSON if it is not one valid document).
+nlohmann::json execute_reply(const TaskOutcome& o) {
+  EXPECT_TRUE(o.ok) << describe(o);
+  EXPECT_EQ(o.value_segments.size(), 1u);
+  if (o.value_segments.size() != 1) return nlohmann::json::value_t::discarded;
+  return nlohmann::json::parse(o.value_segments[0].to_string(), nullptr, /*allow_exceptions=*/false);
+}
+
 TEST(PythonRuntimeTest, TrailingExpressionIsNotDisplayed) {
   TaskOutcome o = rt().execute("1 + 1");
-  ASSERT_TRUE(o.ok) << describe(o);
   EXPECT_EQ(o.stdout_text, "");
-  EXPECT_TRUE(o.value_segments.empty());
+  nlohmann::json reply = execute_reply(o);
+  ASSERT_TRUE(reply.is_object()) << reply;
+  EXPECT_TRUE(reply.contains("execution_count"));
+  EXPECT_FALSE(reply.contains("data"));
+}
+
+TEST(PythonRuntimeTest, DisplayedResultIsIPythonsExecuteResult) {
+  const int before = execute_reply(rt().execute("pass")).value("execution_count", -1);
+  ASSERT_GE(before, 0);
+  nlohmann::json shown = execute_reply(rt().execute("shown = list(range(3))\nshown", /*display_result=*/true));
+  EXPECT_EQ(shown["execution_count"], before + 1);
+  EXPECT_EQ(shown["data"]["text/plain"], "[0, 1, 2]");
+  EXPECT_TRUE(shown["metadata"].is_object());
+  // None is not displayed, but counts; a silent execute reports the last count.
+  nlohmann::json none = execute_reply(rt().execute("None", /*display_result=*/true));
+  EXPECT_EQ(none["execution_count"], before + 2);
+  EXPECT_FALSE(none.contains("data"));
+  EXPECT_EQ(execute_reply(rt().execute("pass"))["execution_count"], before + 2);
+  // A failure counts too, as in IPython.
+  EXPECT_FALSE(rt().execute("1/0", /*display_result=*/true).ok);
+  EXPECT_EQ(execute_reply(rt().execute("pass"))["execution_count"], before + 3);
+}
+
+TEST(PythonRuntimeTest, DisplayedResultCarriesRichAndBinaryTypes) {
+  run("class Rich:\n"
+      "    def __repr__(self): return 'Rich()'\n"
+      "    def _repr_html_(self): return '<b>rich</b>'\n"
+      "    def _repr_png_(self): return b'\\x89PNG-ish'\n"
+      "    def _repr_json_(self): return {'unjsonable': object()}\n");
+  nlohmann::json reply = execute_reply(rt().execute("Rich()", /*display_result=*/true));
+  const nlohmann::json& data = reply["data"];
+  EXPECT_EQ(data["text/plain"], "Rich()");
+  EXPECT_EQ(data["text/html"], "<b>rich</b>");
+  EXPECT_EQ(data["image/png"], "iVBORy1pc2g=");  // base64 of b'\x89PNG-ish'
+  EXPECT_FALSE(data.contains("application/json"));  // not JSON: left out, the rest still shown
+  // Text that has no UTF-8 form (a lone surrogate) still makes valid JSON.
+  run("class OddRepr:\n    def __repr__(self): return 'odd \\ud800 é'\n");
+  nlohmann::json odd = execute_reply(rt().execute("OddRepr()", /*display_result=*/true));
+  EXPECT_EQ(odd["data"]["text/plain"], "odd ? \u00e9") << odd;
 }
 
 TEST(PythonRuntimeTest, OutputIsCapturedPerRequest) {

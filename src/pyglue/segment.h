@@ -1,6 +1,10 @@
 // Segment: a SharedBytes seen from Python through the buffer protocol, without a copy.
-// Shared by the engine's embedded module and the client's extension module: a numpy array
+// Defined by the engine's embedded module and by the client's extension module: a numpy array
 // unpickled from a Segment keeps it (and so the received bytes) alive by reference.
+// Module-local in each: both modules live in one interpreter when user code on an engine
+// imports testudo, and pybind11 refuses a second global registration of one C++ type. Neither
+// side hands its Segments to the other's C++ code (Python sees only a buffer), so a private
+// type per module is exact; sharing one would make the engine depend on the client extension.
 // Header-only; include only where pybind11 is available. Use with the GIL held.
 #pragma once
 
@@ -18,7 +22,7 @@ inline void define_segment(pybind11::module_& m) {
   namespace py = pybind11;
   // The buffer protocol wants a non-null pointer even for zero bytes.
   static unsigned char empty_byte = 0;
-  py::class_<Segment>(m, "Segment", py::buffer_protocol(),
+  py::class_<Segment>(m, "Segment", py::buffer_protocol(), py::module_local(),
                       "Received bytes (a message segment), exposed without a copy.")
       .def_buffer([](Segment& s) -> py::buffer_info {
         void* data = s.bytes.empty() ? static_cast<void*>(&empty_byte) : static_cast<void*>(s.bytes.data());

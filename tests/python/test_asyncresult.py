@@ -4,7 +4,9 @@ test_asyncresult.py; the tests are our own."""
 
 import asyncio
 import concurrent.futures
+import contextlib
 import re
+import sys
 import threading
 import time
 
@@ -65,7 +67,7 @@ def test_get_timeout_then_success(rc):
     assert isinstance(info.value, testudo.TimeoutError)
     assert str(info.value) == "Result not ready."
     assert not ar.ready()
-    assert ar.get(timeout=10) is None
+    assert ar.get(timeout=10).execute_result is None
     assert rc[0].pull("late", block=True) == "value"
     rc[:].clear(block=True)
 
@@ -168,12 +170,52 @@ def test_display_outputs(rc, capsys):
     capsys.readouterr()
     ar.display_outputs()
     captured = capsys.readouterr()
-    assert captured.out == "".join(f"[stdout:{i}] out 1\n" for i in range(4))
-    assert captured.err == "".join(f"[stderr:{i}] err\n" for i in range(4))
+    # As ipyparallel: each engine's header on its own line, every stdout before any stderr.
+    assert captured.out == "".join(f"[stdout:{i}] \nout 1\n" for i in range(4))
+    assert captured.err == "".join(f"[stderr:{i}] \nerr\n" for i in range(4))
+    ar.display_outputs("order")
+    assert capsys.readouterr() == captured
     pending = rc[0].execute("import time; time.sleep(0.5)")
     with pytest.raises(TimeoutError):
         pending.display_outputs()
     pending.get(timeout=10)
+
+
+def test_display_outputs_grouped_by_engine(rc, capsys):
+    ar = rc[:].execute("import sys\nprint('out', 1)\nprint('err', file=sys.stderr)")
+    ar.get(timeout=10)
+    capsys.readouterr()
+    with contextlib.redirect_stderr(sys.stdout):  # one stream, to see the order
+        ar.display_outputs("engine")
+    assert capsys.readouterr().out == "".join(f"[stdout:{i}] \nout 1\n[stderr:{i}] \nerr\n" for i in range(4))
+    with pytest.raises(ValueError, match="groupby"):
+        ar.display_outputs("bogus")
+
+
+def test_display_outputs_single_engine_and_empty_streams(rc, capsys):
+    one = rc[2].execute("print(5555, end='')")
+    one.get(timeout=10)
+    capsys.readouterr()
+    one.display_outputs()
+    assert capsys.readouterr().out == "5555"  # one engine: no header, text as it is
+    in_a_list = rc[[2]].execute("print('listed')")
+    in_a_list.get(timeout=10)
+    in_a_list.display_outputs()
+    assert capsys.readouterr().out == "[stdout:2] \nlisted\n"  # a list of one is not single
+    # Text without a final newline: the next header starts on a line of its own.
+    ragged = rc[:2].execute("print('x', end='')")
+    ragged.get(timeout=10)
+    ragged.display_outputs()
+    assert capsys.readouterr().out == "[stdout:0] \nx\n[stdout:1] \nx"
+    quiet = rc[:].execute("a = 5")
+    quiet.get(timeout=10)
+    quiet.display_outputs()
+    assert capsys.readouterr() == ("", "")
+    # result_only: no streams (and execute results are shown only inside IPython).
+    ar = rc[:].execute("print('hidden')\n1", silent=False)
+    ar.get(timeout=10)
+    ar.display_outputs(result_only=True)
+    assert "hidden" not in capsys.readouterr().out
 
 
 def test_wait_interactive(rc, capsys):

@@ -142,7 +142,7 @@ def test_single_engine_view_returns_bare_values(rc):
     assert view["x"] == 7
     assert view.apply(lambda a: a * 2, 21) == 42
     assert view.pull(["x"]) == [7]
-    assert view.execute("y = x + 1").get() is None
+    assert view.execute("y = x + 1").get().execute_result is None
     assert view.pull("y") == 8
     assert rc[[2]].pull("y", block=True) == [8]
 
@@ -173,7 +173,7 @@ def test_negative_engine_indices_count_from_the_end_of_ids(rc):
     assert {lview.apply_sync(getpid) for _ in range(4)} == {pids[3]}
     # Per call too, wherever an engine id is taken.
     assert rc[:].apply_async(getpid).get(timeout=10) == list(pids.values())
-    assert rc[:].execute("import os; pid = os.getpid()", targets=-3, block=True).get() is None
+    assert rc[:].execute("import os; pid = os.getpid()", targets=-3, block=True).get().engine_id == 1
     assert rc[1].pull("pid", block=True) == pids[1]
     assert rc.queue_status(targets=-1) == rc.queue_status(targets=3)
     with pytest.raises(IndexError, match="engine index -5 is out of range: 4 engine"):

@@ -5,6 +5,7 @@ local cluster."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
         nbformat.v4.new_code_cell("view = rc.activate()"),
         nbformat.v4.new_code_cell("%px print('engine says', 6 * 7)"),
         nbformat.v4.new_code_cell("%%px --targets ::2\nnote = 'even'\nprint('even engine', note)"),
+        nbformat.v4.new_code_cell("%px 6 * 7"),
         nbformat.v4.new_code_cell("print(rc[:].pull('note', targets=[0, 2], block=True))\nrc.close()"),
     ]
     path = tmp_path / "px.ipynb"
@@ -86,9 +88,15 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
     assert not [o for c in cells for o in c.outputs if o.output_type == "error"]
     assert _stdout_of(cells[0]) == f"kernel {PYTHON}\nengines [0, 1, 2, 3]\n"
     assert cells[1].outputs == []
-    assert _stdout_of(cells[2]) == "".join(f"[stdout:{i}] engine says 42\n" for i in range(4))
-    assert _stdout_of(cells[3]) == "[stdout:0] even engine even\n[stdout:2] even engine even\n"
-    assert _stdout_of(cells[4]) == "['even', 'even']\n"
+    assert _stdout_of(cells[2]) == "".join(f"[stdout:{i}] \nengine says 42\n" for i in range(4))
+    assert _stdout_of(cells[3]) == "[stdout:0] \neven engine even\n[stdout:2] \neven engine even\n"
+    # Execute results as ipyparallel shows them in a notebook: one display per engine, its text
+    # Out[engine:execution count], its prompt in red as IPython colours it.
+    shown = [o.data["text/plain"] for o in cells[4].outputs if o.output_type == "display_data"]
+    plain = [re.sub(r":\d+\]", ":N]", re.sub(r"\x1b\[[0-9;]*m", "", t)) for t in shown]
+    assert plain == [f"Out[{i}:N]: 42" for i in range(4)], cells[4].outputs
+    assert all(o.metadata == {} for o in cells[4].outputs)
+    assert _stdout_of(cells[5]) == "['even', 'even']\n"
     # The engines really ran it: the variable is there on the even engines only.
     assert rc[::2].pull("note", block=True) == ["even", "even"]
     with pytest.raises(Exception) as info:

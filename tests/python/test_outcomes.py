@@ -223,8 +223,6 @@ def test_dependency_failed_unreachable_and_timeout(rc, lview):
     assert slow.get(timeout=10) is None
 
 
-@pytest.mark.xfail(strict=True, reason="testudo cannot be imported on an engine yet: its extension module "
-                   "clashes with the engine's own (pybind11: type 'Segment' is already registered)")
 def test_task_reject_error_raised_by_user_code(rc):
     @testudo.interactive
     def reject():

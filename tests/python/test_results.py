@@ -141,6 +141,83 @@ def test_db_query_and_purge(rc):
     assert rc.db_query({"completed": {"$ne": None}}) == []
 
 
+def test_db_query_operators(rc):
+    import datetime
+    view = rc.load_balanced_view()
+    ars = [view.apply_async(lambda i: time.sleep(0.01) or i, i) for i in range(6)]
+    assert [ar.get(timeout=30) for ar in ars] == list(range(6))
+    bad = view.apply_async(lambda: 1 / 0)
+    with pytest.raises(testudo.RemoteError):
+        bad.get(timeout=30)
+    ids = [ar.msg_ids[0] for ar in ars] + bad.msg_ids
+    even, odd = ids[::2], ids[1::2]
+
+    def found(query, **kw):
+        return {r["msg_id"] for r in rc.db_query(query, **kw) if r["msg_id"] in ids}
+
+    assert found({"msg_id": {"$in": even}}) == set(even)
+    assert found({"msg_id": {"$nin": even}}) == set(odd)
+    assert found({"msg_id": {"$ne": ""}}) == set(ids)
+    assert found({"msg_id": {"$ne": ids[0]}}) == set(ids[1:])
+    assert found({"msg_id": ids[3]}) == {ids[3]}
+    assert found({"msg_id": {"$in": even, "$nin": [ids[0]]}}) == set(even[1:])
+    assert found({"state": {"$ne": "succeeded"}}) == set(bad.msg_ids)
+    assert found({"state": {"$nin": ["failed"]}}) == set(ids[:6])
+    assert found({"state": {"$in": ["failed", "aborted"]}, "msg_id": {"$in": ids}}) == set(bad.msg_ids)
+    # No state left: nothing, although the controller reads an empty list of states as any.
+    assert found({"state": {"$in": ["succeeded"], "$nin": ["succeeded"]}}) == set()
+
+    # Times: split the tasks at the middle one's submission, with floats and with datetimes.
+    middle = rc.db_query({"msg_id": ids[3]})[0]["submitted"]
+    before = found({"submitted": {"$lt": middle}})
+    after = found({"submitted": {"$gte": middle}})
+    assert before | after == set(ids) and not before & after
+    assert ids[3] in after and ids[0] in before and ids[-1] in after
+    assert found({"submitted": {"$gt": middle}}) == after - {ids[3]}
+    assert found({"submitted": {"$lte": middle}}) == before | {ids[3]}
+    assert found({"submitted": middle}) == {ids[3]}
+    as_datetime = datetime.datetime.fromtimestamp(middle)
+    assert found({"submitted": {"$gte": as_datetime}}) == after
+    assert found({"completed": {"$ne": None}, "started": {"$exists": True}}) == set(ids)
+    assert found({"engine_id": {"$in": rc.ids}}) == set(ids)
+
+    # keys: msg_id always there.
+    for rec in rc.db_query({"msg_id": {"$in": ids}}, keys=["submitted", "completed"]):
+        assert set(rec) == {"msg_id", "submitted", "completed"}
+    assert rc.db_query({"msg_id": ids[0]}, keys="state") == [{"msg_id": ids[0], "state": "succeeded"}]
+
+    # Unknown fields and operators are clear errors, never every record.
+    with pytest.raises(ValueError, match="unknown operator '\\$le'.*\\$lte"):
+        rc.db_query({"submitted": {"$le": middle}})
+    with pytest.raises(ValueError, match="unknown operator '\\$regex'"):
+        rc.db_query({"msg_id": {"$regex": "1"}})
+    with pytest.raises(ValueError, match="unknown field 'client_uuid'"):
+        rc.db_query({"client_uuid": "x"})
+    with pytest.raises(ValueError, match="unknown state 'done'"):
+        rc.db_query({"state": {"$ne": "done"}})
+    with pytest.raises(ValueError, match="unknown key 'buffers'"):
+        rc.db_query({}, keys=["buffers"])
+    with pytest.raises(TypeError):
+        rc.db_query({"msg_id": {"$in": 5}})
+
+
+def test_db_query_pages_through_every_record(rc, monkeypatch):
+    import testudo._client as client_module
+    monkeypatch.setattr(client_module, "_DB_PAGE", 3)
+    ars = [rc[0].apply_async(abs, -i) for i in range(8)]
+    ids = [ar.msg_ids[0] for ar in ars]
+    for ar in ars:
+        ar.get(timeout=30)
+    assert {r["msg_id"] for r in rc.db_query({"kind": "apply"})} >= set(ids)
+
+
+def test_controller_refuses_unknown_filter_keys(rc):
+    # The client evaluates what the controller cannot narrow; the controller still refuses a
+    # filter it does not know rather than answer with every record.
+    with pytest.raises(ValueError, match="unknown key 'owner'"):
+        rc._native.db_query(json.dumps({"owner": "x"}))
+
+
 def test_get_result_of_a_running_task_answers_when_it_ends(cluster, rc):
     rc[:].execute("import time", block=True)
     ar = rc[1].apply_async(lambda: time.sleep(1) or "late")

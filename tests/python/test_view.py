@@ -2,6 +2,7 @@
 ipyparallel's test_view.py (push/pull, execute, apply, map, scatter/gather, sync_imports,
 decorators, remote errors); the tests are our own."""
 
+import base64
 import os
 import threading
 
@@ -102,22 +103,84 @@ def test_execute_returns_async_result(dview):
     ar = dview.execute("a = 10")
     assert isinstance(ar, AsyncResult)
     assert ar.ready()
-    assert ar.get() == [None] * 4
+    replies = ar.get()
+    assert [type(r).__name__ for r in replies] == ["ExecuteReply"] * 4
+    assert [r.execute_result for r in replies] == [None] * 4
     assert dview["a"] == [10] * 4
 
 
-def test_execute_silent_false_returns_repr(dview):
-    dview["a"] = 10
-    assert dview.execute("a * 2", silent=False).get() == ["20", "20", "20", "20"]
-    assert dview.execute("'s'", silent=False).get() == ["'s'"] * 4
-    assert dview.execute("a * 2").get() == [None] * 4  # silent by default
+def test_execute_reply(rc):
+    # As ipyparallel's ExecuteReply: the execution count (IPython's, per engine), the
+    # displayed value's mime bundle, the engine's metadata as items and attributes.
+    e0 = rc[0]
+    first = e0.execute("a = 10\na * 2", silent=False, block=True)
+    reply = first.get()
+    n = reply.execution_count
+    assert n >= 1
+    assert repr(reply) == str(reply) == f"<ExecuteReply[{n}]: 20>"
+    assert reply.execute_result == {"data": {"text/plain": "20"}, "metadata": {}, "execution_count": n}
+    assert reply.data == {"text/plain": "20"}
+    assert reply.engine_id == reply["engine_id"] == 0 and reply.status == "ok"
+    assert reply.msg_id == first.msg_ids[0] == reply["msg_id"]
+    assert reply.metadata is first.metadata  # one dict, as in ipyparallel
+    assert reply._plaintext() == f"Out[0:{n}]: 20"
+    with pytest.raises(AttributeError):
+        reply.no_such_key
+    # silent (the default) neither counts nor displays; silent=False counts even for None.
+    quiet = e0.execute("a * 3", block=True)
+    assert quiet.get().execution_count == n and quiet.execute_result is None
+    assert repr(quiet.get()) == f"<ExecuteReply[{n}]: >"
+    none = e0.execute("None", silent=False, block=True).get()
+    assert none.execution_count == n + 1 and none.execute_result is None
+    # Long reprs are cut in repr(), and shown on their own line below Out[...].
+    long = e0.execute("list(range(30))", silent=False, block=True).get()
+    text = long.data["text/plain"]
+    assert text.startswith("[0,\n 1,\n") and len(text) > 32
+    assert repr(long) == f"<ExecuteReply[{n + 2}]: {text[:29]}...>"
+    assert long._plaintext().startswith(f"Out[0:{n + 2}]: \n[0,\n 1,")
+    # stdout and stderr of the request, as reply attributes.
+    printed = e0.execute("import sys; print(5); print('w', file=sys.stderr)", silent=False, block=True).get()
+    assert printed.stdout == "5\n" and printed.stderr == "w\n"
+
+
+def test_execute_result_per_engine(dview):
+    ar = dview.execute("b = 5\nb", silent=False)
+    assert [r["data"] for r in ar.execute_result] == [{"text/plain": "5"}] * 4
+    assert ar.outputs == [[]] * 4
+    assert [r.data for r in ar.get()] == [{"text/plain": "5"}] * 4
+    assert [r.engine_id for r in ar.get()] == [0, 1, 2, 3]
+    assert dview.execute("b").execute_result == [None] * 4  # silent by default
+
+
+def test_execute_reply_rich_types(rc):
+    # What an IPython kernel would send: IPython's display formatter runs on the engine.
+    e0 = rc[0]
+    e0.execute("from IPython.display import HTML, Image", block=True)
+    html = e0.execute("HTML('<b>bold</b>')", silent=False, block=True).get()
+    assert html._repr_html_() == "<b>bold</b>"
+    assert set(html.data) == {"text/plain", "text/html"}
+    png = e0.execute("Image(data=b'garbage', format='png', width=10)", silent=False, block=True).get()
+    data, metadata = png._repr_png_()
+    assert data.strip() == base64.b64encode(b"garbage").decode("ascii")
+    assert metadata == {"width": 10}
+    assert png._repr_svg_() is None
+    # IPython's pretty printer, not repr(): a set is sorted, as Out[...] shows it.
+    assert e0.execute("{3, 1, 2}", silent=False, block=True).get().data == {"text/plain": "{1, 2, 3}"}
+
+
+def test_execute_reply_from_the_controller(rc):
+    # rc.get_result of an execute: the same ExecuteReply, decoded from the stored reply.
+    ar = rc[1].execute("6 * 7", silent=False, block=True)
+    again = rc.get_result(ar.msg_ids[0], block=True)
+    assert again.execute_result == ar.get().execute_result
+    assert again.data == {"text/plain": "42"} and again.engine_id == 1
 
 
 def test_execute_nonblocking_and_targets(rc):
     view = rc[:]
     ar = view.execute("import time; time.sleep(0.3); e = 1")
     assert not ar.ready()
-    assert ar.get(timeout=10) == [None] * 4
+    assert [r.execute_result for r in ar.get(timeout=10)] == [None] * 4
     ar = view.execute("t = 'two'", targets=[2])
     ar.get(timeout=10)
     assert ar.targets == [2]
@@ -238,6 +301,32 @@ def test_apply_result_not_unpicklable_here(dview):
     assert "generator" in str(info.value.elist[0][1])
 
 
+def test_function_from_a_module_that_imports_testudo(dview, tmp_path, monkeypatch):
+    # A function of an importable module travels by reference: the engines import the module,
+    # and so testudo with it, into a process that already runs testudo's engine module.
+    (tmp_path / "usermod_imports_testudo.py").write_text(
+        "import os\nimport numpy as np\nimport testudo\n\n"
+        "def where():\n    return testudo.__name__, os.getpid()\n\n"
+        "def doubled(a):\n    return a * 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usermod_imports_testudo as usermod
+    dview.execute(f"import sys; sys.path.insert(0, {str(tmp_path)!r})")
+    try:
+        names = dview.apply(usermod.where)
+        assert [n for n, _ in names] == ["testudo"] * 4
+        assert len({pid for _, pid in names}) == 4
+        # Received segments still reach numpy without a copy once both modules are loaded,
+        # in either direction, large enough (4 MiB) to travel out of band.
+        big = np.arange(1 << 19, dtype=np.float64)
+        back = dview.apply(usermod.doubled, big)
+        for b in back:
+            np.testing.assert_array_equal(b, big * 2)
+        dview.push({"big": big})
+        np.testing.assert_array_equal(dview.pull("big", targets=0), big)
+    finally:
+        dview.execute(f"import sys; sys.path.remove({str(tmp_path)!r})")
+
+
 # ----- remote errors -----
 
 
@@ -288,7 +377,7 @@ def test_composite_error_from_some_engines(dview):
     with pytest.raises(testudo.CompositeError) as info:
         ar.get(timeout=10)
     assert [(e[0], e[3]["engine_id"]) for e in info.value.elist] == [("KeyError", 1), ("KeyError", 3)]
-    assert ar.get(timeout=10, return_exceptions=True)[0] is None
+    assert ar.get(timeout=10, return_exceptions=True)[0].engine_id == 0
     assert isinstance(ar.get(timeout=10, return_exceptions=True)[1], testudo.RemoteError)
 
 
@@ -421,7 +510,7 @@ def test_sync_imports_from_and_quiet(dview, capsys):
         import fractions  # noqa: F401,F811 (once is enough)
     assert capsys.readouterr().out == ("importing Decimal,getcontext from decimal on engine(s)\n"
                                        "importing fractions on engine(s)\n")
-    assert dview.execute("d = str(Decimal('1.5') * 2)").get() == [None] * 4
+    assert dview.execute("d = str(Decimal('1.5') * 2)").execute_result == [None] * 4
     assert dview["d"] == ["3.0"] * 4
 
 
