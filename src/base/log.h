@@ -4,6 +4,7 @@
 // Never log a secret, a capability, a proof or a payload: log names, sizes and ids.
 #pragma once
 
+#include <cstdint>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -15,6 +16,15 @@ enum class Level { kDebug = 0, kInfo, kWarning, kError };
 // Sends every line to `path` (appended, created 0600) instead of stderr. Returns false if
 // the file cannot be opened; logging then stays on stderr.
 bool set_file(const std::string& path);
+
+// Keeps the log file below `max_bytes`: once a line would cross it, <path> becomes <path>.1
+// (.1 becomes .2, ... up to <path>.<keep>; older ones are removed) and a new <path> is
+// started, so no flood (of connections, of user output) can fill a disk with logs. The file
+// is set_file's, or stderr itself when it is a regular file (a launcher's log, e.g.
+// log/controller.log): then stderr, and stdout if it was the same file, move to the new file
+// too, so that whatever else the process writes there follows. 0 turns rotation off; stderr
+// on a terminal or pipe is never rotated. Returns the path rotated, or "" when none.
+std::string set_rotation(std::uint64_t max_bytes, int keep);
 void set_min_level(Level level);
 bool enabled(Level level);
 void write(Level level, std::string_view subsystem, std::string_view message);

@@ -45,7 +45,12 @@ void CommonOptions::add_to(CLI::App& app) {
   app.add_option("--profile", profile, "Profile name: files live in $TESTUDO_HOME/profile_<name>")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warning or error")->capture_default_str();
+  app.add_option("--log-max-bytes", log_max_bytes,
+                 "Rotate a log file (--log-file, or a launcher's log) beyond this size, keeping 4 old ones (0: never)")
+      ->capture_default_str();
 }
+
+void CommonOptions::apply_log_rotation() const { log::set_rotation(log_max_bytes, kLogFilesKept); }
 
 Status CommonOptions::apply_log_level() const {
   if (log_level == "debug") log::set_min_level(log::Level::kDebug);

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -34,11 +35,17 @@ CLI::Validator non_negative_seconds();
 struct CommonOptions {
   std::string profile = "default";  // files live in $TESTUDO_HOME/profile_<name>
   std::string log_level = "info";   // debug, info, warning or error
+  // A log file (--log-file, or stderr when a launcher made it a file) rotates beyond this,
+  // keeping kLogFilesKept old ones: a flood cannot fill the disk with logs. 0: never.
+  std::uint64_t log_max_bytes = 64ull << 20;
+  static constexpr int kLogFilesKept = 4;
 
   // Adds --profile and --log-level to `app` (bound to this object, which must outlive parsing).
   void add_to(CLI::App& app);
   // Sets the process's log level from log_level; kInvalidArgument for an unknown name.
   [[nodiscard]] Status apply_log_level() const;
+  // Starts rotating the log file, if the log is one (call after log::set_file, if any).
+  void apply_log_rotation() const;
 };
 
 }  // namespace testudo::cli

@@ -83,6 +83,7 @@ int engine_main(int argc, char** argv) {
   eopts.reconnect_give_up = std::chrono::milliseconds(static_cast<long long>(give_up_s * 1000));
   if (eopts.connection_file.empty()) eopts.connection_file = profile_paths(common.profile).engine_connection_file;
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
+  common.apply_log_rotation();
   // A closed pipe must not kill the engine mid-write; writes report EPIPE.
   std::signal(SIGPIPE, SIG_IGN);
   if (restart) {

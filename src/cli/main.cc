@@ -126,9 +126,11 @@ bool print_replies(const std::vector<EngineReply>& replies, const char* what) {
   return all_ok;
 }
 
-int run_controller(const std::string& profile, controller::ControllerOptions o, const std::string& log_file) {
+int run_controller(const std::string& profile, controller::ControllerOptions o, const std::string& log_file,
+                   const CommonOptions& common) {
   o.profile = profile;
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
+  common.apply_log_rotation();
   auto c = controller::Controller::create(o);
   if (!c.ok()) return fail(c.status());
   Status st = (*c)->run();
@@ -498,7 +500,7 @@ int main(int argc, char** argv) {
     copts.heartbeat_timeout = seconds(heartbeat_timeout_s);
     copts.trust_local = !no_trust_local;
     copts.port_wait = seconds(port_wait_s >= 0 ? port_wait_s : copts.reuse ? 60 : 0);
-    return run_controller(profile, copts, controller_log);
+    return run_controller(profile, copts, controller_log, common);
   }
   if (*start) {
     if (Status st = apply_profile_config(*start, profile_paths(profile).root + "/cluster.json"); !st.ok()) {

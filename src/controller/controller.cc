@@ -326,6 +326,9 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   listen.tls.ciphersuites = options.tls_ciphersuites;
   listen.handshake_timeout = options.hello_timeout;
   Hub* hub = impl.hub.get();
+  listen.on_handshake_failed = [hub](const std::string& peer, const std::string& reason) {
+    hub->connection_refused(peer, reason);
+  };
   TESTUDO_ASSIGN_OR_RETURN(impl.listener, listen_when_free(impl.loop, listen, options.port_wait, [hub](auto conn) {
                              hub->accept(std::move(conn));
                            }));

@@ -24,6 +24,13 @@ Hub::Hub(HubServices services, HubOptions options, std::function<void()> on_stop
         Peer* client = peers_.client(client_id);
         if (!client) return;
         for (auto& ack : acks) client->connection->send(std::move(ack));
+      }),
+      refusals_(clock_, [this](const std::string& host, std::uint64_t more, const std::string& reasons) {
+        const std::string summary = std::to_string(more) + " more connection(s) from " + host +
+                                    " refused in the last minute: " + reasons;
+        LOG_WARN("audit") << summary;
+        gate_.record(nullptr, host, "connection", "refused", {}, summary);
+        gate_.flush();
       }) {
   scheduler_.set_next_id(results_.next_task_id());
   auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
@@ -31,7 +38,15 @@ Hub::Hub(HubServices services, HubOptions options, std::function<void()> on_stop
   expiry_ = clock_.every(std::chrono::milliseconds(100), [this] { scheduler_.expire(clock_.now()); });
 }
 
+void Hub::connection_refused(const std::string& peer, const std::string& reason) {
+  if (refusals_.note(peer, reason)) {
+    LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << reason
+                    << " (more from this host this minute are summed)";
+  }
+}
+
 Hub::~Hub() {
+  refusals_.flush();
   for (auto& [serial, peer] : peers_.all()) peer->connection->close(unavailable("controller exiting"));
 }
 
@@ -157,6 +172,8 @@ void Hub::reject(Peer& peer, const std::string& reason, bool audited, Outcome st
                  reason);
     gate_.flush();
   }
+  // Each refusal after a handshake is audited and logged (a full TLS handshake each bounds
+  // their rate; the log rotates). Connections that fail earlier are summed: connection_refused.
   LOG_WARN("audit") << "rejected " << peer.connection->peer_address() << " ("
                     << (peer.admitted ? std::string(wire::role_name(peer.role)) + " " + std::to_string(peer.id)
                                       : std::string("unauthenticated"))
@@ -202,9 +219,10 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
     (void)acks_.take(peer.id);  // nobody to tell any more
     LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
   } else {
-    // Decoding errors, timeouts and refusals of peers that were never admitted.
-    LOG_INFO("hub") << "unauthenticated connection from " << peer.connection->peer_address()
-                    << " closed: " << reason.message();
+    // Decoding errors, timeouts and refusals of peers that were never admitted: their
+    // refusal was logged (or summed) already; the close itself only at debug level.
+    LOG_DEBUG("hub") << "unauthenticated connection from " << peer.connection->peer_address()
+                     << " closed: " << reason.message();
   }
   // Forgotten later: this may run inside one of the peer's own handlers.
   closed_.push_back(serial);

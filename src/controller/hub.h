@@ -25,6 +25,7 @@
 #include "controller/engine_ids.h"
 #include "controller/gatekeeper.h"
 #include "controller/peer_table.h"
+#include "controller/refusal_digest.h"
 #include "controller/reports.h"
 #include "controller/scheduler.h"
 #include "controller/stored_results.h"
@@ -63,6 +64,9 @@ class Hub : private SchedulerSink {
 
   // Takes a freshly accepted TLS connection (not started).
   void accept(std::shared_ptr<net::Connection> connection);
+  // A connection from `peer` that failed before reaching the hub (its TLS handshake): logged
+  // and audited per host through refusals_ (the first in full, the rest summed each minute).
+  void connection_refused(const std::string& peer, const std::string& reason);
   // Asks every engine to exit, closes every client, then calls on_stopped.
   void shutdown(const std::string& why);
   // Re-reads the policy, the trust directory and the CRL (SIGHUP), then re-checks the peers.
@@ -140,6 +144,7 @@ class Hub : private SchedulerSink {
   PeerTable peers_;
   Scheduler scheduler_;
   AckBatcher acks_;
+  RefusalDigest refusals_;  // unauthenticated connections refused, summed per host
   std::uint64_t tasks_completed_ = 0;
   std::uint64_t rejected_ = 0;
 

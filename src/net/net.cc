@@ -693,6 +693,7 @@ class TlsListener final : public Listener {
  public:
   struct State {
     AcceptHandler on_accept;
+    std::function<void(const std::string&, const std::string&)> on_handshake_failed;  // optional
     // Handshakes in progress, oldest first. When a new connection would exceed max_pending,
     // the oldest is aborted: a flood of idle connections then only ever delays real peers
     // by its own churn, it cannot lock them out (T12). A real handshake takes milliseconds.
@@ -778,7 +779,11 @@ class TlsListener final : public Listener {
     deadline.cancel();
     state->pending.remove(ts);
     if (!st.ok()) {
-      LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << st.message();
+      if (state->on_handshake_failed) {
+        state->on_handshake_failed(peer, st.message());
+      } else {
+        LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << st.message();
+      }
       co_return;
     }
     if (state->closed) co_return;
@@ -817,6 +822,7 @@ StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const List
   auto state = std::make_shared<TlsListener::State>();
   state->on_accept = std::move(on_accept);
   state->max_pending = options.max_pending_handshakes;
+  state->on_handshake_failed = options.on_handshake_failed;
   state->handshake_timeout = options.handshake_timeout;
   return std::unique_ptr<Listener>(new TlsListener(io, std::move(context), std::move(acceptor), std::move(state)));
 }

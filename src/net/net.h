@@ -123,6 +123,9 @@ struct ListenOptions {
   // oldest pending handshake (not the new one): a flood of idle connections then only delays
   // real peers by its own churn and cannot lock them out (T12).
   std::size_t max_pending_handshakes = 256;
+  // Told of every failed TLS handshake (peer "host:port", why), on the loop's thread, instead
+  // of a log line each: e.g. to sum a flood per host. Unset: logged at info level.
+  std::function<void(const std::string& peer, const std::string& reason)> on_handshake_failed;
 };
 
 // Accepts TCP connections, runs the server side of the TLS handshake and hands each
