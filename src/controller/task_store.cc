@@ -418,7 +418,6 @@ class SqliteTaskStore final : public TaskStore {
     queue(Submitted{std::move(record)});
   }
   void record_started(std::uint64_t id, std::uint32_t engine, std::int64_t at_us) override {
-    if (!admit(0)) return;
     queue(Started{id, engine, at_us});
   }
   void record_finished(std::uint64_t id, TaskState state, std::int64_t at_us, std::vector<SharedBytes> result,
@@ -431,7 +430,15 @@ class SqliteTaskStore final : public TaskStore {
     }
     std::uint64_t bytes = 0;
     for (const SharedBytes& s : result) bytes += s.size();
-    if (!admit(bytes)) return;
+    if (bytes > 0 && !admit(bytes)) {
+      // No room for the result: the finish is kept without it, so the task still ends and a
+      // later get_result says why there is no result (the submitter had it already).
+      error = "result of " + std::to_string(bytes) + " bytes not stored: the task store could not keep up (" +
+              (failing_ ? failure_ : std::string("too many result bytes waiting")) + ")";
+      state = TaskState::kFailed;
+      result.clear();
+      bytes = 0;
+    }
     pending_result_bytes_ += bytes;
     const std::uint64_t count = result.size();
     std::shared_ptr<FileJob> file;
@@ -876,8 +883,11 @@ Status SqliteTaskStore::transaction(Body&& body) {
 }
 
 bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
+  // Only new tasks count against max_pending_writes: a started or finished write of a task
+  // already recorded is always kept (dropping it would leave the task running forever in
+  // memory); room_for_tasks() keeps their number bounded.
   const auto full = [&] {
-    return pending_.size() >= options_.max_pending_writes ||
+    return (result_bytes == 0 && pending_.size() >= options_.max_pending_writes) ||
            (pending_result_bytes_ > 0 && pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
   };
   if (!full()) return true;
@@ -887,7 +897,7 @@ bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
   ++dropped_;
   if (!overflow_logged_) {
     LOG_ERROR(kLog) << options_.path << ": " << pending_.size() << " writes wait for a flush that keeps failing; "
-                    << "new writes are dropped (tasks not stored; unfinished ones will read as lost after a restart)";
+                    << "new task records and results are dropped and counted (the hub asks room_for_tasks() first)";
     overflow_logged_ = true;
   }
   return false;

@@ -108,8 +108,11 @@ struct TaskStoreOptions {
   std::uint64_t max_result_bytes = 4ull << 30;
   // Results bigger than this go to a file instead of the database (at most 256 MiB).
   std::uint64_t inline_limit = 16u << 20;
-  // Bounds on the pending queue while flush() fails (disk full): beyond either, new writes
-  // are dropped and counted (dropped_writes()), with an ERROR line.
+  // Bounds on the pending queue while flush() fails (disk full), with an ERROR line and
+  // counted in dropped_writes() when hit: beyond the first, a new task's record is dropped
+  // (the hub asks room_for_tasks() first, which refuses at half of it); beyond the second, a
+  // result is dropped and its task recorded kFailed with the reason. Started and finished
+  // writes themselves are never dropped.
   std::size_t max_pending_writes = 1u << 20;
   std::uint64_t max_pending_result_bytes = 1ull << 30;
 };

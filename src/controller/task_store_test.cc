@@ -920,6 +920,7 @@ TEST(TaskStore, StoppingOnAFullDiskLeavesEveryHandedOutIdLostNeverUnknown) {
   TaskStoreOptions o;
   o.path = disk + "/tasks.sqlite";
   o.max_pending_writes = 100;
+  o.max_pending_result_bytes = 1 << 20;
   const std::string filler = disk + "/filler";
   std::uint64_t handed_out_until = 0;
   {
@@ -944,14 +945,19 @@ TEST(TaskStore, StoppingOnAFullDiskLeavesEveryHandedOutIdLostNeverUnknown) {
     // kept for the tasks already accepted, and beyond it new tasks are refused.
     for (; store->room_for_tasks(id, 1).ok(); ++id) {
       store->record_submitted(submitted(id, "alice"));
-      store->record_finished(id, TaskState::kSucceeded, 20, segments_of({std::string(8 << 10, 'x')}), "");
+      if (id > 11) store->record_finished(id, TaskState::kSucceeded, 20, segments_of({std::string(8 << 10, 'x')}), "");
       (void)store->flush();
     }
+    // A result beyond the pending-bytes bound is not kept, but its task still ends, with why.
+    store->record_finished(11, TaskState::kSucceeded, 30, segments_of({std::string(2 << 20, 'y')}), "");
+    TaskRecord eleven = get_ok(*store, 11);
+    EXPECT_EQ(eleven.state, TaskState::kFailed);
+    EXPECT_NE(eleven.error.find("not stored"), std::string::npos) << eleven.error;
+    EXPECT_EQ(store->dropped_writes(), 1u);
     EXPECT_GT(id, 11u);
     Status refused = store->room_for_tasks(id, 1);
     EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted);
     EXPECT_NE(refused.message().find("disk full"), std::string::npos) << refused.to_string();
-    EXPECT_EQ(store->dropped_writes(), 0u);
     EXPECT_EQ(get_ok(*store, id - 1).state, TaskState::kSucceeded);  // from memory
     EXPECT_FALSE(store->sync().ok());
     handed_out_until = id;
