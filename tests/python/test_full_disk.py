@@ -95,6 +95,9 @@ def test_a_controller_stopped_on_a_full_disk_never_forgets_a_task_id(full_disk_c
     before = [lview.apply_async(lambda i: i * i, i) for i in range(20)]
     assert [ar.get(timeout=30) for ar in before] == [i * i for i in range(20)]
     ids_before = [ar.msg_ids[0] for ar in before]
+    # Committed before the disk fills (a flush runs every 20 ms; a read flushes too).
+    assert len(rc.result_status(ids_before)["completed"]) == 20
+    time.sleep(0.2)
 
     c.fill()
     during = [lview.apply_async(lambda i: -i, i) for i in range(40)]
