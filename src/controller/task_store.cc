@@ -413,8 +413,9 @@ class SqliteTaskStore final : public TaskStore {
   std::uint64_t stored_result_bytes() const override { return stored_result_bytes_; }
 
   void record_submitted(TaskRecord record) override {
-    if (!admit(0)) return;
+    // Before admit(): a dropped record's id must still never be handed out again.
     max_recorded_id_ = std::max(max_recorded_id_, record.task_id);
+    if (!admit(0)) return;
     queue(Submitted{std::move(record)});
   }
   void record_started(std::uint64_t id, std::uint32_t engine, std::int64_t at_us) override {
