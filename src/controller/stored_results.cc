@@ -124,9 +124,11 @@ std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_
       continue;
     }
     if (r.state == TaskState::kLost) {
+      // A record never written (owner unknown) says so in its error text.
       answers.push_back(stored_reply(request_id, id, Outcome::kLost, engine,
-                                     "lost: the controller stopped before task " + std::to_string(id) +
-                                         " finished; it may or may not have run"));
+                                     r.owner.empty() ? "lost: task " + std::to_string(id) + ": " + r.error
+                                                     : "lost: the controller stopped before task " + std::to_string(id) +
+                                                           " finished; it may or may not have run"));
       continue;
     }
     auto result = store_.result(id);

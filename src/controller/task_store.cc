@@ -4,7 +4,7 @@
 //   table lost_ids       id ranges [first_id, end_id) that a run may have handed out without
 //                        committing their records (it stopped with writes pending): every
 //                        id in one without a row in `tasks` reads as lost (task_store.h)
-//   meta ids_reserved_until / ids_recorded_until: below the first, ids may have been handed
+//   meta id_reserved_until / ids_recorded_until: below the first, ids may have been handed
 //                        out; below the second, every handed-out id has its row, was purged,
 //                        or lies in a lost range. open() turns the span between them into a
 //                        lost range; a clean close makes them equal.
