@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -38,10 +39,16 @@ class FullDiskCluster(Cluster):
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", self.state],
                                  capture_output=True, text=True)
         if mounted.returncode != 0:
+            shutil.rmtree(self.home, ignore_errors=True)
             pytest.skip(f"cannot mount a tmpfs (no mount rights here?): {mounted.stderr.strip()}")
         self.mounted = True
-        self.run("cluster", "start", "-n", str(n), "--daemonize", "--reuse")
-        pids = json.loads(pathlib.Path(self.path("run", "cluster.json")).read_text())
+        self.controller_pid, self.engine_pids = None, []
+        try:
+            self.run("cluster", "start", "-n", str(n), "--daemonize", "--reuse")
+            pids = json.loads(pathlib.Path(self.path("run", "cluster.json")).read_text())
+        except BaseException:
+            self.stop()  # the fixture never sees a cluster that did not start: unmount here
+            raise
         self.controller_pid = pids["controller"]
         self.engine_pids = pids["engines"]
 
@@ -60,11 +67,15 @@ class FullDiskCluster(Cluster):
         os.remove(self.filler)
 
     def stop(self):
-        kill_processes(self)
+        if self.controller_pid is not None:
+            kill_processes(self)
         if self.mounted:
             subprocess.run(["umount", "-l", self.state], check=False)
             self.mounted = False
-        super().stop()
+        if self.controller_pid is not None:
+            super().stop()
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 @pytest.fixture
