@@ -57,6 +57,13 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
     }
     return;
   }
+  // Never hand out an id the task store might not remember (disk full): refuse instead.
+  if (Status room = results_.room_for_tasks(scheduler_.next_id(), balanced ? 1 : req.targets.size()); !room.ok()) {
+    for (std::uint32_t target : balanced || req.targets.empty() ? std::vector<std::uint32_t>{wire::kAnyEngine} : req.targets) {
+      reply_error(client.id, req.request_id, target, Outcome::kControllerFailed, room.message());
+    }
+    return;
+  }
   std::optional<wire::TaskOptions> options;
   if (balanced) {
     auto decoded = wire::decode_task_options(req.text);

@@ -6,6 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <sched.h>
+#include <sys/mount.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -96,7 +102,8 @@ class HubTest : public ::testing::Test {
   void SetUp() override { start(HubOptions{}); }
 
   // `resume`: the engine ids of the previous start() carry over, as with controller --reuse.
-  void start(HubOptions options, bool resume = false) {
+  // `store_options`: for the task store (path defaults to one in dir_).
+  void start(HubOptions options, bool resume = false, TaskStoreOptions store_options = {}) {
     hub_.reset();
     results_.reset();
     store_.reset();  // one controller per store: the old one lets go first
@@ -107,8 +114,8 @@ class HubTest : public ::testing::Test {
     auto gate = Gatekeeper::create(g);
     ASSERT_TRUE(gate.ok()) << gate.status().to_string();
     gate_ = std::move(gate).value();
-    TaskStoreOptions s;
-    s.path = dir_.path() + "/state/tasks.sqlite";
+    TaskStoreOptions s = std::move(store_options);
+    if (s.path.empty()) s.path = dir_.path() + "/state/tasks.sqlite";
     auto store = TaskStore::open(s, clock_.unix_micros());
     ASSERT_TRUE(store.ok()) << store.status().to_string();
     store_ = std::move(store).value();
@@ -319,6 +326,69 @@ TEST_F(HubTest, AWaitingGetResultIsAnsweredWhenTheTaskEnds) {
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].envelope.request_id, 2u);
   EXPECT_EQ(replies[0].segments.at(0).to_string(), "done");
+}
+
+TEST_F(HubTest, OnAFullDiskNewTasksAreRefusedBeforeTheyGetAnIdAndResultsComeFromMemory) {
+  // A 1 MiB tmpfs for the task store, in a private mount namespace (root only).
+  const bool private_mounts = ::unshare(CLONE_NEWNS) == 0 && ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
+  if (!private_mounts) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
+  const std::string disk = dir_.path() + "/disk";
+  std::filesystem::create_directories(disk);
+  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=1m,mode=0700"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{disk};
+  TaskStoreOptions s;
+  s.path = disk + "/tasks.sqlite";
+  s.max_pending_writes = 40;  // new tasks refused beyond 20 pending writes while the disk fails
+  start(HubOptions{}, false, s);
+
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  {
+    std::ofstream filler(disk + "/filler", std::ios::binary);
+    const std::string chunk(4096, 'f');
+    while (filler.write(chunk.data(), chunk.size())) filler.flush();
+  }
+  std::vector<std::uint64_t> handed_out;
+  std::uint64_t request_id = 1;
+  for (; request_id < 100; ++request_id) {
+    alice->sent.clear();
+    alice->deliver(request(MessageKind::kExecute, request_id, {0}));
+    clock_.advance(21ms);  // the ack leaves, a flush fails
+    auto replies = alice->sent_of(MessageKind::kTaskReply);
+    if (!replies.empty()) {
+      // Refused: no id was handed out for it, and the reason says why.
+      EXPECT_TRUE(alice->sent_of(MessageKind::kSubmitted).empty());
+      EXPECT_EQ(status_of(replies[0]), Outcome::kControllerFailed);
+      EXPECT_NE(replies[0].envelope.text.find("disk full"), std::string::npos) << replies[0].envelope.text;
+      break;
+    }
+    auto task = e0->sent_of(MessageKind::kExecute).back();
+    handed_out.push_back(task.envelope.task_id);
+    e0->deliver(engine_reply(task, "r" + std::to_string(task.envelope.task_id)));
+  }
+  ASSERT_LT(request_id, 100u) << "never refused";
+  ASSERT_GT(handed_out.size(), 2u);
+  EXPECT_EQ(store_->dropped_writes(), 0u);
+
+  // Another connection of alice's gets every result at once, from memory.
+  auto later = join("client:alice");
+  later->deliver(control(MessageKind::kGetResult, 500, handed_out));
+  auto answers = later->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(answers.size(), handed_out.size());
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    EXPECT_EQ(status_of(answers[i]), Outcome::kOk) << handed_out[i];
+    EXPECT_EQ(answers[i].segments.at(0).to_string(), "r" + std::to_string(handed_out[i]));
+  }
+  // Space comes back: new tasks are taken again.
+  std::filesystem::remove(disk + "/filler");
+  clock_.advance(21ms);
+  alice->sent.clear();
+  alice->deliver(request(MessageKind::kExecute, 1000, {0}));
+  EXPECT_EQ(e0->sent_of(MessageKind::kExecute).size(), handed_out.size() + 1);
+  EXPECT_TRUE(alice->sent_of(MessageKind::kTaskReply).empty());
 }
 
 TEST_F(HubTest, ProtocolViolationsCutThePeerOff) {

@@ -66,21 +66,38 @@ void StoredResults::finished(TaskId id, TaskState state, std::vector<SharedBytes
 void StoredResults::flush() {
   if (store_.pending_writes() == 0) return;
   Status st = store_.flush();
+  if (st.ok()) {
+    if (failed_flushes_ > 0) {
+      LOG_INFO("store") << "task records written again after " << failed_flushes_ << " failed tries";
+    }
+    failed_flushes_ = 0;
+    store_error_said_ = false;
+    return;
+  }
+  ++failed_flushes_;
   // A full disk fails every flush: say so once a minute, not fifty times a second.
-  if (!st.ok() && (!store_error_said_ || clock_.now() - last_store_error_ > std::chrono::seconds(60))) {
+  if (!store_error_said_ || clock_.now() - last_store_error_ > std::chrono::seconds(60)) {
     store_error_said_ = true;
     last_store_error_ = clock_.now();
-    LOG_ERROR("store") << "cannot record tasks (" << store_.pending_writes() << " writes waiting): " << st.message();
+    LOG_ERROR("store") << "cannot record tasks (" << store_.pending_writes() << " writes waiting, " << failed_flushes_
+                       << " failed tries): " << st.message();
   }
 }
 
 void StoredResults::sync() {
   if (store_.pending_writes() == 0) return;
   Status st = store_.sync();
-  if (!st.ok()) LOG_ERROR("store") << "cannot record tasks (" << store_.pending_writes() << " writes lost): " << st.message();
+  if (!st.ok()) {
+    LOG_ERROR("store") << "cannot record tasks (" << store_.pending_writes()
+                       << " writes lost; their tasks will read as lost after a restart): " << st.message();
+  }
 }
 
 bool StoredResults::may_read(const Requester& who, const TaskRecord& record) const {
+  // An id whose record was never written (the controller stopped with the disk full) has no
+  // known owner; it reads as lost to anyone. That tells a stranger nothing new: ids are one
+  // sequence for everyone, so the gaps in a client's own ids already show others' tasks.
+  if (record.owner.empty() && record.state == TaskState::kLost) return true;
   return record.owner == who.identity.fingerprint || gate_.allows(who.identity, auth::Operation::kReadOthersResults);
 }
 
@@ -91,6 +108,11 @@ std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_
     auto record = store_.get(id);
     // T10: another identity's task is answered exactly like one that does not exist.
     if (!record.ok() || !*record || !may_read(who, **record)) {
+      if (!record.ok()) {
+        answers.push_back(stored_reply(request_id, id, Outcome::kControllerFailed, wire::kAnyEngine,
+                                       "cannot read task " + std::to_string(id) + ": " + record.status().message()));
+        continue;
+      }
       answers.push_back(stored_reply(request_id, id, Outcome::kNoSuchTask, wire::kAnyEngine,
                                      "no task " + std::to_string(id) + " of yours"));
       continue;
@@ -102,9 +124,11 @@ std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_
       continue;
     }
     if (r.state == TaskState::kLost) {
+      // A record never written (owner unknown) says so in its error text.
       answers.push_back(stored_reply(request_id, id, Outcome::kLost, engine,
-                                     "lost: the controller stopped before task " + std::to_string(id) +
-                                         " finished; it may or may not have run"));
+                                     r.owner.empty() ? "lost: task " + std::to_string(id) + ": " + r.error
+                                                     : "lost: the controller stopped before task " + std::to_string(id) +
+                                                           " finished; it may or may not have run"));
       continue;
     }
     auto result = store_.result(id);

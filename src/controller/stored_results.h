@@ -8,8 +8,9 @@
 // read_others_results. Purges only ever touch the requester's own tasks.
 //
 // Writes are batched (TaskStore): flushed every 20 ms and at shutdown, results past their age
-// or the size limit dropped every minute; a failing disk is reported once a minute, not at the
-// flush rate.
+// or the size limit dropped every minute; a failing disk is reported once a minute with the
+// number of failed flushes, not at the flush rate. While it fails, reads answer from the
+// writes kept in memory, and new tasks are refused once the store could not remember them.
 //
 // Threading: the controller's loop thread (the clock's), not thread-safe.
 #pragma once
@@ -60,6 +61,9 @@ class StoredResults {
   void sync();
   // The first task id the controller may hand out (ids continue across restarts).
   TaskId next_task_id() const { return store_.next_task_id(); }
+  // OK if ids [first, first + count) may be handed out now; otherwise why not (the store
+  // cannot remember them: disk full). The hub refuses the request with this reason.
+  Status room_for_tasks(TaskId first, std::size_t count) const { return store_.room_for_tasks(first, count); }
 
   // --- what clients ask ---
   // kGetResult: one kTaskReply per id, in order, for the tasks that are finished (the reply as
@@ -89,6 +93,7 @@ class StoredResults {
   std::unordered_map<TaskId, std::vector<ResultWaiter>> waiters_;
   Clock::TimePoint last_store_error_{};
   bool store_error_said_ = false;
+  std::uint64_t failed_flushes_ = 0;  // since the last line about them
   std::unique_ptr<Timer> flush_timer_;
   std::unique_ptr<Timer> limits_timer_;
 };

@@ -1,6 +1,13 @@
 // The SQLite task store. See task_store.h for the contract; here, the storage layout:
 //
 //   <path>               SQLite database, 0600 (its -wal file inherits the mode)
+//   table lost_ids       id ranges [first_id, end_id) that a run may have handed out without
+//                        committing their records (it stopped with writes pending): every
+//                        id in one without a row in `tasks` reads as lost (task_store.h)
+//   meta id_reserved_until / ids_recorded_until: below the first, ids may have been handed
+//                        out; below the second, every handed-out id has its row, was purged,
+//                        or lies in a lost range. open() turns the span between them into a
+//                        lost range; a clean close makes them equal.
 //   <path>.results/      0700: results bigger than inline_limit, "<task id>.res", 0600,
 //                        written by the writer thread as "<id>-<n>.res.tmp" and renamed by
 //                        the flush that commits the record (a crash leaves a .tmp that the
@@ -34,6 +41,7 @@
 #include <limits>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <variant>
@@ -65,6 +73,8 @@ constexpr int kDeleteChunk = 10'000;
 constexpr std::uint64_t kMaxInlineLimit = 256ull << 20;
 constexpr char kMagic[4] = {'T', 'S', 'R', '1'};
 constexpr std::string_view kLostError = "controller stopped before the task finished";
+constexpr std::string_view kUnrecordedError =
+    "controller stopped before it could record the task (disk full?); it may or may not have run";
 
 struct DbCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
@@ -367,6 +377,12 @@ struct Finished {
 };
 using PendingWrite = std::variant<Submitted, Started, Finished>;
 
+std::uint64_t write_task_id(const PendingWrite& w) {
+  if (const auto* s = std::get_if<Submitted>(&w)) return s->record.task_id;
+  if (const auto* s = std::get_if<Started>(&w)) return s->id;
+  return std::get<Finished>(w).id;
+}
+
 constexpr const char* kRecordColumns =
     "task_id, owner, request_id, kind, targets, engine, state, submitted_us, started_us, completed_us, "
     "result_bytes, error";
@@ -377,9 +393,10 @@ class SqliteTaskStore final : public TaskStore {
 
   ~SqliteTaskStore() override {
     writer_.reset();  // joins; a write in progress stops and deletes its file
+    if (opened_ && pending_.empty()) release_unused_ids();
     if (!pending_.empty()) {
       LOG_WARN(kLog) << "closing " << options_.path << " with " << pending_.size()
-                     << " unflushed writes; they are dropped";
+                     << " unflushed writes; they are dropped (their tasks read as lost after a restart)";
       for (const PendingWrite& w : pending_) {
         const auto* f = std::get_if<Finished>(&w);
         if (f != nullptr && f->file) ::unlink(f->file->tmp_path.c_str());
@@ -391,17 +408,18 @@ class SqliteTaskStore final : public TaskStore {
   std::uint64_t id_reserved_until() const override { return reserved_until_; }
   std::uint64_t lost_at_open() const override { return lost_at_open_; }
   std::size_t pending_writes() const override { return pending_.size(); }
+  Status room_for_tasks(std::uint64_t first_id, std::size_t count) const override;
   std::uint64_t dropped_writes() const override { return dropped_; }
   std::uint64_t stored_result_bytes() const override { return stored_result_bytes_; }
 
   void record_submitted(TaskRecord record) override {
-    if (!admit(0)) return;
+    // Before admit(): a dropped record's id must still never be handed out again.
     max_recorded_id_ = std::max(max_recorded_id_, record.task_id);
-    pending_.emplace_back(Submitted{std::move(record)});
+    if (!admit(0)) return;
+    queue(Submitted{std::move(record)});
   }
   void record_started(std::uint64_t id, std::uint32_t engine, std::int64_t at_us) override {
-    if (!admit(0)) return;
-    pending_.emplace_back(Started{id, engine, at_us});
+    queue(Started{id, engine, at_us});
   }
   void record_finished(std::uint64_t id, TaskState state, std::int64_t at_us, std::vector<SharedBytes> result,
                        std::string error) override {
@@ -413,7 +431,15 @@ class SqliteTaskStore final : public TaskStore {
     }
     std::uint64_t bytes = 0;
     for (const SharedBytes& s : result) bytes += s.size();
-    if (!admit(bytes)) return;
+    if (bytes > 0 && !admit(bytes)) {
+      // No room for the result: the finish is kept without it, so the task still ends and a
+      // later get_result says why there is no result (the submitter had it already).
+      error = "result of " + std::to_string(bytes) + " bytes not stored: the task store could not keep up (" +
+              (failing_ ? failure_ : std::string("too many result bytes waiting")) + ")";
+      state = TaskState::kFailed;
+      result.clear();
+      bytes = 0;
+    }
     pending_result_bytes_ += bytes;
     const std::uint64_t count = result.size();
     std::shared_ptr<FileJob> file;
@@ -426,10 +452,11 @@ class SqliteTaskStore final : public TaskStore {
       writer_->submit(file);
       result.clear();
     }
-    pending_.emplace_back(Finished{id, state, at_us, std::move(result), bytes, count, std::move(error), std::move(file)});
+    queue(Finished{id, state, at_us, std::move(result), bytes, count, std::move(error), std::move(file)});
   }
 
   Status flush() override;
+  Status flush_pending();
   Status sync() override;
   StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) override;
   StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) override;
@@ -453,6 +480,20 @@ class SqliteTaskStore final : public TaskStore {
   void rollback();
 
   bool admit(std::uint64_t result_bytes);
+  void queue(PendingWrite write);
+  void reindex_pending();
+  // The committed record of `id` (no flush, no pending writes).
+  StatusOr<std::optional<TaskRecord>> read_committed(std::uint64_t id);
+  // `committed` with the pending writes of its task applied as flush() would apply them; when
+  // a pending finish applies, *finish points to it. No record at all: a lost id's record, or
+  // nullopt.
+  StatusOr<std::optional<TaskRecord>> with_pending(std::uint64_t id, std::optional<TaskRecord> committed,
+                                                   const Finished** finish);
+  // A flush() before a read, unless flushes are failing (the read answers from memory then).
+  void flush_before_read();
+  // At a clean close: the ids reserved but never handed out are not lost ids.
+  void release_unused_ids();
+  Status set_meta(const char* key, std::uint64_t value);
   // One pending write inside flush()'s transaction. A bad write is counted in *bad and
   // skipped; an I/O failure is returned.
   // `files`: result files renamed into place in this transaction.
@@ -480,9 +521,15 @@ class SqliteTaskStore final : public TaskStore {
     StmtPtr insert, start, state_of, finish;
     StmtPtr get, get_result, query_owner, query_all;
     StmtPtr purge_one, purge_owner, purge_all, purge_aged, oldest_results;
+    StmtPtr lost_range, purge_lost_aged;
   } stmt_;
 
   std::vector<PendingWrite> pending_;
+  // Positions in pending_ of each task's writes, for reads while flushes fail.
+  std::unordered_map<std::uint64_t, std::vector<std::size_t>> pending_by_id_;
+  bool opened_ = false;
+  bool failing_ = false;         // the last flush() failed
+  std::string failure_;          // ... and why
   std::uint64_t pending_result_bytes_ = 0;
   std::unique_ptr<ResultWriter> writer_;  // started on the first big result
   std::uint64_t file_serial_ = 0;
@@ -492,6 +539,7 @@ class SqliteTaskStore final : public TaskStore {
   std::uint64_t first_id_ = 1;
   std::uint64_t max_recorded_id_ = 0;
   std::uint64_t reserved_until_ = 0;
+  std::uint64_t recorded_until_ = 0;  // meta ids_recorded_until as committed
   std::uint64_t lost_at_open_ = 0;
   std::uint64_t stored_result_bytes_ = 0;
 };
@@ -595,6 +643,10 @@ Status SqliteTaskStore::init(std::int64_t now_us) {
       "CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, task_id);"
       "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(task_id) WHERE state IN (0, 1);"
       "CREATE INDEX IF NOT EXISTS tasks_done ON tasks(completed_us, result_bytes) WHERE state >= 2;"
+      // Added within schema version 1: an older testudo ignores it (it only answers such
+      // ids as unknown, as it always did).
+      "CREATE TABLE IF NOT EXISTS lost_ids(first_id INTEGER PRIMARY KEY, end_id INTEGER NOT NULL,"
+      "  at_us INTEGER NOT NULL);"
       "PRAGMA user_version=1;"
       "COMMIT;",
       "create schema"));
@@ -648,20 +700,23 @@ Status SqliteTaskStore::init(std::int64_t now_us) {
   TESTUDO_RETURN_IF_ERROR(prepare(stmt_.oldest_results,
                                   "SELECT task_id, result_bytes FROM tasks WHERE state >= 2 AND result_bytes > 0 "
                                   "ORDER BY completed_us, task_id LIMIT ?1"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.lost_range,
+                                  "SELECT at_us FROM lost_ids WHERE first_id <= ?1 AND end_id > ?1 "
+                                  "ORDER BY first_id DESC LIMIT 1"));
+  TESTUDO_RETURN_IF_ERROR(prepare(stmt_.purge_lost_aged, "DELETE FROM lost_ids WHERE at_us < ?1"));
 
   // Where ids continue, and how many result bytes are kept.
-  std::uint64_t reserved = 0;
-  {
+  const auto meta = [&](const char* key) -> StatusOr<std::uint64_t> {
     sqlite3_stmt* s = stmt_.get_meta.get();
     ResetOnExit reset(s);
-    sqlite3_bind_text(s, 1, "id_reserved_until", -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-      reserved = from_sql(sqlite3_column_int64(s, 0));
-    } else if (rc != SQLITE_DONE) {
-      return error(rc, "read id reservation");
-    }
-  }
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    const int rc2 = sqlite3_step(s);
+    if (rc2 == SQLITE_ROW) return from_sql(sqlite3_column_int64(s, 0));
+    if (rc2 != SQLITE_DONE) return error(rc2, "read id reservation");
+    return std::uint64_t{0};
+  };
+  TESTUDO_ASSIGN_OR_RETURN(const std::uint64_t reserved, meta("id_reserved_until"));
+  TESTUDO_ASSIGN_OR_RETURN(const std::uint64_t recorded, meta("ids_recorded_until"));
   const auto scalar = [&](const char* sql) -> StatusOr<std::int64_t> {
     sqlite3_stmt* s = nullptr;
     int rc2 = sqlite3_prepare_v2(db_.get(), sql, -1, &s, nullptr);
@@ -675,11 +730,29 @@ Status SqliteTaskStore::init(std::int64_t now_us) {
   TESTUDO_ASSIGN_OR_RETURN(const std::int64_t kept, scalar("SELECT SUM(result_bytes) FROM tasks WHERE state >= 2"));
   first_id_ = std::max<std::uint64_t>({1, reserved, from_sql(max_id) + 1});
   stored_result_bytes_ = from_sql(kept);
+  // Ids the previous run may have handed out without committing their records (it stopped
+  // with writes pending, e.g. on a full disk): kept as lost, never "unknown".
+  const std::uint64_t unrecorded_from = std::max(recorded, from_sql(max_id) + 1);
+  const bool unrecorded = reserved > unrecorded_from;
 
   // The previous run's unfinished tasks are lost (F2), and a new id block is reserved.
   const std::uint64_t new_reserved = first_id_ + kIdBlock;
   std::size_t lost = 0;
   TESTUDO_RETURN_IF_ERROR(transaction([&]() -> Status {
+    if (unrecorded) {
+      sqlite3_stmt* s = nullptr;
+      int rc2 = sqlite3_prepare_v2(db_.get(),
+                                   "INSERT OR REPLACE INTO lost_ids(first_id, end_id, at_us) VALUES(?1, ?2, ?3)", -1,
+                                   &s, nullptr);
+      StmtPtr keep(s);
+      if (rc2 != SQLITE_OK) return error(rc2, "keep lost ids");
+      sqlite3_bind_int64(keep.get(), 1, to_sql(unrecorded_from));
+      sqlite3_bind_int64(keep.get(), 2, to_sql(reserved));
+      sqlite3_bind_int64(keep.get(), 3, now_us);
+      rc2 = sqlite3_step(keep.get());
+      if (rc2 != SQLITE_DONE) return error(rc2, "keep lost ids");
+    }
+    TESTUDO_RETURN_IF_ERROR(set_meta("ids_recorded_until", first_id_));
     sqlite3_stmt* s = nullptr;
     int rc2 = sqlite3_prepare_v2(db_.get(),
                                  "UPDATE tasks SET state = 5, completed_us = ?1, error = ?2 WHERE state IN (0, 1)",
@@ -691,23 +764,70 @@ Status SqliteTaskStore::init(std::int64_t now_us) {
     rc2 = sqlite3_step(mark.get());
     if (rc2 != SQLITE_DONE) return error(rc2, "mark lost tasks");
     lost = static_cast<std::size_t>(sqlite3_changes64(db_.get()));
-    sqlite3_stmt* m = stmt_.set_meta.get();
-    ResetOnExit reset(m);
-    sqlite3_bind_text(m, 1, "id_reserved_until", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(m, 2, to_sql(new_reserved));
-    rc2 = sqlite3_step(m);
-    if (rc2 != SQLITE_DONE) return error(rc2, "reserve task ids");
-    return ok_status();
+    return set_meta("id_reserved_until", new_reserved);
   }));
   reserved_until_ = new_reserved;
+  recorded_until_ = first_id_;
   lost_at_open_ = lost;
   TESTUDO_RETURN_IF_ERROR(sweep_results_dir());
+  opened_ = true;
   if (lost > 0) {
     LOG_WARN(kLog) << path << ": " << lost << " tasks of the previous run had not finished; marked lost";
+  }
+  if (unrecorded) {
+    LOG_WARN(kLog) << path << ": the previous run stopped with task records not written; task ids " << unrecorded_from
+                   << " to " << reserved - 1 << " read as lost";
   }
   LOG_INFO(kLog) << "opened " << path << ": next task id " << first_id_ << ", " << stored_result_bytes_
                  << " result bytes kept";
   return ok_status();
+}
+
+Status SqliteTaskStore::set_meta(const char* key, std::uint64_t value) {
+  sqlite3_stmt* m = stmt_.set_meta.get();
+  ResetOnExit reset(m);
+  sqlite3_bind_text(m, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(m, 2, to_sql(value));
+  const int rc = sqlite3_step(m);
+  if (rc != SQLITE_DONE) return error(rc, "reserve task ids");
+  return ok_status();
+}
+
+void SqliteTaskStore::release_unused_ids() {
+  const std::uint64_t next = next_task_id();
+  if (reserved_until_ <= next && recorded_until_ >= next) return;
+  Status st = transaction([&]() -> Status {
+    TESTUDO_RETURN_IF_ERROR(set_meta("ids_recorded_until", next));
+    return set_meta("id_reserved_until", next);
+  });
+  // Not fatal: the next open() then reads the unused ids as lost, which nobody holds.
+  if (!st.ok()) LOG_WARN(kLog) << "cannot give back unused task ids: " << st.to_string();
+}
+
+Status SqliteTaskStore::room_for_tasks(std::uint64_t first_id, std::size_t count) const {
+  const std::string why = failing_ ? " (" + failure_ + ")" : std::string();
+  if (first_id + count > reserved_until_) {
+    return resource_exhausted("task store: cannot reserve task ids" + why + "; new tasks are refused until it can");
+  }
+  if (failing_ && pending_.size() + count > options_.max_pending_writes / 2) {
+    return resource_exhausted("task store: " + std::to_string(pending_.size()) + " task records wait to be written" +
+                              why + "; new tasks are refused until they are");
+  }
+  if (failing_ && pending_result_bytes_ > options_.max_pending_result_bytes / 2) {
+    return resource_exhausted("task store: " + std::to_string(pending_result_bytes_) +
+                              " result bytes wait to be written" + why + "; new tasks are refused until they are");
+  }
+  return ok_status();
+}
+
+void SqliteTaskStore::queue(PendingWrite write) {
+  pending_by_id_[write_task_id(write)].push_back(pending_.size());
+  pending_.push_back(std::move(write));
+}
+
+void SqliteTaskStore::reindex_pending() {
+  pending_by_id_.clear();
+  for (std::size_t i = 0; i < pending_.size(); ++i) pending_by_id_[write_task_id(pending_[i])].push_back(i);
 }
 
 Status SqliteTaskStore::exec(const char* sql, std::string_view what) {
@@ -764,8 +884,11 @@ Status SqliteTaskStore::transaction(Body&& body) {
 }
 
 bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
+  // Only new tasks count against max_pending_writes: a started or finished write of a task
+  // already recorded is always kept (dropping it would leave the task running forever in
+  // memory); room_for_tasks() keeps their number bounded.
   const auto full = [&] {
-    return pending_.size() >= options_.max_pending_writes ||
+    return (result_bytes == 0 && pending_.size() >= options_.max_pending_writes) ||
            (pending_result_bytes_ > 0 && pending_result_bytes_ + result_bytes > options_.max_pending_result_bytes);
   };
   if (!full()) return true;
@@ -775,16 +898,10 @@ bool SqliteTaskStore::admit(std::uint64_t result_bytes) {
   ++dropped_;
   if (!overflow_logged_) {
     LOG_ERROR(kLog) << options_.path << ": " << pending_.size() << " writes wait for a flush that keeps failing; "
-                    << "new writes are dropped (tasks not stored; unfinished ones will read as lost after a restart)";
+                    << "new task records and results are dropped and counted (the hub asks room_for_tasks() first)";
     overflow_logged_ = true;
   }
   return false;
-}
-
-std::uint64_t write_task_id(const PendingWrite& w) {
-  if (const auto* s = std::get_if<Submitted>(&w)) return s->record.task_id;
-  if (const auto* s = std::get_if<Started>(&w)) return s->id;
-  return std::get<Finished>(w).id;
 }
 
 Status SqliteTaskStore::retry_failed_files() {
@@ -799,14 +916,19 @@ Status SqliteTaskStore::retry_failed_files() {
 }
 
 Status SqliteTaskStore::flush() {
+  Status st = flush_pending();
+  failing_ = !st.ok();
+  failure_ = st.ok() ? std::string() : st.message();
+  return st;
+}
+
+// The caller reports a failure (StoredResults: once a minute, with counts), not every try:
+// a full disk fails every flush, fifty times a second.
+Status SqliteTaskStore::flush_pending() {
   if (pending_.empty()) return ok_status();
   // A result file that could not be written fails the whole flush, as a failed commit does:
   // nothing is committed and every write is kept; the file is tried again meanwhile.
-  if (Status failed = retry_failed_files(); !failed.ok()) {
-    LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: "
-                    << failed.to_string();
-    return failed;
-  }
+  if (Status failed = retry_failed_files(); !failed.ok()) return failed;
   // Backpressure: when the writer falls behind by half the pending-bytes bound, wait for it
   // (as the old synchronous writes did) rather than let new results be dropped.
   if (writer_) {
@@ -819,11 +941,7 @@ Status SqliteTaskStore::flush() {
     }
     if (unwritten > options_.max_pending_result_bytes / 2) {
       writer_->wait_idle();
-      if (Status failed = retry_failed_files(); !failed.ok()) {
-        LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: "
-                        << failed.to_string();
-        return failed;
-      }
+      if (Status failed = retry_failed_files(); !failed.ok()) return failed;
     }
   }
   // Which writes go in now: all but finishes whose file is still being written, and any
@@ -831,6 +949,7 @@ Status SqliteTaskStore::flush() {
   std::vector<char> ready(pending_.size(), 1);
   std::unordered_set<std::uint64_t> waiting;
   std::size_t n_ready = 0;
+  std::uint64_t recorded = recorded_until_;  // every submission before it committed
   for (std::size_t i = 0; i < pending_.size(); ++i) {
     const auto* f = std::get_if<Finished>(&pending_[i]);
     const bool unwritten = f != nullptr && f->file && f->file->state.load(std::memory_order_acquire) != FileJob::kWritten;
@@ -839,6 +958,7 @@ Status SqliteTaskStore::flush() {
       waiting.insert(write_task_id(pending_[i]));
     } else {
       ++n_ready;
+      if (const auto* s = std::get_if<Submitted>(&pending_[i])) recorded = std::max(recorded, s->record.task_id + 1);
     }
   }
   if (n_ready == 0) return ok_status();
@@ -852,14 +972,10 @@ Status SqliteTaskStore::flush() {
     for (std::size_t i = 0; i < pending_.size(); ++i) {
       if (ready[i]) TESTUDO_RETURN_IF_ERROR(apply(pending_[i], bytes_delta, files, bad));
     }
-    if (reserve != reserved_until_) {
-      sqlite3_stmt* m = stmt_.set_meta.get();
-      ResetOnExit reset(m);
-      sqlite3_bind_text(m, 1, "id_reserved_until", -1, SQLITE_STATIC);
-      sqlite3_bind_int64(m, 2, to_sql(reserve));
-      const int rc = sqlite3_step(m);
-      if (rc != SQLITE_DONE) return error(rc, "reserve task ids");
-    }
+    // Submissions commit in id order (a submission is never held back), so every id below
+    // `recorded` that was handed out has its row now.
+    if (recorded != recorded_until_) TESTUDO_RETURN_IF_ERROR(set_meta("ids_recorded_until", recorded));
+    if (reserve != reserved_until_) TESTUDO_RETURN_IF_ERROR(set_meta("id_reserved_until", reserve));
     return ok_status();
   });
   if (!st.ok()) {
@@ -873,7 +989,6 @@ Status SqliteTaskStore::flush() {
       }
     }
     ignored_files_.clear();
-    LOG_ERROR(kLog) << "flush of " << pending_.size() << " writes failed, kept for the next try: " << st.to_string();
     return st;
   }
   for (const std::string& path : ignored_files_) ::unlink(path.c_str());
@@ -884,8 +999,10 @@ Status SqliteTaskStore::flush() {
   }
   stored_result_bytes_ = static_cast<std::uint64_t>(static_cast<std::int64_t>(stored_result_bytes_) + bytes_delta);
   reserved_until_ = reserve;
+  recorded_until_ = recorded;
   if (n_ready == pending_.size()) {
     pending_.clear();
+    pending_by_id_.clear();
     if (pending_.capacity() > 65536) pending_.shrink_to_fit();
     pending_result_bytes_ = 0;
   } else {
@@ -898,6 +1015,7 @@ Status SqliteTaskStore::flush() {
       kept.push_back(std::move(pending_[i]));
     }
     pending_ = std::move(kept);
+    reindex_pending();
   }
   overflow_logged_ = false;
   return ok_status();
@@ -1081,8 +1199,16 @@ Status SqliteTaskStore::sweep_results_dir() {
   return ok_status();
 }
 
+void SqliteTaskStore::flush_before_read() {
+  if (pending_.empty() || failing_) return;
+  (void)flush();  // a failure is reported by the next flush's caller; the read uses memory
+}
+
 void SqliteTaskStore::flush_for_read() {
   if (pending_.empty()) return;
+  // While flushes fail, a read does not try again (the 20 ms flush does): it reads what is
+  // committed rather than wait for the disk.
+  if (failing_) return;
   Status st = sync();
   if (!st.ok()) {
     LOG_WARN(kLog) << "reading committed records only: " << st.to_string();
@@ -1119,7 +1245,52 @@ StatusOr<TaskRecord> SqliteTaskStore::read_record(sqlite3_stmt* s) {
 }
 
 StatusOr<std::optional<TaskRecord>> SqliteTaskStore::get(std::uint64_t id) {
-  flush_for_read();
+  flush_before_read();
+  TESTUDO_ASSIGN_OR_RETURN(auto committed, read_committed(id));
+  return with_pending(id, std::move(committed), nullptr);
+}
+
+StatusOr<std::optional<TaskRecord>> SqliteTaskStore::with_pending(std::uint64_t id, std::optional<TaskRecord> r,
+                                                                  const Finished** finish) {
+  if (auto it = pending_by_id_.find(id); it != pending_by_id_.end()) {
+    for (std::size_t i : it->second) {
+      const PendingWrite& w = pending_[i];
+      if (const auto* sub = std::get_if<Submitted>(&w)) {
+        if (!r) r = sub->record;  // a second one is a duplicate: flush() drops it
+      } else if (const auto* st = std::get_if<Started>(&w)) {
+        if (r && !is_finished(r->state)) {
+          r->state = TaskState::kRunning;
+          r->engine = st->engine;
+          r->started_us = st->at_us;
+        }
+      } else {
+        const auto& f = std::get<Finished>(w);
+        if (r && !is_finished(r->state)) {
+          r->state = f.state;
+          r->completed_us = f.at_us;
+          r->result_bytes = f.result_bytes;
+          r->error = f.error;
+          if (finish != nullptr) *finish = &f;
+        }
+      }
+    }
+  }
+  if (r) return r;
+  sqlite3_stmt* s = stmt_.lost_range.get();
+  ResetOnExit reset(s);
+  sqlite3_bind_int64(s, 1, to_sql(id));
+  const int rc = sqlite3_step(s);
+  if (rc == SQLITE_DONE) return std::optional<TaskRecord>();
+  if (rc != SQLITE_ROW) return error(rc, "read lost ids");
+  TaskRecord lost;
+  lost.task_id = id;
+  lost.state = TaskState::kLost;
+  lost.completed_us = sqlite3_column_int64(s, 0);
+  lost.error = kUnrecordedError;
+  return std::optional<TaskRecord>(std::move(lost));
+}
+
+StatusOr<std::optional<TaskRecord>> SqliteTaskStore::read_committed(std::uint64_t id) {
   sqlite3_stmt* s = stmt_.get.get();
   ResetOnExit reset(s);
   sqlite3_bind_int64(s, 1, to_sql(id));
@@ -1131,7 +1302,17 @@ StatusOr<std::optional<TaskRecord>> SqliteTaskStore::get(std::uint64_t id) {
 }
 
 StatusOr<std::vector<SharedBytes>> SqliteTaskStore::result(std::uint64_t id) {
-  flush_for_read();
+  flush_before_read();
+  if (pending_by_id_.contains(id)) {
+    // Recorded but not committed: the result is still in memory (a big one too, kept for
+    // its file's retries); answer from there.
+    TESTUDO_ASSIGN_OR_RETURN(auto committed, read_committed(id));
+    const bool was_finished = committed && is_finished(committed->state);
+    const Finished* finish = nullptr;
+    TESTUDO_ASSIGN_OR_RETURN(auto r, with_pending(id, std::move(committed), &finish));
+    if (finish != nullptr) return finish->file ? finish->file->segments : finish->result;
+    if (r && !was_finished) return failed_precondition("task " + std::to_string(id) + " has not finished");
+  }
   sqlite3_stmt* s = stmt_.get_result.get();
   ResetOnExit reset(s);
   sqlite3_bind_int64(s, 1, to_sql(id));
@@ -1248,6 +1429,14 @@ StatusOr<std::size_t> SqliteTaskStore::enforce_limits(std::int64_t now_us) {
     deleted += chunk;
     if (chunk < static_cast<std::size_t>(kDeleteChunk)) break;
   }
+  // Lost id ranges age like the records they stand for.
+  TESTUDO_RETURN_IF_ERROR(transaction([&]() -> Status {
+    sqlite3_stmt* s = stmt_.purge_lost_aged.get();
+    ResetOnExit reset(s);
+    sqlite3_bind_int64(s, 1, cutoff);
+    const int rc = sqlite3_step(s);
+    return rc == SQLITE_DONE ? ok_status() : error(rc, "delete lost ids");
+  }));
   // Size: the oldest finished records with results until the rest fits.
   while (stored_result_bytes_ > options_.max_result_bytes) {
     std::vector<std::uint64_t> victims;

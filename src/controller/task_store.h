@@ -31,12 +31,25 @@
 // waiting: this includes a task whose big result was still being written or waiting for its
 // flush; its half-written .tmp file is deleted.
 //
+// No handed-out id is ever unknown (a full disk, a crash): ids are reserved durably in
+// blocks before the hub hands them out (room_for_tasks() refuses new tasks past the
+// reservation). A run that ends with writes uncommitted leaves ids in
+// [ids recorded until, ids reserved until) that may have gone to clients with no record; the
+// next open() keeps that range as "lost ids", and get() answers each of them as a kLost
+// record of unknown owner (owner ""). A clean close (the destructor with nothing pending)
+// gives the unused part of the reservation back, so a normal restart loses no ids. Ids that
+// were reserved but never handed out read as lost too: harmless, nobody holds them.
+//
+// While flush() fails (disk full), reads answer from the pending writes in memory: get() and
+// result() of a task recorded but not committed see its record and its result; they never
+// wait for the disk.
+//
 // Owners (F3): get()/result()/query() do not check who asks. The hub must compare
 // TaskRecord::owner with the requester's identity before returning a record or a result,
 // and pass the requester as Query::owner / purge()'s owner.
 //
 // Threading: not thread-safe; the hub's loop thread only (the writer thread is internal).
-// flush() does not wait for result files; sync(), get(), result(), query() and purge() do
+// flush(), get() and result() do not wait for result files; sync(), query() and purge() do
 // (they may block for the rest of a big write: ~0.5 s for 1 GB).
 #pragma once
 
@@ -95,8 +108,11 @@ struct TaskStoreOptions {
   std::uint64_t max_result_bytes = 4ull << 30;
   // Results bigger than this go to a file instead of the database (at most 256 MiB).
   std::uint64_t inline_limit = 16u << 20;
-  // Bounds on the pending queue while flush() fails (disk full): beyond either, new writes
-  // are dropped and counted (dropped_writes()), with an ERROR line.
+  // Bounds on the pending queue while flush() fails (disk full), with an ERROR line and
+  // counted in dropped_writes() when hit: beyond the first, a new task's record is dropped
+  // (the hub asks room_for_tasks() first, which refuses at half of it); beyond the second, a
+  // result is dropped and its task recorded kFailed with the reason. Started and finished
+  // writes themselves are never dropped.
   std::size_t max_pending_writes = 1u << 20;
   std::uint64_t max_pending_result_bytes = 1ull << 30;
 };
@@ -106,8 +122,10 @@ struct TaskStoreOptions {
 class TaskStore {
  public:
   virtual ~TaskStore() = default;  // does NOT flush: call sync() first (pending writes are
-                                   // dropped with a WARN line, as a crash would; a result file
-                                   // being written is abandoned and its .tmp deleted).
+                                   // dropped with a WARN line, as a crash would, and their ids
+                                   // read as lost after the next open(); a result file being
+                                   // written is abandoned and its .tmp deleted). With nothing
+                                   // pending, it gives the unused id reservation back.
 
   // Opens or creates the store at options.path, then marks tasks of a previous run that were
   // still queued or running as kLost (completed_us = now_us; see lost_at_open()).
@@ -123,8 +141,14 @@ class TaskStore {
   // hub run past it; it should refuse new submissions while flush() fails.
   virtual std::uint64_t next_task_id() const = 0;
   virtual std::uint64_t id_reserved_until() const = 0;
-  // Tasks marked kLost by open().
+  // Tasks marked kLost by open() (recorded ones; not the ids of unrecorded ones, see above).
   virtual std::uint64_t lost_at_open() const = 0;
+  // Whether the hub may hand out ids [first_id, first_id + count) now: OK, or
+  // kResourceExhausted with the reason (the ids are past the durable reservation, or flush()
+  // keeps failing and half of max_pending_writes is used: the other half is kept for the
+  // started/finished writes of tasks already accepted). The hub refuses the request then,
+  // rather than hand out an id it might not remember.
+  virtual Status room_for_tasks(std::uint64_t first_id, std::size_t count) const = 0;
 
   // Queue writes for the next flush(). Order matters: a task's started/finished must come
   // after its submitted. started/finished of a task that is not queued/running are ignored
@@ -152,9 +176,11 @@ class TaskStore {
   virtual std::size_t pending_writes() const = 0;
   virtual std::uint64_t dropped_writes() const = 0;
 
-  // Reads see every write recorded before them: they sync() first (if that fails they log it
-  // and read what is committed). A result or record of another owner is returned too:
-  // the caller checks TaskRecord::owner.
+  // Reads see every write recorded before them. get() and result() try a flush() first
+  // (not while flushes fail) and answer writes still pending from memory; query() and purge()
+  // sync() first (if that fails they log it and read what is committed). A result or record
+  // of another owner is returned too: the caller checks TaskRecord::owner. An id kept as lost
+  // (see above) reads as a kLost record with owner "" (unknown): anyone may be told.
   virtual StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) = 0;
   // The segments as recorded (zero-length ones included). kNotFound: no such task (or
   // purged); kFailedPrecondition: not finished yet; kDataLoss: the stored bytes are damaged
@@ -176,7 +202,7 @@ class TaskStore {
   // Queued and running tasks are never touched. Returns how many were deleted.
   virtual StatusOr<std::size_t> purge(const std::optional<std::string>& owner,
                                       const std::vector<std::uint64_t>& ids) = 0;
-  // Deletes finished records completed before now_us - max_age, then the oldest finished
+  // Deletes finished records (and lost id ranges) completed before now_us - max_age, then the oldest finished
   // records (by completion time) until the kept result bytes fit max_result_bytes.
   // Returns how many were deleted. The hub calls it every minute or so; deletion is chunked.
   virtual StatusOr<std::size_t> enforce_limits(std::int64_t now_us) = 0;

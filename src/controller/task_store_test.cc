@@ -160,7 +160,7 @@ TEST(TaskStore, ResultSegmentsInlineAndInFiles) {
   store->record_finished(2, TaskState::kSucceeded, 10, segments_of(big_parts), "");
   store->record_finished(3, TaskState::kSucceeded, 10, {}, "");
   store->record_finished(4, TaskState::kSucceeded, 10, segments_of({""}), "");
-  ASSERT_TRUE(store->flush().ok());
+  ASSERT_TRUE(store->sync().ok());
 
   auto r1 = store->result(1);
   ASSERT_TRUE(r1.ok()) << r1.status().to_string();
@@ -384,8 +384,14 @@ TEST(TaskStore, RestartMarksUnfinishedLostAndIdsContinue) {
   auto three = store->result(3);
   ASSERT_TRUE(three.ok());
   EXPECT_EQ(strings_of(*three), std::vector<std::string>{"three"});
-  EXPECT_FALSE(store->get(4)->has_value());
-  // Id 4 was handed out (never flushed): the reservation keeps it from coming back.
+  // Id 4 was handed out but never flushed: it reads as lost (owner unknown), never as
+  // unknown, and the reservation keeps it from coming back.
+  TaskRecord four = get_ok(*store, 4);
+  EXPECT_EQ(four.state, TaskState::kLost);
+  EXPECT_EQ(four.owner, "");
+  EXPECT_EQ(four.completed_us, 9'000'000);
+  EXPECT_NE(four.error.find("before it could record"), std::string::npos) << four.error;
+  EXPECT_FALSE(store->get(3)->value().owner.empty());
   EXPECT_GT(store->next_task_id(), 4u);
   EXPECT_GE(store->id_reserved_until(), store->next_task_id());
   auto lost_result = store->result(1);
@@ -509,7 +515,9 @@ TEST(TaskStore, SurvivesSigkillBeforeTheSecondBatchIsCommitted) {
       EXPECT_EQ(r.completed_us, 7'000);
     }
   }
-  EXPECT_FALSE(store->get(101)->has_value());
+  // Handed out, never committed: lost, not unknown.
+  EXPECT_EQ(get_ok(*store, 101).state, TaskState::kLost);
+  EXPECT_EQ(get_ok(*store, 200).state, TaskState::kLost);
   EXPECT_GT(store->next_task_id(), 200u);
 }
 
@@ -640,10 +648,15 @@ TEST(TaskStore, BigResultsAreWrittenOffTheCallersThreadAndCommittedInOrder) {
   EXPECT_EQ(result_files(o), std::vector<std::string>{"1.res"});
   EXPECT_EQ(store->stored_result_bytes(), 4 + big.size() + 5);
 
-  // Reads wait for the file: a get() right after record_finished sees the result.
+  // Reads never wait for the file: a get() or result() right after record_finished answers
+  // from memory.
   store->record_submitted(submitted(4, "alice"));
   store->record_finished(4, TaskState::kSucceeded, 20, segments_of({big}), "");
   EXPECT_EQ(get_ok(*store, 4).state, TaskState::kSucceeded);
+  auto res4 = store->result(4);
+  ASSERT_TRUE(res4.ok()) << res4.status().to_string();
+  EXPECT_EQ(strings_of(*res4), std::vector<std::string>{big});
+  ASSERT_TRUE(store->sync().ok());
   EXPECT_EQ(store->pending_writes(), 0u);
 }
 
@@ -853,6 +866,19 @@ TEST(TaskStore, DiskFullIsReportedAndNothingIsCorruptedOrLost) {
     EXPECT_NE(st.message().find("result file"), std::string::npos) << st.to_string();
     EXPECT_EQ(store->pending_writes(), 102u);
 
+    // Reads of the tasks recorded meanwhile answer from memory, without waiting for the disk.
+    const auto started = std::chrono::steady_clock::now();
+    EXPECT_EQ(get_ok(*store, 60).state, TaskState::kSucceeded);
+    auto in_memory = store->result(60);
+    ASSERT_TRUE(in_memory.ok()) << in_memory.status().to_string();
+    EXPECT_EQ((*in_memory)[0].size(), 16u << 10);
+    auto big_in_memory = store->result(61);
+    ASSERT_TRUE(big_in_memory.ok()) << big_in_memory.status().to_string();
+    EXPECT_EQ((*big_in_memory)[0].size(), 100u << 10);
+    EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
+    // New tasks are still accepted: their ids are reserved and memory has room.
+    EXPECT_TRUE(store->room_for_tasks(store->next_task_id(), 1).ok());
+
     // Still readable: committed records, nothing half-written.
     EXPECT_EQ(get_ok(*store, 3).state, TaskState::kSucceeded);
     auto early = store->result(3);
@@ -878,6 +904,103 @@ TEST(TaskStore, DiskFullIsReportedAndNothingIsCorruptedOrLost) {
   }
   EXPECT_EQ(sql_text(o.path, "PRAGMA integrity_check"), "ok");
   EXPECT_EQ(sql_text(o.path, "SELECT COUNT(*) FROM tasks"), "61");
+}
+
+TEST(TaskStore, StoppingOnAFullDiskLeavesEveryHandedOutIdLostNeverUnknown) {
+  if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
+  TempDir dir;
+  const std::string disk = dir.path() + "/disk";
+  fs::create_directories(disk);
+  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=1m,mode=0700"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{disk};
+
+  TaskStoreOptions o;
+  o.path = disk + "/tasks.sqlite";
+  o.max_pending_writes = 100;
+  o.max_pending_result_bytes = 1 << 20;
+  const std::string filler = disk + "/filler";
+  std::uint64_t handed_out_until = 0;
+  {
+    auto store = open_ok(o);
+    ASSERT_TRUE(store);
+    for (std::uint64_t id = 1; id <= 10; ++id) {
+      store->record_submitted(submitted(id, "alice"));
+      store->record_finished(id, TaskState::kSucceeded, 10, segments_of({"early"}), "");
+    }
+    ASSERT_TRUE(store->flush().ok());
+    {
+      const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0600);
+      ASSERT_GE(fd, 0);
+      const std::string chunk(4096, 'f');
+      while (::write(fd, chunk.data(), chunk.size()) > 0) {
+      }
+      ::close(fd);
+    }
+    std::uint64_t id = store->next_task_id();
+    EXPECT_EQ(id, 11u);
+    // The hub asks before it hands out ids; while flushes fail, half of the pending bound is
+    // kept for the tasks already accepted, and beyond it new tasks are refused.
+    for (; store->room_for_tasks(id, 1).ok(); ++id) {
+      store->record_submitted(submitted(id, "alice"));
+      if (id > 11) store->record_finished(id, TaskState::kSucceeded, 20, segments_of({std::string(8 << 10, 'x')}), "");
+      (void)store->flush();
+    }
+    // A result beyond the pending-bytes bound is not kept, but its task still ends, with why.
+    store->record_finished(11, TaskState::kSucceeded, 30, segments_of({std::string(2 << 20, 'y')}), "");
+    TaskRecord eleven = get_ok(*store, 11);
+    EXPECT_EQ(eleven.state, TaskState::kFailed);
+    EXPECT_NE(eleven.error.find("not stored"), std::string::npos) << eleven.error;
+    EXPECT_EQ(store->dropped_writes(), 1u);
+    EXPECT_GT(id, 11u);
+    Status refused = store->room_for_tasks(id, 1);
+    EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted);
+    EXPECT_NE(refused.message().find("disk full"), std::string::npos) << refused.to_string();
+    EXPECT_EQ(get_ok(*store, id - 1).state, TaskState::kSucceeded);  // from memory
+    EXPECT_FALSE(store->sync().ok());
+    handed_out_until = id;
+  }  // stopped with the disk full: the pending writes are gone
+  fs::remove(filler);
+  {
+    auto store = open_ok(o, 77'000);
+    ASSERT_TRUE(store);
+    for (std::uint64_t id = 1; id <= 10; ++id) EXPECT_EQ(get_ok(*store, id).state, TaskState::kSucceeded) << id;
+    for (std::uint64_t id = 11; id < handed_out_until; ++id) {
+      TaskRecord r = get_ok(*store, id);
+      EXPECT_EQ(r.state, TaskState::kLost) << id;
+      EXPECT_EQ(r.completed_us, 77'000) << id;
+    }
+    EXPECT_GE(store->next_task_id(), handed_out_until);
+    const std::uint64_t next = store->next_task_id();
+    store->record_submitted(submitted(next, "alice"));
+    ASSERT_TRUE(store->sync().ok());
+  }  // a clean close: the unused reservation is given back
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->lost_at_open(), 1u);  // the task submitted above never finished
+  EXPECT_FALSE(store->get(store->next_task_id())->has_value());
+  EXPECT_EQ(get_ok(*store, handed_out_until - 1).state, TaskState::kLost);
+}
+
+TEST(TaskStore, ACleanCloseLosesNoIdsAndIdsContinue) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  {
+    auto store = open_ok(o);
+    ASSERT_TRUE(store);
+    for (std::uint64_t id = 1; id <= 3; ++id) store->record_submitted(submitted(id, "alice"));
+    for (std::uint64_t id = 1; id <= 3; ++id) store->record_finished(id, TaskState::kSucceeded, 5, {}, "");
+    ASSERT_TRUE(store->sync().ok());
+  }
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->lost_at_open(), 0u);
+  EXPECT_EQ(store->next_task_id(), 4u);
+  EXPECT_FALSE(store->get(4)->has_value());
+  EXPECT_FALSE(store->get(1000)->has_value());
+  EXPECT_EQ(get_ok(*store, 3).state, TaskState::kSucceeded);
 }
 
 }  // namespace
