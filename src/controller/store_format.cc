@@ -76,6 +76,7 @@ StatusOr<int> upgrade_format(sqlite3* db, const StoreFormat& format) {
     return data_loss(format.name + ": format version " + std::to_string(found) + " is not a testudo version");
   }
   int version = static_cast<int>(found);
+  bool created = false;
   if (version == 0) {
     TESTUDO_ASSIGN_OR_RETURN(const std::int64_t tables,
                              scalar(db, "SELECT COUNT(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
@@ -83,6 +84,7 @@ StatusOr<int> upgrade_format(sqlite3* db, const StoreFormat& format) {
     if (tables == 0) {
       TESTUDO_RETURN_IF_ERROR(exec(db, format.create, "create the layout", format));
       version = format.current;
+      created = true;
     } else {
       TESTUDO_ASSIGN_OR_RETURN(version, format.unversioned(db));
       if (version < 1 || version > format.current) {
@@ -91,7 +93,7 @@ StatusOr<int> upgrade_format(sqlite3* db, const StoreFormat& format) {
       }
     }
   }
-  const int before = found == 0 && version == format.current ? 0 : version;
+  const int before = created ? 0 : version;
   for (const FormatStep& step : format.steps) {
     if (step.from != version || version >= format.current) continue;
     Status st = step.apply(db);

@@ -42,7 +42,7 @@ struct StoreFormat {
   std::function<StatusOr<int>(sqlite3*)> unversioned;
   // OK if the layout is the current version's; else kDataLoss saying what is wrong.
   std::function<Status(sqlite3*)> check;
-  std::vector<FormatStep> steps;  // one per version below `current` that can be upgraded
+  std::vector<FormatStep> steps;  // one per version below `current` that can be upgraded, by `from`
   // Converts an SQLite result code to a Status naming the store (where SQLite errors enter).
   std::function<Status(int rc, std::string_view what)> sqlite_error;
 };

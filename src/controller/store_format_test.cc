@@ -208,6 +208,16 @@ TEST(StoreFormat, TakesAnUnversionedDatabaseByItsLayoutAndRefusesAForeignOne) {
     EXPECT_EQ(*before, 1);
   }
   EXPECT_EQ(expect_whole_format(ours, 2), 3);
+  {
+    // Unversioned and already the current layout: only the version is written.
+    const std::string current = dir.path() + "/current.sqlite";
+    DbPtr db = open_db(current);
+    exec_ok(db.get(), "CREATE TABLE items(id INTEGER PRIMARY KEY, text TEXT NOT NULL)");
+    auto before = upgrade_format(db.get(), test_format(db.get(), 1));
+    ASSERT_TRUE(before.ok()) << before.status().to_string();
+    EXPECT_EQ(*before, 1);
+    EXPECT_EQ(scalar(db.get(), "PRAGMA user_version"), 1);
+  }
 
   const std::string foreign = dir.path() + "/foreign.sqlite";
   DbPtr db = open_db(foreign);
