@@ -256,9 +256,12 @@ Status TrustStore::check_format() const {
   if (::lstat(file.c_str(), &st) != 0) {
     if (errno != ENOENT) return unavailable("cannot stat " + file + ": " + std::strerror(errno));
     // Written before stores carried a version, or new: either way the layout is version 1.
-    // Saying so now lets a later version tell this layout from its own.
-    return crypto::write_private_file(
+    // Saying so now lets a later version tell this layout from its own. A directory the
+    // controller may not write (root's, managed by hand) is still read: only a warning.
+    Status written = crypto::write_private_file(
         file, nlohmann::json{{"version", kTrustStoreFormatVersion}}.dump() + "\n");
+    if (!written.ok()) LOG_WARN("auth") << "trust store: read as format version 1; " << written.message();
+    return ok_status();
   }
   // Read as every file here: readable by others is fine, writable by them is not.
   bool fatal = false;

@@ -11,8 +11,9 @@
 //                               "attempts"}
 //   revoked/<64hex>.pem         refused in every role, whatever client/ and engine/ hold
 //   format.json                 {"version": 1}: this layout (kTrustStoreFormatVersion). A
-//                               directory without it is version 1 and gets it at open(); a
-//                               newer version is refused naming it (docs/formats.md)
+//                               directory without it is version 1 and gets it at open()
+//                               (a warning if the directory is not writable); a newer
+//                               version is refused naming it (docs/formats.md)
 // A fingerprint is "sha256:<64 lowercase hex>" of the key (SubjectPublicKeyInfo), computed by
 // the FingerprintFn given to open(); the controller passes tls::key_fingerprint_of_pem.
 //
