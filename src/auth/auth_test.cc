@@ -127,5 +127,21 @@ TEST(ConnectionInfoParseTest, RejectsMalformed) {
   EXPECT_FALSE(parse_connection_info(short_cap).ok());
 }
 
+// A file from a newer testudo is refused as such, naming its version, even when its other
+// fields are ones this code does not know.
+TEST(ConnectionInfoParseTest, RefusesANewerVersionNamingIt) {
+  auto newer = parse_connection_info(R"({"version":2,"role":"client","endpoint":"quic://h:7"})");
+  ASSERT_FALSE(newer.ok());
+  EXPECT_EQ(newer.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(newer.status().message().find("format version 2 was written by a newer testudo; this one reads version 1"),
+            std::string::npos)
+      << newer.status().message();
+  for (const char* bad : {R"({"version":0})", R"({"version":-1})", R"({"version":"1"})", R"({"version":1.5})"}) {
+    auto refused = parse_connection_info(bad);
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace testudo::auth

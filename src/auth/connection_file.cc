@@ -31,7 +31,7 @@ Status check_ssh_gateway(std::string_view gateway, std::string_view what) {
 
 Status save_connection_file(const std::string& path, const ConnectionInfo& info) {
   json j = {
-      {"version", 1},
+      {"version", kConnectionFileVersion},
       {"role", std::string(wire::role_name(info.role))},
       {"host", info.host},
       {"port", info.port},
@@ -45,8 +45,17 @@ Status save_connection_file(const std::string& path, const ConnectionInfo& info)
 StatusOr<ConnectionInfo> parse_connection_info(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return invalid_argument("not a JSON object");
+  // The version before any other field: a newer file may lack or change them, and its reader
+  // must be told to use the newer testudo, not that the file is broken (docs/formats.md).
   auto version = j.find("version");
-  if (version == j.end() || !version->is_number_integer() || version->get<int>() != 1) {
+  if (version != j.end() && version->is_number_unsigned() &&
+      version->get<std::uint64_t>() > kConnectionFileVersion) {
+    return failed_precondition("format version " + version->dump() +
+                               " was written by a newer testudo; this one reads version " +
+                               std::to_string(kConnectionFileVersion));
+  }
+  if (version == j.end() || !version->is_number_unsigned() ||
+      version->get<std::uint64_t>() != kConnectionFileVersion) {
     return invalid_argument("unsupported or missing \"version\" (expected 1)");
   }
   ConnectionInfo info;

@@ -17,6 +17,10 @@
 
 namespace testudo::auth {
 
+// The "version" written and read. A newer one is refused naming it (kFailedPrecondition), so a
+// profile made by a newer testudo says so instead of looking damaged (docs/formats.md).
+inline constexpr std::uint64_t kConnectionFileVersion = 1;
+
 struct ConnectionInfo {
   wire::Role role = wire::Role::kClient;
   std::string host;

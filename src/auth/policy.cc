@@ -176,14 +176,20 @@ StatusOr<Policy> Policy::parse(std::string_view text) {
   if (root.is_discarded()) return invalid_argument("not valid JSON");
   if (duplicates->duplicate()) return invalid_argument("duplicate key " + quoted(*duplicates->duplicate()));
   if (!root.is_object()) return invalid_argument("must be a JSON object, not " + type_name(root));
-  if (auto st = check_keys("", root, {"version", "groups", "rules"}); !st.ok()) {
-    return invalid_argument("top level: " + st.message());
-  }
-
+  // The version first: a newer format may have keys this code does not know, and its reader
+  // must be told the file is newer, not that it has a typo (docs/formats.md).
   auto version = root.find("version");
   if (version == root.end()) return invalid_argument("version: missing (expected 1)");
-  if (!version->is_number_integer() || version->get<std::int64_t>() != 1) {
+  if (version->is_number_unsigned() && version->get<std::uint64_t>() > kPolicyFormatVersion) {
+    return error_at("version", "format version " + version->dump() +
+                                   " was written for a newer testudo; this one reads version " +
+                                   std::to_string(kPolicyFormatVersion));
+  }
+  if (!version->is_number_integer() || version->get<std::int64_t>() != kPolicyFormatVersion) {
     return error_at("version", "unsupported version " + version->dump() + " (expected 1)");
+  }
+  if (auto st = check_keys("", root, {"version", "groups", "rules"}); !st.ok()) {
+    return invalid_argument("top level: " + st.message());
   }
 
   // Groups, resolved to sets of fingerprints and names.

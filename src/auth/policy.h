@@ -22,7 +22,8 @@
 //   }
 //
 // Keys:
-//   "version"  required, the integer 1.
+//   "version"  required, the integer 1 (kPolicyFormatVersion); checked before anything else,
+//              so a policy for a newer testudo is refused as such.
 //   "groups"   optional, name -> array of members. Members are "sha256:<64 lowercase hex>"
 //              (a key fingerprint) or "cn:<name>" (a certificate common name). Groups are
 //              flat: a member "group:..." is an error.
@@ -94,6 +95,8 @@ struct EngineFacts {
   std::map<std::string, std::string> tags;
 };
 
+// The "version" this code writes and reads; a newer one is refused naming it (docs/formats.md).
+inline constexpr std::int64_t kPolicyFormatVersion = 1;
 inline constexpr std::size_t kMaxPolicyBytes = 1 << 20;
 inline constexpr std::size_t kMaxPolicyRules = 10'000;
 inline constexpr std::size_t kMaxPolicyIdentityBytes = 256;

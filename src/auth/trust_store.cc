@@ -245,8 +245,42 @@ StatusOr<std::unique_ptr<TrustStore>> TrustStore::open(const std::string& dir,
   while (clean.size() > 1 && clean.back() == '/') clean.pop_back();
   std::unique_ptr<TrustStore> store(new TrustStore(clean, std::move(fingerprint_of), options));
   TESTUDO_RETURN_IF_ERROR(store->check_dirs(/*create=*/true));
+  TESTUDO_RETURN_IF_ERROR(store->check_format());
   TESTUDO_RETURN_IF_ERROR(store->reload());
   return store;
+}
+
+Status TrustStore::check_format() const {
+  const std::string file = path("format.json", "");
+  struct stat st {};
+  if (::lstat(file.c_str(), &st) != 0) {
+    if (errno != ENOENT) return unavailable("cannot stat " + file + ": " + std::strerror(errno));
+    // Written before stores carried a version, or new: either way the layout is version 1.
+    // Saying so now lets a later version tell this layout from its own. A directory the
+    // controller may not write (root's, managed by hand) is still read: only a warning.
+    Status written = crypto::write_private_file(
+        file, nlohmann::json{{"version", kTrustStoreFormatVersion}}.dump() + "\n");
+    if (!written.ok()) LOG_WARN("auth") << "trust store: read as format version 1; " << written.message();
+    return ok_status();
+  }
+  // Read as every file here: readable by others is fine, writable by them is not.
+  bool fatal = false;
+  auto text = read_store_file(file, &fatal);
+  if (!text.ok()) return fatal ? text.status() : data_loss("trust store format file: " + text.status().message());
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  const auto version = j.is_object() ? j.find("version") : j.end();
+  if (!j.is_object() || version == j.end() || !version->is_number_unsigned()) {
+    return data_loss("trust store format file " + file + ": not {\"version\": <n>}");
+  }
+  if (version->get<std::uint64_t>() > static_cast<std::uint64_t>(kTrustStoreFormatVersion)) {
+    return failed_precondition("trust store " + dir_ + ": format version " + version->dump() +
+                               " was written by a newer testudo; this one reads version " +
+                               std::to_string(kTrustStoreFormatVersion) + " (use the newer testudo)");
+  }
+  if (version->get<std::uint64_t>() < 1) {
+    return data_loss("trust store format file " + file + ": version " + version->dump() + " is not a testudo version");
+  }
+  return ok_status();
 }
 
 std::string TrustStore::path(std::string_view sub, std::string_view file) const {

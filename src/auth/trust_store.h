@@ -10,6 +10,10 @@
 //   pending/<role>-<64hex>.json {"role","fingerprint","name","peer","first_seen","last_seen",
 //                               "attempts"}
 //   revoked/<64hex>.pem         refused in every role, whatever client/ and engine/ hold
+//   format.json                 {"version": 1}: this layout (kTrustStoreFormatVersion). A
+//                               directory without it is version 1 and gets it at open()
+//                               (a warning if the directory is not writable); a newer
+//                               version is refused naming it (docs/formats.md)
 // A fingerprint is "sha256:<64 lowercase hex>" of the key (SubjectPublicKeyInfo), computed by
 // the FingerprintFn given to open(); the controller passes tls::key_fingerprint_of_pem.
 //
@@ -58,6 +62,9 @@ struct TrustEntry {
   std::int64_t attempts = 0;    // pending: connections seen
 };
 
+// The layout version this code reads and writes (format.json).
+inline constexpr std::int64_t kTrustStoreFormatVersion = 1;
+
 struct TrustStoreOptions {
   // Most pending identities kept; add_pending of a new one beyond it is kResourceExhausted,
   // so a flood of fresh keys cannot fill the disk (T18).
@@ -68,7 +75,8 @@ class TrustStore {
  public:
   // Opens (creating with mode 0700 where missing) `dir` and its client/, engine/, pending/
   // and revoked/ subdirectories, then loads them (reload()). Refuses a directory or file
-  // writable by group/others or owned by another user.
+  // writable by group/others or owned by another user, a format.json of a newer version
+  // (kFailedPrecondition naming it) and a malformed one (kDataLoss naming the file).
   static StatusOr<std::unique_ptr<TrustStore>> open(const std::string& dir,
                                                     FingerprintFn fingerprint_of,
                                                     TrustStoreOptions options = {});
@@ -145,6 +153,7 @@ class TrustStore {
   TrustStore(std::string dir, FingerprintFn fingerprint_of, TrustStoreOptions options);
 
   Status check_dirs(bool create) const;
+  Status check_format() const;
   StatusOr<KeyMap> scan(std::vector<std::string>& warnings) const;
   TrustEntry entry_for(const std::string& hex, std::string_view role) const;
   Status write_pending_json(const TrustEntry& e) const;

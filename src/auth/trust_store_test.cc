@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -83,6 +84,110 @@ TEST_F(TrustStoreTest, CreatesOwnerOnlyDirectories) {
   }
   EXPECT_TRUE(store->list().empty());
   EXPECT_TRUE(store->warnings().empty());
+}
+
+// docs/formats.md: a directory without format.json (today's layout, from before it was
+// versioned) is version 1 and gets the file; a newer version is refused naming it and left
+// alone; a damaged format.json is a clear error.
+TEST_F(TrustStoreTest, FormatVersionIsWrittenCheckedAndANewerOneRefused) {
+  ASSERT_TRUE(open_store());
+  EXPECT_EQ(mode_of(dir_ + "/format.json"), 0600u);
+  {
+    std::ifstream in(dir_ + "/format.json");
+    EXPECT_EQ(nlohmann::json::parse(in), (nlohmann::json{{"version", 1}}));
+  }
+  // Unversioned, with a key in it: opens as version 1 and keeps the key.
+  fs::remove(dir_ + "/format.json");
+  write_file(dir_ + "/client/alice.pem", alice_);
+  auto store = open_store();
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->state("client", fp_of(alice_)), TrustState::kAccepted);
+  EXPECT_TRUE(fs::exists(dir_ + "/format.json"));
+
+  write_file(dir_ + "/format.json", R"({"version": 2, "keys": "elsewhere"})");
+  auto newer = TrustStore::open(dir_, fake_fingerprint);
+  ASSERT_FALSE(newer.ok());
+  EXPECT_EQ(newer.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(newer.status().message().find("format version 2 was written by a newer testudo; this one reads version 1"),
+            std::string::npos)
+      << newer.status().message();
+  EXPECT_NE(newer.status().message().find(dir_), std::string::npos) << newer.status().message();
+  {
+    std::ifstream in(dir_ + "/format.json");
+    EXPECT_EQ(nlohmann::json::parse(in)["version"], 2);  // left alone
+  }
+
+  for (const char* bad : {"", "[1]", R"({"version": "1"})", R"({"version": 0})", R"({"version": -3})"}) {
+    write_file(dir_ + "/format.json", bad);
+    auto damaged = TrustStore::open(dir_, fake_fingerprint);
+    ASSERT_FALSE(damaged.ok()) << bad;
+    EXPECT_EQ(damaged.status().code(), StatusCode::kDataLoss) << bad << ": " << damaged.status().to_string();
+    EXPECT_NE(damaged.status().message().find("format.json"), std::string::npos) << damaged.status().message();
+  }
+  // Writable by others: refused like every file here.
+  write_file(dir_ + "/format.json", R"({"version": 1})", 0622);
+  auto unsafe = TrustStore::open(dir_, fake_fingerprint);
+  ASSERT_FALSE(unsafe.ok());
+  EXPECT_EQ(unsafe.status().code(), StatusCode::kPermissionDenied) << unsafe.status().to_string();
+}
+
+// The trust store fixture (tests/fixtures/trust-v<N>/, one per format version): written by
+// the TrustStore of that version through write_trust_fixture(); every later version must open
+// it with the same answers (docs/formats.md). Keys use fake_fingerprint, as every test here.
+const std::string kFixtureAlice = key_pem("fixture: alice's client key");
+const std::string kFixtureEngine = key_pem("fixture: the cluster's engine key");
+const std::string kFixtureMallory = key_pem("fixture: mallory's revoked key");
+const std::string kFixtureCarol = key_pem("fixture: carol's pending key");
+
+Status write_trust_fixture(const std::string& dir) {
+  TESTUDO_ASSIGN_OR_RETURN(auto store, TrustStore::open(dir, fake_fingerprint));
+  TESTUDO_RETURN_IF_ERROR(store->accept_pem("client", kFixtureAlice, "alice").status());
+  TESTUDO_RETURN_IF_ERROR(store->accept_pem("engine", kFixtureEngine, "engines").status());
+  TESTUDO_RETURN_IF_ERROR(store->accept_pem("client", kFixtureMallory, "mallory").status());
+  TESTUDO_RETURN_IF_ERROR(store->revoke(fp_of(kFixtureMallory)).status());
+  return store->add_pending("client", fp_of(kFixtureCarol), kFixtureCarol, "carol", "10.0.0.7:50000",
+                            1'800'000'000);
+}
+
+// Regenerates the fixture: TESTUDO_WRITE_TRUST_FIXTURE=tests/fixtures/trust-v<N> (a directory
+// that does not exist yet) build/src/auth/trust_store_test --gtest_filter='*WriteTrustFixture*'
+TEST(TrustStoreFixture, WriteTrustFixture) {
+  const char* dir = std::getenv("TESTUDO_WRITE_TRUST_FIXTURE");
+  if (dir == nullptr) GTEST_SKIP() << "set TESTUDO_WRITE_TRUST_FIXTURE to write a fixture";
+  ASSERT_FALSE(fs::exists(dir)) << dir << " exists; remove it first";
+  Status st = write_trust_fixture(dir);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+}
+
+TEST_F(TrustStoreTest, EveryKeptFixtureOpensWithTheSameAnswers) {
+  int fixtures = 0;
+  for (const auto& entry : fs::directory_iterator(TESTUDO_FIXTURES_DIR)) {
+    if (!entry.path().filename().string().starts_with("trust-v")) continue;
+    SCOPED_TRACE(entry.path().string());
+    ++fixtures;
+    fs::remove_all(root_ + "/profile");
+    fs::create_directories(root_ + "/profile/security");
+    fs::copy(entry.path(), dir_, fs::copy_options::recursive);
+    // git keeps no modes: make them what the store wrote.
+    for (const auto& f : fs::recursive_directory_iterator(dir_)) {
+      fs::permissions(f.path(), f.is_directory() ? fs::perms::owner_all : fs::perms::owner_read | fs::perms::owner_write);
+    }
+    fs::permissions(dir_, fs::perms::owner_all);
+    auto store = open_store();
+    ASSERT_TRUE(store);
+    EXPECT_TRUE(store->warnings().empty()) << store->warnings().front();
+    EXPECT_EQ(store->state("client", fp_of(kFixtureAlice)), TrustState::kAccepted);
+    EXPECT_EQ(store->state("engine", fp_of(kFixtureAlice)), TrustState::kUnknown);
+    EXPECT_EQ(store->state("engine", fp_of(kFixtureEngine)), TrustState::kAccepted);
+    EXPECT_EQ(store->state("client", fp_of(kFixtureMallory)), TrustState::kRevoked);
+    EXPECT_EQ(store->state("client", fp_of(kFixtureCarol)), TrustState::kPending);
+    auto carol = store->show(fp_of(kFixtureCarol));
+    ASSERT_TRUE(carol.ok()) << carol.status().to_string();
+    EXPECT_EQ(carol->name, "carol");
+    EXPECT_EQ(carol->peer, "10.0.0.7:50000");
+    EXPECT_EQ(carol->first_seen, 1'800'000'000);
+  }
+  EXPECT_GE(fixtures, 1) << "no trust store fixtures in " << TESTUDO_FIXTURES_DIR;
 }
 
 TEST_F(TrustStoreTest, PendingAcceptRevokeAndRejectTransitions) {

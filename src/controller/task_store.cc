@@ -38,6 +38,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <thread>
@@ -47,6 +48,7 @@
 #include <variant>
 
 #include "base/log.h"
+#include "controller/store_format.h"
 
 namespace testudo::controller {
 
@@ -65,7 +67,7 @@ std::string_view task_state_name(TaskState state) {
 namespace {
 
 constexpr std::string_view kLog = "store";
-constexpr int kSchemaVersion = 1;
+constexpr int kFormatVersion = 1;  // PRAGMA user_version; see task_store_format()
 // Ids reserved ahead of the highest id recorded (see TaskStore::id_reserved_until()).
 constexpr std::uint64_t kIdBlock = 1ull << 20;
 // Rows deleted per transaction by enforce_limits(), so the WAL stays small.
@@ -160,6 +162,66 @@ Status sqlite_status(sqlite3* db, int rc, const std::string& path, std::string_v
     case SQLITE_IOERR: return unavailable(m + "I/O error: " + detail);
     default: return internal_error(m + detail);
   }
+}
+
+// The current layout (format version kFormatVersion; docs/formats.md lists every version).
+// Indexes: by owner for queries (F3); unfinished tasks (small) for marking them lost;
+// finished tasks by completion time, covering result_bytes, for the age and size limits.
+constexpr const char* kCreateLayout =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS tasks("
+    "  task_id INTEGER PRIMARY KEY,"
+    "  owner TEXT NOT NULL,"
+    "  request_id INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  targets BLOB NOT NULL,"          // little-endian u32 engine ids
+    "  engine INTEGER,"                 // NULL: not started
+    "  state INTEGER NOT NULL,"         // TaskState
+    "  submitted_us INTEGER NOT NULL,"
+    "  started_us INTEGER NOT NULL DEFAULT 0,"
+    "  completed_us INTEGER NOT NULL DEFAULT 0,"
+    "  result_bytes INTEGER NOT NULL DEFAULT 0,"
+    "  result_segments INTEGER NOT NULL DEFAULT 0,"
+    "  result_inline BLOB,"             // framed segments; NULL when none or in a file
+    "  result_file INTEGER NOT NULL DEFAULT 0,"  // 1: <path>.results/<task_id>.res
+    "  error TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, task_id);"
+    "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(task_id) WHERE state IN (0, 1);"
+    "CREATE INDEX IF NOT EXISTS tasks_done ON tasks(completed_us, result_bytes) WHERE state >= 2;";
+constexpr const char* kMetaColumns[] = {"key", "value"};
+constexpr const char* kTaskColumns[] = {"task_id",         "owner",         "request_id",   "kind",
+                                        "targets",         "engine",        "state",        "submitted_us",
+                                        "started_us",      "completed_us",  "result_bytes", "result_segments",
+                                        "result_inline",   "result_file",   "error"};
+
+// Whether the tables are those of format version 1 (the layout since the first task store).
+StatusOr<bool> has_layout_v1(sqlite3* db, const std::function<Status(int, std::string_view)>& sqlite_error) {
+  TESTUDO_ASSIGN_OR_RETURN(const std::vector<std::string> meta, table_columns(db, "meta", sqlite_error));
+  TESTUDO_ASSIGN_OR_RETURN(const std::vector<std::string> tasks, table_columns(db, "tasks", sqlite_error));
+  return std::equal(meta.begin(), meta.end(), std::begin(kMetaColumns), std::end(kMetaColumns)) &&
+         std::equal(tasks.begin(), tasks.end(), std::begin(kTaskColumns), std::end(kTaskColumns));
+}
+
+// The task store's formats. Version 1 is every store written so far (user_version 1 from the
+// start; an unversioned database with version 1's tables is taken as version 1). An upgrade
+// to version N adds a FormatStep{N - 1, ...} here, a fixture tests/fixtures/store-v<N-1>/ and
+// a line in docs/formats.md.
+StoreFormat task_store_format(const std::string& path, sqlite3* db) {
+  StoreFormat f;
+  f.name = "task store " + path;
+  f.current = kFormatVersion;
+  f.create = kCreateLayout;
+  f.sqlite_error = [db, path](int rc, std::string_view what) { return sqlite_status(db, rc, path, what); };
+  f.unversioned = [err = f.sqlite_error](sqlite3* d) -> StatusOr<int> {
+    TESTUDO_ASSIGN_OR_RETURN(const bool v1, has_layout_v1(d, err));
+    return v1 ? 1 : 0;
+  };
+  f.check = [err = f.sqlite_error, name = f.name](sqlite3* d) -> Status {
+    TESTUDO_ASSIGN_OR_RETURN(const bool v1, has_layout_v1(d, err));
+    if (!v1) return data_loss(name + ": not a task store of format version 1 (its tables differ)");
+    return ok_status();
+  };
+  return f;
 }
 
 // A write that can never succeed however often it is retried (vs. an I/O failure).
@@ -607,49 +669,17 @@ Status SqliteTaskStore::init(std::int64_t now_us) {
   }
   TESTUDO_RETURN_IF_ERROR(exec("PRAGMA synchronous=NORMAL", "set synchronous mode"));
 
-  {
-    sqlite3_stmt* s = nullptr;
-    rc = sqlite3_prepare_v2(db_.get(), "PRAGMA user_version", -1, &s, nullptr);
-    StmtPtr version(s);
-    if (rc != SQLITE_OK) return error(rc, "read schema version");
-    rc = sqlite3_step(version.get());
-    if (rc != SQLITE_ROW) return error(rc, "read schema version");
-    if (sqlite3_column_int(version.get(), 0) > kSchemaVersion) {
-      return failed_precondition("task store " + path + ": made by a newer testudo (schema version " +
-                                 std::to_string(sqlite3_column_int(version.get(), 0)) + ")");
-    }
+  // Every earlier format is upgraded in place, a newer one refused (docs/formats.md).
+  TESTUDO_ASSIGN_OR_RETURN(const int found, upgrade_format(db_.get(), task_store_format(path, db_.get())));
+  if (found != 0 && found != kFormatVersion) {
+    LOG_INFO(kLog) << path << ": upgraded from format version " << found << " to " << kFormatVersion;
   }
-  // Indexes: by owner for queries (F3); unfinished tasks (small) for marking them lost;
-  // finished tasks by completion time, covering result_bytes, for the age and size limits.
-  TESTUDO_RETURN_IF_ERROR(exec(
-      "BEGIN;"
-      "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
-      "CREATE TABLE IF NOT EXISTS tasks("
-      "  task_id INTEGER PRIMARY KEY,"
-      "  owner TEXT NOT NULL,"
-      "  request_id INTEGER NOT NULL,"
-      "  kind TEXT NOT NULL,"
-      "  targets BLOB NOT NULL,"          // little-endian u32 engine ids
-      "  engine INTEGER,"                 // NULL: not started
-      "  state INTEGER NOT NULL,"         // TaskState
-      "  submitted_us INTEGER NOT NULL,"
-      "  started_us INTEGER NOT NULL DEFAULT 0,"
-      "  completed_us INTEGER NOT NULL DEFAULT 0,"
-      "  result_bytes INTEGER NOT NULL DEFAULT 0,"
-      "  result_segments INTEGER NOT NULL DEFAULT 0,"
-      "  result_inline BLOB,"             // framed segments; NULL when none or in a file
-      "  result_file INTEGER NOT NULL DEFAULT 0,"  // 1: <path>.results/<task_id>.res
-      "  error TEXT NOT NULL DEFAULT '');"
-      "CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, task_id);"
-      "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(task_id) WHERE state IN (0, 1);"
-      "CREATE INDEX IF NOT EXISTS tasks_done ON tasks(completed_us, result_bytes) WHERE state >= 2;"
-      // Added within schema version 1: an older testudo ignores it (it only answers such
-      // ids as unknown, as it always did).
-      "CREATE TABLE IF NOT EXISTS lost_ids(first_id INTEGER PRIMARY KEY, end_id INTEGER NOT NULL,"
-      "  at_us INTEGER NOT NULL);"
-      "PRAGMA user_version=1;"
-      "COMMIT;",
-      "create schema"));
+  // Added within format version 1 (docs/formats.md): the ranges of ids handed out but never
+  // recorded (a stop on a full disk), answered as lost. Additive: an older testudo ignores it
+  // (it answers such ids as unknown, as it always did), so the version stays 1.
+  TESTUDO_RETURN_IF_ERROR(exec("CREATE TABLE IF NOT EXISTS lost_ids(first_id INTEGER PRIMARY KEY, "
+                               "end_id INTEGER NOT NULL, at_us INTEGER NOT NULL)",
+                               "create the lost ids table"));
 
   TESTUDO_RETURN_IF_ERROR(prepare(stmt_.begin, "BEGIN IMMEDIATE"));
   TESTUDO_RETURN_IF_ERROR(prepare(stmt_.commit, "COMMIT"));

@@ -127,9 +127,12 @@ class TaskStore {
                                    // written is abandoned and its .tmp deleted). With nothing
                                    // pending, it gives the unused id reservation back.
 
-  // Opens or creates the store at options.path, then marks tasks of a previous run that were
-  // still queued or running as kLost (completed_us = now_us; see lost_at_open()).
-  // Errors: kFailedPrecondition (read-only or locked by another controller, newer schema),
+  // Opens or creates the store at options.path, upgrading a store of an earlier format version
+  // in place (one transaction: a crash leaves the old format or the new, docs/formats.md), then
+  // marks tasks of a previous run that were still queued or running as kLost (completed_us =
+  // now_us; see lost_at_open()).
+  // Errors: kFailedPrecondition (read-only or locked by another controller, a newer format
+  // version: the message names it and the versions this code reads),
   // kPermissionDenied (unsafe directory), kDataLoss (not a task store / corrupt),
   // kResourceExhausted (disk full), kInvalidArgument (options).
   static StatusOr<std::unique_ptr<TaskStore>> open(const TaskStoreOptions& options,

@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "base/test_temp_dir.h"
+#include "controller/task_store_fixture.h"
 
 namespace testudo::controller {
 namespace {
@@ -1001,6 +1002,108 @@ TEST(TaskStore, ACleanCloseLosesNoIdsAndIdsContinue) {
   EXPECT_FALSE(store->get(4)->has_value());
   EXPECT_FALSE(store->get(1000)->has_value());
   EXPECT_EQ(get_ok(*store, 3).state, TaskState::kSucceeded);
+}
+
+// Every fixture kept in tests/fixtures (one per format version, written by that version's
+// make_task_store_fixture) opens with this code, and every owner reads every one of its
+// results, and sees none of the other owner's tasks.
+TEST(TaskStore, EveryKeptFixtureOpensAndEachOwnerReadsAllItsResults) {
+  int fixtures = 0;
+  for (const auto& entry : fs::directory_iterator(TESTUDO_FIXTURES_DIR)) {
+    if (!entry.path().filename().string().starts_with("store-v")) continue;
+    SCOPED_TRACE(entry.path().string());
+    ++fixtures;
+    TempDir dir;
+    auto o = options_in(dir.path());
+    o.max_age = std::chrono::seconds(100LL * 365 * 24 * 3600);
+    fs::create_directories(dir.path() + "/state");
+    fs::permissions(dir.path() + "/state", fs::perms::owner_all);
+    fs::copy(entry.path(), dir.path() + "/state", fs::copy_options::recursive);
+    auto store = open_ok(o, fixture::kReopenedUs + 1'000'000);
+    ASSERT_TRUE(store);
+    EXPECT_EQ(store->lost_at_open(), 0u);  // the fixture's lost tasks were marked when it was written
+    for (const char* owner : {fixture::kOwnerA, fixture::kOwnerB}) {
+      SCOPED_TRACE(owner);
+      std::vector<std::uint64_t> expected_ids;
+      for (const fixture::FixtureTask& t : fixture::fixture_tasks()) {
+        if (std::string_view(t.owner) != owner) continue;
+        expected_ids.push_back(t.id);
+        const TaskRecord r = get_ok(*store, t.id);
+        EXPECT_EQ(r.owner, owner);
+        EXPECT_EQ(r.state, t.state) << "task " << t.id;
+        if (t.state == TaskState::kLost) {
+          EXPECT_EQ(r.error, "controller stopped before the task finished");
+          continue;
+        }
+        EXPECT_EQ(r.error, t.error);
+        EXPECT_EQ(r.engine, std::optional<std::uint32_t>(t.engine));
+        auto result = store->result(t.id);
+        ASSERT_TRUE(result.ok()) << "task " << t.id << ": " << result.status().to_string();
+        EXPECT_EQ(strings_of(*result), t.result) << "task " << t.id;
+      }
+      auto mine = store->query({.owner = std::string(owner)});
+      ASSERT_TRUE(mine.ok()) << mine.status().to_string();
+      std::vector<std::uint64_t> ids;
+      for (const TaskRecord& r : *mine) ids.push_back(r.task_id);
+      EXPECT_EQ(ids, expected_ids);  // all of its own, none of the other owner's
+    }
+    // A new task after the upgrade continues the ids (no reuse of a fixture's id).
+    EXPECT_GT(store->next_task_id(), 9u);
+  }
+  EXPECT_GE(fixtures, 1) << "no fixtures in " << TESTUDO_FIXTURES_DIR;
+}
+
+TEST(TaskStore, RefusesANewerFormatNamingBothVersionsAndLeavesItAlone) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  {
+    auto store = open_ok(o);
+    store->record_submitted(submitted(1, "alice"));
+    ASSERT_TRUE(store->sync().ok());
+  }
+  sql_text(o.path, "PRAGMA user_version = 2");
+  ASSERT_EQ(sql_text(o.path, "PRAGMA user_version"), "2");
+  auto newer = TaskStore::open(o, 2'000'000);
+  ASSERT_FALSE(newer.ok());
+  EXPECT_EQ(newer.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(newer.status().message().find("format version 2"), std::string::npos) << newer.status().message();
+  EXPECT_NE(newer.status().message().find("up to 1"), std::string::npos) << newer.status().message();
+  EXPECT_NE(newer.status().message().find(o.path), std::string::npos) << newer.status().message();
+  EXPECT_EQ(sql_text(o.path, "PRAGMA user_version"), "2");
+  EXPECT_EQ(sql_text(o.path, "SELECT state FROM tasks WHERE task_id = 1"), "0");  // not marked lost
+}
+
+TEST(TaskStore, AnUnversionedStoreOfTodaysTablesIsVersion1AndAForeignDatabaseIsRefused) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  {
+    auto store = open_ok(o);
+    store->record_submitted(submitted(1, "alice"));
+    store->record_finished(1, TaskState::kSucceeded, 200, segments_of({"kept"}), "");
+    ASSERT_TRUE(store->sync().ok());
+  }
+  sql_text(o.path, "PRAGMA user_version = 0");
+  {
+    auto store = open_ok(o);
+    ASSERT_TRUE(store);
+    auto result = store->result(1);
+    ASSERT_TRUE(result.ok()) << result.status().to_string();
+    EXPECT_EQ(strings_of(*result), std::vector<std::string>{"kept"});
+  }
+  EXPECT_EQ(sql_text(o.path, "PRAGMA user_version"), "1");
+
+  fs::remove(o.path);
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(o.path.c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, "CREATE TABLE photos(id INTEGER PRIMARY KEY, jpeg BLOB)", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto foreign = TaskStore::open(o, 1);
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_EQ(foreign.status().code(), StatusCode::kDataLoss) << foreign.status().to_string();
+  EXPECT_EQ(sql_text(o.path, "SELECT group_concat(name) FROM sqlite_schema"), "photos");
 }
 
 }  // namespace
