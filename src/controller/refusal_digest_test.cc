@@ -45,8 +45,8 @@ TEST(RefusalDigestTest, MemoryIsBoundedWhateverThePeersSend) {
     said.push_back({h, n, r});
   });
   // Many hosts (spoofed sources) and many distinct reasons (attacker-chosen text).
-  for (int i = 0; i < 5000; ++i) (void)digest.note("10.1." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ":1", "x");
   for (int i = 0; i < 100; ++i) (void)digest.note("10.9.9.9:1", "reason " + std::to_string(i) + std::string(500, 'y'));
+  for (int i = 0; i < 5000; ++i) (void)digest.note("10.1." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ":1", "x");
   digest.flush();
   std::uint64_t others = 0;
   for (const Said& s : said) {
