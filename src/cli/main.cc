@@ -293,6 +293,19 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
     since += ", restarted with --reuse; " +
              (back.empty() ? std::string("no engine of the previous run is back yet")
                            : "back with their ids: engine(s) " + back);
+    std::string missing;
+    if (j.contains("engines_not_back") && j["engines_not_back"].is_array()) {
+      for (const auto& id : j["engines_not_back"]) {
+        if (id.is_number_unsigned()) missing += (missing.empty() ? "" : ", ") + std::to_string(id.get<std::uint64_t>());
+      }
+    }
+    const auto missing_count = j.value("engines_not_back_count", 0ull);
+    if (missing_count > 0) {
+      since += "; not back: engine(s) " + missing +
+               (missing_count > j["engines_not_back"].size() ? " and " + std::to_string(missing_count - j["engines_not_back"].size()) + " more" : "");
+    }
+    const auto lost = j.value("tasks_lost_at_start", 0ull);
+    if (lost > 0) since += "; " + std::to_string(lost) + " task(s) reported lost by the restart";
   }
   std::printf("controller up %.0f s (since %s); %zu engine(s), %d client(s), %llu task(s) done, %llu in flight\n",
               j.value("uptime_s", 0.0), since.c_str(), j["engines"].size(), j.value("clients", 0),

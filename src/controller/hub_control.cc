@@ -221,6 +221,12 @@ ClusterReport Hub::cluster_report() {
   r.started_unix_us = started_unix_us_;
   r.resumed = engine_ids_.resumed();
   r.engines_back.assign(engines_back_.begin(), engines_back_.end());
+  for (std::uint32_t id : engine_ids_.from_previous_run()) {  // a std::set: lowest first
+    if (engines_back_.count(id)) continue;
+    if (r.engines_not_back.size() < ClusterReport::kMaxListed) r.engines_not_back.push_back(id);
+    ++r.engines_not_back_count;
+  }
+  r.tasks_lost_at_start = results_.lost_at_open();
   return r;
 }
 

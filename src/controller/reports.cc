@@ -49,7 +49,10 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"uptime_s", report.uptime_s},
                {"started_at", utc_text(report.started_unix_us)},
                {"resumed", report.resumed},
-               {"engines_back", report.engines_back}});
+               {"engines_back", report.engines_back},
+               {"engines_not_back", report.engines_not_back},
+               {"engines_not_back_count", report.engines_not_back_count},
+               {"tasks_lost_at_start", report.tasks_lost_at_start}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

@@ -35,6 +35,13 @@ struct ClusterReport {
   // of that run's engines have registered again since, with their old ids.
   bool resumed = false;
   std::vector<std::uint32_t> engines_back;
+  // Ids remembered from the previous run whose engines have not come back (at most
+  // kMaxListed, lowest first; engines_not_back_count says how many in all), and the tasks the
+  // store marked lost when it opened (running or unrecorded when the last controller stopped).
+  static constexpr std::size_t kMaxListed = 100;
+  std::vector<std::uint32_t> engines_not_back;
+  std::size_t engines_not_back_count = 0;
+  std::uint64_t tasks_lost_at_start = 0;
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not
@@ -42,7 +49,8 @@ struct ClusterReport {
 std::string engine_list_json(const std::vector<EngineReport>& engines, std::uint32_t next_engine_id);
 // {"engines": [{id, address, identity, in_flight, tasks_done, connected_s, last_heartbeat_s}],
 //  "clients", "tasks_in_flight", "tasks_completed", "connections_rejected", "uptime_s",
-//  "started_at" (UTC, "2024-05-01T12:00:00Z"), "resumed", "engines_back" ([ids])}
+//  "started_at" (UTC, "2024-05-01T12:00:00Z"), "resumed", "engines_back" ([ids]),
+//  "engines_not_back" ([ids], at most 100), "engines_not_back_count", "tasks_lost_at_start"}
 std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler);
 // {"engines": {"<id>": {queue, tasks, completed, window}}, "unassigned", "waiting", "scheme", "hwm"}
 std::string queue_status_json(const Scheduler& scheduler);

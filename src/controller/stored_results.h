@@ -49,6 +49,8 @@ class StoredResults {
  public:
   // `store`, `gate` and `clock` outlive this object.
   StoredResults(TaskStore& store, Gatekeeper& gate, Clock& clock);
+  // Tasks the store marked lost when it opened (see TaskStore::lost_at_open).
+  std::uint64_t lost_at_open() const { return store_.lost_at_open(); }
   ~StoredResults();  // commits what is pending (see sync())
 
   // --- what the hub records, in this order per task ---

@@ -55,9 +55,11 @@ def test_engines_keep_their_ids_across_a_controller_sigkill_and_reuse(own_cluste
 
         status = json.loads(c.run("status", "--json").stdout)
         assert status["resumed"] is True and status["engines_back"] == [1, 2]
+        assert status["engines_not_back"] == [0] and status["engines_not_back_count"] == 1
+        assert status["tasks_lost_at_start"] == 0
         assert status["started_at"].endswith("Z")
         line = c.run("status").stdout.splitlines()[0]
-        assert "restarted with --reuse; back with their ids: engine(s) 1, 2" in line, line
+        assert "restarted with --reuse; back with their ids: engine(s) 1, 2; not back: engine(s) 0" in line, line
         # A newcomer takes none of the remembered ids, not even the one whose engine is gone.
         start_engine(c)
         assert wait_until(lambda: rc.ids == [1, 2, 3], timeout=30), rc.ids

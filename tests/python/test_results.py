@@ -65,6 +65,7 @@ def test_results_of_a_killed_controller_survive_its_restart(own_cluster):
         assert isinstance(values[2], testudo.error.TaskLost) and values[2].outcome == testudo.Outcome.LOST
         assert "may or may not have run" in values[2].evalue
         assert rc.result_status(ids)["completed"] == ids
+        assert rc.cluster_status()["tasks_lost_at_start"] == 1, "the restart says what it lost"
         assert rc[:].apply_sync(lambda: "new work") == ["new work"] * 2
         rc.close()
     finally:
