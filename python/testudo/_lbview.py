@@ -14,6 +14,13 @@ _FLAGS = ("block", "retries", "timeout", "after", "follow", "targets")
 _ALL_FLAGS = (*_FLAGS, "track")
 
 
+def _checked_task_id(number, given):
+    """A task id as the controller numbers them (0 to 2**64 - 1), or a clear ValueError."""
+    if not 0 <= number < 2**64:
+        raise ValueError(f"not a testudo msg_id: {given!r} (task ids are whole numbers from 0)")
+    return number
+
+
 def _task_ids(deps):
     """Task ids from AsyncResults, msg_ids (str or int) or lists of them."""
     if deps is None:
@@ -26,11 +33,11 @@ def _task_ids(deps):
             ids.extend(d._task_ids())
         elif isinstance(d, str):
             try:
-                ids.append(int(d))
+                ids.append(_checked_task_id(int(d), d))
             except ValueError:
                 raise ValueError(f"not a testudo msg_id: {d!r}") from None
         elif isinstance(d, int) and not isinstance(d, bool):
-            ids.append(d)
+            ids.append(_checked_task_id(d, d))
         elif isinstance(d, (list, tuple, set)):
             ids.extend(_task_ids(list(d)))
         else:

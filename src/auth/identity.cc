@@ -48,6 +48,8 @@ StatusOr<tls::KeyAndCertificate> create_identity(const std::string& dir, const s
 StatusOr<tls::KeyAndCertificate> load_identity(const std::string& dir, const std::string& name,
                                                const std::optional<PassphraseSource>& source) {
   const IdentityFiles files = identity_files(dir, name);
+  // A directory others can write to lets them swap the key: refused like a loose key file.
+  if (Status st = crypto::check_private_dir(dir); !st.ok() && st.code() != StatusCode::kNotFound) return st;
   TESTUDO_ASSIGN_OR_RETURN(std::string key_pem, crypto::read_private_file(files.key_path, "private key"));
   TESTUDO_ASSIGN_OR_RETURN(std::string cert_pem, crypto::read_private_file(files.cert_path, "certificate"));
   if (tls::is_encrypted_private_key_pem(key_pem)) {

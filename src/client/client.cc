@@ -15,6 +15,7 @@
 #include "base/profile.h"
 #include "client/reply.h"
 #include "crypto/crypto.h"
+#include "crypto/private_file.h"
 #include "net/host_address.h"
 #include "net/net.h"
 #include "wire/body.h"
@@ -380,17 +381,29 @@ struct Client::Impl {
 Client::Client() : impl_(std::make_shared<Impl>()) {}
 Client::~Client() = default;
 
+namespace {
+
+// The client connection file of `options`. The profile's own (no connection_file given) is
+// read only from a security directory closed to others, like the file itself: whoever can
+// write there could point this client at their own controller's file.
+StatusOr<auth::ConnectionInfo> load_client_connection_file(const ClientOptions& options) {
+  if (!options.connection_file.empty()) return auth::load_connection_file(options.connection_file, wire::Role::kClient);
+  const ProfilePaths paths = profile_paths(options.profile);
+  if (Status st = crypto::check_private_dir(paths.security_dir); !st.ok() && st.code() != StatusCode::kNotFound) {
+    return st;
+  }
+  return auth::load_connection_file(paths.client_connection_file, wire::Role::kClient);
+}
+
+}  // namespace
+
 StatusOr<ControllerAddress> controller_address(const ClientOptions& options) {
-  const std::string file =
-      options.connection_file.empty() ? profile_paths(options.profile).client_connection_file : options.connection_file;
-  TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, auth::load_connection_file(file, wire::Role::kClient));
+  TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, load_client_connection_file(options));
   return ControllerAddress{info.host, info.port, net::is_address_of_this_host(info.host) ? "" : info.ssh};
 }
 
 StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
-  std::string file =
-      options.connection_file.empty() ? profile_paths(options.profile).client_connection_file : options.connection_file;
-  TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, auth::load_connection_file(file, wire::Role::kClient));
+  TESTUDO_ASSIGN_OR_RETURN(auth::ConnectionInfo info, load_client_connection_file(options));
   if (!options.dial_host.empty()) {
     if (options.dial_port == 0) return invalid_argument("dial_host without dial_port");
     info.host = options.dial_host;

@@ -137,6 +137,7 @@ Status ensure_private_dir(const std::string& dir, bool fix_mode) {
   if (created_last) return ok_status();
 
   // The directory already existed: it must be ours and closed to group/others.
+  if (!fix_mode) return check_private_dir(dir);
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) return errno_status(errno, "cannot stat directory " + dir);
   if (!S_ISDIR(st.st_mode)) return failed_precondition(dir + " exists and is not a directory");
@@ -153,6 +154,22 @@ Status ensure_private_dir(const std::string& dir, bool fix_mode) {
     if (::chmod(dir.c_str(), 0700) != 0) {
       return errno_status(errno, "cannot chmod 700 directory " + dir);
     }
+  }
+  return ok_status();
+}
+
+Status check_private_dir(const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return errno_status(errno, "cannot stat directory " + dir);
+  if (!S_ISDIR(st.st_mode)) return failed_precondition(dir + " exists and is not a directory");
+  if (st.st_uid != ::geteuid()) {
+    return permission_denied("directory " + dir + " is owned by uid " + std::to_string(st.st_uid) +
+                             ", not by the current user (uid " + std::to_string(::geteuid()) +
+                             "); use a directory you own");
+  }
+  if ((st.st_mode & 077) != 0) {
+    return permission_denied("directory " + dir + " has mode " + octal_mode(st.st_mode) + ", " +
+                             loose_bits_text(st.st_mode) + "; run: chmod 700 " + dir);
   }
   return ok_status();
 }

@@ -14,6 +14,12 @@ namespace testudo::crypto {
 // `fix_mode` is true, in which case it is chmod-ed to 0700.
 Status ensure_private_dir(const std::string& dir, bool fix_mode = false);
 
+// For a directory testudo keeps secrets in (an identity directory, a profile's security/):
+// OK if it is a directory owned by this user with no group/other access; otherwise
+// kPermissionDenied naming it and the fix (whoever can write there can swap a key or a
+// connection file), or kNotFound. Creates nothing.
+Status check_private_dir(const std::string& dir);
+
 // Writes `contents` to `path` atomically: a temporary file created 0600 (O_EXCL) in the same
 // directory, fsync, rename over `path`, fsync of the directory. A reader never sees a
 // partial file, and the file is never visible with a looser mode.

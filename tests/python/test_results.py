@@ -228,3 +228,27 @@ def test_get_result_of_a_running_task_answers_when_it_ends(cluster, rc):
     assert not fetched.ready()
     assert fetched.get(timeout=30) == ["late"]
     second.close()
+
+
+def test_bad_task_ids_are_clear_errors(rc):
+    for bad in (-1, "-5", 2**64, "abc"):
+        with pytest.raises(ValueError, match="not a testudo msg_id"):
+            rc.get_result(bad)
+        with pytest.raises(ValueError, match="not a testudo msg_id"):
+            rc.result_status([bad])
+
+
+def test_security_and_identity_directories_open_to_others_are_refused(own_cluster):
+    c = own_cluster(1)
+    for directory in (c.path("security"), os.path.join(c.home, "identity")):
+        os.chmod(directory, 0o755)
+        try:
+            refused = c.run("status", check=False)
+            assert refused.returncode == 1, refused.stdout
+            assert f"directory {directory} has mode 0755" in refused.stderr and "chmod 700" in refused.stderr, \
+                refused.stderr
+            with pytest.raises(PermissionError, match="chmod 700"):
+                c.client()
+        finally:
+            os.chmod(directory, 0o700)
+    assert "1 engine(s)" in c.run("status").stdout
