@@ -1,6 +1,6 @@
 """ipyparallel 7.1 API that testudo adds in pure Python (issue 16): len(view), ar['engine_id'] /
 ar.engine_id, LoadBalancedView.imap, and the remote / parallel decorators on both views and at
-module level. Our own tests against a real cluster; the behaviour compared is ipyparallel's
+module level, and testudo.Reference. Our own tests against a real cluster; the behaviour compared is ipyparallel's
 (client/view.py, client/remotefunction.py, client/asyncresult.py)."""
 
 import itertools
@@ -174,3 +174,23 @@ def test_decorator_flags(rc):
         rc[:].remote(no_such_flag=1)  # said at decoration, not ignored
     with pytest.raises(ValueError):
         rc[:].parallel(dist="r")
+
+
+def test_reference(rc, dview):
+    dview.push({"a": 5})
+    dview.execute("import os; pid = os.getpid(); seq = [10, 20]")
+    ref = testudo.Reference("a")
+    assert repr(ref) == "<Reference: 'a'>"
+    assert dview.apply_sync(lambda x: x * 2, ref) == [10] * 4
+    assert dview.apply_sync(lambda x: x, testudo.Reference("seq[1]")) == [20] * 4  # an expression
+    assert rc[2].apply_sync(lambda p: p, p=testudo.Reference("pid")) == rc[2].apply_sync(os.getpid)
+    lb = rc.load_balanced_view()
+    assert lb.apply_sync(lambda x: x + 1, ref) == 6
+    with pytest.raises(error.RemoteError) as info:
+        dview.apply_sync(lambda x: x, testudo.Reference("not_defined_here"))
+    assert "NameError" in str(info.value)
+    with pytest.raises(TypeError):
+        testudo.Reference(3)
+    import cloudpickle
+    with pytest.raises(RuntimeError, match="only on an engine"):
+        cloudpickle.loads(cloudpickle.dumps(ref))  # said clearly where it cannot be resolved
