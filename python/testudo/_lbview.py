@@ -150,8 +150,9 @@ class LoadBalancedView:
         if not sequences:
             raise ValueError("map needs at least one sequence")
         # Sliceable sequences are chunked in place; anything else (generators, sets, and
-        # mappings, whose __getitem__ is by key) is iterated as Python's map() would.
-        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, Mapping)
+        # mappings, whose __getitem__ is by key, and AsyncResults, whose len() counts engines)
+        # is iterated as Python's map() would.
+        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, (Mapping, AsyncResult))
                 else list(s) for s in sequences]
         n = min(len(s) for s in seqs)
         children = []

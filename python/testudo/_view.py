@@ -290,7 +290,9 @@ class DirectView:
         # `ordered` is for ParallelFunction on either view: a DirectView's parts come back in order.
         if not sequences:
             raise ValueError("map needs at least one sequence")
-        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        # An AsyncResult indexes its results but its len() counts engines: iterate it instead.
+        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, AsyncResult)
+                else list(s) for s in sequences]
         n = min(len(s) for s in seqs)
         ids, _ = self._resolve()
         if not ids:

@@ -67,6 +67,10 @@ def test_getitem_result(rc):
     ar = rc[:].apply_async(lambda: 7)
     ar.get(timeout=10)
     assert ar[0] == 7 and ar[1:3] == [7, 7]
+    # Indexable now, an AsyncResult is still mapped over as its results, not its engines.
+    squares = rc[:].map_async(lambda x: x * x, range(10))
+    assert rc[:].map_sync(lambda x: x + 1, squares) == [x * x + 1 for x in range(10)]
+    assert rc.load_balanced_view().map_sync(lambda x: x + 1, squares) == [x * x + 1 for x in range(10)]
     pending = rc[0].apply_async(time.sleep, 0.5)
     with pytest.raises(error.TimeoutError):
         pending[0]
