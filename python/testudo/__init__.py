@@ -21,6 +21,8 @@ from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
 from ._cluster import Cluster
 from ._lbview import LoadBalancedView
+from ._reference import Reference
+from ._remotefunction import ParallelFunction, RemoteFunction, parallel, remote
 from ._testudo import Outcome
 from ._view import BroadcastView, DirectView, use_cloudpickle, use_dill, use_pickle
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
@@ -28,7 +30,8 @@ from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError
 __all__ = [
     "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
-    "use_cloudpickle", "use_pickle", "use_dill",
+    "use_cloudpickle", "use_pickle", "use_dill", "parallel", "remote", "ParallelFunction", "RemoteFunction",
+    "Reference",
 ]
 
 __version__ = "0.1.0"

@@ -432,6 +432,26 @@ class AsyncResult(concurrent.futures.Future):
         results = self.get()
         yield from ([results] if self._single else results)
 
+    def __getitem__(self, key):
+        """ar['engine_id'] (a str): that metadata key, per engine (one value for a single
+        engine), without waiting; ar[0] / ar[1:3]: the finished result, indexed, as ipyparallel."""
+        if isinstance(key, str):
+            md = self.metadata
+            if isinstance(md, dict):  # a finished single result
+                return md[key]
+            values = [m[key] for m in md]  # unfinished: a list even when single
+            return values[0] if self._single else values
+        if isinstance(key, (int, slice)):
+            self._check_ready()
+            return self.get()[key]
+        raise TypeError(f"invalid key type {type(key).__name__!r}: must be int, slice or str")
+
+    @property
+    def engine_id(self):
+        """The engine that ran it (a list, one per engine, unless single); for a
+        load-balanced task not yet done, None, as the scheduler has not said where it runs."""
+        return self["engine_id"]
+
     # ----- concurrent.futures.Future: block on the native result, not on a thread -----
 
     def result(self, timeout=None):

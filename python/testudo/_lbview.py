@@ -147,19 +147,95 @@ class LoadBalancedView:
         if unknown:
             raise TypeError(f"map() got an unexpected keyword argument {unknown[0]!r}")
         self._check_flags(flags)
+        ar = self._map(f, sequences, ordered=ordered, chunksize=chunksize, flags=flags)
+        block = self.block if block is None else block
+        return ar.get() if block else ar
+
+    def _map(self, f, sequences, call=_helpers.map_chunk, fname=None, ordered=True, chunksize=1, flags=None):
+        """One task per `chunksize` items, each running call(f, *chunks); also the engine of
+        ParallelFunction (call_on_partition: f once per chunk)."""
+        if not sequences:
+            raise ValueError("map needs at least one sequence")
         # Sliceable sequences are chunked in place; anything else (generators, sets, and
-        # mappings, whose __getitem__ is by key) is iterated as Python's map() would.
-        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, Mapping)
+        # mappings, whose __getitem__ is by key, and AsyncResults, whose len() counts engines)
+        # is iterated as Python's map() would.
+        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, (Mapping, AsyncResult))
                 else list(s) for s in sequences]
         n = min(len(s) for s in seqs)
         children = []
         for start in range(0, n, chunksize):
             chunk = [s[start:min(start + chunksize, n)] for s in seqs]
-            child, _ = self._submit(_helpers.map_chunk, (f, *chunk), {}, flags)
+            child, _ = self._submit(call, (f, *chunk), {}, flags or {})
             children.append(child)
-        ar = _LoadBalancedMapResult(self.client, children, getattr(f, "__name__", "map"), "pickle", ordered=ordered)
-        block = self.block if block is None else block
-        return ar.get() if block else ar
+        return _LoadBalancedMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle",
+                                      ordered=ordered)
+
+    def imap(self, f, *sequences, ordered=True, max_outstanding="auto", return_exceptions=False):
+        """Lazy map: an iterator that takes items from `sequences` (any iterables, infinite
+        ones too) only as results come back, one task per item, with at most
+        `max_outstanding` tasks unfinished at once ('auto': one per engine of the view; 0: no
+        limit). `ordered=False` yields each result as soon as it is done. With
+        `return_exceptions`, a failed task yields its RemoteError instead of raising it."""
+        if not sequences:
+            raise ValueError("imap needs at least one sequence")
+        if max_outstanding == "auto":
+            max_outstanding = len(self)
+        if not isinstance(max_outstanding, int) or isinstance(max_outstanding, bool) or max_outstanding < 0:
+            raise ValueError("max_outstanding must be 'auto' or an int >= 0")
+        return self._imap(f, zip(*sequences), ordered, max_outstanding, return_exceptions)
+
+    def _imap(self, f, items, ordered, max_outstanding, return_exceptions):
+        outstanding = []  # submission order
+        exhausted = False
+
+        def value(ar):
+            return ar.get(return_exceptions=return_exceptions)
+
+        while outstanding or not exhausted:
+            # Submit while under the limit, counting only unfinished tasks: results that are
+            # done but not yet yielded do not hold an engine.
+            while not exhausted and (max_outstanding == 0 or
+                                     sum(not ar.ready() for ar in outstanding) < max_outstanding):
+                try:
+                    args = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                outstanding.append(self._apply(f, args, {}, block=False)[0])
+            if not outstanding:
+                continue
+            if ordered:
+                if exhausted or outstanding[0].ready() or max_outstanding == 0:
+                    ar = outstanding.pop(0)
+                    ar.wait()
+                    yield value(ar)
+                else:
+                    outstanding[0].wait(0.01)  # or another finishes and frees a slot
+                continue
+            done = [ar for ar in outstanding if ar.ready()]
+            if not done:
+                outstanding[0].wait(0.01)  # polls: any of them may finish first
+                continue
+            for ar in done:
+                outstanding.remove(ar)
+                yield value(ar)
+
+    def __len__(self):
+        """How many engines this view may use: its targets, else every engine of the client."""
+        if self.targets is None:
+            return len(self.client)
+        return len(self._allowed(self.targets))
+
+    def remote(self, block=None, **flags):
+        """Decorator: calling the function runs it as one task (apply)."""
+        from ._remotefunction import remote
+        return remote(self, block=block, **flags)
+
+    def parallel(self, dist="b", block=None, **flags):
+        """Decorator: calling the function on sequences runs it once per element, each call
+        on a one-element part of each sequence, as ipyparallel; `f.map(seq)` maps element-wise."""
+        from ._remotefunction import parallel
+        return parallel(self, dist=dist, block=block, **flags)
 
     def map_async(self, f, *sequences, **kwargs):
         kwargs["block"] = False

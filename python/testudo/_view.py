@@ -202,16 +202,22 @@ class DirectView:
         ids, single = self._resolve()
         return 1 if single else len(ids)
 
-    def set_flags(self, **kwargs):
-        """Set view flags: block, track."""
-        for key, value in kwargs.items():
+    @staticmethod
+    def _check_flags(kwargs):
+        for key in kwargs:
             if key not in ("block", "track"):
                 raise KeyError(f"invalid flag {key!r}; valid flags: block, track")
+
+    def set_flags(self, **kwargs):
+        """Set view flags: block, track."""
+        self._check_flags(kwargs)  # all or nothing: a bad flag changes none
+        for key, value in kwargs.items():
             setattr(self, key, value)
 
     @contextlib.contextmanager
     def temp_flags(self, **kwargs):
         """Flags set only inside a `with` block."""
+        self._check_flags(kwargs)  # an unknown flag is a KeyError, not an AttributeError
         saved = {k: getattr(self, k) for k in kwargs}
         self.set_flags(**kwargs)
         try:
@@ -280,10 +286,13 @@ class DirectView:
         kwargs["block"] = True
         return self.map(f, *sequences, **kwargs)
 
-    def _map(self, f, sequences, call=_helpers.map_chunk, fname=None):
+    def _map(self, f, sequences, call=_helpers.map_chunk, fname=None, ordered=True):
+        # `ordered` is for ParallelFunction on either view: a DirectView's parts come back in order.
         if not sequences:
             raise ValueError("map needs at least one sequence")
-        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        # An AsyncResult indexes its results but its len() counts engines: iterate it instead.
+        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, AsyncResult)
+                else list(s) for s in sequences]
         n = min(len(s) for s in seqs)
         ids, _ = self._resolve()
         if not ids:
@@ -421,14 +430,14 @@ class DirectView:
 
     def remote(self, block=None, **flags):
         """Decorator: calling the function runs it on this view's engines (apply)."""
-        from ._remotefunction import RemoteFunction
-        return lambda f: RemoteFunction(self, f, block=block)
+        from ._remotefunction import remote
+        return remote(self, block=block, **flags)
 
     def parallel(self, dist="b", block=None, **flags):
         """Decorator: calling the function on a sequence splits it across engines;
         `f.map(seq)` maps element-wise."""
-        from ._remotefunction import ParallelFunction
-        return lambda f: ParallelFunction(self, f, dist=dist, block=block)
+        from ._remotefunction import parallel
+        return parallel(self, dist=dist, block=block, **flags)
 
     def wait(self, jobs=None, timeout=-1):
         """Wait for `jobs` (AsyncResults) or every outstanding request of the client."""
