@@ -91,4 +91,12 @@ StatusOr<std::string> load_identity_certificate(const std::string& dir, const st
   return crypto::read_private_file(identity_files(dir, name).cert_path, "certificate");
 }
 
+StatusOr<std::string> load_or_create_identity_certificate(const std::string& dir, const std::string& name,
+                                                          const CreateIdentityOptions& options) {
+  auto cert = load_identity_certificate(dir, name);
+  if (cert.ok() || cert.status().code() != StatusCode::kNotFound) return cert;
+  TESTUDO_ASSIGN_OR_RETURN(tls::KeyAndCertificate made, create_identity(dir, name, options));
+  return made.cert_pem;
+}
+
 }  // namespace testudo::auth

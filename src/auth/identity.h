@@ -44,5 +44,10 @@ StatusOr<tls::KeyAndCertificate> load_or_create_identity(const std::string& dir,
 // The certificate alone (no key, no passphrase needed), e.g. for the controller to trust its
 // owner's client identity.
 StatusOr<std::string> load_identity_certificate(const std::string& dir, const std::string& name);
+// load_identity_certificate, after create_identity(dir, name, options) (unencrypted) if `dir`
+// holds no identity of that name yet: the user's client identity and the profile's shared
+// engine identity, which a controller, here or started on another host, must trust.
+StatusOr<std::string> load_or_create_identity_certificate(const std::string& dir, const std::string& name,
+                                                          const CreateIdentityOptions& options = {});
 
 }  // namespace testudo::auth

@@ -140,14 +140,8 @@ StatusOr<std::unique_ptr<Gatekeeper>> make_gatekeeper(const ControllerOptions& o
     } else {
       // The user who runs the controller owns it: their client identity (made now if they have
       // none; only the certificate is read, so an encrypted key needs no passphrase here).
-      const std::string identity_dir = testudo_home() + "/identity";
-      auto cert = auth::load_identity_certificate(identity_dir, "client");
-      if (!cert.ok() && cert.status().code() == StatusCode::kNotFound) {
-        TESTUDO_RETURN_IF_ERROR(auth::load_or_create_identity(identity_dir, "client").status());
-        cert = auth::load_identity_certificate(identity_dir, "client");
-      }
-      if (!cert.ok()) return cert.status();
-      owner_cert = *cert;
+      TESTUDO_ASSIGN_OR_RETURN(owner_cert,
+                               auth::load_or_create_identity_certificate(testudo_home() + "/identity", "client"));
     }
     TESTUDO_ASSIGN_OR_RETURN(std::string owner, tls::key_fingerprint_of_pem(owner_cert));
     g.owners.push_back(owner);
@@ -162,13 +156,8 @@ StatusOr<std::unique_ptr<Gatekeeper>> make_gatekeeper(const ControllerOptions& o
     if (!options.engine_cert_file.empty()) {
       TESTUDO_ASSIGN_OR_RETURN(engine_cert, read_certificate_file(options.engine_cert_file, "--engine-cert"));
     } else {
-      auto engine = auth::load_identity_certificate(paths.security_dir, "engine");
-      if (!engine.ok() && engine.status().code() == StatusCode::kNotFound) {
-        TESTUDO_RETURN_IF_ERROR(auth::create_identity(paths.security_dir, "engine", {"testudo-engine"}).status());
-        engine = auth::load_identity_certificate(paths.security_dir, "engine");
-      }
-      if (!engine.ok()) return engine.status();
-      engine_cert = *engine;
+      TESTUDO_ASSIGN_OR_RETURN(engine_cert,
+                               auth::load_or_create_identity_certificate(paths.security_dir, "engine", {"testudo-engine"}));
     }
     TESTUDO_RETURN_IF_ERROR(gate->trust_identity(wire::Role::kEngine, engine_cert, "shared engine identity"));
   }

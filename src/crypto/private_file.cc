@@ -136,26 +136,14 @@ Status ensure_private_dir(const std::string& dir, bool fix_mode) {
   }
   if (created_last) return ok_status();
 
-  // The directory already existed: it must be ours and closed to group/others.
-  if (!fix_mode) return check_private_dir(dir);
+  // The directory already existed: it must be ours and closed to group/others. With
+  // fix_mode, a loose mode on a directory of ours is tightened first instead of refused.
   struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) return errno_status(errno, "cannot stat directory " + dir);
-  if (!S_ISDIR(st.st_mode)) return failed_precondition(dir + " exists and is not a directory");
-  if (st.st_uid != ::geteuid()) {
-    return permission_denied("directory " + dir + " is owned by uid " + std::to_string(st.st_uid) +
-                             ", not by the current user (uid " + std::to_string(::geteuid()) +
-                             "); use a directory you own");
+  if (fix_mode && ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid() &&
+      (st.st_mode & 077) != 0 && ::chmod(dir.c_str(), 0700) != 0) {
+    return errno_status(errno, "cannot chmod 700 directory " + dir);
   }
-  if ((st.st_mode & 077) != 0) {
-    if (!fix_mode) {
-      return permission_denied("directory " + dir + " has mode " + octal_mode(st.st_mode) + ", " +
-                               loose_bits_text(st.st_mode) + "; run: chmod 700 " + dir);
-    }
-    if (::chmod(dir.c_str(), 0700) != 0) {
-      return errno_status(errno, "cannot chmod 700 directory " + dir);
-    }
-  }
-  return ok_status();
+  return check_private_dir(dir);
 }
 
 Status check_private_dir(const std::string& dir) {

@@ -19,22 +19,13 @@ using Clock = std::chrono::steady_clock;
 // client identity (its owner) and the profile's shared engine identity (made here if missing,
 // as a local controller would make it, so that engines started from here can use it).
 StatusOr<std::vector<std::pair<std::string, std::string>>> certificates_to_send(const std::string& profile) {
-  const std::string identity_dir = testudo_home() + "/identity";
-  auto owner = auth::load_identity_certificate(identity_dir, "client");
-  if (!owner.ok() && owner.status().code() == StatusCode::kNotFound) {
-    TESTUDO_RETURN_IF_ERROR(auth::load_or_create_identity(identity_dir, "client").status());
-    owner = auth::load_identity_certificate(identity_dir, "client");
-  }
-  if (!owner.ok()) return owner.status();
+  TESTUDO_ASSIGN_OR_RETURN(std::string owner,
+                           auth::load_or_create_identity_certificate(testudo_home() + "/identity", "client"));
   const ProfilePaths paths = profile_paths(profile);
   TESTUDO_RETURN_IF_ERROR(crypto::ensure_private_dir(paths.security_dir));
-  auto engine = auth::load_identity_certificate(paths.security_dir, "engine");
-  if (!engine.ok() && engine.status().code() == StatusCode::kNotFound) {
-    TESTUDO_RETURN_IF_ERROR(auth::create_identity(paths.security_dir, "engine", {"testudo-engine"}).status());
-    engine = auth::load_identity_certificate(paths.security_dir, "engine");
-  }
-  if (!engine.ok()) return engine.status();
-  return std::vector<std::pair<std::string, std::string>>{{"owner-cert.pem", *owner}, {"engine-cert.pem", *engine}};
+  TESTUDO_ASSIGN_OR_RETURN(std::string engine,
+                           auth::load_or_create_identity_certificate(paths.security_dir, "engine", {"testudo-engine"}));
+  return std::vector<std::pair<std::string, std::string>>{{"owner-cert.pem", owner}, {"engine-cert.pem", engine}};
 }
 
 // Where the remote controller's connection files appear, relative to remote_dir (its
