@@ -60,6 +60,17 @@ struct ClientOptions {
   // the capability proven as always; the tunnel adds reachability, not trust. Empty: the file's.
   std::string dial_host;
   std::uint16_t dial_port = 0;
+  // How this client proves who it is (docs/security.md, "Logins"). Default (method "" or
+  // "key"): the identity key above. "password": SCRAM-SHA-256-PLUS as `username` with the
+  // password `secret` returns; "token": the JSON Web Token `secret` returns (asked again
+  // when it expires); "kerberos": the user's credential cache (kinit) for `service` (empty:
+  // the default service principal). With a login, no identity key is read or made.
+  struct Login {
+    std::string method;
+    std::string username;
+    std::function<StatusOr<std::string>()> secret;
+    std::string service;
+  } login;
 };
 
 // The address a connection file tells clients to dial (e.g. to open a tunnel to it first).

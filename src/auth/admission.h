@@ -6,8 +6,10 @@
 // admitted (docs/threat-model.md T17). CapabilityAdmission is the exchange of today's hello:
 // a capability proof bound to this TLS session (capability.h: T1, T2, T5), then the identity
 // gate decides who the peer is (trust mode, revocation, expiry, role binding, failed-login
-// limits: T6, T14-T16). Login methods that need more than one message (challenge and response)
-// plug in as further exchanges: they answer on the connection and return "not decided yet".
+// limits: T6, T14-T16). A client's hello may instead name a login method (login.h): the
+// exchange then runs that method's LoginServer over kLoginStep messages (answering on the
+// connection and returning "not decided yet" in between), and the gate admits the identity the
+// login proved.
 //
 // Threading: the controller's loop thread, like the connections.
 #pragma once
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "auth/capability.h"
+#include "auth/login.h"
 #include "auth/policy.h"
 #include "net/net.h"
 #include "testudo/status.h"
@@ -35,7 +38,12 @@ struct PeerIdentity {
   std::string serial_hex;
   std::int64_t not_after = 0;
   std::vector<std::string> chain;  // as presented; CA mode re-verifies it after a CRL reload
-  Subject subject() const { return {fingerprint, name}; }
+  // How the peer proved who it is. For a login, `fingerprint` holds the login's identity
+  // ("user:alice"), `groups` its groups and `not_after` when the login expires (0: never); the
+  // certificate the peer presented is a throwaway and `name`, `serial_hex`, `chain` are empty.
+  LoginMethod login = LoginMethod::kKey;
+  std::vector<std::string> groups;
+  Subject subject() const { return {fingerprint, name, groups}; }
 };
 
 // Decides whether a peer whose capability proof was checked may join, and as whom. The
@@ -49,6 +57,15 @@ class IdentityGate {
   virtual StatusOr<PeerIdentity> admit(wire::Role role, bool proof_ok, net::Connection& connection) = 0;
   // Records a refusal decided before the peer's identity was known (a malformed hello).
   virtual void record_refusal(net::Connection& connection, std::string_view reason) = 0;
+
+  // Logins (login.h). Before a login is checked, and again once it names whom it claims to
+  // be: an error (audited) if the address or that identity is locked out for failed logins.
+  virtual Status check_login_lockout(std::string_view claimed, net::Connection& connection) = 0;
+  // Decides a finished login: `outcome` is what the method proved, or why it failed (counted
+  // against the address and `claimed`). Audited either way; never mentions a secret.
+  virtual StatusOr<PeerIdentity> admit_login(wire::Role role, bool proof_ok, LoginMethod method,
+                                             std::string_view claimed, StatusOr<LoginIdentity> outcome,
+                                             net::Connection& connection) = 0;
 };
 
 struct Admitted {
@@ -80,14 +97,16 @@ class CapabilityAdmission final : public Admission {
     Capability client{};
     Capability engine{};
   };
-  // `gate` outlives this object.
-  CapabilityAdmission(Capabilities capabilities, IdentityGate& gate);
+  // `gate` (and `logins`, when given) outlive this object. Without `logins` only keys are
+  // accepted.
+  CapabilityAdmission(Capabilities capabilities, IdentityGate& gate, const LoginRegistry* logins = nullptr);
   std::unique_ptr<AdmissionExchange> begin(net::Connection& connection) override;
 
  private:
   class Exchange;
   Capabilities capabilities_;
   IdentityGate& gate_;
+  const LoginRegistry* logins_;
 };
 
 }  // namespace testudo::auth

@@ -19,6 +19,10 @@ std::string encode_hello(const Hello& hello) {
   w.u8(static_cast<std::uint8_t>(hello.role));
   w.str(hello.instance);
   w.bytes(hello.proof);
+  if (hello.login != LoginMethod::kKey) {
+    w.u8(static_cast<std::uint8_t>(hello.login));
+    w.str(hello.login_message);
+  }
   auto& b = w.buffer();
   return std::string(reinterpret_cast<const char*>(b.data()), b.size());
 }
@@ -28,8 +32,15 @@ StatusOr<Hello> decode_hello(std::string_view text) {
   Hello h;
   std::uint8_t role = r.u8();
   h.instance = r.str(kMaxInstanceBytes);
-  if (!r.ok() || r.remaining() != h.proof.size()) return data_loss("malformed hello");
+  if (!r.ok() || r.remaining() < h.proof.size()) return data_loss("malformed hello");
   for (auto& b : h.proof) b = static_cast<std::byte>(r.u8());
+  if (r.remaining() > 0) {
+    auto method = login_method_from_byte(r.u8());
+    h.login_message = r.str(kMaxLoginMessageBytes);
+    if (!r.ok() || r.remaining() != 0) return data_loss("malformed hello");
+    if (!method || *method == LoginMethod::kKey) return data_loss("hello names an unknown login method");
+    h.login = *method;
+  }
   if (role != static_cast<std::uint8_t>(wire::Role::kClient) && role != static_cast<std::uint8_t>(wire::Role::kEngine)) {
     return data_loss("hello names an unknown role");
   }

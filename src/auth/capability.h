@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "auth/login.h"
 #include "crypto/crypto.h"
 #include "testudo/status.h"
 #include "wire/message.h"
@@ -32,6 +33,10 @@ struct Hello {
   // its engine id back. Not a secret.
   std::string instance;
   crypto::Digest proof{};
+  // A login (login.h), clients only: the method and its first message. kKey (the default)
+  // carries no message and is encoded as no login at all, as before logins existed.
+  LoginMethod login = LoginMethod::kKey;
+  std::string login_message;
 };
 inline constexpr std::size_t kMaxInstanceBytes = 64;
 

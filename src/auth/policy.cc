@@ -54,6 +54,9 @@ std::string path_key(const std::string& key) {
 
 std::string type_name(const json& j) { return j.type_name(); }
 
+// Identities a login proves: matched exactly, like key fingerprints.
+constexpr std::array<std::string_view, 3> kLoginIdentityPrefixes = {"user:", "krb:", "token:"};
+
 Status error_at(const std::string& path, std::string what) { return invalid_argument(path + ": " + std::move(what)); }
 
 bool is_fingerprint(std::string_view s) {
@@ -78,15 +81,29 @@ Status check_identity(const std::string& path, const json& j, bool in_group) {
     if (s.size() == 3) return error_at(path, "empty name in \"cn:\"");
     return ok_status();
   }
+  // Identities proved by a login (login.h) and the groups a login reports.
+  for (std::string_view prefix : kLoginIdentityPrefixes) {
+    if (s.rfind(prefix, 0) == 0) {
+      if (s.size() == prefix.size()) return error_at(path, "empty name in " + quoted(std::string(prefix)));
+      if (prefix == "token:" && s.find('#') == std::string::npos) {
+        return error_at(path, "bad token identity " + quoted(s) + " (expected \"token:<issuer>#<subject>\")");
+      }
+      return ok_status();
+    }
+  }
+  if (s.rfind("login-group:", 0) == 0) {
+    if (s.size() == 12) return error_at(path, "empty group name in \"login-group:\"");
+    return ok_status();
+  }
   if (s.rfind("group:", 0) == 0) {
     if (in_group) return error_at(path, "nested groups are not supported (" + quoted(s) + "); list its members instead");
     if (s.size() == 6) return error_at(path, "empty group name in \"group:\"");
     return ok_status();
   }
   if (s == "*" && !in_group) return ok_status();
-  return error_at(path, "unknown identity " + quoted(s) +
-                            (in_group ? " (expected \"sha256:<64 lowercase hex>\" or \"cn:<name>\")"
-                                      : " (expected \"sha256:<64 lowercase hex>\", \"cn:<name>\", \"group:<name>\" or \"*\")"));
+  return error_at(path, "unknown identity " + quoted(s) + " (expected " + (in_group ? "" : "\"group:<name>\", \"*\", ") +
+                            "\"sha256:<64 lowercase hex>\", \"cn:<name>\", \"user:<name>\", \"krb:<principal>\", "
+                            "\"token:<issuer>#<subject>\" or \"login-group:<name>\")");
 }
 
 Status check_keys(const std::string& path, const json& object, std::initializer_list<std::string_view> known) {
@@ -106,14 +123,22 @@ Status check_keys(const std::string& path, const json& object, std::initializer_
 // Resolved members of one group, or of one rule's identity list.
 struct Members {
   bool any = false;
-  std::set<std::string> fingerprints;
+  std::set<std::string> fingerprints;  // key fingerprints and login identities
   std::set<std::string> names;
+  std::set<std::string> login_groups;
   void add(const std::string& identity) {
-    if (identity.rfind("sha256:", 0) == 0) {
-      fingerprints.insert(identity);
+    if (identity.rfind("cn:", 0) == 0) {
+      names.insert(identity.substr(3));
+    } else if (identity.rfind("login-group:", 0) == 0) {
+      login_groups.insert(identity.substr(12));
     } else {
-      names.insert(identity.substr(3));  // "cn:"
+      fingerprints.insert(identity);  // "sha256:", "user:", "krb:", "token:"
     }
+  }
+  void add_all(const Members& other) {
+    fingerprints.insert(other.fingerprints.begin(), other.fingerprints.end());
+    names.insert(other.names.begin(), other.names.end());
+    login_groups.insert(other.login_groups.begin(), other.login_groups.end());
   }
 };
 
@@ -223,6 +248,7 @@ StatusOr<Policy> Policy::parse(std::string_view text) {
   Policy policy;
   std::map<std::string, std::set<std::uint32_t>> by_fingerprint;
   std::map<std::string, std::set<std::uint32_t>> by_name;
+  std::map<std::string, std::set<std::uint32_t>> by_login_group;
   for (std::size_t r = 0; r < rules->size(); ++r) {
     const std::string path = "rules[" + std::to_string(r) + "]";
     const json& jr = (*rules)[r];
@@ -246,8 +272,7 @@ StatusOr<Policy> Policy::parse(std::string_view text) {
       } else if (s.rfind("group:", 0) == 0) {
         auto g = groups.find(s.substr(6));
         if (g == groups.end()) return error_at(id_path, "undefined group " + quoted(s.substr(6)));
-        members.fingerprints.insert(g->second.fingerprints.begin(), g->second.fingerprints.end());
-        members.names.insert(g->second.names.begin(), g->second.names.end());
+        members.add_all(g->second);
       } else {
         members.add(s);
       }
@@ -328,10 +353,15 @@ StatusOr<Policy> Policy::parse(std::string_view text) {
       by_name[n].insert(index);
       policy.operations_by_name_[n] |= rule.operations;
     }
+    for (const auto& g : members.login_groups) {
+      by_login_group[g].insert(index);
+      policy.operations_by_login_group_[g] |= rule.operations;
+    }
     policy.rules_.push_back(std::move(rule));
   }
   for (auto& [f, set] : by_fingerprint) policy.rules_by_fingerprint_.emplace(f, std::vector(set.begin(), set.end()));
   for (auto& [n, set] : by_name) policy.rules_by_name_.emplace(n, std::vector(set.begin(), set.end()));
+  for (auto& [g, set] : by_login_group) policy.rules_by_login_group_.emplace(g, std::vector(set.begin(), set.end()));
   return policy;
 }
 
@@ -409,6 +439,13 @@ bool Policy::any_matching_rule(const Subject& who, F&& f) const {
       }
     }
   }
+  for (const auto& group : who.login_groups) {
+    if (auto it = rules_by_login_group_.find(group); it != rules_by_login_group_.end()) {
+      for (auto r : it->second) {
+        if (f(r)) return true;
+      }
+    }
+  }
   return false;
 }
 
@@ -432,6 +469,9 @@ bool Policy::allows(const Subject& who, Operation op) const {
   if (!who.name.empty()) {
     if (auto it = operations_by_name_.find(who.name); it != operations_by_name_.end()) ops |= it->second;
   }
+  for (const auto& group : who.login_groups) {
+    if (auto it = operations_by_login_group_.find(group); it != operations_by_login_group_.end()) ops |= it->second;
+  }
   return (ops & bit(op)) != 0;
 }
 
@@ -451,7 +491,8 @@ bool Policy::allows_on_every_engine(const Subject& who, Operation op) const {
 std::string Policy::explain_denial(const Subject& who, Operation op, const EngineFacts* engine) const {
   std::string subject = who.key_fingerprint;
   constexpr std::size_t kShown = 7 + 12;  // "sha256:" and 12 hex digits
-  if (subject.size() > kShown) subject = subject.substr(0, kShown) + "\u2026";
+  if (subject.rfind("sha256:", 0) == 0 && subject.size() > kShown) subject = subject.substr(0, kShown) + "\u2026";
+  if (subject.size() > 128) subject = subject.substr(0, 128) + "\u2026";  // a login identity: bounded
   if (subject.empty()) subject = "(no key)";
   // Names come from certificates: bounded here (consumers escape them).
   if (!who.name.empty()) subject += "(" + who.name.substr(0, 64) + ")";

@@ -25,11 +25,14 @@
 //   "version"  required, the integer 1 (kPolicyFormatVersion); checked before anything else,
 //              so a policy for a newer testudo is refused as such.
 //   "groups"   optional, name -> array of members. Members are "sha256:<64 lowercase hex>"
-//              (a key fingerprint) or "cn:<name>" (a certificate common name). Groups are
-//              flat: a member "group:..." is an error.
+//              (a key fingerprint), "cn:<name>" (a certificate common name), an identity a
+//              login proves ("user:<name>", "krb:<principal>", "token:<issuer>#<subject>") or
+//              "login-group:<name>" (a group a login reports: the user file's groups, a
+//              token's group claim). Groups are flat: a member "group:..." is an error.
 //   "rules"    required, an array (at most 10,000) of objects with
-//     "identities"  required, non-empty array of patterns: "sha256:<64 lowercase hex>",
-//                   "cn:<name>" (matches Subject::name exactly; never an empty name),
+//     "identities"  required, non-empty array of patterns: any group member above
+//                   ("cn:<name>" matches Subject::name exactly, never an empty name, and never
+//                   a login: a password user "alice" is "user:alice", not "cn:alice"),
 //                   "group:<name>" (must be defined in "groups"), or "*" (any admitted
 //                   identity).
 //     "allow"       required, non-empty array of operation names (see operation_name) or "*"
@@ -85,8 +88,9 @@ std::optional<Operation> operation_from_name(std::string_view name);
 
 // Who is asking: an admitted peer.
 struct Subject {
-  std::string key_fingerprint;  // "sha256:<64 hex>"
-  std::string name;             // certificate CN, may be empty
+  std::string key_fingerprint;  // "sha256:<64 hex>", or a login's identity ("user:alice")
+  std::string name;             // certificate CN, may be empty (always empty for a login)
+  std::vector<std::string> login_groups;  // a login's groups (patterns "login-group:<name>")
 };
 
 // What the policy may know about an engine.
@@ -163,6 +167,8 @@ class Policy {
   std::uint32_t any_identity_operations_ = 0;
   std::unordered_map<std::string, std::uint32_t> operations_by_fingerprint_;
   std::unordered_map<std::string, std::uint32_t> operations_by_name_;
+  std::unordered_map<std::string, std::vector<std::uint32_t>> rules_by_login_group_;
+  std::unordered_map<std::string, std::uint32_t> operations_by_login_group_;
 };
 
 }  // namespace testudo::auth

@@ -32,6 +32,26 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
       return (*shared_done)(exporter.status());
     }
     Hello hello{role, options.instance, capability_proof(options.controller.capability, role, *exporter)};
+    std::shared_ptr<LoginClient> login;
+    if (options.login) {
+      auto made = options.login();
+      auto binding = conn->export_keying_material(kChannelBindingLabel, "");
+      Status failed = !made.ok() ? made.status() : binding.status();
+      if (failed.ok()) {
+        login = std::move(made).value();
+        auto first = login->start(*binding);
+        if (first.ok()) {
+          hello.login = login->method();
+          hello.login_message = std::move(first).value();
+        } else {
+          failed = first.status();
+        }
+      }
+      if (!failed.ok()) {
+        conn->close(failed);
+        return (*shared_done)(failed);
+      }
+    }
     // `finish` runs exactly once: on welcome, rejection, close or timeout. The handlers hold
     // the connection only weakly: the connection owns them, and a strong reference would be
     // a cycle that leaks it whenever its loop stops before the close completes.
@@ -49,11 +69,31 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
       finish(deadline_exceeded("the controller did not answer the hello in time"));
     }));
     conn->start({
-        [finish, weak, deadline, role](wire::Message&& m) {
+        [finish, weak, deadline, role, login](wire::Message&& m) {
+          if (m.envelope.kind == wire::MessageKind::kLoginStep && login) {
+            auto c = weak.lock();
+            if (!c) return finish(unavailable("connection closed during the login"));
+            auto answer = login->step(m.envelope.text);
+            if (!answer.ok()) return finish(permission_denied("login failed: " + answer.status().message()));
+            if (*answer) {
+              wire::Message next;
+              next.envelope.kind = wire::MessageKind::kLoginStep;
+              next.envelope.text = std::move(**answer);
+              c->send(std::move(next));
+            }
+            return;
+          }
           deadline->cancel();
           if (m.envelope.kind == wire::MessageKind::kWelcome) {
             auto c = weak.lock();
             if (!c) return finish(unavailable("connection closed during authentication"));
+            if (login) {
+              // The controller must have proved itself to the login too (e.g. SCRAM's server
+              // signature): a welcome alone does not finish it.
+              if (Status done = login->finished(); !done.ok()) {
+                return finish(permission_denied("login failed: " + done.message()));
+              }
+            }
             return finish(Session{c, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id});
           }
           if (m.envelope.kind == wire::MessageKind::kRejected) {

@@ -415,15 +415,26 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
   impl.network = std::thread([&impl] { impl.loop.run(); });
 
   TESTUDO_ASSIGN_OR_RETURN(crypto::Digest nonce, crypto::random_secret());
-  // Results belong to this identity: the same user fetches them from another process later.
-  std::optional<auth::PassphraseSource> passphrase_from;
-  if (!options.key_passphrase_from.empty()) {
-    TESTUDO_ASSIGN_OR_RETURN(passphrase_from, auth::parse_passphrase_source(options.key_passphrase_from));
+  auth::SessionOptions so{info, std::nullopt, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
+  auto method = auth::login_method_from_name(options.login.method);
+  if (!method) {
+    return invalid_argument("unknown login method '" + options.login.method + "' (key, password, token or kerberos)");
   }
-  TESTUDO_ASSIGN_OR_RETURN(auto identity, auth::load_or_create_identity(
-                                              options.identity_dir.empty() ? testudo_home() + "/identity" : options.identity_dir,
-                                              options.identity_name, passphrase_from));
-  auth::SessionOptions so{info, identity, crypto::to_hex(std::span(nonce).first(16)), options.connect_timeout};
+  if (*method == auth::LoginMethod::kKey) {
+    // Results belong to this identity: the same user fetches them from another process later.
+    std::optional<auth::PassphraseSource> passphrase_from;
+    if (!options.key_passphrase_from.empty()) {
+      TESTUDO_ASSIGN_OR_RETURN(passphrase_from, auth::parse_passphrase_source(options.key_passphrase_from));
+    }
+    TESTUDO_ASSIGN_OR_RETURN(so.identity, auth::load_or_create_identity(options.identity_dir.empty()
+                                                                            ? testudo_home() + "/identity"
+                                                                            : options.identity_dir,
+                                                                        options.identity_name, passphrase_from));
+  } else {
+    // The login is the identity: TLS gets a throwaway key.
+    auth::LoginChoice choice{*method, options.login.username, options.login.secret, options.login.service};
+    TESTUDO_ASSIGN_OR_RETURN(so.login, auth::make_login_client_factory(std::move(choice), info.host));
+  }
   impl.link = std::make_unique<auth::ControllerLink>(impl.loop, Impl::link_options(std::move(so)), impl.link_hooks());
   auto first = std::make_shared<std::promise<Status>>();
   auto future = first->get_future();

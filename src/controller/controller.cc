@@ -1,4 +1,5 @@
 #include "controller/controller.h"
+#include "controller/login_setup.h"
 
 #include <charconv>
 #include <fstream>
@@ -202,6 +203,7 @@ struct Controller::Impl {
   std::unique_ptr<EngineIds> engine_ids;
   net::EventLoop loop;
   std::unique_ptr<StoredResults> results;  // its timers run on `loop`; commits at destruction
+  auth::LoginRegistry logins;
   std::unique_ptr<auth::CapabilityAdmission> admission;
   std::unique_ptr<Hub> hub;
   std::unique_ptr<net::Listener> listener;
@@ -285,8 +287,10 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   hub_options.limits.max_message_bytes = options.max_message_bytes;
   hub_options.random_seed = std::random_device{}();
   impl.results = std::make_unique<StoredResults>(*impl.store, *impl.gate, impl.loop);
+  TESTUDO_RETURN_IF_ERROR(configure_logins(options, impl.logins));
   impl.admission = std::make_unique<auth::CapabilityAdmission>(
-      auth::CapabilityAdmission::Capabilities{state.client_capability, state.engine_capability}, *impl.gate);
+      auth::CapabilityAdmission::Capabilities{state.client_capability, state.engine_capability}, *impl.gate,
+      &impl.logins);
   impl.hub = std::make_unique<Hub>(
       HubServices{impl.loop, *impl.admission, *impl.gate, *impl.results, *impl.engine_ids}, hub_options,
       [&impl] { impl.loop.stop(); });

@@ -239,8 +239,60 @@ void Gatekeeper::record_refusal(net::Connection& connection, std::string_view re
   flush();
 }
 
+Status Gatekeeper::check_login_lockout(std::string_view claimed, net::Connection& connection) {
+  const std::string& peer = connection.peer_address();
+  auto wait = impl_->limiter.locked_out(host_of(peer), claimed, auth::LoginLimiter::Clock::now());
+  if (!wait) return ok_status();
+  Status why = resource_exhausted("too many failed logins from " + host_of(peer) + " or this identity; try again in " +
+                                  std::to_string(wait->count()) + " s");
+  PeerIdentity who;
+  who.fingerprint = std::string(claimed);
+  record(claimed.empty() ? nullptr : &who, peer, "login", "rejected", {}, why.message());
+  flush();
+  return why;
+}
+
+StatusOr<PeerIdentity> Gatekeeper::admit_login(wire::Role role, bool proof_ok, auth::LoginMethod method,
+                                               std::string_view claimed, StatusOr<auth::LoginIdentity> outcome,
+                                               net::Connection& connection) {
+  Impl& impl = *impl_;
+  const std::string& peer = connection.peer_address();
+  const std::string host = host_of(peer);
+  const auto now = auth::LoginLimiter::Clock::now();
+  const std::string method_name(auth::login_method_name(method));
+  PeerIdentity id;
+  id.role = role;
+  id.login = method;
+  id.fingerprint = std::string(claimed);
+  auto refuse = [&](Status why) -> Status {
+    impl.limiter.record_failure(host, claimed, now);
+    record(claimed.empty() ? nullptr : &id, peer, "login", "rejected", {}, method_name + " login: " + why.message());
+    flush();
+    return Status(why.code(), method_name + " login refused: " + why.message());
+  };
+  if (!proof_ok) return refuse(permission_denied("capability proof failed for role " + role_text(role)));
+  if (role != wire::Role::kClient) return refuse(permission_denied("only clients log in; engines join with their key"));
+  if (!outcome.ok()) return refuse(outcome.status());
+  auth::LoginIdentity& login = *outcome;
+  // A method that proved someone other than whom it claimed is a bug in that method: refuse.
+  if (login.identity.empty() || (!claimed.empty() && login.identity != claimed)) {
+    return refuse(permission_denied("the login did not establish an identity"));
+  }
+  id.fingerprint = login.identity;
+  id.groups = std::move(login.groups);
+  id.not_after = login.expires_at;
+  if (id.not_after != 0 && now_unix() >= id.not_after) return refuse(permission_denied("the credential has expired"));
+  impl.limiter.record_success(host, id.fingerprint);
+  record(&id, peer, "login", "accepted", {}, method_name + " login");
+  return id;
+}
+
 Status Gatekeeper::still_admissible(const PeerIdentity& who) const {
   const std::int64_t now = now_unix();
+  if (who.login != auth::LoginMethod::kKey) {
+    if (who.not_after != 0 && now > who.not_after) return permission_denied("the login has expired");
+    return ok_status();
+  }
   if (who.not_after != 0 && now > who.not_after) return permission_denied("certificate expired");
   return impl_->check_trust(who.role, who, now);
 }

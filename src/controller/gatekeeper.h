@@ -95,9 +95,15 @@ class Gatekeeper final : public auth::IdentityGate {
   // `proof_ok` says whether its capability proof verified. Audited either way.
   StatusOr<PeerIdentity> admit(wire::Role role, bool proof_ok, net::Connection& connection) override;
   void record_refusal(net::Connection& connection, std::string_view reason) override;
+  // Logins (auth/login.h): the same failed-login limits as keys, per address and per claimed
+  // identity; the identity a login proved is admitted as a client (never an engine).
+  Status check_login_lockout(std::string_view claimed, net::Connection& connection) override;
+  StatusOr<PeerIdentity> admit_login(wire::Role role, bool proof_ok, auth::LoginMethod method, std::string_view claimed,
+                                     StatusOr<auth::LoginIdentity> outcome, net::Connection& connection) override;
 
   // OK while the identity would still be admitted now (not revoked, not removed from the
-  // trust directory, certificate not expired, CA chain still valid). Not audited.
+  // trust directory, certificate not expired, CA chain still valid; for a login: not expired).
+  // Not audited.
   Status still_admissible(const PeerIdentity& who) const;
 
   // The authorization question of every request, answered from the policy (default deny; the

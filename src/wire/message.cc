@@ -13,6 +13,7 @@ constexpr std::uint32_t kMaxTargets = 1u << 16;
 bool is_known_kind(std::uint16_t k) {
   switch (static_cast<MessageKind>(k)) {
     case MessageKind::kHello:
+    case MessageKind::kLoginStep:
     case MessageKind::kWelcome:
     case MessageKind::kRejected:
     case MessageKind::kHeartbeat:
@@ -142,6 +143,7 @@ std::string_view role_name(Role role) {
 std::string_view kind_name(MessageKind kind) {
   switch (kind) {
     case MessageKind::kHello: return "hello";
+    case MessageKind::kLoginStep: return "login step";
     case MessageKind::kWelcome: return "welcome";
     case MessageKind::kRejected: return "rejected";
     case MessageKind::kHeartbeat: return "heartbeat";

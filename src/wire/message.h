@@ -49,7 +49,7 @@ struct Limits {
   std::uint32_t max_segments = 4096;
   std::uint64_t max_message_bytes = 4ull << 30;       // sum of a message's segments (4 GiB)
 
-  static Limits pre_auth() { return Limits{1u << 12, 1u << 12, 0, 0}; }
+  static Limits pre_auth() { return Limits{16u << 10, 16u << 10, 0, 0}; }
 };
 
 std::array<std::byte, kFrameHeaderBytes> encode_frame_header(const FrameHeader& header);
@@ -62,10 +62,14 @@ enum class Role : std::uint8_t { kClient = 1, kEngine = 2, kController = 3 };
 std::string_view role_name(Role role);
 
 enum class MessageKind : std::uint16_t {
-  // Handshake. A peer's first and only message before authentication is kHello.
+  // Handshake. A peer's first message is kHello; only a login (kLoginStep) may follow it
+  // before the welcome.
   kHello = 1,     // client/engine -> controller: role and capability proof (auth/)
   kWelcome = 2,   // controller -> peer: accepted; envelope.engine_id / client_id assigned
   kRejected = 3,  // controller -> peer: envelope.text says why; the connection closes
+  // Both ways, between a hello that names a login method and the welcome: the next message
+  // of that login (auth/login.h), its bytes in Envelope::text.
+  kLoginStep = 4,
 
   kHeartbeat = 10,     // client/engine -> controller
   kHeartbeatAck = 11,  // controller -> client/engine
@@ -219,8 +223,8 @@ StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& lim
 Status check_outgoing(const Envelope& envelope, std::span<const SharedBytes> segments, const Limits& limits);
 
 // The explicit allowlist (docs/threat-model.md T17): may a peer of `sender` role send `kind` to its
-// counterpart once authenticated? Before authentication only kHello (to the controller) and
-// kWelcome/kRejected (from it) exist.
+// counterpart once authenticated? Before authentication only kHello and kLoginStep (to the
+// controller) and kLoginStep, kWelcome and kRejected (from it) exist.
 bool is_allowed_after_auth(Role sender, MessageKind kind);
 
 }  // namespace testudo::wire

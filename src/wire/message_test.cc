@@ -39,7 +39,7 @@ TEST(FrameHeaderTest, HugeLengthRejectedBeforeAllocation) {
   auto bytes = header_bytes(FrameType::kHead, 0xFFFFFFFFu);
   EXPECT_EQ(decode_frame_header(bytes, Limits{}).status().code(), StatusCode::kResourceExhausted);
   // Before authentication even a modest head is too large.
-  bytes = header_bytes(FrameType::kHead, 5000);
+  bytes = header_bytes(FrameType::kHead, (16u << 10) + 1);
   EXPECT_EQ(decode_frame_header(bytes, Limits::pre_auth()).status().code(), StatusCode::kResourceExhausted);
 }
 
