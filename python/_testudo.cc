@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 
+#include "auth/passphrase.h"
 #include "base/log.h"
 #include "client/reply.h"
 #include "pyglue/segment.h"
@@ -59,6 +60,36 @@ std::chrono::milliseconds to_ms(double seconds) {
     case StatusCode::kInvalidArgument: raise_python(PyExc_ValueError, st.message());
     default: raise_python(PyExc_RuntimeError, st.to_string());
   }
+}
+
+// A secret the user's Python code supplies (a password, a token, a key passphrase): a str, or a
+// callable returning one, which the client calls when a session needs it (possibly on its
+// network thread, hence the GIL). Errors name the argument, never the secret. None: unset.
+std::function<StatusOr<std::string>()> python_secret(const py::object& source, const std::string& argument) {
+  if (source.is_none()) return {};
+  if (py::isinstance<py::str>(source) || py::isinstance<py::bytes>(source)) {
+    return [text = source.cast<std::string>()]() -> StatusOr<std::string> { return text; };
+  }
+  // The object is released under the GIL, whichever thread drops the last copy.
+  std::shared_ptr<py::object> callable(new py::object(source), [](py::object* o) {
+    if (!Py_IsInitialized()) return;  // the interpreter is gone: leak rather than crash
+    py::gil_scoped_acquire gil;
+    delete o;
+  });
+  return [callable, argument]() -> StatusOr<std::string> {
+    if (!Py_IsInitialized()) return unavailable("the Python interpreter is shutting down");
+    py::gil_scoped_acquire gil;
+    try {
+      py::object value = (*callable)();
+      if (py::isinstance<py::str>(value) || py::isinstance<py::bytes>(value)) return value.cast<std::string>();
+      return invalid_argument(argument + " returned " + std::string(py::str(py::type::of(value).attr("__name__"))) +
+                              ", not str");
+    } catch (py::error_already_set& e) {
+      // The exception's type only: its text may hold what the callable was handling.
+      const std::string type = e.type() ? std::string(py::str(e.type().attr("__name__"))) : "an exception";
+      return failed_precondition(argument + " raised " + type);
+    }
+  };
 }
 
 struct OutputChunk {
@@ -206,9 +237,22 @@ class PyClient {
 
   PyClient(const std::string& connection_file, const std::string& profile, double timeout,
            const std::string& identity_dir, const std::string& key_passphrase_from, const std::string& dial_host,
-           std::uint16_t dial_port)
+           std::uint16_t dial_port, const py::object& key_passphrase, const std::string& login_method,
+           const std::string& username, const py::object& secret, const std::string& secret_from,
+           const std::string& service)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
+    o.key_passphrase = python_secret(key_passphrase, "key_passphrase_from");
+    o.login.method = login_method;
+    o.login.username = username;
+    o.login.secret = python_secret(secret, login_method == "token" ? "token_provider" : "password");
+    if (!secret_from.empty()) {
+      // token_from='file:PATH' etc.: read each time a session needs it, as the CLI's --token-from.
+      auto source = auth::parse_passphrase_source(secret_from);
+      if (!source.ok()) raise_status(source.status());
+      o.login.secret = [source = *source]() { return auth::read_passphrase(source, "login token", false, 16 * 1024); };
+    }
+    o.login.service = service;
     o.dial_host = dial_host;
     o.dial_port = dial_port;
     o.connection_file = connection_file;
@@ -522,10 +566,13 @@ PYBIND11_MODULE(_testudo, m) {
 
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
       .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&,
-                    const std::string&, std::uint16_t>(),
+                    const std::string&, std::uint16_t, const py::object&, const std::string&, const std::string&,
+                    const py::object&, const std::string&, const std::string&>(),
            py::arg("connection_file") = "", py::arg("profile") = "default", py::arg("timeout") = 10.0,
            py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "", py::arg("dial_host") = "",
-           py::arg("dial_port") = 0)
+           py::arg("dial_port") = 0, py::arg("key_passphrase") = py::none(), py::arg("login_method") = "",
+           py::arg("username") = "", py::arg("secret") = py::none(), py::arg("secret_from") = "",
+           py::arg("service") = "")
       .def("close", &PyClient::close)
       .def_property_readonly("connected", &PyClient::connected)
       .def_property_readonly("client_id", &PyClient::client_id)

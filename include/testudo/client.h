@@ -55,6 +55,9 @@ struct ClientOptions {
   // Where an encrypted key's passphrase comes from: "prompt", "file:PATH", "env:NAME" or
   // "command:CMD" (default: $TESTUDO_KEY_PASSPHRASE_FROM, else prompt).
   std::string key_passphrase_from;
+  // Or a function that returns it (Python's Client(key_passphrase_from=callable)); it wins
+  // over key_passphrase_from. Called only when the key is encrypted.
+  std::function<StatusOr<std::string>()> key_passphrase;
   // Dial this address instead of the one in the connection file: the local end of an SSH
   // tunnel to the controller. The controller is still pinned by the file's fingerprint and
   // the capability proven as always; the tunnel adds reachability, not trust. Empty: the file's.

@@ -2,6 +2,7 @@
 
 import atexit
 import concurrent.futures
+import getpass
 import json
 import threading
 import time
@@ -47,6 +48,50 @@ def _check_ipyparallel_arguments(kwargs):
             raise TypeError(f"testudo.Client() got an unexpected keyword argument {name!r}")
 
 
+def _login_arguments(username, password, token_provider, token_from, kerberos, service_principal):
+    """The native client's login arguments for Client(username=..., token_provider=..., kerberos=...)."""
+    chosen = [name for name, given in (("username", username is not None), ("token_provider", token_provider is not None),
+                                       ("token_from", token_from is not None), ("kerberos", bool(kerberos)))
+              if given]
+    if len(chosen) > 1:
+        raise ValueError(f"Client(): {' and '.join(chosen)} are different logins; give one")
+    if password is not None and username is None:
+        raise ValueError("Client(password=...) needs username=")
+    if service_principal is not None and not kerberos:
+        raise ValueError("Client(service_principal=...) needs kerberos=True")
+    if username is not None:
+        if not isinstance(username, str) or not username:
+            raise ValueError("Client(username=...): a non-empty str")
+        if password is None:
+            # As the CLI does: ask on the terminal (once per client).
+            cached = []
+
+            def password():
+                if not cached:
+                    cached.append(getpass.getpass(f"Password for user {username}: "))
+                return cached[0]
+        elif not isinstance(password, (str, bytes)) and not callable(password):
+            raise TypeError("Client(password=...): a str or a callable returning one")
+        return dict(login_method="password", username=username, secret=password)
+    if token_from is not None:
+        if not isinstance(token_from, str) or not token_from.startswith(("file:", "env:", "command:")):
+            raise ValueError("Client(token_from=...): 'file:PATH', 'env:NAME' or 'command:CMD'")
+        # Read again each time a session needs a token, as the CLI's --token-from.
+        return dict(login_method="token", secret_from=token_from)
+    if token_provider is not None:
+        if isinstance(token_provider, (str, bytes)) or callable(token_provider):
+            secret = token_provider
+        elif callable(getattr(token_provider, "token", None)):
+            secret = token_provider.token  # Hazelcast-style provider object
+        else:
+            raise TypeError("Client(token_provider=...): a token (str), a callable returning one, "
+                            "or an object with a token() method")
+        return dict(login_method="token", secret=secret)
+    if kerberos:
+        return dict(login_method="kerberos", service=str(service_principal or ""))
+    return {}
+
+
 def _once_per_result(question):
     """`question(ar)`, asked once per distinct result and remembered for this pass."""
     answers = {}
@@ -74,7 +119,15 @@ class Client:
     Your identity is the key in ``identity_dir`` (default ``$TESTUDO_HOME/identity``), made on
     first use; the controller must trust it (``testudo keys``). An encrypted key's passphrase
     comes from ``key_passphrase_from``: ``'prompt'``, ``'file:PATH'``, ``'env:NAME'`` or
-    ``'command:CMD'`` (default: ``$TESTUDO_KEY_PASSPHRASE_FROM``, else the terminal).
+    ``'command:CMD'`` (default: ``$TESTUDO_KEY_PASSPHRASE_FROM``, else the terminal), or a
+    callable returning it.
+
+    Or log in instead of using a key (docs/security.md, "Logins"), as the controller allows:
+    ``username='alice', password=str|callable`` (SCRAM-SHA-256-PLUS; no password: asked on the
+    terminal), ``token_provider=str|callable|obj-with-token()`` or ``token_from='file:PATH'|
+    'env:NAME'|'command:CMD'`` (a JSON Web Token, asked for again when it expires), or
+    ``kerberos=True`` (the credential cache of ``kinit``; ``service_principal=`` overrides the
+    controller's). Every login is bound to this TLS session.
 
     Through an SSH gateway, as ipyparallel: ``Client(sshserver='user@gateway[:port]',
     sshkey='~/.ssh/id_ed25519')`` forwards a local port to the controller's address (as the
@@ -94,8 +147,17 @@ class Client:
     block = False
 
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
-                 key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), **kwargs):
+                 key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
+                 token_provider=None, token_from=None, kerberos=False, service_principal=None, **kwargs):
         _check_ipyparallel_arguments(kwargs)
+        login = _login_arguments(username, password, token_provider, token_from, kerberos, service_principal)
+        # A callable passphrase (Hazelcast's ssl_password callable) or a source spec.
+        key_passphrase = None
+        if callable(key_passphrase_from):
+            key_passphrase, key_passphrase_from = key_passphrase_from, None
+        elif key_passphrase_from is not None and not isinstance(key_passphrase_from, str):
+            raise TypeError("Client(key_passphrase_from=...): a source ('prompt', 'file:PATH', 'env:NAME', "
+                            "'command:CMD') or a callable returning the passphrase")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Client(timeout={timeout!r}): the connection timeout is a number of seconds above 0")
         self.profile = profile or "default"
@@ -114,7 +176,8 @@ class Client:
                                          timeout=float(timeout))
                 dial_host, dial_port = "127.0.0.1", self._tunnel.local_port
             self._native = _testudo.Client(str(file), self.profile, float(timeout), str(identity_dir or ""),
-                                           str(key_passphrase_from or ""), dial_host, dial_port)
+                                           str(key_passphrase_from or ""), dial_host, dial_port, key_passphrase,
+                                           **login)
         except FileNotFoundError as exc:
             self._close_tunnel()
             raise FileNotFoundError(

@@ -40,6 +40,33 @@ TEST(HelloTest, RoundTripAndGarbage) {
   EXPECT_FALSE(decode_hello(enc).ok());
 }
 
+TEST(HelloTest, CarriesALoginAndRefusesMalformedOnes) {
+  Hello h{wire::Role::kClient, "i1", filled(3), LoginMethod::kPassword, std::string("n,,n=alice,r=\0nonce", 19)};
+  const std::string enc = encode_hello(h);
+  auto d = decode_hello(enc);
+  ASSERT_TRUE(d.ok()) << d.status().to_string();
+  EXPECT_EQ(d->login, LoginMethod::kPassword);
+  EXPECT_EQ(d->login_message, h.login_message);  // binary-safe
+  EXPECT_EQ(d->proof, h.proof);
+  // A key hello carries no login at all: it is byte for byte the hello before logins existed.
+  Hello key{wire::Role::kClient, "i1", filled(3)};
+  EXPECT_EQ(encode_hello(key).size(), 1 + 4 + 2 + 32u);
+  // Truncated anywhere inside the login, trailing bytes, an unknown method, or "key" spelled
+  // out as a login: malformed.
+  for (std::size_t n = encode_hello(key).size() + 1; n < enc.size(); ++n) EXPECT_FALSE(decode_hello(enc.substr(0, n)).ok());
+  EXPECT_FALSE(decode_hello(enc + "x").ok());
+  std::string unknown = enc;
+  unknown[encode_hello(key).size()] = 9;
+  EXPECT_FALSE(decode_hello(unknown).ok());
+  std::string key_as_login = enc;
+  key_as_login[encode_hello(key).size()] = 0;
+  EXPECT_FALSE(decode_hello(key_as_login).ok());
+  // A login message over the bound is refused before it is copied.
+  Hello big = h;
+  big.login_message.assign(kMaxLoginMessageBytes + 1, 'a');
+  EXPECT_FALSE(decode_hello(encode_hello(big)).ok());
+}
+
 class ConnectionFileTest : public ::testing::Test {
  protected:
   void SetUp() override {

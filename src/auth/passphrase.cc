@@ -17,6 +17,7 @@ namespace testudo::auth {
 namespace {
 
 constexpr std::size_t kMaxPassphraseBytes = 1024;
+constexpr std::size_t kMaxSecretReadBytes = 64 * 1024;  // files and commands (a token may be long)
 
 // The first line of `text` (a trailing "\n" or "\r\n" is not part of a passphrase).
 std::string first_line(std::string text) {
@@ -30,11 +31,12 @@ std::string first_line(std::string text) {
   return text;
 }
 
-Status check_usable(std::string& passphrase, std::string_view what, std::string_view from) {
+Status check_usable(std::string& passphrase, std::string_view what, std::string_view from, std::size_t max_bytes) {
   if (passphrase.empty()) return invalid_argument("empty passphrase for " + std::string(what) + " from " + std::string(from));
-  if (passphrase.size() > kMaxPassphraseBytes) {
+  if (passphrase.size() > max_bytes) {
     crypto::wipe(passphrase);
-    return invalid_argument("passphrase for " + std::string(what) + " from " + std::string(from) + " is longer than 1024 bytes");
+    return invalid_argument("passphrase for " + std::string(what) + " from " + std::string(from) + " is longer than " +
+                            std::to_string(max_bytes) + " bytes");
   }
   return ok_status();
 }
@@ -43,8 +45,8 @@ StatusOr<std::string> from_terminal(std::string_view what, std::string_view prom
   int tty = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
   if (tty < 0) {
     return failed_precondition("no terminal to ask for the passphrase of " + std::string(what) +
-                               "; give --key-passphrase-from file:PATH, env:NAME or command:CMD (or set " +
-                               kPassphraseSourceEnv + ")");
+                               "; give its source as file:PATH, env:NAME or command:CMD (--key-passphrase-from or " +
+                               kPassphraseSourceEnv + " for a key, --password-from for a password)");
   }
   termios saved{};
   bool restore = ::tcgetattr(tty, &saved) == 0;
@@ -91,7 +93,7 @@ StatusOr<std::string> from_command(const std::string& command, std::string_view 
     ssize_t n = ::read(out[0], buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    if (text.size() < 4 * kMaxPassphraseBytes) text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() < kMaxSecretReadBytes) text.append(buf, static_cast<std::size_t>(n));
   }
   crypto::wipe(std::as_writable_bytes(std::span(buf)));
   ::close(out[0]);
@@ -117,6 +119,7 @@ std::string PassphraseSource::spec() const {
     case Kind::kFile: return "file:" + argument;
     case Kind::kEnv: return "env:" + argument;
     case Kind::kCommand: return "command:" + argument;
+    case Kind::kCallback: return "a callable";
   }
   return "prompt";
 }
@@ -144,7 +147,8 @@ StatusOr<PassphraseSource> default_passphrase_source() {
   return parsed;
 }
 
-StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::string_view what, bool confirm) {
+StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::string_view what, bool confirm,
+                                      std::size_t max_bytes) {
   std::string passphrase;
   switch (source.kind) {
     case PassphraseSource::Kind::kPrompt: {
@@ -161,7 +165,7 @@ StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::strin
       break;
     }
     case PassphraseSource::Kind::kFile: {
-      TESTUDO_ASSIGN_OR_RETURN(std::string text, crypto::read_private_file(source.argument, "passphrase file", 64 * 1024));
+      TESTUDO_ASSIGN_OR_RETURN(std::string text, crypto::read_private_file(source.argument, "passphrase file", kMaxSecretReadBytes));
       passphrase = first_line(std::move(text));
       break;
     }
@@ -177,8 +181,13 @@ StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::strin
       TESTUDO_ASSIGN_OR_RETURN(passphrase, from_command(source.argument, what));
       break;
     }
+    case PassphraseSource::Kind::kCallback: {
+      if (!source.callback) return invalid_argument("no passphrase callable for " + std::string(what));
+      TESTUDO_ASSIGN_OR_RETURN(passphrase, source.callback());
+      break;
+    }
   }
-  TESTUDO_RETURN_IF_ERROR(check_usable(passphrase, what, source.spec()));
+  TESTUDO_RETURN_IF_ERROR(check_usable(passphrase, what, source.spec(), max_bytes));
   return passphrase;
 }
 

@@ -9,6 +9,8 @@
 // Thread-safe (no shared state); "prompt" serialises on the terminal.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -20,9 +22,12 @@ namespace testudo::auth {
 inline constexpr const char* kPassphraseSourceEnv = "TESTUDO_KEY_PASSPHRASE_FROM";
 
 struct PassphraseSource {
-  enum class Kind { kPrompt, kFile, kEnv, kCommand };
+  // kCallback: a function of the program's (Python's Client(key_passphrase_from=callable),
+  // Hazelcast's ssl_password callable); it has no spec and is never parsed from text.
+  enum class Kind { kPrompt, kFile, kEnv, kCommand, kCallback };
   Kind kind = Kind::kPrompt;
   std::string argument;  // path, variable name or command
+  std::function<StatusOr<std::string>()> callback;  // kCallback
   std::string spec() const;
 };
 
@@ -33,7 +38,9 @@ StatusOr<PassphraseSource> default_passphrase_source();
 
 // Reads the passphrase for `what` (e.g. "private key /home/u/.testudo/identity/client-key.pem",
 // shown only in the prompt and in errors). Errors never contain the passphrase. With `confirm`
-// ("prompt" only) the passphrase is asked twice and must match (for creating keys).
-StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::string_view what, bool confirm = false);
+// ("prompt" only) the passphrase is asked twice and must match (for creating keys). The same
+// sources serve passwords and tokens (logins); a token may be longer: `max_bytes`.
+StatusOr<std::string> read_passphrase(const PassphraseSource& source, std::string_view what, bool confirm = false,
+                                      std::size_t max_bytes = 1024);
 
 }  // namespace testudo::auth

@@ -86,6 +86,47 @@ TEST(Policy, StarAllowsEveryOperation) {
   }
 }
 
+TEST(Policy, LoginIdentitiesAndLoginGroups) {
+  Policy p = parse_ok(R"({"version": 1,
+    "groups": {"staff": ["user:carol", "login-group:ops"]},
+    "rules": [
+      {"identities": ["user:alice", "krb:bob@EXAMPLE.ORG", "token:https://idp.example#dave"], "allow": ["execute"]},
+      {"identities": ["login-group:analysts"], "allow": ["pull"], "engines": {"ids": [1]}},
+      {"identities": ["group:staff"], "allow": ["status"]},
+      {"identities": ["cn:alice"], "allow": ["shutdown"]}
+    ]})");
+  const EngineFacts e1{1, {}}, e2{2, {}};
+  EXPECT_TRUE(p.allows(Subject{"user:alice", "", {}}, Operation::kExecute));
+  EXPECT_TRUE(p.allows(Subject{"krb:bob@EXAMPLE.ORG", "", {}}, Operation::kExecute, e2));
+  EXPECT_TRUE(p.allows(Subject{"token:https://idp.example#dave", "", {}}, Operation::kExecute));
+  // Exact matches only: another realm, issuer or user is someone else.
+  EXPECT_FALSE(p.allows(Subject{"krb:bob@EVIL.ORG", "", {}}, Operation::kExecute));
+  EXPECT_FALSE(p.allows(Subject{"token:https://evil.example#dave", "", {}}, Operation::kExecute));
+  EXPECT_FALSE(p.allows(Subject{"user:alice2", "", {}}, Operation::kExecute));
+  // A login's groups count, with their engine selector.
+  const Subject analyst{"user:erin", "", {"analysts"}};
+  EXPECT_TRUE(p.allows(analyst, Operation::kPull));
+  EXPECT_TRUE(p.allows(analyst, Operation::kPull, e1));
+  EXPECT_FALSE(p.allows(analyst, Operation::kPull, e2));
+  EXPECT_FALSE(p.allows(analyst, Operation::kExecute));
+  // Policy groups may hold login identities and login groups.
+  EXPECT_TRUE(p.allows(Subject{"user:carol", "", {}}, Operation::kStatus));
+  EXPECT_TRUE(p.allows(Subject{"user:frank", "", {"ops"}}, Operation::kStatus));
+  EXPECT_FALSE(p.allows(Subject{"user:frank", "", {"dev"}}, Operation::kStatus));
+  // "cn:" is a certificate's name: a login never carries one, so user:alice is not cn:alice.
+  EXPECT_FALSE(p.allows(Subject{"user:alice", "", {}}, Operation::kShutdown));
+  EXPECT_NE(p.explain_denial(Subject{"user:alice", "", {}}, Operation::kPush, nullptr).find("user:alice"),
+            std::string::npos);
+}
+
+TEST(Policy, MalformedLoginPatternsAreErrors) {
+  expect_error(rules(R"({"identities": ["user:"], "allow": ["execute"]})"), "rules[0].identities[0]: empty name");
+  expect_error(rules(R"({"identities": ["krb:"], "allow": ["execute"]})"), "empty name");
+  expect_error(rules(R"({"identities": ["token:issuer-without-subject"], "allow": ["execute"]})"), "bad token identity");
+  expect_error(rules(R"({"identities": ["login-group:"], "allow": ["execute"]})"), "empty group name");
+  expect_error(rules(R"({"identities": ["ldap:alice"], "allow": ["execute"]})"), "unknown identity");
+}
+
 TEST(Policy, DefaultDenyAndEmptyPolicy) {
   Policy p = parse_ok(rules(""));
   EXPECT_EQ(p.rule_count(), 0u);

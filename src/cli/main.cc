@@ -22,6 +22,7 @@
 #include "base/log.h"
 #include "base/profile.h"
 #include "cli/common_options.h"
+#include "cli/login_options.h"
 #include "cli/engines.h"
 #include "cli/keys.h"
 #include "cli/launcher_args.h"
@@ -46,6 +47,7 @@ struct ClientArgs {
   std::string key_passphrase_from;
   std::string ssh_gateway;
   std::vector<std::string> ssh_args;
+  LoginArgs login;
   std::unique_ptr<tunnel::SshForward> forward;  // open while the command runs
 
   void add_to(CLI::App* app, bool with_targets) {
@@ -64,6 +66,7 @@ struct ClientArgs {
                     "connection file's \"ssh\" gateway, when the controller is on another host");
     app->add_option("--ssh-option", ssh_args,
                     "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
+    login.add_to(app);
   }
   std::chrono::milliseconds wait() const { return timeout > 0 ? seconds(timeout) : std::chrono::hours(24 * 365); }
 };
@@ -73,6 +76,7 @@ StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, Cli
   o.profile = profile;
   o.connection_file = args.file;
   o.key_passphrase_from = args.key_passphrase_from;
+  TESTUDO_ASSIGN_OR_RETURN(o.login, args.login.to_login());
   // --ssh, else the connection file's gateway when this is not the controller's host.
   auto at = controller_address(o);
   const std::string gateway = !args.ssh_gateway.empty() ? args.ssh_gateway : at.ok() ? at->ssh : std::string();

@@ -423,7 +423,9 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
   if (*method == auth::LoginMethod::kKey) {
     // Results belong to this identity: the same user fetches them from another process later.
     std::optional<auth::PassphraseSource> passphrase_from;
-    if (!options.key_passphrase_from.empty()) {
+    if (options.key_passphrase) {
+      passphrase_from = auth::PassphraseSource{auth::PassphraseSource::Kind::kCallback, "", options.key_passphrase};
+    } else if (!options.key_passphrase_from.empty()) {
       TESTUDO_ASSIGN_OR_RETURN(passphrase_from, auth::parse_passphrase_source(options.key_passphrase_from));
     }
     TESTUDO_ASSIGN_OR_RETURN(so.identity, auth::load_or_create_identity(options.identity_dir.empty()

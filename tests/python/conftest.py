@@ -19,12 +19,14 @@ TESTUDO_BIN = os.environ.get("TESTUDO_BIN", str(ROOT / "build" / "testudo"))
 class Cluster:
     """A running cluster of `n` engines under `profile` in its own TESTUDO_HOME."""
 
-    def __init__(self, n, profile="pytest", extra=()):
+    def __init__(self, n, profile="pytest", extra=(), before_start=None):
         self.n = n
         self.profile = profile
         self.home = tempfile.mkdtemp(prefix="testudo-pytest-")
         os.environ["TESTUDO_HOME"] = self.home
         self.env = dict(os.environ)
+        if before_start is not None:
+            before_start(self)  # e.g. make the owner's identity an encrypted one
         self.run("cluster", "start", "-n", str(n), "--daemonize", *extra)
         pids = json.loads(pathlib.Path(self.path("run", "cluster.json")).read_text())
         self.controller_pid = pids["controller"]
