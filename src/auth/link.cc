@@ -57,6 +57,10 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
   Clock::time_point last_heard;    // any message on this connection, for the heartbeat timeout
   std::unique_ptr<net::Timer> retry;
   std::unique_ptr<net::Timer> heartbeat;
+  // The login of the welcomed connection, renewed shortly before it expires (renew_login).
+  std::shared_ptr<LoginClient> login;
+  std::unique_ptr<net::Timer> renewal;
+  bool renewal_pending = false;  // a fresh credential was sent; the controller has not answered
   std::vector<std::function<void()>> on_closed;  // from stop(), run once no connection is held
 
   mutable std::mutex snapshot_mutex;
@@ -116,7 +120,47 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     if (options.heartbeat_interval.count() > 0) {
       heartbeat = loop.every(options.heartbeat_interval, [this] { beat(); });
     }
+    login = std::move(s->login);
+    renewal_pending = false;
+    arm_renewal();
     if (hooks.on_connected) hooks.on_connected(assigned_id);
+  }
+
+  // A login that expires (a token) is renewed on the same connection a little before: 30 s
+  // before, or with a fifth of what is left for a short one, so the controller never closes a
+  // session whose client can renew it. The new credential comes from the same provider (the
+  // token source or callable is asked again).
+  void arm_renewal() {
+    renewal.reset();
+    if (!login || login->expires_at() == 0) return;
+    const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count();
+    const std::int64_t left_ms = std::max<std::int64_t>(0, login->expires_at() * 1000 - now_ms);
+    const std::int64_t delay_ms = left_ms - std::min<std::int64_t>(30'000, left_ms / 5);
+    renewal = loop.after(std::chrono::milliseconds(delay_ms), [this] { renew_login(); });
+  }
+
+  void renew_login() {
+    if (!connection || !login || renewal_pending) return;
+    const std::int64_t old_expiry = login->expires_at();
+    auto fresh = login->renew();
+    if (!fresh.ok()) {
+      LOG_WARN(options.log_name) << "cannot renew the " << login_method_name(login->method())
+                                 << " login: " << fresh.status().message() << "; the session ends when it expires";
+      return;
+    }
+    if (login->expires_at() <= old_expiry) {
+      // The provider handed back the same (or an older) credential: sending it gains nothing.
+      LOG_WARN(options.log_name) << "the " << login_method_name(login->method())
+                                 << " provider gave no credential that lasts longer; the session ends when it expires";
+      return;
+    }
+    renewal_pending = true;
+    wire::Message step;
+    step.envelope.kind = wire::MessageKind::kLoginStep;
+    step.envelope.text = std::move(fresh).value();
+    connection->send(std::move(step));
   }
 
   void on_message(net::Connection* from, wire::Message&& m) {
@@ -127,6 +171,17 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     }
     last_heard = Clock::now();
     if (m.envelope.kind == wire::MessageKind::kHeartbeatAck) return;
+    if (m.envelope.kind == wire::MessageKind::kLoginStep) {
+      // The controller's answer to a renewal: empty means accepted (a refusal closes instead).
+      if (!renewal_pending || !m.envelope.text.empty()) {
+        connection->close(data_loss("unexpected login step from the controller"));
+        return;
+      }
+      renewal_pending = false;
+      LOG_DEBUG(options.log_name) << "login renewed";
+      arm_renewal();
+      return;
+    }
     if (hooks.on_message) hooks.on_message(std::move(m));
   }
 
@@ -146,6 +201,8 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     publish(nullptr);
     connection.reset();
     heartbeat.reset();
+    renewal.reset();
+    login.reset();
     last_seen = Clock::now();
     if (hooks.on_lost) hooks.on_lost(why);
     if (stopped) return run_on_closed();
@@ -214,6 +271,7 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     stopped = true;
     retry.reset();
     heartbeat.reset();
+    renewal.reset();
     publish(nullptr);
     if (closed) on_closed.push_back(std::move(closed));
     if (!connection) return run_on_closed();
@@ -238,6 +296,7 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     on_closed.clear();
     retry.reset();
     heartbeat.reset();
+    renewal.reset();
     publish(nullptr);
     if (auto c = std::move(connection)) c->close(unavailable("controller link closed"));
   }

@@ -17,6 +17,10 @@
 //   kPermissionDenied    a wrong capability, a revoked key (said by the pinned controller
 //                        itself): retrying cannot help; the link stops and on_stopped says why.
 //   anything else        retry after the next backoff delay.
+// A login that expires (a token: LoginClient::expires_at) is renewed on the welcomed connection
+// shortly before it does (LoginClient::renew, sent as a kLoginStep; the controller answers with
+// an empty kLoginStep or closes). If it cannot be renewed the controller closes the connection
+// at expiry and the link redials, logging in afresh (the provider is asked again).
 // A connection lost after its welcome is always redialed. Before every redial, give_up
 // (when set) is checked against the time since the controller was last seen: the end of the
 // last connection, the last not-trusted-yet answer, or start().

@@ -1,5 +1,7 @@
 #include "auth/login.h"
 
+#include "auth/token_login.h"
+
 namespace testudo::auth {
 
 std::string_view login_method_name(LoginMethod method) {
@@ -30,8 +32,14 @@ StatusOr<LoginClientFactory> make_login_client_factory(LoginChoice choice, const
   switch (choice.method) {
     case LoginMethod::kKey:
       return invalid_argument("a key login needs no login exchange");
+    case LoginMethod::kToken: {
+      if (!choice.secret) return invalid_argument("a token login needs a token provider (--token-from, token_provider=)");
+      auto provider = std::move(choice.secret);
+      return LoginClientFactory([provider]() -> StatusOr<std::unique_ptr<LoginClient>> {
+        return make_token_login_client(provider);
+      });
+    }
     case LoginMethod::kPassword:
-    case LoginMethod::kToken:
     case LoginMethod::kKerberos:
       break;
   }

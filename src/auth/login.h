@@ -90,6 +90,14 @@ class LoginClient {
   // Called on the welcome: OK only if the method completed (mutual authentication verified
   // where the method has it).
   virtual Status finished() = 0;
+  // When the credential this login sent stops being valid (Unix seconds; 0: never, or the
+  // method cannot say). Known after start() and renew().
+  virtual std::int64_t expires_at() const { return 0; }
+  // A fresh credential for the same identity, for a session that is already admitted: the
+  // client link sends it as a kLoginStep before expires_at(); the controller answers with an
+  // empty kLoginStep (accepted) or refuses and closes the connection. Methods that cannot
+  // renew return kUnimplemented (their sessions end at expiry and the link logs in again).
+  virtual StatusOr<std::string> renew() { return Status(StatusCode::kUnimplemented, "this login cannot be renewed"); }
 };
 
 // What a client was told to log in with (ClientOptions::login; the CLI's --user,

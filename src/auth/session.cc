@@ -94,7 +94,8 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
                 return finish(permission_denied("login failed: " + done.message()));
               }
             }
-            return finish(Session{c, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id});
+            return finish(
+                Session{c, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id, login});
           }
           if (m.envelope.kind == wire::MessageKind::kRejected) {
             const std::string why = "the controller refused this connection: " + m.envelope.text;

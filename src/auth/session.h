@@ -22,6 +22,8 @@ namespace testudo::auth {
 struct Session {
   std::shared_ptr<net::Connection> connection;  // started; set its handlers with set_handlers()
   std::uint32_t assigned_id = 0;                // engine id or client id
+  // The login this session made, if any: the link renews it before it expires (login.h).
+  std::shared_ptr<LoginClient> login;
 };
 
 struct SessionOptions {

@@ -394,6 +394,8 @@ int main(int argc, char** argv) {
   c->add_option("--policy", copts.policy_file,
                 "Authorization policy (JSON; see docs/security.md); reloaded on SIGHUP or change. Default: only "
                 "the user running the controller may do anything");
+  c->add_option("--token-issuers", copts.token_issuers,
+                "Accept JSON Web Token logins from the issuers in this file (JSON; see docs/security.md, \"Tokens\")");
   c->add_option("--audit-log", copts.audit_log, "Audit log, JSON lines (default: <profile>/log/audit.jsonl)");
   c->add_option("--audit-max-bytes", copts.audit_max_bytes,
                 "Rotate the audit log beyond this size, keeping 8 old files (0: never)")
@@ -464,7 +466,7 @@ int main(int argc, char** argv) {
   // Controller security options passed through as they are (see `testudo controller --help`).
   std::vector<std::pair<std::string, std::string>> passthrough_values = {
       {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
-      {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
+      {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
@@ -527,7 +529,7 @@ int main(int argc, char** argv) {
     if (controller_kind == "ssh") {
       if (lopts.controller_host.empty()) return fail(invalid_argument("--controller ssh needs --controller-host HOST"));
       if (start->get_option("--ip")->count() == 0) lopts.ip = "*";  // loopback there would be out of reach
-      for (const char* flag : {"--policy", "--cafile", "--crlfile", "--audit-log"}) {
+      for (const char* flag : {"--policy", "--cafile", "--crlfile", "--audit-log", "--token-issuers"}) {
         if (start->get_option(flag)->count() > 0) {
           return fail(invalid_argument(std::string(flag) + " names a file here, which a controller on " +
                                        lopts.controller_host + " cannot read: start it there by hand (docs/deploy.md)"));
@@ -552,7 +554,8 @@ int main(int argc, char** argv) {
     for (const auto& [flag, value] : passthrough_values) {
       if (value.empty()) continue;
       // Files are named absolutely: the controller may run from another directory.
-      const bool is_path = flag == "--policy" || flag == "--cafile" || flag == "--crlfile" || flag == "--audit-log";
+      const bool is_path = flag == "--policy" || flag == "--cafile" || flag == "--crlfile" || flag == "--audit-log" ||
+                           flag == "--token-issuers";
       lopts.controller_args.insert(lopts.controller_args.end(),
                                    {flag, is_path ? std::filesystem::absolute(value).string() : value});
     }

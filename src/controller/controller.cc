@@ -292,7 +292,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
       auth::CapabilityAdmission::Capabilities{state.client_capability, state.engine_capability}, *impl.gate,
       &impl.logins);
   impl.hub = std::make_unique<Hub>(
-      HubServices{impl.loop, *impl.admission, *impl.gate, *impl.results, *impl.engine_ids}, hub_options,
+      HubServices{impl.loop, *impl.admission, *impl.gate, *impl.results, *impl.engine_ids, &impl.logins}, hub_options,
       [&impl] { impl.loop.stop(); });
   impl.audit_flush = impl.loop.every(std::chrono::milliseconds(20), [&impl] { impl.gate->flush(); });
   // A changed policy file, trust directory or CRL takes effect within a second; expiry of

@@ -50,6 +50,8 @@ struct ControllerOptions {
   std::string key_passphrase_from;     // passphrase source for keyfile (auth/passphrase.h)
   std::string policy_file;             // default: only the owner (the user running the controller) may act
   std::string audit_log;               // default: <profile>/log/audit.jsonl
+  std::string token_issuers;           // JSON Web Token logins: the issuers file (auth/token_issuers.h);
+                                       //   default: no token logins
   std::uint64_t audit_max_bytes = 256ull << 20;  // rotated beyond this, 8 old files kept
   std::string tls_min_version = "1.3";
   std::string tls_ciphersuites;        // TLS 1.3 suites; empty: OpenSSL's AEAD defaults

@@ -290,7 +290,8 @@ StatusOr<PeerIdentity> Gatekeeper::admit_login(wire::Role role, bool proof_ok, a
 Status Gatekeeper::still_admissible(const PeerIdentity& who) const {
   const std::int64_t now = now_unix();
   if (who.login != auth::LoginMethod::kKey) {
-    if (who.not_after != 0 && now > who.not_after) return permission_denied("the login has expired");
+    // A login's expiry is exclusive (a JWT's "exp" is the first second it is invalid).
+    if (who.not_after != 0 && now >= who.not_after) return permission_denied("the login has expired");
     return ok_status();
   }
   if (who.not_after != 0 && now > who.not_after) return permission_denied("certificate expired");

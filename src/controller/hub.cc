@@ -15,6 +15,7 @@ Hub::Hub(HubServices services, HubOptions options, std::function<void()> on_stop
       gate_(services.gate),
       results_(services.results),
       engine_ids_(services.engine_ids),
+      logins_(services.logins),
       options_(std::move(options)),
       on_stopped_(std::move(on_stopped)),
       started_at_(clock_.now()),
@@ -109,6 +110,8 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       return route_output(peer, std::move(m));
     case MessageKind::kEngineInfo:
       return register_engine_info(peer, m);
+    case MessageKind::kLoginStep:
+      return renew_login(peer, m);
     default:
       return on_control(peer, std::move(m));
   }
@@ -160,6 +163,7 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
   peer.admission_deadline.reset();
   peer.connection->set_limits(options_.limits);
   peer.connection->send(std::move(welcome));
+  arm_login_expiry(peer);
   LOG_INFO("hub") << wire::role_name(peer.role) << " " << peer.id << " registered from "
                   << peer.connection->peer_address() << " as " << peer.identity.fingerprint.substr(0, 23) << "…"
                   << (peer.identity.name.empty() ? "" : " (" + peer.identity.name + ")");

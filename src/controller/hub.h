@@ -54,6 +54,9 @@ struct HubServices {
   Gatekeeper& gate;
   StoredResults& results;
   EngineIds& engine_ids;  // which id an engine process gets (kept across restarts with --reuse)
+  // The login methods the controller accepts (the admission's), for renewing a login on an
+  // admitted connection. Null: no renewals (a login's session ends at its expiry).
+  const auth::LoginRegistry* logins = nullptr;
 };
 
 class Hub : private SchedulerSink {
@@ -92,6 +95,16 @@ class Hub : private SchedulerSink {
   void on_close(std::uint64_t serial, const Status& reason);
   void sweep_heartbeats();
   void maybe_finish_shutdown();
+
+  // --- logins that expire (hub_login.cc) ---
+  // Closes the connection the moment its login expires (identity.not_after), not at the next
+  // periodic re-check.
+  void arm_login_expiry(Peer& peer);
+  // A kLoginStep from an admitted client: a fresh credential for the same identity (a token
+  // before the old one expires). Verified on this connection's channel binding by a new
+  // LoginServer; accepted: not_after and groups are the new credential's and an empty
+  // kLoginStep answers; refused: the connection is closed with the reason.
+  void renew_login(Peer& client, const wire::Message& message);
 
   // --- requests and replies (hub_routing.cc) ---
   void route_request(Peer& client, wire::Message&& message);
@@ -134,6 +147,7 @@ class Hub : private SchedulerSink {
   Gatekeeper& gate_;
   StoredResults& results_;
   EngineIds& engine_ids_;
+  const auth::LoginRegistry* logins_;
   HubOptions options_;
   std::function<void()> on_stopped_;
   const Clock::TimePoint started_at_;

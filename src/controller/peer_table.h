@@ -34,6 +34,9 @@ struct Peer {
   Clock::TimePoint connected_at{};
   Clock::TimePoint last_seen{};
   auth::PeerIdentity identity;  // who it is; a client's key fingerprint owns its tasks
+  // A login that expires (identity.not_after): the connection is closed when it fires, unless
+  // the client renewed the login before (hub_login.cc).
+  std::unique_ptr<Timer> login_expiry;
   // Engines only:
   std::uint64_t tasks_done = 0;
   std::string info_json = "{}";  // its signed registration facts (auth/registration.h)

@@ -290,6 +290,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kAbort: case K::kInterrupt: case K::kQueueStatus:
         case K::kGetResult: case K::kResultStatus: case K::kDbQuery: case K::kPurgeResults:
         case K::kKeyAdmin:
+        case K::kLoginStep:  // a login renewed on the admitted connection (a fresh token)
           return true;
         default:
           return false;
@@ -305,6 +306,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kTaskOutput: case K::kSubmitted:
         case K::kResultStatusReply: case K::kDbQueryReply: case K::kPurgeResultsReply:
         case K::kKeyAdminReply:
+        case K::kLoginStep:  // the answer to a renewal
           return true;
         default:
           return false;
