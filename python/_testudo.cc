@@ -3,7 +3,9 @@
 // package (python/testudo/) adds ipyparallel's API on top.
 //
 // GIL rules that keep this deadlock-free: every call that can block (connect, control
-// requests, waits, close) releases the GIL; the client's network thread never takes it.
+// requests, waits, close) releases the GIL; the client's network thread takes it only to call
+// a secret provider the user gave (python_secret: a password or token callable, at login and
+// token renewal), which must therefore not wait on this client.
 // Completions reach Python through a queue that a Python thread drains (next_completed).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
