@@ -1,6 +1,7 @@
 #include "auth/login.h"
 
 #include "auth/token_login.h"
+#include "auth/kerberos_login.h"
 
 namespace testudo::auth {
 
@@ -28,7 +29,6 @@ std::optional<LoginMethod> login_method_from_name(std::string_view name) {
 }
 
 StatusOr<LoginClientFactory> make_login_client_factory(LoginChoice choice, const std::string& controller_host) {
-  (void)controller_host;
   switch (choice.method) {
     case LoginMethod::kKey:
       return invalid_argument("a key login needs no login exchange");
@@ -40,8 +40,15 @@ StatusOr<LoginClientFactory> make_login_client_factory(LoginChoice choice, const
       });
     }
     case LoginMethod::kPassword:
-    case LoginMethod::kKerberos:
       break;
+    case LoginMethod::kKerberos: {
+      // The controller accepts as testudo/<the host in its connection file> unless told
+      // otherwise (--service-principal on both sides).
+      std::string service = choice.service.empty() ? default_kerberos_service(controller_host) : choice.service;
+      return LoginClientFactory([service = std::move(service)]() -> StatusOr<std::unique_ptr<LoginClient>> {
+        return make_kerberos_login_client(service);
+      });
+    }
   }
   return failed_precondition(std::string(login_method_name(choice.method)) + " logins are not built yet");
 }

@@ -396,6 +396,11 @@ int main(int argc, char** argv) {
                 "the user running the controller may do anything");
   c->add_option("--token-issuers", copts.token_issuers,
                 "Accept JSON Web Token logins from the issuers in this file (JSON; see docs/security.md, \"Tokens\")");
+  c->add_option("--keytab", copts.keytab,
+                "Accept Kerberos logins with this keytab (owner-only: it holds the service key; docs/security.md)");
+  c->add_option("--service-principal", copts.service_principal,
+                "With --keytab: the service principal (default testudo/<the connection files' host> in the default "
+                "realm)");
   c->add_option("--audit-log", copts.audit_log, "Audit log, JSON lines (default: <profile>/log/audit.jsonl)");
   c->add_option("--audit-max-bytes", copts.audit_max_bytes,
                 "Rotate the audit log beyond this size, keeping 8 old files (0: never)")
@@ -467,7 +472,8 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, std::string>> passthrough_values = {
       {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
-      {"--ssh-server", ""}, {"--engine-ssh-server", ""}};
+      {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
+      {"--service-principal", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }
@@ -529,7 +535,7 @@ int main(int argc, char** argv) {
     if (controller_kind == "ssh") {
       if (lopts.controller_host.empty()) return fail(invalid_argument("--controller ssh needs --controller-host HOST"));
       if (start->get_option("--ip")->count() == 0) lopts.ip = "*";  // loopback there would be out of reach
-      for (const char* flag : {"--policy", "--cafile", "--crlfile", "--audit-log", "--token-issuers"}) {
+      for (const char* flag : {"--policy", "--cafile", "--crlfile", "--audit-log", "--token-issuers", "--keytab"}) {
         if (start->get_option(flag)->count() > 0) {
           return fail(invalid_argument(std::string(flag) + " names a file here, which a controller on " +
                                        lopts.controller_host + " cannot read: start it there by hand (docs/deploy.md)"));
@@ -555,7 +561,7 @@ int main(int argc, char** argv) {
       if (value.empty()) continue;
       // Files are named absolutely: the controller may run from another directory.
       const bool is_path = flag == "--policy" || flag == "--cafile" || flag == "--crlfile" || flag == "--audit-log" ||
-                           flag == "--token-issuers";
+                           flag == "--token-issuers" || flag == "--keytab";
       lopts.controller_args.insert(lopts.controller_args.end(),
                                    {flag, is_path ? std::filesystem::absolute(value).string() : value});
     }

@@ -53,6 +53,10 @@ struct ControllerOptions {
   std::string token_issuers;           // JSON Web Token logins: the issuers file (auth/token_issuers.h);
                                        //   default: no token logins
   std::uint64_t audit_max_bytes = 256ull << 20;  // rotated beyond this, 8 old files kept
+  // Kerberos logins (auth/kerberos_login.h): the service's keytab (owner-only) turns them on;
+  // the principal defaults to testudo/<location> in the default realm of krb5.conf.
+  std::string keytab;
+  std::string service_principal;
   std::string tls_min_version = "1.3";
   std::string tls_ciphersuites;        // TLS 1.3 suites; empty: OpenSSL's AEAD defaults
   // Trust the shared engine identity (security/engine-*.pem, used by `cluster start`'s

@@ -1,0 +1,220 @@
+// Kerberos logins against a real MIT KDC. The KDC, its principals, keytabs and credential
+// caches are made by tests/python/test_kerberos_gss.py (tests/python/krb5kdc.py), which runs
+// this binary with them in the environment; without them (plain ctest) every test skips.
+//
+//   KRB5_CONFIG, KRB5CCNAME, KRB5RCACHEDIR   the fixture's realm, alice's tickets, replay cache
+//   TESTUDO_TEST_KRB5_KEYTAB                 keytab of TESTUDO_TEST_KRB5_SERVICE
+//   TESTUDO_TEST_KRB5_OTHER_SERVICE          a service the KDC knows, not in that keytab
+//   TESTUDO_TEST_KRB5_ROTATED_SERVICE/_KEYTAB a service whose key changed after its keytab was made
+//   TESTUDO_TEST_KRB5_SKEWED_CCACHE          alice's tickets, with the clock an hour ahead
+//   TESTUDO_TEST_KRB5_EXPIRED_CCACHE         alice's tickets, expired
+#include "auth/kerberos_login.h"
+
+#include <gssapi/gssapi.h>
+#include <gssapi/gssapi_krb5.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace testudo::auth {
+namespace {
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+ChannelBinding binding_of(std::uint8_t fill) {
+  ChannelBinding b;
+  b.fill(std::byte{fill});
+  return b;
+}
+
+class KerberosLoginTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    keytab_ = env("TESTUDO_TEST_KRB5_KEYTAB");
+    service_ = env("TESTUDO_TEST_KRB5_SERVICE");
+    if (keytab_.empty() || service_.empty()) GTEST_SKIP() << "needs the KDC of tests/python/test_kerberos_gss.py";
+    ccache_ = env("KRB5CCNAME");
+    auto acceptor = KerberosAcceptor::create(keytab_, service_);
+    ASSERT_TRUE(acceptor.ok()) << acceptor.status().message();
+    acceptor_ = *acceptor;
+  }
+  void TearDown() override {
+    if (!ccache_.empty()) setenv("KRB5CCNAME", ccache_.c_str(), 1);
+  }
+
+  std::string keytab_, service_, ccache_;
+  std::shared_ptr<KerberosAcceptor> acceptor_;
+};
+
+TEST_F(KerberosLoginTest, MutualChannelBoundLoginProvesTheClientPrincipal) {
+  EXPECT_EQ(acceptor_->principal(), service_ + "@TESTUDO.TEST");
+  const auto binding = binding_of(7);
+  auto client = make_kerberos_login_client(service_);
+  EXPECT_FALSE(client->finished().ok());
+  auto first = client->start(binding);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  auto server = acceptor_->begin(binding);
+  EXPECT_EQ(server->claimed_identity(), "");
+  auto step = server->step(*first);
+  ASSERT_TRUE(step.ok()) << step.status().message();
+  ASSERT_TRUE(step->identity.has_value());
+  EXPECT_EQ(step->identity->identity, "krb:alice@TESTUDO.TEST");
+  EXPECT_TRUE(step->identity->groups.empty());
+  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
+  // The session ends with the ticket (10 hours in the fixture's realm), give or take the
+  // acceptor's allowed clock skew (5 minutes).
+  EXPECT_GT(step->identity->expires_at, now + 9 * 3600);
+  EXPECT_LE(step->identity->expires_at, now + 10 * 3600 + 305);
+  EXPECT_EQ(server->claimed_identity(), "krb:alice@TESTUDO.TEST");
+  ASSERT_FALSE(step->reply.empty());  // the AP-REP: mutual authentication
+  // Before the controller's reply, the client has not verified it.
+  EXPECT_FALSE(client->finished().ok());
+  auto answer = client->step(step->reply);
+  ASSERT_TRUE(answer.ok()) << answer.status().message();
+  EXPECT_FALSE(answer->has_value());
+  EXPECT_TRUE(client->finished().ok());
+  // Nothing more is taken on either side.
+  EXPECT_FALSE(server->step(*first).ok());
+  EXPECT_FALSE(client->step(step->reply).ok());
+}
+
+TEST_F(KerberosLoginTest, AnAuthenticatorForAnotherTlsSessionIsRefused) {
+  // A relay: the client's TLS session (binding 1) ends at the man in the middle, who passes
+  // the AP-REQ on over its own session to the controller (binding 2).
+  auto client = make_kerberos_login_client(service_);
+  auto first = client->start(binding_of(1));
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  auto step = acceptor_->begin(binding_of(2))->step(*first);
+  ASSERT_FALSE(step.ok());
+  EXPECT_NE(step.status().message().find("channel binding mismatch"), std::string::npos) << step.status().message();
+}
+
+TEST_F(KerberosLoginTest, AnInitiatorWithoutChannelBindingsIsRefused) {
+  // MIT's acceptor takes an AP-REQ without bindings even when it has some; the login must not.
+  OM_uint32 minor = 0;
+  std::string service = service_;
+  gss_buffer_desc name_buf{service.size(), service.data()};
+  gss_name_t target = GSS_C_NO_NAME;
+  ASSERT_FALSE(GSS_ERROR(gss_import_name(&minor, &name_buf, GSS_KRB5_NT_PRINCIPAL_NAME, &target)));
+  gss_ctx_id_t ctx = GSS_C_NO_CONTEXT;
+  gss_buffer_desc out{0, nullptr};
+  OM_uint32 major = gss_init_sec_context(&minor, GSS_C_NO_CREDENTIAL, &ctx, target, gss_mech_krb5,
+                                         GSS_C_MUTUAL_FLAG | GSS_C_REPLAY_FLAG, 0, GSS_C_NO_CHANNEL_BINDINGS,
+                                         GSS_C_NO_BUFFER, nullptr, &out, nullptr, nullptr);
+  ASSERT_FALSE(GSS_ERROR(major)) << major;
+  std::string token(static_cast<const char*>(out.value), out.length);
+  gss_release_buffer(&minor, &out);
+  gss_delete_sec_context(&minor, &ctx, GSS_C_NO_BUFFER);
+  gss_release_name(&minor, &target);
+  auto step = acceptor_->begin(binding_of(3))->step(token);
+  ASSERT_FALSE(step.ok());
+  EXPECT_NE(step.status().message().find("not bound to this TLS session"), std::string::npos)
+      << step.status().message();
+}
+
+TEST_F(KerberosLoginTest, AReplayedAuthenticatorIsRefused) {
+  const auto binding = binding_of(4);
+  auto client = make_kerberos_login_client(service_);
+  auto first = client->start(binding);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  ASSERT_TRUE(acceptor_->begin(binding)->step(*first).ok());
+  auto again = acceptor_->begin(binding)->step(*first);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.status().message().find("replayed"), std::string::npos) << again.status().message();
+}
+
+TEST_F(KerberosLoginTest, TheClientRefusesAReplyThatIsNotFromItsAcceptor) {
+  // Mutual authentication: an AP-REP for another login (another session key) does not verify.
+  const auto binding = binding_of(5);
+  auto one = make_kerberos_login_client(service_);
+  auto two = make_kerberos_login_client(service_);
+  auto first_one = one->start(binding);
+  auto first_two = two->start(binding);
+  ASSERT_TRUE(first_one.ok() && first_two.ok());
+  auto step = acceptor_->begin(binding)->step(*first_one);
+  ASSERT_TRUE(step.ok()) << step.status().message();
+  auto answer = two->step(step->reply);
+  ASSERT_FALSE(answer.ok());
+  EXPECT_NE(answer.status().message().find("did not verify"), std::string::npos) << answer.status().message();
+  EXPECT_FALSE(two->finished().ok());
+  EXPECT_FALSE(make_kerberos_login_client(service_)->step("garbage").ok());
+}
+
+TEST_F(KerberosLoginTest, ATicketForAnotherServiceIsRefused) {
+  const std::string other = env("TESTUDO_TEST_KRB5_OTHER_SERVICE");
+  ASSERT_FALSE(other.empty());
+  const auto binding = binding_of(6);
+  auto first = make_kerberos_login_client(other)->start(binding);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  auto step = acceptor_->begin(binding)->step(*first);
+  ASSERT_FALSE(step.ok());
+  EXPECT_NE(step.status().message().find("wrong service"), std::string::npos) << step.status().message();
+  // One the KDC does not know: the client says so before sending anything.
+  auto unknown = make_kerberos_login_client("testudo/nowhere.invalid")->start(binding);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("KDC knows no service principal testudo/nowhere.invalid"),
+            std::string::npos)
+      << unknown.status().message();
+}
+
+TEST_F(KerberosLoginTest, AStaleKeytabIsNamedAsSuch) {
+  const std::string rotated = env("TESTUDO_TEST_KRB5_ROTATED_SERVICE");
+  auto acceptor = KerberosAcceptor::create(env("TESTUDO_TEST_KRB5_ROTATED_KEYTAB"), rotated);
+  ASSERT_TRUE(acceptor.ok()) << acceptor.status().message();
+  const auto binding = binding_of(8);
+  auto first = make_kerberos_login_client(rotated)->start(binding);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  auto step = (*acceptor)->begin(binding)->step(*first);
+  ASSERT_FALSE(step.ok());
+  EXPECT_NE(step.status().message().find("lacks the key version"), std::string::npos) << step.status().message();
+}
+
+TEST_F(KerberosLoginTest, ClockSkewBeyondTheLimitIsRefused) {
+  setenv("KRB5CCNAME", env("TESTUDO_TEST_KRB5_SKEWED_CCACHE").c_str(), 1);
+  const auto binding = binding_of(9);
+  auto first = make_kerberos_login_client(service_)->start(binding);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  auto step = acceptor_->begin(binding)->step(*first);
+  ASSERT_FALSE(step.ok());
+  EXPECT_NE(step.status().message().find("clock skew too great"), std::string::npos) << step.status().message();
+}
+
+TEST_F(KerberosLoginTest, ExpiredOrMissingTicketsSayRunKinit) {
+  setenv("KRB5CCNAME", env("TESTUDO_TEST_KRB5_EXPIRED_CCACHE").c_str(), 1);
+  auto expired = make_kerberos_login_client(service_)->start(binding_of(10));
+  ASSERT_FALSE(expired.ok());
+  EXPECT_NE(expired.status().message().find("expired (run kinit)"), std::string::npos) << expired.status().message();
+  const std::string missing = "FILE:" + std::filesystem::temp_directory_path().string() + "/testudo-no-such-ccache";
+  setenv("KRB5CCNAME", missing.c_str(), 1);
+  auto none = make_kerberos_login_client(service_)->start(binding_of(10));
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().message(), "no Kerberos credentials (run kinit)");
+}
+
+TEST_F(KerberosLoginTest, AKeytabOthersCanReadIsRefused) {
+  const std::string copy = keytab_ + ".loose";
+  std::filesystem::copy_file(keytab_, copy, std::filesystem::copy_options::overwrite_existing);
+  ASSERT_EQ(chmod(copy.c_str(), 0644), 0);
+  auto loose = KerberosAcceptor::create(copy, service_);
+  ASSERT_FALSE(loose.ok());
+  EXPECT_NE(loose.status().message().find("keytab " + copy + " has mode 0644"), std::string::npos)
+      << loose.status().message();
+  ASSERT_EQ(chmod(copy.c_str(), 0600), 0);
+  // A keytab without the principal's key: said at start, not at the first login.
+  auto wrong = KerberosAcceptor::create(copy, "testudo/elsewhere");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("has no usable key for testudo/elsewhere@TESTUDO.TEST"), std::string::npos)
+      << wrong.status().message();
+  std::filesystem::remove(copy);
+}
+
+}  // namespace
+}  // namespace testudo::auth
