@@ -328,7 +328,11 @@ StatusOr<std::shared_ptr<KerberosAcceptor>> KerberosAcceptor::create(const std::
   // Kerberos clients and forge tickets for it. Owner-only, like a private key.
   if (auto checked = crypto::read_private_file(keytab_path, "keytab"); !checked.ok()) return checked.status();
   TESTUDO_ASSIGN_OR_RETURN(Name name, import_principal(service_principal));
-  TESTUDO_ASSIGN_OR_RETURN(std::string principal, canonical_text(name.get()));
+  auto canonical = canonical_text(name.get());
+  if (!canonical.ok()) {
+    return invalid_argument("service principal " + service_principal + ": " + canonical.status().message());
+  }
+  const std::string principal = std::move(canonical).value();
   // The keytab goes to the library in a credential store, not through KRB5_KTNAME: nothing
   // process-wide changes.
   gss_key_value_element_desc element{"keytab", keytab_path.c_str()};

@@ -14,11 +14,13 @@
 #include <gssapi/gssapi_krb5.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 namespace testudo::auth {
 namespace {
@@ -199,21 +201,113 @@ TEST_F(KerberosLoginTest, ExpiredOrMissingTicketsSayRunKinit) {
   EXPECT_EQ(none.status().message(), "no Kerberos credentials (run kinit)");
 }
 
-TEST_F(KerberosLoginTest, AKeytabOthersCanReadIsRefused) {
-  const std::string copy = keytab_ + ".loose";
-  std::filesystem::copy_file(keytab_, copy, std::filesystem::copy_options::overwrite_existing);
-  ASSERT_EQ(chmod(copy.c_str(), 0644), 0);
-  auto loose = KerberosAcceptor::create(copy, service_);
+TEST_F(KerberosLoginTest, DamagedAuthenticatorsAreRefusedNotCrashedOn) {
+  // A valid AP-REQ with bytes flipped, and its truncations. Kerberos leaves a few fields in
+  // the clear unauthenticated (RFC 4120: unused ap-options bits, the ticket's realm and
+  // name); a flip there may still log in, but only as the ticket's own client. Everything
+  // else (the encrypted ticket and authenticator, the DER structure) must be refused.
+  const auto binding = binding_of(11);
+  auto first = make_kerberos_login_client(service_)->start(binding);
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  const std::string token = *first;
+  int tried = 0, refused = 0;
+  for (std::size_t i = 0; i < token.size(); i += 7) {
+    std::string flipped = token;
+    flipped[i] = static_cast<char>(flipped[i] ^ 0x5a);
+    auto step = acceptor_->begin(binding)->step(flipped);
+    ++tried;
+    if (!step.ok()) {
+      ++refused;
+    } else {
+      ASSERT_TRUE(step->identity.has_value());
+      EXPECT_EQ(step->identity->identity, "krb:alice@TESTUDO.TEST") << "byte " << i;
+      // 17 bytes of GSS framing, then the AP-REQ, whose ticket enc-part starts at 111 with the
+      // fixture's principal names.
+      EXPECT_LT(i, 17u + 111u) << "a flip inside the encrypted ticket logged in: byte " << i;
+    }
+    EXPECT_FALSE(acceptor_->begin(binding)->step(std::string_view(token).substr(0, i)).ok()) << "length " << i;
+  }
+  EXPECT_GE(refused, tried - 3);
+}
+
+// Without a KDC: an acceptor over a keytab written here (a fixed AES-256 key; the format of
+// MIT's FILE keytabs, version 0x502), fed what a peer may send before it proves anything.
+class KerberosAcceptorWithoutKdcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("testudo-krb5-unit-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+    const std::string own_config = (dir_ / "krb5.conf").string();
+    if (env("KRB5_CONFIG").empty() || env("KRB5_CONFIG") == own_config) {
+      std::ofstream(dir_ / "krb5.conf") << "[libdefaults]\n  default_realm = TESTUDO.TEST\n";
+      setenv("KRB5_CONFIG", (dir_ / "krb5.conf").c_str(), 1);
+      setenv("KRB5RCACHEDIR", dir_.c_str(), 1);
+    }
+    keytab_ = (dir_ / "unit.keytab").string();
+    write_keytab(keytab_, {"testudo", "unit.test"}, "TESTUDO.TEST");
+    ASSERT_EQ(chmod(keytab_.c_str(), 0600), 0);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static void write_keytab(const std::string& path, const std::vector<std::string>& components,
+                           const std::string& realm) {
+    std::string entry;
+    auto u16 = [&entry](std::size_t v) { entry += static_cast<char>(v >> 8), entry += static_cast<char>(v & 0xff); };
+    auto u32 = [&u16](std::uint32_t v) { u16(v >> 16), u16(v & 0xffff); };
+    auto counted = [&](const std::string& s) { u16(s.size()), entry += s; };
+    u16(components.size());
+    counted(realm);
+    for (const auto& c : components) counted(c);
+    u32(1);           // KRB5_NT_PRINCIPAL
+    u32(1700000000);  // timestamp
+    entry += '\x01';  // kvno (8 bits)
+    u16(18);          // aes256-cts-hmac-sha1-96
+    counted(std::string(32, '\x42'));
+    u32(1);           // kvno (32 bits)
+    std::string file("\x05\x02", 2);
+    const std::uint32_t n = entry.size();
+    for (int shift : {24, 16, 8, 0}) file += static_cast<char>((n >> shift) & 0xff);
+    file += entry;
+    std::ofstream(path, std::ios::binary) << file;
+  }
+
+  std::filesystem::path dir_;
+  std::string keytab_;
+};
+
+TEST_F(KerberosAcceptorWithoutKdcTest, GarbageIsRefusedWithAnError) {
+  auto acceptor = KerberosAcceptor::create(keytab_, "testudo/unit.test");
+  ASSERT_TRUE(acceptor.ok()) << acceptor.status().message();
+  EXPECT_EQ((*acceptor)->principal(), "testudo/unit.test@TESTUDO.TEST");
+  const auto binding = binding_of(1);
+  // The GSS-API framing of an AP-REQ: [APPLICATION 0] { OID 1.2.840.113554.1.2.2, 01 00, ... }.
+  const std::string framed("\x60\x10\x06\x09\x2a\x86\x48\x86\xf7\x12\x01\x02\x02\x01\x00\x6e\x01\x00", 18);
+  std::string oversized(kMaxLoginMessageBytes, '\x60');
+  for (const std::string& token : {std::string(), std::string("\x60", 1), std::string("\x60\x84\xff\xff\xff\xff", 6),
+                                   framed, oversized, std::string(100, '\0')}) {
+    auto server = (*acceptor)->begin(binding);
+    auto step = server->step(token);
+    EXPECT_FALSE(step.ok());
+    EXPECT_EQ(server->claimed_identity(), "");
+    EXPECT_FALSE(server->step(token).ok());
+  }
+}
+
+TEST_F(KerberosAcceptorWithoutKdcTest, AKeytabOthersCanReadOrWithoutThePrincipalIsRefused) {
+  ASSERT_EQ(chmod(keytab_.c_str(), 0644), 0);
+  auto loose = KerberosAcceptor::create(keytab_, "testudo/unit.test");
   ASSERT_FALSE(loose.ok());
-  EXPECT_NE(loose.status().message().find("keytab " + copy + " has mode 0644"), std::string::npos)
+  EXPECT_EQ(loose.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(loose.status().message().find("keytab " + keytab_ + " has mode 0644"), std::string::npos)
       << loose.status().message();
-  ASSERT_EQ(chmod(copy.c_str(), 0600), 0);
+  ASSERT_EQ(chmod(keytab_.c_str(), 0600), 0);
   // A keytab without the principal's key: said at start, not at the first login.
-  auto wrong = KerberosAcceptor::create(copy, "testudo/elsewhere");
+  auto wrong = KerberosAcceptor::create(keytab_, "testudo/elsewhere");
   ASSERT_FALSE(wrong.ok());
   EXPECT_NE(wrong.status().message().find("has no usable key for testudo/elsewhere@TESTUDO.TEST"), std::string::npos)
       << wrong.status().message();
-  std::filesystem::remove(copy);
+  EXPECT_FALSE(KerberosAcceptor::create((dir_ / "missing.keytab").string(), "testudo/unit.test").ok());
+  EXPECT_FALSE(KerberosAcceptor::create("", "testudo/unit.test").ok());
 }
 
 }  // namespace
