@@ -308,6 +308,46 @@ class KerberosClient final : public LoginClient {
   bool complete_ = false;
 };
 
+// The keytab must hold a key for `principal`. Asked of the keytab itself before the GSS-API
+// sees it: a clearer message, and MIT's gss_acquire_cred_from (1.20) leaks the principal it
+// copied when it fails this way.
+Status check_keytab_holds(const std::string& keytab_path, const std::string& principal) {
+  krb5_context ctx = nullptr;
+  if (krb5_error_code code = krb5_init_context(&ctx); code != 0) {
+    return failed_precondition("Kerberos: cannot read the configuration (krb5.conf, KRB5_CONFIG): error " +
+                               std::to_string(code));
+  }
+  std::unique_ptr<std::remove_pointer_t<krb5_context>, decltype(&krb5_free_context)> context(ctx, krb5_free_context);
+  auto message = [ctx](krb5_error_code code) {
+    const char* text = krb5_get_error_message(ctx, code);
+    std::string out = text ? text : "error " + std::to_string(code);
+    krb5_free_error_message(ctx, text);
+    return out;
+  };
+  krb5_keytab kt = nullptr;
+  if (krb5_error_code code = krb5_kt_resolve(ctx, ("FILE:" + keytab_path).c_str(), &kt); code != 0) {
+    return failed_precondition("keytab " + keytab_path + ": " + message(code));
+  }
+  auto close_kt = [ctx](krb5_keytab k) { krb5_kt_close(ctx, k); };
+  std::unique_ptr<std::remove_pointer_t<krb5_keytab>, decltype(close_kt)> keytab(kt, close_kt);
+  krb5_principal princ = nullptr;
+  if (krb5_error_code code = krb5_parse_name(ctx, principal.c_str(), &princ); code != 0) {
+    return invalid_argument("service principal " + principal + ": " + message(code));
+  }
+  auto free_princ = [ctx](krb5_principal p) { krb5_free_principal(ctx, p); };
+  std::unique_ptr<std::remove_pointer_t<krb5_principal>, decltype(free_princ)> owned(princ, free_princ);
+  krb5_keytab_entry entry{};
+  if (krb5_error_code code = krb5_kt_get_entry(ctx, kt, princ, 0, 0, &entry); code != 0) {
+    if (code == KRB5_KT_NOTFOUND) {
+      return failed_precondition("keytab " + keytab_path + " has no key for " + principal + " (export one: kadmin -q \"ktadd -k " +
+                                 keytab_path + " " + principal + "\"; see docs/security.md, Kerberos)");
+    }
+    return failed_precondition("keytab " + keytab_path + ": " + message(code));
+  }
+  krb5_free_keytab_entry_contents(ctx, &entry);
+  return ok_status();
+}
+
 }  // namespace
 
 std::string default_kerberos_service(const std::string& host) { return "testudo/" + host; }
@@ -333,6 +373,7 @@ StatusOr<std::shared_ptr<KerberosAcceptor>> KerberosAcceptor::create(const std::
     return invalid_argument("service principal " + service_principal + ": " + canonical.status().message());
   }
   const std::string principal = std::move(canonical).value();
+  TESTUDO_RETURN_IF_ERROR(check_keytab_holds(keytab_path, principal));
   // The keytab goes to the library in a credential store, not through KRB5_KTNAME: nothing
   // process-wide changes.
   gss_key_value_element_desc element{"keytab", keytab_path.c_str()};
@@ -343,7 +384,7 @@ StatusOr<std::shared_ptr<KerberosAcceptor>> KerberosAcceptor::create(const std::
   OM_uint32 major = gss_acquire_cred_from(&minor, name.get(), GSS_C_INDEFINITE, &mechs, GSS_C_ACCEPT, &store, &cred,
                                           nullptr, nullptr);
   if (GSS_ERROR(major)) {
-    return failed_precondition("keytab " + keytab_path + " has no usable key for " + principal + ": " +
+    return failed_precondition("keytab " + keytab_path + " is not usable for " + principal + ": " +
                                library_text(major, minor) + " (see docs/security.md, Kerberos)");
   }
   auto impl = std::make_unique<Impl>();

@@ -304,7 +304,7 @@ TEST_F(KerberosAcceptorWithoutKdcTest, AKeytabOthersCanReadOrWithoutThePrincipal
   // A keytab without the principal's key: said at start, not at the first login.
   auto wrong = KerberosAcceptor::create(keytab_, "testudo/elsewhere");
   ASSERT_FALSE(wrong.ok());
-  EXPECT_NE(wrong.status().message().find("has no usable key for testudo/elsewhere@TESTUDO.TEST"), std::string::npos)
+  EXPECT_NE(wrong.status().message().find("has no key for testudo/elsewhere@TESTUDO.TEST"), std::string::npos)
       << wrong.status().message();
   EXPECT_FALSE(KerberosAcceptor::create((dir_ / "missing.keytab").string(), "testudo/unit.test").ok());
   EXPECT_FALSE(KerberosAcceptor::create("", "testudo/unit.test").ok());
