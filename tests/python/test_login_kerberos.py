@@ -26,6 +26,13 @@ KRB_ENV = ("KRB5_CONFIG", "KRB5_KDC_PROFILE", "KRB5RCACHEDIR", "KRB5CCNAME")
 class Realm:
     def __init__(self):
         self.kdc = krb5kdc.Kdc.start()
+        try:
+            self._populate()
+        except BaseException:
+            self.kdc.cleanup()
+            raise
+
+    def _populate(self):
         d = self.kdc.dir
         self.keytab = os.path.join(d, "testudo.keytab")
         self.kdc.add_service(SERVICE, self.keytab)
