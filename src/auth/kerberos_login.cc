@@ -272,18 +272,46 @@ class KerberosClient final : public LoginClient {
     return ok_status();
   }
 
+  std::int64_t expires_at() const override { return expires_at_; }
+
+  // A fresh AP-REQ on the same TLS session from the credential cache as it is now: after the
+  // user ran kinit again (or a ticket renewer did), it carries the new ticket and the session
+  // goes on; otherwise it ends no later than before. The controller verifies it like a login
+  // (channel binding included) but sends no AP-REP back: the session's controller was
+  // authenticated mutually at the login and is pinned by TLS since.
+  StatusOr<std::string> renew() override {
+    if (!complete_) return failed_precondition("the Kerberos login has not completed");
+    Context fresh;
+    auto token = initiate_on(fresh, std::string_view());
+    if (!token.ok()) return token.status();
+    if (!*token) return internal_error("Kerberos: the library produced no token");
+    return std::move(**token);
+  }
+
  private:
-  // One call of gss_init_sec_context: the token to send, or nullopt when complete with none.
+  // One call of gss_init_sec_context on the login's context: the token to send, or nullopt
+  // when complete with none.
   StatusOr<std::optional<std::string>> initiate(std::string_view input) {
+    auto token = initiate_on(context_, input);
+    if (token.ok() && token_complete_) complete_ = true;
+    return token;
+  }
+
+  StatusOr<std::optional<std::string>> initiate_on(Context& context, std::string_view input) {
+    token_complete_ = false;
     gss_buffer_desc in = view(input);
-    gss_ctx_id_t ctx = context_.release();
+    gss_ctx_id_t ctx = context.release();
     OwnedBuffer output;
-    OM_uint32 minor = 0, flags = 0;
+    OM_uint32 minor = 0, flags = 0, lifetime = 0;
     gss_OID_desc* mech = gss_mech_krb5;
     const OM_uint32 major = gss_init_sec_context(
         &minor, GSS_C_NO_CREDENTIAL, &ctx, target_.get(), mech, GSS_C_MUTUAL_FLAG | GSS_C_REPLAY_FLAG, 0,
-        &bindings_->gss, input.empty() ? GSS_C_NO_BUFFER : &in, nullptr, output.get(), &flags, nullptr);
-    context_.reset(ctx);
+        &bindings_->gss, input.empty() ? GSS_C_NO_BUFFER : &in, nullptr, output.get(), &flags, &lifetime);
+    context.reset(ctx);
+    if (!GSS_ERROR(major) && input.empty() && lifetime != 0 && lifetime != GSS_C_INDEFINITE) {
+      // The service ticket's end: the client link renews a little before it.
+      expires_at_ = unix_now() + static_cast<std::int64_t>(lifetime);
+    }
     if (GSS_ERROR(major)) {
       // A failure on the controller's reply means it did not prove itself.
       const std::string why = explain(major, minor, false, service_);
@@ -293,7 +321,7 @@ class KerberosClient final : public LoginClient {
       if (!(flags & GSS_C_MUTUAL_FLAG)) {
         return permission_denied("Kerberos mutual authentication was not performed");
       }
-      complete_ = true;
+      token_complete_ = true;
     }
     std::string token = output.str();
     if (token.empty()) return std::optional<std::string>();
@@ -306,6 +334,8 @@ class KerberosClient final : public LoginClient {
   Context context_;
   int steps_ = 0;
   bool complete_ = false;
+  bool token_complete_ = false;  // the last initiate_on completed its context
+  std::int64_t expires_at_ = 0;
 };
 
 // The keytab must hold a key for `principal`. Asked of the keytab itself before the GSS-API

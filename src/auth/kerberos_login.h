@@ -11,7 +11,9 @@
 //     a controller without the service key cannot complete the login (finished() fails);
 //   * replay detection on (the acceptor's replay cache);
 //   * the identity is "krb:" + the client principal as GSS displays it ("alice@EXAMPLE.ORG");
-//     no groups. The session ends when the ticket does (LoginIdentity::expires_at).
+//     no groups. The session ends when the ticket does (LoginIdentity::expires_at), unless
+//     the client renews it on the connection with a fresh AP-REQ (LoginClient::renew) after
+//     the user ran kinit again.
 // No GSS-API type appears here: the library stays inside kerberos_login.cc.
 #pragma once
 

@@ -86,6 +86,18 @@ TEST_F(KerberosLoginTest, MutualChannelBoundLoginProvesTheClientPrincipal) {
   // Nothing more is taken on either side.
   EXPECT_FALSE(server->step(*first).ok());
   EXPECT_FALSE(client->step(step->reply).ok());
+  // The client knows when its ticket ends, and renews with a fresh AP-REQ on the same session
+  // (the controller's renewal check is a login on the connection's binding).
+  EXPECT_GT(client->expires_at(), now + 9 * 3600);
+  EXPECT_LE(client->expires_at(), step->identity->expires_at);
+  auto fresh = client->renew();
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  EXPECT_NE(*fresh, *first);
+  auto renewed = acceptor_->begin(binding)->step(*fresh);
+  ASSERT_TRUE(renewed.ok()) << renewed.status().message();
+  EXPECT_EQ(renewed->identity->identity, "krb:alice@TESTUDO.TEST");
+  EXPECT_FALSE(acceptor_->begin(binding_of(70))->step(*fresh).ok());
+  EXPECT_FALSE(make_kerberos_login_client(service_)->renew().ok());
 }
 
 TEST_F(KerberosLoginTest, AnAuthenticatorForAnotherTlsSessionIsRefused) {

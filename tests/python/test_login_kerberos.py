@@ -136,6 +136,27 @@ def test_policy_allows_alice_execute_and_pull_but_not_push(realm, kcluster):
     assert denied[0]["operation"] == "push" and denied[0]["identity"] == "krb:alice@TESTUDO.TEST"
 
 
+def test_a_session_is_renewed_with_a_fresh_ticket(realm, kcluster):
+    # A 5 s ticket: the client link renews its login about 4 s in, from the credential cache as
+    # it is then, where the user has meanwhile run kinit again.
+    ccache = "FILE:" + os.path.join(realm.kdc.dir, "ccache.renew")
+    realm.kdc.kinit("bob", realm.passwords["bob"], ccache=ccache[len("FILE:"):], lifetime="5s")
+    use(ccache)
+    rc = kcluster.client(kerberos=True)
+    try:
+        rc.wait_for_engines(kcluster.n, timeout=30)
+        realm.kdc.kinit("bob", realm.passwords["bob"], ccache=ccache[len("FILE:"):])
+        assert wait_until(lambda: any(a.get("operation") == "login.renew" and a.get("outcome") == "accepted" and
+                                      a.get("identity") == "krb:bob@TESTUDO.TEST" for a in audit_lines(kcluster)),
+                          timeout=15)
+        view = rc[:]
+        view.block = True
+        view.execute("r = 1")
+        assert view.pull("r") == [1, 1]
+    finally:
+        rc.close()
+
+
 @pytest.mark.parametrize("case", ["another service", "unknown service", "expired", "clock skew", "no credentials"])
 def test_refused_with_a_clear_message(realm, kcluster, case):
     service, ccache, expect = None, realm.ccache["bob"], None
