@@ -5,10 +5,10 @@
 // from a JWKS, a fixed clock), anything else a JWKS document.
 // Properties: no crash; a verified token names the issuer's identity and bounded groups and
 // an expiry after the clock; refusals are non-empty and never repeat the token.
-#include <algorithm>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <fstream>
