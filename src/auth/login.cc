@@ -1,7 +1,8 @@
 #include "auth/login.h"
 
-#include "auth/token_login.h"
 #include "auth/kerberos_login.h"
+#include "auth/scram_login.h"
+#include "auth/token_login.h"
 
 namespace testudo::auth {
 
@@ -39,8 +40,14 @@ StatusOr<LoginClientFactory> make_login_client_factory(LoginChoice choice, const
         return make_token_login_client(provider);
       });
     }
-    case LoginMethod::kPassword:
-      break;
+    case LoginMethod::kPassword: {
+      if (choice.username.empty()) return invalid_argument("a password login needs a user name");
+      if (Status st = check_user_name(choice.username); !st.ok()) return st;
+      if (!choice.secret) return invalid_argument("a password login needs a password source");
+      return LoginClientFactory([username = std::move(choice.username), secret = std::move(choice.secret)] {
+        return make_scram_login_client(username, secret);
+      });
+    }
     case LoginMethod::kKerberos: {
       // The controller accepts as testudo/<the host in its connection file> unless told
       // otherwise (--service-principal on both sides).

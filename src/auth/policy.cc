@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "auth/strict_json.h"
+
 namespace testudo::auth {
 namespace {
 
@@ -35,14 +37,7 @@ std::string known_operations() {
   return out + ", *";
 }
 
-// A JSON string for an error message: quoted, escaped, bounded, never throwing on bad UTF-8.
-std::string quoted(const std::string& s) {
-  constexpr std::size_t kMax = 80;
-  std::string shown = s.size() > kMax ? s.substr(0, kMax) : s;
-  std::string out = json(shown).dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > kMax) out.insert(out.size() - 1, "...");
-  return out;
-}
+std::string quoted(const std::string& s) { return quoted_for_error(s); }
 
 // A key from the file as a step in a JSON path: as is when plain, quoted otherwise.
 std::string path_key(const std::string& key) {
@@ -142,38 +137,6 @@ struct Members {
   }
 };
 
-// nlohmann keeps the last of duplicate keys silently; a policy with two "allow" keys in a rule
-// is a mistake we refuse. The parser callback sees each key in the order read, and keys
-// always belong to the innermost open object.
-class DuplicateKeyCheck {
- public:
-  bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_.empty()) open_.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!open_.empty() && parsed.is_string() && !open_.back().insert(parsed.get<std::string>()).second &&
-            !duplicate_) {
-          duplicate_ = parsed.get<std::string>();
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  }
-  // The first key seen twice in one object, if any.
-  const std::optional<std::string>& duplicate() const { return duplicate_; }
-
- private:
-  std::vector<std::unordered_set<std::string>> open_;
-  std::optional<std::string> duplicate_;
-};
-
 }  // namespace
 
 std::string_view operation_name(Operation op) {
@@ -193,13 +156,9 @@ StatusOr<Policy> Policy::parse(std::string_view text) {
     return resource_exhausted("policy is " + std::to_string(text.size()) + " bytes, over the limit of " +
                               std::to_string(kMaxPolicyBytes));
   }
-  // The callback is copied into the parser; it reports through this shared state.
-  auto duplicates = std::make_shared<DuplicateKeyCheck>();
-  json root = json::parse(
-      text, [duplicates](int depth, json::parse_event_t event, json& parsed) { return (*duplicates)(depth, event, parsed); },
-      /*allow_exceptions=*/false);
-  if (root.is_discarded()) return invalid_argument("not valid JSON");
-  if (duplicates->duplicate()) return invalid_argument("duplicate key " + quoted(*duplicates->duplicate()));
+  auto parsed = parse_strict_json(text);
+  if (!parsed.ok()) return parsed.status();
+  json root = std::move(parsed).value();
   if (!root.is_object()) return invalid_argument("must be a JSON object, not " + type_name(root));
   // The version first: a newer format may have keys this code does not know, and its reader
   // must be told the file is newer, not that it has a typo (docs/formats.md).

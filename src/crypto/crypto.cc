@@ -80,6 +80,18 @@ Digest hmac_sha256(std::span<const std::byte> key, std::span<const std::byte> da
   return d;
 }
 
+Digest pbkdf2_hmac_sha256(std::string_view password, std::span<const std::byte> salt, std::uint32_t iterations) {
+  Digest d;
+  if (iterations == 0 || iterations > INT_MAX || password.size() > INT_MAX || salt.size() > INT_MAX ||
+      PKCS5_PBKDF2_HMAC(password.data(), static_cast<int>(password.size()),
+                        reinterpret_cast<const unsigned char*>(ptr_or_empty(salt)), static_cast<int>(salt.size()),
+                        static_cast<int>(iterations), EVP_sha256(), static_cast<int>(d.size()),
+                        reinterpret_cast<unsigned char*>(d.data())) != 1) {
+    die("PBKDF2-HMAC-SHA-256");
+  }
+  return d;
+}
+
 bool constant_time_equal(std::span<const std::byte> a, std::span<const std::byte> b) {
   if (a.size() != b.size()) return false;
   if (a.empty()) return true;
@@ -122,6 +134,61 @@ StatusOr<std::vector<std::byte>> from_hex(std::string_view hex) {
                               std::to_string(hi < 0 ? i : i + 1));
     }
     out.push_back(static_cast<std::byte>((hi << 4) | lo));
+  }
+  return out;
+}
+
+namespace {
+constexpr char kBase64Digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+int base64_value(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+}  // namespace
+
+std::string to_base64(std::span<const std::byte> bytes) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (std::size_t i = 0; i < bytes.size(); i += 3) {
+    const std::size_t n = std::min<std::size_t>(3, bytes.size() - i);
+    std::uint32_t v = std::to_integer<std::uint32_t>(bytes[i]) << 16;
+    if (n > 1) v |= std::to_integer<std::uint32_t>(bytes[i + 1]) << 8;
+    if (n > 2) v |= std::to_integer<std::uint32_t>(bytes[i + 2]);
+    out.push_back(kBase64Digits[(v >> 18) & 63]);
+    out.push_back(kBase64Digits[(v >> 12) & 63]);
+    out.push_back(n > 1 ? kBase64Digits[(v >> 6) & 63] : '=');
+    out.push_back(n > 2 ? kBase64Digits[v & 63] : '=');
+  }
+  return out;
+}
+
+StatusOr<std::vector<std::byte>> from_base64(std::string_view text) {
+  if (text.size() % 4 != 0) return invalid_argument("base64 text of " + std::to_string(text.size()) +
+                                                    " characters, not a multiple of 4");
+  std::vector<std::byte> out;
+  out.reserve(text.size() / 4 * 3);
+  for (std::size_t i = 0; i < text.size(); i += 4) {
+    const bool last = i + 4 == text.size();
+    const int pad = last ? (text[i + 3] == '=') + (text[i + 2] == '=' && text[i + 3] == '=') : 0;
+    std::uint32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int d = k >= 4 - pad ? 0 : base64_value(text[i + k]);
+      // The position, not the character: the text may be a secret.
+      if (d < 0) return invalid_argument("base64 text has a bad character at offset " + std::to_string(i + k));
+      v = (v << 6) | static_cast<std::uint32_t>(d);
+    }
+    // Non-canonical: bits that the padding drops must be zero.
+    if ((pad == 1 && (v & 0xff) != 0) || (pad == 2 && (v & 0xffff) != 0)) {
+      return invalid_argument("base64 text is not in canonical form");
+    }
+    out.push_back(static_cast<std::byte>(v >> 16));
+    if (pad < 2) out.push_back(static_cast<std::byte>((v >> 8) & 0xff));
+    if (pad < 1) out.push_back(static_cast<std::byte>(v & 0xff));
   }
   return out;
 }

@@ -1,9 +1,10 @@
-// Small crypto primitives over OpenSSL 3: randomness, SHA-256, HMAC-SHA-256, TLS-free
-// constant-time comparison, hex. OpenSSL types never appear here. Thread-safe.
+// Small crypto primitives over OpenSSL 3: randomness, SHA-256, HMAC-SHA-256, PBKDF2, TLS-free
+// constant-time comparison, hex, base64. OpenSSL types never appear here. Thread-safe.
 #pragma once
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +23,9 @@ StatusOr<Digest> random_secret();
 
 Digest sha256(std::span<const std::byte> data);
 Digest hmac_sha256(std::span<const std::byte> key, std::span<const std::byte> data);
+// PBKDF2-HMAC-SHA-256 with a 32-byte output (RFC 8018): SCRAM-SHA-256's Hi(password, salt, i).
+// `iterations` must be at least 1.
+Digest pbkdf2_hmac_sha256(std::string_view password, std::span<const std::byte> salt, std::uint32_t iterations);
 
 // Compares in time independent of where the inputs differ (CRYPTO_memcmp). Different
 // lengths compare unequal (the length itself is not secret).
@@ -36,6 +40,11 @@ void wipe(std::span<std::byte> secret);
 std::string to_hex(std::span<const std::byte> bytes);  // lowercase
 // Accepts upper or lower case; rejects odd length and non-hex characters.
 StatusOr<std::vector<std::byte>> from_hex(std::string_view hex);
+
+// Standard base64 with padding (RFC 4648 section 4), no line breaks.
+std::string to_base64(std::span<const std::byte> bytes);
+// Only the canonical encoding: padding required, no whitespace, unused bits zero.
+StatusOr<std::vector<std::byte>> from_base64(std::string_view text);
 
 inline std::span<const std::byte> as_bytes(std::string_view s) {
   return std::as_bytes(std::span(s.data(), s.size()));

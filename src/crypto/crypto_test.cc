@@ -101,5 +101,38 @@ TEST(CryptoTest, WipeOverwritesTheSecretAndEmptiesIt) {
   EXPECT_TRUE(std::all_of(std::begin(buffer), std::end(buffer), [](char c) { return c == '\0'; }));
 }
 
+
+TEST(CryptoTest, Pbkdf2HmacSha256Rfc7914Vectors) {
+  // RFC 7914 section 11 (the first 32 bytes of each 64-byte output).
+  EXPECT_EQ(to_hex(pbkdf2_hmac_sha256("passwd", as_bytes("salt"), 1)),
+            "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc");
+  EXPECT_EQ(to_hex(pbkdf2_hmac_sha256("Password", as_bytes("NaCl"), 80000)),
+            "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56");
+}
+
+TEST(CryptoTest, Base64Rfc4648Vectors) {
+  const std::pair<const char*, const char*> vectors[] = {
+      {"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"}, {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"}};
+  for (const auto& [plain, encoded] : vectors) {
+    EXPECT_EQ(to_base64(as_bytes(plain)), encoded);
+    auto decoded = from_base64(encoded);
+    ASSERT_TRUE(decoded.ok()) << encoded;
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(decoded->data()), decoded->size()), plain);
+  }
+  std::vector<std::byte> all;
+  for (int i = 0; i < 256; ++i) all.push_back(static_cast<std::byte>(255 - i));
+  auto round = from_base64(to_base64(all));
+  ASSERT_TRUE(round.ok());
+  EXPECT_EQ(*round, all);
+}
+
+TEST(CryptoTest, Base64RefusesAnythingButTheCanonicalForm) {
+  for (const char* bad : {"Zg", "Zg=", "Zh==", "Zm9=", "Z===", "====", "Zm9v\n", "Zm 9", "Zg==Zg==", "Zm-v", "Zm_v",
+                          "Zm=v"}) {
+    EXPECT_FALSE(from_base64(bad).ok()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace testudo::crypto
