@@ -219,9 +219,11 @@ StatusOr<UserFile> UserFile::load(const std::string& path) {
 }
 
 std::string UserFile::serialize() const {
-  json users = json::object();
+  // Ordered: the version first, as a reader looks for it.
+  using ordered = nlohmann::ordered_json;
+  ordered users = ordered::object();
   for (const auto& [name, entry] : users_) {
-    json j = {{"salt", crypto::to_base64(entry.verifier.salt)},
+    ordered j = {{"salt", crypto::to_base64(entry.verifier.salt)},
               {"iterations", entry.verifier.iterations},
               {"stored_key", crypto::to_base64(entry.verifier.stored_key)},
               {"server_key", crypto::to_base64(entry.verifier.server_key)},
@@ -229,7 +231,7 @@ std::string UserFile::serialize() const {
     if (entry.disabled) j["disabled"] = true;
     users[name] = std::move(j);
   }
-  json root = {{"version", kUserFileFormatVersion}, {"decoy_key", crypto::to_base64(decoy_key_)}, {"users", users}};
+  ordered root = {{"version", kUserFileFormatVersion}, {"decoy_key", crypto::to_base64(decoy_key_)}, {"users", users}};
   return root.dump(2) + "\n";
 }
 

@@ -28,6 +28,7 @@
 #include "cli/launcher_args.h"
 #include "cli/profile_config.h"
 #include "cli/targets.h"
+#include "cli/users.h"
 #include "controller/controller.h"
 #include "launch/launcher.h"
 #include "testudo/client.h"
@@ -394,6 +395,9 @@ int main(int argc, char** argv) {
   c->add_option("--policy", copts.policy_file,
                 "Authorization policy (JSON; see docs/security.md); reloaded on SIGHUP or change. Default: only "
                 "the user running the controller may do anything");
+  c->add_option("--users", copts.users_file,
+                "Password logins: the user file (see `testudo users`); re-read when it changes. Default: the "
+                "profile's security/users.json if it exists, else no password logins");
   c->add_option("--token-issuers", copts.token_issuers,
                 "Accept JSON Web Token logins from the issuers in this file (JSON; see docs/security.md, \"Tokens\")");
   c->add_option("--keytab", copts.keytab,
@@ -470,7 +474,7 @@ int main(int argc, char** argv) {
   start->add_option("--hwm", cluster_hwm, "As for `testudo controller --hwm` (default auto)");
   // Controller security options passed through as they are (see `testudo controller --help`).
   std::vector<std::pair<std::string, std::string>> passthrough_values = {
-      {"--trust", ""}, {"--policy", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
+      {"--trust", ""}, {"--policy", ""}, {"--users", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
       {"--service-principal", ""}};
@@ -490,6 +494,7 @@ int main(int argc, char** argv) {
 
   // client commands
   KeysCommand keys(app);
+  UsersCommand users(app);
   EnginesCommand engines(app);
   ClientArgs exec_args, push_args, pull_args, status_args;
   std::string code;
@@ -535,7 +540,8 @@ int main(int argc, char** argv) {
     if (controller_kind == "ssh") {
       if (lopts.controller_host.empty()) return fail(invalid_argument("--controller ssh needs --controller-host HOST"));
       if (start->get_option("--ip")->count() == 0) lopts.ip = "*";  // loopback there would be out of reach
-      for (const char* flag : {"--policy", "--cafile", "--crlfile", "--audit-log", "--token-issuers", "--keytab"}) {
+      for (const char* flag :
+           {"--policy", "--users", "--cafile", "--crlfile", "--audit-log", "--token-issuers", "--keytab"}) {
         if (start->get_option(flag)->count() > 0) {
           return fail(invalid_argument(std::string(flag) + " names a file here, which a controller on " +
                                        lopts.controller_host + " cannot read: start it there by hand (docs/deploy.md)"));
@@ -560,8 +566,8 @@ int main(int argc, char** argv) {
     for (const auto& [flag, value] : passthrough_values) {
       if (value.empty()) continue;
       // Files are named absolutely: the controller may run from another directory.
-      const bool is_path = flag == "--policy" || flag == "--cafile" || flag == "--crlfile" || flag == "--audit-log" ||
-                           flag == "--token-issuers" || flag == "--keytab";
+      const bool is_path = flag == "--policy" || flag == "--users" || flag == "--cafile" || flag == "--crlfile" ||
+                           flag == "--audit-log" || flag == "--token-issuers" || flag == "--keytab";
       lopts.controller_args.insert(lopts.controller_args.end(),
                                    {flag, is_path ? std::filesystem::absolute(value).string() : value});
     }
@@ -582,6 +588,7 @@ int main(int argc, char** argv) {
   if (*pull) return cmd_pull(profile, pull_args, names, by_engine);
   if (*status) return cmd_status(profile, status_args, as_json);
   if (keys.chosen()) return keys.run(profile);
+  if (users.chosen()) return users.run(profile);
   if (engines.chosen()) return engines.run(profile);
   return kExitUsage;
 }

@@ -49,6 +49,10 @@ struct ControllerOptions {
   std::string keyfile;                 //   default: a self-signed one kept in controller-state.json
   std::string key_passphrase_from;     // passphrase source for keyfile (auth/passphrase.h)
   std::string policy_file;             // default: only the owner (the user running the controller) may act
+  // Password logins (SCRAM-SHA-256-PLUS; auth/user_file.h): the user file, re-read when it
+  // changes. Default: the profile's security/users.json when it exists at start, else no
+  // password logins.
+  std::string users_file;
   std::string audit_log;               // default: <profile>/log/audit.jsonl
   std::string token_issuers;           // JSON Web Token logins: the issuers file (auth/token_issuers.h);
                                        //   default: no token logins
