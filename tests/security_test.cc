@@ -33,6 +33,10 @@
 #include "auth/capability.h"
 #include "auth/connection_file.h"
 #include "auth/identity.h"
+#include "auth/login.h"
+#include "auth/scram_login.h"
+#include "auth/user_file.h"
+#include "base/test_temp_dir.h"
 #include "crypto/crypto.h"
 #include "net/net.h"
 #include "test_cluster.h"
@@ -285,6 +289,41 @@ class TlsPeer {
     return frame(e);
   }
 
+  // This session's RFC 9266 channel binding, as a login binds to it.
+  StatusOr<auth::ChannelBinding> channel_binding() const {
+    return session_->export_keying_material(auth::kChannelBindingLabel, "");
+  }
+
+  // A client hello with a valid capability proof for this session that starts a login.
+  Status login_hello(const auth::Capability& capability, auth::LoginMethod method, std::string first_message) {
+    auto exporter = session_->export_keying_material(auth::kExporterLabel, wire::role_name(Role::kClient));
+    if (!exporter.ok()) return exporter.status();
+    auth::Hello h{Role::kClient, "login-test", auth::capability_proof(capability, Role::kClient, *exporter)};
+    h.login = method;
+    h.login_message = std::move(first_message);
+    wire::Envelope e;
+    e.kind = MessageKind::kHello;
+    e.text = auth::encode_hello(h);
+    return send(e);
+  }
+
+  Status login_step(std::string message) {
+    wire::Envelope e;
+    e.kind = MessageKind::kLoginStep;
+    e.text = std::move(message);
+    return send(e);
+  }
+
+  // The text of the next message, which must be a kLoginStep.
+  StatusOr<std::string> read_login_step() {
+    TESTUDO_ASSIGN_OR_RETURN(wire::Message m, read_message(5s));
+    if (m.envelope.kind != MessageKind::kLoginStep) {
+      return data_loss(std::string("expected a login step, got '") + std::string(wire::kind_name(m.envelope.kind)) +
+                       "': " + m.envelope.text);
+    }
+    return m.envelope.text;
+  }
+
   Status hello(Role role, const auth::Capability& capability) {
     auto bytes = hello_bytes(role, capability);
     if (!bytes.ok()) return bytes.status();
@@ -454,6 +493,91 @@ TEST(SecurityTest, T5_ReplayedHelloIsRejected) {
   ASSERT_TRUE(attacker->send_bytes(*recorded).ok());
   expect_rejected_and_closed(*attacker, "capability proof failed for role client");
   EXPECT_TRUE(audit_logged(*cluster, {"rejected " + attacker->local_address(), "capability proof failed"}));
+  expect_cluster_serves(*cluster, {0});
+}
+
+// A password login recorded in full (its plaintext, more than an eavesdropper of TLS gets) is
+// worthless on another TLS session: SCRAM-SHA-256-PLUS binds the proof to the session's
+// tls-exporter value, and the controller's fresh nonce makes the recorded proof stale anyway.
+// The relay variant: an attacker between a user's client and the controller, with a TLS session
+// to each (it would need the controller's key to be invisible, but the login must not rely on
+// that), passes each SCRAM message on: the proof the client makes covers the attacker's
+// session, not the one the controller sees, and is refused.
+TEST(SecurityTest, T5_RecordedPasswordLoginIsRefusedOnAnotherSession) {
+  TempDir files;
+  const std::string users_path = files.path() + "/users.json";
+  {
+    auto users = auth::UserFile::create();
+    ASSERT_TRUE(users.ok());
+    auto verifier = auth::make_scram_verifier("alice-pw-for-T5", auth::kMinScramIterations);
+    ASSERT_TRUE(verifier.ok());
+    ASSERT_TRUE(users->set("alice", auth::UserEntry{*verifier, {}, false}).ok());
+    ASSERT_TRUE(users->save(users_path).ok());
+  }
+  auto cluster = TestCluster::start(1, {"--users", users_path});
+  ASSERT_TRUE(cluster);
+  auto info = load_info(cluster->paths().client_connection_file, Role::kClient);
+  auto password = [] { return StatusOr<std::string>(std::string("alice-pw-for-T5")); };
+
+  // The victim logs in; every message is recorded.
+  auto victim = TlsPeer::connect(info.port, info.fingerprint);
+  ASSERT_TRUE(victim.ok()) << victim.status().to_string();
+  auto scram = auth::make_scram_login_client("alice", password);
+  ASSERT_TRUE(scram.ok());
+  auto binding = (*victim)->channel_binding();
+  ASSERT_TRUE(binding.ok());
+  auto client_first = (*scram)->start(*binding);
+  ASSERT_TRUE(client_first.ok());
+  ASSERT_TRUE((*victim)->login_hello(info.capability, auth::LoginMethod::kPassword, *client_first).ok());
+  auto server_first = (*victim)->read_login_step();
+  ASSERT_TRUE(server_first.ok()) << server_first.status().to_string();
+  auto client_final = (*scram)->step(*server_first);
+  ASSERT_TRUE(client_final.ok() && client_final->has_value());
+  ASSERT_TRUE((*victim)->login_step(**client_final).ok());
+  auto server_final = (*victim)->read_login_step();
+  ASSERT_TRUE(server_final.ok()) << server_final.status().to_string();
+  ASSERT_TRUE((*scram)->step(*server_final).ok());
+  auto welcome = (*victim)->read_message(5s);
+  ASSERT_TRUE(welcome.ok());
+  ASSERT_EQ(welcome->envelope.kind, MessageKind::kWelcome) << welcome->envelope.text;
+  ASSERT_TRUE((*scram)->finished().ok());
+
+  // Replay: the recorded messages on a new session (with a valid capability proof for it).
+  auto replay = TlsPeer::connect(info.port, info.fingerprint);
+  ASSERT_TRUE(replay.ok());
+  ASSERT_TRUE((*replay)->login_hello(info.capability, auth::LoginMethod::kPassword, *client_first).ok());
+  auto fresh_first = (*replay)->read_login_step();
+  ASSERT_TRUE(fresh_first.ok()) << fresh_first.status().to_string();
+  EXPECT_NE(*fresh_first, *server_first);  // a fresh server nonce
+  ASSERT_TRUE((*replay)->login_step(**client_final).ok());
+  expect_rejected_and_closed(**replay, "channel binding mismatch");
+  EXPECT_TRUE(audit_logged(*cluster, {"rejected " + (*replay)->local_address(), "channel binding mismatch"}));
+
+  // Relay: the user's client runs its login on its session with the attacker; the attacker
+  // passes the messages on over its own session with the controller.
+  auto to_attacker = TlsPeer::connect(info.port, info.fingerprint);  // stands for the user's session
+  auto attacker = TlsPeer::connect(info.port, info.fingerprint);
+  ASSERT_TRUE(to_attacker.ok() && attacker.ok());
+  auto relayed = auth::make_scram_login_client("alice", password);
+  ASSERT_TRUE(relayed.ok());
+  auto users_binding = (*to_attacker)->channel_binding();
+  ASSERT_TRUE(users_binding.ok());
+  auto first = (*relayed)->start(*users_binding);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE((*attacker)->login_hello(info.capability, auth::LoginMethod::kPassword, *first).ok());
+  auto challenge = (*attacker)->read_login_step();
+  ASSERT_TRUE(challenge.ok());
+  auto answer = (*relayed)->step(*challenge);
+  ASSERT_TRUE(answer.ok() && answer->has_value());
+  ASSERT_TRUE((*attacker)->login_step(**answer).ok());
+  expect_rejected_and_closed(**attacker, "channel binding mismatch");
+
+  // Neither attempt let the password show, and the controller still serves alice's own
+  // sessions and its owner.
+  for (const std::string& file : {cluster->controller_log(), cluster->paths().log_dir + "/audit.jsonl"}) {
+    EXPECT_FALSE(contains(read_file(file), "alice-pw-for-T5")) << file;
+  }
+  EXPECT_TRUE(contains(read_file(cluster->paths().log_dir + "/audit.jsonl"), "\"identity\":\"user:alice\""));
   expect_cluster_serves(*cluster, {0});
 }
 
