@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "auth/capability.h"
+#include "auth/scram_login.h"
+#include "scram_fuzz.h"
 #include "wire/body.h"
 #include "wire/control.h"
 #include "wire/message.h"
@@ -140,5 +142,33 @@ int main(int argc, char** argv) {
   write(controls, "options", std::string(1, '\0') + wire::encode_task_options({2, 500, {1, 2}, {3}}));
   write(controls, "options_empty", std::string(1, '\0') + wire::encode_task_options({}));
   write(controls, "ids", std::string(1, '\1') + wire::encode_ids({7, 8, 9}).to_string());
+
+  // scram_server_fuzz: a selector byte (even: to the controller, odd: to the client), then
+  // messages separated by '\n', recorded from a real login between the two halves.
+  const fs::path scram = out / "scram_server_fuzz";
+  {
+    auto client = auth::make_scram_login_client(std::string(fuzz::kScramUser), [] {
+      return StatusOr<std::string>(std::string(fuzz::kScramPassword));
+    });
+    auto server = auth::make_scram_login_server(fuzz::scram_users(), fuzz::scram_binding());
+    auto client_first = client.ok() ? (*client)->start(fuzz::scram_binding()) : StatusOr<std::string>(client.status());
+    auto server_first = server.ok() && client_first.ok() ? (*server)->step(*client_first)
+                                                         : StatusOr<auth::LoginServer::Step>(internal_error("no server"));
+    auto client_final = server_first.ok() ? (*client)->step(server_first->reply)
+                                          : StatusOr<std::optional<std::string>>(internal_error("no exchange"));
+    auto server_final = client_final.ok() && client_final->has_value()
+                            ? (*server)->step(**client_final)
+                            : StatusOr<auth::LoginServer::Step>(internal_error("no exchange"));
+    if (!server_final.ok()) {
+      std::fprintf(stderr, "make_seeds: the SCRAM exchange failed: %s\n", server_final.status().to_string().c_str());
+      return 1;
+    }
+    write(scram, "to_server_login", std::string(1, '\0') + *client_first + "\n" + **client_final);
+    write(scram, "to_server_first_only", std::string(1, '\0') + *client_first);
+    write(scram, "to_server_no_binding", std::string(1, '\0') + "n,,n=alice,r=abcdefghijklmnop");
+    write(scram, "to_server_unknown_user", std::string(1, '\0') + "p=tls-exporter,,n=mallory,r=abcdefghijklmnop");
+    write(scram, "to_client_login", std::string(1, '\1') + server_first->reply + "\n" + server_final->reply);
+    write(scram, "to_client_bad_signature", std::string(1, '\1') + server_first->reply + "\nv=AAAA");
+  }
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstring>
+#include <mutex>
 #include <new>
 
 #include "crypto/crypto.h"
@@ -16,8 +17,19 @@ constexpr const char* kMechanism = "SCRAM-SHA-256-PLUS";
 // no authorization identity.
 constexpr std::string_view kGs2Header = "p=tls-exporter,,";
 
+// gsasl_init also initialises the library's crypto backend; its manual does not promise that
+// two threads may do so at once (the controller's loop and a Python client's threads might),
+// so contexts are made and ended one at a time. Cheap: a context is a list of mechanisms.
+std::mutex& gsasl_init_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+
 struct GsaslDone {
-  void operator()(Gsasl* ctx) const { gsasl_done(ctx); }
+  void operator()(Gsasl* ctx) const {
+    std::lock_guard lock(gsasl_init_mutex());
+    gsasl_done(ctx);
+  }
 };
 struct GsaslFinish {
   void operator()(Gsasl_session* session) const { gsasl_finish(session); }
@@ -37,7 +49,10 @@ Status malformed() { return invalid_argument("malformed SCRAM message"); }
 StatusOr<std::pair<GsaslContext, GsaslSession>> start_session(bool client, void* hook,
                                                                Gsasl_callback_function callback) {
   Gsasl* raw_ctx = nullptr;
-  if (int rc = gsasl_init(&raw_ctx); rc != GSASL_OK) return library_error("init", rc);
+  {
+    std::lock_guard lock(gsasl_init_mutex());
+    if (int rc = gsasl_init(&raw_ctx); rc != GSASL_OK) return library_error("init", rc);
+  }
   GsaslContext ctx(raw_ctx);
   if (callback != nullptr) gsasl_callback_set(ctx.get(), callback);
   Gsasl_session* raw_session = nullptr;
@@ -96,8 +111,8 @@ class ScramServer final : public LoginServer {
     // Any failure ends the exchange: the admission refuses the connection.
     phase_ = Phase::kOver;
     switch (phase) {
-      case Phase::kFirst: return first(message);
-      case Phase::kFinal: return final(message);
+      case Phase::kFirst: return on_client_first(message);
+      case Phase::kFinal: return on_client_final(message);
       case Phase::kOver: break;
     }
     return failed_precondition("the SCRAM exchange is over");
@@ -127,7 +142,7 @@ class ScramServer final : public LoginServer {
     }
   }
 
-  StatusOr<Step> first(std::string_view message) {
+  StatusOr<Step> on_client_first(std::string_view message) {
     TESTUDO_RETURN_IF_ERROR(check_message(message));
     if (message.substr(0, kGs2Header.size()) != kGs2Header) {
       // Say which rule the client broke: none of this depends on a secret.
@@ -152,8 +167,10 @@ class ScramServer final : public LoginServer {
     if (!check_user_name(name).ok()) return permission_denied(std::string(kWrongCredentials));
     claimed_ = "user:" + name;
 
+    // The decoy is derived for every name, known or not, so both take the same time.
     const UserEntry* entry = users_->find(name);
-    const ScramVerifier verifier = entry != nullptr ? entry->verifier : users_->decoy_verifier(name);
+    ScramVerifier verifier = users_->decoy_verifier(name);
+    if (entry != nullptr) verifier = entry->verifier;
     if (entry != nullptr) {
       known_ = true;
       disabled_ = entry->disabled;
@@ -176,7 +193,7 @@ class ScramServer final : public LoginServer {
     return Step{std::move(reply), std::nullopt};
   }
 
-  StatusOr<Step> final(std::string_view message) {
+  StatusOr<Step> on_client_final(std::string_view message) {
     TESTUDO_RETURN_IF_ERROR(check_message(message));
     // The channel binding first, to say why a login recorded on another TLS session (a replay)
     // or passed on by a relay in the middle fails. gsasl checks it again below.
@@ -248,7 +265,7 @@ class ScramClient final : public LoginClient {
     int rc = GSASL_OK;
     if (phase == Phase::kSentFirst) {
       // server-first: the salt and iteration count; the callback derives the salted password.
-      std::string final = run_step(session_.get(), message, rc);
+      std::string client_final = run_step(session_.get(), message, rc);
       forget_password();
       if (!callback_error_.ok()) return callback_error_;
       if (rc != GSASL_NEEDS_MORE) {
@@ -258,7 +275,7 @@ class ScramClient final : public LoginClient {
         return library_error("SCRAM second step", rc);
       }
       phase_ = Phase::kSentFinal;
-      return std::optional<std::string>(std::move(final));
+      return std::optional<std::string>(std::move(client_final));
     }
     if (phase == Phase::kSentFinal) {
       // server-final: gsasl compares the server signature with the one it expects.

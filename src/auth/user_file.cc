@@ -207,6 +207,7 @@ StatusOr<UserFile> UserFile::parse(std::string_view text) {
     }
     file.users_.emplace(u.key(), std::move(entry));
   }
+  file.update_decoy_iterations();
   return file;
 }
 
@@ -252,6 +253,7 @@ Status UserFile::set(const std::string& name, UserEntry entry) {
   std::sort(entry.groups.begin(), entry.groups.end());
   entry.groups.erase(std::unique(entry.groups.begin(), entry.groups.end()), entry.groups.end());
   users_[name] = std::move(entry);
+  update_decoy_iterations();
   return ok_status();
 }
 
@@ -259,26 +261,31 @@ bool UserFile::remove(std::string_view name) {
   auto it = users_.find(name);
   if (it == users_.end()) return false;
   users_.erase(it);
+  update_decoy_iterations();
   return true;
 }
 
-ScramVerifier UserFile::decoy_verifier(std::string_view name) const {
+void UserFile::update_decoy_iterations() {
   // The iteration count an unknown name shows is the one most users have (ties: the larger),
-  // so it does not stand out; the default when the file has no users.
+  // so it does not stand out; the default when the file has no users. Kept up to date here,
+  // not counted per login, so an unknown name costs no more time than a known one.
   std::map<std::uint32_t, std::size_t> counts;
   for (const auto& [n, entry] : users_) ++counts[entry.verifier.iterations];
-  std::uint32_t iterations = kDefaultScramIterations;
+  decoy_iterations_ = kDefaultScramIterations;
   std::size_t best = 0;
   for (const auto& [i, count] : counts) {
     if (count >= best) {
       best = count;
-      iterations = i;
+      decoy_iterations_ = i;
     }
   }
+}
+
+ScramVerifier UserFile::decoy_verifier(std::string_view name) const {
   ScramVerifier v;
   const crypto::Digest salt = derive(decoy_key_, "salt", name);
   v.salt.assign(salt.begin(), salt.begin() + kScramSaltBytes);
-  v.iterations = iterations;
+  v.iterations = decoy_iterations_;
   v.stored_key = derive(decoy_key_, "stored_key", name);
   v.server_key = derive(decoy_key_, "server_key", name);
   return v;

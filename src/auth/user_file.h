@@ -99,7 +99,9 @@ class UserFile {
 
  private:
   UserFile() = default;
+  void update_decoy_iterations();
   crypto::Digest decoy_key_{};
+  std::uint32_t decoy_iterations_ = kDefaultScramIterations;
   std::map<std::string, UserEntry, std::less<>> users_;
 };
 
