@@ -253,6 +253,39 @@ TEST(UserFileTest, DecoysAreStablePerNameAndLookLikeUsers) {
   EXPECT_EQ(UserFile::create()->decoy_verifier("carol").iterations, kDefaultScramIterations);
 }
 
+// Every kept user file fixture (tests/fixtures/users-v<N>.json, written by `testudo users` of
+// that format version; docs/formats.md) parses with this code, and its users' passwords still
+// verify: alice ("alice-fixture-password", groups admins and analysts) and bob
+// ("bob-fixture-password", disabled).
+TEST(UserFileTest, EveryKeptFixtureParsesAndItsPasswordsVerify) {
+  int fixtures = 0;
+  for (const auto& entry : fs::directory_iterator(TESTUDO_FIXTURES_DIR)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.starts_with("users-v") || !name.ends_with(".json")) continue;
+    SCOPED_TRACE(name);
+    ++fixtures;
+    std::ifstream in(entry.path());
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto file = UserFile::parse(text);
+    ASSERT_TRUE(file.ok()) << file.status().to_string();
+    EXPECT_EQ(file->users().size(), 2u);
+    for (const auto& [user, password] : {std::pair<std::string, std::string>{"alice", "alice-fixture-password"},
+                                         {"bob", "bob-fixture-password"}}) {
+      const UserEntry* e = file->find(user);
+      ASSERT_NE(e, nullptr) << user;
+      auto salted = scram_salted_password(password, e->verifier.salt, e->verifier.iterations);
+      ASSERT_TRUE(salted.ok());
+      const ScramVerifier again = scram_verifier_from_salted(*salted, e->verifier.salt, e->verifier.iterations);
+      EXPECT_EQ(again.stored_key, e->verifier.stored_key) << user;
+      EXPECT_EQ(again.server_key, e->verifier.server_key) << user;
+    }
+    EXPECT_EQ(file->find("alice")->groups, (std::vector<std::string>{"admins", "analysts"}));
+    EXPECT_FALSE(file->find("alice")->disabled);
+    EXPECT_TRUE(file->find("bob")->disabled);
+  }
+  EXPECT_GE(fixtures, 1) << "no user file fixtures in " << TESTUDO_FIXTURES_DIR;
+}
+
 TEST(UserStoreTest, RereadsTheFileWhenItChangesAndFailsClosed) {
   testing::TempDir dir;
   const std::string path = dir.path() + "/users.json";

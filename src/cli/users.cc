@@ -154,7 +154,8 @@ struct UsersCommand::Impl {
     }
     if (Status st = users_file.save(where); !st.ok()) return fail(st);
     std::cout << done << " in " << where << "\n";
-    if (created) {
+    if (created && file.empty()) {
+      // A controller looks for the profile's user file when it starts (controller --users).
       std::cout << "created " << where
                 << "; a controller of this profile that is running now accepts password logins after a restart\n";
     }
