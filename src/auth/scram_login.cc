@@ -251,7 +251,9 @@ class ScramClient final : public LoginClient {
     std::string first = run_step(session_.get(), {}, rc);
     if (rc != GSASL_NEEDS_MORE) return library_error("SCRAM first step", rc);
     // gsasl picks the binding type from what it was given; only tls-exporter may go out.
-    if (!first.starts_with(kGs2Header)) return internal_error("GNU SASL did not choose the tls-exporter channel binding");
+    if (!first.starts_with(kGs2Header)) {
+      return internal_error("GNU SASL did not choose the tls-exporter channel binding");
+    }
     phase_ = Phase::kSentFirst;
     return first;
   }
@@ -337,7 +339,9 @@ class ScramClient final : public LoginClient {
                                std::to_string(kMaxScramIterations));
     }
     auto salt = crypto::from_base64(salt_text);
-    if (!salt.ok() || salt->empty() || salt->size() > 64) return invalid_argument("the controller sent a malformed salt");
+    if (!salt.ok() || salt->empty() || salt->size() > 64) {
+      return invalid_argument("the controller sent a malformed salt");
+    }
     auto salted = scram_salted_password(password_, *salt, static_cast<std::uint32_t>(iterations));
     forget_password();
     if (!salted.ok()) return salted.status();

@@ -195,14 +195,18 @@ StatusOr<UserFile> UserFile::parse(std::string_view text) {
         const std::string gpath = path + ".groups[" + std::to_string(i) + "]";
         const json& g = (*jg)[i];
         if (!g.is_string()) return error_at(gpath, std::string("must be a string, not ") + g.type_name());
-        if (Status st = check_group_name(g.get_ref<const std::string&>()); !st.ok()) return error_at(gpath, st.message());
+        if (Status st = check_group_name(g.get_ref<const std::string&>()); !st.ok()) {
+          return error_at(gpath, st.message());
+        }
         entry.groups.push_back(g.get<std::string>());
       }
       std::sort(entry.groups.begin(), entry.groups.end());
       entry.groups.erase(std::unique(entry.groups.begin(), entry.groups.end()), entry.groups.end());
     }
     if (auto jd = ju.find("disabled"); jd != ju.end()) {
-      if (!jd->is_boolean()) return error_at(path + ".disabled", std::string("must be true or false, not ") + jd->dump());
+      if (!jd->is_boolean()) {
+        return error_at(path + ".disabled", std::string("must be true or false, not ") + jd->dump());
+      }
       entry.disabled = jd->get<bool>();
     }
     file.users_.emplace(u.key(), std::move(entry));
@@ -331,7 +335,9 @@ StatusOr<std::shared_ptr<const UserFile>> UserStore::current() {
     LOG_WARN("auth") << loaded.status().message() << "; password logins fail until it is fixed";
     file_ = loaded.status();
   } else {
-    if (loaded_before_) LOG_INFO("auth") << "user file " << path_ << " reloaded: " << loaded->users().size() << " users";
+    if (loaded_before_) {
+      LOG_INFO("auth") << "user file " << path_ << " reloaded: " << loaded->users().size() << " users";
+    }
     loaded_before_ = true;
     file_ = std::shared_ptr<const UserFile>(std::make_shared<UserFile>(std::move(loaded).value()));
   }

@@ -191,7 +191,8 @@ UsersCommand::UsersCommand(CLI::App& app) : impl_(std::make_unique<Impl>()) {
     cmd->add_option("--password-from", i.password_from,
                     "Where the new password comes from: prompt (asked twice), file:PATH, env:NAME or command:CMD")
         ->capture_default_str();
-    cmd->add_option("--iterations", i.iterations, "PBKDF2 iterations of the verifier (each login costs the client this)")
+    cmd->add_option("--iterations", i.iterations,
+                    "PBKDF2 iterations of the verifier (each login costs the client this)")
         ->capture_default_str()
         ->check(CLI::Range(auth::kMinScramIterations, auth::kMaxScramIterations));
   };
