@@ -438,7 +438,10 @@ StatusOr<ClusterProcesses> start_cluster(const ClusterOptions& options,
   Status last = unavailable("not tried");
   while (Clock::now() < deadline) {
     if (!process_alive(procs.controller)) {
-      return fail(unavailable("the controller exited during start-up; see " + controller_log));
+      // Its last words usually say why (a loose keytab, a broken policy, a port in use).
+      const std::string said = last_log_line(controller_log);
+      return fail(unavailable("the controller exited during start-up" + (said.empty() ? "" : ": " + said) + "; see " +
+                              controller_log));
     }
     if (std::filesystem::exists(paths.client_connection_file)) {
       ClientOptions co;
