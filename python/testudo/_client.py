@@ -150,6 +150,10 @@ class Client:
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
                  token_provider=None, token_from=None, kerberos=False, service_principal=None, **kwargs):
         _check_ipyparallel_arguments(kwargs)
+        if password is not None and username is None and sshserver:
+            # ipyparallel's password= is the SSH gateway's: with a gateway and no username=, that is
+            # what the caller means. (With username=, password= is a testudo login's.)
+            _check_ipyparallel_arguments({"password": password})
         login = _login_arguments(username, password, token_provider, token_from, kerberos, service_principal)
         # A callable passphrase (Hazelcast's ssl_password callable) or a source spec.
         key_passphrase = None
