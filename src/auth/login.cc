@@ -29,6 +29,12 @@ void LoginRegistry::add(LoginMethod method, Factory factory) { factories_[method
 
 bool LoginRegistry::accepts(LoginMethod method) const { return factories_.count(method) != 0; }
 
+std::vector<std::string> LoginRegistry::accepted() const {
+  std::vector<std::string> out;
+  for (const auto& [method, factory] : factories_) out.emplace_back(login_method_name(method));
+  return out;
+}
+
 std::string LoginRegistry::accepted_names() const {
   std::string out;
   for (const auto& [method, factory] : factories_) {

@@ -126,8 +126,10 @@ class LoginRegistry {
   // kInvalidArgument naming the method when this controller does not accept it (and which it
   // does).
   StatusOr<std::unique_ptr<LoginServer>> begin(LoginMethod method, const ChannelBinding& binding) const;
-  // "password, token" (for messages and `testudo status`); "" when none.
+  // "password, token" (for messages); "" when none.
   std::string accepted_names() const;
+  // {"password", "token"}: the methods beside keys, for `testudo status`.
+  std::vector<std::string> accepted() const;
 
  private:
   std::map<LoginMethod, Factory> factories_;

@@ -316,6 +316,18 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
               j.value("uptime_s", 0.0), since.c_str(), j["engines"].size(), j.value("clients", 0),
               static_cast<unsigned long long>(j.value("tasks_completed", 0ull)),
               static_cast<unsigned long long>(j.value("tasks_in_flight", 0ull)));
+  // How peers get in, and what the controller can see: said plainly (docs/e2e-design.md).
+  if (j.contains("trust") && j["trust"].is_string()) {
+    std::string logins;
+    if (j.contains("logins") && j["logins"].is_array()) {
+      for (const auto& m : j["logins"]) {
+        if (m.is_string()) logins += (logins.empty() ? "" : ", ") + m.get<std::string>();
+      }
+    }
+    std::printf("security: trust mode %s; logins: %s; end-to-end sealing: not built (the controller can read what it "
+                "relays)\n",
+                j["trust"].get<std::string>().c_str(), logins.empty() ? "key" : logins.c_str());
+  }
   // Host and restarts come from what each engine reported at registration (its tags).
   nlohmann::json tags = nlohmann::json::object();
   if (auto listed = (*client)->engines_json(); listed.ok()) {

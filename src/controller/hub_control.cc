@@ -227,6 +227,8 @@ ClusterReport Hub::cluster_report() {
     ++r.engines_not_back_count;
   }
   r.tasks_lost_at_start = results_.lost_at_open();
+  r.trust_mode = std::string(trust_mode_name(gate_.mode()));
+  if (logins_ != nullptr) r.logins = logins_->accepted();
   return r;
 }
 

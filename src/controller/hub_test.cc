@@ -479,6 +479,8 @@ TEST_F(HubTest, EnginesKeepTheirIdsAcrossAResumedRestartAndNewOnesNeverTakeThem)
   EXPECT_EQ(j["resumed"], true);
   EXPECT_EQ(j["engines_back"], nlohmann::json::array({0, 1}));
   EXPECT_EQ(j["started_at"].get<std::string>().size(), 20u);  // 2024-05-01T12:00:00Z
+  EXPECT_TRUE(j["trust"].is_string());
+  EXPECT_EQ(j["logins"], nlohmann::json::array({"key"}));  // no login method configured here
   // The engine that did not come back: its id is not reused, and a request to it says it is gone.
   c->deliver(request(MessageKind::kExecute, 2, {2}));
   auto replies = c->sent_of(MessageKind::kTaskReply);

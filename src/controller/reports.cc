@@ -41,6 +41,8 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                        {"connected_s", e.connected_s},
                        {"last_heartbeat_s", e.silent_s}});
   }
+  nlohmann::json logins = nlohmann::json::array({"key"});
+  for (const auto& method : report.logins) logins.push_back(method);
   return dump({{"engines", engines},
                {"clients", report.clients},
                {"tasks_in_flight", report.tasks_in_flight},
@@ -52,7 +54,9 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"engines_back", report.engines_back},
                {"engines_not_back", report.engines_not_back},
                {"engines_not_back_count", report.engines_not_back_count},
-               {"tasks_lost_at_start", report.tasks_lost_at_start}});
+               {"tasks_lost_at_start", report.tasks_lost_at_start},
+               {"trust", report.trust_mode},
+               {"logins", logins}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

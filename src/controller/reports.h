@@ -42,6 +42,9 @@ struct ClusterReport {
   std::vector<std::uint32_t> engines_not_back;
   std::size_t engines_not_back_count = 0;
   std::uint64_t tasks_lost_at_start = 0;
+  // How peers get in: the trust mode of keys and the login methods accepted beside them.
+  std::string trust_mode;
+  std::vector<std::string> logins;
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not
@@ -50,7 +53,8 @@ std::string engine_list_json(const std::vector<EngineReport>& engines, std::uint
 // {"engines": [{id, address, identity, in_flight, tasks_done, connected_s, last_heartbeat_s}],
 //  "clients", "tasks_in_flight", "tasks_completed", "connections_rejected", "uptime_s",
 //  "started_at" (UTC, "2024-05-01T12:00:00Z"), "resumed", "engines_back" ([ids]),
-//  "engines_not_back" ([ids], at most 100), "engines_not_back_count", "tasks_lost_at_start"}
+//  "engines_not_back" ([ids], at most 100), "engines_not_back_count", "tasks_lost_at_start",
+//  "trust" (the trust mode), "logins" (["key", and the login methods accepted])}
 std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler);
 // {"engines": {"<id>": {queue, tasks, completed, window}}, "unassigned", "waiting", "scheme", "hwm"}
 std::string queue_status_json(const Scheduler& scheduler);

@@ -97,6 +97,12 @@ def test_right_password_runs_the_reference_example(pw_cluster):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[15, 15]"
+    # `testudo status` says how one may get in, and that the controller can read what it relays.
+    done = subprocess.run([TESTUDO_BIN, "--profile", pw_cluster.profile, "status", "--user", "alice",
+                           "--password-from", "env:ALICE_PW"], env=dict(pw_cluster.env, ALICE_PW=ALICE_PW),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "logins: key, password; end-to-end sealing: not built" in done.stdout
 
 
 def test_denied_operation_is_audited_once_as_the_user(pw_cluster):
