@@ -68,6 +68,10 @@ class AsyncResult(concurrent.futures.Future):
     _received = None
     _task_id_cache = None
     _transform = None
+    _resend = None  # per child: the _history.Request to send again (rc.resubmit), or None
+    _balanced = False  # placed by the scheduler (resubmit lets it place the task again)
+    _history_index = None  # this result's entry in the client's history
+    _in_history = True
     owner = True
 
     """Result of execute/apply/push/pull/map on one or more engines.
@@ -82,10 +86,15 @@ class AsyncResult(concurrent.futures.Future):
     _finished = False
     _watched = False
 
-    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=False):
+    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=False,
+                 resend=None, balanced=False):
         # Not super().__init__(): see the class attributes above.
         if transform is not None:
             self._transform = transform  # applied to each engine's value
+        if resend is not None:
+            self._resend = resend
+        if balanced:
+            self._balanced = True
         self._client = client
         self._children = list(children)
         self._fname = fname
@@ -96,6 +105,10 @@ class AsyncResult(concurrent.futures.Future):
         # Reentrant: code run under the Condition (concurrent.futures) may call ready().
         self._finish_lock = _thread.RLock()
         client._track(self._children, self)
+        if self._in_history:
+            history = getattr(client, "_history", None)  # None: a test's fake client
+            if history is not None:
+                self._history_index = history.add(self)
         if watch:
             self._watch()
 
@@ -546,6 +559,8 @@ class AsyncResult(concurrent.futures.Future):
                 if isinstance(value, ExecuteReply):
                     value.metadata["received"] = received
             self._client._untrack(self._children)
+            if self._history_index is not None:
+                self._client._history.finished(self._history_index, self, [o[1] for o in outcomes])
             # Inside the lock, before _finished: whoever sees _finished sees the outcome.
             if self._state not in _CANCELLED:  # a cancel() that came first stands
                 exc = None
@@ -579,6 +594,8 @@ class AsyncResult(concurrent.futures.Future):
 class AsyncHubResult(AsyncResult):
     """Results fetched from the controller's task store by task id (rc.get_result); each is
     decoded as its original request's kind."""
+
+    _in_history = False  # no new request: rc.history is what was submitted
 
     def __init__(self, client, child, kinds, single=False, watch=False):
         self._kinds = kinds  # task id -> "apply", "pull", "execute", ...

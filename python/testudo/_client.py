@@ -10,7 +10,8 @@ import weakref
 from collections.abc import Iterable
 
 from . import _dbquery, _testudo, error
-from ._asyncresult import AsyncResult, _seconds
+from ._asyncresult import AsyncResult, _Metadata, _seconds
+from ._history import History
 from ._tunnel import SshTunnel
 from ._view import DirectView
 
@@ -192,6 +193,9 @@ class Client:
         self._sweep_at = 1024  # _pending size that triggers the next sweep
         self._ids = []
         self._ids_time = 0.0
+        self._history = History()  # every request sent, for rc.history / results / metadata
+        self._purged_local = set()  # msg_ids (int) whose results purge_local_results dropped
+        self._purged_before = (None, 0)  # (history, entry): purge_local_results('all') dropped those before
         self._dispatcher = threading.Thread(target=self._dispatch, name="testudo-results", daemon=True)
         self._dispatcher.start()
         _live_clients.add(self)
@@ -384,11 +388,8 @@ class Client:
                 futures.append(job)
             elif isinstance(job, str):
                 msg_ids.add(job)
-            elif isinstance(job, int):
-                # ipyparallel reads an int as an index into rc.history, which testudo does not
-                # keep: refused rather than taken for something else.
-                raise TypeError(f"rc.wait({job!r}): pass msg_ids (str) or AsyncResults; testudo keeps no "
-                                "rc.history to index")
+            elif isinstance(job, int) and not isinstance(job, bool):
+                msg_ids.add(self.history[job])  # an index into rc.history, as in ipyparallel
             else:
                 raise TypeError(f"rc.wait: jobs are AsyncResults, msg_ids (str) or Futures, not {type(job).__name__}")
         if msg_ids:
@@ -411,11 +412,10 @@ class Client:
 
     @property
     def outstanding(self):
-        """Ids of requests still waiting for replies."""
+        """msg_ids of the tasks still waiting for replies."""
         with self._lock:
-            pending = list(self._pending.items())
-        waiting = _once_per_result(lambda ar: not ar._finished and not ar._native_ready())
-        return {rid for rid, ar in pending if waiting(ar)}
+            pending = list({id(a): a for a in self._pending.values()}.values())
+        return {i for ar in pending if not ar._finished and not ar._native_ready() for i in ar.msg_ids}
 
     def _track(self, children, ar):
         pending = self._pending
@@ -571,14 +571,144 @@ class Client:
                 return records
             flt["after_task_id"] = int(page[-1]["task_id"])
 
-    def purge_results(self, jobs=(), targets=()):
-        """Delete stored results: `jobs` msg_ids/AsyncResults, or 'all' for every finished one
-        of yours. Returns how many were deleted."""
+    def purge_hub_results(self, jobs=(), targets=()):
+        """Delete stored results from the controller: `jobs` msg_ids/AsyncResults, or 'all' for
+        every finished one of yours; `targets`: also those that ran on these engines. Returns
+        how many were deleted."""
         from ._lbview import _task_ids
-        ids = [] if jobs == "all" else _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
-        if not ids and jobs != "all":
+        everything = isinstance(jobs, str) and jobs == "all"
+        ids = [] if everything else _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
+        if targets and not everything:
+            engines = self._build_targets(targets)
+            ids += [int(r["msg_id"]) for r in self.db_query({"engine_id": {"$in": engines}}, keys=["engine_id"])]
+        if not ids and not everything:
             return 0
         return self._native.purge_results(ids)
+
+    def purge_local_results(self, jobs=(), targets=()):
+        """Forget results here (rc.results, rc.metadata): `jobs` msg_ids/AsyncResults or 'all';
+        `targets`: those that ran on these engines. The controller still has them
+        (rc.get_result). Raises RuntimeError if one of them has not finished."""
+        from ._localresults import purge_local
+        purge_local(self, jobs, targets)
+
+    def purge_results(self, jobs=(), targets=()):
+        """purge_hub_results and, for the finished ones, purge_local_results. Returns how many
+        the controller deleted."""
+        from ._lbview import _task_ids
+        deleted = self.purge_hub_results(jobs, targets)
+        if isinstance(jobs, str) and jobs == "all":
+            outstanding = {int(i) for i in self.outstanding}
+            self._purged_local.update(i for i in self._history.task_ids() if i not in outstanding)
+        else:
+            outstanding = self.outstanding
+            self._purged_local.update(i for i in _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
+                                      if str(i) not in outstanding)
+        self._history.forget_results()
+        return deleted
+
+    def purge_everything(self):
+        """purge_results('all') and an empty rc.history."""
+        self.purge_results("all")
+        self._history = History()
+        self._purged_local = set()
+
+    def hub_history(self):
+        """msg_ids of every task of yours the controller keeps (from any client), in order of
+        submission."""
+        records = self.db_query({}, keys=["submitted"])
+        records.sort(key=lambda r: (r.get("submitted") or 0, int(r["msg_id"])))
+        return [r["msg_id"] for r in records]
+
+    @property
+    def history(self):
+        """msg_ids of every request this client sent, in order."""
+        return self._history.msg_ids()
+
+    @property
+    def results(self):
+        """{msg_id: value} of this client's finished tasks (a RemoteError for a failed one), as
+        ipyparallel's rc.results; a value no longer held here is read from the controller."""
+        from ._localresults import Results
+        return Results(self)
+
+    @property
+    def metadata(self):
+        """{msg_id: metadata} of this client's tasks (submitted, started, completed, engine_id,
+        status, stdout, stderr ...), pending ones included."""
+        from ._localresults import Metadata
+        return Metadata(self)
+
+    def resubmit(self, indices_or_msg_ids=None, metadata=None, block=None):
+        """Run finished tasks again: their msg_ids (or indices into rc.history; default: the
+        last). A direct task runs again on the same engine, a load-balanced one wherever the
+        scheduler places it (its after/follow, met once, are not asked again). Returns an
+        AsyncResult over the new tasks (block=True: their values).
+
+        The controller keeps results, not requests: this client keeps the requests of its
+        apply and execute tasks of up to 1 MiB (the latest 64 MiB of them). Others (map,
+        push, pull, scatter, another client's, larger or older ones) raise NotImplementedError."""
+        from ._lbview import _task_ids
+        if metadata is not None:
+            raise NotImplementedError("resubmit(metadata=...): the original request is sent as it was")
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        single = isinstance(indices_or_msg_ids, (str, int))
+        items = [indices_or_msg_ids] if single else list(indices_or_msg_ids)
+        history = None
+        ids = []
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                history = self.history if history is None else history
+                item = history[item]
+            ids.extend(_task_ids(item))
+        if not ids:
+            raise ValueError("resubmit needs msg_ids")
+        outstanding = self.outstanding
+        running = [i for i in ids if str(i) in outstanding]
+        if running:
+            raise RuntimeError(f"tasks {running} have not finished; resubmit runs finished tasks again")
+        found = []
+        for task_id in ids:
+            kept = self._history.request(task_id)
+            if kept is None:
+                raise NotImplementedError(
+                    f"resubmit: the request of task {task_id} is not kept on this client (the controller keeps "
+                    "results, not requests; this client keeps its apply/execute requests of up to 1 MiB, the "
+                    "latest 64 MiB of them)")
+            found.append(kept)
+        kinds = {request.kind for request, _ in found}
+        if len(kinds) > 1:
+            raise ValueError("resubmit: give execute and apply tasks in separate calls")
+        children, resend = [], []
+        native = self._native
+        for request, engine in found:
+            if request.method == "apply_balanced":
+                children.append(native.apply_balanced(*request.args))
+            else:
+                children.append(getattr(native, request.method)([engine], *request.args))
+            resend.append(request)
+        ar = AsyncResult(self, children, found[0][0].fname, found[0][0].kind, single=single and len(ids) == 1,
+                         resend=resend, balanced=found[0][0].method == "apply_balanced")
+        return ar.get() if (self.block if block is None else block) else ar
+
+    def clear(self, targets=None, block=None):
+        """Remove every user variable from the engines' namespaces."""
+        return self.direct_view("all" if targets is None else targets).clear(block=block)
+
+    def spin(self):
+        """Nothing to do: results arrive on the client's own thread (ipyparallel's spin flushes
+        its sockets)."""
+
+    def spin_thread(self, interval=1):
+        """Nothing to do (see spin)."""
+
+    def stop_spin_thread(self):
+        """Nothing to do (see spin)."""
+
+    def executor(self, targets=None):
+        """A concurrent.futures.Executor over a LoadBalancedView of `targets` (default all)."""
+        return self.load_balanced_view(targets).executor
 
     def _records(self, ids):
         return json.loads(self._native.result_status([int(i) for i in ids]))["records"]

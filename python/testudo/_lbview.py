@@ -6,7 +6,9 @@ from collections.abc import Mapping
 
 from . import _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
+from ._history import Request
 from ._view import _dumps_call
+from ._viewbase import ViewCommon, recorded
 
 _FLAGS = ("block", "retries", "timeout", "after", "follow", "targets")
 # `track` too, as ipyparallel's views take it: every result tracks its buffers here (see
@@ -45,7 +47,7 @@ def _task_ids(deps):
     return list(dict.fromkeys(ids))
 
 
-class LoadBalancedView:
+class LoadBalancedView(ViewCommon):
     """Tasks go to whichever engine the controller's scheduler picks (`--scheme`, default
     least-load, with a high-water mark per engine).
 
@@ -103,27 +105,37 @@ class LoadBalancedView:
         targets = self.targets if targets is None else targets
         return [] if targets is None else self.client._build_targets(targets)
 
-    def _submit(self, f, args, kwargs, flags):
-        """(the native request, whether to block) for f(*args, **kwargs) under these flags
-        (the view's where not given)."""
+    def _submit(self, f, args, kwargs, flags, keep=False):
+        """(the native request, whether to block, the Request for resubmit if `keep`) for
+        f(*args, **kwargs) under these flags (the view's where not given)."""
         if flags:
             block, retries, timeout, after, follow, targets = (flags.get(k, getattr(self, k)) for k in _FLAGS)
         else:
             block, retries, timeout, after, follow, targets = (self.block, self.retries, self.timeout, self.after,
                                                                 self.follow, self.targets)
         native = self.client._native
+        segments = _dumps_call(f, args, kwargs)
         if targets is None and after is None and follow is None and not retries and not timeout:
-            return native.apply_balanced([], _dumps_call(f, args, kwargs)), block  # the common case
-        child = native.apply_balanced(
-            self._allowed(targets), _dumps_call(f, args, kwargs), int(retries or 0), float(timeout or 0),
-            _task_ids(after), _task_ids(follow))
-        return child, block
+            allowed = []
+            child = native.apply_balanced(allowed, segments)  # the common case
+        else:
+            allowed = self._allowed(targets)
+            child = native.apply_balanced(allowed, segments, int(retries or 0), float(timeout or 0),
+                                          _task_ids(after), _task_ids(follow))
+        request = None
+        if keep:
+            # Sent again without its dependencies: they were met when it ran.
+            request = Request.of("apply_balanced", (allowed, segments), "pickle", getattr(f, "__name__", "apply"),
+                                 segments)
+        return child, block, request
 
+    @recorded
     def _apply(self, f, args, kwargs, **flags):
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
-        child, block = self._submit(f, args, kwargs, flags)
-        return AsyncResult(self.client, (child,), getattr(f, "__name__", "apply"), "pickle", single=True), block
+        child, block, request = self._submit(f, args, kwargs, flags, keep=True)
+        return AsyncResult(self.client, (child,), getattr(f, "__name__", "apply"), "pickle", single=True,
+                           resend=[request], balanced=True), block
 
     def apply(self, __testudo_f, *args, **kwargs):
         """f(*args, **kwargs) on one engine; blocks according to `view.block`."""
@@ -151,6 +163,7 @@ class LoadBalancedView:
         block = self.block if block is None else block
         return ar.get() if block else ar
 
+    @recorded
     def _map(self, f, sequences, call=_helpers.map_chunk, fname=None, ordered=True, chunksize=1, flags=None):
         """One task per `chunksize` items, each running call(f, *chunks); also the engine of
         ParallelFunction (call_on_partition: f once per chunk)."""
@@ -165,7 +178,7 @@ class LoadBalancedView:
         children = []
         for start in range(0, n, chunksize):
             chunk = [s[start:min(start + chunksize, n)] for s in seqs]
-            child, _ = self._submit(call, (f, *chunk), {}, flags or {})
+            child, _, _ = self._submit(call, (f, *chunk), {}, flags or {})
             children.append(child)
         return _LoadBalancedMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle",
                                       ordered=ordered)
@@ -244,13 +257,6 @@ class LoadBalancedView:
     def map_sync(self, f, *sequences, **kwargs):
         kwargs["block"] = True
         return self.map(f, *sequences, **kwargs)
-
-    def abort(self, jobs=None, targets=None, block=None):
-        """Abort queued tasks (default: every outstanding one of this client)."""
-        return self.client.abort(jobs)
-
-    def wait(self, jobs=None, timeout=-1):
-        return self.client.wait(jobs, timeout)
 
 
 class _LoadBalancedMapResult(AsyncMapResult):
