@@ -577,7 +577,7 @@ class Client:
         how many were deleted."""
         from ._lbview import _task_ids
         everything = isinstance(jobs, str) and jobs == "all"
-        ids = [] if everything else _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
+        ids = [] if everything else _task_ids(jobs)
         if targets and not everything:
             engines = self._build_targets(targets)
             ids += [int(r["msg_id"]) for r in self.db_query({"engine_id": {"$in": engines}}, keys=["engine_id"])]
@@ -602,7 +602,7 @@ class Client:
             self._purged_local.update(i for i in self._history.task_ids() if i not in outstanding)
         else:
             outstanding = self.outstanding
-            self._purged_local.update(i for i in _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
+            self._purged_local.update(i for i in _task_ids(jobs)
                                       if str(i) not in outstanding)
         self._history.forget_results()
         return deleted

@@ -115,7 +115,7 @@ def purge_local(client, jobs, targets):
             raise RuntimeError(f"can't purge outstanding tasks: {sorted(client.outstanding)}")
         ids = set(history.task_ids())
     else:
-        ids = set(_task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs))
+        ids = set(_task_ids(jobs))
         if targets:
             engines = set(client._build_targets(targets))
             mine = history.task_ids()
