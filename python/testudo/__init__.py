@@ -20,10 +20,12 @@ from . import error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
 from ._cluster import Cluster
+from ._dependency import Dependency, depend, dependent, require
 from ._lbview import LoadBalancedView
 from ._reference import Reference
 from ._remotefunction import ParallelFunction, RemoteFunction, parallel, remote
 from ._testudo import Outcome
+from ._viewbase import ViewExecutor
 from ._view import BroadcastView, DirectView, use_cloudpickle, use_dill, use_pickle
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
@@ -31,7 +33,7 @@ __all__ = [
     "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
     "use_cloudpickle", "use_pickle", "use_dill", "parallel", "remote", "ParallelFunction", "RemoteFunction",
-    "Reference",
+    "Reference", "Dependency", "depend", "dependent", "require", "ViewExecutor",
 ]
 
 __version__ = "0.1.0"

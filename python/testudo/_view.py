@@ -7,13 +7,14 @@ import types
 
 import cloudpickle
 
-from . import _helpers, error
+from . import _dependency, _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._history import Request
 from ._viewbase import ViewCommon, recorded
 
 # Our helpers travel by value, so engines need not have testudo installed.
 cloudpickle.register_pickle_by_value(_helpers)
+cloudpickle.register_pickle_by_value(_dependency)
 
 
 class _GatherResult(AsyncMapResult):
