@@ -274,3 +274,115 @@ def test_importer(dview):
     assert dview.apply_sync(lambda: (colorsys.__name__, Fraction(1, 2) * 2)) == [("colorsys", 1)] * 4
     # Only the imports written in the block: what they import themselves stays local.
     assert dview.apply_sync(lambda: "numbers" in globals()) == [False] * 4
+
+
+# ----- dependencies -----
+
+@testudo.interactive
+def is_engine(wanted):
+    return engine_id == wanted  # noqa: F821 (pushed to each engine)
+
+
+@testudo.interactive
+def where(x):
+    return engine_id, x  # noqa: F821
+
+
+@pytest.fixture
+def engine_ids_pushed(rc):
+    for i in rc.ids:
+        rc[i].push({"engine_id": i}, block=True)
+    return rc.ids
+
+
+def test_dependent_task_moves_to_an_engine_where_it_holds(rc, engine_ids_pushed):
+    lb = rc.load_balanced_view()
+    wanted = engine_ids_pushed[2]
+    f = testudo.dependent(where, is_engine, wanted)
+    assert f.__name__ == "where"
+    results = [lb.apply_async(f, k) for k in range(6)]
+    assert [ar.get(timeout=20) for ar in results] == [(wanted, k) for k in range(6)]
+    assert all(ar.engine_id == wanted for ar in results)
+    # map: each chunk likewise
+    assert lb.map_sync(f, range(5), chunksize=2) == [(wanted, k) for k in range(5)]
+    # a Future observed only through a callback (the client's dispatcher moves it)
+    done = concurrent.futures.Future()
+    lb.apply_async(f, "cb").add_done_callback(lambda ar: done.set_result(ar.result()))
+    assert done.result(timeout=20) == (wanted, "cb")
+
+
+def test_dependency_that_holds_nowhere_is_impossible(rc, engine_ids_pushed):
+    lb = rc.load_balanced_view(targets=engine_ids_pushed[:2])
+    f = testudo.depend(is_engine, engine_ids_pushed[3])(where)  # only outside the view's engines
+    ar = lb.apply_async(f, 0)
+    with pytest.raises(error.ImpossibleDependency) as info:
+        ar.get(timeout=20)
+    assert info.value.ename == "ImpossibleDependency"
+    assert isinstance(info.value, error.UnmetDependency)
+    # A DirectView runs it where it is sent: the unmet dependency is the result.
+    with pytest.raises(error.RemoteError) as info:
+        rc[0].apply_sync(f, 0)
+    assert info.value.ename == "UnmetDependency"
+
+
+def test_require(rc):
+    lb = rc.load_balanced_view()
+    rc[:].clear(block=True)
+
+    @testudo.require("colorsys")
+    @testudo.interactive
+    def hsv(x):
+        return colorsys.rgb_to_hsv(x, x, x)[2]  # noqa: F821 (imported by require)
+
+    assert lb.apply_sync(hsv, 0.5) == 0.5
+
+    @testudo.interactive
+    def bar(a):
+        return squared_by_require(a)  # noqa: F821 (a name only require gives the engine)
+
+    helper = testudo.interactive(lambda a: a * a)
+    helper.__name__ = "squared_by_require"
+
+    with pytest.raises(error.RemoteError) as info:
+        lb.apply_sync(bar, 5)
+    assert info.value.ename == "NameError"
+    assert lb.apply_sync(testudo.require(helper)(bar), 5) == 25
+    assert lb.apply_sync(testudo.require(squared_by_require=lambda a: -a)(bar), 5) == -5
+    with pytest.raises(TypeError):
+        testudo.require(5)
+
+    @testudo.require("testudo_no_such_module")
+    @testudo.interactive
+    def never(x):
+        return x
+
+    with pytest.raises(error.ImpossibleDependency):
+        lb.apply_sync(never, 1)
+
+
+def test_dependency_sets():
+    succeeded, failed = {str(i) for i in range(0, 20, 2)}, {str(i) for i in range(1, 20, 2)}
+    mixed = [str(i) for i in range(6)]
+    dep = testudo.Dependency(mixed, success=True, failure=False)
+    assert not dep.check(succeeded, failed) and dep.unreachable(succeeded, failed)
+    dep.all = False
+    assert dep.check(succeeded, failed) and not dep.unreachable(succeeded, failed)
+    dep = testudo.Dependency(mixed, success=False, failure=True)
+    assert not dep.check(succeeded, failed) and dep.unreachable(succeeded, failed)
+    dep = testudo.Dependency(dep.as_dict())
+    assert dep == set(mixed) and (dep.success, dep.failure, dep.all) == (False, True, True)
+    with pytest.raises(ValueError):
+        testudo.Dependency(mixed, success=False, failure=False)
+    with pytest.raises(TypeError):
+        testudo.Dependency([1.5])
+
+
+def test_dependency_as_after(rc):
+    lb = rc.load_balanced_view()
+    first = lb.apply_async(time.sleep, 0.3)
+    with lb.temp_flags(after=testudo.Dependency([first])):
+        then = lb.apply_async(time.time)
+    then.get(timeout=10)
+    assert rc.metadata[then.msg_ids[0]]["started"] >= rc.metadata[first.msg_ids[0]]["completed"]
+    with pytest.raises(NotImplementedError, match="all=False"):
+        lb.set_flags(after=testudo.Dependency([first], all=False))
