@@ -34,6 +34,7 @@ __all__ = [
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
     "use_cloudpickle", "use_pickle", "use_dill", "parallel", "remote", "ParallelFunction", "RemoteFunction",
     "Reference", "Dependency", "depend", "dependent", "require", "ViewExecutor",
+    "register_joblib_backend",
 ]
 
 __version__ = "0.1.0"
@@ -44,6 +45,14 @@ def interactive(f):
     __main__ (ipyparallel's @interactive)."""
     f.__module__ = "__main__"
     return f
+
+
+def register_joblib_backend(name="testudo", make_default=False):
+    """Make `joblib.Parallel(backend=name)` run on the default profile's cluster (one started
+    for it when none runs), as ipyparallel's register_joblib_backend (whose default name is
+    'ipyparallel')."""
+    from ._joblib import register
+    register(name=name, make_default=make_default)
 
 
 def load_ipython_extension(ipython):

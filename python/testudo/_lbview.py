@@ -274,6 +274,11 @@ class LoadBalancedView(ViewCommon):
         from ._remotefunction import parallel
         return parallel(self, dist=dist, block=block, **flags)
 
+    def register_joblib_backend(self, name="testudo", make_default=False):
+        """Make `joblib.Parallel(backend=name)` run its batches as tasks of this view."""
+        from ._joblib import register
+        register(name=name, make_default=make_default, view=self)
+
     def map_async(self, f, *sequences, **kwargs):
         kwargs["block"] = False
         return self.map(f, *sequences, **kwargs)

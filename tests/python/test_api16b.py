@@ -386,3 +386,39 @@ def test_dependency_as_after(rc):
     assert rc.metadata[then.msg_ids[0]]["started"] >= rc.metadata[first.msg_ids[0]]["completed"]
     with pytest.raises(NotImplementedError, match="all=False"):
         lb.set_flags(after=testudo.Dependency([first], all=False))
+
+
+# ----- joblib -----
+
+@testudo.interactive
+def pid_and_square(x):
+    import os
+    return os.getpid(), x * x
+
+
+def test_joblib_backend_of_a_view(rc):
+    joblib = pytest.importorskip("joblib")
+    view = rc.load_balanced_view()
+    view.register_joblib_backend(name="testudo-view")
+    engine_pids = set(rc[:].apply_sync(engine_pid))
+    with joblib.parallel_backend("testudo-view"):
+        out = joblib.Parallel()(joblib.delayed(pid_and_square)(i) for i in range(40))
+    assert [sq for _, sq in out] == [i * i for i in range(40)]
+    pids = {pid for pid, _ in out}
+    assert pids <= engine_pids and len(pids) > 1  # spread over the engines
+    with pytest.raises(error.RemoteError) as info:
+        joblib.Parallel(backend="testudo-view")(joblib.delayed(lambda x: 1 / x)(i) for i in range(3))
+    assert info.value.ename == "ZeroDivisionError"
+
+
+def test_joblib_backend_of_the_default_cluster():
+    joblib = pytest.importorskip("joblib")
+    from conftest import Cluster
+    default = Cluster(2, profile="default")
+    try:
+        testudo.register_joblib_backend()
+        out = joblib.Parallel(backend="testudo")(joblib.delayed(pid_and_square)(i) for i in range(10))
+        assert [sq for _, sq in out] == [i * i for i in range(10)]
+        assert {pid for pid, _ in out} <= set(default.engine_pids)
+    finally:
+        default.stop()
