@@ -147,6 +147,8 @@ class Client:
     # when made, as ipyparallel's do) and for the client's own get_result and shutdown.
     block = False
 
+    _dask = None  # the dask Scheduler of become_dask, until stop_dask
+
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
                  token_provider=None, token_from=None, kerberos=False, service_principal=None, **kwargs):
@@ -734,6 +736,23 @@ class Client:
                 time.sleep(0.05)
         return None
 
+    def become_dask(self, targets="all", port=0, nanny=False, scheduler_args=None, **worker_args):
+        """Make the engines (`targets`) the workers of a dask.distributed cluster; returns a
+        distributed.Client connected to it. The Scheduler runs in this process (on loopback
+        unless scheduler_args say host=...; `port` picks its port) until stop_dask() or
+        close(); every dask connection is TLS with keys made for it. `worker_args` go to each
+        distributed.Worker (nthreads=1 unless given; ipyparallel's ncores= is read as nthreads)."""
+        from ._dask import become_dask
+        return become_dask(self, targets, port, nanny, scheduler_args, **worker_args)
+
+    def stop_dask(self, targets="all"):
+        """Stop the dask Workers on `targets` and the Scheduler started by become_dask."""
+        from ._dask import stop_dask
+        stop_dask(self, targets)
+
+    become_distributed = become_dask
+    stop_distributed = stop_dask
+
     def activate(self, targets="all", suffix=""):
         """Register the %px, %%px, %autopx and %pxresult magics for `targets`."""
         view = self.direct_view(targets)
@@ -747,6 +766,11 @@ class Client:
         """Close the connection; pending results fail with ConnectionError."""
         if self._closed:
             return
+        if self._dask is not None:
+            try:
+                self.stop_dask()
+            except Exception:
+                pass  # closing goes on: the engines' workers stop when the scheduler is gone
         self._closed = True
         self._native.close()
         self._close_tunnel()

@@ -7,7 +7,7 @@ import types
 
 import cloudpickle
 
-from . import _dependency, _helpers, error
+from . import _dask, _dependency, _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._history import Request
 from ._viewbase import ViewCommon, recorded
@@ -15,6 +15,7 @@ from ._viewbase import ViewCommon, recorded
 # Our helpers travel by value, so engines need not have testudo installed.
 cloudpickle.register_pickle_by_value(_helpers)
 cloudpickle.register_pickle_by_value(_dependency)
+cloudpickle.register_pickle_by_value(_dask)
 
 
 class _GatherResult(AsyncMapResult):

@@ -422,3 +422,26 @@ def test_joblib_backend_of_the_default_cluster():
         assert {pid for pid, _ in out} <= set(default.engine_pids)
     finally:
         default.stop()
+
+
+# ----- dask -----
+
+def test_become_dask(rc):
+    pytest.importorskip("distributed")
+    import dask
+    dask_client = rc.become_dask(targets=[rc.ids[0], rc.ids[1]])
+    try:
+        assert dask_client.scheduler.address.startswith("tls://127.0.0.1:")  # TLS, loopback
+        workers = dask_client.scheduler_info()["workers"]
+        assert len(workers) == 2 and {w["nthreads"] for w in workers.values()} == {1}
+        engine_pids = set(rc[[0, 1]].apply_sync(engine_pid))
+        assert set(dask_client.run(os.getpid).values()) == engine_pids  # the workers are the engines
+        total = dask.delayed(sum)([dask.delayed(lambda x: x * x)(i) for i in range(10)])
+        assert dask_client.compute(total).result(timeout=30) == 285
+        assert dask_client.submit(os.getpid).result(timeout=30) in engine_pids
+        assert rc[0].apply_sync(testudo.interactive(lambda: type(dask_worker).__name__)) == "Worker"
+    finally:
+        dask_client.close()
+        rc.stop_dask()
+    assert rc[:].apply_sync(testudo.interactive(lambda: "dask_worker" in globals())) == [False] * 4
+    assert rc._dask is None
