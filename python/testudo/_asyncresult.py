@@ -365,24 +365,29 @@ class AsyncResult(concurrent.futures.Future):
             chunks, self._live = list(self._live), ()
         return chunks
 
-    def wait_interactive(self, interval=0.1, timeout=-1, file=None):
-        """Waits, showing the engines' output as it is written and a live progress line
-        ('3/4 tasks finished after 2 s')."""
-        out = file or sys.stdout
+    def wait_interactive(self, interval=0.1, timeout=-1, file=None, widget=None):
+        """Waits, showing a progress bar ('|#####-----|  50%   2/4 tasks finished after 1 s')
+        and the engines' output as it is written ('[stdout:0] ...' lines). The bar is redrawn in
+        place on stderr (or `file`, which then gets the output lines too; otherwise they go to
+        stdout); in a Jupyter kernel it is an ipywidgets bar when ipywidgets imports
+        (widget=True/False chooses). Returns when done or after `timeout` seconds."""
+        from ._progress import progress
         deadline = time.monotonic() + _seconds(timeout)
         n = len(self)
+        bar = progress(n, self._fname, file=file, widget=widget)
+        out = sys.stdout if file is None else file
+        bar.update(self.progress, self.elapsed)
         while not self.ready() and time.monotonic() < deadline:
-            self.wait(interval)
+            self.wait(min(interval, max(0.0, deadline - time.monotonic())))
             chunks = self.take_live_output()
             if chunks:
-                out.write("\r" + " " * 60 + "\r")
+                bar.clear()
                 for engine, stream, text in chunks:
                     for line in text.splitlines():
                         out.write(f"[{stream}:{engine}] {line}\n")
-            out.write(f"\r{self.progress:4d}/{n} tasks finished after {int(self.elapsed):4d} s")
-            out.flush()
-        out.write(f"\r{self.progress:4d}/{n} tasks finished after {int(self.elapsed):4d} s\ndone\n")
-        out.flush()
+                out.flush()
+            bar.update(self.progress, self.elapsed)
+        bar.close(self.progress, self.elapsed, self.ready())
 
     def display_outputs(self, groupby="type", result_only=False):
         """Republishes the engines' outputs, as ipyparallel does: a single-engine result's stdout

@@ -445,3 +445,45 @@ def test_become_dask(rc):
         rc.stop_dask()
     assert rc[:].apply_sync(testudo.interactive(lambda: "dask_worker" in globals())) == [False] * 4
     assert rc._dask is None
+
+
+# ----- wait_interactive's progress bar -----
+
+@testudo.interactive
+def sleep_then(seconds, value):
+    import time
+    time.sleep(seconds)
+    return value
+
+
+def test_wait_interactive_text_bar(rc, capsys):
+    ar = rc.load_balanced_view().map_async(sleep_then, [0.1] * 8, range(8))
+    ar.wait_interactive(interval=0.02)
+    captured = capsys.readouterr()
+    frames = captured.err.split("\r")[1:]
+    assert frames[0].startswith("sleep_then: |--------------------|   0%    0/8 tasks finished")
+    assert frames[-1].startswith("sleep_then: |####################| 100%    8/8 tasks finished")
+    assert frames[-1].endswith("\ndone\n")
+    shown = [int(f.split("%")[1].split("/")[0]) for f in frames]
+    assert shown == sorted(shown) and len(set(shown)) > 2  # in place, as tasks finish
+    assert captured.out == ""
+
+
+def test_wait_interactive_widget(rc, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import IPython.display
+    from testudo import _progress
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    monkeypatch.setattr(_progress, "_in_kernel", lambda: True)  # as in a Jupyter kernel
+    ar = rc[:].apply_async(sleep_then, 0.2, 1)
+    ar.wait_interactive(interval=0.02)
+    (box,) = shown
+    bar, label = box.children
+    assert (bar.value, bar.max, bar.bar_style) == (4, 4, "success")
+    assert "4/4 tasks finished" in label.value
+    shown.clear()
+    ar = rc[0].apply_async(sleep_then, 1.0, 1)
+    ar.wait_interactive(interval=0.02, timeout=0.1)
+    assert shown[0].children[0].value == 0 and shown[0].children[0].bar_style == "warning"
+    ar.get(timeout=10)
