@@ -17,7 +17,7 @@ from Python, as with ipyparallel.Cluster:
 """
 
 from . import error
-from ._asyncresult import AsyncMapResult, AsyncResult
+from ._asyncresult import AsyncHubResult, AsyncMapResult, AsyncResult
 from ._client import Client
 from ._cluster import Cluster
 from ._dependency import Dependency, depend, dependent, require
@@ -30,7 +30,7 @@ from ._view import BroadcastView, DirectView, use_cloudpickle, use_dill, use_pic
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
-    "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
+    "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "AsyncHubResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
     "use_cloudpickle", "use_pickle", "use_dill", "parallel", "remote", "ParallelFunction", "RemoteFunction",
     "Reference", "Dependency", "depend", "dependent", "require", "ViewExecutor",
