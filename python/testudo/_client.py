@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Iterable
 
 from . import _dbquery, _testudo, error
+from ._testudo import Outcome
 from ._asyncresult import AsyncResult, _Metadata, _seconds
 from ._history import History
 from ._tunnel import SshTunnel
@@ -406,6 +407,32 @@ class Client:
                 return False
         return True
 
+    def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
+        """rc.wait(jobs) with a progress bar of the tasks finished (see AsyncResult.wait_interactive)."""
+        from ._progress import progress
+        if jobs is None:
+            with self._lock:
+                jobs = list({id(a): a for a in self._pending.values()}.values())
+        elif isinstance(jobs, AsyncResult):
+            jobs = [jobs]
+        ars = [j for j in jobs if isinstance(j, AsyncResult)]
+        others = [j for j in jobs if not isinstance(j, AsyncResult)]
+        total = sum(len(ar) for ar in ars)
+        start = time.monotonic()
+        deadline = start + _seconds(timeout)
+        bar = progress(total, "wait")
+        bar.update(0, 0)
+        done = False
+        while time.monotonic() < deadline:
+            done = self.wait(ars, timeout=min(interval, max(0.0, deadline - time.monotonic())))
+            bar.update(sum(ar.progress for ar in ars), time.monotonic() - start)
+            if done:
+                break
+        if others and done:
+            done = self.wait(others, timeout=max(0.0, deadline - time.monotonic()))
+        bar.close(sum(ar.progress for ar in ars), time.monotonic() - start, done)
+        return done
+
     def _outstanding_results(self, msg_ids):
         """This client's pending AsyncResults holding any of `msg_ids`."""
         with self._lock:
@@ -663,17 +690,20 @@ class Client:
             if isinstance(item, int) and not isinstance(item, bool):
                 history = self.history if history is None else history
                 item = history[item]
-            ids.extend(_task_ids(item))
+            try:
+                ids.extend(_task_ids(item))
+            except ValueError:  # not a msg_id at all: unknown, as ipyparallel's hub says
+                raise error.outcome_error(Outcome.NO_SUCH_TASK, f"no task {item!r}") from None
         if not ids:
             raise ValueError("resubmit needs msg_ids")
-        outstanding = self.outstanding
-        running = [i for i in ids if str(i) in outstanding]
-        if running:
-            raise RuntimeError(f"tasks {running} have not finished; resubmit runs finished tasks again")
+        # A task still running is sent again too, as ipyparallel does.
         found = []
         for task_id in ids:
-            kept = self._history.request(task_id)
+            kept = self._history.request(task_id) or self._history.pending_request(task_id)
             if kept is None:
+                found_here, _ = self._history.locate(task_id)
+                if not found_here and self._records([task_id])[0]["state"] == "unknown":
+                    raise error.outcome_error(Outcome.NO_SUCH_TASK, f"no task {task_id} of yours")
                 raise NotImplementedError(
                     f"resubmit: the request of task {task_id} is not kept on this client (the controller keeps "
                     "results, not requests; this client keeps its apply/execute requests of up to 1 MiB, the "

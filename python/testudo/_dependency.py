@@ -11,7 +11,12 @@ This module travels by value (cloudpickle), so engines need not have testudo ins
 """
 
 import sys
+import threading
 from types import ModuleType
+
+# In the client: thread id -> the globals of the dependent function being called there, where
+# @require imports. A plain dict: this module's globals travel by value with its functions.
+_calling = {}
 
 
 class UnmetDependency(Exception):
@@ -26,7 +31,9 @@ def _engine():
 
 def _namespace():
     engine = _engine()
-    return engine._ns if engine is not None else sys.modules["__main__"].__dict__
+    if engine is not None:
+        return engine._ns
+    return _calling.get(threading.get_ident()) or sys.modules["__main__"].__dict__
 
 
 def _interactive(f):
@@ -61,7 +68,18 @@ class dependent:
         self.dkwargs = dkwargs
 
     def check_dependency(self):
-        if _interactive(self.df)(*self.dargs, **self.dkwargs) is False:
+        thread = threading.get_ident()
+        saved = _calling.get(thread)
+        if _engine() is None:
+            _calling[thread] = getattr(self.f, "__globals__", None)
+        try:
+            met = _interactive(self.df)(*self.dargs, **self.dkwargs)
+        finally:
+            if saved is None:
+                _calling.pop(thread, None)
+            else:
+                _calling[thread] = saved
+        if met is False:
             raise UnmetDependency(f"{getattr(self.df, '__name__', 'dependency')} returned False")
 
     def __call__(self, *args, **kwargs):

@@ -87,6 +87,19 @@ class History:
             _, (recipe, _) = requests.popitem(last=False)
             self._requests_bytes -= recipe.size
 
+    def pending_request(self, task_id):
+        """(recipe, engine) for a task of a result still held (not finished yet), or None."""
+        _, ar = self.locate(task_id)
+        if ar is None or not ar._resend:
+            return None
+        for child, recipe in zip(ar._children, ar._resend):
+            ids = child.task_ids(30.0)
+            if task_id in ids:
+                if recipe is None:
+                    return None
+                return recipe, None if ar._balanced else child.targets[ids.index(task_id)]
+        return None
+
     def request(self, task_id):
         """(recipe, engine) of a kept request, or None."""
         with self._lock:

@@ -104,6 +104,12 @@ class ViewCommon:
             jobs = self._live_results()
         return self.client.wait(jobs, timeout)
 
+    def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
+        """rc.wait_interactive for `jobs` (default: this view's outstanding requests)."""
+        if jobs is None:
+            jobs = self._live_results()
+        return self.client.wait_interactive(jobs, interval, timeout)
+
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
         """rc.get_result, where ints index this view's history (default: its last msg_id)."""
         if indices_or_msg_ids is None:

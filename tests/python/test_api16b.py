@@ -180,12 +180,15 @@ def test_resubmit(rc):
     m.get(timeout=10)
     with pytest.raises(NotImplementedError, match="not kept"):
         rc.resubmit(m.msg_ids)
-    slow = rc[0].apply_async(time.sleep, 0.5)
-    with pytest.raises(RuntimeError, match="not finished"):
-        rc.resubmit(slow.msg_ids)
-    slow.get(timeout=10)
-    with pytest.raises(NotImplementedError):
+    # A task still running is sent again too, as ipyparallel does.
+    slow = rc[0].apply_async(sleep_then, 0.3, "slow")
+    again = rc.resubmit(slow.msg_ids)
+    assert slow.get(timeout=10) == "slow" and again.get(timeout=10) == ["slow"]  # a list in, a list out
+    with pytest.raises(KeyError):  # as ipyparallel's hub: a RemoteError that is a KeyError
         rc.resubmit("987654321")
+    with pytest.raises(error.RemoteError) as info:
+        rc.resubmit(["invalid"])
+    assert info.value.ename == "KeyError"
 
 
 def test_hub_history_clear_spin(rc):
@@ -348,6 +351,12 @@ def test_require(rc):
     assert info.value.ename == "NameError"
     assert lb.apply_sync(testudo.require(helper)(bar), 5) == 25
     assert lb.apply_sync(testudo.require(squared_by_require=lambda a: -a)(bar), 5) == -5
+    # Called here, @require imports into the function's own globals.
+    namespace = {}
+    exec("def local_hsv(x):\n    return colorsys.rgb_to_hsv(x, x, x)[2]\n", namespace)
+    assert "colorsys" not in namespace
+    assert testudo.require("colorsys")(namespace["local_hsv"])(0.25) == 0.25
+    assert namespace["colorsys"].__name__ == "colorsys"
     with pytest.raises(TypeError):
         testudo.require(5)
 
@@ -467,6 +476,19 @@ def test_wait_interactive_text_bar(rc, capsys):
     shown = [int(f.split("%")[1].split("/")[0]) for f in frames]
     assert shown == sorted(shown) and len(set(shown)) > 2  # in place, as tasks finish
     assert captured.out == ""
+
+
+def test_client_and_view_wait_interactive(rc, capsys):
+    view = rc.load_balanced_view()
+    ars = [view.apply_async(sleep_then, 0.1 * i, i) for i in range(4)]
+    assert view.wait_interactive(interval=0.02) is True
+    assert all(ar.ready() for ar in ars) and view.outstanding == set()
+    err = capsys.readouterr().err
+    assert "   4/4 tasks finished" in err and err.endswith("done\n")
+    slow = rc[0].apply_async(sleep_then, 1.0, 0)
+    assert rc.wait_interactive([slow], interval=0.02, timeout=0.1) is False
+    assert "0/1 tasks finished" in capsys.readouterr().err
+    assert rc.wait_interactive(interval=0.02) is True and slow.ready()
 
 
 def test_wait_interactive_widget(rc, monkeypatch):
