@@ -17,21 +17,24 @@ from Python, as with ipyparallel.Cluster:
 """
 
 from . import error
-from ._asyncresult import AsyncMapResult, AsyncResult
+from ._asyncresult import AsyncHubResult, AsyncMapResult, AsyncResult
 from ._client import Client
 from ._cluster import Cluster
+from ._dependency import Dependency, depend, dependent, require
 from ._lbview import LoadBalancedView
 from ._reference import Reference
 from ._remotefunction import ParallelFunction, RemoteFunction, parallel, remote
 from ._testudo import Outcome
+from ._viewbase import ViewExecutor
 from ._view import BroadcastView, DirectView, use_cloudpickle, use_dill, use_pickle
 from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
 
 __all__ = [
-    "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "RemoteError", "CompositeError",
+    "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "AsyncHubResult", "RemoteError", "CompositeError",
     "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
     "use_cloudpickle", "use_pickle", "use_dill", "parallel", "remote", "ParallelFunction", "RemoteFunction",
-    "Reference",
+    "Reference", "Dependency", "depend", "dependent", "require", "ViewExecutor",
+    "register_joblib_backend",
 ]
 
 __version__ = "0.1.0"
@@ -42,6 +45,14 @@ def interactive(f):
     __main__ (ipyparallel's @interactive)."""
     f.__module__ = "__main__"
     return f
+
+
+def register_joblib_backend(name="testudo", make_default=False):
+    """Make `joblib.Parallel(backend=name)` run on the default profile's cluster (one started
+    for it when none runs), as ipyparallel's register_joblib_backend (whose default name is
+    'ipyparallel')."""
+    from ._joblib import register
+    register(name=name, make_default=make_default)
 
 
 def load_ipython_extension(ipython):

@@ -68,6 +68,10 @@ class AsyncResult(concurrent.futures.Future):
     _received = None
     _task_id_cache = None
     _transform = None
+    _resend = None  # per child: the _history.Request to send again (rc.resubmit), or None
+    _balanced = False  # placed by the scheduler (resubmit lets it place the task again)
+    _history_index = None  # this result's entry in the client's history
+    _in_history = True
     owner = True
 
     """Result of execute/apply/push/pull/map on one or more engines.
@@ -82,10 +86,15 @@ class AsyncResult(concurrent.futures.Future):
     _finished = False
     _watched = False
 
-    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=False):
+    def __init__(self, client, children, fname, kind, single=False, submitted=None, transform=None, watch=False,
+                 resend=None, balanced=False):
         # Not super().__init__(): see the class attributes above.
         if transform is not None:
             self._transform = transform  # applied to each engine's value
+        if resend is not None:
+            self._resend = resend
+        if balanced:
+            self._balanced = True
         self._client = client
         self._children = list(children)
         self._fname = fname
@@ -96,6 +105,10 @@ class AsyncResult(concurrent.futures.Future):
         # Reentrant: code run under the Condition (concurrent.futures) may call ready().
         self._finish_lock = _thread.RLock()
         client._track(self._children, self)
+        if self._in_history:
+            history = getattr(client, "_history", None)  # None: a test's fake client
+            if history is not None:
+                self._history_index = history.add(self)
         if watch:
             self._watch()
 
@@ -356,24 +369,29 @@ class AsyncResult(concurrent.futures.Future):
             chunks, self._live = list(self._live), ()
         return chunks
 
-    def wait_interactive(self, interval=0.1, timeout=-1, file=None):
-        """Waits, showing the engines' output as it is written and a live progress line
-        ('3/4 tasks finished after 2 s')."""
-        out = file or sys.stdout
+    def wait_interactive(self, interval=0.1, timeout=-1, file=None, widget=None):
+        """Waits, showing a progress bar ('|#####-----|  50%   2/4 tasks finished after 1 s')
+        and the engines' output as it is written ('[stdout:0] ...' lines). The bar is redrawn in
+        place on stderr (or `file`, which then gets the output lines too; otherwise they go to
+        stdout); in a Jupyter kernel it is an ipywidgets bar when ipywidgets imports
+        (widget=True/False chooses). Returns when done or after `timeout` seconds."""
+        from ._progress import progress
         deadline = time.monotonic() + _seconds(timeout)
         n = len(self)
+        bar = progress(n, self._fname, file=file, widget=widget)
+        out = sys.stdout if file is None else file
+        bar.update(self.progress, self.elapsed)
         while not self.ready() and time.monotonic() < deadline:
-            self.wait(interval)
+            self.wait(min(interval, max(0.0, deadline - time.monotonic())))
             chunks = self.take_live_output()
             if chunks:
-                out.write("\r" + " " * 60 + "\r")
+                bar.clear()
                 for engine, stream, text in chunks:
                     for line in text.splitlines():
                         out.write(f"[{stream}:{engine}] {line}\n")
-            out.write(f"\r{self.progress:4d}/{n} tasks finished after {int(self.elapsed):4d} s")
-            out.flush()
-        out.write(f"\r{self.progress:4d}/{n} tasks finished after {int(self.elapsed):4d} s\ndone\n")
-        out.flush()
+                out.flush()
+            bar.update(self.progress, self.elapsed)
+        bar.close(self.progress, self.elapsed, self.ready())
 
     def display_outputs(self, groupby="type", result_only=False):
         """Republishes the engines' outputs, as ipyparallel does: a single-engine result's stdout
@@ -550,6 +568,8 @@ class AsyncResult(concurrent.futures.Future):
                 if isinstance(value, ExecuteReply):
                     value.metadata["received"] = received
             self._client._untrack(self._children)
+            if self._history_index is not None:
+                self._client._history.finished(self._history_index, self, [o[1] for o in outcomes])
             # Inside the lock, before _finished: whoever sees _finished sees the outcome.
             if self._state not in _CANCELLED:  # a cancel() that came first stands
                 exc = None
@@ -583,6 +603,8 @@ class AsyncResult(concurrent.futures.Future):
 class AsyncHubResult(AsyncResult):
     """Results fetched from the controller's task store by task id (rc.get_result); each is
     decoded as its original request's kind."""
+
+    _in_history = False  # no new request: rc.history is what was submitted
 
     def __init__(self, client, child, kinds, single=False, watch=False):
         self._kinds = kinds  # task id -> "apply", "pull", "execute", ...

@@ -10,7 +10,9 @@ import weakref
 from collections.abc import Iterable
 
 from . import _dbquery, _testudo, error
-from ._asyncresult import AsyncResult, _seconds
+from ._testudo import Outcome
+from ._asyncresult import AsyncResult, _Metadata, _seconds
+from ._history import History
 from ._tunnel import SshTunnel
 from ._view import DirectView
 
@@ -146,6 +148,8 @@ class Client:
     # when made, as ipyparallel's do) and for the client's own get_result and shutdown.
     block = False
 
+    _dask = None  # the dask Scheduler of become_dask, until stop_dask
+
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
                  token_provider=None, token_from=None, kerberos=False, service_principal=None, **kwargs):
@@ -196,6 +200,9 @@ class Client:
         self._sweep_at = 1024  # _pending size that triggers the next sweep
         self._ids = []
         self._ids_time = 0.0
+        self._history = History()  # every request sent, for rc.history / results / metadata
+        self._purged_local = set()  # msg_ids (int) whose results purge_local_results dropped
+        self._purged_before = (None, 0)  # (history, entry): purge_local_results('all') dropped those before
         self._dispatcher = threading.Thread(target=self._dispatch, name="testudo-results", daemon=True)
         self._dispatcher.start()
         _live_clients.add(self)
@@ -388,11 +395,8 @@ class Client:
                 futures.append(job)
             elif isinstance(job, str):
                 msg_ids.add(job)
-            elif isinstance(job, int):
-                # ipyparallel reads an int as an index into rc.history, which testudo does not
-                # keep: refused rather than taken for something else.
-                raise TypeError(f"rc.wait({job!r}): pass msg_ids (str) or AsyncResults; testudo keeps no "
-                                "rc.history to index")
+            elif isinstance(job, int) and not isinstance(job, bool):
+                msg_ids.add(self.history[job])  # an index into rc.history, as in ipyparallel
             else:
                 raise TypeError(f"rc.wait: jobs are AsyncResults, msg_ids (str) or Futures, not {type(job).__name__}")
         if msg_ids:
@@ -407,6 +411,32 @@ class Client:
                 return False
         return True
 
+    def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
+        """rc.wait(jobs) with a progress bar of the tasks finished (see AsyncResult.wait_interactive)."""
+        from ._progress import progress
+        if jobs is None:
+            with self._lock:
+                jobs = list({id(a): a for a in self._pending.values()}.values())
+        elif isinstance(jobs, AsyncResult):
+            jobs = [jobs]
+        ars = [j for j in jobs if isinstance(j, AsyncResult)]
+        others = [j for j in jobs if not isinstance(j, AsyncResult)]
+        total = sum(len(ar) for ar in ars)
+        start = time.monotonic()
+        deadline = start + _seconds(timeout)
+        bar = progress(total, "wait")
+        bar.update(0, 0)
+        done = False
+        while time.monotonic() < deadline:
+            done = self.wait(ars, timeout=min(interval, max(0.0, deadline - time.monotonic())))
+            bar.update(sum(ar.progress for ar in ars), time.monotonic() - start)
+            if done:
+                break
+        if others and done:
+            done = self.wait(others, timeout=max(0.0, deadline - time.monotonic()))
+        bar.close(sum(ar.progress for ar in ars), time.monotonic() - start, done)
+        return done
+
     def _outstanding_results(self, msg_ids):
         """This client's pending AsyncResults holding any of `msg_ids`."""
         with self._lock:
@@ -415,11 +445,10 @@ class Client:
 
     @property
     def outstanding(self):
-        """Ids of requests still waiting for replies."""
+        """msg_ids of the tasks still waiting for replies."""
         with self._lock:
-            pending = list(self._pending.items())
-        waiting = _once_per_result(lambda ar: not ar._finished and not ar._native_ready())
-        return {rid for rid, ar in pending if waiting(ar)}
+            pending = list({id(a): a for a in self._pending.values()}.values())
+        return {i for ar in pending if not ar._finished and not ar._native_ready() for i in ar.msg_ids}
 
     def _track(self, children, ar):
         pending = self._pending
@@ -575,14 +604,147 @@ class Client:
                 return records
             flt["after_task_id"] = int(page[-1]["task_id"])
 
-    def purge_results(self, jobs=(), targets=()):
-        """Delete stored results: `jobs` msg_ids/AsyncResults, or 'all' for every finished one
-        of yours. Returns how many were deleted."""
+    def purge_hub_results(self, jobs=(), targets=()):
+        """Delete stored results from the controller: `jobs` msg_ids/AsyncResults, or 'all' for
+        every finished one of yours; `targets`: also those that ran on these engines. Returns
+        how many were deleted."""
         from ._lbview import _task_ids
-        ids = [] if jobs == "all" else _task_ids(list(jobs) if not isinstance(jobs, (str, int)) else jobs)
-        if not ids and jobs != "all":
+        everything = isinstance(jobs, str) and jobs == "all"
+        ids = [] if everything else _task_ids(jobs)
+        if targets and not everything:
+            engines = self._build_targets(targets)
+            ids += [int(r["msg_id"]) for r in self.db_query({"engine_id": {"$in": engines}}, keys=["engine_id"])]
+        if not ids and not everything:
             return 0
         return self._native.purge_results(ids)
+
+    def purge_local_results(self, jobs=(), targets=()):
+        """Forget results here (rc.results, rc.metadata): `jobs` msg_ids/AsyncResults or 'all';
+        `targets`: those that ran on these engines. The controller still has them
+        (rc.get_result). Raises RuntimeError if one of them has not finished."""
+        from ._localresults import purge_local
+        purge_local(self, jobs, targets)
+
+    def purge_results(self, jobs=(), targets=()):
+        """purge_hub_results and, for the finished ones, purge_local_results. Returns how many
+        the controller deleted."""
+        from ._lbview import _task_ids
+        deleted = self.purge_hub_results(jobs, targets)
+        if isinstance(jobs, str) and jobs == "all":
+            outstanding = {int(i) for i in self.outstanding}
+            self._purged_local.update(i for i in self._history.task_ids() if i not in outstanding)
+        else:
+            outstanding = self.outstanding
+            self._purged_local.update(i for i in _task_ids(jobs)
+                                      if str(i) not in outstanding)
+        self._history.forget_results()
+        return deleted
+
+    def purge_everything(self):
+        """purge_results('all') and an empty rc.history."""
+        self.purge_results("all")
+        self._history = History()
+        self._purged_local = set()
+
+    def hub_history(self):
+        """msg_ids of every task of yours the controller keeps (from any client), in order of
+        submission."""
+        records = self.db_query({}, keys=["submitted"])
+        records.sort(key=lambda r: (r.get("submitted") or 0, int(r["msg_id"])))
+        return [r["msg_id"] for r in records]
+
+    @property
+    def history(self):
+        """msg_ids of every request this client sent, in order."""
+        return self._history.msg_ids()
+
+    @property
+    def results(self):
+        """{msg_id: value} of this client's finished tasks (a RemoteError for a failed one), as
+        ipyparallel's rc.results; a value no longer held here is read from the controller."""
+        from ._localresults import Results
+        return Results(self)
+
+    @property
+    def metadata(self):
+        """{msg_id: metadata} of this client's tasks (submitted, started, completed, engine_id,
+        status, stdout, stderr ...), pending ones included."""
+        from ._localresults import Metadata
+        return Metadata(self)
+
+    def resubmit(self, indices_or_msg_ids=None, metadata=None, block=None):
+        """Run finished tasks again: their msg_ids (or indices into rc.history; default: the
+        last). A direct task runs again on the same engine, a load-balanced one wherever the
+        scheduler places it (its after/follow, met once, are not asked again). Returns an
+        AsyncResult over the new tasks (block=True: their values).
+
+        The controller keeps results, not requests: this client keeps the requests of its
+        apply and execute tasks of up to 1 MiB (the latest 64 MiB of them). Others (map,
+        push, pull, scatter, another client's, larger or older ones) raise NotImplementedError."""
+        from ._lbview import _task_ids
+        if metadata is not None:
+            raise NotImplementedError("resubmit(metadata=...): the original request is sent as it was")
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        single = isinstance(indices_or_msg_ids, (str, int))
+        items = [indices_or_msg_ids] if single else list(indices_or_msg_ids)
+        history = None
+        ids = []
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                history = self.history if history is None else history
+                item = history[item]
+            try:
+                ids.extend(_task_ids(item))
+            except ValueError:  # not a msg_id at all: unknown, as ipyparallel's hub says
+                raise error.outcome_error(Outcome.NO_SUCH_TASK, f"no task {item!r}") from None
+        if not ids:
+            raise ValueError("resubmit needs msg_ids")
+        # A task still running is sent again too, as ipyparallel does.
+        found = []
+        for task_id in ids:
+            kept = self._history.request(task_id) or self._history.pending_request(task_id)
+            if kept is None:
+                found_here, _ = self._history.locate(task_id)
+                if not found_here and self._records([task_id])[0]["state"] == "unknown":
+                    raise error.outcome_error(Outcome.NO_SUCH_TASK, f"no task {task_id} of yours")
+                raise NotImplementedError(
+                    f"resubmit: the request of task {task_id} is not kept on this client (the controller keeps "
+                    "results, not requests; this client keeps its apply/execute requests of up to 1 MiB, the "
+                    "latest 64 MiB of them)")
+            found.append(kept)
+        kinds = {request.kind for request, _ in found}
+        if len(kinds) > 1:
+            raise ValueError("resubmit: give execute and apply tasks in separate calls")
+        children, resend = [], []
+        native = self._native
+        for request, engine in found:
+            if request.method == "apply_balanced":
+                children.append(native.apply_balanced(*request.args))
+            else:
+                children.append(getattr(native, request.method)([engine], *request.args))
+            resend.append(request)
+        ar = AsyncResult(self, children, found[0][0].fname, found[0][0].kind, single=single and len(ids) == 1,
+                         resend=resend, balanced=found[0][0].method == "apply_balanced")
+        return ar.get() if (self.block if block is None else block) else ar
+
+    def clear(self, targets=None, block=None):
+        """Remove every user variable from the engines' namespaces."""
+        return self.direct_view("all" if targets is None else targets).clear(block=block)
+
+    def spin(self):
+        """Nothing to do: results arrive on the client's own thread (ipyparallel's spin flushes
+        its sockets)."""
+
+    def spin_thread(self, interval=1):
+        """Nothing to do (see spin)."""
+
+    def stop_spin_thread(self):
+        """Nothing to do (see spin)."""
+
+    def executor(self, targets=None):
+        """A concurrent.futures.Executor over a LoadBalancedView of `targets` (default all)."""
+        return self.load_balanced_view(targets).executor
 
     def _records(self, ids):
         return json.loads(self._native.result_status([int(i) for i in ids]))["records"]
@@ -608,6 +770,23 @@ class Client:
                 time.sleep(0.05)
         return None
 
+    def become_dask(self, targets="all", port=0, nanny=False, scheduler_args=None, **worker_args):
+        """Make the engines (`targets`) the workers of a dask.distributed cluster; returns a
+        distributed.Client connected to it. The Scheduler runs in this process (on loopback
+        unless scheduler_args say host=...; `port` picks its port) until stop_dask() or
+        close(); every dask connection is TLS with keys made for it. `worker_args` go to each
+        distributed.Worker (nthreads=1 unless given; ipyparallel's ncores= is read as nthreads)."""
+        from ._dask import become_dask
+        return become_dask(self, targets, port, nanny, scheduler_args, **worker_args)
+
+    def stop_dask(self, targets="all"):
+        """Stop the dask Workers on `targets` and the Scheduler started by become_dask."""
+        from ._dask import stop_dask
+        stop_dask(self, targets)
+
+    become_distributed = become_dask
+    stop_distributed = stop_dask
+
     def activate(self, targets="all", suffix=""):
         """Register the %px, %%px, %autopx and %pxresult magics for `targets`."""
         view = self.direct_view(targets)
@@ -621,6 +800,11 @@ class Client:
         """Close the connection; pending results fail with ConnectionError."""
         if self._closed:
             return
+        if self._dask is not None:
+            try:
+                self.stop_dask()
+            except Exception:
+                pass  # closing goes on: the engines' workers stop when the scheduler is gone
         self._closed = True
         self._native.close()
         self._close_tunnel()

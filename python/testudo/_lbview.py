@@ -5,8 +5,11 @@ import time
 from collections.abc import Mapping
 
 from . import _helpers, error
-from ._asyncresult import AsyncMapResult, AsyncResult
+from ._dependency import Dependency, dependent
+from ._asyncresult import AsyncMapResult, AsyncResult, _seconds
+from ._history import Request
 from ._view import _dumps_call
+from ._viewbase import ViewCommon, recorded
 
 _FLAGS = ("block", "retries", "timeout", "after", "follow", "targets")
 # `track` too, as ipyparallel's views take it: every result tracks its buffers here (see
@@ -45,7 +48,7 @@ def _task_ids(deps):
     return list(dict.fromkeys(ids))
 
 
-class LoadBalancedView:
+class LoadBalancedView(ViewCommon):
     """Tasks go to whichever engine the controller's scheduler picks (`--scheme`, default
     least-load, with a high-water mark per engine).
 
@@ -83,6 +86,11 @@ class LoadBalancedView:
                 raise ValueError("retries must be a non-negative int")
             if key == "timeout" and value is not None and value < 0:
                 raise ValueError("timeout must be None or >= 0")
+            if key in ("after", "follow") and isinstance(value, Dependency) and not (
+                    value.all and value.success and not value.failure):
+                raise NotImplementedError(
+                    f"{key}=Dependency(all={value.all}, success={value.success}, failure={value.failure}): the "
+                    "controller waits for every task to succeed (all=True, success=True, failure=False)")
 
     def set_flags(self, **kwargs):
         self._check_flags(kwargs)  # all or nothing: a bad flag changes none
@@ -103,27 +111,49 @@ class LoadBalancedView:
         targets = self.targets if targets is None else targets
         return [] if targets is None else self.client._build_targets(targets)
 
-    def _submit(self, f, args, kwargs, flags):
-        """(the native request, whether to block) for f(*args, **kwargs) under these flags
-        (the view's where not given)."""
+    def _submit(self, f, args, kwargs, flags, keep=False, dependent_f=None):
+        """(the native request, whether to block, the Request for resubmit if `keep`, and for a
+        `dependent_f` a function sending it again to other engines) for f(*args, **kwargs)
+        under these flags (the view's where not given)."""
         if flags:
             block, retries, timeout, after, follow, targets = (flags.get(k, getattr(self, k)) for k in _FLAGS)
         else:
             block, retries, timeout, after, follow, targets = (self.block, self.retries, self.timeout, self.after,
                                                                 self.follow, self.targets)
         native = self.client._native
-        if targets is None and after is None and follow is None and not retries and not timeout:
-            return native.apply_balanced([], _dumps_call(f, args, kwargs)), block  # the common case
-        child = native.apply_balanced(
-            self._allowed(targets), _dumps_call(f, args, kwargs), int(retries or 0), float(timeout or 0),
-            _task_ids(after), _task_ids(follow))
-        return child, block
+        segments = _dumps_call(f, args, kwargs)
+        if targets is None and after is None and follow is None and not retries and not timeout \
+                and dependent_f is None:
+            allowed = []
+            child = native.apply_balanced(allowed, segments)  # the common case
+        else:
+            allowed = self._allowed(targets)
+            options = (int(retries or 0), float(timeout or 0), _task_ids(after), _task_ids(follow))
+            child = native.apply_balanced(allowed, segments, *options)
+        request = again = None
+        if keep:
+            # Sent again without its dependencies: they were met when it ran.
+            request = Request.of("apply_balanced", (allowed, segments), "pickle", getattr(f, "__name__", "apply"),
+                                 segments)
+        if dependent_f is not None:
+            def again(engines):
+                return native.apply_balanced(engines, segments, *options)
+            again.allowed = allowed
+        return child, block, request, again
 
+    @recorded
     def _apply(self, f, args, kwargs, **flags):
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
-        child, block = self._submit(f, args, kwargs, flags)
-        return AsyncResult(self.client, (child,), getattr(f, "__name__", "apply"), "pickle", single=True), block
+        is_dependent = isinstance(f, dependent)
+        child, block, request, again = self._submit(f, args, kwargs, flags, keep=True,
+                                                    dependent_f=f if is_dependent else None)
+        cls = _DependentResult if is_dependent else AsyncResult
+        ar = cls(self.client, (child,), getattr(f, "__name__", "apply"), "pickle", single=True, resend=[request],
+                 balanced=True)
+        if is_dependent:
+            ar._scheduling([again])
+        return ar, block
 
     def apply(self, __testudo_f, *args, **kwargs):
         """f(*args, **kwargs) on one engine; blocks according to `view.block`."""
@@ -151,6 +181,7 @@ class LoadBalancedView:
         block = self.block if block is None else block
         return ar.get() if block else ar
 
+    @recorded
     def _map(self, f, sequences, call=_helpers.map_chunk, fname=None, ordered=True, chunksize=1, flags=None):
         """One task per `chunksize` items, each running call(f, *chunks); also the engine of
         ParallelFunction (call_on_partition: f once per chunk)."""
@@ -162,13 +193,19 @@ class LoadBalancedView:
         seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") and not isinstance(s, (Mapping, AsyncResult))
                 else list(s) for s in sequences]
         n = min(len(s) for s in seqs)
-        children = []
+        children, agains = [], []
+        is_dependent = isinstance(f, dependent)
         for start in range(0, n, chunksize):
             chunk = [s[start:min(start + chunksize, n)] for s in seqs]
-            child, _ = self._submit(call, (f, *chunk), {}, flags or {})
+            child, _, _, again = self._submit(call, (f, *chunk), {}, flags or {},
+                                              dependent_f=f if is_dependent else None)
             children.append(child)
-        return _LoadBalancedMapResult(self.client, children, fname or getattr(f, "__name__", "map"), "pickle",
-                                      ordered=ordered)
+            agains.append(again)
+        cls = _DependentMapResult if is_dependent else _LoadBalancedMapResult
+        ar = cls(self.client, children, fname or getattr(f, "__name__", "map"), "pickle", ordered=ordered)
+        if is_dependent:
+            ar._scheduling(agains)
+        return ar
 
     def imap(self, f, *sequences, ordered=True, max_outstanding="auto", return_exceptions=False):
         """Lazy map: an iterator that takes items from `sequences` (any iterables, infinite
@@ -237,6 +274,11 @@ class LoadBalancedView:
         from ._remotefunction import parallel
         return parallel(self, dist=dist, block=block, **flags)
 
+    def register_joblib_backend(self, name="testudo", make_default=False):
+        """Make `joblib.Parallel(backend=name)` run its batches as tasks of this view."""
+        from ._joblib import register
+        register(name=name, make_default=make_default, view=self)
+
     def map_async(self, f, *sequences, **kwargs):
         kwargs["block"] = False
         return self.map(f, *sequences, **kwargs)
@@ -244,13 +286,6 @@ class LoadBalancedView:
     def map_sync(self, f, *sequences, **kwargs):
         kwargs["block"] = True
         return self.map(f, *sequences, **kwargs)
-
-    def abort(self, jobs=None, targets=None, block=None):
-        """Abort queued tasks (default: every outstanding one of this client)."""
-        return self.client.abort(jobs)
-
-    def wait(self, jobs=None, timeout=-1):
-        return self.client.wait(jobs, timeout)
 
 
 class _LoadBalancedMapResult(AsyncMapResult):
@@ -278,3 +313,80 @@ class _LoadBalancedMapResult(AsyncMapResult):
                         raise value
                     yield from value
         time.sleep(0)
+
+
+class _DependentScheduling:
+    """For results of `dependent` functions on a LoadBalancedView: a task whose engine said
+    UnmetDependency is sent again to an engine of the view that has not tried it (a new
+    msg_id), and fails with ImpossibleDependency once every one has, as ipyparallel's
+    scheduler does. Checked whenever the result is looked at (ready, wait, get; the client's
+    dispatcher for watched results)."""
+
+    def _scheduling(self, agains):
+        self._agains = agains  # per child: engines -> a new native request
+        self._tried = [set() for _ in agains]  # per child: engines that said UnmetDependency
+        self._settled = set()  # ids of children looked at already
+        self._impossible = set()  # task ids failed as ImpossibleDependency
+
+    def _reschedule(self):
+        for i, child in enumerate(self._children):
+            if id(child) in self._settled or not child.ready():
+                continue
+            self._settled.add(id(child))
+            engine_id, task_id, ok = child.outcome()[0][:3]
+            if ok or child.replies()[0].ename != "UnmetDependency":
+                continue
+            self._tried[i].add(engine_id)
+            allowed = self._agains[i].allowed or self._client.ids
+            left = sorted(set(allowed) - self._tried[i])
+            if not left:
+                self._impossible.add(task_id)
+                continue
+            new = self._agains[i](left)
+            self._children[i] = new
+            self._task_id_cache = None
+            self._client._untrack([child])
+            self._client._track([new], self)
+            if self._watched:
+                new.watch()
+
+    def ready(self):
+        if self._finished:
+            return True
+        with self._finish_lock:
+            self._reschedule()
+            if not all(c.ready() for c in self._children):
+                return False
+            self._reschedule()
+            if not all(c.ready() for c in self._children):
+                return False
+        self._finish()
+        return True
+
+    def wait(self, timeout=-1):
+        deadline = time.monotonic() + _seconds(timeout)
+        while not self.ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for child in self._children:
+                if not child.ready():
+                    child.wait(min(left, 0.05))
+                    break
+        return True
+
+    def _error(self, reply):
+        if reply.task_id in self._impossible:
+            tried = sorted(self._tried[0] if len(self._tried) == 1 else set().union(*self._tried))
+            return error._RAISED[error.ImpossibleDependency](
+                f"task {reply.task_id}: its dependency is unmet on every engine it may use (tried {tried})",
+                {"engine_id": reply.engine_id, "method": self._fname}, error.Outcome.DEPENDENCY_FAILED)
+        return super()._error(reply)
+
+
+class _DependentResult(_DependentScheduling, AsyncResult):
+    pass
+
+
+class _DependentMapResult(_DependentScheduling, _LoadBalancedMapResult):
+    pass

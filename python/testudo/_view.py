@@ -7,11 +7,15 @@ import types
 
 import cloudpickle
 
-from . import _helpers, error
+from . import _dask, _dependency, _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
+from ._history import Request
+from ._viewbase import ViewCommon, recorded
 
 # Our helpers travel by value, so engines need not have testudo installed.
 cloudpickle.register_pickle_by_value(_helpers)
+cloudpickle.register_pickle_by_value(_dependency)
+cloudpickle.register_pickle_by_value(_dask)
 
 
 class _GatherResult(AsyncMapResult):
@@ -165,7 +169,7 @@ def _partition(seq, index, parts):
     return seq[low:high]
 
 
-class DirectView:
+class DirectView(ViewCommon):
     """Engines chosen explicitly: `rc[:]`, `rc[::2]`, `rc[3]`, `rc[[0, 2]]`.
 
     `block` (default: the client's `block` when the view is made, False unless set) makes
@@ -231,6 +235,7 @@ class DirectView:
 
     # ----- execute / run -----
 
+    @recorded
     def execute(self, code, silent=True, targets=None, block=None):
         """Run `code` in each engine's namespace. Returns the AsyncResult (waited for if blocking).
 
@@ -242,7 +247,8 @@ class DirectView:
             raise TypeError(f"code must be str, not {type(code).__name__}")
         ids, single = self._resolve(targets)
         child = self.client._native.execute(ids, code, not silent)
-        ar = AsyncResult(self.client, [child], "execute", "execute", single=single)
+        request = Request.of("execute", (code, not silent), "execute", "execute")
+        ar = AsyncResult(self.client, [child], "execute", "execute", single=single, resend=[request])
         if self.block if block is None else block:
             ar.get()  # as ipyparallel: a blocking execute raises the engines' errors
         return ar
@@ -254,12 +260,16 @@ class DirectView:
 
     # ----- apply -----
 
+    @recorded
     def _apply(self, f, args, kwargs, targets=None):
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
         ids, single = self._resolve(targets)
-        child = self.client._native.apply(ids, _dumps_call(f, args, kwargs))
-        return AsyncResult(self.client, [child], getattr(f, "__name__", "apply"), "pickle", single=single)
+        segments = _dumps_call(f, args, kwargs)
+        child = self.client._native.apply(ids, segments)
+        fname = getattr(f, "__name__", "apply")
+        return AsyncResult(self.client, [child], fname, "pickle", single=single,
+                           resend=[Request.of("apply", (segments,), "pickle", fname, segments)])
 
     def apply(self, __testudo_f, *args, **kwargs):
         """f(*args, **kwargs) on every target; blocks according to `view.block`."""
@@ -282,10 +292,15 @@ class DirectView:
         kwargs["block"] = False
         return self.map(f, *sequences, **kwargs)
 
+    def imap(self, f, *sequences, **kwargs):
+        """An iterator over map_async's results (the whole map is sent at once)."""
+        return iter(self.map_async(f, *sequences, **kwargs))
+
     def map_sync(self, f, *sequences, **kwargs):
         kwargs["block"] = True
         return self.map(f, *sequences, **kwargs)
 
+    @recorded
     def _map(self, f, sequences, call=_helpers.map_chunk, fname=None, ordered=True):
         # `ordered` is for ParallelFunction on either view: a DirectView's parts come back in order.
         if not sequences:
@@ -306,6 +321,7 @@ class DirectView:
 
     # ----- namespace: push / pull / scatter / gather -----
 
+    @recorded
     def push(self, ns, targets=None, block=None, track=None):
         """Update the engines' namespaces with the dict `ns` (values pickled, arrays out-of-band).
 
@@ -325,6 +341,7 @@ class DirectView:
         """Same as push(ns)."""
         return self.push(ns)
 
+    @recorded
     def pull(self, names, targets=None, block=None):
         """Values of `names` (a str, or a list of str) from each engine."""
         if isinstance(names, str):
@@ -353,6 +370,7 @@ class DirectView:
     def __setitem__(self, key, value):
         self.update({key: value})
 
+    @recorded
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):
         """Split `seq` in contiguous blocks and push one block to each engine as `key`."""
         if dist != "b":
@@ -371,6 +389,7 @@ class DirectView:
             return None
         return ar
 
+    @recorded
     def gather(self, key, dist="b", targets=None, block=None):
         """Concatenate `key` from each engine, in engine order (the inverse of scatter)."""
         if dist != "b":
@@ -380,6 +399,7 @@ class DirectView:
         ar = _GatherResult(self.client, children, "gather", "pickle")
         return self._finish(ar, block)
 
+    @recorded
     def clear(self, targets=None, block=None):
         """Remove every user variable from the engines' namespaces."""
         code = ("for __testudo_name in [n for n in list(globals()) if not n.startswith('__')]:\n"
@@ -389,6 +409,11 @@ class DirectView:
         return self._finish(ar, block)
 
     # ----- imports, decorators, waiting -----
+
+    @property
+    def importer(self):
+        """sync_imports(local=True), for `with view.importer: import numpy`."""
+        return self.sync_imports(True)
 
     @contextlib.contextmanager
     def sync_imports(self, local=True, quiet=False):
@@ -439,10 +464,6 @@ class DirectView:
         from ._remotefunction import parallel
         return parallel(self, dist=dist, block=block, **flags)
 
-    def wait(self, jobs=None, timeout=-1):
-        """Wait for `jobs` (AsyncResults) or every outstanding request of the client."""
-        return self.client.wait(jobs, timeout)
-
     def activate(self, suffix=""):
         """Register the %px magics (with `suffix`) for this view in IPython."""
         from ._magics import activate
@@ -467,6 +488,7 @@ class DirectView:
         return self._import_on_engines("dill", "use_dill")
 
 
+    @recorded
     def _import_on_engines(self, module, fname):
         # None per engine, as ipyparallel's view.use_dill() (an apply) gives, not ExecuteReplies.
         ids, single = self._resolve()

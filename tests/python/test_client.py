@@ -225,9 +225,13 @@ def test_client_wait_takes_msg_ids_results_and_futures(rc):
     # A msg_id with nothing outstanding here counts as done, as in ipyparallel.
     assert rc.wait("987654321", timeout=0) is True
     assert rc.wait(slow.msg_ids, timeout=0) is True
-    # An int is an index into rc.history in ipyparallel, which testudo does not keep.
-    with pytest.raises(TypeError, match="history"):
-        rc.wait(0)
+    # An int is an index into rc.history, as in ipyparallel.
+    last = rc[0].apply_async(time.sleep, 0.3)
+    assert rc.history[-1] == last.msg_ids[0]
+    assert rc.wait(-1, timeout=0) is False
+    assert rc.wait(-1, timeout=10) is True and last.ready()
+    with pytest.raises(IndexError):
+        rc.wait(10**9)
     with pytest.raises(TypeError, match="dict"):
         rc.wait([{}])
 
