@@ -334,7 +334,7 @@ class AsyncResult(concurrent.futures.Future):
     def elapsed(self):
         """Seconds since submission (until completion once done)."""
         if self.ready() and self._received is not None:
-            return self._received - self._submitted
+            return self._received - self._start_time()
         return time.time() - self._submitted
 
     @property
@@ -342,12 +342,14 @@ class AsyncResult(concurrent.futures.Future):
         """Seconds from submission until the last engine finished (raises if not done)."""
         if not self.ready():
             raise error.TimeoutError("Result not ready.")
-        metadata = self._metadata_list()
-        completed = [m["completed"] for m in metadata if m["completed"]]
-        # The client notes the submission time once the request is handed to its network thread,
-        # which under load can be after an engine already started it: the earliest of both.
-        submitted = min([self._submitted] + [m["started"] for m in metadata if m["started"]])
-        return (max(completed) if completed else self._received) - submitted
+        completed = [m["completed"] for m in self._metadata_list() if m["completed"]]
+        return (max(completed) if completed else self._received) - self._start_time()
+
+    def _start_time(self):
+        """When the request left, for a finished result. The client notes its own time once the
+        request is handed to its network thread, which under load can be after an engine already
+        started it: the earlier of the two."""
+        return min([self._submitted] + [m["started"] for m in self._metadata_list() if m["started"]])
 
     @property
     def serial_time(self):
