@@ -6,6 +6,7 @@ A concurrent.futures.Future, as in ipyparallel, so `asyncio.wrap_future(ar)` and
 
 import _thread
 import concurrent.futures
+import datetime
 import pickle
 import sys
 import threading
@@ -25,6 +26,29 @@ _loads = pickle.loads
 _condition_lock = threading.Lock()
 
 _FOREVER = 365 * 24 * 3600.0
+_UTC = datetime.timezone.utc
+
+
+def _stamp(seconds):
+    """A time kept as seconds since 1970 (0 or None: not yet) as ipyparallel gives its metadata
+    times: a timezone-aware UTC datetime, or None."""
+    return datetime.datetime.fromtimestamp(seconds, _UTC) if seconds else None
+
+
+def _pending_metadata(msg_id, engine_id, submitted):
+    """The metadata of a task with no reply yet (`submitted`: seconds since 1970; `msg_id`:
+    None leaves it out, for a request the controller may not have acknowledged yet)."""
+    md = _Metadata(msg_id=msg_id, engine_id=engine_id, submitted=_stamp(submitted), started=None,
+                   completed=None, received=None, stdout="", stderr="", status="pending", error=None,
+                   execute_result=None, outputs=[], data={})
+    if msg_id is None:
+        del md["msg_id"]
+    return md
+
+
+# Metadata keys read as attributes of an AsyncResult (ar.submitted), as ipyparallel's; the
+# others (stdout, engine_id, data...) are properties.
+_METADATA_ATTRIBUTES = frozenset(("submitted", "started", "completed", "received", "status", "error"))
 
 
 def _seconds(timeout):
@@ -266,11 +290,10 @@ class AsyncResult(concurrent.futures.Future):
     @property
     def metadata(self):
         """Per engine: msg_id, engine_id, submitted, started, completed, received, stdout,
-        stderr, status, error, execute_result, outputs (ipyparallel's keys that testudo has)."""
+        stderr, status, error, execute_result, outputs, data (ipyparallel's keys that testudo
+        has). The times are timezone-aware UTC datetimes, as ipyparallel's (None until known)."""
         if not self.ready():
-            return [_Metadata(engine_id=t, submitted=self._submitted, started=None, completed=None,
-                              received=None, stdout="", stderr="", status="pending",
-                              execute_result=None, outputs=[]) for t in self.targets]
+            return [_pending_metadata(None, t, self._submitted) for t in self.targets]
         md = self._metadata
         return md[0] if self._single else md
 
@@ -313,6 +336,13 @@ class AsyncResult(concurrent.futures.Future):
         return md["outputs"] if self._single else [m["outputs"] for m in md]
 
     @property
+    def data(self):
+        """Per engine, what the task published with ipyparallel's `publish_data`: always empty
+        dicts, as testudo's engines have no data publisher."""
+        md = self.metadata
+        return md["data"] if self._single else [m["data"] for m in md]
+
+    @property
     def stdout(self):
         md = self.metadata
         return md["stdout"] if self._single else [m["stdout"] for m in md]
@@ -330,33 +360,47 @@ class AsyncResult(concurrent.futures.Future):
     def __len__(self):
         return len(self.targets)
 
+    # The times below are kept as seconds since 1970 (the outcomes' started/completed,
+    # _submitted, _received); metadata shows them as datetimes.
+
     @property
     def elapsed(self):
-        """Seconds since submission (until completion once done)."""
+        """Seconds since submission (until completion once done), a float."""
         if self.ready() and self._received is not None:
             return self._received - self._start_time()
         return time.time() - self._submitted
 
     @property
     def wall_time(self):
-        """Seconds from submission until the last engine finished (raises if not done)."""
+        """Seconds from submission until the last engine finished, a float (raises if not done)."""
         if not self.ready():
             raise error.TimeoutError("Result not ready.")
-        completed = [m["completed"] for m in self._metadata_list() if m["completed"]]
+        completed = [o[4] for o in self._outcomes if o[4]]
         return (max(completed) if completed else self._received) - self._start_time()
 
     def _start_time(self):
         """When the request left, for a finished result. The client notes its own time once the
         request is handed to its network thread, which under load can be after an engine already
         started it: the earlier of the two."""
-        return min([self._submitted] + [m["started"] for m in self._metadata_list() if m["started"]])
+        return min([self._submitted] + [o[3] for o in self._outcomes if o[3]])
 
     @property
     def serial_time(self):
-        """Sum over engines of the time each spent running this request."""
+        """Sum over engines of the seconds each spent running this request, a float."""
         if not self.ready():
             raise error.TimeoutError("Result not ready.")
-        return sum(m["completed"] - m["started"] for m in self._metadata_list() if m["started"])
+        return sum(o[4] - o[3] for o in self._outcomes if o[3] and o[4])
+
+    def timedelta(self, start, end, start_key=min, end_key=max):
+        """Seconds (a float) between two sets of metadata times, as ipyparallel's:
+        ar.timedelta(ar.submitted, ar.received) is from the earliest of `start` to the latest of
+        `end` (`start_key` / `end_key` choose another). Each is a datetime or a list of them;
+        None entries (a time not known yet) are left out."""
+        if not isinstance(start, datetime.datetime):
+            start = start_key([t for t in start if t is not None])
+        if not isinstance(end, datetime.datetime):
+            end = end_key([t for t in end if t is not None])
+        return (end - start).total_seconds()
 
     def _live_output(self, engine, stream, text):
         with self._live_lock:
@@ -470,6 +514,12 @@ class AsyncResult(concurrent.futures.Future):
             return self.get()[key]
         raise TypeError(f"invalid key type {type(key).__name__!r}: must be int, slice or str")
 
+    def __getattr__(self, key):
+        # Only for names not found otherwise: the metadata times and status, per engine.
+        if key in _METADATA_ATTRIBUTES:
+            return self[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
     @property
     def engine_id(self):
         """The engine that ran it (a list, one per engine, unless single); for a
@@ -568,7 +618,7 @@ class AsyncResult(concurrent.futures.Future):
             self._received = received = time.time()
             for value in raw:
                 if isinstance(value, ExecuteReply):
-                    value.metadata["received"] = received
+                    value.metadata["received"] = _stamp(received)
             self._client._untrack(self._children)
             if self._history_index is not None:
                 self._client._history.finished(self._history_index, self, [o[1] for o in outcomes])
@@ -640,13 +690,13 @@ class AsyncMapResult(AsyncResult):
 
 def _outcome_metadata(outcome, submitted, received):
     """ipyparallel's metadata keys for one engine's reply (engine_id, task_id, ok, started,
-    completed, stdout, stderr, ...)."""
+    completed, stdout, stderr, ...); `submitted` and `received` are seconds since 1970."""
     engine_id, task_id, ok, started, completed, stdout, stderr = outcome[:7]
     return _Metadata(
-        msg_id=str(task_id), engine_id=engine_id, submitted=submitted,
-        started=started or None, completed=completed or None, received=received,
+        msg_id=str(task_id), engine_id=engine_id, submitted=_stamp(submitted),
+        started=_stamp(started), completed=_stamp(completed), received=_stamp(received),
         stdout=stdout, stderr=stderr, status="ok" if ok else "error", error=None,
-        execute_result=None, outputs=[])
+        execute_result=None, outputs=[], data={})
 
 
 def _display(value):

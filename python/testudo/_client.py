@@ -519,22 +519,61 @@ class Client:
 
     def queue_status(self, targets="all", verbose=False):
         """{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n}, as
-        ipyparallel's: 'unassigned' counts the load-balanced tasks not on an engine yet, those
-        whose dependencies are not met included."""
-        if verbose:
-            raise NotImplementedError("queue_status(verbose=True): the controller reports counts, not msg_ids")
+        ipyparallel's: 'queue' counts the tasks waiting in the controller for the engine, 'tasks'
+        those sent to it and not answered, 'unassigned' the load-balanced tasks not on an engine
+        yet (those whose dependencies are not met included); every user's tasks.
+
+        verbose=True: lists of msg_ids instead of counts, as ipyparallel's, but of your own
+        tasks only (the controller shows a user no one else's), and 'completed' only those whose
+        results it still keeps (not purged)."""
         report = json.loads(self._native.queue_status())
-        # ipyparallel's shape: the controller's extra figures (the window, waiting tasks apart
-        # from queued ones, the scheme) stay out.
-        out = {int(k): {key: v[key] for key in ("queue", "tasks", "completed")}
-               for k, v in report["engines"].items()}
+        if verbose:
+            out = self._queue_lists([int(k) for k in report["engines"]])
+        else:
+            # ipyparallel's shape: the controller's extra figures (the window, waiting tasks
+            # apart from queued ones, the scheme) stay out.
+            out = {int(k): {key: v[key] for key in ("queue", "tasks", "completed")}
+                   for k, v in report["engines"].items()}
+            out["unassigned"] = report["unassigned"] + report["waiting"]
+        unassigned = out.pop("unassigned")
         if isinstance(targets, int):
             return out[self._engine_at(targets)]
         if targets != "all":
             wanted = set(self._build_targets(targets))
             out = {k: v for k, v in out.items() if k in wanted}
-        out["unassigned"] = report["unassigned"] + report["waiting"]
+        out["unassigned"] = unassigned
         return out
+
+    def _queue_lists(self, engines):
+        """queue_status(verbose=True) before picking targets: from this user's task records.
+
+        A record names its engine once the task is sent to one; a task still queued names the
+        engines it may go to. One engine there is a direct task queued for it, unless this
+        client knows the task as load-balanced (placed by the scheduler: 'unassigned'); another
+        client's load-balanced task limited to one engine is counted as queued for it."""
+        out = {e: {"queue": [], "tasks": [], "completed": []} for e in engines}
+        unassigned = []
+        balanced = self._pending_balanced_task_ids()
+        # The records' states, as queue_status's keys (aborted and lost tasks are in none).
+        where = {"queued": "queue", "running": "tasks", "succeeded": "completed", "failed": "completed"}
+        for r in self._all_records({"states": sorted(where)}):
+            task_id, engine, targets = r["task_id"], r.get("engine"), r.get("targets") or []
+            if engine is None and r["state"] == "queued" and len(targets) == 1 and task_id not in balanced:
+                engine = targets[0]
+            if engine is None:
+                if r["state"] == "queued":
+                    unassigned.append(str(task_id))
+            elif engine in out:
+                out[engine][where[r["state"]]].append(str(task_id))
+        out["unassigned"] = unassigned
+        return out
+
+    def _pending_balanced_task_ids(self):
+        """Task ids of this client's unfinished load-balanced requests."""
+        with self._lock:
+            pending = list({id(a): a for a in self._pending.values()}.values())
+        return {i for ar in pending if not ar._finished for child in ar._children
+                if _testudo.ANY_ENGINE in child.targets for i in child.task_ids(30.0)}
 
     # ----- stored results (this user's tasks, from any connection or process) -----
 
@@ -572,9 +611,10 @@ class Client:
         """Records of your tasks matching a MongoDB-style `query`, as ipyparallel's: {field:
         value} or {field: {op: operand}} with $eq $ne $lt $gt $lte $gte $in $nin $all $mod
         $exists, e.g. {'msg_id': {'$in': ids}}, {'state': {'$nin': ['succeeded']}},
-        {'completed': {'$ne': None}}, {'submitted': {'$gte': t}} (t in seconds since 1970 or a
-        datetime). Fields: msg_id, state, kind, engine_id, submitted, started, completed,
-        result_bytes, error; `keys` picks some (msg_id is always there). An unknown field or
+        {'completed': {'$ne': None}}, {'submitted': {'$gte': t}} (t a datetime, or seconds since
+        1970). Fields: msg_id, state, kind, engine_id, submitted, started, completed,
+        result_bytes, error; `keys` picks some (msg_id is always there). The records' times are
+        timezone-aware UTC datetimes (None until known), as ipyparallel's. An unknown field or
         operator is a ValueError."""
         tests = _dbquery.compile_query(query)
         keys = _dbquery.check_keys(keys)
@@ -589,6 +629,7 @@ class Client:
             rec = {"msg_id": str(r["task_id"]), "state": r["state"], "kind": r.get("kind"),
                    "engine_id": r.get("engine"), "submitted": r.get("submitted"), "started": r.get("started"),
                    "completed": r.get("completed"), "result_bytes": r.get("result_bytes"), "error": r.get("error")}
+            _dbquery.times_as_datetimes(rec)
             if _dbquery.matches(rec, tests):
                 out.append({k: rec[k] for k in keys} if keys else rec)
         return out
@@ -650,7 +691,7 @@ class Client:
         """msg_ids of every task of yours the controller keeps (from any client), in order of
         submission."""
         records = self.db_query({}, keys=["submitted"])
-        records.sort(key=lambda r: (r.get("submitted") or 0, int(r["msg_id"])))
+        records.sort(key=lambda r: (r["submitted"].timestamp() if r["submitted"] else 0, int(r["msg_id"])))
         return [r["msg_id"] for r in records]
 
     @property

@@ -9,10 +9,13 @@ filter, so that fewer records travel; and evaluates the whole query on what come
 import datetime
 import numbers
 
-# A record's fields (rc.db_query's `keys`). Times are seconds since 1970 (float).
+# A record's fields (rc.db_query's `keys`). The controller's times are seconds since 1970
+# (float); the records handed back, and the query's tests, hold timezone-aware UTC datetimes
+# (both made from the same floats, so an $eq on a time read from a record matches it).
 FIELDS = ("msg_id", "state", "kind", "engine_id", "submitted", "started", "completed", "result_bytes", "error")
 STATES = ("queued", "running", "succeeded", "failed", "aborted", "lost")
 _TIMES = ("submitted", "started", "completed")
+_UTC = datetime.timezone.utc
 
 
 def _lt(a, b):
@@ -51,11 +54,15 @@ _ALIASES = {"$le": "$lte", "$ge": "$gte"}
 
 
 def _value(field, value):
-    """A query value in the records' terms: msg_ids as str, times as seconds."""
+    """A query value in the records' terms: msg_ids as str, times as aware datetimes (a naive
+    one is local time, as ipyparallel reads it; a number is seconds since 1970)."""
     if field == "msg_id" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return str(value)
-    if field in _TIMES and isinstance(value, datetime.datetime):
-        return value.timestamp()
+    if field in _TIMES:
+        if isinstance(value, datetime.datetime):
+            return value.astimezone(_UTC)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return datetime.datetime.fromtimestamp(value, _UTC)
     if field == "state" and isinstance(value, str) and value not in STATES:
         raise ValueError(f"db_query: unknown state {value!r} ({', '.join(STATES)})")
     return value
@@ -121,10 +128,10 @@ def controller_filter(tests):
                 states -= {operand}
             elif op == "$nin":
                 states -= set(operand)
-        elif field == "submitted" and op in ("$gt", "$gte", "$eq") and isinstance(operand, numbers.Real):
+        elif field == "submitted" and op in ("$gt", "$gte", "$eq") and isinstance(operand, datetime.datetime):
             # A millisecond early: the controller's bound is strict and in microseconds; the
             # exact test runs here.
-            bound = float(operand) - 1e-3
+            bound = operand.timestamp() - 1e-3
             after = bound if after is None else max(after, bound)
     if not states:
         return None
@@ -140,6 +147,14 @@ def matches(record, tests):
         if not OPERATORS[op](record.get(field), operand):
             return False
     return True
+
+
+def times_as_datetimes(record):
+    """Turns `record`'s times (seconds since 1970) into timezone-aware UTC datetimes, in place,
+    as ipyparallel's task records give them (None until known)."""
+    for field in _TIMES:
+        t = record.get(field)
+        record[field] = datetime.datetime.fromtimestamp(t, _UTC) if t else None
 
 
 def check_keys(keys):

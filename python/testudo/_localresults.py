@@ -9,7 +9,7 @@ tasks, metadata for all.
 
 from collections.abc import Mapping
 
-from ._asyncresult import _Metadata
+from ._asyncresult import _pending_metadata
 
 
 def _one_task_id(key):
@@ -94,9 +94,8 @@ class Metadata(_ByMsgId):
         if ar.ready():
             return ar._metadata_list()[position]
         targets = ar.targets
-        return _Metadata(msg_id=str(task_id), engine_id=targets[position] if position < len(targets) else None,
-                         submitted=ar._submitted, started=None, completed=None, received=None, stdout="",
-                         stderr="", status="pending", error=None, execute_result=None, outputs=[])
+        return _pending_metadata(str(task_id), targets[position] if position < len(targets) else None,
+                                 ar._submitted)
 
     def __iter__(self):
         purged = self._client._purged_local

@@ -5,6 +5,7 @@ test_asyncresult.py; the tests are our own."""
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import re
 import sys
 import threading
@@ -117,11 +118,13 @@ def test_metadata(rc):
     assert [m["engine_id"] for m in md] == [0, 1, 2, 3]
     for m in md:
         for key in ("submitted", "started", "completed", "received"):
-            assert isinstance(m[key], float), key
-        assert before <= m["submitted"] <= m["started"] + 0.05  # clocks of one machine
-        assert m["started"] <= m["completed"] <= after + 0.05
-        assert m["completed"] - m["started"] >= 0.09
-        assert m["submitted"] <= m["received"] <= after
+            assert isinstance(m[key], datetime.datetime), key  # as ipyparallel's: aware, UTC
+            assert m[key].tzinfo is datetime.timezone.utc, key
+        t = {key: m[key].timestamp() for key in ("submitted", "started", "completed", "received")}
+        assert before <= t["submitted"] <= t["started"] + 0.05  # clocks of one machine
+        assert t["started"] <= t["completed"] <= after + 0.05
+        assert (m["completed"] - m["started"]).total_seconds() >= 0.09
+        assert t["submitted"] <= t["received"] <= after
         assert m["stdout"] == "hello\n"
         assert m["stderr"] == "oops\n"
         assert m["status"] == "ok"

@@ -168,8 +168,10 @@ def test_db_query_operators(rc):
     # No state left: nothing, although the controller reads an empty list of states as any.
     assert found({"state": {"$in": ["succeeded"], "$nin": ["succeeded"]}}) == set()
 
-    # Times: split the tasks at the middle one's submission, with floats and with datetimes.
+    # Times: split the tasks at the middle one's submission, with datetimes (as records hold
+    # them) and with seconds since 1970.
     middle = rc.db_query({"msg_id": ids[3]})[0]["submitted"]
+    assert middle.tzinfo is datetime.timezone.utc
     before = found({"submitted": {"$lt": middle}})
     after = found({"submitted": {"$gte": middle}})
     assert before | after == set(ids) and not before & after
@@ -177,8 +179,8 @@ def test_db_query_operators(rc):
     assert found({"submitted": {"$gt": middle}}) == after - {ids[3]}
     assert found({"submitted": {"$lte": middle}}) == before | {ids[3]}
     assert found({"submitted": middle}) == {ids[3]}
-    as_datetime = datetime.datetime.fromtimestamp(middle)
-    assert found({"submitted": {"$gte": as_datetime}}) == after
+    assert found({"submitted": {"$gte": middle.timestamp()}}) == after
+    assert found({"submitted": {"$gte": middle.astimezone().replace(tzinfo=None)}}) == after  # naive: local
     assert found({"completed": {"$ne": None}, "started": {"$exists": True}}) == set(ids)
     assert found({"engine_id": {"$in": rc.ids}}) == set(ids)
 
