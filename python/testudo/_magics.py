@@ -8,10 +8,31 @@
 
 import ast
 import shlex
+import time
 
 from IPython.core.magic import Magics, magics_class
 
 from . import error
+from ._asyncresult import _StreamPrinter
+from ._progress import progress
+
+_GROUPINGS = ("type", "engine", "order")
+
+# Options and what they set: (dest, value), or (dest, None) for an option taking a value.
+_FLAGS = {
+    "-t": ("targets", None), "--targets": ("targets", None),
+    "-b": ("block", True), "--block": ("block", True),
+    "-a": ("block", False), "--noblock": ("block", False),
+    "--stream": ("stream", True), "--no-stream": ("stream", False),
+    "--local": ("local", True),
+    "--verbose": ("verbose", True), "--no-verbose": ("verbose", False),
+    "--progress-after": ("progress_after", None),
+    "-r": ("groupby", "order"), "-e": ("groupby", "engine"), "--group-outputs": ("groupby", None),
+    "-o": ("save_name", None), "--out": ("save_name", None),
+}
+# Which options each magic takes, as ipyparallel's exec_args / output_args.
+_EXEC = ("targets", "block", "stream", "local", "verbose", "progress_after")
+_OUTPUT = ("groupby", "save_name")
 
 
 def _parse_targets(text):
@@ -25,9 +46,67 @@ def _parse_targets(text):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _option_value(dest, text):
+    if dest == "targets":
+        return _parse_targets(text)
+    if dest == "progress_after":
+        try:
+            return float(text)
+        except ValueError:
+            raise error.TestudoError(f"--progress-after takes seconds, not {text!r}") from None
+    if dest == "groupby" and text not in _GROUPINGS:
+        raise error.TestudoError(f"--group-outputs takes one of {', '.join(_GROUPINGS)}, not {text!r}")
+    return text
+
+
+def _parse(line, allowed):
+    """Splits '--targets ::2 --noblock code...' into ({dest: value}, the code after the options).
+    Options come first; a word starting with '--' that is not one of `allowed` is an error, a
+    single '-' word that is not an option starts the code (`%px -x` negates x)."""
+    words = shlex.split(line, posix=False) if line.lstrip().startswith("-") else []
+    options = {}
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        word, _, inline = words[i].partition("=")
+        flag = _FLAGS.get(word)
+        if flag is None or flag[0] not in allowed:
+            if word.startswith("--") or (flag is not None and words[i] == word):
+                valid = ", ".join(w for w, (d, _) in _FLAGS.items() if d in allowed and w.startswith("--"))
+                raise error.TestudoError(f"unknown %px option {word}; valid: {valid}")
+            break
+        dest, value = flag
+        if value is not None:
+            options[dest] = value
+            i += 1
+        elif inline or "=" in words[i]:
+            options[dest] = _option_value(dest, inline)
+            i += 1
+        elif i + 1 < len(words):
+            options[dest] = _option_value(dest, words[i + 1])
+            i += 2
+        else:
+            raise error.TestudoError(f"%px option {word} needs a value")
+    if not i:
+        return options, line
+    # shlex keeps quotes with posix=False, so each word is the line's own text: the code starts
+    # after the last option's word.
+    pos = 0
+    for w in words[:i]:
+        pos = line.index(w, pos) + len(w)
+    return options, line[pos:].lstrip()
+
+
 @magics_class
 class ParallelMagics(Magics):
-    """Magics bound to one DirectView, with an optional name suffix."""
+    """Magics bound to one DirectView, with an optional name suffix. Not thread-safe: IPython
+    runs them on its one thread."""
+
+    # ipyparallel's defaults, changed by %pxconfig: no "Parallel execution on engine(s)" line,
+    # a progress bar once a blocking %px has run for 2 s. Output is shown once done, grouped
+    # (ipyparallel streams it by default: --stream or %pxconfig --stream does that here).
+    verbose = False
+    stream_output = False
+    progress_after_seconds = 2.0
 
     def __init__(self, shell, view, suffix=""):
         self.view = view
@@ -43,64 +122,115 @@ class ParallelMagics(Magics):
             for name, fn in table.items():
                 self.magics[kind][name + suffix] = fn
 
-    def _options(self, line):
-        """Splits '--targets ::2 --noblock code...' into options and code."""
-        words = shlex.split(line, posix=False) if line.strip().startswith("--") else []
-        targets, block, consumed = None, None, 0
-        i = 0
-        while i < len(words) and words[i].startswith("--"):
-            w = words[i]
-            if w in ("-t", "--targets") and i + 1 < len(words):
-                targets = _parse_targets(words[i + 1])
-                i += 2
-            elif w.startswith("--targets="):
-                targets = _parse_targets(w.split("=", 1)[1])
-                i += 1
-            elif w == "--block":
-                block, i = True, i + 1
-            elif w == "--noblock":
-                block, i = False, i + 1
-            else:
-                raise error.TestudoError(f"unknown %px option {w}; valid: --targets T, --block, --noblock")
-        consumed = sum(len(w) + 1 for w in words[:i])
-        return targets, block, line[consumed:] if words else line
-
     def px(self, line="", cell=None):
-        """Run code on the engines: %px code, or %%px [--targets T] [--block|--noblock] above a cell."""
-        targets, block, rest = self._options(line)
-        code = cell if cell is not None else rest
-        return self._run(code, targets, block)
+        """Run code on the engines: %px [options] code, or %%px [options] above a cell.
 
-    def _run(self, code, targets=None, block=None):
+        Options (as ipyparallel's): -t/--targets T (not changing the default), -b/--block,
+        -a/--noblock, --stream/--no-stream (show output as it is written), --local (run the
+        cell here too), --verbose/--no-verbose, --progress-after SECONDS (-1: never),
+        --group-outputs=type|engine|order (-r: order, -e: engine), -o/--out NAME (store the
+        AsyncResult in NAME)."""
+        options, rest = _parse(line, _EXEC + _OUTPUT)
+        code = cell if cell is not None else rest
+        return self._run(code, **options)
+
+    def _run(self, code, targets=None, block=None, stream=None, local=False, verbose=None, progress_after=None,
+             groupby="type", save_name=None):
         block = self.view.block if block is None else block
+        stream = self.stream_output if stream is None else stream
+        progress_after = self.progress_after_seconds if progress_after is None else progress_after
+        if self.verbose if verbose is None else verbose:
+            # --local submits without blocking and waits after the local run, as ipyparallel.
+            kind = "Parallel" if block and not local else "Async parallel"
+            print(f"{kind} execution on engine(s): {_describe(self.view.targets if targets is None else targets)}")
         ar = self.view.execute(code, silent=False, targets=targets, block=False)
         self.last_result = ar
+        if save_name:
+            self.shell.user_ns[save_name] = ar
+        if local:
+            self.shell.run_cell(code)
         if not block:
             return ar
+        streamed = self._wait(ar, stream, progress_after)
         try:
             ar.get()
         except error.RemoteError:
             # As ipyparallel: the remote error is raised, so IPython shows it (through
             # _render_traceback_) and marks the cell failed; outputs so far come first.
-            ar.display_outputs()
+            self._show(ar, streamed, groupby)
             raise
-        ar.display_outputs()  # streams, then each execute result as Out[engine:count]
+        self._show(ar, streamed, groupby)  # streams, then each execute result as Out[engine:count]
         return None
 
+    def _wait(self, ar, stream, progress_after):
+        """Waits for `ar`: with `stream`, printing output as it arrives ('[stdout:0] ...');
+        after `progress_after` seconds (not when negative), under a progress bar. Returns the
+        printer and what it printed, {(engine, stream name): text}, or None without `stream`."""
+        if not stream and progress_after < 0:
+            ar.wait()
+            return None
+        printer, printed = _StreamPrinter(), {}
+        bar = None
+        start = time.monotonic()
+        while not ar.wait(0.05 if stream or bar is not None else max(0.0, start + progress_after - time.monotonic())):
+            if stream:
+                chunks = ar.take_live_output()
+                if chunks and bar is not None:
+                    bar.clear()
+                for engine, name, text in chunks:
+                    printer.show(text, f"[{name}:{engine}] ", file=_stream_file(name))
+                    printed[engine, name] = printed.get((engine, name), "") + text
+            if bar is None and 0 <= progress_after <= time.monotonic() - start:
+                bar = progress(len(ar), "%px")
+            if bar is not None:
+                bar.update(ar.progress, ar.elapsed)
+        if bar is not None:
+            bar.close(ar.progress, ar.elapsed, True)
+        return (printer, printed) if stream else None
+
+    def _show(self, ar, streamed, groupby):
+        if streamed is None:
+            ar.display_outputs(groupby)
+            return
+        # What the engines wrote that had not arrived as it was written: the rest of each
+        # engine's whole output, then the execute results.
+        printer, printed = streamed
+        metadata = ar.metadata if isinstance(ar.metadata, list) else [ar.metadata]
+        for m in metadata:
+            for name in ("stdout", "stderr"):
+                whole, shown = m[name], printed.get((m["engine_id"], name), "")
+                rest = whole[len(shown):] if whole.startswith(shown) else ""
+                printer.show(rest, f"[{name}:{m['engine_id']}] ", file=_stream_file(name))
+        ar.display_outputs(groupby, result_only=True)
+
     def pxresult(self, line=""):
-        """Show the outputs of the last %px run."""
+        """Show the outputs of the last %px run: %pxresult [--group-outputs=type|engine|order]
+        [-o/--out NAME]."""
+        options, _ = _parse(line, _OUTPUT)
         if self.last_result is None:
             raise error.TestudoError("no %px result yet")
+        if options.get("save_name"):
+            self.shell.user_ns[options["save_name"]] = self.last_result
         self.last_result.wait()
-        self.last_result.display_outputs()
+        self.last_result.display_outputs(options.get("groupby", "type"))
 
     def pxconfig(self, line=""):
-        """%pxconfig [--targets T] [--block|--noblock]: change the defaults of %px."""
-        targets, block, _ = self._options(line)
+        """%pxconfig [-t/--targets T] [--block|--noblock] [--stream|--no-stream]
+        [--verbose|--no-verbose] [--progress-after SECONDS]: change the defaults of %px."""
+        options, _ = _parse(line, _EXEC)
+        targets = options.get("targets")
         if targets is not None:
+            if isinstance(targets, slice):
+                targets = self.view.client.ids[targets]  # as ipyparallel: the engines there now
             self.view.targets = targets
-        if block is not None:
-            self.view.block = block
+        if options.get("block") is not None:
+            self.view.block = options["block"]
+        if options.get("verbose") is not None:
+            self.verbose = options["verbose"]
+        if options.get("stream") is not None:
+            self.stream_output = options["stream"]
+        if options.get("progress_after") is not None:
+            self.progress_after_seconds = options["progress_after"]
 
     def autopx_magic(self, line=""):
         """Toggle: send every following cell to the engines until %autopx again."""
@@ -122,6 +252,18 @@ class ParallelMagics(Magics):
         self.shell.input_transformers_post.append(transformer)
         self.autopx = True
         print("%autopx enabled")
+
+
+def _describe(targets):
+    """Targets as ipyparallel's verbose line shows them: a long list shortened."""
+    if isinstance(targets, list) and len(targets) > 10:
+        return str(targets[:4])[:-1] + ", ..., " + str(targets[-4:])[1:]
+    return str(targets)
+
+
+def _stream_file(name):
+    import sys
+    return sys.stderr if name == "stderr" else sys.stdout
 
 
 def activate(view, suffix=""):

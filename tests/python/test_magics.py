@@ -185,3 +185,126 @@ def test_activate_with_a_negative_index_targets_the_last_engine(ip, view, rc, ca
     assert rc[-1]["marker"] == "here"
     rc[:].execute("found = 'marker' in globals()", block=True)
     assert rc[:]["found"] == [False, False, False, True]
+
+
+# ----- ipyparallel's %px flags: --verbose, --group-outputs, --stream, --out, --progress-after,
+# ----- --local; %pxconfig -t N, --verbose, --stream
+
+def magics_of(ip):
+    return ip.magics_manager.registry["ParallelMagics"]  # the latest activate()'s
+
+
+def test_verbose(ip, view, capsys):
+    ip.run_cell_magic("px", "", "x = 1")
+    assert capsys.readouterr().out == ""
+    ip.run_line_magic("pxconfig", "--verbose")
+    ip.run_cell_magic("px", "", "x = 1")
+    assert capsys.readouterr().out == "Parallel execution on engine(s): all\n"
+    ip.run_cell_magic("px", "--noblock", "x = 1").get(timeout=10)
+    assert capsys.readouterr().out == "Async parallel execution on engine(s): all\n"
+    ip.run_cell_magic("px", "--targets [1,3]", "print('v')")
+    assert capsys.readouterr().out == "Parallel execution on engine(s): [1, 3]\n" + stdout_lines("v", [1, 3])
+    ip.run_line_magic("pxconfig", "--no-verbose")
+    ip.run_cell_magic("px", "", "x = 1")
+    ip.run_cell_magic("px", "--verbose", "x = 1")  # for this cell only
+    assert capsys.readouterr().out == "Parallel execution on engine(s): all\n"
+
+
+GENERATE = "print('p')\n40 + 2"
+
+
+def test_group_outputs(ip, view, capsys):
+    ip.run_cell_magic("px", "--targets [0,1] --group-outputs=engine", GENERATE)
+    by_engine = capsys.readouterr().out
+    assert re.fullmatch(r"\[stdout:0\] \np\n\[output:0\]\nOut\[0:\d+\]: 42\n"
+                        r"\[stdout:1\] \np\n\[output:1\]\nOut\[1:\d+\]: 42\n", by_engine), by_engine
+    ip.run_cell_magic("px", "--targets [0,1] -e", GENERATE)
+    assert re.sub(r":\d+\]: ", "", capsys.readouterr().out) == re.sub(r":\d+\]: ", "", by_engine)
+    for flags in ("--group-outputs type", "--group-outputs=order", "-r", ""):
+        ip.run_cell_magic("px", f"--targets [0,1] {flags}", GENERATE)
+        out = capsys.readouterr().out
+        assert re.fullmatch(r"\[stdout:0\] \np\n\[stdout:1\] \np\n" + out_lines("42", [0, 1]), out), (flags, out)
+    with pytest.raises(testudo.error.TestudoError, match="--group-outputs takes one of type, engine, order"):
+        ip.run_cell_magic("px", "--group-outputs=bogus", "x = 1")
+
+
+STREAMED = ("import sys, time\nprint('first'); sys.stdout.flush()\ntime.sleep(0.8)\n"
+            "print('second'); print('err', file=sys.stderr)")
+
+
+def test_stream(ip, view, capsys):
+    ip.run_cell_magic("px", "--targets [0,1] --stream", STREAMED)
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    # Each engine's first line came as it was written, before any engine's second, under a
+    # header whenever the engine changes (as ipyparallel's).
+    text = [t for t in lines if not t.startswith("[stdout:")]
+    assert text == ["first", "first", "second", "second"], lines
+    assert lines[0] in ("[stdout:0] ", "[stdout:1] ") and {"[stdout:0] ", "[stdout:1] "} <= set(lines)
+    assert captured.err.splitlines().count("err") == 2
+    # Not streamed: each engine's whole output together.
+    ip.run_cell_magic("px", "--targets [0,1] --no-stream", STREAMED)
+    assert capsys.readouterr().out == "".join(f"[stdout:{i}] \nfirst\nsecond\n" for i in (0, 1))
+    ip.run_line_magic("pxconfig", "--stream")
+    assert magics_of(ip).stream_output is True
+    ip.run_cell_magic("px", "--targets 2", STREAMED)
+    assert capsys.readouterr().out == "[stdout:2] \nfirst\nsecond\n"  # a header when it changes
+
+
+def test_out_stores_the_result(ip, view, capsys):
+    assert ip.run_cell_magic("px", "--out kept", "6 * 7") is None
+    kept = ip.user_ns.pop("kept")
+    assert isinstance(kept, AsyncResult) and kept.ready()
+    assert [r.execute_result["data"]["text/plain"] for r in kept.get()] == ["42"] * 4
+    ar = ip.run_cell_magic("px", "-o later --noblock", "'later'")
+    assert ip.user_ns.pop("later") is ar
+    capsys.readouterr()
+    ip.run_line_magic("pxresult", "--out again -e")
+    assert ip.user_ns.pop("again") is ar
+    assert re.fullmatch("".join(rf"\[output:{i}\]\nOut\[{i}:\d+\]: 'later'\n" for i in EVERY), capsys.readouterr().out)
+
+
+def test_progress_after(ip, view, capsys):
+    ip.run_cell_magic("px", "--progress-after 0", "import time; time.sleep(0.3)")
+    err = capsys.readouterr().err
+    assert "%px: |" in err and "4/4 tasks finished" in err and err.endswith("done\n")
+    ip.run_cell_magic("px", "--progress-after=-1", "import time; time.sleep(0.3)")
+    ip.run_cell_magic("px", "", "import time; time.sleep(0.3)")  # the default: after 2 s
+    assert capsys.readouterr().err == ""
+    ip.run_line_magic("pxconfig", "--progress-after 0")
+    ip.run_line_magic("px", "import time; time.sleep(0.2)")
+    assert "%px: |" in capsys.readouterr().err
+
+
+def test_local_runs_here_too(ip, view, capsys):
+    ip.run_cell_magic("px", "--local", "both = 40 + 2\nprint('ran', both)")
+    assert ip.user_ns.pop("both") == 42
+    assert view["both"] == [42] * 4
+    out = capsys.readouterr().out
+    assert out == "ran 42\n" + stdout_lines("ran 42")  # the local run first, as ipyparallel
+    ar = ip.run_cell_magic("px", "--local --noblock", "here = 1")
+    assert isinstance(ar, AsyncResult) and ip.user_ns.pop("here") == 1
+    ar.get(timeout=10)
+
+
+def test_pxconfig_int_and_slice_targets(ip, view, rc):
+    ip.run_line_magic("pxconfig", "-t 1")
+    assert view.targets == 1
+    ip.run_line_magic("px", "on_one = True")
+    rc[:].execute("found = 'on_one' in globals()", block=True)
+    assert rc[:]["found"] == [False, True, False, False]
+    ip.run_line_magic("pxconfig", "-t ::2")
+    assert view.targets == [0, 2]
+    ip.run_line_magic("pxconfig", "--targets :")
+    assert view.targets == rc.ids
+    ip.run_line_magic("pxconfig", "-t all -a")
+    assert view.targets == "all" and view.block is False
+    with pytest.raises(testudo.error.TestudoError, match="unknown %px option --out"):
+        ip.run_line_magic("pxconfig", "--out x")
+    with pytest.raises(testudo.error.TestudoError, match="unknown %px option -t"):
+        ip.run_line_magic("pxresult", "-t 1")
+
+
+def test_px_line_code_starting_with_a_minus(ip, view, capsys):
+    ip.run_line_magic("px", "-1")
+    assert re.fullmatch(out_lines("-1"), capsys.readouterr().out)
