@@ -4,7 +4,6 @@ cluster; the behaviour compared is ipyparallel's (client/asyncresult.py, client/
 tests/test_asyncresult.py, test_db.py)."""
 
 import datetime
-import time
 
 import pytest
 

@@ -205,8 +205,8 @@ def test_db_query_operators(rc):
 
 
 def test_db_query_pages_through_every_record(rc, monkeypatch):
-    import testudo._client as client_module
-    monkeypatch.setattr(client_module, "_DB_PAGE", 3)
+    import testudo._storedresults as stored_module
+    monkeypatch.setattr(stored_module, "_DB_PAGE", 3)
     ars = [rc[0].apply_async(abs, -i) for i in range(8)]
     ids = [ar.msg_ids[0] for ar in ars]
     for ar in ars:
