@@ -309,13 +309,13 @@ class AsyncResult(concurrent.futures.Future):
         return md
 
     def _build_metadata(self):
-        submitted, received, RemoteError = self._submitted, self._received, error.RemoteError
+        received, RemoteError = self._received, error.RemoteError
         md = []
         for outcome, value in zip(self._outcomes, self._raw):
             if isinstance(value, ExecuteReply):
                 md.append(value.metadata)  # one dict, as in ipyparallel: reply.metadata is ar.metadata[i]
                 continue
-            m = _outcome_metadata(outcome, submitted, received)
+            m = _outcome_metadata(outcome, self._submitted_of(outcome[1]), received)
             if isinstance(value, RemoteError):
                 m["status"], m["error"] = "error", value
             md.append(m)
@@ -582,9 +582,13 @@ class AsyncResult(concurrent.futures.Future):
 
     def _execute_reply(self, segments, outcome):
         count, execute_result = _execute_reply.decode(segments)
-        md = _outcome_metadata(outcome, self._submitted, None)
+        md = _outcome_metadata(outcome, self._submitted_of(outcome[1]), None)
         md["execute_result"] = execute_result
         return ExecuteReply(md["msg_id"], {"status": "ok", "execution_count": count}, md)
+
+    def _submitted_of(self, task_id):
+        """When task `task_id` was submitted (seconds since 1970)."""
+        return self._submitted
 
     def _error(self, reply):
         """The exception for one engine's reply that did not succeed: by its outcome, through
@@ -658,10 +662,16 @@ class AsyncHubResult(AsyncResult):
 
     _in_history = False  # no new request: rc.history is what was submitted
 
-    def __init__(self, client, child, kinds, single=False, watch=False):
+    def __init__(self, client, child, kinds, single=False, watch=False, submitted=None):
         self._kinds = kinds  # task id -> "apply", "pull", "execute", ...
-        super().__init__(client, [child], "get_result", "pickle", single=single, watch=watch)
+        # task id -> when it was submitted, from the controller's records (seconds since 1970)
+        self._submitted_at = submitted or {}
+        first = min((t for t in self._submitted_at.values() if t), default=None)
+        super().__init__(client, [child], "get_result", "pickle", single=single, watch=watch, submitted=first)
         self._task_id_cache = list(kinds)
+
+    def _submitted_of(self, task_id):
+        return self._submitted_at.get(task_id) or self._submitted
 
     def _value(self, segments, outcome):
         kind = self._kinds.get(outcome[1], "")

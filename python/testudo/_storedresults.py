@@ -33,8 +33,10 @@ class StoredResults:
         ids = _task_ids(indices_or_msg_ids)
         if not ids:
             raise ValueError("get_result needs msg_ids")
-        kinds = {int(r["task_id"]): r.get("kind", "") for r in self._records(ids)}
-        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single)
+        records = self._records(ids)
+        kinds = {int(r["task_id"]): r.get("kind", "") for r in records}
+        submitted = {int(r["task_id"]): r.get("submitted") for r in records}
+        ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single, submitted=submitted)
         return ar.get() if (self.block if block is None else block) else ar
 
     def result_status(self, msg_ids, status_only=True):

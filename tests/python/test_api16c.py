@@ -4,6 +4,7 @@ cluster; the behaviour compared is ipyparallel's (client/asyncresult.py, client/
 tests/test_asyncresult.py, test_db.py)."""
 
 import datetime
+import time
 
 import pytest
 
@@ -114,3 +115,17 @@ def test_queue_status_verbose_lists_msg_ids(rc):
     assert mine <= set(done["completed"]) and done["queue"] == done["tasks"] == []
     counts = rc.queue_status(3)
     assert counts["completed"] >= len(done["completed"])
+
+
+def test_get_result_times_are_the_tasks_own(rc):
+    ar = rc[:].apply_async(sleep_then, 0.2, "x")
+    ar.get(timeout=10)
+    time.sleep(0.3)
+    hr = rc.get_result(ar.msg_ids)
+    hr.get(timeout=10)
+    for original, stored in zip(ar.metadata, hr.metadata):
+        assert stored.started == original.started and stored.completed == original.completed
+        assert abs((stored.submitted - original.submitted).total_seconds()) < 0.1  # the controller's note
+        assert stored.submitted <= stored.started
+    assert hr.wall_time < ar.wall_time + 0.2  # as ipyparallel's test_asyncresult
+    assert hr.serial_time == ar.serial_time
