@@ -325,14 +325,20 @@ class _DependentScheduling:
     def _scheduling(self, agains):
         self._agains = agains  # per child: engines -> a new native request
         self._tried = [set() for _ in agains]  # per child: engines that said UnmetDependency
-        self._settled = set()  # ids of children looked at already
+        # Per child: the native request whose answer was looked at already. The object, not its
+        # id(): a request sent again replaces one that is then freed, and could reuse its id.
+        self._settled = [None] * len(agains)
         self._impossible = set()  # task ids failed as ImpossibleDependency
 
     def _reschedule(self):
+        """Looks at the children that answered since the last call (sending those with an unmet
+        dependency again); returns whether there was any."""
+        looked = False
         for i, child in enumerate(self._children):
-            if id(child) in self._settled or not child.ready():
+            if self._settled[i] is child or not child.ready():
                 continue
-            self._settled.add(id(child))
+            looked = True
+            self._settled[i] = child
             engine_id, task_id, ok = child.outcome()[0][:3]
             if ok or child.replies()[0].ename != "UnmetDependency":
                 continue
@@ -349,17 +355,20 @@ class _DependentScheduling:
             self._client._track([new], self)
             if self._watched:
                 new.watch()
+        return looked
 
     def ready(self):
         if self._finished:
             return True
         with self._finish_lock:
-            self._reschedule()
-            if not all(c.ready() for c in self._children):
-                return False
-            self._reschedule()
-            if not all(c.ready() for c in self._children):
-                return False
+            # Done once every child has answered and each answer was looked at: a child may
+            # answer between a look and the check, so look again until a look finds nothing new.
+            while True:
+                self._reschedule()
+                if not all(c.ready() for c in self._children):
+                    return False
+                if not self._reschedule():
+                    break
         self._finish()
         return True
 
