@@ -270,7 +270,8 @@ def test_a_killed_engine_is_restarted_with_a_new_id_and_the_cluster_keeps_its_si
         assert sorted(int(line.split()[1]) for line in listed) == rc.ids
         status = subprocess.run([TESTUDO_BIN, "--profile", "phoenix", "status"], capture_output=True, text=True,
                                 check=True).stdout.splitlines()
-        restarts = {int(line.split()[0]): line.split()[-1] for line in status[2:]}
+        table = status[next(i for i, line in enumerate(status) if line.startswith("engine ")) + 1:]
+        restarts = {int(line.split()[0]): line.split()[-1] for line in table}
         assert restarts[new_id] == "1" and restarts[old_ids[1]] == "0", status
         supervisors = [p for s in cluster.engines.values() for p in s]
         # SIGINT to the supervisor interrupts the engine's user code, as to a plain engine.
