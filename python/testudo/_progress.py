@@ -16,19 +16,29 @@ def _in_kernel():
 
 def progress(total, desc, file=None, widget=None):
     """A progress display for `total` tasks: widget=None picks the widget in a Jupyter kernel
-    when ipywidgets imports, the text bar elsewhere."""
+    when ipywidgets 7 or later imports, the text bar elsewhere."""
     if widget is None:
         widget = False
         if file is None and _in_kernel():
             try:
-                import ipywidgets  # noqa: F401
+                import ipywidgets
             except ImportError:
                 pass
             else:
-                widget = True
+                # Older ones (Debian 12 ships 6.0) speak a widget protocol today's front ends and
+                # nbclient no longer do: a headless `jupyter nbconvert --execute` fails on their
+                # first message (KeyError 'state'). The text bar works everywhere.
+                widget = _major_version(ipywidgets) >= 7
     if widget:
         return WidgetProgress(total, desc)
     return TextProgress(total, desc, sys.stderr if file is None else file)
+
+
+def _major_version(module):
+    try:
+        return int(str(getattr(module, "__version__", "0")).split(".")[0])
+    except ValueError:
+        return 0
 
 
 def _status(n, total, elapsed):

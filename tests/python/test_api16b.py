@@ -498,14 +498,20 @@ def test_wait_interactive_widget(rc, monkeypatch):
     shown = []
     monkeypatch.setattr(IPython.display, "display", shown.append)
     monkeypatch.setattr(_progress, "_in_kernel", lambda: True)  # as in a Jupyter kernel
+    # In a kernel the widget is the default only with ipywidgets 7+ (Debian 12's 6.0 breaks
+    # headless nbconvert runs); widget=True asks for it whatever the version.
+    import ipywidgets
+    auto = _progress.progress(4, "t")
+    assert isinstance(auto, _progress.WidgetProgress) == (int(ipywidgets.__version__.split(".")[0]) >= 7)
+    shown.clear()
     ar = rc[:].apply_async(sleep_then, 0.2, 1)
-    ar.wait_interactive(interval=0.02)
+    ar.wait_interactive(interval=0.02, widget=True)
     (box,) = shown
     bar, label = box.children
     assert (bar.value, bar.max, bar.bar_style) == (4, 4, "success")
     assert "4/4 tasks finished" in label.value
     shown.clear()
     ar = rc[0].apply_async(sleep_then, 1.0, 1)
-    ar.wait_interactive(interval=0.02, timeout=0.1)
+    ar.wait_interactive(interval=0.02, timeout=0.1, widget=True)
     assert shown[0].children[0].value == 0 and shown[0].children[0].bar_style == "warning"
     ar.get(timeout=10)

@@ -1,5 +1,5 @@
-"""A notebook that uses testudo the ipyparallel way (rc.activate(), %px, %%px --targets),
-executed by `jupyter nbconvert --execute` in a real python3 kernel against a real, secure
+"""A notebook that uses testudo the ipyparallel way (rc.activate(), %px, %%px --targets,
+%%px --stream, a progress bar, become_dask()), executed by `jupyter nbconvert --execute` in a real python3 kernel against a real, secure
 local cluster."""
 
 import json
@@ -73,14 +73,23 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
         nbformat.v4.new_code_cell("%px print('engine says', 6 * 7)"),
         nbformat.v4.new_code_cell("%%px --targets ::2\nnote = 'even'\nprint('even engine', note)"),
         nbformat.v4.new_code_cell("%px 6 * 7"),
-        nbformat.v4.new_code_cell("print(rc[:].pull('note', targets=[0, 2], block=True))\nrc.close()"),
+        nbformat.v4.new_code_cell("print(rc[:].pull('note', targets=[0, 2], block=True))"),
+        # Output shown while the cell runs, as ipyparallel's %%px --stream.
+        nbformat.v4.new_code_cell("%%px --stream --targets 0\nimport time\nprint('first')\ntime.sleep(0.3)\n"
+                                  "print('second')"),
+        # A progress bar: in a kernel, an ipywidgets bar.
+        nbformat.v4.new_code_cell("import time\nar = rc[:].apply_async(time.sleep, 0.3)\nar.wait_interactive()\n"
+                                  "print('done', ar.ready(), len(ar))"),
+        # The engines as a dask cluster, and a computation on it.
+        nbformat.v4.new_code_cell("dc = rc.become_dask()\nprint('dask', dc.submit(lambda x: x + 1, 41).result())\n"
+                                  "rc.stop_dask()\nrc.close()"),
     ]
     path = tmp_path / "px.ipynb"
     nbformat.write(nb, str(path))
     run = subprocess.run(
         ["jupyter-nbconvert", "--to", "notebook", "--execute", f"--ExecutePreprocessor.kernel_name={KERNEL}",
          "--ExecutePreprocessor.timeout=60", "--output", "px-executed.ipynb", str(path)],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     executed = nbformat.read(str(tmp_path / "px-executed.ipynb"), as_version=4)
     cells = executed.cells
@@ -97,6 +106,20 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
     assert plain == [f"Out[{i}:N]: 42" for i in range(4)], cells[4].outputs
     assert all(o.metadata == {} for o in cells[4].outputs)
     assert _stdout_of(cells[5]) == "['even', 'even']\n"
+    streamed = _stdout_of(cells[6])
+    assert "first" in streamed and "second" in streamed and streamed.index("first") < streamed.index("second")
+    assert "[stdout:0]" in streamed
+    # Debian 12's ipywidgets (6.0) speaks a protocol nbclient no longer does: the bar is text on
+    # stderr then (with ipywidgets 7+ it is a widget).
+    import ipywidgets
+    if int(ipywidgets.__version__.split(".")[0]) >= 7:
+        assert [o for o in cells[7].outputs if o.output_type == "display_data"
+                and "application/vnd.jupyter.widget-view+json" in o.data], cells[7].outputs
+    else:
+        bar = "".join(o.get("text", "") for o in cells[7].outputs if o.output_type == "stream" and o.name == "stderr")
+        assert "4/4 tasks finished" in bar, cells[7].outputs
+    assert _stdout_of(cells[7]).endswith("done True 4\n")
+    assert _stdout_of(cells[8]) == "dask 42\n"
     # The engines really ran it: the variable is there on the even engines only.
     assert rc[::2].pull("note", block=True) == ["even", "even"]
     with pytest.raises(Exception) as info:
