@@ -52,7 +52,6 @@ std::string type_name(const json& j) { return j.type_name(); }
 // Identities a login proves: matched exactly, like key fingerprints.
 constexpr std::array<std::string_view, 3> kLoginIdentityPrefixes = {"user:", "krb:", "token:"};
 
-Status error_at(const std::string& path, std::string what) { return invalid_argument(path + ": " + std::move(what)); }
 
 bool is_fingerprint(std::string_view s) {
   constexpr std::string_view kPrefix = "sha256:";
@@ -99,20 +98,6 @@ Status check_identity(const std::string& path, const json& j, bool in_group) {
   return error_at(path, "unknown identity " + quoted(s) + " (expected " + (in_group ? "" : "\"group:<name>\", \"*\", ") +
                             "\"sha256:<64 lowercase hex>\", \"cn:<name>\", \"user:<name>\", \"krb:<principal>\", "
                             "\"token:<issuer>#<subject>\" or \"login-group:<name>\")");
-}
-
-Status check_keys(const std::string& path, const json& object, std::initializer_list<std::string_view> known) {
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    if (std::find(known.begin(), known.end(), it.key()) != known.end()) continue;
-    std::string list;
-    for (auto k : known) {
-      if (!list.empty()) list += ", ";
-      list += k;
-    }
-    const std::string where = path.empty() ? "" : path + ": ";
-    return invalid_argument(where + "unknown key " + quoted(it.key()) + " (known: " + list + ")");
-  }
-  return ok_status();
 }
 
 // Resolved members of one group, or of one rule's identity list.

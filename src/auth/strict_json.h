@@ -1,9 +1,11 @@
-// JSON for files a person edits by hand (the policy, the user file): nlohmann keeps the last of
+// JSON for files a person edits by hand (the policy, the user file, the token issuers): nlohmann keeps the last of
 // duplicate keys silently, so `{"allow": [...], "allow": [...]}` would drop a rule without a
 // word; these files refuse it instead. Include only from .cc files (nlohmann is private to
 // testudo::auth). Thread-safe (no shared state).
 #pragma once
 
+#include <algorithm>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +27,24 @@ inline std::string quoted_for_error(const std::string& s) {
   std::string out = nlohmann::json(shown).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (s.size() > kMax) out.insert(out.size() - 1, "...");
   return out;
+}
+
+// "<path>: <what>", kInvalidArgument: errors that name where in the file they are ("<what>"
+// alone for an empty path).
+inline Status error_at(const std::string& path, const std::string& what) {
+  return invalid_argument(path.empty() ? what : path + ": " + what);
+}
+
+// Refuses a key of `object` that is not in `known` (a typo must not be ignored silently).
+inline Status check_keys(const std::string& path, const nlohmann::json& object,
+                         std::initializer_list<std::string_view> known) {
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    if (std::find(known.begin(), known.end(), it.key()) != known.end()) continue;
+    std::string list;
+    for (auto k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+    return error_at(path, "unknown key " + quoted_for_error(it.key()) + " (known: " + list + ")");
+  }
+  return ok_status();
 }
 
 // Finds the first key seen twice in one object. The parser callback sees each key in the

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "auth/strict_json.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
 #include "crypto/public_key.h"
@@ -24,27 +25,6 @@ using nlohmann::json;
 
 constexpr std::array<std::string_view, 9> kAlgorithmNames = {"RS256", "RS384", "RS512", "ES256", "ES384",
                                                              "ES512", "HS256", "HS384", "HS512"};
-
-// A string from the file for a message: quoted, escaped, bounded, never throwing on bad UTF-8.
-std::string quote_for_message(std::string_view s) {
-  constexpr std::size_t kMax = 80;
-  std::string shown(s.substr(0, kMax));
-  std::string out = json(shown).dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > kMax) out.insert(out.size() - 1, "...");
-  return out;
-}
-
-Status error_at(const std::string& path, const std::string& what) { return invalid_argument(path + ": " + what); }
-
-Status check_keys(const std::string& path, const json& object, std::initializer_list<std::string_view> known) {
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    if (std::find(known.begin(), known.end(), it.key()) != known.end()) continue;
-    std::string list;
-    for (auto k : known) list += (list.empty() ? "" : ", ") + std::string(k);
-    return error_at(path, "unknown key " + quote_for_message(it.key()) + " (known: " + list + ")");
-  }
-  return ok_status();
-}
 
 // A file that decides who gets in (the issuers file, a public key, a JWKS): a regular file
 // owned by this user or root that nobody else may write.
@@ -170,7 +150,7 @@ StatusOr<TokenIssuer> parse_issuer(const json& j, const std::string& where, cons
       std::string known;
       for (auto n : kAlgorithmNames) known += (known.empty() ? "" : ", ") + std::string(n);
       if (name == "none" || name == "None" || name == "NONE") return error_at(at, "\"none\" (unsigned tokens) is never accepted");
-      return error_at(at, "unknown or unsupported algorithm " + quote_for_message(name) + " (supported: " + known + ")");
+      return error_at(at, "unknown or unsupported algorithm " + quoted_for_error(std::string(name)) + " (supported: " + known + ")");
     }
     if (std::find(out.algorithms.begin(), out.algorithms.end(), *alg) == out.algorithms.end()) out.algorithms.push_back(*alg);
   }
@@ -278,7 +258,7 @@ StatusOr<std::vector<TokenKey>> parse_jwks(std::string_view text, const std::str
     if (auto it = k.find("kid"); it != k.end()) {
       if (!it->is_string() || it->get_ref<const std::string&>().size() > 256) return error_at(where, "\"kid\" must be a string of at most 256 bytes");
       kid = it->get<std::string>();
-      where += " (kid " + quote_for_message(kid) + ")";
+      where += " (kid " + quoted_for_error(std::string(kid)) + ")";
     }
     if (k.contains("d") || k.contains("p") || k.contains("k")) {
       return error_at(where, "holds private or secret key material; a controller needs only the issuer's public keys");
@@ -317,14 +297,14 @@ StatusOr<TokenIssuers> TokenIssuers::load(const std::string& path) {
 
 StatusOr<TokenIssuers> TokenIssuers::parse(std::string_view text, const std::string& base_dir) {
   if (text.size() > kMaxTokenIssuersBytes) return resource_exhausted("larger than 1 MiB");
-  json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return invalid_argument("not valid JSON");
+  // Strict: this file decides who logs in, and a duplicated key must not drop a setting silently.
+  TESTUDO_ASSIGN_OR_RETURN(json doc, parse_strict_json(text));
   if (!doc.is_object()) return invalid_argument("must be a JSON object with \"version\" and \"issuers\"");
   TESTUDO_RETURN_IF_ERROR(check_keys("(top level)", doc, {"version", "issuers"}));
   auto version = doc.find("version");
   if (version == doc.end()) return invalid_argument("\"version\" is required (1)");
   if (!version->is_number_integer() || version->get<std::int64_t>() != 1) {
-    return invalid_argument("unsupported \"version\" " + quote_for_message(version->dump()) + " (this controller reads version 1)");
+    return invalid_argument("unsupported \"version\" " + quoted_for_error(version->dump()) + " (this controller reads version 1)");
   }
   auto list = doc.find("issuers");
   if (list == doc.end() || !list->is_array() || list->empty()) {
@@ -335,7 +315,7 @@ StatusOr<TokenIssuers> TokenIssuers::parse(std::string_view text, const std::str
   for (std::size_t i = 0; i < list->size(); ++i) {
     TESTUDO_ASSIGN_OR_RETURN(TokenIssuer issuer, parse_issuer((*list)[i], "issuers[" + std::to_string(i) + "]", base_dir));
     if (out.find(issuer.issuer)) {
-      return invalid_argument("issuers[" + std::to_string(i) + "]: issuer " + quote_for_message(issuer.issuer) + " is listed twice");
+      return invalid_argument("issuers[" + std::to_string(i) + "]: issuer " + quoted_for_error(issuer.issuer) + " is listed twice");
     }
     out.issuers_.push_back(std::move(issuer));
   }

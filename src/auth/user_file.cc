@@ -36,18 +36,6 @@ Status check_name(std::string_view what, std::string_view name) {
   return ok_status();
 }
 
-Status error_at(const std::string& path, const std::string& what) { return invalid_argument(path + ": " + what); }
-
-Status check_keys(const std::string& path, const json& object, std::initializer_list<std::string_view> known) {
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    if (std::find(known.begin(), known.end(), it.key()) != known.end()) continue;
-    std::string list;
-    for (auto k : known) list += (list.empty() ? "" : ", ") + std::string(k);
-    return error_at(path, "unknown key " + quoted_for_error(it.key()) + " (known: " + list + ")");
-  }
-  return ok_status();
-}
-
 StatusOr<std::vector<std::byte>> base64_at(const std::string& path, const json& j, std::size_t min_bytes,
                                            std::size_t max_bytes) {
   if (!j.is_string()) return error_at(path, std::string("must be a base64 string, not ") + j.type_name());
