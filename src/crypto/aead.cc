@@ -1,0 +1,217 @@
+#include "crypto/aead.h"
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+
+#include <algorithm>
+#include <climits>
+#include <memory>
+
+#include "crypto/crypto.h"
+
+namespace testudo::crypto {
+namespace {
+
+struct CipherCtxFree {
+  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
+};
+struct PkeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct PkeyCtxFree {
+  void operator()(EVP_PKEY_CTX* c) const { EVP_PKEY_CTX_free(c); }
+};
+struct KdfFree {
+  void operator()(EVP_KDF* k) const { EVP_KDF_free(k); }
+};
+struct KdfCtxFree {
+  void operator()(EVP_KDF_CTX* c) const { EVP_KDF_CTX_free(c); }
+};
+using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree>;
+using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
+
+const unsigned char* uc(const std::byte* p) { return reinterpret_cast<const unsigned char*>(p); }
+unsigned char* uc(std::byte* p) { return reinterpret_cast<unsigned char*>(p); }
+
+// Feeds `in` to EVP_{En,De}cryptUpdate in chunks an int can count.
+template <typename Update>
+bool update_pieces(EVP_CIPHER_CTX* ctx, std::span<const std::span<const std::byte>> in,
+                   std::span<const std::span<std::byte>> out, Update update) {
+  if (in.size() != out.size()) return false;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i].size() != out[i].size()) return false;
+    std::size_t done = 0;
+    while (done < in[i].size()) {
+      const int chunk = static_cast<int>(std::min<std::size_t>(in[i].size() - done, INT_MAX / 2));
+      int written = 0;
+      if (update(ctx, uc(out[i].data() + done), &written, uc(in[i].data() + done), chunk) != 1 || written != chunk) {
+        return false;
+      }
+      done += static_cast<std::size_t>(chunk);
+    }
+  }
+  return true;
+}
+
+bool add_aad(EVP_CIPHER_CTX* ctx, std::span<const std::byte> aad, bool encrypt) {
+  if (aad.empty()) return true;
+  int ignored = 0;
+  return (encrypt ? EVP_EncryptUpdate : EVP_DecryptUpdate)(ctx, nullptr, &ignored, uc(aad.data()),
+                                                          static_cast<int>(aad.size())) == 1;
+}
+
+Status sealing_failure(std::string_view what) { return internal_error("AES-256-GCM " + std::string(what) + " failed"); }
+
+StatusOr<AeadKey> hkdf_sha256(std::span<const std::byte> ikm, std::span<const std::byte> salt, std::string_view info) {
+  std::unique_ptr<EVP_KDF, KdfFree> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
+  if (!kdf) return internal_error("HKDF is not available");
+  std::unique_ptr<EVP_KDF_CTX, KdfCtxFree> ctx(EVP_KDF_CTX_new(kdf.get()));
+  if (!ctx) return internal_error("HKDF context");
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::byte*>(ikm.data()), ikm.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<std::byte*>(salt.data()), salt.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<char*>(info.data()), info.size()),
+      OSSL_PARAM_construct_end(),
+  };
+  AeadKey key{};
+  if (EVP_KDF_derive(ctx.get(), uc(key.data()), key.size(), params) != 1) return internal_error("HKDF failed");
+  return key;
+}
+
+// X25519(private, peer): the shared secret. An all-zero result (a small-order peer key) is
+// refused, as RFC 7748 section 6.1 allows.
+StatusOr<std::array<std::byte, kX25519Bytes>> x25519(std::span<const std::byte, kX25519Bytes> private_key,
+                                                     const X25519Public& peer) {
+  Pkey own(EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, uc(private_key.data()), private_key.size()));
+  Pkey other(EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, nullptr, uc(peer.data()), peer.size()));
+  if (!own || !other) return invalid_argument("not an X25519 key");
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new(own.get(), nullptr));
+  std::array<std::byte, kX25519Bytes> shared{};
+  std::size_t size = shared.size();
+  if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 || EVP_PKEY_derive_set_peer(ctx.get(), other.get()) != 1 ||
+      EVP_PKEY_derive(ctx.get(), uc(shared.data()), &size) != 1 || size != shared.size()) {
+    return permission_denied("X25519 key agreement failed (a small-order or malformed public key)");
+  }
+  std::byte any{0};
+  for (std::byte b : shared) any |= b;
+  if (any == std::byte{0}) return permission_denied("X25519 key agreement gave the all-zero secret");
+  return shared;
+}
+
+}  // namespace
+
+StatusOr<AeadTag> aead_seal(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
+                            std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out) {
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx || EVP_EncryptInit_ex2(ctx.get(), EVP_aes_256_gcm(), uc(key.data()), uc(nonce.data()), nullptr) != 1) {
+    return sealing_failure("set-up");
+  }
+  if (!add_aad(ctx.get(), aad, true) || !update_pieces(ctx.get(), in, out, EVP_EncryptUpdate)) {
+    return sealing_failure("encryption");
+  }
+  int final_bytes = 0;
+  unsigned char none[16];
+  AeadTag tag{};
+  if (EVP_EncryptFinal_ex(ctx.get(), none, &final_bytes) != 1 || final_bytes != 0 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag.size()), tag.data()) != 1) {
+    return sealing_failure("finish");
+  }
+  return tag;
+}
+
+Status aead_open(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
+                 std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out,
+                 const AeadTag& tag) {
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx || EVP_DecryptInit_ex2(ctx.get(), EVP_aes_256_gcm(), uc(key.data()), uc(nonce.data()), nullptr) != 1) {
+    return sealing_failure("set-up");
+  }
+  if (!add_aad(ctx.get(), aad, false) || !update_pieces(ctx.get(), in, out, EVP_DecryptUpdate)) {
+    return sealing_failure("decryption");
+  }
+  AeadTag expected = tag;
+  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, static_cast<int>(expected.size()), expected.data()) != 1) {
+    return sealing_failure("tag set-up");
+  }
+  int final_bytes = 0;
+  unsigned char none[16];
+  if (EVP_DecryptFinal_ex(ctx.get(), none, &final_bytes) != 1) {
+    return permission_denied("sealed body failed authentication");
+  }
+  return ok_status();
+}
+
+StatusOr<X25519KeyPair> generate_x25519() {
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_X25519, nullptr));
+  EVP_PKEY* raw = nullptr;
+  if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1) {
+    return internal_error("X25519 key generation failed");
+  }
+  Pkey key(raw);
+  X25519KeyPair pair{};
+  std::size_t private_size = pair.private_key.size();
+  std::size_t public_size = pair.public_key.size();
+  if (EVP_PKEY_get_raw_private_key(key.get(), uc(pair.private_key.data()), &private_size) != 1 ||
+      EVP_PKEY_get_raw_public_key(key.get(), uc(pair.public_key.data()), &public_size) != 1 ||
+      private_size != kX25519Bytes || public_size != kX25519Bytes) {
+    return internal_error("X25519 key export failed");
+  }
+  return pair;
+}
+
+StatusOr<std::vector<std::byte>> seal_box(const X25519Public& recipient, std::string_view info,
+                                          std::span<const std::byte> plaintext) {
+  TESTUDO_ASSIGN_OR_RETURN(X25519KeyPair ephemeral, generate_x25519());
+  auto shared = x25519(ephemeral.private_key, recipient);
+  wipe(ephemeral.private_key);
+  if (!shared.ok()) return shared.status();
+  std::array<std::byte, 2 * kX25519Bytes> salt{};
+  std::copy(ephemeral.public_key.begin(), ephemeral.public_key.end(), salt.begin());
+  std::copy(recipient.begin(), recipient.end(), salt.begin() + kX25519Bytes);
+  auto key = hkdf_sha256(*shared, salt, info);
+  wipe(*shared);
+  if (!key.ok()) return key.status();
+  std::vector<std::byte> box(kX25519Bytes + plaintext.size() + kAeadTagBytes);
+  std::copy(ephemeral.public_key.begin(), ephemeral.public_key.end(), box.begin());
+  const std::span<const std::byte> in[] = {plaintext};
+  const std::span<std::byte> out[] = {std::span(box).subspan(kX25519Bytes, plaintext.size())};
+  auto tag = aead_seal(*key, AeadNonce{}, as_bytes(info), in, out);
+  wipe(*key);
+  if (!tag.ok()) return tag.status();
+  std::copy(tag->begin(), tag->end(), box.end() - kAeadTagBytes);
+  return box;
+}
+
+StatusOr<std::vector<std::byte>> open_box(const X25519KeyPair& recipient, std::string_view info,
+                                          std::span<const std::byte> box) {
+  if (box.size() < kSealedBoxOverhead) return invalid_argument("sealed box too short");
+  X25519Public ephemeral{};
+  std::copy_n(box.begin(), kX25519Bytes, ephemeral.begin());
+  auto shared = x25519(recipient.private_key, ephemeral);
+  if (!shared.ok()) return permission_denied("sealed box does not open");
+  std::array<std::byte, 2 * kX25519Bytes> salt{};
+  std::copy(ephemeral.begin(), ephemeral.end(), salt.begin());
+  std::copy(recipient.public_key.begin(), recipient.public_key.end(), salt.begin() + kX25519Bytes);
+  auto key = hkdf_sha256(*shared, salt, info);
+  wipe(*shared);
+  if (!key.ok()) return key.status();
+  const std::size_t size = box.size() - kSealedBoxOverhead;
+  std::vector<std::byte> plaintext(size);
+  AeadTag tag{};
+  std::copy_n(box.end() - kAeadTagBytes, kAeadTagBytes, tag.begin());
+  const std::span<const std::byte> in[] = {box.subspan(kX25519Bytes, size)};
+  const std::span<std::byte> out[] = {plaintext};
+  Status opened = aead_open(*key, AeadNonce{}, as_bytes(info), in, out, tag);
+  wipe(*key);
+  if (!opened.ok()) {
+    wipe(plaintext);
+    return opened.code() == StatusCode::kPermissionDenied ? permission_denied("sealed box does not open") : opened;
+  }
+  return plaintext;
+}
+
+}  // namespace testudo::crypto

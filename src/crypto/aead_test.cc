@@ -1,0 +1,153 @@
+#include "crypto/aead.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "crypto/crypto.h"
+
+namespace testudo::crypto {
+namespace {
+
+std::vector<std::byte> hex(std::string_view h) { return from_hex(h).value(); }
+
+template <std::size_t N>
+std::array<std::byte, N> hex_array(std::string_view h) {
+  auto v = hex(h);
+  std::array<std::byte, N> a{};
+  EXPECT_EQ(v.size(), N);
+  std::copy_n(v.begin(), N, a.begin());
+  return a;
+}
+
+// McGrew & Viega, "The Galois/Counter Mode of Operation", test case 16 (AES-256, 60-byte
+// plaintext, 20-byte associated data) — the vector NIST's GCM validation uses.
+struct Case16 {
+  AeadKey key = hex_array<32>("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
+  AeadNonce nonce = hex_array<12>("cafebabefacedbaddecaf888");
+  std::vector<std::byte> aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+  std::vector<std::byte> plaintext = hex(
+      "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657"
+      "ba637b39");
+  std::vector<std::byte> ciphertext = hex(
+      "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0a"
+      "bcc9f662");
+  AeadTag tag = hex_array<16>("76fc6ece0f4e1768cddf8853bb2d551b");
+};
+
+TEST(AeadTest, MatchesTheGcmSpecificationVector) {
+  Case16 c;
+  std::vector<std::byte> out(c.plaintext.size());
+  const std::span<const std::byte> in[] = {c.plaintext};
+  const std::span<std::byte> outs[] = {out};
+  auto tag = aead_seal(c.key, c.nonce, c.aad, in, outs);
+  ASSERT_TRUE(tag.ok()) << tag.status().message();
+  EXPECT_EQ(out, c.ciphertext);
+  EXPECT_EQ(*tag, c.tag);
+}
+
+TEST(AeadTest, PiecesAreOneMessage) {
+  // The same vector split into three pieces (one empty) gives the same bytes and tag.
+  Case16 c;
+  std::vector<std::byte> out(c.plaintext.size());
+  std::span<const std::byte> p(c.plaintext);
+  std::span<std::byte> o(out);
+  const std::span<const std::byte> in[] = {p.first(7), p.subspan(7, 0), p.subspan(7)};
+  const std::span<std::byte> outs[] = {o.first(7), o.subspan(7, 0), o.subspan(7)};
+  auto tag = aead_seal(c.key, c.nonce, c.aad, in, outs);
+  ASSERT_TRUE(tag.ok());
+  EXPECT_EQ(out, c.ciphertext);
+  EXPECT_EQ(*tag, c.tag);
+
+  std::vector<std::byte> back(out.size());
+  std::span<std::byte> b(back);
+  const std::span<const std::byte> cin[] = {std::span<const std::byte>(out).first(30), std::span<const std::byte>(out).subspan(30)};
+  const std::span<std::byte> bouts[] = {b.first(30), b.subspan(30)};
+  ASSERT_TRUE(aead_open(c.key, c.nonce, c.aad, cin, bouts, *tag).ok());
+  EXPECT_EQ(back, c.plaintext);
+}
+
+TEST(AeadTest, AnyChangeFailsAuthentication) {
+  Case16 c;
+  std::vector<std::byte> out(c.plaintext.size());
+  const std::span<const std::byte> cin[] = {c.ciphertext};
+  const std::span<std::byte> outs[] = {out};
+  ASSERT_TRUE(aead_open(c.key, c.nonce, c.aad, cin, outs, c.tag).ok());
+  EXPECT_EQ(out, c.plaintext);
+
+  auto expect_refused = [&](const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
+                            std::span<const std::byte> ciphertext, const AeadTag& tag) {
+    std::vector<std::byte> sink(ciphertext.size());
+    const std::span<const std::byte> in[] = {ciphertext};
+    const std::span<std::byte> o[] = {sink};
+    Status st = aead_open(key, nonce, aad, in, o, tag);
+    EXPECT_EQ(st.code(), StatusCode::kPermissionDenied);
+    EXPECT_EQ(st.message(), "sealed body failed authentication");
+  };
+  auto flipped = c.ciphertext;
+  flipped[17] ^= std::byte{1};
+  expect_refused(c.key, c.nonce, c.aad, flipped, c.tag);
+  auto aad = c.aad;
+  aad.back() ^= std::byte{0x80};
+  expect_refused(c.key, c.nonce, aad, c.ciphertext, c.tag);
+  auto nonce = c.nonce;
+  nonce[11] ^= std::byte{1};
+  expect_refused(c.key, nonce, c.aad, c.ciphertext, c.tag);
+  auto key = c.key;
+  key[0] ^= std::byte{1};
+  expect_refused(key, c.nonce, c.aad, c.ciphertext, c.tag);
+  auto tag = c.tag;
+  tag[15] ^= std::byte{1};
+  expect_refused(c.key, c.nonce, c.aad, c.ciphertext, tag);
+  expect_refused(c.key, c.nonce, c.aad, std::span(c.ciphertext).first(59), c.tag);  // truncated
+}
+
+TEST(AeadTest, PiecesOfTheWrongSizeAreRefused) {
+  Case16 c;
+  std::vector<std::byte> out(c.plaintext.size() - 1);
+  const std::span<const std::byte> in[] = {c.plaintext};
+  const std::span<std::byte> outs[] = {out};
+  EXPECT_FALSE(aead_seal(c.key, c.nonce, c.aad, in, outs).ok());
+}
+
+TEST(SealedBoxTest, OnlyTheRecipientOpensItForTheSameInfo) {
+  auto alice = generate_x25519().value();
+  auto mallory = generate_x25519().value();
+  const std::string secret = "a pair key of thirty-two bytes!!";
+  auto box = seal_box(alice.public_key, "testudo-test-v1|alice", as_bytes(secret));
+  ASSERT_TRUE(box.ok()) << box.status().message();
+  EXPECT_EQ(box->size(), secret.size() + kSealedBoxOverhead);
+  // The plaintext does not appear in the box.
+  EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(box->data()), box->size()).find("thirty"), std::string::npos);
+
+  auto opened = open_box(alice, "testudo-test-v1|alice", *box);
+  ASSERT_TRUE(opened.ok()) << opened.status().message();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(opened->data()), opened->size()), secret);
+
+  EXPECT_EQ(open_box(mallory, "testudo-test-v1|alice", *box).status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(open_box(alice, "testudo-test-v1|bob", *box).status().message(), "sealed box does not open");
+  for (std::size_t i : {std::size_t{0}, std::size_t{31}, std::size_t{32}, box->size() - 1}) {
+    auto altered = *box;
+    altered[i] ^= std::byte{4};
+    EXPECT_EQ(open_box(alice, "testudo-test-v1|alice", altered).status().code(), StatusCode::kPermissionDenied) << i;
+  }
+  EXPECT_EQ(open_box(alice, "testudo-test-v1|alice", std::span(*box).first(kSealedBoxOverhead - 1)).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(SealedBoxTest, TwoBoxesOfTheSameBytesDiffer) {
+  auto alice = generate_x25519().value();
+  auto a = seal_box(alice.public_key, "i", as_bytes("same")).value();
+  auto b = seal_box(alice.public_key, "i", as_bytes("same")).value();
+  EXPECT_NE(a, b);  // a fresh ephemeral key per box
+}
+
+TEST(SealedBoxTest, SmallOrderRecipientKeyIsRefused) {
+  // The all-zero point has small order: every X25519 with it gives the all-zero secret, so a
+  // box "sealed" to it would be readable by anyone (RFC 7748 section 6.1).
+  X25519Public zero{};
+  EXPECT_EQ(seal_box(zero, "i", as_bytes("x")).status().code(), StatusCode::kPermissionDenied);
+}
+
+}  // namespace
+}  // namespace testudo::crypto
