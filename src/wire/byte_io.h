@@ -59,6 +59,16 @@ class ByteReader {
     return s;
   }
 
+  // The next `n` bytes (a view into the input), or an empty span and failure if fewer are left.
+  std::span<const std::byte> bytes(std::size_t n) {
+    if (!ok_ || in_.size() - pos_ < n) {
+      ok_ = false;
+      return {};
+    }
+    auto out = in_.subspan(pos_, n);
+    pos_ += n;
+    return out;
+  }
   // Marks the input bad (used by decoders for semantic checks).
   void fail() { ok_ = false; }
 

@@ -1,0 +1,89 @@
+#include "e2e/pair_offer.h"
+
+#include <algorithm>
+
+#include "crypto/crypto.h"
+#include "wire/byte_io.h"
+
+namespace testudo::e2e {
+namespace {
+
+constexpr std::size_t kMaxCertificateBytes = 12u << 10;
+constexpr std::size_t kMaxSignatureBytes = 1024;
+constexpr std::size_t kBoxBytes = crypto::kAeadKeyBytes + crypto::kSealedBoxOverhead;
+
+std::string signed_bytes(std::string_view client_fp, std::string_view engine_fp, const crypto::X25519Public& seal_key,
+                         const KeyId& key_id, std::span<const std::byte> box) {
+  std::string out = "testudo-pair-offer-v1";
+  out.push_back('\0');
+  out.append(client_fp);
+  out.push_back('\0');
+  out.append(engine_fp);
+  out.push_back('\0');
+  out.append(reinterpret_cast<const char*>(seal_key.data()), seal_key.size());
+  out.append(reinterpret_cast<const char*>(key_id.data()), key_id.size());
+  out.append(reinterpret_cast<const char*>(box.data()), box.size());
+  return out;
+}
+
+// What the box is for: its info string names the parties and the key id.
+std::string box_info(std::string_view client_fp, std::string_view engine_fp, const KeyId& key_id) {
+  return "testudo-pair-key-v1|" + std::string(client_fp) + "|" + std::string(engine_fp) + "|" + crypto::to_hex(key_id);
+}
+
+}  // namespace
+
+StatusOr<std::string> make_pair_offer(const tls::KeyAndCertificate& client, const VerifiedEngine& engine,
+                                      const PairKey& key) {
+  TESTUDO_ASSIGN_OR_RETURN(std::string client_fp, tls::key_fingerprint_of_pem(client.cert_pem));
+  TESTUDO_ASSIGN_OR_RETURN(std::vector<std::byte> box,
+                           crypto::seal_box(engine.seal_key, box_info(client_fp, engine.fingerprint, key.id), key.key));
+  TESTUDO_ASSIGN_OR_RETURN(std::string signature,
+                           tls::sign_sha256(client.key_pem, signed_bytes(client_fp, engine.fingerprint, engine.seal_key,
+                                                                         key.id, box)));
+  wire::ByteWriter w;
+  w.str(client.cert_pem);
+  w.bytes(key.id);
+  w.bytes(box);
+  w.str(signature);
+  auto& bytes = w.buffer();
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+StatusOr<AcceptedOffer> accept_pair_offer(std::string_view offer, const Roots& client_roots,
+                                          std::string_view own_fingerprint, const crypto::X25519KeyPair& own_seal,
+                                          std::int64_t now_unix) {
+  auto refuse = [](std::string why) { return permission_denied("pair offer refused: " + std::move(why)); };
+  wire::ByteReader r(crypto::as_bytes(offer));
+  const std::string certificate = r.str(kMaxCertificateBytes);
+  KeyId key_id{};
+  auto id = r.bytes(key_id.size());
+  if (r.ok()) std::copy(id.begin(), id.end(), key_id.begin());
+  auto box = r.bytes(kBoxBytes);
+  const std::string signature = r.str(kMaxSignatureBytes);
+  if (!r.ok() || !r.at_end()) return refuse("malformed");
+  if (client_roots.empty()) {
+    return refuse("this engine trusts no client key for end-to-end sealing (start it with --trust-client FINGERPRINT "
+                  "or --client-cafile FILE)");
+  }
+  auto facts = client_roots.check(certificate, now_unix, "client");
+  if (!facts.ok()) return refuse(facts.status().message());
+  const std::string& client_fp = facts->key_fingerprint;
+  if (!tls::verify_signature_sha256(facts->cert_pem,
+                                    signed_bytes(client_fp, own_fingerprint, own_seal.public_key, key_id, box),
+                                    signature)
+           .ok()) {
+    // Also what a replay to another engine, or to a restarted engine (new seal key), gives.
+    return refuse("not signed by client " + client_fp.substr(0, 23) + "… for this engine process");
+  }
+  auto key = crypto::open_box(own_seal, box_info(client_fp, own_fingerprint, key_id), box);
+  if (!key.ok() || key->size() != crypto::kAeadKeyBytes) return refuse("the sealed key does not open");
+  AcceptedOffer accepted;
+  accepted.client_fingerprint = client_fp;
+  accepted.key.id = key_id;
+  std::copy(key->begin(), key->end(), accepted.key.key.begin());
+  crypto::wipe(*key);
+  return accepted;
+}
+
+}  // namespace testudo::e2e
