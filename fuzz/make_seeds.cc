@@ -10,6 +10,9 @@
 
 #include "auth/capability.h"
 #include "auth/scram_login.h"
+#include "e2e/engine_seal.h"
+#include "e2e/pair_offer.h"
+#include "e2e/sealed_body.h"
 #include "scram_fuzz.h"
 #include "wire/body.h"
 #include "wire/control.h"
@@ -170,5 +173,38 @@ int main(int argc, char** argv) {
     write(scram, "to_client_login", std::string(1, '\1') + server_first->reply + "\n" + server_final->reply);
     write(scram, "to_client_bad_signature", std::string(1, '\1') + server_first->reply + "\nv=AAAA");
   }
+  // sealed_fuzz: selector byte, then the input (fresh keys: structure, not authenticity).
+  {
+    const fs::path sealed = out / "sealed_fuzz";
+    auto with = [](std::uint8_t selector, std::span<const std::byte> rest) {
+      std::vector<std::byte> in{std::byte{selector}};
+      in.insert(in.end(), rest.begin(), rest.end());
+      return in;
+    };
+    auto as_bytes = [](std::string_view t) { return std::as_bytes(std::span(t.data(), t.size())); };
+    auto engine = tls::generate_self_signed("seed engine").value();
+    auto client = tls::generate_self_signed("seed client").value();
+    auto seal = crypto::generate_x25519().value();
+    e2e::PairKey key;
+    key.id.fill(std::byte{7});
+    key.key.fill(std::byte{9});
+    const e2e::VerifiedEngine verified{tls::key_fingerprint_of_pem(engine.cert_pem).value(), seal.public_key};
+    const std::string offer = e2e::make_pair_offer(client, verified, key).value();
+    e2e::SealHeader header;
+    header.seq = 3;
+    write(sealed, "header", with(0, e2e::encode_seal_header(header).span()));
+    header.offer = offer;
+    write(sealed, "header_with_offer", with(0, e2e::encode_seal_header(header).span()));
+    write(sealed, "offer", with(1, as_bytes(offer)));
+    write(sealed, "statement", with(2, as_bytes(e2e::make_engine_seal_statement(engine, seal.public_key).value())));
+    const SharedBytes body[] = {SharedBytes::copy_of(std::string_view("x = 1"))};
+    header.offer.clear();
+    auto part = e2e::seal_body(key, header, {}, body).value();
+    std::vector<std::byte> opened{std::byte{1}};
+    opened.insert(opened.end(), part[0].span().begin(), part[0].span().end());
+    opened.insert(opened.end(), part[1].span().begin(), part[1].span().end());
+    write(sealed, "body", with(3, opened));
+  }
+
   return 0;
 }

@@ -241,9 +241,13 @@ class PyClient {
            const std::string& identity_dir, const std::string& key_passphrase_from, const std::string& dial_host,
            std::uint16_t dial_port, const py::object& key_passphrase, const std::string& login_method,
            const std::string& username, const py::object& secret, const std::string& secret_from,
-           const std::string& service)
+           const std::string& service, bool e2e, const std::vector<std::string>& engine_keys,
+           const std::string& engine_cafile)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
+    o.e2e = e2e;
+    o.engine_keys = engine_keys;
+    o.engine_cafile = engine_cafile;
     o.key_passphrase = python_secret(key_passphrase, "key_passphrase_from");
     o.login.method = login_method;
     o.login.username = username;
@@ -569,12 +573,14 @@ PYBIND11_MODULE(_testudo, m) {
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
       .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&,
                     const std::string&, std::uint16_t, const py::object&, const std::string&, const std::string&,
-                    const py::object&, const std::string&, const std::string&>(),
+                    const py::object&, const std::string&, const std::string&, bool, const std::vector<std::string>&,
+                    const std::string&>(),
            py::arg("connection_file") = "", py::arg("profile") = "default", py::arg("timeout") = 10.0,
            py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "", py::arg("dial_host") = "",
            py::arg("dial_port") = 0, py::arg("key_passphrase") = py::none(), py::arg("login_method") = "",
            py::arg("username") = "", py::arg("secret") = py::none(), py::arg("secret_from") = "",
-           py::arg("service") = "")
+           py::arg("service") = "", py::arg("e2e") = false, py::arg("engine_keys") = std::vector<std::string>{},
+           py::arg("engine_cafile") = "")
       .def("close", &PyClient::close)
       .def_property_readonly("connected", &PyClient::connected)
       .def_property_readonly("client_id", &PyClient::client_id)

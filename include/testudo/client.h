@@ -74,6 +74,17 @@ struct ClientOptions {
     std::function<StatusOr<std::string>()> secret;
     std::string service;
   } login;
+  // End-to-end sealing (docs/security.md, "End-to-end sealing"). On: every direct request is
+  // sealed for each of its engines and only their sealed replies are accepted; a request to
+  // an engine this client cannot verify fails with Outcome::kSealBroken, as does a reply the
+  // controller altered, swapped or forged. Needs the identity key (not a login). Engines are
+  // verified against `engine_keys` (key fingerprints) and/or `engine_cafile`; neither given:
+  // the shared engine certificate of the profile (security/engine-cert.pem), which the
+  // engines `cluster start` launches present. Load-balanced requests are refused with it on
+  // (not built yet).
+  bool e2e = false;
+  std::vector<std::string> engine_keys;
+  std::string engine_cafile;
 };
 
 // The address a connection file tells clients to dial (e.g. to open a tunnel to it first).

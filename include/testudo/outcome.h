@@ -71,6 +71,11 @@ enum class Outcome : std::uint16_t {
   kConnectionLost = 17,
   // Local. The reply arrived but could not be decoded (a truncated or malformed body).
   kMalformedReply = 18,
+  // Local. End-to-end sealing did not hold (docs/security.md, "End-to-end sealing"): a
+  // sealed request could not be sealed for its engine (one this client cannot verify), or
+  // its reply was not sealed, did not open, or was sealed for another request or engine —
+  // the controller or a relay altered, replayed or forged it. The reason says which.
+  kSealBroken = 19,
 };
 
 // Every value, in numeric order: for tables, tests and bindings.
@@ -79,7 +84,7 @@ inline constexpr Outcome kAllOutcomes[] = {
     Outcome::kShuttingDown, Outcome::kAborted,           Outcome::kDependencyFailed, Outcome::kDependencyTimeout,
     Outcome::kUnreachable,  Outcome::kNoSuchTask,        Outcome::kLost,            Outcome::kAwaitingTrust,
     Outcome::kPythonError,  Outcome::kTooLarge,          Outcome::kInvalidRequest,  Outcome::kNotFound,
-    Outcome::kControllerFailed, Outcome::kConnectionLost, Outcome::kMalformedReply,
+    Outcome::kControllerFailed, Outcome::kConnectionLost, Outcome::kMalformedReply, Outcome::kSealBroken,
 };
 
 // "ok", "python_error", "engine_died", ...: stable, lower case, for logs and messages.
@@ -98,6 +103,7 @@ bool is_local(Outcome outcome);
 //   kEngineDied, kShuttingDown, kConnectionLost -> kUnavailable;
 //   kDependencyFailed, kUnreachable, kAwaitingTrust -> kFailedPrecondition;
 //   kDependencyTimeout -> kDeadlineExceeded; kLost, kMalformedReply -> kDataLoss;
+//   kSealBroken -> kPermissionDenied;
 //   kTooLarge -> kResourceExhausted; kInvalidRequest -> kInvalidArgument; kControllerFailed -> kInternal.
 StatusCode status_code(Outcome outcome);
 

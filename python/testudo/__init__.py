@@ -27,11 +27,11 @@ from ._remotefunction import ParallelFunction, RemoteFunction, parallel, remote
 from ._testudo import Outcome
 from ._viewbase import ViewExecutor
 from ._view import BroadcastView, DirectView, use_cloudpickle, use_dill, use_pickle
-from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, TimeoutError
+from .error import CompositeError, EngineError, NoEnginesRegistered, RemoteError, SealBroken, TimeoutError
 
 __all__ = [
     "Client", "Cluster", "DirectView", "BroadcastView", "LoadBalancedView", "AsyncResult", "AsyncMapResult", "AsyncHubResult", "RemoteError", "CompositeError",
-    "EngineError", "NoEnginesRegistered", "TimeoutError", "Outcome", "error", "interactive",
+    "EngineError", "NoEnginesRegistered", "SealBroken", "TimeoutError", "Outcome", "error", "interactive",
     "use_cloudpickle", "use_pickle", "use_dill", "parallel", "remote", "ParallelFunction", "RemoteFunction",
     "Reference", "Dependency", "depend", "dependent", "require", "ViewExecutor",
     "register_joblib_backend",

@@ -70,6 +70,14 @@ class Client(StoredResults):
     to end through the tunnel, which closes with the client. A connection file with an ``ssh``
     field (``cluster start --ssh-server GATEWAY``) tunnels through that gateway by default when
     the controller is on another host; ``sshserver=''`` dials directly.
+
+    ``e2e=True`` seals every direct request end to end for its engines and accepts only their
+    sealed replies: the controller relays them but can neither read nor alter them
+    (docs/security.md, "End-to-end sealing"); a reply it altered, swapped or forged raises
+    ``SealBroken``. Engines are checked against ``engine_keys`` (key fingerprints) or
+    ``engine_cafile``, by default the profile's shared engine certificate, which the engines of
+    ``testudo cluster start`` present. Needs your key (not a login); load-balanced requests are
+    not sealed yet and raise ``SealBroken`` with it on.
     """
 
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
@@ -84,8 +92,13 @@ class Client(StoredResults):
 
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
-                 token_provider=None, token_from=None, kerberos=False, service_principal=None, **kwargs):
+                 token_provider=None, token_from=None, kerberos=False, service_principal=None, e2e=False,
+                 engine_keys=(), engine_cafile=None, **kwargs):
         check_ipyparallel_arguments(kwargs)
+        if isinstance(engine_keys, str):
+            engine_keys = (engine_keys,)
+        if not e2e and (engine_keys or engine_cafile):
+            raise ValueError("Client(engine_keys=..., engine_cafile=...) go with e2e=True")
         if password is not None and username is None and sshserver:
             # ipyparallel's password= is the SSH gateway's: with a gateway and no username=, that is
             # what the caller means. (With username=, password= is a testudo login's.)
@@ -117,7 +130,8 @@ class Client(StoredResults):
                 dial_host, dial_port = "127.0.0.1", self._tunnel.local_port
             self._native = _testudo.Client(str(file), self.profile, float(timeout), str(identity_dir or ""),
                                            str(key_passphrase_from or ""), dial_host, dial_port, key_passphrase,
-                                           **login)
+                                           e2e=bool(e2e), engine_keys=[str(k) for k in engine_keys],
+                                           engine_cafile=str(engine_cafile or ""), **login)
         except FileNotFoundError as exc:
             self._close_tunnel()
             raise FileNotFoundError(

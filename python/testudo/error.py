@@ -20,7 +20,7 @@ __all__ = [
     "TestudoError", "KernelError", "EngineError", "NoEnginesRegistered", "RemoteError",
     "CompositeError", "TimeoutError", "collect_exceptions", "TaskAborted", "TaskTimeout",
     "UnmetDependency", "ImpossibleDependency", "DependencyTimeout", "InvalidDependency",
-    "TaskRejectError", "TaskLost", "ControllerError", "MessageTooLarge", "MalformedReply",
+    "TaskRejectError", "TaskLost", "ControllerError", "MessageTooLarge", "MalformedReply", "SealBroken",
     "Outcome", "OUTCOME_EXCEPTIONS", "outcome_error",
 ]
 
@@ -93,6 +93,12 @@ class MessageTooLarge(TestudoError, ValueError):
 
 class MalformedReply(TestudoError):
     """A reply arrived that could not be decoded."""
+
+
+class SealBroken(TestudoError, PermissionError):
+    """End-to-end sealing did not hold: a sealed request could not be sealed for its engine
+    (one this client cannot verify), or its reply was not sealed, did not open, or was sealed
+    for another request -- the controller or a relay altered, replayed or forged it."""
 
 
 class RemoteError(KernelError):
@@ -220,6 +226,7 @@ OUTCOME_EXCEPTIONS = {
     Outcome.CONTROLLER_FAILED: ControllerError,
     Outcome.CONNECTION_LOST: ConnectionError,
     Outcome.MALFORMED_REPLY: MalformedReply,
+    Outcome.SEAL_BROKEN: SealBroken,
 }
 
 

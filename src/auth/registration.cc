@@ -32,8 +32,11 @@ StatusOr<EngineRegistration> decode_engine_info(std::string_view info_json) {
 }
 
 StatusOr<EngineRegistration> verify_engine_registration(net::Connection& connection, const wire::Message& m) {
-  if (m.segments.size() != 1 || m.segments[0].size() > kMaxSignatureBytes) {
+  if (m.segments.empty() || m.segments.size() > 2 || m.segments[0].size() > kMaxSignatureBytes) {
     return permission_denied("engine registration data must carry one signature");
+  }
+  if (m.segments.size() == 2 && m.segments[1].size() > kMaxSealStatementBytes) {
+    return permission_denied("engine seal statement too large");
   }
   auto exporter = connection.export_keying_material(kRegistrationExporterLabel, kRegistrationExporterContext);
   auto cert = connection.peer_certificate();
@@ -41,7 +44,9 @@ StatusOr<EngineRegistration> verify_engine_registration(net::Connection& connect
   Status signed_ok = tls::verify_signature_sha256(cert->cert_pem, registration_signed_bytes(*exporter, m.envelope.text),
                                                   m.segments[0].view());
   if (!signed_ok.ok()) return permission_denied("engine registration data: " + signed_ok.message());
-  return decode_engine_info(m.envelope.text);
+  TESTUDO_ASSIGN_OR_RETURN(EngineRegistration registration, decode_engine_info(m.envelope.text));
+  if (m.segments.size() == 2) registration.seal_statement = m.segments[1].to_string();
+  return registration;
 }
 
 }  // namespace testudo::auth

@@ -36,7 +36,13 @@ struct EngineRegistration {
   // their JSON text ("true", "8").
   std::map<std::string, std::string> tags;
   std::string info_sha256;  // hex of the facts as signed, for the audit log
+  // The engine's seal statement (e2e/engine_seal.h), relayed unread to clients, who check it
+  // against their own roots; empty if the engine sent none.
+  std::string seal_statement;
 };
+// Bound on the seal statement the controller keeps per engine (a certificate chain and a
+// signature; e2e/engine_seal.h has the same bound).
+inline constexpr std::size_t kMaxSealStatementBytes = 16u << 10;
 inline constexpr std::size_t kMaxEngineTags = 256;
 inline constexpr std::size_t kMaxEngineTagNameBytes = 64;
 
@@ -45,9 +51,10 @@ inline constexpr std::size_t kMaxEngineTagNameBytes = 64;
 // kInvalidArgument. Pure; fuzzed (fuzz/engine_info_fuzz.cc).
 StatusOr<EngineRegistration> decode_engine_info(std::string_view info_json);
 
-// The controller's check of a kEngineInfo message on `connection`: one segment holding the
+// The controller's check of a kEngineInfo message on `connection`: a segment holding the
 // signature of registration_signed_bytes(this session's exporter, envelope.text), made with
-// the key of the certificate this connection presented; then decode_engine_info. Errors
+// the key of the certificate this connection presented, and optionally a second one with
+// the engine's seal statement (kept opaque); then decode_engine_info. Errors
 // (kPermissionDenied, kInvalidArgument) are safe to send to the peer.
 StatusOr<EngineRegistration> verify_engine_registration(net::Connection& connection, const wire::Message& message);
 

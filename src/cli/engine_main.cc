@@ -54,6 +54,12 @@ int engine_main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--key-passphrase-from", eopts.key_passphrase_from,
                  "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
+  app.add_option("--trust-client", eopts.trust_clients,
+                 "End-to-end sealing: open sealed requests from this client key fingerprint (repeatable; "
+                 "`testudo keys fingerprint` prints yours; `cluster start` passes its owner's)");
+  app.add_option("--client-cafile", eopts.client_cafile,
+                 "End-to-end sealing: open sealed requests from clients whose certificates this CA issued")
+      ->check(CLI::ExistingFile);
 
   bool restart = false;
   SupervisorOptions supervisor;

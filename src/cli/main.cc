@@ -49,6 +49,9 @@ struct ClientArgs {
   std::string ssh_gateway;
   std::vector<std::string> ssh_args;
   LoginArgs login;
+  bool e2e = false;
+  std::vector<std::string> engine_keys;
+  std::string engine_cafile;
   std::unique_ptr<tunnel::SshForward> forward;  // open while the command runs
 
   void add_to(CLI::App* app, bool with_targets) {
@@ -68,6 +71,14 @@ struct ClientArgs {
     app->add_option("--ssh-option", ssh_args,
                     "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
     login.add_to(app);
+    app->add_flag("--e2e", e2e,
+                  "Seal requests end to end for their engines and accept only their sealed replies (the controller "
+                  "can neither read nor alter them; docs/security.md)");
+    app->add_option("--engine-key", engine_keys,
+                    "--e2e: an engine key fingerprint to trust (repeatable; default: the profile's shared engine "
+                    "certificate)");
+    app->add_option("--engine-cafile", engine_cafile, "--e2e: trust engines whose certificates this CA issued")
+        ->check(CLI::ExistingFile);
   }
   std::chrono::milliseconds wait() const { return timeout > 0 ? seconds(timeout) : std::chrono::hours(24 * 365); }
 };
@@ -78,6 +89,12 @@ StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, Cli
   o.connection_file = args.file;
   o.key_passphrase_from = args.key_passphrase_from;
   TESTUDO_ASSIGN_OR_RETURN(o.login, args.login.to_login());
+  o.e2e = args.e2e;
+  o.engine_keys = args.engine_keys;
+  o.engine_cafile = args.engine_cafile;
+  if (!o.e2e && (!o.engine_keys.empty() || !o.engine_cafile.empty())) {
+    return invalid_argument("--engine-key and --engine-cafile go with --e2e");
+  }
   // --ssh, else the connection file's gateway when this is not the controller's host.
   auto at = controller_address(o);
   const std::string gateway = !args.ssh_gateway.empty() ? args.ssh_gateway : at.ok() ? at->ssh : std::string();
@@ -606,5 +623,3 @@ int main(int argc, char** argv) {
 }
 
 }  // namespace testudo::cli
-
-int main(int argc, char** argv) { return testudo::cli::main(argc, argv); }

@@ -13,6 +13,7 @@
 #include "auth/link.h"
 #include "base/log.h"
 #include "base/profile.h"
+#include "client/client_seals.h"
 #include "client/reply.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
@@ -172,6 +173,8 @@ struct Client::Impl {
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
   Status lost_reason = outcome_status(Outcome::kConnectionLost, "not connected to the controller");
   Client::OutputHandler output_handler;
+  // End-to-end sealing (ClientOptions::e2e): null when off.
+  std::unique_ptr<client::ClientSeals> seals;
   // Client::connect waits here for the first attempt's outcome (then it is reset).
   std::shared_ptr<std::promise<Status>> first_attempt;
 
@@ -261,6 +264,14 @@ struct Client::Impl {
         if (it == pending.end()) return;
         auto state = it->second;
         const std::uint64_t request_id = m.envelope.request_id;
+        std::string why;
+        if (seals && seals->open_reply(m, why) == client::ClientSeals::Verdict::kBroken) {
+          LOG_WARN("client") << why;
+          EngineReply broken = client::failed_reply(m.envelope.engine_id, Outcome::kSealBroken, why);
+          broken.task_id = m.envelope.task_id;
+          if (state->deliver(std::move(broken))) pending.erase(request_id);
+          return;
+        }
         if (state->deliver(client::engine_reply(std::move(m)))) pending.erase(request_id);
         return;
       }
@@ -288,10 +299,21 @@ struct Client::Impl {
         auto it = pending.find(m.envelope.request_id);
         if (it == pending.end() || m.segments.size() != 1) return;
         auto ids = wire::decode_ids(m.segments[0]);
-        if (ids.ok()) it->second->acknowledge(std::move(ids).value());
+        if (!ids.ok()) return;
+        if (seals) seals->submitted(m.envelope.request_id, *ids);
+        it->second->acknowledge(std::move(ids).value());
         return;
       }
       case wire::MessageKind::kTaskOutput:
+        if (seals && output_handler) {
+          // A sealed request's output opens or is dropped; never shown as the controller sent it.
+          bool was_sealed = false;
+          if (auto text = seals->open_output(m, was_sealed)) {
+            output_handler(m.envelope.request_id, m.envelope.engine_id, static_cast<int>(m.envelope.output_stream()),
+                           *text);
+          }
+          if (was_sealed) return;
+        }
         if (output_handler && m.segments.size() == 1) {
           output_handler(m.envelope.request_id, m.envelope.engine_id, static_cast<int>(m.envelope.output_stream()),
                          m.segments[0].view());
@@ -334,6 +356,21 @@ struct Client::Impl {
     state->replies.resize(state->targets.size());
     state->remaining = state->targets.size();
     if (state->targets.empty()) return AsyncResult(state);
+    if (seals && head.kind != wire::MessageKind::kGetResult) {
+      if (balanced) {
+        state->fail_all(outcome_status(Outcome::kSealBroken,
+                                       "load-balanced requests cannot be sealed end to end yet: use a direct view, or a "
+                                       "client without end-to-end sealing"));
+        return AsyncResult(state);
+      }
+      auto sealed = seal(state->request_id, head, state->targets, segments);
+      if (!sealed.ok()) {
+        state->fail_all(outcome_status(Outcome::kSealBroken, sealed.status().message()));
+        return AsyncResult(state);
+      }
+      segments = std::move(sealed).value();
+      head.set_sealed(true);
+    }
     // The controller would drop the connection over a message beyond the protocol's limits
     // (and every other request on it): refuse this one alone, before it leaves.
     if (Status fits = wire::check_outgoing(head, segments, wire::Limits{}); !fits.ok()) {
@@ -350,6 +387,21 @@ struct Client::Impl {
       (void)link->send(std::move(m));
     });
     return AsyncResult(state);
+  }
+
+  // `body` sealed for each target (ClientSeals), after learning the engines' seal keys from
+  // the engine list if some target is new to this client.
+  StatusOr<std::vector<SharedBytes>> seal(std::uint64_t request_id, const wire::Envelope& head,
+                                          const std::vector<EngineId>& targets, std::span<const SharedBytes> body) {
+    if (!seals->knows(targets)) {
+      // The network thread cannot wait for its own answer.
+      if (std::this_thread::get_id() == network.get_id()) {
+        return permission_denied("engines not yet verified for end-to-end sealing");
+      }
+      TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
+      seals->learn(list);
+    }
+    return seals->seal_request(request_id, head, targets, body);
   }
 
   StatusOr<std::string> control(wire::MessageKind kind, std::vector<EngineId> targets = {},
@@ -436,6 +488,15 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
     // The login is the identity: TLS gets a throwaway key.
     auth::LoginChoice choice{*method, options.login.username, options.login.secret, options.login.service};
     TESTUDO_ASSIGN_OR_RETURN(so.login, auth::make_login_client_factory(std::move(choice), info.host));
+  }
+  if (options.e2e) {
+    // Engines check the offers a client signs against keys they were given: a login
+    // identity (vouched for by the controller alone) has no key they could check.
+    if (!so.identity) {
+      return invalid_argument("end-to-end sealing needs the client's identity key, not a " + options.login.method +
+                              " login (engines cannot check an identity only the controller vouches for)");
+    }
+    TESTUDO_ASSIGN_OR_RETURN(impl.seals, client::ClientSeals::create(options, *so.identity));
   }
   impl.link = std::make_unique<auth::ControllerLink>(impl.loop, Impl::link_options(std::move(so)), impl.link_hooks());
   auto first = std::make_shared<std::promise<Status>>();

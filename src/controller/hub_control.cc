@@ -120,6 +120,7 @@ void Hub::register_engine_info(Peer& engine, const wire::Message& m) {
   auto registration = auth::verify_engine_registration(*engine.connection, m);
   if (!registration.ok()) return reject(engine, registration.status().message());
   engine.info_json = std::move(registration->info_json);
+  engine.seal_statement = std::move(registration->seal_statement);
   // The policy matches engines by these tags.
   engine.facts.tags = std::move(registration->tags);
   gate_.record(&engine.identity, engine.connection->peer_address(), "engine.register", "allowed",
@@ -204,8 +205,14 @@ std::vector<EngineReport> Hub::engine_reports() {
   std::vector<EngineReport> out;
   out.reserve(peers_.engines().size());
   for (const auto& [id, p] : peers_.engines()) {
-    out.push_back({id, p->connection->peer_address(), p->identity.fingerprint, p->info_json, p->tasks_done,
-                   seconds_between(p->connected_at, now), seconds_between(p->last_seen, now)});
+    out.push_back({.id = id,
+                   .address = p->connection->peer_address(),
+                   .identity = p->identity.fingerprint,
+                   .info_json = p->info_json,
+                   .seal_statement = p->seal_statement,
+                   .tasks_done = p->tasks_done,
+                   .connected_s = seconds_between(p->connected_at, now),
+                   .silent_s = seconds_between(p->last_seen, now)});
   }
   return out;
 }

@@ -3,11 +3,24 @@
 // stored result), and each request's acknowledgement.
 #include "base/log.h"
 #include "controller/hub.h"
+#include "controller/relay_tap.h"
 #include "crypto/crypto.h"
+#include "e2e/sealed_body.h"
 #include "wire/control.h"
 #include "wire/reply.h"
 
 namespace testudo::controller {
+
+namespace {
+std::unique_ptr<RelayTap>& installed_tap() {
+  static std::unique_ptr<RelayTap> tap;
+  return tap;
+}
+}  // namespace
+
+void install_relay_tap(std::unique_ptr<RelayTap> tap) { installed_tap() = std::move(tap); }
+RelayTap* relay_tap() { return installed_tap().get(); }
+
 namespace {
 
 using wire::MessageKind;
@@ -38,12 +51,26 @@ auth::Operation operation_of(MessageKind kind) {
 }
 
 // What the audit log says about a request's code: the SHA-256 of the code (execute) or of the
-// pickled (function, args, kwargs) head (apply); never the bytes themselves.
+// pickled (function, args, kwargs) head (apply); never the bytes themselves. Of a sealed
+// request, the digest its seal header states: the controller cannot check it, the engine
+// does (it refuses a body whose code has another digest), so the log names what ran.
 std::string code_digest(const wire::Message& m) {
   if ((m.envelope.kind != MessageKind::kExecute && m.envelope.kind != MessageKind::kApply) || m.segments.empty()) {
     return {};
   }
+  if (m.envelope.sealed()) {
+    auto header = e2e::decode_seal_header(m.segments[0].span());
+    return header.ok() ? "sealed:" + crypto::to_hex(header->code_digest) : "sealed:unreadable";
+  }
   return crypto::to_hex(crypto::sha256(m.segments[0].span()));
+}
+
+// A sealed direct request's segments are one equal part per target (wire/message.h): the
+// part of target `index`, or empty if they do not split that way.
+std::vector<SharedBytes> sealed_part(const std::vector<SharedBytes>& segments, std::size_t targets, std::size_t index) {
+  const std::size_t per_target = segments.size() / targets;
+  return {segments.begin() + static_cast<std::ptrdiff_t>(index * per_target),
+          segments.begin() + static_cast<std::ptrdiff_t>((index + 1) * per_target)};
 }
 
 }  // namespace
@@ -63,6 +90,17 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
       reply_error(client.id, req.request_id, target, Outcome::kControllerFailed, room.message());
     }
     return;
+  }
+  if (req.sealed()) {
+    // Sealed load-balanced tasks need a key every allowed engine holds (docs/e2e-design.md,
+    // step 3): not built yet, so refused rather than relayed in a form no engine opens.
+    if (balanced) {
+      return reply_error(client.id, req.request_id, wire::kAnyEngine, Outcome::kInvalidRequest,
+                         "sealed load-balanced requests are not supported yet");
+    }
+    if (req.targets.empty() || m.segments.size() < req.targets.size() || m.segments.size() % req.targets.size() != 0) {
+      return reject(client, "a sealed request's segments must split evenly among its targets");
+    }
   }
   std::optional<wire::TaskOptions> options;
   if (balanced) {
@@ -115,9 +153,11 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
     for (std::size_t i = 0; i < planned.size(); ++i) {
       results_.submitted(planned[i], client.identity, req.request_id, req.kind, {req.targets[i]});
     }
-    for (std::uint32_t target : req.targets) {
+    for (std::size_t i = 0; i < req.targets.size(); ++i) {
       TaskSpec one = spec;
-      one.engine = target;
+      one.engine = req.targets[i];
+      // Each engine gets only the part sealed for it; the others would not open there anyway.
+      if (req.sealed()) one.body = sealed_part(spec.body, req.targets.size(), i);
       scheduler_.submit(std::move(one), now);
     }
     return;
@@ -153,6 +193,10 @@ void Hub::acknowledge(Peer& client, std::uint64_t request_id, std::vector<TaskId
 }
 
 void Hub::send_to_client(Peer& client, wire::Message message) {
+  if (RelayTap* tap = relay_tap();
+      tap && (message.envelope.kind == MessageKind::kTaskReply || message.envelope.kind == MessageKind::kTaskOutput)) {
+    tap->to_client(message);
+  }
   if (acks_.holds(client.id)) {
     for (auto& ack : acks_.take(client.id)) client.connection->send(std::move(ack));
   }
@@ -177,7 +221,10 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   forward.envelope.client_id = task.client_id;
   forward.envelope.engine_id = engine;
   forward.segments = task.body;  // shared, not copied
+  std::vector<wire::Message> replays;
+  if (RelayTap* tap = relay_tap()) replays = tap->to_engine(forward);
   e->connection->send(std::move(forward));
+  for (auto& replay : replays) e->connection->send(std::move(replay));
   results_.started(id, engine);
 }
 

@@ -391,6 +391,53 @@ TEST_F(HubTest, OnAFullDiskNewTasksAreRefusedBeforeTheyGetAnIdAndResultsComeFrom
   EXPECT_TRUE(alice->sent_of(MessageKind::kTaskReply).empty());
 }
 
+TEST_F(HubTest, ASealedRequestGivesEachEngineOnlyItsOwnPart) {
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  // Two parts of two segments each (wire/message.h): [header, body] per target, in order.
+  wire::Message m = request(MessageKind::kExecute, 7, {0, 1}, "head-for-0");
+  m.segments.push_back(SharedBytes::copy_of(std::string_view("body-for-0")));
+  m.segments.push_back(SharedBytes::copy_of(std::string_view("head-for-1")));
+  m.segments.push_back(SharedBytes::copy_of(std::string_view("body-for-1")));
+  m.envelope.set_sealed(true);
+  c->deliver(std::move(m));
+  auto t0 = e0->sent_of(MessageKind::kExecute);
+  auto t1 = e1->sent_of(MessageKind::kExecute);
+  ASSERT_EQ(t0.size(), 1u);
+  ASSERT_EQ(t1.size(), 1u);
+  EXPECT_TRUE(t0[0].envelope.sealed());
+  ASSERT_EQ(t0[0].segments.size(), 2u);
+  EXPECT_EQ(t0[0].segments[1].to_string(), "body-for-0");
+  ASSERT_EQ(t1[0].segments.size(), 2u);
+  EXPECT_EQ(t1[0].segments[0].to_string(), "head-for-1");
+  EXPECT_EQ(t1[0].segments[1].to_string(), "body-for-1");
+  // The audit log names the digest the (unreadable) header states, not a hash of ciphertext.
+  EXPECT_NE(audit_text().find("sealed:"), std::string::npos);
+
+  // Parts that do not split evenly: a broken client, cut off.
+  wire::Message uneven = request(MessageKind::kExecute, 8, {0, 1}, "a");
+  uneven.segments.push_back(SharedBytes::copy_of(std::string_view("b")));
+  uneven.segments.push_back(SharedBytes::copy_of(std::string_view("c")));
+  uneven.envelope.set_sealed(true);
+  c->deliver(std::move(uneven));
+  EXPECT_EQ(e0->sent_of(MessageKind::kExecute).size(), 1u);
+  EXPECT_FALSE(c->is_open());
+}
+
+TEST_F(HubTest, ASealedLoadBalancedRequestIsRefusedNotRelayed) {
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  wire::Message m = balanced(9);
+  m.envelope.set_sealed(true);
+  c->deliver(std::move(m));
+  EXPECT_TRUE(e0->sent_of(MessageKind::kApply).empty());
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].envelope.outcome(), Outcome::kInvalidRequest);
+  EXPECT_TRUE(c->is_open());
+}
+
 TEST_F(HubTest, ProtocolViolationsCutThePeerOff) {
   auto e0 = join("engine:e0");
   // T16/T17: an engine sending a client request.

@@ -40,6 +40,7 @@ struct Peer {
   // Engines only:
   std::uint64_t tasks_done = 0;
   std::string info_json = "{}";  // its signed registration facts (auth/registration.h)
+  std::string seal_statement;    // relayed to clients unread (e2e/engine_seal.h)
   auth::EngineFacts facts;       // id and tags, for the policy's engine selectors
 };
 

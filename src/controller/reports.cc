@@ -22,11 +22,14 @@ std::string utc_text(std::int64_t unix_us) {
 std::string engine_list_json(const std::vector<EngineReport>& engines, std::uint32_t next_engine_id) {
   nlohmann::json ids = nlohmann::json::array();
   nlohmann::json tags = nlohmann::json::object();
+  // Each engine's seal statement as the text the engine sent: clients check it themselves.
+  nlohmann::json seals = nlohmann::json::object();
   for (const auto& e : engines) {
     ids.push_back(e.id);
     tags[std::to_string(e.id)] = nlohmann::json::parse(e.info_json, nullptr, /*allow_exceptions=*/false);
+    if (!e.seal_statement.empty()) seals[std::to_string(e.id)] = e.seal_statement;
   }
-  return dump({{"engines", ids}, {"tags", tags}, {"next_engine_id", next_engine_id}});
+  return dump({{"engines", ids}, {"tags", tags}, {"seal", seals}, {"next_engine_id", next_engine_id}});
 }
 
 std::string cluster_status_json(const ClusterReport& report, const Scheduler& scheduler) {

@@ -18,6 +18,7 @@ struct EngineReport {
   std::string address;     // "127.0.0.1:40112"
   std::string identity;    // key fingerprint
   std::string info_json;   // its registration facts: a flat JSON object
+  std::string seal_statement;  // e2e/engine_seal.h; empty if none
   std::uint64_t tasks_done = 0;
   double connected_s = 0;  // since it connected
   double silent_s = 0;     // since its last message

@@ -7,7 +7,11 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 #include <deque>
+#include <list>
+#include <map>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <variant>
@@ -18,6 +22,10 @@
 #include "base/profile.h"
 #include "base/log.h"
 #include "crypto/crypto.h"
+#include "e2e/engine_seal.h"
+#include "e2e/pair_offer.h"
+#include "e2e/replay_window.h"
+#include "e2e/sealed_body.h"
 #include "engine/python_runtime.h"
 #include "net/net.h"
 #include "wire/body.h"
@@ -105,6 +113,123 @@ StatusOr<std::string> engine_info(const std::vector<std::pair<std::string, std::
   return info.dump();
 }
 
+// The engine's half of end-to-end sealing (docs/e2e-design.md): its seal key, the client
+// roots it trusts, and the pair keys clients gave it. Touched only on the Python thread,
+// which opens requests and seals replies and live output.
+class SealedPairs {
+ public:
+  // Pair keys kept at once; the least recently used goes first (its client then re-offers).
+  static constexpr std::size_t kMaxPairs = 4096;
+
+  Status init(const tls::KeyAndCertificate& identity, const EngineOptions& options) {
+    TESTUDO_ASSIGN_OR_RETURN(seal_, crypto::generate_x25519());
+    TESTUDO_ASSIGN_OR_RETURN(statement_, e2e::make_engine_seal_statement(identity, seal_.public_key));
+    TESTUDO_ASSIGN_OR_RETURN(fingerprint_, tls::key_fingerprint_of_pem(identity.cert_pem));
+    TESTUDO_ASSIGN_OR_RETURN(roots_, e2e::Roots::make(options.trust_clients, options.client_cafile));
+    return ok_status();
+  }
+  const std::string& statement() const { return statement_; }
+  const e2e::Roots& roots() const { return roots_; }
+
+  // What a sealed request opened to.
+  struct Opened {
+    wire::Message message;  // the plaintext request
+    e2e::PairKey key;
+    std::uint64_t seq = 0;
+  };
+
+  // Opens a sealed request routed to engine `engine_id`: the pair key (from the header's
+  // offer, or one already held), a sequence number never run before, the body bound to this
+  // engine, kind and flags, and the code digest the controller logged. Errors say which.
+  StatusOr<Opened> open(wire::Message&& m, std::uint32_t engine_id) {
+    if (m.segments.empty()) return permission_denied("a sealed request without a seal header");
+    TESTUDO_ASSIGN_OR_RETURN(e2e::SealHeader header, e2e::decode_seal_header(m.segments[0].span()));
+    if (header.part != e2e::Part::kRequest) return permission_denied("the seal header is not a request's");
+    Pair* pair = find(header.key_id);
+    if (!header.offer.empty() && pair == nullptr) {
+      TESTUDO_ASSIGN_OR_RETURN(e2e::AcceptedOffer accepted,
+                               e2e::accept_pair_offer(header.offer, roots_, fingerprint_, seal_,
+                                                      static_cast<std::int64_t>(std::time(nullptr))));
+      if (accepted.key.id != header.key_id) return permission_denied("the pair offer is for another key");
+      pair = add(std::move(accepted));
+    }
+    if (pair == nullptr) {
+      return permission_denied("unknown pair key (this engine restarted, or forgot it): the client offers it again "
+                               "with its next request");
+    }
+    const e2e::SealContext context{m.envelope.kind, m.envelope.kind_flags(), engine_id, 0};
+    auto plain = e2e::open_body(pair->key, header, context, std::span(m.segments).subspan(1));
+    if (!plain.ok()) {
+      return permission_denied("the sealed request does not open: it was altered on the way, or made for another "
+                               "engine, kind or sequence number");
+    }
+    if (e2e::request_code_digest(m.envelope.kind, *plain) != header.code_digest) {
+      return permission_denied("the code digest the controller logged is not the code's");
+    }
+    // Only an authentic request uses up its number: a forged one cannot block a real one.
+    if (!pair->window.accept(header.seq)) {
+      return permission_denied("request " + std::to_string(header.seq) + " under this pair key was already run (a replay)");
+    }
+    Opened out{std::move(m), pair->key, header.seq};
+    out.message.segments = std::move(plain).value();
+    out.message.envelope.set_sealed(false);
+    return out;
+  }
+
+  // The reply body sealed for the client of `opened`, bound to this engine and the outcome.
+  StatusOr<std::vector<SharedBytes>> seal_reply(const Opened& opened, std::uint32_t engine_id, Outcome outcome,
+                                                std::span<const SharedBytes> body) {
+    e2e::SealHeader header;
+    header.part = e2e::Part::kReply;
+    header.seq = opened.seq;
+    return e2e::seal_body(opened.key, header,
+                          {opened.message.envelope.kind, 0, engine_id, static_cast<std::uint16_t>(outcome)}, body);
+  }
+
+  // A live output chunk of the running request, sealed (chunk numbers never repeat per key).
+  StatusOr<std::vector<SharedBytes>> seal_output(const e2e::PairKey& key, std::uint64_t seq, wire::MessageKind kind,
+                                                 std::uint16_t stream, std::uint32_t engine_id, std::string_view text) {
+    Pair* pair = find(key.id);
+    if (pair == nullptr) return not_found("pair key gone");
+    e2e::SealHeader header;
+    header.part = e2e::Part::kOutput;
+    header.seq = seq;
+    header.chunk = ++pair->chunks;
+    const SharedBytes body[] = {SharedBytes::copy_of(text)};
+    return e2e::seal_body(key, header, {kind, stream, engine_id, 0}, body);
+  }
+
+ private:
+  struct Pair {
+    e2e::PairKey key;
+    std::string client_fingerprint;
+    e2e::ReplayWindow window;
+    std::uint64_t chunks = 0;
+  };
+  Pair* find(const e2e::KeyId& id) {
+    auto it = pairs_.find(id);
+    if (it == pairs_.end()) return nullptr;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return &*it->second;
+  }
+  Pair* add(e2e::AcceptedOffer accepted) {
+    if (pairs_.size() >= kMaxPairs) {
+      pairs_.erase(lru_.back().key.id);
+      lru_.pop_back();
+    }
+    lru_.push_front(Pair{accepted.key, std::move(accepted.client_fingerprint), {}, 0});
+    pairs_[lru_.front().key.id] = lru_.begin();
+    return &lru_.front();
+  }
+
+  crypto::X25519KeyPair seal_{};
+  std::string statement_;
+  std::string fingerprint_;
+  e2e::Roots roots_;
+  std::list<Pair> lru_;
+  std::map<e2e::KeyId, std::list<Pair>::iterator> pairs_;
+};
+
 }  // namespace
 
 struct Engine::Impl {
@@ -114,6 +239,8 @@ struct Engine::Impl {
   tls::KeyAndCertificate identity;  // presented to the controller on every (re)connection
   std::string engine_info_json;  // tags and host facts, sent after every welcome
   std::unique_ptr<PythonRuntime> runtime;
+  SealedPairs sealed;  // the Python thread's (see SealedPairs)
+  std::uint32_t python_engine_id = wire::kAnyEngine;  // the Python thread's copy of engine_id
 
   // --- network thread state (touched only on the loop's thread) ---
   net::EventLoop loop;
@@ -145,6 +272,9 @@ struct Engine::Impl {
   // arrives as a task ends is cleared by the runtime before the next one starts).
   std::mutex running_mutex;
   std::uint64_t running_task = 0;  // guarded by running_mutex
+  // The running request's pair key and sequence number when it was sealed: its live output
+  // is sealed too. Read by on_output on the Python thread.
+  std::optional<SealedPairs::Opened> running_sealed;  // Python thread only
   std::uint64_t interrupt_before_start = 0;  // guarded by running_mutex
 
   void push_work(Work w) {
@@ -184,6 +314,7 @@ struct Engine::Impl {
     info.envelope.kind = MessageKind::kEngineInfo;
     info.envelope.text = engine_info_json;
     info.segments.push_back(SharedBytes::copy_of(*signature));
+    info.segments.push_back(SharedBytes::copy_of(sealed.statement()));
     c.send(std::move(info));
     return ok_status();
   }
@@ -287,6 +418,7 @@ struct Engine::Impl {
       if (auto* stop_item = std::get_if<Stop>(&w)) return stop_item->why;
       if (auto* set = std::get_if<SetId>(&w)) {
         runtime->set_engine_id(static_cast<int>(set->id));
+        python_engine_id = static_cast<std::uint32_t>(set->id);
         continue;
       }
       if (std::holds_alternative<ReleaseBuffers>(w)) {
@@ -296,6 +428,22 @@ struct Engine::Impl {
       auto& m = std::get<wire::Message>(w);
       wire::ReplyMeta meta;
       meta.started_us = now_us();
+      Status seal_failure;
+      if (m.envelope.sealed()) {
+        const std::uint64_t task_id = m.envelope.task_id;
+        const std::uint32_t routed_to = m.envelope.engine_id;
+        auto opened = sealed.open(std::move(m), routed_to);
+        if (opened.ok()) {
+          m = std::move(opened->message);  // plaintext from here on
+          running_sealed = std::move(opened).value();
+        } else {
+          seal_failure = opened.status();
+          LOG_WARN("engine") << "refused sealed task " << task_id << ": " << seal_failure.message();
+          m = wire::Message{};
+          m.envelope.task_id = task_id;
+          m.envelope.engine_id = routed_to;
+        }
+      }
       bool interrupted_early = false;
       {
         std::lock_guard lock(running_mutex);
@@ -303,7 +451,14 @@ struct Engine::Impl {
         interrupted_early = interrupt_before_start == running_task;
       }
       TaskOutcome out;
-      if (interrupted_early) {
+      if (!seal_failure.ok()) {
+        // Not run. The reply cannot be sealed (no key, or not this client's): the client
+        // reports it as the engine's refusal, which the controller could also have written.
+        out.ok = false;
+        out.ename = "SealError";
+        out.evalue = seal_failure.message();
+        out.traceback = "SealError: " + seal_failure.message() + "\n";
+      } else if (interrupted_early) {
         out.ok = false;
         out.ename = "KeyboardInterrupt";
         out.evalue = "interrupted before it started";
@@ -327,8 +482,18 @@ struct Engine::Impl {
       body.push_back(SharedBytes::copy_of(out.stderr_text));
       for (auto& v : out.value_segments) body.push_back(std::move(v));
       // The outcome in the envelope lets the scheduler resolve dependencies without the body.
-      send_from_python(wire::task_reply(meta.ok ? Outcome::kOk : Outcome::kPythonError,
-                                        {.task_id = m.envelope.task_id, .engine_id = m.envelope.engine_id}, {},
+      const Outcome outcome = meta.ok ? Outcome::kOk : Outcome::kPythonError;
+      if (running_sealed) {
+        auto sealed_body = sealed.seal_reply(*running_sealed, m.envelope.engine_id, outcome, body);
+        running_sealed.reset();
+        if (!sealed_body.ok()) {
+          LOG_ERROR("engine") << "cannot seal the reply of task " << m.envelope.task_id << ": "
+                              << sealed_body.status().message();
+          continue;  // never sent in the clear; the client's request times out
+        }
+        body = std::move(sealed_body).value();
+      }
+      send_from_python(wire::task_reply(outcome, {.task_id = m.envelope.task_id, .engine_id = m.envelope.engine_id}, {},
                                         std::move(body)));
     }
   }
@@ -370,6 +535,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   impl.instance = crypto::to_hex(std::span(nonce).first(16));
   TESTUDO_ASSIGN_OR_RETURN(impl.engine_info_json, engine_info(options.tags));
   TESTUDO_ASSIGN_OR_RETURN(impl.identity, load_engine_identity(options));
+  TESTUDO_RETURN_IF_ERROR(impl.sealed.init(impl.identity, options));
   PythonRuntimeOptions runtime_options;
   runtime_options.max_output_chars = options.max_output_chars;
   // Live output: on the Python thread, for the task it runs; sent by the network thread.
@@ -382,9 +548,19 @@ StatusOr<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     if (task == 0 || text.empty()) return;
     wire::Message chunk;
     chunk.envelope.kind = MessageKind::kTaskOutput;
-    chunk.envelope.set_output_stream(stream == 2 ? wire::OutputStream::kStderr : wire::OutputStream::kStdout);
+    const auto output_stream = stream == 2 ? wire::OutputStream::kStderr : wire::OutputStream::kStdout;
+    chunk.envelope.set_output_stream(output_stream);
     chunk.envelope.task_id = task;
-    chunk.segments.push_back(SharedBytes::copy_of(text));
+    if (impl.running_sealed) {
+      // Live output of a sealed request is sealed too (or not sent: the reply has all of it).
+      const auto& r = *impl.running_sealed;
+      auto sealed = impl.sealed.seal_output(r.key, r.seq, r.message.envelope.kind,
+                                            static_cast<std::uint16_t>(output_stream), impl.python_engine_id, text);
+      if (!sealed.ok()) return;
+      chunk.segments = std::move(sealed).value();
+    } else {
+      chunk.segments.push_back(SharedBytes::copy_of(text));
+    }
     impl.post_send(std::move(chunk));
   };
   runtime_options.max_result_bytes = options.max_result_bytes;

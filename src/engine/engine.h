@@ -42,6 +42,11 @@ struct EngineOptions {
   std::string identity_dir;
   std::string identity_name = "engine";
   std::string key_passphrase_from;  // for an encrypted key; default $TESTUDO_KEY_PASSPHRASE_FROM or prompt
+  // End-to-end sealing (docs/security.md): the clients whose sealed requests this engine
+  // opens — key fingerprints pinned here (`cluster start` passes its owner's) and/or a CA
+  // file. Never learned from the controller. Neither: sealed requests are refused.
+  std::vector<std::string> trust_clients;
+  std::string client_cafile;
 };
 
 class Engine {

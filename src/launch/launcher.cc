@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "auth/identity.h"
 #include "base/profile.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
@@ -79,6 +80,12 @@ Status spawn_engines(const EngineLauncherOptions& launcher, const std::string& e
   // --reuse, a port held by an impostor meanwhile): they end with the cluster (cluster stop,
   // cluster clean, engines stop, a lost SSH session, a cancelled job), not on their own.
   std::vector<std::string> engine_args{"--give-up", "0"};
+  // End-to-end sealing: the engines open sealed requests of the user who launches them, whose
+  // key they learn here, from this user's own identity, never from the controller.
+  TESTUDO_ASSIGN_OR_RETURN(std::string owner_cert,
+                           auth::load_or_create_identity_certificate(testudo_home() + "/identity", "client"));
+  TESTUDO_ASSIGN_OR_RETURN(std::string owner, tls::key_fingerprint_of_pem(owner_cert));
+  engine_args.insert(engine_args.end(), {"--trust-client", owner});
   engine_args.insert(engine_args.end(), given_engine_args.begin(), given_engine_args.end());
   std::vector<std::string> engine{engine_program, "--profile", profile};
   engine.insert(engine.end(), engine_args.begin(), engine_args.end());

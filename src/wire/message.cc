@@ -56,16 +56,16 @@ bool is_known_kind(std::uint16_t k) {
 
 // The flags rules of message.h, for a head read from the network.
 bool flags_valid(MessageKind kind, std::uint16_t flags) {
-  constexpr std::uint16_t kLoadBalanced = 0x8000;
+  constexpr std::uint16_t kTaskBits = 0x8000 | 0x4000;  // load balanced, sealed
   switch (kind) {
-    case MessageKind::kExecute: return (flags & ~(kLoadBalanced | 1u)) == 0;
+    case MessageKind::kExecute: return (flags & ~(kTaskBits | 1u)) == 0;
     case MessageKind::kPush:
     case MessageKind::kPull: {
-      const std::uint16_t format = flags & ~kLoadBalanced;
+      const std::uint16_t format = flags & ~kTaskBits;
       return format == static_cast<std::uint16_t>(ValueFormat::kPickle) ||
              format == static_cast<std::uint16_t>(ValueFormat::kLiteral);
     }
-    case MessageKind::kApply: return (flags & ~kLoadBalanced) == 0;
+    case MessageKind::kApply: return (flags & ~kTaskBits) == 0;
     case MessageKind::kTaskOutput:
       return flags == static_cast<std::uint16_t>(OutputStream::kStdout) ||
              flags == static_cast<std::uint16_t>(OutputStream::kStderr);

@@ -131,6 +131,9 @@ std::string_view kind_name(MessageKind kind);
 //           kExecute/kPush/kPull/kApply from a client: bit 15 = load balanced (one task the
 //             scheduler places; Envelope::text carries the TaskOptions). The controller
 //             clears it and forwards the rest unread.
+//           kExecute/kPush/kPull/kApply: bit 14 = sealed end to end (e2e/sealed_body.h): the
+//             segments are, per target in target order, [seal header, ciphertext...], the
+//             same number for every target; the controller gives each engine its own part.
 //           kTaskOutput: the OutputStream
 //           every other kind: 0
 //   status  the Outcome (testudo/outcome.h) of kTaskReply, kRejected and every control reply
@@ -172,18 +175,24 @@ struct Envelope {
   bool display_result() const { return (flags_ & kDisplayResultBit) != 0; }
   void set_display_result(bool on) { set_bit(kDisplayResultBit, on); }
   // kPush, kPull.
-  ValueFormat value_format() const { return static_cast<ValueFormat>(flags_ & ~kLoadBalancedBit); }
+  ValueFormat value_format() const { return static_cast<ValueFormat>(kind_flags()); }
   void set_value_format(ValueFormat format) {
-    flags_ = static_cast<std::uint16_t>((flags_ & kLoadBalancedBit) | static_cast<std::uint16_t>(format));
+    flags_ = static_cast<std::uint16_t>((flags_ & (kLoadBalancedBit | kSealedBit)) | static_cast<std::uint16_t>(format));
   }
   // Task requests from a client: one task for the scheduler to place.
   bool load_balanced() const { return (flags_ & kLoadBalancedBit) != 0; }
   void set_load_balanced(bool on) { set_bit(kLoadBalancedBit, on); }
+  // Task requests whose body is sealed end to end (see above).
+  bool sealed() const { return (flags_ & kSealedBit) != 0; }
+  void set_sealed(bool on) { set_bit(kSealedBit, on); }
+  // A task request's per-kind options alone (display result, value format): what a sealed
+  // body is bound to (e2e/sealed_body.h).
+  std::uint16_t kind_flags() const { return flags_ & ~(kLoadBalancedBit | kSealedBit); }
   // kTaskOutput.
   OutputStream output_stream() const { return static_cast<OutputStream>(flags_); }
   void set_output_stream(OutputStream stream) { flags_ = static_cast<std::uint16_t>(stream); }
-  // A task request's per-kind options (display result, value format) without the
-  // load-balanced bit: what the controller keeps and forwards to the engine without reading.
+  // A task request's per-kind options (display result, value format) and the sealed bit,
+  // without the load-balanced bit: what the controller keeps and forwards to the engine.
   std::uint16_t forwarded_flags() const { return flags_ & ~kLoadBalancedBit; }
   void set_forwarded_flags(std::uint16_t flags) { flags_ = flags & ~kLoadBalancedBit; }
 
@@ -195,6 +204,7 @@ struct Envelope {
 
   static constexpr std::uint16_t kDisplayResultBit = 1;
   static constexpr std::uint16_t kLoadBalancedBit = 0x8000;
+  static constexpr std::uint16_t kSealedBit = 0x4000;
   void set_bit(std::uint16_t bit, bool on) { flags_ = static_cast<std::uint16_t>(on ? flags_ | bit : flags_ & ~bit); }
 
   std::uint16_t flags_ = 0;

@@ -62,6 +62,28 @@ TEST(HeadTest, RoundTripsEveryField) {
   EXPECT_EQ(h->segment_sizes, (std::vector<std::uint64_t>{3, 0}));
 }
 
+TEST(HeadTest, TheSealedBitIsForTaskRequestsOnly) {
+  Envelope e;
+  e.kind = MessageKind::kPull;
+  e.set_sealed(true);
+  e.set_value_format(ValueFormat::kLiteral);
+  e.set_load_balanced(true);
+  EXPECT_TRUE(e.sealed());
+  EXPECT_EQ(e.value_format(), ValueFormat::kLiteral);  // the bits do not mix
+  EXPECT_EQ(e.kind_flags(), static_cast<std::uint16_t>(ValueFormat::kLiteral));
+  auto h = decode_head(encode_head(e, {}), Limits{});
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_TRUE(h->envelope.sealed());
+  EXPECT_EQ(h->envelope.value_format(), ValueFormat::kLiteral);
+  // On any other kind the bit is a malformed head, not a guess.
+  Envelope heartbeat;
+  heartbeat.kind = MessageKind::kHeartbeat;
+  auto plain = encode_head(heartbeat, {});
+  // The flags are the u16 after kind (u16): set bit 14 in a heartbeat's head.
+  plain[3] = static_cast<std::byte>(0x40);
+  EXPECT_FALSE(decode_head(plain, Limits{}).ok());
+}
+
 TEST(HeadTest, EveryTruncationIsAnError) {
   Envelope e;
   e.kind = MessageKind::kExecute;

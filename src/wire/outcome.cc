@@ -23,6 +23,7 @@ std::string_view outcome_name(Outcome outcome) {
     case Outcome::kControllerFailed: return "controller_failed";
     case Outcome::kConnectionLost: return "connection_lost";
     case Outcome::kMalformedReply: return "malformed_reply";
+    case Outcome::kSealBroken: return "seal_broken";
   }
   return "unknown";
 }
@@ -36,7 +37,7 @@ std::optional<Outcome> outcome_from_number(std::uint16_t number) {
 }
 
 bool is_local(Outcome outcome) {
-  return outcome == Outcome::kConnectionLost || outcome == Outcome::kMalformedReply;
+  return outcome == Outcome::kConnectionLost || outcome == Outcome::kMalformedReply || outcome == Outcome::kSealBroken;
 }
 
 StatusCode status_code(Outcome outcome) {
@@ -47,7 +48,8 @@ StatusCode status_code(Outcome outcome) {
     case Outcome::kNoSuchEngine:
     case Outcome::kNoSuchTask:
     case Outcome::kNotFound: return StatusCode::kNotFound;
-    case Outcome::kNotAllowed: return StatusCode::kPermissionDenied;
+    case Outcome::kNotAllowed:
+    case Outcome::kSealBroken: return StatusCode::kPermissionDenied;
     case Outcome::kEngineDied:
     case Outcome::kShuttingDown:
     case Outcome::kConnectionLost: return StatusCode::kUnavailable;

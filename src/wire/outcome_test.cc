@@ -57,6 +57,7 @@ TEST(OutcomeTest, WireNumbersAreStable) {
   EXPECT_EQ(static_cast<int>(Outcome::kControllerFailed), 16);
   EXPECT_EQ(static_cast<int>(Outcome::kConnectionLost), 17);
   EXPECT_EQ(static_cast<int>(Outcome::kMalformedReply), 18);
+  EXPECT_EQ(static_cast<int>(Outcome::kSealBroken), 19);
 }
 
 TEST(OutcomeTest, EveryTravellingValueRoundTripsThroughTheHead) {
@@ -74,7 +75,7 @@ TEST(OutcomeTest, EveryTravellingValueRoundTripsThroughTheHead) {
 TEST(OutcomeTest, UnknownAndLocalOutcomesFromTheNetworkAreMalformed) {
   Message m = task_reply(Outcome::kOk, {.request_id = 1});
   auto payload = encode_head(m.envelope, m.segments);
-  for (std::uint32_t number : {19u, 200u, 0x8000u, 0xFFFFu}) {
+  for (std::uint32_t number : {20u, 200u, 0x8000u, 0xFFFFu}) {
     auto bad = payload;
     put_u16(bad, kOutcomeOffset, static_cast<std::uint16_t>(number));
     auto head = decode_head(bad, Limits{});

@@ -1,0 +1,72 @@
+// Fuzzes what end-to-end sealing reads from the network (e2e/): the seal header of every
+// sealed body (clients and engines decode it; the controller reads its code digest), a pair
+// offer (engines), an engine's seal statement (clients) and opening a sealed body. The first
+// byte picks the decoder. Properties: no crash; a header that decodes re-encodes to the same
+// bytes; nothing made of fuzz bytes is ever accepted as authentic (offers, statements and
+// bodies need keys the fuzzer does not have).
+#include <cstddef>
+#include <cstdint>
+#include <ctime>
+#include <string_view>
+
+#include "e2e/engine_seal.h"
+#include "e2e/pair_offer.h"
+#include "e2e/sealed_body.h"
+#include "fuzz_util.h"
+
+using namespace testudo;
+
+namespace {
+
+struct Fixture {
+  Fixture() {
+    auto engine = tls::generate_self_signed("fuzz engine");
+    auto client = tls::generate_self_signed("fuzz client");
+    if (!engine.ok() || !client.ok()) std::abort();
+    engine_fp = tls::key_fingerprint_of_pem(engine->cert_pem).value();
+    roots = e2e::Roots::make({tls::key_fingerprint_of_pem(client->cert_pem).value(), engine_fp}, "").value();
+    seal = crypto::generate_x25519().value();
+    key.id.fill(std::byte{7});
+    key.key.fill(std::byte{9});
+  }
+  std::string engine_fp;
+  e2e::Roots roots;
+  crypto::X25519KeyPair seal;
+  e2e::PairKey key;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  static const Fixture f;
+  if (size == 0) return 0;
+  const std::uint8_t selector = data[0] % 4;
+  auto bytes = fuzz::as_span(data + 1, size - 1);
+  std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  const auto now = static_cast<std::int64_t>(std::time(nullptr));
+  switch (selector) {
+    case 0: {
+      auto header = e2e::decode_seal_header(bytes);
+      if (!header.ok()) return 0;
+      FUZZ_CHECK(header->offer.size() <= e2e::kMaxOfferBytes);
+      FUZZ_CHECK(fuzz::same_bytes(e2e::encode_seal_header(*header).span(), bytes));
+      return 0;
+    }
+    case 1:
+      FUZZ_CHECK(!e2e::accept_pair_offer(text, f.roots, f.engine_fp, f.seal, now).ok());
+      return 0;
+    case 2:
+      FUZZ_CHECK(!e2e::verify_engine_seal_statement(text, f.roots, now).ok());
+      return 0;
+    default: {
+      // A header, then the rest as one segment: never opens under a key the input cannot know.
+      if (bytes.size() < 1) return 0;
+      const std::size_t header_size = std::min<std::size_t>(bytes[0] == std::byte{0} ? 0 : 89, bytes.size() - 1);
+      auto header = e2e::decode_seal_header(bytes.subspan(1, header_size));
+      if (!header.ok()) return 0;
+      const SharedBytes segment[] = {SharedBytes::copy_of(bytes.subspan(1 + header_size))};
+      FUZZ_CHECK(!e2e::open_body(f.key, *header, {}, segment).ok());
+      return 0;
+    }
+  }
+}

@@ -1,0 +1,262 @@
+#include "client/client_seals.h"
+
+#include <sys/stat.h>
+
+#include <ctime>
+
+#include <nlohmann/json.hpp>
+
+#include "auth/identity.h"
+#include "base/profile.h"
+#include "e2e/pair_offer.h"
+#include "wire/body.h"
+
+namespace testudo::client {
+namespace {
+
+std::int64_t now_unix() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+std::string engine_name(EngineId id) { return "engine " + std::to_string(id); }
+
+}  // namespace
+
+StatusOr<std::unique_ptr<ClientSeals>> ClientSeals::create(const ClientOptions& options,
+                                                           const tls::KeyAndCertificate& identity) {
+  std::vector<std::string> keys = options.engine_keys;
+  if (keys.empty() && options.engine_cafile.empty()) {
+    // The shared engine identity of this user's own profile: the engines `cluster start`
+    // launches present it, and it was made on this machine, not handed over by a controller.
+    const std::string security_dir = profile_paths(options.profile).security_dir;
+    const std::string cert_file = auth::identity_files(security_dir, "engine").cert_path;
+    struct stat st {};
+    if (::stat(cert_file.c_str(), &st) != 0) {
+      return invalid_argument("end-to-end sealing needs to know the engines' keys: give engine_keys (fingerprints) or "
+                              "engine_cafile, or run where the profile's shared engine certificate is (" +
+                              cert_file + ")");
+    }
+    TESTUDO_ASSIGN_OR_RETURN(std::string pem, auth::load_identity_certificate(security_dir, "engine"));
+    TESTUDO_ASSIGN_OR_RETURN(std::string fingerprint, tls::key_fingerprint_of_pem(pem));
+    keys.push_back(fingerprint);
+  }
+  TESTUDO_ASSIGN_OR_RETURN(e2e::Roots roots, e2e::Roots::make(keys, options.engine_cafile));
+  return std::unique_ptr<ClientSeals>(new ClientSeals(std::move(roots), identity));
+}
+
+bool ClientSeals::knows(const std::vector<EngineId>& engines) const {
+  std::lock_guard lock(mutex_);
+  for (EngineId id : engines) {
+    if (!pairs_.contains(id) && !statements_.contains(id)) return false;
+  }
+  return true;
+}
+
+void ClientSeals::learn(std::string_view engine_list_json) {
+  auto j = nlohmann::json::parse(engine_list_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("seal") || !j["seal"].is_object()) return;
+  std::lock_guard lock(mutex_);
+  for (const auto& [id_text, statement] : j["seal"].items()) {
+    char* end = nullptr;
+    const unsigned long id = std::strtoul(id_text.c_str(), &end, 10);
+    if (end == id_text.c_str() || *end != '\0' || id > 0xFFFFFFFFul || !statement.is_string()) continue;
+    // The first statement for an id stays: ids are never reused, and a later one could only
+    // be an attempt to swap the engine behind an id this client already talks to.
+    statements_.emplace(static_cast<EngineId>(id), statement.get<std::string>());
+  }
+}
+
+StatusOr<ClientSeals::Pair*> ClientSeals::pair_for(EngineId engine) {
+  if (auto it = pairs_.find(engine); it != pairs_.end()) return &it->second;
+  auto statement = statements_.find(engine);
+  if (statement == statements_.end()) {
+    return permission_denied(engine_name(engine) + " has published no seal key (it is not connected, or predates "
+                             "end-to-end sealing)");
+  }
+  auto verified = e2e::verify_engine_seal_statement(statement->second, roots_, now_unix());
+  if (!verified.ok()) return permission_denied("cannot verify " + engine_name(engine) + ": " + verified.status().message());
+  // Two ids for one engine process would let the controller route one id's requests to the
+  // other's engine: refused.
+  for (const auto& [other, pair] : pairs_) {
+    if (pair.engine.seal_key == verified->seal_key) {
+      return permission_denied(engine_name(engine) + " and " + engine_name(other) +
+                               " present the same engine process (one seal key): refusing both");
+    }
+  }
+  Pair pair;
+  pair.engine = std::move(verified).value();
+  TESTUDO_RETURN_IF_ERROR(crypto::fill_random(pair.key.id));
+  TESTUDO_RETURN_IF_ERROR(crypto::fill_random(pair.key.key));
+  TESTUDO_ASSIGN_OR_RETURN(pair.offer, e2e::make_pair_offer(identity_, pair.engine, pair.key));
+  return &pairs_.emplace(engine, std::move(pair)).first->second;
+}
+
+StatusOr<std::vector<SharedBytes>> ClientSeals::seal_request(std::uint64_t request_id, const wire::Envelope& head,
+                                                             const std::vector<EngineId>& targets,
+                                                             std::span<const SharedBytes> body) {
+  struct Job {
+    e2e::PairKey key;
+    e2e::SealHeader header;
+  };
+  std::vector<Job> jobs;
+  std::vector<Expectation> parts;
+  const crypto::Digest digest = e2e::request_code_digest(head.kind, body);
+  {
+    std::lock_guard lock(mutex_);
+    for (EngineId target : targets) {
+      TESTUDO_ASSIGN_OR_RETURN(Pair * pair, pair_for(target));
+      Job job{pair->key, {}};
+      job.header.part = e2e::Part::kRequest;
+      job.header.seq = pair->next_seq++;
+      job.header.code_digest = digest;
+      if (!pair->confirmed) job.header.offer = pair->offer;
+      parts.push_back({target, pair->key.id, job.header.seq, head.kind, 0});
+      jobs.push_back(std::move(job));
+    }
+  }
+  std::vector<SharedBytes> out;
+  out.reserve(targets.size() * (body.size() + 1));
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    TESTUDO_ASSIGN_OR_RETURN(std::vector<SharedBytes> part,
+                             e2e::seal_body(jobs[i].key, jobs[i].header, {head.kind, head.kind_flags(), targets[i], 0},
+                                            body));
+    for (auto& segment : part) out.push_back(std::move(segment));
+  }
+  std::lock_guard lock(mutex_);
+  requests_[request_id] = std::move(parts);
+  request_order_.push_back(request_id);
+  while (request_order_.size() > kMaxRememberedRequests) {
+    requests_.erase(request_order_.front());  // its tasks_ entries then find nothing
+    request_order_.pop_front();
+  }
+  return out;
+}
+
+void ClientSeals::submitted(std::uint64_t request_id, const std::vector<std::uint64_t>& task_ids) {
+  std::lock_guard lock(mutex_);
+  auto it = requests_.find(request_id);
+  if (it == requests_.end()) return;
+  for (std::size_t i = 0; i < task_ids.size() && i < it->second.size(); ++i) tasks_[task_ids[i]] = {request_id, i};
+}
+
+void ClientSeals::forget(std::uint64_t request_id) {
+  std::lock_guard lock(mutex_);
+  requests_.erase(request_id);
+}
+
+ClientSeals::Expectation* ClientSeals::expectation_of(std::uint64_t request_id, std::uint64_t task_id, EngineId engine) {
+  if (task_id != 0) {
+    if (auto t = tasks_.find(task_id); t != tasks_.end()) {
+      auto r = requests_.find(t->second.first);
+      if (r == requests_.end() || t->second.second >= r->second.size()) return nullptr;
+      return &r->second[t->second.second];
+    }
+  }
+  auto r = requests_.find(request_id);
+  if (r == requests_.end()) return nullptr;
+  for (auto& part : r->second) {
+    if (part.engine == engine) return &part;
+  }
+  return nullptr;
+}
+
+ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& why) {
+  const Outcome outcome = reply.envelope.outcome();
+  // The controller's own verdicts (engine died, aborted, ...) carry no body: nothing to open.
+  if (outcome != Outcome::kOk && outcome != Outcome::kPythonError) return Verdict::kPlain;
+  const bool looks_sealed = !reply.segments.empty() && e2e::decode_seal_header(reply.segments[0].span()).ok();
+  Expectation expected;
+  e2e::PairKey key;
+  {
+    std::lock_guard lock(mutex_);
+    Expectation* e = expectation_of(reply.envelope.request_id, reply.envelope.task_id, reply.envelope.engine_id);
+    if (e == nullptr) {
+      if (!looks_sealed) return Verdict::kPlain;
+      why = "the result of task " + std::to_string(reply.envelope.task_id) +
+            " is sealed for the client process that submitted it, which alone can open it (results that outlive "
+            "their process: docs/e2e-design.md, step 4)";
+      return Verdict::kBroken;
+    }
+    expected = *e;
+    auto pair = pairs_.find(expected.engine);
+    if (pair == pairs_.end() || pair->second.key.id != expected.key_id) {
+      why = "no pair key for " + engine_name(expected.engine);
+      return Verdict::kBroken;
+    }
+    key = pair->second.key;
+  }
+  const std::string from = engine_name(expected.engine);
+  if (!looks_sealed) {
+    // Perhaps the engine's own refusal, which it cannot seal (it has no key for us).
+    if (reply.segments.size() >= wire::kReplyFixedSegments) {
+      auto meta = wire::decode_reply_meta(reply.segments[0]);
+      if (meta.ok() && meta->ename == "SealError") {
+        if (meta->evalue.starts_with("unknown pair key")) {
+          // The engine lost our key (restarted, or evicted it): offer it again. Worst case,
+          // a forged refusal makes us re-send an offer, which reveals nothing.
+          std::lock_guard lock(mutex_);
+          if (auto pair = pairs_.find(expected.engine); pair != pairs_.end()) pair->second.confirmed = false;
+        }
+        why = from + " refused the sealed request: " + meta->evalue +
+              " (this answer is not sealed, so the controller could have written it)";
+        return Verdict::kBroken;
+      }
+    }
+    why = "the reply from " + from + " to a sealed request is not sealed: dropped (the controller or a relay wrote or "
+          "altered it)";
+    return Verdict::kBroken;
+  }
+  const e2e::SealHeader header = e2e::decode_seal_header(reply.segments[0].span()).value();
+  if (header.part != e2e::Part::kReply || header.key_id != expected.key_id || header.seq != expected.seq) {
+    why = "the reply from " + from + " is sealed for another request (a swapped or replayed reply): dropped";
+    return Verdict::kBroken;
+  }
+  auto plain = e2e::open_body(key, header, {expected.kind, 0, expected.engine, static_cast<std::uint16_t>(outcome)},
+                              std::span(reply.segments).subspan(1));
+  if (!plain.ok()) {
+    why = "the sealed reply from " + from + " does not open: it was altered on the way, or is not " + from + "'s";
+    return Verdict::kBroken;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (auto pair = pairs_.find(expected.engine); pair != pairs_.end() && pair->second.key.id == key.id) {
+      pair->second.confirmed = true;  // the engine holds the key: no more offers
+    }
+  }
+  reply.segments = std::move(plain).value();
+  reply.envelope.engine_id = expected.engine;
+  return Verdict::kOpened;
+}
+
+std::optional<std::string> ClientSeals::open_output(const wire::Message& chunk, bool& was_sealed) {
+  was_sealed = false;
+  Expectation expected;
+  e2e::PairKey key;
+  {
+    std::lock_guard lock(mutex_);
+    Expectation* e = expectation_of(chunk.envelope.request_id, 0, chunk.envelope.engine_id);
+    if (e == nullptr) return std::nullopt;
+    was_sealed = true;
+    auto pair = pairs_.find(e->engine);
+    if (pair == pairs_.end() || chunk.segments.size() != 2) return std::nullopt;
+    expected = *e;
+    key = pair->second.key;
+  }
+  auto header = e2e::decode_seal_header(chunk.segments[0].span());
+  if (!header.ok() || header->part != e2e::Part::kOutput || header->key_id != expected.key_id ||
+      header->seq != expected.seq) {
+    return std::nullopt;
+  }
+  auto plain = e2e::open_body(key, *header,
+                              {expected.kind, static_cast<std::uint16_t>(chunk.envelope.output_stream()), expected.engine, 0},
+                              std::span(chunk.segments).subspan(1));
+  if (!plain.ok()) return std::nullopt;
+  {
+    // Each chunk once, in order: a replayed or reordered one is dropped.
+    std::lock_guard lock(mutex_);
+    Expectation* e = expectation_of(chunk.envelope.request_id, 0, chunk.envelope.engine_id);
+    if (e == nullptr || header->chunk <= e->last_chunk) return std::nullopt;
+    e->last_chunk = header->chunk;
+  }
+  return plain->at(0).to_string();
+}
+
+}  // namespace testudo::client

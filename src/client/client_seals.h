@@ -1,0 +1,106 @@
+// The client's half of end-to-end sealing (docs/security.md "End-to-end sealing",
+// docs/e2e-design.md): which engines this client can verify (their seal statements checked
+// against its own roots, never the controller's word), a pair key per engine, sealing each
+// direct request for each of its targets, and opening the replies and live output that come
+// back — refusing any that are not sealed for exactly the request they answer.
+//
+// Threading: callers' threads seal (seal_request), the network thread opens (submitted,
+// open_reply, open_output); one mutex guards the state. Sealing a large body happens outside it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "e2e/engine_seal.h"
+#include "e2e/roots.h"
+#include "e2e/sealed_body.h"
+#include "testudo/client.h"
+#include "tls/tls.h"
+#include "wire/message.h"
+
+namespace testudo::client {
+
+class ClientSeals {
+ public:
+  // Engine roots from `options` (engine_keys, engine_cafile), else the shared engine
+  // certificate in the profile's security directory; kInvalidArgument if there is none (a
+  // client that cannot verify any engine cannot seal). `identity`: this client's key, which
+  // signs the pair offers (a login identity has none the engines could check).
+  static StatusOr<std::unique_ptr<ClientSeals>> create(const ClientOptions& options,
+                                                       const tls::KeyAndCertificate& identity);
+
+  std::string describe_roots() const { return roots_.describe(); }
+
+  // Whether every one of `engines` has a verified seal statement (or a known reason not to).
+  bool knows(const std::vector<EngineId>& engines) const;
+  // Checks the seal statements of an engine list reply (its "seal" object) and remembers
+  // each engine's verdict.
+  void learn(std::string_view engine_list_json);
+
+  // `body` sealed for each of `targets` in order (wire/message.h: equal parts), and the
+  // expectations to open their replies with, filed under `request_id`. kPermissionDenied
+  // (reported as Outcome::kSealBroken) naming an engine that cannot be verified.
+  StatusOr<std::vector<SharedBytes>> seal_request(std::uint64_t request_id, const wire::Envelope& head,
+                                                  const std::vector<EngineId>& targets,
+                                                  std::span<const SharedBytes> body);
+
+  // The controller's acknowledgement of a sealed request: its task ids in target order.
+  void submitted(std::uint64_t request_id, const std::vector<std::uint64_t>& task_ids);
+  // A request that failed before it was acknowledged: forget its expectations.
+  void forget(std::uint64_t request_id);
+
+  // What became of a task reply.
+  enum class Verdict {
+    kPlain,   // not an answer to a sealed request of this process: use it as it is
+    kOpened,  // sealed for this request: `reply.segments` now hold the plaintext
+    kBroken,  // should have been sealed for this process and is not: `why` says how
+  };
+  Verdict open_reply(wire::Message& reply, std::string& why);
+  // The text of a live output chunk, or nothing if it is not a sealed chunk of a running
+  // request of this process (dropped; the final reply carries all output anyway).
+  std::optional<std::string> open_output(const wire::Message& chunk, bool& was_sealed);
+
+ private:
+  struct Pair {
+    e2e::VerifiedEngine engine;
+    e2e::PairKey key;
+    std::string offer;       // sent with each request until the engine answered under the key
+    bool confirmed = false;  // a reply under this key opened
+    std::uint64_t next_seq = 1;
+  };
+  struct Expectation {
+    EngineId engine = 0;
+    e2e::KeyId key_id{};
+    std::uint64_t seq = 0;
+    wire::MessageKind kind = wire::MessageKind::kExecute;
+    std::uint64_t last_chunk = 0;
+  };
+  // Sealed requests remembered (to open their results later, get_result from this process);
+  // beyond this the oldest are forgotten and their stored results no longer open.
+  static constexpr std::size_t kMaxRememberedRequests = 1u << 18;
+
+  ClientSeals(e2e::Roots roots, tls::KeyAndCertificate identity)
+      : roots_(std::move(roots)), identity_(std::move(identity)) {}
+  StatusOr<Pair*> pair_for(EngineId engine);  // under mutex_
+  // The expectation a reply or chunk is held to, or null if it answers no sealed request of
+  // this process. Under mutex_.
+  Expectation* expectation_of(std::uint64_t request_id, std::uint64_t task_id, EngineId engine);
+
+  const e2e::Roots roots_;
+  const tls::KeyAndCertificate identity_;
+  mutable std::mutex mutex_;
+  std::map<EngineId, std::string> statements_;  // as the controller relayed them
+  std::map<EngineId, Pair> pairs_;
+  std::unordered_map<std::uint64_t, std::vector<Expectation>> requests_;  // by request id, parts in target order
+  // task id -> (request id, part), from the acknowledgements.
+  std::unordered_map<std::uint64_t, std::pair<std::uint64_t, std::size_t>> tasks_;
+  std::deque<std::uint64_t> request_order_;  // for forgetting the oldest
+};
+
+}  // namespace testudo::client

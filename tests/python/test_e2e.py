@@ -1,0 +1,154 @@
+"""End-to-end sealing (docs/security.md, "End-to-end sealing"; threat-model T9) on a real
+cluster: sealed direct requests and their replies work, and what a client sealed never
+reaches the controller -- not its memory (a gcore of the running process), not its task
+database, not its logs -- while the same bytes sent unsealed do (so the search can fail)."""
+
+import glob
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+import testudo
+from conftest import Cluster
+
+pytestmark = pytest.mark.skipif(shutil.which("gcore") is None, reason="needs gdb's gcore (scripts/setup installs it)")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Every trusted client may run code: the second user below is stopped by the engines alone.
+    files = tempfile.mkdtemp(prefix="testudo-e2e-files-")
+    policy = pathlib.Path(files, "policy.json")
+    policy.write_text(json.dumps({"version": 1, "rules": [
+        {"identities": ["*"], "allow": ["execute", "apply", "push", "pull", "status"]}]}))
+    policy.chmod(0o600)
+    c = Cluster(2, profile="e2e", extra=("--policy", str(policy)))
+    yield c
+    c.stop()
+    shutil.rmtree(files, ignore_errors=True)
+
+
+@pytest.fixture
+def sealed(cluster):
+    os.environ["TESTUDO_HOME"] = cluster.home
+    client = cluster.client(e2e=True)
+    client.wait_for_engines(cluster.n, timeout=30)
+    yield client
+    client.close()
+
+
+def controller_holds(cluster, needles):
+    """Which of `needles` (bytes) appear in the controller's memory, its files or its logs."""
+    found = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["gcore", "-o", f"{tmp}/core", str(cluster.controller_pid)], check=True,
+                       capture_output=True, timeout=60)
+        files = glob.glob(f"{tmp}/core*")
+        assert files, "gcore wrote no core"
+        files += [f for f in glob.glob(cluster.path("**"), recursive=True) if os.path.isfile(f)]
+        for name in files:
+            data = pathlib.Path(name).read_bytes()
+            found |= {n for n in needles if n in data}
+    return found
+
+
+def test_sealed_requests_run_and_the_controller_never_holds_their_bytes(cluster, sealed):
+    marker = f"MARKER-{uuid.uuid4().hex}"
+    code_marker, push_marker, apply_marker, plain_marker = (f"{marker}-{k}" for k in ("code", "push", "apply", "plain"))
+    # The literals are built on the engine, so the needles travel only inside sealed bodies.
+    view = sealed[:]
+    view.block = True
+    view.execute(f"m = {code_marker[:10]!r} + {code_marker[10:]!r}; print(m)")
+    assert view["m"] == [code_marker] * 2
+    ar = sealed[0].execute(f"print({code_marker[:10]!r} + {code_marker[10:]!r})")
+    ar.get(timeout=30)
+    assert code_marker in ar.stdout
+    view.push({"p": push_marker})
+    assert view.pull("p") == [push_marker] * 2
+    assert view.apply(lambda s: s + "-apply", marker) == [apply_marker] * 2
+    # The same kind of bytes unsealed do reach the controller (its task store keeps results).
+    plain = cluster.client()
+    assert plain[0].apply_sync(lambda s: s, plain_marker) == plain_marker
+    plain.close()
+    held = controller_holds(cluster, [m.encode() for m in (code_marker, push_marker, apply_marker, plain_marker)])
+    assert plain_marker.encode() in held, "the search found nothing at all: it could not have failed"
+    assert held == {plain_marker.encode()}
+
+
+def test_live_output_is_sealed_too(sealed):
+    got = []
+    ar = sealed[1].execute("import time\nfor i in range(3):\n    print('line', i, flush=True); time.sleep(0.2)")
+    ar.get(timeout=30)
+    assert "line 2" in ar.stdout
+    assert ar.engine_id == 1
+
+
+def test_a_result_opens_in_its_own_process_only(cluster, sealed):
+    ar = sealed[0].apply_async(lambda: "for my eyes")
+    assert ar.get(timeout=30) == "for my eyes"
+    assert sealed.get_result(ar.msg_ids[0]).get(timeout=30) == "for my eyes"
+    other = cluster.client(e2e=True)
+    with pytest.raises(testudo.SealBroken, match="sealed for the client process that submitted it"):
+        other.get_result(ar.msg_ids[0]).get(timeout=30)
+    other.close()
+
+
+def test_load_balanced_requests_are_refused_while_sealing(sealed):
+    with pytest.raises(testudo.SealBroken, match="load-balanced"):
+        sealed.load_balanced_view().apply_sync(lambda: 1)
+
+
+def test_an_engine_the_client_cannot_verify_gets_nothing(cluster):
+    # Engine keys the client pins are not these engines': nothing is sent to them.
+    client = cluster.client(e2e=True, engine_keys=["sha256:" + "0" * 64])
+    with pytest.raises(testudo.SealBroken, match="cannot verify engine 0"):
+        client[0].execute("x = 1", block=True)
+    client.close()
+    with pytest.raises(ValueError, match="go with e2e=True"):
+        cluster.client(engine_keys=["sha256:" + "0" * 64])
+
+
+def test_engines_refuse_a_client_only_the_controller_vouches_for(cluster):
+    # A second user the controller admits (as a compromised controller could admit one it
+    # made up) but the engines were never told to trust: its sealed requests do not run.
+    engine_cert = pathlib.Path(cluster.path("security", "engine-cert.pem")).read_text()
+    engine_fp = subprocess.run([os.environ.get("TESTUDO_BIN", "testudo"), "keys", "fingerprint",
+                                cluster.path("security", "engine-cert.pem")], capture_output=True, text=True,
+                               check=True).stdout.split()[0]
+    assert engine_fp.startswith("sha256:") and engine_cert
+    other_home = tempfile.mkdtemp(prefix="testudo-e2e-other-")
+    saved = os.environ["TESTUDO_HOME"]
+    try:
+        os.environ["TESTUDO_HOME"] = other_home
+        with pytest.raises(PermissionError):
+            testudo.Client(url_file=cluster.client_file)  # makes the identity; not trusted yet
+        cert = pathlib.Path(other_home, "identity", "client-cert.pem").read_text()
+        pathlib.Path(cluster.path("security", "trust", "client", "invented.pem")).write_text(cert)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                other = testudo.Client(url_file=cluster.client_file, e2e=True, engine_keys=[engine_fp])
+                break
+            except PermissionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        other[0].execute("ran = True")
+        with pytest.raises(testudo.SealBroken, match="refused the sealed request.*not among the keys"):
+            other[0].execute("ran = True", block=True)
+        other.close()
+    finally:
+        os.environ["TESTUDO_HOME"] = saved
+        shutil.rmtree(other_home, ignore_errors=True)
+    os.environ["TESTUDO_HOME"] = cluster.home
+    owner = cluster.client()
+    owner[0].execute("ran_here = 'ran' in globals()", block=True)
+    assert owner[0]["ran_here"] is False
+    owner.close()
