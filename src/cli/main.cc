@@ -341,8 +341,8 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
         if (m.is_string()) logins += (logins.empty() ? "" : ", ") + m.get<std::string>();
       }
     }
-    std::printf("security: trust mode %s; logins: %s; end-to-end sealing: not built (the controller can read what it "
-                "relays)\n",
+    std::printf("security: trust mode %s; logins: %s; end-to-end sealing: direct requests of clients with --e2e "
+                "(the controller can read everything else it relays)\n",
                 j["trust"].get<std::string>().c_str(), logins.empty() ? "key" : logins.c_str());
   }
   // Host and restarts come from what each engine reported at registration (its tags).

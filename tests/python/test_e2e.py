@@ -152,3 +152,11 @@ def test_engines_refuse_a_client_only_the_controller_vouches_for(cluster):
     owner[0].execute("ran_here = 'ran' in globals()", block=True)
     assert owner[0]["ran_here"] is False
     owner.close()
+
+
+def test_the_command_line_seals_too(cluster):
+    done = cluster.run("exec", "--e2e", "-t", "0", "print('sealed from the command line')")
+    assert "sealed from the command line" in done.stdout
+    refused = cluster.run("exec", "--e2e", "--engine-key", "sha256:" + "1" * 64, "-t", "0", "x = 1", check=False)
+    assert refused.returncode != 0
+    assert "cannot verify engine 0" in refused.stderr + refused.stdout
