@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
     key.id.fill(std::byte{7});
     key.key.fill(std::byte{9});
     const e2e::VerifiedEngine verified{tls::key_fingerprint_of_pem(engine.cert_pem).value(), seal.public_key};
-    const std::string offer = e2e::make_pair_offer(client, verified, key).value();
+    const std::string offer = e2e::make_pair_offer(client, verified, key, key).value();
     e2e::SealHeader header;
     header.seq = 3;
     write(sealed, "header", with(0, e2e::encode_seal_header(header).span()));

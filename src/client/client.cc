@@ -357,13 +357,8 @@ struct Client::Impl {
     state->remaining = state->targets.size();
     if (state->targets.empty()) return AsyncResult(state);
     if (seals && head.kind != wire::MessageKind::kGetResult) {
-      if (balanced) {
-        state->fail_all(outcome_status(Outcome::kSealBroken,
-                                       "load-balanced requests cannot be sealed end to end yet: use a direct view, or a "
-                                       "client without end-to-end sealing"));
-        return AsyncResult(state);
-      }
-      auto sealed = seal(state->request_id, head, state->targets, segments);
+      auto sealed = balanced ? seal_balanced(state->request_id, head, segments)
+                             : seal(state->request_id, head, state->targets, segments);
       if (!sealed.ok()) {
         state->fail_all(outcome_status(Outcome::kSealBroken, sealed.status().message()));
         return AsyncResult(state);
@@ -402,6 +397,36 @@ struct Client::Impl {
       seals->learn(list);
     }
     return seals->seal_request(request_id, head, targets, body);
+  }
+
+  // `body` sealed for a load-balanced request, whose allowed engines (head.targets; none:
+  // any) become those that hold this client's keys: the controller may place it only there.
+  // Engines listed but not paired yet are paired first, with one sealed empty pull each.
+  StatusOr<std::vector<SharedBytes>> seal_balanced(std::uint64_t request_id, wire::Envelope& head,
+                                                   std::span<const SharedBytes> body) {
+    const bool on_network_thread = std::this_thread::get_id() == network.get_id();
+    if (!on_network_thread) {
+      // New engines are noticed within a second, not by asking before every task.
+      const bool stale = std::chrono::steady_clock::now() - seals->learned_at() > std::chrono::seconds(1);
+      if (stale || !seals->knows(head.targets)) {
+        TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
+        seals->learn(list);
+      }
+    }
+    const std::vector<EngineId> candidates = head.targets.empty() ? seals->listed() : head.targets;
+    if (!on_network_thread) {
+      if (std::vector<EngineId> fresh = seals->pairable(candidates); !fresh.empty()) {
+        wire::Envelope pull = request_head(wire::MessageKind::kPull, wire::ValueFormat::kLiteral);
+        send_request(std::move(pull), fresh, {wire::encode_names({})}).wait(options.request_timeout);
+      }
+    }
+    std::vector<EngineId> paired = seals->paired(candidates);
+    if (paired.empty()) {
+      return permission_denied("no engine holds this client's keys for a sealed load-balanced request (none could be "
+                               "verified, or none answered the pairing in time)");
+    }
+    head.targets = std::move(paired);
+    return seals->seal_balanced(request_id, head, body);
   }
 
   StatusOr<std::string> control(wire::MessageKind kind, std::vector<EngineId> targets = {},

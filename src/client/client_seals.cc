@@ -39,7 +39,10 @@ StatusOr<std::unique_ptr<ClientSeals>> ClientSeals::create(const ClientOptions& 
     keys.push_back(fingerprint);
   }
   TESTUDO_ASSIGN_OR_RETURN(e2e::Roots roots, e2e::Roots::make(keys, options.engine_cafile));
-  return std::unique_ptr<ClientSeals>(new ClientSeals(std::move(roots), identity));
+  e2e::PairKey balanced;
+  TESTUDO_RETURN_IF_ERROR(crypto::fill_random(balanced.id));
+  TESTUDO_RETURN_IF_ERROR(crypto::fill_random(balanced.key));
+  return std::unique_ptr<ClientSeals>(new ClientSeals(std::move(roots), identity, balanced));
 }
 
 bool ClientSeals::knows(const std::vector<EngineId>& engines) const {
@@ -54,6 +57,7 @@ void ClientSeals::learn(std::string_view engine_list_json) {
   auto j = nlohmann::json::parse(engine_list_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object() || !j.contains("seal") || !j["seal"].is_object()) return;
   std::lock_guard lock(mutex_);
+  learned_at_ = std::chrono::steady_clock::now();
   for (const auto& [id_text, statement] : j["seal"].items()) {
     char* end = nullptr;
     const unsigned long id = std::strtoul(id_text.c_str(), &end, 10);
@@ -85,7 +89,7 @@ StatusOr<ClientSeals::Pair*> ClientSeals::pair_for(EngineId engine) {
   pair.engine = std::move(verified).value();
   TESTUDO_RETURN_IF_ERROR(crypto::fill_random(pair.key.id));
   TESTUDO_RETURN_IF_ERROR(crypto::fill_random(pair.key.key));
-  TESTUDO_ASSIGN_OR_RETURN(pair.offer, e2e::make_pair_offer(identity_, pair.engine, pair.key));
+  TESTUDO_ASSIGN_OR_RETURN(pair.offer, e2e::make_pair_offer(identity_, pair.engine, pair.key, balanced_));
   return &pairs_.emplace(engine, std::move(pair)).first->second;
 }
 
@@ -130,6 +134,59 @@ StatusOr<std::vector<SharedBytes>> ClientSeals::seal_request(std::uint64_t reque
   return out;
 }
 
+StatusOr<std::vector<SharedBytes>> ClientSeals::seal_balanced(std::uint64_t request_id, const wire::Envelope& head,
+                                                              std::span<const SharedBytes> body) {
+  e2e::SealHeader header;
+  header.part = e2e::Part::kBalancedRequest;
+  header.code_digest = e2e::request_code_digest(head.kind, body);
+  {
+    std::lock_guard lock(mutex_);
+    header.seq = balanced_next_seq_++;
+  }
+  TESTUDO_ASSIGN_OR_RETURN(std::vector<SharedBytes> sealed,
+                           e2e::seal_body(balanced_, header, {head.kind, head.kind_flags(), wire::kAnyEngine, 0}, body));
+  std::lock_guard lock(mutex_);
+  // The engine is not known yet: the reply names it, and must be sealed under its pair key.
+  requests_[request_id] = {Expectation{wire::kAnyEngine, balanced_.id, header.seq, head.kind, 0}};
+  request_order_.push_back(request_id);
+  while (request_order_.size() > kMaxRememberedRequests) {
+    requests_.erase(request_order_.front());
+    request_order_.pop_front();
+  }
+  return sealed;
+}
+
+std::vector<EngineId> ClientSeals::listed() const {
+  std::lock_guard lock(mutex_);
+  std::vector<EngineId> ids;
+  for (const auto& [id, statement] : statements_) ids.push_back(id);
+  return ids;
+}
+
+std::chrono::steady_clock::time_point ClientSeals::learned_at() const {
+  std::lock_guard lock(mutex_);
+  return learned_at_;
+}
+
+std::vector<EngineId> ClientSeals::paired(const std::vector<EngineId>& engines) const {
+  std::lock_guard lock(mutex_);
+  std::vector<EngineId> out;
+  for (EngineId id : engines) {
+    if (auto it = pairs_.find(id); it != pairs_.end() && it->second.confirmed) out.push_back(id);
+  }
+  return out;
+}
+
+std::vector<EngineId> ClientSeals::pairable(const std::vector<EngineId>& engines) {
+  std::lock_guard lock(mutex_);
+  std::vector<EngineId> out;
+  for (EngineId id : engines) {
+    auto pair = pair_for(id);  // verifies the engine once; unverifiable ones are left out
+    if (pair.ok() && !(*pair)->confirmed) out.push_back(id);
+  }
+  return out;
+}
+
 void ClientSeals::submitted(std::uint64_t request_id, const std::vector<std::uint64_t>& task_ids) {
   std::lock_guard lock(mutex_);
   auto it = requests_.find(request_id);
@@ -153,7 +210,7 @@ ClientSeals::Expectation* ClientSeals::expectation_of(std::uint64_t request_id, 
   auto r = requests_.find(request_id);
   if (r == requests_.end()) return nullptr;
   for (auto& part : r->second) {
-    if (part.engine == engine) return &part;
+    if (part.engine == engine || part.engine == wire::kAnyEngine) return &part;
   }
   return nullptr;
 }
@@ -165,6 +222,7 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
   const bool looks_sealed = !reply.segments.empty() && e2e::decode_seal_header(reply.segments[0].span()).ok();
   Expectation expected;
   e2e::PairKey key;
+  e2e::Part expected_part = e2e::Part::kReply;
   {
     std::lock_guard lock(mutex_);
     Expectation* e = expectation_of(reply.envelope.request_id, reply.envelope.task_id, reply.envelope.engine_id);
@@ -176,12 +234,16 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
       return Verdict::kBroken;
     }
     expected = *e;
+    const bool balanced = expected.engine == wire::kAnyEngine;
+    // A balanced request's reply comes from whichever engine ran it, under that engine's pair key.
+    if (balanced) expected.engine = reply.envelope.engine_id;
     auto pair = pairs_.find(expected.engine);
-    if (pair == pairs_.end() || pair->second.key.id != expected.key_id) {
-      why = "no pair key for " + engine_name(expected.engine);
+    if (pair == pairs_.end() || (!balanced && pair->second.key.id != expected.key_id)) {
+      why = "no pair key for " + engine_name(expected.engine) + " (a reply from an engine this request was not sent to)";
       return Verdict::kBroken;
     }
     key = pair->second.key;
+    expected_part = balanced ? e2e::Part::kBalancedReply : e2e::Part::kReply;
   }
   const std::string from = engine_name(expected.engine);
   if (!looks_sealed) {
@@ -205,7 +267,7 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
     return Verdict::kBroken;
   }
   const e2e::SealHeader header = e2e::decode_seal_header(reply.segments[0].span()).value();
-  if (header.part != e2e::Part::kReply || header.key_id != expected.key_id || header.seq != expected.seq) {
+  if (header.part != expected_part || header.key_id != key.id || header.seq != expected.seq) {
     why = "the reply from " + from + " is sealed for another request (a swapped or replayed reply): dropped";
     return Verdict::kBroken;
   }
@@ -235,13 +297,14 @@ std::optional<std::string> ClientSeals::open_output(const wire::Message& chunk, 
     Expectation* e = expectation_of(chunk.envelope.request_id, 0, chunk.envelope.engine_id);
     if (e == nullptr) return std::nullopt;
     was_sealed = true;
-    auto pair = pairs_.find(e->engine);
-    if (pair == pairs_.end() || chunk.segments.size() != 2) return std::nullopt;
     expected = *e;
+    if (expected.engine == wire::kAnyEngine) expected.engine = chunk.envelope.engine_id;  // balanced
+    auto pair = pairs_.find(expected.engine);
+    if (pair == pairs_.end() || chunk.segments.size() != 2) return std::nullopt;
     key = pair->second.key;
   }
   auto header = e2e::decode_seal_header(chunk.segments[0].span());
-  if (!header.ok() || header->part != e2e::Part::kOutput || header->key_id != expected.key_id ||
+  if (!header.ok() || header->part != e2e::Part::kOutput || header->key_id != key.id ||
       header->seq != expected.seq) {
     return std::nullopt;
   }

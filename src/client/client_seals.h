@@ -8,6 +8,7 @@
 // open_reply, open_output); one mutex guards the state. Sealing a large body happens outside it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -49,6 +50,19 @@ class ClientSeals {
   StatusOr<std::vector<SharedBytes>> seal_request(std::uint64_t request_id, const wire::Envelope& head,
                                                   const std::vector<EngineId>& targets,
                                                   std::span<const SharedBytes> body);
+  // `body` sealed once under this process's balanced key, for whichever engine the controller
+  // picks among those this client paired with (paired()).
+  StatusOr<std::vector<SharedBytes>> seal_balanced(std::uint64_t request_id, const wire::Envelope& head,
+                                                   std::span<const SharedBytes> body);
+
+  // Engine ids the controller has listed (with a seal statement), and when the list was last
+  // learned.
+  std::vector<EngineId> listed() const;
+  std::chrono::steady_clock::time_point learned_at() const;
+  // Which of `engines` hold this process's keys (a sealed reply of theirs opened): the only
+  // ones a balanced request may go to. And which of them could be paired but are not yet.
+  std::vector<EngineId> paired(const std::vector<EngineId>& engines) const;
+  std::vector<EngineId> pairable(const std::vector<EngineId>& engines);
 
   // The controller's acknowledgement of a sealed request: its task ids in target order.
   void submitted(std::uint64_t request_id, const std::vector<std::uint64_t>& task_ids);
@@ -85,8 +99,8 @@ class ClientSeals {
   // beyond this the oldest are forgotten and their stored results no longer open.
   static constexpr std::size_t kMaxRememberedRequests = 1u << 18;
 
-  ClientSeals(e2e::Roots roots, tls::KeyAndCertificate identity)
-      : roots_(std::move(roots)), identity_(std::move(identity)) {}
+  ClientSeals(e2e::Roots roots, tls::KeyAndCertificate identity, e2e::PairKey balanced)
+      : roots_(std::move(roots)), identity_(std::move(identity)), balanced_(balanced) {}
   StatusOr<Pair*> pair_for(EngineId engine);  // under mutex_
   // The expectation a reply or chunk is held to, or null if it answers no sealed request of
   // this process. Under mutex_.
@@ -94,7 +108,10 @@ class ClientSeals {
 
   const e2e::Roots roots_;
   const tls::KeyAndCertificate identity_;
+  const e2e::PairKey balanced_;  // this process's balanced key, in every offer it makes
   mutable std::mutex mutex_;
+  std::uint64_t balanced_next_seq_ = 1;
+  std::chrono::steady_clock::time_point learned_at_{};
   std::map<EngineId, std::string> statements_;  // as the controller relayed them
   std::map<EngineId, Pair> pairs_;
   std::unordered_map<std::uint64_t, std::vector<Expectation>> requests_;  // by request id, parts in target order

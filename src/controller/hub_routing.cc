@@ -91,16 +91,11 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
     }
     return;
   }
-  if (req.sealed()) {
-    // Sealed load-balanced tasks need a key every allowed engine holds (docs/e2e-design.md,
-    // step 3): not built yet, so refused rather than relayed in a form no engine opens.
-    if (balanced) {
-      return reply_error(client.id, req.request_id, wire::kAnyEngine, Outcome::kInvalidRequest,
-                         "sealed load-balanced requests are not supported yet");
-    }
-    if (req.targets.empty() || m.segments.size() < req.targets.size() || m.segments.size() % req.targets.size() != 0) {
-      return reject(client, "a sealed request's segments must split evenly among its targets");
-    }
+  // A sealed direct request carries one part per target; a sealed load-balanced one a single
+  // part that any engine holding the client's balanced key opens.
+  if (req.sealed() && !balanced &&
+      (req.targets.empty() || m.segments.size() < req.targets.size() || m.segments.size() % req.targets.size() != 0)) {
+    return reject(client, "a sealed request's segments must split evenly among its targets");
   }
   std::optional<wire::TaskOptions> options;
   if (balanced) {

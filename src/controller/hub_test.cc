@@ -425,17 +425,18 @@ TEST_F(HubTest, ASealedRequestGivesEachEngineOnlyItsOwnPart) {
   EXPECT_FALSE(c->is_open());
 }
 
-TEST_F(HubTest, ASealedLoadBalancedRequestIsRefusedNotRelayed) {
+TEST_F(HubTest, ASealedLoadBalancedRequestGoesWholeToTheEngineThatRunsIt) {
   auto e0 = join("engine:e0");
   auto c = join("client:alice");
   wire::Message m = balanced(9);
+  m.segments.push_back(SharedBytes::copy_of(std::string_view("ciphertext")));
   m.envelope.set_sealed(true);
   c->deliver(std::move(m));
-  EXPECT_TRUE(e0->sent_of(MessageKind::kApply).empty());
-  auto replies = c->sent_of(MessageKind::kTaskReply);
-  ASSERT_EQ(replies.size(), 1u);
-  EXPECT_EQ(replies[0].envelope.outcome(), Outcome::kInvalidRequest);
-  EXPECT_TRUE(c->is_open());
+  auto tasks = e0->sent_of(MessageKind::kApply);
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_TRUE(tasks[0].envelope.sealed());
+  ASSERT_EQ(tasks[0].segments.size(), 2u);
+  EXPECT_EQ(tasks[0].segments[1].to_string(), "ciphertext");
 }
 
 TEST_F(HubTest, ProtocolViolationsCutThePeerOff) {

@@ -226,7 +226,8 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   auto seal = crypto::generate_x25519().value();
   const VerifiedEngine verified{engine.fingerprint, seal.public_key};
   const PairKey key = random_key();
-  const std::string offer = make_pair_offer(client.identity, verified, key).value();
+  const PairKey balanced = random_key();
+  const std::string offer = make_pair_offer(client.identity, verified, key, balanced).value();
   const Roots trusts_client = Roots::make({client.fingerprint}, "").value();
 
   auto accepted = accept_pair_offer(offer, trusts_client, engine.fingerprint, seal, now());
@@ -234,6 +235,8 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   EXPECT_EQ(accepted->client_fingerprint, client.fingerprint);
   EXPECT_EQ(accepted->key.id, key.id);
   EXPECT_EQ(accepted->key.key, key.key);
+  EXPECT_EQ(accepted->balanced_key.id, balanced.id);
+  EXPECT_EQ(accepted->balanced_key.key, balanced.key);
 
   // The same offer at another engine, or at a restarted one (a new seal key): refused.
   const Actor other_engine = self_signed("other engine");
@@ -243,7 +246,7 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   EXPECT_EQ(accept_pair_offer(offer, trusts_client, engine.fingerprint, restarted, now()).status().code(),
             StatusCode::kPermissionDenied);
   // A client the engine does not trust, and an engine that trusts nobody.
-  const std::string strangers = make_pair_offer(stranger.identity, verified, random_key()).value();
+  const std::string strangers = make_pair_offer(stranger.identity, verified, random_key(), random_key()).value();
   auto refused = accept_pair_offer(strangers, trusts_client, engine.fingerprint, seal, now());
   EXPECT_NE(refused.status().message().find("not among the keys"), std::string::npos) << refused.status().message();
   auto nobody = accept_pair_offer(offer, Roots(), engine.fingerprint, seal, now());

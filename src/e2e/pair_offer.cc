@@ -10,7 +10,9 @@ namespace {
 
 constexpr std::size_t kMaxCertificateBytes = 12u << 10;
 constexpr std::size_t kMaxSignatureBytes = 1024;
-constexpr std::size_t kBoxBytes = crypto::kAeadKeyBytes + crypto::kSealedBoxOverhead;
+// The box holds pair key | balanced key id | balanced key.
+constexpr std::size_t kKeysBytes = 2 * crypto::kAeadKeyBytes + kKeyIdBytes;
+constexpr std::size_t kBoxBytes = kKeysBytes + crypto::kSealedBoxOverhead;
 
 std::string signed_bytes(std::string_view client_fp, std::string_view engine_fp, const crypto::X25519Public& seal_key,
                          const KeyId& key_id, std::span<const std::byte> box) {
@@ -34,10 +36,15 @@ std::string box_info(std::string_view client_fp, std::string_view engine_fp, con
 }  // namespace
 
 StatusOr<std::string> make_pair_offer(const tls::KeyAndCertificate& client, const VerifiedEngine& engine,
-                                      const PairKey& key) {
+                                      const PairKey& key, const PairKey& balanced_key) {
   TESTUDO_ASSIGN_OR_RETURN(std::string client_fp, tls::key_fingerprint_of_pem(client.cert_pem));
-  TESTUDO_ASSIGN_OR_RETURN(std::vector<std::byte> box,
-                           crypto::seal_box(engine.seal_key, box_info(client_fp, engine.fingerprint, key.id), key.key));
+  std::vector<std::byte> keys;
+  keys.insert(keys.end(), key.key.begin(), key.key.end());
+  keys.insert(keys.end(), balanced_key.id.begin(), balanced_key.id.end());
+  keys.insert(keys.end(), balanced_key.key.begin(), balanced_key.key.end());
+  auto sealed = crypto::seal_box(engine.seal_key, box_info(client_fp, engine.fingerprint, key.id), keys);
+  crypto::wipe(keys);
+  TESTUDO_ASSIGN_OR_RETURN(std::vector<std::byte> box, std::move(sealed));
   TESTUDO_ASSIGN_OR_RETURN(std::string signature,
                            tls::sign_sha256(client.key_pem, signed_bytes(client_fp, engine.fingerprint, engine.seal_key,
                                                                          key.id, box)));
@@ -76,13 +83,18 @@ StatusOr<AcceptedOffer> accept_pair_offer(std::string_view offer, const Roots& c
     // Also what a replay to another engine, or to a restarted engine (new seal key), gives.
     return refuse("not signed by client " + client_fp.substr(0, 23) + "… for this engine process");
   }
-  auto key = crypto::open_box(own_seal, box_info(client_fp, own_fingerprint, key_id), box);
-  if (!key.ok() || key->size() != crypto::kAeadKeyBytes) return refuse("the sealed key does not open");
+  auto keys = crypto::open_box(own_seal, box_info(client_fp, own_fingerprint, key_id), box);
+  if (!keys.ok() || keys->size() != kKeysBytes) return refuse("the sealed key does not open");
   AcceptedOffer accepted;
   accepted.client_fingerprint = client_fp;
   accepted.key.id = key_id;
-  std::copy(key->begin(), key->end(), accepted.key.key.begin());
-  crypto::wipe(*key);
+  auto at = keys->begin();
+  std::copy_n(at, crypto::kAeadKeyBytes, accepted.key.key.begin());
+  at += crypto::kAeadKeyBytes;
+  std::copy_n(at, kKeyIdBytes, accepted.balanced_key.id.begin());
+  at += kKeyIdBytes;
+  std::copy_n(at, crypto::kAeadKeyBytes, accepted.balanced_key.key.begin());
+  crypto::wipe(*keys);
   return accepted;
 }
 

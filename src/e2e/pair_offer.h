@@ -4,6 +4,10 @@
 // identity key, whose certificate travels with it; the engine checks that certificate
 // against its own client roots (roots.h), never against what the controller says.
 //
+// The box carries two keys: the pair key of this (client process, engine), and the client
+// process's balanced key (the same in every offer it makes), under which its load-balanced
+// requests are sealed so that any engine it paired with can open them.
+//
 // One offer per (client process, engine); it rides in the seal header of that client's
 // requests to the engine until the engine has answered under the key, so a request the
 // controller drops (an abort) cannot strand the key. What the client signs:
@@ -26,11 +30,12 @@ namespace testudo::e2e {
 
 // The offer's bytes (a binary encoding; see pair_offer.cc) for `engine`, carrying `key`.
 StatusOr<std::string> make_pair_offer(const tls::KeyAndCertificate& client, const VerifiedEngine& engine,
-                                      const PairKey& key);
+                                      const PairKey& key, const PairKey& balanced_key);
 
 struct AcceptedOffer {
   std::string client_fingerprint;
   PairKey key;
+  PairKey balanced_key;
 };
 
 // The engine's check of an offer: the client's certificate trusted by `client_roots` at

@@ -65,7 +65,7 @@ StatusOr<SealHeader> decode_seal_header(std::span<const std::byte> segment) {
   }
   SealHeader h;
   const std::uint8_t part = r.u8();
-  if (part < 1 || part > 3) return data_loss("seal header names an unknown part " + std::to_string(part));
+  if (part < 1 || part > 5) return data_loss("seal header names an unknown part " + std::to_string(part));
   h.part = static_cast<Part>(part);
   auto copy = [&r](auto& out) {
     auto b = r.bytes(out.size());

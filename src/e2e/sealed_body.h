@@ -45,7 +45,12 @@ struct PairKey {
   crypto::AeadKey key{};
 };
 
-enum class Part : std::uint8_t { kRequest = 1, kReply = 2, kOutput = 3 };
+// A direct request is sealed under the pair key of its one engine; a load-balanced one under
+// the client's balanced key, which every engine it paired with holds (pair_offer.h), with the
+// engine id left open (wire::kAnyEngine) in its associated data. Every reply and output
+// chunk is sealed under the pair key of the engine that ran it; a balanced request's reply
+// has its own part, so its nonce never meets a direct reply's under that key.
+enum class Part : std::uint8_t { kRequest = 1, kReply = 2, kOutput = 3, kBalancedRequest = 4, kBalancedReply = 5 };
 
 // Segment 0 of a sealed body. Readable by anyone (the controller logs `code_digest`); its
 // fields are authenticated through the associated data, the tag closes the message.
@@ -58,7 +63,7 @@ struct SealHeader {
   // records it; the engine checks it against what it opened. Zero otherwise.
   crypto::Digest code_digest{};
   crypto::AeadTag tag{};
-  // Requests: a pair offer (pair_offer.h) until the engine has answered under this key.
+  // Direct requests: a pair offer (pair_offer.h) until the engine has answered under this key.
   std::string offer;
 };
 inline constexpr std::size_t kMaxOfferBytes = 16u << 10;

@@ -134,8 +134,9 @@ class SealedPairs {
   // What a sealed request opened to.
   struct Opened {
     wire::Message message;  // the plaintext request
-    e2e::PairKey key;
+    e2e::PairKey key;       // the pair key its reply and output are sealed under
     std::uint64_t seq = 0;
+    e2e::Part reply_part = e2e::Part::kReply;
   };
 
   // Opens a sealed request routed to engine `engine_id`: the pair key (from the header's
@@ -144,6 +145,7 @@ class SealedPairs {
   StatusOr<Opened> open(wire::Message&& m, std::uint32_t engine_id) {
     if (m.segments.empty()) return permission_denied("a sealed request without a seal header");
     TESTUDO_ASSIGN_OR_RETURN(e2e::SealHeader header, e2e::decode_seal_header(m.segments[0].span()));
+    if (header.part == e2e::Part::kBalancedRequest) return open_balanced(std::move(m), header);
     if (header.part != e2e::Part::kRequest) return permission_denied("the seal header is not a request's");
     Pair* pair = find(header.key_id);
     if (!header.offer.empty() && pair == nullptr) {
@@ -170,7 +172,37 @@ class SealedPairs {
     if (!pair->window.accept(header.seq)) {
       return permission_denied("request " + std::to_string(header.seq) + " under this pair key was already run (a replay)");
     }
-    Opened out{std::move(m), pair->key, header.seq};
+    Opened out{std::move(m), pair->key, header.seq, e2e::Part::kReply};
+    out.message.segments = std::move(plain).value();
+    out.message.envelope.set_sealed(false);
+    return out;
+  }
+
+  // A load-balanced request: sealed under the balanced key of a client this engine paired
+  // with, for any engine (the controller chose this one), answered under that pair's key.
+  StatusOr<Opened> open_balanced(wire::Message&& m, const e2e::SealHeader& header) {
+    auto it = balanced_.find(header.key_id);
+    if (it == balanced_.end()) {
+      return permission_denied("unknown balanced key (this engine never paired with the client, or restarted)");
+    }
+    Balanced& balanced = it->second;
+    Pair* pair = find(balanced.pair_id);
+    if (pair == nullptr) return permission_denied("unknown pair key (this engine restarted, or forgot it): the client "
+                                                  "offers it again with its next request");
+    const e2e::SealContext context{m.envelope.kind, m.envelope.kind_flags(), wire::kAnyEngine, 0};
+    auto plain = e2e::open_body(balanced.key, header, context, std::span(m.segments).subspan(1));
+    if (!plain.ok()) {
+      return permission_denied("the sealed load-balanced request does not open: it was altered on the way, or made "
+                               "for another kind or sequence number");
+    }
+    if (e2e::request_code_digest(m.envelope.kind, *plain) != header.code_digest) {
+      return permission_denied("the code digest the controller logged is not the code's");
+    }
+    if (!balanced.window.accept(header.seq)) {
+      return permission_denied("load-balanced request " + std::to_string(header.seq) +
+                               " of this client was already run here (a replay)");
+    }
+    Opened out{std::move(m), pair->key, header.seq, e2e::Part::kBalancedReply};
     out.message.segments = std::move(plain).value();
     out.message.envelope.set_sealed(false);
     return out;
@@ -180,7 +212,7 @@ class SealedPairs {
   StatusOr<std::vector<SharedBytes>> seal_reply(const Opened& opened, std::uint32_t engine_id, Outcome outcome,
                                                 std::span<const SharedBytes> body) {
     e2e::SealHeader header;
-    header.part = e2e::Part::kReply;
+    header.part = opened.reply_part;
     header.seq = opened.seq;
     return e2e::seal_body(opened.key, header,
                           {opened.message.envelope.kind, 0, engine_id, static_cast<std::uint16_t>(outcome)}, body);
@@ -202,6 +234,7 @@ class SealedPairs {
  private:
   struct Pair {
     e2e::PairKey key;
+    e2e::KeyId balanced_id{};
     std::string client_fingerprint;
     e2e::ReplayWindow window;
     std::uint64_t chunks = 0;
@@ -212,12 +245,21 @@ class SealedPairs {
     lru_.splice(lru_.begin(), lru_, it->second);
     return &*it->second;
   }
+  struct Balanced {
+    e2e::PairKey key;
+    e2e::KeyId pair_id{};  // the pair whose key seals the replies
+    e2e::ReplayWindow window;
+  };
   Pair* add(e2e::AcceptedOffer accepted) {
     if (pairs_.size() >= kMaxPairs) {
+      balanced_.erase(lru_.back().balanced_id);
       pairs_.erase(lru_.back().key.id);
       lru_.pop_back();
     }
-    lru_.push_front(Pair{accepted.key, std::move(accepted.client_fingerprint), {}, 0});
+    // A client process makes one balanced key and one pair per engine, so a balanced key
+    // arrives here once; one already held keeps its replay window.
+    balanced_.try_emplace(accepted.balanced_key.id, Balanced{accepted.balanced_key, accepted.key.id, {}});
+    lru_.push_front(Pair{accepted.key, accepted.balanced_key.id, std::move(accepted.client_fingerprint), {}, 0});
     pairs_[lru_.front().key.id] = lru_.begin();
     return &lru_.front();
   }
@@ -228,6 +270,7 @@ class SealedPairs {
   e2e::Roots roots_;
   std::list<Pair> lru_;
   std::map<e2e::KeyId, std::list<Pair>::iterator> pairs_;
+  std::map<e2e::KeyId, Balanced> balanced_;  // by balanced key id; at most one per pair
 };
 
 }  // namespace

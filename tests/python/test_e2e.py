@@ -73,11 +73,15 @@ def test_sealed_requests_run_and_the_controller_never_holds_their_bytes(cluster,
     view.push({"p": push_marker})
     assert view.pull("p") == [push_marker] * 2
     assert view.apply(lambda s: s + "-apply", marker) == [apply_marker] * 2
+    balanced_marker = f"{marker}-balanced"
+    lview = sealed.load_balanced_view()
+    assert lview.map_sync(lambda s: s + "-balanced", [marker] * 4) == [balanced_marker] * 4
     # The same kind of bytes unsealed do reach the controller (its task store keeps results).
     plain = cluster.client()
     assert plain[0].apply_sync(lambda s: s, plain_marker) == plain_marker
     plain.close()
-    held = controller_holds(cluster, [m.encode() for m in (code_marker, push_marker, apply_marker, plain_marker)])
+    held = controller_holds(cluster, [m.encode() for m in (code_marker, push_marker, apply_marker, balanced_marker,
+                                                           plain_marker)])
     assert plain_marker.encode() in held, "the search found nothing at all: it could not have failed"
     assert held == {plain_marker.encode()}
 
@@ -100,9 +104,15 @@ def test_a_result_opens_in_its_own_process_only(cluster, sealed):
     other.close()
 
 
-def test_load_balanced_requests_are_refused_while_sealing(sealed):
-    with pytest.raises(testudo.SealBroken, match="load-balanced"):
-        sealed.load_balanced_view().apply_sync(lambda: 1)
+def test_load_balanced_requests_are_sealed_for_any_paired_engine(sealed):
+    lview = sealed.load_balanced_view()
+    assert lview.map_sync(lambda x: x * x, range(40)) == [x * x for x in range(40)]
+    ar = lview.apply_async(lambda: __import__("os").getpid())
+    ar.get(timeout=30)
+    assert ar.engine_id in (0, 1)
+    ar = lview.apply_async(lambda: print("balanced output"))
+    ar.get(timeout=30)
+    assert "balanced output" in ar.stdout
 
 
 def test_an_engine_the_client_cannot_verify_gets_nothing(cluster):

@@ -80,6 +80,29 @@ def test_a_replayed_request_runs_once(cluster, sealed):
     assert "was already run (a replay)" in cluster.engine_logs()
 
 
+def test_a_replayed_load_balanced_request_runs_once(cluster, sealed):
+    sealed[:].execute("lb_count = 0", block=True)
+    lview = sealed.load_balanced_view()
+    lview.apply_sync(lambda: "pairs the engines")
+
+    @testudo.interactive
+    def bump():
+        global lb_count
+        lb_count += 1
+
+    with cluster.attack("replay-request"):
+        lview.apply_sync(bump)
+    assert sorted(sealed[:]["lb_count"]) == [0, 1]
+    assert "of this client was already run here (a replay)" in cluster.engine_logs()
+
+
+def test_a_flipped_bit_in_a_load_balanced_request_is_refused(cluster, sealed):
+    sealed.load_balanced_view().apply_sync(lambda: "pairs the engines")  # honestly, first
+    with cluster.attack("flip-request"):
+        with pytest.raises(testudo.SealBroken, match="refused the sealed request.*load-balanced request does not open"):
+            sealed.load_balanced_view().apply_sync(lambda: "altered")
+
+
 def test_a_request_delivered_to_another_engine_does_not_run_there(cluster, sealed):
     sealed[:].execute("moved = 'no'", block=True)
     with cluster.attack("swap-targets"):
