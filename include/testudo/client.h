@@ -80,8 +80,9 @@ struct ClientOptions {
   // controller altered, swapped or forged. Needs the identity key (not a login). Engines are
   // verified against `engine_keys` (key fingerprints) and/or `engine_cafile`; neither given:
   // the shared engine certificate of the profile (security/engine-cert.pem), which the
-  // engines `cluster start` launches present. Load-balanced requests are refused with it on
-  // (not built yet).
+  // engines `cluster start` launches present. A load-balanced request goes only to engines
+  // this client paired with (it pairs with the listed ones first); stored results open only
+  // in the process that asked.
   bool e2e = false;
   std::vector<std::string> engine_keys;
   std::string engine_cafile;

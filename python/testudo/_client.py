@@ -76,8 +76,8 @@ class Client(StoredResults):
     (docs/security.md, "End-to-end sealing"); a reply it altered, swapped or forged raises
     ``SealBroken``. Engines are checked against ``engine_keys`` (key fingerprints) or
     ``engine_cafile``, by default the profile's shared engine certificate, which the engines of
-    ``testudo cluster start`` present. Needs your key (not a login); load-balanced requests are
-    not sealed yet and raise ``SealBroken`` with it on.
+    ``testudo cluster start`` present. Needs your key (not a login). Load-balanced requests go
+    only to engines this client could pair with; stored results open only in this process.
     """
 
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is

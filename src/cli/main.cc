@@ -341,7 +341,7 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
         if (m.is_string()) logins += (logins.empty() ? "" : ", ") + m.get<std::string>();
       }
     }
-    std::printf("security: trust mode %s; logins: %s; end-to-end sealing: direct requests of clients with --e2e "
+    std::printf("security: trust mode %s; logins: %s; end-to-end sealing: requests of clients with --e2e "
                 "(the controller can read everything else it relays)\n",
                 j["trust"].get<std::string>().c_str(), logins.empty() ? "key" : logins.c_str());
   }
