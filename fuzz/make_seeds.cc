@@ -12,6 +12,7 @@
 #include "auth/scram_login.h"
 #include "e2e/engine_seal.h"
 #include "e2e/pair_offer.h"
+#include "e2e/result_key.h"
 #include "e2e/sealed_body.h"
 #include "scram_fuzz.h"
 #include "wire/body.h"
@@ -189,7 +190,7 @@ int main(int argc, char** argv) {
     key.id.fill(std::byte{7});
     key.key.fill(std::byte{9});
     const e2e::VerifiedEngine verified{tls::key_fingerprint_of_pem(engine.cert_pem).value(), seal.public_key};
-    const std::string offer = e2e::make_pair_offer(client, verified, key, key).value();
+    const std::string offer = e2e::make_pair_offer(client, verified, key, key, seal.public_key).value();
     e2e::SealHeader header;
     header.seq = 3;
     write(sealed, "header", with(0, e2e::encode_seal_header(header).span()));
@@ -204,6 +205,8 @@ int main(int argc, char** argv) {
     opened.insert(opened.end(), part[0].span().begin(), part[0].span().end());
     opened.insert(opened.end(), part[1].span().begin(), part[1].span().end());
     write(sealed, "body", with(3, opened));
+    const auto grant = e2e::grant_result_key(engine, "sha256:fuzz", seal.public_key, key.id).value();
+    write(sealed, "result_key", with(4, as_bytes(grant.grant)));
   }
 
   return 0;

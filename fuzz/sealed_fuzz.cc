@@ -1,9 +1,10 @@
 // Fuzzes what end-to-end sealing reads from the network (e2e/): the seal header of every
 // sealed body (clients and engines decode it; the controller reads its code digest), a pair
-// offer (engines), an engine's seal statement (clients) and opening a sealed body. The first
+// offer (engines), an engine's seal statement and a result-key grant (clients) and opening a
+// sealed body. The first
 // byte picks the decoder. Properties: no crash; a header that decodes re-encodes to the same
 // bytes; no offer or statement made of fuzz bytes is accepted (they need keys the fuzzer does
-// not have); a body opens only as what seals back to the same bytes.
+// not have), nor is a grant; a body opens only as what seals back to the same bytes.
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
@@ -11,6 +12,7 @@
 
 #include "e2e/engine_seal.h"
 #include "e2e/pair_offer.h"
+#include "e2e/result_key.h"
 #include "e2e/sealed_body.h"
 #include "fuzz_util.h"
 
@@ -40,7 +42,7 @@ struct Fixture {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const Fixture f;
   if (size == 0) return 0;
-  const std::uint8_t selector = data[0] % 4;
+  const std::uint8_t selector = data[0] % 5;
   auto bytes = fuzz::as_span(data + 1, size - 1);
   std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   const auto now = static_cast<std::int64_t>(std::time(nullptr));
@@ -58,10 +60,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 2:
       FUZZ_CHECK(!e2e::verify_engine_seal_statement(text, f.roots, now).ok());
       return 0;
-    default: {
+    case 4:
+      FUZZ_CHECK(!e2e::open_result_key(text, f.key.id, "sha256:fuzz", f.seal, f.roots, now).ok());
+      return 0;
+    case 3: {
       // A header, then the rest as one segment: never opens under a key the input cannot know.
       if (bytes.size() < 1) return 0;
-      const std::size_t header_size = std::min<std::size_t>(bytes[0] == std::byte{0} ? 0 : 89, bytes.size() - 1);
+      const std::size_t header_size = std::min<std::size_t>(bytes[0] == std::byte{0} ? 0 : 93, bytes.size() - 1);
       auto header = e2e::decode_seal_header(bytes.subspan(1, header_size));
       if (!header.ok()) return 0;
       const SharedBytes segment[] = {SharedBytes::copy_of(bytes.subspan(1 + header_size))};
@@ -75,5 +80,5 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       FUZZ_CHECK(e2e::decode_seal_header((*again)[0].span())->tag == header->tag);
       return 0;
     }
-  }
+  }  return 0;
 }

@@ -15,6 +15,7 @@
 #include "base/profile.h"
 #include "client/client_seals.h"
 #include "client/reply.h"
+#include "e2e/sealed_body.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
 #include "net/host_address.h"
@@ -265,7 +266,13 @@ struct Client::Impl {
         auto state = it->second;
         const std::uint64_t request_id = m.envelope.request_id;
         std::string why;
-        if (seals && seals->open_reply(m, why) == client::ClientSeals::Verdict::kBroken) {
+        if (!seals && !m.segments.empty() && e2e::decode_seal_header(m.segments[0].span()).ok()) {
+          why = "the result of task " + std::to_string(m.envelope.task_id) +
+                " is sealed end to end: open it with a client that seals (Client(e2e=True), --e2e)";
+        } else if (seals && seals->open_reply(m, why) != client::ClientSeals::Verdict::kBroken) {
+          why.clear();
+        }
+        if (!why.empty()) {
           LOG_WARN("client") << why;
           EngineReply broken = client::failed_reply(m.envelope.engine_id, Outcome::kSealBroken, why);
           broken.task_id = m.envelope.task_id;

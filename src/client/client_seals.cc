@@ -9,6 +9,7 @@
 #include "auth/identity.h"
 #include "base/profile.h"
 #include "e2e/pair_offer.h"
+#include "e2e/result_key.h"
 #include "wire/body.h"
 
 namespace testudo::client {
@@ -42,7 +43,10 @@ StatusOr<std::unique_ptr<ClientSeals>> ClientSeals::create(const ClientOptions& 
   e2e::PairKey balanced;
   TESTUDO_RETURN_IF_ERROR(crypto::fill_random(balanced.id));
   TESTUDO_RETURN_IF_ERROR(crypto::fill_random(balanced.key));
-  return std::unique_ptr<ClientSeals>(new ClientSeals(std::move(roots), identity, balanced));
+  TESTUDO_ASSIGN_OR_RETURN(crypto::X25519KeyPair seal, e2e::client_seal_key(identity));
+  TESTUDO_ASSIGN_OR_RETURN(std::string fingerprint, tls::key_fingerprint_of_pem(identity.cert_pem));
+  return std::unique_ptr<ClientSeals>(
+      new ClientSeals(std::move(roots), identity, balanced, seal, std::move(fingerprint)));
 }
 
 bool ClientSeals::knows(const std::vector<EngineId>& engines) const {
@@ -89,7 +93,8 @@ StatusOr<ClientSeals::Pair*> ClientSeals::pair_for(EngineId engine) {
   pair.engine = std::move(verified).value();
   TESTUDO_RETURN_IF_ERROR(crypto::fill_random(pair.key.id));
   TESTUDO_RETURN_IF_ERROR(crypto::fill_random(pair.key.key));
-  TESTUDO_ASSIGN_OR_RETURN(pair.offer, e2e::make_pair_offer(identity_, pair.engine, pair.key, balanced_));
+  TESTUDO_ASSIGN_OR_RETURN(pair.offer,
+                           e2e::make_pair_offer(identity_, pair.engine, pair.key, balanced_, seal_.public_key));
   return &pairs_.emplace(engine, std::move(pair)).first->second;
 }
 
@@ -219,34 +224,34 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
   const Outcome outcome = reply.envelope.outcome();
   // The controller's own verdicts (engine died, aborted, ...) carry no body: nothing to open.
   if (outcome != Outcome::kOk && outcome != Outcome::kPythonError) return Verdict::kPlain;
-  const bool looks_sealed = !reply.segments.empty() && e2e::decode_seal_header(reply.segments[0].span()).ok();
-  Expectation expected;
-  e2e::PairKey key;
+  auto decoded = reply.segments.empty() ? StatusOr<e2e::SealHeader>(data_loss("no body"))
+                                        : e2e::decode_seal_header(reply.segments[0].span());
+  // What this process expects, if the reply answers a sealed request of its own: then the
+  // engine, pair key and sequence number must match too. A stored result of another process
+  // of this identity has no expectation here; its seal alone vouches for it.
+  std::optional<Expectation> expected;
+  e2e::KeyId pair_id{};
   e2e::Part expected_part = e2e::Part::kReply;
+  EngineId engine = reply.envelope.engine_id;
   {
     std::lock_guard lock(mutex_);
-    Expectation* e = expectation_of(reply.envelope.request_id, reply.envelope.task_id, reply.envelope.engine_id);
-    if (e == nullptr) {
-      if (!looks_sealed) return Verdict::kPlain;
-      why = "the result of task " + std::to_string(reply.envelope.task_id) +
-            " is sealed for the client process that submitted it, which alone can open it (results that outlive "
-            "their process: docs/e2e-design.md, step 4)";
-      return Verdict::kBroken;
+    if (Expectation* e = expectation_of(reply.envelope.request_id, reply.envelope.task_id, reply.envelope.engine_id)) {
+      expected = *e;
+      const bool balanced = e->engine == wire::kAnyEngine;
+      // A balanced request's reply comes from whichever engine ran it, under that engine's keys.
+      if (!balanced) engine = e->engine;
+      auto pair = pairs_.find(engine);
+      if (pair == pairs_.end() || (!balanced && pair->second.key.id != e->key_id)) {
+        why = "no pair key for " + engine_name(engine) + " (a reply from an engine this request was not sent to)";
+        return Verdict::kBroken;
+      }
+      pair_id = pair->second.key.id;
+      expected_part = balanced ? e2e::Part::kBalancedReply : e2e::Part::kReply;
     }
-    expected = *e;
-    const bool balanced = expected.engine == wire::kAnyEngine;
-    // A balanced request's reply comes from whichever engine ran it, under that engine's pair key.
-    if (balanced) expected.engine = reply.envelope.engine_id;
-    auto pair = pairs_.find(expected.engine);
-    if (pair == pairs_.end() || (!balanced && pair->second.key.id != expected.key_id)) {
-      why = "no pair key for " + engine_name(expected.engine) + " (a reply from an engine this request was not sent to)";
-      return Verdict::kBroken;
-    }
-    key = pair->second.key;
-    expected_part = balanced ? e2e::Part::kBalancedReply : e2e::Part::kReply;
   }
-  const std::string from = engine_name(expected.engine);
-  if (!looks_sealed) {
+  const std::string from = engine_name(engine);
+  if (!decoded.ok()) {
+    if (!expected) return Verdict::kPlain;  // an unsealed request's reply
     // Perhaps the engine's own refusal, which it cannot seal (it has no key for us).
     if (reply.segments.size() >= wire::kReplyFixedSegments) {
       auto meta = wire::decode_reply_meta(reply.segments[0]);
@@ -255,7 +260,7 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
           // The engine lost our key (restarted, or evicted it): offer it again. Worst case,
           // a forged refusal makes us re-send an offer, which reveals nothing.
           std::lock_guard lock(mutex_);
-          if (auto pair = pairs_.find(expected.engine); pair != pairs_.end()) pair->second.confirmed = false;
+          if (auto pair = pairs_.find(engine); pair != pairs_.end()) pair->second.confirmed = false;
         }
         why = from + " refused the sealed request: " + meta->evalue +
               " (this answer is not sealed, so the controller could have written it)";
@@ -266,26 +271,56 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
           "altered it)";
     return Verdict::kBroken;
   }
-  const e2e::SealHeader header = e2e::decode_seal_header(reply.segments[0].span()).value();
-  if (header.part != expected_part || header.key_id != key.id || header.seq != expected.seq) {
+  const e2e::SealHeader& header = *decoded;
+  if (expected && (header.part != expected_part || header.key_id != pair_id || header.seq != expected->seq)) {
     why = "the reply from " + from + " is sealed for another request (a swapped or replayed reply): dropped";
     return Verdict::kBroken;
   }
-  auto plain = e2e::open_body(key, header, {expected.kind, 0, expected.engine, static_cast<std::uint16_t>(outcome)},
-                              std::span(reply.segments).subspan(1));
-  if (!plain.ok()) {
-    why = "the sealed reply from " + from + " does not open: it was altered on the way, or is not " + from + "'s";
+  if (!expected && header.part != e2e::Part::kReply && header.part != e2e::Part::kBalancedReply) {
+    why = "the result of task " + std::to_string(reply.envelope.task_id) + " is not a sealed reply";
     return Verdict::kBroken;
   }
-  {
+  auto key = result_key(header);
+  if (!key.ok()) {
+    why = "the sealed result of task " + std::to_string(reply.envelope.task_id) + " from " + from +
+          " cannot be opened here: " + key.status().message();
+    return Verdict::kBroken;
+  }
+  auto plain = e2e::open_body({header.key_id, *key}, header,
+                              {wire::MessageKind::kTaskReply, 0, engine, static_cast<std::uint16_t>(outcome),
+                               reply.envelope.task_id},
+                              std::span(reply.segments).subspan(1));
+  if (!plain.ok()) {
+    why = "the sealed reply from " + from + " does not open: it was altered on the way, or is not " + from +
+          "'s answer to task " + std::to_string(reply.envelope.task_id);
+    return Verdict::kBroken;
+  }
+  if (expected) {
     std::lock_guard lock(mutex_);
-    if (auto pair = pairs_.find(expected.engine); pair != pairs_.end() && pair->second.key.id == key.id) {
+    if (auto pair = pairs_.find(engine); pair != pairs_.end() && pair->second.key.id == pair_id) {
       pair->second.confirmed = true;  // the engine holds the key: no more offers
     }
   }
   reply.segments = std::move(plain).value();
-  reply.envelope.engine_id = expected.engine;
+  reply.envelope.engine_id = engine;
   return Verdict::kOpened;
+}
+
+StatusOr<crypto::AeadKey> ClientSeals::result_key(const e2e::SealHeader& header) {
+  {
+    std::lock_guard lock(mutex_);
+    // A grant checked once is not checked again, as long as it is byte for byte the same.
+    if (auto it = grants_.find(header.key_id); it != grants_.end() && it->second.first == header.result_key) {
+      return it->second.second;
+    }
+  }
+  if (header.result_key.empty()) return permission_denied("the reply carries no result key");
+  TESTUDO_ASSIGN_OR_RETURN(e2e::OpenedGrant opened,
+                           e2e::open_result_key(header.result_key, header.key_id, fingerprint_, seal_, roots_, now_unix()));
+  std::lock_guard lock(mutex_);
+  if (grants_.size() >= kMaxGrants) grants_.clear();  // re-checked on next use, nothing lost
+  grants_[header.key_id] = {header.result_key, opened.key};
+  return opened.key;
 }
 
 std::optional<std::string> ClientSeals::open_output(const wire::Message& chunk, bool& was_sealed) {

@@ -71,9 +71,10 @@ class ClientSeals {
 
   // What became of a task reply.
   enum class Verdict {
-    kPlain,   // not an answer to a sealed request of this process: use it as it is
-    kOpened,  // sealed for this request: `reply.segments` now hold the plaintext
-    kBroken,  // should have been sealed for this process and is not: `why` says how
+    kPlain,   // neither sealed nor an answer to a sealed request of this process: use it as it is
+    kOpened,  // sealed for this identity (and this request, if this process sent it): `reply.segments`
+              // now hold the plaintext
+    kBroken,  // sealed but not openable here, or should have been sealed and is not: `why` says how
   };
   Verdict open_reply(wire::Message& reply, std::string& why);
   // The text of a live output chunk, or nothing if it is not a sealed chunk of a running
@@ -95,12 +96,19 @@ class ClientSeals {
     wire::MessageKind kind = wire::MessageKind::kExecute;
     std::uint64_t last_chunk = 0;
   };
-  // Sealed requests remembered (to open their results later, get_result from this process);
-  // beyond this the oldest are forgotten and their stored results no longer open.
+  // Sealed requests remembered (to hold their replies to the request they answer); beyond
+  // this the oldest are forgotten, and their stored results open as any process's would.
   static constexpr std::size_t kMaxRememberedRequests = 1u << 18;
 
-  ClientSeals(e2e::Roots roots, tls::KeyAndCertificate identity, e2e::PairKey balanced)
-      : roots_(std::move(roots)), identity_(std::move(identity)), balanced_(balanced) {}
+  ClientSeals(e2e::Roots roots, tls::KeyAndCertificate identity, e2e::PairKey balanced, crypto::X25519KeyPair seal,
+              std::string fingerprint)
+      : roots_(std::move(roots)),
+        identity_(std::move(identity)),
+        balanced_(balanced),
+        seal_(seal),
+        fingerprint_(std::move(fingerprint)) {}
+  // The result key a reply is sealed under, from its grant (checked once per grant).
+  StatusOr<crypto::AeadKey> result_key(const e2e::SealHeader& header);
   StatusOr<Pair*> pair_for(EngineId engine);  // under mutex_
   // The expectation a reply or chunk is held to, or null if it answers no sealed request of
   // this process. Under mutex_.
@@ -109,6 +117,10 @@ class ClientSeals {
   const e2e::Roots roots_;
   const tls::KeyAndCertificate identity_;
   const e2e::PairKey balanced_;  // this process's balanced key, in every offer it makes
+  const crypto::X25519KeyPair seal_;  // the identity's seal key (e2e/result_key.h)
+  const std::string fingerprint_;     // the identity's key fingerprint
+  static constexpr std::size_t kMaxGrants = 1u << 16;
+  std::map<e2e::KeyId, std::pair<std::string, crypto::AeadKey>> grants_;  // key id -> (grant, key)
   mutable std::mutex mutex_;
   std::uint64_t balanced_next_seq_ = 1;
   std::chrono::steady_clock::time_point learned_at_{};

@@ -64,12 +64,17 @@ bool add_aad(EVP_CIPHER_CTX* ctx, std::span<const std::byte> aad, bool encrypt) 
 
 Status sealing_failure(std::string_view what) { return internal_error("AES-256-GCM " + std::string(what) + " failed"); }
 
+}  // namespace
+
 StatusOr<AeadKey> hkdf_sha256(std::span<const std::byte> ikm, std::span<const std::byte> salt, std::string_view info) {
   std::unique_ptr<EVP_KDF, KdfFree> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
   if (!kdf) return internal_error("HKDF is not available");
   std::unique_ptr<EVP_KDF_CTX, KdfCtxFree> ctx(EVP_KDF_CTX_new(kdf.get()));
   if (!ctx) return internal_error("HKDF context");
   char digest[] = "SHA256";
+  // RFC 5869: an absent salt is HashLen zero bytes; OpenSSL wants that spelled out.
+  const std::array<std::byte, 32> zero_salt{};
+  if (salt.empty()) salt = zero_salt;
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::byte*>(ikm.data()), ikm.size()),
@@ -81,6 +86,8 @@ StatusOr<AeadKey> hkdf_sha256(std::span<const std::byte> ikm, std::span<const st
   if (EVP_KDF_derive(ctx.get(), uc(key.data()), key.size(), params) != 1) return internal_error("HKDF failed");
   return key;
 }
+
+namespace {
 
 // X25519(private, peer): the shared secret. An all-zero result (a small-order peer key) is
 // refused, as RFC 7748 section 6.1 allows.
@@ -143,6 +150,18 @@ Status aead_open(const AeadKey& key, const AeadNonce& nonce, std::span<const std
     return permission_denied("sealed body failed authentication");
   }
   return ok_status();
+}
+
+StatusOr<X25519KeyPair> x25519_from_private(std::span<const std::byte, kX25519Bytes> private_key) {
+  Pkey key(EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, uc(private_key.data()), private_key.size()));
+  X25519KeyPair pair{};
+  std::size_t public_size = pair.public_key.size();
+  if (!key || EVP_PKEY_get_raw_public_key(key.get(), uc(pair.public_key.data()), &public_size) != 1 ||
+      public_size != kX25519Bytes) {
+    return internal_error("X25519 key from bytes failed");
+  }
+  std::copy(private_key.begin(), private_key.end(), pair.private_key.begin());
+  return pair;
 }
 
 StatusOr<X25519KeyPair> generate_x25519() {

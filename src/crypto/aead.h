@@ -49,6 +49,13 @@ struct X25519KeyPair {
   X25519Public public_key;
 };
 StatusOr<X25519KeyPair> generate_x25519();
+// The key pair of a given private key (32 bytes; clamped as RFC 7748 says), e.g. one derived
+// with hkdf_sha256.
+StatusOr<X25519KeyPair> x25519_from_private(std::span<const std::byte, kX25519Bytes> private_key);
+
+// HKDF-SHA256 (RFC 5869) with a 32-byte output; an empty salt means the RFC's default (32 zero
+// bytes).
+StatusOr<AeadKey> hkdf_sha256(std::span<const std::byte> ikm, std::span<const std::byte> salt, std::string_view info);
 
 // A sealed box (ECIES over X25519, as HPKE's base mode would do; OpenSSL 3.0 has no HPKE):
 //   eph = fresh X25519 pair; shared = X25519(eph.private, recipient)

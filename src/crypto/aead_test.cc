@@ -110,6 +110,29 @@ TEST(AeadTest, PiecesOfTheWrongSizeAreRefused) {
   EXPECT_FALSE(aead_seal(c.key, c.nonce, c.aad, in, outs).ok());
 }
 
+TEST(HkdfTest, Rfc5869TestCase1) {
+  auto okm = hkdf_sha256(hex("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b"), hex("000102030405060708090a0b0c"),
+                         std::string_view("\xf0\xf1\xf2\xf3\xf4\xf5\xf6\xf7\xf8\xf9", 10));
+  ASSERT_TRUE(okm.ok());
+  // The first 32 of the RFC's 42 output bytes.
+  EXPECT_EQ(to_hex(*okm), "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf");
+}
+
+TEST(HkdfTest, Rfc5869TestCase3WithoutSalt) {
+  auto okm = hkdf_sha256(hex("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b"), {}, "");
+  ASSERT_TRUE(okm.ok()) << okm.status().message();
+  EXPECT_EQ(to_hex(*okm), "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d");
+}
+
+TEST(X25519Test, Rfc7748AlicesPublicKey) {
+  auto alice = x25519_from_private(hex_array<32>("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+  ASSERT_TRUE(alice.ok());
+  EXPECT_EQ(to_hex(alice->public_key), "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+  // A box sealed to it opens with the pair rebuilt from the private bytes alone.
+  auto box = seal_box(alice->public_key, "i", as_bytes("to alice")).value();
+  EXPECT_TRUE(open_box(*alice, "i", box).ok());
+}
+
 TEST(SealedBoxTest, OnlyTheRecipientOpensItForTheSameInfo) {
   auto alice = generate_x25519().value();
   auto mallory = generate_x25519().value();

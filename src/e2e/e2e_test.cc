@@ -9,6 +9,7 @@
 #include "e2e/engine_seal.h"
 #include "e2e/pair_offer.h"
 #include "e2e/replay_window.h"
+#include "e2e/result_key.h"
 #include "e2e/roots.h"
 #include "e2e/sealed_body.h"
 #include "tls/test_pki.h"
@@ -227,7 +228,8 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   const VerifiedEngine verified{engine.fingerprint, seal.public_key};
   const PairKey key = random_key();
   const PairKey balanced = random_key();
-  const std::string offer = make_pair_offer(client.identity, verified, key, balanced).value();
+  const auto client_seal = client_seal_key(client.identity).value();
+  const std::string offer = make_pair_offer(client.identity, verified, key, balanced, client_seal.public_key).value();
   const Roots trusts_client = Roots::make({client.fingerprint}, "").value();
 
   auto accepted = accept_pair_offer(offer, trusts_client, engine.fingerprint, seal, now());
@@ -237,6 +239,7 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   EXPECT_EQ(accepted->key.key, key.key);
   EXPECT_EQ(accepted->balanced_key.id, balanced.id);
   EXPECT_EQ(accepted->balanced_key.key, balanced.key);
+  EXPECT_EQ(accepted->client_seal_key, client_seal.public_key);
 
   // The same offer at another engine, or at a restarted one (a new seal key): refused.
   const Actor other_engine = self_signed("other engine");
@@ -246,7 +249,9 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   EXPECT_EQ(accept_pair_offer(offer, trusts_client, engine.fingerprint, restarted, now()).status().code(),
             StatusCode::kPermissionDenied);
   // A client the engine does not trust, and an engine that trusts nobody.
-  const std::string strangers = make_pair_offer(stranger.identity, verified, random_key(), random_key()).value();
+  const std::string strangers = make_pair_offer(stranger.identity, verified, random_key(), random_key(),
+                                                  client_seal.public_key)
+                                      .value();
   auto refused = accept_pair_offer(strangers, trusts_client, engine.fingerprint, seal, now());
   EXPECT_NE(refused.status().message().find("not among the keys"), std::string::npos) << refused.status().message();
   auto nobody = accept_pair_offer(offer, Roots(), engine.fingerprint, seal, now());
@@ -264,6 +269,44 @@ TEST(PairOfferTest, OnlyTheEngineProcessItWasMadeForAcceptsIt) {
   // Truncated offers are refused, never read past their end.
   for (std::size_t cut : {std::size_t{0}, std::size_t{3}, offer.size() / 2, offer.size() - 1}) {
     EXPECT_FALSE(accept_pair_offer(offer.substr(0, cut), trusts_client, engine.fingerprint, seal, now()).ok()) << cut;
+  }
+}
+
+TEST(ResultKeyTest, EveryProcessOfTheIdentityOpensTheGrantAndNobodyElse) {
+  const Actor client = self_signed("client");
+  const Actor other = self_signed("other client");
+  const Actor engine = self_signed("engine");
+  const Actor impostor = self_signed("impostor engine");
+  // The seal key is the identity's: a second derivation (another process) gives the same.
+  const auto seal = client_seal_key(client.identity).value();
+  EXPECT_EQ(client_seal_key(client.identity).value().public_key, seal.public_key);
+  EXPECT_NE(client_seal_key(other.identity).value().public_key, seal.public_key);
+  // Also when the key file is written encrypted and read back (another PEM, the same key).
+  auto encrypted = tls::encrypt_private_key_pem(client.identity.key_pem, "pass").value();
+  tls::KeyAndCertificate reread{tls::decrypt_private_key_pem(encrypted, "pass").value(), client.identity.cert_pem};
+  EXPECT_EQ(client_seal_key(reread).value().public_key, seal.public_key);
+
+  const Roots roots = Roots::make({engine.fingerprint}, "").value();
+  const PairKey id = random_key();
+  const ResultKey granted = grant_result_key(engine.identity, client.fingerprint, seal.public_key, id.id).value();
+  auto opened = open_result_key(granted.grant, id.id, client.fingerprint, seal, roots, now());
+  ASSERT_TRUE(opened.ok()) << opened.status().message();
+  EXPECT_EQ(opened->key, granted.key);
+  EXPECT_EQ(opened->engine_fingerprint, engine.fingerprint);
+
+  // Another identity (its own seal key and fingerprint) cannot open it.
+  const auto other_seal = client_seal_key(other.identity).value();
+  EXPECT_EQ(open_result_key(granted.grant, id.id, other.fingerprint, other_seal, roots, now()).status().code(),
+            StatusCode::kPermissionDenied);
+  // Under another key id (a grant moved to another pair's results): refused.
+  EXPECT_FALSE(open_result_key(granted.grant, random_key().id, client.fingerprint, seal, roots, now()).ok());
+  // A grant made by someone the client's roots do not trust (the controller, an invented
+  // engine), though sealed to the right seal key: refused.
+  const ResultKey forged = grant_result_key(impostor.identity, client.fingerprint, seal.public_key, id.id).value();
+  auto refused = open_result_key(forged.grant, id.id, client.fingerprint, seal, roots, now());
+  EXPECT_NE(refused.status().message().find("not among the keys"), std::string::npos) << refused.status().message();
+  for (std::size_t cut : {std::size_t{0}, granted.grant.size() / 2, granted.grant.size() - 1}) {
+    EXPECT_FALSE(open_result_key(granted.grant.substr(0, cut), id.id, client.fingerprint, seal, roots, now()).ok());
   }
 }
 

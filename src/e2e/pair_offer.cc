@@ -15,7 +15,8 @@ constexpr std::size_t kKeysBytes = 2 * crypto::kAeadKeyBytes + kKeyIdBytes;
 constexpr std::size_t kBoxBytes = kKeysBytes + crypto::kSealedBoxOverhead;
 
 std::string signed_bytes(std::string_view client_fp, std::string_view engine_fp, const crypto::X25519Public& seal_key,
-                         const KeyId& key_id, std::span<const std::byte> box) {
+                         const KeyId& key_id, const crypto::X25519Public& client_seal_key,
+                         std::span<const std::byte> box) {
   std::string out = "testudo-pair-offer-v1";
   out.push_back('\0');
   out.append(client_fp);
@@ -24,6 +25,7 @@ std::string signed_bytes(std::string_view client_fp, std::string_view engine_fp,
   out.push_back('\0');
   out.append(reinterpret_cast<const char*>(seal_key.data()), seal_key.size());
   out.append(reinterpret_cast<const char*>(key_id.data()), key_id.size());
+  out.append(reinterpret_cast<const char*>(client_seal_key.data()), client_seal_key.size());
   out.append(reinterpret_cast<const char*>(box.data()), box.size());
   return out;
 }
@@ -36,7 +38,8 @@ std::string box_info(std::string_view client_fp, std::string_view engine_fp, con
 }  // namespace
 
 StatusOr<std::string> make_pair_offer(const tls::KeyAndCertificate& client, const VerifiedEngine& engine,
-                                      const PairKey& key, const PairKey& balanced_key) {
+                                      const PairKey& key, const PairKey& balanced_key,
+                                      const crypto::X25519Public& client_seal_key) {
   TESTUDO_ASSIGN_OR_RETURN(std::string client_fp, tls::key_fingerprint_of_pem(client.cert_pem));
   std::vector<std::byte> keys;
   keys.insert(keys.end(), key.key.begin(), key.key.end());
@@ -47,10 +50,11 @@ StatusOr<std::string> make_pair_offer(const tls::KeyAndCertificate& client, cons
   TESTUDO_ASSIGN_OR_RETURN(std::vector<std::byte> box, std::move(sealed));
   TESTUDO_ASSIGN_OR_RETURN(std::string signature,
                            tls::sign_sha256(client.key_pem, signed_bytes(client_fp, engine.fingerprint, engine.seal_key,
-                                                                         key.id, box)));
+                                                                         key.id, client_seal_key, box)));
   wire::ByteWriter w;
   w.str(client.cert_pem);
   w.bytes(key.id);
+  w.bytes(client_seal_key);
   w.bytes(box);
   w.str(signature);
   auto& bytes = w.buffer();
@@ -66,6 +70,9 @@ StatusOr<AcceptedOffer> accept_pair_offer(std::string_view offer, const Roots& c
   KeyId key_id{};
   auto id = r.bytes(key_id.size());
   if (r.ok()) std::copy(id.begin(), id.end(), key_id.begin());
+  crypto::X25519Public client_seal_key{};
+  auto seal = r.bytes(client_seal_key.size());
+  if (r.ok()) std::copy(seal.begin(), seal.end(), client_seal_key.begin());
   auto box = r.bytes(kBoxBytes);
   const std::string signature = r.str(kMaxSignatureBytes);
   if (!r.ok() || !r.at_end()) return refuse("malformed");
@@ -77,7 +84,8 @@ StatusOr<AcceptedOffer> accept_pair_offer(std::string_view offer, const Roots& c
   if (!facts.ok()) return refuse(facts.status().message());
   const std::string& client_fp = facts->key_fingerprint;
   if (!tls::verify_signature_sha256(facts->cert_pem,
-                                    signed_bytes(client_fp, own_fingerprint, own_seal.public_key, key_id, box),
+                                    signed_bytes(client_fp, own_fingerprint, own_seal.public_key, key_id,
+                                                 client_seal_key, box),
                                     signature)
            .ok()) {
     // Also what a replay to another engine, or to a restarted engine (new seal key), gives.
@@ -87,6 +95,7 @@ StatusOr<AcceptedOffer> accept_pair_offer(std::string_view offer, const Roots& c
   if (!keys.ok() || keys->size() != kKeysBytes) return refuse("the sealed key does not open");
   AcceptedOffer accepted;
   accepted.client_fingerprint = client_fp;
+  accepted.client_seal_key = client_seal_key;
   accepted.key.id = key_id;
   auto at = keys->begin();
   std::copy_n(at, crypto::kAeadKeyBytes, accepted.key.key.begin());

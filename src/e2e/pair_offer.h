@@ -11,7 +11,8 @@
 // One offer per (client process, engine); it rides in the seal header of that client's
 // requests to the engine until the engine has answered under the key, so a request the
 // controller drops (an abort) cannot strand the key. What the client signs:
-//   "testudo-pair-offer-v1" 0 client fp 0 engine fp 0 engine seal key | key id | box
+//   "testudo-pair-offer-v1" 0 client fp 0 engine fp 0 engine seal key | key id |
+//   client seal key | box
 // so an offer cannot be replayed to another engine, or re-attributed to another client.
 #pragma once
 
@@ -29,13 +30,17 @@
 namespace testudo::e2e {
 
 // The offer's bytes (a binary encoding; see pair_offer.cc) for `engine`, carrying `key`.
+// `client_seal_key`: the public half of the client identity's seal key (result_key.h), to
+// which the engine grants its result keys.
 StatusOr<std::string> make_pair_offer(const tls::KeyAndCertificate& client, const VerifiedEngine& engine,
-                                      const PairKey& key, const PairKey& balanced_key);
+                                      const PairKey& key, const PairKey& balanced_key,
+                                      const crypto::X25519Public& client_seal_key);
 
 struct AcceptedOffer {
   std::string client_fingerprint;
   PairKey key;
   PairKey balanced_key;
+  crypto::X25519Public client_seal_key{};
 };
 
 // The engine's check of an offer: the client's certificate trusted by `client_roots` at

@@ -30,6 +30,7 @@ std::vector<std::byte> associated_data(const SealHeader& h, const SealContext& c
   w.u16(c.flags);
   w.u32(c.engine_id);
   w.u16(c.outcome);
+  w.u64(c.task_id);
   w.u32(static_cast<std::uint32_t>(sizes.size()));
   for (std::uint64_t size : sizes) w.u64(size);
   return w.take();
@@ -54,6 +55,7 @@ SharedBytes encode_seal_header(const SealHeader& h) {
   w.bytes(h.code_digest);
   w.bytes(h.tag);
   w.str(h.offer);
+  w.str(h.result_key);
   return SharedBytes::copy_of(w.buffer());
 }
 
@@ -77,9 +79,13 @@ StatusOr<SealHeader> decode_seal_header(std::span<const std::byte> segment) {
   copy(h.code_digest);
   copy(h.tag);
   h.offer = r.str(kMaxOfferBytes);
+  h.result_key = r.str(kMaxOfferBytes);
   if (!r.ok()) return data_loss("truncated or oversized seal header");
   if (!r.at_end()) return data_loss("bytes after the seal header");
   if (!h.offer.empty() && h.part != Part::kRequest) return data_loss("a pair offer outside a request");
+  if (!h.result_key.empty() && h.part != Part::kReply && h.part != Part::kBalancedReply) {
+    return data_loss("a result key outside a reply");
+  }
   if (h.part != Part::kOutput && h.chunk != 0) return data_loss("a chunk number outside an output chunk");
   return h;
 }

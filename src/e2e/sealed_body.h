@@ -15,8 +15,8 @@
 //    (key, nonce) pair is never used twice.
 //  * The associated data names everything a relay could change to mislead the receiver: the
 //    part, key id, sequence number, chunk, code digest, message kind and flags, the engine id
-//    (the target of a request, the source of a reply), the outcome of a reply, and the
-//    number and sizes of the segments. A body moved to another engine, request, kind or
+//    (the target of a request, the source of a reply), the outcome and task id of a reply,
+//    and the number and sizes of the segments. A body moved to another engine, request, kind or
 //    outcome fails to open.
 #pragma once
 
@@ -65,6 +65,9 @@ struct SealHeader {
   crypto::AeadTag tag{};
   // Direct requests: a pair offer (pair_offer.h) until the engine has answered under this key.
   std::string offer;
+  // Replies: the grant of the result key they are sealed under (result_key.h), so that any
+  // process of the client's identity can open them later.
+  std::string result_key;
 };
 inline constexpr std::size_t kMaxOfferBytes = 16u << 10;
 
@@ -79,6 +82,7 @@ struct SealContext {
   std::uint16_t flags = 0;       // a request's forwarded flags; an output chunk's stream
   std::uint32_t engine_id = 0;   // the target (request) or the engine that answered
   std::uint16_t outcome = 0;     // a reply's Outcome (kOk or kPythonError); 0 otherwise
+  std::uint64_t task_id = 0;     // a reply's task (the controller's id); 0 otherwise
 };
 
 // The code digest a request of `kind` carries (see SealHeader::code_digest).

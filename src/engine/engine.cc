@@ -25,6 +25,7 @@
 #include "e2e/engine_seal.h"
 #include "e2e/pair_offer.h"
 #include "e2e/replay_window.h"
+#include "e2e/result_key.h"
 #include "e2e/sealed_body.h"
 #include "engine/python_runtime.h"
 #include "net/net.h"
@@ -122,6 +123,7 @@ class SealedPairs {
   static constexpr std::size_t kMaxPairs = 4096;
 
   Status init(const tls::KeyAndCertificate& identity, const EngineOptions& options) {
+    identity_ = identity;
     TESTUDO_ASSIGN_OR_RETURN(seal_, crypto::generate_x25519());
     TESTUDO_ASSIGN_OR_RETURN(statement_, e2e::make_engine_seal_statement(identity, seal_.public_key));
     TESTUDO_ASSIGN_OR_RETURN(fingerprint_, tls::key_fingerprint_of_pem(identity.cert_pem));
@@ -153,7 +155,7 @@ class SealedPairs {
                                e2e::accept_pair_offer(header.offer, roots_, fingerprint_, seal_,
                                                       static_cast<std::int64_t>(std::time(nullptr))));
       if (accepted.key.id != header.key_id) return permission_denied("the pair offer is for another key");
-      pair = add(std::move(accepted));
+      TESTUDO_ASSIGN_OR_RETURN(pair, add(std::move(accepted)));
     }
     if (pair == nullptr) {
       return permission_denied("unknown pair key (this engine restarted, or forgot it): the client offers it again "
@@ -208,14 +210,21 @@ class SealedPairs {
     return out;
   }
 
-  // The reply body sealed for the client of `opened`, bound to this engine and the outcome.
-  StatusOr<std::vector<SharedBytes>> seal_reply(const Opened& opened, std::uint32_t engine_id, Outcome outcome,
-                                                std::span<const SharedBytes> body) {
+  // The reply body sealed for the client identity of `opened` under the pair's result key
+  // (e2e/result_key.h: any process of that identity can open it later), bound to this
+  // engine, the task and the outcome; the header carries the key's grant.
+  StatusOr<std::vector<SharedBytes>> seal_reply(const Opened& opened, std::uint32_t engine_id, std::uint64_t task_id,
+                                                Outcome outcome, std::span<const SharedBytes> body) {
+    Pair* pair = find(opened.key.id);
+    if (pair == nullptr) return not_found("pair key gone");
     e2e::SealHeader header;
     header.part = opened.reply_part;
     header.seq = opened.seq;
-    return e2e::seal_body(opened.key, header,
-                          {opened.message.envelope.kind, 0, engine_id, static_cast<std::uint16_t>(outcome)}, body);
+    header.result_key = pair->result.grant;
+    const e2e::PairKey result{opened.key.id, pair->result.key};
+    return e2e::seal_body(result, header,
+                          {wire::MessageKind::kTaskReply, 0, engine_id, static_cast<std::uint16_t>(outcome), task_id},
+                          body);
   }
 
   // A live output chunk of the running request, sealed (chunk numbers never repeat per key).
@@ -238,6 +247,7 @@ class SealedPairs {
     std::string client_fingerprint;
     e2e::ReplayWindow window;
     std::uint64_t chunks = 0;
+    e2e::ResultKey result;  // replies are sealed under it
   };
   Pair* find(const e2e::KeyId& id) {
     auto it = pairs_.find(id);
@@ -250,7 +260,11 @@ class SealedPairs {
     e2e::KeyId pair_id{};  // the pair whose key seals the replies
     e2e::ReplayWindow window;
   };
-  Pair* add(e2e::AcceptedOffer accepted) {
+  StatusOr<Pair*> add(e2e::AcceptedOffer accepted) {
+    // The result key of this pair, granted to the client's identity once.
+    TESTUDO_ASSIGN_OR_RETURN(e2e::ResultKey result,
+                             e2e::grant_result_key(identity_, accepted.client_fingerprint, accepted.client_seal_key,
+                                                   accepted.key.id));
     if (pairs_.size() >= kMaxPairs) {
       balanced_.erase(lru_.back().balanced_id);
       pairs_.erase(lru_.back().key.id);
@@ -259,11 +273,13 @@ class SealedPairs {
     // A client process makes one balanced key and one pair per engine, so a balanced key
     // arrives here once; one already held keeps its replay window.
     balanced_.try_emplace(accepted.balanced_key.id, Balanced{accepted.balanced_key, accepted.key.id, {}});
-    lru_.push_front(Pair{accepted.key, accepted.balanced_key.id, std::move(accepted.client_fingerprint), {}, 0});
+    lru_.push_front(
+        Pair{accepted.key, accepted.balanced_key.id, std::move(accepted.client_fingerprint), {}, 0, std::move(result)});
     pairs_[lru_.front().key.id] = lru_.begin();
     return &lru_.front();
   }
 
+  tls::KeyAndCertificate identity_;  // signs result-key grants
   crypto::X25519KeyPair seal_{};
   std::string statement_;
   std::string fingerprint_;
@@ -527,7 +543,7 @@ struct Engine::Impl {
       // The outcome in the envelope lets the scheduler resolve dependencies without the body.
       const Outcome outcome = meta.ok ? Outcome::kOk : Outcome::kPythonError;
       if (running_sealed) {
-        auto sealed_body = sealed.seal_reply(*running_sealed, m.envelope.engine_id, outcome, body);
+        auto sealed_body = sealed.seal_reply(*running_sealed, m.envelope.engine_id, m.envelope.task_id, outcome, body);
         running_sealed.reset();
         if (!sealed_body.ok()) {
           LOG_ERROR("engine") << "cannot seal the reply of task " << m.envelope.task_id << ": "

@@ -736,6 +736,16 @@ StatusOr<std::string> sign_sha256(std::string_view key_pem, std::string_view dat
   return signature;
 }
 
+StatusOr<std::vector<std::byte>> private_key_der(std::string_view key_pem) {
+  TESTUDO_ASSIGN_OR_RETURN(PkeyPtr key, parse_private_key(key_pem));
+  unsigned char* der = nullptr;
+  const int size = i2d_PrivateKey(key.get(), &der);  // PKCS#8 PrivateKeyInfo for EC keys in OpenSSL 3
+  if (size <= 0 || der == nullptr) return openssl_error_as(StatusCode::kInternal, "cannot encode the private key");
+  std::vector<std::byte> out(reinterpret_cast<std::byte*>(der), reinterpret_cast<std::byte*>(der) + size);
+  OPENSSL_clear_free(der, static_cast<std::size_t>(size));
+  return out;
+}
+
 Status verify_signature_sha256(std::string_view cert_pem, std::string_view data, std::string_view signature) {
   TESTUDO_ASSIGN_OR_RETURN(X509Ptr cert, parse_certificate(cert_pem));
   EVP_PKEY* key = X509_get0_pubkey(cert.get());

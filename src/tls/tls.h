@@ -81,6 +81,10 @@ Status check_key_matches_certificate(const KeyAndCertificate& kc);
 // check against the public key of `cert_pem`. verify_signature fails with kPermissionDenied
 // for a signature that does not verify, whatever its bytes (attacker input never crashes).
 StatusOr<std::string> sign_sha256(std::string_view key_pem, std::string_view data);
+// The private key of `key_pem` (unencrypted) as PKCS#8 DER: the same bytes however the file
+// writes it (PKCS#8 or traditional PEM), for deriving keys that must not change with the
+// file's format (e2e/result_key.h: the client's seal key).
+StatusOr<std::vector<std::byte>> private_key_der(std::string_view key_pem);
 Status verify_signature_sha256(std::string_view cert_pem, std::string_view data, std::string_view signature);
 
 // Private keys at rest (docs/threat-model.md T14).

@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -94,14 +95,27 @@ def test_live_output_is_sealed_too(sealed):
     assert ar.engine_id == 1
 
 
-def test_a_result_opens_in_its_own_process_only(cluster, sealed):
-    ar = sealed[0].apply_async(lambda: "for my eyes")
-    assert ar.get(timeout=30) == "for my eyes"
-    assert sealed.get_result(ar.msg_ids[0]).get(timeout=30) == "for my eyes"
-    other = cluster.client(e2e=True)
-    with pytest.raises(testudo.SealBroken, match="sealed for the client process that submitted it"):
-        other.get_result(ar.msg_ids[0]).get(timeout=30)
-    other.close()
+def test_a_stored_result_opens_in_any_process_of_the_identity(cluster, sealed):
+    direct = sealed[0].apply_async(lambda: "for my eyes")
+    assert direct.get(timeout=30) == "for my eyes"
+    balanced = sealed.load_balanced_view().apply_async(lambda: "balanced, for my eyes")
+    assert balanced.get(timeout=30) == "balanced, for my eyes"
+    ids = direct.msg_ids + balanced.msg_ids
+    # A new process of the same identity holds no pair key: the result key's grant opens them.
+    script = (
+        "import sys, testudo\n"
+        f"rc = testudo.Client(profile={cluster.profile!r}, e2e=True)\n"
+        f"print(rc.get_result({ids!r}).get(timeout=30))\n"
+    )
+    later = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ))
+    assert later.returncode == 0, later.stderr
+    assert "['for my eyes', 'balanced, for my eyes']" in later.stdout
+    # A client that does not seal is told what it holds, not handed ciphertext.
+    plain = cluster.client()
+    with pytest.raises(testudo.SealBroken, match="sealed end to end: open it with a client that seals"):
+        plain.get_result(direct.msg_ids[0]).get(timeout=30)
+    plain.close()
 
 
 def test_load_balanced_requests_are_sealed_for_any_paired_engine(sealed):
