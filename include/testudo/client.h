@@ -81,8 +81,8 @@ struct ClientOptions {
   // verified against `engine_keys` (key fingerprints) and/or `engine_cafile`; neither given:
   // the shared engine certificate of the profile (security/engine-cert.pem), which the
   // engines `cluster start` launches present. A load-balanced request goes only to engines
-  // this client paired with (it pairs with the listed ones first); stored results open only
-  // in the process that asked.
+  // this client paired with (it pairs with the listed ones first); stored results open in
+  // any process of this identity that seals.
   bool e2e = false;
   std::vector<std::string> engine_keys;
   std::string engine_cafile;

@@ -77,7 +77,8 @@ class Client(StoredResults):
     ``SealBroken``. Engines are checked against ``engine_keys`` (key fingerprints) or
     ``engine_cafile``, by default the profile's shared engine certificate, which the engines of
     ``testudo cluster start`` present. Needs your key (not a login). Load-balanced requests go
-    only to engines this client could pair with; stored results open only in this process.
+    only to engines this client could pair with; stored results open in any process of your
+    identity that seals.
     """
 
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
