@@ -3,6 +3,11 @@
 //   capability proof           HMAC-SHA-256 per handshake, plus the hello codec
 //   AEAD seal/open             AES-256-GCM through OpenSSL EVP, per message size: the cipher
 //                              the TLS 1.3 record layer runs (16 KiB records), without TLS framing
+//   sealed body                e2e/sealed_body.h: a request sealed by the client and opened by
+//                              the engine (header, associated data, allocation: all of it)
+//   pair set-up                e2e/: what one client–engine pair costs once, both sides (the
+//                              client's offer, the engine's check and result-key grant, the
+//                              client's check of the grant); times 256 for 256 engines
 //   scheduler                  submit + finished of one load-balanced task (the decision)
 //   TLS handshake              a full TLS 1.3 mutual handshake over a socket pair through
 //                              tls::Session (both ends, one thread)
@@ -15,6 +20,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <ctime>
 #include <cstring>
 #include <future>
 #include <thread>
@@ -23,6 +29,10 @@
 #include "auth/capability.h"
 #include "controller/scheduler.h"
 #include "crypto/crypto.h"
+#include "e2e/engine_seal.h"
+#include "e2e/pair_offer.h"
+#include "e2e/result_key.h"
+#include "e2e/sealed_body.h"
 #include "net/net.h"
 #include "tls/session.h"
 #include "tls/tls.h"
@@ -120,6 +130,57 @@ void BM_AeadSealOpen(benchmark::State& state) {
   EVP_CIPHER_CTX_free(dec);
 }
 BENCHMARK(BM_AeadSealOpen)->Arg(64)->Arg(1024)->Arg(16 * 1024)->Arg(1 << 20);
+
+void BM_SealedBody(benchmark::State& state) {
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  e2e::PairKey key;
+  key.key.fill(std::byte{3});
+  SharedBytes plain = SharedBytes::allocate(n);
+  std::memset(plain.data(), 0x5a, n);
+  const SharedBytes body[] = {plain};
+  std::uint64_t seq = 0;
+  for (auto _ : state) {
+    e2e::SealHeader header;
+    header.seq = ++seq;
+    const e2e::SealContext context{wire::MessageKind::kApply, 0, 1, 0, 0};
+    auto sealed = e2e::seal_body(key, header, context, body);
+    auto decoded = e2e::decode_seal_header((*sealed)[0].span());
+    auto opened = e2e::open_body(key, *decoded, context, std::span(*sealed).subspan(1));
+    if (!opened.ok()) state.SkipWithError("does not open");
+    benchmark::DoNotOptimize(opened->data());
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(n));
+}
+BENCHMARK(BM_SealedBody)->Arg(64)->Arg(1024)->Arg(1 << 20)->Arg(100'000'000)->Unit(benchmark::kMicrosecond);
+
+void BM_PairSetUp(benchmark::State& state) {
+  const auto client = tls::generate_self_signed("client").value();
+  const auto engine = tls::generate_self_signed("engine").value();
+  const std::string client_fp = tls::key_fingerprint_of_pem(client.cert_pem).value();
+  const std::string engine_fp = tls::key_fingerprint_of_pem(engine.cert_pem).value();
+  const auto client_roots = e2e::Roots::make({client_fp}, "").value();
+  const auto engine_roots = e2e::Roots::make({engine_fp}, "").value();
+  const auto engine_seal = crypto::generate_x25519().value();
+  const auto client_seal = e2e::client_seal_key(client).value();
+  const std::string statement = e2e::make_engine_seal_statement(engine, engine_seal.public_key).value();
+  e2e::PairKey balanced;
+  const auto now = static_cast<std::int64_t>(std::time(nullptr));
+  for (auto _ : state) {
+    // Client: check the engine's statement, make a pair key and its offer.
+    auto verified = e2e::verify_engine_seal_statement(statement, engine_roots, now);
+    e2e::PairKey key;
+    (void)crypto::fill_random(key.id);
+    (void)crypto::fill_random(key.key);
+    auto offer = e2e::make_pair_offer(client, *verified, key, balanced, client_seal.public_key);
+    // Engine: check the offer, grant a result key.
+    auto accepted = e2e::accept_pair_offer(*offer, client_roots, engine_fp, engine_seal, now);
+    auto grant = e2e::grant_result_key(engine, client_fp, accepted->client_seal_key, key.id);
+    // Client: check the grant on the first reply.
+    auto opened = e2e::open_result_key(grant->grant, key.id, client_fp, client_seal, engine_roots, now);
+    if (!opened.ok()) state.SkipWithError(opened.status().message().c_str());
+  }
+}
+BENCHMARK(BM_PairSetUp)->Unit(benchmark::kMicrosecond);
 
 class NullSink : public controller::SchedulerSink {
  public:
