@@ -227,6 +227,16 @@ class Client {
   // Deletes this user's finished results among `task_ids` (empty: all of them).
   StatusOr<std::size_t> purge_results(const std::vector<std::uint64_t>& task_ids);
 
+  // End-to-end sealing (ClientOptions::e2e): for each engine the controller lists, whether
+  // this client verified its seal key against its own roots, and the key fingerprint or why
+  // not. kFailedPrecondition when sealing is off for this client.
+  struct SealingVerdict {
+    EngineId engine = 0;
+    bool verified = false;
+    std::string detail;
+  };
+  StatusOr<std::vector<SealingVerdict>> sealing_check();
+
   // Key administration on the controller (the policy's "keys" operation): `action` is list,
   // show, accept, reject or revoke; `who` a fingerprint or unique prefix. Returns the JSON
   // reply ({"mode", "entries": [...]} for list, {"entry": {...}} otherwise).

@@ -366,6 +366,17 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
                 static_cast<unsigned long long>(e.value("tasks_done", 0ull)), e.value("last_heartbeat_s", 0.0),
                 facts.value("hostname", std::string("-")).c_str(), restarts.c_str());
   }
+  // With --e2e: which engines this client can verify (its own roots decide, not the controller).
+  if (args.e2e) {
+    auto verdicts = (*client)->sealing_check();
+    if (!verdicts.ok()) return fail(verdicts.status());
+    std::size_t verified = 0;
+    for (const auto& v : *verdicts) verified += v.verified ? 1 : 0;
+    std::printf("end-to-end: %zu of %zu engine(s) verified by this client\n", verified, verdicts->size());
+    for (const auto& v : *verdicts) {
+      if (!v.verified) std::printf("  engine %u: %s\n", v.engine, v.detail.c_str());
+    }
+  }
   return kExitOk;
 }
 

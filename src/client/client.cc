@@ -687,6 +687,19 @@ StatusOr<std::size_t> Client::purge_results(const std::vector<std::uint64_t>& ta
   return count_from(impl_->control(wire::MessageKind::kPurgeResults, {}, {wire::encode_ids(task_ids)}), "purged");
 }
 
+StatusOr<std::vector<Client::SealingVerdict>> Client::sealing_check() {
+  if (!impl_->seals) return failed_precondition("end-to-end sealing is off for this client (--e2e, Client(e2e=True))");
+  TESTUDO_ASSIGN_OR_RETURN(std::string list, impl_->control(wire::MessageKind::kEngineList));
+  impl_->seals->learn(list);
+  TESTUDO_ASSIGN_OR_RETURN(std::vector<EngineId> ids, engine_ids());
+  std::vector<SealingVerdict> out;
+  for (EngineId id : ids) {
+    auto fingerprint = impl_->seals->verify(id);
+    out.push_back({id, fingerprint.ok(), fingerprint.ok() ? *fingerprint : fingerprint.status().message()});
+  }
+  return out;
+}
+
 StatusOr<std::string> Client::key_admin(const std::string& action, const std::string& who) {
   nlohmann::json request{{"action", action}};
   if (!who.empty()) request["who"] = who;

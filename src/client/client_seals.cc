@@ -192,6 +192,12 @@ std::vector<EngineId> ClientSeals::pairable(const std::vector<EngineId>& engines
   return out;
 }
 
+StatusOr<std::string> ClientSeals::verify(EngineId engine) {
+  std::lock_guard lock(mutex_);
+  TESTUDO_ASSIGN_OR_RETURN(Pair * pair, pair_for(engine));
+  return pair->engine.fingerprint;
+}
+
 void ClientSeals::submitted(std::uint64_t request_id, const std::vector<std::uint64_t>& task_ids) {
   std::lock_guard lock(mutex_);
   auto it = requests_.find(request_id);

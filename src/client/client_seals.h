@@ -63,6 +63,8 @@ class ClientSeals {
   // ones a balanced request may go to. And which of them could be paired but are not yet.
   std::vector<EngineId> paired(const std::vector<EngineId>& engines) const;
   std::vector<EngineId> pairable(const std::vector<EngineId>& engines);
+  // The key fingerprint of `engine` if this client can verify it, else why not.
+  StatusOr<std::string> verify(EngineId engine);
 
   // The controller's acknowledgement of a sealed request: its task ids in target order.
   void submitted(std::uint64_t request_id, const std::vector<std::uint64_t>& task_ids);

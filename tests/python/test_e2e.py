@@ -184,3 +184,8 @@ def test_the_command_line_seals_too(cluster):
     refused = cluster.run("exec", "--e2e", "--engine-key", "sha256:" + "1" * 64, "-t", "0", "x = 1", check=False)
     assert refused.returncode != 0
     assert "cannot verify engine 0" in refused.stderr + refused.stdout
+    status = cluster.run("status", "--e2e")
+    assert "end-to-end: 2 of 2 engine(s) verified by this client" in status.stdout
+    pinned_elsewhere = cluster.run("status", "--e2e", "--engine-key", "sha256:" + "1" * 64)
+    assert "end-to-end: 0 of 2 engine(s) verified by this client" in pinned_elsewhere.stdout
+    assert "not among the keys this side trusts" in pinned_elsewhere.stdout
