@@ -3,6 +3,7 @@
 import atexit
 import concurrent.futures
 import json
+import sys
 import threading
 import time
 import weakref
@@ -72,6 +73,12 @@ class Client(StoredResults):
     the controller is on another host; ``sshserver=''`` dials directly.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Its own __new__, as ipyparallel's Client has (traitlets): mock.patch.object(Client,
+        # '__new__', ...) then restores it cleanly; without one, CPython leaves a class whose
+        # instances can no longer be made with arguments.
+        return super().__new__(cls)
+
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
     # always fresh.
     ids_max_age = 1.0
@@ -138,6 +145,14 @@ class Client(StoredResults):
         self._dispatcher = threading.Thread(target=self._dispatch, name="testudo-results", daemon=True)
         self._dispatcher.start()
         _live_clients.add(self)
+        self._activate_in_ipython()
+
+    def _activate_in_ipython(self):
+        """Inside IPython, the first client registers %px and friends, as ipyparallel's does."""
+        ipython = sys.modules.get("IPython")  # not imported: not in IPython (and no slow import)
+        ip = ipython.get_ipython() if ipython is not None else None
+        if ip is not None and "px" not in ip.magics_manager.magics["line"]:
+            self.activate()
 
     # ----- engines -----
 

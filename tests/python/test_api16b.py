@@ -139,10 +139,10 @@ def test_purges(rc):
     rc.purge_local_results(a)
     assert a.msg_ids[0] not in rc.results and a.msg_ids[0] not in rc.metadata
     assert rc.results[b.msg_ids[0]] == "b"
-    assert rc.get_result(a.msg_ids[0], block=True) == "a"  # the controller still has it
+    assert rc.get_result(a.msg_ids[0], block=True).get() == "a"  # the controller still has it
     assert rc.purge_hub_results(a) == 1
     with pytest.raises(KeyError):
-        rc.get_result(a.msg_ids[0], block=True)
+        rc.get_result(a.msg_ids[0], block=True).get()
     assert rc.purge_results(b) == 1
     assert b.msg_ids[0] not in rc.results
     assert a.msg_ids[0] in rc.history  # purges keep the history, as ipyparallel's
@@ -231,9 +231,9 @@ def test_view_history_outstanding_results(rc):
     assert b.ready() and lb.outstanding == set()
     dv.wait()
     assert dv.results[c.msg_ids[1]] == [4, 6]  # rc.results, shared
-    assert dv.get_result(block=True) == [4, 6]  # the last of its history
-    assert dv.get_result(0, block=True) == 1  # ints index the view's history (one msg_id each)
-    assert dv.get_result([0, 1], block=True) == [1, 1]
+    assert dv.get_result(block=True).get() == [4, 6]  # the last of its history
+    assert dv.get_result(0, block=True).get() == 1  # ints index the view's history (one msg_id each)
+    assert dv.get_result([0, 1], block=True).get() == [1, 1]
     assert lb.get_result(b.msg_ids[0]).get(timeout=10) is None
 
 
@@ -256,7 +256,7 @@ def test_view_abort_queue_status_purge_shutdown(rc):
     assert set(rc.load_balanced_view().queue_status()) == {*rc.ids, "unassigned"}
     assert view.purge_results(running) == 2
     with pytest.raises(KeyError):
-        rc.get_result(running.msg_ids[0], block=True)
+        rc.get_result(running.msg_ids[0], block=True).get()
 
 
 def test_view_shutdown_stops_its_engines(own_cluster):
