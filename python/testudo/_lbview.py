@@ -50,6 +50,13 @@ def _task_ids(deps):
     return list(dict.fromkeys(ids))
 
 
+def _rule(deps):
+    """(all, success, failure) of an after/follow: a Dependency's, else every task succeeded."""
+    if isinstance(deps, Dependency):
+        return (bool(deps.all), bool(deps.success), bool(deps.failure))
+    return (True, True, False)
+
+
 class LoadBalancedView(ViewCommon):
     """Tasks go to whichever engine the controller's scheduler picks (`--scheme`, default
     least-load, with a high-water mark per engine).
@@ -59,7 +66,8 @@ class LoadBalancedView(ViewCommon):
                `block` when the view is made)
       retries  run a task again elsewhere if its engine dies, this many times (default 0)
       timeout  seconds the dependencies may take to be met (default: no limit)
-      after    AsyncResults / msg_ids that must succeed before the task runs
+      after    AsyncResults / msg_ids that must succeed before the task runs (a Dependency:
+               all or any of them, counting successes and/or failures, as it says)
       follow   ... and on whose engine it must run
       targets  engines the scheduler may use (default: all)
       track    accepted; every result here says when its buffers were sent (ar.sent)
@@ -88,11 +96,6 @@ class LoadBalancedView(ViewCommon):
                 raise ValueError("retries must be a non-negative int")
             if key == "timeout" and value is not None and value < 0:
                 raise ValueError("timeout must be None or >= 0")
-            if key in ("after", "follow") and isinstance(value, Dependency) and not (
-                    value.all and value.success and not value.failure):
-                raise NotImplementedError(
-                    f"{key}=Dependency(all={value.all}, success={value.success}, failure={value.failure}): the "
-                    "controller waits for every task to succeed (all=True, success=True, failure=False)")
 
     def set_flags(self, **kwargs):
         self._check_flags(kwargs)  # all or nothing: a bad flag changes none
@@ -130,7 +133,8 @@ class LoadBalancedView(ViewCommon):
             child = native.apply_balanced(allowed, segments)  # the common case
         else:
             allowed = self._allowed(targets)
-            options = (int(retries or 0), float(timeout or 0), _task_ids(after), _task_ids(follow))
+            options = (int(retries or 0), float(timeout or 0), _task_ids(after), _task_ids(follow), _rule(after),
+                       _rule(follow))
             child = native.apply_balanced(allowed, segments, *options)
         request = again = None
         if keep:

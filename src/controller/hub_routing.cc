@@ -127,6 +127,8 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
   spec.after = std::move(options->after);
   spec.follow = std::move(options->follow);
+  spec.after_rule = options->after_rule;
+  spec.follow_rule = options->follow_rule;
   const TaskId id = scheduler_.next_id();
   acknowledge(client, req.request_id, {id});
   results_.submitted(id, client.identity, req.request_id, req.kind, spec.allowed);

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "testudo/shared_bytes.h"
+#include "wire/control.h"
 #include "wire/message.h"
 
 namespace testudo::controller {
@@ -93,8 +94,10 @@ struct TaskSpec {
   std::optional<EngineId> engine;      // direct: this engine; load-balanced: unset
   std::vector<EngineId> allowed;       // load-balanced: only these engines (empty: any)
   std::uint32_t retries = 0;           // load-balanced: resubmissions after an engine death
-  std::vector<TaskId> after;           // run only after these succeeded
-  std::vector<TaskId> follow;          // run where these ran, after they succeeded
+  std::vector<TaskId> after;           // run only after these succeeded (as after_rule says)
+  std::vector<TaskId> follow;          // run where these ran, after they succeeded (follow_rule)
+  wire::DependencyRule after_rule;     // default: all of them, succeeded
+  wire::DependencyRule follow_rule;
   std::optional<std::chrono::milliseconds> timeout;  // for dependencies to be met
 };
 
@@ -156,7 +159,6 @@ class Scheduler {
     std::optional<EngineId> assigned;
     std::set<EngineId> excluded;   // engines that died running it
     SteadyClock::time_point deadline = SteadyClock::time_point::max();
-    std::size_t unmet = 0;          // dependencies not yet finished
   };
   struct Engine {
     std::deque<TaskId> direct;      // direct tasks waiting in the controller
@@ -226,6 +228,13 @@ class Scheduler {
   void fail_task(TaskId id, TaskFailure why, const std::string& text);
   void remember(TaskId id, Record record);
   void resolve_dependents(TaskId id);
+  enum class Dependencies { kMet, kWaiting, kUnreachable };
+  // ipyparallel's Dependency.check / unreachable for one of a task's sets; `why` names a
+  // task whose outcome makes it unreachable.
+  Dependencies dependency_state(const std::vector<TaskId>& deps, const wire::DependencyRule& rule,
+                                std::string& why) const;
+  // Both sets: met (make it ready), still waiting, or failed (the task is failed here).
+  Dependencies check_dependencies(TaskId id, Task& task);
 
   SchedulerOptions options_;
   SchedulerSink& sink_;

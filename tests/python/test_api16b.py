@@ -393,8 +393,6 @@ def test_dependency_as_after(rc):
         then = lb.apply_async(time.time)
     then.get(timeout=10)
     assert rc.metadata[then.msg_ids[0]]["started"] >= rc.metadata[first.msg_ids[0]]["completed"]
-    with pytest.raises(NotImplementedError, match="all=False"):
-        lb.set_flags(after=testudo.Dependency([first], all=False))
 
 
 # ----- joblib -----
