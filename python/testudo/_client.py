@@ -3,6 +3,7 @@
 import atexit
 import concurrent.futures
 import json
+import os
 import sys
 import threading
 import time
@@ -42,7 +43,7 @@ def _once_per_result(question):
 class Client(StoredResults):
     """Connect to a testudo controller.
 
-        rc = testudo.Client()                 # the 'default' profile's connection file
+        rc = testudo.Client()                 # $TESTUDO_PROFILE's (else 'default''s) connection file
         rc = testudo.Client(profile='demo')
         rc = testudo.Client('/path/to/controller-client.json')
 
@@ -107,7 +108,7 @@ class Client(StoredResults):
                             "'command:CMD') or a callable returning the passphrase")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Client(timeout={timeout!r}): the connection timeout is a number of seconds above 0")
-        self.profile = profile or "default"
+        self.profile = profile or os.environ.get("TESTUDO_PROFILE") or "default"
         file = url_file or connection_file or ""
         self._tunnel = None
         dial_host, dial_port = "", 0

@@ -3,9 +3,12 @@
 tests against a real cluster; the behaviour compared is ipyparallel's (client/*.py,
 controller/dependency.py)."""
 
+import os
+import subprocess
 from unittest import mock
 
 import pytest
+from conftest import TESTUDO_BIN
 
 import testudo
 from testudo import error
@@ -186,3 +189,18 @@ def test_a_client_made_in_ipython_registers_px_and_remote_function_docs(cluster,
 
     assert double.__name__ == "double" and double.__doc__ == "RemoteFunction wrapping:\nTwice x."
     assert double(4) == 8
+
+
+def test_the_default_profile_comes_from_testudo_profile(cluster, monkeypatch):
+    # What %load_ext testudo (a Client() with no arguments) connects to; the CLI's --profile too.
+    monkeypatch.setenv("TESTUDO_PROFILE", cluster.profile)
+    client = testudo.Client()
+    try:
+        assert client.profile == cluster.profile and len(client.ids) == 4
+    finally:
+        client.close()
+    status = subprocess.run([TESTUDO_BIN, "status"], env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    monkeypatch.delenv("TESTUDO_PROFILE")
+    status = subprocess.run([TESTUDO_BIN, "status"], env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert status.returncode != 0  # no cluster of the 'default' profile in this TESTUDO_HOME
