@@ -454,11 +454,16 @@ void Scheduler::fail_task(TaskId id, TaskFailure why, const std::string& text) {
   complete(id, false, engine);
 }
 
-std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>& ids) {
+std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>& ids,
+                             std::vector<std::pair<TaskId, EngineId>>* sent) {
   std::size_t aborted = 0;
   for (TaskId id : ids) {
     auto t = tasks_.find(id);
-    if (t == tasks_.end() || t->second.spec.client_id != client_id || t->second.state == State::kRunning) continue;
+    if (t == tasks_.end() || t->second.spec.client_id != client_id) continue;
+    if (t->second.state == State::kRunning) {
+      if (sent && t->second.assigned) sent->emplace_back(id, *t->second.assigned);
+      continue;
+    }
     if (t->second.spec.engine) {
       auto e = engines_.find(*t->second.spec.engine);
       if (e != engines_.end()) {

@@ -126,9 +126,11 @@ class Scheduler {
   // The engine's reply for `id` arrived at `now`. Returns the task (for routing its reply), or
   // nothing if it is not running on that engine (a late or forged reply, to be ignored).
   std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success, SteadyClock::time_point now);
-  // Aborts the queued or waiting tasks of `client_id` among `ids`; running ones are left
-  // alone. Returns the number aborted.
-  std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids);
+  // Aborts the queued or waiting tasks of `client_id` among `ids`. Those already sent to an
+  // engine are left to it: `sent` gets (task, engine) for each, for the engine to drop if it
+  // has not started it. Returns the number aborted here.
+  std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids,
+                    std::vector<std::pair<TaskId, EngineId>>* sent = nullptr);
   // Fails waiting tasks whose dependency timeout passed.
   void expire(SteadyClock::time_point now);
   // Fails everything still queued or waiting (controller shutdown).

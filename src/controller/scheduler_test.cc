@@ -383,7 +383,10 @@ TEST_F(SchedulerTest, AbortReachesQueuedTasksOfThatClientOnly) {
   TaskId queued = s.submit(mine, now);
   TaskId other = s.submit(theirs, now);
   sink.take();
-  EXPECT_EQ(s.abort(7, {running, queued, other}), 1u);
+  std::vector<std::pair<TaskId, EngineId>> sent;
+  EXPECT_EQ(s.abort(7, {running, queued, other}, &sent), 1u);
+  // The one sent to engine 0 is left to the engine (to drop if it has not started it).
+  EXPECT_EQ(sent, (std::vector<std::pair<TaskId, EngineId>>{{running, 0}}));
   auto ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, queued);

@@ -4,6 +4,7 @@ tests against a real cluster; the behaviour compared is ipyparallel's (client/*.
 controller/dependency.py)."""
 
 import os
+import time
 import subprocess
 from unittest import mock
 
@@ -204,3 +205,22 @@ def test_the_default_profile_comes_from_testudo_profile(cluster, monkeypatch):
     monkeypatch.delenv("TESTUDO_PROFILE")
     status = subprocess.run([TESTUDO_BIN, "status"], env=dict(os.environ), capture_output=True, text=True, timeout=60)
     assert status.returncode != 0  # no cluster of the 'default' profile in this TESTUDO_HOME
+
+
+def test_abort_reaches_a_direct_task_already_sent_to_its_engine(rc):
+    view = rc[3]
+    running = view.execute("import time; time.sleep(0.5); ran_first = True", block=False)
+    queued = view.execute("ran_second = True", block=False)  # sent ahead: waits on the engine
+    time.sleep(0.1)
+    queued.abort()
+    running.abort()  # running already: it goes on
+    with pytest.raises(error.TaskAborted):
+        queued.get(timeout=10)
+    running.get(timeout=10)
+    assert view.pull("ran_first", block=True) is True
+    with pytest.raises(error.RemoteError) as raised:
+        view.pull("ran_second", block=True)
+    assert raised.value.ename == "NameError"  # it never ran
+    assert rc.db_query({"msg_id": queued.msg_ids[0]}, keys=["state"])[0]["state"] == "aborted"
+    with pytest.raises(error.TaskAborted):
+        rc.get_result(queued.msg_ids[0]).get(timeout=10)  # as the controller recorded it
