@@ -224,3 +224,19 @@ def test_abort_reaches_a_direct_task_already_sent_to_its_engine(rc):
     assert rc.db_query({"msg_id": queued.msg_ids[0]}, keys=["state"])[0]["state"] == "aborted"
     with pytest.raises(error.TaskAborted):
         rc.get_result(queued.msg_ids[0]).get(timeout=10)  # as the controller recorded it
+
+
+def test_ipython_syntax_runs_on_the_engines(rc):
+    pytest.importorskip("IPython")
+    view = rc[2]
+    view.execute("answer = 42", block=True)
+    whos = view.execute("%whos", block=True).stdout
+    assert whos.splitlines()[0].split() == ["Variable", "Type", "Data/Info"]
+    assert ["answer", "int", "42"] in [line.split() for line in whos.splitlines()]
+    assert view.execute("!echo from a shell", block=True).stdout.strip() == "from a shell"
+    reply = view.execute("files = !echo listed\nfiles[0]", silent=False, block=True)
+    assert reply.execute_result["data"]["text/plain"] == "'listed'"
+    with pytest.raises(error.RemoteError) as raised:
+        view.execute("1 +", block=True)  # plain Python's error, not IPython's translation's
+    assert raised.value.ename == "SyntaxError"
+    view.execute("del answer, files", block=True)
