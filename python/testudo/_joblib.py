@@ -1,5 +1,5 @@
 """joblib's parallel backend over a LoadBalancedView (ipyparallel's client/_joblib.py):
-`joblib.Parallel(backend='testudo')` after testudo.register_joblib_backend() or
+`joblib.Parallel(backend='ipyparallel')` (or 'testudo') after testudo.register_joblib_backend() or
 view.register_joblib_backend(). Engines need joblib importable: joblib's batches of calls are
 pickled by reference to it."""
 
