@@ -344,7 +344,8 @@ class PyClient {
     options.after = after;
     options.follow = follow;
     // (all, success, failure), as ipyparallel's Dependency; one counting no outcome is refused.
-    for (auto [rule, given] : {std::pair{&options.after_rule, &after_rule}, std::pair{&options.follow_rule, &follow_rule}}) {
+    for (auto [rule, given] :
+         {std::pair{&options.after_rule, &after_rule}, std::pair{&options.follow_rule, &follow_rule}}) {
       auto [all, success, failure] = *given;
       if (!success && !failure) throw py::value_error("a dependency must count successes, failures or both");
       *rule = {.all = all, .success = success, .failure = failure};

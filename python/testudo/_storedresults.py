@@ -64,9 +64,9 @@ class StoredResults:
         $exists, e.g. {'msg_id': {'$in': ids}}, {'state': {'$nin': ['succeeded']}},
         {'completed': {'$ne': None}}, {'submitted': {'$gte': t}} (t a datetime, or seconds since
         1970). Fields: msg_id, state, kind, engine_id, submitted, started, completed,
-        result_bytes, error, header (msg_id, msg_type, date); `keys` picks some (msg_id is always there). The records' times are
-        timezone-aware UTC datetimes (None until known), as ipyparallel's. An unknown field or
-        operator is a ValueError."""
+        result_bytes, error, header (msg_id, msg_type, date); `keys` picks some (msg_id is always
+        there). The records' times are timezone-aware UTC datetimes (None until known), as
+        ipyparallel's. An unknown field or operator is a ValueError."""
         tests = _dbquery.compile_query(query)
         keys = _dbquery.check_keys(keys)
         wanted = _dbquery.msg_ids_wanted(tests)
