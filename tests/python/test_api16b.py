@@ -13,6 +13,8 @@ import pytest
 import testudo
 from testudo import error
 
+from conftest import wait_until
+
 
 @testudo.interactive
 def double(x):
@@ -237,12 +239,20 @@ def test_view_history_outstanding_results(rc):
     assert lb.get_result(b.msg_ids[0]).get(timeout=10) is None
 
 
-def test_view_abort_queue_status_purge_shutdown(rc):
+def test_view_abort_queue_status_purge_shutdown(rc, tmp_path):
     # Tasks not started can be aborted: in the controller, or sent ahead to the engine.
     view = rc.load_balanced_view(targets=[rc.ids[3]])
     other = rc.load_balanced_view(targets=[rc.ids[3]])
-    running = view.map_async(time.sleep, [0.5, 0.5])  # the engine takes two at a time
-    time.sleep(0.1)
+    started = tmp_path / "started"
+
+    @testudo.interactive
+    def mark_then_sleep(seconds):
+        import time
+        open(str(started), "w").close()
+        time.sleep(seconds)
+
+    running = view.map_async(mark_then_sleep, [0.5, 0.5])  # the engine takes two at a time
+    assert wait_until(started.exists)  # the first runs: abort leaves it alone
     queued = view.apply_async(lambda: "never")
     others = other.apply_async(lambda: "runs")
     assert view.abort() == 1  # its own outstanding tasks, not other views'; one in the controller

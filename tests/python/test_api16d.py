@@ -4,12 +4,11 @@ tests against a real cluster; the behaviour compared is ipyparallel's (client/*.
 controller/dependency.py)."""
 
 import os
-import time
 import subprocess
 from unittest import mock
 
 import pytest
-from conftest import TESTUDO_BIN
+from conftest import TESTUDO_BIN, wait_until
 
 import testudo
 from testudo import error
@@ -207,11 +206,13 @@ def test_the_default_profile_comes_from_testudo_profile(cluster, monkeypatch):
     assert status.returncode != 0  # no cluster of the 'default' profile in this TESTUDO_HOME
 
 
-def test_abort_reaches_a_direct_task_already_sent_to_its_engine(rc):
+def test_abort_reaches_a_direct_task_already_sent_to_its_engine(rc, tmp_path):
     view = rc[3]
-    running = view.execute("import time; time.sleep(0.5); ran_first = True", block=False)
+    started = tmp_path / "started"
+    running = view.execute(f"open({str(started)!r}, 'w').close()\nimport time; time.sleep(0.5); ran_first = True",
+                           block=False)
     queued = view.execute("ran_second = True", block=False)  # sent ahead: waits on the engine
-    time.sleep(0.1)
+    assert wait_until(started.exists)
     queued.abort()
     running.abort()  # running already: it goes on
     with pytest.raises(error.TaskAborted):

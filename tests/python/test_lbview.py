@@ -23,6 +23,15 @@ def sleep_then(seconds, value):
 
 
 @testudo.interactive
+def mark_then_sleep(marker, seconds, value):
+    # Creates `marker` once running, so a test knows it started (abort leaves it alone then).
+    import time
+    open(marker, "w").close()
+    time.sleep(seconds)
+    return value
+
+
+@testudo.interactive
 def pid_after(seconds):
     import os
     import time
@@ -343,11 +352,12 @@ def test_follow_outside_targets_is_impossible(lview):
 # ----- abort -----
 
 
-def test_abort_queued_tasks(rc):
+def test_abort_queued_tasks(rc, tmp_path):
     view = rc.load_balanced_view(targets=[0])
-    running = [view.apply_async(sleep_then, 1.0, i) for i in range(2)]  # hwm 2: both on engine 0
+    marker = str(tmp_path / "started")
+    running = [view.apply_async(mark_then_sleep, marker, 1.0, i) for i in range(2)]  # hwm 2: on engine 0
     queued = [view.apply_async(sleep_then, 0, f"q{i}") for i in range(4)]
-    assert engine_running(rc, 0, 2)
+    assert engine_running(rc, 0, 2) and wait_until(lambda: os.path.exists(marker))
     assert rc.queue_status()["unassigned"] == 4
     assert queued[0].abort() == 1
     assert rc.abort([queued[1], queued[2].msg_ids[0]]) == 2
@@ -363,10 +373,11 @@ def test_abort_queued_tasks(rc):
     assert rc.queue_status()["unassigned"] == 0
 
 
-def test_view_abort_aborts_everything_outstanding(rc):
+def test_view_abort_aborts_everything_outstanding(rc, tmp_path):
     view = rc.load_balanced_view(targets=[3])
-    running = [view.apply_async(sleep_then, 0.8, i) for i in range(2)]
-    assert engine_running(rc, 3, 2)
+    marker = str(tmp_path / "started")
+    running = [view.apply_async(mark_then_sleep, marker, 0.8, i) for i in range(2)]
+    assert engine_running(rc, 3, 2) and wait_until(lambda: os.path.exists(marker))
     amr = view.map_async(str, range(5))
     assert view.abort() == 5
     with pytest.raises(testudo.CompositeError) as info:
