@@ -251,6 +251,7 @@ TEST(SchedulingTest, AbortCancelsUnassignedBalancedTasksOfItsOwnClientOnly) {
   auto foreign = other->abort(ids);
   ASSERT_TRUE(foreign.ok());
   EXPECT_EQ(*foreign, 0u);
+  std::this_thread::sleep_for(300ms);  // the first has started: abort leaves it alone
   auto aborted = client->abort(ids);
   ASSERT_TRUE(aborted.ok());
   EXPECT_EQ(*aborted, 2u);  // two are on the engine (hwm 2), two wait unassigned
