@@ -338,7 +338,8 @@ class PyClient {
 
   PyResult apply_balanced(const std::vector<EngineId>& allowed, const py::list& segments, std::uint32_t retries,
                           double timeout, const std::vector<std::uint64_t>& after,
-                          const std::vector<std::uint64_t>& follow) {
+                          const std::vector<std::uint64_t>& follow, const std::tuple<bool, bool, bool>& after_rule,
+                          const std::tuple<bool, bool, bool>& follow_rule) {
     py::list keep;
     auto bytes = borrow(segments, keep);
     TaskOptions options;
@@ -346,6 +347,13 @@ class PyClient {
     if (timeout > 0) options.timeout = to_ms(timeout);
     options.after = after;
     options.follow = follow;
+    // (all, success, failure), as ipyparallel's Dependency; one counting no outcome is refused.
+    for (auto [rule, given] :
+         {std::pair{&options.after_rule, &after_rule}, std::pair{&options.follow_rule, &follow_rule}}) {
+      auto [all, success, failure] = *given;
+      if (!success && !failure) throw py::value_error("a dependency must count successes, failures or both");
+      *rule = {.all = all, .success = success, .failure = failure};
+    }
     return wrap(client().apply_balanced(allowed, std::move(bytes), options), keep);
   }
 
@@ -593,7 +601,9 @@ PYBIND11_MODULE(_testudo, m) {
       .def("apply", &PyClient::apply, py::arg("targets"), py::arg("segments"))
       .def("apply_balanced", &PyClient::apply_balanced, py::arg("allowed"), py::arg("segments"),
            py::arg("retries") = 0, py::arg("timeout") = 0.0, py::arg("after") = std::vector<std::uint64_t>{},
-           py::arg("follow") = std::vector<std::uint64_t>{})
+           py::arg("follow") = std::vector<std::uint64_t>{},
+           py::arg("after_rule") = std::tuple<bool, bool, bool>{true, true, false},
+           py::arg("follow_rule") = std::tuple<bool, bool, bool>{true, true, false})
       .def("abort", &PyClient::abort, py::arg("task_ids"))
       .def("interrupt", &PyClient::interrupt, py::arg("targets"))
       .def("queue_status", &PyClient::queue_status)

@@ -32,12 +32,22 @@ using EngineId = std::uint32_t;
 inline constexpr EngineId kAnyEngine = 0xFFFFFFFFu;
 
 // How the controller schedules a load-balanced request (ipyparallel's task flags).
+// Which outcomes of `after` / `follow` tasks meet a dependency, as ipyparallel's Dependency:
+// every task or any one, counting those that succeeded and/or those that failed (at least one).
+struct DependencyRule {
+  bool all = true;
+  bool success = true;
+  bool failure = false;
+};
+
 struct TaskOptions {
   std::uint32_t retries = 0;  // run again elsewhere if its engine dies, this many times
   // How long the dependencies may take to be met; unset: no limit.
   std::optional<std::chrono::milliseconds> timeout;
   std::vector<std::uint64_t> after;   // task ids (AsyncResult::task_ids) that must succeed first
   std::vector<std::uint64_t> follow;  // ... and where it must run
+  DependencyRule after_rule;          // default: every one of them, succeeded
+  DependencyRule follow_rule;         // (follow: it runs where the ones that count ran)
 };
 
 struct ClientOptions {

@@ -47,10 +47,10 @@ def interactive(f):
     return f
 
 
-def register_joblib_backend(name="testudo", make_default=False):
+def register_joblib_backend(name=None, make_default=False):
     """Make `joblib.Parallel(backend=name)` run on the default profile's cluster (one started
-    for it when none runs), as ipyparallel's register_joblib_backend (whose default name is
-    'ipyparallel')."""
+    for it when none runs), as ipyparallel's register_joblib_backend. Without `name`, under
+    both 'ipyparallel' (ipyparallel's name, so its code runs unchanged) and 'testudo'."""
     from ._joblib import register
     register(name=name, make_default=make_default)
 

@@ -8,13 +8,13 @@ import _thread
 import concurrent.futures
 import datetime
 import pickle
-import sys
 import threading
 import time
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, LOGGER, PENDING
 
-from . import _execute_reply, _testudo, error
+from . import _execute_reply, _outputs, _testudo, error
 from ._execute_reply import ExecuteReply
+from ._metadata import METADATA_ATTRIBUTES, outcome_metadata, pending_metadata, stamp
 
 _ANY_ENGINE = _testudo.ANY_ENGINE
 _FINISHED = FINISHED
@@ -26,29 +26,6 @@ _loads = pickle.loads
 _condition_lock = threading.Lock()
 
 _FOREVER = 365 * 24 * 3600.0
-_UTC = datetime.timezone.utc
-
-
-def _stamp(seconds):
-    """A time kept as seconds since 1970 (0 or None: not yet) as ipyparallel gives its metadata
-    times: a timezone-aware UTC datetime, or None."""
-    return datetime.datetime.fromtimestamp(seconds, _UTC) if seconds else None
-
-
-def _pending_metadata(msg_id, engine_id, submitted):
-    """The metadata of a task with no reply yet (`submitted`: seconds since 1970; `msg_id`:
-    None leaves it out, for a request the controller may not have acknowledged yet)."""
-    md = _Metadata(msg_id=msg_id, engine_id=engine_id, submitted=_stamp(submitted), started=None,
-                   completed=None, received=None, stdout="", stderr="", status="pending", error=None,
-                   execute_result=None, outputs=[], data={})
-    if msg_id is None:
-        del md["msg_id"]
-    return md
-
-
-# Metadata keys read as attributes of an AsyncResult (ar.submitted), as ipyparallel's; the
-# others (stdout, engine_id, data...) are properties.
-_METADATA_ATTRIBUTES = frozenset(("submitted", "started", "completed", "received", "status", "error"))
 
 
 def _seconds(timeout):
@@ -56,16 +33,6 @@ def _seconds(timeout):
     if timeout is None or timeout < 0:
         return _FOREVER
     return float(timeout)
-
-
-class _Metadata(dict):
-    """One engine's metadata; keys are attributes too (ar.metadata[0].engine_id)."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
 
 class AsyncResult(concurrent.futures.Future):
@@ -88,7 +55,8 @@ class AsyncResult(concurrent.futures.Future):
     _live = ()
     _raw = None  # per target: value or RemoteError, once finished
     _outcomes = None  # per target: (engine_id, task_id, ok, started, completed, stdout, stderr)
-    _md = None  # per target: _Metadata, built from _outcomes when first read
+    _md = None  # per target: Metadata, built from _outcomes when first read
+    _return_exceptions = False  # get()'s default (map(..., return_exceptions=True) sets it)
     _received = None
     _task_id_cache = None
     _transform = None
@@ -249,15 +217,16 @@ class AsyncResult(concurrent.futures.Future):
         self._finish()
         return True
 
-    def get(self, timeout=None, return_exceptions=False):
+    def get(self, timeout=None, return_exceptions=None):
         """The result: a list with one value per engine, or one value for a single engine.
 
         Raises TimeoutError if not done within `timeout` seconds, RemoteError (one engine)
-        or CompositeError (several) if the remote code raised.
+        or CompositeError (several) if the remote code raised; with `return_exceptions` (by
+        default as the map that made it said), the RemoteErrors are in the list instead.
         """
         if not self._finished and not self.wait(-1 if timeout is None else timeout):
             raise error.TimeoutError("Result not ready.")
-        if return_exceptions:
+        if self._return_exceptions if return_exceptions is None else return_exceptions:
             return self._reconstruct(self._raw)
         return self._outcome()
 
@@ -292,14 +261,15 @@ class AsyncResult(concurrent.futures.Future):
         """Per engine: msg_id, engine_id, submitted, started, completed, received, stdout,
         stderr, status, error, execute_result, outputs, data (ipyparallel's keys that testudo
         has). The times are timezone-aware UTC datetimes, as ipyparallel's (None until known)."""
-        if not self.ready():
-            return [_pending_metadata(None, t, self._submitted) for t in self.targets]
-        md = self._metadata
+        if self.ready():
+            md = self._metadata
+        else:
+            md = [pending_metadata(None, t, self._submitted) for t in self.targets]
         return md[0] if self._single else md
 
     @property
     def _metadata(self):
-        """Per target _Metadata once finished (None before), built on first use."""
+        """Per target Metadata once finished (None before), built on first use."""
         md = self._md
         if md is None and self._finished:
             with self._finish_lock:
@@ -315,7 +285,7 @@ class AsyncResult(concurrent.futures.Future):
             if isinstance(value, ExecuteReply):
                 md.append(value.metadata)  # one dict, as in ipyparallel: reply.metadata is ar.metadata[i]
                 continue
-            m = _outcome_metadata(outcome, self._submitted_of(outcome[1]), received)
+            m = outcome_metadata(outcome, self._submitted_of(outcome[1]), received)
             if isinstance(value, RemoteError):
                 m["status"], m["error"] = "error", value
             md.append(m)
@@ -421,23 +391,7 @@ class AsyncResult(concurrent.futures.Future):
         place on stderr (or `file`, which then gets the output lines too; otherwise they go to
         stdout); in a Jupyter kernel it is an ipywidgets bar when ipywidgets imports
         (widget=True/False chooses). Returns when done or after `timeout` seconds."""
-        from ._progress import progress
-        deadline = time.monotonic() + _seconds(timeout)
-        n = len(self)
-        bar = progress(n, self._fname, file=file, widget=widget)
-        out = sys.stdout if file is None else file
-        bar.update(self.progress, self.elapsed)
-        while not self.ready() and time.monotonic() < deadline:
-            self.wait(min(interval, max(0.0, deadline - time.monotonic())))
-            chunks = self.take_live_output()
-            if chunks:
-                bar.clear()
-                for engine, stream, text in chunks:
-                    for line in text.splitlines():
-                        out.write(f"[{stream}:{engine}] {line}\n")
-                out.flush()
-            bar.update(self.progress, self.elapsed)
-        bar.close(self.progress, self.elapsed, self.ready())
+        _outputs.wait_interactive(self, interval, time.monotonic() + _seconds(timeout), file, widget)
 
     def display_outputs(self, groupby="type", result_only=False):
         """Republishes the engines' outputs, as ipyparallel does: a single-engine result's stdout
@@ -446,37 +400,7 @@ class AsyncResult(concurrent.futures.Future):
         together) or 'order' (as 'type'). Inside IPython, execute results are displayed too
         (Out[engine:count]); `result_only` shows only those."""
         self._check_ready()
-        if groupby not in ("type", "engine", "order"):
-            raise ValueError(f"groupby must be one of 'type', 'engine', 'order', not {groupby!r}")
-        printer = _StreamPrinter()
-        ip = _execute_reply._get_ipython()
-        md = self._metadata_list()
-        if self._single:
-            if not result_only:
-                printer.show(md[0]["stdout"])
-                printer.show(md[0]["stderr"], file=sys.stderr)
-            if ip is not None and md[0]["execute_result"] is not None:
-                _display(self._raw[0])
-            return
-        if groupby == "engine":
-            for m, value in zip(md, self._raw):
-                eid = m["engine_id"]
-                if not result_only:
-                    printer.show(m["stdout"], f"[stdout:{eid}] ")
-                    printer.show(m["stderr"], f"[stderr:{eid}] ", file=sys.stderr)
-                if ip is not None and m["execute_result"] is not None:
-                    print(f"[output:{eid}]")
-                    _display(value)
-            return
-        if not result_only:
-            for m in md:
-                printer.show(m["stdout"], f"[stdout:{m['engine_id']}] ")
-            for m in md:
-                printer.show(m["stderr"], f"[stderr:{m['engine_id']}] ", file=sys.stderr)
-        if ip is not None:
-            for m, value in zip(md, self._raw):
-                if m["execute_result"] is not None:
-                    _display(value)
+        _outputs.display_outputs(self, groupby, result_only)
 
     # ipyparallel's message tracking (track=True): when the request's own buffers (pushed
     # arrays, arguments) may be changed again. testudo sends them without a copy and holds them
@@ -486,6 +410,12 @@ class AsyncResult(concurrent.futures.Future):
         """Whether testudo is done with this request's buffers (once it has finished), so
         arrays sent without a copy may be changed again."""
         return self.ready()
+
+    def wait_for_output(self, timeout=-1):
+        """Whether every engine's output (stdout, stderr, outputs, data) has arrived, after
+        waiting up to `timeout` seconds: output comes with each engine's reply, so that is
+        when the result is done."""
+        return self.wait(timeout)
 
     def wait_for_send(self, timeout=-1):
         """Waits until `sent`; raises TimeoutError if that takes more than `timeout` seconds."""
@@ -505,10 +435,7 @@ class AsyncResult(concurrent.futures.Future):
         engine), without waiting; ar[0] / ar[1:3]: the finished result, indexed, as ipyparallel."""
         if isinstance(key, str):
             md = self.metadata
-            if isinstance(md, dict):  # a finished single result
-                return md[key]
-            values = [m[key] for m in md]  # unfinished: a list even when single
-            return values[0] if self._single else values
+            return md[key] if self._single else [m[key] for m in md]
         if isinstance(key, (int, slice)):
             self._check_ready()
             return self.get()[key]
@@ -516,7 +443,7 @@ class AsyncResult(concurrent.futures.Future):
 
     def __getattr__(self, key):
         # Only for names not found otherwise: the metadata times and status, per engine.
-        if key in _METADATA_ATTRIBUTES:
+        if key in METADATA_ATTRIBUTES:
             return self[key]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
@@ -582,7 +509,7 @@ class AsyncResult(concurrent.futures.Future):
 
     def _execute_reply(self, segments, outcome):
         count, execute_result = _execute_reply.decode(segments)
-        md = _outcome_metadata(outcome, self._submitted_of(outcome[1]), None)
+        md = outcome_metadata(outcome, self._submitted_of(outcome[1]), None)
         md["execute_result"] = execute_result
         return ExecuteReply(md["msg_id"], {"status": "ok", "execution_count": count}, md)
 
@@ -593,8 +520,12 @@ class AsyncResult(concurrent.futures.Future):
     def _error(self, reply):
         """The exception for one engine's reply that did not succeed: by its outcome, through
         error.OUTCOME_EXCEPTIONS (a Python error raised by user code is a RemoteError)."""
-        info = {"engine_id": reply.engine_id, "method": self._fname}
+        info = {"engine_id": reply.engine_id, "method": self._method_of(reply.task_id)}
         return error.outcome_error(reply.outcome, reply.message, info, reply)
+
+    def _method_of(self, task_id):
+        """What the request did, as errors name it ('[0:apply]')."""
+        return self._fname
 
     def _finish(self):
         """Builds the values once every child is ready; safe from any thread, runs once."""
@@ -622,7 +553,7 @@ class AsyncResult(concurrent.futures.Future):
             self._received = received = time.time()
             for value in raw:
                 if isinstance(value, ExecuteReply):
-                    value.metadata["received"] = _stamp(received)
+                    value.metadata["received"] = stamp(received)
             self._client._untrack(self._children)
             if self._history_index is not None:
                 self._client._history.finished(self._history_index, self, [o[1] for o in outcomes])
@@ -673,6 +604,9 @@ class AsyncHubResult(AsyncResult):
     def _submitted_of(self, task_id):
         return self._submitted_at.get(task_id) or self._submitted
 
+    def _method_of(self, task_id):
+        return self._kinds.get(task_id) or self._fname  # the original request's, not 'get_result'
+
     def _value(self, segments, outcome):
         kind = self._kinds.get(outcome[1], "")
         if kind in ("apply", "pull"):
@@ -696,43 +630,3 @@ class AsyncMapResult(AsyncResult):
 
     def __iter__(self):
         yield from self.get()
-
-
-def _outcome_metadata(outcome, submitted, received):
-    """ipyparallel's metadata keys for one engine's reply (engine_id, task_id, ok, started,
-    completed, stdout, stderr, ...); `submitted` and `received` are seconds since 1970."""
-    engine_id, task_id, ok, started, completed, stdout, stderr = outcome[:7]
-    return _Metadata(
-        msg_id=str(task_id), engine_id=engine_id, submitted=_stamp(submitted),
-        started=_stamp(started), completed=_stamp(completed), received=_stamp(received),
-        stdout=stdout, stderr=stderr, status="ok" if ok else "error", error=None,
-        execute_result=None, outputs=[], data={})
-
-
-def _display(value):
-    from IPython.display import display
-    display(value)
-
-
-class _StreamPrinter:
-    """ipyparallel's stream republishing: a header ('[stdout:0] ') on its own line before the
-    text, repeated only when it changes, and a line break before a header when the previous
-    text did not end with one."""
-
-    def __init__(self):
-        self._last_prefix = ""
-        self._trailing_newline = True
-
-    def show(self, text, prefix="", file=None):
-        if not text:
-            return
-        file = sys.stdout if file is None else file
-        if prefix:
-            if prefix == self._last_prefix:
-                prefix = ""
-            else:
-                self._last_prefix = prefix
-        pre = "\n" if prefix and not self._trailing_newline else ""
-        sep = "\n" if prefix else ""
-        self._trailing_newline = text.endswith("\n")
-        print(f"{pre}{prefix}{sep}{text}", file=file, end="")

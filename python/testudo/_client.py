@@ -3,6 +3,8 @@
 import atexit
 import concurrent.futures
 import json
+import os
+import sys
 import threading
 import time
 import weakref
@@ -41,7 +43,7 @@ def _once_per_result(question):
 class Client(StoredResults):
     """Connect to a testudo controller.
 
-        rc = testudo.Client()                 # the 'default' profile's connection file
+        rc = testudo.Client()                 # $TESTUDO_PROFILE's (else 'default''s) connection file
         rc = testudo.Client(profile='demo')
         rc = testudo.Client('/path/to/controller-client.json')
 
@@ -81,6 +83,12 @@ class Client(StoredResults):
     identity that seals.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Its own __new__, as ipyparallel's Client has (traitlets): mock.patch.object(Client,
+        # '__new__', ...) then restores it cleanly; without one, CPython leaves a class whose
+        # instances can no longer be made with arguments.
+        return super().__new__(cls)
+
     # Engine ids used by views targeting 'all' are refreshed at most this often; rc.ids is
     # always fresh.
     ids_max_age = 1.0
@@ -114,7 +122,7 @@ class Client(StoredResults):
                             "'command:CMD') or a callable returning the passphrase")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Client(timeout={timeout!r}): the connection timeout is a number of seconds above 0")
-        self.profile = profile or "default"
+        self.profile = profile or os.environ.get("TESTUDO_PROFILE") or "default"
         file = url_file or connection_file or ""
         self._tunnel = None
         dial_host, dial_port = "", 0
@@ -153,6 +161,14 @@ class Client(StoredResults):
         self._dispatcher = threading.Thread(target=self._dispatch, name="testudo-results", daemon=True)
         self._dispatcher.start()
         _live_clients.add(self)
+        self._activate_in_ipython()
+
+    def _activate_in_ipython(self):
+        """Inside IPython, the first client registers %px and friends, as ipyparallel's does."""
+        ipython = sys.modules.get("IPython")  # not imported: not in IPython (and no slow import)
+        ip = ipython.get_ipython() if ipython is not None else None
+        if ip is not None and "px" not in ip.magics_manager.magics["line"]:
+            self.activate()
 
     # ----- engines -----
 

@@ -12,7 +12,8 @@ import numbers
 # A record's fields (rc.db_query's `keys`). The controller's times are seconds since 1970
 # (float); the records handed back, and the query's tests, hold timezone-aware UTC datetimes
 # (both made from the same floats, so an $eq on a time read from a record matches it).
-FIELDS = ("msg_id", "state", "kind", "engine_id", "submitted", "started", "completed", "result_bytes", "error")
+FIELDS = ("msg_id", "state", "kind", "engine_id", "submitted", "started", "completed", "result_bytes", "error",
+          "header")
 STATES = ("queued", "running", "succeeded", "failed", "aborted", "lost")
 _TIMES = ("submitted", "started", "completed")
 _UTC = datetime.timezone.utc
@@ -147,6 +148,12 @@ def matches(record, tests):
         if not OPERATORS[op](record.get(field), operand):
             return False
     return True
+
+
+def header(record):
+    """ipyparallel's `header` of a task record, from what testudo records: msg_id, msg_type
+    ('apply_request', 'execute_request', ...) and date (when it was submitted)."""
+    return {"msg_id": record["msg_id"], "msg_type": f"{record['kind']}_request", "date": record["submitted"]}
 
 
 def times_as_datetimes(record):

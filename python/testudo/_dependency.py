@@ -120,10 +120,10 @@ def require(*objects, **mapping):
 
 class Dependency(set):
     """A set of msg_ids a task depends on (for `after` / `follow`), as ipyparallel's: `all`
-    (every one, or any one), `success` and `failure` (which outcomes count as met).
-
-    The controller checks after/follow itself with all=True, success=True, failure=False (the
-    defaults); a Dependency with other settings is refused there (NotImplementedError)."""
+    (every one, or any one), `success` and `failure` (which outcomes count as met). The
+    controller applies them: a task waits until its dependencies are met and fails with
+    ImpossibleDependency once they no longer can be; with `follow` it runs where the tasks
+    that count ran."""
 
     all = True
     success = True

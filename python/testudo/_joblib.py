@@ -1,5 +1,5 @@
 """joblib's parallel backend over a LoadBalancedView (ipyparallel's client/_joblib.py):
-`joblib.Parallel(backend='testudo')` after testudo.register_joblib_backend() or
+`joblib.Parallel(backend='ipyparallel')` (or 'testudo') after testudo.register_joblib_backend() or
 view.register_joblib_backend(). Engines need joblib importable: joblib's batches of calls are
 pickled by reference to it."""
 
@@ -46,11 +46,13 @@ class TestudoBackend(AutoBatchingMixin, ParallelBackendBase):
             self._cluster = None
 
 
-def register(name="testudo", make_default=False, view=None):
-    """Register the backend under `name` with joblib (for `view`, or the default cluster)."""
+def register(name=None, make_default=False, view=None):
+    """Register the backend under `name` (None: 'ipyparallel' and 'testudo') with joblib, for
+    `view` or the default cluster."""
     if view is None:
         factory = TestudoBackend
     else:
         def factory(**kwargs):
             return TestudoBackend(view=view, **kwargs)
-    register_parallel_backend(name, factory, make_default=make_default)
+    for each in ("ipyparallel", "testudo") if name is None else (name,):
+        register_parallel_backend(each, factory, make_default=make_default)

@@ -1,5 +1,6 @@
 """LoadBalancedView: tasks placed by the controller's scheduler, as ipyparallel's."""
 
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Mapping
@@ -8,6 +9,7 @@ from . import _helpers, error
 from ._dependency import Dependency, dependent
 from ._asyncresult import AsyncMapResult, AsyncResult, _seconds
 from ._history import Request
+from ._reference import Reference
 from ._view import _dumps_call
 from ._viewbase import ViewCommon, recorded
 
@@ -48,6 +50,13 @@ def _task_ids(deps):
     return list(dict.fromkeys(ids))
 
 
+def _rule(deps):
+    """(all, success, failure) of an after/follow: a Dependency's, else every task succeeded."""
+    if isinstance(deps, Dependency):
+        return (bool(deps.all), bool(deps.success), bool(deps.failure))
+    return (True, True, False)
+
+
 class LoadBalancedView(ViewCommon):
     """Tasks go to whichever engine the controller's scheduler picks (`--scheme`, default
     least-load, with a high-water mark per engine).
@@ -57,7 +66,8 @@ class LoadBalancedView(ViewCommon):
                `block` when the view is made)
       retries  run a task again elsewhere if its engine dies, this many times (default 0)
       timeout  seconds the dependencies may take to be met (default: no limit)
-      after    AsyncResults / msg_ids that must succeed before the task runs
+      after    AsyncResults / msg_ids that must succeed before the task runs (a Dependency:
+               all or any of them, counting successes and/or failures, as it says)
       follow   ... and on whose engine it must run
       targets  engines the scheduler may use (default: all)
       track    accepted; every result here says when its buffers were sent (ar.sent)
@@ -86,11 +96,6 @@ class LoadBalancedView(ViewCommon):
                 raise ValueError("retries must be a non-negative int")
             if key == "timeout" and value is not None and value < 0:
                 raise ValueError("timeout must be None or >= 0")
-            if key in ("after", "follow") and isinstance(value, Dependency) and not (
-                    value.all and value.success and not value.failure):
-                raise NotImplementedError(
-                    f"{key}=Dependency(all={value.all}, success={value.success}, failure={value.failure}): the "
-                    "controller waits for every task to succeed (all=True, success=True, failure=False)")
 
     def set_flags(self, **kwargs):
         self._check_flags(kwargs)  # all or nothing: a bad flag changes none
@@ -128,7 +133,8 @@ class LoadBalancedView(ViewCommon):
             child = native.apply_balanced(allowed, segments)  # the common case
         else:
             allowed = self._allowed(targets)
-            options = (int(retries or 0), float(timeout or 0), _task_ids(after), _task_ids(follow))
+            options = (int(retries or 0), float(timeout or 0), _task_ids(after), _task_ids(follow), _rule(after),
+                       _rule(follow))
             child = native.apply_balanced(allowed, segments, *options)
         request = again = None
         if keep:
@@ -143,7 +149,7 @@ class LoadBalancedView(ViewCommon):
 
     @recorded
     def _apply(self, f, args, kwargs, **flags):
-        if not callable(f):
+        if not callable(f) and not isinstance(f, Reference):  # a Reference: the engine's function
             raise TypeError(f"{f!r} is not callable")
         is_dependent = isinstance(f, dependent)
         child, block, request, again = self._submit(f, args, kwargs, flags, keep=True,
@@ -166,8 +172,9 @@ class LoadBalancedView(ViewCommon):
     def apply_sync(self, __testudo_f, *args, **kwargs):
         return self._apply(__testudo_f, args, kwargs)[0].get()
 
-    def map(self, f, *sequences, block=None, chunksize=1, ordered=True, **flags):
-        """Parallel map: one task per `chunksize` items, each placed by the scheduler."""
+    def map(self, f, *sequences, block=None, chunksize=1, ordered=True, return_exceptions=False, **flags):
+        """Parallel map: one task per `chunksize` items, each placed by the scheduler. With
+        `return_exceptions`, a failed chunk's RemoteError is in the result in its place."""
         if not sequences:
             raise ValueError("map needs at least one sequence")
         if not isinstance(chunksize, int) or chunksize < 1:
@@ -178,6 +185,7 @@ class LoadBalancedView(ViewCommon):
             raise TypeError(f"map() got an unexpected keyword argument {unknown[0]!r}")
         self._check_flags(flags)
         ar = self._map(f, sequences, ordered=ordered, chunksize=chunksize, flags=flags)
+        ar._return_exceptions = bool(return_exceptions)
         block = self.block if block is None else block
         return ar.get() if block else ar
 
@@ -222,39 +230,38 @@ class LoadBalancedView(ViewCommon):
         return self._imap(f, zip(*sequences), ordered, max_outstanding, return_exceptions)
 
     def _imap(self, f, items, ordered, max_outstanding, return_exceptions):
+        # ipyparallel's order of events, which callers see through view.history: submit one
+        # task per item; after each, yield what is ready (ordered: the oldest only), and when
+        # max_outstanding tasks are held, wait for one (ordered: the oldest) before the next.
         outstanding = []  # submission order
-        exhausted = False
 
         def value(ar):
             return ar.get(return_exceptions=return_exceptions)
 
-        while outstanding or not exhausted:
-            # Submit while under the limit, counting only unfinished tasks: results that are
-            # done but not yet yielded do not hold an engine.
-            while not exhausted and (max_outstanding == 0 or
-                                     sum(not ar.ready() for ar in outstanding) < max_outstanding):
-                try:
-                    args = next(items)
-                except StopIteration:
-                    exhausted = True
-                    break
-                outstanding.append(self._apply(f, args, {}, block=False)[0])
-            if not outstanding:
-                continue
+        def take_ready(block):
             if ordered:
-                if exhausted or outstanding[0].ready() or max_outstanding == 0:
-                    ar = outstanding.pop(0)
-                    ar.wait()
-                    yield value(ar)
-                else:
-                    outstanding[0].wait(0.01)  # or another finishes and frees a slot
-                continue
+                return [outstanding.pop(0)] if block or outstanding[0].ready() else []
+            if block:
+                concurrent.futures.wait(outstanding, return_when=concurrent.futures.FIRST_COMPLETED)
             done = [ar for ar in outstanding if ar.ready()]
-            if not done:
-                outstanding[0].wait(0.01)  # polls: any of them may finish first
-                continue
             for ar in done:
                 outstanding.remove(ar)
+            return done
+
+        def full():
+            # Only tasks still running count (ordered); results done but not yet yielded hold no engine.
+            running = sum(not ar.ready() for ar in outstanding) if ordered else len(outstanding)
+            return max_outstanding != 0 and running >= max_outstanding
+
+        for args in items:
+            outstanding.append(self._apply(f, args, {}, block=False)[0])
+            for ar in take_ready(block=full()):
+                yield value(ar)
+            if max_outstanding != 0 and len(outstanding) >= max_outstanding:
+                for ar in take_ready(block=True):
+                    yield value(ar)
+        while outstanding:
+            for ar in take_ready(block=True):
                 yield value(ar)
 
     def __len__(self):
@@ -274,8 +281,9 @@ class LoadBalancedView(ViewCommon):
         from ._remotefunction import parallel
         return parallel(self, dist=dist, block=block, **flags)
 
-    def register_joblib_backend(self, name="testudo", make_default=False):
-        """Make `joblib.Parallel(backend=name)` run its batches as tasks of this view."""
+    def register_joblib_backend(self, name=None, make_default=False):
+        """Make `joblib.Parallel(backend=name)` run its batches as tasks of this view (without
+        `name`: as 'ipyparallel' and 'testudo')."""
         from ._joblib import register
         register(name=name, make_default=make_default, view=self)
 
@@ -310,8 +318,11 @@ class _LoadBalancedMapResult(AsyncMapResult):
                 for reply in child.replies():
                     value = self._value(reply.value, (reply.engine_id, reply.task_id)) if reply.ok else self._error(reply)
                     if isinstance(value, Exception):
-                        raise value
-                    yield from value
+                        if not self._return_exceptions:
+                            raise value
+                        yield value
+                    else:
+                        yield from value
         time.sleep(0)
 
 

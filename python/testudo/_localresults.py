@@ -9,7 +9,7 @@ tasks, metadata for all.
 
 from collections.abc import Mapping
 
-from ._asyncresult import _pending_metadata
+from ._metadata import pending_metadata
 
 
 def _one_task_id(key):
@@ -94,7 +94,7 @@ class Metadata(_ByMsgId):
         if ar.ready():
             return ar._metadata_list()[position]
         targets = ar.targets
-        return _pending_metadata(str(task_id), targets[position] if position < len(targets) else None,
+        return pending_metadata(str(task_id), targets[position] if position < len(targets) else None,
                                  ar._submitted)
 
     def __iter__(self):

@@ -13,7 +13,7 @@ import time
 from IPython.core.magic import Magics, magics_class
 
 from . import error
-from ._asyncresult import _StreamPrinter
+from ._outputs import StreamPrinter
 from ._progress import progress
 
 _GROUPINGS = ("type", "engine", "order")
@@ -169,7 +169,7 @@ class ParallelMagics(Magics):
         if not stream and progress_after < 0:
             ar.wait()
             return None
-        printer, printed = _StreamPrinter(), {}
+        printer, printed = StreamPrinter(), {}
         bar = None
         start = time.monotonic()
         while not ar.wait(0.05 if stream or bar is not None else max(0.0, start + progress_after - time.monotonic())):

@@ -44,6 +44,8 @@ class RemoteFunction:
         self.block = block
         self.flags = flags
         functools.update_wrapper(self, f)
+        if getattr(f, "__doc__", None):
+            self.__doc__ = f"{type(self).__name__} wrapping:\n{f.__doc__}"  # as ipyparallel's
 
     def _block(self):
         return self.view.block if self.block is None else self.block

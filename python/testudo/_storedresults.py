@@ -25,8 +25,9 @@ class StoredResults:
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=True):
         """Results of earlier tasks by msg_id (str or int), e.g. after reconnecting or from
-        another process: an AsyncResult (block=True: the values). Tasks still running answer
-        when they finish; unknown ids raise KeyError (as RemoteError), lost ones TaskLost."""
+        another process: an AsyncResult, as ipyparallel's always (block=True: once it is done).
+        Tasks still running answer when they finish; unknown ids raise KeyError (as
+        RemoteError) from its get(), lost ones TaskLost."""
         from ._asyncresult import AsyncHubResult
         from ._lbview import _task_ids
         single = isinstance(indices_or_msg_ids, (str, int))
@@ -37,7 +38,9 @@ class StoredResults:
         kinds = {int(r["task_id"]): r.get("kind", "") for r in records}
         submitted = {int(r["task_id"]): r.get("submitted") for r in records}
         ar = AsyncHubResult(self, self._native.get_result(ids), kinds, single=single, submitted=submitted)
-        return ar.get() if (self.block if block is None else block) else ar
+        if self.block if block is None else block:
+            ar.wait()
+        return ar
 
     def result_status(self, msg_ids, status_only=True):
         """{'pending': [...], 'completed': [...]} for msg_ids (with status_only=False, also
@@ -61,9 +64,9 @@ class StoredResults:
         $exists, e.g. {'msg_id': {'$in': ids}}, {'state': {'$nin': ['succeeded']}},
         {'completed': {'$ne': None}}, {'submitted': {'$gte': t}} (t a datetime, or seconds since
         1970). Fields: msg_id, state, kind, engine_id, submitted, started, completed,
-        result_bytes, error; `keys` picks some (msg_id is always there). The records' times are
-        timezone-aware UTC datetimes (None until known), as ipyparallel's. An unknown field or
-        operator is a ValueError."""
+        result_bytes, error, header (msg_id, msg_type, date); `keys` picks some (msg_id is always
+        there). The records' times are timezone-aware UTC datetimes (None until known), as
+        ipyparallel's. An unknown field or operator is a ValueError."""
         tests = _dbquery.compile_query(query)
         keys = _dbquery.check_keys(keys)
         wanted = _dbquery.msg_ids_wanted(tests)
@@ -78,6 +81,7 @@ class StoredResults:
                    "engine_id": r.get("engine"), "submitted": r.get("submitted"), "started": r.get("started"),
                    "completed": r.get("completed"), "result_bytes": r.get("result_bytes"), "error": r.get("error")}
             _dbquery.times_as_datetimes(rec)
+            rec["header"] = _dbquery.header(rec)
             if _dbquery.matches(rec, tests):
                 out.append({k: rec[k] for k in keys} if keys else rec)
         return out

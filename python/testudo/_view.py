@@ -10,6 +10,7 @@ import cloudpickle
 from . import _dask, _dependency, _helpers, error
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._history import Request
+from ._reference import Reference
 from ._viewbase import ViewCommon, recorded
 
 # Our helpers travel by value, so engines need not have testudo installed.
@@ -262,7 +263,7 @@ class DirectView(ViewCommon):
 
     @recorded
     def _apply(self, f, args, kwargs, targets=None):
-        if not callable(f):
+        if not callable(f) and not isinstance(f, Reference):  # a Reference: the engine's function
             raise TypeError(f"{f!r} is not callable")
         ids, single = self._resolve(targets)
         segments = _dumps_call(f, args, kwargs)
@@ -283,10 +284,13 @@ class DirectView(ViewCommon):
 
     # ----- map -----
 
-    def map(self, f, *sequences, block=None, track=False):
+    def map(self, f, *sequences, block=None, track=False, return_exceptions=False):
         """Parallel map: the sequences are split in contiguous blocks, one per engine. (`track`:
-        see push.)"""
-        return self._finish(self._map(f, sequences), block)
+        see push.) With `return_exceptions`, an engine's RemoteError takes the place of its
+        block in the result instead of being raised."""
+        ar = self._map(f, sequences)
+        ar._return_exceptions = bool(return_exceptions)
+        return self._finish(ar, block)
 
     def map_async(self, f, *sequences, **kwargs):
         kwargs["block"] = False

@@ -43,6 +43,7 @@ CLI::Validator non_negative_seconds() { return seconds_validator(true); }
 
 void CommonOptions::add_to(CLI::App& app) {
   app.add_option("--profile", profile, "Profile name: files live in $TESTUDO_HOME/profile_<name>")
+      ->envname("TESTUDO_PROFILE")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warning or error")->capture_default_str();
   app.add_option("--log-max-bytes", log_max_bytes,

@@ -643,6 +643,8 @@ wire::TaskOptions to_wire(const TaskOptions& o) {
   if (o.timeout) w.timeout_ms = static_cast<std::uint32_t>(std::max<long long>(1, o.timeout->count()));
   w.after = o.after;
   w.follow = o.follow;
+  w.after_rule = {.all = o.after_rule.all, .success = o.after_rule.success, .failure = o.after_rule.failure};
+  w.follow_rule = {.all = o.follow_rule.all, .success = o.follow_rule.success, .failure = o.follow_rule.failure};
   return w;
 }
 

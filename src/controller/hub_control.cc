@@ -139,7 +139,18 @@ void Hub::get_results(Peer& client, const wire::Message& m) {
 void Hub::abort_tasks(Peer& client, const wire::Message& m) {
   auto ids = ids_of(m, /*none_ok=*/true);
   if (!ids.ok()) return reject(client, ids.status().message());
-  const std::size_t aborted = scheduler_.abort(client.id, *ids);
+  std::vector<std::pair<TaskId, EngineId>> sent;
+  const std::size_t aborted = scheduler_.abort(client.id, *ids, &sent);
+  // Sent ahead but perhaps not started: the engine drops it if so and answers it as aborted.
+  for (const auto& [id, engine_id] : sent) {
+    Peer* e = peers_.engine(engine_id);
+    if (!e) continue;
+    wire::Message abort;
+    abort.envelope.kind = MessageKind::kEngineAbort;
+    abort.envelope.engine_id = engine_id;
+    abort.envelope.task_id = id;
+    e->connection->send(std::move(abort));
+  }
   send_control_reply(client, MessageKind::kAbortReply, m.envelope, nlohmann::json{{"aborted", aborted}}.dump());
 }
 

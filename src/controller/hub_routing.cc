@@ -162,6 +162,8 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   if (options->timeout_ms > 0) spec.timeout = std::chrono::milliseconds(options->timeout_ms);
   spec.after = std::move(options->after);
   spec.follow = std::move(options->follow);
+  spec.after_rule = options->after_rule;
+  spec.follow_rule = options->follow_rule;
   const TaskId id = scheduler_.next_id();
   acknowledge(client, req.request_id, {id});
   results_.submitted(id, client.identity, req.request_id, req.kind, spec.allowed);
@@ -253,6 +255,8 @@ void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::stri
 
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
   const bool success = m.envelope.outcome() == Outcome::kOk;
+  // An engine drops a task it had not started when asked to abort it (kEngineAbort).
+  const bool aborted = m.envelope.outcome() == Outcome::kAborted;
   // T8: an engine may only answer tasks running on it; anything else is ignored.
   auto task = scheduler_.finished(m.envelope.task_id, engine.id, success, clock_.now());
   if (!task) {
@@ -263,12 +267,14 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   ++engine.tasks_done;
   ++tasks_completed_;
   const TaskId id = m.envelope.task_id;
-  results_.finished(id, success ? TaskState::kSucceeded : TaskState::kFailed, m.segments,
-                    success ? "" : "the task raised");
+  const std::string aborted_text = "aborted before it started on engine " + std::to_string(engine.id);
+  if (aborted) m.segments.clear();
+  results_.finished(id, success ? TaskState::kSucceeded : aborted ? TaskState::kAborted : TaskState::kFailed,
+                    m.segments, success ? "" : aborted ? aborted_text : "the task raised");
   wire::Message reply = wire::task_reply(
-      success ? Outcome::kOk : Outcome::kPythonError,
-      {.request_id = task->request_id, .task_id = id, .engine_id = engine.id, .client_id = task->client_id}, {},
-      std::move(m.segments));
+      success ? Outcome::kOk : aborted ? Outcome::kAborted : Outcome::kPythonError,
+      {.request_id = task->request_id, .task_id = id, .engine_id = engine.id, .client_id = task->client_id},
+      aborted ? aborted_text : std::string{}, std::move(m.segments));
   for (const ResultWaiter& w : results_.take_waiters(id)) {
     Peer* waiting = peers_.client(w.client_id);
     if (!waiting) continue;

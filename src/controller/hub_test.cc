@@ -167,6 +167,30 @@ TEST_F(HubTest, AdmitsEnginesAndClientsWithIdsAndAuthenticatedLimits) {
   EXPECT_GT(c->limits.max_segments, 0u);
 }
 
+TEST_F(HubTest, AbortOfATaskSentToItsEngineIsForwardedAndTheEnginesAbortedAnswerRecorded) {
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 7, {0}));
+  auto sent = e0->sent_of(MessageKind::kExecute);
+  ASSERT_EQ(sent.size(), 1u);
+  const TaskId id = sent[0].envelope.task_id;
+  c->sent.clear();
+  c->deliver(control(MessageKind::kAbort, 8, {id}));
+  auto forwarded = e0->sent_of(MessageKind::kEngineAbort);
+  ASSERT_EQ(forwarded.size(), 1u);
+  EXPECT_EQ(forwarded[0].envelope.task_id, id);
+  // The engine had not started it: it answers kAborted, and the client gets TaskAborted.
+  e0->deliver(wire::task_reply(Outcome::kAborted, {.task_id = id, .engine_id = 0}, "aborted"));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kAborted);
+  EXPECT_EQ(replies[0].envelope.request_id, 7u);
+  c->deliver(control(MessageKind::kGetResult, 9, {id}));  // recorded as aborted
+  replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_EQ(status_of(replies[1]), Outcome::kAborted);
+}
+
 TEST_F(HubTest, DirectRequestReachesEachTargetAndRepliesComeBackAfterTheirAck) {
   auto e0 = join("engine:e0");
   auto e1 = join("engine:e1");

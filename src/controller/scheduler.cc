@@ -91,48 +91,94 @@ TaskId Scheduler::submit(TaskSpec spec, SteadyClock::time_point now) {
     fail_task(id, TaskFailure::kNoSuchEngine, "no engine with id " + std::to_string(*task.spec.engine));
     return id;
   }
-  // Dependencies: finished ones are checked now, the others make the task wait.
+  // Dependencies: each must be a task finished or still in the table.
   for (const auto* deps : {&task.spec.after, &task.spec.follow}) {
     for (TaskId dep : *deps) {
-      if (auto r = records_.find(dep)) {
-        if (!r->success) {
-          fail_task(id, TaskFailure::kDependencyFailed, "dependency " + std::to_string(dep) + " failed");
-          return id;
-        }
-      } else if (tasks_.count(dep) && dep != id) {
-        ++task.unmet;
-        dependents_[dep].push_back(id);
-      } else {
+      if (!records_.find(dep) && (!tasks_.count(dep) || dep == id)) {
         fail_task(id, TaskFailure::kDependencyFailed, "unknown dependency " + std::to_string(dep));
         return id;
       }
     }
   }
-  if (task.unmet > 0) {
-    waiting_.insert(id);
-    return id;
+  switch (check_dependencies(id, task)) {
+    case Dependencies::kUnreachable:
+      return id;
+    case Dependencies::kWaiting:
+      // Looked at again as each unfinished one finishes (a task listed twice is looked at twice).
+      for (const auto* deps : {&task.spec.after, &task.spec.follow}) {
+        for (TaskId dep : *deps) {
+          if (!records_.find(dep)) dependents_[dep].push_back(id);
+        }
+      }
+      waiting_.insert(id);
+      return id;
+    case Dependencies::kMet:
+      break;
   }
   make_ready(id, task);
   pump();
   return id;
 }
 
+Scheduler::Dependencies Scheduler::dependency_state(const std::vector<TaskId>& deps,
+                                                     const wire::DependencyRule& rule, std::string& why) const {
+  if (deps.empty()) return Dependencies::kMet;
+  std::size_t counted = 0, against = 0;
+  for (TaskId dep : deps) {
+    auto r = records_.find(dep);
+    if (!r) continue;  // not finished yet
+    if (r->success ? rule.success : rule.failure) {
+      ++counted;
+    } else {
+      ++against;
+      why = "dependency " + std::to_string(dep) + (r->success ? " succeeded" : " failed");
+    }
+  }
+  if (rule.all) {
+    if (against > 0) return Dependencies::kUnreachable;
+    return counted == deps.size() ? Dependencies::kMet : Dependencies::kWaiting;
+  }
+  if (counted > 0) return Dependencies::kMet;
+  return against == deps.size() ? Dependencies::kUnreachable : Dependencies::kWaiting;
+}
+
+Scheduler::Dependencies Scheduler::check_dependencies(TaskId id, Task& task) {
+  std::string why;
+  Dependencies after = dependency_state(task.spec.after, task.spec.after_rule, why);
+  Dependencies follow = dependency_state(task.spec.follow, task.spec.follow_rule, why);
+  if (after == Dependencies::kUnreachable || follow == Dependencies::kUnreachable) {
+    fail_task(id, TaskFailure::kDependencyFailed, why);
+    return Dependencies::kUnreachable;
+  }
+  return after == Dependencies::kMet && follow == Dependencies::kMet ? Dependencies::kMet : Dependencies::kWaiting;
+}
+
 void Scheduler::make_ready(TaskId id, Task& task) {
-  // follow: only where every followed task ran.
+  // follow: only where the followed tasks that count ran (all=True: every one, so one engine;
+  // all=False: any of them). A task that failed without an engine (aborted, say) ran nowhere.
   if (!task.spec.follow.empty()) {
+    const wire::DependencyRule& rule = task.spec.follow_rule;
     std::set<EngineId> where;
     for (TaskId dep : task.spec.follow) {
-      if (auto r = records_.find(dep)) where.insert(r->engine);
+      auto r = records_.find(dep);
+      if (r && (r->success ? rule.success : rule.failure) && r->engine != std::numeric_limits<EngineId>::max()) {
+        where.insert(r->engine);
+      }
     }
-    if (where.size() != 1) {
+    if (rule.all && where.size() > 1) {
       return fail_task(id, TaskFailure::kDependencyFailed, "followed tasks ran on different engines");
     }
-    EngineId only = *where.begin();
-    if (!task.spec.allowed.empty() &&
-        std::find(task.spec.allowed.begin(), task.spec.allowed.end(), only) == task.spec.allowed.end()) {
+    std::vector<EngineId> allowed;
+    for (EngineId e : where) {
+      if (task.spec.allowed.empty() ||
+          std::find(task.spec.allowed.begin(), task.spec.allowed.end(), e) != task.spec.allowed.end()) {
+        allowed.push_back(e);
+      }
+    }
+    if (allowed.empty()) {
       return fail_task(id, TaskFailure::kUnreachable, "followed tasks ran outside the allowed engines");
     }
-    task.spec.allowed = {only};
+    task.spec.allowed = std::move(allowed);
   }
   enqueue(id, task);
 }
@@ -381,16 +427,11 @@ void Scheduler::resolve_dependents(TaskId id) {
   if (d == dependents_.end()) return;
   std::vector<TaskId> waiting_on_it = std::move(d->second);
   dependents_.erase(d);
-  const auto record = records_.find(id);
-  const bool ok = record && record->success;
   for (TaskId dependent : waiting_on_it) {
     auto t = tasks_.find(dependent);
-    if (t == tasks_.end()) continue;
-    if (!ok) {
-      fail_task(dependent, TaskFailure::kDependencyFailed, "dependency " + std::to_string(id) + " failed");
-      continue;
-    }
-    if (--t->second.unmet == 0) {
+    // Gone, or already ready: with all=False one finished dependency may have been enough.
+    if (t == tasks_.end() || t->second.state != State::kWaiting) continue;
+    if (check_dependencies(dependent, t->second) == Dependencies::kMet) {
       waiting_.erase(dependent);
       make_ready(dependent, t->second);
     }
@@ -413,11 +454,16 @@ void Scheduler::fail_task(TaskId id, TaskFailure why, const std::string& text) {
   complete(id, false, engine);
 }
 
-std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>& ids) {
+std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>& ids,
+                             std::vector<std::pair<TaskId, EngineId>>* sent) {
   std::size_t aborted = 0;
   for (TaskId id : ids) {
     auto t = tasks_.find(id);
-    if (t == tasks_.end() || t->second.spec.client_id != client_id || t->second.state == State::kRunning) continue;
+    if (t == tasks_.end() || t->second.spec.client_id != client_id) continue;
+    if (t->second.state == State::kRunning) {
+      if (sent && t->second.assigned) sent->emplace_back(id, *t->second.assigned);
+      continue;
+    }
     if (t->second.spec.engine) {
       auto e = engines_.find(*t->second.spec.engine);
       if (e != engines_.end()) {

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "testudo/shared_bytes.h"
+#include "wire/control.h"
 #include "wire/message.h"
 
 namespace testudo::controller {
@@ -93,8 +94,10 @@ struct TaskSpec {
   std::optional<EngineId> engine;      // direct: this engine; load-balanced: unset
   std::vector<EngineId> allowed;       // load-balanced: only these engines (empty: any)
   std::uint32_t retries = 0;           // load-balanced: resubmissions after an engine death
-  std::vector<TaskId> after;           // run only after these succeeded
-  std::vector<TaskId> follow;          // run where these ran, after they succeeded
+  std::vector<TaskId> after;           // run only after these succeeded (as after_rule says)
+  std::vector<TaskId> follow;          // run where these ran, after they succeeded (follow_rule)
+  wire::DependencyRule after_rule;     // default: all of them, succeeded
+  wire::DependencyRule follow_rule;
   std::optional<std::chrono::milliseconds> timeout;  // for dependencies to be met
 };
 
@@ -123,9 +126,11 @@ class Scheduler {
   // The engine's reply for `id` arrived at `now`. Returns the task (for routing its reply), or
   // nothing if it is not running on that engine (a late or forged reply, to be ignored).
   std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success, SteadyClock::time_point now);
-  // Aborts the queued or waiting tasks of `client_id` among `ids`; running ones are left
-  // alone. Returns the number aborted.
-  std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids);
+  // Aborts the queued or waiting tasks of `client_id` among `ids`. Those already sent to an
+  // engine are left to it: `sent` gets (task, engine) for each, for the engine to drop if it
+  // has not started it. Returns the number aborted here.
+  std::size_t abort(std::uint32_t client_id, const std::vector<TaskId>& ids,
+                    std::vector<std::pair<TaskId, EngineId>>* sent = nullptr);
   // Fails waiting tasks whose dependency timeout passed.
   void expire(SteadyClock::time_point now);
   // Fails everything still queued or waiting (controller shutdown).
@@ -156,7 +161,6 @@ class Scheduler {
     std::optional<EngineId> assigned;
     std::set<EngineId> excluded;   // engines that died running it
     SteadyClock::time_point deadline = SteadyClock::time_point::max();
-    std::size_t unmet = 0;          // dependencies not yet finished
   };
   struct Engine {
     std::deque<TaskId> direct;      // direct tasks waiting in the controller
@@ -226,6 +230,13 @@ class Scheduler {
   void fail_task(TaskId id, TaskFailure why, const std::string& text);
   void remember(TaskId id, Record record);
   void resolve_dependents(TaskId id);
+  enum class Dependencies { kMet, kWaiting, kUnreachable };
+  // ipyparallel's Dependency.check / unreachable for one of a task's sets; `why` names a
+  // task whose outcome makes it unreachable.
+  Dependencies dependency_state(const std::vector<TaskId>& deps, const wire::DependencyRule& rule,
+                                std::string& why) const;
+  // Both sets: met (make it ready), still waiting, or failed (the task is failed here).
+  Dependencies check_dependencies(TaskId id, Task& task);
 
   SchedulerOptions options_;
   SchedulerSink& sink_;

@@ -203,6 +203,88 @@ TEST_F(SchedulerTest, AfterWaitsForSuccessAndFailsOnFailure) {
   EXPECT_EQ(ev[0].id, immediate);
 }
 
+TEST_F(SchedulerTest, DependencyRulesAnyOneAndFailuresCount) {
+  SchedulerOptions o;
+  o.hwm = 0;
+  auto s = make(o);
+  s.add_engine(0);
+  s.add_engine(1);
+  TaskId a = s.submit(direct(0), now);
+  TaskId b = s.submit(direct(1), now);
+  sink.take();
+  // all=False: the first one that succeeds is enough, and the task runs once only.
+  TaskSpec any = balanced();
+  any.after = {a, b};
+  any.after_rule = {.all = false};
+  TaskId any_id = s.submit(any, now);
+  // failure=True: a failed dependency counts as met.
+  TaskSpec either = balanced();
+  either.after = {a};
+  either.after_rule = {.all = true, .success = true, .failure = true};
+  TaskId either_id = s.submit(either, now);
+  // success=False: only a failure meets it, so a success makes it impossible.
+  TaskSpec only_failure = balanced();
+  only_failure.after = {b};
+  only_failure.after_rule = {.all = true, .success = false, .failure = true};
+  TaskId only_failure_id = s.submit(only_failure, now);
+  EXPECT_TRUE(sink.take().empty());
+  ASSERT_TRUE(s.finished(a, 0, false, now));
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);  // `any` waits for b (a failed, which does not count); `either` runs
+  EXPECT_TRUE(ev[0].dispatched);
+  EXPECT_EQ(ev[0].id, either_id);
+  ASSERT_TRUE(s.finished(b, 1, true, now));
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 2u);
+  for (const auto& e : ev) {
+    if (e.id == any_id) EXPECT_TRUE(e.dispatched);
+    if (e.id == only_failure_id) {
+      EXPECT_FALSE(e.dispatched);
+      EXPECT_EQ(e.failure, TaskFailure::kDependencyFailed);
+      EXPECT_EQ(e.text, "dependency " + std::to_string(b) + " succeeded");
+    }
+  }
+  // all=False is impossible only once every dependency is out.
+  TaskSpec none = balanced();
+  none.after = {a};
+  none.after_rule = {.all = false};
+  s.submit(none, now);
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kDependencyFailed);
+}
+
+TEST_F(SchedulerTest, FollowAnyRunsWhereOneOfThemRan) {
+  SchedulerOptions o;
+  o.hwm = 0;
+  auto s = make(o);
+  for (EngineId e : {0u, 1u, 2u}) s.add_engine(e);
+  TaskId on0 = s.submit(direct(0), now);
+  TaskId on1 = s.submit(direct(1), now);
+  sink.take();
+  ASSERT_TRUE(s.finished(on0, 0, true, now));
+  ASSERT_TRUE(s.finished(on1, 1, false, now));
+  TaskSpec follow_all = balanced();
+  follow_all.follow = {on0, on1};
+  follow_all.follow_rule = {.all = true, .success = true, .failure = true};
+  s.submit(follow_all, now);  // they ran on different engines
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].failure, TaskFailure::kDependencyFailed);
+  for (int i = 0; i < 6; ++i) {
+    TaskSpec follow_any = balanced();
+    follow_any.follow = {on0, on1};
+    follow_any.follow_rule = {.all = false, .success = true, .failure = true};
+    s.submit(follow_any, now);
+  }
+  ev = sink.take();
+  ASSERT_EQ(ev.size(), 6u);
+  for (const auto& e : ev) {
+    EXPECT_TRUE(e.dispatched);
+    EXPECT_NE(e.engine, 2u);  // never where none of them ran
+  }
+}
+
 TEST_F(SchedulerTest, FinishedOutcomesAreKeptForAtLeastTheLastIdsAndThenForgotten) {
   SchedulerOptions o;
   o.hwm = 0;
@@ -301,7 +383,10 @@ TEST_F(SchedulerTest, AbortReachesQueuedTasksOfThatClientOnly) {
   TaskId queued = s.submit(mine, now);
   TaskId other = s.submit(theirs, now);
   sink.take();
-  EXPECT_EQ(s.abort(7, {running, queued, other}), 1u);
+  std::vector<std::pair<TaskId, EngineId>> sent;
+  EXPECT_EQ(s.abort(7, {running, queued, other}, &sent), 1u);
+  // The one sent to engine 0 is left to the engine (to drop if it has not started it).
+  EXPECT_EQ(sent, (std::vector<std::pair<TaskId, EngineId>>{{running, 0}}));
   auto ev = sink.take();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].id, queued);

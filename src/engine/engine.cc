@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -402,6 +403,8 @@ struct Engine::Impl {
         }
         return;
       }
+      case MessageKind::kEngineAbort:
+        return abort_queued(m.envelope.task_id, m.envelope.engine_id);
       case MessageKind::kExecute:
       case MessageKind::kPush:
       case MessageKind::kPull:
@@ -410,6 +413,24 @@ struct Engine::Impl {
       default:
         LOG_WARN("engine") << "ignoring '" << wire::kind_name(m.envelope.kind) << "' from the controller";
     }
+  }
+
+  // Drops task `id` if it waits in the work queue, answering it as aborted; one that runs or
+  // ran already goes on (the controller then gets its real reply).
+  void abort_queued(std::uint64_t id, std::uint32_t engine) {
+    bool dropped = false;
+    {
+      std::lock_guard lock(mutex);
+      auto queued = std::find_if(work.begin(), work.end(), [id](const Work& w) {
+        const auto* m = std::get_if<wire::Message>(&w);
+        return m && m->envelope.task_id == id;
+      });
+      if (queued != work.end()) {
+        work.erase(queued);
+        dropped = true;
+      }
+    }
+    if (dropped) send_reply(wire::task_reply(Outcome::kAborted, {.task_id = id, .engine_id = engine}, "aborted"));
   }
 
   void on_lost(const Status& why) {

@@ -194,7 +194,11 @@ TEST(PythonRuntimeTest, ZeroDivisionIsARemoteError) {
   EXPECT_FALSE(o.ok);
   EXPECT_EQ(o.ename, "ZeroDivisionError");
   EXPECT_EQ(o.evalue, "division by zero");
-  EXPECT_NE(o.traceback.find("Traceback (most recent call last):"), std::string::npos) << o.traceback;
+  // IPython's header line, as an IPython kernel's tracebacks start.
+  EXPECT_EQ(o.traceback.rfind("---", 0), 0u) << o.traceback;
+  EXPECT_NE(o.traceback.find("ZeroDivisionError                         Traceback (most recent call last)\n"),
+            std::string::npos)
+      << o.traceback;
   EXPECT_NE(o.traceback.find("File \"<testudo-execute>\", line 2, in <module>"), std::string::npos)
       << o.traceback;
   EXPECT_NE(o.traceback.find("bad = 1/0"), std::string::npos) << o.traceback;

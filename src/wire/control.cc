@@ -22,6 +22,23 @@ bool read_ids(ByteReader& r, std::vector<std::uint64_t>& ids) {
   return r.ok();
 }
 
+constexpr std::uint8_t kRuleAll = 1, kRuleSuccess = 2, kRuleFailure = 4;
+
+std::uint8_t rule_bits(const DependencyRule& rule) {
+  return static_cast<std::uint8_t>((rule.all ? kRuleAll : 0) | (rule.success ? kRuleSuccess : 0) |
+                                   (rule.failure ? kRuleFailure : 0));
+}
+
+// A rule must count some outcome (as ipyparallel's Dependency refuses one that counts none).
+bool read_rule(ByteReader& r, DependencyRule& rule) {
+  std::uint8_t bits = r.u8();
+  if (!r.ok() || (bits & ~(kRuleAll | kRuleSuccess | kRuleFailure)) || !(bits & (kRuleSuccess | kRuleFailure))) {
+    return false;
+  }
+  rule = {.all = (bits & kRuleAll) != 0, .success = (bits & kRuleSuccess) != 0, .failure = (bits & kRuleFailure) != 0};
+  return true;
+}
+
 }  // namespace
 
 std::string encode_task_options(const TaskOptions& o) {
@@ -30,6 +47,10 @@ std::string encode_task_options(const TaskOptions& o) {
   w.u32(o.timeout_ms);
   write_ids(w, o.after);
   write_ids(w, o.follow);
+  if (o.after_rule != DependencyRule{} || o.follow_rule != DependencyRule{}) {
+    w.u8(rule_bits(o.after_rule));
+    w.u8(rule_bits(o.follow_rule));
+  }
   auto& b = w.buffer();
   return std::string(reinterpret_cast<const char*>(b.data()), b.size());
 }
@@ -39,7 +60,11 @@ StatusOr<TaskOptions> decode_task_options(std::string_view text) {
   TaskOptions o;
   o.retries = r.u32();
   o.timeout_ms = r.u32();
-  if (!read_ids(r, o.after) || !read_ids(r, o.follow) || !r.at_end()) return data_loss("malformed task options");
+  if (!read_ids(r, o.after) || !read_ids(r, o.follow)) return data_loss("malformed task options");
+  if (!r.at_end() && (!read_rule(r, o.after_rule) || !read_rule(r, o.follow_rule))) {
+    return data_loss("malformed task options");
+  }
+  if (!r.at_end()) return data_loss("malformed task options");
   return o;
 }
 

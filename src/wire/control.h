@@ -12,13 +12,26 @@
 
 namespace testudo::wire {
 
+// Which outcomes of the tasks in `after` or `follow` meet the dependency (ipyparallel's
+// Dependency): every task or any one, counting those that succeeded and/or those that failed.
+struct DependencyRule {
+  bool all = true;
+  bool success = true;
+  bool failure = false;
+
+  bool operator==(const DependencyRule&) const = default;
+};
+
 // Envelope::text of a load-balanced request: how the controller schedules it. Dependencies
-// are task ids (from kSubmitted).
+// are task ids (from kSubmitted). The rules travel only when one is not the default, so the
+// encoding of a request without them is what it always was.
 struct TaskOptions {
   std::uint32_t retries = 0;      // resubmissions after an engine dies under it
   std::uint32_t timeout_ms = 0;   // for dependencies to be met; 0: no limit
   std::vector<std::uint64_t> after;
   std::vector<std::uint64_t> follow;
+  DependencyRule after_rule;
+  DependencyRule follow_rule;
 
   bool operator==(const TaskOptions&) const = default;
 };

@@ -40,6 +40,7 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kInterruptReply:
     case MessageKind::kQueueStatusReply:
     case MessageKind::kEngineInterrupt:
+    case MessageKind::kEngineAbort:
     case MessageKind::kGetResult:
     case MessageKind::kResultStatus:
     case MessageKind::kDbQuery:
@@ -170,6 +171,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kInterruptReply: return "interrupt-reply";
     case MessageKind::kQueueStatusReply: return "queue-status-reply";
     case MessageKind::kEngineInterrupt: return "engine-interrupt";
+    case MessageKind::kEngineAbort: return "engine-abort";
     case MessageKind::kGetResult: return "get-result";
     case MessageKind::kResultStatus: return "result-status";
     case MessageKind::kDbQuery: return "db-query";
@@ -303,7 +305,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kTaskReply: case K::kEngineListReply: case K::kClusterStatusReply:
         case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
         case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
-        case K::kTaskOutput: case K::kSubmitted:
+        case K::kEngineAbort: case K::kTaskOutput: case K::kSubmitted:
         case K::kResultStatusReply: case K::kDbQueryReply: case K::kPurgeResultsReply:
         case K::kKeyAdminReply:
         case K::kLoginStep:  // the answer to a renewal

@@ -122,6 +122,9 @@ enum class MessageKind : std::uint16_t {
   kKeyAdminReply = 75,  // segments [JSON]: {"entries": [...]} or {"entry": {...}}; errors as an outcome
   // controller -> engine: raise KeyboardInterrupt in the task `task_id` if it is running.
   kEngineInterrupt = 66,
+  // controller -> engine: drop the task `task_id` if it was sent but has not started; the
+  // engine answers it with a kTaskReply whose outcome is kAborted (a running one goes on).
+  kEngineAbort = 76,
 };
 std::string_view kind_name(MessageKind kind);
 

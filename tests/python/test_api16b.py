@@ -13,6 +13,8 @@ import pytest
 import testudo
 from testudo import error
 
+from conftest import wait_until
+
 
 @testudo.interactive
 def double(x):
@@ -139,10 +141,10 @@ def test_purges(rc):
     rc.purge_local_results(a)
     assert a.msg_ids[0] not in rc.results and a.msg_ids[0] not in rc.metadata
     assert rc.results[b.msg_ids[0]] == "b"
-    assert rc.get_result(a.msg_ids[0], block=True) == "a"  # the controller still has it
+    assert rc.get_result(a.msg_ids[0], block=True).get() == "a"  # the controller still has it
     assert rc.purge_hub_results(a) == 1
     with pytest.raises(KeyError):
-        rc.get_result(a.msg_ids[0], block=True)
+        rc.get_result(a.msg_ids[0], block=True).get()
     assert rc.purge_results(b) == 1
     assert b.msg_ids[0] not in rc.results
     assert a.msg_ids[0] in rc.history  # purges keep the history, as ipyparallel's
@@ -231,24 +233,34 @@ def test_view_history_outstanding_results(rc):
     assert b.ready() and lb.outstanding == set()
     dv.wait()
     assert dv.results[c.msg_ids[1]] == [4, 6]  # rc.results, shared
-    assert dv.get_result(block=True) == [4, 6]  # the last of its history
-    assert dv.get_result(0, block=True) == 1  # ints index the view's history (one msg_id each)
-    assert dv.get_result([0, 1], block=True) == [1, 1]
+    assert dv.get_result(block=True).get() == [4, 6]  # the last of its history
+    assert dv.get_result(0, block=True).get() == 1  # ints index the view's history (one msg_id each)
+    assert dv.get_result([0, 1], block=True).get() == [1, 1]
     assert lb.get_result(b.msg_ids[0]).get(timeout=10) is None
 
 
-def test_view_abort_queue_status_purge_shutdown(rc):
-    # Tasks still in the controller can be aborted: load-balanced ones behind a running one.
+def test_view_abort_queue_status_purge_shutdown(rc, tmp_path):
+    # Tasks not started can be aborted: in the controller, or sent ahead to the engine.
     view = rc.load_balanced_view(targets=[rc.ids[3]])
     other = rc.load_balanced_view(targets=[rc.ids[3]])
-    running = view.map_async(time.sleep, [0.5, 0.5])  # the engine takes two at a time
-    time.sleep(0.1)
+    started = tmp_path / "started"
+
+    @testudo.interactive
+    def mark_then_sleep(seconds):
+        import time
+        open(str(started), "w").close()
+        time.sleep(seconds)
+
+    running = view.map_async(mark_then_sleep, [0.5, 0.5])  # the engine takes two at a time
+    assert wait_until(started.exists)  # the first runs: abort leaves it alone
     queued = view.apply_async(lambda: "never")
     others = other.apply_async(lambda: "runs")
-    assert view.abort() == 1  # its own outstanding tasks, not other views'
+    assert view.abort() == 1  # its own outstanding tasks, not other views'; one in the controller
     with pytest.raises(error.TaskAborted):
         queued.get(timeout=10)
-    assert running.get(timeout=10) == [None, None] and others.get(timeout=10) == "runs"
+    first, second = running.get(timeout=10, return_exceptions=True)
+    assert first is None and isinstance(second, error.TaskAborted)  # the second waited on the engine
+    assert others.get(timeout=10) == "runs"
     status = rc[3].queue_status()
     assert set(status) == {"queue", "tasks", "completed"}  # one engine: its own counts
     status = rc[[0, 1]].queue_status()
@@ -256,7 +268,7 @@ def test_view_abort_queue_status_purge_shutdown(rc):
     assert set(rc.load_balanced_view().queue_status()) == {*rc.ids, "unassigned"}
     assert view.purge_results(running) == 2
     with pytest.raises(KeyError):
-        rc.get_result(running.msg_ids[0], block=True)
+        rc.get_result(running.msg_ids[0], block=True).get()
 
 
 def test_view_shutdown_stops_its_engines(own_cluster):
@@ -393,8 +405,6 @@ def test_dependency_as_after(rc):
         then = lb.apply_async(time.time)
     then.get(timeout=10)
     assert rc.metadata[then.msg_ids[0]]["started"] >= rc.metadata[first.msg_ids[0]]["completed"]
-    with pytest.raises(NotImplementedError, match="all=False"):
-        lb.set_flags(after=testudo.Dependency([first], all=False))
 
 
 # ----- joblib -----

@@ -23,6 +23,15 @@ def sleep_then(seconds, value):
 
 
 @testudo.interactive
+def mark_then_sleep(marker, seconds, value):
+    # Creates `marker` once running, so a test knows it started (abort leaves it alone then).
+    import time
+    open(marker, "w").close()
+    time.sleep(seconds)
+    return value
+
+
+@testudo.interactive
 def pid_after(seconds):
     import os
     import time
@@ -343,35 +352,40 @@ def test_follow_outside_targets_is_impossible(lview):
 # ----- abort -----
 
 
-def test_abort_queued_tasks(rc):
+def test_abort_queued_tasks(rc, tmp_path):
     view = rc.load_balanced_view(targets=[0])
-    running = [view.apply_async(sleep_then, 1.0, i) for i in range(2)]  # hwm 2: both on engine 0
+    marker = str(tmp_path / "started")
+    running = [view.apply_async(mark_then_sleep, marker, 1.0, i) for i in range(2)]  # hwm 2: on engine 0
     queued = [view.apply_async(sleep_then, 0, f"q{i}") for i in range(4)]
-    assert engine_running(rc, 0, 2)
+    assert engine_running(rc, 0, 2) and wait_until(lambda: os.path.exists(marker))
     assert rc.queue_status()["unassigned"] == 4
     assert queued[0].abort() == 1
     assert rc.abort([queued[1], queued[2].msg_ids[0]]) == 2
-    assert rc.abort(running) == 0  # running tasks go on
-    for ar in queued[:3]:
+    # None was in the controller: the running one goes on, the engine drops the one behind it.
+    assert rc.abort(running) == 0
+    for ar in [*queued[:3], running[1]]:
         with pytest.raises(testudo.RemoteError) as info:
             ar.get(timeout=10)
         assert info.value.ename == "TaskAborted"
         assert isinstance(info.value, testudo.error.TaskAborted)
-    assert [ar.get(timeout=10) for ar in running] == [0, 1]
+    assert running[0].get(timeout=10) == 0
     assert queued[3].get(timeout=10) == "q3"
     assert rc.queue_status()["unassigned"] == 0
 
 
-def test_view_abort_aborts_everything_outstanding(rc):
+def test_view_abort_aborts_everything_outstanding(rc, tmp_path):
     view = rc.load_balanced_view(targets=[3])
-    running = [view.apply_async(sleep_then, 0.8, i) for i in range(2)]
-    assert engine_running(rc, 3, 2)
+    marker = str(tmp_path / "started")
+    running = [view.apply_async(mark_then_sleep, marker, 0.8, i) for i in range(2)]
+    assert engine_running(rc, 3, 2) and wait_until(lambda: os.path.exists(marker))
     amr = view.map_async(str, range(5))
     assert view.abort() == 5
     with pytest.raises(testudo.CompositeError) as info:
         amr.get(timeout=10)
     assert [e[0] for e in info.value.elist] == ["TaskAborted"] * 5
-    assert [ar.get(timeout=10) for ar in running] == [0, 1]
+    assert running[0].get(timeout=10) == 0  # running: it goes on
+    with pytest.raises(testudo.error.TaskAborted):
+        running[1].get(timeout=10)  # sent to the engine, not started: dropped there
 
 
 # ----- interrupt and signals -----

@@ -1,4 +1,4 @@
-"""A notebook that uses testudo the ipyparallel way (rc.activate(), %px, %%px --targets,
+"""A notebook that uses testudo the ipyparallel way (%load_ext testudo, %px, %%px --targets,
 %%px --stream, a progress bar, become_dask()), executed by `jupyter nbconvert --execute` in a real python3 kernel against a real, secure
 local cluster."""
 
@@ -36,6 +36,7 @@ def _jupyter_env(tmp_path, cluster):
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
         "IPYTHONDIR": str(tmp_path / "ipython"),
         "TESTUDO_HOME": cluster.home,
+        "TESTUDO_PROFILE": cluster.profile,  # what Client() and %load_ext testudo connect to
         "PYTHONPATH": os.pathsep.join(p for p in [package_dir, env.get("PYTHONPATH", "")] if p),
     })
     return env
@@ -63,13 +64,13 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3 (testudo tests)", "language": "python"}
     nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext testudo"),  # %px and friends, on $TESTUDO_PROFILE's cluster
         nbformat.v4.new_code_cell(
             "import sys, testudo\n"
             "print('kernel', sys.executable)\n"
-            f"rc = testudo.Client(profile={cluster.profile!r})\n"
+            "rc = testudo.Client()\n"
             "rc.wait_for_engines(4, timeout=30)\n"
             "print('engines', rc.ids)"),
-        nbformat.v4.new_code_cell("view = rc.activate()"),
         nbformat.v4.new_code_cell("%px print('engine says', 6 * 7)"),
         nbformat.v4.new_code_cell("%%px --targets ::2\nnote = 'even'\nprint('even engine', note)"),
         nbformat.v4.new_code_cell("%px 6 * 7"),
@@ -95,8 +96,8 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
     cells = executed.cells
     assert executed.metadata.kernelspec.name == KERNEL
     assert not [o for c in cells for o in c.outputs if o.output_type == "error"]
-    assert _stdout_of(cells[0]) == f"kernel {PYTHON}\nengines [0, 1, 2, 3]\n"
-    assert cells[1].outputs == []
+    assert cells[0].outputs == []
+    assert _stdout_of(cells[1]) == f"kernel {PYTHON}\nengines [0, 1, 2, 3]\n"
     assert _stdout_of(cells[2]) == "".join(f"[stdout:{i}] \nengine says 42\n" for i in range(4))
     assert _stdout_of(cells[3]) == "[stdout:0] \neven engine even\n[stdout:2] \neven engine even\n"
     # Execute results as ipyparallel shows them in a notebook: one display per engine, its text

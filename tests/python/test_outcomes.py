@@ -170,7 +170,7 @@ def test_no_such_engine(rc):
 
 def test_no_such_task(rc):
     with pytest.raises(KeyError) as info:
-        rc.get_result("987654321", block=True)
+        rc.get_result("987654321", block=True).get()
     assert_outcome(info.value, Outcome.NO_SUCH_TASK)
 
 

@@ -112,7 +112,7 @@ def test_another_user_cannot_read_or_purge_my_results(cluster, rc):
         os.environ["TESTUDO_HOME"] = saved
         shutil.rmtree(other_home, ignore_errors=True)
     # Still there for its owner.
-    assert rc.get_result(mine[0], block=True) == "secret result"
+    assert rc.get_result(mine[0], block=True).get() == "secret result"
 
 
 def test_db_query_and_purge(rc):
@@ -132,7 +132,7 @@ def test_db_query_and_purge(rc):
     assert bad.msg_ids[0] in failed and ok.msg_ids[0] not in failed
     # A failed task's stored result is its remote error, as the first time.
     with pytest.raises(testudo.RemoteError) as again:
-        rc.get_result(bad.msg_ids[0], block=True)
+        rc.get_result(bad.msg_ids[0], block=True).get()
     assert again.value.ename == "ZeroDivisionError"
 
     assert rc.purge_results(ok.msg_ids) == 1

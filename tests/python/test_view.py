@@ -171,7 +171,7 @@ def test_execute_reply_rich_types(rc):
 def test_execute_reply_from_the_controller(rc):
     # rc.get_result of an execute: the same ExecuteReply, decoded from the stored reply.
     ar = rc[1].execute("6 * 7", silent=False, block=True)
-    again = rc.get_result(ar.msg_ids[0], block=True)
+    again = rc.get_result(ar.msg_ids[0], block=True).get()
     assert again.execute_result == ar.get().execute_result
     assert again.data == {"text/plain": "42"} and again.engine_id == 1
 

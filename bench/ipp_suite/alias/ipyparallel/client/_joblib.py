@@ -1,0 +1,1 @@
+from testudo._joblib import TestudoBackend as IPythonParallelBackend  # noqa: F401

@@ -1,0 +1,1 @@
+from testudo import Client  # noqa: F401

@@ -1,0 +1,1 @@
+from testudo import BroadcastView, DirectView, LoadBalancedView  # noqa: F401
