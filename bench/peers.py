@@ -117,6 +117,7 @@ class Testudo(_IpyparallelApi, Peer):
 
     name = "testudo"
     cluster_args = []  # extra `cluster start` options (bench/probe.py --cluster-args)
+    client_args = {}   # extra testudo.Client options (bench/probe.py --e2e: {"e2e": True})
 
     def __init__(self):
         super().__init__()
@@ -148,7 +149,7 @@ class Testudo(_IpyparallelApi, Peer):
         with open(os.path.join(self.home, "profile_bench", "run", "cluster.json")) as f:
             self.procs = json.load(f)
         self.rc = testudo.Client(os.path.join(self.home, "profile_bench", "security",
-                                              "controller-client.json"), profile="bench")
+                                              "controller-client.json"), profile="bench", **self.client_args)
         self.rc.wait_for_engines(n, timeout=30)
         self._adopt_views(n)
         return elapsed
