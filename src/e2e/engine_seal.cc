@@ -3,16 +3,12 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/crypto.h"
+#include "e2e/signed_statement.h"
 
 namespace testudo::e2e {
 
 std::string engine_seal_signed_bytes(std::string_view engine_fingerprint, const crypto::X25519Public& seal_key) {
-  std::string out = "testudo-engine-seal-v1";
-  out.push_back('\0');
-  out.append(engine_fingerprint);
-  out.push_back('\0');
-  out.append(reinterpret_cast<const char*>(seal_key.data()), seal_key.size());
-  return out;
+  return SignedStatement("testudo-engine-seal-v1").text(engine_fingerprint).bytes(seal_key).str();
 }
 
 StatusOr<std::string> make_engine_seal_statement(const tls::KeyAndCertificate& engine,

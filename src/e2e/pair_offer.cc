@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "crypto/crypto.h"
+#include "e2e/signed_statement.h"
 #include "wire/byte_io.h"
 
 namespace testudo::e2e {
@@ -17,17 +18,14 @@ constexpr std::size_t kBoxBytes = kKeysBytes + crypto::kSealedBoxOverhead;
 std::string signed_bytes(std::string_view client_fp, std::string_view engine_fp, const crypto::X25519Public& seal_key,
                          const KeyId& key_id, const crypto::X25519Public& client_seal_key,
                          std::span<const std::byte> box) {
-  std::string out = "testudo-pair-offer-v1";
-  out.push_back('\0');
-  out.append(client_fp);
-  out.push_back('\0');
-  out.append(engine_fp);
-  out.push_back('\0');
-  out.append(reinterpret_cast<const char*>(seal_key.data()), seal_key.size());
-  out.append(reinterpret_cast<const char*>(key_id.data()), key_id.size());
-  out.append(reinterpret_cast<const char*>(client_seal_key.data()), client_seal_key.size());
-  out.append(reinterpret_cast<const char*>(box.data()), box.size());
-  return out;
+  return SignedStatement("testudo-pair-offer-v1")
+      .text(client_fp)
+      .text(engine_fp)
+      .bytes(seal_key)
+      .bytes(key_id)
+      .bytes(client_seal_key)
+      .bytes(box)
+      .str();
 }
 
 // What the box is for: its info string names the parties and the key id.

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "crypto/crypto.h"
+#include "e2e/signed_statement.h"
 #include "wire/byte_io.h"
 
 namespace testudo::e2e {
@@ -18,15 +19,7 @@ std::string box_info(std::string_view client_fp, std::string_view engine_fp, con
 
 std::string signed_bytes(std::string_view client_fp, std::string_view engine_fp, const KeyId& key_id,
                          std::span<const std::byte> box) {
-  std::string out = "testudo-result-key-v1";
-  out.push_back('\0');
-  out.append(client_fp);
-  out.push_back('\0');
-  out.append(engine_fp);
-  out.push_back('\0');
-  out.append(reinterpret_cast<const char*>(key_id.data()), key_id.size());
-  out.append(reinterpret_cast<const char*>(box.data()), box.size());
-  return out;
+  return SignedStatement("testudo-result-key-v1").text(client_fp).text(engine_fp).bytes(key_id).bytes(box).str();
 }
 
 }  // namespace

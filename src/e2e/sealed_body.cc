@@ -95,22 +95,35 @@ crypto::Digest request_code_digest(wire::MessageKind kind, std::span<const Share
   return crypto::sha256(body[0].span());
 }
 
+namespace {
+
+// Fresh buffers the sizes of `from` (appended to `out`), and the spans a cipher pass reads
+// (`from`) and writes (the new buffers).
+struct CipherPass {
+  std::vector<std::span<const std::byte>> in;
+  std::vector<std::span<std::byte>> out;
+};
+CipherPass buffers_for(std::span<const SharedBytes> from, std::vector<SharedBytes>& out) {
+  CipherPass pass;
+  for (const auto& segment : from) {
+    out.push_back(SharedBytes::allocate(segment.size()));
+    pass.in.push_back(segment.span());
+    pass.out.push_back(out.back().mutable_span());
+  }
+  return pass;
+}
+
+}  // namespace
+
 StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader header, const SealContext& context,
                                              std::span<const SharedBytes> body) {
   header.key_id = key.id;
-  const std::vector<std::uint64_t> sizes = sizes_of(body);
-  const std::vector<std::byte> aad = associated_data(header, context, sizes);
+  const std::vector<std::byte> aad = associated_data(header, context, sizes_of(body));
   std::vector<SharedBytes> out;
   out.reserve(body.size() + 1);
   out.emplace_back();  // the header, once the tag is known
-  std::vector<std::span<const std::byte>> in;
-  std::vector<std::span<std::byte>> ciphertext;
-  for (const auto& segment : body) {
-    out.push_back(SharedBytes::allocate(segment.size()));
-    in.push_back(segment.span());
-    ciphertext.push_back(out.back().mutable_span());
-  }
-  TESTUDO_ASSIGN_OR_RETURN(header.tag, crypto::aead_seal(key.key, nonce_of(header), aad, in, ciphertext));
+  const CipherPass pass = buffers_for(body, out);
+  TESTUDO_ASSIGN_OR_RETURN(header.tag, crypto::aead_seal(key.key, nonce_of(header), aad, pass.in, pass.out));
   out[0] = encode_seal_header(header);
   return out;
 }
@@ -118,18 +131,11 @@ StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader head
 StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,
                                              std::span<const SharedBytes> sealed) {
   if (header.key_id != key.id) return permission_denied("sealed under another pair key");
-  const std::vector<std::uint64_t> sizes = sizes_of(sealed);
-  const std::vector<std::byte> aad = associated_data(header, context, sizes);
+  const std::vector<std::byte> aad = associated_data(header, context, sizes_of(sealed));
   std::vector<SharedBytes> out;
   out.reserve(sealed.size());
-  std::vector<std::span<const std::byte>> in;
-  std::vector<std::span<std::byte>> plaintext;
-  for (const auto& segment : sealed) {
-    out.push_back(SharedBytes::allocate(segment.size()));
-    in.push_back(segment.span());
-    plaintext.push_back(out.back().mutable_span());
-  }
-  TESTUDO_RETURN_IF_ERROR(crypto::aead_open(key.key, nonce_of(header), aad, in, plaintext, header.tag));
+  const CipherPass pass = buffers_for(sealed, out);
+  TESTUDO_RETURN_IF_ERROR(crypto::aead_open(key.key, nonce_of(header), aad, pass.in, pass.out, header.tag));
   return out;
 }
 
