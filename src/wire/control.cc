@@ -61,8 +61,12 @@ StatusOr<TaskOptions> decode_task_options(std::string_view text) {
   o.retries = r.u32();
   o.timeout_ms = r.u32();
   if (!read_ids(r, o.after) || !read_ids(r, o.follow)) return data_loss("malformed task options");
-  if (!r.at_end() && (!read_rule(r, o.after_rule) || !read_rule(r, o.follow_rule))) {
-    return data_loss("malformed task options");
+  if (!r.at_end()) {
+    if (!read_rule(r, o.after_rule) || !read_rule(r, o.follow_rule)) return data_loss("malformed task options");
+    // One encoding per value: default rules are written by leaving them out, never spelled.
+    if (o.after_rule == DependencyRule{} && o.follow_rule == DependencyRule{}) {
+      return data_loss("malformed task options (default dependency rules spelled out)");
+    }
   }
   if (!r.at_end()) return data_loss("malformed task options");
   return o;

@@ -27,6 +27,7 @@ TEST(ControlTest, MalformedDependencyRulesAreRejected) {
   EXPECT_FALSE(decode_task_options(plain + std::string("\x01\x03", 2)).ok());        // counts no outcome
   EXPECT_FALSE(decode_task_options(plain + std::string("\x0b\x03", 2)).ok());        // unknown bit
   EXPECT_FALSE(decode_task_options(plain + std::string("\x03\x03\x00", 3)).ok());    // trailing byte
+  EXPECT_FALSE(decode_task_options(plain + std::string("\x03\x03", 2)).ok());        // the default, spelled out
   EXPECT_TRUE(decode_task_options(plain + std::string("\x03\x06", 2)).ok());
 }
 
