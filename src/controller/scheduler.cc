@@ -1,6 +1,7 @@
 #include "controller/scheduler.h"
 
 #include <algorithm>
+#include <set>
 #include <cmath>
 #include <limits>
 
@@ -380,15 +381,24 @@ void Scheduler::pump() {
     unassigned_.pop_front();
     send(*engine, engines_.at(*engine), id, t->second);
   }
-  // Restricted tasks: each may fit elsewhere, so look at each (this list is short).
-  for (auto q = restricted_.begin(); q != restricted_.end();) {
+  // Restricted tasks: each may fit elsewhere, so look at each. The list is long when a client
+  // restricts every task (a sealing client names the engines it paired with): stop once no
+  // engine has room, and skip a task whose allowed set already found no room in this pass.
+  std::set<std::vector<EngineId>> full;
+  for (auto q = restricted_.begin(); q != restricted_.end() && !with_room_.empty();) {
     auto t = tasks_.find(*q);
     if (t == tasks_.end()) {
       q = restricted_.erase(q);
       continue;
     }
+    const bool plain_set = t->second.excluded.empty() && !t->second.spec.allowed.empty();
+    if (plain_set && full.contains(t->second.spec.allowed)) {
+      ++q;
+      continue;
+    }
     auto engine = place(t->second);
     if (!engine) {
+      if (plain_set) full.insert(t->second.spec.allowed);
       ++q;
       continue;
     }

@@ -88,6 +88,32 @@ TEST_F(SchedulerTest, EverySchemePlacesOnlyWhereAllowedAndWithRoom) {
   EXPECT_FALSE(parse_scheme("fastest").has_value());
 }
 
+TEST_F(SchedulerTest, RestrictedTasksWaitingForAFullSetDoNotHoldUpOtherSets) {
+  SchedulerOptions o;
+  o.hwm = 1;
+  auto s = make(o);
+  for (EngineId e : {0u, 1u, 2u, 3u}) s.add_engine(e);
+  TaskSpec pair = balanced();
+  pair.allowed = {1, 3};
+  for (int i = 0; i < 4; ++i) s.submit(pair, now);  // two run, two wait for 1 or 3
+  TaskSpec zero = balanced();
+  zero.allowed = {0};
+  const TaskId on_zero = s.submit(zero, now);  // queued behind them, but 0 has room
+  auto ev = sink.take();
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev.back().id, on_zero);
+  EXPECT_EQ(ev.back().engine, 0u);
+  EXPECT_EQ(s.unassigned(), 2u);
+  // Room on 3 takes the first waiting {1, 3} task, in order.
+  auto on_three = std::find_if(ev.begin(), ev.end(), [](const auto& e) { return e.engine == 3u; });
+  ASSERT_NE(on_three, ev.end());
+  ASSERT_TRUE(s.finished(on_three->id, 3, true, now));
+  auto next = sink.take();
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].engine, 3u);
+  EXPECT_EQ(s.unassigned(), 1u);
+}
+
 TEST_F(SchedulerTest, LruRotatesThroughEngines) {
   SchedulerOptions o;
   o.scheme = SchedulingScheme::kLru;
