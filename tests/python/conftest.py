@@ -75,6 +75,16 @@ def rc(cluster):
 
 
 @pytest.fixture
+def sealed(cluster):
+    """A client of the module's cluster that seals end to end (docs/security.md)."""
+    os.environ["TESTUDO_HOME"] = cluster.home
+    client = cluster.client(e2e=True)
+    client.wait_for_engines(cluster.n, timeout=30)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def dview(rc):
     view = rc[:]
     view.block = True

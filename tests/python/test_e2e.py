@@ -36,15 +36,6 @@ def cluster():
     shutil.rmtree(files, ignore_errors=True)
 
 
-@pytest.fixture
-def sealed(cluster):
-    os.environ["TESTUDO_HOME"] = cluster.home
-    client = cluster.client(e2e=True)
-    client.wait_for_engines(cluster.n, timeout=30)
-    yield client
-    client.close()
-
-
 def controller_holds(cluster, needles):
     """Which of `needles` (bytes) appear in the controller's memory, its files or its logs."""
     found = set()

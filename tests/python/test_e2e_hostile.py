@@ -53,15 +53,11 @@ def cluster():
     c.stop()
 
 
-@pytest.fixture
-def sealed(cluster):
-    os.environ["TESTUDO_HOME"] = cluster.home
-    client = cluster.client(e2e=True)
-    client.wait_for_engines(cluster.n, timeout=30)
-    yield client
-    # After every attack, honest sealed traffic works again on the same client.
-    assert client[:].apply_sync(lambda: "honest") == ["honest", "honest"]
-    client.close()
+@pytest.fixture(autouse=True)
+def honest_traffic_works_again(sealed):
+    """After every attack, honest sealed traffic works again on the same client."""
+    yield
+    assert sealed[:].apply_sync(lambda: "honest") == ["honest", "honest"]
 
 
 def test_a_flipped_bit_in_a_request_is_refused_by_the_engine(cluster, sealed):
