@@ -1341,5 +1341,95 @@ TEST(SecurityTest, T12_AuthenticatedUnknownMessageKindClosesOnlyThatConnection) 
   ASSERT_NO_FATAL_FAILURE(expect_cluster_serves(*cluster, ids));
 }
 
+// Overtaking frames (wire/message.h): a small order-free message sent between the frames of a
+// large one. Out of place — outside a message in progress, on a kind whose order matters, cut
+// by another frame — it closes that connection and nothing else; in place, it is answered
+// before the large message has finished arriving.
+std::string raw_frame(wire::FrameType type, std::span<const std::byte> payload, bool overtaking) {
+  std::string out;
+  auto header = wire::encode_frame_header({type, static_cast<std::uint32_t>(payload.size()), overtaking});
+  out.append(reinterpret_cast<const char*>(header.data()), header.size());
+  out.append(reinterpret_cast<const char*>(payload.data()), payload.size());
+  return out;
+}
+std::string raw_head(const wire::Envelope& e, const std::vector<SharedBytes>& segments, bool overtaking) {
+  return raw_frame(wire::FrameType::kHead, wire::encode_head(e, segments), overtaking);
+}
+std::string raw_data(std::size_t n, bool overtaking) {
+  std::vector<std::byte> bytes(n, std::byte{'p'});
+  return raw_frame(wire::FrameType::kData, bytes, overtaking);
+}
+
+TEST(SecurityTest, T12_OvertakingFramesOutOfPlaceCloseOnlyThatConnection) {
+  auto cluster = TestCluster::start(1);
+  ASSERT_TRUE(cluster);
+  const auto ids = engine_ids_of(*cluster);
+  const auto client_cap = load_info(cluster->paths().client_connection_file, Role::kClient).capability;
+  auto bystander = cluster->client();
+  ASSERT_TRUE(bystander);
+
+  wire::Envelope beat;
+  beat.kind = MessageKind::kHeartbeat;
+  wire::Envelope push;
+  push.kind = MessageKind::kPush;
+  push.request_id = 5;
+  push.targets = ids;
+  push.set_value_format(wire::ValueFormat::kPickle);
+  const std::vector<SharedBytes> two_mib{SharedBytes::allocate(2u << 20)};
+  wire::Envelope execute;
+  execute.kind = MessageKind::kExecute;
+  execute.request_id = 6;
+  execute.targets = ids;
+  const std::vector<SharedBytes> code{text_segment("x = 1")};
+  wire::Envelope status;
+  status.kind = MessageKind::kQueueStatus;
+
+  // In place: a heartbeat between the first and second data frame of a push is answered
+  // while the push is still incomplete.
+  {
+    auto peer = tls_peer(*cluster);
+    ASSERT_TRUE(peer);
+    expect_welcome(*peer, Role::kClient, client_cap);
+    ASSERT_TRUE(peer->send_bytes(raw_head(push, two_mib, false) + raw_data(1u << 20, false)).ok());
+    ASSERT_TRUE(peer->send_bytes(raw_head(beat, {}, true)).ok());
+    auto ack = peer->read_message(5s);
+    ASSERT_TRUE(ack.ok()) << ack.status().to_string();
+    EXPECT_EQ(ack->envelope.kind, MessageKind::kHeartbeatAck) << wire::kind_name(ack->envelope.kind);
+  }
+
+  struct Case {
+    const char* what;
+    std::string bytes;
+  };
+  const std::vector<Case> cases = {
+      {"an overtaking heartbeat outside a message in progress", raw_head(beat, {}, true)},
+      {"an overtaking execute inside a push",
+       raw_head(push, two_mib, false) + raw_data(1u << 20, false) + raw_head(execute, code, true) +
+           raw_data(5, true)},
+      {"an overtaking message's data frame without the flag",
+       raw_head(push, two_mib, false) + raw_data(1u << 20, false) + raw_head(beat, {}, true) +
+           raw_head(status, code, true) + raw_data(5, false)},
+      {"an overtaking data frame with no overtaking head", raw_head(push, two_mib, false) + raw_data(1u << 20, false) +
+                                                               raw_data(1u << 20, true)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto rogue = tls_peer(*cluster);
+    ASSERT_TRUE(rogue);
+    expect_welcome(*rogue, Role::kClient, client_cap);
+    ASSERT_TRUE(rogue->send_bytes(c.bytes).ok());
+    EXPECT_TRUE(rogue->closed_within(3s)) << "the connection stayed open";
+    for (const auto& m : rogue->received()) {
+      EXPECT_TRUE(m.envelope.kind == MessageKind::kRejected || m.envelope.kind == MessageKind::kHeartbeatAck)
+          << wire::kind_name(m.envelope.kind);
+    }
+  }
+  EXPECT_TRUE(launch::process_alive(cluster->processes().controller));
+  auto r = bystander->execute(ids, "bystander = 3").get(20s);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  for (const auto& x : *r) EXPECT_TRUE(x.status.ok()) << x.status.to_string();
+  ASSERT_NO_FATAL_FAILURE(expect_cluster_serves(*cluster, ids));
+}
+
 }  // namespace
 }  // namespace testudo::testing

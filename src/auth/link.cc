@@ -54,7 +54,8 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
   std::uint64_t impostor_refusals = 0;                 // pin mismatches since the last warning
   std::optional<Clock::time_point> impostor_warned_at;  // see warn_impostor
   Clock::time_point last_seen;     // of the controller, for give_up
-  Clock::time_point last_heard;    // any message on this connection, for the heartbeat timeout
+  Clock::time_point last_heard;    // any bytes on this connection, for the heartbeat timeout
+  std::uint64_t bytes_heard = 0;   // the connection's bytes_received() when last_heard was set
   std::unique_ptr<net::Timer> retry;
   std::unique_ptr<net::Timer> heartbeat;
   // The login of the welcomed connection, renewed shortly before it expires (renew_login).
@@ -106,6 +107,7 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     impostor_warned_at.reset();  // a later impostor is warned of at once again
     impostor_refusals = 0;
     last_heard = Clock::now();
+    bytes_heard = c->bytes_received();
     std::weak_ptr<Core> weak = weak_from_this();
     // The connection's handlers hold the core weakly: it owns them, and the core owns it.
     connection->set_handlers({
@@ -187,6 +189,12 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
 
   void beat() {
     if (!connection) return;
+    // Bytes arriving are signs of life too: a message that takes longer than the timeout to
+    // arrive (a large result on a slow link) keeps the controller alive while it moves.
+    if (const std::uint64_t received = connection->bytes_received(); received != bytes_heard) {
+      bytes_heard = received;
+      last_heard = Clock::now();
+    }
     if (Clock::now() - last_heard > options.controller_timeout) {
       connection->close(unavailable("the controller stopped answering heartbeats"));
       return;

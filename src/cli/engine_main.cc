@@ -4,6 +4,7 @@
 // in argv: everything secret is read from the profile's owner-only files.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <memory>
 #include <string>
@@ -45,6 +46,12 @@ int engine_main(int argc, char** argv) {
                  "starts use 0 and end with the cluster)")
       ->capture_default_str()
       ->check(non_negative_seconds());
+  double controller_timeout_s = 10;
+  app.add_option("--controller-timeout", controller_timeout_s,
+                 "Seconds without any sign of life from the controller (a heartbeat answer or bytes of a message) "
+                 "before the engine drops the connection and redials")
+      ->capture_default_str()
+      ->check(positive_seconds());
   std::vector<std::string> tags;
   app.add_option("--tag", tags, "A label k=v for selecting engines (repeatable), e.g. --tag gpu=true");
   app.add_option("--identity-dir", eopts.identity_dir,
@@ -87,6 +94,9 @@ int engine_main(int argc, char** argv) {
     eopts.tags.emplace_back(tag.substr(0, eq), tag.substr(eq + 1));
   }
   eopts.reconnect_give_up = std::chrono::milliseconds(static_cast<long long>(give_up_s * 1000));
+  eopts.controller_timeout = std::chrono::milliseconds(static_cast<long long>(controller_timeout_s * 1000));
+  // Heartbeats go out several times per timeout, at most once a second.
+  eopts.heartbeat_interval = std::min(eopts.heartbeat_interval, eopts.controller_timeout / 4);
   if (eopts.connection_file.empty()) eopts.connection_file = profile_paths(common.profile).engine_connection_file;
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
   common.apply_log_rotation();

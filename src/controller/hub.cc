@@ -243,6 +243,12 @@ void Hub::sweep_heartbeats() {
   const auto now = clock_.now();
   std::vector<Peer*> silent;
   for (const auto& [id, p] : peers_.engines()) {
+    // An engine whose bytes are arriving is alive, even while one message takes longer than
+    // the timeout to move (its heartbeats may wait behind it on a slow link).
+    if (const std::uint64_t received = p->connection->bytes_received(); received != p->bytes_seen) {
+      p->bytes_seen = received;
+      p->last_seen = now;
+    }
     if (now - p->last_seen > options_.heartbeat_timeout) silent.push_back(p);
   }
   for (Peer* p : silent) {

@@ -302,6 +302,24 @@ TEST_F(HubTest, ASilentEngineIsDroppedAfterTheHeartbeatTimeout) {
   EXPECT_EQ(e1->sent_of(MessageKind::kHeartbeatAck).size(), 6u);
 }
 
+// A large result on a slow link takes longer than the heartbeat timeout to arrive, and the
+// engine's heartbeats wait behind it: bytes arriving count as life. Once they stop, the
+// timeout runs again.
+TEST_F(HubTest, AnEngineWhoseBytesAreArrivingIsNotDroppedWithoutHeartbeats) {
+  HubOptions o;
+  o.heartbeat_timeout = 4s;
+  start(o);
+  auto e0 = join("engine:e0");
+  for (int i = 0; i < 12; ++i) {
+    clock_.advance(1s);
+    e0->received_bytes += 1u << 20;  // a message in progress, no complete message
+  }
+  EXPECT_TRUE(e0->is_open()) << e0->close_reason.to_string();
+  for (int i = 0; i < 6; ++i) clock_.advance(1s);  // the bytes stopped
+  EXPECT_FALSE(e0->is_open());
+  EXPECT_NE(e0->close_reason.message().find("no heartbeat"), std::string::npos);
+}
+
 TEST_F(HubTest, ARequestThePolicyDeniesIsAnsweredAndAuditedAndNothingRuns) {
   auto e0 = join("engine:e0");
   auto bob = join("client:bob");  // not an owner; the built-in policy allows him nothing

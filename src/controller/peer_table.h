@@ -32,7 +32,8 @@ struct Peer {
   std::uint32_t id = 0;  // engine id or client id once admitted
   std::string instance;
   Clock::TimePoint connected_at{};
-  Clock::TimePoint last_seen{};
+  Clock::TimePoint last_seen{};  // the last message or bytes from it (see Hub::sweep_heartbeats)
+  std::uint64_t bytes_seen = 0;  // its connection's bytes_received() at the last sweep
   auth::PeerIdentity identity;  // who it is; a client's key fingerprint owns its tasks
   // A login that expires (identity.not_after): the connection is closed when it fires, unless
   // the client renewed the login before (hub_login.cc).

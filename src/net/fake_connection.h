@@ -84,7 +84,9 @@ class FakeConnection final : public net::Connection {
     if (!certificate) return failed_precondition("no certificate");
     return std::vector<std::string>{certificate->cert_pem};
   }
-  std::uint64_t bytes_received() const override { return 0; }
+  std::uint64_t bytes_received() const override { return received_bytes; }
+  // What bytes_received() says: a test advances it to stand for bytes of a message arriving.
+  std::uint64_t received_bytes = 0;
 
  private:
   std::string address_;

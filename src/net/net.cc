@@ -51,6 +51,10 @@ constexpr std::size_t kIdleOutCapacity = 64 * 1024;
 // send_now takes messages up to this size (frames included); bigger ones go through the
 // writer, which encrypts from the segments in place and interleaves sending with encrypting.
 constexpr std::size_t kSendNowMaxBytes = 256 * 1024;
+// Messages of kinds that may overtake (wire::may_overtake) up to this size are sent between
+// the frames of a large message being written, instead of after all of it: a heartbeat ack
+// then never waits behind a gigabyte on a slow link.
+constexpr std::size_t kOvertakerMaxBytes = 64 * 1024;
 
 std::string describe(const asio::error_code& ec) {
   if (ec == asio::error::eof) return "connection closed by peer";
@@ -149,20 +153,27 @@ std::size_t approximate_bytes(const wire::Message& m) {
   return bytes;
 }
 
-// Appends the frames of `m` (head, then each segment's data frames) to `out`.
-void encode_copy(const wire::Message& m, std::vector<std::byte>& out) {
+// Appends the frames of `m` (head, then each segment's data frames) to `out`; `overtaking`
+// marks every frame as part of a message sent inside another (wire/message.h).
+void encode_copy(const wire::Message& m, std::vector<std::byte>& out, bool overtaking = false) {
   auto append = [&out](std::span<const std::byte> bytes) { out.insert(out.end(), bytes.begin(), bytes.end()); };
   std::vector<std::byte> head = wire::encode_head(m.envelope, m.segments);
-  append(wire::encode_frame_header({wire::FrameType::kHead, static_cast<std::uint32_t>(head.size())}));
+  append(wire::encode_frame_header({wire::FrameType::kHead, static_cast<std::uint32_t>(head.size()), overtaking}));
   append(head);
   const std::size_t frame = wire::Limits{}.max_frame_bytes;
   for (const SharedBytes& seg : m.segments) {
     for (std::size_t off = 0; off < seg.size(); off += frame) {
       const std::size_t len = std::min(frame, seg.size() - off);
-      append(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len)}));
+      append(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len), overtaking}));
       append(seg.span().subspan(off, len));
     }
   }
+}
+
+// Whether `m` may be sent inside a large message already on its way (wire::may_overtake, and
+// small: an overtaker is copied and encrypted in one go).
+bool overtakes(const wire::Message& m) {
+  return wire::may_overtake(m.envelope.kind) && approximate_bytes(m) <= kOvertakerMaxBytes;
 }
 
 class TimerImpl final : public Timer {
@@ -220,6 +231,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     if (!open_ || closing_) return;
     {
       std::lock_guard lock(mutex_);
+      if (overtakes(message)) ++overtakers_queued_;
       queue_.push_back(std::move(message));
     }
     start_writer();
@@ -273,6 +285,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       open_ = false;
       ts_->close();
       dropped.swap(queue_);
+      overtakers_queued_ = 0;
     }
     grace_timer_.cancel();
     wake_.cancel();
@@ -371,12 +384,24 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   asio::awaitable<StatusOr<wire::Message>> read_message() {
     auto fh = co_await read_frame_header();
     if (!fh.ok()) co_return fh.status();
-    if (fh->type != wire::FrameType::kHead) co_return data_loss("data frame where a message head was expected");
-    std::vector<std::byte> head(fh->length);
+    if (fh->overtaking) co_return data_loss("overtaking frame outside a message in progress");
+    co_return co_await read_rest(*fh, /*overtaking=*/false);
+  }
+
+  // The rest of a message whose first frame header, `fh`, was just read. Between the data
+  // frames of a message that is not itself overtaking, an overtaking message may arrive: it
+  // is read whole and handed to on_message at once, before the message it overtook.
+  asio::awaitable<StatusOr<wire::Message>> read_rest(wire::FrameHeader fh, bool overtaking) {
+    if (fh.type != wire::FrameType::kHead) co_return data_loss("data frame where a message head was expected");
+    std::vector<std::byte> head(fh.length);
     Status st = co_await read_exact(head.data(), head.size());
     if (!st.ok()) co_return st;
     auto decoded = wire::decode_head(head, limits_);
     if (!decoded.ok()) co_return decoded.status();
+    if (overtaking && !wire::may_overtake(decoded->envelope.kind)) {
+      co_return data_loss("a '" + std::string(wire::kind_name(decoded->envelope.kind)) +
+                          "' message may not overtake another");
+    }
     wire::Message m;
     m.envelope = std::move(decoded->envelope);
     m.segments.reserve(decoded->segment_sizes.size());
@@ -387,6 +412,15 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       while (filled < size) {
         auto dh = co_await read_frame_header();
         if (!dh.ok()) co_return dh.status();
+        if (dh->overtaking && !overtaking) {
+          auto inner = co_await read_rest(*dh, /*overtaking=*/true);
+          if (!inner.ok()) co_return inner.status();
+          if (!open_) co_return unavailable("connection closed");
+          if (handlers_.on_message) handlers_.on_message(std::move(inner).value());
+          if (!open_) co_return unavailable("connection closed");
+          continue;
+        }
+        if (dh->overtaking != overtaking) co_return data_loss("an overtaking message was cut by another frame");
         if (dh->type != wire::FrameType::kData || dh->length > size - filled) {
           co_return data_loss("data frame does not match the announced segment size");
         }
@@ -459,12 +493,14 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   }
 
   void stage(std::span<const std::byte> bytes) {
-    if (pieces_.empty() || !pieces_.back().staged) pieces_.push_back({true, staging_.size(), 0});
+    if (pieces_.empty() || !pieces_.back().staged) pieces_.push_back({true, staging_.size(), 0, false});
     staging_.insert(staging_.end(), bytes.begin(), bytes.end());
     pieces_.back().size += bytes.size();
   }
-  void reference(std::span<const std::byte> bytes) {
-    pieces_.push_back({false, reinterpret_cast<std::size_t>(bytes.data()), bytes.size()});
+  // `mid_message`: more frames of the same message follow these bytes (an overtaker may go
+  // between them, see encrypt_overtakers).
+  void reference(std::span<const std::byte> bytes, bool mid_message) {
+    pieces_.push_back({false, reinterpret_cast<std::size_t>(bytes.data()), bytes.size(), mid_message});
   }
 
   std::size_t append_to_batch(const wire::Message& m) {
@@ -473,12 +509,14 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     stage(head);
     std::size_t total = head.size() + wire::kFrameHeaderBytes;
     const std::size_t frame = wire::Limits{}.max_frame_bytes;
-    for (const SharedBytes& seg : m.segments) {
+    for (std::size_t i = 0; i < m.segments.size(); ++i) {
+      const SharedBytes& seg = m.segments[i];
       for (std::size_t off = 0; off < seg.size(); off += frame) {
         std::size_t len = std::min(frame, seg.size() - off);
         stage(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len)}));
         auto part = seg.span().subspan(off, len);
-        if (len <= kCopyThreshold) stage(part); else reference(part);
+        const bool last = off + len == seg.size() && i + 1 == m.segments.size();
+        if (len <= kCopyThreshold) stage(part); else reference(part, !last);
         total += len + wire::kFrameHeaderBytes;
       }
     }
@@ -504,6 +542,27 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   Status encrypt(const std::byte* p, std::size_t n, bool& full) {
     std::lock_guard lock(mutex_);
     TESTUDO_RETURN_IF_ERROR(ts_->session->write({p, n}));
+    full = ts_->session->output().size() >= kWriteChunk;
+    return ok_status();
+  }
+
+  // Between two frames of a large message: encrypts every queued message that may overtake it
+  // (overtakes()), in their order, with the overtaking flag on each frame, so they leave
+  // before the rest of the large one. They leave the queue; everything else keeps its place.
+  Status encrypt_overtakers(bool& full) {
+    std::lock_guard lock(mutex_);
+    if (overtakers_queued_ == 0) return ok_status();
+    std::vector<std::byte> plain;
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (!overtakes(*it)) {
+        ++it;
+        continue;
+      }
+      encode_copy(*it, plain, /*overtaking=*/true);
+      it = queue_.erase(it);
+    }
+    overtakers_queued_ = 0;
+    TESTUDO_RETURN_IF_ERROR(ts_->session->write(plain));
     full = ts_->session->output().size() >= kWriteChunk;
     return ok_status();
   }
@@ -538,6 +597,11 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
           if (!st.ok()) break;
         }
       }
+      if (st.ok() && piece.mid_message) {
+        bool full = false;
+        st = encrypt_overtakers(full);
+        if (st.ok() && full) st = co_await flush_out(*ts_, &mutex_);
+      }
     }
     if (st.ok()) st = co_await flush_out(*ts_, &mutex_);
     batch_.clear();
@@ -549,6 +613,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     bool staged;
     std::size_t offset;  // into staging_ when staged, else the address of referenced bytes
     std::size_t size;
+    bool mid_message;  // a frame boundary inside a message follows (referenced pieces only)
   };
 
   std::shared_ptr<TlsSocket> ts_;
@@ -566,6 +631,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   std::uint64_t bytes_received_ = 0;
 
   std::deque<wire::Message> queue_;  // guarded by mutex_
+  std::size_t overtakers_queued_ = 0;  // messages in queue_ that overtakes() (or more); guarded by mutex_
   bool writer_started_ = false;
   bool writer_waiting_ = false;
   bool writing_ = false;

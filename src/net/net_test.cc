@@ -342,6 +342,38 @@ TEST_F(NetTest, SendNowLeavesWhatTheSocketRefusesToTheLoop) {
   close_both();
 }
 
+// A heartbeat queued while a large message is being written leaves between its frames and
+// arrives first; a task request queued after it keeps its place behind the large message.
+// Both are intact (the overtaker's frames did not garble the large one's).
+TEST_F(NetTest, HeartbeatOvertakesALargeMessageButATaskRequestDoesNot) {
+  std::vector<wire::Message> got;
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [](const Status&) {}});
+    server_->start({[&](wire::Message&& m) { got.push_back(std::move(m)); }, [](const Status&) {}});
+    // All three are queued before the writer first runs (it is started by a post).
+    client_->send(make_message(kLoop, 0, 8u << 20));  // 8 MiB + 2.7 MiB: 11 data frames
+    wire::Message beat;
+    beat.envelope.kind = wire::MessageKind::kHeartbeat;
+    client_->send(std::move(beat));
+    wire::Message execute;
+    execute.envelope.kind = wire::MessageKind::kExecute;
+    execute.envelope.task_id = 7;
+    execute.segments.push_back(SharedBytes::copy_of(std::string_view("x = 1")));
+    client_->send(std::move(execute));
+  });
+  ASSERT_TRUE(wait_for([&] { return got.size() == 3; }, 60s));
+  on_loop([&] {
+    EXPECT_EQ(got[0].envelope.kind, wire::MessageKind::kHeartbeat);
+    EXPECT_EQ(got[1].envelope.kind, wire::MessageKind::kTaskOutput);
+    EXPECT_EQ(got[2].envelope.kind, wire::MessageKind::kExecute);
+    Receiver check;
+    check.take(got[1]);
+    EXPECT_EQ(check.error, "");
+    EXPECT_EQ(got[2].segments.at(0).to_string(), "x = 1");
+  });
+  close_both();
+}
+
 TEST(HostAddressTest, KnowsThisMachinesAddressesFromOthers) {
   EXPECT_TRUE(is_address_of_this_host("127.0.0.1"));
   EXPECT_TRUE(is_address_of_this_host("localhost"));

@@ -9,6 +9,8 @@ namespace testudo::wire {
 namespace {
 
 constexpr std::uint32_t kMaxTargets = 1u << 16;
+// Frame header flags (bytes 6..7, little-endian): bit 0 marks an overtaking message's frames.
+constexpr std::uint16_t kOvertakingFlag = 1;
 
 bool is_known_kind(std::uint16_t k) {
   switch (static_cast<MessageKind>(k)) {
@@ -101,7 +103,7 @@ std::array<std::byte, kFrameHeaderBytes> encode_frame_header(const FrameHeader& 
   std::memcpy(out.data(), kMagic.data(), 4);
   out[4] = std::byte{kProtocolVersion};
   out[5] = std::byte{static_cast<std::uint8_t>(header.type)};
-  // out[6..7]: flags, zero
+  out[6] = std::byte{header.overtaking ? std::uint8_t{1} : std::uint8_t{0}};  // out[7]: zero
   for (int i = 0; i < 4; ++i) out[8 + i] = static_cast<std::byte>(header.length >> (8 * i));
   return out;
 }
@@ -120,8 +122,8 @@ StatusOr<FrameHeader> decode_frame_header(std::span<const std::byte, kFrameHeade
   if (type != static_cast<std::uint8_t>(FrameType::kHead) && type != static_cast<std::uint8_t>(FrameType::kData)) {
     return data_loss("unknown frame type " + std::to_string(type));
   }
-  if (flags != 0) return data_loss("reserved frame flags set");
-  FrameHeader h{static_cast<FrameType>(type), length};
+  if ((flags & ~kOvertakingFlag) != 0) return data_loss("reserved frame flags set");
+  FrameHeader h{static_cast<FrameType>(type), length, (flags & kOvertakingFlag) != 0};
   std::uint32_t max = h.type == FrameType::kHead ? std::min(limits.max_head_bytes, limits.max_frame_bytes)
                                                  : limits.max_frame_bytes;
   if (length > max) {
@@ -280,6 +282,20 @@ Status check_outgoing(const Envelope& e, std::span<const SharedBytes> segments, 
                               std::to_string(limits.max_message_bytes) + " bytes");
   }
   return ok_status();
+}
+
+bool may_overtake(MessageKind kind) {
+  using K = MessageKind;
+  switch (kind) {
+    case K::kHeartbeat: case K::kHeartbeatAck:
+    case K::kInterrupt: case K::kInterruptReply: case K::kEngineInterrupt:
+    case K::kQueueStatus: case K::kQueueStatusReply:
+    case K::kClusterStatus: case K::kClusterStatusReply:
+    case K::kEngineList: case K::kEngineListReply:
+      return true;
+    default:
+      return false;
+  }
 }
 
 bool is_allowed_after_auth(Role sender, MessageKind kind) {

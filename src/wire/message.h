@@ -14,6 +14,14 @@
 // segment, so no single read is larger than a frame and values of any size (up to
 // max_message_bytes) are chunked. Every length is checked against the limits before any
 // allocation; the receiver allocates a segment only after its head passed those checks.
+//
+// Overtaking (flags bit 0): a small message whose place in the order does not matter
+// (may_overtake: heartbeats and their acks, interrupts, status queries) may be sent between
+// two frames of a large message whose sending has begun, so liveness and control do not wait
+// behind a gigabyte. Its frames (head, then its data frames) all carry the bit and follow one
+// another; the receiver delivers it at once and then goes on with the large message. The bit
+// is refused anywhere else: outside a message in progress, inside an overtaking message, or
+// on a kind that may not overtake.
 #pragma once
 
 #include <array>
@@ -39,6 +47,7 @@ enum class FrameType : std::uint8_t { kHead = 1, kData = 2 };
 struct FrameHeader {
   FrameType type = FrameType::kHead;
   std::uint32_t length = 0;  // payload bytes that follow the header
+  bool overtaking = false;   // flags bit 0: part of a message sent inside another (see above)
 };
 
 // Size bounds one connection enforces on what it receives. A peer that has not yet
@@ -127,6 +136,13 @@ enum class MessageKind : std::uint16_t {
   kEngineAbort = 76,
 };
 std::string_view kind_name(MessageKind kind);
+
+// Whether a message of `kind` may overtake a large message already being sent on the same
+// connection (see "Overtaking" above). True only for kinds whose effect does not depend on
+// what was sent before them on that connection: heartbeats and acks, interrupts (they name a
+// running task or engine), and read-only status queries and their replies. Never a task
+// request, reply, output chunk, abort or shutdown: those keep their order.
+bool may_overtake(MessageKind kind);
 
 // The kind-dependent head fields, read and written only through Envelope's typed accessors:
 //   flags   kExecute: bit 0 = send back the repr of a trailing expression's value

@@ -31,8 +31,41 @@ TEST(FrameHeaderTest, RejectsBadMagicVersionTypeFlags) {
   bad[5] = std::byte{9};
   EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
   bad = bytes;
-  bad[6] = std::byte{1};
+  bad[6] = std::byte{2};
   EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
+  bad = bytes;
+  bad[7] = std::byte{1};
+  EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
+}
+
+TEST(FrameHeaderTest, OvertakingFlagRoundTripsAsBitZero) {
+  auto bytes = encode_frame_header({FrameType::kData, 77, /*overtaking=*/true});
+  EXPECT_EQ(bytes[6], std::byte{1});
+  EXPECT_EQ(bytes[7], std::byte{0});
+  auto h = decode_frame_header(bytes, Limits{});
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_TRUE(h->overtaking);
+  EXPECT_EQ(h->type, FrameType::kData);
+  EXPECT_EQ(h->length, 77u);
+  EXPECT_FALSE(decode_frame_header(encode_frame_header({FrameType::kHead, 5}), Limits{})->overtaking);
+}
+
+// Only kinds whose effect does not depend on what came before them may overtake: never a task
+// request, reply, output chunk, abort or shutdown (their order on a connection is their meaning).
+TEST(MessageKindTest, OnlyOrderFreeKindsMayOvertake) {
+  for (MessageKind k : {MessageKind::kHeartbeat, MessageKind::kHeartbeatAck, MessageKind::kInterrupt,
+                        MessageKind::kEngineInterrupt, MessageKind::kQueueStatus, MessageKind::kClusterStatus,
+                        MessageKind::kEngineList}) {
+    EXPECT_TRUE(may_overtake(k)) << kind_name(k);
+  }
+  for (MessageKind k : {MessageKind::kExecute, MessageKind::kPush, MessageKind::kPull, MessageKind::kApply,
+                        MessageKind::kTaskReply, MessageKind::kTaskOutput, MessageKind::kSubmitted,
+                        MessageKind::kAbort, MessageKind::kEngineAbort, MessageKind::kEngineShutdown,
+                        MessageKind::kClusterShutdown, MessageKind::kHello, MessageKind::kWelcome,
+                        MessageKind::kRejected, MessageKind::kLoginStep, MessageKind::kEngineInfo,
+                        MessageKind::kGetResult, MessageKind::kPurgeResults, MessageKind::kKeyAdmin}) {
+    EXPECT_FALSE(may_overtake(k)) << kind_name(k);
+  }
 }
 
 TEST(FrameHeaderTest, HugeLengthRejectedBeforeAllocation) {
@@ -145,7 +178,9 @@ TEST(HeadTest, CheckOutgoingAgreesWithTheReceiver) {
         const bool received = decode_head(encode_head(e, segs), limits).ok();
         Status sent = check_outgoing(e, segs, limits);
         EXPECT_EQ(sent.ok(), received) << max_head << " " << max_body << " " << max_segments << " " << sent.to_string();
-        if (!sent.ok()) EXPECT_EQ(sent.code(), StatusCode::kResourceExhausted);
+        if (!sent.ok()) {
+          EXPECT_EQ(sent.code(), StatusCode::kResourceExhausted);
+        }
       }
     }
   }

@@ -100,6 +100,41 @@ class Hosts:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ShapedLink:
+    """One namespace joined to this host by a veth pair whose both directions are shaped by
+    `tc tbf` to `rate` (e.g. "100mbit"): this host is 10.<net>.0.1, the namespace 10.<net>.0.2.
+    This kernel has no netem; tbf shapes rate only. close() removes it all."""
+
+    def __init__(self, rate):
+        self.tag = f"tds{os.getpid() % 100000}"
+        self.net = 150 + os.getpid() % 50
+        self.namespace = f"{self.tag}-ns"
+        outside, inside = f"{self.tag}-h", f"{self.tag}-n"
+        self.host_address, self.address = f"10.{self.net}.0.1", f"10.{self.net}.0.2"
+        sh("ip", "netns", "add", self.namespace)
+        try:
+            sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+            sh("ip", "link", "set", inside, "netns", self.namespace)
+            sh("ip", "addr", "add", f"{self.host_address}/24", "dev", outside)
+            sh("ip", "link", "set", outside, "up")
+            self.run_in("ip", "addr", "add", f"{self.address}/24", "dev", inside)
+            self.run_in("ip", "link", "set", inside, "up")
+            self.run_in("ip", "link", "set", "lo", "up")
+            # burst must hold the largest (GSO) packet a veth hands over, 64 KiB.
+            tbf = ("root", "tbf", "rate", rate, "burst", "256kb", "latency", "100ms")
+            sh("tc", "qdisc", "add", "dev", outside, *tbf)
+            self.run_in("tc", "qdisc", "add", "dev", inside, *tbf)
+        except BaseException:
+            self.close()
+            raise
+
+    def run_in(self, *argv, check=True):
+        return sh("ip", "netns", "exec", self.namespace, *argv, check=check)
+
+    def close(self):
+        sh("ip", "netns", "del", self.namespace, check=False)  # takes the veth pair with it
+
+
 def netns_of(pid):
     return sh("ip", "netns", "identify", str(pid)).stdout.strip()
 
