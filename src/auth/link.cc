@@ -1,6 +1,7 @@
 #include "auth/link.h"
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <random>
 #include <vector>
@@ -47,6 +48,7 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
 
   std::shared_ptr<net::Connection> connection;  // welcomed and not yet reported closed
   std::uint32_t assigned_id = 0;
+  std::atomic<std::uint64_t> max_message_bytes{wire::Limits{}.max_message_bytes};
   bool started = false;
   bool stopped = false;
   bool ever_connected = false;
@@ -101,6 +103,7 @@ struct ControllerLink::Core : std::enable_shared_from_this<Core> {
     }
     connection = c;
     assigned_id = s->assigned_id;
+    max_message_bytes.store(s->max_message_bytes, std::memory_order_relaxed);
     ever_connected = true;
     awaiting_trust = false;
     backoff.reset();
@@ -335,6 +338,9 @@ bool ControllerLink::send(wire::Message message) {
 bool ControllerLink::connected() const { return !core_->stopped && core_->connection && core_->connection->is_open(); }
 bool ControllerLink::stopped() const { return core_->stopped; }
 std::uint32_t ControllerLink::assigned_id() const { return core_->assigned_id; }
+std::uint64_t ControllerLink::max_message_bytes() const {
+  return core_->max_message_bytes.load(std::memory_order_relaxed);
+}
 
 std::shared_ptr<net::Connection> ControllerLink::current_connection() const {
   std::lock_guard lock(core_->snapshot_mutex);

@@ -148,6 +148,10 @@ class ControllerLink {
   bool connected() const;  // a welcomed connection is open and the link is not stopped
   bool stopped() const;
   std::uint32_t assigned_id() const;  // of the latest welcome; 0 before the first
+  // The largest message the controller accepts (the latest welcome's terms; the protocol's
+  // limit before the first). Thread-safe: a caller checks a message against it before
+  // handing it to the link.
+  std::uint64_t max_message_bytes() const;
 
   // Thread-safe: the welcomed connection, or null while the link is down or stopped. Only for
   // Connection::send_now from another thread (read its ordering rule in net.h); set after

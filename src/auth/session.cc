@@ -1,6 +1,7 @@
 #include "auth/session.h"
 
 #include "crypto/private_file.h"
+#include "wire/control.h"
 #include "tls/tls.h"
 
 namespace testudo::auth {
@@ -94,8 +95,10 @@ void open_session(net::EventLoop& loop, const SessionOptions& options, std::func
                 return finish(permission_denied("login failed: " + done.message()));
               }
             }
-            return finish(
-                Session{c, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id, login});
+            auto terms = wire::decode_welcome_terms(m.envelope.text);
+            if (!terms.ok()) return finish(data_loss("welcome from the controller: " + terms.status().message()));
+            return finish(Session{c, role == wire::Role::kEngine ? m.envelope.engine_id : m.envelope.client_id,
+                                  login, terms->max_message_bytes});
           }
           if (m.envelope.kind == wire::MessageKind::kRejected) {
             const std::string why = "the controller refused this connection: " + m.envelope.text;

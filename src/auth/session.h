@@ -16,6 +16,7 @@
 #include "auth/login.h"
 #include "net/net.h"
 #include "tls/tls.h"
+#include "wire/message.h"
 
 namespace testudo::auth {
 
@@ -24,6 +25,8 @@ struct Session {
   std::uint32_t assigned_id = 0;                // engine id or client id
   // The login this session made, if any: the link renews it before it expires (login.h).
   std::shared_ptr<LoginClient> login;
+  // The largest message the controller accepts from this peer (its welcome's terms).
+  std::uint64_t max_message_bytes = wire::Limits{}.max_message_bytes;
 };
 
 struct SessionOptions {

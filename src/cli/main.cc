@@ -333,6 +333,15 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
               j.value("uptime_s", 0.0), since.c_str(), j["engines"].size(), j.value("clients", 0),
               static_cast<unsigned long long>(j.value("tasks_completed", 0ull)),
               static_cast<unsigned long long>(j.value("tasks_in_flight", 0ull)));
+  // Flow control: what clients' requests hold here, and whether any client is waiting for it.
+  if (j.contains("queue_limit_bytes")) {
+    auto mib = [](std::uint64_t bytes) { return std::to_string((bytes + (1u << 19)) >> 20) + " MiB"; };
+    std::printf("queued requests: %s held (limits: %s per client, %s in all); %zu client(s) waiting for room now, "
+                "%llu wait(s) since start\n",
+                mib(j.value("queued_bytes", 0ull)).c_str(), mib(j.value("client_queue_limit_bytes", 0ull)).c_str(),
+                mib(j.value("queue_limit_bytes", 0ull)).c_str(), j.value("clients_paused", std::size_t{0}),
+                static_cast<unsigned long long>(j.value("client_pauses", 0ull)));
+  }
   // How peers get in, and what the controller can see: said plainly (docs/e2e-design.md).
   if (j.contains("trust") && j["trust"].is_string()) {
     std::string logins;
@@ -421,6 +430,20 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c->add_option("--result-max-bytes", copts.result_max_bytes, "Results kept in the task store, in bytes")
       ->capture_default_str();
+  c->add_option("--max-message-bytes", copts.max_message_bytes,
+                "Largest message a client or engine may send (a push, a request, a result), in bytes; a bigger one "
+                "is refused with this limit named")
+      ->capture_default_str()
+      ->check(CLI::Range(std::uint64_t{1} << 20, std::uint64_t{1} << 40));
+  c->add_option("--client-queue-bytes", copts.client_queue_bytes,
+                "Bytes of one client's requests the controller holds for engines before it reads no more from "
+                "that client until they drain (the client waits; nothing is dropped)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--queue-bytes", copts.queue_bytes,
+                "The same for all clients together")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   c->add_option("--trust", copts.trust,
                 "Who may connect: manual (keys in security/trust/), learn (unknown keys wait for `testudo keys "
                 "accept`), ca (certificates signed by --cafile)")
@@ -517,7 +540,7 @@ int main(int argc, char** argv) {
       {"--trust", ""}, {"--policy", ""}, {"--users", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
-      {"--service-principal", ""}};
+      {"--service-principal", ""}, {"--max-message-bytes", ""}, {"--client-queue-bytes", ""}, {"--queue-bytes", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }

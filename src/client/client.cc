@@ -373,10 +373,15 @@ struct Client::Impl {
       segments = std::move(sealed).value();
       head.set_sealed(true);
     }
-    // The controller would drop the connection over a message beyond the protocol's limits
-    // (and every other request on it): refuse this one alone, before it leaves.
-    if (Status fits = wire::check_outgoing(head, segments, wire::Limits{}); !fits.ok()) {
-      state->fail_all(outcome_status(Outcome::kTooLarge, fits.message()));
+    // The controller would drop the connection over a message beyond its limits (and every
+    // other request on it): refuse this one alone, before it leaves. Its largest message is
+    // the one its welcome announced (controller --max-message-bytes).
+    wire::Limits limits;
+    limits.max_message_bytes = link->max_message_bytes();
+    if (Status fits = wire::check_outgoing(head, segments, limits); !fits.ok()) {
+      std::string why = fits.message();
+      if (limits.max_message_bytes != wire::Limits{}.max_message_bytes) why += " (controller --max-message-bytes)";
+      state->fail_all(outcome_status(Outcome::kTooLarge, why));
       return AsyncResult(state);
     }
     submit([this, state, head = std::move(head), segments = std::move(segments)]() mutable {

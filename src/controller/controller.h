@@ -32,6 +32,10 @@ struct ControllerOptions {
   std::chrono::milliseconds heartbeat_timeout{10'000};
   std::chrono::milliseconds hello_timeout{10'000};
   std::uint64_t max_message_bytes = 4ull << 30;
+  // Bytes of requests held for engines, per client and in all, before the controller stops
+  // reading from the clients over them until the bytes drain (controller/byte_budget.h).
+  std::uint64_t client_queue_bytes = 1ull << 30;
+  std::uint64_t queue_bytes = 4ull << 30;
   // The task store (state/tasks.sqlite): results kept this long and up to this many bytes.
   std::chrono::seconds result_max_age{7 * 24 * 3600};
   std::uint64_t result_max_bytes = 4ull << 30;

@@ -3,6 +3,7 @@
 #include "controller/hub.h"
 
 #include "base/log.h"
+#include "wire/control.h"
 #include "wire/reply.h"
 
 namespace testudo::controller {
@@ -32,7 +33,8 @@ Hub::Hub(HubServices services, HubOptions options, std::function<void()> on_stop
         LOG_WARN("audit") << summary;
         gate_.record(nullptr, host, "connection", "refused", {}, summary);
         gate_.flush();
-      }) {
+      }),
+      budget_(options_.queue_limits, [this] { resume_clients(); }) {
   scheduler_.set_next_id(results_.next_task_id());
   auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
   heartbeat_sweep_ = clock_.every(period, [this] { sweep_heartbeats(); });
@@ -102,8 +104,14 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
     case MessageKind::kExecute:
     case MessageKind::kPush:
     case MessageKind::kPull:
-    case MessageKind::kApply:
-      return route_request(peer, std::move(m));
+    case MessageKind::kApply: {
+      // Only clients send requests (is_allowed_after_auth). Their bytes count against the
+      // client's budget for as long as the controller holds them.
+      m.segments = budget_.charge(peer.id, std::move(m.segments));
+      route_request(peer, std::move(m));
+      if (budget_.over_limit(peer.id) && peer.connection->is_open()) pause_client(peer);
+      return;
+    }
     case MessageKind::kTaskReply:
       return route_reply(peer, std::move(m));
     case MessageKind::kTaskOutput:
@@ -162,6 +170,7 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
   peer.admission.reset();
   peer.admission_deadline.reset();
   peer.connection->set_limits(options_.limits);
+  welcome.envelope.text = wire::encode_welcome_terms({.max_message_bytes = options_.limits.max_message_bytes});
   peer.connection->send(std::move(welcome));
   arm_login_expiry(peer);
   LOG_INFO("hub") << wire::role_name(peer.role) << " " << peer.id << " registered from "
@@ -221,6 +230,7 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
                     << " task(s) failed or resubmitted";
   } else if (peer.admitted) {
     (void)acks_.take(peer.id);  // nobody to tell any more
+    paused_clients_.erase(peer.id);
     LOG_INFO("hub") << "client " << peer.id << " disconnected (" << reason.message() << ")";
   } else {
     // Decoding errors, timeouts and refusals of peers that were never admitted: their
@@ -239,8 +249,36 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
   });
 }
 
+void Hub::pause_client(Peer& client) {
+  if (!paused_clients_.insert(client.id).second) return;
+  ++pauses_;
+  client.connection->pause_reading(true);
+  LOG_DEBUG("hub") << "client " << client.id << " holds " << budget_.held(client.id) << " bytes of requests here ("
+                   << budget_.held_total() << " in all): not read until they drain";
+}
+
+void Hub::resume_clients() {
+  for (auto it = paused_clients_.begin(); it != paused_clients_.end();) {
+    if (budget_.over_limit(*it)) {
+      ++it;
+      continue;
+    }
+    if (Peer* client = peers_.client(*it)) client->connection->pause_reading(false);
+    it = paused_clients_.erase(it);
+  }
+}
+
 void Hub::sweep_heartbeats() {
   const auto now = clock_.now();
+  // A paused client's heartbeats wait unread behind its requests: answer for them, so its
+  // link does not take the wait for a dead controller.
+  for (std::uint32_t id : paused_clients_) {
+    if (Peer* client = peers_.client(id)) {
+      wire::Message ack;
+      ack.envelope.kind = MessageKind::kHeartbeatAck;
+      client->connection->send(std::move(ack));
+    }
+  }
   std::vector<Peer*> silent;
   for (const auto& [id, p] : peers_.engines()) {
     // An engine whose bytes are arriving is alive, even while one message takes longer than

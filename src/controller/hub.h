@@ -22,6 +22,7 @@
 #include "auth/admission.h"
 #include "base/clock.h"
 #include "controller/ack_batcher.h"
+#include "controller/byte_budget.h"
 #include "controller/engine_ids.h"
 #include "controller/gatekeeper.h"
 #include "controller/peer_table.h"
@@ -42,6 +43,9 @@ struct HubOptions {
   std::size_t max_unauthenticated = 256;
   // Limits for admitted peers.
   wire::Limits limits;
+  // Bytes of requests the controller may hold per client and in all before it stops reading
+  // from the clients over them (byte_budget.h).
+  ByteLimits queue_limits;
   SchedulerOptions scheduler;
   // Seeds the scheduler's random choices (random and twobin schemes).
   std::uint64_t random_seed = 0;
@@ -95,6 +99,9 @@ class Hub : private SchedulerSink {
   void on_close(std::uint64_t serial, const Status& reason);
   void sweep_heartbeats();
   void maybe_finish_shutdown();
+  // Flow control (byte_budget.h): a client over its budget is not read until its bytes drain.
+  void pause_client(Peer& client);
+  void resume_clients();  // those back under the limits
 
   // --- logins that expire (hub_login.cc) ---
   // Closes the connection the moment its login expires (identity.not_after), not at the next
@@ -170,6 +177,11 @@ class Hub : private SchedulerSink {
   std::vector<std::uint64_t> closed_;
   std::unique_ptr<Timer> erase_closed_;
   bool erase_armed_ = false;
+  std::set<std::uint32_t> paused_clients_;
+  std::uint64_t pauses_ = 0;  // times a client was paused, since the start
+  // Last: destroyed (and detached) first, so that the segments the other members still hold
+  // are released without calling back into a hub being destroyed.
+  ByteBudget budget_;
 };
 
 }  // namespace testudo::controller

@@ -247,6 +247,11 @@ ClusterReport Hub::cluster_report() {
   r.tasks_lost_at_start = results_.lost_at_open();
   r.trust_mode = std::string(trust_mode_name(gate_.mode()));
   if (logins_ != nullptr) r.logins = logins_->accepted();
+  r.queued_bytes = budget_.held_total();
+  r.client_queue_limit = budget_.limits().per_client;
+  r.queue_limit = budget_.limits().total;
+  r.clients_paused = paused_clients_.size();
+  r.client_pauses = pauses_;
   return r;
 }
 

@@ -320,6 +320,64 @@ TEST_F(HubTest, AnEngineWhoseBytesAreArrivingIsNotDroppedWithoutHeartbeats) {
   EXPECT_NE(e0->close_reason.message().find("no heartbeat"), std::string::npos);
 }
 
+// A client whose requests the controller holds beyond its byte budget is not read until they
+// drain (flow control, nothing dropped); its heartbeats are answered for it meanwhile, and
+// another client is read as before.
+TEST_F(HubTest, AClientOverItsByteBudgetIsPausedUntilItsBytesLeave) {
+  HubOptions o;
+  o.queue_limits = {.per_client = 100, .total = 1000};
+  o.scheduler.direct_window = 1;
+  o.heartbeat_timeout = 4s;
+  start(o);
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  auto other = join("client:alice");
+  const std::string sixty(60, 'x');
+  alice->deliver(request(MessageKind::kPush, 1, {0}, sixty));
+  EXPECT_FALSE(alice->paused) << "60 of 100 bytes";
+  alice->deliver(request(MessageKind::kPush, 2, {0}, sixty));  // waits behind the first
+  EXPECT_TRUE(alice->paused) << "120 of 100 bytes";
+  EXPECT_FALSE(other->paused);
+  ASSERT_EQ(e0->sent_of(MessageKind::kPush).size(), 1u);
+
+  clock_.advance(1s);
+  EXPECT_FALSE(alice->sent_of(MessageKind::kHeartbeatAck).empty()) << "a paused client's link must hear from us";
+
+  // The first push is written to the engine's socket (the fake keeps what it "wrote"): the
+  // scheduler kept no copy of a direct task's body, so alice is back under her budget.
+  e0->sent.clear();
+  EXPECT_FALSE(alice->paused);
+
+  // The engine finishes; the second push goes out, is written, and nothing is held any more.
+  wire::Message first;
+  first.envelope.task_id = 1;
+  first.envelope.engine_id = 0;
+  e0->deliver(engine_reply(first));
+  ASSERT_EQ(e0->sent_of(MessageKind::kPush).size(), 1u);
+  EXPECT_EQ(e0->sent_of(MessageKind::kPush)[0].segments.at(0).to_string(), sixty);
+  e0->sent.clear();
+  EXPECT_FALSE(alice->paused);
+  EXPECT_EQ(alice->sent_of(MessageKind::kTaskReply).size(), 1u);
+}
+
+// The limit over all clients pauses a client that holds little itself.
+TEST_F(HubTest, TheTotalByteBudgetPausesEveryClientThatSends) {
+  HubOptions o;
+  o.queue_limits = {.per_client = 1000, .total = 100};
+  o.scheduler.direct_window = 1;
+  start(o);
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  auto other = join("client:alice");  // a second connection (client id) of the owner
+  alice->deliver(request(MessageKind::kPush, 1, {0}, std::string(90, 'x')));
+  EXPECT_FALSE(alice->paused);
+  other->deliver(request(MessageKind::kExecute, 1, {0}, std::string(20, 'y')));
+  EXPECT_TRUE(other->paused);
+  // The engine leaves: its tasks fail, their bytes go, and the client is read again.
+  e0->drop();
+  EXPECT_FALSE(other->paused);
+}
+
 TEST_F(HubTest, ARequestThePolicyDeniesIsAnsweredAndAuditedAndNothingRuns) {
   auto e0 = join("engine:e0");
   auto bob = join("client:bob");  // not an owner; the built-in policy allows him nothing

@@ -59,7 +59,12 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"engines_not_back_count", report.engines_not_back_count},
                {"tasks_lost_at_start", report.tasks_lost_at_start},
                {"trust", report.trust_mode},
-               {"logins", logins}});
+               {"logins", logins},
+               {"queued_bytes", report.queued_bytes},
+               {"client_queue_limit_bytes", report.client_queue_limit},
+               {"queue_limit_bytes", report.queue_limit},
+               {"clients_paused", report.clients_paused},
+               {"client_pauses", report.client_pauses}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

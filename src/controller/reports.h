@@ -46,6 +46,13 @@ struct ClusterReport {
   // How peers get in: the trust mode of keys and the login methods accepted beside them.
   std::string trust_mode;
   std::vector<std::string> logins;
+  // Flow control (byte_budget.h): request bytes held now, the limits, the clients not read
+  // now for being over them, and how often a client was paused since the start.
+  std::uint64_t queued_bytes = 0;
+  std::uint64_t client_queue_limit = 0;
+  std::uint64_t queue_limit = 0;
+  std::size_t clients_paused = 0;
+  std::uint64_t client_pauses = 0;
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not

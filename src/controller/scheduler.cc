@@ -349,6 +349,9 @@ void Scheduler::send(EngineId engine, Engine& e, TaskId id, Task& task) {
   e.last_assigned = ++lru_clock_;
   reindex(engine, e);
   sink_.dispatch(engine, id, task.spec);
+  // A task that can never be sent again (direct, or load-balanced without retries left) need
+  // not keep its body: the engine's connection holds it until written, then it is freed.
+  if (task.spec.engine || task.spec.retries == 0) task.spec.body = {};
 }
 
 void Scheduler::pump_engine(EngineId engine, Engine& e) {

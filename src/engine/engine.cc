@@ -268,6 +268,13 @@ struct Engine::Impl {
     LOG_WARN("engine") << "lost the controller: " << why.message();
   }
 
+  static std::uint64_t body_bytes(const std::vector<SharedBytes>& body) {
+    std::uint64_t total = 0;
+    for (const SharedBytes& segment : body) total += segment.size();
+    return total;
+  }
+  static constexpr std::uint64_t kSealHeadroom = 64 * 1024;
+
   // Dropped while the link is down: the controller failed that task when the connection went.
   void send_reply(wire::Message reply) { (void)link->send(std::move(reply)); }
 
@@ -382,6 +389,18 @@ struct Engine::Impl {
       body.push_back(SharedBytes::copy_of(out.stdout_text));
       body.push_back(SharedBytes::copy_of(out.stderr_text));
       for (auto& v : out.value_segments) body.push_back(std::move(v));
+      // The controller would drop this connection over a reply beyond its largest message (its
+      // welcome said which): answer with the reason instead, keeping the connection and the
+      // engine's namespace. The headroom covers a seal's header and grant.
+      if (const std::uint64_t limit = link->max_message_bytes(), bytes = body_bytes(body);
+          bytes + kSealHeadroom > limit) {
+        meta.ok = false;
+        meta.ename = "MemoryError";
+        meta.evalue = "the reply of " + std::to_string(bytes) + " bytes exceeds the controller's limit of " +
+                      std::to_string(limit) + " bytes per message (controller --max-message-bytes)";
+        meta.traceback = "MemoryError: " + meta.evalue + "\n";
+        body = {wire::encode_reply_meta(meta), SharedBytes(), SharedBytes()};
+      }
       // The outcome in the envelope lets the scheduler resolve dependencies without the body.
       const Outcome outcome = meta.ok ? Outcome::kOk : Outcome::kPythonError;
       if (running_sealed) {

@@ -67,6 +67,8 @@ class FakeConnection final : public net::Connection {
   }
   void close_after_flush(const Status& reason, std::chrono::milliseconds) override { close(reason); }
   bool is_open() const override { return open_; }
+  void pause_reading(bool on) override { paused = on; }
+  bool paused = false;  // what pause_reading said last (deliver() ignores it)
   void set_limits(const wire::Limits& l) override { limits = l; }
   const std::string& peer_address() const override { return address_; }
   StatusOr<std::array<std::byte, 32>> export_keying_material(std::string_view, std::string_view) override {

@@ -213,8 +213,9 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
  public:
   TlsConnection(std::shared_ptr<TlsSocket> ts, wire::Limits limits)
       : ts_(std::move(ts)), executor_(ts_->socket.get_executor()), limits_(limits),
-        peer_(endpoint_text(ts_->socket)), grace_timer_(executor_), wake_(executor_) {
+        peer_(endpoint_text(ts_->socket)), grace_timer_(executor_), wake_(executor_), resume_(executor_) {
     wake_.expires_at(asio::steady_timer::time_point::max());
+    resume_.expires_at(asio::steady_timer::time_point::max());
   }
 
   void start(Handlers handlers) override {
@@ -289,6 +290,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     }
     grace_timer_.cancel();
     wake_.cancel();
+    resume_.cancel();
     dropped.clear();
     // close() may run inside on_message: keep that handler alive until it returns and drop
     // the handlers (and whatever they captured) afterwards.
@@ -316,6 +318,10 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   }
 
   bool is_open() const override { return open_; }
+  void pause_reading(bool paused) override {
+    paused_ = paused;
+    if (!paused) resume_.cancel();  // wakes the reader if it waits
+  }
   void set_limits(const wire::Limits& limits) override { limits_ = limits; }
   const std::string& peer_address() const override { return peer_; }
   std::uint64_t bytes_received() const override { return bytes_received_; }
@@ -435,6 +441,10 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
   static asio::awaitable<void> read_loop(std::shared_ptr<TlsConnection> self) {
     while (self->open_) {
+      if (self->paused_) {
+        co_await self->resume_.async_wait(kAsTuple);  // cancelled by pause_reading(false) or close()
+        continue;
+      }
       auto m = co_await self->read_message();
       if (!self->open_) break;
       if (!m.ok()) {
@@ -636,6 +646,8 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   bool writer_waiting_ = false;
   bool writing_ = false;
   asio::steady_timer wake_;  // never expires; cancelled to wake the writer
+  bool paused_ = false;        // pause_reading
+  asio::steady_timer resume_;  // never expires; cancelled to wake a paused reader
   std::vector<wire::Message> batch_;
   std::vector<std::byte> staging_;
   std::vector<Piece> pieces_;

@@ -97,6 +97,10 @@ class Connection {
   // Closes after every queued message has been written (or after `grace`).
   virtual void close_after_flush(const Status& reason, std::chrono::milliseconds grace) = 0;
   virtual bool is_open() const = 0;
+  // Flow control: while paused, nothing more is read once the message being read is complete
+  // (the peer's further sends wait in TCP's buffers and then in its own queue); resuming reads
+  // on. Sending is not affected.
+  virtual void pause_reading(bool paused) = 0;
 
   virtual void set_limits(const wire::Limits& limits) = 0;
   virtual const std::string& peer_address() const = 0;  // "127.0.0.1:40112"

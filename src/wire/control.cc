@@ -78,6 +78,30 @@ SharedBytes encode_ids(const std::vector<std::uint64_t>& ids) {
   return SharedBytes::copy_of(std::span<const std::byte>(w.buffer()));
 }
 
+namespace {
+constexpr std::uint8_t kWelcomeTermsVersion = 1;
+}  // namespace
+
+std::string encode_welcome_terms(const WelcomeTerms& terms) {
+  ByteWriter w;
+  w.u8(kWelcomeTermsVersion);
+  w.u64(terms.max_message_bytes);
+  const auto bytes = w.take();
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+StatusOr<WelcomeTerms> decode_welcome_terms(std::string_view text) {
+  WelcomeTerms terms;
+  if (text.empty()) return terms;
+  ByteReader r(std::as_bytes(std::span(text.data(), text.size())));
+  const std::uint8_t version = r.u8();
+  terms.max_message_bytes = r.u64();
+  if (!r.ok() || !r.at_end() || version != kWelcomeTermsVersion || terms.max_message_bytes == 0) {
+    return data_loss("malformed welcome terms");
+  }
+  return terms;
+}
+
 StatusOr<std::vector<std::uint64_t>> decode_ids(const SharedBytes& segment) {
   ByteReader r(segment.span());
   std::vector<std::uint64_t> ids;

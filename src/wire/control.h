@@ -38,6 +38,17 @@ struct TaskOptions {
 std::string encode_task_options(const TaskOptions& options);
 StatusOr<TaskOptions> decode_task_options(std::string_view text);
 
+// kWelcome's Envelope::text: what the controller accepts from this peer, so that the peer
+// refuses a message beyond it alone, with the limit named, instead of losing its connection
+// over it. Empty (a controller that says nothing): wire::Limits' defaults.
+struct WelcomeTerms {
+  std::uint64_t max_message_bytes = 4ull << 30;
+
+  bool operator==(const WelcomeTerms&) const = default;
+};
+std::string encode_welcome_terms(const WelcomeTerms& terms);
+StatusOr<WelcomeTerms> decode_welcome_terms(std::string_view text);
+
 // kAbort and kSubmitted bodies: task ids.
 SharedBytes encode_ids(const std::vector<std::uint64_t>& ids);
 StatusOr<std::vector<std::uint64_t>> decode_ids(const SharedBytes& segment);
