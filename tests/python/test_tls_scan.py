@@ -131,7 +131,8 @@ def s_client(port, args, cert, send=b"", settle=0.5, timeout=20):
     if cert:
         command += ["-cert", cert[0], "-key", cert[1]]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines = queue.Queue()
+    lines = queue.Queue()  # s_client's lines as they come, then None
+
     def read():
         for line in iter(proc.stdout.readline, b""):
             lines.put(line)
@@ -139,42 +140,38 @@ def s_client(port, args, cert, send=b"", settle=0.5, timeout=20):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     out = []
+
+    def take(until, stop_at_summary=False):
+        """Appends lines to `out` until the monotonic time `until` (or the handshake summary);
+        False once s_client has ended."""
+        while True:
+            try:
+                line = lines.get(timeout=max(0.01, until - time.monotonic()))
+            except queue.Empty:
+                return True
+            if line is None:
+                return False
+            out.append(line)
+            if stop_at_summary and line.startswith(b"SSL handshake has read"):
+                return True
     deadline = time.monotonic() + timeout
     try:
-        while True:  # up to the handshake summary, or the end
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if line is None:
-                break
-            out.append(line)
-            if line.startswith(b"SSL handshake has read"):
-                break
-        if out and out[-1] is not None and proc.poll() is None:
+        if take(deadline, stop_at_summary=True) and out and out[-1].startswith(b"SSL handshake has read"):
             if send:
                 proc.stdin.write(send)
                 proc.stdin.flush()
-            end = time.monotonic() + settle
-            while time.monotonic() < end:
-                try:
-                    line = lines.get(timeout=max(0.01, end - time.monotonic()))
-                except queue.Empty:
-                    break
-                if line is None:
-                    break
-                out.append(line)
+            take(time.monotonic() + settle)
         proc.stdin.close()
         proc.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    while True:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        out.append(line)
+    reader.join(timeout=5)
+    while not lines.empty():
+        line = lines.get()
+        if line is not None:
+            out.append(line)
     return b"".join(out).decode(errors="replace")
 
 
@@ -322,8 +319,9 @@ class Scans:
         self.running = {}
         for mode, port in ports.items():
             jsonfile = os.path.join(workdir, f"scan-{mode}.json")
+            # Its own session, so that stop() ends its children too.
             scan = subprocess.Popen(scan_command(port, jsonfile, openssl), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, cwd=workdir)
+                                    stderr=subprocess.STDOUT, text=True, cwd=workdir, start_new_session=True)
             self.running[mode] = (jsonfile, scan)
 
     def findings(self, mode):
@@ -334,10 +332,16 @@ class Scans:
         return json.loads(pathlib.Path(jsonfile).read_text())
 
     def stop(self):
-        for _, proc in self.running.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        # SIGTERM first: testssl.sh removes its /tmp/testssl.XXXXXX on the way out.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for _, proc in self.running.values():
+                if proc.poll() is None:
+                    os.killpg(proc.pid, sig)
+            for _, proc in self.running.values():
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 @pytest.fixture(scope="module")
@@ -351,8 +355,8 @@ def scans(controllers, workdir, client_cert):
 
 def test_the_checks_fire_on_a_weak_server(scans, workdir):
     """The negative control: OpenSSL's s_server with its defaults (TLS 1.0 to 1.3, tickets,
-    session cache), client renegotiation allowed and AES128-SHA; and the scanner's findings
-    for such a server. (It asks for `scans` only to start them: its seconds overlap theirs.)"""
+    session cache), client renegotiation allowed and AES128-SHA; a listener that picks DEFLATE;
+    and the scanner's findings for such a server. (It asks for `scans` only to start them: its seconds overlap theirs.)"""
     cert, key = os.path.join(workdir, "weak-cert.pem"), os.path.join(workdir, "weak-key.pem")
     subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=weak", "-days", "1",
                     "-keyout", key, "-out", cert], check=True, capture_output=True)
@@ -376,6 +380,23 @@ def test_the_checks_fire_on_a_weak_server(scans, workdir):
         assert renegotiation_problems(port, None) != []
         assert below_tls12_problems(port, None) == ["-tls1 accepted", "-tls1_1 accepted",
                                                     "a TLS 1.2 suite other than ECDHE + AEAD accepted"]
+        # OpenSSL 3 cannot compress; a listener that answers any ClientHello with a ServerHello
+        # choosing DEFLATE stands in for a server that can.
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+
+            def answer_with_deflate():
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    hello = b"\x03\x03" + os.urandom(32) + b"\x00" + b"\xc0\x2f" + b"\x01"
+                    handshake = b"\x02" + struct.pack("!I", len(hello))[1:] + hello
+                    conn.sendall(b"\x16\x03\x03" + struct.pack("!H", len(handshake)) + handshake)
+            answering = threading.Thread(target=answer_with_deflate, daemon=True)
+            answering.start()
+            assert server_hello_compression(listener.getsockname()[1]) == 1
+            answering.join(timeout=10)
         findings = [  # what testssl.sh 3.0.8 wrote for `s_server -tls1_2 -cipher AES128-SHA -client_renegotiation`
             {"id": "SSLv2", "severity": "OK", "finding": "not offered"},
             {"id": "SSLv3", "severity": "OK", "finding": "not offered"},
