@@ -141,11 +141,12 @@ int main(int argc, char** argv) {
   write(hellos, "engine_no_instance", auth::encode_hello({wire::Role::kEngine, "", {}}));
   write(hellos, "engine_max_instance", auth::encode_hello({wire::Role::kEngine, std::string(auth::kMaxInstanceBytes, 'e'), {}}));
 
-  // control_fuzz: selector byte (even: task options, odd: id list), then the payload.
+  // control_fuzz: selector byte (mod 3: 0 task options, 1 id list, 2 welcome terms), then the payload.
   const fs::path controls = out / "control_fuzz";
   write(controls, "options", std::string(1, '\0') + wire::encode_task_options({2, 500, {1, 2}, {3}}));
   write(controls, "options_empty", std::string(1, '\0') + wire::encode_task_options({}));
   write(controls, "ids", std::string(1, '\1') + wire::encode_ids({7, 8, 9}).to_string());
+  write(controls, "welcome_terms", std::string(1, '\2') + wire::encode_welcome_terms({.max_message_bytes = 1u << 30}));
 
   // scram_server_fuzz: a selector byte (even: to the controller, odd: to the client), then
   // messages separated by '\n', recorded from a real login between the two halves.

@@ -1,4 +1,5 @@
 #include "wire/control.h"
+#include "wire/message.h"
 
 #include <gtest/gtest.h>
 
@@ -29,6 +30,28 @@ TEST(ControlTest, MalformedDependencyRulesAreRejected) {
   EXPECT_FALSE(decode_task_options(plain + std::string("\x03\x03\x00", 3)).ok());    // trailing byte
   EXPECT_FALSE(decode_task_options(plain + std::string("\x03\x03", 2)).ok());        // the default, spelled out
   EXPECT_TRUE(decode_task_options(plain + std::string("\x03\x06", 2)).ok());
+}
+
+}  // namespace
+}  // namespace testudo::wire
+
+namespace testudo::wire {
+namespace {
+
+// A welcome says the controller's largest message; an old controller's empty text means the
+// protocol's default, and anything else malformed is refused (never a guess).
+TEST(WelcomeTermsTest, RoundTripEmptyDefaultAndMalformed) {
+  auto terms = decode_welcome_terms(encode_welcome_terms({.max_message_bytes = 123456}));
+  ASSERT_TRUE(terms.ok()) << terms.status().to_string();
+  EXPECT_EQ(terms->max_message_bytes, 123456u);
+  auto empty = decode_welcome_terms("");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->max_message_bytes, Limits{}.max_message_bytes);
+  std::string good = encode_welcome_terms({.max_message_bytes = 7});
+  EXPECT_FALSE(decode_welcome_terms(good.substr(0, 5)).ok());                       // truncated
+  EXPECT_FALSE(decode_welcome_terms(good + "x").ok());                              // trailing
+  EXPECT_FALSE(decode_welcome_terms(std::string(1, '\2') + good.substr(1)).ok());  // unknown version
+  EXPECT_FALSE(decode_welcome_terms(encode_welcome_terms({.max_message_bytes = 0})).ok());
 }
 
 }  // namespace
