@@ -1053,6 +1053,10 @@ Status SqliteTaskStore::flush_pending() {
 
 Status SqliteTaskStore::sync() {
   if (writer_) {
+    // A write begun before now ends first: it may fail on a disk that was full when it began
+    // (a failed flush hands failed files back to the writer at once). Then every failed one
+    // is tried once more, now, and waited for.
+    writer_->wait_idle();
     (void)retry_failed_files();
     writer_->wait_idle();
   }
