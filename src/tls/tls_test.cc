@@ -143,6 +143,40 @@ TEST(TlsTest, FingerprintsDifferBetweenCertificates) {
   EXPECT_NE(must_fingerprint(ids().server), must_fingerprint(ids().client));
 }
 
+// Parsing is cached by the PEM's digest (parse_cache.h): the same PEM gives the same object,
+// a different one (even one byte) another; the cache is bounded, oldest out first; a failed
+// parse is not kept.
+TEST(TlsTest, ParsedCertificatesAndKeysAreSharedAndBounded) {
+  auto a = generate_self_signed("cache-a");
+  ASSERT_TRUE(a.ok());
+  auto first = internal::parse_certificate(a->cert_pem);
+  auto second = internal::parse_certificate(a->cert_pem);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(first->get(), second->get());
+  auto key1 = internal::parse_private_key(a->key_pem);
+  auto key2 = internal::parse_private_key(a->key_pem);
+  ASSERT_TRUE(key1.ok() && key2.ok());
+  EXPECT_EQ(key1->get(), key2->get());
+  EXPECT_TRUE(sign_sha256(a->key_pem, "data").ok());
+
+  const std::string damaged = a->cert_pem.substr(0, a->cert_pem.size() / 2);  // no END line
+  EXPECT_FALSE(internal::parse_certificate(damaged).ok());
+  EXPECT_FALSE(internal::parse_certificate(damaged).ok()) << "a failed parse must not be cached";
+
+  X509* held = first->get();
+  first->reset();
+  second->reset();
+  for (int i = 0; i < 70; ++i) {  // more than the certificate cache holds
+    auto other = generate_self_signed("cache-" + std::to_string(i));
+    ASSERT_TRUE(other.ok());
+    ASSERT_TRUE(internal::parse_certificate(other->cert_pem).ok());
+  }
+  auto again = internal::parse_certificate(a->cert_pem);
+  ASSERT_TRUE(again.ok());
+  EXPECT_NE(again->get(), held) << "evicted: parsed afresh";
+  EXPECT_EQ(fingerprint_of_pem(a->cert_pem).value(), fingerprint_of_pem(a->cert_pem).value());
+}
+
 TEST(TlsTest, FingerprintOfGarbageFails) {
   EXPECT_EQ(fingerprint_of_pem("not a certificate").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(fingerprint_of_pem("").status().code(), StatusCode::kInvalidArgument);
