@@ -369,6 +369,7 @@ class PyClient {
   std::string engines_json() {
     return blocking([](Client& c) { return c.engines_json(); });
   }
+  std::vector<std::string> seal_violations() { return client().seal_violations(); }
 
   PyResult get_result(const std::vector<std::uint64_t>& task_ids) { return wrap(client().get_result(task_ids)); }
   std::string result_status(const std::vector<std::uint64_t>& task_ids) {
@@ -613,6 +614,7 @@ PYBIND11_MODULE(_testudo, m) {
       .def("purge_results", &PyClient::purge_results, py::arg("task_ids"))
       .def("shutdown_engines", &PyClient::shutdown_engines, py::arg("targets"))
       .def("engines_json", &PyClient::engines_json)
+      .def("seal_violations", &PyClient::seal_violations)
       .def("take_output", &PyClient::take_output, "Live output chunks received since the last call.")
       .def("next_completed", &PyClient::next_completed, py::arg("timeout"),
            "Request ids of watched results finished since the last call (waits up to timeout seconds).");

@@ -2,16 +2,20 @@
 // (docs/e2e-design.md "Tests"; docs/threat-model.md T9). Built for tests only, never
 // installed. Its relay tap does to sealed traffic what a controller in an attacker's hands
 // could: flip bits, replay a request, deliver one engine's request to another, rewrite the
-// engine id, flip bits in replies, swap two replies, forge a reply in the clear. The test
+// engine id, flip bits in replies, swap two replies, forge a reply in the clear, hand a
+// balanced request to a second engine and pass both answers on. The test
 // picks the attack by writing its name into the file $TESTUDO_HOSTILE_MODE_FILE (read on
 // every message, so one cluster serves every attack; a missing file means "honest").
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "controller/relay_tap.h"
+#include "e2e/sealed_body.h"
 #include "wire/body.h"
 #include "wire/reply.h"
 
@@ -22,6 +26,7 @@ int main(int argc, char** argv);
 namespace {
 
 using testudo::SharedBytes;
+using testudo::controller::RelayTap;
 using testudo::wire::Message;
 using testudo::wire::MessageKind;
 
@@ -48,13 +53,19 @@ bool looks_sealed_reply(const Message& m) {
          !m.segments.empty() && m.segments[0].view().starts_with("TSE1");
 }
 
-class HostileTap : public testudo::controller::RelayTap {
+bool is_balanced_request(const Message& m) {
+  if (!m.envelope.sealed() || m.segments.empty()) return false;
+  auto header = testudo::e2e::decode_seal_header(m.segments[0].span());
+  return header.ok() && header->part == testudo::e2e::Part::kBalancedRequest;
+}
+
+class HostileTap : public RelayTap {
  public:
-  std::vector<Message> to_engine(Message& task) override {
+  std::vector<ToEngine> to_engine(Message& task, const Dispatch& dispatch) override {
     if (!task.envelope.sealed()) return {};
     const std::string mode = current_mode();
     if (mode == "flip-request") flip_last_byte(task);
-    if (mode == "replay-request") return {task};
+    if (mode == "replay-request") return {{task.envelope.engine_id, task}};
     if (mode == "retarget-id") task.envelope.engine_id += 1000;
     if (mode == "swap-targets") {
       // The part sealed for the engine of the previous sealed task goes to this one instead.
@@ -64,7 +75,31 @@ class HostileTap : public testudo::controller::RelayTap {
       }
       last_request_ = task;
     }
+    if (mode == "duplicate-balanced" && is_balanced_request(task)) {
+      // Any other engine holding the client's balanced key opens it too and runs it again;
+      // its answer (a task it was not given) is passed to the client as well (stray_reply).
+      for (std::uint32_t other : dispatch.engines) {
+        if (other == task.envelope.engine_id) continue;
+        duplicated_[task.envelope.task_id] = {task.envelope.client_id, dispatch.request_id};
+        Message copy = task;
+        copy.envelope.engine_id = other;
+        return {{other, std::move(copy)}};
+      }
+    }
     return {};
+  }
+
+  std::optional<std::pair<std::uint32_t, Message>> stray_reply(Message& reply) override {
+    auto it = duplicated_.find(reply.envelope.task_id);
+    if (it == duplicated_.end()) return std::nullopt;
+    const auto [client, request] = it->second;
+    duplicated_.erase(it);
+    return std::make_pair(client, testudo::wire::task_reply(reply.envelope.outcome(),
+                                                            {.request_id = request,
+                                                             .task_id = reply.envelope.task_id,
+                                                             .engine_id = reply.envelope.engine_id,
+                                                             .client_id = client},
+                                                            {}, reply.segments));
   }
 
   void to_client(Message& m) override {
@@ -94,6 +129,7 @@ class HostileTap : public testudo::controller::RelayTap {
  private:
   std::optional<Message> last_request_;
   std::optional<Message> last_reply_;
+  std::map<std::uint64_t, std::pair<std::uint32_t, std::uint64_t>> duplicated_;  // task -> (client, request)
 };
 
 }  // namespace

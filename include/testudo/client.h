@@ -246,6 +246,11 @@ class Client {
     std::string detail;
   };
   StatusOr<std::vector<SealingVerdict>> sealing_check();
+  // What sealing caught the controller doing behind this client's back, oldest first (at most
+  // 1,000), each also logged as an error: today, a balanced request that two engines answered
+  // genuinely (the controller handed it to both, so it ran twice). Empty for an honest
+  // controller, and always without e2e.
+  std::vector<std::string> seal_violations() const;
 
   // Key administration on the controller (the policy's "keys" operation): `action` is list,
   // show, accept, reject or revoke; `who` a fingerprint or unique prefix. Returns the JSON

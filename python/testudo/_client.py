@@ -558,6 +558,14 @@ class Client(StoredResults):
 
     # ----- cluster -----
 
+    @property
+    def seal_violations(self):
+        """What end-to-end sealing caught the controller doing behind this client's back, as
+        sentences, oldest first (each is also logged as an error): a balanced request that
+        two engines answered genuinely, i.e. the controller handed it to both and it ran
+        twice. Always empty without ``e2e=True``, and with an honest controller."""
+        return list(self._native.seal_violations())
+
     def cluster_status(self):
         """The controller's report: engines, clients, tasks."""
         return json.loads(self._native.cluster_status())

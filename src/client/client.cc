@@ -178,6 +178,16 @@ struct Client::Impl {
   std::unique_ptr<client::ClientSeals> seals;
   // Client::connect waits here for the first attempt's outcome (then it is reset).
   std::shared_ptr<std::promise<Status>> first_attempt;
+  // What sealing showed the controller did behind this client's back (Client::seal_violations).
+  static constexpr std::size_t kMaxViolations = 1000;
+  mutable std::mutex violations_mutex;
+  std::vector<std::string> violations;  // guarded by violations_mutex
+
+  void note_violation(const std::string& why) {
+    LOG_ERROR("client") << "end-to-end: " << why;
+    std::lock_guard lock(violations_mutex);
+    if (violations.size() < kMaxViolations) violations.push_back(why);
+  }
 
   // Work for the loop thread from callers' threads, in call order. A burst of requests
   // wakes the loop once and leaves in one write (one TLS record, one syscall), instead of
@@ -262,15 +272,23 @@ struct Client::Impl {
     switch (m.envelope.kind) {
       case wire::MessageKind::kTaskReply: {
         auto it = pending.find(m.envelope.request_id);
-        if (it == pending.end()) return;
+        if (it == pending.end()) {
+          // An answer to a request already answered. Only one thing about it matters: a
+          // second genuine answer to a sealed balanced request (it ran twice).
+          std::string why;
+          if (seals && seals->open_reply(m, why) == client::ClientSeals::Verdict::kDuplicate) note_violation(why);
+          return;
+        }
         auto state = it->second;
         const std::uint64_t request_id = m.envelope.request_id;
         std::string why;
         if (!seals && !m.segments.empty() && e2e::decode_seal_header(m.segments[0].span()).ok()) {
           why = "the result of task " + std::to_string(m.envelope.task_id) +
                 " is sealed end to end: open it with a client that seals (Client(e2e=True), --e2e)";
-        } else if (seals && seals->open_reply(m, why) != client::ClientSeals::Verdict::kBroken) {
-          why.clear();
+        } else if (seals) {
+          const auto verdict = seals->open_reply(m, why);
+          if (verdict == client::ClientSeals::Verdict::kDuplicate) return note_violation(why);
+          if (verdict != client::ClientSeals::Verdict::kBroken) why.clear();
         }
         if (!why.empty()) {
           LOG_WARN("client") << why;
@@ -692,6 +710,11 @@ StatusOr<std::string> Client::db_query(const std::string& filter_json) {
 
 StatusOr<std::size_t> Client::purge_results(const std::vector<std::uint64_t>& task_ids) {
   return count_from(impl_->control(wire::MessageKind::kPurgeResults, {}, {wire::encode_ids(task_ids)}), "purged");
+}
+
+std::vector<std::string> Client::seal_violations() const {
+  std::lock_guard lock(impl_->violations_mutex);
+  return impl_->violations;
 }
 
 StatusOr<std::vector<Client::SealingVerdict>> Client::sealing_check() {

@@ -306,6 +306,19 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
     if (auto pair = pairs_.find(engine); pair != pairs_.end() && pair->second.key.id == pair_id) {
       pair->second.confirmed = true;  // the engine holds the key: no more offers
     }
+    // A balanced request runs once, on one engine. A second genuine answer (its engine's seal,
+    // the request's sequence number) means the controller gave it to another engine too; the
+    // engines cannot tell (each holds the balanced key), the client can.
+    Expectation* e = expectation_of(reply.envelope.request_id, reply.envelope.task_id, reply.envelope.engine_id);
+    if (e != nullptr && e->engine == wire::kAnyEngine) {
+      if (e->answered_by && *e->answered_by != engine) {
+        why = "balanced request " + std::to_string(reply.envelope.request_id) + " (task " +
+              std::to_string(reply.envelope.task_id) + ") was run by " + engine_name(*e->answered_by) + " and again by " +
+              from + ": the controller handed it to two engines";
+        return Verdict::kDuplicate;
+      }
+      e->answered_by = engine;
+    }
   }
   reply.segments = std::move(plain).value();
   reply.envelope.engine_id = engine;

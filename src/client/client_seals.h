@@ -77,6 +77,9 @@ class ClientSeals {
     kOpened,  // sealed for this identity (and this request, if this process sent it): `reply.segments`
               // now hold the plaintext
     kBroken,  // sealed but not openable here, or should have been sealed and is not: `why` says how
+    // A genuine second answer to one balanced request of this process, from another engine:
+    // the controller handed the request to two engines (it ran twice). `why` says which.
+    kDuplicate,
   };
   Verdict open_reply(wire::Message& reply, std::string& why);
   // The text of a live output chunk, or nothing if it is not a sealed chunk of a running
@@ -97,6 +100,7 @@ class ClientSeals {
     std::uint64_t seq = 0;
     wire::MessageKind kind = wire::MessageKind::kExecute;
     std::uint64_t last_chunk = 0;
+    std::optional<EngineId> answered_by;  // balanced requests: the engine whose answer opened
   };
   // Sealed requests remembered (to hold their replies to the request they answer); beyond
   // this the oldest are forgotten, and their stored results open as any process's would.

@@ -218,10 +218,16 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   forward.envelope.client_id = task.client_id;
   forward.envelope.engine_id = engine;
   forward.segments = task.body;  // shared, not copied
-  std::vector<wire::Message> replays;
-  if (RelayTap* tap = relay_tap()) replays = tap->to_engine(forward);
+  std::vector<RelayTap::ToEngine> extras;
+  if (RelayTap* tap = relay_tap()) {
+    RelayTap::Dispatch facts{task.request_id, {}};
+    for (const auto& [engine_id, peer] : peers_.engines()) facts.engines.push_back(engine_id);
+    extras = tap->to_engine(forward, facts);
+  }
   e->connection->send(std::move(forward));
-  for (auto& replay : replays) e->connection->send(std::move(replay));
+  for (auto& extra : extras) {
+    if (Peer* to = peers_.engine(extra.engine)) to->connection->send(std::move(extra.message));
+  }
   results_.started(id, engine);
 }
 
@@ -262,6 +268,11 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   if (!task) {
     LOG_WARN("hub") << "engine " << engine.id << " replied to task " << m.envelope.task_id
                     << " it does not hold; ignored";
+    if (RelayTap* tap = relay_tap()) {
+      if (auto passed = tap->stray_reply(m)) {
+        if (Peer* client = peers_.client(passed->first)) client->connection->send(std::move(passed->second));
+      }
+    }
     return;
   }
   ++engine.tasks_done;

@@ -5,7 +5,10 @@
 // calls install_relay_tap, and no flag or file reaches it.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "wire/message.h"
@@ -14,15 +17,33 @@ namespace testudo::controller {
 
 class RelayTap {
  public:
+  // What the hub knows of a task it dispatches, beyond the message.
+  struct Dispatch {
+    std::uint64_t request_id = 0;
+    std::vector<std::uint32_t> engines;  // connected now
+  };
+  // A message the tap sends to an engine of its choice.
+  struct ToEngine {
+    std::uint32_t engine = 0;
+    wire::Message message;
+  };
+
   virtual ~RelayTap() = default;
   // A task on its way to the engine it was routed to: may be changed in place; the messages
-  // returned are sent to the same engine after it (a replay).
-  virtual std::vector<wire::Message> to_engine(wire::Message& task) {
+  // returned are sent after it, each to the engine it names (a replay, or a copy elsewhere).
+  virtual std::vector<ToEngine> to_engine(wire::Message& task, const Dispatch& dispatch) {
     (void)task;
+    (void)dispatch;
     return {};
   }
   // A task reply or live output chunk on its way to a client: may be changed in place.
   virtual void to_client(wire::Message& message) { (void)message; }
+  // An engine's reply to a task it was not given (the honest hub ignores it): the tap may
+  // send a message to a client instead (client id, message).
+  virtual std::optional<std::pair<std::uint32_t, wire::Message>> stray_reply(wire::Message& reply) {
+    (void)reply;
+    return std::nullopt;
+  }
 };
 
 // Before the controller starts; the hub calls the tap on its loop thread only.

@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -90,6 +91,32 @@ def test_a_replayed_load_balanced_request_runs_once(cluster, sealed):
         lview.apply_sync(bump)
     assert sorted(sealed[:]["lb_count"]) == [0, 1]
     assert "of this client was already run here (a replay)" in cluster.engine_logs()
+
+
+def test_a_load_balanced_request_handed_to_two_engines_is_caught_by_the_client(cluster, sealed):
+    # Both engines hold this client's balanced key, so each opens the request: the engines
+    # cannot tell it ran twice. The client can: two genuine answers to one request.
+    sealed[:].execute("dup_count = 0", block=True)
+    lview = sealed.load_balanced_view()
+    lview.apply_sync(lambda: "pairs the engines")
+    assert sealed.seal_violations == []
+
+    @testudo.interactive
+    def bump():
+        global dup_count
+        dup_count += 1
+        return dup_count
+
+    with cluster.attack("duplicate-balanced"):
+        assert lview.apply_sync(bump) == 1
+        assert sealed[:]["dup_count"] == [1, 1]  # it did run twice: the controller can do that
+        violations = sealed.seal_violations  # the second answer may still be on its way
+        deadline = time.monotonic() + 10
+        while not violations and time.monotonic() < deadline:
+            time.sleep(0.05)
+            violations = sealed.seal_violations
+    assert len(violations) == 1, violations
+    assert "was run by engine" in violations[0] and "handed it to two engines" in violations[0], violations
 
 
 def test_a_flipped_bit_in_a_load_balanced_request_is_refused(cluster, sealed):
