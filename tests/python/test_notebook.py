@@ -105,7 +105,8 @@ def test_notebook_with_px_magics(cluster, rc, tmp_path):
     shown = [o.data["text/plain"] for o in cells[4].outputs if o.output_type == "display_data"]
     plain = [re.sub(r":\d+\]", ":N]", re.sub(r"\x1b\[[0-9;]*m", "", t)) for t in shown]
     assert plain == [f"Out[{i}:N]: 42" for i in range(4)], cells[4].outputs
-    assert all(o.metadata == {} for o in cells[4].outputs)
+    # (a slow %px under load also shows its progress line on stderr: a stream, no metadata)
+    assert all(o.metadata == {} for o in cells[4].outputs if o.output_type == "display_data")
     assert _stdout_of(cells[5]) == "['even', 'even']\n"
     streamed = _stdout_of(cells[6])
     assert "first" in streamed and "second" in streamed and streamed.index("first") < streamed.index("second")
