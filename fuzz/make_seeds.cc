@@ -62,6 +62,40 @@ int main(int argc, char** argv) {
   write(frames, "data_1mib", wire::encode_frame_header({wire::FrameType::kData, 1u << 20}));
   write(frames, "data_too_big", wire::encode_frame_header({wire::FrameType::kData, (1u << 20) + 1}));
 
+  // frame_stream_fuzz: frames as a connection reads them, an overtaking heartbeat and
+  // queue-status request inside a push.
+  {
+    auto frame = [](wire::FrameType type, std::span<const std::byte> payload, bool overtaking) {
+      auto header = wire::encode_frame_header({type, static_cast<std::uint32_t>(payload.size()), overtaking});
+      std::vector<std::byte> out(header.begin(), header.end());
+      out.insert(out.end(), payload.begin(), payload.end());
+      return out;
+    };
+    auto text = [](std::string_view t) { return std::as_bytes(std::span(t.data(), t.size())); };
+    wire::Envelope push;
+    push.kind = wire::MessageKind::kPush;
+    push.request_id = 3;
+    push.targets = {0, 1};
+    wire::Envelope beat;
+    beat.kind = wire::MessageKind::kHeartbeat;
+    wire::Envelope status;
+    status.kind = wire::MessageKind::kQueueStatus;
+    const std::vector<SharedBytes> body{SharedBytes::copy_of(std::string_view("pickled")), SharedBytes(),
+                                        SharedBytes::copy_of(std::string_view("buffer"))};
+    const std::vector<SharedBytes> one{SharedBytes::copy_of(std::string_view("q"))};
+    std::vector<std::byte> stream;
+    auto add = [&stream](const std::vector<std::byte>& bytes) { stream.insert(stream.end(), bytes.begin(), bytes.end()); };
+    add(frame(wire::FrameType::kHead, wire::encode_head(beat, {}), false));
+    add(frame(wire::FrameType::kHead, wire::encode_head(push, body), false));
+    add(frame(wire::FrameType::kData, text("pick"), false));
+    add(frame(wire::FrameType::kHead, wire::encode_head(beat, {}), true));
+    add(frame(wire::FrameType::kHead, wire::encode_head(status, one), true));
+    add(frame(wire::FrameType::kData, text("q"), true));
+    add(frame(wire::FrameType::kData, text("led"), false));
+    add(frame(wire::FrameType::kData, text("buffer"), false));
+    write(out / "frame_stream_fuzz", "push_with_overtakers", stream);
+  }
+
   // message_head_fuzz
   const fs::path heads = out / "message_head_fuzz";
   {

@@ -27,6 +27,7 @@
 
 #include "base/log.h"
 #include "tls/session.h"
+#include "wire/assembler.h"
 
 namespace testudo::net {
 namespace {
@@ -212,7 +213,7 @@ class TimerImpl final : public Timer {
 class TlsConnection final : public Connection, public std::enable_shared_from_this<TlsConnection> {
  public:
   TlsConnection(std::shared_ptr<TlsSocket> ts, wire::Limits limits)
-      : ts_(std::move(ts)), executor_(ts_->socket.get_executor()), limits_(limits),
+      : ts_(std::move(ts)), executor_(ts_->socket.get_executor()), assembler_(limits),
         peer_(endpoint_text(ts_->socket)), grace_timer_(executor_), wake_(executor_), resume_(executor_) {
     wake_.expires_at(asio::steady_timer::time_point::max());
     resume_.expires_at(asio::steady_timer::time_point::max());
@@ -322,7 +323,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     paused_ = paused;
     if (!paused) resume_.cancel();  // wakes the reader if it waits
   }
-  void set_limits(const wire::Limits& limits) override { limits_ = limits; }
+  void set_limits(const wire::Limits& limits) override { assembler_.set_limits(limits); }
   const std::string& peer_address() const override { return peer_; }
   std::uint64_t bytes_received() const override { return bytes_received_; }
 
@@ -380,78 +381,34 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     co_return ok_status();
   }
 
-  asio::awaitable<StatusOr<wire::FrameHeader>> read_frame_header() {
-    std::array<std::byte, wire::kFrameHeaderBytes> bytes;
-    Status st = co_await read_exact(bytes.data(), bytes.size());
+  // Reads one frame into place (wire::MessageAssembler says where): a message it completed,
+  // or none yet. Rules and limits are checked before the payload is read.
+  asio::awaitable<StatusOr<std::optional<wire::Message>>> read_frame() {
+    std::array<std::byte, wire::kFrameHeaderBytes> header;
+    Status st = co_await read_exact(header.data(), header.size());
     if (!st.ok()) co_return st;
-    co_return wire::decode_frame_header(bytes, limits_);
-  }
-
-  asio::awaitable<StatusOr<wire::Message>> read_message() {
-    auto fh = co_await read_frame_header();
-    if (!fh.ok()) co_return fh.status();
-    if (fh->overtaking) co_return data_loss("overtaking frame outside a message in progress");
-    co_return co_await read_rest(*fh, /*overtaking=*/false);
-  }
-
-  // The rest of a message whose first frame header, `fh`, was just read. Between the data
-  // frames of a message that is not itself overtaking, an overtaking message may arrive: it
-  // is read whole and handed to on_message at once, before the message it overtook.
-  asio::awaitable<StatusOr<wire::Message>> read_rest(wire::FrameHeader fh, bool overtaking) {
-    if (fh.type != wire::FrameType::kHead) co_return data_loss("data frame where a message head was expected");
-    std::vector<std::byte> head(fh.length);
-    Status st = co_await read_exact(head.data(), head.size());
+    auto payload = assembler_.begin_frame(header);
+    if (!payload.ok()) co_return payload.status();
+    st = co_await read_exact(payload->data(), payload->size());
     if (!st.ok()) co_return st;
-    auto decoded = wire::decode_head(head, limits_);
-    if (!decoded.ok()) co_return decoded.status();
-    if (overtaking && !wire::may_overtake(decoded->envelope.kind)) {
-      co_return data_loss("a '" + std::string(wire::kind_name(decoded->envelope.kind)) +
-                          "' message may not overtake another");
-    }
-    wire::Message m;
-    m.envelope = std::move(decoded->envelope);
-    m.segments.reserve(decoded->segment_sizes.size());
-    for (std::uint64_t size : decoded->segment_sizes) {
-      // The size passed decode_head's limit. Pages are committed only as frames fill them.
-      SharedBytes segment = SharedBytes::allocate(size);
-      std::uint64_t filled = 0;
-      while (filled < size) {
-        auto dh = co_await read_frame_header();
-        if (!dh.ok()) co_return dh.status();
-        if (dh->overtaking && !overtaking) {
-          auto inner = co_await read_rest(*dh, /*overtaking=*/true);
-          if (!inner.ok()) co_return inner.status();
-          if (!open_) co_return unavailable("connection closed");
-          if (handlers_.on_message) handlers_.on_message(std::move(inner).value());
-          if (!open_) co_return unavailable("connection closed");
-          continue;
-        }
-        if (dh->overtaking != overtaking) co_return data_loss("an overtaking message was cut by another frame");
-        if (dh->type != wire::FrameType::kData || dh->length > size - filled) {
-          co_return data_loss("data frame does not match the announced segment size");
-        }
-        st = co_await read_exact(segment.data() + filled, dh->length);
-        if (!st.ok()) co_return st;
-        filled += dh->length;
-      }
-      m.segments.push_back(std::move(segment));
-    }
-    co_return m;
+    co_return assembler_.end_frame();
   }
 
+  // Messages are handed over as their last frame arrives; an overtaking one arrives in the
+  // middle of the message it overtook. A pause takes effect between messages.
   static asio::awaitable<void> read_loop(std::shared_ptr<TlsConnection> self) {
     while (self->open_) {
-      if (self->paused_) {
+      if (self->paused_ && !self->assembler_.in_message()) {
         co_await self->resume_.async_wait(kAsTuple);  // cancelled by pause_reading(false) or close()
         continue;
       }
-      auto m = co_await self->read_message();
+      auto m = co_await self->read_frame();
       if (!self->open_) break;
       if (!m.ok()) {
         self->close(m.status());
         break;
       }
-      if (self->handlers_.on_message) self->handlers_.on_message(std::move(m).value());
+      if (*m && self->handlers_.on_message) self->handlers_.on_message(std::move(**m));
     }
   }
 
@@ -631,7 +588,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   // Guards the TLS session (its output included) and the socket while written or closed, and the
   // writes of open_, closing_, writing_ and queue_ (see the top of this file).
   std::mutex mutex_;
-  wire::Limits limits_;
+  wire::MessageAssembler assembler_;  // the reader's: frames into messages, under the current limits
   std::string peer_;
   Handlers handlers_;
   bool open_ = true;
