@@ -374,6 +374,32 @@ TEST_F(NetTest, HeartbeatOvertakesALargeMessageButATaskRequestDoesNot) {
   close_both();
 }
 
+// Flow control: a paused connection reads nothing more after the message in hand (the peer's
+// further messages wait, none is lost), resuming delivers them in order, and closing a paused
+// connection ends it cleanly.
+TEST_F(NetTest, APausedConnectionReadsNothingUntilResumed) {
+  Receiver at_server;
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [](const Status&) {}});
+    server_->start({[&](wire::Message&& m) {
+                      at_server.take(m);
+                      if (at_server.total == 1) server_->pause_reading(true);  // after the first
+                    },
+                    [](const Status&) {}});
+    for (std::uint64_t seq = 0; seq < 5; ++seq) client_->send(make_message(kLoop, seq, 1000));
+  });
+  ASSERT_TRUE(wait_for([&] { return at_server.total >= 1; }, 10s));
+  std::this_thread::sleep_for(300ms);  // the other four are on the wire by now
+  on_loop([&] { EXPECT_EQ(at_server.total, 1u) << "read while paused"; });
+  on_loop([&] { server_->pause_reading(false); });
+  ASSERT_TRUE(wait_for([&] { return !at_server.error.empty() || at_server.total == 5; }, 10s));
+  on_loop([&] {
+    EXPECT_EQ(at_server.error, "");
+    server_->pause_reading(true);
+  });
+  close_both();
+}
+
 TEST(HostAddressTest, KnowsThisMachinesAddressesFromOthers) {
   EXPECT_TRUE(is_address_of_this_host("127.0.0.1"));
   EXPECT_TRUE(is_address_of_this_host("localhost"));
