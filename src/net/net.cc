@@ -497,6 +497,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     std::size_t bytes = 0;
     while (!queue_.empty() && bytes < kBatchBytes) {
       bytes += approximate_bytes(queue_.front());
+      if (overtakers_queued_ > 0 && overtakes(queue_.front())) --overtakers_queued_;
       batch_.push_back(std::move(queue_.front()));  // keeps referenced segments alive
       queue_.pop_front();
     }
@@ -529,6 +530,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       it = queue_.erase(it);
     }
     overtakers_queued_ = 0;
+    if (plain.empty()) return ok_status();
     TESTUDO_RETURN_IF_ERROR(ts_->session->write(plain));
     full = ts_->session->output().size() >= kWriteChunk;
     return ok_status();
@@ -598,7 +600,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   std::uint64_t bytes_received_ = 0;
 
   std::deque<wire::Message> queue_;  // guarded by mutex_
-  std::size_t overtakers_queued_ = 0;  // messages in queue_ that overtakes() (or more); guarded by mutex_
+  std::size_t overtakers_queued_ = 0;  // messages in queue_ that overtakes(); guarded by mutex_
   bool writer_started_ = false;
   bool writer_waiting_ = false;
   bool writing_ = false;

@@ -374,6 +374,33 @@ TEST_F(NetTest, HeartbeatOvertakesALargeMessageButATaskRequestDoesNot) {
   close_both();
 }
 
+// A heartbeat queued just before a large message leaves in the same batch, ahead of it: nothing
+// is left to overtake with between the large message's frames, and both arrive in order on a
+// connection that stays open.
+TEST_F(NetTest, AHeartbeatAheadOfALargeMessageInOneBatch) {
+  std::vector<wire::Message> got;
+  Status closed = ok_status();
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [&](const Status& why) { closed = why; }});
+    server_->start({[&](wire::Message&& m) { got.push_back(std::move(m)); }, [](const Status&) {}});
+    wire::Message beat;
+    beat.envelope.kind = wire::MessageKind::kHeartbeat;
+    client_->send(std::move(beat));
+    client_->send(make_message(kLoop, 0, 4u << 20));
+  });
+  ASSERT_TRUE(wait_for([&] { return got.size() == 2 || !closed.ok(); }, 30s));
+  on_loop([&] {
+    EXPECT_TRUE(closed.ok()) << closed.to_string();
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_EQ(got[0].envelope.kind, wire::MessageKind::kHeartbeat);
+    Receiver check;
+    check.take(got[1]);
+    EXPECT_EQ(check.error, "");
+    EXPECT_TRUE(client_->is_open());
+  });
+  close_both();
+}
+
 // Flow control: a paused connection reads nothing more after the message in hand (the peer's
 // further messages wait, none is lost), resuming delivers them in order, and closing a paused
 // connection ends it cleanly.
