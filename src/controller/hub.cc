@@ -157,7 +157,6 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
       stale->connection->close(unavailable("engine " + std::to_string(id) + " reconnected on a new connection"));
     }
     peers_.admit_engine(peer, id);
-    scheduler_.add_engine(id);
     welcome.envelope.engine_id = id;
     if (assigned->returning && engine_ids_.from_previous_run().count(id)) engines_back_.insert(id);
   } else {
@@ -172,6 +171,10 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
   peer.connection->set_limits(options_.limits);
   welcome.envelope.text = wire::encode_welcome_terms({.max_message_bytes = options_.limits.max_message_bytes});
   peer.connection->send(std::move(welcome));
+  // Only now may the scheduler hand it tasks: it sends waiting ones at once, and a task
+  // before the welcome is a protocol error to the engine, which redials (with a backlog of
+  // load-balanced tasks, forever).
+  if (peer.role == wire::Role::kEngine) scheduler_.add_engine(peer.id);
   arm_login_expiry(peer);
   LOG_INFO("hub") << wire::role_name(peer.role) << " " << peer.id << " registered from "
                   << peer.connection->peer_address() << " as " << peer.identity.fingerprint.substr(0, 23) << "…"

@@ -3,6 +3,7 @@ result sizes, stuck-engine detection by heartbeat, engine tags and selection, an
 single engines. Each test checks what a user of the client sees."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -290,3 +291,82 @@ def test_shutdown_one_engine_and_broadcast(own_cluster):
         assert len(result) == len(rest)
         with pytest.raises(IndexError):
             rc[victim]
+
+
+def _append_to(path, text):
+    with open(path, "a") as f:
+        f.write(text)
+    return text
+
+
+def test_tasks_sent_ahead_are_dropped_when_the_controller_goes(own_cluster, tmp_path):
+    """An engine whose controller connection breaks drops the tasks sent ahead to it along with
+    interrupting the running one: the controller failed them all (a restarted one reports them
+    lost and ignores replies to them), so running them later only holds up new work. Found by
+    bench/soak: after each controller restart, engines ran the old window's tasks and the new
+    controller logged 'replied to task N it does not hold' for each."""
+    c = own_cluster(1, extra=("--reuse",))
+    rc = c.client()
+    rc.wait_for_engines(1, timeout=30)
+    view = rc[rc.ids[0]]
+    marks = tmp_path / "ran"
+    running = view.apply_async(time.sleep, 30)
+    ahead = [view.apply_async(_append_to, str(marks), f"{i}\n") for i in range(4)]
+    ids = [int(i) for ar in [running, *ahead] for i in ar.msg_ids]
+
+    def state(i):
+        return json.loads(rc._native.result_status([i]))["records"][0]["state"]
+    assert wait_until(lambda: state(ids[0]) == "running", timeout=10)
+    assert wait_until(lambda: state(ids[1]) == "running", timeout=10), "the window sends one task ahead"
+    os.kill(c.controller_pid, signal.SIGKILL)
+    assert wait_until(lambda: pid_gone(c.controller_pid), timeout=10)
+    log_path = c.path("log", "controller-restarted.log")
+    with open(log_path, "w") as log:
+        restarted = subprocess.Popen([TESTUDO_BIN, "--profile", c.profile, "controller", "--reuse"], env=c.env,
+                                     stdout=log, stderr=log, start_new_session=True)
+    c.controller_pid = restarted.pid
+    try:
+        def back():
+            try:
+                return len(rc.ids) == 1
+            except ConnectionError:
+                return False
+        assert wait_until(back, timeout=30)
+        assert rc[:].apply_sync(_append_to, str(tmp_path / "new"), "new") == ["new"]
+        time.sleep(0.5)
+        assert not marks.exists(), f"tasks of the killed controller ran after it: {marks.read_text()!r}"
+        values = rc.get_result(ids, block=False).get(timeout=30, return_exceptions=True)
+        assert all(isinstance(v, testudo.error.TaskLost) for v in values), values
+        with open(log_path) as f:
+            assert "does not hold" not in f.read()
+    finally:
+        rc.close()
+        restarted.kill()
+        restarted.wait()
+
+
+def test_an_engine_joining_a_backlog_is_welcomed_before_its_first_task(own_cluster, tmp_path):
+    """The scheduler sends waiting load-balanced tasks to an engine the moment it is added: it
+    must be added after its welcome is sent. Before, with a backlog, the engine's first message
+    was a task, which it refuses as a protocol error and redials, forever, failing the tasks
+    sent to it each time (bench/soak: after a controller restart, clients resubmitted before
+    the engines were back, and no engine ever registered again)."""
+    c = own_cluster(1)
+    rc = c.client()
+    rc.wait_for_engines(1, timeout=30)
+    lview = rc.load_balanced_view()
+    ar = lview.map_async(time.sleep, [0.02] * 300)
+    assert wait_until(lambda: json.loads(rc._native.queue_status())["unassigned"] > 0, timeout=10)
+    log_path = str(tmp_path / "joining-engine.log")
+    joining = subprocess.Popen([TESTUDO_BIN, "--profile", c.profile, "engine", "--log-file", log_path], env=c.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        ar.get(timeout=60)
+        engines = {md["engine_id"] for md in ar.metadata}
+        assert len(engines) == 2, f"the joining engine ran none of the backlog: {engines}"
+        assert all(md["status"] == "ok" for md in ar.metadata)
+        with open(log_path) as f:
+            assert "unexpected first message" not in f.read()
+    finally:
+        joining.kill()
+        joining.wait()
