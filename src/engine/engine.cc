@@ -257,14 +257,21 @@ struct Engine::Impl {
   void on_lost(const Status& why) {
     if (stopping) return;
     {
-      // The controller has failed (or, after a restart, lost) the running task: its result
-      // has nowhere to go, and the engine should be free for new work when it is back.
+      // The controller has failed (or, after a restart, lost) the running task and the tasks
+      // sent ahead of it: their results have nowhere to go (a controller ignores replies to
+      // tasks it does not hold), and the engine should be free for new work when it is back.
       std::lock_guard lock(running_mutex);
       if (running_task != 0) {
         LOG_WARN("engine") << "interrupting task " << running_task << ": its controller connection is gone";
         runtime->interrupt();
       }
     }
+    std::size_t dropped = 0;
+    {
+      std::lock_guard lock(mutex);
+      dropped = std::erase_if(work, [](const Work& w) { return std::holds_alternative<wire::Message>(w); });
+    }
+    if (dropped) LOG_WARN("engine") << "dropped " << dropped << " task(s) sent ahead: their controller connection is gone";
     LOG_WARN("engine") << "lost the controller: " << why.message();
   }
 
