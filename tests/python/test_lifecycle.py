@@ -14,7 +14,7 @@ import cloudpickle
 import pytest
 
 import testudo
-from conftest import TESTUDO_BIN, pid_gone, wait_until
+from conftest import TESTUDO_BIN, kill_processes, pid_gone, wait_until
 
 # The task functions below travel by value: engines cannot import this module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -341,7 +341,7 @@ def test_tasks_sent_ahead_are_dropped_when_the_controller_goes(own_cluster, tmp_
             assert "does not hold" not in f.read()
     finally:
         rc.close()
-        restarted.kill()
+        kill_processes(c)  # the cluster's `stop` would wait for the controller it started
         restarted.wait()
 
 
