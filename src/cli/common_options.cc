@@ -40,6 +40,7 @@ CLI::Validator seconds_validator(bool allow_zero) {
 
 CLI::Validator positive_seconds() { return seconds_validator(false); }
 CLI::Validator non_negative_seconds() { return seconds_validator(true); }
+std::chrono::milliseconds seconds(double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); }
 
 void CommonOptions::add_to(CLI::App& app) {
   app.add_option("--profile", profile, "Profile name: files live in $TESTUDO_HOME/profile_<name>")

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -31,6 +32,8 @@ std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv);
 // above 0, not '-5'"): zero and negative durations are mistakes, not "no limit" or "at once".
 CLI::Validator positive_seconds();
 CLI::Validator non_negative_seconds();
+// A duration option's seconds as milliseconds.
+std::chrono::milliseconds seconds(double s);
 
 struct CommonOptions {
   std::string profile = "default";  // files live in $TESTUDO_HOME/profile_<name>

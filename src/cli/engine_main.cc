@@ -93,8 +93,8 @@ int engine_main(int argc, char** argv) {
     if (eq == std::string::npos || eq == 0) return fail(invalid_argument("--tag takes k=v, got '" + tag + "'"));
     eopts.tags.emplace_back(tag.substr(0, eq), tag.substr(eq + 1));
   }
-  eopts.reconnect_give_up = std::chrono::milliseconds(static_cast<long long>(give_up_s * 1000));
-  eopts.controller_timeout = std::chrono::milliseconds(static_cast<long long>(controller_timeout_s * 1000));
+  eopts.reconnect_give_up = seconds(give_up_s);
+  eopts.controller_timeout = seconds(controller_timeout_s);
   // Heartbeats go out several times per timeout, at most once a second.
   eopts.heartbeat_interval = std::min(eopts.heartbeat_interval, eopts.controller_timeout / 4);
   if (eopts.connection_file.empty()) eopts.connection_file = profile_paths(common.profile).engine_connection_file;

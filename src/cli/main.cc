@@ -39,8 +39,6 @@ namespace {
 
 int fail(const Status& st) { return report_failure("testudo", st); }
 
-std::chrono::milliseconds seconds(double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); }
-
 struct ClientArgs {
   std::string file;
   std::string targets = "all";

@@ -2,8 +2,7 @@
 
 namespace testudo::controller {
 
-ByteBudget::ByteBudget(ByteLimits limits, std::function<void()> on_room)
-    : limits_(limits), counters_(std::make_shared<Counters>()) {
+ByteBudget::ByteBudget(ByteLimits limits, std::function<void()> on_room) : counters_(std::make_shared<Counters>()) {
   counters_->on_room = std::move(on_room);
   counters_->limits = limits;
 }
@@ -49,7 +48,7 @@ std::vector<SharedBytes> ByteBudget::charge(std::uint32_t client, std::vector<Sh
 }
 
 bool ByteBudget::over_limit(std::uint32_t client) const {
-  return held(client) > limits_.per_client || counters_->total > limits_.total;
+  return held(client) > counters_->limits.per_client || counters_->total > counters_->limits.total;
 }
 
 std::uint64_t ByteBudget::held(std::uint32_t client) const {

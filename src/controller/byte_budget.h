@@ -45,7 +45,7 @@ class ByteBudget {
   bool over_limit(std::uint32_t client) const;
   std::uint64_t held(std::uint32_t client) const;
   std::uint64_t held_total() const;
-  const ByteLimits& limits() const { return limits_; }
+  const ByteLimits& limits() const { return counters_->limits; }
   // No more on_room calls (the owner is going away; charged bytes may still be released).
   void detach();
 
@@ -57,7 +57,6 @@ class ByteBudget {
     ByteLimits limits;
     void release(std::uint32_t client, std::uint64_t bytes);
   };
-  ByteLimits limits_;
   std::shared_ptr<Counters> counters_;
 };
 

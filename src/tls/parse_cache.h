@@ -15,6 +15,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string_view>
 #include <utility>
 
@@ -32,9 +33,11 @@ class ParseCache {
 
   explicit ParseCache(std::size_t capacity) : capacity_(capacity) {}
 
-  // A new reference to the object parsed from `pem`, or null if none is cached.
-  Ptr find(std::string_view pem) {
-    const Digest key = digest_of(pem);
+  using Key = std::array<std::byte, 32>;  // the SHA-256 of a PEM
+  static Key key_of(std::string_view pem) { return crypto::sha256(std::as_bytes(std::span(pem.data(), pem.size()))); }
+
+  // A new reference to the object parsed from the PEM whose key this is, or null.
+  Ptr find(const Key& key) {
     std::lock_guard lock(mu_);
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
       if (it->first != key) continue;
@@ -46,11 +49,10 @@ class ParseCache {
     return nullptr;
   }
 
-  // Keeps a reference to `object`, parsed from `pem`.
-  void keep(std::string_view pem, T* object) {
+  // Keeps a reference to `object`, parsed from the PEM whose key this is.
+  void keep(const Key& key, T* object) {
     if (UpRef(object) != 1) return;
     Ptr held(object);
-    const Digest key = digest_of(pem);
     std::lock_guard lock(mu_);
     for (const auto& entry : entries_) {
       if (entry.first == key) return;  // another thread parsed it meanwhile
@@ -60,14 +62,9 @@ class ParseCache {
   }
 
  private:
-  using Digest = std::array<std::byte, 32>;
-  static Digest digest_of(std::string_view pem) {
-    return crypto::sha256(std::as_bytes(std::span(pem.data(), pem.size())));
-  }
-
   const std::size_t capacity_;
   std::mutex mu_;
-  std::list<std::pair<Digest, Ptr>> entries_;  // guarded by mu_
+  std::list<std::pair<Key, Ptr>> entries_;  // guarded by mu_
 };
 
 }  // namespace testudo::tls::internal

@@ -537,24 +537,26 @@ ParseCache<EVP_PKEY, EVP_PKEY_up_ref, EVP_PKEY_free>& private_key_cache() {
 
 StatusOr<X509Ptr> parse_certificate(std::string_view cert_pem) {
   if (cert_pem.size() > kMaxPemBytes) return invalid_argument("certificate PEM is too large");
-  if (auto cached = certificate_cache().find(cert_pem)) return X509Ptr(cached.release());
+  const auto key = certificate_cache().key_of(cert_pem);
+  if (auto cached = certificate_cache().find(key)) return X509Ptr(cached.release());
   BioPtr bio = mem_bio(cert_pem);
   if (!bio) return openssl_error_as(StatusCode::kInternal, "cannot allocate a memory BIO");
   X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr));
   if (!cert) return openssl_error_as(StatusCode::kInvalidArgument, "cannot parse certificate PEM");
-  certificate_cache().keep(cert_pem, cert.get());
+  certificate_cache().keep(key, cert.get());
   return cert;
 }
 
 StatusOr<PkeyPtr> parse_private_key(std::string_view key_pem) {
   if (key_pem.size() > kMaxPemBytes) return invalid_argument("private key PEM is too large");
-  if (auto cached = private_key_cache().find(key_pem)) return PkeyPtr(cached.release());
+  const auto key_id = private_key_cache().key_of(key_pem);
+  if (auto cached = private_key_cache().find(key_id)) return PkeyPtr(cached.release());
   BioPtr bio = mem_bio(key_pem);
   if (!bio) return openssl_error_as(StatusCode::kInternal, "cannot allocate a memory BIO");
   PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_password, nullptr));
   // The error text names the failing decoder only, never key material.
   if (!key) return openssl_error_as(StatusCode::kInvalidArgument, "cannot parse private key PEM");
-  private_key_cache().keep(key_pem, key.get());
+  private_key_cache().keep(key_id, key.get());
   return key;
 }
 
