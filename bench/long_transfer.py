@@ -68,14 +68,15 @@ def main():
         t0 = time.monotonic()
         view.push({"big": value}, block=True)
         push_s = time.monotonic() - t0
-        print(f"push: {push_s:.1f} s ({args.size_mb / push_s:.0f} MiB/s)", flush=True)
+        print(f"push: {push_s:.1f} s ({args.size_mb / push_s:.0f} MiB/s); "
+              f"controller peak RSS so far: {peak_rss_mib(cluster.controller_pid):.0f} MiB", flush=True)
         t0 = time.monotonic()
         back = view.pull("big", block=True)
         pull_s = time.monotonic() - t0
         print(f"pull: {pull_s:.1f} s ({args.size_mb / pull_s:.0f} MiB/s)")
         same = bool(numpy.array_equal(back, value))
         print(f"value back intact: {same}")
-        print(f"controller peak RSS: {peak_rss_mib(cluster.controller_pid):.0f} MiB")
+        print(f"controller peak RSS after the pull: {peak_rss_mib(cluster.controller_pid):.0f} MiB")
         log = open(cluster.path("log", "controller.log"), errors="replace").read()
         dropped = len(re.findall(r"engine \d+ disconnected", log))
         for line in log.splitlines():

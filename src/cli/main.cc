@@ -442,6 +442,11 @@ int main(int argc, char** argv) {
                 "The same for all clients together")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  c->add_option("--relay-from-bytes", copts.relay_from_bytes,
+                "A direct request to engines that can take it now, with at least this many bytes after its "
+                "first part (a large push or apply argument), is forwarded while it arrives: the controller holds "
+                "an 8 MiB window of it, not all of it (0: receive every request whole first)")
+      ->capture_default_str();
   c->add_option("--trust", copts.trust,
                 "Who may connect: manual (keys in security/trust/), learn (unknown keys wait for `testudo keys "
                 "accept`), ca (certificates signed by --cafile)")
@@ -538,7 +543,8 @@ int main(int argc, char** argv) {
       {"--trust", ""}, {"--policy", ""}, {"--users", ""}, {"--cafile", ""}, {"--crlfile", ""}, {"--audit-log", ""},
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
-      {"--service-principal", ""}, {"--max-message-bytes", ""}, {"--client-queue-bytes", ""}, {"--queue-bytes", ""}};
+      {"--service-principal", ""}, {"--max-message-bytes", ""}, {"--client-queue-bytes", ""}, {"--queue-bytes", ""},
+      {"--relay-from-bytes", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }

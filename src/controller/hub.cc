@@ -70,6 +70,9 @@ void Hub::accept(std::shared_ptr<net::Connection> connection) {
   peer.connection->start({
       [this, serial](wire::Message&& m) { on_message(serial, std::move(m)); },
       [this, serial](const Status& reason) { on_close(serial, reason); },
+      [this, serial](const wire::Message& first, std::span<const std::uint64_t> sizes) {
+        return offer_stream(serial, first, sizes);
+      },
   });
 }
 
@@ -162,6 +165,7 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
   } else {
     peers_.admit_client(peer);
     welcome.envelope.client_id = peer.id;
+    peer.connection->offer_streams(options_.relay_from_bytes);
   }
   // The identity is its key (TLS proved the peer holds it): a client's results are its.
   peer.identity = std::move(admitted.identity);

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,7 @@
 #include "controller/reports.h"
 #include "controller/scheduler.h"
 #include "controller/stored_results.h"
+#include "controller/streamed_request.h"
 #include "net/net.h"
 
 namespace testudo::controller {
@@ -46,6 +48,11 @@ struct HubOptions {
   // Bytes of requests the controller may hold per client and in all before it stops reading
   // from the clients over them (byte_budget.h).
   ByteLimits queue_limits;
+  // A direct request with at least this many bytes after its first segment is forwarded to
+  // its engines while it arrives (streamed_request.h), holding at most `relay_window_bytes` of
+  // it here, when its engines can take it at once; 0: every request is received whole first.
+  std::uint64_t relay_from_bytes = 16u << 20;
+  std::uint64_t relay_window_bytes = 8u << 20;
   SchedulerOptions scheduler;
   // Seeds the scheduler's random choices (random and twobin schemes).
   std::uint64_t random_seed = 0;
@@ -114,7 +121,14 @@ class Hub : private SchedulerSink {
   void renew_login(Peer& client, const wire::Message& message);
 
   // --- requests and replies (hub_routing.cc) ---
-  void route_request(Peer& client, wire::Message&& message);
+  // `streamed`: the request's segments after the first are still arriving (offer_stream).
+  void route_request(Peer& client, wire::Message&& message, std::shared_ptr<StreamedRequest> streamed = nullptr);
+  // A client's large request, offered by its connection once the first segment is in: a sink
+  // that relays the rest to its engines as it arrives, or null to receive it whole first.
+  std::shared_ptr<wire::StreamSink> offer_stream(std::uint64_t serial, const wire::Message& first,
+                                                 std::span<const std::uint64_t> sizes);
+  // The client of a relayed request went away before its end: its tasks never ran.
+  void relay_abandoned(const Status& why, const StreamedRequest::Tasks& tasks);
   void route_reply(Peer& engine, wire::Message&& message);
   void route_output(Peer& engine, wire::Message&& message);
   void acknowledge(Peer& client, std::uint64_t request_id, std::vector<TaskId> ids);
@@ -179,6 +193,7 @@ class Hub : private SchedulerSink {
   bool erase_armed_ = false;
   std::set<std::uint32_t> paused_clients_;
   std::uint64_t pauses_ = 0;  // times a client was paused, since the start
+  std::uint64_t relayed_ = 0;  // requests relayed while they arrived, since the start
   // Last: destroyed (and detached) first, so that the segments the other members still hold
   // are released without calling back into a hub being destroyed.
   ByteBudget budget_;

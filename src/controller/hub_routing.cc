@@ -75,7 +75,52 @@ std::vector<SharedBytes> sealed_part(const std::vector<SharedBytes>& segments, s
 
 }  // namespace
 
-void Hub::route_request(Peer& client, wire::Message&& m) {
+std::shared_ptr<wire::StreamSink> Hub::offer_stream(std::uint64_t serial, const wire::Message& first,
+                                                    std::span<const std::uint64_t> sizes) {
+  Peer* found = peers_.find(serial);
+  if (!found || !found->admitted || !found->connection->is_open() || stopping_ || relay_tap()) return nullptr;
+  Peer& client = *found;
+  const wire::Envelope& req = first.envelope;
+  const bool request = req.kind == MessageKind::kExecute || req.kind == MessageKind::kPush ||
+                       req.kind == MessageKind::kApply;
+  // Anything else is received whole and judged by on_message as usual. A sealed request to
+  // several engines holds one part per engine, each part its own segments: not relayed.
+  if (!request || !wire::is_allowed_after_auth(client.role, req.kind) || req.load_balanced() ||
+      req.targets.empty() || (req.sealed() && req.targets.size() != 1)) {
+    return nullptr;
+  }
+  // Every target takes it now, and none is already relaying another (streamed_request.h).
+  std::set<std::uint32_t> distinct;
+  for (std::uint32_t target : req.targets) {
+    Peer* engine = peers_.engine(target);
+    if (!distinct.insert(target).second || !engine || engine->connection->sending_stream() ||
+        !scheduler_.sends_direct_now(target)) {
+      return nullptr;
+    }
+  }
+  auto streamed = std::make_shared<StreamedRequest>(
+      std::vector<std::uint64_t>(sizes.begin(), sizes.end()), options_.relay_window_bytes,
+      [this](const Status& why, const StreamedRequest::Tasks& tasks) { relay_abandoned(why, tasks); });
+  client.last_seen = clock_.now();
+  wire::Message m;
+  m.envelope = req;
+  m.segments = budget_.charge(client.id, first.segments);  // the first segment; the rest is windowed
+  ++relayed_;
+  route_request(client, std::move(m), streamed);
+  if (budget_.over_limit(client.id) && client.connection->is_open()) pause_client(client);
+  // Also when nothing was dispatched (refused): the rest is read and dropped as it arrives.
+  return streamed;
+}
+
+void Hub::relay_abandoned(const Status& why, const StreamedRequest::Tasks& tasks) {
+  const std::string text = "the request never arrived whole (" + why.message() + "); it never ran";
+  for (const auto& [id, engine] : tasks) {
+    // Its engine drops the message unread and will not answer: the task ends here.
+    if (auto task = scheduler_.finished(id, engine, false, clock_.now())) fail(id, *task, TaskFailure::kAborted, text);
+  }
+}
+
+void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<StreamedRequest> streamed) {
   const wire::Envelope& req = m.envelope;
   const bool balanced = req.load_balanced();
   if (stopping_) {
@@ -138,6 +183,7 @@ void Hub::route_request(Peer& client, wire::Message&& m) {
   spec.kind = req.kind;
   spec.flags = req.forwarded_flags();
   spec.body = std::move(m.segments);  // shared by every task of this request, not copied
+  spec.streamed = std::move(streamed);
   const auto now = clock_.now();
   if (!balanced) {
     // The ids go out before the tasks are submitted: submit() may already answer a task
@@ -224,7 +270,14 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
     for (const auto& [engine_id, peer] : peers_.engines()) facts.engines.push_back(engine_id);
     extras = tap->to_engine(forward, facts);
   }
-  e->connection->send(std::move(forward));
+  if (task.streamed) {
+    // offer_stream made sure this runs within submit(), before any later part arrived.
+    if (!task.streamed->forward_to(*e->connection, std::move(forward), id, engine)) {
+      LOG_ERROR("hub") << "task " << id << ": a relayed request was dispatched after its parts began to pass";
+    }
+  } else {
+    e->connection->send(std::move(forward));
+  }
   for (auto& extra : extras) {
     if (Peer* to = peers_.engine(extra.engine)) to->connection->send(std::move(extra.message));
   }

@@ -378,6 +378,112 @@ TEST_F(HubTest, TheTotalByteBudgetPausesEveryClientThatSends) {
   EXPECT_FALSE(other->paused);
 }
 
+// Relaying: a large direct push whose engines can take it now is forwarded while it arrives:
+// the engine's connection gets the head and first segment at once and each part as the client's
+// connection hands it over; the client's connection is held back while the window is full.
+TEST_F(HubTest, ALargeDirectRequestIsRelayedToItsEnginesAsItArrives) {
+  HubOptions options;
+  options.relay_from_bytes = 1000;
+  options.relay_window_bytes = 3000;
+  start(options);
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  EXPECT_EQ(c->stream_offers_from, 1000u);
+  EXPECT_EQ(e0->stream_offers_from, 0u) << "only clients' requests are relayed";
+  wire::Message first = request(MessageKind::kPush, 7, {0, 1}, "names");
+  const std::vector<std::uint64_t> sizes{5, 4000};
+  auto sink = c->offer(first, sizes);
+  ASSERT_NE(sink, nullptr);
+  for (auto* e : {e0.get(), e1.get()}) {
+    ASSERT_EQ(e->streams.size(), 1u);
+    const wire::Message& started = e->sent.at(e->streams[0].first);
+    EXPECT_EQ(started.envelope.kind, MessageKind::kPush);
+    EXPECT_EQ(started.segments.at(0).to_string(), "names");
+    EXPECT_EQ(e->streams[0].second->sizes(), sizes);
+    EXPECT_TRUE(e->sending_stream());
+  }
+  sink->chunk(1, SharedBytes::copy_of(std::string(2000, 'a')));
+  EXPECT_FALSE(sink->backlogged());
+  sink->chunk(1, SharedBytes::copy_of(std::string(1500, 'b')));
+  EXPECT_TRUE(sink->backlogged()) << "3500 bytes held for the engines, over the 3000-byte window";
+  bool room = false;
+  sink->when_room([&] { room = true; });
+  auto& parts0 = e0->streams[0].second->parts();
+  auto& parts1 = e1->streams[0].second->parts();
+  ASSERT_EQ(parts0.size(), 2u);
+  EXPECT_EQ(parts0[1].to_string(), std::string(1500, 'b'));
+  parts0.clear();
+  EXPECT_FALSE(room) << "the slowest engine sets the pace";
+  parts1.clear();
+  EXPECT_TRUE(room);
+  sink->chunk(1, SharedBytes::copy_of(std::string(500, 'c')));
+  sink->end();
+  EXPECT_EQ(e0->streams[0].second->state(), net::OutgoingStream::State::kFinished);
+  EXPECT_FALSE(e1->sending_stream());
+  // The engines answer as for any request.
+  const wire::Message started0 = e0->sent.at(e0->streams[0].first);
+  e0->deliver(engine_reply(started0, "pushed"));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kOk);
+  EXPECT_EQ(replies[0].envelope.request_id, 7u);
+}
+
+// Relayed only where order and pace allow: not a load-balanced or small request, not to an
+// engine with direct tasks waiting or already relaying, not a target named twice, not a sealed
+// request split among engines. Those are received whole, as before.
+TEST_F(HubTest, ARequestIsReceivedWholeWhenItsEnginesCannotTakeItNow) {
+  HubOptions options;
+  options.relay_from_bytes = 1000;
+  start(options);
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  const std::vector<std::uint64_t> sizes{4, 5000};
+  wire::Message lb = balanced(1);
+  EXPECT_EQ(c->offer(lb, sizes), nullptr);
+  EXPECT_EQ(c->offer(request(MessageKind::kPush, 2, {0, 0}), sizes), nullptr);
+  EXPECT_EQ(c->offer(request(MessageKind::kPull, 3, {0}), sizes), nullptr);
+  wire::Message sealed = request(MessageKind::kPush, 4, {0, 1});
+  sealed.envelope.set_sealed(true);
+  EXPECT_EQ(c->offer(sealed, std::vector<std::uint64_t>{4, 2500, 4, 2500}), nullptr);
+  EXPECT_TRUE(e0->streams.empty());
+  ASSERT_NE(c->offer(request(MessageKind::kPush, 5, {0}), sizes), nullptr);
+  EXPECT_EQ(c->offer(request(MessageKind::kPush, 6, {0, 1}), sizes), nullptr) << "engine 0 is relaying";
+  // Engine 1 busy with direct tasks beyond its window: a new one would wait here, so not relayed.
+  for (std::uint64_t r = 10; r < 14; ++r) c->deliver(request(MessageKind::kExecute, r, {1}));
+  EXPECT_EQ(c->offer(request(MessageKind::kPush, 7, {1}), sizes), nullptr);
+}
+
+// The client goes away halfway: the engine is told to drop the message (it never ran), the
+// task ends as aborted with a reason, and the engine takes the next task.
+TEST_F(HubTest, ARelayedRequestWhoseClientLeavesHalfwayIsAbandonedAndRecorded) {
+  HubOptions options;
+  options.relay_from_bytes = 1000;
+  start(options);
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  auto sink = c->offer(request(MessageKind::kPush, 7, {0}, "names"), std::vector<std::uint64_t>{5, 4000});
+  ASSERT_NE(sink, nullptr);
+  const TaskId id = e0->sent.at(e0->streams.at(0).first).envelope.task_id;
+  sink->chunk(1, SharedBytes::copy_of(std::string(1000, 'a')));
+  sink->abandon(unavailable("connection closed"));
+  EXPECT_EQ(e0->streams[0].second->state(), net::OutgoingStream::State::kAbandoned);
+  EXPECT_EQ(hub_->tasks_in_flight(), 0u);
+  auto reply = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(reply.size(), 1u);
+  EXPECT_EQ(status_of(reply[0]), Outcome::kAborted);
+  EXPECT_NE(reply[0].envelope.text.find("never arrived whole"), std::string::npos) << reply[0].envelope.text;
+  auto other = join("client:alice");
+  other->deliver(control(MessageKind::kGetResult, 9, {id}));
+  auto stored = other->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(status_of(stored[0]), Outcome::kAborted);
+  other->deliver(request(MessageKind::kExecute, 10, {0}));
+  EXPECT_EQ(e0->sent_of(MessageKind::kExecute).size(), 1u);
+}
+
 TEST_F(HubTest, ARequestThePolicyDeniesIsAnsweredAndAuditedAndNothingRuns) {
   auto e0 = join("engine:e0");
   auto bob = join("client:bob");  // not an owner; the built-in policy allows him nothing

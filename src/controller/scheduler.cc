@@ -206,6 +206,11 @@ bool Scheduler::balanced_room(const Engine& e) const {
   return limit == 0 || e.running_balanced < limit;
 }
 
+bool Scheduler::sends_direct_now(EngineId engine) const {
+  auto e = engines_.find(engine);
+  return e != engines_.end() && e->second.direct.empty() && direct_room(e->second);
+}
+
 bool Scheduler::direct_room(const Engine& e) const {
   const std::uint32_t limit = options_.direct_window == kAdaptiveWindow ? e.window : options_.direct_window;
   return e.running.size() - e.running_balanced < limit;

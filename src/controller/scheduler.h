@@ -85,6 +85,8 @@ enum class TaskFailure {
   kShuttingDown,
 };
 
+class StreamedRequest;  // streamed_request.h
+
 struct TaskSpec {
   std::uint32_t client_id = 0;
   std::uint64_t request_id = 0;
@@ -99,6 +101,9 @@ struct TaskSpec {
   wire::DependencyRule after_rule;     // default: all of them, succeeded
   wire::DependencyRule follow_rule;
   std::optional<std::chrono::milliseconds> timeout;  // for dependencies to be met
+  // A direct request relayed while it arrives (streamed_request.h): `body` is its first
+  // segment only; dispatch starts the message on the engine's connection through this.
+  std::shared_ptr<StreamedRequest> streamed;
 };
 
 // Where the scheduler's decisions go.
@@ -123,6 +128,9 @@ class Scheduler {
   void set_next_id(TaskId first) { next_id_ = std::max(next_id_, first); }
   // Accepts a task; dispatches, queues or fails it at once. Returns its id.
   TaskId submit(TaskSpec task, SteadyClock::time_point now);
+  // Whether a direct task for `engine` with no dependencies, submitted now, is dispatched
+  // within submit() (the engine is registered, none of its direct tasks waits, it has room).
+  bool sends_direct_now(EngineId engine) const;
   // The engine's reply for `id` arrived at `now`. Returns the task (for routing its reply), or
   // nothing if it is not running on that engine (a late or forged reply, to be ignored).
   std::optional<TaskSpec> finished(TaskId id, EngineId engine, bool success, SteadyClock::time_point now);

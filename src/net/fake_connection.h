@@ -52,6 +52,19 @@ class FakeConnection final : public net::Connection {
   void send(wire::Message message) override {
     if (open_) sent.push_back(std::move(message));
   }
+  // A streamed message is kept in `sent` as `first` (its rest in `streams`, by the same index).
+  void send_streamed(wire::Message first, std::shared_ptr<net::OutgoingStream> rest) override {
+    if (!open_) return rest->detach();
+    sent.push_back(std::move(first));
+    streams.emplace_back(sent.size() - 1, std::move(rest));
+  }
+  bool sending_stream() const override {
+    for (const auto& [index, rest] : streams) {
+      if (rest->state() == net::OutgoingStream::State::kOpen) return true;
+    }
+    return false;
+  }
+  std::vector<std::pair<std::size_t, std::shared_ptr<net::OutgoingStream>>> streams;
   bool send_now(const wire::Message& message) override {
     if (!open_) return false;
     sent.push_back(message);
@@ -60,6 +73,7 @@ class FakeConnection final : public net::Connection {
   void close(const Status& reason) override {
     if (!open_) return;
     open_ = false;
+    for (auto& [index, rest] : streams) rest->detach();
     close_reason = reason;
     auto on_close = std::move(handlers_.on_close);
     handlers_ = {};
@@ -68,6 +82,14 @@ class FakeConnection final : public net::Connection {
   void close_after_flush(const Status& reason, std::chrono::milliseconds) override { close(reason); }
   bool is_open() const override { return open_; }
   void pause_reading(bool on) override { paused = on; }
+  void offer_streams(std::uint64_t min_rest_bytes) override { stream_offers_from = min_rest_bytes; }
+  std::uint64_t stream_offers_from = 0;
+  // The peer's side of offer_streams: what on_stream_offer answers for `first`.
+  std::shared_ptr<wire::StreamSink> offer(const wire::Message& first, std::span<const std::uint64_t> sizes) {
+    if (!open_ || !handlers_.on_stream_offer) return nullptr;
+    auto on_offer = handlers_.on_stream_offer;
+    return on_offer(first, sizes);
+  }
   bool paused = false;  // what pause_reading said last (deliver() ignores it)
   void set_limits(const wire::Limits& l) override { limits = l; }
   const std::string& peer_address() const override { return address_; }

@@ -234,11 +234,29 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     {
       std::lock_guard lock(mutex_);
       if (overtakes(message)) ++overtakers_queued_;
-      queue_.push_back(std::move(message));
+      queue_.push_back({std::move(message), nullptr});
     }
     start_writer();
     wake_writer();
   }
+
+  void send_streamed(wire::Message first, std::shared_ptr<OutgoingStream> rest) override {
+    if (!open_ || closing_) return rest->detach();
+    rest->set_wake([weak = weak_from_this()] {
+      if (auto self = weak.lock()) {
+        self->start_writer();
+        self->wake_writer();
+      }
+    });
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back({std::move(first), std::move(rest)});
+    }
+    ++streams_queued_;
+    start_writer();
+    wake_writer();
+  }
+  bool sending_stream() const override { return streams_queued_ > 0; }
 
   // Any thread. Encrypts and writes at once when nothing else is on its way out: no queued
   // message, no batch being written, no unsent ciphertext (so order with send() holds).
@@ -281,7 +299,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
 
   void close(const Status& reason) override {
     if (!open_) return;
-    std::deque<wire::Message> dropped;
+    std::deque<Outgoing> dropped;
     {
       std::lock_guard lock(mutex_);
       open_ = false;
@@ -292,6 +310,14 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     grace_timer_.cancel();
     wake_.cancel();
     resume_.cancel();
+    // Relayed messages: what their producers push from now on goes nowhere; a message being
+    // read for a relay is abandoned (its receivers drop it).
+    for (Outgoing& entry : dropped) {
+      if (entry.rest) entry.rest->detach();
+    }
+    if (stream_being_sent_) stream_being_sent_->detach();
+    streams_queued_ = 0;
+    assembler_.abandon_stream(reason);
     dropped.clear();
     // close() may run inside on_message: keep that handler alive until it returns and drop
     // the handlers (and whatever they captured) afterwards.
@@ -323,6 +349,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     paused_ = paused;
     if (!paused) resume_.cancel();  // wakes the reader if it waits
   }
+  void offer_streams(std::uint64_t min_rest_bytes) override { assembler_.offer_streams(min_rest_bytes); }
   void set_limits(const wire::Limits& limits) override { assembler_.set_limits(limits); }
   const std::string& peer_address() const override { return peer_; }
   std::uint64_t bytes_received() const override { return bytes_received_; }
@@ -395,11 +422,23 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   }
 
   // Messages are handed over as their last frame arrives; an overtaking one arrives in the
-  // middle of the message it overtook. A pause takes effect between messages.
+  // middle of the message it overtook. A pause takes effect between messages; a relayed
+  // message's backlog (its sink's) holds the reader between frames.
   static asio::awaitable<void> read_loop(std::shared_ptr<TlsConnection> self) {
     while (self->open_) {
       if (self->paused_ && !self->assembler_.in_message()) {
         co_await self->resume_.async_wait(kAsTuple);  // cancelled by pause_reading(false) or close()
+        continue;
+      }
+      if (wire::StreamSink* sink = self->assembler_.stream(); sink && sink->backlogged()) {
+        self->room_ = false;
+        sink->when_room([weak = std::weak_ptr<TlsConnection>(self)] {
+          if (auto c = weak.lock()) {
+            c->room_ = true;
+            c->resume_.cancel();
+          }
+        });
+        if (!self->room_) co_await self->resume_.async_wait(kAsTuple);  // or close()
         continue;
       }
       auto m = co_await self->read_frame();
@@ -409,6 +448,13 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
         break;
       }
       if (*m && self->handlers_.on_message) self->handlers_.on_message(std::move(**m));
+      if (const wire::Message* first = self->assembler_.offer()) {
+        std::shared_ptr<wire::StreamSink> sink;
+        if (self->handlers_.on_stream_offer) sink = self->handlers_.on_stream_offer(*first, self->assembler_.offer_sizes());
+        self->assembler_.answer_offer(std::move(sink));
+        // Closed by the handler: nothing more arrives for the sink.
+        if (!self->open_) self->assembler_.abandon_stream(unavailable("connection closed"));
+      }
     }
   }
 
@@ -423,11 +469,11 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     if (writer_waiting_) wake_.cancel();
   }
 
-  enum class WriteStep { kFlush, kBatch, kClose, kWait };
+  enum class WriteStep { kFlush, kBatch, kStream, kClose, kWait };
   WriteStep next_write_step() {
     std::lock_guard lock(mutex_);
     if (ts_->has_output()) return WriteStep::kFlush;  // first: e.g. what a partial send_now left
-    if (!queue_.empty()) return WriteStep::kBatch;
+    if (!queue_.empty()) return queue_.front().rest ? WriteStep::kStream : WriteStep::kBatch;
     if (closing_) return WriteStep::kClose;
     ts_->session->trim_output(kIdleOutCapacity);
     return WriteStep::kWait;
@@ -442,6 +488,8 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
         st = co_await flush_out(*c.ts_, &c.mutex_);
       } else if (next == WriteStep::kBatch) {
         st = co_await c.write_batch();
+      } else if (next == WriteStep::kStream) {
+        st = co_await c.write_stream();
       } else if (next == WriteStep::kClose) {
         c.close(c.close_reason_);
         break;
@@ -490,15 +538,17 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     return total;
   }
 
-  // Moves queued messages (up to about kBatchBytes) into batch_ and marks a write in progress.
+  // Moves queued messages (up to about kBatchBytes, up to a streamed one) into batch_ and marks
+  // a write in progress.
   void take_batch() {
     std::lock_guard lock(mutex_);
     writing_ = true;
     std::size_t bytes = 0;
-    while (!queue_.empty() && bytes < kBatchBytes) {
-      bytes += approximate_bytes(queue_.front());
-      if (overtakers_queued_ > 0 && overtakes(queue_.front())) --overtakers_queued_;
-      batch_.push_back(std::move(queue_.front()));  // keeps referenced segments alive
+    while (!queue_.empty() && !queue_.front().rest && bytes < kBatchBytes) {
+      const wire::Message& m = queue_.front().message;
+      bytes += approximate_bytes(m);
+      if (overtakers_queued_ > 0 && overtakes(m)) --overtakers_queued_;
+      batch_.push_back(std::move(queue_.front().message));  // keeps referenced segments alive
       queue_.pop_front();
     }
   }
@@ -522,11 +572,11 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     if (overtakers_queued_ == 0) return ok_status();
     std::vector<std::byte> plain;
     for (auto it = queue_.begin(); it != queue_.end();) {
-      if (!overtakes(*it)) {
+      if (it->rest || !overtakes(it->message)) {
         ++it;
         continue;
       }
-      encode_copy(*it, plain, /*overtaking=*/true);
+      encode_copy(it->message, plain, /*overtaking=*/true);
       it = queue_.erase(it);
     }
     overtakers_queued_ = 0;
@@ -578,6 +628,98 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     co_return st;
   }
 
+  // Encrypts `bytes` kWriteChunk at a time, sending the ciphertext whenever a chunk's worth waits.
+  asio::awaitable<Status> encrypt_and_send(std::span<const std::byte> bytes) {
+    while (!bytes.empty()) {
+      if (!open_) co_return unavailable("connection closed");
+      const std::size_t n = std::min(bytes.size(), kWriteChunk);
+      bool full = false;
+      Status st = encrypt(bytes.data(), n, full);
+      if (!st.ok()) co_return st;
+      bytes = bytes.subspan(n);
+      if (full) {
+        st = co_await flush_out(*ts_, &mutex_);
+        if (!st.ok()) co_return st;
+      }
+    }
+    co_return ok_status();
+  }
+  // Encrypts the queued overtakers and sends what is encrypted.
+  asio::awaitable<Status> send_overtakers() {
+    bool full = false;
+    Status st = encrypt_overtakers(full);
+    if (!st.ok()) co_return st;
+    co_return co_await flush_out(*ts_, &mutex_);
+  }
+
+  // The message at the front of the queue, whose segments after the first still arrive
+  // (send_streamed): its head and first segment, then each part as it is pushed, one data frame
+  // per part, with overtakers between frames. While no part is there, what is encrypted is
+  // sent, overtakers go out, and the writer waits for the producer. Everything queued behind
+  // it waits (a streamed message keeps its place in the order).
+  asio::awaitable<Status> write_stream() {
+    Outgoing entry;
+    {
+      std::lock_guard lock(mutex_);
+      writing_ = true;
+      entry = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    stream_being_sent_ = entry.rest;
+    OutgoingStream& rest = *entry.rest;
+    std::vector<std::byte> first;
+    {
+      auto append = [&first](std::span<const std::byte> bytes) { first.insert(first.end(), bytes.begin(), bytes.end()); };
+      std::vector<std::byte> head = wire::encode_head_sized(entry.message.envelope, rest.sizes());
+      append(wire::encode_frame_header({wire::FrameType::kHead, static_cast<std::uint32_t>(head.size())}));
+      append(head);
+      const std::size_t frame = wire::Limits{}.max_frame_bytes;
+      for (const SharedBytes& seg : entry.message.segments) {
+        for (std::size_t off = 0; off < seg.size(); off += frame) {
+          const std::size_t len = std::min(frame, seg.size() - off);
+          append(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len)}));
+          append(seg.span().subspan(off, len));
+        }
+      }
+    }
+    Status st = co_await encrypt_and_send(first);
+    first = {};
+    while (st.ok() && open_) {
+      if (!rest.parts().empty()) {
+        SharedBytes part = std::move(rest.parts().front());
+        rest.parts().pop_front();
+        const auto header = wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(part.size())});
+        st = co_await encrypt_and_send(header);
+        if (st.ok()) st = co_await encrypt_and_send(part.span());
+        part = {};  // its bytes are ciphertext now: the producer's window has room again
+        if (st.ok()) st = co_await send_overtakers();
+        continue;
+      }
+      if (rest.state() == OutgoingStream::State::kFinished) break;
+      if (rest.state() == OutgoingStream::State::kAbandoned) {
+        const auto header = wire::encode_frame_header({wire::FrameType::kData, 0, false, /*abandons=*/true});
+        st = co_await encrypt_and_send(header);
+        break;
+      }
+      st = co_await flush_out(*ts_, &mutex_);
+      if (st.ok()) st = co_await send_overtakers();
+      if (!st.ok() || !open_ || !rest.parts().empty() || rest.state() != OutgoingStream::State::kOpen) continue;
+      writer_waiting_ = true;
+      co_await wake_.async_wait(kAsTuple);  // cancelled by a push, finish, abandon, send() or close()
+      writer_waiting_ = false;
+    }
+    if (st.ok()) st = co_await flush_out(*ts_, &mutex_);
+    stream_being_sent_.reset();
+    if (streams_queued_ > 0) --streams_queued_;
+    set_writing(false);
+    co_return st;
+  }
+
+  struct Outgoing {
+    wire::Message message;
+    std::shared_ptr<OutgoingStream> rest;  // send_streamed: the segments after the first, arriving
+  };
+
   struct Piece {
     bool staged;
     std::size_t offset;  // into staging_ when staged, else the address of referenced bytes
@@ -599,7 +741,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   asio::steady_timer grace_timer_;
   std::uint64_t bytes_received_ = 0;
 
-  std::deque<wire::Message> queue_;  // guarded by mutex_
+  std::deque<Outgoing> queue_;  // guarded by mutex_
   std::size_t overtakers_queued_ = 0;  // messages in queue_ that overtakes(); guarded by mutex_
   bool writer_started_ = false;
   bool writer_waiting_ = false;
@@ -607,6 +749,9 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   asio::steady_timer wake_;  // never expires; cancelled to wake the writer
   bool paused_ = false;        // pause_reading
   asio::steady_timer resume_;  // never expires; cancelled to wake a paused reader
+  bool room_ = false;          // a relayed message's sink said it has room again (read_loop)
+  std::size_t streams_queued_ = 0;  // send_streamed entries queued or being written
+  std::shared_ptr<OutgoingStream> stream_being_sent_;
   std::vector<wire::Message> batch_;
   std::vector<std::byte> staging_;
   std::vector<Piece> pieces_;
@@ -673,6 +818,27 @@ EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {
   impl_->trim = every(std::chrono::milliseconds(100), [] { SharedBytes::trim_cache(std::chrono::milliseconds(200)); });
 }
 EventLoop::~EventLoop() = default;
+
+void OutgoingStream::push(SharedBytes part) {
+  if (detached_ || state_ != State::kOpen) return;
+  parts_.push_back(std::move(part));
+  if (wake_) wake_();
+}
+void OutgoingStream::finish() {
+  if (state_ != State::kOpen) return;
+  state_ = State::kFinished;
+  if (wake_) wake_();
+}
+void OutgoingStream::abandon() {
+  if (state_ != State::kOpen) return;
+  state_ = State::kAbandoned;
+  if (wake_) wake_();
+}
+void OutgoingStream::detach() {
+  detached_ = true;
+  parts_.clear();
+  wake_ = nullptr;
+}
 void EventLoop::run() { impl_->io.run(); }
 void EventLoop::stop() { impl_->io.stop(); }
 bool EventLoop::stopped() const { return impl_->io.stopped(); }

@@ -13,14 +13,17 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "base/clock.h"
 #include "testudo/status.h"
 #include "tls/tls.h"
+#include "wire/assembler.h"
 #include "wire/message.h"
 
 namespace testudo::net {
@@ -59,6 +62,41 @@ class EventLoop final : public Clock {
   std::unique_ptr<Impl> impl_;
 };
 
+// The segments after the first of a message that a relay sends while they still arrive
+// (Connection::send_streamed), in parts, as its reading side hands them on. The producer
+// pushes parts and then finishes or abandons; the sending connection takes them in order.
+// Loop thread only.
+class OutgoingStream {
+ public:
+  // `sizes`: of every segment of the message, the first included (its head announces them).
+  explicit OutgoingStream(std::vector<std::uint64_t> sizes) : sizes_(std::move(sizes)) {}
+  const std::vector<std::uint64_t>& sizes() const { return sizes_; }
+
+  // --- the producer's side
+  // The next part (the bytes of the segments after the first, in order). Dropped at once if
+  // the sending connection has closed.
+  void push(SharedBytes part);
+  void finish();   // every part has been pushed
+  void abandon();  // the message will never be complete: the receiver is told to drop it
+  // The sending connection closed: nothing pushed goes anywhere any more.
+  bool detached() const { return detached_; }
+
+  // --- the sending connection's side
+  enum class State { kOpen, kFinished, kAbandoned };
+  State state() const { return state_; }
+  std::deque<SharedBytes>& parts() { return parts_; }
+  // Called on push, finish and abandon (the connection wakes its writer).
+  void set_wake(std::function<void()> wake) { wake_ = std::move(wake); }
+  void detach();
+
+ private:
+  std::vector<std::uint64_t> sizes_;
+  std::deque<SharedBytes> parts_;
+  State state_ = State::kOpen;
+  bool detached_ = false;
+  std::function<void()> wake_;
+};
+
 // One authenticated-or-not TLS session with a peer. Handlers are called on the loop's
 // thread. After on_close has run once, no handler is called again and the connection drops
 // its handlers (so they may safely capture their owner).
@@ -67,6 +105,13 @@ class Connection {
   struct Handlers {
     std::function<void(wire::Message&&)> on_message;
     std::function<void(const Status& reason)> on_close;
+    // Relaying (offer_streams): a large message whose head and first segment are in (`first`;
+    // `sizes`: of all its segments). Return where the rest goes as it arrives, or null to have
+    // it delivered whole through on_message. While the sink is backlogged(), nothing more is
+    // read from this connection.
+    std::function<std::shared_ptr<wire::StreamSink>(const wire::Message& first,
+                                                    std::span<const std::uint64_t> sizes)>
+        on_stream_offer;
   };
 
   virtual ~Connection() = default;
@@ -77,6 +122,14 @@ class Connection {
   // Queues `message` for sending; messages go out in order, one write in flight. Sending on
   // a closed connection is a no-op.
   virtual void send(wire::Message message) = 0;
+  // Queues a message whose segments after the first are still arriving: `first` (envelope and
+  // first segment) goes out with a head announcing rest->sizes(), then rest's parts as they
+  // are pushed; messages queued later wait behind it, overtakers go between its frames. An
+  // abandoned rest ends it with an abandoning frame (wire/message.h). On a closed connection,
+  // or when it closes, rest is detached.
+  virtual void send_streamed(wire::Message first, std::shared_ptr<OutgoingStream> rest) = 0;
+  // Whether a streamed message is queued or being sent here.
+  virtual bool sending_stream() const = 0;
   // Thread-safe: the one member any thread may call, also while the loop's thread sends,
   // reads or closes the connection. If the connection is open and idle (no queued message, no
   // write in progress, no unsent bytes) and `message` is small (<= 256 KiB framed), encrypts
@@ -101,6 +154,9 @@ class Connection {
   // (the peer's further sends wait in TCP's buffers and then in its own queue); resuming reads
   // on. Sending is not affected.
   virtual void pause_reading(bool paused) = 0;
+  // Relaying: offer messages with at least this many bytes after their first segment to
+  // Handlers::on_stream_offer (0: never, the default).
+  virtual void offer_streams(std::uint64_t min_rest_bytes) = 0;
 
   virtual void set_limits(const wire::Limits& limits) = 0;
   virtual const std::string& peer_address() const = 0;  // "127.0.0.1:40112"

@@ -427,6 +427,148 @@ TEST_F(NetTest, APausedConnectionReadsNothingUntilResumed) {
   close_both();
 }
 
+// Relaying, the sending side: a streamed message goes out part by part as parts are pushed; a
+// heartbeat sent while it waits for parts overtakes it; a message sent after it keeps its place
+// behind it; the receiver gets the whole message, intact.
+TEST_F(NetTest, AStreamedMessageLeavesPartByPartAndArrivesWhole) {
+  std::vector<wire::Message> got;
+  const wire::Message whole = make_message(kLoop, 0, 3u << 20);  // segments of 3 MiB and 1 MiB
+  auto rest = std::make_shared<OutgoingStream>(std::vector<std::uint64_t>{whole.segments[0].size(), whole.segments[1].size()});
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [](const Status&) {}});
+    server_->start({[&](wire::Message&& m) { got.push_back(std::move(m)); }, [](const Status&) {}});
+    wire::Message first;
+    first.envelope = whole.envelope;
+    first.segments = {whole.segments[0]};
+    client_->send_streamed(std::move(first), rest);
+    EXPECT_TRUE(client_->sending_stream());
+    wire::Message execute;
+    execute.envelope.kind = wire::MessageKind::kExecute;
+    execute.segments.push_back(SharedBytes::copy_of(std::string_view("after")));
+    client_->send(std::move(execute));
+    rest->push(SharedBytes::copy_of(whole.segments[1].span().first(1000)));
+    wire::Message beat;
+    beat.envelope.kind = wire::MessageKind::kHeartbeat;
+    client_->send(std::move(beat));
+  });
+  ASSERT_TRUE(wait_for([&] { return got.size() == 1; }, 30s));
+  std::this_thread::sleep_for(100ms);
+  on_loop([&] {
+    ASSERT_EQ(got.size(), 1u) << "nothing but the heartbeat before the streamed message ends";
+    EXPECT_EQ(got[0].envelope.kind, wire::MessageKind::kHeartbeat);
+    const auto second = whole.segments[1].span();
+    for (std::size_t off = 1000; off < second.size(); off += 300'000) {
+      rest->push(SharedBytes::copy_of(second.subspan(off, std::min<std::size_t>(300'000, second.size() - off))));
+    }
+    rest->finish();
+  });
+  ASSERT_TRUE(wait_for([&] { return got.size() == 3; }, 30s));
+  on_loop([&] {
+    Receiver check;
+    check.take(got[1]);
+    EXPECT_EQ(check.error, "");
+    EXPECT_EQ(got[2].envelope.kind, wire::MessageKind::kExecute);
+    EXPECT_FALSE(client_->sending_stream());
+  });
+  close_both();
+}
+
+// An abandoned streamed message is dropped by the receiver, which reads on: the next message
+// arrives and the connection stays open. A stream sent on a closed connection is detached.
+TEST_F(NetTest, AnAbandonedStreamIsDroppedByTheReceiver) {
+  std::vector<wire::Message> got;
+  Status closed = ok_status();
+  auto rest = std::make_shared<OutgoingStream>(std::vector<std::uint64_t>{5, 1u << 20});
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [](const Status&) {}});
+    server_->start({[&](wire::Message&& m) { got.push_back(std::move(m)); }, [&](const Status& why) { closed = why; }});
+    wire::Message first;
+    first.envelope.kind = wire::MessageKind::kPush;
+    first.segments = {SharedBytes::copy_of(std::string_view("names"))};
+    client_->send_streamed(std::move(first), rest);
+    rest->push(SharedBytes::copy_of(std::string(4000, 'p')));
+    rest->abandon();
+    wire::Message execute;
+    execute.envelope.kind = wire::MessageKind::kExecute;
+    execute.segments.push_back(SharedBytes::copy_of(std::string_view("next")));
+    client_->send(std::move(execute));
+  });
+  ASSERT_TRUE(wait_for([&] { return !got.empty() || !closed.ok(); }, 30s));
+  on_loop([&] {
+    EXPECT_TRUE(closed.ok()) << closed.to_string();
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].envelope.kind, wire::MessageKind::kExecute);
+    EXPECT_EQ(got[0].segments.at(0).to_string(), "next");
+  });
+  close_both();
+  auto late = std::make_shared<OutgoingStream>(std::vector<std::uint64_t>{0, 10});
+  on_loop([&] {
+    client_->send_streamed(wire::Message{}, late);
+    EXPECT_TRUE(late->detached());
+    late->push(SharedBytes::copy_of(std::string_view("dropped")));
+    EXPECT_TRUE(late->parts().empty());
+  });
+}
+
+// Relaying, the reading side: an offered message's rest goes to the sink the handler returned,
+// and nothing more is read while that sink is backlogged; once it has room, reading goes on and
+// the sink gets every byte and the end.
+TEST_F(NetTest, AnOfferedMessageIsReadOnlyAsFastAsItsSinkHasRoom) {
+  struct HoldingSink final : wire::StreamSink {
+    std::vector<SharedBytes> parts;
+    std::uint64_t held = 0;
+    bool ended = false;
+    std::function<void()> room;
+    void chunk(std::size_t, SharedBytes bytes) override {
+      held += bytes.size();
+      parts.push_back(std::move(bytes));
+    }
+    void end() override { ended = true; }
+    void abandon(const Status&) override {}
+    bool backlogged() const override { return held >= (2u << 20); }
+    void when_room(std::function<void()> fn) override { room = std::move(fn); }
+  };
+  auto sink = std::make_shared<HoldingSink>();
+  std::uint64_t offered_size = 0;
+  std::string first_segment;
+  const wire::Message whole = make_message(kLoop, 0, 9u << 20);  // segments of 9 MiB and 3 MiB
+  on_loop([&] {
+    client_->start({[](wire::Message&&) {}, [](const Status&) {}});
+    server_->offer_streams(1u << 20);
+    server_->start({[](wire::Message&&) {}, [](const Status&) {},
+                    [&](const wire::Message& first, std::span<const std::uint64_t> sizes) -> std::shared_ptr<wire::StreamSink> {
+                      first_segment = first.segments.at(0).to_string();
+                      offered_size = sizes[1];
+                      return sink;
+                    }});
+    client_->send(whole);
+  });
+  ASSERT_TRUE(wait_for([&] { return sink->backlogged(); }, 30s));
+  std::this_thread::sleep_for(300ms);
+  std::uint64_t total = 0;
+  on_loop([&] {
+    EXPECT_EQ(offered_size, whole.segments[1].size());
+    EXPECT_EQ(first_segment, whole.segments[0].to_string());
+    EXPECT_LE(sink->held, (2u << 20) + (1u << 20)) << "read on while the sink was backlogged";
+    EXPECT_FALSE(sink->ended);
+  });
+  // Drains as a relay would: each time the reader waits for room, empty the sink and say so.
+  ASSERT_TRUE(wait_for([&] {
+    if (sink->room) {
+      total += sink->held;
+      sink->held = 0;
+      std::exchange(sink->room, nullptr)();
+    }
+    return sink->ended;
+  }, 30s));
+  on_loop([&] {
+    std::string rest;
+    for (const SharedBytes& part : sink->parts) rest += part.to_string();
+    EXPECT_EQ(rest, whole.segments[1].to_string());
+  });
+  close_both();
+}
+
 TEST(HostAddressTest, KnowsThisMachinesAddressesFromOthers) {
   EXPECT_TRUE(is_address_of_this_host("127.0.0.1"));
   EXPECT_TRUE(is_address_of_this_host("localhost"));

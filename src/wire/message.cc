@@ -11,6 +11,7 @@ namespace {
 constexpr std::uint32_t kMaxTargets = 1u << 16;
 // Frame header flags (bytes 6..7, little-endian): bit 0 marks an overtaking message's frames.
 constexpr std::uint16_t kOvertakingFlag = 1;
+constexpr std::uint16_t kAbandonsFlag = 2;
 
 bool is_known_kind(std::uint16_t k) {
   switch (static_cast<MessageKind>(k)) {
@@ -103,7 +104,8 @@ std::array<std::byte, kFrameHeaderBytes> encode_frame_header(const FrameHeader& 
   std::memcpy(out.data(), kMagic.data(), 4);
   out[4] = std::byte{kProtocolVersion};
   out[5] = std::byte{static_cast<std::uint8_t>(header.type)};
-  out[6] = std::byte{header.overtaking ? std::uint8_t{1} : std::uint8_t{0}};  // out[7]: zero
+  const std::uint16_t flags = (header.overtaking ? kOvertakingFlag : 0) | (header.abandons ? kAbandonsFlag : 0);
+  out[6] = static_cast<std::byte>(flags);  // out[7]: zero
   for (int i = 0; i < 4; ++i) out[8 + i] = static_cast<std::byte>(header.length >> (8 * i));
   return out;
 }
@@ -122,15 +124,16 @@ StatusOr<FrameHeader> decode_frame_header(std::span<const std::byte, kFrameHeade
   if (type != static_cast<std::uint8_t>(FrameType::kHead) && type != static_cast<std::uint8_t>(FrameType::kData)) {
     return data_loss("unknown frame type " + std::to_string(type));
   }
-  if ((flags & ~kOvertakingFlag) != 0) return data_loss("reserved frame flags set");
-  FrameHeader h{static_cast<FrameType>(type), length, (flags & kOvertakingFlag) != 0};
+  if ((flags & ~(kOvertakingFlag | kAbandonsFlag)) != 0) return data_loss("reserved frame flags set");
+  FrameHeader h{static_cast<FrameType>(type), length, (flags & kOvertakingFlag) != 0, (flags & kAbandonsFlag) != 0};
   std::uint32_t max = h.type == FrameType::kHead ? std::min(limits.max_head_bytes, limits.max_frame_bytes)
                                                  : limits.max_frame_bytes;
   if (length > max) {
     return resource_exhausted("frame of " + std::to_string(length) + " bytes exceeds the limit of " +
                               std::to_string(max));
   }
-  if (h.type == FrameType::kData && length == 0) return data_loss("empty data frame");
+  // Only an abandoning frame is empty (the assembler checks where it may stand).
+  if (h.type == FrameType::kData && length == 0 && !h.abandons) return data_loss("empty data frame");
   return h;
 }
 
@@ -187,12 +190,16 @@ std::string_view kind_name(MessageKind kind) {
   return "unknown";
 }
 
-std::vector<std::byte> encode_head(const Envelope& e, std::span<const SharedBytes> segments) {
+// The head of `e` (its private flags and outcome passed in by the friends below) with `count`
+// segments whose sizes size_of(i) gives: no vector built, this runs for every message sent.
+template <typename SizeOf>
+std::vector<std::byte> encode_head_with(const Envelope& e, std::uint16_t flags, Outcome outcome, std::size_t count,
+                                        SizeOf size_of) {
   ByteWriter w;
-  w.buffer().reserve(48 + e.text.size() + 4 * e.targets.size() + 8 * segments.size());
+  w.buffer().reserve(48 + e.text.size() + 4 * e.targets.size() + 8 * count);
   w.u16(static_cast<std::uint16_t>(e.kind));
-  w.u16(e.flags_);
-  w.u16(static_cast<std::uint16_t>(e.outcome_));
+  w.u16(flags);
+  w.u16(static_cast<std::uint16_t>(outcome));
   w.u64(e.request_id);
   w.u64(e.task_id);
   w.u32(e.client_id);
@@ -200,9 +207,17 @@ std::vector<std::byte> encode_head(const Envelope& e, std::span<const SharedByte
   w.u32(static_cast<std::uint32_t>(e.targets.size()));
   for (std::uint32_t t : e.targets) w.u32(t);
   w.str(e.text);
-  w.u32(static_cast<std::uint32_t>(segments.size()));
-  for (const SharedBytes& s : segments) w.u64(s.size());
+  w.u32(static_cast<std::uint32_t>(count));
+  for (std::size_t i = 0; i < count; ++i) w.u64(size_of(i));
   return w.take();
+}
+
+std::vector<std::byte> encode_head(const Envelope& e, std::span<const SharedBytes> segments) {
+  return encode_head_with(e, e.flags_, e.outcome_, segments.size(), [&](std::size_t i) -> std::uint64_t { return segments[i].size(); });
+}
+
+std::vector<std::byte> encode_head_sized(const Envelope& e, std::span<const std::uint64_t> sizes) {
+  return encode_head_with(e, e.flags_, e.outcome_, sizes.size(), [&](std::size_t i) { return sizes[i]; });
 }
 
 StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits) {

@@ -22,6 +22,12 @@
 // another; the receiver delivers it at once and then goes on with the large message. The bit
 // is refused anywhere else: outside a message in progress, inside an overtaking message, or
 // on a kind that may not overtake.
+//
+// Abandoned (flags bit 1): an empty data frame that ends the message in progress unfinished.
+// A relay that forwards a large message while it arrives (the controller, see
+// wire/assembler.h "Streaming") sends it when the sender of that message went away halfway;
+// the receiver drops what it had of the message and reads on. Refused outside a message in
+// progress, inside or on an overtaking message, and with a payload.
 #pragma once
 
 #include <array>
@@ -48,6 +54,7 @@ struct FrameHeader {
   FrameType type = FrameType::kHead;
   std::uint32_t length = 0;  // payload bytes that follow the header
   bool overtaking = false;   // flags bit 0: part of a message sent inside another (see above)
+  bool abandons = false;     // flags bit 1: the message in progress ends here, unfinished
 };
 
 // Size bounds one connection enforces on what it receives. A peer that has not yet
@@ -219,6 +226,7 @@ struct Envelope {
 
  private:
   friend std::vector<std::byte> encode_head(const Envelope& envelope, std::span<const SharedBytes> segments);
+  friend std::vector<std::byte> encode_head_sized(const Envelope& envelope, std::span<const std::uint64_t> segment_sizes);
   friend StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits);
 
   static constexpr std::uint16_t kDisplayResultBit = 1;
@@ -242,6 +250,8 @@ struct Head {
 };
 
 std::vector<std::byte> encode_head(const Envelope& envelope, std::span<const SharedBytes> segments);
+// The same head for segments of these sizes (a relay announcing segments still arriving).
+std::vector<std::byte> encode_head_sized(const Envelope& envelope, std::span<const std::uint64_t> segment_sizes);
 // Checks every field (the kind-dependent ones as described above) and that the segment table
 // respects `limits`, and that nothing trails.
 StatusOr<Head> decode_head(std::span<const std::byte> payload, const Limits& limits);

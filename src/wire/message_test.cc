@@ -31,11 +31,22 @@ TEST(FrameHeaderTest, RejectsBadMagicVersionTypeFlags) {
   bad[5] = std::byte{9};
   EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
   bad = bytes;
-  bad[6] = std::byte{2};
+  bad[6] = std::byte{4};  // bits 0 and 1 are the overtaking and abandoning flags
   EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
   bad = bytes;
   bad[7] = std::byte{1};
   EXPECT_FALSE(decode_frame_header(bad, Limits{}).ok());
+}
+
+TEST(FrameHeaderTest, AbandoningFlagRoundTripsAsBitOne) {
+  auto bytes = encode_frame_header({FrameType::kData, 0, /*overtaking=*/false, /*abandons=*/true});
+  EXPECT_EQ(bytes[6], std::byte{2});
+  EXPECT_EQ(bytes[7], std::byte{0});
+  auto h = decode_frame_header(bytes, Limits{});
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_TRUE(h->abandons);
+  EXPECT_FALSE(h->overtaking);
+  EXPECT_FALSE(decode_frame_header(encode_frame_header({FrameType::kData, 5}), Limits{})->abandons);
 }
 
 TEST(FrameHeaderTest, OvertakingFlagRoundTripsAsBitZero) {
