@@ -1434,5 +1434,78 @@ TEST(SecurityTest, T12_OvertakingFramesOutOfPlaceCloseOnlyThatConnection) {
   ASSERT_NO_FATAL_FAILURE(expect_cluster_serves(*cluster, ids));
 }
 
+// Abandoning frames (wire/message.h): a client may abandon its own message halfway — a relayed
+// push then ends as aborted, its engine drops the half it got and serves on, and the client's
+// connection stays open. Out of place (no message in progress, with a payload, on an overtaking
+// message) it closes that connection and nothing else.
+std::string raw_abandon(std::size_t payload = 0, bool overtaking = false) {
+  std::string out;
+  auto header = wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(payload), overtaking,
+                                           /*abandons=*/true});
+  out.append(reinterpret_cast<const char*>(header.data()), header.size());
+  return out + std::string(payload, 'z');
+}
+
+TEST(SecurityTest, T12_AbandoningFramesEndOnlyTheSendersOwnMessage) {
+  auto cluster = TestCluster::start(1);
+  ASSERT_TRUE(cluster);
+  const auto ids = engine_ids_of(*cluster);
+  const auto client_cap = load_info(cluster->paths().client_connection_file, Role::kClient).capability;
+  auto bystander = cluster->client();
+  ASSERT_TRUE(bystander);
+  wire::Envelope push;
+  push.kind = MessageKind::kPush;
+  push.request_id = 5;
+  push.targets = ids;
+  push.set_value_format(wire::ValueFormat::kPickle);
+  // Over the controller's default --relay-from-bytes (16 MiB) after the first segment: relayed.
+  const std::vector<SharedBytes> large{SharedBytes::allocate(5), SharedBytes::allocate(20u << 20)};
+  wire::Envelope beat;
+  beat.kind = MessageKind::kHeartbeat;
+  {
+    auto peer = tls_peer(*cluster);
+    ASSERT_TRUE(peer);
+    expect_welcome(*peer, Role::kClient, client_cap);
+    ASSERT_TRUE(peer->send_bytes(raw_head(push, large, false) + raw_data(5, false) + raw_data(1u << 20, false) +
+                                 raw_data(1u << 20, false) + raw_abandon())
+                    .ok());
+    // The task ends as aborted, said to this client; its connection is still served.
+    bool aborted = false;
+    for (int i = 0; i < 4 && !aborted; ++i) {
+      auto m = peer->read_message(5s);
+      ASSERT_TRUE(m.ok()) << m.status().to_string();
+      if (m->envelope.kind != MessageKind::kTaskReply) continue;
+      EXPECT_EQ(m->envelope.outcome(), Outcome::kAborted);
+      EXPECT_NE(m->envelope.text.find("never arrived whole"), std::string::npos) << m->envelope.text;
+      aborted = true;
+    }
+    EXPECT_TRUE(aborted);
+    ASSERT_TRUE(peer->send_bytes(raw_head(beat, {}, false)).ok());
+    auto ack = peer->read_message(5s);
+    ASSERT_TRUE(ack.ok()) << ack.status().to_string();
+    EXPECT_EQ(ack->envelope.kind, MessageKind::kHeartbeatAck);
+  }
+  struct Case {
+    const char* what;
+    std::string bytes;
+  };
+  const std::vector<Case> cases = {
+      {"abandoning with no message in progress", raw_abandon()},
+      {"an abandoning frame with a payload", raw_head(push, large, false) + raw_data(5, false) + raw_abandon(3)},
+      {"abandoning an overtaking message",
+       raw_head(push, large, false) + raw_data(5, false) + raw_data(1u << 20, false) + raw_abandon(0, true)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto rogue = tls_peer(*cluster);
+    ASSERT_TRUE(rogue);
+    expect_welcome(*rogue, Role::kClient, client_cap);
+    ASSERT_TRUE(rogue->send_bytes(c.bytes).ok());
+    EXPECT_TRUE(rogue->closed_within(3s)) << "the connection stayed open";
+  }
+  ASSERT_NO_FATAL_FAILURE(expect_client_still_served(*bystander, ids));
+  ASSERT_NO_FATAL_FAILURE(expect_cluster_serves(*cluster, ids));
+}
+
 }  // namespace
 }  // namespace testudo::testing
