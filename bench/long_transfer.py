@@ -5,7 +5,7 @@ declared dead on the way (issue: reliability, "a 2 GB push and pull succeed on l
 a 200 Mbit/s link"). With --rate, the engine runs in a network namespace behind a veth pair
 that `tc tbf` shapes to that rate each way (tests/python/netns.py ShapedLink).
 
-    bench/long_transfer.py [--size-mb 2048] [--rate 200mbit] [--timeout-s 10]
+    bench/long_transfer.py [--size-mb 2048] [--rate 200mbit] [--timeout-s 10] [--relay-from-bytes N]
 
 Needs build/testudo, build/python and numpy (the value is a uint8 array, sent without a copy);
 --rate needs root, ip and tc. Prints one line per figure.
@@ -42,11 +42,16 @@ def main():
     parser.add_argument("--rate", help="shape the engine's link to this tbf rate, e.g. 200mbit (default: loopback)")
     parser.add_argument("--timeout-s", type=float, default=10,
                         help="heartbeat timeout of the controller and the engine, in seconds (default 10)")
+    parser.add_argument("--relay-from-bytes", type=int,
+                        help="the controller's --relay-from-bytes (0: receive each request whole first; "
+                             "default: the controller's)")
     args = parser.parse_args()
 
     link = None
     engine = None
     extra = ("--heartbeat-timeout", str(args.timeout_s))
+    if args.relay_from_bytes is not None:
+        extra += ("--relay-from-bytes", str(args.relay_from_bytes))
     if args.rate:
         from netns import ShapedLink
         link = ShapedLink(args.rate)

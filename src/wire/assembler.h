@@ -60,6 +60,8 @@ struct PartialMessage {
   SharedBytes chunk;                  // streamed: the part the current data frame fills
 };
 
+class PartBuffers;  // assembler.cc: buffers for streamed parts, reused
+
 class MessageAssembler {
  public:
   explicit MessageAssembler(const Limits& limits) : limits_(limits) {}
@@ -106,6 +108,7 @@ class MessageAssembler {
   std::uint32_t current_length_ = 0;
   std::uint64_t stream_min_rest_ = 0;
   bool offering_ = false;
+  std::shared_ptr<PartBuffers> part_buffers_;  // made on the first streamed part
 };
 
 }  // namespace testudo::wire
