@@ -154,21 +154,26 @@ std::size_t approximate_bytes(const wire::Message& m) {
   return bytes;
 }
 
-// Appends the frames of `m` (head, then each segment's data frames) to `out`; `overtaking`
-// marks every frame as part of a message sent inside another (wire/message.h).
-void encode_copy(const wire::Message& m, std::vector<std::byte>& out, bool overtaking = false) {
+// Appends a head frame with payload `head`, then the data frames of `segments`, to `out`;
+// `overtaking` marks every frame as part of a message sent inside another (wire/message.h).
+void append_frames(std::span<const std::byte> head, std::span<const SharedBytes> segments, std::vector<std::byte>& out,
+                   bool overtaking = false) {
   auto append = [&out](std::span<const std::byte> bytes) { out.insert(out.end(), bytes.begin(), bytes.end()); };
-  std::vector<std::byte> head = wire::encode_head(m.envelope, m.segments);
   append(wire::encode_frame_header({wire::FrameType::kHead, static_cast<std::uint32_t>(head.size()), overtaking}));
   append(head);
   const std::size_t frame = wire::Limits{}.max_frame_bytes;
-  for (const SharedBytes& seg : m.segments) {
+  for (const SharedBytes& seg : segments) {
     for (std::size_t off = 0; off < seg.size(); off += frame) {
       const std::size_t len = std::min(frame, seg.size() - off);
       append(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len), overtaking}));
       append(seg.span().subspan(off, len));
     }
   }
+}
+
+// Appends the frames of `m` (head, then each segment's data frames) to `out`.
+void encode_copy(const wire::Message& m, std::vector<std::byte>& out, bool overtaking = false) {
+  append_frames(wire::encode_head(m.envelope, m.segments), m.segments, out, overtaking);
 }
 
 // Whether `m` may be sent inside a large message already on its way (wire::may_overtake, and
@@ -668,20 +673,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     stream_being_sent_ = entry.rest;
     OutgoingStream& rest = *entry.rest;
     std::vector<std::byte> first;
-    {
-      auto append = [&first](std::span<const std::byte> bytes) { first.insert(first.end(), bytes.begin(), bytes.end()); };
-      std::vector<std::byte> head = wire::encode_head_sized(entry.message.envelope, rest.sizes());
-      append(wire::encode_frame_header({wire::FrameType::kHead, static_cast<std::uint32_t>(head.size())}));
-      append(head);
-      const std::size_t frame = wire::Limits{}.max_frame_bytes;
-      for (const SharedBytes& seg : entry.message.segments) {
-        for (std::size_t off = 0; off < seg.size(); off += frame) {
-          const std::size_t len = std::min(frame, seg.size() - off);
-          append(wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(len)}));
-          append(seg.span().subspan(off, len));
-        }
-      }
-    }
+    append_frames(wire::encode_head_sized(entry.message.envelope, rest.sizes()), entry.message.segments, first);
     Status st = co_await encrypt_and_send(first);
     first = {};
     while (st.ok() && open_) {
