@@ -335,10 +335,11 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
   if (j.contains("queue_limit_bytes")) {
     auto mib = [](std::uint64_t bytes) { return std::to_string((bytes + (1u << 19)) >> 20) + " MiB"; };
     std::printf("queued requests: %s held (limits: %s per client, %s in all); %zu client(s) waiting for room now, "
-                "%llu wait(s) since start\n",
+                "%llu wait(s) since start; %llu large request(s) relayed as they arrived\n",
                 mib(j.value("queued_bytes", 0ull)).c_str(), mib(j.value("client_queue_limit_bytes", 0ull)).c_str(),
                 mib(j.value("queue_limit_bytes", 0ull)).c_str(), j.value("clients_paused", std::size_t{0}),
-                static_cast<unsigned long long>(j.value("client_pauses", 0ull)));
+                static_cast<unsigned long long>(j.value("client_pauses", 0ull)),
+                static_cast<unsigned long long>(j.value("requests_relayed", 0ull)));
   }
   // How peers get in, and what the controller can see: said plainly (docs/e2e-design.md).
   if (j.contains("trust") && j["trust"].is_string()) {

@@ -193,7 +193,7 @@ class Hub : private SchedulerSink {
   bool erase_armed_ = false;
   std::set<std::uint32_t> paused_clients_;
   std::uint64_t pauses_ = 0;  // times a client was paused, since the start
-  std::uint64_t relayed_ = 0;  // requests relayed while they arrived, since the start
+  std::uint64_t relayed_ = 0;  // requests relayed while they arrived, since the start (status)
   // Last: destroyed (and detached) first, so that the segments the other members still hold
   // are released without calling back into a hub being destroyed.
   ByteBudget budget_;

@@ -252,6 +252,7 @@ ClusterReport Hub::cluster_report() {
   r.queue_limit = budget_.limits().total;
   r.clients_paused = paused_clients_.size();
   r.client_pauses = pauses_;
+  r.requests_relayed = relayed_;
   return r;
 }
 

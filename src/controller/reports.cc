@@ -64,7 +64,8 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"client_queue_limit_bytes", report.client_queue_limit},
                {"queue_limit_bytes", report.queue_limit},
                {"clients_paused", report.clients_paused},
-               {"client_pauses", report.client_pauses}});
+               {"client_pauses", report.client_pauses},
+               {"requests_relayed", report.requests_relayed}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

@@ -53,6 +53,8 @@ struct ClusterReport {
   std::uint64_t queue_limit = 0;
   std::size_t clients_paused = 0;
   std::uint64_t client_pauses = 0;
+  // Large requests forwarded to their engines while they arrived (streamed_request.h).
+  std::uint64_t requests_relayed = 0;
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not

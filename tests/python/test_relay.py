@@ -49,6 +49,9 @@ def test_a_large_push_to_two_engines_passes_through_a_bounded_window(relaying):
         # The window (8 MiB) and what is being read and written: far below the 300 MiB the
         # controller held before (and 600 MiB had it copied per engine).
         assert grown < 64 * MiB, f"controller grew by {grown / MiB:.0f} MiB"
+        status = relaying.run("status").stdout
+        relayed = int(re.search(r"(\d+) large request\(s\) relayed as they arrived", status).group(1))
+        assert relayed >= 1, status
     finally:
         rc.close()
 
