@@ -443,6 +443,10 @@ int main(int argc, char** argv) {
                 "The same for all clients together")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  c->add_option("--client-max-tasks", copts.client_max_tasks,
+                "Unfinished tasks (queued, waiting or running) one client may have before the controller reads no "
+                "more from it until some finish (the client waits; nothing is dropped; 0: no limit)")
+      ->capture_default_str();
   c->add_option("--relay-from-bytes", copts.relay_from_bytes,
                 "A direct request to engines that can take it now, with at least this many bytes after its "
                 "first part (a large push or apply argument), is forwarded while it arrives: the controller holds "
@@ -545,7 +549,7 @@ int main(int argc, char** argv) {
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
       {"--service-principal", ""}, {"--max-message-bytes", ""}, {"--client-queue-bytes", ""}, {"--queue-bytes", ""},
-      {"--relay-from-bytes", ""}};
+      {"--relay-from-bytes", ""}, {"--client-max-tasks", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }

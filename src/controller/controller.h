@@ -36,6 +36,8 @@ struct ControllerOptions {
   // reading from the clients over them until the bytes drain (controller/byte_budget.h).
   std::uint64_t client_queue_bytes = 1ull << 30;
   std::uint64_t queue_bytes = 4ull << 30;
+  // Unfinished tasks one client may have before it is not read until some finish (0: no limit).
+  std::uint64_t client_max_tasks = 1'000'000;
   // A direct request with at least this many bytes after its first segment is forwarded to
   // its engines while it arrives, the controller holding a window of it (0: never).
   std::uint64_t relay_from_bytes = 16ull << 20;

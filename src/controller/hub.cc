@@ -112,7 +112,7 @@ void Hub::on_message(std::uint64_t serial, wire::Message&& m) {
       // client's budget for as long as the controller holds them.
       m.segments = budget_.charge(peer.id, std::move(m.segments));
       route_request(peer, std::move(m));
-      if (budget_.over_limit(peer.id) && peer.connection->is_open()) pause_client(peer);
+      if (over_limits(peer.id) && peer.connection->is_open()) pause_client(peer);
       return;
     }
     case MessageKind::kTaskReply:
@@ -261,12 +261,18 @@ void Hub::pause_client(Peer& client) {
   ++pauses_;
   client.connection->pause_reading(true);
   LOG_DEBUG("hub") << "client " << client.id << " holds " << budget_.held(client.id) << " bytes of requests here ("
-                   << budget_.held_total() << " in all): not read until they drain";
+                   << budget_.held_total() << " in all) and " << scheduler_.tasks_of(client.id)
+                   << " unfinished tasks: not read until they drain";
+}
+
+bool Hub::over_limits(std::uint32_t client_id) const {
+  return budget_.over_limit(client_id) ||
+         (options_.client_max_tasks > 0 && scheduler_.tasks_of(client_id) > options_.client_max_tasks);
 }
 
 void Hub::resume_clients() {
   for (auto it = paused_clients_.begin(); it != paused_clients_.end();) {
-    if (budget_.over_limit(*it)) {
+    if (over_limits(*it)) {
       ++it;
       continue;
     }

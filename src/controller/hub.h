@@ -48,6 +48,9 @@ struct HubOptions {
   // Bytes of requests the controller may hold per client and in all before it stops reading
   // from the clients over them (byte_budget.h).
   ByteLimits queue_limits;
+  // Tasks one client may have unfinished here (queued, waiting or running) before the hub
+  // stops reading from it until some finish, like the byte limits; 0: no limit.
+  std::uint64_t client_max_tasks = 1'000'000;
   // A direct request with at least this many bytes after its first segment is forwarded to
   // its engines while it arrives (streamed_request.h), holding at most `relay_window_bytes` of
   // it here, when its engines can take it at once; 0: every request is received whole first.
@@ -109,6 +112,8 @@ class Hub : private SchedulerSink {
   // Flow control (byte_budget.h): a client over its budget is not read until its bytes drain.
   void pause_client(Peer& client);
   void resume_clients();  // those back under the limits
+  // Whether `client_id` holds more bytes (budget_) or more unfinished tasks than allowed.
+  bool over_limits(std::uint32_t client_id) const;
 
   // --- logins that expire (hub_login.cc) ---
   // Closes the connection the moment its login expires (identity.not_after), not at the next

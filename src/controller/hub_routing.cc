@@ -107,7 +107,7 @@ std::shared_ptr<wire::StreamSink> Hub::offer_stream(std::uint64_t serial, const 
   m.segments = budget_.charge(client.id, first.segments);  // the first segment; the rest is windowed
   ++relayed_;
   route_request(client, std::move(m), streamed);
-  if (budget_.over_limit(client.id) && client.connection->is_open()) pause_client(client);
+  if (over_limits(client.id) && client.connection->is_open()) pause_client(client);
   // Also when nothing was dispatched (refused): the rest is read and dropped as it arrives.
   return streamed;
 }
@@ -298,6 +298,7 @@ std::string Hub::no_engine_text(std::uint32_t id) const {
 }
 
 void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& scheduler_text) {
+  if (!paused_clients_.empty()) resume_clients();  // one task fewer: maybe back under a limit
   const std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
   const std::string text =
       why == TaskFailure::kNoSuchEngine && task.engine ? no_engine_text(*task.engine) : scheduler_text;
@@ -330,6 +331,7 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
   }
   ++engine.tasks_done;
   ++tasks_completed_;
+  if (!paused_clients_.empty()) resume_clients();  // one task fewer: maybe back under a limit
   const TaskId id = m.envelope.task_id;
   const std::string aborted_text = "aborted before it started on engine " + std::to_string(engine.id);
   if (aborted) m.segments.clear();

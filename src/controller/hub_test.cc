@@ -360,6 +360,30 @@ TEST_F(HubTest, AClientOverItsByteBudgetIsPausedUntilItsBytesLeave) {
   EXPECT_EQ(alice->sent_of(MessageKind::kTaskReply).size(), 1u);
 }
 
+// Tasks are bounded per client like bytes: over client_max_tasks unfinished (queued, waiting
+// or running), the client is not read until one ends — answered by an engine or failed.
+TEST_F(HubTest, AClientOverItsTaskLimitIsPausedUntilATaskEnds) {
+  HubOptions o;
+  o.client_max_tasks = 3;
+  start(o);
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  auto bob = join("client:bob");
+  for (std::uint64_t r = 1; r <= 3; ++r) alice->deliver(request(MessageKind::kExecute, r, {0}));
+  EXPECT_FALSE(alice->paused) << "3 of 3 tasks";
+  alice->deliver(balanced(4));
+  EXPECT_TRUE(alice->paused) << "4 of 3 tasks";
+  bob->deliver(request(MessageKind::kExecute, 1, {0}));
+  EXPECT_FALSE(bob->paused) << "the limit is per client";
+  auto sent = e0->sent_of(MessageKind::kExecute);
+  ASSERT_GE(sent.size(), 1u);
+  e0->deliver(engine_reply(sent[0]));
+  EXPECT_FALSE(alice->paused) << "back to 3 of 3";
+  // A request to an engine that does not exist fails at once: counted and uncounted at once.
+  alice->deliver(request(MessageKind::kExecute, 5, {7}));
+  EXPECT_FALSE(alice->paused);
+}
+
 // The limit over all clients pauses a client that holds little itself.
 TEST_F(HubTest, TheTotalByteBudgetPausesEveryClientThatSends) {
   HubOptions o;

@@ -87,6 +87,7 @@ TaskId Scheduler::submit(TaskSpec spec, SteadyClock::time_point now) {
   TaskId id = next_id_++;
   Task& task = tasks_[id];
   task.spec = std::move(spec);
+  ++client_tasks_[task.spec.client_id];
   if (task.spec.timeout) task.deadline = now + *task.spec.timeout;
   if (task.spec.engine && !engines_.count(*task.spec.engine)) {
     fail_task(id, TaskFailure::kNoSuchEngine, "no engine with id " + std::to_string(*task.spec.engine));
@@ -428,6 +429,7 @@ std::optional<TaskSpec> Scheduler::finished(TaskId id, EngineId engine, bool suc
     reindex(engine, e->second);
   }
   TaskSpec spec = std::move(t->second.spec);
+  forget_client_task(spec.client_id);
   complete(id, success, engine);
   pump();
   return spec;
@@ -468,8 +470,14 @@ void Scheduler::fail_task(TaskId id, TaskFailure why, const std::string& text) {
       reindex(e->first, e->second);
     }
   }
+  forget_client_task(spec.client_id);
   sink_.fail(id, spec, why, text);
   complete(id, false, engine);
+}
+
+void Scheduler::forget_client_task(std::uint32_t client_id) {
+  auto it = client_tasks_.find(client_id);
+  if (it != client_tasks_.end() && --it->second == 0) client_tasks_.erase(it);
 }
 
 std::size_t Scheduler::abort(std::uint32_t client_id, const std::vector<TaskId>& ids,

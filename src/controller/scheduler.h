@@ -159,6 +159,11 @@ class Scheduler {
   std::size_t unassigned() const { return unassigned_.size() + restricted_.size(); }
   std::size_t waiting() const { return waiting_.size(); }
   std::size_t tasks() const { return tasks_.size(); }
+  // Tasks of client `client_id` not finished (the hub bounds them per client: T20).
+  std::size_t tasks_of(std::uint32_t client_id) const {
+    auto it = client_tasks_.find(client_id);
+    return it == client_tasks_.end() ? 0 : it->second;
+  }
   const SchedulerOptions& options() const { return options_; }
 
  private:
@@ -217,6 +222,7 @@ class Scheduler {
   };
 
   void make_ready(TaskId id, Task& task);
+  void forget_client_task(std::uint32_t client_id);  // one of tasks_ of this client ended
   void enqueue(TaskId id, Task& task);
   void pump();                       // sends whatever can be sent now
   void pump_engine(EngineId engine, Engine& e);
@@ -253,6 +259,7 @@ class Scheduler {
   std::uint64_t lru_clock_ = 0;
 
   std::unordered_map<TaskId, Task> tasks_;  // not finished
+  std::unordered_map<std::uint32_t, std::size_t> client_tasks_;  // of tasks_, per client id
   std::map<EngineId, Engine> engines_;
   // Placement index over the engines with room for a load-balanced task, so a decision costs
   // O(log engines) rather than a scan: by (load, LRU clock, id) for leastload, by (LRU clock,

@@ -75,3 +75,21 @@ def test_a_message_over_the_largest_allowed_is_refused_with_the_limit_named(own_
         assert rc.ids == [0]
     finally:
         rc.close()
+
+
+def test_tasks_beyond_a_clients_limit_wait_in_the_client_and_all_complete(own_cluster):
+    """Unfinished tasks are bounded per client too (--client-max-tasks): over it, the client is
+    not read until some finish; a map far larger than the limit still completes, in order."""
+    c = own_cluster(2, extra=("--client-max-tasks", "50"))
+    rc = c.client()
+    try:
+        rc.wait_for_engines(2, timeout=30)
+        lview = rc.load_balanced_view()
+        assert lview.map_sync(lambda x: x * 2, range(3000)) == [x * 2 for x in range(3000)]
+        status = c.run("status").stdout
+        waits = int(re.search(r"(\d+) wait\(s\) since start", status).group(1))
+        assert waits >= 1, status
+        assert "0 client(s) waiting for room now" in status, status
+        assert rc[0].apply_sync(lambda: 5) == 5
+    finally:
+        rc.close()
