@@ -105,8 +105,8 @@ std::shared_ptr<wire::StreamSink> Hub::offer_stream(std::uint64_t serial, const 
   wire::Message m;
   m.envelope = req;
   m.segments = budget_.charge(client.id, first.segments);  // the first segment; the rest is windowed
-  ++relayed_;
   route_request(client, std::move(m), streamed);
+  if (streamed->engines() > 0) ++relayed_;
   if (over_limits(client.id) && client.connection->is_open()) pause_client(client);
   // Also when nothing was dispatched (refused): the rest is read and dropped as it arrives.
   return streamed;

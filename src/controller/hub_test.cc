@@ -445,6 +445,10 @@ TEST_F(HubTest, ALargeDirectRequestIsRelayedToItsEnginesAsItArrives) {
   sink->end();
   EXPECT_EQ(e0->streams[0].second->state(), net::OutgoingStream::State::kFinished);
   EXPECT_FALSE(e1->sending_stream());
+  // The cluster report counts it (a refused or declined request would not be).
+  c->deliver(control(MessageKind::kClusterStatus, 30));
+  auto report = nlohmann::json::parse(c->sent_of(MessageKind::kClusterStatusReply).at(0).segments.at(0).view());
+  EXPECT_EQ(report.value("requests_relayed", 0), 1);
   // The engines answer as for any request.
   const wire::Message started0 = e0->sent.at(e0->streams[0].first);
   e0->deliver(engine_reply(started0, "pushed"));

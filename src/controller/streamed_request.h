@@ -52,6 +52,8 @@ class StreamedRequest final : public wire::StreamSink {
   bool backlogged() const override;
   void when_room(std::function<void()> fn) override;
 
+  // Engines it was started on (forward_to).
+  std::size_t engines() const { return outs_.size(); }
   // Bytes pushed to engines' connections and not yet written by all of them.
   std::uint64_t in_flight() const { return window_->in_flight; }
 
