@@ -25,14 +25,13 @@ os.environ.setdefault("TESTUDO_BIN", os.path.join(REPO, "build", "testudo"))
 
 import numpy  # noqa: E402
 
-from conftest import TESTUDO_BIN, Cluster  # noqa: E402
+from conftest import TESTUDO_BIN, Cluster, peak_rss  # noqa: E402
 
 MiB = 1 << 20
 
 
 def peak_rss_mib(pid):
-    text = open(f"/proc/{pid}/status").read()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
+    return peak_rss(pid) / MiB
 
 
 def main():

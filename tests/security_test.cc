@@ -1351,9 +1351,10 @@ TEST(SecurityTest, T12_AuthenticatedUnknownMessageKindClosesOnlyThatConnection) 
 // large one. Out of place — outside a message in progress, on a kind whose order matters, cut
 // by another frame — it closes that connection and nothing else; in place, it is answered
 // before the large message has finished arriving.
-std::string raw_frame(wire::FrameType type, std::span<const std::byte> payload, bool overtaking) {
+std::string raw_frame(wire::FrameType type, std::span<const std::byte> payload, bool overtaking,
+                      bool abandons = false) {
   std::string out;
-  auto header = wire::encode_frame_header({type, static_cast<std::uint32_t>(payload.size()), overtaking});
+  auto header = wire::encode_frame_header({type, static_cast<std::uint32_t>(payload.size()), overtaking, abandons});
   out.append(reinterpret_cast<const char*>(header.data()), header.size());
   out.append(reinterpret_cast<const char*>(payload.data()), payload.size());
   return out;
@@ -1439,11 +1440,8 @@ TEST(SecurityTest, T12_OvertakingFramesOutOfPlaceCloseOnlyThatConnection) {
 // connection stays open. Out of place (no message in progress, with a payload, on an overtaking
 // message) it closes that connection and nothing else.
 std::string raw_abandon(std::size_t payload = 0, bool overtaking = false) {
-  std::string out;
-  auto header = wire::encode_frame_header({wire::FrameType::kData, static_cast<std::uint32_t>(payload), overtaking,
-                                           /*abandons=*/true});
-  out.append(reinterpret_cast<const char*>(header.data()), header.size());
-  return out + std::string(payload, 'z');
+  std::vector<std::byte> bytes(payload, std::byte{'z'});
+  return raw_frame(wire::FrameType::kData, bytes, overtaking, /*abandons=*/true);
 }
 
 TEST(SecurityTest, T12_AbandoningFramesEndOnlyTheSendersOwnMessage) {

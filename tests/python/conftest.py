@@ -107,6 +107,25 @@ def own_cluster():
         c.stop()
 
 
+def _status_bytes(pid, field):
+    """A memory field of /proc/<pid>/status (VmHWM: peak resident, VmRSS: resident), in bytes."""
+    with open(f"/proc/{pid or os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field}")
+
+
+def peak_rss(pid=None):
+    """The peak resident set of process `pid` (default: this one), in bytes."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def current_rss(pid=None):
+    """The resident set of process `pid` (default: this one), in bytes."""
+    return _status_bytes(pid, "VmRSS")
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

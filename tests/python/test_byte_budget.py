@@ -9,18 +9,12 @@ import re
 
 import pytest
 
-from conftest import Cluster
+from conftest import Cluster, peak_rss
 
 MiB = 1 << 20
 BUDGET = 64 * MiB
 VALUE = 32 * MiB
 PUSHES = 6
-
-
-def peak_rss(pid):
-    """The process's peak resident set (VmHWM), in bytes."""
-    text = open(f"/proc/{pid}/status").read()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) * 1024
 
 
 @pytest.fixture(scope="module")

@@ -6,24 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from conftest import current_rss, peak_rss
+
 GB = 1 << 30
-
-
-def _status_bytes(pid, field):
-    """A memory field of /proc/<pid>/status (VmHWM: peak resident, VmRSS: resident), in bytes."""
-    with open(f"/proc/{pid or os.getpid()}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field}")
-
-
-def peak_rss(pid=None):
-    return _status_bytes(pid, "VmHWM")
-
-
-def current_rss(pid=None):
-    return _status_bytes(pid, "VmRSS")
 
 
 def reset_peak(pid=None):

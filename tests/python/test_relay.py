@@ -15,15 +15,9 @@ import time
 import numpy
 import pytest
 
-from conftest import Cluster, wait_until
+from conftest import Cluster, peak_rss
 
 MiB = 1 << 20
-
-
-def peak_rss(pid):
-    """The process's peak resident set (VmHWM), in bytes."""
-    text = open(f"/proc/{pid}/status").read()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) * 1024
 
 
 @pytest.fixture(scope="module")
