@@ -4,7 +4,7 @@
 // net::EventLoop is the real one.
 //
 // Threading: a Clock belongs to one thread (its loop's); timers fire there, and after(),
-// every() and cancel() are called there.
+// every() and cancel() are called there. post() is the one call other threads may make.
 #pragma once
 
 #include <chrono>
@@ -35,6 +35,8 @@ class Clock {
   // never inside the caller.
   virtual std::unique_ptr<Timer> after(std::chrono::milliseconds delay, std::function<void()> fn) = 0;
   virtual std::unique_ptr<Timer> every(std::chrono::milliseconds period, std::function<void()> fn) = 0;
+  // Thread-safe: runs `fn` on the clock's thread soon (how a worker thread hands a result back).
+  virtual void post(std::function<void()> fn) = 0;
 };
 
 }  // namespace testudo

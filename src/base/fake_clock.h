@@ -1,10 +1,13 @@
 // A Clock for tests: time stands still until the test moves it, and timers fire only inside
 // advance() or run_due(), on the test's thread, in due order (ties in the order they were set).
 // A timer set or cancelled by a firing timer is honoured within the same advance().
-// Not thread-safe.
+// post() may be called from any thread; what it posts runs inside the next advance() or
+// run_due(), first. Everything else: the test's thread only.
 #pragma once
 
 #include <map>
+#include <mutex>
+#include <vector>
 #include <memory>
 #include <utility>
 
@@ -25,9 +28,14 @@ class FakeClock final : public Clock {
     return add(period, std::max(period, std::chrono::milliseconds(1)), std::move(fn));
   }
 
+  void post(std::function<void()> fn) override {
+    std::lock_guard lock(posted_mutex_);
+    posted_.push_back(std::move(fn));
+  }
   // Moves time forward by `by`, firing every timer that falls due on the way, each at its due
   // time (now() reads the due time inside the handler).
   void advance(std::chrono::nanoseconds by) {
+    run_posted();
     const TimePoint end = now_ + by;
     while (!due_.empty() && due_.begin()->first.first <= end) {
       auto node = due_.extract(due_.begin());
@@ -81,7 +89,21 @@ class FakeClock final : public Clock {
     return std::make_unique<FakeTimer>(std::move(slot));
   }
 
+  void run_posted() {
+    for (;;) {
+      std::vector<std::function<void()>> batch;
+      {
+        std::lock_guard lock(posted_mutex_);
+        batch.swap(posted_);
+      }
+      if (batch.empty()) return;
+      for (auto& fn : batch) fn();
+    }
+  }
+
   TimePoint now_{};
+  std::mutex posted_mutex_;
+  std::vector<std::function<void()>> posted_;
   std::uint64_t next_order_ = 0;
   std::multimap<Key, std::shared_ptr<Slot>> due_;
 };

@@ -335,11 +335,14 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
   if (j.contains("queue_limit_bytes")) {
     auto mib = [](std::uint64_t bytes) { return std::to_string((bytes + (1u << 19)) >> 20) + " MiB"; };
     std::printf("queued requests: %s held (limits: %s per client, %s in all); %zu client(s) waiting for room now, "
-                "%llu wait(s) since start; %llu large request(s) relayed as they arrived\n",
+                "%llu wait(s) since start; %llu large request(s) relayed as they arrived, %llu large repl%s "
+                "spooled to disk as they arrived\n",
                 mib(j.value("queued_bytes", 0ull)).c_str(), mib(j.value("client_queue_limit_bytes", 0ull)).c_str(),
                 mib(j.value("queue_limit_bytes", 0ull)).c_str(), j.value("clients_paused", std::size_t{0}),
                 static_cast<unsigned long long>(j.value("client_pauses", 0ull)),
-                static_cast<unsigned long long>(j.value("requests_relayed", 0ull)));
+                static_cast<unsigned long long>(j.value("requests_relayed", 0ull)),
+                static_cast<unsigned long long>(j.value("replies_spooled", 0ull)),
+                j.value("replies_spooled", 0ull) == 1 ? "y" : "ies");
   }
   // How peers get in, and what the controller can see: said plainly (docs/e2e-design.md).
   if (j.contains("trust") && j["trust"].is_string()) {
@@ -449,8 +452,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c->add_option("--relay-from-bytes", copts.relay_from_bytes,
                 "A direct request to engines that can take it now, with at least this many bytes after its "
-                "first part (a large push or apply argument), is forwarded while it arrives: the controller holds "
-                "an 8 MiB window of it, not all of it (0: receive every request whole first)")
+                "first part (a large push or apply argument), is forwarded while it arrives, and a reply that "
+                "large is written to the task store's file while it arrives and sent on from there: the "
+                "controller holds an 8 MiB window of either, not all of it (0: receive every message whole "
+                "first)")
       ->capture_default_str();
   c->add_option("--trust", copts.trust,
                 "Who may connect: manual (keys in security/trust/), learn (unknown keys wait for `testudo keys "

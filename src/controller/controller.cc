@@ -198,10 +198,11 @@ void raise_open_file_limit() {
 // Members are destroyed in reverse order: each outlives what is declared after it.
 struct Controller::Impl {
   ControllerOptions options;
+  // Outlives the store: the store's spool thread posts to it until the store has joined it.
+  net::EventLoop loop;
   std::unique_ptr<Gatekeeper> gate;
   std::unique_ptr<TaskStore> store;
   std::unique_ptr<EngineIds> engine_ids;
-  net::EventLoop loop;
   std::unique_ptr<StoredResults> results;  // its timers run on `loop`; commits at destruction
   auth::LoginRegistry logins;
   std::unique_ptr<auth::CapabilityAdmission> admission;

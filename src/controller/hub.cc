@@ -70,7 +70,9 @@ void Hub::accept(std::shared_ptr<net::Connection> connection) {
   peer.connection->start({
       [this, serial](wire::Message&& m) { on_message(serial, std::move(m)); },
       [this, serial](const Status& reason) { on_close(serial, reason); },
-      [this, serial](const wire::Message& first, std::span<const std::uint64_t> sizes) {
+      [this, serial](const wire::Message& first, std::span<const std::uint64_t> sizes) -> std::shared_ptr<wire::StreamSink> {
+        Peer* p = peers_.find(serial);
+        if (p && p->admitted && p->role == wire::Role::kEngine) return offer_reply_stream(*p, first, sizes);
         return offer_stream(serial, first, sizes);
       },
   });
@@ -161,6 +163,7 @@ void Hub::welcome(Peer& peer, auth::Admitted admitted) {
     }
     peers_.admit_engine(peer, id);
     welcome.envelope.engine_id = id;
+    peer.connection->offer_streams(options_.relay_from_bytes);  // large replies: spooled
     if (assigned->returning && engine_ids_.from_previous_run().count(id)) engines_back_.insert(id);
   } else {
     peers_.admit_client(peer);
@@ -294,6 +297,15 @@ void Hub::sweep_heartbeats() {
   }
   std::vector<Peer*> silent;
   for (const auto& [id, p] : peers_.engines()) {
+    // An engine whose large reply waits for the disk is not read meanwhile: its heartbeats
+    // wait unread behind the reply. It is alive (we stopped it), and told so, like a paused
+    // client.
+    if (auto reply = p->reply_stream.lock(); reply && reply->backlogged()) {
+      p->last_seen = now;
+      wire::Message ack;
+      ack.envelope.kind = MessageKind::kHeartbeatAck;
+      p->connection->send(std::move(ack));
+    }
     // An engine whose bytes are arriving is alive, even while one message takes longer than
     // the timeout to move (its heartbeats may wait behind it on a slow link).
     if (const std::uint64_t received = p->connection->bytes_received(); received != p->bytes_seen) {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -29,7 +30,9 @@
 #include "controller/peer_table.h"
 #include "controller/refusal_digest.h"
 #include "controller/reports.h"
+#include "controller/result_file_sender.h"
 #include "controller/scheduler.h"
+#include "controller/spooled_reply.h"
 #include "controller/stored_results.h"
 #include "controller/streamed_request.h"
 #include "net/net.h"
@@ -134,12 +137,37 @@ class Hub : private SchedulerSink {
                                                  std::span<const std::uint64_t> sizes);
   // The client of a relayed request went away before its end: its tasks never ran.
   void relay_abandoned(const Status& why, const StreamedRequest::Tasks& tasks);
+  // A reply's task, settled in the scheduler: whom it goes to and how it ended.
+  struct SettledReply {
+    TaskId id = 0;
+    std::uint64_t request_id = 0;
+    std::uint32_t client_id = 0;
+    std::uint32_t engine_id = 0;
+    Outcome outcome = Outcome::kOk;
+    TaskState state = TaskState::kSucceeded;
+    std::string text;  // for the client (an abort's reason)
+  };
+  // The task of `envelope` (a reply from `engine`) ends; nothing if it does not run there (T8).
+  std::optional<SettledReply> settle_reply(Peer& engine, const wire::Envelope& envelope);
   void route_reply(Peer& engine, wire::Message&& message);
+  // An engine's large reply, offered once its first segment is in: a sink that writes the rest
+  // to the task store's file as it arrives (spooled_reply.h), or null to receive it whole.
+  std::shared_ptr<wire::StreamSink> offer_reply_stream(Peer& engine, const wire::Message& first,
+                                                       std::span<const std::uint64_t> sizes);
+  // Every part of a spooled reply has arrived: the task ends now; the reply goes on once the
+  // file is written (spooled_reply_written, posted from the spool thread).
+  void reply_spooled(std::uint64_t engine_serial, SpooledReply& reply);
+  void spooled_reply_written(const SettledReply& settled, const std::shared_ptr<ResultSpool>& spool,
+                             const Status& written);
+  // Sends a reply whose segments lie in `file` a part at a time (result_file_sender.h); like
+  // send_to_client, held acks leave first. A failed read answers the request with the reason.
+  void send_file_to_client(Peer& client, wire::Envelope envelope, std::shared_ptr<const ResultFile> file);
   void route_output(Peer& engine, wire::Message&& message);
   void acknowledge(Peer& client, std::uint64_t request_id, std::vector<TaskId> ids);
   // Every message to a client goes through here: its held acks leave first, so a client never
   // sees a request's reply before its task ids.
   void send_to_client(Peer& client, wire::Message message);
+  void send_held_acks(Peer& client);
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
                    Outcome status, const std::string& text);
   // Why a direct request for engine `id`, which is not connected, cannot run.
@@ -199,6 +227,9 @@ class Hub : private SchedulerSink {
   std::set<std::uint32_t> paused_clients_;
   std::uint64_t pauses_ = 0;  // times a client was paused, since the start
   std::uint64_t relayed_ = 0;  // requests relayed while they arrived, since the start (status)
+  std::uint64_t replies_spooled_ = 0;  // replies written to their file while they arrived (status)
+  // Work posted back from other threads (the spool's) runs only while this lives.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   // Last: destroyed (and detached) first, so that the segments the other members still hold
   // are released without calling back into a hub being destroyed.
   ByteBudget budget_;

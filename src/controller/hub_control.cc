@@ -131,8 +131,12 @@ void Hub::get_results(Peer& client, const wire::Message& m) {
   auto ids = ids_of(m, /*none_ok=*/false);
   if (!ids.ok()) return reject(client, ids.status().message());
   for (auto& answer : results_.get({client.id, client.identity}, m.envelope.request_id, *ids)) {
-    answer.envelope.client_id = client.id;
-    send_to_client(client, std::move(answer));
+    answer.reply.envelope.client_id = client.id;
+    if (answer.file) {
+      send_file_to_client(client, std::move(answer.reply.envelope), std::move(answer.file));
+    } else {
+      send_to_client(client, std::move(answer.reply));
+    }
   }
 }
 
@@ -253,6 +257,7 @@ ClusterReport Hub::cluster_report() {
   r.clients_paused = paused_clients_.size();
   r.client_pauses = pauses_;
   r.requests_relayed = relayed_;
+  r.replies_spooled = replies_spooled_;
   return r;
 }
 

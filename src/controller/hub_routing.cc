@@ -240,10 +240,14 @@ void Hub::send_to_client(Peer& client, wire::Message message) {
       tap && (message.envelope.kind == MessageKind::kTaskReply || message.envelope.kind == MessageKind::kTaskOutput)) {
     tap->to_client(message);
   }
+  send_held_acks(client);
+  client.connection->send(std::move(message));
+}
+
+void Hub::send_held_acks(Peer& client) {
   if (acks_.holds(client.id)) {
     for (auto& ack : acks_.take(client.id)) client.connection->send(std::move(ack));
   }
-  client.connection->send(std::move(message));
 }
 
 void Hub::reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
@@ -313,15 +317,34 @@ void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::stri
   }
 }
 
-void Hub::route_reply(Peer& engine, wire::Message&& m) {
-  const bool success = m.envelope.outcome() == Outcome::kOk;
+std::optional<Hub::SettledReply> Hub::settle_reply(Peer& engine, const wire::Envelope& envelope) {
+  const bool success = envelope.outcome() == Outcome::kOk;
   // An engine drops a task it had not started when asked to abort it (kEngineAbort).
-  const bool aborted = m.envelope.outcome() == Outcome::kAborted;
+  const bool aborted = envelope.outcome() == Outcome::kAborted;
   // T8: an engine may only answer tasks running on it; anything else is ignored.
-  auto task = scheduler_.finished(m.envelope.task_id, engine.id, success, clock_.now());
+  auto task = scheduler_.finished(envelope.task_id, engine.id, success, clock_.now());
   if (!task) {
-    LOG_WARN("hub") << "engine " << engine.id << " replied to task " << m.envelope.task_id
+    LOG_WARN("hub") << "engine " << engine.id << " replied to task " << envelope.task_id
                     << " it does not hold; ignored";
+    return std::nullopt;
+  }
+  ++engine.tasks_done;
+  ++tasks_completed_;
+  if (!paused_clients_.empty()) resume_clients();  // one task fewer: maybe back under a limit
+  SettledReply settled;
+  settled.id = envelope.task_id;
+  settled.request_id = task->request_id;
+  settled.client_id = task->client_id;
+  settled.engine_id = engine.id;
+  settled.outcome = success ? Outcome::kOk : aborted ? Outcome::kAborted : Outcome::kPythonError;
+  settled.state = success ? TaskState::kSucceeded : aborted ? TaskState::kAborted : TaskState::kFailed;
+  if (aborted) settled.text = "aborted before it started on engine " + std::to_string(engine.id);
+  return settled;
+}
+
+void Hub::route_reply(Peer& engine, wire::Message&& m) {
+  auto settled = settle_reply(engine, m.envelope);
+  if (!settled) {
     if (RelayTap* tap = relay_tap()) {
       if (auto passed = tap->stray_reply(m)) {
         if (Peer* client = peers_.client(passed->first)) client->connection->send(std::move(passed->second));
@@ -329,19 +352,14 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
     }
     return;
   }
-  ++engine.tasks_done;
-  ++tasks_completed_;
-  if (!paused_clients_.empty()) resume_clients();  // one task fewer: maybe back under a limit
-  const TaskId id = m.envelope.task_id;
-  const std::string aborted_text = "aborted before it started on engine " + std::to_string(engine.id);
-  if (aborted) m.segments.clear();
-  results_.finished(id, success ? TaskState::kSucceeded : aborted ? TaskState::kAborted : TaskState::kFailed,
-                    m.segments, success ? "" : aborted ? aborted_text : "the task raised");
-  wire::Message reply = wire::task_reply(
-      success ? Outcome::kOk : aborted ? Outcome::kAborted : Outcome::kPythonError,
-      {.request_id = task->request_id, .task_id = id, .engine_id = engine.id, .client_id = task->client_id},
-      aborted ? aborted_text : std::string{}, std::move(m.segments));
-  for (const ResultWaiter& w : results_.take_waiters(id)) {
+  if (settled->outcome == Outcome::kAborted) m.segments.clear();
+  results_.finished(settled->id, settled->state, m.segments,
+                    settled->state == TaskState::kFailed ? "the task raised" : settled->text);
+  wire::Message reply = wire::task_reply(settled->outcome,
+                                         {.request_id = settled->request_id, .task_id = settled->id,
+                                          .engine_id = settled->engine_id, .client_id = settled->client_id},
+                                         settled->text, std::move(m.segments));
+  for (const ResultWaiter& w : results_.take_waiters(settled->id)) {
     Peer* waiting = peers_.client(w.client_id);
     if (!waiting) continue;
     wire::Message copy = reply;  // segments are shared
@@ -349,9 +367,107 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
     copy.envelope.client_id = w.client_id;
     send_to_client(*waiting, std::move(copy));
   }
-  Peer* client = peers_.client(task->client_id);
+  Peer* client = peers_.client(settled->client_id);
   if (!client) return;  // the client left: the store keeps the result (F3)
   send_to_client(*client, std::move(reply));
+}
+
+std::shared_ptr<wire::StreamSink> Hub::offer_reply_stream(Peer& engine, const wire::Message& first,
+                                                          std::span<const std::uint64_t> sizes) {
+  const wire::Envelope& reply = first.envelope;
+  // Anything else (and a reply to a task not running there: ignored by route_reply) is
+  // received whole. Not while a hostile-test tap may rewrite replies.
+  if (reply.kind != MessageKind::kTaskReply || stopping_ || relay_tap() ||
+      !scheduler_.running_spec(reply.task_id, engine.id)) {
+    return nullptr;
+  }
+  auto spool = results_.spool(reply.task_id, std::vector<std::uint64_t>(sizes.begin(), sizes.end()));
+  if (!spool.ok()) {
+    LOG_INFO("hub") << "the reply of task " << reply.task_id << " is received whole: " << spool.status().message();
+    return nullptr;
+  }
+  if (!first.segments.empty()) (*spool)->append(first.segments[0]);
+  const std::uint64_t serial = engine.serial;
+  auto sink = std::make_shared<SpooledReply>(
+      first, std::move(spool).value(), options_.relay_window_bytes, clock_,
+      [this, serial](SpooledReply& r) { reply_spooled(serial, r); },
+      [this](SpooledReply& r) {
+        // The engine's connection ended halfway: its tasks fail as for any engine that dies.
+        LOG_WARN("hub") << "the reply of task " << r.first().envelope.task_id << " ended halfway; dropped";
+      });
+  engine.reply_stream = sink;
+  return sink;
+}
+
+void Hub::reply_spooled(std::uint64_t engine_serial, SpooledReply& r) {
+  Peer* engine = peers_.find(engine_serial);
+  auto settled = engine ? settle_reply(*engine, r.first().envelope) : std::nullopt;
+  if (!settled) {
+    r.spool()->abandon();
+    return;
+  }
+  ++replies_spooled_;
+  // The spool thread reports; the rest happens on the loop's, unless the hub is gone by then.
+  r.spool()->close([&clock = clock_, alive = std::weak_ptr<int>(alive_), this, settled = *settled,
+                    spool = r.spool()](const Status& written) {
+    clock.post([alive, this, settled, spool, written] {
+      if (alive.lock()) spooled_reply_written(settled, spool, written);
+    });
+  });
+}
+
+void Hub::spooled_reply_written(const SettledReply& settled, const std::shared_ptr<ResultSpool>& spool,
+                                const Status& written) {
+  if (!written.ok()) {
+    // The result could not be kept (disk full...): nothing holds it any more. Said to the
+    // client and recorded, never silently lost.
+    const std::string text = "the result of task " + std::to_string(settled.id) + " (" +
+                             std::to_string(spool->file()->total_bytes()) +
+                             " bytes) could not be stored by the controller: " + written.message();
+    LOG_ERROR("hub") << text;
+    results_.finished(settled.id, TaskState::kFailed, {}, text);
+    reply_error(settled.client_id, settled.request_id, settled.engine_id, Outcome::kControllerFailed, text);
+    for (const ResultWaiter& w : results_.take_waiters(settled.id)) {
+      reply_error(w.client_id, w.request_id, settled.engine_id, Outcome::kControllerFailed, text);
+    }
+    return;
+  }
+  results_.finished_spooled(settled.id, settled.state, spool,
+                            settled.state == TaskState::kFailed ? "the task raised" : settled.text);
+  wire::Envelope envelope = wire::task_reply(settled.outcome,
+                                             {.request_id = settled.request_id, .task_id = settled.id,
+                                              .engine_id = settled.engine_id, .client_id = settled.client_id},
+                                             settled.text)
+                                .envelope;
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> to;  // (client, request)
+  for (const ResultWaiter& w : results_.take_waiters(settled.id)) to.emplace_back(w.client_id, w.request_id);
+  to.emplace_back(settled.client_id, settled.request_id);
+  for (const auto& [client_id, request_id] : to) {
+    Peer* client = peers_.client(client_id);
+    if (!client) continue;  // the client left: the store keeps the result (F3)
+    wire::Envelope e = envelope;
+    e.client_id = client_id;
+    e.request_id = request_id;
+    send_file_to_client(*client, std::move(e), spool->file());
+  }
+}
+
+void Hub::send_file_to_client(Peer& client, wire::Envelope envelope, std::shared_ptr<const ResultFile> file) {
+  send_held_acks(client);
+  const std::uint32_t client_id = client.id;
+  const std::uint64_t request_id = envelope.request_id;
+  const std::uint32_t engine_id = envelope.engine_id;
+  const std::uint64_t task_id = envelope.task_id;
+  auto failed = [this, alive = std::weak_ptr<int>(alive_), client_id, request_id, engine_id, task_id](const Status& why) {
+    if (!alive.lock()) return;
+    reply_error(client_id, request_id, engine_id, Outcome::kControllerFailed,
+                "cannot read the stored result of task " + std::to_string(task_id) + ": " + why.message());
+  };
+  if (Status st = ResultFileSender::send(*client.connection, std::move(envelope), std::move(file),
+                                         options_.relay_window_bytes, failed);
+      !st.ok()) {
+    failed(st);
+  }
 }
 
 void Hub::route_output(Peer& engine, wire::Message&& m) {

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -414,7 +415,7 @@ TEST_F(HubTest, ALargeDirectRequestIsRelayedToItsEnginesAsItArrives) {
   auto e1 = join("engine:e1");
   auto c = join("client:alice");
   EXPECT_EQ(c->stream_offers_from, 1000u);
-  EXPECT_EQ(e0->stream_offers_from, 0u) << "only clients' requests are relayed";
+  EXPECT_EQ(e0->stream_offers_from, 1000u) << "engines' large replies are spooled (offered too)";
   wire::Message first = request(MessageKind::kPush, 7, {0, 1}, "names");
   const std::vector<std::uint64_t> sizes{5, 4000};
   auto sink = c->offer(first, sizes);
@@ -456,6 +457,129 @@ TEST_F(HubTest, ALargeDirectRequestIsRelayedToItsEnginesAsItArrives) {
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(status_of(replies[0]), Outcome::kOk);
   EXPECT_EQ(replies[0].envelope.request_id, 7u);
+}
+
+// Runs what other threads posted (the spool thread's releases and reports) until `done` holds
+// or five seconds pass.
+template <typename Pred>
+bool settle(FakeClock& clock, Pred done) {
+  for (int i = 0; i < 5000; ++i) {
+    clock.run_due();
+    if (done()) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return done();
+}
+
+// The bytes of a streamed message sent on `c` (index `n` of its streams), taken part by part
+// (each taken part releases the sender's window) until it is finished or abandoned.
+std::string drain_stream(FakeClock& clock, FakeConnection& c, std::size_t n) {
+  std::string out;
+  auto& stream = *c.streams.at(n).second;
+  for (int i = 0; i < 5000 && stream.state() == net::OutgoingStream::State::kOpen; ++i) {
+    while (!stream.parts().empty()) {
+      out += stream.parts().front().to_string();
+      stream.parts().pop_front();
+    }
+    clock.run_due();
+    if (stream.parts().empty()) std::this_thread::sleep_for(1ms);
+  }
+  while (!stream.parts().empty()) {
+    out += stream.parts().front().to_string();
+    stream.parts().pop_front();
+  }
+  return out;
+}
+
+// A large reply is written to the task store's file as it arrives (the engine's connection not
+// read while the window is full, the engine still alive), then sent to its client from the
+// file a part at a time; get_result later streams the same file (docs/protocol.md "Relaying a
+// large reply").
+TEST_F(HubTest, ALargeReplyIsSpooledToItsFileAsItArrivesAndSentOnFromIt) {
+  HubOptions options;
+  options.relay_from_bytes = 1000;
+  options.relay_window_bytes = 3000;
+  options.heartbeat_timeout = 1000ms;
+  TaskStoreOptions store_options;
+  store_options.inline_limit = 1024;
+  start(options, false, store_options);
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 7, {0}));
+  const wire::Message task = e0->sent_of(MessageKind::kExecute).at(0);
+  const TaskId id = task.envelope.task_id;
+
+  wire::Message first = engine_reply(task, "meta");
+  const std::string value(2500, 'v'), more(4000, 'w');
+  const std::vector<std::uint64_t> sizes{4, 0, value.size(), more.size()};
+  auto sink = e0->offer(first, sizes);
+  ASSERT_NE(sink, nullptr);
+  sink->chunk(2, SharedBytes::copy_of(value));
+  sink->chunk(3, SharedBytes::copy_of(more.substr(0, 1000)));
+  EXPECT_TRUE(sink->backlogged()) << "3504 bytes not yet written, over the 3000-byte window";
+  // Not read meanwhile, yet alive: the hub answers for its heartbeats.
+  clock_.advance(1500ms);
+  EXPECT_TRUE(e0->is_open()) << "an engine whose reply waits for the disk was declared dead";
+  EXPECT_FALSE(e0->sent_of(MessageKind::kHeartbeatAck).empty());
+  bool room = false;
+  sink->when_room([&] { room = true; });
+  ASSERT_TRUE(settle(clock_, [&] { return room; })) << "the window never opened";
+  sink->chunk(3, SharedBytes::copy_of(more.substr(1000)));
+  EXPECT_TRUE(c->sent_of(MessageKind::kTaskReply).empty()) << "a reply sent before it was whole";
+  sink->end();
+  ASSERT_TRUE(settle(clock_, [&] { return !c->streams.empty(); })) << "the reply never left";
+  const wire::Message& head = c->sent.at(c->streams[0].first);
+  EXPECT_EQ(head.envelope.kind, MessageKind::kTaskReply);
+  EXPECT_EQ(status_of(head), Outcome::kOk);
+  EXPECT_EQ(head.envelope.request_id, 7u);
+  EXPECT_EQ(head.envelope.task_id, id);
+  EXPECT_EQ(head.segments.at(0).to_string(), "meta");
+  EXPECT_EQ(c->streams[0].second->sizes(), sizes);
+  EXPECT_EQ(drain_stream(clock_, *c, 0), value + more);
+  EXPECT_EQ(c->streams[0].second->state(), net::OutgoingStream::State::kFinished);
+  EXPECT_EQ(hub_->tasks_in_flight(), 0u);
+
+  // Recorded: get_result from another connection of the same identity streams the file.
+  auto c2 = join("client:alice");
+  c2->deliver(control(MessageKind::kGetResult, 9, {id}));
+  ASSERT_EQ(c2->streams.size(), 1u);
+  EXPECT_EQ(c2->sent.at(c2->streams[0].first).envelope.request_id, 9u);
+  EXPECT_EQ(c2->sent.at(c2->streams[0].first).segments.at(0).to_string(), "meta");
+  EXPECT_EQ(drain_stream(clock_, *c2, 0), value + more);
+  c2->deliver(control(MessageKind::kClusterStatus, 10));
+  auto report = nlohmann::json::parse(c2->sent_of(MessageKind::kClusterStatusReply).at(0).segments.at(0).view());
+  EXPECT_EQ(report.value("replies_spooled", 0), 1);
+}
+
+// Received whole instead: a small reply, a reply to a task the engine does not run, any other
+// kind. An engine that leaves halfway: its task fails as for any engine death, no file stays.
+TEST_F(HubTest, ARepliesSpoolIsDeclinedOrAbandonedCleanly) {
+  HubOptions options;
+  options.relay_from_bytes = 1000;
+  TaskStoreOptions store_options;
+  store_options.inline_limit = 1024;
+  start(options, false, store_options);
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 7, {0}));
+  const wire::Message task = e0->sent_of(MessageKind::kExecute).at(0);
+  const std::vector<std::uint64_t> sizes{4, 5000};
+  EXPECT_EQ(e1->offer(engine_reply(task, "meta"), sizes), nullptr) << "engine 1 does not run it (T8)";
+  wire::Message output = engine_reply(task, "meta");
+  output.envelope.kind = MessageKind::kTaskOutput;
+  EXPECT_EQ(e0->offer(output, sizes), nullptr);
+  auto sink = e0->offer(engine_reply(task, "meta"), sizes);
+  ASSERT_NE(sink, nullptr);
+  sink->chunk(1, SharedBytes::copy_of(std::string(2000, 'x')));
+  sink->abandon(unavailable("connection closed"));
+  e0->close(unavailable("connection closed"));
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kEngineDied);
+  ASSERT_TRUE(settle(clock_, [&] {
+    return std::filesystem::is_empty(dir_.path() + "/state/tasks.sqlite.results");
+  })) << "a half-written reply's file stayed";
 }
 
 // Relayed only where order and pace allow: not a load-balanced or small request, not to an

@@ -43,6 +43,9 @@ struct Peer {
   std::string info_json = "{}";  // its signed registration facts (auth/registration.h)
   std::string seal_statement;    // relayed to clients unread (e2e/engine_seal.h)
   auth::EngineFacts facts;       // id and tags, for the policy's engine selectors
+  // A large reply it is sending, received in parts (Hub::offer_reply_stream): while that sink
+  // is backlogged, its connection is not read and the hub answers for its heartbeats.
+  std::weak_ptr<wire::StreamSink> reply_stream;
 };
 
 class PeerTable {

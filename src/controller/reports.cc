@@ -65,7 +65,8 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"queue_limit_bytes", report.queue_limit},
                {"clients_paused", report.clients_paused},
                {"client_pauses", report.client_pauses},
-               {"requests_relayed", report.requests_relayed}});
+               {"requests_relayed", report.requests_relayed},
+               {"replies_spooled", report.replies_spooled}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

@@ -55,6 +55,8 @@ struct ClusterReport {
   std::uint64_t client_pauses = 0;
   // Large requests forwarded to their engines while they arrived (streamed_request.h).
   std::uint64_t requests_relayed = 0;
+  // Large replies written to their file while they arrived, then sent on (spooled_reply.h).
+  std::uint64_t replies_spooled = 0;
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not

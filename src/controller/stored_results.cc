@@ -63,6 +63,11 @@ void StoredResults::finished(TaskId id, TaskState state, std::vector<SharedBytes
   store_.record_finished(id, state, clock_.unix_micros(), std::move(result), std::move(error));
 }
 
+void StoredResults::finished_spooled(TaskId id, TaskState state, std::shared_ptr<ResultSpool> spool,
+                                     std::string error) {
+  store_.record_spooled(id, state, clock_.unix_micros(), std::move(spool), std::move(error));
+}
+
 void StoredResults::flush() {
   if (store_.pending_writes() == 0) return;
   Status st = store_.flush();
@@ -101,9 +106,9 @@ bool StoredResults::may_read(const Requester& who, const TaskRecord& record) con
   return record.owner == who.identity.fingerprint || gate_.allows(who.identity, auth::Operation::kReadOthersResults);
 }
 
-std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_t request_id,
-                                              const std::vector<TaskId>& ids) {
-  std::vector<wire::Message> answers;
+std::vector<StoredAnswer> StoredResults::get(const Requester& who, std::uint64_t request_id,
+                                             const std::vector<TaskId>& ids) {
+  std::vector<StoredAnswer> answers;
   for (TaskId id : ids) {
     auto record = store_.get(id);
     // T10: another identity's task is answered exactly like one that does not exist.
@@ -130,6 +135,17 @@ std::vector<wire::Message> StoredResults::get(const Requester& who, std::uint64_
                                                      : "lost: the controller stopped before task " + std::to_string(id) +
                                                            " finished; it may or may not have run"));
       continue;
+    }
+    // A result kept in a file is sent from it a part at a time, never loaded whole.
+    if (r.state != TaskState::kAborted) {
+      auto file = store_.open_result_file(id);
+      if (file.ok() && *file) {
+        answers.push_back({stored_reply(request_id, id,
+                                        r.state == TaskState::kFailed ? Outcome::kPythonError : Outcome::kOk, engine,
+                                        r.kind),
+                           std::move(file).value()});
+        continue;
+      }
     }
     auto result = store_.result(id);
     if (result.ok() && !result->empty()) {

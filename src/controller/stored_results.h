@@ -39,6 +39,15 @@ struct Requester {
   const PeerIdentity& identity;
 };
 
+// One answer to kGetResult: the reply, and for a result kept in a file, that file (the reply
+// then carries no segments: the hub sends them from the file a part at a time).
+struct StoredAnswer {
+  StoredAnswer(wire::Message reply_, std::shared_ptr<const ResultFile> file_ = nullptr)  // NOLINT: implicit
+      : reply(std::move(reply_)), file(std::move(file_)) {}
+  wire::Message reply;
+  std::shared_ptr<const ResultFile> file;
+};
+
 // A client waiting for a task's result: answer request `request_id` of client `client_id`.
 struct ResultWaiter {
   std::uint32_t client_id = 0;
@@ -59,6 +68,12 @@ class StoredResults {
   void started(TaskId id, std::uint32_t engine);
   // `result`: the engine's reply segments, kept by reference (see TaskStore::record_finished).
   void finished(TaskId id, TaskState state, std::vector<SharedBytes> result, std::string error);
+  // A result too big to hold whole, written to its file as it arrives (TaskStore::spool_result)
+  // and then, once written, recorded with finished_spooled.
+  StatusOr<std::shared_ptr<ResultSpool>> spool(TaskId id, std::vector<std::uint64_t> sizes) {
+    return store_.spool_result(id, std::move(sizes));
+  }
+  void finished_spooled(TaskId id, TaskState state, std::shared_ptr<ResultSpool> spool, std::string error);
   // Commits every pending write, waiting for result files being written (shutdown).
   void sync();
   // The first task id the controller may hand out (ids continue across restarts).
@@ -71,7 +86,7 @@ class StoredResults {
   // kGetResult: one kTaskReply per id, in order, for the tasks that are finished (the reply as
   // the engine sent it, or why there is none); a task still running is answered later, when
   // it ends (see take_waiters). Replies carry `request_id` and the task id.
-  std::vector<wire::Message> get(const Requester& who, std::uint64_t request_id, const std::vector<TaskId>& ids);
+  std::vector<StoredAnswer> get(const Requester& who, std::uint64_t request_id, const std::vector<TaskId>& ids);
   // kResultStatus: {"records": [...]} for these ids ("state": "unknown" for ids not the requester's).
   std::string status_json(const Requester& who, const std::vector<TaskId>& ids);
   // kDbQuery: {"records": [...]} matching the query, the requester's own unless the policy

@@ -4,7 +4,7 @@ namespace testudo::controller {
 
 StreamedRequest::StreamedRequest(std::vector<std::uint64_t> sizes, std::uint64_t window,
                                  std::function<void(const Status&, const Tasks&)> on_abandon)
-    : sizes_(std::move(sizes)), window_(std::make_shared<Window>()), on_abandon_(std::move(on_abandon)) {
+    : sizes_(std::move(sizes)), window_(std::make_shared<ByteWindow>()), on_abandon_(std::move(on_abandon)) {
   window_->limit = window;
 }
 
@@ -42,17 +42,8 @@ void StreamedRequest::abandon(const Status& why) {
   if (on_abandon_) on_abandon_(why, tasks_);
 }
 
-bool StreamedRequest::backlogged() const { return window_->in_flight > window_->limit; }
+bool StreamedRequest::backlogged() const { return window_->full(); }
 
-void StreamedRequest::when_room(std::function<void()> fn) {
-  if (!backlogged()) return fn();
-  window_->on_room = std::move(fn);
-}
-
-void StreamedRequest::Window::release(std::uint64_t bytes) {
-  in_flight -= bytes;
-  // Half the window drained: the reader goes on (not at every part: fewer wake-ups).
-  if (on_room && in_flight <= limit / 2) std::exchange(on_room, nullptr)();
-}
+void StreamedRequest::when_room(std::function<void()> fn) { window_->when_room(std::move(fn)); }
 
 }  // namespace testudo::controller

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "controller/byte_window.h"
 #include "net/net.h"
 #include "wire/assembler.h"
 
@@ -58,15 +59,8 @@ class StreamedRequest final : public wire::StreamSink {
   std::uint64_t in_flight() const { return window_->in_flight; }
 
  private:
-  struct Window {
-    std::uint64_t limit = 0;
-    std::uint64_t in_flight = 0;
-    std::function<void()> on_room;  // the reader waiting for in_flight to fall
-    void release(std::uint64_t bytes);
-  };
-
   std::vector<std::uint64_t> sizes_;
-  std::shared_ptr<Window> window_;
+  std::shared_ptr<ByteWindow> window_;
   std::function<void(const Status&, const Tasks&)> on_abandon_;
   std::vector<std::shared_ptr<net::OutgoingStream>> outs_;
   Tasks tasks_;

@@ -64,6 +64,32 @@ std::string_view task_state_name(TaskState state) {
   return "unknown";
 }
 
+ResultFile::ResultFile(int fd, std::uint64_t data_offset, std::vector<std::uint64_t> sizes)
+    : fd_(fd), data_offset_(data_offset), sizes_(std::move(sizes)) {
+  for (std::uint64_t size : sizes_) total_ += size;
+}
+
+ResultFile::~ResultFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+StatusOr<SharedBytes> ResultFile::read(std::uint64_t offset, std::size_t length) const {
+  if (offset > total_ || length > total_ - offset) {
+    return invalid_argument("result file: " + std::to_string(length) + " bytes at " + std::to_string(offset) +
+                            " are past its " + std::to_string(total_));
+  }
+  SharedBytes out = SharedBytes::allocate(length);
+  std::size_t done = 0;
+  while (done < length) {
+    const ssize_t n = ::pread(fd_, out.data() + done, length - done, static_cast<off_t>(data_offset_ + offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return data_loss(std::string("cannot read result file: ") + std::strerror(errno));
+    if (n == 0) return data_loss("result file is shorter than its record says");
+    done += static_cast<std::size_t>(n);
+  }
+  return out;
+}
+
 namespace {
 
 constexpr std::string_view kLog = "store";
@@ -304,7 +330,8 @@ Status make_dirs(const std::string& dir) {
 
 // One big result on its way to "<id>-<n>.res.tmp". The loop thread creates it and reads
 // `state`; the writer thread writes the file, sets `error` and then `state` (release), and
-// does not touch the job again until the loop thread resubmits it.
+// does not touch the job again until the loop thread resubmits it. A spooled one (written
+// by a FileSpool as it arrived) is kWritten before it is queued and never written again.
 struct FileJob {
   enum State : int { kQueued, kWritten, kFailed };
   std::uint64_t id = 0;
@@ -312,6 +339,8 @@ struct FileJob {
   std::string tmp_path;
   std::atomic<int> state{kQueued};
   Status error;  // set by the writer before state = kFailed
+  bool spooled = false;
+  std::shared_ptr<const ResultFile> readable;  // spooled: its file, open
 };
 
 // Writes a framed result file; on failure nothing is left at `path`. `stop` is looked at
@@ -352,16 +381,32 @@ Status write_framed_file(const std::string& path, const std::vector<SharedBytes>
   return ok_status();
 }
 
-// The thread that writes result files, one job at a time in submission order. Thread-safe.
-// Started on the first big result; the destructor abandons queued jobs (their record stays
-// pending, so they are lost like any uncommitted write) and joins.
+// Every segment of a file's result, read in one piece (result() of a pending spooled result).
+StatusOr<std::vector<SharedBytes>> read_whole(const ResultFile& file) {
+  TESTUDO_ASSIGN_OR_RETURN(SharedBytes whole, file.read(0, file.total_bytes()));
+  std::vector<SharedBytes> segments;
+  std::uint64_t offset = 0;
+  for (std::uint64_t size : file.sizes()) {
+    segments.push_back(size == 0 ? SharedBytes()
+                                 : SharedBytes::adopt(whole.data() + offset, size, [whole] {}));
+    offset += size;
+  }
+  return segments;
+}
+
+// A thread that writes result files, one job at a time in submission order. Thread-safe.
+// The destructor abandons queued jobs (a whole file's record stays pending, so it is lost like
+// any uncommitted write; a spool's close never reports) and joins.
 class ResultWriter {
  public:
-  ResultWriter() : thread_([this] { run(); }) {}
+  // `nice`: the thread's priority (setpriority), 0 as the loop, 10 well below it.
+  explicit ResultWriter(int nice) : nice_(nice), thread_([this] { run(); }) {}
   ~ResultWriter() {
+    std::deque<std::function<void()>> dropped;
     {
       std::lock_guard lock(mu_);
       stop_.store(true);
+      dropped.swap(queue_);
     }
     cv_.notify_all();
     thread_.join();
@@ -369,11 +414,24 @@ class ResultWriter {
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;
 
+  // Writes `job`'s whole file.
   void submit(std::shared_ptr<FileJob> job) {
     job->state.store(FileJob::kQueued, std::memory_order_relaxed);
+    run_later([this, job = std::move(job)] {
+      Status st = write_framed_file(job->tmp_path, job->segments, &stop_);
+      if (st.ok()) {
+        job->state.store(FileJob::kWritten, std::memory_order_release);
+      } else {
+        job->error = std::move(st);
+        job->state.store(FileJob::kFailed, std::memory_order_release);
+      }
+    });
+  }
+  // Runs `fn` on the thread after the jobs before it; `fn` is destroyed there right after.
+  void run_later(std::function<void()> fn) {
     {
       std::lock_guard lock(mu_);
-      queue_.push_back(std::move(job));
+      queue_.push_back(std::move(fn));
     }
     cv_.notify_all();
   }
@@ -385,38 +443,148 @@ class ResultWriter {
 
  private:
   void run() {
-    // Below the loop thread (nice +10, ~1/10 of a contended core): forwarding a message goes
-    // first; the file is written while the CPU would otherwise idle, never starved outright.
-    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+    // The whole-result writer runs at nice +10 (~1/10 of a contended core): forwarding a
+    // message goes first; the file is written while the CPU would otherwise idle, never
+    // starved outright. The spool writer runs at the loop's priority: its sender waits for it.
+    if (nice_ != 0) ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice_);
     std::unique_lock lock(mu_);
     for (;;) {
       cv_.wait(lock, [this] { return stop_.load() || !queue_.empty(); });
       if (stop_.load()) return;
-      std::shared_ptr<FileJob> job = std::move(queue_.front());
+      std::function<void()> job = std::move(queue_.front());
       queue_.pop_front();
       busy_ = true;
       lock.unlock();
-      Status st = write_framed_file(job->tmp_path, job->segments, &stop_);
-      if (st.ok()) {
-        job->state.store(FileJob::kWritten, std::memory_order_release);
-      } else {
-        job->error = std::move(st);
-        job->state.store(FileJob::kFailed, std::memory_order_release);
-      }
-      job.reset();
+      job();
+      job = nullptr;  // what it held (a spooled part) is released here, on this thread
       lock.lock();
       busy_ = false;
       if (queue_.empty()) idle_cv_.notify_all();
     }
   }
 
+  const int nice_;
   std::mutex mu_;
   std::condition_variable cv_;       // work or stop
   std::condition_variable idle_cv_;  // queue drained
-  std::deque<std::shared_ptr<FileJob>> queue_;
+  std::deque<std::function<void()>> queue_;
   bool busy_ = false;
   std::atomic<bool> stop_{false};
   std::thread thread_;  // last: starts after the members it uses exist
+};
+
+// The segment sizes of a framing header (magic, count, lengths), checked against what the
+// record says before anything is allocated.
+StatusOr<std::vector<std::uint64_t>> parse_frame_header(std::span<const std::byte> header, std::uint64_t want_segments,
+                                                        std::uint64_t want_bytes) {
+  if (header.size() < 8 || std::memcmp(header.data(), kMagic, sizeof kMagic) != 0) {
+    return data_loss("result framing: bad magic");
+  }
+  const std::uint64_t count = get_le(header.data() + 4, 4);
+  if (count != want_segments || header.size() != 8 + 8 * count) return data_loss("result framing: bad segment count");
+  std::vector<std::uint64_t> sizes;
+  sizes.reserve(count);
+  std::uint64_t total = 0;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::uint64_t len = get_le(header.data() + 8 + 8 * i, 8);
+    if (len > want_bytes - total) return data_loss("result framing: size mismatch");
+    total += len;
+    sizes.push_back(len);
+  }
+  if (total != want_bytes) return data_loss("result framing: size mismatch");
+  return sizes;
+}
+
+std::string frame_header_of_sizes(const std::vector<std::uint64_t>& sizes) {
+  std::string out(kMagic, sizeof kMagic);
+  put_u32(out, static_cast<std::uint32_t>(sizes.size()));
+  for (std::uint64_t size : sizes) put_u64(out, size);
+  return out;
+}
+
+// A result written to "<id>-<n>.res.tmp" as it arrives (ResultSpool). The loop thread
+// appends; each write runs on the spool writer's thread, in order. `error_` and `written_`
+// are touched on that thread only; the job's state is published with release like a whole
+// file's.
+class FileSpool final : public ResultSpool, public std::enable_shared_from_this<FileSpool> {
+ public:
+  FileSpool(std::shared_ptr<FileJob> job, std::shared_ptr<const ResultFile> file, std::weak_ptr<ResultWriter> writer)
+      : job_(std::move(job)), file_(std::move(file)), writer_(std::move(writer)) {}
+  ~FileSpool() override {
+    if (!recorded_) ::unlink(job_->tmp_path.c_str());
+  }
+
+  void write_header() {
+    later([](FileSpool& self) {
+      const std::string header = frame_header_of_sizes(self.file_->sizes());
+      self.write_at(0, std::as_bytes(std::span(header)));
+    });
+  }
+  void append(SharedBytes part) override {
+    later([part = std::move(part)](FileSpool& self) mutable {
+      self.write_at(self.file_->data_offset() + self.written_, part.span());
+      self.written_ += part.size();
+      part = {};  // released now, on this thread: the sender's window opens
+    });
+  }
+  void close(std::function<void(const Status&)> on_written) override {
+    later([on_written = std::move(on_written)](FileSpool& self) {
+      if (self.error_.ok() && self.written_ != self.file_->total_bytes()) {
+        self.error_ = internal_error("result closed after " + std::to_string(self.written_) + " of " +
+                               std::to_string(self.file_->total_bytes()) + " bytes");
+      }
+      self.job_->state.store(self.error_.ok() ? FileJob::kWritten : FileJob::kFailed, std::memory_order_release);
+      on_written(self.error_);
+    });
+  }
+  void abandon() override {
+    later([](FileSpool& self) {
+      if (self.error_.ok()) self.error_ = unavailable("abandoned");
+      self.discard();
+    });
+  }
+  std::shared_ptr<const ResultFile> file() const override { return file_; }
+
+  // record_spooled: the store owns the file now (written: the job says so).
+  std::shared_ptr<FileJob> take_for_record() {
+    if (job_->state.load(std::memory_order_acquire) != FileJob::kWritten) return nullptr;
+    recorded_ = true;
+    return job_;
+  }
+
+ private:
+  void later(std::function<void(FileSpool&)> fn) {
+    auto writer = writer_.lock();
+    if (!writer) return;  // the store closed: nothing more is written (the file goes with us)
+    writer->run_later([self = shared_from_this(), fn = std::move(fn)]() mutable { fn(*self); });
+  }
+  // The name goes and, since readers may still hold the descriptor, the blocks too.
+  void discard() {
+    ::unlink(job_->tmp_path.c_str());
+    if (::ftruncate(file_->fd(), 0) != 0) {
+      LOG_WARN(kLog) << "cannot truncate " << job_->tmp_path << ": " << std::strerror(errno);
+    }
+  }
+  void write_at(std::uint64_t offset, std::span<const std::byte> bytes) {
+    while (error_.ok() && !bytes.empty()) {
+      const ssize_t n = ::pwrite(file_->fd(), bytes.data(), bytes.size(), static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        error_ = errno_status(errno, job_->tmp_path, "cannot write result file");
+        discard();  // space back at once; the sender is told at close
+        return;
+      }
+      offset += static_cast<std::uint64_t>(n);
+      bytes = bytes.subspan(static_cast<std::size_t>(n));
+    }
+  }
+
+  std::shared_ptr<FileJob> job_;
+  std::shared_ptr<const ResultFile> file_;
+  std::weak_ptr<ResultWriter> writer_;
+  Status error_;             // spool thread
+  std::uint64_t written_ = 0;  // spool thread
+  bool recorded_ = false;    // loop thread
 };
 
 struct Submitted {
@@ -455,6 +623,7 @@ class SqliteTaskStore final : public TaskStore {
 
   ~SqliteTaskStore() override {
     writer_.reset();  // joins; a write in progress stops and deletes its file
+    spool_writer_.reset();  // joins; spools still held write nothing more
     if (opened_ && pending_.empty()) release_unused_ids();
     if (!pending_.empty()) {
       LOG_WARN(kLog) << "closing " << options_.path << " with " << pending_.size()
@@ -510,12 +679,17 @@ class SqliteTaskStore final : public TaskStore {
       file->id = id;
       file->segments = std::move(result);
       file->tmp_path = results_dir_ + "/" + std::to_string(id) + "-" + std::to_string(++file_serial_) + ".res.tmp";
-      if (!writer_) writer_ = std::make_unique<ResultWriter>();
+      if (!writer_) writer_ = std::make_unique<ResultWriter>(10);
       writer_->submit(file);
       result.clear();
     }
     queue(Finished{id, state, at_us, std::move(result), bytes, count, std::move(error), std::move(file)});
   }
+
+  StatusOr<std::shared_ptr<ResultSpool>> spool_result(std::uint64_t id, std::vector<std::uint64_t> sizes) override;
+  void record_spooled(std::uint64_t id, TaskState state, std::int64_t at_us, std::shared_ptr<ResultSpool> spool,
+                      std::string error) override;
+  StatusOr<std::shared_ptr<const ResultFile>> open_result_file(std::uint64_t id) override;
 
   Status flush() override;
   Status flush_pending();
@@ -594,6 +768,7 @@ class SqliteTaskStore final : public TaskStore {
   std::string failure_;          // ... and why
   std::uint64_t pending_result_bytes_ = 0;
   std::unique_ptr<ResultWriter> writer_;  // started on the first big result
+  std::shared_ptr<ResultWriter> spool_writer_;  // started on the first spool; spools hold it weakly
   std::uint64_t file_serial_ = 0;
   std::vector<std::string> ignored_files_;  // written for a task finished already (flush())
   bool overflow_logged_ = false;
@@ -945,6 +1120,94 @@ Status SqliteTaskStore::retry_failed_files() {
   return first;
 }
 
+StatusOr<std::shared_ptr<ResultSpool>> SqliteTaskStore::spool_result(std::uint64_t id,
+                                                                      std::vector<std::uint64_t> sizes) {
+  if (failing_) return unavailable("the task store cannot write now: " + failure_);
+  std::uint64_t bytes = 0;
+  for (std::uint64_t size : sizes) bytes += size;
+  if (framed_size(sizes.size(), bytes) <= options_.inline_limit) {
+    return failed_precondition("a result of " + std::to_string(bytes) + " bytes is kept whole, not spooled");
+  }
+  auto job = std::make_shared<FileJob>();
+  job->id = id;
+  job->spooled = true;
+  job->tmp_path = results_dir_ + "/" + std::to_string(id) + "-" + std::to_string(++file_serial_) + ".res.tmp";
+  ::unlink(job->tmp_path.c_str());
+  const int fd = ::open(job->tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return errno_status(errno, job->tmp_path, "cannot create result file");
+  const std::uint64_t data_offset = framed_size(sizes.size(), 0);
+  auto file = std::make_shared<ResultFile>(fd, data_offset, std::move(sizes));
+  job->readable = file;
+  if (!spool_writer_) spool_writer_ = std::make_shared<ResultWriter>(0);
+  auto spool = std::make_shared<FileSpool>(std::move(job), std::move(file), spool_writer_);
+  spool->write_header();
+  return std::shared_ptr<ResultSpool>(std::move(spool));
+}
+
+void SqliteTaskStore::record_spooled(std::uint64_t id, TaskState state, std::int64_t at_us,
+                                     std::shared_ptr<ResultSpool> spool, std::string error) {
+  auto* mine = dynamic_cast<FileSpool*>(spool.get());
+  std::shared_ptr<FileJob> job = mine != nullptr ? mine->take_for_record() : nullptr;
+  if (!job) {
+    LOG_ERROR(kLog) << "task " << id << ": a spooled result that was not written whole; recorded as failed";
+    record_finished(id, TaskState::kFailed, at_us, {}, "the result was not stored whole");
+    return;
+  }
+  if (!is_finished(state)) state = TaskState::kFailed;  // as record_finished would refuse it
+  const std::uint64_t count = job->readable->sizes().size();
+  // Not counted in pending_result_bytes_: the bytes are on disk, not in memory.
+  queue(Finished{id, state, at_us, {}, job->readable->total_bytes(), count, std::move(error), std::move(job)});
+}
+
+StatusOr<std::shared_ptr<const ResultFile>> SqliteTaskStore::open_result_file(std::uint64_t id) {
+  flush_before_read();
+  if (pending_by_id_.contains(id)) {
+    TESTUDO_ASSIGN_OR_RETURN(auto committed, read_committed(id));
+    const bool was_finished = committed && is_finished(committed->state);
+    const Finished* finish = nullptr;
+    TESTUDO_ASSIGN_OR_RETURN(auto r, with_pending(id, std::move(committed), &finish));
+    if (finish != nullptr) return finish->file ? finish->file->readable : nullptr;
+    if (r && !was_finished) return failed_precondition("task " + std::to_string(id) + " has not finished");
+  }
+  sqlite3_stmt* s = stmt_.get_result.get();
+  ResetOnExit reset(s);
+  sqlite3_bind_int64(s, 1, to_sql(id));
+  const int rc = sqlite3_step(s);
+  if (rc == SQLITE_DONE) return not_found("task " + std::to_string(id) + " is not in the task store");
+  if (rc != SQLITE_ROW) return error(rc, "read result");
+  if (sqlite3_column_int(s, 0) < static_cast<int>(TaskState::kSucceeded)) {
+    return failed_precondition("task " + std::to_string(id) + " has not finished");
+  }
+  if (sqlite3_column_int(s, 4) != 1) return std::shared_ptr<const ResultFile>();
+  const std::uint64_t bytes = from_sql(sqlite3_column_int64(s, 1));
+  const std::uint64_t segments = from_sql(sqlite3_column_int64(s, 2));
+  const std::string path = result_file(id);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return data_loss("task store: result file " + path + " is missing");
+    return errno_status(errno, path, "cannot open result file");
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return errno_status(errno, path, "cannot stat result file");
+  if (!S_ISREG(st.st_mode) || segments > (1u << 24) ||
+      static_cast<std::uint64_t>(st.st_size) != framed_size(segments, bytes)) {
+    return data_loss("task store: result file " + path + " has the wrong size");
+  }
+  std::vector<std::byte> header(framed_size(segments, 0));
+  std::uint64_t done = 0;
+  while (done < header.size()) {
+    const ssize_t n = ::pread(fd.get(), header.data() + done, header.size() - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno_status(errno, path, "cannot read result file");
+    if (n == 0) return data_loss("task store: result file " + path + " is short");
+    done += static_cast<std::uint64_t>(n);
+  }
+  auto sizes = parse_frame_header(header, segments, bytes);
+  if (!sizes.ok()) return sizes.status().with_context("task store: task " + std::to_string(id));
+  return std::shared_ptr<const ResultFile>(
+      std::make_shared<ResultFile>(fd.release(), header.size(), std::move(sizes).value()));
+}
+
 Status SqliteTaskStore::flush() {
   Status st = flush_pending();
   failing_ = !st.ok();
@@ -1014,6 +1277,12 @@ Status SqliteTaskStore::flush_pending() {
     for (const Finished* f : files) {
       const std::string final_path = result_file(f->id);
       if (::rename(final_path.c_str(), f->file->tmp_path.c_str()) != 0) {
+        if (f->file->spooled) {
+          // Its bytes are nowhere else: it stays under the final name, which the retry's
+          // rename then keeps.
+          f->file->tmp_path = final_path;
+          continue;
+        }
         ::unlink(final_path.c_str());
         writer_->submit(f->file);
       }
@@ -1041,7 +1310,9 @@ Status SqliteTaskStore::flush_pending() {
     pending_result_bytes_ = 0;
     for (std::size_t i = 0; i < pending_.size(); ++i) {
       if (ready[i]) continue;
-      if (const auto* f = std::get_if<Finished>(&pending_[i])) pending_result_bytes_ += f->result_bytes;
+      if (const auto* f = std::get_if<Finished>(&pending_[i]); f != nullptr && !(f->file && f->file->spooled)) {
+        pending_result_bytes_ += f->result_bytes;
+      }
       kept.push_back(std::move(pending_[i]));
     }
     pending_ = std::move(kept);
@@ -1052,6 +1323,9 @@ Status SqliteTaskStore::flush_pending() {
 }
 
 Status SqliteTaskStore::sync() {
+  // Spooled writes queued so far end first (a few MiB at most: their senders' windows), so
+  // nothing of theirs runs after a shutdown's sync.
+  if (spool_writer_) spool_writer_->wait_idle();
   if (writer_) {
     // A write begun before now ends first: it may fail on a disk that was full when it began
     // (a failed flush hands failed files back to the writer at once). Then every failed one
@@ -1344,7 +1618,10 @@ StatusOr<std::vector<SharedBytes>> SqliteTaskStore::result(std::uint64_t id) {
     const bool was_finished = committed && is_finished(committed->state);
     const Finished* finish = nullptr;
     TESTUDO_ASSIGN_OR_RETURN(auto r, with_pending(id, std::move(committed), &finish));
-    if (finish != nullptr) return finish->file ? finish->file->segments : finish->result;
+    if (finish != nullptr) {
+      if (finish->file && finish->file->spooled) return read_whole(*finish->file->readable);
+      return finish->file ? finish->file->segments : finish->result;
+    }
     if (r && !was_finished) return failed_precondition("task " + std::to_string(id) + " has not finished");
   }
   sqlite3_stmt* s = stmt_.get_result.get();

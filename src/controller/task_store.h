@@ -22,6 +22,9 @@
 // a result file itself: a 100 MB result costs the caller's thread a rename, not ~70 ms.
 // The writer runs at nice +10 (forwarding goes first); if it falls behind by more than half
 // of max_pending_result_bytes, flush() waits for it instead of letting results be dropped.
+// A result too big to hold whole can instead be spooled (spool_result): written to its
+// "<id>-<n>.res.tmp" by a second thread, at normal priority (the sender waits for it), while
+// it arrives; record_spooled() then queues its finish like any written file.
 //
 // Crash semantics (F2): after SIGKILL, every committed write is there and the database is
 // intact; writes not yet committed are gone. A write is committed when a flush() that
@@ -55,6 +58,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -117,6 +121,51 @@ struct TaskStoreOptions {
   std::uint64_t max_pending_result_bytes = 1ull << 30;
 };
 
+// A big result's file, open for reading back a part at a time (TaskStore::open_result_file,
+// ResultSpool::file), so that sending it never holds it whole. Reads go through the open
+// descriptor: a rename (the commit) or a purge meanwhile does not disturb them.
+// Thread-safe (pread).
+class ResultFile {
+ public:
+  // Takes `fd`; the segments of `sizes` lie back to back from `data_offset` on.
+  ResultFile(int fd, std::uint64_t data_offset, std::vector<std::uint64_t> sizes);
+  ~ResultFile();
+  ResultFile(const ResultFile&) = delete;
+  ResultFile& operator=(const ResultFile&) = delete;
+
+  const std::vector<std::uint64_t>& sizes() const { return sizes_; }
+  std::uint64_t total_bytes() const { return total_; }
+  // `length` bytes from `offset` bytes into the segments (counted back to back).
+  // kDataLoss if the file ends first (damaged), kInvalidArgument past total_bytes().
+  StatusOr<SharedBytes> read(std::uint64_t offset, std::size_t length) const;
+  int fd() const { return fd_; }
+  std::uint64_t data_offset() const { return data_offset_; }
+
+ private:
+  int fd_;
+  std::uint64_t data_offset_;
+  std::vector<std::uint64_t> sizes_;
+  std::uint64_t total_ = 0;
+};
+
+// A big result written to its file while it still arrives (TaskStore::spool_result), so the
+// controller holds a bounded part of it, never all of it (docs/protocol.md "Relaying a large
+// reply"). The loop thread appends; the store's spool thread writes, in order.
+class ResultSpool {
+ public:
+  virtual ~ResultSpool() = default;  // a spool never recorded deletes its file
+  // The next bytes of the segments, in order. `part` is released on the spool thread once it
+  // is written (its owner may count on that to pace the sender).
+  virtual void append(SharedBytes part) = 0;
+  // Every byte has been appended: `on_written` runs once, ON THE SPOOL THREAD, with OK when
+  // the whole file is written (then record_spooled may take it), or why not (disk full...).
+  virtual void close(std::function<void(const Status&)> on_written) = 0;
+  // The result will never be complete (its sender went away): the file is deleted.
+  virtual void abandon() = 0;
+  // The file, for reading back once written.
+  virtual std::shared_ptr<const ResultFile> file() const = 0;
+};
+
 // The interface the hub holds (a fake can stand in for it in hub tests); open() makes the
 // SQLite implementation.
 class TaskStore {
@@ -163,6 +212,18 @@ class TaskStore {
   virtual void record_finished(std::uint64_t id, TaskState state, std::int64_t at_us,
                                std::vector<SharedBytes> result, std::string error) = 0;
 
+  // Spooling, for a result too big to hold whole: a file for task `id`'s result, whose
+  // segments have `sizes`, written while it arrives (ResultSpool). Errors: kUnavailable while
+  // flushes fail (the caller receives the result whole then), kFailedPrecondition for a result
+  // that fits inline_limit, or the file's creation failing.
+  virtual StatusOr<std::shared_ptr<ResultSpool>> spool_result(std::uint64_t id,
+                                                               std::vector<std::uint64_t> sizes) = 0;
+  // record_finished for a spooled result whose file is written (its close() said OK): the
+  // file becomes the task's result at the next flush. A spool not written (or not this
+  // store's) records the task kFailed with the reason instead.
+  virtual void record_spooled(std::uint64_t id, TaskState state, std::int64_t at_us,
+                              std::shared_ptr<ResultSpool> spool, std::string error) = 0;
+
   // Commits every pending write in one transaction, except finishes whose result file is
   // still being written (and later writes of the same task): they stay pending for a later
   // flush. On an I/O error (disk full, read-only,
@@ -171,7 +232,8 @@ class TaskStore {
   // the error says what happened (kResourceExhausted for a full disk). A write that can never
   // succeed (duplicate task id) is dropped alone, logged and counted in dropped_writes().
   virtual Status flush() = 0;
-  // flush() after waiting for every result file queued so far to be written (a file whose
+  // flush() after waiting for every result file queued so far to be written, spooled writes
+  // included (a file whose
   // write failed is tried once more first): when it returns OK, every write recorded before
   // the call is committed. The hub calls it at shutdown.
   virtual Status sync() = 0;
@@ -189,6 +251,10 @@ class TaskStore {
   // purged); kFailedPrecondition: not finished yet; kDataLoss: the stored bytes are damaged
   // (e.g. a result file lost in a power failure).
   virtual StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) = 0;
+  // The result as a file to read a part at a time, when the store keeps it in one (bigger than
+  // inline_limit; committed, or pending and written); null when it lies in memory or in the
+  // database (read it with result()). Errors as result().
+  virtual StatusOr<std::shared_ptr<const ResultFile>> open_result_file(std::uint64_t id) = 0;
 
   struct Query {
     std::optional<std::string> owner;           // only this owner's tasks

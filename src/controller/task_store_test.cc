@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -761,6 +762,136 @@ TEST(TaskStore, SigkillWhileAResultFileIsPendingLosesOnlyThatTask) {
 // ---- read-only and full disks. Root ignores file modes, so for root these tests use a
 // private mount namespace (read-only bind mount, tiny tmpfs); they skip where that is denied.
 
+// Spooling (docs/protocol.md "Relaying a large reply"): a result written while it arrives.
+// Waits for the spool's close to report (it runs on the spool thread).
+Status close_and_wait(ResultSpool& spool) {
+  std::promise<Status> written;
+  spool.close([&](const Status& st) { written.set_value(st); });
+  auto f = written.get_future();
+  if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return deadline_exceeded("close hung");
+  return f.get();
+}
+
+// Every segment, back to back, read from `file` in pieces of `piece` bytes.
+std::string read_in_pieces(const ResultFile& file, std::size_t piece) {
+  std::string out;
+  for (std::uint64_t at = 0; at < file.total_bytes(); at += piece) {
+    auto part = file.read(at, static_cast<std::size_t>(std::min<std::uint64_t>(piece, file.total_bytes() - at)));
+    EXPECT_TRUE(part.ok()) << part.status().to_string();
+    if (!part.ok()) break;
+    out += part->to_string();
+  }
+  return out;
+}
+
+TEST(TaskStore, ASpooledResultIsWrittenAsItArrivesAndReadBackInParts) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  const std::string head = "meta", body(3000, 'b'), tail(5000, 't');
+  {
+    auto store = open_ok(o);
+    ASSERT_TRUE(store);
+    store->record_submitted(submitted(1, "alice"));
+    store->record_started(1, 3, 150);
+    auto spool = store->spool_result(1, {head.size(), body.size(), tail.size()});
+    ASSERT_TRUE(spool.ok()) << spool.status().to_string();
+    // Each part is released once written, on the spool thread: what paces the sender.
+    std::atomic<int> released{0};
+    const std::string all = head + body + tail;
+    for (std::size_t at = 0; at < all.size(); at += 1000) {
+      SharedBytes copy = SharedBytes::copy_of(all.substr(at, 1000));
+      std::byte* data = copy.data();
+      const std::size_t size = copy.size();
+      (*spool)->append(SharedBytes::adopt(data, size, [keep = std::move(copy), &released]() mutable {
+        keep = {};
+        ++released;
+      }));
+    }
+    Status st = close_and_wait(**spool);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    EXPECT_EQ(released.load(), 9);
+    // Written but not recorded: the task is still running.
+    EXPECT_EQ(get_ok(*store, 1).state, TaskState::kRunning);
+    EXPECT_EQ(read_in_pieces(*(*spool)->file(), 700), all);
+
+    store->record_spooled(1, TaskState::kSucceeded, 200, *spool, "");
+    // Pending: read from the spool's file, whole or in parts.
+    auto pending = store->result(1);
+    ASSERT_TRUE(pending.ok()) << pending.status().to_string();
+    EXPECT_EQ(strings_of(*pending), (std::vector<std::string>{head, body, tail}));
+    ASSERT_TRUE(store->sync().ok());
+    EXPECT_EQ(store->pending_writes(), 0u);
+    EXPECT_EQ(result_files(o), std::vector<std::string>{"1.res"});
+    TaskRecord r = get_ok(*store, 1);
+    EXPECT_EQ(r.state, TaskState::kSucceeded);
+    EXPECT_EQ(r.result_bytes, all.size());
+    EXPECT_EQ(store->stored_result_bytes(), all.size());
+  }
+  // After a restart: the committed file, opened for reading in parts and whole.
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  auto file = store->open_result_file(1);
+  ASSERT_TRUE(file.ok()) << file.status().to_string();
+  ASSERT_NE(*file, nullptr);
+  EXPECT_EQ((*file)->sizes(), (std::vector<std::uint64_t>{head.size(), body.size(), tail.size()}));
+  EXPECT_EQ(read_in_pieces(**file, 4096), head + body + tail);
+  EXPECT_EQ((*file)->read(8000, 100).status().code(), StatusCode::kInvalidArgument) << "past the end";
+  auto whole = store->result(1);
+  ASSERT_TRUE(whole.ok()) << whole.status().to_string();
+  EXPECT_EQ(strings_of(*whole), (std::vector<std::string>{head, body, tail}));
+  // A small result lies in the database: no file to open.
+  store->record_submitted(submitted(2, "alice"));
+  store->record_finished(2, TaskState::kSucceeded, 10, segments_of({"small"}), "");
+  auto none = store->open_result_file(2);
+  ASSERT_TRUE(none.ok()) << none.status().to_string();
+  EXPECT_EQ(*none, nullptr);
+  EXPECT_EQ(store->open_result_file(99).status().code(), StatusCode::kNotFound);
+  // A damaged file (cut short) is data loss, not an over-read.
+  store.reset();
+  fs::resize_file(o.path + ".results/1.res", 100);
+  store = open_ok(o);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->open_result_file(1).status().code(), StatusCode::kDataLoss);
+}
+
+TEST(TaskStore, SpoolsThatAreSmallAbandonedOrNeverRecordedLeaveNoFile) {
+  TempDir dir;
+  auto o = options_in(dir.path());
+  o.inline_limit = 1024;
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  for (std::uint64_t id = 1; id <= 4; ++id) store->record_submitted(submitted(id, "alice"));
+  EXPECT_EQ(store->spool_result(1, {10, 20}).status().code(), StatusCode::kFailedPrecondition)
+      << "a result within inline_limit is kept whole";
+  {
+    auto spool = store->spool_result(2, {4, 4000});
+    ASSERT_TRUE(spool.ok()) << spool.status().to_string();
+    (*spool)->append(SharedBytes::copy_of(std::string(2000, 'x')));
+    (*spool)->abandon();
+  }
+  {
+    auto spool = store->spool_result(3, {4, 4000});
+    ASSERT_TRUE(spool.ok());
+    (*spool)->append(SharedBytes::copy_of(std::string(4004, 'y')));
+    ASSERT_TRUE(close_and_wait(**spool).ok());
+  }  // written, never recorded (the hub went another way): deleted with the spool
+  // Closed short: reported, and recording it records a failure instead.
+  auto spool = store->spool_result(4, {4, 4000});
+  ASSERT_TRUE(spool.ok());
+  (*spool)->append(SharedBytes::copy_of(std::string(100, 'z')));
+  Status st = close_and_wait(**spool);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("100 of 4004"), std::string::npos) << st.to_string();
+  store->record_spooled(4, TaskState::kSucceeded, 30, *spool, "");
+  spool->reset();
+  ASSERT_TRUE(store->sync().ok());
+  TaskRecord r4 = get_ok(*store, 4);
+  EXPECT_EQ(r4.state, TaskState::kFailed);
+  EXPECT_NE(r4.error.find("not stored whole"), std::string::npos) << r4.error;
+  EXPECT_TRUE(result_files(o).empty()) << result_files(o).size();
+}
+
 bool private_mounts() {
   static const bool ok = [] {
     if (::unshare(CLONE_NEWNS) != 0) return false;
@@ -1114,6 +1245,51 @@ TEST(TaskStore, AnUnversionedStoreOfTodaysTablesIsVersion1AndAForeignDatabaseIsR
   ASSERT_FALSE(foreign.ok());
   EXPECT_EQ(foreign.status().code(), StatusCode::kDataLoss) << foreign.status().to_string();
   EXPECT_EQ(sql_text(o.path, "SELECT group_concat(name) FROM sqlite_schema"), "photos");
+}
+
+// A disk that fills while a result is spooled: the close says so (the sender fails the task
+// with the reason), the half-written file is gone, and while flushes fail no spool starts.
+TEST(TaskStore, ADiskFullWhileSpoolingIsReportedAndLeavesNoFile) {
+  if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
+  TempDir dir;
+  const std::string disk = dir.path() + "/disk";
+  fs::create_directories(disk);
+  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=2m,mode=0700"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{disk};
+  TaskStoreOptions o;
+  o.path = disk + "/tasks.sqlite";
+  o.inline_limit = 32 << 10;
+  auto store = open_ok(o);
+  ASSERT_TRUE(store);
+  store->record_submitted(submitted(1, "alice"));
+  ASSERT_TRUE(store->flush().ok());
+  const std::uint64_t size = 4 << 20;  // twice the disk
+  auto spool = store->spool_result(1, {4, size});
+  ASSERT_TRUE(spool.ok()) << spool.status().to_string();
+  (*spool)->append(SharedBytes::copy_of(std::string(4, 'h')));
+  for (std::uint64_t at = 0; at < size; at += 1 << 20) (*spool)->append(SharedBytes::copy_of(std::string(1 << 20, 'd')));
+  Status st = close_and_wait(**spool);
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.to_string();
+  EXPECT_TRUE(result_files(o).empty()) << "the half-written file stays behind";
+  // The disk is full for the database too: once a flush failed, spooling is refused at once.
+  const std::string filler = disk + "/filler";
+  {
+    const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0600);
+    ASSERT_GE(fd, 0);
+    const std::string chunk(4096, 'f');
+    while (::write(fd, chunk.data(), chunk.size()) > 0) {
+    }
+    ::close(fd);
+  }
+  for (std::uint64_t id = 2; id <= 200; ++id) store->record_submitted(submitted(id, std::string(200, 'o')));
+  if (!store->flush().ok()) {
+    EXPECT_EQ(store->spool_result(2, {4, size}).status().code(), StatusCode::kUnavailable);
+  }
+  ::unlink(filler.c_str());
+  EXPECT_TRUE(store->sync().ok());
 }
 
 }  // namespace

@@ -44,7 +44,7 @@ class EventLoop final : public Clock {
   void stop();
   bool stopped() const;
   // Thread-safe: runs `fn` on the loop's thread.
-  void post(std::function<void()> fn);
+  void post(std::function<void()> fn) override;
 
   // Clock: calls `fn` once after `delay` / every `period`, on the loop's thread, until the
   // returned timer is cancelled or destroyed.

@@ -1,7 +1,10 @@
-"""A large direct request is forwarded to its engines while it arrives, so the controller holds a
-bounded window of it rather than all of it (issue: reliability, "the controller's memory per
-transfer is bounded"). Before, a 2000 MiB push made the controller's peak RSS 2015 MiB
-(controller/streamed_request.h, docs/protocol.md "Relaying a large request")."""
+"""A large direct request is forwarded to its engines while it arrives, and a large reply is
+written to the task store's file while it arrives and sent on from there, so the controller
+holds a bounded window of either rather than all of it (issue: reliability, "the controller's
+memory per transfer is bounded"). Before, a 2000 MiB push made the controller's peak RSS
+2015 MiB, and a 2000 MiB pull 2024 MiB (controller/streamed_request.h,
+controller/spooled_reply.h, docs/protocol.md "Relaying a large request", "Relaying a large
+reply")."""
 
 import hashlib
 import os
@@ -93,4 +96,36 @@ def test_a_client_killed_halfway_leaves_its_engine_serving_and_the_task_aborted(
             os.kill(engine_pid, signal.SIGCONT)
         if client and client.poll() is None:
             client.kill()
+        rc.close()
+
+
+def test_a_large_pull_is_spooled_to_disk_and_fetched_again_from_its_file(relaying):
+    """A 300 MiB result passes through the controller's file, not its memory: the pull and a
+    later get_result from a new client (read back a part at a time) both have every byte."""
+    rc = relaying.client()
+    rc2 = None
+    try:
+        rc.wait_for_engines(2, timeout=30)
+        rc[1].execute("import os, hashlib, numpy\n"
+                      "big = numpy.frombuffer(os.urandom(300 << 20), dtype=numpy.uint8)\n"
+                      "d = hashlib.sha256(big).hexdigest()", block=True)
+        digest = rc[1].pull("d", block=True)
+        before = peak_rss(relaying.controller_pid)
+        ar = rc[1].pull("big", block=False)
+        pulled = ar.get(timeout=120)
+        grown = peak_rss(relaying.controller_pid) - before
+        assert hashlib.sha256(pulled).hexdigest() == digest
+        assert grown < 64 * MiB, f"controller grew by {grown / MiB:.0f} MiB"
+        del pulled
+        status = relaying.run("status").stdout
+        spooled = int(re.search(r"(\d+) large repl(?:y|ies) spooled", status).group(1))
+        assert spooled >= 1, status
+        # A new client of the same identity fetches it from the store's file.
+        rc2 = relaying.client()
+        again = rc2.get_result(ar.msg_ids[0]).get(timeout=120)
+        assert hashlib.sha256(again).hexdigest() == digest
+        assert peak_rss(relaying.controller_pid) - before < 64 * MiB
+    finally:
+        if rc2:
+            rc2.close()
         rc.close()

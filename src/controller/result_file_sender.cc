@@ -1,0 +1,72 @@
+#include "controller/result_file_sender.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace testudo::controller {
+
+Status ResultFileSender::send(net::Connection& to, wire::Envelope envelope, std::shared_ptr<const ResultFile> file,
+                              std::uint64_t window, std::function<void(const Status&)> on_failed) {
+  wire::Message first;
+  first.envelope = std::move(envelope);
+  const std::vector<std::uint64_t>& sizes = file->sizes();
+  if (!sizes.empty()) {
+    auto segment = file->read(0, static_cast<std::size_t>(sizes[0]));
+    if (!segment.ok()) return segment.status();
+    first.segments.push_back(std::move(segment).value());
+  }
+  auto out = std::make_shared<net::OutgoingStream>(sizes);
+  auto sender = std::make_shared<ResultFileSender>(std::move(file), out, window, std::move(on_failed));
+  to.send_streamed(std::move(first), std::move(out));
+  sender->pump();
+  return ok_status();
+}
+
+ResultFileSender::ResultFileSender(std::shared_ptr<const ResultFile> file, std::shared_ptr<net::OutgoingStream> out,
+                                   std::uint64_t window, std::function<void(const Status&)> on_failed)
+    : file_(std::move(file)), out_(std::move(out)), window_(std::make_shared<ByteWindow>()), on_failed_(std::move(on_failed)) {
+  window_->limit = window;
+  offset_ = file_->sizes().empty() ? 0 : file_->sizes()[0];
+}
+
+void ResultFileSender::pump() {
+  if (pumping_) return;  // a release inside push(): the loop below goes on anyway
+  pumping_ = true;
+  const std::vector<std::uint64_t>& sizes = file_->sizes();
+  const std::uint64_t frame = wire::Limits{}.max_frame_bytes;
+  while (!out_->detached() && !window_->full()) {
+    while (segment_ < sizes.size() && in_segment_ == sizes[segment_]) {
+      ++segment_;
+      in_segment_ = 0;
+    }
+    if (segment_ >= sizes.size()) {
+      out_->finish();
+      break;
+    }
+    // A frame belongs to one segment: never read across a segment's end.
+    const auto length = static_cast<std::size_t>(std::min(frame, sizes[segment_] - in_segment_));
+    auto part = file_->read(offset_, length);
+    if (!part.ok()) {
+      out_->abandon();
+      if (on_failed_) std::exchange(on_failed_, nullptr)(part.status());
+      break;
+    }
+    offset_ += length;
+    in_segment_ += length;
+    window_->in_flight += length;
+    SharedBytes bytes = std::move(part).value();
+    std::byte* data = bytes.data();
+    // Released once the connection's writer has encrypted it (or dropped it, closing): the
+    // window opens and the next parts are read.
+    out_->push(SharedBytes::adopt(data, length, [self = shared_from_this(), keep = std::move(bytes), length]() mutable {
+      keep = {};
+      self->window_->release(length);
+    }));
+  }
+  pumping_ = false;
+  if (!out_->detached() && out_->state() == net::OutgoingStream::State::kOpen && window_->full()) {
+    window_->on_room = [self = shared_from_this()] { self->pump(); };
+  }
+}
+
+}  // namespace testudo::controller
