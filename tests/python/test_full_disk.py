@@ -169,3 +169,34 @@ def test_a_controller_stopped_on_a_full_disk_never_forgets_a_task_id(full_disk_c
     finally:
         restarted.kill()
         restarted.wait()
+
+
+def test_a_large_result_the_disk_cannot_hold_is_an_error_and_frees_its_space(full_disk_cluster):
+    """A reply spooled to the store's file (docs/protocol.md "Relaying a large reply") meets a
+    disk too small for it: the client is told why, the task reads as failed with the reason,
+    the half-written file's space comes back at once, and the same engine serves on."""
+    c = full_disk_cluster(1)
+    rc = c.client()
+    try:
+        rc.wait_for_engines(1, timeout=30)
+        before = os.statvfs(c.state)
+        ar = rc[0].apply_async(lambda: b"r" * (32 << 20))  # over 16 MiB: spooled; over the 4 MiB disk
+        with pytest.raises(Exception) as raised:
+            ar.get(timeout=60)
+        assert "could not be stored by the controller" in str(raised.value), repr(raised.value)
+        assert "disk full" in str(raised.value) or "No space" in str(raised.value), repr(raised.value)
+        after = os.statvfs(c.state)
+        assert after.f_bfree * after.f_frsize >= before.f_bfree * before.f_frsize - (1 << 20), \
+            "the half-written result still holds the disk"
+        assert not [n for n in os.listdir(os.path.join(c.state, "tasks.sqlite.results")) if n.endswith(".tmp")]
+        # Recorded as failed with the reason, for a later get_result too.
+        rc2 = c.client()
+        try:
+            with pytest.raises(Exception) as again:
+                rc2.get_result(ar.msg_ids[0]).get(timeout=30)
+            assert "could not be stored" in str(again.value), repr(again.value)
+        finally:
+            rc2.close()
+        assert rc[0].apply_sync(lambda: 6 * 7) == 42
+    finally:
+        rc.close()
