@@ -450,6 +450,10 @@ int main(int argc, char** argv) {
                 "Unfinished tasks (queued, waiting or running) one client may have before the controller reads no "
                 "more from it until some finish (the client waits; nothing is dropped; 0: no limit)")
       ->capture_default_str();
+  c->add_option("--max-tasks", copts.max_tasks,
+                "The same for all clients' unfinished tasks together: a client that sends while there are more "
+                "is not read until some finish (0: no limit)")
+      ->capture_default_str();
   c->add_option("--relay-from-bytes", copts.relay_from_bytes,
                 "A direct request to engines that can take it now, with at least this many bytes after its "
                 "first part (a large push or apply argument), is forwarded while it arrives, and a reply that "
@@ -554,7 +558,7 @@ int main(int argc, char** argv) {
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
       {"--service-principal", ""}, {"--max-message-bytes", ""}, {"--client-queue-bytes", ""}, {"--queue-bytes", ""},
-      {"--relay-from-bytes", ""}, {"--client-max-tasks", ""}};
+      {"--relay-from-bytes", ""}, {"--client-max-tasks", ""}, {"--max-tasks", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }

@@ -38,6 +38,7 @@ struct ControllerOptions {
   std::uint64_t queue_bytes = 4ull << 30;
   // Unfinished tasks one client may have before it is not read until some finish (0: no limit).
   std::uint64_t client_max_tasks = 1'000'000;
+  std::uint64_t max_tasks = 4'000'000;  // the same for all clients together
   // A direct request with at least this many bytes after its first segment is forwarded to
   // its engines while it arrives, the controller holding a window of it (0: never).
   std::uint64_t relay_from_bytes = 16ull << 20;

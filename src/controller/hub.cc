@@ -270,7 +270,8 @@ void Hub::pause_client(Peer& client) {
 
 bool Hub::over_limits(std::uint32_t client_id) const {
   return budget_.over_limit(client_id) ||
-         (options_.client_max_tasks > 0 && scheduler_.tasks_of(client_id) > options_.client_max_tasks);
+         (options_.client_max_tasks > 0 && scheduler_.tasks_of(client_id) > options_.client_max_tasks) ||
+         (options_.max_tasks > 0 && scheduler_.tasks() > options_.max_tasks);
 }
 
 void Hub::resume_clients() {

@@ -54,6 +54,9 @@ struct HubOptions {
   // Tasks one client may have unfinished here (queued, waiting or running) before the hub
   // stops reading from it until some finish, like the byte limits; 0: no limit.
   std::uint64_t client_max_tasks = 1'000'000;
+  // The same for all clients' unfinished tasks together: whoever sends while there are more
+  // is not read until some finish; 0: no limit.
+  std::uint64_t max_tasks = 4'000'000;
   // A direct request with at least this many bytes after its first segment is forwarded to
   // its engines while it arrives (streamed_request.h), holding at most `relay_window_bytes` of
   // it here, when its engines can take it at once; 0: every request is received whole first.

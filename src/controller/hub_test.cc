@@ -385,6 +385,25 @@ TEST_F(HubTest, AClientOverItsTaskLimitIsPausedUntilATaskEnds) {
   EXPECT_FALSE(alice->paused);
 }
 
+// The task limit over all clients pauses whoever sends past it, however few tasks it has.
+TEST_F(HubTest, TheTotalTaskLimitPausesWhoeverSendsPastItUntilATaskEnds) {
+  HubOptions o;
+  o.max_tasks = 3;
+  start(o);
+  auto e0 = join("engine:e0");
+  auto alice = join("client:alice");
+  auto bob = join("client:alice");  // a second connection (client id) of the owner
+  for (std::uint64_t r = 1; r <= 3; ++r) alice->deliver(request(MessageKind::kExecute, r, {0}));
+  EXPECT_FALSE(alice->paused) << "3 of 3 tasks in all";
+  bob->deliver(request(MessageKind::kExecute, 1, {0}));
+  EXPECT_TRUE(bob->paused) << "4 of 3 in all, though this client has one";
+  EXPECT_FALSE(alice->paused) << "the first client sent nothing past the limit";
+  auto sent = e0->sent_of(MessageKind::kExecute);
+  ASSERT_GE(sent.size(), 1u);
+  e0->deliver(engine_reply(sent[0]));
+  EXPECT_FALSE(bob->paused) << "back to 3 of 3";
+}
+
 // The limit over all clients pauses a client that holds little itself.
 TEST_F(HubTest, TheTotalByteBudgetPausesEveryClientThatSends) {
   HubOptions o;
