@@ -336,7 +336,7 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
     auto mib = [](std::uint64_t bytes) { return std::to_string((bytes + (1u << 19)) >> 20) + " MiB"; };
     std::printf("queued requests: %s held (limits: %s per client, %s in all); %zu client(s) waiting for room now, "
                 "%llu wait(s) since start; %llu large request(s) relayed as they arrived, %llu large repl%s "
-                "spooled to disk as they arrived\n",
+                "spooled to disk on arrival\n",
                 mib(j.value("queued_bytes", 0ull)).c_str(), mib(j.value("client_queue_limit_bytes", 0ull)).c_str(),
                 mib(j.value("queue_limit_bytes", 0ull)).c_str(), j.value("clients_paused", std::size_t{0}),
                 static_cast<unsigned long long>(j.value("client_pauses", 0ull)),

@@ -30,9 +30,11 @@ def test_pushes_behind_a_busy_engine_wait_in_the_client_not_the_controller(budge
         rc.wait_for_engines(1, timeout=30)
         view = rc[0]
         view.execute("x = 0", block=True)
+        # Made before the engine is busy: on a loaded machine making them took longer than the
+        # engine's 3 s, and the pushes then met an idle engine (no wait).
+        values = [os.urandom(1024) * (VALUE // 1024) for _ in range(PUSHES)]
         before = peak_rss(budgeted.controller_pid)
         busy = view.execute("import time; time.sleep(3)", block=False)
-        values = [os.urandom(1024) * (VALUE // 1024) for _ in range(PUSHES)]
         pushes = [view.push({f"v{i}": v}, block=False) for i, v in enumerate(values)]
         busy.get(timeout=60)
         for p in pushes:
