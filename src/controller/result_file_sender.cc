@@ -29,6 +29,13 @@ ResultFileSender::ResultFileSender(std::shared_ptr<const ResultFile> file, std::
   offset_ = file_->sizes().empty() ? 0 : file_->sizes()[0];
 }
 
+std::unique_ptr<std::byte[]> ResultFileSender::take_buffer() {
+  if (free_.empty()) return std::make_unique_for_overwrite<std::byte[]>(wire::Limits{}.max_frame_bytes);
+  std::unique_ptr<std::byte[]> buffer = std::move(free_.back());
+  free_.pop_back();
+  return buffer;
+}
+
 void ResultFileSender::pump() {
   if (pumping_) return;  // a release inside push(): the loop below goes on anyway
   pumping_ = true;
@@ -45,21 +52,20 @@ void ResultFileSender::pump() {
     }
     // A frame belongs to one segment: never read across a segment's end.
     const auto length = static_cast<std::size_t>(std::min(frame, sizes[segment_] - in_segment_));
-    auto part = file_->read(offset_, length);
-    if (!part.ok()) {
+    std::unique_ptr<std::byte[]> buffer = take_buffer();
+    if (Status read = file_->read_into(offset_, {buffer.get(), length}); !read.ok()) {
       out_->abandon();
-      if (on_failed_) std::exchange(on_failed_, nullptr)(part.status());
+      if (on_failed_) std::exchange(on_failed_, nullptr)(read);
       break;
     }
     offset_ += length;
     in_segment_ += length;
     window_->in_flight += length;
-    SharedBytes bytes = std::move(part).value();
-    std::byte* data = bytes.data();
+    std::byte* data = buffer.release();
     // Released once the connection's writer has encrypted it (or dropped it, closing): the
-    // window opens and the next parts are read.
-    out_->push(SharedBytes::adopt(data, length, [self = shared_from_this(), keep = std::move(bytes), length]() mutable {
-      keep = {};
+    // buffer comes back, the window opens and the next parts are read.
+    out_->push(SharedBytes::adopt(data, length, [self = shared_from_this(), data, length] {
+      self->free_.emplace_back(data);
       self->window_->release(length);
     }));
   }

@@ -74,20 +74,26 @@ ResultFile::~ResultFile() {
 }
 
 StatusOr<SharedBytes> ResultFile::read(std::uint64_t offset, std::size_t length) const {
+  SharedBytes out = SharedBytes::allocate(length);
+  TESTUDO_RETURN_IF_ERROR(read_into(offset, out.mutable_span()));
+  return out;
+}
+
+Status ResultFile::read_into(std::uint64_t offset, std::span<std::byte> into) const {
+  const std::size_t length = into.size();
   if (offset > total_ || length > total_ - offset) {
     return invalid_argument("result file: " + std::to_string(length) + " bytes at " + std::to_string(offset) +
                             " are past its " + std::to_string(total_));
   }
-  SharedBytes out = SharedBytes::allocate(length);
   std::size_t done = 0;
   while (done < length) {
-    const ssize_t n = ::pread(fd_, out.data() + done, length - done, static_cast<off_t>(data_offset_ + offset + done));
+    const ssize_t n = ::pread(fd_, into.data() + done, length - done, static_cast<off_t>(data_offset_ + offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return data_loss(std::string("cannot read result file: ") + std::strerror(errno));
     if (n == 0) return data_loss("result file is shorter than its record says");
     done += static_cast<std::size_t>(n);
   }
-  return out;
+  return ok_status();
 }
 
 namespace {

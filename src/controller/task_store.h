@@ -61,6 +61,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -138,6 +139,8 @@ class ResultFile {
   // `length` bytes from `offset` bytes into the segments (counted back to back).
   // kDataLoss if the file ends first (damaged), kInvalidArgument past total_bytes().
   StatusOr<SharedBytes> read(std::uint64_t offset, std::size_t length) const;
+  // The same into `into` (all of it), e.g. a buffer the caller reuses.
+  Status read_into(std::uint64_t offset, std::span<std::byte> into) const;
   int fd() const { return fd_; }
   std::uint64_t data_offset() const { return data_offset_; }
 

@@ -111,6 +111,7 @@ StatusOr<std::optional<Message>> MessageAssembler::end_frame() {
     current_abandons_ = false;
     if (a.sink) a.sink->abandon(data_loss("its sender abandoned the message before it was complete"));
     main_.reset();
+    part_buffers_.reset();
     return std::optional<Message>{};
   }
   if (current_is_head_) {
@@ -132,9 +133,12 @@ StatusOr<std::optional<Message>> MessageAssembler::end_frame() {
       overtaker_.reset();
     } else {
       if (a.sink) {
-        // Streamed: its sink had every part; nothing is handed out here.
+        // Streamed: its sink had every part; nothing is handed out here. The buffer pool goes
+        // with it (freed once its parts come back): a connection that streamed once does not
+        // keep 16 MiB for the rest of its life.
         a.sink->end();
         done.reset();
+        part_buffers_.reset();
       }
       main_.reset();
     }
