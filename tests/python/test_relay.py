@@ -129,3 +129,32 @@ def test_a_large_pull_is_spooled_to_disk_and_fetched_again_from_its_file(relayin
         if rc2:
             rc2.close()
         rc.close()
+
+
+def test_an_engine_killed_while_its_large_reply_is_spooled_fails_only_that_task(own_cluster):
+    """The engine dies with its reply half in the controller's file: the task fails as for any
+    engine death, the half file is deleted, and the controller and the other engine go on."""
+    c = own_cluster(2)
+    rc = c.client()
+    try:
+        rc.wait_for_engines(2, timeout=30)
+        results = c.path("state", "tasks.sqlite.results")
+        victim = rc[0].apply_sync(os.getpid)
+        rc[0].execute("import numpy\nbig = numpy.ones(1000 << 20, dtype=numpy.uint8)", block=True)
+        ar = rc[0].pull("big", block=False)
+        deadline = time.monotonic() + 30
+        while not any(n.endswith(".res.tmp") for n in os.listdir(results)):
+            assert time.monotonic() < deadline, "the reply was never spooled"
+            time.sleep(0.002)
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(Exception) as raised:
+            ar.get(timeout=60)
+        assert "died" in str(raised.value) or "disconnected" in str(raised.value), repr(raised.value)
+        deadline = time.monotonic() + 10
+        while any(n.endswith(".res.tmp") for n in os.listdir(results)):
+            assert time.monotonic() < deadline, f"a half-written reply stayed: {os.listdir(results)}"
+            time.sleep(0.05)
+        assert rc[1].apply_sync(lambda: 6 * 7) == 42
+        assert peak_rss(c.controller_pid) < 200 * MiB
+    finally:
+        rc.close()
