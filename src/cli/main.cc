@@ -336,13 +336,15 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
     auto mib = [](std::uint64_t bytes) { return std::to_string((bytes + (1u << 19)) >> 20) + " MiB"; };
     std::printf("queued requests: %s held (limits: %s per client, %s in all); %zu client(s) waiting for room now, "
                 "%llu wait(s) since start; %llu large request(s) relayed as they arrived, %llu large repl%s "
-                "spooled to disk on arrival\n",
+                "spooled to disk on arrival; %llu repl%s sent later from the task store to clients not reading\n",
                 mib(j.value("queued_bytes", 0ull)).c_str(), mib(j.value("client_queue_limit_bytes", 0ull)).c_str(),
                 mib(j.value("queue_limit_bytes", 0ull)).c_str(), j.value("clients_paused", std::size_t{0}),
                 static_cast<unsigned long long>(j.value("client_pauses", 0ull)),
                 static_cast<unsigned long long>(j.value("requests_relayed", 0ull)),
                 static_cast<unsigned long long>(j.value("replies_spooled", 0ull)),
-                j.value("replies_spooled", 0ull) == 1 ? "y" : "ies");
+                j.value("replies_spooled", 0ull) == 1 ? "y" : "ies",
+                static_cast<unsigned long long>(j.value("replies_deferred", 0ull)),
+                j.value("replies_deferred", 0ull) == 1 ? "y" : "ies");
   }
   // How peers get in, and what the controller can see: said plainly (docs/e2e-design.md).
   if (j.contains("trust") && j["trust"].is_string()) {
@@ -449,6 +451,10 @@ int main(int argc, char** argv) {
   c->add_option("--client-max-tasks", copts.client_max_tasks,
                 "Unfinished tasks (queued, waiting or running) one client may have before the controller reads no "
                 "more from it until some finish (the client waits; nothing is dropped; 0: no limit)")
+      ->capture_default_str();
+  c->add_option("--client-reply-queue-bytes", copts.client_reply_queue_bytes,
+                "Bytes of replies a client has not read yet that the controller holds for it; past this, its "
+                "further replies are sent from the task store as it reads (nothing is dropped; 0: no limit)")
       ->capture_default_str();
   c->add_option("--max-tasks", copts.max_tasks,
                 "The same for all clients' unfinished tasks together: a client that sends while there are more "
@@ -558,7 +564,8 @@ int main(int argc, char** argv) {
       {"--token-issuers", ""}, {"--tls-min-version", ""}, {"--tls-ciphersuites", ""}, {"--location", ""}, {"--port", ""},
       {"--ssh-server", ""}, {"--engine-ssh-server", ""}, {"--keytab", ""},
       {"--service-principal", ""}, {"--max-message-bytes", ""}, {"--client-queue-bytes", ""}, {"--queue-bytes", ""},
-      {"--relay-from-bytes", ""}, {"--client-max-tasks", ""}, {"--max-tasks", ""}};
+      {"--relay-from-bytes", ""}, {"--client-max-tasks", ""}, {"--max-tasks", ""},
+      {"--client-reply-queue-bytes", ""}};
   for (auto& [flag, value] : passthrough_values) {
     start->add_option(flag, value, "As for `testudo controller " + flag + "`");
   }

@@ -290,6 +290,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   hub_options.relay_from_bytes = options.relay_from_bytes;
   hub_options.client_max_tasks = options.client_max_tasks;
   hub_options.max_tasks = options.max_tasks;
+  hub_options.client_reply_queue_bytes = options.client_reply_queue_bytes;
   hub_options.random_seed = std::random_device{}();
   impl.results = std::make_unique<StoredResults>(*impl.store, *impl.gate, impl.loop);
   TESTUDO_RETURN_IF_ERROR(configure_logins(options, impl.logins));

@@ -42,6 +42,9 @@ struct ControllerOptions {
   // A direct request with at least this many bytes after its first segment is forwarded to
   // its engines while it arrives, the controller holding a window of it (0: never).
   std::uint64_t relay_from_bytes = 16ull << 20;
+  // Unread reply bytes a client's connection may hold before further replies wait in the task
+  // store instead (0: no limit).
+  std::uint64_t client_reply_queue_bytes = 256ull << 20;
   // The task store (state/tasks.sqlite): results kept this long and up to this many bytes.
   std::chrono::seconds result_max_age{7 * 24 * 3600};
   std::uint64_t result_max_bytes = 4ull << 30;

@@ -62,6 +62,11 @@ struct HubOptions {
   // it here, when its engines can take it at once; 0: every request is received whole first.
   std::uint64_t relay_from_bytes = 16u << 20;
   std::uint64_t relay_window_bytes = 8u << 20;
+  // A client whose connection holds more than this many bytes of replies it has not read yet
+  // gets its further task replies later, from the task store (they are recorded there
+  // anyway), as its connection drains: a client that does not read cannot make the controller
+  // hold its replies (T20). 0: no limit.
+  std::uint64_t client_reply_queue_bytes = 256u << 20;
   SchedulerOptions scheduler;
   // Seeds the scheduler's random choices (random and twobin schemes).
   std::uint64_t random_seed = 0;
@@ -171,6 +176,11 @@ class Hub : private SchedulerSink {
   // sees a request's reply before its task ids.
   void send_to_client(Peer& client, wire::Message message);
   void send_held_acks(Peer& client);
+  // Sends a recorded task's reply `reply` to `client` now, or, while its connection holds more
+  // than client_reply_queue_bytes (or replies already wait), remembers (task, request) and
+  // sends the stored reply later (resend_deferred_replies).
+  void send_task_reply(Peer& client, wire::Message reply);
+  void resend_deferred_replies();
   void reply_error(std::uint32_t client_id, std::uint64_t request_id, std::uint32_t engine_id,
                    Outcome status, const std::string& text);
   // Why a direct request for engine `id`, which is not connected, cannot run.
@@ -231,6 +241,9 @@ class Hub : private SchedulerSink {
   std::uint64_t pauses_ = 0;  // times a client was paused, since the start
   std::uint64_t relayed_ = 0;  // requests relayed while they arrived, since the start (status)
   std::uint64_t replies_spooled_ = 0;  // replies written to their file while they arrived (status)
+  std::uint64_t replies_deferred_ = 0;  // replies sent later from the store to a client not reading (status)
+  std::set<std::uint32_t> deferring_clients_;  // clients with deferred replies
+  std::unique_ptr<Timer> deferred_timer_;       // resends while some wait
   // Work posted back from other threads (the spool's) runs only while this lives.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   // Last: destroyed (and detached) first, so that the segments the other members still hold

@@ -258,6 +258,7 @@ ClusterReport Hub::cluster_report() {
   r.client_pauses = pauses_;
   r.requests_relayed = relayed_;
   r.replies_spooled = replies_spooled_;
+  r.replies_deferred = replies_deferred_;
   return r;
 }
 

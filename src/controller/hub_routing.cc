@@ -365,11 +365,57 @@ void Hub::route_reply(Peer& engine, wire::Message&& m) {
     wire::Message copy = reply;  // segments are shared
     copy.envelope.request_id = w.request_id;
     copy.envelope.client_id = w.client_id;
-    send_to_client(*waiting, std::move(copy));
+    send_task_reply(*waiting, std::move(copy));
   }
   Peer* client = peers_.client(settled->client_id);
   if (!client) return;  // the client left: the store keeps the result (F3)
-  send_to_client(*client, std::move(reply));
+  send_task_reply(*client, std::move(reply));
+}
+
+void Hub::send_task_reply(Peer& client, wire::Message reply) {
+  const std::uint64_t limit = options_.client_reply_queue_bytes;
+  if (limit == 0 || (client.deferred_replies.empty() && client.connection->queued_bytes() <= limit)) {
+    return send_to_client(client, std::move(reply));
+  }
+  // Not read fast enough: the reply is in the task store already (results_.finished came
+  // first); it goes from there later instead of waiting here in memory.
+  if (client.deferred_replies.empty()) {
+    LOG_INFO("hub") << "client " << client.id << " has " << (client.connection->queued_bytes() >> 20)
+                    << " MiB of replies unread: further replies are sent from the task store as it reads";
+  }
+  send_held_acks(client);  // its task ids still go at once
+  client.deferred_replies.emplace_back(reply.envelope.task_id, reply.envelope.request_id);
+  ++replies_deferred_;
+  deferring_clients_.insert(client.id);
+  if (!deferred_timer_) {
+    deferred_timer_ = clock_.every(std::chrono::milliseconds(20), [this] { resend_deferred_replies(); });
+  }
+}
+
+void Hub::resend_deferred_replies() {
+  const std::uint64_t limit = options_.client_reply_queue_bytes;
+  for (auto it = deferring_clients_.begin(); it != deferring_clients_.end();) {
+    Peer* client = peers_.client(*it);
+    if (!client) {
+      it = deferring_clients_.erase(it);  // gone: its results stay in the store (F3)
+      continue;
+    }
+    // Refill up to half the limit, so a reading client gets a steady stream, not a trickle.
+    while (!client->deferred_replies.empty() && client->connection->queued_bytes() <= limit / 2) {
+      const auto [task, request] = client->deferred_replies.front();
+      client->deferred_replies.pop_front();
+      for (auto& answer : results_.get({client->id, client->identity}, request, {task})) {
+        answer.reply.envelope.client_id = client->id;
+        if (answer.file) {
+          send_file_to_client(*client, std::move(answer.reply.envelope), std::move(answer.file));
+        } else {
+          send_to_client(*client, std::move(answer.reply));
+        }
+      }
+    }
+    it = client->deferred_replies.empty() ? deferring_clients_.erase(it) : std::next(it);
+  }
+  if (deferring_clients_.empty()) deferred_timer_.reset();
 }
 
 std::shared_ptr<wire::StreamSink> Hub::offer_reply_stream(Peer& engine, const wire::Message& first,

@@ -601,6 +601,45 @@ TEST_F(HubTest, ARepliesSpoolIsDeclinedOrAbandonedCleanly) {
   })) << "a half-written reply's file stayed";
 }
 
+// A client that does not read (its connection holds more unread replies than the limit) gets
+// its further replies later, from the task store, as it drains: the controller does not hold
+// them meanwhile (T20). Its task ids still go at once.
+TEST_F(HubTest, RepliesToAClientThatDoesNotReadWaitInTheStoreNotInMemory) {
+  HubOptions options;
+  options.client_reply_queue_bytes = 500;
+  start(options);
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->queued = 1000;  // stands for 1000 bytes it has not read
+  c->deliver(request(MessageKind::kExecute, 7, {0}));
+  c->deliver(request(MessageKind::kExecute, 8, {0}));
+  auto tasks = e0->sent_of(MessageKind::kExecute);
+  ASSERT_EQ(tasks.size(), 2u);
+  e0->deliver(engine_reply(tasks[0], std::string(300, 'a')));
+  e0->deliver(engine_reply(tasks[1], std::string(300, 'b')));
+  EXPECT_TRUE(c->sent_of(MessageKind::kTaskReply).empty()) << "replies queued for a client that does not read";
+  EXPECT_EQ(c->sent_of(MessageKind::kSubmitted).size(), 2u) << "task ids go at once";
+  clock_.advance(100ms);
+  EXPECT_TRUE(c->sent_of(MessageKind::kTaskReply).empty()) << "sent before the connection drained";
+  c->queued = 0;  // it reads again
+  clock_.advance(25ms);
+  auto replies = c->sent_of(MessageKind::kTaskReply);
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_EQ(replies[0].envelope.request_id, 7u);
+  EXPECT_EQ(replies[0].envelope.task_id, tasks[0].envelope.task_id);
+  EXPECT_EQ(status_of(replies[0]), Outcome::kOk);
+  EXPECT_EQ(replies[0].segments.at(0).to_string(), std::string(300, 'a'));
+  EXPECT_EQ(replies[1].envelope.request_id, 8u);
+  EXPECT_EQ(replies[1].segments.at(0).to_string(), std::string(300, 'b'));
+  // Back to normal: the next reply goes at once.
+  c->deliver(request(MessageKind::kExecute, 9, {0}));
+  e0->deliver(engine_reply(e0->sent_of(MessageKind::kExecute).at(2), "c"));
+  EXPECT_EQ(c->sent_of(MessageKind::kTaskReply).size(), 3u);
+  c->deliver(control(MessageKind::kClusterStatus, 30));
+  auto report = nlohmann::json::parse(c->sent_of(MessageKind::kClusterStatusReply).at(0).segments.at(0).view());
+  EXPECT_EQ(report.value("replies_deferred", 0), 2);
+}
+
 // Relayed only where order and pace allow: not a load-balanced or small request, not to an
 // engine with direct tasks waiting or already relaying, not a target named twice, not a sealed
 // request split among engines. Those are received whole, as before.

@@ -38,6 +38,9 @@ struct Peer {
   // A login that expires (identity.not_after): the connection is closed when it fires, unless
   // the client renewed the login before (hub_login.cc).
   std::unique_ptr<Timer> login_expiry;
+  // Clients: replies of recorded tasks (task id, request id) to send from the task store once
+  // its connection has drained (Hub::send_task_reply), oldest first.
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> deferred_replies;
   // Engines only:
   std::uint64_t tasks_done = 0;
   std::string info_json = "{}";  // its signed registration facts (auth/registration.h)

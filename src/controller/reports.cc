@@ -66,7 +66,8 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"clients_paused", report.clients_paused},
                {"client_pauses", report.client_pauses},
                {"requests_relayed", report.requests_relayed},
-               {"replies_spooled", report.replies_spooled}});
+               {"replies_spooled", report.replies_spooled},
+               {"replies_deferred", report.replies_deferred}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

@@ -57,6 +57,8 @@ struct ClusterReport {
   std::uint64_t requests_relayed = 0;
   // Large replies written to their file while they arrived, then sent on (spooled_reply.h).
   std::uint64_t replies_spooled = 0;
+  // Replies sent later from the task store because their client was not reading (T20).
+  std::uint64_t replies_deferred = 0;
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not

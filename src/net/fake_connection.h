@@ -65,6 +65,8 @@ class FakeConnection final : public net::Connection {
     return false;
   }
   std::vector<std::pair<std::size_t, std::shared_ptr<net::OutgoingStream>>> streams;
+  std::uint64_t queued_bytes() const override { return queued; }
+  std::uint64_t queued = 0;  // what queued_bytes() says: a test sets it to stand for a peer not reading
   bool send_now(const wire::Message& message) override {
     if (!open_) return false;
     sent.push_back(message);

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -239,6 +240,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     {
       std::lock_guard lock(mutex_);
       if (overtakes(message)) ++overtakers_queued_;
+      queued_bytes_ += approximate_bytes(message);
       queue_.push_back({std::move(message), nullptr});
     }
     start_writer();
@@ -255,6 +257,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     });
     {
       std::lock_guard lock(mutex_);
+      queued_bytes_ += approximate_bytes(first);
       queue_.push_back({std::move(first), std::move(rest)});
     }
     ++streams_queued_;
@@ -262,6 +265,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     wake_writer();
   }
   bool sending_stream() const override { return streams_queued_ > 0; }
+  std::uint64_t queued_bytes() const override { return queued_bytes_.load(std::memory_order_relaxed); }
 
   // Any thread. Encrypts and writes at once when nothing else is on its way out: no queued
   // message, no batch being written, no unsent ciphertext (so order with send() holds).
@@ -311,6 +315,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       ts_->close();
       dropped.swap(queue_);
       overtakers_queued_ = 0;
+      queued_bytes_ = 0;
     }
     grace_timer_.cancel();
     wake_.cancel();
@@ -553,6 +558,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       const wire::Message& m = queue_.front().message;
       bytes += approximate_bytes(m);
       if (overtakers_queued_ > 0 && overtakes(m)) --overtakers_queued_;
+      queued_bytes_ -= approximate_bytes(m);
       batch_.push_back(std::move(queue_.front().message));  // keeps referenced segments alive
       queue_.pop_front();
     }
@@ -582,6 +588,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
         continue;
       }
       encode_copy(it->message, plain, /*overtaking=*/true);
+      queued_bytes_ -= approximate_bytes(it->message);
       it = queue_.erase(it);
     }
     overtakers_queued_ = 0;
@@ -669,6 +676,7 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
       writing_ = true;
       entry = std::move(queue_.front());
       queue_.pop_front();
+      queued_bytes_ -= approximate_bytes(entry.message);
     }
     stream_being_sent_ = entry.rest;
     OutgoingStream& rest = *entry.rest;
@@ -724,6 +732,8 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
   // Guards the TLS session (its output included) and the socket while written or closed, and the
   // writes of open_, closing_, writing_ and queue_ (see the top of this file).
   std::mutex mutex_;
+  // Bytes of the messages in queue_ (approximate_bytes; a streamed one: its first part).
+  std::atomic<std::uint64_t> queued_bytes_{0};
   wire::MessageAssembler assembler_;  // the reader's: frames into messages, under the current limits
   std::string peer_;
   Handlers handlers_;

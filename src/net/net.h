@@ -130,6 +130,9 @@ class Connection {
   virtual void send_streamed(wire::Message first, std::shared_ptr<OutgoingStream> rest) = 0;
   // Whether a streamed message is queued or being sent here.
   virtual bool sending_stream() const = 0;
+  // Bytes of the messages queued here and not yet being written (a streamed message counts
+  // its first part): what a peer that does not read makes this side hold.
+  virtual std::uint64_t queued_bytes() const = 0;
   // Thread-safe: the one member any thread may call, also while the loop's thread sends,
   // reads or closes the connection. If the connection is open and idle (no queued message, no
   // write in progress, no unsent bytes) and `message` is small (<= 256 KiB framed), encrypts

@@ -89,3 +89,53 @@ def test_tasks_beyond_a_clients_limit_wait_in_the_client_and_all_complete(own_cl
         assert rc[0].apply_sync(lambda: 5) == 5
     finally:
         rc.close()
+
+
+STOPPED_CLIENT = """
+import sys, testudo
+rc = testudo.Client(profile=sys.argv[1])
+rc.wait_for_engines(2, timeout=30)
+ar = rc.load_balanced_view().map_async(lambda i: bytes([i % 251]) * (1 << 20), range(200))
+print("submitted", flush=True)
+values = ar.get(timeout=300)
+assert [v[:1] for v in values] == [bytes([i % 251]) for i in range(200)]
+assert all(len(v) == 1 << 20 for v in values)
+print("ok", len(values), flush=True)
+"""
+
+
+def test_replies_to_a_client_that_stops_reading_wait_in_the_store_and_all_arrive(own_cluster):
+    """A client stopped (SIGSTOP) while 200 replies of 1 MiB come back for it: the controller
+    holds about its 32 MiB reply limit of them, not 200 MiB; the rest wait in the task store
+    and all 200 arrive, correct and in order, once the client reads again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    c = own_cluster(2, extra=("--client-reply-queue-bytes", str(32 * MiB)))
+    client = subprocess.Popen([sys.executable, "-c", STOPPED_CLIENT, c.profile], env=c.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "submitted"
+        os.kill(client.pid, signal.SIGSTOP)
+        before = peak_rss(c.controller_pid)
+        deadline = time.monotonic() + 120
+        while True:
+            status = c.run("status").stdout
+            done = int(re.search(r"(\d+) task\(s\) done", status).group(1))
+            if done >= 200:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        grown = peak_rss(c.controller_pid) - before
+        assert grown < 80 * MiB, f"controller grew by {grown / MiB:.0f} MiB for a client that does not read"
+        deferred = int(re.search(r"(\d+) repl(?:y|ies) sent later from the task store", status).group(1))
+        assert deferred > 0, status
+        os.kill(client.pid, signal.SIGCONT)
+        out, err = client.communicate(timeout=300)
+        assert client.returncode == 0, err
+        assert out.strip().endswith("ok 200"), out
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGCONT)
+            client.kill()
