@@ -236,9 +236,8 @@ class TaskStore {
   // succeed (duplicate task id) is dropped alone, logged and counted in dropped_writes().
   virtual Status flush() = 0;
   // flush() after waiting for every result file queued so far to be written, spooled writes
-  // included (a file whose
-  // write failed is tried once more first): when it returns OK, every write recorded before
-  // the call is committed. The hub calls it at shutdown.
+  // included (a file whose write failed is tried once more first): when it returns OK, every
+  // write recorded before the call is committed. The hub calls it at shutdown.
   virtual Status sync() = 0;
   // Writes not committed yet, including finishes whose result file is still being written.
   virtual std::size_t pending_writes() const = 0;
