@@ -2,6 +2,7 @@
 // directory modes, refusals (readable file, symlink), appending across reopen, and a real
 // full disk (a tiny tmpfs in a private mount namespace, as in task_store_test.cc).
 #include "auth/audit_log.h"
+#include "base/test_small_disk.h"
 #include "base/test_temp_dir.h"
 
 #include <fcntl.h>
@@ -25,6 +26,8 @@
 namespace testudo::auth {
 namespace {
 
+using testing::private_mounts;
+using testing::SmallDisk;
 using testing::TempDir;
 
 namespace fs = std::filesystem;
@@ -298,45 +301,6 @@ TEST(AuditLog, LongFieldsAreTruncatedOnCharacterBoundaries) {
 
 // ---- a full disk: a tiny tmpfs in a private mount namespace (root only; skipped elsewhere).
 
-bool private_mounts() {
-  static const bool ok = [] {
-    if (::unshare(CLONE_NEWNS) != 0) return false;
-    // Keep our mounts from propagating to the rest of the machine.
-    return ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
-  }();
-  return ok;
-}
-
-class SmallDisk {
- public:
-  explicit SmallDisk(const std::string& dir) : path_(dir) {
-    fs::create_directories(path_);
-    mounted_ = ::mount("tmpfs", path_.c_str(), "tmpfs", 0, "size=64k,mode=0700") == 0;
-    error_ = errno;
-  }
-  ~SmallDisk() {
-    if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  int error() const { return error_; }
-  // Fills the disk with a file `name`; returns its path.
-  std::string fill(const std::string& name) const {
-    const std::string filler = path_ + "/" + name;
-    const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0600);
-    EXPECT_GE(fd, 0);
-    const std::string chunk(512, 'f');
-    while (::write(fd, chunk.data(), chunk.size()) > 0) {
-    }
-    ::close(fd);
-    return filler;
-  }
-
- private:
-  std::string path_;
-  bool mounted_ = false;
-  int error_ = 0;
-};
-
 AuditEvent numbered(int i) {
   AuditEvent e = full_event();
   e.task_id = static_cast<std::uint64_t>(i);
@@ -347,8 +311,8 @@ AuditEvent numbered(int i) {
 TEST(AuditLog, DiskFullKeepsTheLinesUntilSpaceReturns) {
   if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
   TempDir dir;
-  SmallDisk disk(dir.path() + "/disk");
-  if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(disk.error());
+  SmallDisk disk(dir.path() + "/disk", "64k");
+  if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs: " << disk.error();
   const std::string path = dir.path() + "/disk/audit.log";
   auto log = open_ok(path);
   ASSERT_TRUE(log);
@@ -390,8 +354,8 @@ TEST(AuditLog, DiskFullKeepsTheLinesUntilSpaceReturns) {
 TEST(AuditLog, BoundedBufferDropsTheOldestAndSaysSo) {
   if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
   TempDir dir;
-  SmallDisk disk(dir.path() + "/disk");
-  if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(disk.error());
+  SmallDisk disk(dir.path() + "/disk", "64k");
+  if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs: " << disk.error();
   const std::string path = dir.path() + "/disk/audit.log";
   constexpr std::size_t kBound = 8 * 1024;
   auto log = open_ok(path, kBound);

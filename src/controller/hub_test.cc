@@ -6,11 +6,6 @@
 
 #include <gtest/gtest.h>
 
-#include <sched.h>
-#include <sys/mount.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -19,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/fake_clock.h"
+#include "base/test_small_disk.h"
 #include "base/test_temp_dir.h"
 #include "net/fake_connection.h"
 #include "wire/control.h"
@@ -134,6 +130,13 @@ class HubTest : public ::testing::Test {
     hub_->accept(c);
     c->deliver(hello(hello_text));
     return c;
+  }
+  // The cluster report `c` gets for a kClusterStatus it sends now.
+  nlohmann::json cluster_report(FakeConnection& c) {
+    c.deliver(control(MessageKind::kClusterStatus, 1000));
+    auto replies = c.sent_of(MessageKind::kClusterStatusReply);
+    EXPECT_FALSE(replies.empty());
+    return replies.empty() ? nlohmann::json() : nlohmann::json::parse(replies.back().segments.at(0).view());
   }
   std::uint32_t engine_id_of(const FakeConnection& c) { return c.sent_of(MessageKind::kWelcome).at(0).envelope.engine_id; }
 
@@ -466,8 +469,7 @@ TEST_F(HubTest, ALargeDirectRequestIsRelayedToItsEnginesAsItArrives) {
   EXPECT_EQ(e0->streams[0].second->state(), net::OutgoingStream::State::kFinished);
   EXPECT_FALSE(e1->sending_stream());
   // The cluster report counts it (a refused or declined request would not be).
-  c->deliver(control(MessageKind::kClusterStatus, 30));
-  auto report = nlohmann::json::parse(c->sent_of(MessageKind::kClusterStatusReply).at(0).segments.at(0).view());
+  auto report = cluster_report(*c);
   EXPECT_EQ(report.value("requests_relayed", 0), 1);
   // The engines answer as for any request.
   const wire::Message started0 = e0->sent.at(e0->streams[0].first);
@@ -565,8 +567,7 @@ TEST_F(HubTest, ALargeReplyIsSpooledToItsFileAsItArrivesAndSentOnFromIt) {
   EXPECT_EQ(c2->sent.at(c2->streams[0].first).envelope.request_id, 9u);
   EXPECT_EQ(c2->sent.at(c2->streams[0].first).segments.at(0).to_string(), "meta");
   EXPECT_EQ(drain_stream(clock_, *c2, 0), value + more);
-  c2->deliver(control(MessageKind::kClusterStatus, 10));
-  auto report = nlohmann::json::parse(c2->sent_of(MessageKind::kClusterStatusReply).at(0).segments.at(0).view());
+  auto report = cluster_report(*c2);
   EXPECT_EQ(report.value("replies_spooled", 0), 1);
 }
 
@@ -635,8 +636,7 @@ TEST_F(HubTest, RepliesToAClientThatDoesNotReadWaitInTheStoreNotInMemory) {
   c->deliver(request(MessageKind::kExecute, 9, {0}));
   e0->deliver(engine_reply(e0->sent_of(MessageKind::kExecute).at(2), "c"));
   EXPECT_EQ(c->sent_of(MessageKind::kTaskReply).size(), 3u);
-  c->deliver(control(MessageKind::kClusterStatus, 30));
-  auto report = nlohmann::json::parse(c->sent_of(MessageKind::kClusterStatusReply).at(0).segments.at(0).view());
+  auto report = cluster_report(*c);
   EXPECT_EQ(report.value("replies_deferred", 0), 2);
 }
 
@@ -746,15 +746,10 @@ TEST_F(HubTest, AWaitingGetResultIsAnsweredWhenTheTaskEnds) {
 
 TEST_F(HubTest, OnAFullDiskNewTasksAreRefusedBeforeTheyGetAnIdAndResultsComeFromMemory) {
   // A 1 MiB tmpfs for the task store, in a private mount namespace (root only).
-  const bool private_mounts = ::unshare(CLONE_NEWNS) == 0 && ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
-  if (!private_mounts) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
+  if (!testing::private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
   const std::string disk = dir_.path() + "/disk";
-  std::filesystem::create_directories(disk);
-  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=1m,mode=0700"), 0) << std::strerror(errno);
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{disk};
+  testing::SmallDisk small_disk(disk, "1m");
+  ASSERT_TRUE(small_disk.mounted()) << small_disk.error();
   TaskStoreOptions s;
   s.path = disk + "/tasks.sqlite";
   s.max_pending_writes = 40;  // new tasks refused beyond 20 pending writes while the disk fails
@@ -762,11 +757,7 @@ TEST_F(HubTest, OnAFullDiskNewTasksAreRefusedBeforeTheyGetAnIdAndResultsComeFrom
 
   auto e0 = join("engine:e0");
   auto alice = join("client:alice");
-  {
-    std::ofstream filler(disk + "/filler", std::ios::binary);
-    const std::string chunk(4096, 'f');
-    while (filler.write(chunk.data(), chunk.size())) filler.flush();
-  }
+  ASSERT_FALSE(small_disk.fill("filler").empty());
   std::vector<std::uint64_t> handed_out;
   std::uint64_t request_id = 1;
   for (; request_id < 100; ++request_id) {

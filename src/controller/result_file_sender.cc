@@ -37,8 +37,6 @@ std::unique_ptr<std::byte[]> ResultFileSender::take_buffer() {
 }
 
 void ResultFileSender::pump() {
-  if (pumping_) return;  // a release inside push(): the loop below goes on anyway
-  pumping_ = true;
   const std::vector<std::uint64_t>& sizes = file_->sizes();
   const std::uint64_t frame = wire::Limits{}.max_frame_bytes;
   while (!out_->detached() && !window_->full()) {
@@ -69,7 +67,6 @@ void ResultFileSender::pump() {
       self->window_->release(length);
     }));
   }
-  pumping_ = false;
   if (!out_->detached() && out_->state() == net::OutgoingStream::State::kOpen && window_->full()) {
     window_->on_room = [self = shared_from_this()] { self->pump(); };
   }

@@ -50,7 +50,6 @@ class ResultFileSender final : public std::enable_shared_from_this<ResultFileSen
   std::size_t segment_ = 1;      // the segment being read
   std::uint64_t in_segment_ = 0;  // bytes of it already pushed
   std::uint64_t offset_ = 0;     // into the file's segments, back to back
-  bool pumping_ = false;
   std::vector<std::unique_ptr<std::byte[]>> free_;  // buffers back from the connection
 };
 

@@ -136,21 +136,12 @@ std::vector<StoredAnswer> StoredResults::get(const Requester& who, std::uint64_t
                                                            " finished; it may or may not have run"));
       continue;
     }
-    // A result kept in a file is sent from it a part at a time, never loaded whole.
-    if (r.state != TaskState::kAborted) {
-      auto file = store_.open_result_file(id);
-      if (file.ok() && *file) {
-        answers.push_back({stored_reply(request_id, id,
-                                        r.state == TaskState::kFailed ? Outcome::kPythonError : Outcome::kOk, engine,
-                                        r.kind),
-                           std::move(file).value()});
-        continue;
-      }
-    }
-    auto result = store_.result(id);
-    if (result.ok() && !result->empty()) {
-      answers.push_back(stored_reply(request_id, id, r.state == TaskState::kFailed ? Outcome::kPythonError : Outcome::kOk,
-                                     engine, r.kind, std::move(result).value()));
+    // A result kept in a file is sent from it a part at a time (the hub), never loaded whole.
+    auto result = store_.result_body(id);
+    if (result.ok() && (result->file || !result->segments.empty())) {
+      answers.push_back({stored_reply(request_id, id, r.state == TaskState::kFailed ? Outcome::kPythonError : Outcome::kOk,
+                                      engine, r.kind, std::move(result->segments)),
+                         std::move(result->file)});
     } else if (r.state == TaskState::kAborted) {
       answers.push_back(stored_reply(request_id, id, Outcome::kAborted, engine, r.error));
     } else {

@@ -79,6 +79,23 @@ StatusOr<SharedBytes> ResultFile::read(std::uint64_t offset, std::size_t length)
   return out;
 }
 
+StatusOr<std::vector<SharedBytes>> ResultFile::read_all() const {
+  TESTUDO_ASSIGN_OR_RETURN(SharedBytes whole, read(0, total_));
+  std::vector<SharedBytes> segments;
+  std::uint64_t offset = 0;
+  for (std::uint64_t size : sizes_) {
+    segments.push_back(size == 0 ? SharedBytes() : SharedBytes::adopt(whole.data() + offset, size, [whole] {}));
+    offset += size;
+  }
+  return segments;
+}
+
+StatusOr<std::vector<SharedBytes>> TaskStore::result(std::uint64_t id) {
+  TESTUDO_ASSIGN_OR_RETURN(ResultBody body, result_body(id));
+  if (body.file) return body.file->read_all();
+  return std::move(body.segments);
+}
+
 Status ResultFile::read_into(std::uint64_t offset, std::span<std::byte> into) const {
   const std::size_t length = into.size();
   if (offset > total_ || length > total_ - offset) {
@@ -387,19 +404,6 @@ Status write_framed_file(const std::string& path, const std::vector<SharedBytes>
   return ok_status();
 }
 
-// Every segment of a file's result, read in one piece (result() of a pending spooled result).
-StatusOr<std::vector<SharedBytes>> read_whole(const ResultFile& file) {
-  TESTUDO_ASSIGN_OR_RETURN(SharedBytes whole, file.read(0, file.total_bytes()));
-  std::vector<SharedBytes> segments;
-  std::uint64_t offset = 0;
-  for (std::uint64_t size : file.sizes()) {
-    segments.push_back(size == 0 ? SharedBytes()
-                                 : SharedBytes::adopt(whole.data() + offset, size, [whole] {}));
-    offset += size;
-  }
-  return segments;
-}
-
 // A thread that writes result files, one job at a time in submission order. Thread-safe.
 // The destructor abandons queued jobs (a whole file's record stays pending, so it is lost like
 // any uncommitted write; a spool's close never reports) and joins.
@@ -695,13 +699,12 @@ class SqliteTaskStore final : public TaskStore {
   StatusOr<std::shared_ptr<ResultSpool>> spool_result(std::uint64_t id, std::vector<std::uint64_t> sizes) override;
   void record_spooled(std::uint64_t id, TaskState state, std::int64_t at_us, std::shared_ptr<ResultSpool> spool,
                       std::string error) override;
-  StatusOr<std::shared_ptr<const ResultFile>> open_result_file(std::uint64_t id) override;
 
   Status flush() override;
   Status flush_pending();
   Status sync() override;
   StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) override;
-  StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) override;
+  StatusOr<ResultBody> result_body(std::uint64_t id) override;
   StatusOr<std::vector<TaskRecord>> query(const Query& query) override;
   StatusOr<std::size_t> purge(const std::optional<std::string>& owner,
                               const std::vector<std::uint64_t>& ids) override;
@@ -745,7 +748,9 @@ class SqliteTaskStore final : public TaskStore {
                         std::uint64_t& bad);
   // Submits every failed result file again; returns the first failure's error (OK if none).
   Status retry_failed_files();
-  StatusOr<SharedBytes> read_result_file(std::uint64_t id, std::uint64_t expected_size);
+  // The committed result file of task `id`, its size and framing checked against the record.
+  StatusOr<std::shared_ptr<const ResultFile>> open_result_file(std::uint64_t id, std::uint64_t segments,
+                                                               std::uint64_t bytes);
   std::string result_file(std::uint64_t id) const { return results_dir_ + "/" + std::to_string(id) + ".res"; }
   void remove_files(const std::vector<std::uint64_t>& ids);
   void flush_for_read();
@@ -1165,28 +1170,9 @@ void SqliteTaskStore::record_spooled(std::uint64_t id, TaskState state, std::int
   queue(Finished{id, state, at_us, {}, job->readable->total_bytes(), count, std::move(error), std::move(job)});
 }
 
-StatusOr<std::shared_ptr<const ResultFile>> SqliteTaskStore::open_result_file(std::uint64_t id) {
-  flush_before_read();
-  if (pending_by_id_.contains(id)) {
-    TESTUDO_ASSIGN_OR_RETURN(auto committed, read_committed(id));
-    const bool was_finished = committed && is_finished(committed->state);
-    const Finished* finish = nullptr;
-    TESTUDO_ASSIGN_OR_RETURN(auto r, with_pending(id, std::move(committed), &finish));
-    if (finish != nullptr) return finish->file ? finish->file->readable : nullptr;
-    if (r && !was_finished) return failed_precondition("task " + std::to_string(id) + " has not finished");
-  }
-  sqlite3_stmt* s = stmt_.get_result.get();
-  ResetOnExit reset(s);
-  sqlite3_bind_int64(s, 1, to_sql(id));
-  const int rc = sqlite3_step(s);
-  if (rc == SQLITE_DONE) return not_found("task " + std::to_string(id) + " is not in the task store");
-  if (rc != SQLITE_ROW) return error(rc, "read result");
-  if (sqlite3_column_int(s, 0) < static_cast<int>(TaskState::kSucceeded)) {
-    return failed_precondition("task " + std::to_string(id) + " has not finished");
-  }
-  if (sqlite3_column_int(s, 4) != 1) return std::shared_ptr<const ResultFile>();
-  const std::uint64_t bytes = from_sql(sqlite3_column_int64(s, 1));
-  const std::uint64_t segments = from_sql(sqlite3_column_int64(s, 2));
+StatusOr<std::shared_ptr<const ResultFile>> SqliteTaskStore::open_result_file(std::uint64_t id,
+                                                                              std::uint64_t segments,
+                                                                              std::uint64_t bytes) {
   const std::string path = result_file(id);
   Fd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (fd.get() < 0) {
@@ -1441,30 +1427,6 @@ Status SqliteTaskStore::apply_finished(const Finished& f, std::int64_t& bytes_de
   return ok_status();
 }
 
-StatusOr<SharedBytes> SqliteTaskStore::read_result_file(std::uint64_t id, std::uint64_t expected_size) {
-  const std::string path = result_file(id);
-  Fd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (fd.get() < 0) {
-    if (errno == ENOENT) return data_loss("task store: result file " + path + " is missing");
-    return errno_status(errno, path, "cannot open result file");
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return errno_status(errno, path, "cannot stat result file");
-  if (!S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != expected_size) {
-    return data_loss("task store: result file " + path + " has the wrong size");
-  }
-  SharedBytes whole = SharedBytes::allocate(expected_size);
-  std::uint64_t done = 0;
-  while (done < expected_size) {
-    const ssize_t n = ::read(fd.get(), whole.data() + done, expected_size - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno_status(errno, path, "cannot read result file");
-    if (n == 0) return data_loss("task store: result file " + path + " is short");
-    done += static_cast<std::uint64_t>(n);
-  }
-  return whole;
-}
-
 void SqliteTaskStore::remove_files(const std::vector<std::uint64_t>& ids) {
   for (std::uint64_t id : ids) {
     const std::string path = result_file(id);
@@ -1615,18 +1577,18 @@ StatusOr<std::optional<TaskRecord>> SqliteTaskStore::read_committed(std::uint64_
   return std::optional<TaskRecord>(std::move(r));
 }
 
-StatusOr<std::vector<SharedBytes>> SqliteTaskStore::result(std::uint64_t id) {
+StatusOr<ResultBody> SqliteTaskStore::result_body(std::uint64_t id) {
   flush_before_read();
   if (pending_by_id_.contains(id)) {
     // Recorded but not committed: the result is still in memory (a big one too, kept for
-    // its file's retries); answer from there.
+    // its file's retries) or, spooled, in its written file; answer from there.
     TESTUDO_ASSIGN_OR_RETURN(auto committed, read_committed(id));
     const bool was_finished = committed && is_finished(committed->state);
     const Finished* finish = nullptr;
     TESTUDO_ASSIGN_OR_RETURN(auto r, with_pending(id, std::move(committed), &finish));
     if (finish != nullptr) {
-      if (finish->file && finish->file->spooled) return read_whole(*finish->file->readable);
-      return finish->file ? finish->file->segments : finish->result;
+      if (finish->file && finish->file->spooled) return ResultBody{{}, finish->file->readable};
+      return ResultBody{finish->file ? finish->file->segments : finish->result, nullptr};
     }
     if (r && !was_finished) return failed_precondition("task " + std::to_string(id) + " has not finished");
   }
@@ -1641,22 +1603,22 @@ StatusOr<std::vector<SharedBytes>> SqliteTaskStore::result(std::uint64_t id) {
   }
   const std::uint64_t bytes = from_sql(sqlite3_column_int64(s, 1));
   const std::uint64_t segments = from_sql(sqlite3_column_int64(s, 2));
-  const std::uint64_t size = framed_size(segments, bytes);
-  SharedBytes whole;
   if (sqlite3_column_int(s, 4) == 1) {
-    TESTUDO_ASSIGN_OR_RETURN(whole, read_result_file(id, size));
-  } else if (sqlite3_column_type(s, 3) == SQLITE_NULL) {
-    if (segments != 0) return data_loss("task store: task " + std::to_string(id) + ": result missing");
-    return std::vector<SharedBytes>();
-  } else {
-    const auto* blob = static_cast<const std::byte*>(sqlite3_column_blob(s, 3));
-    const auto blob_size = static_cast<std::uint64_t>(sqlite3_column_bytes(s, 3));
-    if (blob_size != size) return data_loss("task store: task " + std::to_string(id) + ": result has the wrong size");
-    whole = SharedBytes::copy_of(std::span<const std::byte>(blob, blob_size));
+    TESTUDO_ASSIGN_OR_RETURN(auto file, open_result_file(id, segments, bytes));
+    return ResultBody{{}, std::move(file)};
   }
-  auto out = unframe(whole, segments, bytes);
+  if (sqlite3_column_type(s, 3) == SQLITE_NULL) {
+    if (segments != 0) return data_loss("task store: task " + std::to_string(id) + ": result missing");
+    return ResultBody{};
+  }
+  const auto* blob = static_cast<const std::byte*>(sqlite3_column_blob(s, 3));
+  const auto blob_size = static_cast<std::uint64_t>(sqlite3_column_bytes(s, 3));
+  if (blob_size != framed_size(segments, bytes)) {
+    return data_loss("task store: task " + std::to_string(id) + ": result has the wrong size");
+  }
+  auto out = unframe(SharedBytes::copy_of(std::span<const std::byte>(blob, blob_size)), segments, bytes);
   if (!out.ok()) return out.status().with_context("task store: task " + std::to_string(id));
-  return out;
+  return ResultBody{std::move(out).value(), nullptr};
 }
 
 StatusOr<std::vector<TaskRecord>> SqliteTaskStore::query(const Query& q) {

@@ -122,7 +122,7 @@ struct TaskStoreOptions {
   std::uint64_t max_pending_result_bytes = 1ull << 30;
 };
 
-// A big result's file, open for reading back a part at a time (TaskStore::open_result_file,
+// A big result's file, open for reading back a part at a time (TaskStore::result_body,
 // ResultSpool::file), so that sending it never holds it whole. Reads go through the open
 // descriptor: a rename (the commit) or a purge meanwhile does not disturb them.
 // Thread-safe (pread).
@@ -141,6 +141,8 @@ class ResultFile {
   StatusOr<SharedBytes> read(std::uint64_t offset, std::size_t length) const;
   // The same into `into` (all of it), e.g. a buffer the caller reuses.
   Status read_into(std::uint64_t offset, std::span<std::byte> into) const;
+  // Every segment, read in one piece (what TaskStore::result() answers for a file).
+  StatusOr<std::vector<SharedBytes>> read_all() const;
   int fd() const { return fd_; }
   std::uint64_t data_offset() const { return data_offset_; }
 
@@ -167,6 +169,13 @@ class ResultSpool {
   virtual void abandon() = 0;
   // The file, for reading back once written.
   virtual std::shared_ptr<const ResultFile> file() const = 0;
+};
+
+// A finished task's result where the store keeps it: its segments in memory (inline ones, or
+// pending ones not yet written), or the file they lie in, to be read a part at a time.
+struct ResultBody {
+  std::vector<SharedBytes> segments;       // when `file` is null
+  std::shared_ptr<const ResultFile> file;  // bigger than inline_limit, committed or spooled
 };
 
 // The interface the hub holds (a fake can stand in for it in hub tests); open() makes the
@@ -249,14 +258,13 @@ class TaskStore {
   // of another owner is returned too: the caller checks TaskRecord::owner. An id kept as lost
   // (see above) reads as a kLost record with owner "" (unknown): anyone may be told.
   virtual StatusOr<std::optional<TaskRecord>> get(std::uint64_t id) = 0;
-  // The segments as recorded (zero-length ones included). kNotFound: no such task (or
-  // purged); kFailedPrecondition: not finished yet; kDataLoss: the stored bytes are damaged
-  // (e.g. a result file lost in a power failure).
-  virtual StatusOr<std::vector<SharedBytes>> result(std::uint64_t id) = 0;
-  // The result as a file to read a part at a time, when the store keeps it in one (bigger than
-  // inline_limit; committed, or pending and written); null when it lies in memory or in the
-  // database (read it with result()). Errors as result().
-  virtual StatusOr<std::shared_ptr<const ResultFile>> open_result_file(std::uint64_t id) = 0;
+  // The result as recorded, a file left unread (what a sender streams: never loaded whole).
+  // kNotFound: no such task (or purged); kFailedPrecondition: not finished yet; kDataLoss: the
+  // stored bytes are damaged (e.g. a result file lost in a power failure).
+  virtual StatusOr<ResultBody> result_body(std::uint64_t id) = 0;
+  // The segments as recorded (zero-length ones included), a file read whole. Errors as
+  // result_body().
+  StatusOr<std::vector<SharedBytes>> result(std::uint64_t id);
 
   struct Query {
     std::optional<std::string> owner;           // only this owner's tasks

@@ -23,6 +23,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/test_small_disk.h"
 #include "base/test_temp_dir.h"
 #include "controller/task_store_fixture.h"
 
@@ -31,6 +32,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+using testing::private_mounts;
+using testing::SmallDisk;
 using testing::TempDir;
 
 TaskStoreOptions options_in(const std::string& dir) {
@@ -831,28 +834,30 @@ TEST(TaskStore, ASpooledResultIsWrittenAsItArrivesAndReadBackInParts) {
   // After a restart: the committed file, opened for reading in parts and whole.
   auto store = open_ok(o);
   ASSERT_TRUE(store);
-  auto file = store->open_result_file(1);
-  ASSERT_TRUE(file.ok()) << file.status().to_string();
-  ASSERT_NE(*file, nullptr);
-  EXPECT_EQ((*file)->sizes(), (std::vector<std::uint64_t>{head.size(), body.size(), tail.size()}));
-  EXPECT_EQ(read_in_pieces(**file, 4096), head + body + tail);
-  EXPECT_EQ((*file)->read(8000, 100).status().code(), StatusCode::kInvalidArgument) << "past the end";
+  auto stored = store->result_body(1);
+  ASSERT_TRUE(stored.ok()) << stored.status().to_string();
+  const auto& file = stored->file;
+  ASSERT_NE(file, nullptr);
+  EXPECT_EQ(file->sizes(), (std::vector<std::uint64_t>{head.size(), body.size(), tail.size()}));
+  EXPECT_EQ(read_in_pieces(*file, 4096), head + body + tail);
+  EXPECT_EQ(file->read(8000, 100).status().code(), StatusCode::kInvalidArgument) << "past the end";
   auto whole = store->result(1);
   ASSERT_TRUE(whole.ok()) << whole.status().to_string();
   EXPECT_EQ(strings_of(*whole), (std::vector<std::string>{head, body, tail}));
   // A small result lies in the database: no file to open.
   store->record_submitted(submitted(2, "alice"));
   store->record_finished(2, TaskState::kSucceeded, 10, segments_of({"small"}), "");
-  auto none = store->open_result_file(2);
-  ASSERT_TRUE(none.ok()) << none.status().to_string();
-  EXPECT_EQ(*none, nullptr);
-  EXPECT_EQ(store->open_result_file(99).status().code(), StatusCode::kNotFound);
+  auto small = store->result_body(2);
+  ASSERT_TRUE(small.ok()) << small.status().to_string();
+  EXPECT_EQ(small->file, nullptr);
+  EXPECT_EQ(strings_of(small->segments), std::vector<std::string>{"small"});
+  EXPECT_EQ(store->result_body(99).status().code(), StatusCode::kNotFound);
   // A damaged file (cut short) is data loss, not an over-read.
   store.reset();
   fs::resize_file(o.path + ".results/1.res", 100);
   store = open_ok(o);
   ASSERT_TRUE(store);
-  EXPECT_EQ(store->open_result_file(1).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(store->result_body(1).status().code(), StatusCode::kDataLoss);
 }
 
 TEST(TaskStore, SpoolsThatAreSmallAbandonedOrNeverRecordedLeaveNoFile) {
@@ -890,15 +895,6 @@ TEST(TaskStore, SpoolsThatAreSmallAbandonedOrNeverRecordedLeaveNoFile) {
   EXPECT_EQ(r4.state, TaskState::kFailed);
   EXPECT_NE(r4.error.find("not stored whole"), std::string::npos) << r4.error;
   EXPECT_TRUE(result_files(o).empty()) << result_files(o).size();
-}
-
-bool private_mounts() {
-  static const bool ok = [] {
-    if (::unshare(CLONE_NEWNS) != 0) return false;
-    // Keep our mounts from propagating to the rest of the machine.
-    return ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
-  }();
-  return ok;
 }
 
 TEST(TaskStore, ReadOnlyStateDirectoryIsAClearError) {
@@ -948,12 +944,8 @@ TEST(TaskStore, DiskFullIsReportedAndNothingIsCorruptedOrLost) {
   if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
   TempDir dir;
   const std::string disk = dir.path() + "/disk";
-  fs::create_directories(disk);
-  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=1m,mode=0700"), 0) << std::strerror(errno);
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{disk};
+  SmallDisk small_disk(disk, "1m");
+  ASSERT_TRUE(small_disk.mounted()) << small_disk.error();
 
   TaskStoreOptions o;
   o.path = disk + "/tasks.sqlite";
@@ -969,14 +961,7 @@ TEST(TaskStore, DiskFullIsReportedAndNothingIsCorruptedOrLost) {
 
     // Fill the disk.
     const std::string filler = disk + "/filler";
-    {
-      const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0600);
-      ASSERT_GE(fd, 0);
-      const std::string chunk(4096, 'f');
-      while (::write(fd, chunk.data(), chunk.size()) > 0) {
-      }
-      ::close(fd);
-    }
+    ASSERT_EQ(small_disk.fill("filler"), filler);
     // The database's own write fails (SQLITE_FULL at commit) ...
     for (std::uint64_t id = 11; id <= 60; ++id) {
       store->record_submitted(submitted(id, "alice"));
@@ -1052,12 +1037,8 @@ TEST(TaskStore, StoppingOnAFullDiskLeavesEveryHandedOutIdLostNeverUnknown) {
   if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
   TempDir dir;
   const std::string disk = dir.path() + "/disk";
-  fs::create_directories(disk);
-  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=1m,mode=0700"), 0) << std::strerror(errno);
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{disk};
+  SmallDisk small_disk(disk, "1m");
+  ASSERT_TRUE(small_disk.mounted()) << small_disk.error();
 
   TaskStoreOptions o;
   o.path = disk + "/tasks.sqlite";
@@ -1073,14 +1054,7 @@ TEST(TaskStore, StoppingOnAFullDiskLeavesEveryHandedOutIdLostNeverUnknown) {
       store->record_finished(id, TaskState::kSucceeded, 10, segments_of({"early"}), "");
     }
     ASSERT_TRUE(store->flush().ok());
-    {
-      const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0600);
-      ASSERT_GE(fd, 0);
-      const std::string chunk(4096, 'f');
-      while (::write(fd, chunk.data(), chunk.size()) > 0) {
-      }
-      ::close(fd);
-    }
+    ASSERT_EQ(small_disk.fill("filler"), filler);
     std::uint64_t id = store->next_task_id();
     EXPECT_EQ(id, 11u);
     // The hub asks before it hands out ids; while flushes fail, half of the pending bound is
@@ -1253,12 +1227,8 @@ TEST(TaskStore, ADiskFullWhileSpoolingIsReportedAndLeavesNoFile) {
   if (!private_mounts()) GTEST_SKIP() << "needs a private mount namespace (root) for a small tmpfs";
   TempDir dir;
   const std::string disk = dir.path() + "/disk";
-  fs::create_directories(disk);
-  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=2m,mode=0700"), 0) << std::strerror(errno);
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{disk};
+  SmallDisk small_disk(disk, "2m");
+  ASSERT_TRUE(small_disk.mounted()) << small_disk.error();
   TaskStoreOptions o;
   o.path = disk + "/tasks.sqlite";
   o.inline_limit = 32 << 10;
@@ -1276,14 +1246,7 @@ TEST(TaskStore, ADiskFullWhileSpoolingIsReportedAndLeavesNoFile) {
   EXPECT_TRUE(result_files(o).empty()) << "the half-written file stays behind";
   // The disk is full for the database too: once a flush failed, spooling is refused at once.
   const std::string filler = disk + "/filler";
-  {
-    const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0600);
-    ASSERT_GE(fd, 0);
-    const std::string chunk(4096, 'f');
-    while (::write(fd, chunk.data(), chunk.size()) > 0) {
-    }
-    ::close(fd);
-  }
+  ASSERT_EQ(small_disk.fill("filler"), filler);
   for (std::uint64_t id = 2; id <= 200; ++id) store->record_submitted(submitted(id, std::string(200, 'o')));
   if (!store->flush().ok()) {
     EXPECT_EQ(store->spool_result(2, {4, size}).status().code(), StatusCode::kUnavailable);

@@ -556,9 +556,10 @@ class TlsConnection final : public Connection, public std::enable_shared_from_th
     std::size_t bytes = 0;
     while (!queue_.empty() && !queue_.front().rest && bytes < kBatchBytes) {
       const wire::Message& m = queue_.front().message;
-      bytes += approximate_bytes(m);
+      const std::size_t size = approximate_bytes(m);
+      bytes += size;
+      queued_bytes_ -= size;
       if (overtakers_queued_ > 0 && overtakes(m)) --overtakers_queued_;
-      queued_bytes_ -= approximate_bytes(m);
       batch_.push_back(std::move(queue_.front().message));  // keeps referenced segments alive
       queue_.pop_front();
     }
