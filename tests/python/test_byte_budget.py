@@ -95,7 +95,11 @@ STOPPED_CLIENT = """
 import sys, testudo
 rc = testudo.Client(profile=sys.argv[1])
 rc.wait_for_engines(2, timeout=30)
-ar = rc.load_balanced_view().map_async(lambda i: bytes([i % 251]) * (1 << 20), range(200))
+def value(i):
+    import time
+    time.sleep(0.01)  # the replies come back over ~1 s: most of them after the client stops
+    return bytes([i % 251]) * (1 << 20)
+ar = rc.load_balanced_view().map_async(value, range(200))
 print("submitted", flush=True)
 values = ar.get(timeout=300)
 assert [v[:1] for v in values] == [bytes([i % 251]) for i in range(200)]
@@ -117,6 +121,15 @@ def test_replies_to_a_client_that_stops_reading_wait_in_the_store_and_all_arrive
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "submitted"
+        # Stopped only once the controller has all 200 (the client's network thread may still
+        # be sending them when map_async returns, on a loaded machine).
+        deadline = time.monotonic() + 60
+        while True:
+            counts = re.search(r"(\d+) task\(s\) done, (\d+) in flight", c.run("status").stdout)
+            if int(counts.group(1)) + int(counts.group(2)) >= 200:
+                break
+            assert time.monotonic() < deadline, counts.group(0)
+            time.sleep(0.02)
         os.kill(client.pid, signal.SIGSTOP)
         before = peak_rss(c.controller_pid)
         deadline = time.monotonic() + 120
