@@ -42,6 +42,9 @@ def test_engines_keep_their_ids_across_a_controller_sigkill_and_reuse(own_cluste
         # Engine 0 ends before the crash: the two others must not slide down to ids 0 and 1.
         os.kill(pids[0], signal.SIGKILL)
         assert wait_until(lambda: rc.ids == [1, 2], timeout=20)
+        # A read of the task store commits what it has pending (otherwise a 20 ms timer does,
+        # and a loaded machine could let the SIGKILL win that race: tasks lost at start).
+        rc.result_status(rc.history)
         os.kill(c.controller_pid, signal.SIGKILL)
 
         log = open(c.path("log", "controller-restarted.log"), "w")
