@@ -14,6 +14,7 @@
 #include "e2e/pair_offer.h"
 #include "e2e/result_key.h"
 #include "e2e/sealed_body.h"
+#include "net/data_link.h"
 #include "scram_fuzz.h"
 #include "wire/body.h"
 #include "wire/control.h"
@@ -242,6 +243,21 @@ int main(int argc, char** argv) {
     write(sealed, "body", with(3, opened));
     const auto grant = e2e::grant_result_key(engine, "sha256:fuzz", seal.public_key, key.id).value();
     write(sealed, "result_key", with(4, as_bytes(grant.grant)));
+  }
+  // data_link_fuzz: selector byte (0 hello, 1 transfer sizes), then the input.
+  {
+    const fs::path link = out / "data_link_fuzz";
+    net::DataHello hello{net::DataRole::kReceiver, {}};
+    hello.ticket.fill(std::byte{0x5a});
+    std::vector<std::byte> in{std::byte{0}};
+    const auto encoded = net::encode_data_hello(hello);
+    in.insert(in.end(), encoded.begin(), encoded.end());
+    write(link, "hello", in);
+    const std::uint64_t sizes[] = {1u << 20, 17, 0};
+    const SharedBytes table = net::encode_transfer_sizes(sizes);
+    std::vector<std::byte> sized{std::byte{1}};
+    sized.insert(sized.end(), table.span().begin(), table.span().end());
+    write(link, "sizes", sized);
   }
 
   return 0;

@@ -242,10 +242,11 @@ class PyClient {
            std::uint16_t dial_port, const py::object& key_passphrase, const std::string& login_method,
            const std::string& username, const py::object& secret, const std::string& secret_from,
            const std::string& service, bool e2e, const std::vector<std::string>& engine_keys,
-           const std::string& engine_cafile)
+           const std::string& engine_cafile, std::uint64_t bulk_from_bytes)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
     o.e2e = e2e;
+    o.bulk_from_bytes = bulk_from_bytes;
     o.engine_keys = engine_keys;
     o.engine_cafile = engine_cafile;
     o.key_passphrase = python_secret(key_passphrase, "key_passphrase_from");
@@ -583,13 +584,13 @@ PYBIND11_MODULE(_testudo, m) {
       .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&,
                     const std::string&, std::uint16_t, const py::object&, const std::string&, const std::string&,
                     const py::object&, const std::string&, const std::string&, bool, const std::vector<std::string>&,
-                    const std::string&>(),
+                    const std::string&, std::uint64_t>(),
            py::arg("connection_file") = "", py::arg("profile") = "default", py::arg("timeout") = 10.0,
            py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "", py::arg("dial_host") = "",
            py::arg("dial_port") = 0, py::arg("key_passphrase") = py::none(), py::arg("login_method") = "",
            py::arg("username") = "", py::arg("secret") = py::none(), py::arg("secret_from") = "",
            py::arg("service") = "", py::arg("e2e") = false, py::arg("engine_keys") = std::vector<std::string>{},
-           py::arg("engine_cafile") = "")
+           py::arg("engine_cafile") = "", py::arg("bulk_from_bytes") = std::uint64_t{1} << 20)
       .def("close", &PyClient::close)
       .def_property_readonly("connected", &PyClient::connected)
       .def_property_readonly("client_id", &PyClient::client_id)

@@ -94,6 +94,11 @@ struct ClientOptions {
   // this client paired with (it pairs with the listed ones first); stored results open in
   // any process of this identity that seals.
   bool e2e = false;
+  // With e2e: a direct request whose sealed body is at least this many bytes per engine sends
+  // that body on a data connection the controller splices to the engine without reading it
+  // (docs/protocol.md "The bulk path"): one encryption here, one decryption there, no TLS
+  // hop through the controller. 0: never.
+  std::uint64_t bulk_from_bytes = 1u << 20;
   std::vector<std::string> engine_keys;
   std::string engine_cafile;
 };

@@ -80,7 +80,9 @@ class Client(StoredResults):
     ``engine_cafile``, by default the profile's shared engine certificate, which the engines of
     ``testudo cluster start`` present. Needs your key (not a login). Load-balanced requests go
     only to engines this client could pair with; stored results open in any process of your
-    identity that seals.
+    identity that seals. With ``e2e=True``, a direct request whose sealed body is at least
+    ``bulk_from_bytes`` (1 MiB) per engine sends that body on a data connection the controller
+    splices to the engine without reading it (the bulk path; ``0``: never).
     """
 
     def __new__(cls, *args, **kwargs):
@@ -102,7 +104,7 @@ class Client(StoredResults):
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
                  token_provider=None, token_from=None, kerberos=False, service_principal=None, e2e=False,
-                 engine_keys=(), engine_cafile=None, **kwargs):
+                 engine_keys=(), engine_cafile=None, bulk_from_bytes=1 << 20, **kwargs):
         check_ipyparallel_arguments(kwargs)
         if isinstance(engine_keys, str):
             engine_keys = (engine_keys,)
@@ -140,7 +142,8 @@ class Client(StoredResults):
             self._native = _testudo.Client(str(file), self.profile, float(timeout), str(identity_dir or ""),
                                            str(key_passphrase_from or ""), dial_host, dial_port, key_passphrase,
                                            e2e=bool(e2e), engine_keys=[str(k) for k in engine_keys],
-                                           engine_cafile=str(engine_cafile or ""), **login)
+                                           engine_cafile=str(engine_cafile or ""),
+                                           bulk_from_bytes=int(bulk_from_bytes or 0), **login)
         except FileNotFoundError as exc:
             self._close_tunnel()
             raise FileNotFoundError(

@@ -1,6 +1,9 @@
 #include "testudo/client.h"
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cstring>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -13,6 +16,7 @@
 #include "auth/link.h"
 #include "base/log.h"
 #include "base/profile.h"
+#include "client/bulk_split.h"
 #include "client/client_seals.h"
 #include "client/reply.h"
 #include "e2e/sealed_body.h"
@@ -176,6 +180,23 @@ struct Client::Impl {
   Client::OutputHandler output_handler;
   // End-to-end sealing (ClientOptions::e2e): null when off.
   std::unique_ptr<client::ClientSeals> seals;
+  // The bulk path (ClientOptions::bulk_from_bytes): where data connections dial (the address
+  // the control connection dialed), and the sealed bodies waiting for their tickets
+  // (kBulkTicket), by request id: per target, the ciphertext segments of its part. Loop thread.
+  std::string data_host;
+  std::uint16_t data_port = 0;
+  std::unordered_map<std::uint64_t, std::vector<std::vector<SharedBytes>>> bulk_bodies;
+  // How a data-connection thread hands a fetched reply back to the loop: only while the loop
+  // lives (the destructor closes it first).
+  struct Mailbox {
+    std::mutex mutex;
+    net::EventLoop* loop = nullptr;  // guarded by mutex
+    void post(std::function<void()> fn) {
+      std::lock_guard lock(mutex);
+      if (loop != nullptr) loop->post(std::move(fn));
+    }
+  };
+  std::shared_ptr<Mailbox> mailbox = std::make_shared<Mailbox>();
   // Client::connect waits here for the first attempt's outcome (then it is reset).
   std::shared_ptr<std::promise<Status>> first_attempt;
   // What sealing showed the controller did behind this client's back (Client::seal_violations).
@@ -217,6 +238,10 @@ struct Client::Impl {
   }
 
   ~Impl() {
+    {
+      std::lock_guard lock(mailbox->mutex);
+      mailbox->loop = nullptr;
+    }
     loop.post([this] {
       // Pending requests fail with "client closed" (on_lost), nothing redials.
       if (link) link->stop(unavailable("client closed"));
@@ -271,6 +296,7 @@ struct Client::Impl {
   void on_message(wire::Message&& m) {
     switch (m.envelope.kind) {
       case wire::MessageKind::kTaskReply: {
+        if (m.envelope.bulk()) return fetch_bulk_reply(std::move(m));
         auto it = pending.find(m.envelope.request_id);
         if (it == pending.end()) {
           // An answer to a request already answered. Only one thing about it matters: a
@@ -297,9 +323,14 @@ struct Client::Impl {
           if (state->deliver(std::move(broken))) pending.erase(request_id);
           return;
         }
-        if (state->deliver(client::engine_reply(std::move(m)))) pending.erase(request_id);
+        if (state->deliver(client::engine_reply(std::move(m)))) {
+          pending.erase(request_id);
+          bulk_bodies.erase(request_id);  // a request refused before its tickets
+        }
         return;
       }
+      case wire::MessageKind::kBulkTicket:
+        return send_bulk_bodies(std::move(m));
       case wire::MessageKind::kEngineListReply:
       case wire::MessageKind::kClusterStatusReply:
       case wire::MessageKind::kClusterShutdownReply:
@@ -352,6 +383,7 @@ struct Client::Impl {
   void on_lost(const Status& why) {
     connected = false;
     lost_reason = outcome_status(Outcome::kConnectionLost, "connection to the controller lost: " + why.message());
+    bulk_bodies.clear();
     auto requests = std::move(pending);
     pending.clear();
     for (auto& [id, state] : requests) state->fail_all(lost_reason);
@@ -402,16 +434,92 @@ struct Client::Impl {
       state->fail_all(outcome_status(Outcome::kTooLarge, why));
       return AsyncResult(state);
     }
-    submit([this, state, head = std::move(head), segments = std::move(segments)]() mutable {
+    std::vector<std::vector<SharedBytes>> bulk;
+    if (head.sealed() && !balanced && options.bulk_from_bytes > 0) {
+      bulk = client::split_for_bulk(segments, state->targets.size(), options.bulk_from_bytes);
+      if (!bulk.empty()) head.set_bulk(true);
+    }
+    submit([this, state, head = std::move(head), segments = std::move(segments), bulk = std::move(bulk)]() mutable {
       // Not sent while the link is down (the link's resend rules): it fails at once.
       if (!link->connected()) return state->fail_all(lost_reason);
       pending[state->request_id] = state;
+      if (!bulk.empty()) bulk_bodies[state->request_id] = std::move(bulk);
       wire::Message m;
       m.envelope = std::move(head);
       m.segments = std::move(segments);
       (void)link->send(std::move(m));
     });
     return AsyncResult(state);
+  }
+
+  // A sealed result stored in the controller's file, whose ciphertext comes on a data
+  // connection ([seal header, transfer sizes, ticket]): fetched by a thread of its own, then
+  // handled on the loop as if it had come whole. A failed fetch fails that reply (the result
+  // stays in the controller's store: get_result fetches it again).
+  void fetch_bulk_reply(wire::Message m) {
+    auto sizes = m.segments.size() == 3 && m.segments[2].size() == net::kTicketBytes
+                     ? net::decode_transfer_sizes(m.segments[1].span(), wire::Limits{}.max_segments,
+                                                  link->max_message_bytes())
+                     : StatusOr<std::vector<std::uint64_t>>(data_loss("a malformed bulk reply"));
+    if (!sizes.ok()) return bulk_reply_failed(m.envelope, sizes.status());
+    net::DataHello hello{net::DataRole::kReceiver, {}};
+    std::memcpy(hello.ticket.data(), m.segments[2].data(), net::kTicketBytes);
+    m.segments.resize(1);
+    m.envelope.set_bulk(false);
+    std::thread([this, mailbox = mailbox, host = data_host, port = data_port, hello, sizes = std::move(sizes).value(),
+                 m = std::move(m), timeout = options.connect_timeout]() mutable {
+      auto fd = net::dial_data(host, port, hello, timeout);
+      auto body = fd.ok() ? net::receive_segments(fd->get(), sizes, client::kBulkStallTimeout)
+                          : StatusOr<std::vector<SharedBytes>>(fd.status());
+      mailbox->post([this, m = std::move(m), body = std::move(body)]() mutable {
+        if (!body.ok()) return bulk_reply_failed(m.envelope, body.status());
+        for (SharedBytes& segment : *body) m.segments.push_back(std::move(segment));
+        on_message(std::move(m));
+      });
+    }).detach();
+  }
+  void bulk_reply_failed(const wire::Envelope& reply, const Status& why) {
+    const std::string text = "the result of task " + std::to_string(reply.task_id) +
+                             " did not arrive on its data connection (" + why.message() +
+                             "); it is kept in the controller's store: get_result(" + std::to_string(reply.task_id) +
+                             ") fetches it again";
+    LOG_WARN("client") << text;
+    auto it = pending.find(reply.request_id);
+    if (it == pending.end()) return;
+    EngineReply failed = client::failed_reply(reply.engine_id, Outcome::kConnectionLost, text);
+    failed.task_id = reply.task_id;
+    if (it->second->deliver(std::move(failed))) pending.erase(it);
+  }
+
+  // The controller's tickets for a bulk request: each target's sealed body leaves on a data
+  // connection of its own, from a thread of its own (the bytes are already sealed; the
+  // thread holds only what it sends). A failure is logged here; the request's reply says it
+  // too (its engine answers that the body never arrived).
+  void send_bulk_bodies(wire::Message tickets) {
+    auto found = bulk_bodies.find(tickets.envelope.request_id);
+    if (found == bulk_bodies.end()) return;
+    std::vector<std::vector<SharedBytes>> bodies = std::move(found->second);
+    bulk_bodies.erase(found);
+    if (tickets.segments.size() != bodies.size()) {
+      LOG_WARN("client") << "request " << tickets.envelope.request_id << ": " << tickets.segments.size()
+                         << " data-connection tickets for " << bodies.size() << " bodies; not sent";
+      return;
+    }
+    for (std::size_t i = 0; i < bodies.size(); ++i) {
+      if (tickets.segments[i].size() != net::kTicketBytes) {
+        LOG_WARN("client") << "request " << tickets.envelope.request_id << ": a malformed data-connection ticket";
+        continue;
+      }
+      net::DataHello hello{net::DataRole::kSender, {}};
+      std::memcpy(hello.ticket.data(), tickets.segments[i].data(), net::kTicketBytes);
+      std::thread([host = data_host, port = data_port, hello, body = std::move(bodies[i]),
+                   request = tickets.envelope.request_id, timeout = options.connect_timeout] {
+        auto fd = net::dial_data(host, port, hello, timeout);
+        Status sent = fd.ok() ? net::send_segments(fd->get(), body, client::kBulkStallTimeout) : fd.status();
+        if (fd.ok()) ::shutdown(fd->get(), SHUT_WR);
+        if (!sent.ok()) LOG_WARN("client") << "the sealed body of request " << request << " was not sent: " << sent.message();
+      }).detach();
+    }
   }
 
   // `body` sealed for each target (ClientSeals), after learning the engines' seal keys from
@@ -553,6 +661,9 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
     }
     TESTUDO_ASSIGN_OR_RETURN(impl.seals, client::ClientSeals::create(options, *so.identity));
   }
+  impl.mailbox->loop = &impl.loop;
+  impl.data_host = so.controller.host;
+  impl.data_port = so.controller.port;
   impl.link = std::make_unique<auth::ControllerLink>(impl.loop, Impl::link_options(std::move(so)), impl.link_hooks());
   auto first = std::make_shared<std::promise<Status>>();
   auto future = first->get_future();

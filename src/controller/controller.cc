@@ -325,6 +325,9 @@ StatusOr<std::unique_ptr<Controller>> Controller::create(const ControllerOptions
   listen.tls.ciphersuites = options.tls_ciphersuites;
   listen.handshake_timeout = options.hello_timeout;
   Hub* hub = impl.hub.get();
+  listen.on_data_connection = [hub](UniqueFd socket, const net::DataHello& hello, const std::string& peer) {
+    hub->accept_data(std::move(socket), hello, peer);
+  };
   listen.on_handshake_failed = [hub](const std::string& peer, const std::string& reason) {
     hub->connection_refused(peer, reason);
   };

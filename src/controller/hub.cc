@@ -34,6 +34,14 @@ Hub::Hub(HubServices services, HubOptions options, std::function<void()> on_stop
         gate_.record(nullptr, host, "connection", "refused", {}, summary);
         gate_.flush();
       }),
+      bulk_(clock_, options_.bulk, [this](const BulkRelay::Done& done) { bulk_transfer_done(done); },
+            [this](const std::string& peer, const std::string& why) {
+              // Summed per host and audited like failed handshakes (T12).
+              if (refusals_.note(peer, "data connection: " + why)) {
+                LOG_INFO("net") << "data connection from " << peer << " refused: " << why
+                                << " (more from this host this minute are summed)";
+              }
+            }),
       budget_(options_.queue_limits, [this] { resume_clients(); }) {
   scheduler_.set_next_id(results_.next_task_id());
   auto period = std::max(std::chrono::milliseconds(100), options_.heartbeat_timeout / 4);
@@ -46,6 +54,11 @@ void Hub::connection_refused(const std::string& peer, const std::string& reason)
     LOG_INFO("net") << "TLS handshake with " << peer << " failed: " << reason
                     << " (more from this host this minute are summed)";
   }
+}
+
+void Hub::accept_data(UniqueFd socket, const net::DataHello& hello, const std::string& peer) {
+  if (stopping_) return;  // closed with `socket`
+  bulk_.accept(std::move(socket), hello, peer);
 }
 
 Hub::~Hub() {

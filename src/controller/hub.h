@@ -17,6 +17,8 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <unordered_map>
+#include <variant>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,6 +34,7 @@
 #include "controller/reports.h"
 #include "controller/result_file_sender.h"
 #include "controller/scheduler.h"
+#include "controller/bulk_relay.h"
 #include "controller/spooled_reply.h"
 #include "controller/stored_results.h"
 #include "controller/streamed_request.h"
@@ -67,6 +70,8 @@ struct HubOptions {
   // anyway), as its connection drains: a client that does not read cannot make the controller
   // hold its replies (T20). 0: no limit.
   std::uint64_t client_reply_queue_bytes = 256u << 20;
+  // Sealed bodies on data connections (bulk_relay.h): tickets, deadlines, transfers at once.
+  BulkRelayOptions bulk;
   SchedulerOptions scheduler;
   // Seeds the scheduler's random choices (random and twobin schemes).
   std::uint64_t random_seed = 0;
@@ -95,6 +100,8 @@ class Hub : private SchedulerSink {
   // A connection from `peer` that failed before reaching the hub (its TLS handshake): logged
   // and audited per host through refusals_ (the first in full, the rest summed each minute).
   void connection_refused(const std::string& peer, const std::string& reason);
+  // A data connection's hello (net::ListenOptions::on_data_connection): joins its transfer.
+  void accept_data(UniqueFd socket, const net::DataHello& hello, const std::string& peer);
   // Asks every engine to exit, closes every client, then calls on_stopped.
   void shutdown(const std::string& why);
   // Re-reads the policy, the trust directory and the CRL (SIGHUP), then re-checks the peers.
@@ -145,6 +152,11 @@ class Hub : private SchedulerSink {
                                                  std::span<const std::uint64_t> sizes);
   // The client of a relayed request went away before its end: its tasks never ran.
   void relay_abandoned(const Status& why, const StreamedRequest::Tasks& tasks);
+  // A bulk request's tickets, one per target (transfer ids: the planned task ids), sent to
+  // the client; false (each target answered with the reason) if the relay has no room.
+  bool issue_bulk_tickets(Peer& client, const wire::Envelope& req, const std::vector<TaskId>& planned,
+                          const std::vector<std::uint64_t>& bytes, std::vector<net::Ticket>& tickets);
+  void bulk_transfer_done(const BulkRelay::Done& done);
   // A reply's task, settled in the scheduler: whom it goes to and how it ended.
   struct SettledReply {
     TaskId id = 0;
@@ -158,6 +170,16 @@ class Hub : private SchedulerSink {
   // The task of `envelope` (a reply from `engine`) ends; nothing if it does not run there (T8).
   std::optional<SettledReply> settle_reply(Peer& engine, const wire::Envelope& envelope);
   void route_reply(Peer& engine, wire::Message&& message);
+  // A bulk reply from an engine ([seal header, transfer sizes]): its ciphertext goes into the
+  // task's result file on a data connection (the engine gets the ticket), or, if that cannot
+  // be, the engine is told to send the reply whole.
+  void route_bulk_reply(Peer& engine, wire::Message&& message);
+  // A stored sealed result out of its file to `client` on a data connection (the reply
+  // carries the ticket); false if it is not sealed or the relay has no room (send it in TLS).
+  bool send_file_in_bulk(Peer& client, const wire::Envelope& envelope, const std::shared_ptr<const ResultFile>& file);
+  // The spooled result of `settled` is complete: once the spool thread has written it, it is
+  // recorded and sent (spooled_reply_written).
+  void close_spool(const SettledReply& settled, std::shared_ptr<ResultSpool> spool);
   // An engine's large reply, offered once its first segment is in: a sink that writes the rest
   // to the task store's file as it arrives (spooled_reply.h), or null to receive it whole.
   std::shared_ptr<wire::StreamSink> offer_reply_stream(Peer& engine, const wire::Message& first,
@@ -246,6 +268,24 @@ class Hub : private SchedulerSink {
   std::unique_ptr<Timer> deferred_timer_;       // resends while some wait
   // Work posted back from other threads (the spool's) runs only while this lives.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  BulkRelay bulk_;
+  // What each open bulk transfer is for (by transfer id, from next_transfer_), and the open
+  // request-body transfers by task (cancelled when their task ends first).
+  struct BulkRequestBody {
+    TaskId task = 0;
+  };
+  struct BulkReplyIntoStore {
+    std::uint64_t engine_serial = 0;
+    wire::Envelope envelope;  // the engine's reply head, settled when its body is in
+    std::shared_ptr<ResultSpool> spool;
+    std::uint64_t bytes = 0;
+  };
+  struct BulkReplyToClient {
+    TaskId task = 0;
+  };
+  std::unordered_map<std::uint64_t, std::variant<BulkRequestBody, BulkReplyIntoStore, BulkReplyToClient>> bulk_jobs_;
+  std::unordered_map<TaskId, std::uint64_t> request_transfers_;
+  std::uint64_t next_transfer_ = 1;
   // Last: destroyed (and detached) first, so that the segments the other members still hold
   // are released without calling back into a hub being destroyed.
   ByteBudget budget_;

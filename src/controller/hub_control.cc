@@ -259,6 +259,11 @@ ClusterReport Hub::cluster_report() {
   r.requests_relayed = relayed_;
   r.replies_spooled = replies_spooled_;
   r.replies_deferred = replies_deferred_;
+  const BulkRelay::Counts bulk = bulk_.counts();
+  r.bulk_completed = bulk.completed;
+  r.bulk_failed = bulk.failed;
+  r.bulk_bytes = bulk.bytes_moved;
+  r.bulk_refused = bulk.refused_connections;
   return r;
 }
 

@@ -142,6 +142,23 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
       (req.targets.empty() || m.segments.size() < req.targets.size() || m.segments.size() % req.targets.size() != 0)) {
     return reject(client, "a sealed request's segments must split evenly among its targets");
   }
+  // A bulk request's part per target is [seal header, transfer sizes]: the ciphertext comes
+  // on data connections, sized here so the tickets can name exactly what each moves.
+  std::vector<std::uint64_t> bulk_bytes;
+  if (req.bulk()) {
+    if (balanced || !req.sealed() || req.targets.empty() || m.segments.size() != 2 * req.targets.size()) {
+      return reject(client, "a bulk request carries a seal header and transfer sizes per target");
+    }
+    for (std::size_t i = 0; i < req.targets.size(); ++i) {
+      auto sizes = net::decode_transfer_sizes(m.segments[2 * i + 1].span(), options_.limits.max_segments,
+                                              options_.limits.max_message_bytes);
+      if (!sizes.ok()) return reject(client, "bulk request: " + sizes.status().message());
+      std::uint64_t total = 0;
+      for (std::uint64_t size : *sizes) total += size;
+      if (total == 0) return reject(client, "bulk request: an empty transfer");
+      bulk_bytes.push_back(total);
+    }
+  }
   std::optional<wire::TaskOptions> options;
   if (balanced) {
     auto decoded = wire::decode_task_options(req.text);
@@ -190,7 +207,17 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
     // (unknown engine), and the client should know its ids first. submit() numbers in order.
     std::vector<TaskId> planned;
     for (std::size_t i = 0; i < req.targets.size(); ++i) planned.push_back(scheduler_.next_id() + i);
+    std::vector<net::Ticket> tickets;
+    if (req.bulk() && !issue_bulk_tickets(client, req, planned, bulk_bytes, tickets)) return;
     acknowledge(client, req.request_id, planned);
+    if (!tickets.empty()) {
+      wire::Message t;
+      t.envelope.kind = MessageKind::kBulkTicket;
+      t.envelope.request_id = req.request_id;
+      t.envelope.client_id = client.id;
+      for (const net::Ticket& ticket : tickets) t.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(ticket)));
+      send_to_client(client, std::move(t));  // after the held kSubmitted (send_to_client sends it first)
+    }
     for (std::size_t i = 0; i < planned.size(); ++i) {
       results_.submitted(planned[i], client.identity, req.request_id, req.kind, {req.targets[i]});
     }
@@ -199,6 +226,8 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
       one.engine = req.targets[i];
       // Each engine gets only the part sealed for it; the others would not open there anyway.
       if (req.sealed()) one.body = sealed_part(spec.body, req.targets.size(), i);
+      // The engine's data-connection ticket for its part rides after it.
+      if (!tickets.empty()) one.body.push_back(SharedBytes::copy_of(std::span<const std::byte>(tickets[i])));
       scheduler_.submit(std::move(one), now);
     }
     return;
@@ -214,6 +243,139 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
   acknowledge(client, req.request_id, {id});
   results_.submitted(id, client.identity, req.request_id, req.kind, spec.allowed);
   scheduler_.submit(std::move(spec), now);
+}
+
+bool Hub::issue_bulk_tickets(Peer& client, const wire::Envelope& req, const std::vector<TaskId>& planned,
+                             const std::vector<std::uint64_t>& bytes, std::vector<net::Ticket>& tickets) {
+  std::vector<std::uint64_t> issued;
+  for (std::size_t i = 0; i < planned.size(); ++i) {
+    const std::uint64_t transfer = next_transfer_++;
+    auto ticket = bulk_.issue(transfer, bytes[i]);
+    if (!ticket.ok()) {
+      for (std::size_t j = 0; j < issued.size(); ++j) {
+        request_transfers_.erase(planned[j]);
+        bulk_.cancel(issued[j], "its request was refused");
+      }
+      for (std::uint32_t target : req.targets) {
+        reply_error(client.id, req.request_id, target, Outcome::kControllerFailed,
+                    "bulk transfer refused: " + ticket.status().message() + "; try again");
+      }
+      return false;
+    }
+    issued.push_back(transfer);
+    bulk_jobs_[transfer] = BulkRequestBody{planned[i]};
+    request_transfers_[planned[i]] = transfer;
+    tickets.push_back(*ticket);
+  }
+  return true;
+}
+
+void Hub::route_bulk_reply(Peer& engine, wire::Message&& m) {
+  const TaskId id = m.envelope.task_id;
+  wire::Message answer;  // the engine's ticket, or none: "send it whole"
+  answer.envelope.kind = MessageKind::kBulkTicket;
+  answer.envelope.task_id = id;
+  // T8: only a task running there; anything else is ignored, as any stray reply.
+  if (!scheduler_.running_spec(id, engine.id)) {
+    LOG_WARN("hub") << "engine " << engine.id << " offered the result of task " << id
+                    << " it does not hold; ignored";
+    return;
+  }
+  auto sizes = m.segments.size() == 2 ? net::decode_transfer_sizes(m.segments[1].span(), options_.limits.max_segments,
+                                                                   options_.limits.max_message_bytes)
+                                      : StatusOr<std::vector<std::uint64_t>>(data_loss("not [seal header, sizes]"));
+  if (!sizes.ok()) {
+    LOG_WARN("hub") << "engine " << engine.id << ": a malformed bulk reply to task " << id << " ("
+                    << sizes.status().message() << "); asked for it whole";
+    return engine.connection->send(std::move(answer));
+  }
+  std::uint64_t bytes = 0;
+  std::vector<std::uint64_t> all{m.segments[0].size()};
+  for (std::uint64_t size : *sizes) {
+    bytes += size;
+    all.push_back(size);
+  }
+  auto spool = stopping_ ? StatusOr<std::shared_ptr<ResultSpool>>(unavailable("shutting down")) : results_.spool(id, all);
+  StatusOr<net::Ticket> ticket = spool.status();
+  const std::uint64_t transfer = next_transfer_++;
+  if (spool.ok()) {
+    (*spool)->append(m.segments[0]);
+    auto file = (*spool)->file();
+    ticket = bulk_.issue_to_file(transfer, bytes, {file->fd(), file->data_offset() + m.segments[0].size(), file});
+    if (!ticket.ok()) (*spool)->abandon();
+  }
+  if (!ticket.ok()) {
+    LOG_INFO("hub") << "the result of task " << id << " is sent whole: " << ticket.status().message();
+    return engine.connection->send(std::move(answer));
+  }
+  bulk_jobs_[transfer] = BulkReplyIntoStore{engine.serial, m.envelope, std::move(spool).value(), bytes};
+  answer.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(*ticket)));
+  engine.connection->send(std::move(answer));
+}
+
+bool Hub::send_file_in_bulk(Peer& client, const wire::Envelope& envelope,
+                            const std::shared_ptr<const ResultFile>& file) {
+  // Only a sealed body leaves without TLS: the data connection adds no protection of its own.
+  const std::vector<std::uint64_t>& sizes = file->sizes();
+  if (sizes.size() < 2 || sizes[0] > options_.limits.max_head_bytes || stopping_) return false;
+  auto head = file->read(0, static_cast<std::size_t>(sizes[0]));
+  if (!head.ok() || !e2e::decode_seal_header(head->span()).ok()) return false;
+  const std::uint64_t bytes = file->total_bytes() - sizes[0];
+  if (bytes == 0) return false;
+  const std::uint64_t transfer = next_transfer_++;
+  auto ticket = bulk_.issue_from_file(transfer, bytes, {file->fd(), file->data_offset() + sizes[0], file});
+  if (!ticket.ok()) return false;
+  bulk_jobs_[transfer] = BulkReplyToClient{envelope.task_id};
+  wire::Message reply;
+  reply.envelope = envelope;
+  reply.envelope.set_bulk(true);
+  reply.segments.push_back(std::move(head).value());
+  reply.segments.push_back(net::encode_transfer_sizes(std::span(sizes).subspan(1)));
+  reply.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(*ticket)));
+  send_to_client(client, std::move(reply));
+  return true;
+}
+
+void Hub::bulk_transfer_done(const BulkRelay::Done& done) {
+  auto job = bulk_jobs_.find(done.transfer);
+  if (job == bulk_jobs_.end()) return;
+  auto what = std::move(job->second);
+  bulk_jobs_.erase(job);
+  if (auto* body = std::get_if<BulkRequestBody>(&what)) {
+    request_transfers_.erase(body->task);
+    // Its engine reports a failed transfer in the task's reply (the body never arrived).
+    if (!done.status.ok()) LOG_WARN("bulk") << "the body of task " << body->task << ": " << done.status.message();
+    return;
+  }
+  if (auto* to_client = std::get_if<BulkReplyToClient>(&what)) {
+    // The client says so to its caller (and may fetch the result again: it is stored).
+    if (!done.status.ok()) {
+      LOG_WARN("bulk") << "the result of task " << to_client->task << " to its client: " << done.status.message();
+    }
+    return;
+  }
+  auto& into = std::get<BulkReplyIntoStore>(what);
+  Peer* engine = peers_.find(into.engine_serial);
+  if (!engine) {
+    into.spool->abandon();  // the engine is gone: its tasks failed with it
+    return;
+  }
+  wire::Envelope envelope = into.envelope;
+  if (!done.status.ok()) envelope.set_outcome(Outcome::kPythonError);  // settled as failed, not succeeded
+  auto settled = settle_reply(*engine, envelope);
+  if (!settled) {
+    into.spool->abandon();
+    return;
+  }
+  ++replies_spooled_;
+  if (!done.status.ok()) {
+    into.spool->abandon();
+    spooled_reply_written(*settled, into.spool,
+                          unavailable("it did not arrive on its data connection: " + done.status.message()));
+    return;
+  }
+  into.spool->appended_elsewhere(into.bytes);
+  close_spool(*settled, into.spool);
 }
 
 std::vector<auth::EngineFacts> Hub::facts_of(const std::vector<std::uint32_t>& engines) {
@@ -303,6 +465,9 @@ std::string Hub::no_engine_text(std::uint32_t id) const {
 
 void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& scheduler_text) {
   if (!paused_clients_.empty()) resume_clients();  // one task fewer: maybe back under a limit
+  if (auto transfer = request_transfers_.find(id); transfer != request_transfers_.end()) {
+    bulk_.cancel(transfer->second, "task " + std::to_string(id) + " ended before its body arrived");
+  }
   const std::uint32_t engine = task.engine.value_or(wire::kAnyEngine);
   const std::string text =
       why == TaskFailure::kNoSuchEngine && task.engine ? no_engine_text(*task.engine) : scheduler_text;
@@ -343,6 +508,7 @@ std::optional<Hub::SettledReply> Hub::settle_reply(Peer& engine, const wire::Env
 }
 
 void Hub::route_reply(Peer& engine, wire::Message&& m) {
+  if (m.envelope.bulk()) return route_bulk_reply(engine, std::move(m));
   auto settled = settle_reply(engine, m.envelope);
   if (!settled) {
     if (RelayTap* tap = relay_tap()) {
@@ -453,9 +619,12 @@ void Hub::reply_spooled(std::uint64_t engine_serial, SpooledReply& r) {
     return;
   }
   ++replies_spooled_;
+  close_spool(*settled, r.spool());
+}
+
+void Hub::close_spool(const SettledReply& settled, std::shared_ptr<ResultSpool> spool) {
   // The spool thread reports; the rest happens on the loop's, unless the hub is gone by then.
-  r.spool()->close([&clock = clock_, alive = std::weak_ptr<int>(alive_), this, settled = *settled,
-                    spool = r.spool()](const Status& written) {
+  spool->close([&clock = clock_, alive = std::weak_ptr<int>(alive_), this, settled, spool](const Status& written) {
     clock.post([alive, this, settled, spool, written] {
       if (alive.lock()) spooled_reply_written(settled, spool, written);
     });
@@ -500,6 +669,7 @@ void Hub::spooled_reply_written(const SettledReply& settled, const std::shared_p
 
 void Hub::send_file_to_client(Peer& client, wire::Envelope envelope, std::shared_ptr<const ResultFile> file) {
   send_held_acks(client);
+  if (send_file_in_bulk(client, envelope, file)) return;
   const std::uint32_t client_id = client.id;
   const std::uint64_t request_id = envelope.request_id;
   const std::uint32_t engine_id = envelope.engine_id;

@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -829,6 +832,95 @@ TEST_F(HubTest, ASealedRequestGivesEachEngineOnlyItsOwnPart) {
   uneven.envelope.set_sealed(true);
   c->deliver(std::move(uneven));
   EXPECT_EQ(e0->sent_of(MessageKind::kExecute).size(), 1u);
+  EXPECT_FALSE(c->is_open());
+}
+
+// A nonblocking socket pair: one end for the hub, one for the test.
+std::pair<UniqueFd, UniqueFd> socket_pair() {
+  int fds[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+  return {UniqueFd(fds[0]), UniqueFd(fds[1])};
+}
+
+net::Ticket ticket_of(const SharedBytes& segment) {
+  net::Ticket t{};
+  EXPECT_EQ(segment.size(), t.size());
+  if (segment.size() == t.size()) std::memcpy(t.data(), segment.data(), t.size());
+  return t;
+}
+
+TEST_F(HubTest, ABulkRequestGetsATicketPerEngineAndItsBodyGoesAroundTheHub) {
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto c = join("client:alice");
+  // Per target [seal header, transfer sizes] (wire/message.h, bulk).
+  wire::Message m = request(MessageKind::kPush, 7, {0, 1}, "head-for-0");
+  m.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{5}));
+  m.segments.push_back(SharedBytes::copy_of(std::string_view("head-for-1")));
+  m.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{3, 4}));
+  m.envelope.set_sealed(true);
+  m.envelope.set_bulk(true);
+  c->deliver(std::move(m));
+  const auto sent = c->sent;
+  ASSERT_GE(sent.size(), 2u);
+  EXPECT_EQ(sent[sent.size() - 2].envelope.kind, MessageKind::kSubmitted);  // the ids first, then the tickets
+  ASSERT_EQ(sent.back().envelope.kind, MessageKind::kBulkTicket);
+  const wire::Message& tickets = sent.back();
+  EXPECT_EQ(tickets.envelope.request_id, 7u);
+  ASSERT_EQ(tickets.segments.size(), 2u);
+  EXPECT_NE(tickets.segments[0].to_string(), tickets.segments[1].to_string());
+  auto t0 = e0->sent_of(MessageKind::kPush);
+  auto t1 = e1->sent_of(MessageKind::kPush);
+  ASSERT_EQ(t0.size(), 1u);
+  ASSERT_EQ(t1.size(), 1u);
+  EXPECT_TRUE(t0[0].envelope.bulk());
+  ASSERT_EQ(t0[0].segments.size(), 3u);  // its part and its ticket
+  EXPECT_EQ(t0[0].segments[0].to_string(), "head-for-0");
+  EXPECT_EQ(t0[0].segments[2].to_string(), tickets.segments[0].to_string());
+  ASSERT_EQ(t1[0].segments.size(), 3u);
+  EXPECT_EQ(t1[0].segments[0].to_string(), "head-for-1");
+  EXPECT_EQ(t1[0].segments[2].to_string(), tickets.segments[1].to_string());
+
+  // Engine 1's transfer (7 bytes): the two data connections meet in the hub's relay.
+  auto [client_end, client_side] = socket_pair();
+  auto [engine_end, engine_side] = socket_pair();
+  hub_->accept_data(std::move(client_end), {net::DataRole::kSender, ticket_of(tickets.segments[1])}, "client");
+  hub_->accept_data(std::move(engine_end), {net::DataRole::kReceiver, ticket_of(tickets.segments[1])}, "engine");
+  ASSERT_EQ(::write(client_side.get(), "1234567", 7), 7);
+  std::string got;
+  for (int i = 0; i < 500 && got.size() < 7; ++i) {
+    char buf[16];
+    const ssize_t n = ::read(engine_side.get(), buf, sizeof buf);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(got, "1234567");
+  nlohmann::json report;
+  for (int i = 0; i < 500; ++i) {
+    clock_.advance(std::chrono::milliseconds(10));  // runs the relay's posted report
+    report = cluster_report(*c);
+    if (report.value("bulk_transfers", 0) == 1) break;
+  }
+  EXPECT_EQ(report.value("bulk_transfers", 0), 1);
+  EXPECT_EQ(report.value("bulk_bytes", 0), 7);
+
+  // Engine 0 goes away before its body moved: its transfer is cancelled with its task, and
+  // its ticket no longer joins anything.
+  e0->drop(unavailable("engine died"));
+  clock_.advance(std::chrono::milliseconds(10));
+  auto [late, late_side] = socket_pair();
+  hub_->accept_data(std::move(late), {net::DataRole::kSender, ticket_of(tickets.segments[0])}, "client");
+  report = cluster_report(*c);
+  EXPECT_EQ(report.value("bulk_failed", 0), 1);
+  EXPECT_EQ(report.value("bulk_refused", 0), 1);
+
+  // A bulk request whose sizes do not decode: a broken client, cut off.
+  wire::Message broken = request(MessageKind::kPush, 8, {1}, "head");
+  broken.segments.push_back(SharedBytes::copy_of(std::string_view("not sizes")));
+  broken.envelope.set_sealed(true);
+  broken.envelope.set_bulk(true);
+  c->deliver(std::move(broken));
+  EXPECT_EQ(e1->sent_of(MessageKind::kPush).size(), 1u);
   EXPECT_FALSE(c->is_open());
 }
 

@@ -67,7 +67,11 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"client_pauses", report.client_pauses},
                {"requests_relayed", report.requests_relayed},
                {"replies_spooled", report.replies_spooled},
-               {"replies_deferred", report.replies_deferred}});
+               {"replies_deferred", report.replies_deferred},
+               {"bulk_transfers", report.bulk_completed},
+               {"bulk_failed", report.bulk_failed},
+               {"bulk_bytes", report.bulk_bytes},
+               {"bulk_refused", report.bulk_refused}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

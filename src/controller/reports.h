@@ -59,6 +59,11 @@ struct ClusterReport {
   std::uint64_t replies_spooled = 0;
   // Replies sent later from the task store because their client was not reading (T20).
   std::uint64_t replies_deferred = 0;
+  // Sealed bodies moved on data connections, never read here (bulk_relay.h).
+  std::uint64_t bulk_completed = 0;
+  std::uint64_t bulk_failed = 0;
+  std::uint64_t bulk_bytes = 0;
+  std::uint64_t bulk_refused = 0;  // data connections with a bad ticket
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not

@@ -537,6 +537,9 @@ class FileSpool final : public ResultSpool, public std::enable_shared_from_this<
       part = {};  // released now, on this thread: the sender's window opens
     });
   }
+  void appended_elsewhere(std::uint64_t bytes) override {
+    later([bytes](FileSpool& self) { self.written_ += bytes; });
+  }
   void close(std::function<void(const Status&)> on_written) override {
     later([on_written = std::move(on_written)](FileSpool& self) {
       if (self.error_.ok() && self.written_ != self.file_->total_bytes()) {

@@ -162,6 +162,9 @@ class ResultSpool {
   // The next bytes of the segments, in order. `part` is released on the spool thread once it
   // is written (its owner may count on that to pace the sender).
   virtual void append(SharedBytes part) = 0;
+  // The next `bytes` were written straight into file() at their place by someone else (the
+  // bulk relay splices an engine's result into it): counted as appended, in order.
+  virtual void appended_elsewhere(std::uint64_t bytes) = 0;
   // Every byte has been appended: `on_written` runs once, ON THE SPOOL THREAD, with OK when
   // the whole file is written (then record_spooled may take it), or why not (disk full...).
   virtual void close(std::function<void(const Status&)> on_written) = 0;

@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,8 +9,10 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <deque>
+#include <future>
 #include <list>
 #include <map>
 #include <optional>
@@ -143,7 +146,20 @@ struct Engine::Impl {
   struct SetId { std::int64_t id; };
   struct Stop { Status why; };
   struct ReleaseBuffers {};  // sent result buffers wait for the GIL to be released
-  using Work = std::variant<wire::Message, SetId, Stop, ReleaseBuffers>;
+  // A bulk request (wire/message.h, flags bit 13): its part [seal header, transfer sizes,
+  // ticket], and its sealed body, fetched on a data connection from the moment it arrived
+  // (the client dials at the same time; the controller pairs the two promptly).
+  using BodyFetch = std::shared_future<StatusOr<std::vector<SharedBytes>>>;
+  struct BulkTask {
+    wire::Message message;
+    BodyFetch body;
+  };
+  using Work = std::variant<wire::Message, SetId, Stop, ReleaseBuffers, BulkTask>;
+  static const wire::Message* task_of(const Work& w) {
+    if (const auto* m = std::get_if<wire::Message>(&w)) return m;
+    if (const auto* b = std::get_if<BulkTask>(&w)) return &b->message;
+    return nullptr;
+  }
   std::mutex mutex;
   std::condition_variable ready;
   std::deque<Work> work;  // guarded by mutex
@@ -226,14 +242,108 @@ struct Engine::Impl {
       }
       case MessageKind::kEngineAbort:
         return abort_queued(m.envelope.task_id, m.envelope.engine_id);
+      case MessageKind::kBulkTicket:
+        return send_bulk_reply(std::move(m));
       case MessageKind::kExecute:
       case MessageKind::kPush:
       case MessageKind::kPull:
       case MessageKind::kApply:
+        if (m.envelope.bulk()) return push_work(fetch_body(std::move(m)));
         return push_work(std::move(m));
       default:
         LOG_WARN("engine") << "ignoring '" << wire::kind_name(m.envelope.kind) << "' from the controller";
     }
+  }
+
+  // Starts fetching a bulk request's sealed body on a data connection (a thread of its own,
+  // holding only what it needs). A malformed part fails at the fetch, and the task with it.
+  BulkTask fetch_body(wire::Message m) {
+    auto promise = std::make_shared<std::promise<StatusOr<std::vector<SharedBytes>>>>();
+    BulkTask task{std::move(m), promise->get_future().share()};
+    const auto& segments = task.message.segments;
+    auto sizes = segments.size() == 3 && segments[2].size() == net::kTicketBytes
+                     ? net::decode_transfer_sizes(segments[1].span(), wire::Limits{}.max_segments,
+                                                  link->max_message_bytes())
+                     : StatusOr<std::vector<std::uint64_t>>(data_loss("a malformed bulk request"));
+    if (!sizes.ok()) {
+      promise->set_value(sizes.status());
+      return task;
+    }
+    net::DataHello hello{net::DataRole::kReceiver, {}};
+    std::memcpy(hello.ticket.data(), segments[2].data(), net::kTicketBytes);
+    std::thread([host = controller.host, port = controller.port, hello, sizes = std::move(sizes).value(), promise,
+                 timeout = options.controller_timeout] {
+      auto fd = net::dial_data(host, port, hello, timeout);
+      if (!fd.ok()) return promise->set_value(fd.status());
+      promise->set_value(net::receive_segments(fd->get(), sizes, kBulkStallTimeout));
+    }).detach();
+    return task;
+  }
+  static constexpr std::chrono::milliseconds kBulkStallTimeout{60'000};
+
+  // Bulk replies: a sealed result of this many bytes or more is offered to the controller as
+  // [seal header, transfer sizes] and held here until it answers with a data-connection ticket
+  // (the ciphertext then goes into the task store's file) or with none (sent whole). The
+  // same size from which the controller spools a reply to its file anyway.
+  static constexpr std::uint64_t kBulkReplyFromBytes = 16u << 20;
+  static constexpr std::chrono::seconds kBulkReplyHold{120};
+  struct HeldReply {
+    wire::Message whole;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::mutex bulk_mutex;
+  std::map<std::uint64_t, HeldReply> bulk_replies;  // by task id; guarded by bulk_mutex
+
+  // Python thread: offers `reply` (sealed, [seal header, ciphertext...]) in bulk if it is large.
+  bool offer_in_bulk(wire::Message& reply) {
+    std::uint64_t bytes = 0;
+    std::vector<std::uint64_t> sizes;
+    for (std::size_t i = 1; i < reply.segments.size(); ++i) {
+      bytes += reply.segments[i].size();
+      sizes.push_back(reply.segments[i].size());
+    }
+    if (reply.segments.size() < 2 || bytes < kBulkReplyFromBytes) return false;
+    wire::Message offer;
+    offer.envelope = reply.envelope;
+    offer.envelope.set_bulk(true);
+    offer.segments = {reply.segments[0], net::encode_transfer_sizes(sizes)};
+    {
+      std::lock_guard lock(bulk_mutex);
+      // A controller that never answers (it lost the task) must not make us hold results.
+      const auto now = std::chrono::steady_clock::now();
+      std::erase_if(bulk_replies, [now](const auto& held) { return now - held.second.since > kBulkReplyHold; });
+      bulk_replies[reply.envelope.task_id] = {std::move(reply), now};
+    }
+    send_from_python(std::move(offer));
+    return true;
+  }
+
+  // Network thread: the controller's answer to a bulk reply.
+  void send_bulk_reply(wire::Message ticket) {
+    HeldReply held;
+    {
+      std::lock_guard lock(bulk_mutex);
+      auto found = bulk_replies.find(ticket.envelope.task_id);
+      if (found == bulk_replies.end()) return;
+      held = std::move(found->second);
+      bulk_replies.erase(found);
+    }
+    if (ticket.segments.empty()) return send_reply(std::move(held.whole));  // wanted whole after all
+    if (ticket.segments.size() != 1 || ticket.segments[0].size() != net::kTicketBytes) {
+      LOG_WARN("engine") << "a malformed data-connection ticket for task " << ticket.envelope.task_id;
+      return;
+    }
+    net::DataHello hello{net::DataRole::kSender, {}};
+    std::memcpy(hello.ticket.data(), ticket.segments[0].data(), net::kTicketBytes);
+    std::vector<SharedBytes> body(std::make_move_iterator(held.whole.segments.begin() + 1),
+                                  std::make_move_iterator(held.whole.segments.end()));
+    std::thread([host = controller.host, port = controller.port, hello, body = std::move(body),
+                 task = ticket.envelope.task_id, timeout = options.controller_timeout] {
+      auto fd = net::dial_data(host, port, hello, timeout);
+      Status sent = fd.ok() ? net::send_segments(fd->get(), body, kBulkStallTimeout) : fd.status();
+      if (fd.ok()) ::shutdown(fd->get(), SHUT_WR);
+      if (!sent.ok()) LOG_WARN("engine") << "the result of task " << task << " was not sent: " << sent.message();
+    }).detach();
   }
 
   // Drops task `id` if it waits in the work queue, answering it as aborted; one that runs or
@@ -243,7 +353,7 @@ struct Engine::Impl {
     {
       std::lock_guard lock(mutex);
       auto queued = std::find_if(work.begin(), work.end(), [id](const Work& w) {
-        const auto* m = std::get_if<wire::Message>(&w);
+        const wire::Message* m = task_of(w);
         return m && m->envelope.task_id == id;
       });
       if (queued != work.end()) {
@@ -269,9 +379,13 @@ struct Engine::Impl {
     std::size_t dropped = 0;
     {
       std::lock_guard lock(mutex);
-      dropped = std::erase_if(work, [](const Work& w) { return std::holds_alternative<wire::Message>(w); });
+      dropped = std::erase_if(work, [](const Work& w) { return task_of(w) != nullptr; });
     }
     if (dropped) LOG_WARN("engine") << "dropped " << dropped << " task(s) sent ahead: their controller connection is gone";
+    {
+      std::lock_guard lock(bulk_mutex);
+      bulk_replies.clear();  // their tasks failed with the connection
+    }
     LOG_WARN("engine") << "lost the controller: " << why.message();
   }
 
@@ -340,11 +454,27 @@ struct Engine::Impl {
         runtime->release_sent_buffers();
         continue;
       }
-      auto& m = std::get<wire::Message>(w);
+      wire::Message m;
+      Status seal_failure;
+      if (auto* bulk = std::get_if<BulkTask>(&w)) {
+        // Its body came (or is still coming) on a data connection: the part becomes the
+        // request the client sealed, [seal header, ciphertext...], or the task fails unopened.
+        m = std::move(bulk->message);
+        StatusOr<std::vector<SharedBytes>> body = bulk->body.get();
+        if (body.ok()) {
+          m.segments.resize(1);
+          for (SharedBytes& segment : *body) m.segments.push_back(std::move(segment));
+          m.envelope.set_bulk(false);
+        } else {
+          seal_failure = unavailable("its sealed body did not arrive on its data connection: " + body.status().message());
+          LOG_WARN("engine") << "task " << m.envelope.task_id << ": " << seal_failure.message();
+        }
+      } else {
+        m = std::move(std::get<wire::Message>(w));
+      }
       wire::ReplyMeta meta;
       meta.started_us = now_us();
-      Status seal_failure;
-      if (m.envelope.sealed()) {
+      if (seal_failure.ok() && m.envelope.sealed()) {
         const std::uint64_t task_id = m.envelope.task_id;
         const std::uint32_t routed_to = m.envelope.engine_id;
         auto opened = sealed.open(std::move(m), routed_to);
@@ -410,6 +540,7 @@ struct Engine::Impl {
       }
       // The outcome in the envelope lets the scheduler resolve dependencies without the body.
       const Outcome outcome = meta.ok ? Outcome::kOk : Outcome::kPythonError;
+      const bool sealed_reply = running_sealed.has_value();
       if (running_sealed) {
         auto sealed_body = sealed.seal_reply(*running_sealed, m.envelope.engine_id, m.envelope.task_id, outcome, body);
         running_sealed.reset();
@@ -420,8 +551,11 @@ struct Engine::Impl {
         }
         body = std::move(sealed_body).value();
       }
-      send_from_python(wire::task_reply(outcome, {.task_id = m.envelope.task_id, .engine_id = m.envelope.engine_id}, {},
-                                        std::move(body)));
+      wire::Message reply =
+          wire::task_reply(outcome, {.task_id = m.envelope.task_id, .engine_id = m.envelope.engine_id}, {}, std::move(body));
+      // A large sealed result goes around the controller's TLS, into its store (bulk path).
+      if (sealed_reply && offer_in_bulk(reply)) continue;
+      send_from_python(std::move(reply));
     }
   }
 };

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <deque>
 #include <list>
+#include <optional>
 #include <mutex>
 
 #include "base/log.h"
@@ -900,6 +901,7 @@ class TlsListener final : public Listener {
   struct State {
     AcceptHandler on_accept;
     std::function<void(const std::string&, const std::string&)> on_handshake_failed;  // optional
+    std::function<void(UniqueFd, const DataHello&, const std::string&)> on_data_connection;  // optional
     // Handshakes in progress, oldest first. When a new connection would exceed max_pending,
     // the oldest is aborted: a flood of idle connections then only ever delays real peers
     // by its own churn, it cannot lock them out (T12). A real handshake takes milliseconds.
@@ -980,10 +982,29 @@ class TlsListener final : public Listener {
     auto finished = std::make_shared<bool>(false);
     asio::steady_timer deadline(ts->socket.get_executor());
     arm_deadline(deadline, state->handshake_timeout, ts, finished);
-    Status st = co_await run_handshake(*ts);
+    std::optional<DataHello> data_hello;
+    Status st = ok_status();
+    if (state->on_data_connection) {
+      auto hello = co_await read_data_hello(*ts);
+      if (!hello.ok()) {
+        st = hello.status();
+      } else if (*hello) {
+        data_hello = **hello;
+      }
+    }
+    if (st.ok() && !data_hello) st = co_await run_handshake(*ts);
     *finished = true;
     deadline.cancel();
     state->pending.remove(ts);
+    if (st.ok() && data_hello) {
+      if (state->closed) co_return;
+      ts->session->detach_socket();
+      asio::error_code ignored;
+      ts->socket.non_blocking(true, ignored);
+      UniqueFd fd(ts->socket.release(ignored));
+      state->on_data_connection(std::move(fd), *data_hello, peer);
+      co_return;
+    }
     if (!st.ok()) {
       if (state->on_handshake_failed) {
         state->on_handshake_failed(peer, st.message());
@@ -995,6 +1016,39 @@ class TlsListener final : public Listener {
     if (state->closed) co_return;
     auto conn = std::make_shared<TlsConnection>(std::move(ts), wire::Limits::pre_auth());
     state->on_accept(std::move(conn));
+  }
+
+  // A data hello if the connection starts like one (nullopt: a TLS ClientHello follows, its
+  // bytes untouched), or why it is neither. Reads only the hello's bytes.
+  static asio::awaitable<StatusOr<std::optional<DataHello>>> read_data_hello(TlsSocket& ts) {
+    std::array<std::byte, kDataHelloBytes> bytes{};
+    std::size_t have = 0;
+    const int fd = ts.socket.native_handle();
+    for (;;) {
+      auto [ec] = co_await ts.socket.async_wait(tcp::socket::wait_read, kAsTuple);
+      if (ec) co_return unavailable("timed out or closed before its first bytes");
+      if (have == 0) {
+        std::byte first{};
+        const ssize_t peeked = ::recv(fd, &first, 1, MSG_PEEK);
+        if (peeked == 0) co_return unavailable("closed before its first bytes");
+        if (peeked < 0) {
+          if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+          co_return unavailable(std::strerror(errno));
+        }
+        if (!may_start_data_hello(first)) co_return std::optional<DataHello>{};
+      }
+      const ssize_t got = ::recv(fd, bytes.data() + have, bytes.size() - have, 0);
+      if (got == 0) co_return unavailable("data connection closed within its hello");
+      if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+        co_return unavailable(std::strerror(errno));
+      }
+      have += static_cast<std::size_t>(got);
+      if (have < bytes.size()) continue;
+      auto hello = decode_data_hello(bytes);
+      if (!hello.ok()) co_return hello.status();
+      co_return std::optional<DataHello>(*hello);
+    }
   }
 
   asio::io_context& io_;
@@ -1030,6 +1084,7 @@ StatusOr<std::unique_ptr<Listener>> Listener::create(EventLoop& loop, const List
   state->max_pending = options.max_pending_handshakes;
   state->on_handshake_failed = options.on_handshake_failed;
   state->handshake_timeout = options.handshake_timeout;
+  state->on_data_connection = options.on_data_connection;
   return std::unique_ptr<Listener>(new TlsListener(io, std::move(context), std::move(acceptor), std::move(state)));
 }
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "net/data_link.h"
 #include "testudo/status.h"
 #include "tls/tls.h"
 #include "wire/assembler.h"
@@ -189,6 +190,11 @@ struct ListenOptions {
   // Told of every failed TLS handshake (peer "host:port", why), on the loop's thread, instead
   // of a log line each: e.g. to sum a flood per host. Unset: logged at info level.
   std::function<void(const std::string& peer, const std::string& reason)> on_handshake_failed;
+  // Data connections (net/data_link.h): a connection whose first byte may start a data hello
+  // is read up to its hello (within handshake_timeout, counted among the pending handshakes)
+  // and handed here with its socket (blocking mode off), on the loop's thread. A malformed
+  // hello counts as a failed handshake. Unset: every connection is TLS.
+  std::function<void(UniqueFd socket, const DataHello& hello, const std::string& peer)> on_data_connection;
 };
 
 // Accepts TCP connections, runs the server side of the TLS handshake and hands each

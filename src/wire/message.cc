@@ -35,6 +35,7 @@ bool is_known_kind(std::uint16_t k) {
     case MessageKind::kClusterShutdownReply:
     case MessageKind::kTaskOutput:
     case MessageKind::kSubmitted:
+    case MessageKind::kBulkTicket:
     case MessageKind::kEngineShutdown:
     case MessageKind::kAbort:
     case MessageKind::kInterrupt:
@@ -60,7 +61,14 @@ bool is_known_kind(std::uint16_t k) {
 
 // The flags rules of message.h, for a head read from the network.
 bool flags_valid(MessageKind kind, std::uint16_t flags) {
-  constexpr std::uint16_t kTaskBits = 0x8000 | 0x4000;  // load balanced, sealed
+  constexpr std::uint16_t kBalanced = 0x8000, kSealed = 0x4000, kBulk = 0x2000;
+  constexpr std::uint16_t kTaskBits = kBalanced | kSealed;
+  // Bulk: only a sealed direct execute, push or apply, and a task reply.
+  if ((flags & kBulk) != 0) {
+    if (kind == MessageKind::kTaskReply) return flags == kBulk;
+    if (kind == MessageKind::kPull || (flags & kSealed) == 0 || (flags & kBalanced) != 0) return false;
+    flags &= static_cast<std::uint16_t>(~kBulk);
+  }
   switch (kind) {
     case MessageKind::kExecute: return (flags & ~(kTaskBits | 1u)) == 0;
     case MessageKind::kPush:
@@ -168,6 +176,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kClusterShutdownReply: return "cluster-shutdown-reply";
     case MessageKind::kTaskOutput: return "task-output";
     case MessageKind::kSubmitted: return "submitted";
+    case MessageKind::kBulkTicket: return "bulk-ticket";
     case MessageKind::kEngineShutdown: return "engine-shutdown";
     case MessageKind::kAbort: return "abort";
     case MessageKind::kInterrupt: return "interrupt";
@@ -336,7 +345,7 @@ bool is_allowed_after_auth(Role sender, MessageKind kind) {
         case K::kTaskReply: case K::kEngineListReply: case K::kClusterStatusReply:
         case K::kClusterShutdownReply: case K::kEngineShutdown: case K::kRejected:
         case K::kAbortReply: case K::kInterruptReply: case K::kQueueStatusReply: case K::kEngineInterrupt:
-        case K::kEngineAbort: case K::kTaskOutput: case K::kSubmitted:
+        case K::kEngineAbort: case K::kTaskOutput: case K::kSubmitted: case K::kBulkTicket:
         case K::kResultStatusReply: case K::kDbQueryReply: case K::kPurgeResultsReply:
         case K::kKeyAdminReply:
         case K::kLoginStep:  // the answer to a renewal

@@ -114,6 +114,12 @@ enum class MessageKind : std::uint16_t {
   // controller -> client, right after a request is accepted: its task ids (segments [ids]),
   // under which the results can be fetched later, also from another connection.
   kSubmitted = 45,
+  // controller -> client, right after the kSubmitted of a bulk request (flags bit 13 below):
+  // one single-use data-connection ticket per target, in target order (segments [tickets]),
+  // for the sealed bodies the client then sends on data connections (net/data_link.h).
+  // controller -> engine, after a bulk kTaskReply: [ticket] for its ciphertext (task_id set),
+  // or no segment: send the reply whole instead.
+  kBulkTicket = 46,
 
   kEngineShutdown = 50,  // controller -> engine: finish and exit
 
@@ -160,6 +166,14 @@ bool may_overtake(MessageKind kind);
 //           kExecute/kPush/kPull/kApply: bit 14 = sealed end to end (e2e/sealed_body.h): the
 //             segments are, per target in target order, [seal header, ciphertext...], the
 //             same number for every target; the controller gives each engine its own part.
+//           kExecute/kPush/kApply, sealed and direct: bit 13 = bulk (docs/protocol.md "The bulk
+//             path"): each target's part is [seal header, transfer sizes] from the client and
+//             [seal header, transfer sizes, ticket] to the engine; the ciphertext segments of
+//             that part travel on a pair of data connections the controller splices.
+//           kTaskReply: bit 13 = bulk, for a sealed reply: [seal header, transfer sizes] from
+//             an engine (its ciphertext goes into the task store's file on a data connection
+//             once the controller answers with a kBulkTicket), [seal header, transfer sizes,
+//             ticket] to a client (which fetches the ciphertext from that file).
 //           kTaskOutput: the OutputStream
 //           every other kind: 0
 //   status  the Outcome (testudo/outcome.h) of kTaskReply, kRejected and every control reply
@@ -203,7 +217,8 @@ struct Envelope {
   // kPush, kPull.
   ValueFormat value_format() const { return static_cast<ValueFormat>(kind_flags()); }
   void set_value_format(ValueFormat format) {
-    flags_ = static_cast<std::uint16_t>((flags_ & (kLoadBalancedBit | kSealedBit)) | static_cast<std::uint16_t>(format));
+    flags_ = static_cast<std::uint16_t>((flags_ & (kLoadBalancedBit | kSealedBit | kBulkBit)) |
+                                        static_cast<std::uint16_t>(format));
   }
   // Task requests from a client: one task for the scheduler to place.
   bool load_balanced() const { return (flags_ & kLoadBalancedBit) != 0; }
@@ -213,7 +228,10 @@ struct Envelope {
   void set_sealed(bool on) { set_bit(kSealedBit, on); }
   // A task request's per-kind options alone (display result, value format): what a sealed
   // body is bound to (e2e/sealed_body.h).
-  std::uint16_t kind_flags() const { return flags_ & ~(kLoadBalancedBit | kSealedBit); }
+  std::uint16_t kind_flags() const { return flags_ & ~(kLoadBalancedBit | kSealedBit | kBulkBit); }
+  // Sealed direct requests whose bodies travel on data connections (see above).
+  bool bulk() const { return (flags_ & kBulkBit) != 0; }
+  void set_bulk(bool on) { set_bit(kBulkBit, on); }
   // kTaskOutput.
   OutputStream output_stream() const { return static_cast<OutputStream>(flags_); }
   void set_output_stream(OutputStream stream) { flags_ = static_cast<std::uint16_t>(stream); }
@@ -232,6 +250,7 @@ struct Envelope {
   static constexpr std::uint16_t kDisplayResultBit = 1;
   static constexpr std::uint16_t kLoadBalancedBit = 0x8000;
   static constexpr std::uint16_t kSealedBit = 0x4000;
+  static constexpr std::uint16_t kBulkBit = 0x2000;
   void set_bit(std::uint16_t bit, bool on) { flags_ = static_cast<std::uint16_t>(on ? flags_ | bit : flags_ & ~bit); }
 
   std::uint16_t flags_ = 0;
