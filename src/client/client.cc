@@ -181,11 +181,14 @@ struct Client::Impl {
   // End-to-end sealing (ClientOptions::e2e): null when off.
   std::unique_ptr<client::ClientSeals> seals;
   // The bulk path (ClientOptions::bulk_from_bytes): where data connections dial (the address
-  // the control connection dialed), and the sealed bodies waiting for their tickets
-  // (kBulkTicket), by request id: per target, the ciphertext segments of its part. Loop thread.
+  // the control connection dialed), and the sealed bodies waiting for their tickets: by
+  // request id until its kSubmitted names the tasks (per target, the ciphertext segments of
+  // its part), then by task id until its kBulkTicket comes (as the task leaves for its
+  // engine) or its reply. Loop thread.
   std::string data_host;
   std::uint16_t data_port = 0;
   std::unordered_map<std::uint64_t, std::vector<std::vector<SharedBytes>>> bulk_bodies;
+  std::unordered_map<std::uint64_t, std::vector<SharedBytes>> bulk_by_task;
   // How a data-connection thread hands a fetched reply back to the loop: only while the loop
   // lives (the destructor closes it first).
   struct Mailbox {
@@ -323,14 +326,15 @@ struct Client::Impl {
           if (state->deliver(std::move(broken))) pending.erase(request_id);
           return;
         }
+        bulk_by_task.erase(m.envelope.task_id);  // answered: its body is not wanted any more
         if (state->deliver(client::engine_reply(std::move(m)))) {
           pending.erase(request_id);
-          bulk_bodies.erase(request_id);  // a request refused before its tickets
+          bulk_bodies.erase(request_id);  // a request refused before it was acknowledged
         }
         return;
       }
       case wire::MessageKind::kBulkTicket:
-        return send_bulk_bodies(std::move(m));
+        return send_bulk_body(m);
       case wire::MessageKind::kEngineListReply:
       case wire::MessageKind::kClusterStatusReply:
       case wire::MessageKind::kClusterShutdownReply:
@@ -357,6 +361,12 @@ struct Client::Impl {
         auto ids = wire::decode_ids(m.segments[0]);
         if (!ids.ok()) return;
         if (seals) seals->submitted(m.envelope.request_id, *ids);
+        if (auto bodies = bulk_bodies.find(m.envelope.request_id); bodies != bulk_bodies.end()) {
+          for (std::size_t i = 0; i < ids->size() && i < bodies->second.size(); ++i) {
+            bulk_by_task[(*ids)[i]] = std::move(bodies->second[i]);
+          }
+          bulk_bodies.erase(bodies);
+        }
         it->second->acknowledge(std::move(ids).value());
         return;
       }
@@ -384,6 +394,7 @@ struct Client::Impl {
     connected = false;
     lost_reason = outcome_status(Outcome::kConnectionLost, "connection to the controller lost: " + why.message());
     bulk_bodies.clear();
+    bulk_by_task.clear();
     auto requests = std::move(pending);
     pending.clear();
     for (auto& [id, state] : requests) state->fail_all(lost_reason);
@@ -491,35 +502,28 @@ struct Client::Impl {
     if (it->second->deliver(std::move(failed))) pending.erase(it);
   }
 
-  // The controller's tickets for a bulk request: each target's sealed body leaves on a data
-  // connection of its own, from a thread of its own (the bytes are already sealed; the
-  // thread holds only what it sends). A failure is logged here; the request's reply says it
-  // too (its engine answers that the body never arrived).
-  void send_bulk_bodies(wire::Message tickets) {
-    auto found = bulk_bodies.find(tickets.envelope.request_id);
-    if (found == bulk_bodies.end()) return;
-    std::vector<std::vector<SharedBytes>> bodies = std::move(found->second);
-    bulk_bodies.erase(found);
-    if (tickets.segments.size() != bodies.size()) {
-      LOG_WARN("client") << "request " << tickets.envelope.request_id << ": " << tickets.segments.size()
-                         << " data-connection tickets for " << bodies.size() << " bodies; not sent";
+  // The controller's ticket for a bulk task, as it leaves for its engine: its sealed body
+  // goes on a data connection, from a thread of its own (the bytes are already sealed; the
+  // thread holds only what it sends). A failure is logged here; the task's reply says it too
+  // (its engine answers that the body never arrived).
+  void send_bulk_body(const wire::Message& ticket) {
+    auto found = bulk_by_task.find(ticket.envelope.task_id);
+    if (found == bulk_by_task.end()) return;
+    std::vector<SharedBytes> body = std::move(found->second);
+    bulk_by_task.erase(found);
+    if (ticket.segments.size() != 1 || ticket.segments[0].size() != net::kTicketBytes) {
+      LOG_WARN("client") << "task " << ticket.envelope.task_id << ": a malformed data-connection ticket";
       return;
     }
-    for (std::size_t i = 0; i < bodies.size(); ++i) {
-      if (tickets.segments[i].size() != net::kTicketBytes) {
-        LOG_WARN("client") << "request " << tickets.envelope.request_id << ": a malformed data-connection ticket";
-        continue;
-      }
-      net::DataHello hello{net::DataRole::kSender, {}};
-      std::memcpy(hello.ticket.data(), tickets.segments[i].data(), net::kTicketBytes);
-      std::thread([host = data_host, port = data_port, hello, body = std::move(bodies[i]),
-                   request = tickets.envelope.request_id, timeout = options.connect_timeout] {
-        auto fd = net::dial_data(host, port, hello, timeout);
-        Status sent = fd.ok() ? net::send_segments(fd->get(), body, client::kBulkStallTimeout) : fd.status();
-        if (fd.ok()) ::shutdown(fd->get(), SHUT_WR);
-        if (!sent.ok()) LOG_WARN("client") << "the sealed body of request " << request << " was not sent: " << sent.message();
-      }).detach();
-    }
+    net::DataHello hello{net::DataRole::kSender, {}};
+    std::memcpy(hello.ticket.data(), ticket.segments[0].data(), net::kTicketBytes);
+    std::thread([host = data_host, port = data_port, hello, body = std::move(body), task = ticket.envelope.task_id,
+                 timeout = options.connect_timeout] {
+      auto fd = net::dial_data(host, port, hello, timeout);
+      Status sent = fd.ok() ? net::send_segments(fd->get(), body, client::kBulkStallTimeout) : fd.status();
+      if (fd.ok()) ::shutdown(fd->get(), SHUT_WR);
+      if (!sent.ok()) LOG_WARN("client") << "the sealed body of task " << task << " was not sent: " << sent.message();
+    }).detach();
   }
 
   // `body` sealed for each target (ClientSeals), after learning the engines' seal keys from

@@ -41,8 +41,9 @@ struct BulkRelayOptions {
   std::chrono::milliseconds pair_timeout{30'000};
   // A transfer during which no byte moves for this long fails.
   std::chrono::milliseconds stall_timeout{60'000};
-  // Tickets issued and not yet finished, at most.
-  std::size_t max_transfers = 64;
+  // Tickets issued and not yet finished, at most (each holds up to two sockets, and a
+  // thread while its bytes move).
+  std::size_t max_transfers = 512;
   // The pipe between the two sockets (the most of a transfer the controller holds).
   std::size_t pipe_bytes = 1u << 20;
 };

@@ -152,10 +152,9 @@ class Hub : private SchedulerSink {
                                                  std::span<const std::uint64_t> sizes);
   // The client of a relayed request went away before its end: its tasks never ran.
   void relay_abandoned(const Status& why, const StreamedRequest::Tasks& tasks);
-  // A bulk request's tickets, one per target (transfer ids: the planned task ids), sent to
-  // the client; false (each target answered with the reason) if the relay has no room.
-  bool issue_bulk_tickets(Peer& client, const wire::Envelope& req, const std::vector<TaskId>& planned,
-                          const std::vector<std::uint64_t>& bytes, std::vector<net::Ticket>& tickets);
+  // A bulk task on its way to its engine: its ticket, sent to its client (kBulkTicket) and
+  // appended to the engine's part; an error if the relay has no room.
+  StatusOr<net::Ticket> issue_bulk_ticket(TaskId id, const TaskSpec& task);
   void bulk_transfer_done(const BulkRelay::Done& done);
   // A reply's task, settled in the scheduler: whom it goes to and how it ended.
   struct SettledReply {

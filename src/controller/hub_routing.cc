@@ -207,17 +207,7 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
     // (unknown engine), and the client should know its ids first. submit() numbers in order.
     std::vector<TaskId> planned;
     for (std::size_t i = 0; i < req.targets.size(); ++i) planned.push_back(scheduler_.next_id() + i);
-    std::vector<net::Ticket> tickets;
-    if (req.bulk() && !issue_bulk_tickets(client, req, planned, bulk_bytes, tickets)) return;
     acknowledge(client, req.request_id, planned);
-    if (!tickets.empty()) {
-      wire::Message t;
-      t.envelope.kind = MessageKind::kBulkTicket;
-      t.envelope.request_id = req.request_id;
-      t.envelope.client_id = client.id;
-      for (const net::Ticket& ticket : tickets) t.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(ticket)));
-      send_to_client(client, std::move(t));  // after the held kSubmitted (send_to_client sends it first)
-    }
     for (std::size_t i = 0; i < planned.size(); ++i) {
       results_.submitted(planned[i], client.identity, req.request_id, req.kind, {req.targets[i]});
     }
@@ -226,8 +216,7 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
       one.engine = req.targets[i];
       // Each engine gets only the part sealed for it; the others would not open there anyway.
       if (req.sealed()) one.body = sealed_part(spec.body, req.targets.size(), i);
-      // The engine's data-connection ticket for its part rides after it.
-      if (!tickets.empty()) one.body.push_back(SharedBytes::copy_of(std::span<const std::byte>(tickets[i])));
+      if (req.bulk()) one.bulk_bytes = bulk_bytes[i];  // its ticket is issued when it leaves
       scheduler_.submit(std::move(one), now);
     }
     return;
@@ -245,29 +234,24 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
   scheduler_.submit(std::move(spec), now);
 }
 
-bool Hub::issue_bulk_tickets(Peer& client, const wire::Envelope& req, const std::vector<TaskId>& planned,
-                             const std::vector<std::uint64_t>& bytes, std::vector<net::Ticket>& tickets) {
-  std::vector<std::uint64_t> issued;
-  for (std::size_t i = 0; i < planned.size(); ++i) {
-    const std::uint64_t transfer = next_transfer_++;
-    auto ticket = bulk_.issue(transfer, bytes[i]);
-    if (!ticket.ok()) {
-      for (std::size_t j = 0; j < issued.size(); ++j) {
-        request_transfers_.erase(planned[j]);
-        bulk_.cancel(issued[j], "its request was refused");
-      }
-      for (std::uint32_t target : req.targets) {
-        reply_error(client.id, req.request_id, target, Outcome::kControllerFailed,
-                    "bulk transfer refused: " + ticket.status().message() + "; try again");
-      }
-      return false;
-    }
-    issued.push_back(transfer);
-    bulk_jobs_[transfer] = BulkRequestBody{planned[i]};
-    request_transfers_[planned[i]] = transfer;
-    tickets.push_back(*ticket);
+StatusOr<net::Ticket> Hub::issue_bulk_ticket(TaskId id, const TaskSpec& task) {
+  // Issued as the task leaves, not when it was submitted: a direct task may wait here behind
+  // others for long, and both ends should dial at once, within the ticket's deadline.
+  const std::uint64_t transfer = next_transfer_++;
+  TESTUDO_ASSIGN_OR_RETURN(net::Ticket ticket, bulk_.issue(transfer, task.bulk_bytes));
+  bulk_jobs_[transfer] = BulkRequestBody{id};
+  request_transfers_[id] = transfer;
+  if (Peer* client = peers_.client(task.client_id)) {
+    wire::Message t;
+    t.envelope.kind = MessageKind::kBulkTicket;
+    t.envelope.request_id = task.request_id;
+    t.envelope.task_id = id;
+    t.envelope.engine_id = *task.engine;
+    t.envelope.client_id = task.client_id;
+    t.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(ticket)));
+    send_to_client(*client, std::move(t));  // after its held kSubmitted (send_to_client sends that first)
   }
-  return true;
+  return ticket;
 }
 
 void Hub::route_bulk_reply(Peer& engine, wire::Message&& m) {
@@ -430,6 +414,23 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   forward.envelope.client_id = task.client_id;
   forward.envelope.engine_id = engine;
   forward.segments = task.body;  // shared, not copied
+  if (task.bulk_bytes > 0) {
+    // The engine's data-connection ticket for its part rides after it.
+    auto ticket = issue_bulk_ticket(id, task);
+    if (!ticket.ok()) {
+      // Not sent. It ends as if its engine had failed it, once the scheduler is done with
+      // this dispatch (never from inside it).
+      const std::string text = "its sealed body could not be sent: " + ticket.status().message();
+      clock_.post([this, alive = std::weak_ptr<int>(alive_), id, engine, text] {
+        if (!alive.lock()) return;
+        if (auto failed = scheduler_.finished(id, engine, false, clock_.now())) {
+          fail(id, *failed, TaskFailure::kAborted, text);
+        }
+      });
+      return;
+    }
+    forward.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(*ticket)));
+  }
   std::vector<RelayTap::ToEngine> extras;
   if (RelayTap* tap = relay_tap()) {
     RelayTap::Dispatch facts{task.request_id, {}};

@@ -19,6 +19,7 @@
 #include "base/fake_clock.h"
 #include "base/test_small_disk.h"
 #include "base/test_temp_dir.h"
+#include "e2e/sealed_body.h"
 #include "net/fake_connection.h"
 #include "wire/control.h"
 #include "wire/reply.h"
@@ -861,13 +862,18 @@ TEST_F(HubTest, ABulkRequestGetsATicketPerEngineAndItsBodyGoesAroundTheHub) {
   m.envelope.set_sealed(true);
   m.envelope.set_bulk(true);
   c->deliver(std::move(m));
+  // The ids first, then a ticket per task as it leaves for its engine.
   const auto sent = c->sent;
-  ASSERT_GE(sent.size(), 2u);
-  EXPECT_EQ(sent[sent.size() - 2].envelope.kind, MessageKind::kSubmitted);  // the ids first, then the tickets
-  ASSERT_EQ(sent.back().envelope.kind, MessageKind::kBulkTicket);
-  const wire::Message& tickets = sent.back();
-  EXPECT_EQ(tickets.envelope.request_id, 7u);
-  ASSERT_EQ(tickets.segments.size(), 2u);
+  ASSERT_GE(sent.size(), 3u);
+  EXPECT_EQ(sent[sent.size() - 3].envelope.kind, MessageKind::kSubmitted);
+  wire::Message tickets;  // both tickets, in target order
+  for (std::size_t i = sent.size() - 2; i < sent.size(); ++i) {
+    ASSERT_EQ(sent[i].envelope.kind, MessageKind::kBulkTicket);
+    EXPECT_EQ(sent[i].envelope.request_id, 7u);
+    EXPECT_EQ(sent[i].envelope.engine_id, i - (sent.size() - 2));
+    ASSERT_EQ(sent[i].segments.size(), 1u);
+    tickets.segments.push_back(sent[i].segments[0]);
+  }
   EXPECT_NE(tickets.segments[0].to_string(), tickets.segments[1].to_string());
   auto t0 = e0->sent_of(MessageKind::kPush);
   auto t1 = e1->sent_of(MessageKind::kPush);
@@ -922,6 +928,120 @@ TEST_F(HubTest, ABulkRequestGetsATicketPerEngineAndItsBodyGoesAroundTheHub) {
   c->deliver(std::move(broken));
   EXPECT_EQ(e1->sent_of(MessageKind::kPush).size(), 1u);
   EXPECT_FALSE(c->is_open());
+}
+
+TEST_F(HubTest, ABulkTaskThatWaitsHereGetsItsTicketOnlyWhenItLeaves) {
+  HubOptions options;
+  options.scheduler.direct_window = 1;  // one direct task at the engine at a time
+  start(options);
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kExecute, 1, {0}, "long"));
+  wire::Message bulk = request(MessageKind::kPush, 2, {0}, "head");
+  bulk.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{5}));
+  bulk.envelope.set_sealed(true);
+  bulk.envelope.set_bulk(true);
+  c->deliver(std::move(bulk));
+  // Waiting here far past a ticket's deadline: no ticket exists yet, so none can expire.
+  for (int i = 0; i < 60; ++i) {
+    clock_.advance(std::chrono::seconds(2));
+    wire::Message beat;
+    beat.envelope.kind = MessageKind::kHeartbeat;
+    e0->deliver(std::move(beat));
+  }
+  EXPECT_TRUE(c->sent_of(MessageKind::kBulkTicket).empty());
+  EXPECT_TRUE(e0->sent_of(MessageKind::kPush).empty());
+  const auto first = e0->sent_of(MessageKind::kExecute).at(0);
+  e0->deliver(wire::task_reply(Outcome::kOk, {.task_id = first.envelope.task_id, .engine_id = 0}, {}, {}));
+  auto tickets = c->sent_of(MessageKind::kBulkTicket);
+  ASSERT_EQ(tickets.size(), 1u);
+  auto pushes = e0->sent_of(MessageKind::kPush);
+  ASSERT_EQ(pushes.size(), 1u);
+  ASSERT_EQ(pushes[0].segments.size(), 3u);
+  EXPECT_EQ(pushes[0].segments[2].to_string(), tickets[0].segments.at(0).to_string());
+  EXPECT_EQ(tickets[0].envelope.task_id, pushes[0].envelope.task_id);
+}
+
+// Reads exactly `n` bytes from a nonblocking socket within a few seconds.
+std::string read_exactly(int fd, std::size_t n) {
+  std::string got;
+  for (int i = 0; i < 500 && got.size() < n; ++i) {
+    char buf[4096];
+    const ssize_t r = ::read(fd, buf, std::min(sizeof buf, n - got.size()));
+    if (r > 0) {
+      got.append(buf, static_cast<std::size_t>(r));
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return got;
+}
+
+TEST_F(HubTest, ABulkResultGoesIntoTheStoreAndOutToItsClientAroundTheHub) {
+  TaskStoreOptions store;
+  store.inline_limit = 8;  // results above it live in files, as a bulk result must
+  start(HubOptions{}, false, store);
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  c->deliver(request(MessageKind::kPull, 3, {0}, "names"));
+  auto task = e0->sent_of(MessageKind::kPull).at(0);
+  // The engine offers a sealed result in bulk: [seal header, transfer sizes].
+  e2e::SealHeader header;
+  header.part = e2e::Part::kReply;
+  header.seq = 1;
+  const SharedBytes sealed_header = e2e::encode_seal_header(header);
+  wire::Message offer = wire::task_reply(Outcome::kOk, {.task_id = task.envelope.task_id, .engine_id = 0}, {},
+                                         {sealed_header, net::encode_transfer_sizes(std::vector<std::uint64_t>{4, 6})});
+  offer.envelope.set_bulk(true);
+  e0->deliver(std::move(offer));
+  auto answers = e0->sent_of(MessageKind::kBulkTicket);
+  ASSERT_EQ(answers.size(), 1u);
+  ASSERT_EQ(answers[0].segments.size(), 1u);  // a ticket, not "send it whole"
+  EXPECT_EQ(answers[0].envelope.task_id, task.envelope.task_id);
+  EXPECT_TRUE(c->sent_of(MessageKind::kTaskReply).empty());  // nothing until the bytes are in
+
+  auto [engine_end, engine_side] = socket_pair();
+  hub_->accept_data(std::move(engine_end), {net::DataRole::kSender, ticket_of(answers[0].segments[0])}, "engine");
+  ASSERT_EQ(::write(engine_side.get(), "0123456789", 10), 10);
+  std::vector<wire::Message> replies;
+  for (int i = 0; i < 500 && replies.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    clock_.advance(std::chrono::milliseconds(10));  // the relay's and the spool's posted reports
+    replies = c->sent_of(MessageKind::kTaskReply);
+  }
+  ASSERT_EQ(replies.size(), 1u);
+  // Sealed and in a file: it goes to the client on a data connection too.
+  const wire::Message& reply = replies[0];
+  EXPECT_TRUE(reply.envelope.bulk());
+  EXPECT_EQ(reply.envelope.outcome(), Outcome::kOk);
+  ASSERT_EQ(reply.segments.size(), 3u);
+  EXPECT_EQ(reply.segments[0].to_string(), sealed_header.to_string());
+  auto sizes = net::decode_transfer_sizes(reply.segments[1].span(), 16, 1 << 20);
+  ASSERT_TRUE(sizes.ok());
+  EXPECT_EQ(*sizes, (std::vector<std::uint64_t>{4, 6}));
+  auto [client_end, client_side] = socket_pair();
+  hub_->accept_data(std::move(client_end), {net::DataRole::kReceiver, ticket_of(reply.segments[2])}, "client");
+  EXPECT_EQ(read_exactly(client_side.get(), 10), "0123456789");
+  nlohmann::json report;
+  for (int i = 0; i < 500; ++i) {
+    clock_.advance(std::chrono::milliseconds(10));
+    report = cluster_report(*c);
+    if (report.value("bulk_transfers", 0) == 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(report.value("bulk_transfers", 0), 2);
+  EXPECT_EQ(hub_->tasks_completed(), 1u);
+
+  // A malformed offer is answered "send it whole".
+  c->deliver(request(MessageKind::kPull, 4, {0}, "names"));
+  auto second = e0->sent_of(MessageKind::kPull).at(1);
+  wire::Message bad = wire::task_reply(Outcome::kOk, {.task_id = second.envelope.task_id, .engine_id = 0}, {},
+                                       {sealed_header});
+  bad.envelope.set_bulk(true);
+  e0->deliver(std::move(bad));
+  answers = e0->sent_of(MessageKind::kBulkTicket);
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_TRUE(answers[1].segments.empty());
 }
 
 TEST_F(HubTest, ASealedLoadBalancedRequestGoesWholeToTheEngineThatRunsIt) {

@@ -104,6 +104,9 @@ struct TaskSpec {
   // A direct request relayed while it arrives (streamed_request.h): `body` is its first
   // segment only; dispatch starts the message on the engine's connection through this.
   std::shared_ptr<StreamedRequest> streamed;
+  // A bulk request (wire/message.h): the bytes of its sealed body that travel on data
+  // connections; dispatch issues their ticket. 0: not bulk.
+  std::uint64_t bulk_bytes = 0;
 };
 
 // Where the scheduler's decisions go.

@@ -114,9 +114,9 @@ enum class MessageKind : std::uint16_t {
   // controller -> client, right after a request is accepted: its task ids (segments [ids]),
   // under which the results can be fetched later, also from another connection.
   kSubmitted = 45,
-  // controller -> client, right after the kSubmitted of a bulk request (flags bit 13 below):
-  // one single-use data-connection ticket per target, in target order (segments [tickets]),
-  // for the sealed bodies the client then sends on data connections (net/data_link.h).
+  // controller -> client, as each task of a bulk request (flags bit 13 below) leaves for its
+  // engine (after the request's kSubmitted): [ticket], task_id and engine_id set: the
+  // single-use data-connection ticket for that task's sealed body (net/data_link.h).
   // controller -> engine, after a bulk kTaskReply: [ticket] for its ciphertext (task_id set),
   // or no segment: send the reply whole instead.
   kBulkTicket = 46,
