@@ -280,7 +280,7 @@ void Hub::route_bulk_reply(Peer& engine, wire::Message&& m) {
     all.push_back(size);
   }
   auto spool = stopping_ ? StatusOr<std::shared_ptr<ResultSpool>>(unavailable("shutting down")) : results_.spool(id, all);
-  StatusOr<net::Ticket> ticket = spool.status();
+  StatusOr<net::Ticket> ticket = spool.ok() ? StatusOr<net::Ticket>(internal_error("no ticket yet")) : spool.status();
   const std::uint64_t transfer = next_transfer_++;
   if (spool.ok()) {
     (*spool)->append(m.segments[0]);
