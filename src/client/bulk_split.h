@@ -3,16 +3,12 @@
 // connection.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <vector>
 
 #include "testudo/shared_bytes.h"
 
 namespace testudo::client {
-
-// A data connection on which no byte moves for this long is given up.
-inline constexpr std::chrono::milliseconds kBulkStallTimeout{60'000};
 
 // `segments`: a sealed direct request, one equal part per target ([seal header, ciphertext
 // segments...]). If every part's ciphertext is at least `from_bytes` (and not empty), each

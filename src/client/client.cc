@@ -326,7 +326,7 @@ struct Client::Impl {
           if (state->deliver(std::move(broken))) pending.erase(request_id);
           return;
         }
-        bulk_by_task.erase(m.envelope.task_id);  // answered: its body is not wanted any more
+        if (!bulk_by_task.empty()) bulk_by_task.erase(m.envelope.task_id);  // answered: its body is not wanted
         if (state->deliver(client::engine_reply(std::move(m)))) {
           pending.erase(request_id);
           bulk_bodies.erase(request_id);  // a request refused before it was acknowledged
@@ -468,20 +468,17 @@ struct Client::Impl {
   // handled on the loop as if it had come whole. A failed fetch fails that reply (the result
   // stays in the controller's store: get_result fetches it again).
   void fetch_bulk_reply(wire::Message m) {
-    auto sizes = m.segments.size() == 3 && m.segments[2].size() == net::kTicketBytes
-                     ? net::decode_transfer_sizes(m.segments[1].span(), wire::Limits{}.max_segments,
-                                                  link->max_message_bytes())
-                     : StatusOr<std::vector<std::uint64_t>>(data_loss("a malformed bulk reply"));
+    const auto ticket = m.segments.size() == 3 ? net::ticket_in(m.segments[2]) : std::nullopt;
+    auto sizes = ticket ? net::decode_transfer_sizes(m.segments[1].span(), wire::Limits{}.max_segments,
+                                                     link->max_message_bytes())
+                        : StatusOr<std::vector<std::uint64_t>>(data_loss("a malformed bulk reply"));
     if (!sizes.ok()) return bulk_reply_failed(m.envelope, sizes.status());
-    net::DataHello hello{net::DataRole::kReceiver, {}};
-    std::memcpy(hello.ticket.data(), m.segments[2].data(), net::kTicketBytes);
     m.segments.resize(1);
     m.envelope.set_bulk(false);
-    std::thread([this, mailbox = mailbox, host = data_host, port = data_port, hello, sizes = std::move(sizes).value(),
+    std::thread([this, mailbox = mailbox, host = data_host, port = data_port,
+                 hello = net::DataHello{net::DataRole::kReceiver, *ticket}, sizes = std::move(sizes).value(),
                  m = std::move(m), timeout = options.connect_timeout]() mutable {
-      auto fd = net::dial_data(host, port, hello, timeout);
-      auto body = fd.ok() ? net::receive_segments(fd->get(), sizes, client::kBulkStallTimeout)
-                          : StatusOr<std::vector<SharedBytes>>(fd.status());
+      auto body = net::receive_transfer(host, port, hello, sizes, timeout);
       mailbox->post([this, m = std::move(m), body = std::move(body)]() mutable {
         if (!body.ok()) return bulk_reply_failed(m.envelope, body.status());
         for (SharedBytes& segment : *body) m.segments.push_back(std::move(segment));
@@ -511,17 +508,14 @@ struct Client::Impl {
     if (found == bulk_by_task.end()) return;
     std::vector<SharedBytes> body = std::move(found->second);
     bulk_by_task.erase(found);
-    if (ticket.segments.size() != 1 || ticket.segments[0].size() != net::kTicketBytes) {
+    const auto t = ticket.segments.size() == 1 ? net::ticket_in(ticket.segments[0]) : std::nullopt;
+    if (!t) {
       LOG_WARN("client") << "task " << ticket.envelope.task_id << ": a malformed data-connection ticket";
       return;
     }
-    net::DataHello hello{net::DataRole::kSender, {}};
-    std::memcpy(hello.ticket.data(), ticket.segments[0].data(), net::kTicketBytes);
-    std::thread([host = data_host, port = data_port, hello, body = std::move(body), task = ticket.envelope.task_id,
-                 timeout = options.connect_timeout] {
-      auto fd = net::dial_data(host, port, hello, timeout);
-      Status sent = fd.ok() ? net::send_segments(fd->get(), body, client::kBulkStallTimeout) : fd.status();
-      if (fd.ok()) ::shutdown(fd->get(), SHUT_WR);
+    std::thread([host = data_host, port = data_port, hello = net::DataHello{net::DataRole::kSender, *t},
+                 body = std::move(body), task = ticket.envelope.task_id, timeout = options.connect_timeout] {
+      const Status sent = net::send_transfer(host, port, hello, body, timeout);
       if (!sent.ok()) LOG_WARN("client") << "the sealed body of task " << task << " was not sent: " << sent.message();
     }).detach();
   }

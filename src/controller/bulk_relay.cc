@@ -133,7 +133,6 @@ BulkRelay::BulkRelay(Clock& clock, BulkRelayOptions options, std::function<void(
 }
 
 BulkRelay::~BulkRelay() {
-  *alive_ = false;
   for (auto& [id, t] : transfers_) {
     if (t->sender.valid()) ::shutdown(t->sender.get(), SHUT_RDWR);
     if (t->receiver.valid()) ::shutdown(t->receiver.get(), SHUT_RDWR);
@@ -173,7 +172,6 @@ StatusOr<net::Ticket> BulkRelay::open(std::uint64_t transfer, std::uint64_t byte
   t->sink_file = std::move(sink);
   by_digest_[t->digest] = transfer;
   transfers_[transfer] = std::move(t);
-  ++counts_.open;
   return ticket;
 }
 
@@ -211,14 +209,14 @@ void BulkRelay::start_copy(Transfer& t) {
   std::optional<std::uint64_t> src_offset = t.source_file ? std::optional(t.source_file->offset) : std::nullopt;
   std::optional<std::uint64_t> dst_offset = t.sink_file ? std::optional(t.sink_file->offset) : std::nullopt;
   const std::uint64_t id = t.id, bytes = t.bytes;
-  std::weak_ptr<bool> alive = alive_;
+  std::weak_ptr<int> alive = alive_;
   t.copier = std::thread([this, alive, src, dst, src_offset, dst_offset, id, bytes, pipe = options_.pipe_bytes,
                           stall = options_.stall_timeout]() mutable {
     CopyResult r = splice_copy(src, src_offset ? &*src_offset : nullptr, dst, dst_offset ? &*dst_offset : nullptr,
                                bytes, pipe, stall);
     if (!dst_offset) ::shutdown(dst, SHUT_WR);  // the receiver sees the end of the transfer
     clock_.post([this, alive, id, r] {
-      if (alive.lock() && *alive.lock()) finish(id, r.moved, r.status);
+      if (alive.lock()) finish(id, r.moved, r.status);
     });
   });
 }
@@ -245,7 +243,6 @@ void BulkRelay::finish(std::uint64_t transfer, std::uint64_t moved, Status statu
   by_digest_.erase(t->digest);
   if (t->copier.joinable()) t->copier.join();
   if (!t->cancelled.empty() && moved < t->bytes) status = unavailable(t->cancelled);
-  --counts_.open;
   counts_.bytes_moved += moved;
   if (status.ok()) {
     ++counts_.completed;
@@ -274,6 +271,10 @@ void BulkRelay::sweep() {
   }
 }
 
-BulkRelay::Counts BulkRelay::counts() const { return counts_; }
+BulkRelay::Counts BulkRelay::counts() const {
+  Counts c = counts_;
+  c.open = transfers_.size();
+  return c;
+}
 
 }  // namespace testudo::controller

@@ -110,7 +110,7 @@ class BulkRelay {
   std::unordered_map<std::string, std::uint64_t> by_digest_;  // SHA-256 of a ticket -> transfer
   Counts counts_;
   std::unique_ptr<Timer> sweeper_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // guards posted reports
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // posted reports run only while it lives
 };
 
 }  // namespace testudo::controller

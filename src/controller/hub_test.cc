@@ -844,10 +844,9 @@ std::pair<UniqueFd, UniqueFd> socket_pair() {
 }
 
 net::Ticket ticket_of(const SharedBytes& segment) {
-  net::Ticket t{};
-  EXPECT_EQ(segment.size(), t.size());
-  if (segment.size() == t.size()) std::memcpy(t.data(), segment.data(), t.size());
-  return t;
+  const auto ticket = net::ticket_in(segment);
+  EXPECT_TRUE(ticket.has_value());
+  return ticket.value_or(net::Ticket{});
 }
 
 TEST_F(HubTest, ABulkRequestGetsATicketPerEngineAndItsBodyGoesAroundTheHub) {

@@ -261,25 +261,20 @@ struct Engine::Impl {
     auto promise = std::make_shared<std::promise<StatusOr<std::vector<SharedBytes>>>>();
     BulkTask task{std::move(m), promise->get_future().share()};
     const auto& segments = task.message.segments;
-    auto sizes = segments.size() == 3 && segments[2].size() == net::kTicketBytes
-                     ? net::decode_transfer_sizes(segments[1].span(), wire::Limits{}.max_segments,
-                                                  link->max_message_bytes())
-                     : StatusOr<std::vector<std::uint64_t>>(data_loss("a malformed bulk request"));
+    const auto ticket = segments.size() == 3 ? net::ticket_in(segments[2]) : std::nullopt;
+    auto sizes = ticket ? net::decode_transfer_sizes(segments[1].span(), wire::Limits{}.max_segments,
+                                                     link->max_message_bytes())
+                        : StatusOr<std::vector<std::uint64_t>>(data_loss("a malformed bulk request"));
     if (!sizes.ok()) {
       promise->set_value(sizes.status());
       return task;
     }
-    net::DataHello hello{net::DataRole::kReceiver, {}};
-    std::memcpy(hello.ticket.data(), segments[2].data(), net::kTicketBytes);
-    std::thread([host = controller.host, port = controller.port, hello, sizes = std::move(sizes).value(), promise,
-                 timeout = options.controller_timeout] {
-      auto fd = net::dial_data(host, port, hello, timeout);
-      if (!fd.ok()) return promise->set_value(fd.status());
-      promise->set_value(net::receive_segments(fd->get(), sizes, kBulkStallTimeout));
+    std::thread([host = controller.host, port = controller.port, hello = net::DataHello{net::DataRole::kReceiver, *ticket},
+                 sizes = std::move(sizes).value(), promise, timeout = options.controller_timeout] {
+      promise->set_value(net::receive_transfer(host, port, hello, sizes, timeout));
     }).detach();
     return task;
   }
-  static constexpr std::chrono::milliseconds kBulkStallTimeout{60'000};
 
   // Bulk replies: a sealed result of this many bytes or more is offered to the controller as
   // [seal header, transfer sizes] and held here until it answers with a data-connection ticket
@@ -329,19 +324,16 @@ struct Engine::Impl {
       bulk_replies.erase(found);
     }
     if (ticket.segments.empty()) return send_reply(std::move(held.whole));  // wanted whole after all
-    if (ticket.segments.size() != 1 || ticket.segments[0].size() != net::kTicketBytes) {
+    const auto t = ticket.segments.size() == 1 ? net::ticket_in(ticket.segments[0]) : std::nullopt;
+    if (!t) {
       LOG_WARN("engine") << "a malformed data-connection ticket for task " << ticket.envelope.task_id;
       return;
     }
-    net::DataHello hello{net::DataRole::kSender, {}};
-    std::memcpy(hello.ticket.data(), ticket.segments[0].data(), net::kTicketBytes);
     std::vector<SharedBytes> body(std::make_move_iterator(held.whole.segments.begin() + 1),
                                   std::make_move_iterator(held.whole.segments.end()));
-    std::thread([host = controller.host, port = controller.port, hello, body = std::move(body),
-                 task = ticket.envelope.task_id, timeout = options.controller_timeout] {
-      auto fd = net::dial_data(host, port, hello, timeout);
-      Status sent = fd.ok() ? net::send_segments(fd->get(), body, kBulkStallTimeout) : fd.status();
-      if (fd.ok()) ::shutdown(fd->get(), SHUT_WR);
+    std::thread([host = controller.host, port = controller.port, hello = net::DataHello{net::DataRole::kSender, *t},
+                 body = std::move(body), task = ticket.envelope.task_id, timeout = options.controller_timeout] {
+      const Status sent = net::send_transfer(host, port, hello, body, timeout);
       if (!sent.ok()) LOG_WARN("engine") << "the result of task " << task << " was not sent: " << sent.message();
     }).detach();
   }

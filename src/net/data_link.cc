@@ -123,6 +123,28 @@ StatusOr<UniqueFd> dial_data(const std::string& host, std::uint16_t port, const 
   return unavailable("data connection to " + where + ": " + last.message());
 }
 
+std::optional<Ticket> ticket_in(const SharedBytes& segment) {
+  if (segment.size() != kTicketBytes) return std::nullopt;
+  Ticket ticket{};
+  std::memcpy(ticket.data(), segment.data(), kTicketBytes);
+  return ticket;
+}
+
+Status send_transfer(const std::string& host, std::uint16_t port, const DataHello& hello,
+                     std::span<const SharedBytes> segments, std::chrono::milliseconds timeout) {
+  TESTUDO_ASSIGN_OR_RETURN(UniqueFd fd, dial_data(host, port, hello, timeout));
+  Status sent = send_segments(fd.get(), segments, kDataStallTimeout);
+  ::shutdown(fd.get(), SHUT_WR);  // the relay sees the end; nothing unread makes close() reset
+  return sent;
+}
+
+StatusOr<std::vector<SharedBytes>> receive_transfer(const std::string& host, std::uint16_t port, const DataHello& hello,
+                                                    std::span<const std::uint64_t> sizes,
+                                                    std::chrono::milliseconds timeout) {
+  TESTUDO_ASSIGN_OR_RETURN(UniqueFd fd, dial_data(host, port, hello, timeout));
+  return receive_segments(fd.get(), sizes, kDataStallTimeout);
+}
+
 Status send_segments(int fd, std::span<const SharedBytes> segments, std::chrono::milliseconds stall) {
   std::uint64_t total = 0;
   for (const SharedBytes& s : segments) total += s.size();

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -47,6 +48,21 @@ StatusOr<DataHello> decode_data_hello(std::span<const std::byte> bytes);
 // Whether a connection's first byte may start a data hello: 'T'. A TLS record starts with its
 // content type (22 for a handshake), so one byte tells the two apart.
 bool may_start_data_hello(std::byte first);
+
+// A data connection on which no byte moves for this long is given up (both ends).
+inline constexpr std::chrono::milliseconds kDataStallTimeout{60'000};
+
+// The ticket in `segment` (as a kBulkTicket or a bulk part carries it), or nothing if it is
+// not exactly a ticket's size.
+std::optional<Ticket> ticket_in(const SharedBytes& segment);
+
+// One end of a transfer, whole: dials host:port with `hello` (within `timeout`), then sends
+// `segments` (role sender) or receives segments of `sizes` (role receiver), and closes.
+Status send_transfer(const std::string& host, std::uint16_t port, const DataHello& hello,
+                     std::span<const SharedBytes> segments, std::chrono::milliseconds timeout);
+StatusOr<std::vector<SharedBytes>> receive_transfer(const std::string& host, std::uint16_t port, const DataHello& hello,
+                                                    std::span<const std::uint64_t> sizes,
+                                                    std::chrono::milliseconds timeout);
 
 // Connects to host:port (TCP, no delay) and sends `hello`. kUnavailable on failure.
 StatusOr<UniqueFd> dial_data(const std::string& host, std::uint16_t port, const DataHello& hello,
