@@ -184,11 +184,20 @@ struct Client::Impl {
   // the control connection dialed), and the sealed bodies waiting for their tickets: by
   // request id until its kSubmitted names the tasks (per target, the ciphertext segments of
   // its part), then by task id until its kBulkTicket comes (as the task leaves for its
-  // engine) or its reply. Loop thread.
+  // engine) or its reply. A load-balanced task's body is kept until its reply: a retry
+  // leaves for another engine with a new ticket, and the body goes again. Loop thread.
   std::string data_host;
   std::uint16_t data_port = 0;
-  std::unordered_map<std::uint64_t, std::vector<std::vector<SharedBytes>>> bulk_bodies;
-  std::unordered_map<std::uint64_t, std::vector<SharedBytes>> bulk_by_task;
+  struct BulkBody {
+    std::vector<SharedBytes> segments;
+    bool until_reply = false;  // load balanced: it may be asked for again
+  };
+  struct BulkRequest {
+    std::vector<std::vector<SharedBytes>> parts;  // per target; one part, load balanced
+    bool balanced = false;
+  };
+  std::unordered_map<std::uint64_t, BulkRequest> bulk_bodies;
+  std::unordered_map<std::uint64_t, BulkBody> bulk_by_task;
   // How a data-connection thread hands a fetched reply back to the loop: only while the loop
   // lives (the destructor closes it first).
   struct Mailbox {
@@ -310,6 +319,7 @@ struct Client::Impl {
         }
         auto state = it->second;
         const std::uint64_t request_id = m.envelope.request_id;
+        if (!bulk_by_task.empty()) bulk_by_task.erase(m.envelope.task_id);  // answered: its body is not wanted
         std::string why;
         if (!seals && !m.segments.empty() && e2e::decode_seal_header(m.segments[0].span()).ok()) {
           why = "the result of task " + std::to_string(m.envelope.task_id) +
@@ -326,7 +336,6 @@ struct Client::Impl {
           if (state->deliver(std::move(broken))) pending.erase(request_id);
           return;
         }
-        if (!bulk_by_task.empty()) bulk_by_task.erase(m.envelope.task_id);  // answered: its body is not wanted
         if (state->deliver(client::engine_reply(std::move(m)))) {
           pending.erase(request_id);
           bulk_bodies.erase(request_id);  // a request refused before it was acknowledged
@@ -362,8 +371,8 @@ struct Client::Impl {
         if (!ids.ok()) return;
         if (seals) seals->submitted(m.envelope.request_id, *ids);
         if (auto bodies = bulk_bodies.find(m.envelope.request_id); bodies != bulk_bodies.end()) {
-          for (std::size_t i = 0; i < ids->size() && i < bodies->second.size(); ++i) {
-            bulk_by_task[(*ids)[i]] = std::move(bodies->second[i]);
+          for (std::size_t i = 0; i < ids->size() && i < bodies->second.parts.size(); ++i) {
+            bulk_by_task[(*ids)[i]] = {std::move(bodies->second.parts[i]), bodies->second.balanced};
           }
           bulk_bodies.erase(bodies);
         }
@@ -446,15 +455,16 @@ struct Client::Impl {
       return AsyncResult(state);
     }
     std::vector<std::vector<SharedBytes>> bulk;
-    if (head.sealed() && !balanced && options.bulk_from_bytes > 0) {
-      bulk = client::split_for_bulk(segments, state->targets.size(), options.bulk_from_bytes);
+    if (head.sealed() && options.bulk_from_bytes > 0) {
+      // A load-balanced request is one part, sealed for whichever engine runs it.
+      bulk = client::split_for_bulk(segments, balanced ? 1 : state->targets.size(), options.bulk_from_bytes);
       if (!bulk.empty()) head.set_bulk(true);
     }
-    submit([this, state, head = std::move(head), segments = std::move(segments), bulk = std::move(bulk)]() mutable {
+    submit([this, state, balanced = balanced.has_value(), head = std::move(head), segments = std::move(segments), bulk = std::move(bulk)]() mutable {
       // Not sent while the link is down (the link's resend rules): it fails at once.
       if (!link->connected()) return state->fail_all(lost_reason);
       pending[state->request_id] = state;
-      if (!bulk.empty()) bulk_bodies[state->request_id] = std::move(bulk);
+      if (!bulk.empty()) bulk_bodies[state->request_id] = {std::move(bulk), balanced};
       wire::Message m;
       m.envelope = std::move(head);
       m.segments = std::move(segments);
@@ -501,13 +511,13 @@ struct Client::Impl {
 
   // The controller's ticket for a bulk task, as it leaves for its engine: its sealed body
   // goes on a data connection, from a thread of its own (the bytes are already sealed; the
-  // thread holds only what it sends). A failure is logged here; the task's reply says it too
+  // thread shares what it sends). A failure is logged here; the task's reply says it too
   // (its engine answers that the body never arrived).
   void send_bulk_body(const wire::Message& ticket) {
     auto found = bulk_by_task.find(ticket.envelope.task_id);
     if (found == bulk_by_task.end()) return;
-    std::vector<SharedBytes> body = std::move(found->second);
-    bulk_by_task.erase(found);
+    std::vector<SharedBytes> body = found->second.segments;  // shared, not copied
+    if (!found->second.until_reply) bulk_by_task.erase(found);
     const auto t = ticket.segments.size() == 1 ? net::ticket_in(ticket.segments[0]) : std::nullopt;
     if (!t) {
       LOG_WARN("client") << "task " << ticket.envelope.task_id << ": a malformed data-connection ticket";

@@ -154,7 +154,7 @@ class Hub : private SchedulerSink {
   void relay_abandoned(const Status& why, const StreamedRequest::Tasks& tasks);
   // A bulk task on its way to its engine: its ticket, sent to its client (kBulkTicket) and
   // appended to the engine's part; an error if the relay has no room.
-  StatusOr<net::Ticket> issue_bulk_ticket(TaskId id, const TaskSpec& task);
+  StatusOr<net::Ticket> issue_bulk_ticket(TaskId id, EngineId engine, const TaskSpec& task);
   void bulk_transfer_done(const BulkRelay::Done& done);
   // A reply's task, settled in the scheduler: whom it goes to and how it ended.
   struct SettledReply {

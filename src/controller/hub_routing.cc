@@ -142,14 +142,16 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
       (req.targets.empty() || m.segments.size() < req.targets.size() || m.segments.size() % req.targets.size() != 0)) {
     return reject(client, "a sealed request's segments must split evenly among its targets");
   }
-  // A bulk request's part per target is [seal header, transfer sizes]: the ciphertext comes
-  // on data connections, sized here so the tickets can name exactly what each moves.
+  // A bulk request's part per target (its one part, load balanced) is [seal header, transfer
+  // sizes]: the ciphertext comes on data connections, sized here so the tickets can name
+  // exactly what each moves.
   std::vector<std::uint64_t> bulk_bytes;
   if (req.bulk()) {
-    if (balanced || !req.sealed() || req.targets.empty() || m.segments.size() != 2 * req.targets.size()) {
+    const std::size_t parts = balanced ? 1 : req.targets.size();
+    if (!req.sealed() || parts == 0 || m.segments.size() != 2 * parts) {
       return reject(client, "a bulk request carries a seal header and transfer sizes per target");
     }
-    for (std::size_t i = 0; i < req.targets.size(); ++i) {
+    for (std::size_t i = 0; i < parts; ++i) {
       auto sizes = net::decode_transfer_sizes(m.segments[2 * i + 1].span(), options_.limits.max_segments,
                                               options_.limits.max_message_bytes);
       if (!sizes.ok()) return reject(client, "bulk request: " + sizes.status().message());
@@ -228,15 +230,23 @@ void Hub::route_request(Peer& client, wire::Message&& m, std::shared_ptr<Streame
   spec.follow = std::move(options->follow);
   spec.after_rule = options->after_rule;
   spec.follow_rule = options->follow_rule;
+  if (req.bulk()) spec.bulk_bytes = bulk_bytes[0];  // a ticket each time it leaves (retries too)
   const TaskId id = scheduler_.next_id();
   acknowledge(client, req.request_id, {id});
   results_.submitted(id, client.identity, req.request_id, req.kind, spec.allowed);
   scheduler_.submit(std::move(spec), now);
 }
 
-StatusOr<net::Ticket> Hub::issue_bulk_ticket(TaskId id, const TaskSpec& task) {
-  // Issued as the task leaves, not when it was submitted: a direct task may wait here behind
-  // others for long, and both ends should dial at once, within the ticket's deadline.
+StatusOr<net::Ticket> Hub::issue_bulk_ticket(TaskId id, EngineId engine, const TaskSpec& task) {
+  // Issued as the task leaves, not when it was submitted: a task may wait here behind others
+  // for long, and both ends should dial at once, within the ticket's deadline. A retried
+  // load-balanced task leaves again: its earlier transfer (to the engine that failed it) is
+  // over, whatever state it is in.
+  if (auto earlier = request_transfers_.find(id); earlier != request_transfers_.end()) {
+    const std::uint64_t old_transfer = earlier->second;
+    request_transfers_.erase(earlier);  // before cancel: it may report (and look here) at once
+    bulk_.cancel(old_transfer, "task " + std::to_string(id) + " left again for another engine");
+  }
   const std::uint64_t transfer = next_transfer_++;
   TESTUDO_ASSIGN_OR_RETURN(net::Ticket ticket, bulk_.issue(transfer, task.bulk_bytes));
   bulk_jobs_[transfer] = BulkRequestBody{id};
@@ -246,7 +256,7 @@ StatusOr<net::Ticket> Hub::issue_bulk_ticket(TaskId id, const TaskSpec& task) {
     t.envelope.kind = MessageKind::kBulkTicket;
     t.envelope.request_id = task.request_id;
     t.envelope.task_id = id;
-    t.envelope.engine_id = *task.engine;
+    t.envelope.engine_id = engine;
     t.envelope.client_id = task.client_id;
     t.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(ticket)));
     send_to_client(*client, std::move(t));  // after its held kSubmitted (send_to_client sends that first)
@@ -326,7 +336,10 @@ void Hub::bulk_transfer_done(const BulkRelay::Done& done) {
   auto what = std::move(job->second);
   bulk_jobs_.erase(job);
   if (auto* body = std::get_if<BulkRequestBody>(&what)) {
-    request_transfers_.erase(body->task);
+    // Unless the task has left again since, with a transfer of its own.
+    if (auto open = request_transfers_.find(body->task); open != request_transfers_.end() && open->second == done.transfer) {
+      request_transfers_.erase(open);
+    }
     // Its engine reports a failed transfer in the task's reply (the body never arrived).
     if (!done.status.ok()) LOG_WARN("bulk") << "the body of task " << body->task << ": " << done.status.message();
     return;
@@ -416,7 +429,7 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   forward.segments = task.body;  // shared, not copied
   if (task.bulk_bytes > 0) {
     // The engine's data-connection ticket for its part rides after it.
-    auto ticket = issue_bulk_ticket(id, task);
+    auto ticket = issue_bulk_ticket(id, engine, task);
     if (!ticket.ok()) {
       // Not sent. It ends as if its engine had failed it, once the scheduler is done with
       // this dispatch (never from inside it).

@@ -1057,6 +1057,65 @@ TEST_F(HubTest, ASealedLoadBalancedRequestGoesWholeToTheEngineThatRunsIt) {
   EXPECT_EQ(tasks[0].segments[1].to_string(), "ciphertext");
 }
 
+TEST_F(HubTest, ALoadBalancedBulkTaskGetsANewTicketEachTimeItLeaves) {
+  auto e0 = join("engine:e0");
+  auto c = join("client:alice");
+  wire::TaskOptions options;
+  options.retries = 1;
+  wire::Message m = balanced(9, options);
+  m.segments[0] = SharedBytes::copy_of(std::string_view("head"));  // [seal header, sizes]: one part
+  m.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{6}));
+  m.envelope.set_sealed(true);
+  m.envelope.set_bulk(true);
+  c->deliver(std::move(m));
+  auto first = e0->sent_of(MessageKind::kApply);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(first[0].envelope.bulk());
+  ASSERT_EQ(first[0].segments.size(), 3u);
+  auto tickets = c->sent_of(MessageKind::kBulkTicket);
+  ASSERT_EQ(tickets.size(), 1u);
+  EXPECT_EQ(tickets[0].envelope.engine_id, 0u);  // the engine the scheduler chose
+  EXPECT_EQ(tickets[0].envelope.task_id, first[0].envelope.task_id);
+  EXPECT_EQ(first[0].segments[2].to_string(), tickets[0].segments.at(0).to_string());
+
+  // Its engine dies before the body moved: the retry leaves for engine 1 with a ticket of its
+  // own, and the first one joins nothing any more.
+  auto e1 = join("engine:e1");
+  e0->drop(unavailable("engine died"));
+  clock_.advance(std::chrono::milliseconds(10));
+  auto second = e1->sent_of(MessageKind::kApply);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].envelope.task_id, first[0].envelope.task_id);
+  tickets = c->sent_of(MessageKind::kBulkTicket);
+  ASSERT_EQ(tickets.size(), 2u);
+  EXPECT_EQ(tickets[1].envelope.engine_id, 1u);
+  EXPECT_NE(tickets[1].segments.at(0).to_string(), tickets[0].segments.at(0).to_string());
+  EXPECT_EQ(second[0].segments.at(2).to_string(), tickets[1].segments.at(0).to_string());
+  auto [stale, stale_side] = socket_pair();
+  hub_->accept_data(std::move(stale), {net::DataRole::kSender, ticket_of(tickets[0].segments[0])}, "client");
+  EXPECT_EQ(cluster_report(*c).value("bulk_refused", 0), 1);
+
+  // The second one moves the body to engine 1.
+  auto [client_end, client_side] = socket_pair();
+  auto [engine_end, engine_side] = socket_pair();
+  hub_->accept_data(std::move(client_end), {net::DataRole::kSender, ticket_of(tickets[1].segments[0])}, "client");
+  hub_->accept_data(std::move(engine_end), {net::DataRole::kReceiver, ticket_of(tickets[1].segments[0])}, "engine");
+  ASSERT_EQ(::write(client_side.get(), "abcdef", 6), 6);
+  EXPECT_EQ(read_exactly(engine_side.get(), 6), "abcdef");
+
+  // A load-balanced bulk request with more than its one part: a broken client, cut off.
+  wire::Message two = balanced(10);
+  two.segments[0] = SharedBytes::copy_of(std::string_view("head"));
+  two.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{6}));
+  two.segments.push_back(SharedBytes::copy_of(std::string_view("head")));
+  two.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{6}));
+  two.envelope.set_sealed(true);
+  two.envelope.set_bulk(true);
+  c->deliver(std::move(two));
+  EXPECT_FALSE(c->is_open());
+  EXPECT_EQ(e1->sent_of(MessageKind::kApply).size(), 1u);
+}
+
 TEST_F(HubTest, ProtocolViolationsCutThePeerOff) {
   auto e0 = join("engine:e0");
   // T16/T17: an engine sending a client request.

@@ -63,10 +63,10 @@ bool is_known_kind(std::uint16_t k) {
 bool flags_valid(MessageKind kind, std::uint16_t flags) {
   constexpr std::uint16_t kBalanced = 0x8000, kSealed = 0x4000, kBulk = 0x2000;
   constexpr std::uint16_t kTaskBits = kBalanced | kSealed;
-  // Bulk: only a sealed direct execute, push or apply, and a task reply.
+  // Bulk: only a sealed execute, push or apply (direct or load balanced), and a task reply.
   if ((flags & kBulk) != 0) {
     if (kind == MessageKind::kTaskReply) return flags == kBulk;
-    if (kind == MessageKind::kPull || (flags & kSealed) == 0 || (flags & kBalanced) != 0) return false;
+    if (kind == MessageKind::kPull || (flags & kSealed) == 0) return false;
     flags &= static_cast<std::uint16_t>(~kBulk);
   }
   switch (kind) {

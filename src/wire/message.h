@@ -166,10 +166,12 @@ bool may_overtake(MessageKind kind);
 //           kExecute/kPush/kPull/kApply: bit 14 = sealed end to end (e2e/sealed_body.h): the
 //             segments are, per target in target order, [seal header, ciphertext...], the
 //             same number for every target; the controller gives each engine its own part.
-//           kExecute/kPush/kApply, sealed and direct: bit 13 = bulk (docs/protocol.md "The bulk
-//             path"): each target's part is [seal header, transfer sizes] from the client and
-//             [seal header, transfer sizes, ticket] to the engine; the ciphertext segments of
-//             that part travel on a pair of data connections the controller splices.
+//           kExecute/kPush/kApply, sealed: bit 13 = bulk (docs/protocol.md "The bulk path"):
+//             each target's part (the one part of a load-balanced request) is [seal header,
+//             transfer sizes] from the client and [seal header, transfer sizes, ticket] to the
+//             engine; the ciphertext segments of that part travel on a pair of data
+//             connections the controller splices (for each dispatch: a retried task gets a
+//             new ticket, and its client sends the body again).
 //           kTaskReply: bit 13 = bulk, for a sealed reply: [seal header, transfer sizes] from
 //             an engine (its ciphertext goes into the task store's file on a data connection
 //             once the controller answers with a kBulkTicket), [seal header, transfer sizes,

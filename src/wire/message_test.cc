@@ -128,6 +128,41 @@ TEST(HeadTest, TheSealedBitIsForTaskRequestsOnly) {
   EXPECT_FALSE(decode_head(plain, Limits{}).ok());
 }
 
+// Decodes a head of `kind` with `flags` set (and nothing else but what the kind needs).
+bool decodes_with_flags(MessageKind kind, std::uint16_t flags) {
+  Envelope e;
+  e.kind = kind;
+  auto payload = encode_head(e, {});
+  // The flags are the u16 after kind (u16), little-endian.
+  payload[2] = static_cast<std::byte>(flags & 0xff);
+  payload[3] = static_cast<std::byte>(flags >> 8);
+  return decode_head(payload, Limits{}).ok();
+}
+
+TEST(HeadTest, TheBulkBitIsForSealedRequestsAndTaskRepliesOnly) {
+  constexpr std::uint16_t kBalanced = 0x8000, kSealed = 0x4000, kBulk = 0x2000;
+  Envelope e;
+  e.kind = MessageKind::kApply;
+  e.set_sealed(true);
+  e.set_bulk(true);
+  e.set_load_balanced(true);
+  auto h = decode_head(encode_head(e, {}), Limits{});
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_TRUE(h->envelope.bulk());
+  EXPECT_TRUE(h->envelope.load_balanced());
+  for (MessageKind kind : {MessageKind::kExecute, MessageKind::kPush, MessageKind::kApply}) {
+    EXPECT_TRUE(decodes_with_flags(kind, kSealed | kBulk)) << static_cast<int>(kind);
+    EXPECT_TRUE(decodes_with_flags(kind, kBalanced | kSealed | kBulk)) << static_cast<int>(kind);
+    EXPECT_FALSE(decodes_with_flags(kind, kBulk)) << "bulk bodies are sealed ones";
+    EXPECT_FALSE(decodes_with_flags(kind, kBalanced | kBulk));
+  }
+  EXPECT_FALSE(decodes_with_flags(MessageKind::kPull, kSealed | kBulk)) << "a pull sends no body";
+  EXPECT_TRUE(decodes_with_flags(MessageKind::kTaskReply, kBulk));
+  EXPECT_FALSE(decodes_with_flags(MessageKind::kTaskReply, kSealed | kBulk));
+  EXPECT_FALSE(decodes_with_flags(MessageKind::kHeartbeat, kBulk));
+  EXPECT_FALSE(decodes_with_flags(MessageKind::kBulkTicket, kBulk));
+}
+
 TEST(HeadTest, EveryTruncationIsAnError) {
   Envelope e;
   e.kind = MessageKind::kExecute;

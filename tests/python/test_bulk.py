@@ -57,6 +57,21 @@ def test_large_sealed_bodies_go_around_the_controller(cluster, sealed):
     assert marker not in held
 
 
+def test_large_load_balanced_arguments_go_around_the_controller(cluster, sealed):
+    before = bulk_report(cluster)
+    marker = f"LBBULK-{uuid.uuid4().hex}".encode()
+    big = marker * ((3 << 20) // len(marker))
+    lview = sealed.load_balanced_view()
+    assert lview.apply_sync(lambda b: (len(b), b[:8]), big) == (len(big), big[:8])
+    # A map of two large items: one task each, wherever the scheduler puts it.
+    assert lview.map_sync(len, [big, big + b"!"]) == [len(big), len(big) + 1]
+    after = bulk_report(cluster)
+    assert after["bulk_transfers"] - before["bulk_transfers"] == 3
+    assert after["bulk_bytes"] - before["bulk_bytes"] >= 3 * len(big)
+    assert after["bulk_failed"] == before["bulk_failed"]
+    assert marker not in controller_holds(cluster, [marker])
+
+
 def test_a_client_can_keep_large_bodies_on_the_control_connection(cluster):
     os.environ["TESTUDO_HOME"] = cluster.home
     client = cluster.client(e2e=True, bulk_from_bytes=0)
