@@ -111,45 +111,150 @@ StatusOr<std::array<std::byte, kX25519Bytes>> x25519(std::span<const std::byte, 
 
 }  // namespace
 
-StatusOr<AeadTag> aead_seal(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
-                            std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out) {
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_EncryptInit_ex2(ctx.get(), EVP_aes_256_gcm(), uc(key.data()), uc(nonce.data()), nullptr) != 1) {
-    return sealing_failure("set-up");
+namespace {
+
+// AES-256-GCM, fetched from the provider once. EVP_aes_256_gcm() makes OpenSSL 3 look the
+// implementation up again on every Init (an "implicit fetch"), which costs more than
+// sealing a small message. Never freed: it lives as long as the process.
+const EVP_CIPHER* aes_256_gcm() {
+  static EVP_CIPHER* const cipher = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+  return cipher;
+}
+
+// The cipher contexts of the last few keys this thread used, already keyed. A pair key
+// seals and opens many small messages, and keying a context (the AES key schedule, the
+// GHASH table) costs several times sealing 64 bytes; a keyed context then only needs its
+// nonce per message. What must hold: a context is reused only for the very same key
+// (compared in constant time) and direction, every use starts with Init(nonce), which resets
+// the GCM state, and a context that failed midway is keyed afresh before its next use. Keys
+// kept here are wiped when evicted and when the thread ends (EVP_CIPHER_CTX_free cleanses
+// the key schedule); one-time keys (sealed boxes) do not come here.
+class KeyedContexts {
+ public:
+  ~KeyedContexts() {
+    for (Entry& e : entries_) wipe(e.key);
   }
-  if (!add_aad(ctx.get(), aad, true) || !update_pieces(ctx.get(), in, out, EVP_EncryptUpdate)) {
+
+  // A context keyed with `key` for `encrypt`, its nonce set; null on an OpenSSL error.
+  EVP_CIPHER_CTX* get(const AeadKey& key, bool encrypt, const AeadNonce& nonce) {
+    ++clock_;
+    Entry* slot = nullptr;
+    for (Entry& e : entries_) {
+      if (e.ctx && e.encrypt == encrypt && constant_time_equal(e.key, key)) {
+        slot = &e;
+        break;
+      }
+    }
+    const auto init = encrypt ? EVP_EncryptInit_ex2 : EVP_DecryptInit_ex2;
+    if (slot == nullptr) {
+      slot = &*std::min_element(entries_.begin(), entries_.end(),
+                                [](const Entry& a, const Entry& b) { return a.last_used < b.last_used; });
+      slot->ctx.reset(EVP_CIPHER_CTX_new());
+      wipe(slot->key);
+      if (!slot->ctx || aes_256_gcm() == nullptr ||
+          init(slot->ctx.get(), aes_256_gcm(), uc(key.data()), nullptr, nullptr) != 1) {
+        slot->ctx.reset();
+        return nullptr;
+      }
+      slot->key = key;
+      slot->encrypt = encrypt;
+    }
+    slot->last_used = clock_;
+    if (init(slot->ctx.get(), nullptr, nullptr, uc(nonce.data()), nullptr) != 1) {
+      forget(slot->ctx.get());
+      return nullptr;
+    }
+    return slot->ctx.get();
+  }
+
+  // `ctx` (from get) is in an unknown state: it is keyed afresh next time.
+  void forget(EVP_CIPHER_CTX* ctx) {
+    for (Entry& e : entries_) {
+      if (e.ctx.get() == ctx) {
+        e.ctx.reset();
+        wipe(e.key);
+      }
+    }
+  }
+
+ private:
+  static void wipe(AeadKey& key) { OPENSSL_cleanse(key.data(), key.size()); }
+  struct Entry {
+    AeadKey key{};
+    bool encrypt = false;
+    std::uint64_t last_used = 0;
+    CipherCtx ctx;
+  };
+  std::array<Entry, 8> entries_;  // a client talks to many engines, but a message to one
+  std::uint64_t clock_ = 0;
+};
+
+thread_local KeyedContexts keyed_contexts;
+
+// One GCM message on `ctx` (keyed, nonce set): the associated data, then the pieces.
+StatusOr<AeadTag> seal_on(EVP_CIPHER_CTX* ctx, std::span<const std::byte> aad,
+                          std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out) {
+  if (!add_aad(ctx, aad, true) || !update_pieces(ctx, in, out, EVP_EncryptUpdate)) {
     return sealing_failure("encryption");
   }
   int final_bytes = 0;
   unsigned char none[16];
   AeadTag tag{};
-  if (EVP_EncryptFinal_ex(ctx.get(), none, &final_bytes) != 1 || final_bytes != 0 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag.size()), tag.data()) != 1) {
+  if (EVP_EncryptFinal_ex(ctx, none, &final_bytes) != 1 || final_bytes != 0 ||
+      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag.size()), tag.data()) != 1) {
     return sealing_failure("finish");
   }
+  return tag;
+}
+
+Status open_on(EVP_CIPHER_CTX* ctx, std::span<const std::byte> aad, std::span<const std::span<const std::byte>> in,
+               std::span<const std::span<std::byte>> out, const AeadTag& tag) {
+  if (!add_aad(ctx, aad, false) || !update_pieces(ctx, in, out, EVP_DecryptUpdate)) {
+    return sealing_failure("decryption");
+  }
+  AeadTag expected = tag;
+  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, static_cast<int>(expected.size()), expected.data()) != 1) {
+    return sealing_failure("tag set-up");
+  }
+  int final_bytes = 0;
+  unsigned char none[16];
+  if (EVP_DecryptFinal_ex(ctx, none, &final_bytes) != 1) {
+    return permission_denied("sealed body failed authentication");
+  }
+  return ok_status();
+}
+
+// A context of its own, keyed once and freed after use: for one-time keys.
+CipherCtx one_time_context(const AeadKey& key, const AeadNonce& nonce, bool encrypt) {
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  const auto init = encrypt ? EVP_EncryptInit_ex2 : EVP_DecryptInit_ex2;
+  if (!ctx || aes_256_gcm() == nullptr || init(ctx.get(), aes_256_gcm(), uc(key.data()), uc(nonce.data()), nullptr) != 1) {
+    return nullptr;
+  }
+  return ctx;
+}
+
+}  // namespace
+
+StatusOr<AeadTag> aead_seal(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
+                            std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out) {
+  EVP_CIPHER_CTX* ctx = keyed_contexts.get(key, true, nonce);
+  if (ctx == nullptr) return sealing_failure("set-up");
+  auto tag = seal_on(ctx, aad, in, out);
+  if (!tag.ok()) keyed_contexts.forget(ctx);
   return tag;
 }
 
 Status aead_open(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
                  std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out,
                  const AeadTag& tag) {
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_DecryptInit_ex2(ctx.get(), EVP_aes_256_gcm(), uc(key.data()), uc(nonce.data()), nullptr) != 1) {
-    return sealing_failure("set-up");
-  }
-  if (!add_aad(ctx.get(), aad, false) || !update_pieces(ctx.get(), in, out, EVP_DecryptUpdate)) {
-    return sealing_failure("decryption");
-  }
-  AeadTag expected = tag;
-  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, static_cast<int>(expected.size()), expected.data()) != 1) {
-    return sealing_failure("tag set-up");
-  }
-  int final_bytes = 0;
-  unsigned char none[16];
-  if (EVP_DecryptFinal_ex(ctx.get(), none, &final_bytes) != 1) {
-    return permission_denied("sealed body failed authentication");
-  }
-  return ok_status();
+  EVP_CIPHER_CTX* ctx = keyed_contexts.get(key, false, nonce);
+  if (ctx == nullptr) return sealing_failure("set-up");
+  Status opened = open_on(ctx, aad, in, out, tag);
+  // A tag that does not match leaves the context as any finished message does; anything
+  // else (an OpenSSL error midway) may not.
+  if (!opened.ok() && opened.code() != StatusCode::kPermissionDenied) keyed_contexts.forget(ctx);
+  return opened;
 }
 
 StatusOr<X25519KeyPair> x25519_from_private(std::span<const std::byte, kX25519Bytes> private_key) {
@@ -198,8 +303,10 @@ StatusOr<std::vector<std::byte>> seal_box(const X25519Public& recipient, std::st
   std::copy(ephemeral.public_key.begin(), ephemeral.public_key.end(), box.begin());
   const std::span<const std::byte> in[] = {plaintext};
   const std::span<std::byte> out[] = {std::span(box).subspan(kX25519Bytes, plaintext.size())};
-  auto tag = aead_seal(*key, AeadNonce{}, as_bytes(info), in, out);
+  CipherCtx ctx = one_time_context(*key, AeadNonce{}, true);
   wipe(*key);
+  if (!ctx) return sealing_failure("set-up");
+  auto tag = seal_on(ctx.get(), as_bytes(info), in, out);
   if (!tag.ok()) return tag.status();
   std::copy(tag->begin(), tag->end(), box.end() - kAeadTagBytes);
   return box;
@@ -224,8 +331,9 @@ StatusOr<std::vector<std::byte>> open_box(const X25519KeyPair& recipient, std::s
   std::copy_n(box.end() - kAeadTagBytes, kAeadTagBytes, tag.begin());
   const std::span<const std::byte> in[] = {box.subspan(kX25519Bytes, size)};
   const std::span<std::byte> out[] = {plaintext};
-  Status opened = aead_open(*key, AeadNonce{}, as_bytes(info), in, out, tag);
+  CipherCtx ctx = one_time_context(*key, AeadNonce{}, false);
   wipe(*key);
+  Status opened = ctx ? open_on(ctx.get(), as_bytes(info), in, out, tag) : sealing_failure("set-up");
   if (!opened.ok()) {
     wipe(plaintext);
     return opened.code() == StatusCode::kPermissionDenied ? permission_denied("sealed box does not open") : opened;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <thread>
 
 #include "crypto/crypto.h"
 
@@ -108,6 +109,60 @@ TEST(AeadTest, PiecesOfTheWrongSizeAreRefused) {
   const std::span<const std::byte> in[] = {c.plaintext};
   const std::span<std::byte> outs[] = {out};
   EXPECT_FALSE(aead_seal(c.key, c.nonce, c.aad, in, outs).ok());
+}
+
+// aead_seal/aead_open keep a few keyed contexts per thread (aead.cc): whatever order keys,
+// nonces and failures come in, each message must be exactly the one a fresh context makes.
+TEST(AeadTest, ReusedContextsNeverMixKeysNoncesOrFailures) {
+  Case16 c;
+  auto seal_case = [&](const AeadKey& key, const AeadNonce& nonce) {
+    std::vector<std::byte> out(c.plaintext.size());
+    const std::span<const std::byte> in[] = {c.plaintext};
+    const std::span<std::byte> outs[] = {out};
+    auto tag = aead_seal(key, nonce, c.aad, in, outs);
+    EXPECT_TRUE(tag.ok());
+    return std::pair(out, tag.ok() ? *tag : AeadTag{});
+  };
+  // More keys than the cache holds, in turn, each with two nonces: every (key, nonce) gives
+  // the same bytes each time, and no two give the same.
+  std::vector<AeadKey> keys(20, c.key);
+  for (std::size_t i = 1; i < keys.size(); ++i) keys[i][31] ^= static_cast<std::byte>(i);
+  auto other_nonce = c.nonce;
+  other_nonce[0] ^= std::byte{0x55};
+  std::vector<std::pair<std::vector<std::byte>, AeadTag>> first;
+  for (const AeadKey& key : keys) {
+    first.push_back(seal_case(key, c.nonce));
+    first.push_back(seal_case(key, other_nonce));
+  }
+  EXPECT_EQ(first[0].first, c.ciphertext);
+  EXPECT_EQ(first[0].second, c.tag);
+  for (int round = 0; round < 3; ++round) {
+    for (std::size_t i = keys.size(); i-- > 0;) {  // the other way round: every lookup misses or hits anew
+      EXPECT_EQ(seal_case(keys[i], other_nonce), first[2 * i + 1]) << "key " << i;
+      EXPECT_EQ(seal_case(keys[i], c.nonce), first[2 * i]) << "key " << i;
+    }
+  }
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    for (std::size_t j = i + 1; j < first.size(); ++j) EXPECT_NE(first[i].second, first[j].second);
+  }
+  // A refused open and a failed seal under a key leave it sealing and opening correctly.
+  std::vector<std::byte> sink(c.ciphertext.size());
+  const std::span<const std::byte> cin[] = {c.ciphertext};
+  const std::span<std::byte> souts[] = {sink};
+  auto bad_tag = c.tag;
+  bad_tag[0] ^= std::byte{1};
+  EXPECT_EQ(aead_open(c.key, c.nonce, c.aad, cin, souts, bad_tag).code(), StatusCode::kPermissionDenied);
+  std::vector<std::byte> short_out(c.plaintext.size() - 1);
+  const std::span<const std::byte> pin[] = {c.plaintext};
+  const std::span<std::byte> short_outs[] = {short_out};
+  EXPECT_FALSE(aead_seal(c.key, c.nonce, c.aad, pin, short_outs).ok());
+  EXPECT_EQ(seal_case(c.key, c.nonce), first[0]);
+  ASSERT_TRUE(aead_open(c.key, c.nonce, c.aad, cin, souts, c.tag).ok());
+  EXPECT_EQ(sink, c.plaintext);
+  // Another thread (contexts of its own) agrees.
+  std::pair<std::vector<std::byte>, AeadTag> elsewhere;
+  std::thread([&] { elsewhere = seal_case(keys[7], c.nonce); }).join();
+  EXPECT_EQ(elsewhere, first[14]);
 }
 
 TEST(HkdfTest, Rfc5869TestCase1) {
