@@ -3,7 +3,8 @@
 // installed. Its relay tap does to sealed traffic what a controller in an attacker's hands
 // could: flip bits, replay a request, deliver one engine's request to another, rewrite the
 // engine id, flip bits in replies, swap two replies, forge a reply in the clear, hand a
-// balanced request to a second engine and pass both answers on. The test
+// balanced request to a second engine and pass both answers on, flip bits in the bodies and
+// results it splices on data connections (the bulk path). The test
 // picks the attack by writing its name into the file $TESTUDO_HOSTILE_MODE_FILE (read on
 // every message, so one cluster serves every attack; a missing file means "honest").
 #include <cstdlib>
@@ -100,6 +101,15 @@ class HostileTap : public RelayTap {
                                                              .engine_id = reply.envelope.engine_id,
                                                              .client_id = client},
                                                             {}, reply.segments));
+  }
+
+  // The bytes of sealed bodies and results on data connections (the bulk path), which the
+  // controller splices: one bit flipped in each.
+  // "flip-bulk": request bodies and results on their way into the store; "flip-bulk-out":
+  // results on their way out of it (one flip each, or the two would cancel out).
+  bool tamper_bulk(BulkTransfer what) override {
+    const std::string mode = current_mode();
+    return what == BulkTransfer::kResultToClient ? mode == "flip-bulk-out" : mode == "flip-bulk";
   }
 
   void to_client(Message& m) override {

@@ -111,8 +111,42 @@ CopyResult splice_copy(int src, std::uint64_t* src_offset, int dst, std::uint64_
 
 }  // namespace
 
+// The first byte of a transfer, through this process's memory with its lowest bit flipped:
+// what a compromised controller could do to a body it relays (flip_first_byte, for the
+// hostile test controller only). Offsets are advanced as splice_copy would.
+CopyResult move_one_byte_flipped(int src, std::uint64_t* src_offset, int dst, std::uint64_t* dst_offset,
+                                 std::chrono::milliseconds stall) {
+  CopyResult r;
+  unsigned char byte = 0;
+  pollfd in{src, POLLIN, 0};
+  if (!src_offset && ::poll(&in, 1, static_cast<int>(stall.count())) <= 0) {
+    r.status = unavailable("the sender sent nothing");
+    return r;
+  }
+  const ssize_t n = src_offset ? ::pread(src, &byte, 1, static_cast<off_t>(*src_offset)) : ::read(src, &byte, 1);
+  if (n != 1) {
+    r.status = unavailable("the first byte did not come");
+    return r;
+  }
+  byte ^= 0x01;
+  pollfd out{dst, POLLOUT, 0};
+  if (!dst_offset && ::poll(&out, 1, static_cast<int>(stall.count())) <= 0) {
+    r.status = unavailable("the receiver took nothing");
+    return r;
+  }
+  if ((dst_offset ? ::pwrite(dst, &byte, 1, static_cast<off_t>(*dst_offset)) : ::write(dst, &byte, 1)) != 1) {
+    r.status = unavailable("the first byte could not be written");
+    return r;
+  }
+  if (src_offset) ++*src_offset;
+  if (dst_offset) ++*dst_offset;
+  r.moved = 1;
+  return r;
+}
+
 struct BulkRelay::Transfer {
   std::uint64_t id = 0;
+  bool flip_first_byte = false;  // hostile test controller only
   std::uint64_t bytes = 0;
   std::string digest;
   Clock::TimePoint deadline;
@@ -209,16 +243,27 @@ void BulkRelay::start_copy(Transfer& t) {
   std::optional<std::uint64_t> src_offset = t.source_file ? std::optional(t.source_file->offset) : std::nullopt;
   std::optional<std::uint64_t> dst_offset = t.sink_file ? std::optional(t.sink_file->offset) : std::nullopt;
   const std::uint64_t id = t.id, bytes = t.bytes;
+  const bool flip = t.flip_first_byte;
   std::weak_ptr<int> alive = alive_;
-  t.copier = std::thread([this, alive, src, dst, src_offset, dst_offset, id, bytes, pipe = options_.pipe_bytes,
+  t.copier = std::thread([this, alive, src, dst, src_offset, dst_offset, id, bytes, flip, pipe = options_.pipe_bytes,
                           stall = options_.stall_timeout]() mutable {
-    CopyResult r = splice_copy(src, src_offset ? &*src_offset : nullptr, dst, dst_offset ? &*dst_offset : nullptr,
-                               bytes, pipe, stall);
+    std::uint64_t* from = src_offset ? &*src_offset : nullptr;
+    std::uint64_t* to = dst_offset ? &*dst_offset : nullptr;
+    CopyResult r = flip ? move_one_byte_flipped(src, from, dst, to, stall) : CopyResult{};
+    if (r.status.ok()) {
+      CopyResult rest = splice_copy(src, from, dst, to, bytes - r.moved, pipe, stall);
+      rest.moved += r.moved;
+      r = rest;
+    }
     if (!dst_offset) ::shutdown(dst, SHUT_WR);  // the receiver sees the end of the transfer
     clock_.post([this, alive, id, r] {
       if (alive.lock()) finish(id, r.moved, r.status);
     });
   });
+}
+
+void BulkRelay::flip_first_byte(std::uint64_t transfer) {
+  if (auto it = transfers_.find(transfer); it != transfers_.end()) it->second->flip_first_byte = true;
 }
 
 void BulkRelay::cancel(std::uint64_t transfer, const std::string& why) {

@@ -83,6 +83,10 @@ class BulkRelay {
   // The transfer is no longer wanted (its task ended another way): its connections close and
   // on_done reports it cancelled. Unknown ids are ignored.
   void cancel(std::uint64_t transfer, const std::string& why);
+  // What a compromised controller could do to a body it relays, for the hostile test
+  // controller only (tests/hostile_controller.cc, through RelayTap): the transfer's first
+  // byte goes through this process with its lowest bit flipped. Never called otherwise.
+  void flip_first_byte(std::uint64_t transfer);
 
   struct Counts {
     std::uint64_t completed = 0;   // transfers that moved all their bytes

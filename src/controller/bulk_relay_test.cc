@@ -154,6 +154,28 @@ TEST_F(BulkRelayTest, MovesATransferIntactWhicheverEndArrivesFirst) {
   EXPECT_EQ(c.open, 0u);
 }
 
+// The hostile test controller's handle (flip_first_byte): exactly one bit of the transfer
+// changes, and the rest still moves, so that what catches it downstream is the seal.
+TEST_F(BulkRelayTest, AFlippedTransferDiffersInItsFirstBitOnly) {
+  start({});
+  const std::vector<SharedBytes> body = {pattern(2 << 20, 4), pattern(5, 5)};
+  const std::vector<std::uint64_t> sizes = {2 << 20, 5};
+  const net::Ticket ticket = issue(7, (2 << 20) + 5);
+  on_loop([&] { relay_->flip_first_byte(7); });
+  UniqueFd sender = dial(net::DataRole::kSender, ticket);
+  UniqueFd receiver = dial(net::DataRole::kReceiver, ticket);
+  std::thread send([&] { EXPECT_TRUE(net::send_segments(sender.get(), body, 5s).ok()); });
+  auto got = net::receive_segments(receiver.get(), sizes, 5s);
+  send.join();
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  EXPECT_EQ((*got)[0].span()[0], body[0].span()[0] ^ std::byte{0x01});
+  EXPECT_TRUE(std::equal(body[0].span().begin() + 1, body[0].span().end(), (*got)[0].span().begin() + 1));
+  EXPECT_EQ((*got)[1].to_string(), body[1].to_string());
+  const BulkRelay::Done d = wait_done(7);
+  EXPECT_TRUE(d.status.ok()) << d.status.to_string();
+  EXPECT_EQ(d.moved, (2u << 20) + 5);
+}
+
 TEST_F(BulkRelayTest, TlsPeersStillHandshakeOnTheSamePort) {
   start({});
   auto client_identity = tls::generate_self_signed("bulk-test-client");

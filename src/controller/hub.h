@@ -35,6 +35,7 @@
 #include "controller/result_file_sender.h"
 #include "controller/scheduler.h"
 #include "controller/bulk_relay.h"
+#include "controller/relay_tap.h"
 #include "controller/spooled_reply.h"
 #include "controller/stored_results.h"
 #include "controller/streamed_request.h"
@@ -156,6 +157,8 @@ class Hub : private SchedulerSink {
   // appended to the engine's part; an error if the relay has no room.
   StatusOr<net::Ticket> issue_bulk_ticket(TaskId id, EngineId engine, const TaskSpec& task);
   void bulk_transfer_done(const BulkRelay::Done& done);
+  // The hostile test controller's relay tap may alter a transfer just issued (relay_tap.h).
+  void offer_to_tap(std::uint64_t transfer, RelayTap::BulkTransfer what);
   // A reply's task, settled in the scheduler: whom it goes to and how it ended.
   struct SettledReply {
     TaskId id = 0;

@@ -249,6 +249,7 @@ StatusOr<net::Ticket> Hub::issue_bulk_ticket(TaskId id, EngineId engine, const T
   }
   const std::uint64_t transfer = next_transfer_++;
   TESTUDO_ASSIGN_OR_RETURN(net::Ticket ticket, bulk_.issue(transfer, task.bulk_bytes));
+  offer_to_tap(transfer, RelayTap::BulkTransfer::kRequestBody);
   bulk_jobs_[transfer] = BulkRequestBody{id};
   request_transfers_[id] = transfer;
   if (Peer* client = peers_.client(task.client_id)) {
@@ -297,6 +298,7 @@ void Hub::route_bulk_reply(Peer& engine, wire::Message&& m) {
     auto file = (*spool)->file();
     ticket = bulk_.issue_to_file(transfer, bytes, {file->fd(), file->data_offset() + m.segments[0].size(), file});
     if (!ticket.ok()) (*spool)->abandon();
+    if (ticket.ok()) offer_to_tap(transfer, RelayTap::BulkTransfer::kResultIntoStore);
   }
   if (!ticket.ok()) {
     LOG_INFO("hub") << "the result of task " << id << " is sent whole: " << ticket.status().message();
@@ -319,6 +321,7 @@ bool Hub::send_file_in_bulk(Peer& client, const wire::Envelope& envelope,
   const std::uint64_t transfer = next_transfer_++;
   auto ticket = bulk_.issue_from_file(transfer, bytes, {file->fd(), file->data_offset() + sizes[0], file});
   if (!ticket.ok()) return false;
+  offer_to_tap(transfer, RelayTap::BulkTransfer::kResultToClient);
   bulk_jobs_[transfer] = BulkReplyToClient{envelope.task_id};
   wire::Message reply;
   reply.envelope = envelope;
@@ -328,6 +331,10 @@ bool Hub::send_file_in_bulk(Peer& client, const wire::Envelope& envelope,
   reply.segments.push_back(SharedBytes::copy_of(std::span<const std::byte>(*ticket)));
   send_to_client(client, std::move(reply));
   return true;
+}
+
+void Hub::offer_to_tap(std::uint64_t transfer, RelayTap::BulkTransfer what) {
+  if (RelayTap* tap = relay_tap(); tap != nullptr && tap->tamper_bulk(what)) bulk_.flip_first_byte(transfer);
 }
 
 void Hub::bulk_transfer_done(const BulkRelay::Done& done) {

@@ -44,6 +44,13 @@ class RelayTap {
     (void)reply;
     return std::nullopt;
   }
+  // A bulk transfer was just issued: true flips a bit of the bytes it moves
+  // (BulkRelay::flip_first_byte).
+  enum class BulkTransfer { kRequestBody, kResultIntoStore, kResultToClient };
+  virtual bool tamper_bulk(BulkTransfer what) {
+    (void)what;
+    return false;
+  }
 };
 
 // Before the controller starts; the hub calls the tap on its loop thread only.

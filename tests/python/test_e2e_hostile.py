@@ -15,6 +15,7 @@ import pytest
 
 import testudo
 from conftest import TESTUDO_BIN, Cluster
+from test_bulk import bulk_report
 
 HOSTILE_BIN = os.path.join(os.path.dirname(TESTUDO_BIN), "testudo-hostile")
 pytestmark = pytest.mark.skipif(not os.path.exists(HOSTILE_BIN), reason="testudo-hostile is not built")
@@ -162,3 +163,35 @@ def test_a_forged_clear_reply_is_refused_and_plain_clients_are_untouched(cluster
         # The tap touches only sealed traffic: a client without sealing goes on as before.
         assert plain[1].apply_sync(lambda: 41 + 1) == 42
     plain.close()
+
+
+def test_flipped_bits_on_data_connections_are_refused(cluster, sealed):
+    # The bulk path: bodies and results the controller splices between data connections. It
+    # can alter those bytes as easily as any others; the seal catches it all the same.
+    before = bulk_report(cluster)
+    big = os.urandom(3 << 20)
+    sealed[0].execute("bulk_hit = 0", block=True)
+    with cluster.attack("flip-bulk"):
+        with pytest.raises(testudo.SealBroken, match="engine 0 refused the sealed request.*does not open"):
+            sealed[0].push({"bulk_hit": big}, block=True)
+    assert sealed[0]["bulk_hit"] == 0  # the altered body never ran
+    # A large result, altered on its way into the controller's store: refused, and the
+    # stored copy stays refused (the controller altered what it keeps).
+    sealed[0].execute("import os; large = os.urandom(20 << 20)", block=True)
+    with cluster.attack("flip-bulk"):
+        ar = sealed[0].pull("large", block=False)
+        with pytest.raises(testudo.SealBroken, match="sealed reply from engine 0 does not open"):
+            ar.get(timeout=60)
+    with pytest.raises(testudo.SealBroken, match="sealed reply from engine 0 does not open"):
+        sealed.get_result(ar.msg_ids[0]).get(timeout=60)
+    # Altered on its way out of the store only: refused, and fetched again honestly it opens.
+    ar = sealed[0].pull("large", block=False)
+    good = ar.get(timeout=60)
+    assert len(good) == 20 << 20
+    with cluster.attack("flip-bulk-out"):
+        with pytest.raises(testudo.SealBroken, match="sealed reply from engine 0 does not open"):
+            sealed.get_result(ar.msg_ids[0]).get(timeout=60)
+    assert sealed.get_result(ar.msg_ids[0]).get(timeout=60) == good
+    # All of it went on data connections: a push, two results in and five out.
+    after = bulk_report(cluster)
+    assert after["bulk_transfers"] - before["bulk_transfers"] == 8
