@@ -73,6 +73,11 @@ struct HubOptions {
   std::uint64_t client_reply_queue_bytes = 256u << 20;
   // Sealed bodies on data connections (bulk_relay.h): tickets, deadlines, transfers at once.
   BulkRelayOptions bulk;
+  // One client's open transfers at most (its request bodies and the stored results it
+  // fetches), so that a client holding tickets it never uses cannot take the relay from the
+  // others. Beyond it a request body is refused (its task ends aborted, saying so) and a
+  // result goes on the control connection.
+  std::size_t bulk_per_client = 256;
   SchedulerOptions scheduler;
   // Seeds the scheduler's random choices (random and twobin schemes).
   std::uint64_t random_seed = 0;
@@ -275,6 +280,7 @@ class Hub : private SchedulerSink {
   // request-body transfers by task (cancelled when their task ends first).
   struct BulkRequestBody {
     TaskId task = 0;
+    std::uint32_t client = 0;
   };
   struct BulkReplyIntoStore {
     std::uint64_t engine_serial = 0;
@@ -284,9 +290,11 @@ class Hub : private SchedulerSink {
   };
   struct BulkReplyToClient {
     TaskId task = 0;
+    std::uint32_t client = 0;
   };
   std::unordered_map<std::uint64_t, std::variant<BulkRequestBody, BulkReplyIntoStore, BulkReplyToClient>> bulk_jobs_;
   std::unordered_map<TaskId, std::uint64_t> request_transfers_;
+  std::unordered_map<std::uint32_t, std::size_t> bulk_by_client_;  // open transfers per client (bulk_per_client)
   std::uint64_t next_transfer_ = 1;
   // Last: destroyed (and detached) first, so that the segments the other members still hold
   // are released without calling back into a hub being destroyed.

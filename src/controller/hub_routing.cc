@@ -247,10 +247,16 @@ StatusOr<net::Ticket> Hub::issue_bulk_ticket(TaskId id, EngineId engine, const T
     request_transfers_.erase(earlier);  // before cancel: it may report (and look here) at once
     bulk_.cancel(old_transfer, "task " + std::to_string(id) + " left again for another engine");
   }
+  if (auto open = bulk_by_client_.find(task.client_id);
+      open != bulk_by_client_.end() && open->second >= options_.bulk_per_client) {
+    return resource_exhausted("its client has " + std::to_string(open->second) +
+                              " bulk transfers open, the most one client may at once");
+  }
   const std::uint64_t transfer = next_transfer_++;
   TESTUDO_ASSIGN_OR_RETURN(net::Ticket ticket, bulk_.issue(transfer, task.bulk_bytes));
   offer_to_tap(transfer, RelayTap::BulkTransfer::kRequestBody);
-  bulk_jobs_[transfer] = BulkRequestBody{id};
+  bulk_jobs_[transfer] = BulkRequestBody{id, task.client_id};
+  ++bulk_by_client_[task.client_id];
   request_transfers_[id] = transfer;
   if (Peer* client = peers_.client(task.client_id)) {
     wire::Message t;
@@ -318,11 +324,15 @@ bool Hub::send_file_in_bulk(Peer& client, const wire::Envelope& envelope,
   if (!head.ok() || !e2e::decode_seal_header(head->span()).ok()) return false;
   const std::uint64_t bytes = file->total_bytes() - sizes[0];
   if (bytes == 0) return false;
+  if (auto open = bulk_by_client_.find(client.id); open != bulk_by_client_.end() && open->second >= options_.bulk_per_client) {
+    return false;  // on the control connection instead
+  }
   const std::uint64_t transfer = next_transfer_++;
   auto ticket = bulk_.issue_from_file(transfer, bytes, {file->fd(), file->data_offset() + sizes[0], file});
   if (!ticket.ok()) return false;
   offer_to_tap(transfer, RelayTap::BulkTransfer::kResultToClient);
-  bulk_jobs_[transfer] = BulkReplyToClient{envelope.task_id};
+  bulk_jobs_[transfer] = BulkReplyToClient{envelope.task_id, client.id};
+  ++bulk_by_client_[client.id];
   wire::Message reply;
   reply.envelope = envelope;
   reply.envelope.set_bulk(true);
@@ -342,6 +352,17 @@ void Hub::bulk_transfer_done(const BulkRelay::Done& done) {
   if (job == bulk_jobs_.end()) return;
   auto what = std::move(job->second);
   bulk_jobs_.erase(job);
+  const auto client = std::visit(
+      [](const auto& j) -> std::optional<std::uint32_t> {
+        if constexpr (requires { j.client; }) return j.client;
+        return std::nullopt;
+      },
+      what);
+  if (client) {
+    if (auto open = bulk_by_client_.find(*client); open != bulk_by_client_.end() && --open->second == 0) {
+      bulk_by_client_.erase(open);
+    }
+  }
   if (auto* body = std::get_if<BulkRequestBody>(&what)) {
     // Unless the task has left again since, with a transfer of its own.
     if (auto open = request_transfers_.find(body->task); open != request_transfers_.end() && open->second == done.transfer) {

@@ -961,6 +961,50 @@ TEST_F(HubTest, ABulkTaskThatWaitsHereGetsItsTicketOnlyWhenItLeaves) {
   EXPECT_EQ(tickets[0].envelope.task_id, pushes[0].envelope.task_id);
 }
 
+TEST_F(HubTest, OneClientCannotHoldMoreBulkTransfersThanItsShare) {
+  HubOptions options;
+  options.bulk_per_client = 1;
+  start(options);
+  auto e0 = join("engine:e0");
+  auto e1 = join("engine:e1");
+  auto alice = join("client:alice");
+  auto bob = join("client:alice");  // another client (connection), the same owner
+  auto bulk_push = [](std::uint64_t request_id, std::vector<std::uint32_t> targets) {
+    wire::Message m = request(MessageKind::kPush, request_id, targets, "head");
+    m.segments.pop_back();
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      m.segments.push_back(SharedBytes::copy_of(std::string_view("head")));
+      m.segments.push_back(net::encode_transfer_sizes(std::vector<std::uint64_t>{5}));
+    }
+    m.envelope.set_sealed(true);
+    m.envelope.set_bulk(true);
+    return m;
+  };
+  // Alice's broadcast to two engines: the first task gets her one transfer, the second
+  // ends aborted with the reason, and never reaches its engine.
+  alice->deliver(bulk_push(1, {0, 1}));
+  ASSERT_EQ(alice->sent_of(MessageKind::kBulkTicket).size(), 1u);
+  EXPECT_EQ(e0->sent_of(MessageKind::kPush).size(), 1u);
+  EXPECT_TRUE(e1->sent_of(MessageKind::kPush).empty());
+  clock_.advance(std::chrono::milliseconds(10));  // the refused task ends once dispatch is done
+  bool told = false;
+  for (const auto& reply : alice->sent_of(MessageKind::kTaskReply)) {
+    if (reply.envelope.engine_id == 1 && reply.envelope.text.find("the most one client may at once") != std::string::npos) {
+      told = true;
+    }
+  }
+  EXPECT_TRUE(told) << "the refused task's reply says why";
+  // Another client is not held back by what this one holds.
+  bob->deliver(bulk_push(2, {1}));
+  EXPECT_EQ(bob->sent_of(MessageKind::kBulkTicket).size(), 1u);
+  EXPECT_EQ(e1->sent_of(MessageKind::kPush).size(), 1u);
+  // Once Alice's transfer is over (her engine went away: cancelled), she has room again.
+  e0->drop(unavailable("engine died"));
+  clock_.advance(std::chrono::milliseconds(10));
+  alice->deliver(bulk_push(3, {1}));
+  EXPECT_EQ(alice->sent_of(MessageKind::kBulkTicket).size(), 2u);
+}
+
 // Reads exactly `n` bytes from a nonblocking socket within a few seconds.
 std::string read_exactly(int fd, std::size_t n) {
   std::string got;
