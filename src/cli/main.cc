@@ -346,10 +346,12 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
                 static_cast<unsigned long long>(j.value("replies_deferred", 0ull)),
                 j.value("replies_deferred", 0ull) == 1 ? "y" : "ies");
     std::printf("bulk path (sealed bodies spliced between data connections, never read here): %llu transfer(s), "
-                "%s moved, %llu failed, %llu data connection(s) refused\n",
+                "%s moved, %llu failed, %llu data connection(s) refused (bad tickets), %llu late (their task "
+                "had ended)\n",
                 static_cast<unsigned long long>(j.value("bulk_transfers", 0ull)),
                 mib(j.value("bulk_bytes", 0ull)).c_str(), static_cast<unsigned long long>(j.value("bulk_failed", 0ull)),
-                static_cast<unsigned long long>(j.value("bulk_refused", 0ull)));
+                static_cast<unsigned long long>(j.value("bulk_refused", 0ull)),
+                static_cast<unsigned long long>(j.value("bulk_late", 0ull)));
   }
   // How peers get in, and what the controller can see: said plainly (docs/e2e-design.md).
   if (j.contains("trust") && j["trust"].is_string()) {

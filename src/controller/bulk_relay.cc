@@ -220,8 +220,17 @@ void BulkRelay::refuse(const std::string& peer, const std::string& why) {
 }
 
 void BulkRelay::accept(UniqueFd socket, const net::DataHello& hello, const std::string& peer) {
-  auto found = by_digest_.find(digest_of(hello.ticket));
-  if (found == by_digest_.end()) return refuse(peer, "unknown, used or expired ticket");
+  const std::string digest = digest_of(hello.ticket);
+  auto found = by_digest_.find(digest);
+  if (found == by_digest_.end()) {
+    if (auto late = cancelled_.find(digest); late != cancelled_.end()) {
+      // Closed as the socket goes out of scope; nothing wrong with the peer.
+      cancelled_.erase(late);
+      ++counts_.late_connections;
+      return;
+    }
+    return refuse(peer, "unknown, used or expired ticket");
+  }
   Transfer& t = *transfers_.at(found->second);
   const bool sender = hello.role == net::DataRole::kSender;
   if (sender ? t.source_file.has_value() : t.sink_file.has_value()) {
@@ -277,6 +286,11 @@ void BulkRelay::cancel(std::uint64_t transfer, const std::string& why) {
     if (t.receiver.valid()) ::shutdown(t.receiver.get(), SHUT_RDWR);
     return;
   }
+  // An end that still comes (its task ended first: the other end never will) is closed
+  // without counting as a bad ticket, until the ticket would have expired anyway.
+  if (!t.seen_sender || !t.seen_receiver) {
+    if (cancelled_.size() < 4 * options_.max_transfers) cancelled_[t.digest] = t.deadline;
+  }
   finish(transfer, 0, unavailable(why));
 }
 
@@ -301,6 +315,7 @@ void BulkRelay::finish(std::uint64_t transfer, std::uint64_t moved, Status statu
 
 void BulkRelay::sweep() {
   const auto now = clock_.now();
+  std::erase_if(cancelled_, [now](const auto& late) { return now >= late.second; });
   std::vector<std::uint64_t> expired;
   for (const auto& [id, t] : transfers_) {
     if (!t->copier.joinable() && now >= t->deadline) expired.push_back(id);

@@ -93,6 +93,7 @@ class BulkRelay {
     std::uint64_t failed = 0;      // stalled, closed early, expired or cancelled
     std::uint64_t bytes_moved = 0;
     std::uint64_t refused_connections = 0;  // unknown, reused or expired tickets
+    std::uint64_t late_connections = 0;     // an end of a cancelled transfer, closed quietly
     std::size_t open = 0;          // tickets issued and not finished
   };
   Counts counts() const;
@@ -112,6 +113,9 @@ class BulkRelay {
   std::function<void(const std::string&, const std::string&)> on_refused_;
   std::map<std::uint64_t, std::unique_ptr<Transfer>> transfers_;
   std::unordered_map<std::string, std::uint64_t> by_digest_;  // SHA-256 of a ticket -> transfer
+  // Tickets of transfers cancelled before both ends came -> when they would have expired:
+  // the missing end may still come, in good faith (see cancel()).
+  std::unordered_map<std::string, Clock::TimePoint> cancelled_;
   Counts counts_;
   std::unique_ptr<Timer> sweeper_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // posted reports run only while it lives

@@ -284,5 +284,27 @@ TEST_F(BulkRelayTest, CancelEndsACopyingTransferAndTicketsAreBounded) {
   EXPECT_EQ(counts().open, 0u);
 }
 
+TEST_F(BulkRelayTest, AnEndThatComesAfterItsTransferWasCancelledIsLateNotRefused) {
+  start({});
+  const net::Ticket ticket = issue(1, 100);
+  on_loop([&] { relay_->cancel(1, "its task ended"); });
+  EXPECT_EQ(wait_done(1).status.message(), "its task ended");
+  // Its client had not dialed yet: it does now, in good faith.
+  UniqueFd late = dial(net::DataRole::kSender, ticket);
+  EXPECT_TRUE(closed_by_peer(late.get()));
+  auto c = counts();
+  EXPECT_EQ(c.late_connections, 1u);
+  EXPECT_EQ(c.refused_connections, 0u);
+  // Once: the same ticket again, or a ticket never issued, is refused as ever.
+  UniqueFd again = dial(net::DataRole::kSender, ticket);
+  EXPECT_TRUE(closed_by_peer(again.get()));
+  UniqueFd forged = dial(net::DataRole::kSender, net::Ticket{});
+  EXPECT_TRUE(closed_by_peer(forged.get()));
+  for (int i = 0; i < 200 && counts().refused_connections < 2; ++i) std::this_thread::sleep_for(10ms);
+  c = counts();
+  EXPECT_EQ(c.refused_connections, 2u);
+  EXPECT_EQ(c.late_connections, 1u);
+}
+
 }  // namespace
 }  // namespace testudo::controller

@@ -264,6 +264,7 @@ ClusterReport Hub::cluster_report() {
   r.bulk_failed = bulk.failed;
   r.bulk_bytes = bulk.bytes_moved;
   r.bulk_refused = bulk.refused_connections;
+  r.bulk_late = bulk.late_connections;
   return r;
 }
 

@@ -71,7 +71,8 @@ std::string cluster_status_json(const ClusterReport& report, const Scheduler& sc
                {"bulk_transfers", report.bulk_completed},
                {"bulk_failed", report.bulk_failed},
                {"bulk_bytes", report.bulk_bytes},
-               {"bulk_refused", report.bulk_refused}});
+               {"bulk_refused", report.bulk_refused},
+               {"bulk_late", report.bulk_late}});
 }
 
 std::string queue_status_json(const Scheduler& scheduler) {

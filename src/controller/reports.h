@@ -64,6 +64,7 @@ struct ClusterReport {
   std::uint64_t bulk_failed = 0;
   std::uint64_t bulk_bytes = 0;
   std::uint64_t bulk_refused = 0;  // data connections with a bad ticket
+  std::uint64_t bulk_late = 0;     // an end of a transfer cancelled before it came (its task ended)
 };
 
 // {"engines": [ids], "tags": {"<id>": {facts}}, "next_engine_id": n}: ids below n that are not
