@@ -667,6 +667,20 @@ int main(int argc, char** argv) {
                                    {flag, is_path ? std::filesystem::absolute(value).string() : value});
     }
     if (cluster_auto_accept) lopts.controller_args.push_back("--auto-accept");
+    // End-to-end sealing in CA mode: the engines started on this host open sealed requests
+    // from every client the CA issued (as the controller admits them), not only the owner's,
+    // reading the CA file themselves. Engines on other hosts cannot read this path: they are
+    // given --client-cafile by whoever starts them (docs/security.md, "End-to-end sealing").
+    std::string trust, cafile;
+    for (const auto& [flag, value] : passthrough_values) {
+      if (flag == "--trust") trust = value;
+      if (flag == "--cafile") cafile = value;
+    }
+    if (trust == "ca" && !cafile.empty() &&
+        (launcher->kind == launch::EngineLauncherOptions::Kind::kLocal ||
+         launcher->kind == launch::EngineLauncherOptions::Kind::kMpi)) {
+      lopts.engine_args.insert(lopts.engine_args.end(), {"--client-cafile", std::filesystem::absolute(cafile).string()});
+    }
     return cluster_start(profile, lopts, daemonize, cluster_heartbeat);
   }
   if (*list_clusters) return cmd_list_clusters();
