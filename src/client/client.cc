@@ -188,12 +188,17 @@ struct Client::Impl {
   // leaves for another engine with a new ticket, and the body goes again. Loop thread.
   std::string data_host;
   std::uint16_t data_port = 0;
+  // A part's plaintext and how to seal it: sealed as it is sent (client/bulk_split.h).
+  struct BulkPart {
+    std::vector<SharedBytes> plaintext;  // shared with the caller's buffers, not copied
+    std::shared_ptr<const e2e::PreparedSeal> seal;
+  };
   struct BulkBody {
-    std::vector<SharedBytes> segments;
+    BulkPart part;
     bool until_reply = false;  // load balanced: it may be asked for again
   };
   struct BulkRequest {
-    std::vector<std::vector<SharedBytes>> parts;  // per target; one part, load balanced
+    std::vector<BulkPart> parts;  // per target; one part, load balanced
     bool balanced = false;
   };
   std::unordered_map<std::uint64_t, BulkRequest> bulk_bodies;
@@ -433,15 +438,34 @@ struct Client::Impl {
     state->replies.resize(state->targets.size());
     state->remaining = state->targets.size();
     if (state->targets.empty()) return AsyncResult(state);
+    // A sealed body this large goes on data connections (the bulk path), sealed as it is
+    // sent once the controller's ticket comes; here only its parts' headers and sizes.
+    std::vector<BulkPart> bulk;
     if (seals && head.kind != wire::MessageKind::kGetResult) {
-      auto sealed = balanced ? seal_balanced(state->request_id, head, segments)
-                             : seal(state->request_id, head, state->targets, segments);
-      if (!sealed.ok()) {
-        state->fail_all(outcome_status(Outcome::kSealBroken, sealed.status().message()));
+      auto prepared = balanced ? seal_balanced(state->request_id, head, segments)
+                               : seal(state->request_id, head, state->targets, segments);
+      if (!prepared.ok()) {
+        state->fail_all(outcome_status(Outcome::kSealBroken, prepared.status().message()));
         return AsyncResult(state);
       }
-      segments = std::move(sealed).value();
+      std::vector<SharedBytes> sealed;
+      const bool in_bulk = client::goes_in_bulk(head.kind, segments, options.bulk_from_bytes);
+      for (e2e::PreparedSeal& part : *prepared) {
+        if (in_bulk) {
+          for (SharedBytes& s : client::bulk_control_part(part, segments)) sealed.push_back(std::move(s));
+          bulk.push_back({segments, std::make_shared<const e2e::PreparedSeal>(std::move(part))});
+          continue;
+        }
+        auto one = e2e::seal_prepared(std::move(part), segments);
+        if (!one.ok()) {
+          state->fail_all(outcome_status(Outcome::kSealBroken, one.status().message()));
+          return AsyncResult(state);
+        }
+        for (SharedBytes& s : *one) sealed.push_back(std::move(s));
+      }
+      segments = std::move(sealed);
       head.set_sealed(true);
+      head.set_bulk(in_bulk);
     }
     // The controller would drop the connection over a message beyond its limits (and every
     // other request on it): refuse this one alone, before it leaves. Its largest message is
@@ -453,12 +477,6 @@ struct Client::Impl {
       if (limits.max_message_bytes != wire::Limits{}.max_message_bytes) why += " (controller --max-message-bytes)";
       state->fail_all(outcome_status(Outcome::kTooLarge, why));
       return AsyncResult(state);
-    }
-    std::vector<std::vector<SharedBytes>> bulk;
-    if (head.sealed() && options.bulk_from_bytes > 0) {
-      // A load-balanced request is one part, sealed for whichever engine runs it.
-      bulk = client::split_for_bulk(segments, balanced ? 1 : state->targets.size(), options.bulk_from_bytes);
-      if (!bulk.empty()) head.set_bulk(true);
     }
     submit([this, state, balanced = balanced.has_value(), head = std::move(head), segments = std::move(segments), bulk = std::move(bulk)]() mutable {
       // Not sent while the link is down (the link's resend rules): it fails at once.
@@ -509,14 +527,14 @@ struct Client::Impl {
     if (it->second->deliver(std::move(failed))) pending.erase(it);
   }
 
-  // The controller's ticket for a bulk task, as it leaves for its engine: its sealed body
-  // goes on a data connection, from a thread of its own (the bytes are already sealed; the
-  // thread shares what it sends). A failure is logged here; the task's reply says it too
-  // (its engine answers that the body never arrived).
+  // The controller's ticket for a bulk task, as it leaves for its engine: its body goes on a
+  // data connection, sealed chunk by chunk as it is sent, from a thread of its own (which
+  // shares the plaintext buffers, not a copy). A failure is logged here; the task's reply
+  // says it too (its engine answers that the body never arrived).
   void send_bulk_body(const wire::Message& ticket) {
     auto found = bulk_by_task.find(ticket.envelope.task_id);
     if (found == bulk_by_task.end()) return;
-    std::vector<SharedBytes> body = found->second.segments;  // shared, not copied
+    BulkPart part = found->second.part;  // shared, not copied
     if (!found->second.until_reply) bulk_by_task.erase(found);
     const auto t = ticket.segments.size() == 1 ? net::ticket_in(ticket.segments[0]) : std::nullopt;
     if (!t) {
@@ -524,16 +542,17 @@ struct Client::Impl {
       return;
     }
     std::thread([host = data_host, port = data_port, hello = net::DataHello{net::DataRole::kSender, *t},
-                 body = std::move(body), task = ticket.envelope.task_id, timeout = options.connect_timeout] {
-      const Status sent = net::send_transfer(host, port, hello, body, timeout);
+                 part = std::move(part), task = ticket.envelope.task_id, timeout = options.connect_timeout] {
+      const Status sent = client::send_sealed_transfer(host, port, hello, part.plaintext, *part.seal, timeout);
       if (!sent.ok()) LOG_WARN("client") << "the sealed body of task " << task << " was not sent: " << sent.message();
     }).detach();
   }
 
   // `body` sealed for each target (ClientSeals), after learning the engines' seal keys from
   // the engine list if some target is new to this client.
-  StatusOr<std::vector<SharedBytes>> seal(std::uint64_t request_id, const wire::Envelope& head,
-                                          const std::vector<EngineId>& targets, std::span<const SharedBytes> body) {
+  StatusOr<std::vector<e2e::PreparedSeal>> seal(std::uint64_t request_id, const wire::Envelope& head,
+                                                const std::vector<EngineId>& targets,
+                                                std::span<const SharedBytes> body) {
     if (!seals->knows(targets)) {
       // The network thread cannot wait for its own answer.
       if (std::this_thread::get_id() == network.get_id()) {
@@ -542,14 +561,14 @@ struct Client::Impl {
       TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
       seals->learn(list);
     }
-    return seals->seal_request(request_id, head, targets, body);
+    return seals->prepare_request(request_id, head, targets, body);
   }
 
   // `body` sealed for a load-balanced request, whose allowed engines (head.targets; none:
   // any) become those that hold this client's keys: the controller may place it only there.
   // Engines listed but not paired yet are paired first, with one sealed empty pull each.
-  StatusOr<std::vector<SharedBytes>> seal_balanced(std::uint64_t request_id, wire::Envelope& head,
-                                                   std::span<const SharedBytes> body) {
+  StatusOr<std::vector<e2e::PreparedSeal>> seal_balanced(std::uint64_t request_id, wire::Envelope& head,
+                                                         std::span<const SharedBytes> body) {
     const bool on_network_thread = std::this_thread::get_id() == network.get_id();
     if (!on_network_thread) {
       // New engines are noticed within a second, not by asking before every task.
@@ -572,7 +591,10 @@ struct Client::Impl {
                                "verified, or none answered the pairing in time)");
     }
     head.targets = std::move(paired);
-    return seals->seal_balanced(request_id, head, body);
+    TESTUDO_ASSIGN_OR_RETURN(e2e::PreparedSeal one, seals->prepare_balanced(request_id, head, body));
+    std::vector<e2e::PreparedSeal> out;
+    out.push_back(std::move(one));
+    return out;
   }
 
   StatusOr<std::string> control(wire::MessageKind kind, std::vector<EngineId> targets = {},

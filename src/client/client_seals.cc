@@ -98,9 +98,21 @@ StatusOr<ClientSeals::Pair*> ClientSeals::pair_for(EngineId engine) {
   return &pairs_.emplace(engine, std::move(pair)).first->second;
 }
 
-StatusOr<std::vector<SharedBytes>> ClientSeals::seal_request(std::uint64_t request_id, const wire::Envelope& head,
-                                                             const std::vector<EngineId>& targets,
-                                                             std::span<const SharedBytes> body) {
+namespace {
+
+std::vector<std::uint64_t> sizes_of(std::span<const SharedBytes> body) {
+  std::vector<std::uint64_t> sizes;
+  sizes.reserve(body.size());
+  for (const SharedBytes& segment : body) sizes.push_back(segment.size());
+  return sizes;
+}
+
+}  // namespace
+
+StatusOr<std::vector<e2e::PreparedSeal>> ClientSeals::prepare_request(std::uint64_t request_id,
+                                                                      const wire::Envelope& head,
+                                                                      const std::vector<EngineId>& targets,
+                                                                      std::span<const SharedBytes> body) {
   struct Job {
     e2e::PairKey key;
     e2e::SealHeader header;
@@ -121,26 +133,19 @@ StatusOr<std::vector<SharedBytes>> ClientSeals::seal_request(std::uint64_t reque
       jobs.push_back(std::move(job));
     }
   }
-  std::vector<SharedBytes> out;
-  out.reserve(targets.size() * (body.size() + 1));
+  const std::vector<std::uint64_t> sizes = sizes_of(body);
+  std::vector<e2e::PreparedSeal> out;
+  out.reserve(targets.size());
   for (std::size_t i = 0; i < targets.size(); ++i) {
-    TESTUDO_ASSIGN_OR_RETURN(std::vector<SharedBytes> part,
-                             e2e::seal_body(jobs[i].key, jobs[i].header, {head.kind, head.kind_flags(), targets[i], 0},
-                                            body));
-    for (auto& segment : part) out.push_back(std::move(segment));
+    out.push_back(e2e::prepare_seal(jobs[i].key, std::move(jobs[i].header),
+                                    {head.kind, head.kind_flags(), targets[i], 0}, sizes));
   }
-  std::lock_guard lock(mutex_);
-  requests_[request_id] = std::move(parts);
-  request_order_.push_back(request_id);
-  while (request_order_.size() > kMaxRememberedRequests) {
-    requests_.erase(request_order_.front());  // its tasks_ entries then find nothing
-    request_order_.pop_front();
-  }
+  remember(request_id, std::move(parts));
   return out;
 }
 
-StatusOr<std::vector<SharedBytes>> ClientSeals::seal_balanced(std::uint64_t request_id, const wire::Envelope& head,
-                                                              std::span<const SharedBytes> body) {
+StatusOr<e2e::PreparedSeal> ClientSeals::prepare_balanced(std::uint64_t request_id, const wire::Envelope& head,
+                                                          std::span<const SharedBytes> body) {
   e2e::SealHeader header;
   header.part = e2e::Part::kBalancedRequest;
   header.code_digest = e2e::request_code_digest(head.kind, body);
@@ -148,17 +153,20 @@ StatusOr<std::vector<SharedBytes>> ClientSeals::seal_balanced(std::uint64_t requ
     std::lock_guard lock(mutex_);
     header.seq = balanced_next_seq_++;
   }
-  TESTUDO_ASSIGN_OR_RETURN(std::vector<SharedBytes> sealed,
-                           e2e::seal_body(balanced_, header, {head.kind, head.kind_flags(), wire::kAnyEngine, 0}, body));
-  std::lock_guard lock(mutex_);
   // The engine is not known yet: the reply names it, and must be sealed under its pair key.
-  requests_[request_id] = {Expectation{wire::kAnyEngine, balanced_.id, header.seq, head.kind, 0}};
+  remember(request_id, {Expectation{wire::kAnyEngine, balanced_.id, header.seq, head.kind, 0}});
+  return e2e::prepare_seal(balanced_, std::move(header), {head.kind, head.kind_flags(), wire::kAnyEngine, 0},
+                           sizes_of(body));
+}
+
+void ClientSeals::remember(std::uint64_t request_id, std::vector<Expectation> parts) {
+  std::lock_guard lock(mutex_);
+  requests_[request_id] = std::move(parts);
   request_order_.push_back(request_id);
   while (request_order_.size() > kMaxRememberedRequests) {
-    requests_.erase(request_order_.front());
+    requests_.erase(request_order_.front());  // its tasks_ entries then find nothing
     request_order_.pop_front();
   }
-  return sealed;
 }
 
 std::vector<EngineId> ClientSeals::listed() const {

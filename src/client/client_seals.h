@@ -4,8 +4,8 @@
 // direct request for each of its targets, and opening the replies and live output that come
 // back — refusing any that are not sealed for exactly the request they answer.
 //
-// Threading: callers' threads seal (seal_request), the network thread opens (submitted,
-// open_reply, open_output); one mutex guards the state. Sealing a large body happens outside it.
+// Threading: callers' threads prepare (prepare_request), the network thread opens (submitted,
+// open_reply, open_output); one mutex guards the state. Sealing itself happens outside it.
 #pragma once
 
 #include <chrono>
@@ -44,16 +44,18 @@ class ClientSeals {
   // each engine's verdict.
   void learn(std::string_view engine_list_json);
 
-  // `body` sealed for each of `targets` in order (wire/message.h: equal parts), and the
-  // expectations to open their replies with, filed under `request_id`. kPermissionDenied
-  // (reported as Outcome::kSealBroken) naming an engine that cannot be verified.
-  StatusOr<std::vector<SharedBytes>> seal_request(std::uint64_t request_id, const wire::Envelope& head,
-                                                  const std::vector<EngineId>& targets,
-                                                  std::span<const SharedBytes> body);
-  // `body` sealed once under this process's balanced key, for whichever engine the controller
-  // picks among those this client paired with (paired()).
-  StatusOr<std::vector<SharedBytes>> seal_balanced(std::uint64_t request_id, const wire::Envelope& head,
-                                                   std::span<const SharedBytes> body);
+  // `body` prepared for sealing for each of `targets` in order (wire/message.h: equal parts;
+  // e2e::seal_prepared seals one, or the bulk path as it sends), and the expectations to open
+  // their replies with, filed under `request_id`; sequence numbers and offers are taken now.
+  // kPermissionDenied (reported as Outcome::kSealBroken) naming an engine that cannot be
+  // verified.
+  StatusOr<std::vector<e2e::PreparedSeal>> prepare_request(std::uint64_t request_id, const wire::Envelope& head,
+                                                           const std::vector<EngineId>& targets,
+                                                           std::span<const SharedBytes> body);
+  // `body` prepared once under this process's balanced key, for whichever engine the
+  // controller picks among those this client paired with (paired()).
+  StatusOr<e2e::PreparedSeal> prepare_balanced(std::uint64_t request_id, const wire::Envelope& head,
+                                               std::span<const SharedBytes> body);
 
   // Engine ids the controller has listed (with a seal statement), and when the list was last
   // learned.
@@ -102,6 +104,8 @@ class ClientSeals {
     std::uint64_t last_chunk = 0;
     std::optional<EngineId> answered_by;  // balanced requests: the engine whose answer opened
   };
+  // Files the expectations of a request's replies (bounded: the oldest are forgotten).
+  void remember(std::uint64_t request_id, std::vector<Expectation> parts);
   // Sealed requests remembered (to hold their replies to the request they answer); beyond
   // this the oldest are forgotten, and their stored results open as any process's would.
   static constexpr std::size_t kMaxRememberedRequests = 1u << 18;

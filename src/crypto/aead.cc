@@ -236,6 +236,42 @@ CipherCtx one_time_context(const AeadKey& key, const AeadNonce& nonce, bool encr
 
 }  // namespace
 
+struct AeadSealStream::Ctx {
+  CipherCtx cipher;
+};
+
+AeadSealStream::AeadSealStream(std::unique_ptr<Ctx> ctx) : ctx_(std::move(ctx)) {}
+AeadSealStream::AeadSealStream(AeadSealStream&&) noexcept = default;
+AeadSealStream& AeadSealStream::operator=(AeadSealStream&&) noexcept = default;
+AeadSealStream::~AeadSealStream() = default;
+
+StatusOr<AeadSealStream> AeadSealStream::start(const AeadKey& key, const AeadNonce& nonce,
+                                               std::span<const std::byte> aad) {
+  auto ctx = std::make_unique<Ctx>();
+  ctx->cipher = one_time_context(key, nonce, true);
+  if (!ctx->cipher) return sealing_failure("set-up");
+  if (!add_aad(ctx->cipher.get(), aad, true)) return sealing_failure("encryption");
+  return AeadSealStream(std::move(ctx));
+}
+
+Status AeadSealStream::update(std::span<const std::byte> in, std::span<std::byte> out) {
+  if (!ctx_ || !ctx_->cipher) return sealing_failure("encryption (a spent stream)");
+  const std::span<const std::byte> ins[] = {in};
+  const std::span<std::byte> outs[] = {out};
+  if (!update_pieces(ctx_->cipher.get(), ins, outs, EVP_EncryptUpdate)) {
+    ctx_->cipher.reset();
+    return sealing_failure("encryption");
+  }
+  return ok_status();
+}
+
+StatusOr<AeadTag> AeadSealStream::finish() {
+  if (!ctx_ || !ctx_->cipher) return sealing_failure("finish (a spent stream)");
+  auto tag = seal_on(ctx_->cipher.get(), {}, {}, {});  // nothing more to encrypt: the final and the tag
+  ctx_->cipher.reset();
+  return tag;
+}
+
 StatusOr<AeadTag> aead_seal(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
                             std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out) {
   EVP_CIPHER_CTX* ctx = keyed_contexts.get(key, true, nonce);

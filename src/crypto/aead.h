@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -40,6 +41,28 @@ StatusOr<AeadTag> aead_seal(const AeadKey& key, const AeadNonce& nonce, std::spa
 Status aead_open(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad,
                  std::span<const std::span<const std::byte>> in, std::span<const std::span<std::byte>> out,
                  const AeadTag& tag);
+
+// One AES-256-GCM message sealed piece by piece as its bytes become available (the bulk
+// path encrypts while it sends): the same bytes and tag as aead_seal over the same pieces.
+// One thread at a time; a context of its own, freed with it.
+class AeadSealStream {
+ public:
+  // Fails only on an OpenSSL error.
+  static StatusOr<AeadSealStream> start(const AeadKey& key, const AeadNonce& nonce, std::span<const std::byte> aad);
+  // Encrypts `in` into `out` (the same size; it may be the same memory).
+  Status update(std::span<const std::byte> in, std::span<std::byte> out);
+  // The tag, once every byte went through update; the stream is spent.
+  StatusOr<AeadTag> finish();
+
+  AeadSealStream(AeadSealStream&&) noexcept;
+  AeadSealStream& operator=(AeadSealStream&&) noexcept;
+  ~AeadSealStream();
+
+ private:
+  struct Ctx;
+  explicit AeadSealStream(std::unique_ptr<Ctx> ctx);
+  std::unique_ptr<Ctx> ctx_;
+};
 
 // X25519 key pairs (RFC 7748) for sealing keys to a recipient.
 inline constexpr std::size_t kX25519Bytes = 32;

@@ -165,6 +165,47 @@ TEST(AeadTest, ReusedContextsNeverMixKeysNoncesOrFailures) {
   EXPECT_EQ(elsewhere, first[14]);
 }
 
+TEST(AeadTest, AStreamSealsTheSameBytesAndTagAsOneCall) {
+  Case16 c;
+  // The specification's vector through the stream in uneven pieces (one empty).
+  auto stream = AeadSealStream::start(c.key, c.nonce, c.aad);
+  ASSERT_TRUE(stream.ok()) << stream.status().message();
+  std::vector<std::byte> out(c.plaintext.size());
+  std::size_t at = 0;
+  for (std::size_t n : {std::size_t{1}, std::size_t{0}, std::size_t{17}, c.plaintext.size() - 18}) {
+    ASSERT_TRUE(stream->update(std::span(c.plaintext).subspan(at, n), std::span(out).subspan(at, n)).ok());
+    at += n;
+  }
+  auto tag = stream->finish();
+  ASSERT_TRUE(tag.ok());
+  EXPECT_EQ(out, c.ciphertext);
+  EXPECT_EQ(*tag, c.tag);
+  EXPECT_FALSE(stream->finish().ok()) << "a spent stream";
+  // A larger body: the same as aead_seal, and it opens.
+  std::vector<std::byte> body(3 * 1024 * 1024 + 5);
+  for (std::size_t i = 0; i < body.size(); ++i) body[i] = static_cast<std::byte>(i * 31 + 7);
+  std::vector<std::byte> whole(body.size()), streamed(body.size());
+  const std::span<const std::byte> in[] = {body};
+  const std::span<std::byte> outs[] = {whole};
+  auto one_call = aead_seal(c.key, c.nonce, c.aad, in, outs);
+  ASSERT_TRUE(one_call.ok());
+  auto s2 = AeadSealStream::start(c.key, c.nonce, c.aad);
+  ASSERT_TRUE(s2.ok());
+  for (std::size_t off = 0; off < body.size(); off += 1 << 20) {
+    const std::size_t n = std::min<std::size_t>(1 << 20, body.size() - off);
+    ASSERT_TRUE(s2->update(std::span(body).subspan(off, n), std::span(streamed).subspan(off, n)).ok());
+  }
+  auto tag2 = s2->finish();
+  ASSERT_TRUE(tag2.ok());
+  EXPECT_EQ(streamed, whole);
+  EXPECT_EQ(*tag2, *one_call);
+  std::vector<std::byte> back(body.size());
+  const std::span<const std::byte> cin[] = {streamed};
+  const std::span<std::byte> bouts[] = {back};
+  ASSERT_TRUE(aead_open(c.key, c.nonce, c.aad, cin, bouts, *tag2).ok());
+  EXPECT_EQ(back, body);
+}
+
 TEST(HkdfTest, Rfc5869TestCase1) {
   auto okm = hkdf_sha256(hex("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b"), hex("000102030405060708090a0b0c"),
                          std::string_view("\xf0\xf1\xf2\xf3\xf4\xf5\xf6\xf7\xf8\xf9", 10));

@@ -115,17 +115,31 @@ CipherPass buffers_for(std::span<const SharedBytes> from, std::vector<SharedByte
 
 }  // namespace
 
-StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader header, const SealContext& context,
-                                             std::span<const SharedBytes> body) {
+PreparedSeal prepare_seal(const PairKey& key, SealHeader header, const SealContext& context,
+                          std::span<const std::uint64_t> sizes) {
   header.key_id = key.id;
-  const std::vector<std::byte> aad = associated_data(header, context, sizes_of(body));
+  PreparedSeal p;
+  p.aad = associated_data(header, context, sizes);
+  p.nonce = nonce_of(header);
+  p.key = key.key;
+  p.header = std::move(header);
+  return p;
+}
+
+StatusOr<std::vector<SharedBytes>> seal_prepared(PreparedSeal prepared, std::span<const SharedBytes> body) {
   std::vector<SharedBytes> out;
   out.reserve(body.size() + 1);
   out.emplace_back();  // the header, once the tag is known
   const CipherPass pass = buffers_for(body, out);
-  TESTUDO_ASSIGN_OR_RETURN(header.tag, crypto::aead_seal(key.key, nonce_of(header), aad, pass.in, pass.out));
-  out[0] = encode_seal_header(header);
+  TESTUDO_ASSIGN_OR_RETURN(prepared.header.tag,
+                           crypto::aead_seal(prepared.key, prepared.nonce, prepared.aad, pass.in, pass.out));
+  out[0] = encode_seal_header(prepared.header);
   return out;
+}
+
+StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader header, const SealContext& context,
+                                             std::span<const SharedBytes> body) {
+  return seal_prepared(prepare_seal(key, std::move(header), context, sizes_of(body)), body);
 }
 
 StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,

@@ -92,6 +92,21 @@ crypto::Digest request_code_digest(wire::MessageKind kind, std::span<const Share
 StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader header, const SealContext& context,
                                              std::span<const SharedBytes> body);
 
+// A body to be sealed later, piece by piece, as it is sent (the bulk path, docs/protocol.md
+// "The bulk path"): its header (key id set, tag not yet known) and what the cipher needs. The
+// same bytes and tag as seal_body of the same body; the tag then travels after the
+// ciphertext instead of in the header.
+struct PreparedSeal {
+  SealHeader header;
+  crypto::AeadKey key{};
+  crypto::AeadNonce nonce{};
+  std::vector<std::byte> aad;
+};
+PreparedSeal prepare_seal(const PairKey& key, SealHeader header, const SealContext& context,
+                          std::span<const std::uint64_t> sizes);
+// seal_body of a prepared body (whose sizes must be the ones it was prepared for).
+StatusOr<std::vector<SharedBytes>> seal_prepared(PreparedSeal prepared, std::span<const SharedBytes> body);
+
 // The plaintext segments of `sealed` (a sealed body without its header segment), under the
 // header already decoded and `context` as the receiver expects it. kPermissionDenied when
 // anything was altered or the body was made for another context.

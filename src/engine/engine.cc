@@ -276,6 +276,22 @@ struct Engine::Impl {
     return task;
   }
 
+  // A bulk part's GCM tag comes after its ciphertext on the data connection (the client seals
+  // as it sends, client/bulk_split.h): it goes back into the seal header (m.segments[0],
+  // whose tag is all zero until then), and the ciphertext segments are returned. Anything
+  // else is a malformed part, refused before anything is opened.
+  static StatusOr<std::vector<SharedBytes>> with_trailing_tag(wire::Message& m, std::vector<SharedBytes> body) {
+    if (m.segments.empty() || body.empty() || body.back().size() != crypto::kAeadTagBytes) {
+      return data_loss("a bulk body without its tag");
+    }
+    TESTUDO_ASSIGN_OR_RETURN(e2e::SealHeader header, e2e::decode_seal_header(m.segments[0].span()));
+    if (header.tag != crypto::AeadTag{}) return data_loss("a bulk body with a tag in its seal header as well");
+    std::copy_n(body.back().data(), crypto::kAeadTagBytes, header.tag.begin());
+    body.pop_back();
+    m.segments[0] = e2e::encode_seal_header(header);
+    return body;
+  }
+
   // Bulk replies: a sealed result of this many bytes or more is offered to the controller as
   // [seal header, transfer sizes] and held here until it answers with a data-connection ticket
   // (the ciphertext then goes into the task store's file) or with none (sent whole). The
@@ -453,6 +469,7 @@ struct Engine::Impl {
         // request the client sealed, [seal header, ciphertext...], or the task fails unopened.
         m = std::move(bulk->message);
         StatusOr<std::vector<SharedBytes>> body = bulk->body.get();
+        if (body.ok()) body = with_trailing_tag(m, std::move(body).value());
         if (body.ok()) {
           m.segments.resize(1);
           for (SharedBytes& segment : *body) m.segments.push_back(std::move(segment));
