@@ -20,9 +20,7 @@ bool goes_in_bulk(wire::MessageKind kind, std::span<const SharedBytes> body, std
 }
 
 std::vector<SharedBytes> bulk_control_part(const e2e::PreparedSeal& seal, std::span<const SharedBytes> body) {
-  std::vector<std::uint64_t> sizes;
-  sizes.reserve(body.size() + 1);
-  for (const SharedBytes& segment : body) sizes.push_back(segment.size());
+  std::vector<std::uint64_t> sizes = e2e::segment_sizes(body);
   sizes.push_back(crypto::kAeadTagBytes);
   return {e2e::encode_seal_header(seal.header), net::encode_transfer_sizes(sizes)};
 }

@@ -98,17 +98,6 @@ StatusOr<ClientSeals::Pair*> ClientSeals::pair_for(EngineId engine) {
   return &pairs_.emplace(engine, std::move(pair)).first->second;
 }
 
-namespace {
-
-std::vector<std::uint64_t> sizes_of(std::span<const SharedBytes> body) {
-  std::vector<std::uint64_t> sizes;
-  sizes.reserve(body.size());
-  for (const SharedBytes& segment : body) sizes.push_back(segment.size());
-  return sizes;
-}
-
-}  // namespace
-
 StatusOr<std::vector<e2e::PreparedSeal>> ClientSeals::prepare_request(std::uint64_t request_id,
                                                                       const wire::Envelope& head,
                                                                       const std::vector<EngineId>& targets,
@@ -133,12 +122,11 @@ StatusOr<std::vector<e2e::PreparedSeal>> ClientSeals::prepare_request(std::uint6
       jobs.push_back(std::move(job));
     }
   }
-  const std::vector<std::uint64_t> sizes = sizes_of(body);
   std::vector<e2e::PreparedSeal> out;
   out.reserve(targets.size());
   for (std::size_t i = 0; i < targets.size(); ++i) {
     out.push_back(e2e::prepare_seal(jobs[i].key, std::move(jobs[i].header),
-                                    {head.kind, head.kind_flags(), targets[i], 0}, sizes));
+                                    {head.kind, head.kind_flags(), targets[i], 0}, body));
   }
   remember(request_id, std::move(parts));
   return out;
@@ -155,8 +143,7 @@ StatusOr<e2e::PreparedSeal> ClientSeals::prepare_balanced(std::uint64_t request_
   }
   // The engine is not known yet: the reply names it, and must be sealed under its pair key.
   remember(request_id, {Expectation{wire::kAnyEngine, balanced_.id, header.seq, head.kind, 0}});
-  return e2e::prepare_seal(balanced_, std::move(header), {head.kind, head.kind_flags(), wire::kAnyEngine, 0},
-                           sizes_of(body));
+  return e2e::prepare_seal(balanced_, std::move(header), {head.kind, head.kind_flags(), wire::kAnyEngine, 0}, body);
 }
 
 void ClientSeals::remember(std::uint64_t request_id, std::vector<Expectation> parts) {

@@ -352,18 +352,14 @@ void Hub::bulk_transfer_done(const BulkRelay::Done& done) {
   if (job == bulk_jobs_.end()) return;
   auto what = std::move(job->second);
   bulk_jobs_.erase(job);
-  const auto client = std::visit(
-      [](const auto& j) -> std::optional<std::uint32_t> {
-        if constexpr (requires { j.client; }) return j.client;
-        return std::nullopt;
-      },
-      what);
-  if (client) {
-    if (auto open = bulk_by_client_.find(*client); open != bulk_by_client_.end() && --open->second == 0) {
+  // The client's share of the relay (bulk_per_client) is one transfer freer.
+  auto release_share = [this](std::uint32_t client) {
+    if (auto open = bulk_by_client_.find(client); open != bulk_by_client_.end() && --open->second == 0) {
       bulk_by_client_.erase(open);
     }
-  }
+  };
   if (auto* body = std::get_if<BulkRequestBody>(&what)) {
+    release_share(body->client);
     // Unless the task has left again since, with a transfer of its own.
     if (auto open = request_transfers_.find(body->task); open != request_transfers_.end() && open->second == done.transfer) {
       request_transfers_.erase(open);
@@ -373,6 +369,7 @@ void Hub::bulk_transfer_done(const BulkRelay::Done& done) {
     return;
   }
   if (auto* to_client = std::get_if<BulkReplyToClient>(&what)) {
+    release_share(to_client->client);
     // The client says so to its caller (and may fetch the result again: it is stored).
     if (!done.status.ok()) {
       LOG_WARN("bulk") << "the result of task " << to_client->task << " to its client: " << done.status.message();

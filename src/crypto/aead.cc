@@ -132,7 +132,7 @@ const EVP_CIPHER* aes_256_gcm() {
 class KeyedContexts {
  public:
   ~KeyedContexts() {
-    for (Entry& e : entries_) wipe(e.key);
+    for (Entry& e : entries_) crypto::wipe(e.key);
   }
 
   // A context keyed with `key` for `encrypt`, its nonce set; null on an OpenSSL error.
@@ -150,7 +150,7 @@ class KeyedContexts {
       slot = &*std::min_element(entries_.begin(), entries_.end(),
                                 [](const Entry& a, const Entry& b) { return a.last_used < b.last_used; });
       slot->ctx.reset(EVP_CIPHER_CTX_new());
-      wipe(slot->key);
+      crypto::wipe(slot->key);
       if (!slot->ctx || aes_256_gcm() == nullptr ||
           init(slot->ctx.get(), aes_256_gcm(), uc(key.data()), nullptr, nullptr) != 1) {
         slot->ctx.reset();
@@ -172,13 +172,12 @@ class KeyedContexts {
     for (Entry& e : entries_) {
       if (e.ctx.get() == ctx) {
         e.ctx.reset();
-        wipe(e.key);
+        crypto::wipe(e.key);
       }
     }
   }
 
  private:
-  static void wipe(AeadKey& key) { OPENSSL_cleanse(key.data(), key.size()); }
   struct Entry {
     AeadKey key{};
     bool encrypt = false;

@@ -36,14 +36,14 @@ std::vector<std::byte> associated_data(const SealHeader& h, const SealContext& c
   return w.take();
 }
 
-std::vector<std::uint64_t> sizes_of(std::span<const SharedBytes> segments) {
+}  // namespace
+
+std::vector<std::uint64_t> segment_sizes(std::span<const SharedBytes> body) {
   std::vector<std::uint64_t> sizes;
-  sizes.reserve(segments.size());
-  for (const auto& s : segments) sizes.push_back(s.size());
+  sizes.reserve(body.size());
+  for (const auto& s : body) sizes.push_back(s.size());
   return sizes;
 }
-
-}  // namespace
 
 SharedBytes encode_seal_header(const SealHeader& h) {
   wire::ByteWriter w;
@@ -116,10 +116,10 @@ CipherPass buffers_for(std::span<const SharedBytes> from, std::vector<SharedByte
 }  // namespace
 
 PreparedSeal prepare_seal(const PairKey& key, SealHeader header, const SealContext& context,
-                          std::span<const std::uint64_t> sizes) {
+                          std::span<const SharedBytes> body) {
   header.key_id = key.id;
   PreparedSeal p;
-  p.aad = associated_data(header, context, sizes);
+  p.aad = associated_data(header, context, segment_sizes(body));
   p.nonce = nonce_of(header);
   p.key = key.key;
   p.header = std::move(header);
@@ -139,13 +139,13 @@ StatusOr<std::vector<SharedBytes>> seal_prepared(PreparedSeal prepared, std::spa
 
 StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader header, const SealContext& context,
                                              std::span<const SharedBytes> body) {
-  return seal_prepared(prepare_seal(key, std::move(header), context, sizes_of(body)), body);
+  return seal_prepared(prepare_seal(key, std::move(header), context, body), body);
 }
 
 StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,
                                              std::span<const SharedBytes> sealed) {
   if (header.key_id != key.id) return permission_denied("sealed under another pair key");
-  const std::vector<std::byte> aad = associated_data(header, context, sizes_of(sealed));
+  const std::vector<std::byte> aad = associated_data(header, context, segment_sizes(sealed));
   std::vector<SharedBytes> out;
   out.reserve(sealed.size());
   const CipherPass pass = buffers_for(sealed, out);

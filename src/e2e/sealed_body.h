@@ -103,7 +103,9 @@ struct PreparedSeal {
   std::vector<std::byte> aad;
 };
 PreparedSeal prepare_seal(const PairKey& key, SealHeader header, const SealContext& context,
-                          std::span<const std::uint64_t> sizes);
+                          std::span<const SharedBytes> body);
+// The sizes of a body's segments, in order (what the associated data and transfer sizes name).
+std::vector<std::uint64_t> segment_sizes(std::span<const SharedBytes> body);
 // seal_body of a prepared body (whose sizes must be the ones it was prepared for).
 StatusOr<std::vector<SharedBytes>> seal_prepared(PreparedSeal prepared, std::span<const SharedBytes> body);
 
