@@ -5,10 +5,11 @@ the same fresh cluster. Prints the single client's rate, the total rate of the K
 (goal: within 20 % of one client's) and each client's completion time (no client starved:
 the slowest against the fastest).
 
-    bench/many_clients.py [--clients 16] [--tasks 10000] [--engines 2] [--e2e]
+    bench/many_clients.py [--clients 16] [--tasks 10000] [--engines 2] [--no-e2e]
 
---e2e: every client seals end to end (Client(e2e=True); docs/security.md): run once with and
-once without to see what sealing costs with many clients at once.
+Every client seals end to end, as clients do by default (docs/security.md); --no-e2e: none
+does (Client(e2e=False)). Run once with and once without to see what sealing costs with
+many clients at once.
 
 Needs build/testudo and build/python (scripts/setup). Runs on this machine only.
 """
@@ -43,12 +44,12 @@ def main():
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tasks", type=int, default=10000, help="tasks per client")
     parser.add_argument("--engines", type=int, default=2)
-    parser.add_argument("--e2e", action="store_true", help="every client seals its requests end to end")
+    parser.add_argument("--no-e2e", action="store_true", help="no client seals its requests end to end")
     args = parser.parse_args()
 
     with testudo.Cluster(n=args.engines) as cluster_rc:
         profile = cluster_rc.profile
-        rc = testudo.Client(profile=profile, e2e=True) if args.e2e else cluster_rc
+        rc = testudo.Client(profile=profile, e2e=False) if args.no_e2e else cluster_rc
         lview = rc.load_balanced_view()
         t0 = time.monotonic()
         assert lview.map_sync(abs, range(args.tasks)) == list(range(args.tasks))
@@ -57,7 +58,7 @@ def main():
         ctx = multiprocessing.get_context("spawn")
         start = ctx.Event()
         results = ctx.Queue()
-        procs = [ctx.Process(target=one_client, args=(profile, args.tasks, start, results, args.e2e))
+        procs = [ctx.Process(target=one_client, args=(profile, args.tasks, start, results, not args.no_e2e))
                  for _ in range(args.clients)]
         for p in procs:
             p.start()
@@ -71,7 +72,7 @@ def main():
         total = args.clients * args.tasks / (last_end - first_start)
         elapsed = sorted(e for _, e in timings)
 
-    sealing = "sealed end to end" if args.e2e else "not sealed"
+    sealing = "not sealed" if args.no_e2e else "sealed end to end"
     print(f"machine: {os.cpu_count()} cores; {args.engines} engines; map_sync(abs, range({args.tasks})); {sealing}")
     print(f"one client alone:           {single:10,.0f} tasks/s")
     print(f"{args.clients} clients at once, total: {total:10,.0f} tasks/s  "

@@ -117,7 +117,7 @@ class Testudo(_IpyparallelApi, Peer):
 
     name = "testudo"
     cluster_args = []  # extra `cluster start` options (bench/probe.py --cluster-args)
-    client_args = {}   # extra testudo.Client options (bench/probe.py --e2e: {"e2e": True})
+    client_args = {}   # extra testudo.Client options (bench/probe.py --no-e2e: {"e2e": False})
 
     def __init__(self):
         super().__init__()

@@ -4,10 +4,10 @@ private TESTUDO_HOME, runs a chosen subset of bench/workloads.py operations and 
 line per figure. Faster than bench/run (no peers, fewer repetitions).
 
     bench/probe.py [--engines 2] [--only rt,lb,direct,push,pull] [--mb 100] [--reps 3]
-                   [--tasks 10000] [--hold SECONDS] [--e2e]
+                   [--tasks 10000] [--hold SECONDS] [--no-e2e]
 
---e2e: the client seals end to end (Client(e2e=True); docs/security.md); run once with and
-once without for the cost of sealing.
+The client seals end to end, as every client does by default (docs/security.md); --no-e2e:
+it does not (Client(e2e=False)). Run once with and once without for the cost of sealing.
 
 --hold keeps the cluster up after start for SECONDS (to attach `perf record -p`) and prints
 the pids first.
@@ -96,7 +96,7 @@ def main():
     ap.add_argument("--switches", action="store_true",
                     help="also print context switches per operation for each thread")
     ap.add_argument("--build", help="a build directory other than build/ (testudo and python/ in it)")
-    ap.add_argument("--e2e", action="store_true", help="the client seals its requests end to end")
+    ap.add_argument("--no-e2e", action="store_true", help="the client does not seal its requests end to end")
     args = ap.parse_args()
     only = set(args.only.split(","))
     peers.NOOP = noop
@@ -104,7 +104,7 @@ def main():
     if args.build:
         sys.path.insert(0, os.path.join(os.path.abspath(args.build), "python"))
     peers.Testudo.cluster_args = args.cluster_args.split()
-    peers.Testudo.client_args = {"e2e": True} if args.e2e else {}
+    peers.Testudo.client_args = {"e2e": False} if args.no_e2e else {}
     p = peers.Testudo()
     if args.build:
         p.exe = os.path.join(os.path.abspath(args.build), "testudo")

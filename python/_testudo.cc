@@ -241,11 +241,18 @@ class PyClient {
            const std::string& identity_dir, const std::string& key_passphrase_from, const std::string& dial_host,
            std::uint16_t dial_port, const py::object& key_passphrase, const std::string& login_method,
            const std::string& username, const py::object& secret, const std::string& secret_from,
-           const std::string& service, bool e2e, const std::vector<std::string>& engine_keys,
+           const std::string& service, const std::string& e2e, const std::vector<std::string>& engine_keys,
            const std::string& engine_cafile, std::uint64_t bulk_from_bytes)
       : queue_(std::make_shared<CompletionQueue>()) {
     ClientOptions o;
-    o.e2e = e2e;
+    // "auto" (seal when this client can), "on" (required) or "off".
+    if (e2e == "on") {
+      o.e2e = ClientOptions::E2e::kRequired;
+    } else if (e2e == "off") {
+      o.e2e = ClientOptions::E2e::kOff;
+    } else if (e2e != "auto") {
+      throw py::value_error("e2e: 'auto', 'on' or 'off', got '" + e2e + "'");
+    }
     o.bulk_from_bytes = bulk_from_bytes;
     o.engine_keys = engine_keys;
     o.engine_cafile = engine_cafile;
@@ -321,20 +328,20 @@ class PyClient {
   }
 
   PyResult execute(const std::vector<EngineId>& targets, const std::string& code, bool display_result) {
-    return wrap(client().execute(targets, code, display_result));
+    return wrap(without_gil([&](Client& c) { return c.execute(targets, code, display_result); }));
   }
   PyResult push(const std::vector<EngineId>& targets, const py::list& segments) {
     py::list keep;
     auto bytes = borrow(segments, keep);
-    return wrap(client().push_pickled(targets, std::move(bytes)), keep);
+    return wrap(without_gil([&](Client& c) { return c.push_pickled(targets, std::move(bytes)); }), keep);
   }
   PyResult pull(const std::vector<EngineId>& targets, const std::vector<std::string>& names) {
-    return wrap(client().pull_pickled(targets, names));
+    return wrap(without_gil([&](Client& c) { return c.pull_pickled(targets, names); }));
   }
   PyResult apply(const std::vector<EngineId>& targets, const py::list& segments) {
     py::list keep;
     auto bytes = borrow(segments, keep);
-    return wrap(client().apply(targets, std::move(bytes)), keep);
+    return wrap(without_gil([&](Client& c) { return c.apply(targets, std::move(bytes)); }), keep);
   }
 
   PyResult apply_balanced(const std::vector<EngineId>& allowed, const py::list& segments, std::uint32_t retries,
@@ -355,7 +362,7 @@ class PyClient {
       if (!success && !failure) throw py::value_error("a dependency must count successes, failures or both");
       *rule = {.all = all, .success = success, .failure = failure};
     }
-    return wrap(client().apply_balanced(allowed, std::move(bytes), options), keep);
+    return wrap(without_gil([&](Client& c) { return c.apply_balanced(allowed, std::move(bytes), options); }), keep);
   }
 
   std::size_t abort(const std::vector<std::uint64_t>& task_ids) {
@@ -371,8 +378,15 @@ class PyClient {
     return blocking([](Client& c) { return c.engines_json(); });
   }
   std::vector<std::string> seal_violations() { return client().seal_violations(); }
+  // (on, why it is off: empty when on)
+  std::pair<bool, std::string> sealing() {
+    const Client::Sealing s = client().sealing();
+    return {s.on, s.why_off};
+  }
 
-  PyResult get_result(const std::vector<std::uint64_t>& task_ids) { return wrap(client().get_result(task_ids)); }
+  PyResult get_result(const std::vector<std::uint64_t>& task_ids) {
+    return wrap(without_gil([&](Client& c) { return c.get_result(task_ids); }));
+  }
   std::string result_status(const std::vector<std::uint64_t>& task_ids) {
     return blocking([&](Client& c) { return c.result_status(task_ids); });
   }
@@ -432,6 +446,17 @@ class PyClient {
       keep.append(view);
     }
     return out;
+  }
+
+  // Sends a request with the GIL released: a sealing client may first wait on the network
+  // (the engines' seal keys, a pairing), and its network thread may need the GIL meanwhile
+  // (a secret callable, output, Python buffers let go). Holding it there stalled both until
+  // the wait timed out.
+  template <typename Send>
+  AsyncResult without_gil(Send&& send) {
+    Client& c = client();
+    py::gil_scoped_release release;
+    return send(c);
   }
 
   PyResult wrap(AsyncResult result, py::list keep = py::list()) {
@@ -583,13 +608,14 @@ PYBIND11_MODULE(_testudo, m) {
   py::class_<PyClient>(m, "Client", "A connection to a testudo controller.")
       .def(py::init<const std::string&, const std::string&, double, const std::string&, const std::string&,
                     const std::string&, std::uint16_t, const py::object&, const std::string&, const std::string&,
-                    const py::object&, const std::string&, const std::string&, bool, const std::vector<std::string>&,
+                    const py::object&, const std::string&, const std::string&, const std::string&,
+                    const std::vector<std::string>&,
                     const std::string&, std::uint64_t>(),
            py::arg("connection_file") = "", py::arg("profile") = "default", py::arg("timeout") = 10.0,
            py::arg("identity_dir") = "", py::arg("key_passphrase_from") = "", py::arg("dial_host") = "",
            py::arg("dial_port") = 0, py::arg("key_passphrase") = py::none(), py::arg("login_method") = "",
            py::arg("username") = "", py::arg("secret") = py::none(), py::arg("secret_from") = "",
-           py::arg("service") = "", py::arg("e2e") = false, py::arg("engine_keys") = std::vector<std::string>{},
+           py::arg("service") = "", py::arg("e2e") = "auto", py::arg("engine_keys") = std::vector<std::string>{},
            py::arg("engine_cafile") = "", py::arg("bulk_from_bytes") = std::uint64_t{1} << 20)
       .def("close", &PyClient::close)
       .def_property_readonly("connected", &PyClient::connected)
@@ -616,6 +642,7 @@ PYBIND11_MODULE(_testudo, m) {
       .def("shutdown_engines", &PyClient::shutdown_engines, py::arg("targets"))
       .def("engines_json", &PyClient::engines_json)
       .def("seal_violations", &PyClient::seal_violations)
+      .def("sealing", &PyClient::sealing)
       .def("take_output", &PyClient::take_output, "Live output chunks received since the last call.")
       .def("next_completed", &PyClient::next_completed, py::arg("timeout"),
            "Request ids of watched results finished since the last call (waits up to timeout seconds).");

@@ -84,16 +84,26 @@ struct ClientOptions {
     std::function<StatusOr<std::string>()> secret;
     std::string service;
   } login;
-  // End-to-end sealing (docs/security.md, "End-to-end sealing"). On: every direct request is
-  // sealed for each of its engines and only their sealed replies are accepted; a request to
-  // an engine this client cannot verify fails with Outcome::kSealBroken, as does a reply the
+  // End-to-end sealing (docs/security.md, "End-to-end sealing"). On: every request is sealed
+  // for the engines that run it and only their sealed replies are accepted; a request to an
+  // engine this client cannot verify fails with Outcome::kSealBroken, as does a reply the
   // controller altered, swapped or forged. Needs the identity key (not a login). Engines are
   // verified against `engine_keys` (key fingerprints) and/or `engine_cafile`; neither given:
   // the shared engine certificate of the profile (security/engine-cert.pem), which the
   // engines `cluster start` launches present. A load-balanced request goes only to engines
   // this client paired with (it pairs with the listed ones first); stored results open in
   // any process of this identity that seals.
-  bool e2e = false;
+  enum class E2e {
+    // The default: on when this client can seal, judged from what it holds itself (never
+    // from what the controller says, which could talk it out of sealing): it signs in with
+    // its identity key, and it has a root for engine keys (engine_keys, engine_cafile, or
+    // the profile's shared engine certificate on this machine). Otherwise off, and
+    // Client::sealing() says why.
+    kWhenPossible,
+    kRequired,  // on, or Client::connect fails saying why it cannot be
+    kOff,
+  };
+  E2e e2e = E2e::kWhenPossible;
   // With e2e: a direct request whose sealed body is at least this many bytes per engine sends
   // that body on a data connection the controller splices to the engine without reading it
   // (docs/protocol.md "The bulk path"): one encryption here, one decryption there, no TLS
@@ -256,6 +266,12 @@ class Client {
   // genuinely (the controller handed it to both, so it ran twice). Empty for an honest
   // controller, and always without e2e.
   std::vector<std::string> seal_violations() const;
+  // Whether this client seals (ClientOptions::e2e), and if not, why not (empty when it does).
+  struct Sealing {
+    bool on = false;
+    std::string why_off;
+  };
+  Sealing sealing() const;
 
   // Key administration on the controller (the policy's "keys" operation): `action` is list,
   // show, accept, reject or revoke; `who` a fingerprint or unique prefix. Returns the JSON

@@ -77,6 +77,9 @@ class SharedBytes {
   std::span<std::byte> mutable_span() { return {data_.get(), size_}; }
   std::string_view view() const { return {reinterpret_cast<const char*>(data_.get()), size_}; }
   std::string to_string() const { return std::string(view()); }
+  // True when this object holds the only reference to bytes it owns (not borrowed): nobody
+  // else can read them, so they may be rewritten in place (e.g. decrypted where they lie).
+  bool sole_owner() const { return data_ != nullptr && data_.use_count() == 1; }
 
   // Unmaps large buffers released more than `idle` ago and kept for reuse. Event loops call
   // it every 100 ms (net::EventLoop); thread-safe. Returns the bytes unmapped.

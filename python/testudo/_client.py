@@ -73,16 +73,20 @@ class Client(StoredResults):
     field (``cluster start --ssh-server GATEWAY``) tunnels through that gateway by default when
     the controller is on another host; ``sshserver=''`` dials directly.
 
-    ``e2e=True`` seals every direct request end to end for its engines and accepts only their
-    sealed replies: the controller relays them but can neither read nor alter them
-    (docs/security.md, "End-to-end sealing"); a reply it altered, swapped or forged raises
-    ``SealBroken``. Engines are checked against ``engine_keys`` (key fingerprints) or
-    ``engine_cafile``, by default the profile's shared engine certificate, which the engines of
-    ``testudo cluster start`` present. Needs your key (not a login). Load-balanced requests go
-    only to engines this client could pair with; stored results open in any process of your
-    identity that seals. With ``e2e=True``, a direct request whose sealed body is at least
-    ``bulk_from_bytes`` (1 MiB) per engine sends that body on a data connection the controller
-    splices to the engine without reading it (the bulk path; ``0``: never).
+    End-to-end sealing is on by default: every request is sealed for the engines that run it
+    and only their sealed replies are accepted; the controller relays them but can neither read
+    nor alter them (docs/security.md, "End-to-end sealing"); a reply it altered, swapped or
+    forged raises ``SealBroken``. Engines are checked against ``engine_keys`` (key
+    fingerprints) or ``engine_cafile``, by default the cluster's shared engine certificate
+    (beside the connection file), which the engines of ``testudo cluster start`` present.
+    ``e2e=None`` (the default) seals whenever this client can, judged from what it holds
+    itself: your key (a login cannot seal) and a root for engine keys; ``rc.e2e`` says whether
+    it does and ``rc.e2e_off_because`` why not. ``e2e=True`` fails rather than run unsealed;
+    ``e2e=False`` turns sealing off. Load-balanced requests go only to engines this client
+    could pair with; stored results open in any process of your identity that seals. A sealed
+    request whose body is at least ``bulk_from_bytes`` (1 MiB) per engine sends that body on a
+    data connection the controller splices to the engine without reading it (the bulk path;
+    ``0``: never).
     """
 
     def __new__(cls, *args, **kwargs):
@@ -103,13 +107,13 @@ class Client(StoredResults):
 
     def __init__(self, url_file=None, profile=None, timeout=10, *, connection_file=None, identity_dir=None,
                  key_passphrase_from=None, sshserver=None, sshkey=None, ssh_args=(), username=None, password=None,
-                 token_provider=None, token_from=None, kerberos=False, service_principal=None, e2e=False,
+                 token_provider=None, token_from=None, kerberos=False, service_principal=None, e2e=None,
                  engine_keys=(), engine_cafile=None, bulk_from_bytes=1 << 20, **kwargs):
         check_ipyparallel_arguments(kwargs)
         if isinstance(engine_keys, str):
             engine_keys = (engine_keys,)
-        if not e2e and (engine_keys or engine_cafile):
-            raise ValueError("Client(engine_keys=..., engine_cafile=...) go with e2e=True")
+        if e2e is False and (engine_keys or engine_cafile):
+            raise ValueError("Client(engine_keys=..., engine_cafile=...) are for sealing, which e2e=False turns off")
         if password is not None and username is None and sshserver:
             # ipyparallel's password= is the SSH gateway's: with a gateway and no username=, that is
             # what the caller means. (With username=, password= is a testudo login's.)
@@ -141,7 +145,7 @@ class Client(StoredResults):
                 dial_host, dial_port = "127.0.0.1", self._tunnel.local_port
             self._native = _testudo.Client(str(file), self.profile, float(timeout), str(identity_dir or ""),
                                            str(key_passphrase_from or ""), dial_host, dial_port, key_passphrase,
-                                           e2e=bool(e2e), engine_keys=[str(k) for k in engine_keys],
+                                           e2e="auto" if e2e is None else "on" if e2e else "off", engine_keys=[str(k) for k in engine_keys],
                                            engine_cafile=str(engine_cafile or ""),
                                            bulk_from_bytes=int(bulk_from_bytes or 0), **login)
         except FileNotFoundError as exc:
@@ -566,8 +570,18 @@ class Client(StoredResults):
         """What end-to-end sealing caught the controller doing behind this client's back, as
         sentences, oldest first (each is also logged as an error): a balanced request that
         two engines answered genuinely, i.e. the controller handed it to both and it ran
-        twice. Always empty without ``e2e=True``, and with an honest controller."""
+        twice. Always empty when this client does not seal, and with an honest controller."""
         return list(self._native.seal_violations())
+
+    @property
+    def e2e(self):
+        """Whether this client seals its requests end to end (see the class's docs)."""
+        return self._native.sealing()[0]
+
+    @property
+    def e2e_off_because(self):
+        """Why this client does not seal ('' when it does)."""
+        return self._native.sealing()[1]
 
     def cluster_status(self):
         """The controller's report: engines, clients, tasks."""

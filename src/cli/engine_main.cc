@@ -4,6 +4,8 @@
 // in argv: everything secret is read from the profile's owner-only files.
 #include <CLI/CLI.hpp>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <csignal>
 #include <memory>
@@ -15,14 +17,34 @@
 #include "cli/common_options.h"
 #include "cli/engine_supervisor.h"
 #include "auth/connection_file.h"
+#include "auth/identity.h"
 #include "engine/engine.h"
 #include "net/host_address.h"
+#include "tls/tls.h"
 #include "tunnel/ssh_forward.h"
 
 namespace testudo::cli {
 namespace {
 
 int fail(const Status& st) { return report_failure("testudo-engine", st); }
+
+// End-to-end sealing needs a root for client keys that the controller cannot forge. Given
+// none (--trust-client, --client-cafile), the engine trusts the key of the user it runs as,
+// read from that user's own identity, never from the controller: that user's clients seal by
+// default, so an engine started by hand serves them sealed. No identity there: none trusted
+// (sealed requests are refused, saying which option to give).
+Status trust_own_client_key_by_default(engine::EngineOptions& options) {
+  if (!options.trust_clients.empty() || !options.client_cafile.empty()) return ok_status();
+  const std::string dir = testudo_home() + "/identity";
+  struct stat st {};
+  if (::stat(auth::identity_files(dir, "client").cert_path.c_str(), &st) != 0) return ok_status();
+  TESTUDO_ASSIGN_OR_RETURN(std::string pem, auth::load_identity_certificate(dir, "client"));
+  TESTUDO_ASSIGN_OR_RETURN(std::string fingerprint, tls::key_fingerprint_of_pem(pem));
+  LOG_INFO("engine") << "opening sealed requests of this user's own client key " << fingerprint
+                     << " (give --trust-client or --client-cafile for others)";
+  options.trust_clients.push_back(std::move(fingerprint));
+  return ok_status();
+}
 
 }  // namespace
 
@@ -63,7 +85,8 @@ int engine_main(int argc, char** argv) {
                  "If the key is encrypted: prompt, file:PATH, env:NAME or command:CMD");
   app.add_option("--trust-client", eopts.trust_clients,
                  "End-to-end sealing: open sealed requests from this client key fingerprint (repeatable; "
-                 "`testudo keys fingerprint` prints yours; `cluster start` passes its owner's)");
+                 "`testudo keys fingerprint` prints yours; `cluster start` passes its owner's). Default, with no "
+                 "--client-cafile either: the key of the user running the engine ($TESTUDO_HOME/identity), if any");
   app.add_option("--client-cafile", eopts.client_cafile,
                  "End-to-end sealing: open sealed requests from clients whose certificates this CA issued")
       ->check(CLI::ExistingFile);
@@ -99,6 +122,7 @@ int engine_main(int argc, char** argv) {
   eopts.heartbeat_interval = std::min(eopts.heartbeat_interval, eopts.controller_timeout / 4);
   if (eopts.connection_file.empty()) eopts.connection_file = profile_paths(common.profile).engine_connection_file;
   if (!log_file.empty() && !log::set_file(log_file)) return fail(unavailable("cannot open log file " + log_file));
+  if (Status st = trust_own_client_key_by_default(eopts); !st.ok()) return fail(st);
   common.apply_log_rotation();
   // A closed pipe must not kill the engine mid-write; writes report EPIPE.
   std::signal(SIGPIPE, SIG_IGN);

@@ -47,7 +47,8 @@ struct ClientArgs {
   std::string ssh_gateway;
   std::vector<std::string> ssh_args;
   LoginArgs login;
-  bool e2e = false;
+  bool e2e = false;     // --e2e: sealing required
+  bool no_e2e = false;  // --no-e2e: sealing off
   std::vector<std::string> engine_keys;
   std::string engine_cafile;
   std::unique_ptr<tunnel::SshForward> forward;  // open while the command runs
@@ -69,13 +70,17 @@ struct ClientArgs {
     app->add_option("--ssh-option", ssh_args,
                     "An ssh option for --ssh (repeatable; write --ssh-option=-F --ssh-option=FILE)");
     login.add_to(app);
-    app->add_flag("--e2e", e2e,
-                  "Seal requests end to end for their engines and accept only their sealed replies (the controller "
-                  "can neither read nor alter them; docs/security.md)");
+    auto* required = app->add_flag(
+        "--e2e", e2e,
+        "Require end-to-end sealing: fail rather than run unsealed (the default seals whenever this client can: "
+        "its own key, not a login, and a root for engine keys; docs/security.md)");
+    app->add_flag("--no-e2e", no_e2e,
+                  "Do not seal end to end: the controller can then read and alter requests and results")
+        ->excludes(required);
     app->add_option("--engine-key", engine_keys,
-                    "--e2e: an engine key fingerprint to trust (repeatable; default: the profile's shared engine "
+                    "Sealing: an engine key fingerprint to trust (repeatable; default: the profile's shared engine "
                     "certificate)");
-    app->add_option("--engine-cafile", engine_cafile, "--e2e: trust engines whose certificates this CA issued")
+    app->add_option("--engine-cafile", engine_cafile, "Sealing: trust engines whose certificates this CA issued")
         ->check(CLI::ExistingFile);
   }
   std::chrono::milliseconds wait() const { return timeout > 0 ? seconds(timeout) : std::chrono::hours(24 * 365); }
@@ -87,11 +92,11 @@ StatusOr<std::unique_ptr<Client>> connect_client(const std::string& profile, Cli
   o.connection_file = args.file;
   o.key_passphrase_from = args.key_passphrase_from;
   TESTUDO_ASSIGN_OR_RETURN(o.login, args.login.to_login());
-  o.e2e = args.e2e;
+  o.e2e = args.e2e ? ClientOptions::E2e::kRequired : args.no_e2e ? ClientOptions::E2e::kOff : ClientOptions::E2e::kWhenPossible;
   o.engine_keys = args.engine_keys;
   o.engine_cafile = args.engine_cafile;
-  if (!o.e2e && (!o.engine_keys.empty() || !o.engine_cafile.empty())) {
-    return invalid_argument("--engine-key and --engine-cafile go with --e2e");
+  if (args.no_e2e && (!o.engine_keys.empty() || !o.engine_cafile.empty())) {
+    return invalid_argument("--engine-key and --engine-cafile are for sealing, which --no-e2e turns off");
   }
   // --ssh, else the connection file's gateway when this is not the controller's host.
   auto at = controller_address(o);
@@ -361,9 +366,32 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
         if (m.is_string()) logins += (logins.empty() ? "" : ", ") + m.get<std::string>();
       }
     }
-    std::printf("security: trust mode %s; logins: %s; end-to-end sealing: requests of clients with --e2e "
-                "(the controller can read everything else it relays)\n",
-                j["trust"].get<std::string>().c_str(), logins.empty() ? "key" : logins.c_str());
+    std::printf("security: trust mode %s; logins: %s\n", j["trust"].get<std::string>().c_str(),
+                logins.empty() ? "key" : logins.c_str());
+  }
+  // Whether this client seals decides what the controller can read of its work; when it
+  // does, which engines it verified (its own roots decide, not the controller).
+  const Client::Sealing sealing = (*client)->sealing();
+  if (sealing.on) {
+    std::printf("end-to-end sealing: on for this client (the controller relays its requests and results without "
+                "reading or altering them; it sees who, what kind, which engines, sizes and timing)\n");
+    if (args.engine_keys.empty() && args.engine_cafile.empty()) {
+      std::printf("  engines are checked against the cluster's shared engine certificate, which the controller made at "
+                  "its first start: this holds against a controller process taken over later, not against whoever "
+                  "owns the controller's host and user (pin engine keys or use a CA: docs/security.md)\n");
+    }
+    auto verdicts = (*client)->sealing_check();
+    if (!verdicts.ok()) return fail(verdicts.status());
+    std::size_t verified = 0;
+    for (const auto& v : *verdicts) verified += v.verified ? 1 : 0;
+    std::printf("end-to-end: %zu of %zu engine(s) verified by this client\n", verified, verdicts->size());
+    for (const auto& v : *verdicts) {
+      if (!v.verified) std::printf("  engine %u: %s\n", v.engine, v.detail.c_str());
+    }
+  } else {
+    std::printf("end-to-end sealing: OFF for this client: %s; the controller can read and alter its requests and "
+                "results\n",
+                sealing.why_off.c_str());
   }
   // Host and restarts come from what each engine reported at registration (its tags).
   nlohmann::json tags = nlohmann::json::object();
@@ -385,17 +413,6 @@ int cmd_status(const std::string& profile, ClientArgs& args, bool as_json) {
                 e.value("address", std::string()).c_str(), static_cast<unsigned long long>(e.value("in_flight", 0ull)),
                 static_cast<unsigned long long>(e.value("tasks_done", 0ull)), e.value("last_heartbeat_s", 0.0),
                 facts.value("hostname", std::string("-")).c_str(), restarts.c_str());
-  }
-  // With --e2e: which engines this client can verify (its own roots decide, not the controller).
-  if (args.e2e) {
-    auto verdicts = (*client)->sealing_check();
-    if (!verdicts.ok()) return fail(verdicts.status());
-    std::size_t verified = 0;
-    for (const auto& v : *verdicts) verified += v.verified ? 1 : 0;
-    std::printf("end-to-end: %zu of %zu engine(s) verified by this client\n", verified, verdicts->size());
-    for (const auto& v : *verdicts) {
-      if (!v.verified) std::printf("  engine %u: %s\n", v.engine, v.detail.c_str());
-    }
   }
   return kExitOk;
 }

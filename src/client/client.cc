@@ -20,6 +20,7 @@
 #include "client/client_seals.h"
 #include "client/reply.h"
 #include "e2e/sealed_body.h"
+#include "crypto/aead.h"
 #include "crypto/crypto.h"
 #include "crypto/private_file.h"
 #include "net/host_address.h"
@@ -178,8 +179,42 @@ struct Client::Impl {
   std::unordered_map<std::uint64_t, std::shared_ptr<std::promise<StatusOr<std::string>>>> pending_control;
   Status lost_reason = outcome_status(Outcome::kConnectionLost, "not connected to the controller");
   Client::OutputHandler output_handler;
-  // End-to-end sealing (ClientOptions::e2e): null when off.
+  // End-to-end sealing (ClientOptions::e2e): null when off, and why.
   std::unique_ptr<client::ClientSeals> seals;
+  std::string sealing_off_because;
+
+  // Decides whether this client seals (ClientOptions::E2e) from what it holds itself: its
+  // identity key (`identity`; null with a login) and its roots for engine keys.
+  Status start_sealing(const ClientOptions& options, const tls::KeyAndCertificate* identity) {
+    using E2e = ClientOptions::E2e;
+    if (options.e2e == E2e::kOff) {
+      sealing_off_because = "turned off for this client (e2e=False, --no-e2e)";
+      return ok_status();
+    }
+    // Engines check the offers a client signs against keys they were given: a login
+    // identity (vouched for by the controller alone) has no key they could check.
+    if (identity == nullptr) {
+      const std::string why = "engines cannot check an identity only the controller vouches for";
+      if (options.e2e == E2e::kRequired) {
+        return invalid_argument("end-to-end sealing needs the client's identity key, not a " + options.login.method +
+                                " login (" + why + ")");
+      }
+      sealing_off_because = "a " + options.login.method + " login cannot seal (" + why + ")";
+      return ok_status();
+    }
+    auto created = client::ClientSeals::create(options, *identity);
+    if (!created.ok() && created.status().code() == StatusCode::kNotFound && options.e2e == E2e::kWhenPossible) {
+      sealing_off_because = created.status().message();
+      LOG_INFO("client") << "not sealing end to end: " << sealing_off_because;
+      return ok_status();
+    }
+    if (!created.ok() && created.status().code() == StatusCode::kNotFound) {
+      return invalid_argument("end-to-end sealing is required (e2e=True, --e2e), but " + created.status().message());
+    }
+    if (!created.ok()) return created.status();
+    seals = std::move(created).value();
+    return ok_status();
+  }
   // The bulk path (ClientOptions::bulk_from_bytes): where data connections dial (the address
   // the control connection dialed), and the sealed bodies waiting for their tickets: by
   // request id until its kSubmitted names the tasks (per target, the ciphertext segments of
@@ -328,7 +363,7 @@ struct Client::Impl {
         std::string why;
         if (!seals && !m.segments.empty() && e2e::decode_seal_header(m.segments[0].span()).ok()) {
           why = "the result of task " + std::to_string(m.envelope.task_id) +
-                " is sealed end to end: open it with a client that seals (Client(e2e=True), --e2e)";
+                " is sealed end to end: open it with a client that seals (this one does not: " + sealing_off_because + ")";
         } else if (seals) {
           const auto verdict = seals->open_reply(m, why);
           if (verdict == client::ClientSeals::Verdict::kDuplicate) return note_violation(why);
@@ -445,7 +480,9 @@ struct Client::Impl {
       auto prepared = balanced ? seal_balanced(state->request_id, head, segments)
                                : seal(state->request_id, head, state->targets, segments);
       if (!prepared.ok()) {
-        state->fail_all(outcome_status(Outcome::kSealBroken, prepared.status().message()));
+        const bool no_engine = prepared.status().code() == StatusCode::kNotFound;
+        state->fail_all(outcome_status(no_engine ? Outcome::kNoSuchEngine : Outcome::kSealBroken,
+                                       prepared.status().message()));
         return AsyncResult(state);
       }
       std::vector<SharedBytes> sealed;
@@ -472,7 +509,18 @@ struct Client::Impl {
     // the one its welcome announced (controller --max-message-bytes).
     wire::Limits limits;
     limits.max_message_bytes = link->max_message_bytes();
-    if (Status fits = wire::check_outgoing(head, segments, limits); !fits.ok()) {
+    Status fits = wire::check_outgoing(head, segments, limits);
+    if (fits.ok() && !bulk.empty()) {
+      // A bulk body goes on its data connection, but the controller holds it to the same
+      // largest message (as a transfer's total: the ciphertext and its tag).
+      std::uint64_t body_bytes = crypto::kAeadTagBytes;
+      for (const SharedBytes& s : bulk.front().plaintext) body_bytes += s.size();
+      if (body_bytes > limits.max_message_bytes) {
+        fits = resource_exhausted("the request's " + std::to_string(body_bytes) + " bytes exceed the limit of " +
+                                  std::to_string(limits.max_message_bytes) + " bytes");
+      }
+    }
+    if (!fits.ok()) {
       std::string why = fits.message();
       if (limits.max_message_bytes != wire::Limits{}.max_message_bytes) why += " (controller --max-message-bytes)";
       state->fail_all(outcome_status(Outcome::kTooLarge, why));
@@ -560,6 +608,9 @@ struct Client::Impl {
       }
       TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
       seals->learn(list);
+      // Not listed now nor ever before: there is no such engine to seal for (kNotFound, in
+      // the words the controller would have answered with).
+      if (std::vector<std::string> why = seals->unknown(targets); !why.empty()) return not_found(why.front());
     }
     return seals->prepare_request(request_id, head, targets, body);
   }
@@ -682,15 +733,7 @@ StatusOr<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) 
     auth::LoginChoice choice{*method, options.login.username, options.login.secret, options.login.service};
     TESTUDO_ASSIGN_OR_RETURN(so.login, auth::make_login_client_factory(std::move(choice), info.host));
   }
-  if (options.e2e) {
-    // Engines check the offers a client signs against keys they were given: a login
-    // identity (vouched for by the controller alone) has no key they could check.
-    if (!so.identity) {
-      return invalid_argument("end-to-end sealing needs the client's identity key, not a " + options.login.method +
-                              " login (engines cannot check an identity only the controller vouches for)");
-    }
-    TESTUDO_ASSIGN_OR_RETURN(impl.seals, client::ClientSeals::create(options, *so.identity));
-  }
+  TESTUDO_RETURN_IF_ERROR(impl.start_sealing(options, so.identity ? &*so.identity : nullptr));
   impl.mailbox->loop = &impl.loop;
   impl.data_host = so.controller.host;
   impl.data_port = so.controller.port;
@@ -858,8 +901,10 @@ std::vector<std::string> Client::seal_violations() const {
   return impl_->violations;
 }
 
+Client::Sealing Client::sealing() const { return {impl_->seals != nullptr, impl_->sealing_off_because}; }
+
 StatusOr<std::vector<Client::SealingVerdict>> Client::sealing_check() {
-  if (!impl_->seals) return failed_precondition("end-to-end sealing is off for this client (--e2e, Client(e2e=True))");
+  if (!impl_->seals) return failed_precondition("end-to-end sealing is off for this client: " + impl_->sealing_off_because);
   TESTUDO_ASSIGN_OR_RETURN(std::string list, impl_->control(wire::MessageKind::kEngineList));
   impl_->seals->learn(list);
   TESTUDO_ASSIGN_OR_RETURN(std::vector<EngineId> ids, engine_ids());

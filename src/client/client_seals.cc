@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <ctime>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,7 @@
 #include "e2e/pair_offer.h"
 #include "e2e/result_key.h"
 #include "wire/body.h"
+#include "wire/control.h"
 
 namespace testudo::client {
 namespace {
@@ -25,15 +27,18 @@ StatusOr<std::unique_ptr<ClientSeals>> ClientSeals::create(const ClientOptions& 
                                                            const tls::KeyAndCertificate& identity) {
   std::vector<std::string> keys = options.engine_keys;
   if (keys.empty() && options.engine_cafile.empty()) {
-    // The shared engine identity of this user's own profile: the engines `cluster start`
-    // launches present it, and it was made on this machine, not handed over by a controller.
-    const std::string security_dir = profile_paths(options.profile).security_dir;
+    // The shared engine identity beside the connection file (by default this user's own
+    // profile's): the engines `cluster start` launches present it, and it was made on this
+    // machine, not handed over by a controller.
+    const std::string security_dir = options.connection_file.empty()
+                                         ? profile_paths(options.profile).security_dir
+                                         : std::filesystem::path(options.connection_file).parent_path().string();
     const std::string cert_file = auth::identity_files(security_dir, "engine").cert_path;
     struct stat st {};
     if (::stat(cert_file.c_str(), &st) != 0) {
-      return invalid_argument("end-to-end sealing needs to know the engines' keys: give engine_keys (fingerprints) or "
-                              "engine_cafile, or run where the profile's shared engine certificate is (" +
-                              cert_file + ")");
+      return not_found("it does not know the engines' keys: give engine_keys (fingerprints) or engine_cafile "
+                       "(--engine-key, --engine-cafile), or run where the cluster's shared engine certificate is (" +
+                       cert_file + ")");
     }
     TESTUDO_ASSIGN_OR_RETURN(std::string pem, auth::load_identity_certificate(security_dir, "engine"));
     TESTUDO_ASSIGN_OR_RETURN(std::string fingerprint, tls::key_fingerprint_of_pem(pem));
@@ -57,11 +62,24 @@ bool ClientSeals::knows(const std::vector<EngineId>& engines) const {
   return true;
 }
 
+std::vector<std::string> ClientSeals::unknown(const std::vector<EngineId>& engines) const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> out;
+  for (EngineId id : engines) {
+    if (!pairs_.contains(id) && !statements_.contains(id)) out.push_back(wire::no_engine_text(id, next_engine_id_));
+  }
+  return out;
+}
+
 void ClientSeals::learn(std::string_view engine_list_json) {
   auto j = nlohmann::json::parse(engine_list_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object() || !j.contains("seal") || !j["seal"].is_object()) return;
   std::lock_guard lock(mutex_);
   learned_at_ = std::chrono::steady_clock::now();
+  if (j.contains("next_engine_id") && j["next_engine_id"].is_number_unsigned() &&
+      j["next_engine_id"].get<std::uint64_t>() <= 0xFFFFFFFFull) {
+    next_engine_id_ = j["next_engine_id"].get<std::uint32_t>();
+  }
   for (const auto& [id_text, statement] : j["seal"].items()) {
     char* end = nullptr;
     const unsigned long id = std::strtoul(id_text.c_str(), &end, 10);
@@ -290,7 +308,7 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
   auto plain = e2e::open_body({header.key_id, *key}, header,
                               {wire::MessageKind::kTaskReply, 0, engine, static_cast<std::uint16_t>(outcome),
                                reply.envelope.task_id},
-                              std::span(reply.segments).subspan(1));
+                              e2e::take_sealed_body(reply));
   if (!plain.ok()) {
     why = "the sealed reply from " + from + " does not open: it was altered on the way, or is not " + from +
           "'s answer to task " + std::to_string(reply.envelope.task_id);

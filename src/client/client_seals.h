@@ -30,8 +30,8 @@ namespace testudo::client {
 class ClientSeals {
  public:
   // Engine roots from `options` (engine_keys, engine_cafile), else the shared engine
-  // certificate in the profile's security directory; kInvalidArgument if there is none (a
-  // client that cannot verify any engine cannot seal). `identity`: this client's key, which
+  // certificate beside the connection file (by default in the profile's security directory);
+  // kNotFound if there is none (a client that cannot verify any engine cannot seal). `identity`: this client's key, which
   // signs the pair offers (a login identity has none the engines could check).
   static StatusOr<std::unique_ptr<ClientSeals>> create(const ClientOptions& options,
                                                        const tls::KeyAndCertificate& identity);
@@ -61,6 +61,9 @@ class ClientSeals {
   // learned.
   std::vector<EngineId> listed() const;
   std::chrono::steady_clock::time_point learned_at() const;
+  // Engines that can be sealed for: those the controller listed, now or before. For each of
+  // `engines` that is not, the controller's words for why (wire::no_engine_text).
+  std::vector<std::string> unknown(const std::vector<EngineId>& engines) const;
   // Which of `engines` hold this process's keys (a sealed reply of theirs opened): the only
   // ones a balanced request may go to. And which of them could be paired but are not yet.
   std::vector<EngineId> paired(const std::vector<EngineId>& engines) const;
@@ -134,6 +137,7 @@ class ClientSeals {
   mutable std::mutex mutex_;
   std::uint64_t balanced_next_seq_ = 1;
   std::chrono::steady_clock::time_point learned_at_{};
+  std::uint32_t next_engine_id_ = 0;  // as the last list said: ids below it were given out
   std::map<EngineId, std::string> statements_;  // as the controller relayed them
   std::map<EngineId, Pair> pairs_;
   std::unordered_map<std::uint64_t, std::vector<Expectation>> requests_;  // by request id, parts in target order

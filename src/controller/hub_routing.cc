@@ -489,18 +489,7 @@ void Hub::dispatch(EngineId engine, TaskId id, const TaskSpec& task) {
   results_.started(id, engine);
 }
 
-std::string Hub::no_engine_text(std::uint32_t id) const {
-  const std::string engine = "engine " + std::to_string(id);
-  if (engine_ids_.issued(id)) {
-    // Ids are never given twice: this one was this engine's, and its namespace went with it.
-    return engine + " is gone: it disconnected or its process ended (a restarted engine gets a new id; " + engine +
-           "'s variables are not on any other engine)";
-  }
-  const std::uint32_t next = engine_ids_.next_id();
-  return "no engine with id " + std::to_string(id) +
-         (next == 0 ? std::string(" (no engine has registered yet)")
-                    : " (this cluster has given out ids 0 to " + std::to_string(next - 1) + ")");
-}
+std::string Hub::no_engine_text(std::uint32_t id) const { return wire::no_engine_text(id, engine_ids_.next_id()); }
 
 void Hub::fail(TaskId id, const TaskSpec& task, TaskFailure why, const std::string& scheduler_text) {
   if (!paused_clients_.empty()) resume_clients();  // one task fewer: maybe back under a limit

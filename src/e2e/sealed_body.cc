@@ -1,6 +1,7 @@
 #include "e2e/sealed_body.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "wire/byte_io.h"
 
@@ -150,6 +151,30 @@ StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeade
   out.reserve(sealed.size());
   const CipherPass pass = buffers_for(sealed, out);
   TESTUDO_RETURN_IF_ERROR(crypto::aead_open(key.key, nonce_of(header), aad, pass.in, pass.out, header.tag));
+  return out;
+}
+
+std::vector<SharedBytes> take_sealed_body(wire::Message& m) {
+  std::vector<SharedBytes> body(std::make_move_iterator(m.segments.begin() + 1), std::make_move_iterator(m.segments.end()));
+  m.segments.resize(1);
+  return body;
+}
+
+StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,
+                                             std::vector<SharedBytes>&& sealed) {
+  if (header.key_id != key.id) return permission_denied("sealed under another pair key");
+  const std::vector<std::byte> aad = associated_data(header, context, segment_sizes(sealed));
+  std::vector<SharedBytes> out;
+  out.reserve(sealed.size());
+  CipherPass pass;
+  for (SharedBytes& segment : sealed) {
+    out.push_back(segment.sole_owner() ? segment : SharedBytes::allocate(segment.size()));
+    pass.in.push_back(segment.span());
+    pass.out.push_back(out.back().mutable_span());
+  }
+  Status opened = crypto::aead_open(key.key, nonce_of(header), aad, pass.in, pass.out, header.tag);
+  sealed.clear();  // after the pass, which reads the others' bytes
+  if (!opened.ok()) return opened;
   return out;
 }
 

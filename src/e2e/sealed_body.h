@@ -114,5 +114,13 @@ StatusOr<std::vector<SharedBytes>> seal_prepared(PreparedSeal prepared, std::spa
 // anything was altered or the body was made for another context.
 StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,
                                              std::span<const SharedBytes> sealed);
+// The same, consuming `sealed`: a segment it holds the only reference to is decrypted where
+// it lies (a received 1 GB body costs no second GB), any other into a new buffer. After a
+// refusal the buffers hold nothing usable, which is why they are taken, not lent.
+StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,
+                                             std::vector<SharedBytes>&& sealed);
+// A sealed message's body (every segment after its seal header, which must be there), taken
+// out of it to be opened in place: the message keeps only its header.
+std::vector<SharedBytes> take_sealed_body(wire::Message& m);
 
 }  // namespace testudo::e2e

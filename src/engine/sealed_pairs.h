@@ -73,7 +73,7 @@ class SealedPairs {
                                "with its next request");
     }
     const e2e::SealContext context{m.envelope.kind, m.envelope.kind_flags(), engine_id, 0};
-    auto plain = e2e::open_body(pair->key, header, context, std::span(m.segments).subspan(1));
+    auto plain = e2e::open_body(pair->key, header, context, e2e::take_sealed_body(m));
     if (!plain.ok()) {
       return permission_denied("the sealed request does not open: it was altered on the way, or made for another "
                                "engine, kind or sequence number");
@@ -103,7 +103,7 @@ class SealedPairs {
     if (pair == nullptr) return permission_denied("unknown pair key (this engine restarted, or forgot it): the client "
                                                   "offers it again with its next request");
     const e2e::SealContext context{m.envelope.kind, m.envelope.kind_flags(), wire::kAnyEngine, 0};
-    auto plain = e2e::open_body(balanced.key, header, context, std::span(m.segments).subspan(1));
+    auto plain = e2e::open_body(balanced.key, header, context, e2e::take_sealed_body(m));
     if (!plain.ok()) {
       return permission_denied("the sealed load-balanced request does not open: it was altered on the way, or made "
                                "for another kind or sequence number");

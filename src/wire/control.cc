@@ -109,4 +109,16 @@ StatusOr<std::vector<std::uint64_t>> decode_ids(const SharedBytes& segment) {
   return ids;
 }
 
+std::string no_engine_text(std::uint32_t id, std::uint32_t next_id) {
+  const std::string engine = "engine " + std::to_string(id);
+  if (id < next_id) {
+    // This id was this engine's, and its namespace went with it.
+    return engine + " is gone: it disconnected or its process ended (a restarted engine gets a new id; " + engine +
+           "'s variables are not on any other engine)";
+  }
+  return "no engine with id " + std::to_string(id) +
+         (next_id == 0 ? std::string(" (no engine has registered yet)")
+                       : " (this cluster has given out ids 0 to " + std::to_string(next_id - 1) + ")");
+}
+
 }  // namespace testudo::wire

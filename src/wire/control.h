@@ -51,6 +51,12 @@ StatusOr<WelcomeTerms> decode_welcome_terms(std::string_view text);
 
 // kAbort and kSubmitted bodies: task ids.
 SharedBytes encode_ids(const std::vector<std::uint64_t>& ids);
+
+// Why a request cannot go to engine `id`, in the controller's words, when the cluster has
+// given out ids below `next_id` (ids are never given twice): gone, or never there. The
+// controller answers with it; a sealing client, which cannot seal for an engine the
+// controller no longer lists, says the same before sending.
+std::string no_engine_text(std::uint32_t id, std::uint32_t next_id);
 StatusOr<std::vector<std::uint64_t>> decode_ids(const SharedBytes& segment);
 
 }  // namespace testudo::wire

@@ -49,7 +49,7 @@ def test_large_sealed_bodies_go_around_the_controller(cluster, sealed):
     view.execute("small = 1")
     assert bulk_report(cluster)["bulk_transfers"] == after["bulk_transfers"]
     plain_marker = f"PLAIN-{uuid.uuid4().hex}"
-    plain = cluster.client()
+    plain = cluster.client(e2e=False)
     assert plain[0].apply_sync(lambda s: s, plain_marker) == plain_marker
     plain.close()
     held = controller_holds(cluster, [marker, plain_marker.encode()])
@@ -157,7 +157,7 @@ def test_large_sealed_results_come_back_around_the_controller_and_stay_stored(cl
     assert later.stdout.strip() == str(18 << 20)
     assert bulk_report(cluster)["bulk_transfers"] - after["bulk_transfers"] == 3
     plain_marker = f"PLAIN-{uuid.uuid4().hex}"
-    plain = cluster.client()
+    plain = cluster.client(e2e=False)
     assert plain[0].apply_sync(lambda s: s, plain_marker) == plain_marker
     # A client that does not seal gets the stored sealed result around the TLS too, and is
     # told it cannot open it.

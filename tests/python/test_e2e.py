@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 import testudo
-from conftest import Cluster
+from conftest import TESTUDO_BIN, Cluster
 
 pytestmark = pytest.mark.skipif(shutil.which("gcore") is None, reason="needs gdb's gcore (scripts/setup installs it)")
 
@@ -69,7 +69,7 @@ def test_sealed_requests_run_and_the_controller_never_holds_their_bytes(cluster,
     lview = sealed.load_balanced_view()
     assert lview.map_sync(lambda s: s + "-balanced", [marker] * 4) == [balanced_marker] * 4
     # The same kind of bytes unsealed do reach the controller (its task store keeps results).
-    plain = cluster.client()
+    plain = cluster.client(e2e=False)
     assert plain[0].apply_sync(lambda s: s, plain_marker) == plain_marker
     plain.close()
     held = controller_holds(cluster, [m.encode() for m in (code_marker, push_marker, apply_marker, balanced_marker,
@@ -103,7 +103,7 @@ def test_a_stored_result_opens_in_any_process_of_the_identity(cluster, sealed):
     assert later.returncode == 0, later.stderr
     assert "['for my eyes', 'balanced, for my eyes']" in later.stdout
     # A client that does not seal is told what it holds, not handed ciphertext.
-    plain = cluster.client()
+    plain = cluster.client(e2e=False)
     with pytest.raises(testudo.SealBroken, match="sealed end to end: open it with a client that seals"):
         plain.get_result(direct.msg_ids[0]).get(timeout=30)
     plain.close()
@@ -126,8 +126,8 @@ def test_an_engine_the_client_cannot_verify_gets_nothing(cluster):
     with pytest.raises(testudo.SealBroken, match="cannot verify engine 0"):
         client[0].execute("x = 1", block=True)
     client.close()
-    with pytest.raises(ValueError, match="go with e2e=True"):
-        cluster.client(engine_keys=["sha256:" + "0" * 64])
+    with pytest.raises(ValueError, match="which e2e=False turns off"):
+        cluster.client(e2e=False, engine_keys=["sha256:" + "0" * 64])
 
 
 def test_engines_refuse_a_client_only_the_controller_vouches_for(cluster):
@@ -180,3 +180,41 @@ def test_the_command_line_seals_too(cluster):
     pinned_elsewhere = cluster.run("status", "--e2e", "--engine-key", "sha256:" + "1" * 64)
     assert "end-to-end: 0 of 2 engine(s) verified by this client" in pinned_elsewhere.stdout
     assert "not among the keys this side trusts" in pinned_elsewhere.stdout
+
+
+def test_a_client_seals_by_default_and_says_so(cluster, tmp_path):
+    """Sealing is on by default wherever the client can seal, judged from what it holds itself
+    (its key, a root for engine keys), and off only when asked or impossible, saying why."""
+    os.environ["TESTUDO_HOME"] = cluster.home
+    rc = cluster.client()
+    assert rc.e2e is True and rc.e2e_off_because == ""
+    rc.close()
+    off = cluster.client(e2e=False)
+    assert off.e2e is False and "turned off" in off.e2e_off_because
+    off.close()
+    # A connection file alone, without the cluster's engine certificate beside it: no root for
+    # engine keys, so no sealing, and the client says so (nothing the controller says decides it).
+    tmp_path.chmod(0o700)
+    lone = tmp_path / "controller-client.json"
+    shutil.copy(cluster.client_file, lone)
+    lone.chmod(0o600)
+    alone = testudo.Client(url_file=str(lone))
+    assert alone.e2e is False and "does not know the engines' keys" in alone.e2e_off_because
+    alone.close()
+    with pytest.raises(ValueError, match="sealing is required"):
+        testudo.Client(url_file=str(lone), e2e=True)
+    # `testudo status` says it, both ways.
+    assert "end-to-end sealing: on for this client" in cluster.run("status").stdout
+    assert "end-to-end sealing: OFF for this client: turned off" in cluster.run("status", "--no-e2e").stdout
+    # An engine its user starts by hand, given no --trust-client, opens that user's sealed requests.
+    hand = subprocess.Popen([TESTUDO_BIN, "--profile", cluster.profile, "engine"], env=cluster.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    rc = cluster.client()
+    try:
+        rc.wait_for_engines(cluster.n + 1, timeout=30)
+        newest = max(rc.ids)
+        assert rc[newest].apply_sync(lambda: 6 * 7) == 42
+    finally:
+        rc.close()
+        hand.kill()
+        hand.wait()

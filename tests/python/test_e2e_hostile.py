@@ -156,7 +156,7 @@ def test_swapped_replies_are_refused(cluster, sealed):
 
 
 def test_a_forged_clear_reply_is_refused_and_plain_clients_are_untouched(cluster, sealed):
-    plain = cluster.client()
+    plain = cluster.client(e2e=False)
     with cluster.attack("forge-reply"):
         with pytest.raises(testudo.SealBroken, match="is not sealed"):
             sealed[0].execute("y = 2", block=True)

@@ -97,12 +97,14 @@ def test_right_password_runs_the_reference_example(pw_cluster):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[15, 15]"
-    # `testudo status` says how one may get in, and that the controller can read what it relays.
+    # `testudo status` says how one may get in, and that the controller can read what a login
+    # client sends (a login cannot seal end to end).
     done = subprocess.run([TESTUDO_BIN, "--profile", pw_cluster.profile, "status", "--user", "alice",
                            "--password-from", "env:ALICE_PW"], env=dict(pw_cluster.env, ALICE_PW=ALICE_PW),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "logins: key, password; end-to-end sealing: requests of clients with --e2e" in done.stdout
+    assert "logins: key, password" in done.stdout
+    assert "end-to-end sealing: OFF for this client: a password login cannot seal" in done.stdout
 
 
 def test_denied_operation_is_audited_once_as_the_user(pw_cluster):
