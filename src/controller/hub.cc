@@ -251,6 +251,7 @@ void Hub::on_close(std::uint64_t serial, const Status& reason) {
                      reason.message() + ")");
     LOG_WARN("hub") << "engine " << peer.id << " disconnected (" << reason.message() << "); " << affected
                     << " task(s) failed or resubmitted";
+    cancel_bulk_results_of(serial, "engine " + std::to_string(peer.id) + " disconnected");
   } else if (peer.admitted) {
     (void)acks_.take(peer.id);  // nobody to tell any more
     paused_clients_.erase(peer.id);

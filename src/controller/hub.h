@@ -162,6 +162,9 @@ class Hub : private SchedulerSink {
   // appended to the engine's part; an error if the relay has no room.
   StatusOr<net::Ticket> issue_bulk_ticket(TaskId id, EngineId engine, const TaskSpec& task);
   void bulk_transfer_done(const BulkRelay::Done& done);
+  // An engine's connection closed: its results still on their way into the store will not
+  // come (their data connections may not even have been opened), so their files go now.
+  void cancel_bulk_results_of(std::uint64_t engine_serial, const std::string& why);
   // The hostile test controller's relay tap may alter a transfer just issued (relay_tap.h).
   void offer_to_tap(std::uint64_t transfer, RelayTap::BulkTransfer what);
   // A reply's task, settled in the scheduler: whom it goes to and how it ended.

@@ -391,9 +391,9 @@ void Hub::bulk_transfer_done(const BulkRelay::Done& done) {
   }
   ++replies_spooled_;
   if (!done.status.ok()) {
-    into.spool->abandon();
-    spooled_reply_written(*settled, into.spool,
-                          unavailable("it did not arrive on its data connection: " + done.status.message()));
+    // Said to the client once the half-written file is gone (fail, then close: in order).
+    into.spool->fail(unavailable("it did not arrive on its data connection: " + done.status.message()));
+    close_spool(*settled, into.spool);
     return;
   }
   into.spool->appended_elsewhere(into.bytes);
@@ -648,6 +648,15 @@ void Hub::reply_spooled(std::uint64_t engine_serial, SpooledReply& r) {
   }
   ++replies_spooled_;
   close_spool(*settled, r.spool());
+}
+
+void Hub::cancel_bulk_results_of(std::uint64_t engine_serial, const std::string& why) {
+  std::vector<std::uint64_t> transfers;  // cancelling may end a job, which edits bulk_jobs_
+  for (const auto& [transfer, job] : bulk_jobs_) {
+    const auto* into = std::get_if<BulkReplyIntoStore>(&job);
+    if (into != nullptr && into->engine_serial == engine_serial) transfers.push_back(transfer);
+  }
+  for (std::uint64_t transfer : transfers) bulk_.cancel(transfer, why);
 }
 
 void Hub::close_spool(const SettledReply& settled, std::shared_ptr<ResultSpool> spool) {

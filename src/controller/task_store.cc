@@ -550,9 +550,10 @@ class FileSpool final : public ResultSpool, public std::enable_shared_from_this<
       on_written(self.error_);
     });
   }
-  void abandon() override {
-    later([](FileSpool& self) {
-      if (self.error_.ok()) self.error_ = unavailable("abandoned");
+  void abandon() override { fail(unavailable("abandoned")); }
+  void fail(Status why) override {
+    later([why = std::move(why)](FileSpool& self) {
+      if (self.error_.ok()) self.error_ = why;
       self.discard();
     });
   }

@@ -170,6 +170,9 @@ class ResultSpool {
   virtual void close(std::function<void(const Status&)> on_written) = 0;
   // The result will never be complete (its sender went away): the file is deleted.
   virtual void abandon() = 0;
+  // The bytes will not all come, because of `why` (a data connection that failed, a full
+  // disk): the file is deleted, and a close() after it reports `why`, once the file is gone.
+  virtual void fail(Status why) = 0;
   // The file, for reading back once written.
   virtual std::shared_ptr<const ResultFile> file() const = 0;
 };
