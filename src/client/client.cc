@@ -477,12 +477,24 @@ struct Client::Impl {
     // sent once the controller's ticket comes; here only its parts' headers and sizes.
     std::vector<BulkPart> bulk;
     if (seals && head.kind != wire::MessageKind::kGetResult) {
+      if (!balanced) {
+        // An engine the controller does not list cannot be sealed for: its slot fails now, as
+        // the controller would have failed it, and the request goes to the others.
+        auto gone = unlisted(head.targets);
+        if (!gone.ok()) {
+          state->fail_all(outcome_status(Outcome::kSealBroken, gone.status().message()));
+          return AsyncResult(state);
+        }
+        for (const auto& [id, why] : *gone) {
+          state->deliver(client::failed_reply(id, Outcome::kNoSuchEngine, why));
+          std::erase(head.targets, id);
+        }
+        if (head.targets.empty()) return AsyncResult(state);
+      }
       auto prepared = balanced ? seal_balanced(state->request_id, head, segments)
-                               : seal(state->request_id, head, state->targets, segments);
+                               : seal(state->request_id, head, head.targets, segments);
       if (!prepared.ok()) {
-        const bool no_engine = prepared.status().code() == StatusCode::kNotFound;
-        state->fail_all(outcome_status(no_engine ? Outcome::kNoSuchEngine : Outcome::kSealBroken,
-                                       prepared.status().message()));
+        state->fail_all(outcome_status(Outcome::kSealBroken, prepared.status().message()));
         return AsyncResult(state);
       }
       std::vector<SharedBytes> sealed;
@@ -596,22 +608,24 @@ struct Client::Impl {
     }).detach();
   }
 
-  // `body` sealed for each target (ClientSeals), after learning the engines' seal keys from
-  // the engine list if some target is new to this client.
+  // The direct targets this client cannot seal for because the controller lists no such
+  // engine, now or before, each with the words the controller would have answered with;
+  // the engine list is learned first if some target is new to this client.
+  StatusOr<std::vector<std::pair<EngineId, std::string>>> unlisted(const std::vector<EngineId>& targets) {
+    if (seals->knows(targets)) return std::vector<std::pair<EngineId, std::string>>{};
+    // The network thread cannot wait for its own answer.
+    if (std::this_thread::get_id() == network.get_id()) {
+      return permission_denied("engines not yet verified for end-to-end sealing");
+    }
+    TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
+    seals->learn(list);
+    return seals->unknown(targets);
+  }
+
+  // `body` sealed for each target (ClientSeals); unlisted() first.
   StatusOr<std::vector<e2e::PreparedSeal>> seal(std::uint64_t request_id, const wire::Envelope& head,
                                                 const std::vector<EngineId>& targets,
                                                 std::span<const SharedBytes> body) {
-    if (!seals->knows(targets)) {
-      // The network thread cannot wait for its own answer.
-      if (std::this_thread::get_id() == network.get_id()) {
-        return permission_denied("engines not yet verified for end-to-end sealing");
-      }
-      TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
-      seals->learn(list);
-      // Not listed now nor ever before: there is no such engine to seal for (kNotFound, in
-      // the words the controller would have answered with).
-      if (std::vector<std::string> why = seals->unknown(targets); !why.empty()) return not_found(why.front());
-    }
     return seals->prepare_request(request_id, head, targets, body);
   }
 

@@ -62,11 +62,11 @@ bool ClientSeals::knows(const std::vector<EngineId>& engines) const {
   return true;
 }
 
-std::vector<std::string> ClientSeals::unknown(const std::vector<EngineId>& engines) const {
+std::vector<std::pair<EngineId, std::string>> ClientSeals::unknown(const std::vector<EngineId>& engines) const {
   std::lock_guard lock(mutex_);
-  std::vector<std::string> out;
+  std::vector<std::pair<EngineId, std::string>> out;
   for (EngineId id : engines) {
-    if (!pairs_.contains(id) && !statements_.contains(id)) out.push_back(wire::no_engine_text(id, next_engine_id_));
+    if (!pairs_.contains(id) && !statements_.contains(id)) out.emplace_back(id, wire::no_engine_text(id, next_engine_id_));
   }
   return out;
 }
@@ -283,6 +283,14 @@ ClientSeals::Verdict ClientSeals::open_reply(wire::Message& reply, std::string& 
         }
         why = from + " refused the sealed request: " + meta->evalue +
               " (this answer is not sealed, so the controller could have written it)";
+        if (meta->evalue.find("is not among the keys this side trusts") != std::string::npos ||
+            meta->evalue.find("trusts no client key") != std::string::npos) {
+          // Sealing is on by default: say both ways out (never taken by itself, since the
+          // controller could forge this refusal to talk the client out of sealing).
+          why += "; the engines' owner can trust this key (" + fingerprint_ +
+                 ": engine --trust-client, or a CA with --client-cafile), or this client can stop sealing "
+                 "(e2e=False, --no-e2e) if the controller may read its work";
+        }
         return Verdict::kBroken;
       }
     }

@@ -63,7 +63,7 @@ class ClientSeals {
   std::chrono::steady_clock::time_point learned_at() const;
   // Engines that can be sealed for: those the controller listed, now or before. For each of
   // `engines` that is not, the controller's words for why (wire::no_engine_text).
-  std::vector<std::string> unknown(const std::vector<EngineId>& engines) const;
+  std::vector<std::pair<EngineId, std::string>> unknown(const std::vector<EngineId>& engines) const;
   // Which of `engines` hold this process's keys (a sealed reply of theirs opened): the only
   // ones a balanced request may go to. And which of them could be paired but are not yet.
   std::vector<EngineId> paired(const std::vector<EngineId>& engines) const;
