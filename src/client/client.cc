@@ -492,7 +492,7 @@ struct Client::Impl {
         if (head.targets.empty()) return AsyncResult(state);
       }
       auto prepared = balanced ? seal_balanced(state->request_id, head, segments)
-                               : seal(state->request_id, head, head.targets, segments);
+                               : seals->prepare_request(state->request_id, head, head.targets, segments);
       if (!prepared.ok()) {
         state->fail_all(outcome_status(Outcome::kSealBroken, prepared.status().message()));
         return AsyncResult(state);
@@ -620,13 +620,6 @@ struct Client::Impl {
     TESTUDO_ASSIGN_OR_RETURN(std::string list, control(wire::MessageKind::kEngineList));
     seals->learn(list);
     return seals->unknown(targets);
-  }
-
-  // `body` sealed for each target (ClientSeals); unlisted() first.
-  StatusOr<std::vector<e2e::PreparedSeal>> seal(std::uint64_t request_id, const wire::Envelope& head,
-                                                const std::vector<EngineId>& targets,
-                                                std::span<const SharedBytes> body) {
-    return seals->prepare_request(request_id, head, targets, body);
   }
 
   // `body` sealed for a load-balanced request, whose allowed engines (head.targets; none:
