@@ -3,6 +3,7 @@
 //   mpi: --mpiexec PATH   --mpi-arg ARG (repeatable; e.g. --mpi-arg=--oversubscribe)
 //   ssh: --hosts H[:N],...  --ssh-option ARG (repeatable; e.g. --ssh-option=-F --ssh-option=FILE)
 //        --remote-testudo PATH   --remote-dir DIR
+//   sealing: --trust-client FINGERPRINT (repeatable)
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "e2e/roots.h"
 #include "launch/launcher.h"
 
 namespace testudo::cli {
@@ -29,8 +31,13 @@ struct LauncherArgs {
   std::string batch_template;
   std::string queue;
   std::vector<std::string> batch_args;
+  std::vector<std::string> trust_clients;
 
   void add_to(CLI::App* command) {
+    command->add_option("--trust-client", trust_clients,
+                        "End-to-end sealing: the engines also open sealed requests of this client key fingerprint "
+                        "(repeatable; the launching user's own key is always trusted; `testudo keys fingerprint` "
+                        "prints one's own)");
     command->add_option("--batch-template", batch_template,
                         "slurm/pbs: the batch script template ({n} {job_name} {queue} {queue_directive} {log} "
                         "{profile} {engine_command}); default: built in");
@@ -56,6 +63,7 @@ struct LauncherArgs {
   }
 
   StatusOr<launch::EngineLauncherOptions> options() const {
+    TESTUDO_RETURN_IF_ERROR(e2e::Roots::make(trust_clients, "").status());  // well-formed, before anything starts
     launch::EngineLauncherOptions out;
     TESTUDO_ASSIGN_OR_RETURN(out.kind, launch::engine_launcher_kind(kind));
     out.mpiexec = mpiexec;
@@ -89,7 +97,10 @@ struct LauncherArgs {
 
   // Options for every engine that the launcher settings imply.
   std::vector<std::string> engine_args() const {
-    return restart ? std::vector<std::string>{"--restart"} : std::vector<std::string>{};
+    std::vector<std::string> out;
+    if (restart) out.push_back("--restart");
+    for (const std::string& fingerprint : trust_clients) out.insert(out.end(), {"--trust-client", fingerprint});
+    return out;
   }
 
   // The engines to start: -n when given, else (ssh) what --hosts holds, else `n`.

@@ -158,6 +158,23 @@ def test_engines_refuse_a_client_only_the_controller_vouches_for(cluster):
         other[0].execute("ran = True")
         with pytest.raises(testudo.SealBroken, match="refused the sealed request.*not among the keys"):
             other[0].execute("ran = True", block=True)
+        # The owner adds an engine told to trust this user as well: there, the user's sealed
+        # requests run (the owner's own key stays trusted by it too).
+        other_fp = subprocess.run([os.environ.get("TESTUDO_BIN", "testudo"), "keys", "fingerprint",
+                                   str(pathlib.Path(other_home, "identity", "client-cert.pem"))],
+                                  capture_output=True, text=True, check=True).stdout.split()[0]
+        pids = cluster.run("engines", "start", "-n", "1", "--trust-client", other_fp).stdout.split()
+        try:
+            deadline = time.monotonic() + 30
+            while len(other.ids) < cluster.n + 1:
+                assert time.monotonic() < deadline, other.ids
+                time.sleep(0.1)
+            trusting = max(other.ids)
+            assert other[trusting].apply_sync(lambda: "ran for the other user") == "ran for the other user"
+            with pytest.raises(testudo.SealBroken, match="not among the keys"):
+                other[0].execute("ran = True", block=True)  # the first engines still do not trust it
+        finally:
+            cluster.run("engines", "stop", "--pids", *[p for p in pids if p.isdigit()], check=False)
         other.close()
     finally:
         os.environ["TESTUDO_HOME"] = saved
