@@ -251,6 +251,15 @@ def test_view_abort_queue_status_purge_shutdown(rc, tmp_path):
         open(str(started), "w").close()
         time.sleep(seconds)
 
+    @testudo.interactive
+    def pause(seconds):
+        import time
+        time.sleep(seconds)
+
+    # The engine's adaptive window comes from the replies it measured: earlier tests' trivial
+    # tasks (and a sealing client's pairing) may have widened it. Tasks of 50 ms, several at
+    # once, bring it back to the 2 that tasks this long get.
+    view.map_sync(pause, [0.05] * 6)
     running = view.map_async(mark_then_sleep, [0.5, 0.5])  # the engine takes two at a time
     assert wait_until(started.exists)  # the first runs: abort leaves it alone
     queued = view.apply_async(lambda: "never")
