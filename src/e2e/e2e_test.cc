@@ -150,11 +150,28 @@ TEST(ReplayWindowTest, EachNumberOnceWithinTheWindow) {
   EXPECT_TRUE(w.accept(3));  // late but new
   EXPECT_FALSE(w.accept(3));
   EXPECT_FALSE(w.accept(5));
-  EXPECT_TRUE(w.accept(5 + ReplayWindow::kWindow));
-  EXPECT_FALSE(w.accept(4));  // fell out of the window: refused, never run twice
-  EXPECT_TRUE(w.accept(6 + ReplayWindow::kWindow - 1 - 1));
-  EXPECT_TRUE(w.accept(1'000'000));
-  EXPECT_FALSE(w.accept(1'000'000));
+  EXPECT_EQ(w.check(5), ReplayWindow::Verdict::kSeen);
+}
+
+// A load-balanced key's numbers reach one engine in the scheduler's order, not the client's:
+// one held back behind thousands of later ones (a retry, a dependency) is still new. Only
+// past kMaxNumbers does the oldest fall out, refused (never run twice), and a jump that far
+// forgets everything below it.
+TEST(ReplayWindowTest, ALateNumberIsNewUntilItFallsOutOfTheRememberedRange) {
+  ReplayWindow w;
+  for (std::uint64_t seq = 2; seq <= 100'000; ++seq) ASSERT_TRUE(w.accept(seq));
+  EXPECT_TRUE(w.accept(1));  // held back behind 99,999 later ones: still new
+  EXPECT_EQ(w.check(1), ReplayWindow::Verdict::kSeen);
+  EXPECT_EQ(w.check(50'000), ReplayWindow::Verdict::kSeen);
+  const std::uint64_t far = 100'000 + ReplayWindow::kMaxNumbers;
+  EXPECT_TRUE(w.accept(far));
+  EXPECT_EQ(w.check(99'999), ReplayWindow::Verdict::kTooOld);  // fell out: refused
+  EXPECT_TRUE(w.accept(far - ReplayWindow::kMaxNumbers + 64));  // still remembered: new
+  EXPECT_EQ(w.check(far), ReplayWindow::Verdict::kSeen);
+  EXPECT_TRUE(w.accept(std::uint64_t{1} << 62));  // a jump far ahead: no giant allocation
+  EXPECT_EQ(w.check(far), ReplayWindow::Verdict::kTooOld);
+  EXPECT_EQ(w.check(std::uint64_t{1} << 62), ReplayWindow::Verdict::kSeen);
+  EXPECT_TRUE(w.accept((std::uint64_t{1} << 62) - 1));
 }
 
 struct Actor {

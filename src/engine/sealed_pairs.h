@@ -82,8 +82,10 @@ class SealedPairs {
       return permission_denied("the code digest the controller logged is not the code's");
     }
     // Only an authentic request uses up its number: a forged one cannot block a real one.
-    if (!pair->window.accept(header.seq)) {
-      return permission_denied("request " + std::to_string(header.seq) + " under this pair key was already run (a replay)");
+    if (Status fresh = first_time(pair->window, header.seq, "request " + std::to_string(header.seq) +
+                                                                " under this pair key");
+        !fresh.ok()) {
+      return fresh;
     }
     Opened out{std::move(m), pair->key, header.seq, e2e::Part::kReply};
     out.message.segments = std::move(plain).value();
@@ -111,9 +113,10 @@ class SealedPairs {
     if (e2e::request_code_digest(m.envelope.kind, *plain) != header.code_digest) {
       return permission_denied("the code digest the controller logged is not the code's");
     }
-    if (!balanced.window.accept(header.seq)) {
-      return permission_denied("load-balanced request " + std::to_string(header.seq) +
-                               " of this client was already run here (a replay)");
+    if (Status fresh = first_time(balanced.window, header.seq,
+                                  "load-balanced request " + std::to_string(header.seq) + " of this client");
+        !fresh.ok()) {
+      return fresh;
     }
     Opened out{std::move(m), pair->key, header.seq, e2e::Part::kBalancedReply};
     out.message.segments = std::move(plain).value();
@@ -152,6 +155,17 @@ class SealedPairs {
   }
 
  private:
+  // Whether `seq` is new under its key's window (using it up), else why not.
+  static Status first_time(e2e::ReplayWindow& window, std::uint64_t seq, const std::string& what) {
+    switch (window.check(seq)) {
+      case e2e::ReplayWindow::Verdict::kNew: return ok_status();
+      case e2e::ReplayWindow::Verdict::kSeen: return permission_denied(what + " was already run here (a replay)");
+      case e2e::ReplayWindow::Verdict::kTooOld: break;
+    }
+    return permission_denied(what + " is older than the " + std::to_string(e2e::ReplayWindow::kMaxNumbers) +
+                             " numbers this engine remembers: refused, as it may have run");
+  }
+
   struct Pair {
     e2e::PairKey key;
     e2e::KeyId balanced_id{};
