@@ -75,7 +75,7 @@ def test_a_replayed_request_runs_once(cluster, sealed):
     with cluster.attack("replay-request"):
         sealed[1].execute("count += 1", block=True)
     assert sealed[1]["count"] == 1
-    assert "was already run (a replay)" in cluster.engine_logs()
+    assert "under this pair key was already run here (a replay)" in cluster.engine_logs()
 
 
 def test_a_replayed_load_balanced_request_runs_once(cluster, sealed):
