@@ -163,6 +163,10 @@ class PyResult {
       : result_(std::move(result)), queue_(std::move(queue)) {}
 
   std::uint64_t request_id() const { return result_.request_id(); }
+  // When the request was handed to the client (seconds since 1970): before it was sealed and
+  // sent, so never after its engine started it.
+  double submitted() const { return submitted_; }
+  void set_submitted(double at) { submitted_ = at; }
   std::vector<EngineId> targets() const { return result_.targets(); }
   bool ready() const { return result_.ready(); }
   bool wait(double timeout) const {
@@ -219,6 +223,7 @@ class PyResult {
   AsyncResult result_;
   std::shared_ptr<CompletionQueue> queue_;
   bool watched_ = false;
+  double submitted_ = 0;
 };
 
 class PyClient {
@@ -452,13 +457,24 @@ class PyClient {
   // (the engines' seal keys, a pairing), and its network thread may need the GIL meanwhile
   // (a secret callable, output, Python buffers let go). Holding it there stalled both until
   // the wait timed out.
+  struct Sent {
+    AsyncResult result;
+    double submitted;  // seconds since 1970, taken before anything was sealed or sent
+  };
   template <typename Send>
-  AsyncResult without_gil(Send&& send) {
+  Sent without_gil(Send&& send) {
     Client& c = client();
+    const double submitted =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     py::gil_scoped_release release;
-    return send(c);
+    return {send(c), submitted};
   }
 
+  PyResult wrap(Sent sent, py::list keep = py::list()) {
+    PyResult out = wrap(std::move(sent.result), std::move(keep));
+    out.set_submitted(sent.submitted);
+    return out;
+  }
   PyResult wrap(AsyncResult result, py::list keep = py::list()) {
     sweep_borrowed();
     if (!keep.empty()) borrowed_.emplace(result.request_id(), std::make_pair(result, std::move(keep)));
@@ -594,6 +610,7 @@ PYBIND11_MODULE(_testudo, m) {
 
   py::class_<PyResult>(m, "Result", "A request in flight to one or more engines.")
       .def_property_readonly("request_id", &PyResult::request_id)
+      .def_property_readonly("submitted", &PyResult::submitted)
       .def_property_readonly("targets", &PyResult::targets)
       .def("ready", &PyResult::ready)
       .def("wait", &PyResult::wait, py::arg("timeout"), "Waits up to timeout seconds; True once every engine answered.")

@@ -92,7 +92,11 @@ class AsyncResult(concurrent.futures.Future):
         self._fname = fname
         self._kind = kind
         self._single = single
-        self._submitted = submitted if submitted is not None else time.time()
+        if submitted is None:
+            # When the native client was handed the request (before sealing and sending), so
+            # never after an engine started it; else now.
+            submitted = min((getattr(c, "submitted", 0) or time.time() for c in children), default=time.time())
+        self._submitted = submitted
         # The one lock of this result: _finish, and Future's Condition when one is made.
         # Reentrant: code run under the Condition (concurrent.futures) may call ready().
         self._finish_lock = _thread.RLock()

@@ -449,13 +449,18 @@ class Client(StoredResults):
         # acquisition for the look-ups.
         native = self._native
         pending = self._pending
+        early = []  # (when it came, chunk) of output whose request was not tracked yet
         while not self._closed:
-            done = native.next_completed(0.5)
+            done = native.next_completed(0.1 if early else 0.5)
             output = native.take_output()
-            if output:
+            if output or early:
+                # Output can come before its AsyncResult is tracked (the request is sent with
+                # the GIL released): kept, in order, and matched again on the next rounds.
+                now = time.monotonic()
                 with self._lock:
-                    found = [(pending.get(c[0]), c) for c in output]
-                for ar, (_, engine, stream, text) in found:
+                    found = [(pending.get(c[0]), t, c) for t, c in early + [(now, c) for c in output]]
+                early = [(t, c) for ar, t, c in found if ar is None and now - t < 30][-10000:]
+                for ar, _, (_, engine, stream, text) in found:
                     if ar is not None:
                         ar._live_output(engine, stream, text)
             if done:
