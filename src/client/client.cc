@@ -203,16 +203,15 @@ struct Client::Impl {
       return ok_status();
     }
     auto created = client::ClientSeals::create(options, *identity);
-    if (!created.ok() && created.status().code() == StatusCode::kNotFound && options.e2e == E2e::kWhenPossible) {
+    if (!created.ok() && created.status().code() == StatusCode::kNotFound) {  // no root for engine keys
+      if (options.e2e == E2e::kRequired) {
+        return invalid_argument("end-to-end sealing is required (e2e=True, --e2e), but " + created.status().message());
+      }
       sealing_off_because = created.status().message();
       LOG_INFO("client") << "not sealing end to end: " << sealing_off_because;
       return ok_status();
     }
-    if (!created.ok() && created.status().code() == StatusCode::kNotFound) {
-      return invalid_argument("end-to-end sealing is required (e2e=True, --e2e), but " + created.status().message());
-    }
-    if (!created.ok()) return created.status();
-    seals = std::move(created).value();
+    TESTUDO_ASSIGN_OR_RETURN(seals, std::move(created));
     return ok_status();
   }
   // The bulk path (ClientOptions::bulk_from_bytes): where data connections dial (the address

@@ -145,13 +145,8 @@ StatusOr<std::vector<SharedBytes>> seal_body(const PairKey& key, SealHeader head
 
 StatusOr<std::vector<SharedBytes>> open_body(const PairKey& key, const SealHeader& header, const SealContext& context,
                                              std::span<const SharedBytes> sealed) {
-  if (header.key_id != key.id) return permission_denied("sealed under another pair key");
-  const std::vector<std::byte> aad = associated_data(header, context, segment_sizes(sealed));
-  std::vector<SharedBytes> out;
-  out.reserve(sealed.size());
-  const CipherPass pass = buffers_for(sealed, out);
-  TESTUDO_RETURN_IF_ERROR(crypto::aead_open(key.key, nonce_of(header), aad, pass.in, pass.out, header.tag));
-  return out;
+  // Shared handles: the caller still holds every segment, so each opens into a new buffer.
+  return open_body(key, header, context, std::vector<SharedBytes>(sealed.begin(), sealed.end()));
 }
 
 std::vector<SharedBytes> take_sealed_body(wire::Message& m) {

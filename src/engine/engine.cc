@@ -149,7 +149,7 @@ struct Engine::Impl {
   // A bulk request (wire/message.h, flags bit 13): its part [seal header, transfer sizes,
   // ticket], and its sealed body, fetched on a data connection from the moment it arrived
   // (the client dials at the same time; the controller pairs the two promptly).
-  using BodyFetch = std::shared_future<StatusOr<std::vector<SharedBytes>>>;
+  using BodyFetch = std::future<StatusOr<std::vector<SharedBytes>>>;
   struct BulkTask {
     wire::Message message;
     BodyFetch body;
@@ -259,7 +259,7 @@ struct Engine::Impl {
   // holding only what it needs). A malformed part fails at the fetch, and the task with it.
   BulkTask fetch_body(wire::Message m) {
     auto promise = std::make_shared<std::promise<StatusOr<std::vector<SharedBytes>>>>();
-    BulkTask task{std::move(m), promise->get_future().share()};
+    BulkTask task{std::move(m), promise->get_future()};
     const auto& segments = task.message.segments;
     const auto ticket = segments.size() == 3 ? net::ticket_in(segments[2]) : std::nullopt;
     auto sizes = ticket ? net::decode_transfer_sizes(segments[1].span(), wire::Limits{}.max_segments,
@@ -468,10 +468,9 @@ struct Engine::Impl {
         // Its body came (or is still coming) on a data connection: the part becomes the
         // request the client sealed, [seal header, ciphertext...], or the task fails unopened.
         m = std::move(bulk->message);
-        // Moved out, not copied: this is the future's only reader, and a body whose buffers
-        // nothing else holds is opened where it lies (e2e::open_body; 1 GB costs no second GB).
-        StatusOr<std::vector<SharedBytes>> body =
-            std::move(const_cast<StatusOr<std::vector<SharedBytes>>&>(bulk->body.get()));
+        // Moved out of the future, not copied: a body whose buffers nothing else holds is
+        // opened where it lies (e2e::open_body; 1 GB costs no second GB).
+        StatusOr<std::vector<SharedBytes>> body = bulk->body.get();
         if (body.ok()) body = with_trailing_tag(m, std::move(body).value());
         if (body.ok()) {
           m.segments.resize(1);
